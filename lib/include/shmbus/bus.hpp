@@ -1,0 +1,79 @@
+// shmbus::Bus — a process's connection to the bus.
+//
+//   auto bus = shmbus::Bus::direct();               // no daemon: segments in /dev/shm
+//   bus.create_topic("md.quotes", {.capacity = 1 << 24});
+//   shmbus::Publisher pub = bus.publisher("md.quotes");
+//   shmbus::Subscriber sub = bus.subscriber("md.quotes");
+//
+// A Bus is cheap to copy (it shares its provider). Thread-safety: a Bus may be
+// used from any thread; each Publisher/Subscriber from one thread at a time.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "shmbus/error.hpp"
+#include "shmbus/segment.hpp"
+
+namespace shmbus {
+
+class Publisher;
+class Subscriber;
+
+enum class WaitStrategy : uint8_t {
+  busy_spin,   // lowest latency, burns a core
+  spin_yield,  // spins, then sched_yield()
+  futex,       // sleeps at once (a syscall per wake)
+  hybrid,      // spins for spin_ns, then sleeps on the futex (default)
+};
+
+struct PublisherOptions {
+  uint32_t partition = 0;
+  uint32_t producer_id = 0;         // 0: the pid
+  int64_t block_timeout_ns = 1'000'000'000;  // policy block: longest wait for space
+  WaitStrategy wait = WaitStrategy::hybrid;  // how to wait for space under `block`
+  int64_t spin_ns = 20'000;
+  int open_timeout_ms = 5000;
+  // Direct mode: a subscriber process that died without releasing its slot is
+  // reclaimed after the producer has been held back this long by it.
+  int64_t reclaim_after_ns = 100'000'000;
+};
+
+struct SubscriberOptions {
+  uint32_t partition = 0;
+  bool tethered = true;              // holds producers back (never overwritten)
+  WaitStrategy wait = WaitStrategy::hybrid;
+  int64_t spin_ns = 20'000;
+  int open_timeout_ms = 5000;
+  uint64_t traversal_limit_words = 0;  // Cap'n Proto reader limit; 0: payload size based
+  int nesting_limit = 64;
+};
+
+class Bus {
+ public:
+  struct Options {
+    std::string shm_prefix = "shmbus";  // namespaces segment names (tests use their own)
+  };
+
+  // A bus without a daemon: this process creates and maps segments itself.
+  static Bus direct(const Options& opts);
+  static Bus direct() { return direct(Options{}); }
+  // A bus over any segment provider (the daemon client plugs in here).
+  explicit Bus(std::shared_ptr<SegmentProvider> provider) : provider_(std::move(provider)) {}
+
+  void create_topic(const std::string& topic, const TopicConfig& cfg);
+  void remove_topic(const std::string& topic);
+  uint32_t partitions(const std::string& topic);
+
+  Publisher publisher(const std::string& topic, const PublisherOptions& opts);
+  Publisher publisher(const std::string& topic);
+  Subscriber subscriber(const std::string& topic, const SubscriberOptions& opts);
+  Subscriber subscriber(const std::string& topic);
+
+  SegmentProvider& provider() { return *provider_; }
+
+ private:
+  std::shared_ptr<SegmentProvider> provider_;
+};
+
+}  // namespace shmbus

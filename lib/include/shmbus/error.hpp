@@ -1,0 +1,54 @@
+// Errors in libshmbus.
+//
+// Convention (one rule, everywhere):
+//  * set-up and control calls (opening a bus, creating a topic, opening a publisher
+//    or subscriber) throw shmbus::Error, which carries an ErrorCode and a message
+//    with context;
+//  * hot-path calls (claim, commit, offer, poll, release, wait) never throw and never
+//    allocate: they return a shmbus::Status.
+// Cap'n Proto's own reader throws kj::Exception on a malformed message; View::read()
+// turns that into Status::malformed.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace shmbus {
+
+enum class Status : uint8_t {
+  ok = 0,
+  empty,           // poll: nothing to read
+  back_pressured,  // the ring is full (policy fail, or block timed out)
+  timed_out,       // a wait ran out
+  too_large,       // the message can never fit in this topic's frames
+  corrupt,         // the ring holds bytes that are not a valid frame
+  malformed,       // a frame's payload is not a valid Cap'n Proto message
+  closed,          // the publisher/subscriber/bus was closed
+};
+
+const char* to_string(Status s) noexcept;
+
+enum class ErrorCode : int {
+  invalid_argument = 1,
+  not_found,
+  already_exists,
+  incompatible,     // a segment of another layout version or other topic settings
+  permission_denied,
+  no_slot,          // every subscriber slot is taken
+  system,           // an OS call failed (errno in the message)
+  timed_out,
+  protocol,         // the daemon said something unexpected
+  not_connected,
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& what) : std::runtime_error(what), code_(code) {}
+  ErrorCode code() const noexcept { return code_; }
+
+ private:
+  ErrorCode code_;
+};
+
+}  // namespace shmbus

@@ -1,0 +1,88 @@
+// shmbus::Publisher — writes frames into one partition ring.
+//
+// Zero copy: claim() hands out zeroed ring memory; build the message there and
+// commit(). For Cap'n Proto, MessageClaim (message.hpp) wraps this.
+// Copy path: offer(bytes).
+//
+// Contract: one thread at a time per Publisher; at most one open claim. Hot-path
+// calls return Status and never throw or allocate (except the counted Cap'n Proto
+// fallback when a message outgrows its claim).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "shmbus/bus.hpp"
+#include "shmbus/error.hpp"
+#include "shmbus/shm/ring.hpp"
+
+namespace shmbus {
+
+struct PublishStats {
+  uint64_t published = 0;
+  uint64_t back_pressured = 0;   // claims that found the ring full (policy fail or timeout)
+  uint64_t blocked_waits = 0;    // times a claim had to wait for space
+  uint64_t builder_fallbacks = 0;  // Cap'n Proto messages that outgrew their claim (copied)
+  uint64_t reclaimed_cursors = 0;  // dead subscriber slots reclaimed (direct mode)
+};
+
+// An open claim: `data` is zeroed ring memory of `size` bytes, 8-byte aligned.
+struct ClaimView {
+  std::byte* data = nullptr;
+  uint32_t size = 0;
+  uint64_t sequence = 0;
+  explicit operator bool() const { return data != nullptr; }
+};
+
+class Publisher {
+ public:
+  Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions& opts);
+  Publisher(Publisher&&) noexcept;
+  Publisher& operator=(Publisher&&) noexcept;
+  ~Publisher();
+
+  // Reserves room for `max_bytes` of payload. Applies the topic's policy when the
+  // ring is full: `fail` returns back_pressured at once, `block` waits up to
+  // block_timeout_ns. Never throws.
+  Status claim(uint32_t max_bytes, ClaimView& out);
+  // Like claim() but never waits.
+  Status try_claim(uint32_t max_bytes, ClaimView& out);
+  // Publishes the open claim with `used` payload bytes (<= out.size).
+  Status commit(uint32_t used, uint64_t message_id = 0, uint64_t schema_id = 0);
+  // Same, and promises the claim's bytes past `used` were never written.
+  Status commit_clean(uint32_t used, uint64_t message_id, uint64_t schema_id);
+  // Drops the open claim (readers skip it).
+  void abort();
+
+  // Copy path: claim + memcpy + commit.
+  Status offer(const void* data, size_t len, uint64_t message_id = 0, uint64_t schema_id = 0);
+  // Publishes several messages; one wake-up check at the end. Returns how many
+  // were published (stops at the first failure, whose status is in *last).
+  size_t offer_batch(std::span<const std::span<const std::byte>> msgs, Status* last = nullptr);
+
+  uint32_t max_payload() const { return w_.max_payload(); }
+  bool has_claim() const { return claim_.active(); }
+  const PublishStats& stats() const { return stats_; }
+  PublishStats& mutable_stats() { return stats_; }
+  uint32_t partition() const;
+  const shm::RingRefs& refs() const { return w_.refs(); }
+  void close();
+
+ private:
+  Status wait_for_space(uint32_t max_bytes);
+  void reclaim_dead_cursors();
+
+  std::shared_ptr<PartitionMapping> m_;
+  PublisherOptions opts_;
+  shm::RingWriter w_;
+  shm::Claim claim_;
+  shm::FrameMeta meta_;
+  PublishStats stats_;
+  uint32_t policy_ = 0;
+  bool claimed_sp_ = false;
+  bool open_ = false;
+};
+
+}  // namespace shmbus

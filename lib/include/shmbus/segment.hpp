@@ -1,0 +1,71 @@
+// The segment seam: how a process gets the two shared-memory segments of a topic
+// partition mapped. User code never sees this directly; the Bus owns a provider.
+//  * DirectSegmentProvider creates and opens segments itself (no daemon).
+//  * The daemon's provider (daemon issue) asks shmbusd, which creates them with the
+//    topic's permissions; the mapping objects handed back are the same.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "shmbus/shm/ring.hpp"
+
+namespace shmbus {
+
+enum class Policy : uint32_t { block = shm::kPolicyBlock, fail = shm::kPolicyFail, spill = shm::kPolicySpill };
+
+struct TopicConfig {
+  uint32_t partitions = 1;
+  uint64_t capacity = 16ull << 20;  // ring bytes per partition, power of two
+  uint64_t max_payload = 0;         // 0: capacity / 4
+  Policy policy = Policy::block;
+  bool multi_producer = false;      // false: one producer per partition (fast path)
+  uint32_t slots = shm::kDefaultSlots;
+  uint64_t schema_id = 0;           // expected Cap'n Proto root type id, 0 = any
+  uint32_t mode = 0660;             // permission bits of the segments
+};
+
+enum class Role { publisher, subscriber, admin };
+
+// One mapped partition. Keeps the mappings alive; shared by the publishers and
+// subscribers of this process that use the partition.
+class PartitionMapping {
+ public:
+  virtual ~PartitionMapping() = default;
+  const shm::RingRefs& refs() const { return refs_; }
+  const std::string& topic() const { return topic_; }
+  uint32_t partition() const { return partition_; }
+
+ protected:
+  shm::RingRefs refs_{};
+  std::string topic_;
+  uint32_t partition_ = 0;
+};
+
+class SegmentProvider {
+ public:
+  virtual ~SegmentProvider() = default;
+  // Creates the topic's segments (all partitions). Idempotent when the existing
+  // segments have the same settings; throws Error(incompatible) otherwise.
+  virtual void create_topic(const std::string& topic, const TopicConfig& cfg) = 0;
+  // Maps partition `p` for `role`, waiting up to timeout_ms for a segment that is
+  // being created. Subscribers get the data segment read-only.
+  virtual std::shared_ptr<PartitionMapping> open(const std::string& topic, uint32_t p, Role role,
+                                                 int timeout_ms) = 0;
+  // Removes the topic's segments (mappings already held stay valid until dropped).
+  virtual void remove_topic(const std::string& topic) = 0;
+  // Number of partitions of an existing topic (0 if none).
+  virtual uint32_t partitions(const std::string& topic) = 0;
+};
+
+// Creates and maps segments under /dev/shm with Boost.Interprocess, named
+// "<prefix>.<topic>.<partition>.data" and ".ctl".
+std::shared_ptr<SegmentProvider> make_direct_provider(const std::string& prefix);
+
+// Topic names: 1-200 chars of [A-Za-z0-9._-], not starting with '.'.
+bool valid_topic_name(const std::string& name);
+std::string segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
+                         bool data);
+
+}  // namespace shmbus

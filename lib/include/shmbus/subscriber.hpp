@@ -1,0 +1,100 @@
+// shmbus::Subscriber — reads one partition ring in place.
+//
+// poll() hands out a View straight into the (read-only) ring mapping. A view is
+// valid until it is released: release(view) frees it and everything polled before
+// it; release_all() frees everything polled so far. Until then the producer cannot
+// overwrite it (tethered subscribers) — so release promptly.
+//
+// Contract: one thread at a time per Subscriber. Hot-path calls return Status and
+// never throw or allocate.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "shmbus/bus.hpp"
+#include "shmbus/error.hpp"
+#include "shmbus/shm/ring.hpp"
+
+namespace shmbus {
+
+// A frame in the ring: its header and its payload bytes, both read-only ring memory.
+class View {
+ public:
+  View() = default;
+  explicit View(const shm::FrameView& f) : f_(f) {}
+  const shm::FrameHeader& header() const { return *f_.hdr; }
+  std::span<const std::byte> bytes() const { return {f_.payload, f_.payload_len}; }
+  const std::byte* data() const { return f_.payload; }
+  uint32_t size() const { return f_.payload_len; }
+  uint64_t sequence() const { return f_.hdr->sequence; }
+  uint64_t timestamp_ns() const { return f_.hdr->timestamp_ns; }
+  uint64_t message_id() const { return f_.hdr->message_id; }
+  uint64_t schema_id() const { return f_.hdr->schema_id; }
+  uint32_t producer_id() const { return f_.hdr->producer_id; }
+  uint64_t position() const { return f_.pos; }
+  uint64_t next_position() const { return f_.next; }
+  explicit operator bool() const { return f_.hdr != nullptr; }
+
+ private:
+  shm::FrameView f_{};
+};
+
+struct SubscribeStats {
+  uint64_t received = 0;
+  uint64_t waits = 0;     // times poll_wait slept on the futex
+  uint64_t corrupt = 0;   // polls that found an invalid frame
+};
+
+class Subscriber {
+ public:
+  Subscriber(std::shared_ptr<PartitionMapping> m, const SubscriberOptions& opts);
+  Subscriber(Subscriber&&) noexcept;
+  Subscriber& operator=(Subscriber&&) noexcept;
+  ~Subscriber();
+
+  // Next message, if any. Never blocks.
+  Status poll(View& out);
+  // Next message, waiting up to timeout_ns (<0: forever) per the wait strategy.
+  Status poll_wait(View& out, int64_t timeout_ns);
+  // Frees `v` and every view polled before it.
+  void release(const View& v);
+  // Frees every view polled so far.
+  void release_all();
+
+  // Polls up to `max` messages, calls f(const View&) on each, then releases them
+  // all with one cursor store. Returns the number handled.
+  template <class F>
+  size_t poll_batch(size_t max, F&& f) {
+    size_t n = 0;
+    View v;
+    while (n < max && poll(v) == Status::ok) {
+      f(v);
+      ++n;
+    }
+    if (n) release_all();
+    return n;
+  }
+
+  // Waits (per strategy) until a message may be available. Returns false on timeout.
+  bool wait(int64_t timeout_ns);
+
+  const SubscribeStats& stats() const { return stats_; }
+  uint64_t position() const { return r_.position(); }
+  uint32_t slot_index() const { return r_.slot_index(); }
+  uint32_t partition() const;
+  const SubscriberOptions& options() const { return opts_; }
+  const shm::RingRefs& refs() const { return r_.refs(); }
+  void close();
+
+ private:
+  std::shared_ptr<PartitionMapping> m_;
+  SubscriberOptions opts_;
+  shm::RingReader r_;
+  SubscribeStats stats_;
+  bool open_ = false;
+};
+
+}  // namespace shmbus

@@ -1,0 +1,238 @@
+// Direct segment provider: Boost.Interprocess shared memory under /dev/shm.
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <thread>
+#include <unistd.h>
+
+#include <boost/interprocess/mapped_region.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+
+#include "shmbus/error.hpp"
+#include "shmbus/segment.hpp"
+
+namespace bip = boost::interprocess;
+
+namespace shmbus {
+
+bool valid_topic_name(const std::string& n) {
+  if (n.empty() || n.size() > 200 || n[0] == '.') return false;
+  for (char ch : n) {
+    bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+std::string segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
+                         bool data) {
+  return prefix + "." + topic + "." + std::to_string(p) + (data ? ".data" : ".ctl");
+}
+
+namespace {
+
+uint64_t realtime_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+}
+
+class DirectMapping final : public PartitionMapping {
+ public:
+  DirectMapping(std::string topic, uint32_t p, bip::mapped_region data, bip::mapped_region ctl)
+      : data_(std::move(data)), ctl_(std::move(ctl)) {
+    topic_ = std::move(topic);
+    partition_ = p;
+    auto* d = static_cast<shm::DataHeader*>(data_.get_address());
+    auto* c = static_cast<shm::ControlHeader*>(ctl_.get_address());
+    refs_.data = d;
+    refs_.ring = static_cast<std::byte*>(data_.get_address()) + d->data_offset;
+    refs_.ctl = c;
+    refs_.slots = reinterpret_cast<shm::CursorSlot*>(static_cast<std::byte*>(ctl_.get_address()) +
+                                                     sizeof(shm::ControlHeader));
+    refs_.capacity = d->capacity;
+    refs_.slot_count = c->slot_count;
+  }
+
+ private:
+  bip::mapped_region data_;
+  bip::mapped_region ctl_;
+};
+
+bool is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
+
+void check_config(const TopicConfig& cfg) {
+  if (cfg.partitions == 0 || cfg.partitions > 1024)
+    throw Error(ErrorCode::invalid_argument, "partitions must be 1..1024");
+  if (!is_pow2(cfg.capacity) || cfg.capacity < 4096 || cfg.capacity > (1ull << 40))
+    throw Error(ErrorCode::invalid_argument,
+                "capacity must be a power of two between 4 KiB and 1 TiB, got " +
+                    std::to_string(cfg.capacity));
+  if (cfg.max_payload > cfg.capacity / 4)
+    throw Error(ErrorCode::invalid_argument, "max_payload must be at most capacity/4");
+  if (cfg.slots == 0 || cfg.slots > 4096)
+    throw Error(ErrorCode::invalid_argument, "slots must be 1..4096");
+}
+
+// Waits (bounded) until a segment opened by name has its header sized and its
+// layout version written (the creator writes it last).
+template <class Header>
+const Header* wait_ready(bip::shared_memory_object& obj, bip::mapped_region& hdr_region,
+                         bip::mode_t mode, const std::string& name,
+                         std::chrono::steady_clock::time_point deadline) {
+  for (int spin = 0;; ++spin) {
+    bip::offset_t sz = 0;
+    obj.get_size(sz);
+    if (sz >= bip::offset_t(sizeof(Header))) {
+      hdr_region = bip::mapped_region(obj, mode, 0, sizeof(Header));
+      auto* h = static_cast<const Header*>(hdr_region.get_address());
+      // SYNC(data.ready)/SYNC(ctl.ready) acquire: the header fields are complete.
+      uint32_t v = std::atomic_ref<const uint32_t>(h->layout_version).load(std::memory_order_acquire);
+      if (v != 0) {
+        if ((v >> 16) != shm::kLayoutMajor)
+          throw Error(ErrorCode::incompatible, name + ": layout version " + std::to_string(v >> 16) +
+                                                   "." + std::to_string(v & 0xffff) +
+                                                   ", this library speaks " +
+                                                   std::to_string(shm::kLayoutMajor) + ".x");
+        return h;
+      }
+    }
+    if (std::chrono::steady_clock::now() > deadline)
+      throw Error(ErrorCode::timed_out, name + ": segment exists but never became ready");
+    // Back off while a creator finishes initialising (state: "being created").
+    std::this_thread::sleep_for(std::chrono::microseconds(spin < 10 ? 50 : 1000));
+  }
+}
+
+class DirectProvider final : public SegmentProvider {
+ public:
+  explicit DirectProvider(std::string prefix) : prefix_(std::move(prefix)) {}
+
+  void create_topic(const std::string& topic, const TopicConfig& cfg) override {
+    if (!valid_topic_name(topic))
+      throw Error(ErrorCode::invalid_argument, "invalid topic name '" + topic + "'");
+    check_config(cfg);
+    for (uint32_t p = 0; p < cfg.partitions; ++p) create_partition(topic, p, cfg);
+  }
+
+  std::shared_ptr<PartitionMapping> open(const std::string& topic, uint32_t p, Role role,
+                                         int timeout_ms) override {
+    if (!valid_topic_name(topic))
+      throw Error(ErrorCode::invalid_argument, "invalid topic name '" + topic + "'");
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    const std::string dname = segment_name(prefix_, topic, p, true);
+    const std::string cname = segment_name(prefix_, topic, p, false);
+    bip::mode_t dmode = role == Role::subscriber ? bip::read_only : bip::read_write;
+    bip::shared_memory_object dobj = open_obj(dname, dmode, deadline);
+    bip::shared_memory_object cobj = open_obj(cname, bip::read_write, deadline);
+    bip::mapped_region dh, ch;
+    const auto* d = wait_ready<shm::DataHeader>(dobj, dh, dmode, dname, deadline);
+    const auto* c = wait_ready<shm::ControlHeader>(cobj, ch, bip::read_write, cname, deadline);
+    if (d->magic != shm::kDataMagic || c->magic != shm::kCtlMagic)
+      throw Error(ErrorCode::incompatible, dname + ": not a shmbus segment (bad magic)");
+    if (d->data_offset != sizeof(shm::DataHeader) || !is_pow2(d->capacity) ||
+        c->capacity != d->capacity || c->slot_count == 0 || c->slot_count > 4096)
+      throw Error(ErrorCode::incompatible, dname + ": inconsistent segment header");
+    bip::offset_t dsz = 0, csz = 0;
+    dobj.get_size(dsz);
+    cobj.get_size(csz);
+    if (uint64_t(dsz) < shm::data_segment_size(d->capacity) ||
+        uint64_t(csz) < shm::control_segment_size(c->slot_count))
+      throw Error(ErrorCode::incompatible, dname + ": segment is truncated");
+    bip::mapped_region dreg(dobj, dmode, 0, shm::data_segment_size(d->capacity));
+    bip::mapped_region creg(cobj, bip::read_write, 0, shm::control_segment_size(c->slot_count));
+    return std::make_shared<DirectMapping>(topic, p, std::move(dreg), std::move(creg));
+  }
+
+  void remove_topic(const std::string& topic) override {
+    if (!valid_topic_name(topic))
+      throw Error(ErrorCode::invalid_argument, "invalid topic name '" + topic + "'");
+    for (uint32_t p = 0;; ++p) {
+      bool a = bip::shared_memory_object::remove(segment_name(prefix_, topic, p, true).c_str());
+      bool b = bip::shared_memory_object::remove(segment_name(prefix_, topic, p, false).c_str());
+      if (!a && !b) break;
+    }
+  }
+
+  uint32_t partitions(const std::string& topic) override {
+    uint32_t n = 0;
+    while (access(("/dev/shm/" + segment_name(prefix_, topic, n, true)).c_str(), F_OK) == 0) ++n;
+    return n;
+  }
+
+ private:
+  bip::shared_memory_object open_obj(const std::string& name, bip::mode_t mode,
+                                     std::chrono::steady_clock::time_point deadline) {
+    for (;;) {
+      try {
+        return bip::shared_memory_object(bip::open_only, name.c_str(), mode);
+      } catch (const bip::interprocess_exception& e) {
+        if (e.get_error_code() == bip::security_error)
+          throw Error(ErrorCode::permission_denied, name + ": " + e.what());
+        if (e.get_error_code() != bip::not_found_error)
+          throw Error(ErrorCode::system, name + ": " + e.what());
+        if (std::chrono::steady_clock::now() > deadline)
+          throw Error(ErrorCode::not_found, "topic segment " + name + " does not exist");
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+  }
+
+  void create_partition(const std::string& topic, uint32_t p, const TopicConfig& cfg) {
+    const std::string dname = segment_name(prefix_, topic, p, true);
+    const std::string cname = segment_name(prefix_, topic, p, false);
+    bip::permissions perm(cfg.mode);
+    // The control segment first: an opener that sees the data segment ready also
+    // finds the control segment (it waits for both anyway).
+    bool created_c = false, created_d = false;
+    try {
+      bip::shared_memory_object cobj(bip::create_only, cname.c_str(), bip::read_write, perm);
+      cobj.truncate(bip::offset_t(shm::control_segment_size(cfg.slots)));
+      created_c = true;
+      bip::shared_memory_object dobj(bip::create_only, dname.c_str(), bip::read_write, perm);
+      dobj.truncate(bip::offset_t(shm::data_segment_size(cfg.capacity)));
+      created_d = true;
+      bip::mapped_region creg(cobj, bip::read_write);
+      bip::mapped_region dreg(dobj, bip::read_write);
+      uint64_t maxp = cfg.max_payload ? cfg.max_payload : cfg.capacity / 4;
+      shm::init_segments(static_cast<shm::DataHeader*>(dreg.get_address()),
+                         static_cast<shm::ControlHeader*>(creg.get_address()), cfg.capacity,
+                         cfg.slots, cfg.multi_producer ? shm::kFlagMultiProducer : 0u,
+                         uint32_t(cfg.policy), p, cfg.schema_id, maxp, realtime_ns());
+      return;
+    } catch (const bip::interprocess_exception& e) {
+      if (e.get_error_code() != bip::already_exists_error) {
+        if (created_c) bip::shared_memory_object::remove(cname.c_str());
+        if (created_d) bip::shared_memory_object::remove(dname.c_str());
+        if (e.get_error_code() == bip::security_error)
+          throw Error(ErrorCode::permission_denied, dname + ": " + e.what());
+        throw Error(ErrorCode::system, dname + ": " + e.what());
+      }
+      if (created_c && !created_d) {
+        // Someone else created the data segment between our two creates: not ours.
+        bip::shared_memory_object::remove(cname.c_str());
+      }
+    }
+    // Exists: verify it matches.
+    auto m = open(topic, p, Role::admin, 5000);
+    const auto& r = m->refs();
+    uint64_t maxp = cfg.max_payload ? cfg.max_payload : cfg.capacity / 4;
+    bool mp = r.data->flags & shm::kFlagMultiProducer;
+    if (r.capacity != cfg.capacity || mp != cfg.multi_producer || r.data->policy != uint32_t(cfg.policy) ||
+        r.data->max_payload != maxp)
+      throw Error(ErrorCode::incompatible,
+                  "topic '" + topic + "' partition " + std::to_string(p) +
+                      " exists with other settings (capacity " + std::to_string(r.capacity) + ")");
+  }
+
+  std::string prefix_;
+};
+
+}  // namespace
+
+std::shared_ptr<SegmentProvider> make_direct_provider(const std::string& prefix) {
+  return std::make_shared<DirectProvider>(prefix);
+}
+
+}  // namespace shmbus

@@ -1,0 +1,263 @@
+#include "shmbus/publisher.hpp"
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <sched.h>
+#include <unistd.h>
+
+namespace shmbus {
+
+using shm::aref;
+
+namespace {
+bool pid_alive(uint32_t pid) {
+  if (pid == 0) return false;
+  return kill(pid_t(pid), 0) == 0 || errno == EPERM;
+}
+}  // namespace
+
+const char* to_string(Status s) noexcept {
+  switch (s) {
+    case Status::ok: return "ok";
+    case Status::empty: return "empty";
+    case Status::back_pressured: return "back-pressured";
+    case Status::timed_out: return "timed out";
+    case Status::too_large: return "too large";
+    case Status::corrupt: return "corrupt frame";
+    case Status::malformed: return "malformed message";
+    case Status::closed: return "closed";
+  }
+  return "unknown";
+}
+
+Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions& opts)
+    : m_(std::move(m)), opts_(opts) {
+  const shm::RingRefs& r = m_->refs();
+  const bool multi = r.data->flags & shm::kFlagMultiProducer;
+  const uint32_t me = uint32_t(getpid());
+  if (!multi) {
+    // Single-producer partition: take exclusive ownership, or take over from a dead owner.
+    uint32_t owner = 0;
+    for (;;) {
+      if (aref(r.data->producer_pid).compare_exchange_strong(owner, me, std::memory_order_acq_rel))
+        break;
+      if (owner == me)
+        throw Error(ErrorCode::already_exists,
+                    "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() +
+                        "' already has a publisher in this process (single-producer topic)");
+      if (pid_alive(owner))
+        throw Error(ErrorCode::already_exists,
+                    "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() +
+                        "' already has a publisher (pid " + std::to_string(owner) +
+                        "); create the topic with multi_producer for several");
+      // Dead owner: loop CASes owner -> me.
+    }
+    claimed_sp_ = true;
+  }
+  w_.attach(r, multi, me);
+  if (!multi) w_.recover_sp();
+  policy_ = r.data->policy;
+  meta_.producer_id = opts_.producer_id ? opts_.producer_id : me;
+  open_ = true;
+}
+
+Publisher::Publisher(Publisher&& o) noexcept
+    : m_(std::move(o.m_)), opts_(o.opts_), w_(o.w_), claim_(o.claim_), meta_(o.meta_),
+      stats_(o.stats_), policy_(o.policy_), claimed_sp_(o.claimed_sp_), open_(o.open_) {
+  o.open_ = false;
+  o.claimed_sp_ = false;
+  o.claim_ = {};
+}
+
+Publisher& Publisher::operator=(Publisher&& o) noexcept {
+  if (this != &o) {
+    close();
+    m_ = std::move(o.m_);
+    opts_ = o.opts_;
+    w_ = o.w_;
+    claim_ = o.claim_;
+    meta_ = o.meta_;
+    stats_ = o.stats_;
+    policy_ = o.policy_;
+    claimed_sp_ = o.claimed_sp_;
+    open_ = o.open_;
+    o.open_ = false;
+    o.claimed_sp_ = false;
+    o.claim_ = {};
+  }
+  return *this;
+}
+
+Publisher::~Publisher() { close(); }
+
+void Publisher::close() {
+  if (!open_) return;
+  if (claim_.active()) w_.abort(claim_);
+  if (claimed_sp_) {
+    uint32_t me = uint32_t(getpid());
+    aref(m_->refs().data->producer_pid).compare_exchange_strong(me, 0, std::memory_order_acq_rel);
+    claimed_sp_ = false;
+  }
+  open_ = false;
+  m_.reset();
+}
+
+uint32_t Publisher::partition() const { return m_ ? m_->partition() : 0; }
+
+Status Publisher::try_claim(uint32_t max_bytes, ClaimView& out) {
+  if (!open_) return Status::closed;
+  if (claim_.active()) w_.abort(claim_);  // caller misuse: a second claim drops the first
+  shm::RingStatus s = w_.try_claim(max_bytes, claim_);
+  if (s == shm::RingStatus::ok) {
+    out.data = claim_.payload;
+    out.size = claim_.max_payload;
+    out.sequence = claim_.seq;
+    return Status::ok;
+  }
+  out = {};
+  if (s == shm::RingStatus::too_large) return Status::too_large;
+  return Status::back_pressured;
+}
+
+Status Publisher::claim(uint32_t max_bytes, ClaimView& out) {
+  Status s = try_claim(max_bytes, out);
+  if (s != Status::back_pressured) return s;
+  if (policy_ == shm::kPolicyFail) {
+    ++stats_.back_pressured;
+    return s;
+  }
+  s = wait_for_space(max_bytes);
+  if (s != Status::ok) {
+    ++stats_.back_pressured;
+    return s;
+  }
+  s = try_claim(max_bytes, out);
+  if (s != Status::ok) ++stats_.back_pressured;
+  return s;
+}
+
+// Waits until a claim of max_bytes can succeed (P7), per the wait strategy.
+Status Publisher::wait_for_space(uint32_t max_bytes) {
+  ++stats_.blocked_waits;
+  const uint64_t start = shm::monotonic_ns();
+  const uint64_t deadline = start + uint64_t(opts_.block_timeout_ns);
+  uint64_t reclaim_at = start + uint64_t(opts_.reclaim_after_ns);
+  const bool spin_only = opts_.wait == WaitStrategy::busy_spin;
+  uint32_t iter = 0;
+  for (;;) {
+    if (w_.space_available(max_bytes)) return Status::ok;
+    uint64_t now = shm::monotonic_ns();
+    if (now >= reclaim_at) {
+      reclaim_dead_cursors();
+      reclaim_at = now + uint64_t(opts_.reclaim_after_ns);
+      continue;
+    }
+    if (now >= deadline) return Status::back_pressured;
+    ++iter;
+    bool sleep = opts_.wait == WaitStrategy::futex ||
+                 (opts_.wait == WaitStrategy::hybrid && now - start >= uint64_t(opts_.spin_ns));
+    if (!sleep || spin_only) {
+      if (opts_.wait == WaitStrategy::spin_yield && iter > 64) sched_yield();
+      else shm::cpu_relax();
+      continue;
+    }
+    uint32_t v = w_.begin_space_wait();
+    if (!w_.space_available(max_bytes)) {
+      uint64_t until = deadline < reclaim_at ? deadline : reclaim_at;
+      shm::futex_wait(w_.space_futex(), v, int64_t(until - now));
+    }
+    w_.end_space_wait();
+  }
+}
+
+// Direct mode: a subscriber process that died leaves an ACTIVE slot; any peer that
+// can prove the owner dead (kill(pid, 0) == ESRCH) frees it. The daemon does this
+// with pidfds and sockets; this is the fallback without one.
+void Publisher::reclaim_dead_cursors() {
+  const shm::RingRefs& r = w_.refs();
+  for (uint32_t i = 0; i < r.slot_count; ++i) {
+    shm::CursorSlot& s = r.slots[i];
+    if (aref(s.state).load(std::memory_order_acquire) != shm::kSlotActive) continue;
+    uint32_t gen = aref(s.generation).load(std::memory_order_acquire);
+    uint32_t pid = aref(s.pid).load(std::memory_order_acquire);
+    if (pid_alive(pid)) continue;
+    if (aref(s.generation).load(std::memory_order_acquire) != gen) continue;
+    uint32_t expect = shm::kSlotActive;
+    if (aref(s.state).compare_exchange_strong(expect, shm::kSlotFree, std::memory_order_acq_rel))
+      ++stats_.reclaimed_cursors;
+  }
+}
+
+Status Publisher::commit(uint32_t used, uint64_t message_id, uint64_t schema_id) {
+  if (!claim_.active()) return Status::closed;
+  if (used > claim_.max_payload) {
+    w_.abort(claim_);
+    return Status::too_large;
+  }
+  meta_.message_id = message_id;
+  meta_.schema_id = schema_id;
+  w_.commit(claim_, used, meta_, true, false);
+  ++stats_.published;
+  return Status::ok;
+}
+
+Status Publisher::commit_clean(uint32_t used, uint64_t message_id, uint64_t schema_id) {
+  if (!claim_.active()) return Status::closed;
+  if (used > claim_.max_payload) {
+    w_.abort(claim_);
+    return Status::too_large;
+  }
+  meta_.message_id = message_id;
+  meta_.schema_id = schema_id;
+  w_.commit(claim_, used, meta_, true, true);
+  ++stats_.published;
+  return Status::ok;
+}
+
+void Publisher::abort() {
+  if (claim_.active()) w_.abort(claim_);
+}
+
+Status Publisher::offer(const void* data, size_t len, uint64_t message_id, uint64_t schema_id) {
+  if (len > w_.max_payload()) return Status::too_large;
+  ClaimView c;
+  Status s = claim(uint32_t(len), c);
+  if (s != Status::ok) return s;
+  std::memcpy(c.data, data, len);
+  meta_.message_id = message_id;
+  meta_.schema_id = schema_id;
+  w_.commit(claim_, uint32_t(len), meta_, true, true);
+  ++stats_.published;
+  return Status::ok;
+}
+
+size_t Publisher::offer_batch(std::span<const std::span<const std::byte>> msgs, Status* last) {
+  size_t n = 0;
+  Status s = Status::ok;
+  meta_.message_id = 0;
+  meta_.schema_id = 0;
+  for (const auto& m : msgs) {
+    if (m.size() > w_.max_payload()) {
+      s = Status::too_large;
+      break;
+    }
+    ClaimView c;
+    s = try_claim(uint32_t(m.size()), c);
+    if (s == Status::back_pressured) {
+      if (n) w_.notify_subscribers();  // let readers drain what is already in
+      s = claim(uint32_t(m.size()), c);
+    }
+    if (s != Status::ok) break;
+    std::memcpy(c.data, m.data(), m.size());
+    // One wake-up check per batch: only the last commit notifies.
+    w_.commit(claim_, uint32_t(m.size()), meta_, n + 1 == msgs.size(), true);
+    ++n;
+  }
+  if (n && n != msgs.size()) w_.notify_subscribers();
+  stats_.published += n;
+  if (last) *last = s;
+  return n;
+}
+
+}  // namespace shmbus
