@@ -1,0 +1,251 @@
+/*
+ * shmbus.h — the stable C ABI of shmbus (the only C header).
+ *
+ * Conventions
+ *  - Every call returns int: 0 (SHMBUS_OK) on success, -errno for an OS failure,
+ *    or a SHMBUS_E_* code (all <= -10000). Nothing throws or aborts across this ABI.
+ *  - shmbus_strerror(rc) gives static text for a code; shmbus_last_error() gives
+ *    the detailed message of the last failing call on this thread.
+ *  - Handles are opaque. Every _open has a matching _close; out-handles are set to
+ *    NULL on failure. Closing NULL is a no-op.
+ *  - Thread-safety: a bus handle may be used from any thread; a publisher or a
+ *    subscriber handle from one thread at a time.
+ *  - Memory: claim and view pointers point into shared memory owned by the library.
+ *    A claim is writable until commit/abort. A view is valid until it is released
+ *    (shmbus_subscriber_release* covering it) or its subscriber is closed; reading it
+ *    after that reads bytes another producer may be overwriting.
+ *  - Inline helpers have exported function twins, so Go and Rust can call everything.
+ *
+ * ABI versioning: SHMBUS_ABI_VERSION changes when a signature or struct layout
+ * changes incompatibly; shmbus_abi_version() reports the library's. Structs that
+ * may grow carry a leading `size` field set by the _init function.
+ */
+#ifndef SHMBUS_H
+#define SHMBUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define SHMBUS_API __attribute__((visibility("default")))
+#else
+#define SHMBUS_API
+#endif
+
+#define SHMBUS_ABI_VERSION 1
+
+/* ---- status codes ------------------------------------------------------- */
+#define SHMBUS_OK 0
+#define SHMBUS_E_EMPTY (-10001)             /* poll: nothing to read yet */
+#define SHMBUS_E_BACK_PRESSURED (-10002)    /* ring full (policy fail, or block timed out) */
+#define SHMBUS_E_TIMED_OUT (-10003)         /* a wait ran out */
+#define SHMBUS_E_TOO_LARGE (-10004)         /* message can never fit this topic's frames */
+#define SHMBUS_E_CORRUPT (-10005)           /* ring bytes are not a valid frame */
+#define SHMBUS_E_MALFORMED (-10006)         /* payload is not a valid Cap'n Proto message */
+#define SHMBUS_E_CLOSED (-10007)            /* handle closed, or no open claim */
+#define SHMBUS_E_INVALID_ARGUMENT (-10008)  /* bad argument (NULL, bad name, bad config) */
+#define SHMBUS_E_NOT_FOUND (-10009)         /* no such topic */
+#define SHMBUS_E_ALREADY_EXISTS (-10010)    /* exists with other settings, or partition has a producer */
+#define SHMBUS_E_INCOMPATIBLE (-10011)      /* other layout version / settings */
+#define SHMBUS_E_PERMISSION_DENIED (-10012) /* access list or file permissions refuse it */
+#define SHMBUS_E_NO_SLOT (-10013)           /* every subscriber slot is taken */
+#define SHMBUS_E_PROTOCOL (-10014)          /* the daemon answered something unexpected */
+#define SHMBUS_E_NOT_CONNECTED (-10015)     /* no daemon at the socket */
+#define SHMBUS_E_INTERNAL (-10016)          /* a bug: please report with shmbus_last_error() */
+#define SHMBUS_E_UNSUPPORTED (-10017)       /* not available in this build / mode */
+
+/* ---- enums (plain integers in structs) ----------------------------------- */
+#define SHMBUS_POLICY_BLOCK 0
+#define SHMBUS_POLICY_FAIL 1
+#define SHMBUS_POLICY_SPILL 2
+
+#define SHMBUS_WAIT_BUSY_SPIN 0
+#define SHMBUS_WAIT_SPIN_YIELD 1
+#define SHMBUS_WAIT_FUTEX 2
+#define SHMBUS_WAIT_HYBRID 3
+
+typedef struct shmbus_bus shmbus_bus_t;
+typedef struct shmbus_publisher shmbus_publisher_t;
+typedef struct shmbus_subscriber shmbus_subscriber_t;
+
+/* ---- library ------------------------------------------------------------ */
+SHMBUS_API uint32_t shmbus_abi_version(void);
+SHMBUS_API const char* shmbus_strerror(int rc);    /* static text, never NULL */
+SHMBUS_API const char* shmbus_last_error(void);    /* this thread's last detail, never NULL */
+
+/* ---- bus ---------------------------------------------------------------- */
+/* A bus without a daemon: segments are created and mapped by this process under
+ * /dev/shm, names prefixed with `shm_prefix` (NULL: "shmbus"). */
+SHMBUS_API int shmbus_bus_open_direct(const char* shm_prefix, shmbus_bus_t** out);
+/* Connects to shmbusd at `socket_path` (NULL: the per-user default).
+ * SHMBUS_E_NOT_CONNECTED when no daemon answers. */
+SHMBUS_API int shmbus_bus_connect(const char* socket_path, shmbus_bus_t** out);
+/* Starts a daemon inside this process (a thread) with its state in `state_dir`
+ * (NULL: a private temporary directory) and connects to it. */
+SHMBUS_API int shmbus_bus_open_embedded(const char* state_dir, shmbus_bus_t** out);
+SHMBUS_API void shmbus_bus_close(shmbus_bus_t* bus);
+
+/* ---- topics ------------------------------------------------------------- */
+typedef struct shmbus_topic_config {
+  uint32_t size;            /* sizeof(shmbus_topic_config_t), set by _init */
+  uint32_t partitions;      /* default 1 */
+  uint64_t capacity;        /* ring bytes per partition, power of two >= 4096; default 16 MiB */
+  uint64_t max_payload;     /* 0: capacity / 4 */
+  uint32_t policy;          /* SHMBUS_POLICY_*; default BLOCK */
+  uint32_t multi_producer;  /* 0: one producer per partition (fast path) */
+  uint32_t slots;           /* subscriber slots per partition; default 64 */
+  uint32_t mode;            /* permission bits of the segments; default 0660 */
+  uint64_t schema_id;       /* expected Cap'n Proto root type id, 0 = any */
+} shmbus_topic_config_t;
+
+SHMBUS_API void shmbus_topic_config_init(shmbus_topic_config_t* cfg);
+/* Idempotent for the same settings; SHMBUS_E_ALREADY_EXISTS for other settings. */
+SHMBUS_API int shmbus_topic_create(shmbus_bus_t* bus, const char* topic,
+                                   const shmbus_topic_config_t* cfg);
+SHMBUS_API int shmbus_topic_remove(shmbus_bus_t* bus, const char* topic);
+/* Fills cfg with the settings of an existing topic (read from partition 0). */
+SHMBUS_API int shmbus_topic_describe(shmbus_bus_t* bus, const char* topic,
+                                     shmbus_topic_config_t* cfg);
+
+/* ---- publisher ---------------------------------------------------------- */
+typedef struct shmbus_publisher_options {
+  uint32_t size;              /* set by _init */
+  uint32_t partition;         /* default 0 */
+  uint32_t producer_id;       /* 0: the pid */
+  uint32_t wait;              /* SHMBUS_WAIT_*: how to wait for space under policy block */
+  int64_t block_timeout_ns;   /* longest wait for space; default 1 s */
+  int32_t open_timeout_ms;    /* wait for a topic being created; default 5000 */
+  uint32_t reserved;
+} shmbus_publisher_options_t;
+
+/* A claimed frame: `data` is zeroed, writable ring memory of `size` bytes,
+ * 8-byte aligned, valid until commit or abort. */
+typedef struct shmbus_claim {
+  uint8_t* data;
+  uint32_t size;
+  uint32_t reserved;
+  uint64_t sequence;
+} shmbus_claim_t;
+
+typedef struct shmbus_publisher_stats {
+  uint64_t published;
+  uint64_t back_pressured;
+  uint64_t blocked_waits;
+  uint64_t builder_fallbacks;
+  uint64_t reclaimed_cursors;
+} shmbus_publisher_stats_t;
+
+SHMBUS_API void shmbus_publisher_options_init(shmbus_publisher_options_t* o);
+SHMBUS_API int shmbus_publisher_open(shmbus_bus_t* bus, const char* topic,
+                                     const shmbus_publisher_options_t* opts, /* NULL: defaults */
+                                     shmbus_publisher_t** out);
+SHMBUS_API void shmbus_publisher_close(shmbus_publisher_t* pub);
+/* Claims room for max_bytes of payload; applies the topic policy when full. */
+SHMBUS_API int shmbus_publisher_claim(shmbus_publisher_t* pub, uint32_t max_bytes,
+                                      shmbus_claim_t* out);
+/* Like claim, never waits. */
+SHMBUS_API int shmbus_publisher_try_claim(shmbus_publisher_t* pub, uint32_t max_bytes,
+                                          shmbus_claim_t* out);
+/* Publishes the open claim with `used` payload bytes. */
+SHMBUS_API int shmbus_publisher_commit(shmbus_publisher_t* pub, uint32_t used,
+                                       uint64_t message_id, uint64_t schema_id);
+/* Publishes a single-segment Cap'n Proto message built in place: the caller built
+ * the segment at claim.data + 8 and it is `segment_words` words long. Writes the
+ * 8-byte segment table at claim.data and commits 8 + 8*segment_words bytes. */
+SHMBUS_API int shmbus_publisher_commit_message(shmbus_publisher_t* pub, uint32_t segment_words,
+                                               uint64_t message_id, uint64_t schema_id);
+/* commit_message, then claim again for next_max bytes: one call per message for
+ * bindings that pay per foreign call (Go). On a claim failure the commit stands
+ * and the claim's status is returned with next->data NULL. */
+SHMBUS_API int shmbus_publisher_commit_message_and_claim(shmbus_publisher_t* pub,
+                                                         uint32_t segment_words,
+                                                         uint64_t message_id, uint64_t schema_id,
+                                                         uint32_t next_max, shmbus_claim_t* next);
+SHMBUS_API int shmbus_publisher_abort(shmbus_publisher_t* pub);
+/* Copy path. */
+SHMBUS_API int shmbus_publisher_offer(shmbus_publisher_t* pub, const void* data, size_t len,
+                                      uint64_t message_id, uint64_t schema_id);
+/* Publishes `n` messages packed back to back in `buf` (message i is lens[i] bytes),
+ * with one wake-up check at the end. *published (may be NULL) gets the count;
+ * returns the status of the first failure, or OK. */
+SHMBUS_API int shmbus_publisher_offer_packed(shmbus_publisher_t* pub, const void* buf,
+                                             const uint32_t* lens, size_t n, size_t* published);
+SHMBUS_API int shmbus_publisher_stats(shmbus_publisher_t* pub, shmbus_publisher_stats_t* out);
+SHMBUS_API uint32_t shmbus_publisher_max_payload(shmbus_publisher_t* pub);
+
+/* ---- subscriber --------------------------------------------------------- */
+#define SHMBUS_START_LATEST 0    /* only messages published after the subscriber joins */
+#define SHMBUS_START_EARLIEST 1  /* durable topics: from the oldest retained message */
+#define SHMBUS_START_SEQUENCE 2  /* durable topics: from start_value (a sequence) */
+#define SHMBUS_START_TIME 3      /* durable topics: from start_value (ns since the epoch) */
+
+typedef struct shmbus_subscriber_options {
+  uint32_t size;              /* set by _init */
+  uint32_t partition;
+  uint32_t tethered;          /* 1 (default): holds producers back, never overwritten */
+  uint32_t wait;              /* SHMBUS_WAIT_*; default HYBRID */
+  int64_t spin_ns;            /* hybrid: spin this long before sleeping; default 20 us */
+  int32_t open_timeout_ms;    /* default 5000 */
+  uint32_t start;             /* SHMBUS_START_*; default LATEST */
+  uint64_t start_value;
+  const char* name;           /* durable subscriber name, or NULL */
+} shmbus_subscriber_options_t;
+
+/* One message in the ring. `data` points into read-only shared memory. */
+typedef struct shmbus_view {
+  const uint8_t* data;
+  uint32_t size;
+  uint32_t producer_id;
+  uint64_t sequence;
+  uint64_t timestamp_ns;   /* CLOCK_MONOTONIC at commit */
+  uint64_t message_id;
+  uint64_t schema_id;
+  uint64_t position;       /* ring position of the frame */
+  uint64_t next_position;  /* release token: releasing this view frees up to here */
+} shmbus_view_t;
+
+typedef struct shmbus_subscriber_stats {
+  uint64_t received;
+  uint64_t waits;
+  uint64_t corrupt;
+  uint64_t position;
+} shmbus_subscriber_stats_t;
+
+SHMBUS_API void shmbus_subscriber_options_init(shmbus_subscriber_options_t* o);
+SHMBUS_API int shmbus_subscriber_open(shmbus_bus_t* bus, const char* topic,
+                                      const shmbus_subscriber_options_t* opts, /* NULL: defaults */
+                                      shmbus_subscriber_t** out);
+SHMBUS_API void shmbus_subscriber_close(shmbus_subscriber_t* sub);
+/* Next message or SHMBUS_E_EMPTY. Never blocks. */
+SHMBUS_API int shmbus_subscriber_poll(shmbus_subscriber_t* sub, shmbus_view_t* out);
+/* Next message, waiting up to timeout_ns (<0: forever); SHMBUS_E_TIMED_OUT. */
+SHMBUS_API int shmbus_subscriber_poll_wait(shmbus_subscriber_t* sub, shmbus_view_t* out,
+                                           int64_t timeout_ns);
+/* Waits up to timeout_ns (0: no wait, <0: forever) for at least one message, then
+ * fills up to `max` views without releasing them. *n gets the count (0 on timeout,
+ * with SHMBUS_E_TIMED_OUT; or SHMBUS_E_EMPTY when timeout_ns is 0). */
+SHMBUS_API int shmbus_subscriber_poll_batch(shmbus_subscriber_t* sub, shmbus_view_t* views,
+                                            size_t max, int64_t timeout_ns, size_t* n);
+/* Releases `v` and every view polled before it. */
+SHMBUS_API int shmbus_subscriber_release(shmbus_subscriber_t* sub, const shmbus_view_t* v);
+/* Releases every view polled so far. */
+SHMBUS_API int shmbus_subscriber_release_all(shmbus_subscriber_t* sub);
+/* Waits until a message may be available: OK, or SHMBUS_E_TIMED_OUT. */
+SHMBUS_API int shmbus_subscriber_wait(shmbus_subscriber_t* sub, int64_t timeout_ns);
+SHMBUS_API int shmbus_subscriber_stats(shmbus_subscriber_t* sub, shmbus_subscriber_stats_t* out);
+
+/* ---- Cap'n Proto helpers -------------------------------------------------- */
+/* Checks that a view holds a well-formed flat Cap'n Proto message (segment table
+ * within bounds) and returns its first segment: *seg0 and *seg0_words. For
+ * readers that parse segments themselves. SHMBUS_E_MALFORMED otherwise. */
+SHMBUS_API int shmbus_view_segments(const shmbus_view_t* v, const uint8_t** seg0,
+                                    uint32_t* seg0_words, uint32_t* segment_count);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SHMBUS_H */
