@@ -53,6 +53,7 @@ class DirectMapping final : public PartitionMapping {
                                                      sizeof(shm::ControlHeader));
     refs_.capacity = d->capacity;
     refs_.slot_count = c->slot_count;
+    shm::bind_producer_table(refs_, ctl_.get_size());
   }
 
  private:

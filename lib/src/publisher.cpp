@@ -94,6 +94,7 @@ Publisher::~Publisher() { close(); }
 void Publisher::close() {
   if (!open_) return;
   if (claim_.active()) w_.abort(claim_);
+  w_.detach();  // gives back the producer-table entry (P8)
   if (claimed_sp_) {
     uint32_t me = uint32_t(getpid());
     aref(m_->refs().data->producer_pid).compare_exchange_strong(me, 0, std::memory_order_acq_rel);

@@ -12,7 +12,7 @@ namespace shmbus::shm {
 inline constexpr uint64_t kDataMagic = 0x3144'5355'424d'4853ULL;  // "SHMBUSD1" little-endian
 inline constexpr uint64_t kCtlMagic = 0x3143'5355'424d'4853ULL;   // "SHMBUSC1"
 inline constexpr uint32_t kLayoutMajor = 1;
-inline constexpr uint32_t kLayoutMinor = 0;
+inline constexpr uint32_t kLayoutMinor = 1;  // 1: producer table in the control segment
 inline constexpr uint32_t kLayoutVersion = (kLayoutMajor << 16) | kLayoutMinor;
 inline constexpr size_t kCacheLine = 64;
 inline constexpr uint64_t kFrameAlign = 8;
@@ -37,6 +37,13 @@ inline constexpr uint32_t kSlotDead = 3;
 
 // CursorSlot::flags
 inline constexpr uint32_t kSlotTethered = 1u << 0;
+
+// ProducerSlot::state (layout 1.1): multi-producer claim intents, so that a
+// reclaimer can fill the claim of a dead producer with padding (P8).
+inline constexpr uint32_t kProdFree = 0;      // pid == 0
+inline constexpr uint32_t kProdIdle = 1;      // registered, no claim in flight
+inline constexpr uint32_t kProdClaiming = 2;  // intent recorded; the tail CAS may have happened
+inline constexpr uint32_t kProducerSlots = 32;
 
 // ---------------------------------------------------------------------------
 // Frame: a fixed 48-byte header followed by the payload (a serialized Cap'n Proto
@@ -102,8 +109,22 @@ struct DataHeader {
   uint32_t producer_pid;     // 156 SP: pid of the exclusive producer, 0 = none
   uint64_t backpressure_events;  // 160 times a producer found the ring full (approximate)
   uint64_t producer_heartbeat_ns;  // 168
-  uint8_t pad2[80];          // 176 .. 255
-  uint8_t pad3[128];         // 256 .. 383 reserved
+  // 1.1: highest position a producer has started to zero (P2). Stored BEFORE the
+  // zeroing, so an untethered reader that re-reads it after copying a frame knows
+  // whether the copy may be torn (P9 in docs/memory-ordering.md).
+  uint64_t zero_intent;      // 176 SYNC(zero_intent) relaxed + release fence / acquire fence + relaxed
+  uint8_t pad2[72];          // 184 .. 255
+  // line 4 (1.1): written by the archiver of a durable topic (daemon/spill), read
+  // by producers waiting for durability acknowledgements (P8).
+  uint64_t durable_seq;      // 256 every frame with sequence <= this is durable per the flush policy
+  uint32_t durable_futex;    // 264 bumped (and woken if durable_waiters) when durable_seq grows
+  uint32_t durable_waiters;  // 268 producers sleeping on durable_futex
+  uint64_t archived_seq;     // 272 highest sequence written to the log (maybe not yet synced)
+  uint64_t archived_pos;     // 280 ring position up to which frames are in the log
+  uint32_t archiver_error;   // 288 errno of the failing log write/sync, 0 = healthy
+  uint32_t archiver_pid;     // 292 pid of the process running the archiver, 0 = none
+  uint64_t archiver_heartbeat_ns;  // 296 CLOCK_MONOTONIC, refreshed by the archiver loop
+  uint8_t pad3[80];          // 304 .. 383 reserved
 };
 static_assert(sizeof(DataHeader) == 384, "update docs/protocol.md and the layout version");
 static_assert(offsetof(DataHeader, layout_version) == 8);
@@ -116,6 +137,12 @@ static_assert(offsetof(DataHeader, zero_mark) == 144);
 static_assert(offsetof(DataHeader, zero_lock) == 152);
 static_assert(offsetof(DataHeader, producer_pid) == 156);
 static_assert(offsetof(DataHeader, backpressure_events) == 160);
+static_assert(offsetof(DataHeader, zero_intent) == 176);
+static_assert(offsetof(DataHeader, durable_seq) == 256, "archiver line: two lines from the producer's");
+static_assert(offsetof(DataHeader, durable_futex) == 264);
+static_assert(offsetof(DataHeader, archived_seq) == 272);
+static_assert(offsetof(DataHeader, archiver_error) == 288);
+static_assert(offsetof(DataHeader, archiver_heartbeat_ns) == 296);
 
 // ---------------------------------------------------------------------------
 // Control segment: ControlHeader (384 bytes) then `slot_count` CursorSlots.
@@ -126,7 +153,10 @@ struct ControlHeader {
   uint32_t layout_version;   // 8   SYNC(ctl.ready) written last by the creator
   uint32_t slot_count;       // 12
   uint64_t capacity;         // 16  copy of the data ring capacity (cross-check)
-  uint8_t pad0[104];         // 24 .. 127
+  uint32_t producer_slots;   // 24  (1.1) entries in the producer table, 0 = no table (1.0 segment)
+  uint32_t pad0a;            // 28
+  uint64_t producer_offset;  // 32  (1.1) byte offset of the producer table in this segment
+  uint8_t pad0[88];          // 40 .. 127
   // line 2: "data available" wait word. Producers bump data_futex and FUTEX_WAKE
   // when data_waiters != 0; subscribers announce themselves in data_waiters.
   uint32_t data_futex;       // 128
@@ -138,6 +168,8 @@ struct ControlHeader {
   uint8_t pad4[120];         // 264 .. 383
 };
 static_assert(sizeof(ControlHeader) == 384, "update docs/protocol.md and the layout version");
+static_assert(offsetof(ControlHeader, producer_slots) == 24);
+static_assert(offsetof(ControlHeader, producer_offset) == 32);
 static_assert(offsetof(ControlHeader, data_futex) == 128);
 static_assert(offsetof(ControlHeader, space_futex) == 256);
 
@@ -161,11 +193,34 @@ static_assert(offsetof(CursorSlot, heartbeat_ns) == 16);
 static_assert(offsetof(CursorSlot, flags) == 24);
 static_assert(offsetof(CursorSlot, name_hash) == 32);
 
+// One multi-producer claim intent (layout 1.1). Written by its producer (and by a
+// reclaimer once that producer is dead); 128 bytes so that producers do not share
+// lines. The intent {claim_pos, claim_seq, frame_len} is stored before the tail CAS
+// (P8), so a reclaimer that proves the owner dead knows where its claim lies.
+struct ProducerSlot {
+  uint32_t pid;              // 0  owner; registration CASes 0 -> pid
+  uint32_t state;            // 4  kProd*; SYNC(prod.intent) release before the tail CAS
+  uint64_t claim_pos;        // 8  tail position read for the claim (before any wrap pad)
+  uint64_t claim_seq;        // 16 tail sequence read for the claim
+  uint32_t frame_len;        // 24 claimed frame length (the wrap pad not included)
+  uint32_t generation;       // 28 bumped on every registration
+  uint64_t fills;            // 32 claims of this slot filled with padding by a reclaimer
+  uint8_t pad[88];           // 40 .. 127
+};
+static_assert(sizeof(ProducerSlot) == 128, "update docs/protocol.md and the layout version");
+static_assert(offsetof(ProducerSlot, state) == 4);
+static_assert(offsetof(ProducerSlot, claim_pos) == 8);
+static_assert(offsetof(ProducerSlot, claim_seq) == 16);
+static_assert(offsetof(ProducerSlot, frame_len) == 24);
+static_assert(offsetof(ProducerSlot, fills) == 32);
+
 inline constexpr uint32_t kDefaultSlots = 64;
 
 constexpr size_t data_segment_size(uint64_t capacity) { return sizeof(DataHeader) + capacity; }
+// Control segment: header, cursor slots, then (1.1) the producer table.
 constexpr size_t control_segment_size(uint32_t slots) {
-  return sizeof(ControlHeader) + size_t(slots) * sizeof(CursorSlot);
+  return sizeof(ControlHeader) + size_t(slots) * sizeof(CursorSlot) +
+         size_t(kProducerSlots) * sizeof(ProducerSlot);
 }
 
 }  // namespace shmbus::shm

@@ -4,6 +4,7 @@
 // Protocols (numbered steps in docs/memory-ordering.md):
 //   P1 claim/commit      P2 zero-ahead       P3 wrap (padding frame)
 //   P4 cursor release    P5 subscriber join  P6 data wait/wake   P7 space wait/wake
+//   P8 claim intent (multi-producer; lets a reclaimer pad a dead producer's claim)
 // Every acquire/release pair carries the same SYNC(label); `grep 'SYNC('` lists them.
 //
 // No allocation, no syscalls except futex. Positions are 64-bit byte offsets that
@@ -37,14 +38,29 @@ struct RingRefs {
   std::byte* ring = nullptr;       // data + data_offset
   ControlHeader* ctl = nullptr;    // control segment base
   CursorSlot* slots = nullptr;     // ctl + sizeof(ControlHeader)
+  ProducerSlot* producers = nullptr;  // (1.1) producer table, null for a 1.0 segment
   uint64_t capacity = 0;
   uint32_t slot_count = 0;
+  uint32_t producer_count = 0;
 
   uint64_t mask() const { return capacity - 1; }
   FrameHeader* frame_at(uint64_t pos) const {
     return reinterpret_cast<FrameHeader*>(ring + (pos & mask()));
   }
 };
+
+// Points r.producers at the control segment's producer table when the segment has
+// one that fits in the `ctl_bytes` mapped (untrusted header: bounds checked).
+inline void bind_producer_table(RingRefs& r, size_t ctl_bytes) {
+  r.producers = nullptr;
+  r.producer_count = 0;
+  const uint64_t n = r.ctl->producer_slots, off = r.ctl->producer_offset;
+  if (n == 0 || n > 4096 || off % 8 || off < sizeof(ControlHeader) ||
+      off + n * sizeof(ProducerSlot) > ctl_bytes)
+    return;
+  r.producers = reinterpret_cast<ProducerSlot*>(reinterpret_cast<std::byte*>(r.ctl) + off);
+  r.producer_count = uint32_t(n);
+}
 
 // Lowest position any live tethered subscriber still needs, or `none`.
 // SYNC(cursor) acquire: the bytes below a cursor were fully read before the
@@ -102,7 +118,32 @@ class RingWriter {
     limit_ = 0;
     zero_chunk_ = cap_ / 8 < 16384 ? cap_ / 8 : 16384;
     if (zero_chunk_ < 64) zero_chunk_ = 64;
+    prod_ = nullptr;
+    if (multi) register_producer();
   }
+
+  // P8 step 0: takes a free producer-table entry so that claims are recorded. Without
+  // one (table full, 1.0 segment) the producer still works, unrecorded: a claim it
+  // leaves behind at its death cannot be padded by a reclaimer.
+  void register_producer() {
+    for (uint32_t i = 0; i < r_.producer_count; ++i) {
+      ProducerSlot& p = r_.producers[i];
+      uint32_t expect = 0;
+      if (!aref(p.pid).compare_exchange_strong(expect, pid_, std::memory_order_acq_rel)) continue;
+      aref(p.generation).fetch_add(1, std::memory_order_relaxed);
+      aref(p.state).store(kProdIdle, std::memory_order_release);
+      prod_ = &p;
+      return;
+    }
+  }
+  // Gives the producer-table entry back (call when no claim is open).
+  void detach() {
+    if (!prod_) return;
+    aref(prod_->state).store(kProdFree, std::memory_order_relaxed);
+    aref(prod_->pid).store(0, std::memory_order_release);
+    prod_ = nullptr;
+  }
+  bool recorded() const { return prod_ != nullptr; }
 
   // Single-producer takeover (the previous exclusive producer is gone): skips any
   // frame it committed without publishing the tail, then re-zeroes what it may
@@ -179,6 +220,7 @@ class RingWriter {
     h->message_id = meta.message_id;
     h->schema_id = meta.schema_id;
     publish_commit(h, make_commit(flen, kFrameData), notify);
+    if (prod_) aref(prod_->state).store(kProdIdle, std::memory_order_release);  // P8 step 4
     if (!multi_) {
       tail_ = c.pos + flen;
       seq_ = c.seq + 1;
@@ -194,6 +236,7 @@ class RingWriter {
     // The whole claim becomes one pad: whatever the caller wrote inside it is skipped.
     uint32_t flen = c.frame_len;
     publish_commit(c.hdr, make_commit(flen, kFramePad), notify);
+    if (prod_) aref(prod_->state).store(kProdIdle, std::memory_order_release);  // P8 step 4
     if (!multi_) {
       tail_ = c.pos + flen;
       aref(r_.data->tail_pos).store(tail_, std::memory_order_release);
@@ -263,8 +306,20 @@ class RingWriter {
         if (s != RingStatus::ok) return s;
         continue;
       }
-      // The 16-byte CAS both claims [pos, end) and takes sequence `seq`.
-      if (!cas_tail(pos, seq, end, seq + 1)) continue;
+      if (prod_) {
+        // P8 steps 1-2: the intent, complete before the tail CAS can succeed.
+        // SYNC(prod.intent) release; the CAS below is a full barrier as well. A
+        // reclaimer reads it only once this process is proven dead.
+        aref(prod_->claim_pos).store(pos, std::memory_order_relaxed);
+        aref(prod_->claim_seq).store(seq, std::memory_order_relaxed);
+        aref(prod_->frame_len).store(uint32_t(frame_len), std::memory_order_relaxed);
+        aref(prod_->state).store(kProdClaiming, std::memory_order_release);
+      }
+      // The 16-byte CAS both claims [pos, end) and takes sequence `seq` (P8 step 3).
+      if (!cas_tail(pos, seq, end, seq + 1)) {
+        if (prod_) aref(prod_->state).store(kProdIdle, std::memory_order_relaxed);  // lost: no claim
+        continue;
+      }
       if (pad) {
         aref(r_.frame_at(pos)->commit)
             .store(make_commit(uint32_t(pad), kFramePad), std::memory_order_release);  // SYNC(frame.commit)
@@ -305,6 +360,7 @@ class RingWriter {
     uint64_t target = zero_mark_ + zero_chunk_;
     if (target < need) target = need;
     if (target > limit_) target = limit_;
+    announce_zero(target);
     zero_range(zero_mark_, target);
     zero_mark_ = target;
     aref(r_.data->zero_mark).store(target, std::memory_order_release);  // for tools / MP handover
@@ -333,12 +389,24 @@ class RingWriter {
         if (target > lim) target = lim;
         // Safe: every claim ends at or below z - 8 and every reader reads below the
         // tail, so nobody touches [z, target) while we zero it.
+        announce_zero(target);
         zero_range(z, target);
         aref(r_.data->zero_mark).store(target, std::memory_order_release);  // SYNC(zero_mark)
       }
     }
     aref(r_.data->zero_lock).store(0, std::memory_order_release);
     return result;
+  }
+
+  // P9: before overwriting ring bytes (zeroing is the first write of every lap),
+  // say how far. An untethered reader that copied a frame at p re-reads this after
+  // the copy; if it is above p + capacity the copy may be torn.
+  void announce_zero(uint64_t target) {
+    if (aref(r_.data->zero_intent).load(std::memory_order_relaxed) < target)
+      aref(r_.data->zero_intent).store(target, std::memory_order_relaxed);
+    // SYNC(zero_intent) release fence: the store above is ordered before the
+    // zeroing stores; pairs with the acquire fence in untethered readers (P9).
+    std::atomic_thread_fence(std::memory_order_release);
   }
 
   void zero_range(uint64_t from, uint64_t to) {
@@ -375,6 +443,7 @@ class RingWriter {
   }
 
   RingRefs r_{};
+  ProducerSlot* prod_ = nullptr;  // MP: this producer's table entry (P8), or null
   bool multi_ = false;
   uint32_t pid_ = 0;
   uint32_t max_payload_ = 0;
@@ -552,9 +621,12 @@ inline void init_segments(DataHeader* d, ControlHeader* c, uint64_t capacity, ui
   d->tail_pos = 0;
   d->tail_seq = 1;
   d->zero_mark = capacity;  // a fresh segment is all zeros
+  d->zero_intent = capacity;
   c->magic = kCtlMagic;
   c->slot_count = slots;
   c->capacity = capacity;
+  c->producer_slots = kProducerSlots;
+  c->producer_offset = sizeof(ControlHeader) + uint64_t(slots) * sizeof(CursorSlot);
   aref(c->layout_version).store(kLayoutVersion, std::memory_order_release);  // SYNC(ctl.ready)
   aref(d->layout_version).store(kLayoutVersion, std::memory_order_release);  // SYNC(data.ready)
 }
