@@ -1,0 +1,312 @@
+//! Raw bindings to the shmbus C ABI, written by hand from `ffi/include/shmbus.h`.
+//!
+//! Every item mirrors the header one to one (names, types, layouts). The layout test
+//! (`tests/layout.rs`) compiles a C probe against the real header in `build.rs` and
+//! checks every struct's size, alignment and field offsets, and every constant, so a
+//! header change that is not carried over here fails `cargo test`.
+//!
+//! Linking: see `build.rs` (`SHMBUS_LIB_DIR` / `SHMBUS_LIB_NAME`, or pkg-config).
+//! Use the safe `shmbus` crate unless you need the raw calls.
+#![allow(non_camel_case_types)]
+
+use std::ffi::{c_char, c_int};
+use std::marker::{PhantomData, PhantomPinned};
+
+pub const SHMBUS_ABI_VERSION: u32 = 1;
+
+// ---- status codes --------------------------------------------------------
+pub const SHMBUS_OK: c_int = 0;
+pub const SHMBUS_E_EMPTY: c_int = -10001;
+pub const SHMBUS_E_BACK_PRESSURED: c_int = -10002;
+pub const SHMBUS_E_TIMED_OUT: c_int = -10003;
+pub const SHMBUS_E_TOO_LARGE: c_int = -10004;
+pub const SHMBUS_E_CORRUPT: c_int = -10005;
+pub const SHMBUS_E_MALFORMED: c_int = -10006;
+pub const SHMBUS_E_CLOSED: c_int = -10007;
+pub const SHMBUS_E_INVALID_ARGUMENT: c_int = -10008;
+pub const SHMBUS_E_NOT_FOUND: c_int = -10009;
+pub const SHMBUS_E_ALREADY_EXISTS: c_int = -10010;
+pub const SHMBUS_E_INCOMPATIBLE: c_int = -10011;
+pub const SHMBUS_E_PERMISSION_DENIED: c_int = -10012;
+pub const SHMBUS_E_NO_SLOT: c_int = -10013;
+pub const SHMBUS_E_PROTOCOL: c_int = -10014;
+pub const SHMBUS_E_NOT_CONNECTED: c_int = -10015;
+pub const SHMBUS_E_INTERNAL: c_int = -10016;
+pub const SHMBUS_E_UNSUPPORTED: c_int = -10017;
+
+// ---- enums (plain integers in structs) ------------------------------------
+pub const SHMBUS_POLICY_BLOCK: u32 = 0;
+pub const SHMBUS_POLICY_FAIL: u32 = 1;
+pub const SHMBUS_POLICY_SPILL: u32 = 2;
+
+pub const SHMBUS_WAIT_BUSY_SPIN: u32 = 0;
+pub const SHMBUS_WAIT_SPIN_YIELD: u32 = 1;
+pub const SHMBUS_WAIT_FUTEX: u32 = 2;
+pub const SHMBUS_WAIT_HYBRID: u32 = 3;
+
+pub const SHMBUS_START_LATEST: u32 = 0;
+pub const SHMBUS_START_EARLIEST: u32 = 1;
+pub const SHMBUS_START_SEQUENCE: u32 = 2;
+pub const SHMBUS_START_TIME: u32 = 3;
+
+// ---- opaque handles ---------------------------------------------------------
+macro_rules! opaque {
+    ($name:ident, $alias:ident) => {
+        /// Opaque handle (only ever used behind a pointer).
+        #[repr(C)]
+        pub struct $name {
+            _data: [u8; 0],
+            _marker: PhantomData<(*mut u8, PhantomPinned)>,
+        }
+        pub type $alias = $name;
+    };
+}
+opaque!(shmbus_bus, shmbus_bus_t);
+opaque!(shmbus_publisher, shmbus_publisher_t);
+opaque!(shmbus_subscriber, shmbus_subscriber_t);
+
+// ---- structs ------------------------------------------------------------------
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct shmbus_topic_config_t {
+    pub size: u32,
+    pub partitions: u32,
+    pub capacity: u64,
+    pub max_payload: u64,
+    pub policy: u32,
+    pub multi_producer: u32,
+    pub slots: u32,
+    pub mode: u32,
+    pub schema_id: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct shmbus_publisher_options_t {
+    pub size: u32,
+    pub partition: u32,
+    pub producer_id: u32,
+    pub wait: u32,
+    pub block_timeout_ns: i64,
+    pub open_timeout_ms: i32,
+    pub reserved: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct shmbus_claim_t {
+    pub data: *mut u8,
+    pub size: u32,
+    pub reserved: u32,
+    pub sequence: u64,
+}
+
+impl Default for shmbus_claim_t {
+    fn default() -> Self {
+        Self { data: std::ptr::null_mut(), size: 0, reserved: 0, sequence: 0 }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct shmbus_publisher_stats_t {
+    pub published: u64,
+    pub back_pressured: u64,
+    pub blocked_waits: u64,
+    pub builder_fallbacks: u64,
+    pub reclaimed_cursors: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct shmbus_subscriber_options_t {
+    pub size: u32,
+    pub partition: u32,
+    pub tethered: u32,
+    pub wait: u32,
+    pub spin_ns: i64,
+    pub open_timeout_ms: i32,
+    pub start: u32,
+    pub start_value: u64,
+    pub name: *const c_char,
+}
+
+impl Default for shmbus_subscriber_options_t {
+    fn default() -> Self {
+        Self {
+            size: 0,
+            partition: 0,
+            tethered: 0,
+            wait: 0,
+            spin_ns: 0,
+            open_timeout_ms: 0,
+            start: 0,
+            start_value: 0,
+            name: std::ptr::null(),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct shmbus_view_t {
+    pub data: *const u8,
+    pub size: u32,
+    pub producer_id: u32,
+    pub sequence: u64,
+    pub timestamp_ns: u64,
+    pub message_id: u64,
+    pub schema_id: u64,
+    pub position: u64,
+    pub next_position: u64,
+}
+
+impl Default for shmbus_view_t {
+    fn default() -> Self {
+        Self {
+            data: std::ptr::null(),
+            size: 0,
+            producer_id: 0,
+            sequence: 0,
+            timestamp_ns: 0,
+            message_id: 0,
+            schema_id: 0,
+            position: 0,
+            next_position: 0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct shmbus_subscriber_stats_t {
+    pub received: u64,
+    pub waits: u64,
+    pub corrupt: u64,
+    pub position: u64,
+}
+
+extern "C" {
+    // ---- library ----
+    pub fn shmbus_abi_version() -> u32;
+    pub fn shmbus_strerror(rc: c_int) -> *const c_char;
+    pub fn shmbus_last_error() -> *const c_char;
+
+    // ---- bus ----
+    pub fn shmbus_bus_open_direct(shm_prefix: *const c_char, out: *mut *mut shmbus_bus_t) -> c_int;
+    pub fn shmbus_bus_connect(socket_path: *const c_char, out: *mut *mut shmbus_bus_t) -> c_int;
+    pub fn shmbus_bus_open_embedded(state_dir: *const c_char, out: *mut *mut shmbus_bus_t) -> c_int;
+    pub fn shmbus_bus_close(bus: *mut shmbus_bus_t);
+
+    // ---- topics ----
+    pub fn shmbus_topic_config_init(cfg: *mut shmbus_topic_config_t);
+    pub fn shmbus_topic_create(
+        bus: *mut shmbus_bus_t,
+        topic: *const c_char,
+        cfg: *const shmbus_topic_config_t,
+    ) -> c_int;
+    pub fn shmbus_topic_remove(bus: *mut shmbus_bus_t, topic: *const c_char) -> c_int;
+    pub fn shmbus_topic_describe(
+        bus: *mut shmbus_bus_t,
+        topic: *const c_char,
+        cfg: *mut shmbus_topic_config_t,
+    ) -> c_int;
+
+    // ---- publisher ----
+    pub fn shmbus_publisher_options_init(o: *mut shmbus_publisher_options_t);
+    pub fn shmbus_publisher_open(
+        bus: *mut shmbus_bus_t,
+        topic: *const c_char,
+        opts: *const shmbus_publisher_options_t,
+        out: *mut *mut shmbus_publisher_t,
+    ) -> c_int;
+    pub fn shmbus_publisher_close(publisher: *mut shmbus_publisher_t);
+    pub fn shmbus_publisher_claim(
+        publisher: *mut shmbus_publisher_t,
+        max_bytes: u32,
+        out: *mut shmbus_claim_t,
+    ) -> c_int;
+    pub fn shmbus_publisher_try_claim(
+        publisher: *mut shmbus_publisher_t,
+        max_bytes: u32,
+        out: *mut shmbus_claim_t,
+    ) -> c_int;
+    pub fn shmbus_publisher_commit(
+        publisher: *mut shmbus_publisher_t,
+        used: u32,
+        message_id: u64,
+        schema_id: u64,
+    ) -> c_int;
+    pub fn shmbus_publisher_commit_message(
+        publisher: *mut shmbus_publisher_t,
+        segment_words: u32,
+        message_id: u64,
+        schema_id: u64,
+    ) -> c_int;
+    pub fn shmbus_publisher_commit_message_and_claim(
+        publisher: *mut shmbus_publisher_t,
+        segment_words: u32,
+        message_id: u64,
+        schema_id: u64,
+        next_max: u32,
+        next: *mut shmbus_claim_t,
+    ) -> c_int;
+    pub fn shmbus_publisher_abort(publisher: *mut shmbus_publisher_t) -> c_int;
+    pub fn shmbus_publisher_offer(
+        publisher: *mut shmbus_publisher_t,
+        data: *const std::ffi::c_void,
+        len: usize,
+        message_id: u64,
+        schema_id: u64,
+    ) -> c_int;
+    pub fn shmbus_publisher_offer_packed(
+        publisher: *mut shmbus_publisher_t,
+        buf: *const std::ffi::c_void,
+        lens: *const u32,
+        n: usize,
+        published: *mut usize,
+    ) -> c_int;
+    pub fn shmbus_publisher_stats(
+        publisher: *mut shmbus_publisher_t,
+        out: *mut shmbus_publisher_stats_t,
+    ) -> c_int;
+    pub fn shmbus_publisher_max_payload(publisher: *mut shmbus_publisher_t) -> u32;
+
+    // ---- subscriber ----
+    pub fn shmbus_subscriber_options_init(o: *mut shmbus_subscriber_options_t);
+    pub fn shmbus_subscriber_open(
+        bus: *mut shmbus_bus_t,
+        topic: *const c_char,
+        opts: *const shmbus_subscriber_options_t,
+        out: *mut *mut shmbus_subscriber_t,
+    ) -> c_int;
+    pub fn shmbus_subscriber_close(sub: *mut shmbus_subscriber_t);
+    pub fn shmbus_subscriber_poll(sub: *mut shmbus_subscriber_t, out: *mut shmbus_view_t) -> c_int;
+    pub fn shmbus_subscriber_poll_wait(
+        sub: *mut shmbus_subscriber_t,
+        out: *mut shmbus_view_t,
+        timeout_ns: i64,
+    ) -> c_int;
+    pub fn shmbus_subscriber_poll_batch(
+        sub: *mut shmbus_subscriber_t,
+        views: *mut shmbus_view_t,
+        max: usize,
+        timeout_ns: i64,
+        n: *mut usize,
+    ) -> c_int;
+    pub fn shmbus_subscriber_release(sub: *mut shmbus_subscriber_t, v: *const shmbus_view_t) -> c_int;
+    pub fn shmbus_subscriber_release_all(sub: *mut shmbus_subscriber_t) -> c_int;
+    pub fn shmbus_subscriber_wait(sub: *mut shmbus_subscriber_t, timeout_ns: i64) -> c_int;
+    pub fn shmbus_subscriber_stats(
+        sub: *mut shmbus_subscriber_t,
+        out: *mut shmbus_subscriber_stats_t,
+    ) -> c_int;
+
+    // ---- Cap'n Proto helpers ----
+    pub fn shmbus_view_segments(
+        v: *const shmbus_view_t,
+        seg0: *mut *const u8,
+        seg0_words: *mut u32,
+        segment_count: *mut u32,
+    ) -> c_int;
+}

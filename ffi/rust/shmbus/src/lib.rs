@@ -1,0 +1,63 @@
+//! Safe Rust API of shmbus: same-host publish/subscribe over shared-memory rings,
+//! with Cap'n Proto messages built and read in place (no copy).
+//!
+//! ```no_run
+//! use shmbus::{market_capnp::quote, Bus, TopicConfig};
+//! # fn main() -> shmbus::Result<()> {
+//! let bus = Bus::open_direct("example")?;
+//! bus.create_topic("md.quotes", &TopicConfig::default())?;
+//! let mut sub = bus.subscriber("md.quotes", &Default::default())?;
+//! let mut publisher = bus.publisher("md.quotes", &Default::default())?;
+//!
+//! let mut m = publisher.claim_message(128)?;        // builder over ring memory
+//! let mut q = m.init_root::<quote::Builder>();
+//! q.set_seq(1);
+//! m.commit_as::<quote::Reader>(1)?;                   // no copy
+//!
+//! if let Some(v) = sub.poll()? {                     // a view into the ring
+//!     let r = v.reader()?;                           // no copy either
+//!     let q: quote::Reader = r.get_root()?;
+//!     assert_eq!(q.get_seq(), 1);
+//! }                                                  // dropping the view releases it
+//! # Ok(()) }
+//! ```
+//!
+//! Lifetimes: a [`View`] or [`Batch`] borrows its [`Subscriber`] mutably, and every
+//! byte slice or Cap'n Proto reader borrows the view, so nothing read from the ring
+//! can be used after the view is released or the subscriber closed. A [`Claim`] or
+//! [`MessageClaim`] borrows its [`Publisher`] the same way.
+//!
+//! Threads: [`Bus`] is `Send + Sync`; [`Publisher`] and [`Subscriber`] are `Send`
+//! but not `Sync` (one thread at a time, as the C ABI requires).
+//!
+//! See `docs/bindings-rust.md` in the repository for the full guide.
+
+mod bus;
+mod error;
+mod publisher;
+mod subscriber;
+
+pub use bus::{Bus, Policy, TopicConfig, WaitStrategy};
+pub use error::{check, last_error, strerror, Error, Result};
+pub use publisher::{
+    Claim, Committed, MessageClaim, Publisher, PublisherOptions, PublisherStats, RingAllocator,
+};
+pub use subscriber::{
+    default_reader_options, Batch, BatchIter, Message, MessageReader, Start, Subscriber,
+    SubscriberOptions, SubscriberStats, View,
+};
+
+/// The raw bindings, for what the safe API does not cover.
+pub use shmbus_sys as sys;
+
+/// Version of the C ABI the linked library implements.
+pub fn abi_version() -> u32 {
+    // SAFETY: takes no arguments, returns a constant.
+    unsafe { sys::shmbus_abi_version() }
+}
+
+/// Generated from `lib/schema/market.capnp` (Quote, Order, Side).
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused, unsafe_code)]
+pub mod market_capnp {
+    include!(concat!(env!("OUT_DIR"), "/market_capnp.rs"));
+}

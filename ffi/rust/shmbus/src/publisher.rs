@@ -1,0 +1,419 @@
+//! Publishing: zero-copy claims, Cap'n Proto built in ring memory, copy paths.
+use std::marker::PhantomData;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capnp::message::{Allocator, HeapAllocator};
+use capnp::traits::{FromPointerBuilder, HasTypeId};
+use shmbus_sys as sys;
+
+use crate::bus::{cstring, BusHandle, WaitStrategy};
+use crate::error::{check, Error, Result};
+
+/// Options of [`crate::Bus::publisher`]; `Default` takes the library's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherOptions {
+    pub partition: u32,
+    /// 0: the pid.
+    pub producer_id: u32,
+    /// How to wait for space under policy `block`.
+    pub wait: WaitStrategy,
+    /// Longest wait for space under policy `block`.
+    pub block_timeout: Duration,
+    /// How long to wait for a topic that is being created.
+    pub open_timeout: Duration,
+}
+
+impl Default for PublisherOptions {
+    fn default() -> Self {
+        let mut raw = sys::shmbus_publisher_options_t::default();
+        // SAFETY: raw is a valid, writable options struct.
+        unsafe { sys::shmbus_publisher_options_init(&mut raw) };
+        PublisherOptions {
+            partition: raw.partition,
+            producer_id: raw.producer_id,
+            wait: WaitStrategy::from_raw(raw.wait),
+            block_timeout: Duration::from_nanos(raw.block_timeout_ns.max(0) as u64),
+            open_timeout: Duration::from_millis(raw.open_timeout_ms.max(0) as u64),
+        }
+    }
+}
+
+impl PublisherOptions {
+    fn to_raw(&self) -> sys::shmbus_publisher_options_t {
+        let mut raw = sys::shmbus_publisher_options_t::default();
+        // SAFETY: raw is a valid, writable options struct; init sets `size`.
+        unsafe { sys::shmbus_publisher_options_init(&mut raw) };
+        raw.partition = self.partition;
+        raw.producer_id = self.producer_id;
+        raw.wait = self.wait.to_raw();
+        raw.block_timeout_ns = i64::try_from(self.block_timeout.as_nanos()).unwrap_or(i64::MAX);
+        raw.open_timeout_ms = i32::try_from(self.open_timeout.as_millis()).unwrap_or(i32::MAX);
+        raw
+    }
+}
+
+/// Counters of one publisher. `builder_fallbacks` includes the Cap'n Proto messages
+/// this crate had to copy because they outgrew their claim.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PublisherStats {
+    pub published: u64,
+    pub back_pressured: u64,
+    pub blocked_waits: u64,
+    pub builder_fallbacks: u64,
+    pub reclaimed_cursors: u64,
+}
+
+/// Writes messages into one partition ring.
+///
+/// `Send` (it may move to another thread) but not `Sync`: the C ABI allows a
+/// publisher handle to be used by one thread at a time, and every call that touches
+/// the ring takes `&mut self`.
+pub struct Publisher {
+    raw: NonNull<sys::shmbus_publisher_t>,
+    _bus: Arc<BusHandle>,
+    fallbacks: u64,
+}
+
+// SAFETY: the C ABI allows a publisher handle to be used from any thread, one thread
+// at a time. Moving the owner to another thread keeps that: there is still exactly
+// one owner. It is deliberately not Sync (NonNull already makes it !Sync).
+unsafe impl Send for Publisher {}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // SAFETY: raw came from a successful open and is closed exactly once, here.
+        // No claim is open: a Claim borrows the publisher mutably, so it is gone.
+        unsafe { sys::shmbus_publisher_close(self.raw.as_ptr()) }
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("handle", &self.raw).finish()
+    }
+}
+
+impl Publisher {
+    pub(crate) fn open(bus: Arc<BusHandle>, topic: &str, opts: &PublisherOptions) -> Result<Self> {
+        let t = cstring(topic)?;
+        let raw_opts = opts.to_raw();
+        let mut out: *mut sys::shmbus_publisher_t = ptr::null_mut();
+        // SAFETY: the bus handle is live (we hold the Arc); t, raw_opts and out are
+        // valid for the duration of the call.
+        check(unsafe { sys::shmbus_publisher_open(bus.as_ptr(), t.as_ptr(), &raw_opts, &mut out) })?;
+        let raw = NonNull::new(out)
+            .ok_or_else(|| Error::Internal("publisher open returned OK and NULL".into()))?;
+        Ok(Publisher { raw, _bus: bus, fallbacks: 0 })
+    }
+
+    fn claim_raw(&mut self, max_bytes: u32, wait: bool) -> Result<Claim<'_>> {
+        let mut c = sys::shmbus_claim_t::default();
+        // SAFETY: raw is live and used by this thread only (&mut self); c is writable.
+        let rc = unsafe {
+            if wait {
+                sys::shmbus_publisher_claim(self.raw.as_ptr(), max_bytes, &mut c)
+            } else {
+                sys::shmbus_publisher_try_claim(self.raw.as_ptr(), max_bytes, &mut c)
+            }
+        };
+        check(rc)?;
+        let data = NonNull::new(c.data)
+            .ok_or_else(|| Error::Internal("claim returned OK and NULL data".into()))?;
+        Ok(Claim { publisher: self, data, size: c.size, sequence: c.sequence, done: false })
+    }
+
+    /// Claims room for `max_bytes` of payload; applies the topic's policy when the
+    /// ring is full (`block`: waits up to the block timeout, then
+    /// [`Error::BackPressured`]). Write into [`Claim::bytes_mut`], then commit.
+    pub fn claim(&mut self, max_bytes: u32) -> Result<Claim<'_>> {
+        self.claim_raw(max_bytes, true)
+    }
+
+    /// Like [`claim`](Self::claim), never waits.
+    pub fn try_claim(&mut self, max_bytes: u32) -> Result<Claim<'_>> {
+        self.claim_raw(max_bytes, false)
+    }
+
+    /// Claims `max_bytes` and returns a Cap'n Proto builder whose first segment is
+    /// the claimed ring memory past the 8-byte segment table: the message is built in
+    /// place, [`MessageClaim::commit`] publishes it without a copy.
+    pub fn claim_message(&mut self, max_bytes: u32) -> Result<MessageClaim<'_>> {
+        let claim = self.claim(max_bytes)?;
+        MessageClaim::new(claim)
+    }
+
+    /// Like [`claim_message`](Self::claim_message), never waits.
+    pub fn try_claim_message(&mut self, max_bytes: u32) -> Result<MessageClaim<'_>> {
+        let claim = self.try_claim(max_bytes)?;
+        MessageClaim::new(claim)
+    }
+
+    /// Copy path: publishes `data` (one copy into the ring).
+    pub fn offer(&mut self, data: &[u8], message_id: u64, schema_id: u64) -> Result<()> {
+        // SAFETY: raw is live and exclusively ours; data is valid for len bytes and
+        // only read during the call.
+        check(unsafe {
+            sys::shmbus_publisher_offer(
+                self.raw.as_ptr(),
+                data.as_ptr().cast(),
+                data.len(),
+                message_id,
+                schema_id,
+            )
+        })
+    }
+
+    /// Publishes messages packed back to back in `buf` (message i is `lens[i]` bytes)
+    /// with one wake-up check at the end. Returns how many were published and the
+    /// status of the first failure.
+    pub fn offer_packed(&mut self, buf: &[u8], lens: &[u32]) -> (usize, Result<()>) {
+        let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
+        if total > buf.len() as u64 {
+            return (0, Err(Error::InvalidArgument("lens add up to more than buf".into())));
+        }
+        let mut published = 0usize;
+        // SAFETY: raw is live and exclusively ours; buf holds at least sum(lens)
+        // bytes (checked above), lens holds lens.len() entries; both only read.
+        let rc = unsafe {
+            sys::shmbus_publisher_offer_packed(
+                self.raw.as_ptr(),
+                buf.as_ptr().cast(),
+                lens.as_ptr(),
+                lens.len(),
+                &mut published,
+            )
+        };
+        (published, check(rc))
+    }
+
+    /// Counters (the library's, plus this crate's Cap'n Proto fallbacks).
+    pub fn stats(&self) -> Result<PublisherStats> {
+        let mut s = sys::shmbus_publisher_stats_t::default();
+        // SAFETY: raw is live; s is writable. &self is enough: Publisher is !Sync,
+        // so no other thread uses the handle concurrently.
+        check(unsafe { sys::shmbus_publisher_stats(self.raw.as_ptr(), &mut s) })?;
+        Ok(PublisherStats {
+            published: s.published,
+            back_pressured: s.back_pressured,
+            blocked_waits: s.blocked_waits,
+            builder_fallbacks: s.builder_fallbacks + self.fallbacks,
+            reclaimed_cursors: s.reclaimed_cursors,
+        })
+    }
+
+    /// Largest payload a claim may ask for.
+    pub fn max_payload(&self) -> u32 {
+        // SAFETY: raw is live; the call only reads the handle's settings.
+        unsafe { sys::shmbus_publisher_max_payload(self.raw.as_ptr()) }
+    }
+}
+
+/// An open claim: zeroed, writable ring memory, published by [`commit`](Claim::commit).
+/// Dropping it without committing aborts it (readers skip it).
+pub struct Claim<'p> {
+    publisher: &'p mut Publisher,
+    data: NonNull<u8>,
+    size: u32,
+    sequence: u64,
+    done: bool,
+}
+
+impl Claim<'_> {
+    /// The claimed bytes (zeroed by the library, 8-byte aligned).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the library hands out `size` writable bytes at `data`, valid until
+        // commit/abort; both consume the claim, and the returned slice borrows it
+        // mutably, so the slice cannot outlive the claim or alias another borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.data.as_ptr(), self.size as usize) }
+    }
+
+    /// Claimed size in bytes (may exceed what was asked for).
+    pub fn len(&self) -> usize {
+        self.size as usize
+    }
+
+    /// Whether the claim has no room at all.
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// The sequence number this message gets when committed.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Publishes the first `used` bytes.
+    pub fn commit(mut self, used: u32, message_id: u64, schema_id: u64) -> Result<()> {
+        self.done = true;
+        // SAFETY: the publisher has this open claim; raw is live and exclusively ours.
+        check(unsafe {
+            sys::shmbus_publisher_commit(self.publisher.raw.as_ptr(), used, message_id, schema_id)
+        })
+    }
+
+    /// Drops the claim (readers skip it).
+    pub fn abort(mut self) -> Result<()> {
+        self.done = true;
+        // SAFETY: raw is live and exclusively ours; the claim is open.
+        check(unsafe { sys::shmbus_publisher_abort(self.publisher.raw.as_ptr()) })
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // SAFETY: raw is live and exclusively ours; the claim is still open.
+            unsafe { sys::shmbus_publisher_abort(self.publisher.raw.as_ptr()) };
+        }
+    }
+}
+
+/// A Cap'n Proto segment allocator whose first segment is claimed ring memory and
+/// whose further segments (only when a message outgrows its claim) come from the
+/// heap. The ring segment is never written by the allocator (the library zeroed it)
+/// and never touched again once handed back: after commit it belongs to readers.
+pub struct RingAllocator<'c> {
+    ring: *mut u8,
+    ring_words: u32,
+    first_done: bool,
+    heap: HeapAllocator,
+    _claim: PhantomData<&'c mut [u8]>,
+}
+
+// SAFETY: allocate_segment returns either (a) the claimed ring memory: `ring_words`
+// words, 8-byte aligned and zeroed (library contract of shmbus_publisher_claim),
+// exclusively writable by this claim until commit/abort, which cannot happen before
+// the builder that owns this allocator is dropped or consumed (MessageClaim owns
+// both, and commits only after building); or (b) what capnp's HeapAllocator returns,
+// which upholds the contract itself. deallocate_segment passes heap segments back to
+// the HeapAllocator and leaves the ring segment alone.
+unsafe impl Allocator for RingAllocator<'_> {
+    fn allocate_segment(&mut self, minimum_size: u32) -> (NonNull<u8>, u32) {
+        let first = !self.first_done;
+        self.first_done = true;
+        if first && minimum_size <= self.ring_words {
+            if let Some(p) = NonNull::new(self.ring) {
+                return (p, self.ring_words);
+            }
+        }
+        self.heap.allocate_segment(minimum_size)
+    }
+
+    unsafe fn deallocate_segment(&mut self, ptr: NonNull<u8>, word_size: u32, words_used: u32) {
+        if ptr.as_ptr() == self.ring {
+            return;
+        }
+        // SAFETY: ptr is not the ring segment, so it came from self.heap's
+        // allocate_segment with this word_size; the caller guarantees it is
+        // deallocated once and words_used <= word_size.
+        unsafe { self.heap.deallocate_segment(ptr, word_size, words_used) }
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// True when the message outgrew its claim and was copied (counted in
+    /// [`PublisherStats::builder_fallbacks`]).
+    pub fell_back: bool,
+}
+
+/// A claim with a Cap'n Proto builder over it. Build with
+/// [`init_root`](Self::init_root), then [`commit`](Self::commit). Dropping it
+/// without committing aborts the claim.
+pub struct MessageClaim<'p> {
+    // Field order matters only for clarity: the builder never touches ring memory
+    // when dropped (see RingAllocator), so it may go before or after the claim.
+    builder: capnp::message::Builder<RingAllocator<'p>>,
+    claim: Claim<'p>,
+}
+
+impl<'p> MessageClaim<'p> {
+    fn new(claim: Claim<'p>) -> Result<Self> {
+        if claim.size < 16 || claim.data.as_ptr() as usize % 8 != 0 {
+            return Err(Error::Internal("claim too small or misaligned for a message".into()));
+        }
+        let alloc = RingAllocator {
+            // SAFETY: size >= 16, so data + 8 is inside the claim.
+            ring: unsafe { claim.data.as_ptr().add(8) },
+            ring_words: (claim.size - 8) / 8,
+            first_done: false,
+            heap: HeapAllocator::new(),
+            _claim: PhantomData,
+        };
+        Ok(MessageClaim { builder: capnp::message::Builder::new(alloc), claim })
+    }
+
+    /// The builder (its first segment is ring memory).
+    pub fn builder(&mut self) -> &mut capnp::message::Builder<RingAllocator<'p>> {
+        &mut self.builder
+    }
+
+    /// Initializes the root as `T` (e.g. `market_capnp::quote::Builder`).
+    pub fn init_root<'a, T: FromPointerBuilder<'a>>(&'a mut self) -> T {
+        self.builder.init_root()
+    }
+
+    /// The sequence number this message gets.
+    pub fn sequence(&self) -> u64 {
+        self.claim.sequence
+    }
+
+    /// Whether the message built so far is one segment inside the claim.
+    pub fn in_place(&self) -> bool {
+        let segs = self.builder.get_segments_for_output();
+        segs.len() == 1 && ptr::eq(segs[0].as_ptr(), self.ring_segment())
+    }
+
+    fn ring_segment(&self) -> *const u8 {
+        // SAFETY: the claim is at least 16 bytes (checked in new).
+        unsafe { self.claim.data.as_ptr().add(8) }
+    }
+
+    /// Publishes the message: in place when it fitted the claim (one call, no copy);
+    /// otherwise the claim is aborted and the message copied (a counted fallback).
+    pub fn commit(mut self, message_id: u64, schema_id: u64) -> Result<Committed> {
+        let segs = self.builder.get_segments_for_output();
+        if segs.is_empty() {
+            return Err(Error::InvalidArgument("commit of a message without a root".into()));
+        }
+        if segs.len() == 1 && ptr::eq(segs[0].as_ptr(), self.ring_segment()) {
+            let words = (segs[0].len() / 8) as u32;
+            self.claim.done = true;
+            // SAFETY: the publisher holds this open claim; the segment was built at
+            // claim.data + 8 and is `words` words long, inside the claim. The builder
+            // is not used after this (we own it and drop it untouched).
+            return check(unsafe {
+                sys::shmbus_publisher_commit_message(
+                    self.claim.publisher.raw.as_ptr(),
+                    words,
+                    message_id,
+                    schema_id,
+                )
+            })
+            .map(|()| Committed { fell_back: false });
+        }
+        let flat = capnp::serialize::write_message_to_words(&self.builder);
+        self.claim.done = true;
+        let p = &mut *self.claim.publisher;
+        // SAFETY: the claim is open and ours; aborting it leaves padding readers skip.
+        check(unsafe { sys::shmbus_publisher_abort(p.raw.as_ptr()) })?;
+        p.fallbacks += 1;
+        p.offer(&flat, message_id, schema_id)?;
+        Ok(Committed { fell_back: true })
+    }
+
+    /// Publishes with `schema_id` = `T`'s Cap'n Proto type id.
+    pub fn commit_as<T: HasTypeId>(self, message_id: u64) -> Result<Committed> {
+        self.commit(message_id, T::TYPE_ID)
+    }
+
+    /// Drops the claim (readers skip it).
+    pub fn abort(self) -> Result<()> {
+        let MessageClaim { builder, claim } = self;
+        drop(builder);
+        claim.abort()
+    }
+}

@@ -1,0 +1,432 @@
+//! Subscribing: views into the ring, borrowed from the subscriber until released.
+use std::ffi::CString;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capnp::message::ReaderOptions;
+use capnp::serialize::NoAllocSliceSegments;
+use shmbus_sys as sys;
+
+use crate::bus::{cstring, timeout_ns, BusHandle, WaitStrategy};
+use crate::error::{check, Error, Result};
+
+/// A zero-copy Cap'n Proto reader over ring memory.
+pub type MessageReader<'a> = capnp::message::Reader<NoAllocSliceSegments<'a>>;
+
+/// Where a new subscriber starts.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Only messages published after it joins.
+    Latest,
+    /// Durable topics: the oldest retained message.
+    Earliest,
+    /// Durable topics: from this sequence.
+    Sequence(u64),
+    /// Durable topics: from this time (ns since the epoch).
+    Time(u64),
+}
+
+/// Options of [`crate::Bus::subscriber`]; `Default` takes the library's defaults.
+///
+/// Subscribers opened by this crate are always *tethered* (they hold producers back
+/// and are never overwritten): that is what makes a borrowed view sound. An
+/// untethered reader could see its bytes change under a `&[u8]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberOptions {
+    pub partition: u32,
+    pub wait: WaitStrategy,
+    /// Hybrid wait: spin this long before sleeping.
+    pub spin: Duration,
+    pub open_timeout: Duration,
+    pub start: Start,
+    /// Durable subscriber name.
+    pub name: Option<String>,
+}
+
+impl Default for SubscriberOptions {
+    fn default() -> Self {
+        let mut raw = sys::shmbus_subscriber_options_t::default();
+        // SAFETY: raw is a valid, writable options struct.
+        unsafe { sys::shmbus_subscriber_options_init(&mut raw) };
+        SubscriberOptions {
+            partition: raw.partition,
+            wait: WaitStrategy::from_raw(raw.wait),
+            spin: Duration::from_nanos(raw.spin_ns.max(0) as u64),
+            open_timeout: Duration::from_millis(raw.open_timeout_ms.max(0) as u64),
+            start: match raw.start {
+                sys::SHMBUS_START_EARLIEST => Start::Earliest,
+                sys::SHMBUS_START_SEQUENCE => Start::Sequence(raw.start_value),
+                sys::SHMBUS_START_TIME => Start::Time(raw.start_value),
+                _ => Start::Latest,
+            },
+            name: None,
+        }
+    }
+}
+
+/// Counters of one subscriber.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscriberStats {
+    pub received: u64,
+    pub waits: u64,
+    pub corrupt: u64,
+    pub position: u64,
+}
+
+/// Reads one partition ring in place.
+///
+/// `Send` but not `Sync`: the C ABI allows a subscriber handle to be used by one
+/// thread at a time, and every call that moves the cursor takes `&mut self`.
+pub struct Subscriber {
+    raw: NonNull<sys::shmbus_subscriber_t>,
+    _bus: Arc<BusHandle>,
+    batch: Vec<sys::shmbus_view_t>,
+}
+
+// SAFETY: the C ABI allows a subscriber handle to be used from any thread, one thread
+// at a time; moving the single owner keeps that. Views borrow the subscriber, so none
+// can be left behind on the old thread. Deliberately not Sync.
+unsafe impl Send for Subscriber {}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // SAFETY: raw came from a successful open and is closed exactly once, here;
+        // no view is alive (views and batches borrow the subscriber).
+        unsafe { sys::shmbus_subscriber_close(self.raw.as_ptr()) }
+    }
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber").field("handle", &self.raw).finish()
+    }
+}
+
+impl Subscriber {
+    pub(crate) fn open(bus: Arc<BusHandle>, topic: &str, opts: &SubscriberOptions) -> Result<Self> {
+        let t = cstring(topic)?;
+        let name: Option<CString> = opts.name.as_deref().map(cstring).transpose()?;
+        let mut raw = sys::shmbus_subscriber_options_t::default();
+        // SAFETY: raw is a valid, writable options struct; init sets `size`.
+        unsafe { sys::shmbus_subscriber_options_init(&mut raw) };
+        raw.partition = opts.partition;
+        raw.tethered = 1;
+        raw.wait = opts.wait.to_raw();
+        raw.spin_ns = i64::try_from(opts.spin.as_nanos()).unwrap_or(i64::MAX);
+        raw.open_timeout_ms = i32::try_from(opts.open_timeout.as_millis()).unwrap_or(i32::MAX);
+        (raw.start, raw.start_value) = match opts.start {
+            Start::Latest => (sys::SHMBUS_START_LATEST, 0),
+            Start::Earliest => (sys::SHMBUS_START_EARLIEST, 0),
+            Start::Sequence(s) => (sys::SHMBUS_START_SEQUENCE, s),
+            Start::Time(t) => (sys::SHMBUS_START_TIME, t),
+        };
+        raw.name = name.as_ref().map_or(ptr::null(), |n| n.as_ptr());
+        let mut out: *mut sys::shmbus_subscriber_t = ptr::null_mut();
+        // SAFETY: the bus handle is live (Arc held); t, raw (and the name it points
+        // to) and out are valid for the duration of the call.
+        check(unsafe { sys::shmbus_subscriber_open(bus.as_ptr(), t.as_ptr(), &raw, &mut out) })?;
+        let raw = NonNull::new(out)
+            .ok_or_else(|| Error::Internal("subscriber open returned OK and NULL".into()))?;
+        Ok(Subscriber { raw, _bus: bus, batch: Vec::new() })
+    }
+
+    /// The next message, or `None` when there is none yet. Never blocks. The view
+    /// borrows the subscriber: no other poll can happen until it is released
+    /// (dropped, or [`View::release`]).
+    pub fn poll(&mut self) -> Result<Option<View<'_>>> {
+        let mut v = sys::shmbus_view_t::default();
+        // SAFETY: raw is live and exclusively ours (&mut self); v is writable.
+        let rc = unsafe { sys::shmbus_subscriber_poll(self.raw.as_ptr(), &mut v) };
+        match rc {
+            sys::SHMBUS_OK => Ok(Some(View { sub: self, raw: v, released: false })),
+            sys::SHMBUS_E_EMPTY => Ok(None),
+            rc => Err(Error::from_code(rc)),
+        }
+    }
+
+    /// The next message, waiting up to `timeout` (None: forever); `None` on timeout.
+    pub fn poll_wait(&mut self, timeout: Option<Duration>) -> Result<Option<View<'_>>> {
+        let mut v = sys::shmbus_view_t::default();
+        // SAFETY: raw is live and exclusively ours; v is writable.
+        let rc =
+            unsafe { sys::shmbus_subscriber_poll_wait(self.raw.as_ptr(), &mut v, timeout_ns(timeout)) };
+        match rc {
+            sys::SHMBUS_OK => Ok(Some(View { sub: self, raw: v, released: false })),
+            sys::SHMBUS_E_TIMED_OUT | sys::SHMBUS_E_EMPTY => Ok(None),
+            rc => Err(Error::from_code(rc)),
+        }
+    }
+
+    /// Waits up to `timeout` (None: forever, zero: no wait) for at least one message,
+    /// then takes up to `max` messages in one call. The batch is empty on timeout.
+    /// Every message of the batch stays valid until the batch is dropped (or
+    /// [`Batch::release`]d), which releases them all with one cursor store.
+    pub fn poll_batch(&mut self, max: usize, timeout: Option<Duration>) -> Result<Batch<'_>> {
+        let max = max.max(1);
+        if self.batch.len() < max {
+            self.batch.resize(max, sys::shmbus_view_t::default());
+        }
+        let mut n = 0usize;
+        // SAFETY: raw is live and exclusively ours; self.batch holds at least `max`
+        // writable views; n is writable.
+        let rc = unsafe {
+            sys::shmbus_subscriber_poll_batch(
+                self.raw.as_ptr(),
+                self.batch.as_mut_ptr(),
+                max,
+                timeout_ns(timeout),
+                &mut n,
+            )
+        };
+        match rc {
+            sys::SHMBUS_OK => {}
+            sys::SHMBUS_E_TIMED_OUT | sys::SHMBUS_E_EMPTY => n = 0,
+            rc => return Err(Error::from_code(rc)),
+        }
+        Ok(Batch { n: n.min(max), sub: self, released: false })
+    }
+
+    /// Waits until a message may be available: `true`, or `false` on timeout.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool> {
+        // SAFETY: raw is live and exclusively ours.
+        let rc = unsafe { sys::shmbus_subscriber_wait(self.raw.as_ptr(), timeout_ns(timeout)) };
+        match rc {
+            sys::SHMBUS_OK => Ok(true),
+            sys::SHMBUS_E_TIMED_OUT => Ok(false),
+            rc => Err(Error::from_code(rc)),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Result<SubscriberStats> {
+        let mut s = sys::shmbus_subscriber_stats_t::default();
+        // SAFETY: raw is live; s is writable; Subscriber is !Sync so no concurrent use.
+        check(unsafe { sys::shmbus_subscriber_stats(self.raw.as_ptr(), &mut s) })?;
+        Ok(SubscriberStats {
+            received: s.received,
+            waits: s.waits,
+            corrupt: s.corrupt,
+            position: s.position,
+        })
+    }
+
+    fn release_raw(&mut self, v: &sys::shmbus_view_t) -> Result<()> {
+        // SAFETY: raw is live and exclusively ours; v is a view it handed out.
+        check(unsafe { sys::shmbus_subscriber_release(self.raw.as_ptr(), v) })
+    }
+
+    fn release_all_raw(&mut self) -> Result<()> {
+        // SAFETY: raw is live and exclusively ours.
+        check(unsafe { sys::shmbus_subscriber_release_all(self.raw.as_ptr()) })
+    }
+}
+
+/// The default reader limits for a payload of `len` bytes: traversal bounded by a
+/// small multiple of the message size (no amplification), nesting 64.
+pub fn default_reader_options(len: usize) -> ReaderOptions {
+    let mut o = ReaderOptions::new();
+    o.traversal_limit_in_words(Some((len / 8).saturating_mul(8).saturating_add(1024)))
+        .nesting_limit(64);
+    o
+}
+
+/// One message in the ring, read-only, borrowed for `'a` (at most as long as the
+/// [`View`] or [`Batch`] it came from). `Copy`.
+#[derive(Clone, Copy)]
+pub struct Message<'a> {
+    raw: &'a sys::shmbus_view_t,
+}
+
+impl<'a> Message<'a> {
+    /// The payload bytes, in place in the ring.
+    pub fn data(&self) -> &'a [u8] {
+        if self.raw.data.is_null() || self.raw.size == 0 {
+            return &[];
+        }
+        // SAFETY: the library hands out `size` readable bytes at `data`, valid until
+        // the view is released or the subscriber closed. 'a is at most the borrow of
+        // the View/Batch that owns this view; releasing consumes or drops that owner,
+        // and closing needs the subscriber, which it borrows mutably. The subscriber is
+        // tethered, so no producer overwrites the bytes meanwhile.
+        unsafe { std::slice::from_raw_parts(self.raw.data, self.raw.size as usize) }
+    }
+    pub fn len(&self) -> usize {
+        self.raw.size as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.raw.size == 0
+    }
+    pub fn sequence(&self) -> u64 {
+        self.raw.sequence
+    }
+    pub fn message_id(&self) -> u64 {
+        self.raw.message_id
+    }
+    pub fn schema_id(&self) -> u64 {
+        self.raw.schema_id
+    }
+    pub fn producer_id(&self) -> u32 {
+        self.raw.producer_id
+    }
+    /// CLOCK_MONOTONIC at commit.
+    pub fn timestamp_ns(&self) -> u64 {
+        self.raw.timestamp_ns
+    }
+    /// Ring position of the frame.
+    pub fn position(&self) -> u64 {
+        self.raw.position
+    }
+
+    /// A Cap'n Proto reader over the payload, without copying, with the default
+    /// limits ([`default_reader_options`]).
+    pub fn reader(&self) -> Result<MessageReader<'a>> {
+        self.reader_with(default_reader_options(self.len()))
+    }
+
+    /// Same with explicit traversal/nesting limits.
+    pub fn reader_with(&self, opts: ReaderOptions) -> Result<MessageReader<'a>> {
+        let mut slice = self.data();
+        let segs = NoAllocSliceSegments::from_slice(&mut slice, opts)
+            .map_err(|e| Error::Malformed(e.to_string()))?;
+        Ok(capnp::message::Reader::new(segs, opts))
+    }
+}
+
+impl std::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("sequence", &self.raw.sequence)
+            .field("message_id", &self.raw.message_id)
+            .field("schema_id", &self.raw.schema_id)
+            .field("len", &self.raw.size)
+            .finish()
+    }
+}
+
+/// One polled message. Borrows the subscriber mutably, so it cannot outlive its
+/// release: dropping it releases it (and frees its ring space), or call
+/// [`release`](View::release) to see the status.
+pub struct View<'s> {
+    sub: &'s mut Subscriber,
+    raw: sys::shmbus_view_t,
+    released: bool,
+}
+
+impl View<'_> {
+    /// The message, borrowed from this view.
+    pub fn message(&self) -> Message<'_> {
+        Message { raw: &self.raw }
+    }
+    /// The payload bytes (see [`Message::data`]).
+    pub fn data(&self) -> &[u8] {
+        self.message().data()
+    }
+    pub fn sequence(&self) -> u64 {
+        self.raw.sequence
+    }
+    pub fn message_id(&self) -> u64 {
+        self.raw.message_id
+    }
+    pub fn schema_id(&self) -> u64 {
+        self.raw.schema_id
+    }
+    pub fn producer_id(&self) -> u32 {
+        self.raw.producer_id
+    }
+    pub fn timestamp_ns(&self) -> u64 {
+        self.raw.timestamp_ns
+    }
+    /// A zero-copy Cap'n Proto reader borrowed from this view.
+    pub fn reader(&self) -> Result<MessageReader<'_>> {
+        self.message().reader()
+    }
+    /// Releases the view (and everything polled before it).
+    pub fn release(mut self) -> Result<()> {
+        self.released = true;
+        let raw = self.raw;
+        self.sub.release_raw(&raw)
+    }
+}
+
+impl Drop for View<'_> {
+    fn drop(&mut self) {
+        if !self.released {
+            let raw = self.raw;
+            let _ = self.sub.release_raw(&raw);
+        }
+    }
+}
+
+impl std::fmt::Debug for View<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.message().fmt(f)
+    }
+}
+
+/// Messages taken by one [`Subscriber::poll_batch`]. Borrows the subscriber; all
+/// of them are released together when the batch is dropped.
+pub struct Batch<'s> {
+    sub: &'s mut Subscriber,
+    n: usize,
+    released: bool,
+}
+
+impl Batch<'_> {
+    pub fn len(&self) -> usize {
+        self.n
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+    /// Message `i`, borrowed from the batch.
+    pub fn get(&self, i: usize) -> Option<Message<'_>> {
+        self.sub.batch[..self.n].get(i).map(|raw| Message { raw })
+    }
+    /// The messages in order.
+    pub fn iter(&self) -> BatchIter<'_> {
+        BatchIter { inner: self.sub.batch[..self.n].iter() }
+    }
+    /// Releases every message of the batch.
+    pub fn release(mut self) -> Result<()> {
+        self.released = true;
+        if self.n == 0 {
+            return Ok(());
+        }
+        self.sub.release_all_raw()
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if !self.released && self.n > 0 {
+            let _ = self.sub.release_all_raw();
+        }
+    }
+}
+
+/// Iterator over a [`Batch`].
+pub struct BatchIter<'b> {
+    inner: std::slice::Iter<'b, sys::shmbus_view_t>,
+}
+
+impl<'b> Iterator for BatchIter<'b> {
+    type Item = Message<'b>;
+    fn next(&mut self) -> Option<Message<'b>> {
+        self.inner.next().map(|raw| Message { raw })
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl ExactSizeIterator for BatchIter<'_> {}
+
+impl<'b> IntoIterator for &'b Batch<'_> {
+    type Item = Message<'b>;
+    type IntoIter = BatchIter<'b>;
+    fn into_iter(self) -> BatchIter<'b> {
+        self.iter()
+    }
+}
