@@ -1,0 +1,315 @@
+//! The safe API against the real C library: in-place build and read, fallbacks,
+//! batches, copy paths, back-pressure, errors, threads.
+mod common;
+
+use std::time::Duration;
+
+use capnp::message::ReaderSegments;
+use common::TestBus;
+use shmbus::market_capnp::{order, quote, Side};
+use shmbus::{Error, Policy, PublisherOptions, SubscriberOptions};
+
+const MIB: u64 = 1 << 20;
+
+fn fill_quote(mut q: quote::Builder<'_>, i: u64) {
+    q.set_instrument_id((i % 1000) as u32);
+    q.set_bid_px(10_000_000_000 + i as i64);
+    q.set_ask_px(10_000_000_100 + i as i64);
+    q.set_bid_qty(7);
+    q.set_ask_qty(9);
+    q.set_exchange_ts_ns(i * 1000);
+    q.set_seq(i);
+}
+
+#[test]
+fn quote_round_trip_in_place_both_ways() {
+    let t = TestBus::new("rt");
+    let topic = t.topic("md.quotes", MIB, Policy::Block);
+    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+
+    let mut m = publisher.claim_message(128).unwrap();
+    let seq = m.sequence();
+    fill_quote(m.init_root::<quote::Builder>(), 42);
+    assert!(m.in_place(), "the builder's only segment is the claimed ring memory");
+    let c = m.commit_as::<quote::Reader>(42).unwrap();
+    assert!(!c.fell_back);
+
+    let v = sub.poll().unwrap().expect("a message");
+    assert_eq!(v.message_id(), 42);
+    assert_eq!(v.sequence(), seq);
+    assert_eq!(v.schema_id(), <quote::Reader as capnp::traits::HasTypeId>::TYPE_ID);
+    let data = v.data();
+    assert_eq!(data.len(), 8 + 8 * 7, "segment table + root pointer + 6 data words");
+    let r = v.reader().unwrap();
+    let q: quote::Reader = r.get_root().unwrap();
+    assert_eq!(q.get_seq(), 42);
+    assert_eq!(q.get_bid_px(), 10_000_000_042);
+    assert_eq!(q.get_exchange_ts_ns(), 42_000);
+    // Zero copy: the reader's segment is the ring memory the view points at.
+    let segs = r.into_segments();
+    assert_eq!(segs.get_segment(0).unwrap().as_ptr(), data[8..].as_ptr());
+    v.release().unwrap();
+    assert!(sub.poll().unwrap().is_none());
+
+    let st = publisher.stats().unwrap();
+    assert_eq!(st.published, 1);
+    assert_eq!(st.builder_fallbacks, 0);
+    assert_eq!(sub.stats().unwrap().received, 1);
+}
+
+#[test]
+fn message_outgrowing_its_claim_falls_back_to_a_counted_copy() {
+    let t = TestBus::new("fb");
+    let topic = t.topic("orders", MIB, Policy::Block);
+    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let account = "x".repeat(3000);
+
+    let mut m = publisher.claim_message(64).unwrap();
+    {
+        let mut o = m.init_root::<order::Builder>();
+        o.set_order_id(7);
+        o.set_side(Side::Sell);
+        o.set_account(account.as_str());
+    }
+    assert!(!m.in_place());
+    let c = m.commit_as::<order::Reader>(7).unwrap();
+    assert!(c.fell_back);
+    assert_eq!(publisher.stats().unwrap().builder_fallbacks, 1);
+
+    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().expect("the copied message");
+    assert_eq!(v.message_id(), 7);
+    let r = v.reader().unwrap();
+    let o: order::Reader = r.get_root().unwrap();
+    assert_eq!(o.get_order_id(), 7);
+    assert_eq!(o.get_side().unwrap(), Side::Sell);
+    assert_eq!(o.get_account().unwrap().to_str().unwrap(), account);
+}
+
+#[test]
+fn dropped_or_aborted_claims_are_skipped_by_readers() {
+    let t = TestBus::new("ab");
+    let topic = t.topic("t", MIB, Policy::Block);
+    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    {
+        let mut m = publisher.claim_message(128).unwrap();
+        fill_quote(m.init_root::<quote::Builder>(), 1);
+        // dropped without commit: aborted
+    }
+    let mut m = publisher.claim_message(128).unwrap();
+    fill_quote(m.init_root::<quote::Builder>(), 2);
+    m.abort().unwrap();
+    let mut c = publisher.claim(16).unwrap();
+    c.bytes_mut()[..5].copy_from_slice(b"hello");
+    c.commit(5, 3, 0).unwrap();
+
+    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().expect("one message");
+    assert_eq!(v.message_id(), 3);
+    assert_eq!(v.data(), b"hello");
+    drop(v);
+    assert!(sub.poll().unwrap().is_none());
+}
+
+#[test]
+fn batch_poll_iterates_in_order_and_releases_on_drop() {
+    let t = TestBus::new("batch");
+    let topic = t.topic("t", MIB, Policy::Block);
+    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    for i in 1..=100u64 {
+        let mut m = publisher.claim_message(128).unwrap();
+        fill_quote(m.init_root::<quote::Builder>(), i);
+        m.commit_as::<quote::Reader>(i).unwrap();
+    }
+    let mut next = 1u64;
+    let mut batches = 0;
+    while next <= 100 {
+        let batch = sub.poll_batch(32, Some(Duration::from_secs(5))).unwrap();
+        assert!(!batch.is_empty(), "timed out at {next}");
+        assert!(batch.len() <= 32);
+        batches += 1;
+        let held: Vec<_> = batch.iter().collect(); // messages live as long as the batch
+        for m in held {
+            assert_eq!(m.message_id(), next);
+            let r = m.reader().unwrap();
+            let q: quote::Reader = r.get_root().unwrap();
+            assert_eq!(q.get_seq(), next);
+            next += 1;
+        }
+        assert_eq!(batch.get(0).unwrap().message_id(), next - batch.len() as u64);
+    }
+    assert!(batches >= 4);
+    let empty = sub.poll_batch(8, Some(Duration::ZERO)).unwrap();
+    assert!(empty.is_empty());
+    drop(empty);
+    let timed_out = sub.poll_batch(8, Some(Duration::from_millis(20))).unwrap();
+    assert!(timed_out.is_empty());
+}
+
+#[test]
+fn copy_paths_offer_and_offer_packed() {
+    let t = TestBus::new("copy");
+    let topic = t.topic("t", MIB, Policy::Block);
+    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    publisher.offer(b"one", 1, 0).unwrap();
+    let (n, r) = publisher.offer_packed(b"twothree", &[3, 5]);
+    r.unwrap();
+    assert_eq!(n, 2);
+    let (n, r) = publisher.offer_packed(b"short", &[3, 5]);
+    assert_eq!(n, 0);
+    assert!(matches!(r, Err(Error::InvalidArgument(_))));
+
+    let batch = sub.poll_batch(10, Some(Duration::from_secs(5))).unwrap();
+    let got: Vec<&[u8]> = batch.iter().map(|m| m.data()).collect();
+    assert_eq!(got, vec![&b"one"[..], b"two", b"three"]);
+}
+
+#[test]
+fn malformed_payload_is_an_error_not_a_crash() {
+    let t = TestBus::new("bad");
+    let topic = t.topic("t", MIB, Policy::Block);
+    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    // segment table: 1 segment of 1000 words, but only 8 bytes follow.
+    let mut bad = vec![0u8; 16];
+    bad[4..8].copy_from_slice(&1000u32.to_le_bytes());
+    publisher.offer(&bad, 1, 0).unwrap();
+    // a far pointer into a segment that does not exist
+    let mut far = vec![0u8; 16];
+    far[4..8].copy_from_slice(&1u32.to_le_bytes());
+    far[8..16].copy_from_slice(&(2u64 | (5u64 << 32)).to_le_bytes());
+    publisher.offer(&far, 2, 0).unwrap();
+
+    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().unwrap();
+    assert!(matches!(v.reader(), Err(Error::Malformed(_))));
+    drop(v);
+    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().unwrap();
+    let r = v.reader().unwrap();
+    assert!(r.get_root::<quote::Reader>().is_err());
+}
+
+#[test]
+fn back_pressure_under_policy_fail_until_the_subscriber_releases() {
+    let t = TestBus::new("bp");
+    let topic = t.topic("t", 4096, Policy::Fail);
+    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let payload = [0u8; 200];
+    let mut sent = 0u64;
+    let err = loop {
+        match publisher.offer(&payload, sent, 0) {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 1000, "a 4 KiB ring never filled");
+    };
+    assert!(matches!(err, Error::BackPressured), "{err:?}");
+    assert_eq!(err.code(), shmbus::sys::SHMBUS_E_BACK_PRESSURED);
+    assert!(!err.to_string().is_empty());
+    assert!(matches!(publisher.try_claim(200), Err(Error::BackPressured)));
+    assert!(publisher.stats().unwrap().back_pressured >= 1);
+
+    let mut got = 0;
+    loop {
+        let batch = sub.poll_batch(64, Some(Duration::ZERO)).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        got += batch.len() as u64;
+    }
+    assert_eq!(got, sent);
+    publisher.offer(&payload, sent, 0).unwrap();
+}
+
+#[test]
+fn setup_errors_map_to_variants_with_details() {
+    let t = TestBus::new("err");
+    let opts = PublisherOptions { open_timeout: Duration::ZERO, ..Default::default() };
+    let e = t.bus.publisher("no.such.topic", &opts).unwrap_err();
+    assert!(matches!(e, Error::NotFound(_) | Error::TimedOut), "{e:?}");
+
+    let topic = t.topic("t", MIB, Policy::Block);
+    let other = shmbus::TopicConfig { capacity: 2 * MIB, ..Default::default() };
+    let e = t.bus.create_topic(&topic, &other).unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists(_)), "{e:?}");
+    assert!(e.to_string().len() > strerror_len(&e), "detail appended: {e}");
+    // idempotent for the same settings
+    t.topic("t", MIB, Policy::Block);
+    let d = t.bus.describe_topic(&topic).unwrap();
+    assert_eq!(d.capacity, MIB);
+    assert_eq!(d.policy, Policy::Block);
+
+    let e = t.bus.create_topic("a\0b", &Default::default()).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)));
+
+    let _p = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let e = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists(_)), "second producer on a single-producer partition: {e:?}");
+
+    fn is_error<E: std::error::Error + Send + Sync + 'static>(_: &E) {}
+    is_error(&e);
+}
+
+fn strerror_len(e: &Error) -> usize {
+    shmbus::strerror(e.code()).len()
+}
+
+#[test]
+fn publisher_and_subscriber_move_between_threads() {
+    let t = TestBus::new("thr");
+    let topic = t.topic("t", MIB, Policy::Block);
+    let sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    let publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    const N: u64 = 20_000;
+    let consumer = std::thread::spawn(move || {
+        let mut sub = sub;
+        let mut next = 1;
+        while next <= N {
+            let batch = sub.poll_batch(256, Some(Duration::from_secs(10))).unwrap();
+            assert!(!batch.is_empty(), "timed out at {next}");
+            for m in &batch {
+                let r = m.reader().unwrap();
+                assert_eq!(r.get_root::<quote::Reader>().unwrap().get_seq(), next);
+                next += 1;
+            }
+        }
+        sub
+    });
+    let producer = std::thread::spawn(move || {
+        let mut publisher = publisher;
+        for i in 1..=N {
+            let mut m = publisher.claim_message(128).unwrap();
+            fill_quote(m.init_root::<quote::Builder>(), i);
+            m.commit_as::<quote::Reader>(i).unwrap();
+        }
+        publisher
+    });
+    let publisher = producer.join().unwrap();
+    let sub = consumer.join().unwrap();
+    assert_eq!(publisher.stats().unwrap().published, N);
+    assert_eq!(sub.stats().unwrap().received, N);
+}
+
+#[test]
+fn handles_outlive_the_bus_value() {
+    let t = TestBus::new("life");
+    let topic = t.topic("t", MIB, Policy::Block);
+    let bus2 = t.bus.clone();
+    let mut sub = bus2.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    let mut publisher = bus2.publisher(&topic, &PublisherOptions::default()).unwrap();
+    drop(bus2);
+    publisher.offer(b"x", 1, 0).unwrap();
+    assert_eq!(sub.poll_wait(Some(Duration::from_secs(5))).unwrap().unwrap().data(), b"x");
+}
+
+#[test]
+fn abi_version_and_strerror() {
+    assert_eq!(shmbus::abi_version(), shmbus::sys::SHMBUS_ABI_VERSION);
+    assert!(!shmbus::strerror(shmbus::sys::SHMBUS_E_CORRUPT).is_empty());
+    let e = Error::from_code(-2);
+    assert!(matches!(e, Error::Os { errno: 2, .. }));
+    assert_eq!(e.code(), -2);
+}
