@@ -1,0 +1,739 @@
+// The C ABI (ffi/include/shmbus.h) over libshmbus.
+//
+// Rules every shim here follows:
+//  * nothing escapes: each entry point catches everything and maps it to a code;
+//  * out-handles and out-structs are cleared first, so they read NULL/0 on failure;
+//  * a failing call leaves a message for shmbus_last_error() on this thread. The
+//    hot path (claim, commit, poll, release) stores a pointer to static text only
+//    (no allocation); set-up calls copy the detailed message of the exception.
+//
+// The library is built as libshmbus_c.so: the C++ objects of libshmbus linked in,
+// and only shmbus_* exported (ffi/shmbus.map, -fvisibility=hidden).
+#include "shmbus.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <new>
+#include <span>
+#include <string>
+
+#include <kj/exception.h>
+
+#include "shmbus/bus.hpp"
+#include "shmbus/error.hpp"
+#include "shmbus/publisher.hpp"
+#include "shmbus/subscriber.hpp"
+
+// Layout checks: the Go and Rust bindings mirror these structs.
+static_assert(sizeof(shmbus_topic_config_t) == 48, "ABI: shmbus_topic_config_t");
+static_assert(sizeof(shmbus_publisher_options_t) == 32, "ABI: shmbus_publisher_options_t");
+static_assert(sizeof(shmbus_claim_t) == 24, "ABI: shmbus_claim_t");
+static_assert(sizeof(shmbus_publisher_stats_t) == 40, "ABI: shmbus_publisher_stats_t");
+static_assert(sizeof(shmbus_subscriber_options_t) == 48, "ABI: shmbus_subscriber_options_t");
+static_assert(sizeof(shmbus_view_t) == 64, "ABI: shmbus_view_t");
+static_assert(offsetof(shmbus_view_t, next_position) == 56, "ABI: shmbus_view_t");
+static_assert(sizeof(shmbus_subscriber_stats_t) == 32, "ABI: shmbus_subscriber_stats_t");
+static_assert(SHMBUS_POLICY_BLOCK == shmbus::shm::kPolicyBlock &&
+              SHMBUS_POLICY_FAIL == shmbus::shm::kPolicyFail &&
+              SHMBUS_POLICY_SPILL == shmbus::shm::kPolicySpill);
+static_assert(SHMBUS_WAIT_BUSY_SPIN == int(shmbus::WaitStrategy::busy_spin) &&
+              SHMBUS_WAIT_SPIN_YIELD == int(shmbus::WaitStrategy::spin_yield) &&
+              SHMBUS_WAIT_FUTEX == int(shmbus::WaitStrategy::futex) &&
+              SHMBUS_WAIT_HYBRID == int(shmbus::WaitStrategy::hybrid));
+
+struct shmbus_bus {
+  shmbus::Bus bus;
+  std::string prefix;  // direct mode: for describe's file mode
+};
+
+struct shmbus_publisher {
+  shmbus::Publisher pub;
+  uint8_t* claim_data = nullptr;  // the open claim, or NULL
+  uint32_t claim_size = 0;
+};
+
+struct shmbus_subscriber {
+  shmbus::Subscriber sub;
+  uint64_t released = 0;  // lowest position a release may name
+};
+
+namespace {
+
+// ---- last error -------------------------------------------------------------
+struct LastError {
+  const char* text = "";
+  std::string buf;
+};
+thread_local LastError t_err;
+
+void set_static(const char* s) noexcept { t_err.text = s; }
+
+void set_detail(const char* prefix, const char* what) noexcept {
+  try {
+    t_err.buf.assign(prefix);
+    t_err.buf.append(what);
+    t_err.text = t_err.buf.c_str();
+  } catch (...) {
+    t_err.text = "out of memory while formatting an error";
+  }
+}
+
+int fail(int rc, const char* fn, const char* what) noexcept {
+  set_detail(fn, what);
+  return rc;
+}
+
+int invalid(const char* fn, const char* what) noexcept {
+  return fail(SHMBUS_E_INVALID_ARGUMENT, fn, what);
+}
+
+// ---- code mapping --------------------------------------------------------------
+int code_of(shmbus::Status s) noexcept {
+  switch (s) {
+    case shmbus::Status::ok: return SHMBUS_OK;
+    case shmbus::Status::empty: return SHMBUS_E_EMPTY;
+    case shmbus::Status::back_pressured: return SHMBUS_E_BACK_PRESSURED;
+    case shmbus::Status::timed_out: return SHMBUS_E_TIMED_OUT;
+    case shmbus::Status::too_large: return SHMBUS_E_TOO_LARGE;
+    case shmbus::Status::corrupt: return SHMBUS_E_CORRUPT;
+    case shmbus::Status::malformed: return SHMBUS_E_MALFORMED;
+    case shmbus::Status::closed: return SHMBUS_E_CLOSED;
+  }
+  return SHMBUS_E_INTERNAL;
+}
+
+int code_of(shmbus::ErrorCode c) noexcept {
+  switch (c) {
+    case shmbus::ErrorCode::invalid_argument: return SHMBUS_E_INVALID_ARGUMENT;
+    case shmbus::ErrorCode::not_found: return SHMBUS_E_NOT_FOUND;
+    case shmbus::ErrorCode::already_exists: return SHMBUS_E_ALREADY_EXISTS;
+    case shmbus::ErrorCode::incompatible: return SHMBUS_E_INCOMPATIBLE;
+    case shmbus::ErrorCode::permission_denied: return SHMBUS_E_PERMISSION_DENIED;
+    case shmbus::ErrorCode::no_slot: return SHMBUS_E_NO_SLOT;
+    // libshmbus keeps errno only in the message text: report a generic I/O error.
+    case shmbus::ErrorCode::system: return -EIO;
+    case shmbus::ErrorCode::timed_out: return SHMBUS_E_TIMED_OUT;
+    case shmbus::ErrorCode::protocol: return SHMBUS_E_PROTOCOL;
+    case shmbus::ErrorCode::not_connected: return SHMBUS_E_NOT_CONNECTED;
+  }
+  return SHMBUS_E_INTERNAL;
+}
+
+// Hot-path status: no allocation, static text.
+inline int status(shmbus::Status s) noexcept {
+  if (s == shmbus::Status::ok) return SHMBUS_OK;
+  set_static(shmbus_strerror(code_of(s)));
+  return code_of(s);
+}
+
+// Maps the exception being handled. Call only inside a catch block.
+int current_exception(const char* fn) noexcept {
+  try {
+    throw;
+  } catch (const shmbus::Error& e) {
+    return fail(code_of(e.code()), fn, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(-ENOMEM, fn, "out of memory");
+  } catch (const kj::Exception& e) {
+    return fail(SHMBUS_E_MALFORMED, fn, e.getDescription().cStr());
+  } catch (const std::exception& e) {
+    return fail(SHMBUS_E_INTERNAL, fn, e.what());
+  } catch (...) {
+    return fail(SHMBUS_E_INTERNAL, fn, "unknown exception");
+  }
+}
+
+#define SHIM_BEGIN try {
+#define SHIM_END(fn)                  \
+  }                                   \
+  catch (...) {                       \
+    return current_exception(fn ": "); \
+  }
+
+bool valid_wait(uint32_t w) { return w <= SHMBUS_WAIT_HYBRID; }
+
+void fill_view(shmbus_view_t* out, const shmbus::View& v) noexcept {
+  out->data = reinterpret_cast<const uint8_t*>(v.data());
+  out->size = v.size();
+  out->producer_id = v.producer_id();
+  out->sequence = v.sequence();
+  out->timestamp_ns = v.timestamp_ns();
+  out->message_id = v.message_id();
+  out->schema_id = v.schema_id();
+  out->position = v.position();
+  out->next_position = v.next_position();
+}
+
+void clear_claim(shmbus_claim_t* c) noexcept {
+  if (c) *c = shmbus_claim_t{nullptr, 0, 0, 0};
+}
+
+}  // namespace
+
+extern "C" {
+
+// ---- library -------------------------------------------------------------------
+uint32_t shmbus_abi_version(void) { return SHMBUS_ABI_VERSION; }
+
+const char* shmbus_strerror(int rc) {
+  switch (rc) {
+    case SHMBUS_OK: return "ok";
+    case SHMBUS_E_EMPTY: return "empty: nothing to read yet";
+    case SHMBUS_E_BACK_PRESSURED: return "back-pressured: the ring is full";
+    case SHMBUS_E_TIMED_OUT: return "timed out";
+    case SHMBUS_E_TOO_LARGE: return "too large: the message can never fit this topic's frames";
+    case SHMBUS_E_CORRUPT: return "corrupt: ring bytes are not a valid frame";
+    case SHMBUS_E_MALFORMED: return "malformed: not a valid Cap'n Proto message";
+    case SHMBUS_E_CLOSED: return "closed, or no open claim";
+    case SHMBUS_E_INVALID_ARGUMENT: return "invalid argument";
+    case SHMBUS_E_NOT_FOUND: return "not found";
+    case SHMBUS_E_ALREADY_EXISTS: return "already exists";
+    case SHMBUS_E_INCOMPATIBLE: return "incompatible";
+    case SHMBUS_E_PERMISSION_DENIED: return "permission denied";
+    case SHMBUS_E_NO_SLOT: return "no free subscriber slot";
+    case SHMBUS_E_PROTOCOL: return "protocol error: unexpected answer from the daemon";
+    case SHMBUS_E_NOT_CONNECTED: return "not connected: no daemon at the socket";
+    case SHMBUS_E_INTERNAL: return "internal error (a bug: please report with shmbus_last_error())";
+    case SHMBUS_E_UNSUPPORTED: return "unsupported in this build or mode";
+    default: break;
+  }
+  if (rc < 0 && rc > -4096) {
+    // strerror() is not thread-safe and strerror_r's flavour varies: name the common ones.
+    switch (-rc) {
+      case EIO: return "I/O error (OS)";
+      case ENOMEM: return "out of memory (OS)";
+      case EACCES: return "permission denied (OS)";
+      case ENOENT: return "no such file (OS)";
+      case ENOSPC: return "no space left on device (OS)";
+      default: return "OS error (-errno)";
+    }
+  }
+  return "unknown status code";
+}
+
+const char* shmbus_last_error(void) { return t_err.text ? t_err.text : ""; }
+
+// ---- bus -------------------------------------------------------------------------
+int shmbus_bus_open_direct(const char* shm_prefix, shmbus_bus_t** out) {
+  if (!out) return invalid("shmbus_bus_open_direct: ", "out is NULL");
+  *out = nullptr;
+  SHIM_BEGIN
+  std::string prefix = shm_prefix ? shm_prefix : "shmbus";
+  if (!shmbus::valid_topic_name(prefix))
+    return invalid("shmbus_bus_open_direct: ",
+                   ("shm_prefix '" + prefix + "' must be 1-200 chars of [A-Za-z0-9._-]").c_str());
+  shmbus::Bus::Options o;
+  o.shm_prefix = prefix;
+  *out = new shmbus_bus{shmbus::Bus::direct(o), prefix};
+  return SHMBUS_OK;
+  SHIM_END("shmbus_bus_open_direct")
+}
+
+int shmbus_bus_connect(const char* socket_path, shmbus_bus_t** out) {
+  (void)socket_path;
+  if (!out) return invalid("shmbus_bus_connect: ", "out is NULL");
+  *out = nullptr;
+  return fail(SHMBUS_E_NOT_CONNECTED, "shmbus_bus_connect: ",
+              "this build has no daemon client yet (use shmbus_bus_open_direct)");
+}
+
+int shmbus_bus_open_embedded(const char* state_dir, shmbus_bus_t** out) {
+  (void)state_dir;
+  if (!out) return invalid("shmbus_bus_open_embedded: ", "out is NULL");
+  *out = nullptr;
+  return fail(SHMBUS_E_UNSUPPORTED, "shmbus_bus_open_embedded: ",
+              "this build has no embedded daemon yet (use shmbus_bus_open_direct)");
+}
+
+void shmbus_bus_close(shmbus_bus_t* bus) { delete bus; }
+
+// ---- topics ------------------------------------------------------------------------
+void shmbus_topic_config_init(shmbus_topic_config_t* cfg) {
+  if (!cfg) return;
+  shmbus::TopicConfig d;
+  std::memset(cfg, 0, sizeof *cfg);
+  cfg->size = sizeof *cfg;
+  cfg->partitions = d.partitions;
+  cfg->capacity = d.capacity;
+  cfg->max_payload = d.max_payload;
+  cfg->policy = uint32_t(d.policy);
+  cfg->multi_producer = d.multi_producer ? 1 : 0;
+  cfg->slots = d.slots;
+  cfg->mode = d.mode;
+  cfg->schema_id = d.schema_id;
+}
+
+int shmbus_topic_create(shmbus_bus_t* bus, const char* topic, const shmbus_topic_config_t* cfg) {
+  if (!bus || !topic) return invalid("shmbus_topic_create: ", "bus or topic is NULL");
+  SHIM_BEGIN
+  shmbus::TopicConfig c;
+  if (cfg) {
+    if (cfg->size != sizeof *cfg)
+      return invalid("shmbus_topic_create: ",
+                     "cfg->size does not match this library: call shmbus_topic_config_init first");
+    if (cfg->policy > SHMBUS_POLICY_SPILL)
+      return invalid("shmbus_topic_create: ", "cfg->policy is not a SHMBUS_POLICY_*");
+    if (cfg->policy == SHMBUS_POLICY_SPILL)
+      return fail(SHMBUS_E_UNSUPPORTED, "shmbus_topic_create: ",
+                  "policy spill needs the daemon's archiver (not in this build)");
+    if (cfg->mode > 07777) return invalid("shmbus_topic_create: ", "cfg->mode is not permission bits");
+    c.partitions = cfg->partitions;
+    c.capacity = cfg->capacity;
+    c.max_payload = cfg->max_payload;
+    c.policy = shmbus::Policy(cfg->policy);
+    c.multi_producer = cfg->multi_producer != 0;
+    c.slots = cfg->slots;
+    c.mode = cfg->mode;
+    c.schema_id = cfg->schema_id;
+  }
+  try {
+    bus->bus.create_topic(topic, c);
+  } catch (const shmbus::Error& e) {
+    // The contract: an existing topic with other settings is "already exists".
+    if (e.code() == shmbus::ErrorCode::incompatible)
+      return fail(SHMBUS_E_ALREADY_EXISTS, "shmbus_topic_create: ", e.what());
+    throw;
+  }
+  return SHMBUS_OK;
+  SHIM_END("shmbus_topic_create")
+}
+
+int shmbus_topic_remove(shmbus_bus_t* bus, const char* topic) {
+  if (!bus || !topic) return invalid("shmbus_topic_remove: ", "bus or topic is NULL");
+  SHIM_BEGIN
+  bus->bus.remove_topic(topic);
+  return SHMBUS_OK;
+  SHIM_END("shmbus_topic_remove")
+}
+
+int shmbus_topic_describe(shmbus_bus_t* bus, const char* topic, shmbus_topic_config_t* cfg) {
+  if (!bus || !topic || !cfg) return invalid("shmbus_topic_describe: ", "bus, topic or cfg is NULL");
+  SHIM_BEGIN
+  std::string t = topic;
+  if (!shmbus::valid_topic_name(t))
+    return invalid("shmbus_topic_describe: ", ("invalid topic name '" + t + "'").c_str());
+  uint32_t parts = bus->bus.partitions(t);
+  if (parts == 0)
+    return fail(SHMBUS_E_NOT_FOUND, "shmbus_topic_describe: ", ("no topic '" + t + "'").c_str());
+  auto m = bus->bus.provider().open(t, 0, shmbus::Role::subscriber, 0);
+  const auto& r = m->refs();
+  shmbus_topic_config_init(cfg);
+  cfg->partitions = parts;
+  cfg->capacity = r.capacity;
+  cfg->max_payload = r.data->max_payload;
+  cfg->policy = r.data->policy;
+  cfg->multi_producer = (r.data->flags & shmbus::shm::kFlagMultiProducer) ? 1 : 0;
+  cfg->slots = r.slot_count;
+  cfg->schema_id = r.data->schema_id;
+  struct stat st;
+  std::string path = "/dev/shm/" + shmbus::segment_name(bus->prefix, t, 0, true);
+  cfg->mode = ::stat(path.c_str(), &st) == 0 ? uint32_t(st.st_mode & 07777) : 0;
+  return SHMBUS_OK;
+  SHIM_END("shmbus_topic_describe")
+}
+
+// ---- publisher -----------------------------------------------------------------------
+void shmbus_publisher_options_init(shmbus_publisher_options_t* o) {
+  if (!o) return;
+  shmbus::PublisherOptions d;
+  std::memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->partition = d.partition;
+  o->producer_id = d.producer_id;
+  o->wait = uint32_t(d.wait);
+  o->block_timeout_ns = d.block_timeout_ns;
+  o->open_timeout_ms = d.open_timeout_ms;
+}
+
+int shmbus_publisher_open(shmbus_bus_t* bus, const char* topic,
+                          const shmbus_publisher_options_t* opts, shmbus_publisher_t** out) {
+  if (!out) return invalid("shmbus_publisher_open: ", "out is NULL");
+  *out = nullptr;
+  if (!bus || !topic) return invalid("shmbus_publisher_open: ", "bus or topic is NULL");
+  SHIM_BEGIN
+  shmbus::PublisherOptions o;
+  if (opts) {
+    if (opts->size != sizeof *opts)
+      return invalid("shmbus_publisher_open: ",
+                     "opts->size does not match this library: call shmbus_publisher_options_init first");
+    if (!valid_wait(opts->wait)) return invalid("shmbus_publisher_open: ", "opts->wait is not a SHMBUS_WAIT_*");
+    if (opts->block_timeout_ns < 0 || opts->open_timeout_ms < 0)
+      return invalid("shmbus_publisher_open: ", "negative timeout");
+    o.partition = opts->partition;
+    o.producer_id = opts->producer_id;
+    o.wait = shmbus::WaitStrategy(opts->wait);
+    o.block_timeout_ns = opts->block_timeout_ns;
+    o.open_timeout_ms = opts->open_timeout_ms;
+  }
+  *out = new shmbus_publisher{bus->bus.publisher(topic, o)};
+  return SHMBUS_OK;
+  SHIM_END("shmbus_publisher_open")
+}
+
+void shmbus_publisher_close(shmbus_publisher_t* pub) {
+  try {
+    delete pub;  // aborts an open claim
+  } catch (...) {
+  }
+}
+
+}  // extern "C"
+
+namespace {
+template <bool Wait>
+inline int do_claim(shmbus_publisher_t* pub, uint32_t max_bytes, shmbus_claim_t* out) noexcept {
+  clear_claim(out);
+  if (!pub || !out) {
+    set_static("claim: pub or out is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  pub->claim_data = nullptr;
+  pub->claim_size = 0;
+  shmbus::ClaimView c;
+  shmbus::Status s = Wait ? pub->pub.claim(max_bytes, c) : pub->pub.try_claim(max_bytes, c);
+  if (s != shmbus::Status::ok) return status(s);
+  pub->claim_data = reinterpret_cast<uint8_t*>(c.data);
+  pub->claim_size = c.size;
+  out->data = pub->claim_data;
+  out->size = c.size;
+  out->sequence = c.sequence;
+  return SHMBUS_OK;
+}
+
+inline int do_commit_message(shmbus_publisher_t* pub, uint32_t segment_words, uint64_t message_id,
+                             uint64_t schema_id) noexcept {
+  if (!pub) {
+    set_static("commit_message: pub is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  if (!pub->claim_data || !pub->pub.has_claim()) {
+    set_static("commit_message: no open claim");
+    return SHMBUS_E_CLOSED;
+  }
+  const uint64_t used = 8 + uint64_t(segment_words) * 8;
+  if (segment_words == 0 || used > pub->claim_size) {
+    pub->pub.abort();
+    pub->claim_data = nullptr;
+    set_static(segment_words == 0 ? "commit_message: segment_words is 0 (claim aborted)"
+                                  : "commit_message: segment larger than the claim (claim aborted)");
+    return segment_words == 0 ? SHMBUS_E_INVALID_ARGUMENT : SHMBUS_E_TOO_LARGE;
+  }
+  // The flat form's segment table for one segment: {count - 1 = 0, words}.
+  const uint32_t table[2] = {0, segment_words};
+  std::memcpy(pub->claim_data, table, sizeof table);
+  pub->claim_data = nullptr;
+  // The in-place builder never writes past its segment: the tail is still zero.
+  return status(pub->pub.commit_clean(uint32_t(used), message_id, schema_id));
+}
+}  // namespace
+
+extern "C" {
+
+int shmbus_publisher_claim(shmbus_publisher_t* pub, uint32_t max_bytes, shmbus_claim_t* out) {
+  return do_claim<true>(pub, max_bytes, out);
+}
+
+int shmbus_publisher_try_claim(shmbus_publisher_t* pub, uint32_t max_bytes, shmbus_claim_t* out) {
+  return do_claim<false>(pub, max_bytes, out);
+}
+
+int shmbus_publisher_commit(shmbus_publisher_t* pub, uint32_t used, uint64_t message_id,
+                            uint64_t schema_id) {
+  if (!pub) {
+    set_static("commit: pub is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  pub->claim_data = nullptr;
+  return status(pub->pub.commit(used, message_id, schema_id));
+}
+
+int shmbus_publisher_commit_message(shmbus_publisher_t* pub, uint32_t segment_words,
+                                    uint64_t message_id, uint64_t schema_id) {
+  return do_commit_message(pub, segment_words, message_id, schema_id);
+}
+
+int shmbus_publisher_commit_message_and_claim(shmbus_publisher_t* pub, uint32_t segment_words,
+                                              uint64_t message_id, uint64_t schema_id,
+                                              uint32_t next_max, shmbus_claim_t* next) {
+  clear_claim(next);
+  if (!next) {
+    set_static("commit_message_and_claim: next is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  int rc = do_commit_message(pub, segment_words, message_id, schema_id);
+  if (rc != SHMBUS_OK) return rc;
+  return do_claim<true>(pub, next_max, next);
+}
+
+int shmbus_publisher_abort(shmbus_publisher_t* pub) {
+  if (!pub) {
+    set_static("abort: pub is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  pub->claim_data = nullptr;
+  if (!pub->pub.has_claim()) {
+    set_static("abort: no open claim");
+    return SHMBUS_E_CLOSED;
+  }
+  pub->pub.abort();
+  return SHMBUS_OK;
+}
+
+int shmbus_publisher_offer(shmbus_publisher_t* pub, const void* data, size_t len,
+                           uint64_t message_id, uint64_t schema_id) {
+  if (!pub || (!data && len)) {
+    set_static("offer: pub or data is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  pub->claim_data = nullptr;  // offer drops an open claim
+  return status(pub->pub.offer(data, len, message_id, schema_id));
+}
+
+int shmbus_publisher_offer_packed(shmbus_publisher_t* pub, const void* buf, const uint32_t* lens,
+                                  size_t n, size_t* published) {
+  if (published) *published = 0;
+  if (!pub || (n && (!buf || !lens))) {
+    set_static("offer_packed: pub, buf or lens is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  pub->claim_data = nullptr;
+  // Chunks of spans on the stack: no allocation; one wake-up check per chunk.
+  constexpr size_t kChunk = 64;
+  std::span<const std::byte> spans[kChunk];
+  const std::byte* p = static_cast<const std::byte*>(buf);
+  size_t done = 0;
+  while (done < n) {
+    size_t k = n - done < kChunk ? n - done : kChunk;
+    for (size_t i = 0; i < k; ++i) {
+      spans[i] = {p, lens[done + i]};
+      p += lens[done + i];
+    }
+    shmbus::Status last = shmbus::Status::ok;
+    size_t got = pub->pub.offer_batch(std::span<const std::span<const std::byte>>(spans, k), &last);
+    done += got;
+    if (published) *published = done;
+    if (got < k) return status(last == shmbus::Status::ok ? shmbus::Status::back_pressured : last);
+  }
+  return SHMBUS_OK;
+}
+
+int shmbus_publisher_stats(shmbus_publisher_t* pub, shmbus_publisher_stats_t* out) {
+  if (!pub || !out) {
+    set_static("publisher_stats: pub or out is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  const shmbus::PublishStats& s = pub->pub.stats();
+  out->published = s.published;
+  out->back_pressured = s.back_pressured;
+  out->blocked_waits = s.blocked_waits;
+  out->builder_fallbacks = s.builder_fallbacks;
+  out->reclaimed_cursors = s.reclaimed_cursors;
+  return SHMBUS_OK;
+}
+
+uint32_t shmbus_publisher_max_payload(shmbus_publisher_t* pub) {
+  return pub ? pub->pub.max_payload() : 0;
+}
+
+// ---- subscriber -------------------------------------------------------------------------
+void shmbus_subscriber_options_init(shmbus_subscriber_options_t* o) {
+  if (!o) return;
+  shmbus::SubscriberOptions d;
+  std::memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->partition = d.partition;
+  o->tethered = d.tethered ? 1 : 0;
+  o->wait = uint32_t(d.wait);
+  o->spin_ns = d.spin_ns;
+  o->open_timeout_ms = d.open_timeout_ms;
+  o->start = SHMBUS_START_LATEST;
+  o->start_value = 0;
+  o->name = nullptr;
+}
+
+int shmbus_subscriber_open(shmbus_bus_t* bus, const char* topic,
+                           const shmbus_subscriber_options_t* opts, shmbus_subscriber_t** out) {
+  if (!out) return invalid("shmbus_subscriber_open: ", "out is NULL");
+  *out = nullptr;
+  if (!bus || !topic) return invalid("shmbus_subscriber_open: ", "bus or topic is NULL");
+  SHIM_BEGIN
+  shmbus::SubscriberOptions o;
+  if (opts) {
+    if (opts->size != sizeof *opts)
+      return invalid("shmbus_subscriber_open: ",
+                     "opts->size does not match this library: call shmbus_subscriber_options_init first");
+    if (!valid_wait(opts->wait)) return invalid("shmbus_subscriber_open: ", "opts->wait is not a SHMBUS_WAIT_*");
+    if (opts->start > SHMBUS_START_TIME)
+      return invalid("shmbus_subscriber_open: ", "opts->start is not a SHMBUS_START_*");
+    if (opts->start != SHMBUS_START_LATEST)
+      return fail(SHMBUS_E_UNSUPPORTED, "shmbus_subscriber_open: ",
+                  "start positions other than LATEST need durable topics (not in this build)");
+    if (opts->name)
+      return fail(SHMBUS_E_UNSUPPORTED, "shmbus_subscriber_open: ",
+                  "named (durable) subscribers need the daemon (not in this build)");
+    if (opts->spin_ns < 0 || opts->open_timeout_ms < 0)
+      return invalid("shmbus_subscriber_open: ", "negative spin_ns or timeout");
+    o.partition = opts->partition;
+    o.tethered = opts->tethered != 0;
+    o.wait = shmbus::WaitStrategy(opts->wait);
+    o.spin_ns = opts->spin_ns;
+    o.open_timeout_ms = opts->open_timeout_ms;
+  }
+  shmbus::Subscriber s = bus->bus.subscriber(topic, o);
+  uint64_t pos = s.position();
+  *out = new shmbus_subscriber{std::move(s), pos};
+  return SHMBUS_OK;
+  SHIM_END("shmbus_subscriber_open")
+}
+
+void shmbus_subscriber_close(shmbus_subscriber_t* sub) {
+  try {
+    delete sub;
+  } catch (...) {
+  }
+}
+
+int shmbus_subscriber_poll(shmbus_subscriber_t* sub, shmbus_view_t* out) {
+  if (!sub || !out) {
+    set_static("poll: sub or out is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  shmbus::View v;
+  shmbus::Status s = sub->sub.poll(v);
+  if (s != shmbus::Status::ok) {
+    std::memset(out, 0, sizeof *out);
+    return s == shmbus::Status::empty ? SHMBUS_E_EMPTY : status(s);
+  }
+  fill_view(out, v);
+  return SHMBUS_OK;
+}
+
+int shmbus_subscriber_poll_wait(shmbus_subscriber_t* sub, shmbus_view_t* out, int64_t timeout_ns) {
+  if (!sub || !out) {
+    set_static("poll_wait: sub or out is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  shmbus::View v;
+  shmbus::Status s = sub->sub.poll_wait(v, timeout_ns);
+  if (s != shmbus::Status::ok) {
+    std::memset(out, 0, sizeof *out);
+    return status(s);
+  }
+  fill_view(out, v);
+  return SHMBUS_OK;
+}
+
+int shmbus_subscriber_poll_batch(shmbus_subscriber_t* sub, shmbus_view_t* views, size_t max,
+                                 int64_t timeout_ns, size_t* n) {
+  if (n) *n = 0;
+  if (!sub || !n || (max && !views)) {
+    set_static("poll_batch: sub, views or n is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  if (max == 0) return SHMBUS_OK;
+  shmbus::View v;
+  shmbus::Status s = timeout_ns == 0 ? sub->sub.poll(v) : sub->sub.poll_wait(v, timeout_ns);
+  if (s != shmbus::Status::ok) return s == shmbus::Status::empty ? SHMBUS_E_EMPTY : status(s);
+  fill_view(&views[0], v);
+  size_t k = 1;
+  while (k < max && sub->sub.poll(v) == shmbus::Status::ok) fill_view(&views[k++], v);
+  // A corrupt frame after good ones is reported by the next poll.
+  *n = k;
+  return SHMBUS_OK;
+}
+
+int shmbus_subscriber_release(shmbus_subscriber_t* sub, const shmbus_view_t* v) {
+  if (!sub || !v || !v->data) {
+    set_static("release: sub, v or v->data is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  // Untrusted token: it must lie between what was released and what was polled.
+  const uint64_t next = v->next_position;
+  if (next < sub->released || next > sub->sub.position()) {
+    set_static("release: the view was not polled from this subscriber, or is already released");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  shmbus::shm::FrameView f;
+  f.hdr = reinterpret_cast<const shmbus::shm::FrameHeader*>(v->data - shmbus::shm::kFrameHeaderSize);
+  f.pos = v->position;
+  f.next = next;
+  sub->sub.release(shmbus::View(f));
+  sub->released = next;
+  return SHMBUS_OK;
+}
+
+int shmbus_subscriber_release_all(shmbus_subscriber_t* sub) {
+  if (!sub) {
+    set_static("release_all: sub is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  sub->sub.release_all();
+  sub->released = sub->sub.position();
+  return SHMBUS_OK;
+}
+
+int shmbus_subscriber_wait(shmbus_subscriber_t* sub, int64_t timeout_ns) {
+  if (!sub) {
+    set_static("wait: sub is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  if (sub->sub.wait(timeout_ns)) return SHMBUS_OK;
+  set_static(shmbus_strerror(SHMBUS_E_TIMED_OUT));
+  return SHMBUS_E_TIMED_OUT;
+}
+
+int shmbus_subscriber_stats(shmbus_subscriber_t* sub, shmbus_subscriber_stats_t* out) {
+  if (!sub || !out) {
+    set_static("subscriber_stats: sub or out is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  const shmbus::SubscribeStats& s = sub->sub.stats();
+  out->received = s.received;
+  out->waits = s.waits;
+  out->corrupt = s.corrupt;
+  out->position = sub->sub.position();
+  return SHMBUS_OK;
+}
+
+// ---- Cap'n Proto helpers ------------------------------------------------------------------
+int shmbus_view_segments(const shmbus_view_t* v, const uint8_t** seg0, uint32_t* seg0_words,
+                         uint32_t* segment_count) {
+  if (seg0) *seg0 = nullptr;
+  if (seg0_words) *seg0_words = 0;
+  if (segment_count) *segment_count = 0;
+  if (!v || !seg0 || !seg0_words) {
+    set_static("view_segments: v, seg0 or seg0_words is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  if (!v->data || v->size < 8 || (v->size & 7)) {
+    set_static("view_segments: payload is not a whole number of words");
+    return SHMBUS_E_MALFORMED;
+  }
+  // The bytes come from another process: bound everything by the view's size.
+  uint32_t first[2];
+  std::memcpy(first, v->data, 8);
+  const uint64_t count = uint64_t(first[0]) + 1;
+  const uint64_t table_bytes = ((count + 1) * 4 + 7) & ~uint64_t(7);
+  if (table_bytes > v->size) {
+    set_static("view_segments: segment table larger than the payload");
+    return SHMBUS_E_MALFORMED;
+  }
+  uint64_t total = table_bytes;
+  for (uint64_t i = 0; i < count; ++i) {
+    uint32_t w;
+    std::memcpy(&w, v->data + 4 + 4 * i, 4);
+    total += uint64_t(w) * 8;
+    if (total > v->size) {
+      set_static("view_segments: segments extend past the payload");
+      return SHMBUS_E_MALFORMED;
+    }
+  }
+  *seg0 = v->data + table_bytes;
+  *seg0_words = first[1];
+  if (segment_count) *segment_count = uint32_t(count);
+  return SHMBUS_OK;
+}
+
+}  // extern "C"

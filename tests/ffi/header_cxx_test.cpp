@@ -1,0 +1,37 @@
+// shmbus.h compiled as C++ with -Werror (-Wall -Wextra -pedantic): the header must
+// stay valid, warning-free C++ and keep its layout (the Go and Rust bindings mirror
+// these structs byte for byte).
+#include "shmbus.h"
+
+#include <cstddef>
+#include <cstdio>
+
+static_assert(sizeof(shmbus_topic_config_t) == 48);
+static_assert(offsetof(shmbus_topic_config_t, capacity) == 8);
+static_assert(offsetof(shmbus_topic_config_t, schema_id) == 40);
+static_assert(sizeof(shmbus_publisher_options_t) == 32);
+static_assert(offsetof(shmbus_publisher_options_t, block_timeout_ns) == 16);
+static_assert(sizeof(shmbus_claim_t) == 24);
+static_assert(offsetof(shmbus_claim_t, sequence) == 16);
+static_assert(sizeof(shmbus_publisher_stats_t) == 40);
+static_assert(sizeof(shmbus_subscriber_options_t) == 48);
+static_assert(offsetof(shmbus_subscriber_options_t, spin_ns) == 16);
+static_assert(offsetof(shmbus_subscriber_options_t, start_value) == 32);
+static_assert(offsetof(shmbus_subscriber_options_t, name) == 40);
+static_assert(sizeof(shmbus_view_t) == 64);
+static_assert(offsetof(shmbus_view_t, sequence) == 16);
+static_assert(offsetof(shmbus_view_t, next_position) == 56);
+static_assert(sizeof(shmbus_subscriber_stats_t) == 32);
+static_assert(SHMBUS_E_EMPTY <= -10000 && SHMBUS_E_UNSUPPORTED <= -10000);
+
+int main() {
+  if (shmbus_abi_version() != SHMBUS_ABI_VERSION) {
+    std::fprintf(stderr, "ABI version mismatch: library %u, header %d\n", shmbus_abi_version(),
+                 SHMBUS_ABI_VERSION);
+    return 1;
+  }
+  shmbus_bus_t* bus = nullptr;
+  if (shmbus_bus_open_direct("bad/prefix", &bus) != SHMBUS_E_INVALID_ARGUMENT || bus) return 1;
+  std::printf("header_cxx_test: ok\n");
+  return 0;
+}
