@@ -58,6 +58,10 @@ class Bus {
   // A bus without a daemon: this process creates and maps segments itself.
   static Bus direct(const Options& opts);
   static Bus direct() { return direct(Options{}); }
+  // A bus through shmbusd at `socket_path` (empty: default_socket_path() from
+  // shmbus/daemon_client.hpp). Throws Error(not_connected) when no daemon answers;
+  // reconnects transparently when the daemon restarts.
+  static Bus connect(const std::string& socket_path = {});
   // A bus over any segment provider (the daemon client plugs in here).
   explicit Bus(std::shared_ptr<SegmentProvider> provider) : provider_(std::move(provider)) {}
 

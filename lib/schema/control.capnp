@@ -1,0 +1,175 @@
+@0x99d82f495b09c311;
+# The shmbusd control protocol (docs/control-protocol.md is the prose version).
+#
+# Transport: a Unix-domain SOCK_SEQPACKET socket. One packet = one frame =
+#   u32 magic "SBC1" (0x31434253 little-endian) | u32 payload length | payload
+# where the payload is one unpacked Cap'n Proto message (segment table + segments).
+# Every Request gets exactly one Response with the same `id`. File descriptors
+# (segments) travel as SCM_RIGHTS on the response packet that names them.
+#
+# Versioning: `Request.version` is the protocol version the client speaks. The
+# daemon answers requests of a major it does not speak with an error
+# `unsupportedVersion`. New fields and union members are added at the end (Cap'n
+# Proto evolution rules); a minor bump never changes a field's meaning.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("shmbus::proto");
+
+const protocolVersion :UInt16 = 1;
+
+enum Policy { block @0; fail @1; spill @2; }
+enum Role { publisher @0; subscriber @1; admin @2; }
+
+enum ErrorCode {
+  ok @0;
+  invalidArgument @1;
+  notFound @2;
+  alreadyExists @3;
+  incompatible @4;
+  permissionDenied @5;
+  noSlot @6;
+  system @7;
+  timedOut @8;
+  protocol @9;            # the request could not be decoded
+  unsupportedVersion @10;
+  shuttingDown @11;
+  tooLarge @12;
+}
+
+struct AccessList {
+  # Who may publish / subscribe besides the topic's owner (its creator's uid),
+  # root and the daemon's own uid. 0xFFFFFFFF in a uid list means "everyone".
+  publishUids @0 :List(UInt32);
+  publishGids @1 :List(UInt32);
+  subscribeUids @2 :List(UInt32);
+  subscribeGids @3 :List(UInt32);
+}
+
+struct TopicSpec {
+  name @0 :Text;
+  partitions @1 :UInt32 = 1;
+  capacity @2 :UInt64 = 16777216;
+  maxPayload @3 :UInt64;          # 0: capacity / 4
+  policy @4 :Policy;
+  multiProducer @5 :Bool;
+  slots @6 :UInt32 = 64;
+  schemaId @7 :UInt64;            # Cap'n Proto type id of the root struct, 0 = any
+  access @8 :AccessList;
+}
+
+struct TopicInfo {
+  spec @0 :TopicSpec;
+  ownerUid @1 :UInt32;
+  createdNs @2 :UInt64;           # CLOCK_REALTIME
+  durable @3 :List(DurableCursor);
+}
+
+struct DurableCursor {
+  # The last released position of a named (durable) subscriber, per partition.
+  name @0 :Text;
+  partition @1 :UInt32;
+  position @2 :UInt64;
+}
+
+struct SubscriberStat {
+  slot @0 :UInt32;
+  pid @1 :UInt32;
+  position @2 :UInt64;
+  lag @3 :UInt64;                 # producer position - subscriber position, bytes
+  tethered @4 :Bool;
+  durable @5 :Bool;
+}
+
+struct PartitionStat {
+  partition @0 :UInt32;
+  producerPosition @1 :UInt64;
+  nextSequence @2 :UInt64;
+  ratePerSec @3 :Float64;         # messages per second over the daemon's last sample
+  backPressureEvents @4 :UInt64;
+  reclaimedCursors @5 :UInt64;
+  filledClaims @6 :UInt64;
+  producerPid @7 :UInt32;         # single-producer owner, 0 = none
+  subscribers @8 :List(SubscriberStat);
+  liveProducers @9 :UInt32;       # multi-producer table entries in use
+}
+
+struct TopicStat {
+  name @0 :Text;
+  partitions @1 :List(PartitionStat);
+}
+
+struct Request {
+  version @0 :UInt16;
+  id @1 :UInt64;
+  union {
+    hello @2 :Void;
+    createTopic @3 :TopicSpec;
+    describeTopic @4 :Text;
+    listTopics @5 :Void;
+    deleteTopic @6 :Text;
+    open @7 :OpenRequest;
+    stat @8 :Text;                # topic name, or "" for every topic
+    health @9 :Void;
+    saveCursor @10 :DurableCursor;
+  }
+}
+
+struct OpenRequest {
+  topic @0 :Text;
+  partition @1 :UInt32;
+  role @2 :Role;
+  durableName @3 :Text;           # subscribers: resume position of this name
+}
+
+struct Response {
+  id @0 :UInt64;
+  union {
+    error @1 :ErrorReply;
+    hello @2 :HelloReply;
+    topic @3 :TopicInfo;          # createTopic, describeTopic
+    topics @4 :List(TopicInfo);   # listTopics
+    done @5 :Void;                # deleteTopic, saveCursor
+    open @6 :OpenReply;
+    stats @7 :List(TopicStat);
+    health @8 :HealthReply;
+  }
+}
+
+struct ErrorReply {
+  code @0 :ErrorCode;
+  message @1 :Text;
+}
+
+struct HelloReply {
+  version @0 :UInt16;
+  daemonPid @1 :UInt32;
+  uid @2 :UInt32;                 # the client's identity as the daemon sees it
+  gid @3 :UInt32;
+  pid @4 :UInt32;
+}
+
+struct OpenReply {
+  # Two descriptors come with this packet, in order: the data segment (read-only
+  # for subscribers) and the control segment.
+  dataSize @0 :UInt64;
+  ctlSize @1 :UInt64;
+  resumePosition @2 :UInt64;      # durable subscribers: where to resume, else 0
+  hasResume @3 :Bool;
+}
+
+struct HealthReply {
+  serving @0 :Bool;
+  uptimeNs @1 :UInt64;
+  topics @2 :UInt32;
+  clients @3 :UInt32;
+  openFds @4 :UInt32;
+  rssBytes @5 :UInt64;
+  reclaimedClients @6 :UInt64;
+  daemonPid @7 :UInt32;
+  stateDir @8 :Text;
+}
+
+struct State {
+  # The daemon's persisted registry (--state-dir/registry.bin).
+  topics @0 :List(TopicInfo);
+}

@@ -1,0 +1,321 @@
+// The daemon client: request/response over the control socket, transparent
+// reconnection, and the SegmentProvider that maps the fds shmbusd passes.
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <thread>
+#include <unistd.h>
+
+#include "shmbus/daemon_client.hpp"
+
+namespace shmbus {
+
+std::string default_socket_path() {
+  const char* x = getenv("XDG_RUNTIME_DIR");
+  if (x && *x && access(x, W_OK | X_OK) == 0) return std::string(x) + "/shmbus/shmbusd.sock";
+  return "/tmp/shmbus-" + std::to_string(getuid()) + "/shmbusd.sock";
+}
+
+DaemonClient::Reply::~Reply() {
+  for (int f : fds)
+    if (f >= 0) close(f);
+}
+
+DaemonClient::DaemonClient(const Options& opts) : opts_(opts) {
+  if (opts_.socket_path.empty()) opts_.socket_path = default_socket_path();
+}
+
+DaemonClient::~DaemonClient() {
+  std::lock_guard<std::mutex> g(mu_);
+  close_locked();
+}
+
+std::shared_ptr<DaemonClient> DaemonClient::connect(const Options& opts) {
+  auto c = std::make_shared<DaemonClient>(opts);
+  std::string err;
+  {
+    std::lock_guard<std::mutex> g(c->mu_);
+    if (!c->try_connect_locked(err))
+      throw Error(ErrorCode::not_connected, "shmbusd at " + c->opts_.socket_path + ": " + err);
+  }
+  c->call([](proto::Request::Builder r) { r.setHello(); });
+  return c;
+}
+
+void DaemonClient::close_locked() {
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+}
+
+bool DaemonClient::try_connect_locked(std::string& err) {
+  close_locked();
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (opts_.socket_path.size() >= sizeof(a.sun_path)) {
+    err = "socket path too long";
+    return false;
+  }
+  std::memcpy(a.sun_path, opts_.socket_path.c_str(), opts_.socket_path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    err = std::string("socket: ") + strerror(errno);
+    return false;
+  }
+  int r;
+  do r = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    err = std::string("connect: ") + strerror(errno);
+    close(fd);
+    return false;
+  }
+  fd_ = fd;
+  return true;
+}
+
+DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::Builder)>& fill) {
+  capnp::MallocMessageBuilder mb(512);
+  auto req = mb.initRoot<proto::Request>();
+  fill(req);
+  req.setVersion(proto::PROTOCOL_VERSION);
+  std::lock_guard<std::mutex> g(mu_);
+  const uint64_t id = next_id_++;
+  req.setId(id);
+  std::vector<uint8_t> frame = control::encode_frame(mb);
+  if (frame.size() > control::kMaxFrame)
+    throw Error(ErrorCode::invalid_argument, "request larger than the protocol allows");
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.reconnect_ms);
+  std::string last_err;
+  for (int attempt = 0;; ++attempt) {
+    if (fd_ < 0) {
+      if (!try_connect_locked(last_err)) {
+        if (std::chrono::steady_clock::now() > give_up)
+          throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err);
+        // The daemon is restarting: poll for its socket (bounded by reconnect_ms).
+        std::this_thread::sleep_for(std::chrono::milliseconds(attempt < 20 ? 5 : 50));
+        continue;
+      }
+      ++reconnects_;
+    }
+    int s = control::send_packet(fd_, frame);
+    if (s < 0) {
+      last_err = std::string("send: ") + strerror(-s);
+      close_locked();
+      continue;  // daemon went away between calls: reconnect and resend
+    }
+    std::vector<uint8_t> buf;
+    Reply rep;
+    long n = control::recv_packet(fd_, buf, &rep.fds, opts_.timeout_ms);
+    if (n == -ETIMEDOUT) {
+      close_locked();
+      throw Error(ErrorCode::timed_out, "shmbusd did not answer within " +
+                                            std::to_string(opts_.timeout_ms) + " ms");
+    }
+    if (n <= 0) {
+      // Closed under us (daemon restart). The request may or may not have been
+      // applied; every request is idempotent (create with the same settings,
+      // delete of a missing topic reports not_found), so resend once reconnected.
+      last_err = n == 0 ? "connection closed" : std::string("recv: ") + strerror(int(-n));
+      close_locked();
+      if (std::chrono::steady_clock::now() > give_up)
+        throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err);
+      continue;
+    }
+    std::string err;
+    if (!control::decode_frame(buf, rep.msg, err)) {
+      close_locked();
+      throw Error(ErrorCode::protocol, "bad response from shmbusd: " + err);
+    }
+    try {
+      auto r = rep.get();
+      if (r.getId() != id) {
+        close_locked();
+        throw Error(ErrorCode::protocol, "response id mismatch");
+      }
+      if (r.isError()) {
+        auto e = r.getError();
+        throw Error(control::to_error_code(e.getCode()), e.getMessage().cStr());
+      }
+    } catch (const kj::Exception& e) {
+      close_locked();
+      throw Error(ErrorCode::protocol, std::string("bad response: ") + e.getDescription().cStr());
+    }
+    return rep;
+  }
+}
+
+namespace {
+
+void fill_spec(proto::TopicSpec::Builder s, const std::string& topic, const TopicConfig& cfg,
+               const AccessSpec* access) {
+  s.setName(topic);
+  s.setPartitions(cfg.partitions);
+  s.setCapacity(cfg.capacity);
+  s.setMaxPayload(cfg.max_payload);
+  s.setPolicy(proto::Policy(uint16_t(cfg.policy)));
+  s.setMultiProducer(cfg.multi_producer);
+  s.setSlots(cfg.slots);
+  s.setSchemaId(cfg.schema_id);
+  auto a = s.initAccess();
+  AccessSpec derived;
+  if (!access) {
+    // No explicit list: the permission bits say it (group/other read = subscribe,
+    // write = publish), as for the direct provider's segment mode.
+    gid_t g = getgid();
+    if (cfg.mode & 040) derived.subscribe_gids.push_back(g);
+    if (cfg.mode & 020) derived.publish_gids.push_back(g);
+    if (cfg.mode & 004) derived.subscribe_uids.push_back(kAnyone);
+    if (cfg.mode & 002) derived.publish_uids.push_back(kAnyone);
+    access = &derived;
+  }
+  auto put = [](auto list, const std::vector<uint32_t>& v) {
+    for (size_t i = 0; i < v.size(); ++i) list.set(uint32_t(i), v[i]);
+  };
+  put(a.initPublishUids(uint32_t(access->publish_uids.size())), access->publish_uids);
+  put(a.initPublishGids(uint32_t(access->publish_gids.size())), access->publish_gids);
+  put(a.initSubscribeUids(uint32_t(access->subscribe_uids.size())), access->subscribe_uids);
+  put(a.initSubscribeGids(uint32_t(access->subscribe_gids.size())), access->subscribe_gids);
+}
+
+class DaemonMapping final : public PartitionMapping {
+ public:
+  DaemonMapping(std::shared_ptr<DaemonClient> client, const std::string& topic, uint32_t p,
+                void* data, size_t dsize, void* ctl, size_t csize)
+      : client_(std::move(client)), data_(data), dsize_(dsize), ctl_(ctl), csize_(csize) {
+    topic_ = topic;
+    partition_ = p;
+    auto* d = static_cast<shm::DataHeader*>(data);
+    auto* c = static_cast<shm::ControlHeader*>(ctl);
+    refs_.data = d;
+    refs_.ring = static_cast<std::byte*>(data) + d->data_offset;
+    refs_.ctl = c;
+    refs_.slots = reinterpret_cast<shm::CursorSlot*>(static_cast<std::byte*>(ctl) +
+                                                     sizeof(shm::ControlHeader));
+    refs_.capacity = d->capacity;
+    refs_.slot_count = c->slot_count;
+    shm::bind_producer_table(refs_, csize);
+  }
+  ~DaemonMapping() override {
+    munmap(data_, dsize_);
+    munmap(ctl_, csize_);
+  }
+
+ private:
+  std::shared_ptr<DaemonClient> client_;  // keeps the connection (our liveness signal) open
+  void* data_;
+  size_t dsize_;
+  void* ctl_;
+  size_t csize_;
+};
+
+bool is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
+
+}  // namespace
+
+void DaemonClient::create_topic(const std::string& topic, const TopicConfig& cfg,
+                                const AccessSpec* access) {
+  call([&](proto::Request::Builder r) { fill_spec(r.initCreateTopic(), topic, cfg, access); });
+}
+
+void DaemonClient::delete_topic(const std::string& topic) {
+  call([&](proto::Request::Builder r) { r.setDeleteTopic(topic); });
+}
+
+uint32_t DaemonClient::partitions(const std::string& topic) {
+  try {
+    Reply rep = call([&](proto::Request::Builder r) { r.setDescribeTopic(topic); });
+    return rep.get().getTopic().getSpec().getPartitions();
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::not_found) return 0;
+    throw;
+  }
+}
+
+std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, uint32_t p,
+                                                     Role role) {
+  Reply rep = call([&](proto::Request::Builder r) {
+    auto o = r.initOpen();
+    o.setTopic(topic);
+    o.setPartition(p);
+    o.setRole(role == Role::publisher    ? proto::Role::PUBLISHER
+              : role == Role::subscriber ? proto::Role::SUBSCRIBER
+                                         : proto::Role::ADMIN);
+  });
+  if (rep.fds.size() != 2)
+    throw Error(ErrorCode::protocol, "open: expected 2 segment fds, got " + std::to_string(rep.fds.size()));
+  auto o = rep.get().getOpen();
+  const int dfd = rep.fds[0], cfd = rep.fds[1];
+  struct stat ds{}, cs{};
+  if (fstat(dfd, &ds) < 0 || fstat(cfd, &cs) < 0)
+    throw Error(ErrorCode::system, std::string("fstat: ") + strerror(errno));
+  const size_t dsize = o.getDataSize(), csize = o.getCtlSize();
+  if (dsize < sizeof(shm::DataHeader) || csize < sizeof(shm::ControlHeader) ||
+      uint64_t(ds.st_size) < dsize || uint64_t(cs.st_size) < csize)
+    throw Error(ErrorCode::incompatible, "open: segment sizes do not match the daemon's reply");
+  const int dprot = role == Role::subscriber ? PROT_READ : PROT_READ | PROT_WRITE;
+  void* d = mmap(nullptr, dsize, dprot, MAP_SHARED, dfd, 0);
+  if (d == MAP_FAILED) throw Error(ErrorCode::system, std::string("mmap data: ") + strerror(errno));
+  void* c = mmap(nullptr, csize, PROT_READ | PROT_WRITE, MAP_SHARED, cfd, 0);
+  if (c == MAP_FAILED) {
+    munmap(d, dsize);
+    throw Error(ErrorCode::system, std::string("mmap control: ") + strerror(errno));
+  }
+  auto* dh = static_cast<const shm::DataHeader*>(d);
+  auto* ch = static_cast<const shm::ControlHeader*>(c);
+  const uint32_t v = std::atomic_ref<const uint32_t>(dh->layout_version).load(std::memory_order_acquire);
+  if (dh->magic != shm::kDataMagic || ch->magic != shm::kCtlMagic || (v >> 16) != shm::kLayoutMajor ||
+      dh->data_offset != sizeof(shm::DataHeader) || !is_pow2(dh->capacity) ||
+      shm::data_segment_size(dh->capacity) > dsize || ch->capacity != dh->capacity ||
+      ch->slot_count == 0 || ch->slot_count > 4096 ||
+      sizeof(shm::ControlHeader) + size_t(ch->slot_count) * sizeof(shm::CursorSlot) > csize) {
+    munmap(d, dsize);
+    munmap(c, csize);
+    throw Error(ErrorCode::incompatible, "open: the daemon handed out an invalid segment");
+  }
+  return std::make_shared<DaemonMapping>(shared_from_this(), topic, p, d, dsize, c, csize);
+}
+
+namespace {
+class DaemonProvider final : public SegmentProvider {
+ public:
+  explicit DaemonProvider(std::shared_ptr<DaemonClient> c) : c_(std::move(c)) {}
+  void create_topic(const std::string& topic, const TopicConfig& cfg) override {
+    c_->create_topic(topic, cfg);
+  }
+  std::shared_ptr<PartitionMapping> open(const std::string& topic, uint32_t p, Role role,
+                                         int timeout_ms) override {
+    // A topic being created by someone else: retry not_found until the deadline.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (int i = 0;; ++i) {
+      try {
+        return c_->open(topic, p, role);
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::not_found || std::chrono::steady_clock::now() > deadline) throw;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(i < 10 ? 1 : 10));
+    }
+  }
+  void remove_topic(const std::string& topic) override { c_->delete_topic(topic); }
+  uint32_t partitions(const std::string& topic) override { return c_->partitions(topic); }
+
+ private:
+  std::shared_ptr<DaemonClient> c_;
+};
+}  // namespace
+
+std::shared_ptr<SegmentProvider> make_daemon_provider(std::shared_ptr<DaemonClient> client) {
+  return std::make_shared<DaemonProvider>(std::move(client));
+}
+
+Bus Bus::connect(const std::string& socket_path) {
+  DaemonClient::Options o;
+  o.socket_path = socket_path;
+  return Bus(make_daemon_provider(DaemonClient::connect(o)));
+}
+
+}  // namespace shmbus
