@@ -213,8 +213,10 @@ int run_sub_lib(Bus& bus, const std::string& topic, const BlobCodec& codec, cons
   while (chk.ends() < c.ends) {
     Status s = sub.poll(v);
     if (s == Status::empty) {
-      if (held) sub.release_all();
-      held = 0;
+      if (held && !c.die_holding) {  // a subscriber about to die keeps its views
+        sub.release_all();
+        held = 0;
+      }
       s = sub.poll_wait(v, c.timeout_ns);
       if (s == Status::timed_out)
         fail("poll_wait timed out after " + std::to_string(c.timeout_ns / 1'000'000) +
@@ -232,7 +234,7 @@ int run_sub_lib(Bus& bus, const std::string& topic, const BlobCodec& codec, cons
       hold_until_pressure(sub.refs());
       ++holds;
     }
-    if (held >= c.batch) {
+    if (held >= c.batch && !c.die_holding) {
       sub.release_all();
       held = 0;
     }
