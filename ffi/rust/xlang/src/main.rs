@@ -276,6 +276,10 @@ fn consume(a: &Args) -> Result<ExitCode, String> {
             received += 1;
         }
     }
+    // Exactly N: anything further that is already there is a duplicate or extra.
+    if let Some(v) = sub.poll().map_err(|e| format!("poll: {e}"))? {
+        return Err(format!("more than {} messages (message_id {})", a.count, v.message_id()));
+    }
     println!("OK received={received}");
     Ok(ExitCode::SUCCESS)
 }
