@@ -2,7 +2,8 @@
 # Builds and tests the Rust binding; called by tools/test as `ffi/rust/test.sh <results-dir>`.
 #   - builds the C ABI library (libshmbus_c) with meson in $BUILD_DIR (default <repo>/build)
 #     when it is missing, and links the crates against it (SHMBUS_LIB_DIR=$BUILD_DIR/ffi);
-#   - cargo test (all crates, doctests included) and cargo clippy --all-targets -D warnings;
+#   - cargo test (all crates, doctests included), cargo clippy --all-targets -D warnings,
+#     and the quickstart example of docs/bindings-rust.md;
 #   - unless SHMBUS_QUICK is set and when an ASan build of the library exists
 #     ($ASAN_BUILD_DIR, default <repo>/build-asan, as tools/test makes it), runs the test
 #     binaries again against it with libasan preloaded (Miri cannot call FFI);
@@ -68,6 +69,13 @@ if cargo clippy --version >/dev/null 2>&1; then
   fi
 else
   echo "rust: clippy not installed (rustup component add clippy); skipped"
+fi
+
+# ---- the documented example runs (one check) -------------------------------------------
+if cargo run --locked -q -p shmbus --example quickstart >>"$log" 2>&1; then
+  passed=$((passed + 1)); echo "rust: example quickstart ran"
+else
+  failed=$((failed + 1)); echo "rust: example quickstart failed"; tail -10 "$log"
 fi
 
 # ---- the unsafe boundary under AddressSanitizer -------------------------------------------
