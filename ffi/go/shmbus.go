@@ -1,0 +1,302 @@
+// Package shmbus is the Go binding of shmbus, a same-host publish/subscribe bus:
+// Cap'n Proto messages through shared-memory rings, without copying them.
+//
+// It wraps the C ABI (ffi/include/shmbus.h, library libshmbus_c) with cgo. Build
+// with pkg-config able to find shmbus_c, e.g. from a meson build tree:
+//
+//	export PKG_CONFIG_PATH=/path/to/shmbus/build/meson-uninstalled
+//	export CGO_LDFLAGS="-Wl,-rpath,/path/to/shmbus/build/ffi"   # or LD_LIBRARY_PATH
+//
+// # Zero copy, and what it costs you
+//
+// Publisher.Claim and Publisher.ClaimMessage hand out ring memory to build in;
+// Subscriber.Poll and PollBatch hand out Views whose Data is ring memory, read in
+// place (View.Message, Reader). THE BYTES OF A VIEW ARE VALID ONLY UNTIL THE VIEW
+// IS RELEASED (Release of it or of a later view, ReleaseAll) OR ITS SUBSCRIBER IS
+// CLOSED. After that the producer may overwrite them while you read: copy what
+// you keep (bytes.Clone, or the Cap'n Proto values you need) before releasing.
+// A view's Data is mapped read-only: writing to it crashes the process.
+// Likewise a claim's bytes are yours only until Commit/Abort/Close.
+//
+// # Concurrency
+//
+// A Bus may be used from any goroutine. A Publisher or a Subscriber is used by
+// one goroutine at a time; Close may be called from any goroutine at any time
+// and makes a blocked Claim/Poll return ErrClosed (the clean way to shut down is
+// to cancel the context of the blocked call, then Close).
+//
+// # Errors
+//
+// Every error from the C ABI is an *Error{Code, Msg}; test with errors.Is against
+// the sentinels (ErrBackPressured, ErrTimedOut, ErrNotFound, ErrClosed, ...).
+// Blocking calls return ctx.Err() when their context ends first.
+package shmbus
+
+/*
+#cgo pkg-config: shmbus_c
+#include <stdlib.h>
+#include "shmbus.h"
+*/
+import "C"
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// ABIVersion is the SHMBUS_ABI_VERSION this package was written against.
+const ABIVersion = 1
+
+// LibraryABIVersion is the ABI version of the libshmbus_c this process loaded.
+func LibraryABIVersion() uint32 { return uint32(C.shmbus_abi_version()) }
+
+// waitSlice bounds every blocking C call, so that contexts and Close are noticed.
+const waitSlice = 50 * time.Millisecond
+
+func strerror(rc int) string { return C.GoString(C.shmbus_strerror(C.int(rc))) }
+
+// call runs a set-up call on a locked OS thread, so that the thread-local detail
+// message read after a failure belongs to this call.
+func call(f func() C.int) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	rc := int(f())
+	if rc == 0 {
+		return nil
+	}
+	return &Error{Code: rc, Msg: C.GoString(C.shmbus_last_error())}
+}
+
+// Policy is what a publisher does when the ring is full.
+type Policy uint32
+
+const (
+	PolicyBlock Policy = C.SHMBUS_POLICY_BLOCK // wait for space (bounded by BlockTimeout and the context)
+	PolicyFail  Policy = C.SHMBUS_POLICY_FAIL  // return ErrBackPressured at once
+	PolicySpill Policy = C.SHMBUS_POLICY_SPILL // durable topics (needs the daemon)
+)
+
+// WaitStrategy is how a blocked call waits. The zero value is the library default (hybrid).
+type WaitStrategy int
+
+const (
+	WaitDefault   WaitStrategy = iota // hybrid
+	WaitBusySpin                      // lowest latency, burns a core
+	WaitSpinYield                     // spins, then sched_yield
+	WaitFutex                         // sleeps at once
+	WaitHybrid                        // spins a little, then sleeps on the futex
+)
+
+func (w WaitStrategy) c() C.uint32_t {
+	switch w {
+	case WaitBusySpin:
+		return C.SHMBUS_WAIT_BUSY_SPIN
+	case WaitSpinYield:
+		return C.SHMBUS_WAIT_SPIN_YIELD
+	case WaitFutex:
+		return C.SHMBUS_WAIT_FUTEX
+	default:
+		return C.SHMBUS_WAIT_HYBRID
+	}
+}
+
+// Bus is a process's connection to the bus. Safe for concurrent use.
+type Bus struct {
+	mu sync.RWMutex
+	h  *C.shmbus_bus_t
+}
+
+// OpenDirect opens a bus without a daemon: this process creates and maps the
+// segments itself under /dev/shm, named with prefix ("" means "shmbus").
+func OpenDirect(prefix string) (*Bus, error) {
+	var cp *C.char
+	if prefix != "" {
+		cp = C.CString(prefix)
+		defer C.free(unsafe.Pointer(cp))
+	}
+	var h *C.shmbus_bus_t
+	if err := call(func() C.int { return C.shmbus_bus_open_direct(cp, &h) }); err != nil {
+		return nil, err
+	}
+	return &Bus{h: h}, nil
+}
+
+// ConnectOptions selects the daemon to connect to.
+type ConnectOptions struct {
+	SocketPath string // "" means the per-user default
+}
+
+// Connect connects to shmbusd. Until the daemon client lands in libshmbus_c it
+// returns ErrNotConnected.
+func Connect(ctx context.Context, opts ConnectOptions) (*Bus, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var cp *C.char
+	if opts.SocketPath != "" {
+		cp = C.CString(opts.SocketPath)
+		defer C.free(unsafe.Pointer(cp))
+	}
+	var h *C.shmbus_bus_t
+	if err := call(func() C.int { return C.shmbus_bus_connect(cp, &h) }); err != nil {
+		return nil, err
+	}
+	return &Bus{h: h}, nil
+}
+
+// OpenEmbedded starts a daemon inside this process with its state in stateDir
+// ("" means a private temporary directory) and connects to it. Until the
+// embedded daemon lands in libshmbus_c it returns ErrUnsupported.
+func OpenEmbedded(stateDir string) (*Bus, error) {
+	var cp *C.char
+	if stateDir != "" {
+		cp = C.CString(stateDir)
+		defer C.free(unsafe.Pointer(cp))
+	}
+	var h *C.shmbus_bus_t
+	if err := call(func() C.int { return C.shmbus_bus_open_embedded(cp, &h) }); err != nil {
+		return nil, err
+	}
+	return &Bus{h: h}, nil
+}
+
+// Close releases the bus. Publishers and subscribers opened from it stay usable
+// until they are closed themselves. Closing twice is a no-op.
+func (b *Bus) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.h != nil {
+		C.shmbus_bus_close(b.h)
+		b.h = nil
+	}
+	return nil
+}
+
+// TopicConfig describes a topic. Zero fields take the library defaults
+// (1 partition, 16 MiB per partition, max payload capacity/4, policy block,
+// single producer, 64 subscriber slots, mode 0660).
+type TopicConfig struct {
+	Partitions    uint32
+	Capacity      uint64 // ring bytes per partition: a power of two >= 4096
+	MaxPayload    uint64
+	Policy        Policy
+	MultiProducer bool   // false: one producer per partition (the fast path)
+	Slots         uint32 // subscriber slots per partition
+	Mode          uint32 // permission bits of the segments
+	SchemaID      uint64 // expected Cap'n Proto root type id, 0 = any
+}
+
+func (c TopicConfig) toC() C.shmbus_topic_config_t {
+	var cfg C.shmbus_topic_config_t
+	C.shmbus_topic_config_init(&cfg)
+	if c.Partitions != 0 {
+		cfg.partitions = C.uint32_t(c.Partitions)
+	}
+	if c.Capacity != 0 {
+		cfg.capacity = C.uint64_t(c.Capacity)
+	}
+	cfg.max_payload = C.uint64_t(c.MaxPayload)
+	cfg.policy = C.uint32_t(c.Policy)
+	if c.MultiProducer {
+		cfg.multi_producer = 1
+	}
+	if c.Slots != 0 {
+		cfg.slots = C.uint32_t(c.Slots)
+	}
+	if c.Mode != 0 {
+		cfg.mode = C.uint32_t(c.Mode)
+	}
+	cfg.schema_id = C.uint64_t(c.SchemaID)
+	return cfg
+}
+
+func (b *Bus) handle() (*C.shmbus_bus_t, error) {
+	if b.h == nil {
+		return nil, &Error{Code: CodeClosed, Msg: "bus is closed"}
+	}
+	return b.h, nil
+}
+
+// CreateTopic creates a topic; idempotent for the same settings, ErrAlreadyExists
+// for other settings.
+func (b *Bus) CreateTopic(name string, cfg TopicConfig) error {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	h, err := b.handle()
+	if err != nil {
+		return err
+	}
+	cn := C.CString(name)
+	defer C.free(unsafe.Pointer(cn))
+	c := cfg.toC()
+	return call(func() C.int { return C.shmbus_topic_create(h, cn, &c) })
+}
+
+// RemoveTopic removes a topic's segments; mappings already open stay valid.
+func (b *Bus) RemoveTopic(name string) error {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	h, err := b.handle()
+	if err != nil {
+		return err
+	}
+	cn := C.CString(name)
+	defer C.free(unsafe.Pointer(cn))
+	return call(func() C.int { return C.shmbus_topic_remove(h, cn) })
+}
+
+// DescribeTopic returns the settings of an existing topic (ErrNotFound otherwise).
+func (b *Bus) DescribeTopic(name string) (TopicConfig, error) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	h, err := b.handle()
+	if err != nil {
+		return TopicConfig{}, err
+	}
+	cn := C.CString(name)
+	defer C.free(unsafe.Pointer(cn))
+	var c C.shmbus_topic_config_t
+	if err := call(func() C.int { return C.shmbus_topic_describe(h, cn, &c) }); err != nil {
+		return TopicConfig{}, err
+	}
+	return TopicConfig{
+		Partitions:    uint32(c.partitions),
+		Capacity:      uint64(c.capacity),
+		MaxPayload:    uint64(c.max_payload),
+		Policy:        Policy(c.policy),
+		MultiProducer: c.multi_producer != 0,
+		Slots:         uint32(c.slots),
+		Mode:          uint32(c.mode),
+		SchemaID:      uint64(c.schema_id),
+	}, nil
+}
+
+func durationNs(d time.Duration) C.int64_t { return C.int64_t(d.Nanoseconds()) }
+
+// sliceFor returns how long the next bounded C wait may last: at most waitSlice,
+// and not past ctx's deadline. ok is false when the deadline has passed.
+func sliceFor(ctx context.Context) (time.Duration, bool) {
+	d := waitSlice
+	if dl, has := ctx.Deadline(); has {
+		left := time.Until(dl)
+		if left <= 0 {
+			return 0, false
+		}
+		if left < d {
+			d = left
+		}
+	}
+	return d, true
+}
+
+// deadlineErr is ctx.Err() once ctx's deadline has passed (its timer may not
+// have fired yet).
+func deadlineErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return context.DeadlineExceeded
+}
