@@ -72,15 +72,23 @@ inline uint64_t min_live_cursor(const RingRefs& r, uint64_t none) {
     // seq_cst: pairs with the seq_cst state store/tail load in join (P5).
     if (aref(s.state).load(std::memory_order_seq_cst) != kSlotActive) continue;
     if (!(aref(s.flags).load(std::memory_order_relaxed) & kSlotTethered)) continue;
-    uint64_t p = aref(s.position).load(std::memory_order_acquire);  // SYNC(cursor)
+    // SYNC(cursor) acquire; seq_cst so that a producer that announced itself in
+    // space_waiters (P7) cannot miss a cursor stored before the subscriber read
+    // space_waiters == 0 (a plain load on x86, so free).
+    uint64_t p = aref(s.position).load(std::memory_order_seq_cst);
     if (p < m) m = p;
   }
   return m;
 }
 
+// FrameMeta::timestamp_ns value that skips the clock read at commit (~20 ns of a
+// ~40 ns claim+commit on a KVM guest, see docs/benchmarks.md); the frame's
+// timestamp_ns is then 0 ("not stamped").
+inline constexpr uint64_t kNoTimestamp = ~uint64_t(0);
+
 struct FrameMeta {
   uint32_t producer_id = 0;
-  uint64_t timestamp_ns = 0;  // 0: taken at commit
+  uint64_t timestamp_ns = 0;  // 0: taken at commit; kNoTimestamp: header keeps 0
   uint64_t message_id = 0;
   uint64_t schema_id = 0;
 };
@@ -216,7 +224,9 @@ class RingWriter {
     h->payload_len = payload_len;
     h->producer_id = meta.producer_id;
     h->sequence = c.seq;
-    h->timestamp_ns = meta.timestamp_ns ? meta.timestamp_ns : monotonic_ns();
+    h->timestamp_ns = meta.timestamp_ns == 0              ? monotonic_ns()
+                      : meta.timestamp_ns == kNoTimestamp ? 0
+                                                          : meta.timestamp_ns;
     h->message_id = meta.message_id;
     h->schema_id = meta.schema_id;
     publish_commit(h, make_commit(flen, kFrameData), notify);
