@@ -59,6 +59,7 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
   if (!multi) w_.recover_sp();
   policy_ = r.data->policy;
   meta_.producer_id = opts_.producer_id ? opts_.producer_id : me;
+  if (!opts_.stamp_frames) meta_.timestamp_ns = shm::kNoTimestamp;
   open_ = true;
 }
 
@@ -238,6 +239,9 @@ size_t Publisher::offer_batch(std::span<const std::span<const std::byte>> msgs, 
   Status s = Status::ok;
   meta_.message_id = 0;
   meta_.schema_id = 0;
+  // One clock read per batch: its frames share the time the batch was offered.
+  const uint64_t stamp = meta_.timestamp_ns;
+  if (stamp == 0 && !msgs.empty()) meta_.timestamp_ns = shm::monotonic_ns();
   for (const auto& m : msgs) {
     if (m.size() > w_.max_payload()) {
       s = Status::too_large;
@@ -256,6 +260,7 @@ size_t Publisher::offer_batch(std::span<const std::span<const std::byte>> msgs, 
     ++n;
   }
   if (n && n != msgs.size()) w_.notify_subscribers();
+  meta_.timestamp_ns = stamp;
   stats_.published += n;
   if (last) *last = s;
   return n;
