@@ -235,8 +235,8 @@ struct SpscRx {
 
 struct ShmbusTx {
   Publisher pub;
-  ShmbusTx(Bus& bus, const std::string& topic)
-      : pub(bus.publisher(topic, {.wait = WaitStrategy::busy_spin})) {}
+  ShmbusTx(Bus& bus, const std::string& topic, bool stamp = true)
+      : pub(bus.publisher(topic, {.wait = WaitStrategy::busy_spin, .stamp_frames = stamp})) {}
   void send(uint32_t size, uint64_t w0, uint64_t seq) {
     ClaimView c;
     while (pub.claim(size, c) != Status::ok) {
@@ -727,6 +727,14 @@ void one_run(Runner& R) {
           [&] { return std::pair{ShmbusTx(t.bus, "bench.ping"), Rx(t.bus, "bench.pong")}; },
           [&] { return std::pair{ShmbusTx(t.bus, "bench.pong"), Rx(t.bus, "bench.ping")}; });
     });
+    R.run("rtt.shmbus_nostamp", size, [&](Result& r) {
+      ShmbusTopics t(next_prefix());
+      using Rx = ShmbusRx<Read::raw, false>;
+      return case_rtt(
+          r, g.rtt_msgs,
+          [&] { return std::pair{ShmbusTx(t.bus, "bench.ping", false), Rx(t.bus, "bench.pong")}; },
+          [&] { return std::pair{ShmbusTx(t.bus, "bench.pong", false), Rx(t.bus, "bench.ping")}; });
+    });
     for (int type : {SOCK_SEQPACKET, SOCK_STREAM}) {
       std::string name = type == SOCK_STREAM ? "rtt.uds_stream" : "rtt.uds_seqpacket";
       R.run(name, size, [&](Result& r) {
@@ -800,6 +808,12 @@ void one_run(Runner& R) {
       return case_tput(r, tput_count(size, false), [&] { return ShmbusTx(t.bus, "bench.ping"); },
                        [&] { return ShmbusRx<Read::raw, true>(t.bus, "bench.ping"); });
     });
+    R.run("tput.shmbus_nostamp_pollbatch", size, [&](Result& r) {
+      ShmbusTopics t(next_prefix());
+      return case_tput(r, tput_count(size, false),
+                       [&] { return ShmbusTx(t.bus, "bench.ping", false); },
+                       [&] { return ShmbusRx<Read::raw, true>(t.bus, "bench.ping"); });
+    });
     for (int type : {SOCK_SEQPACKET, SOCK_STREAM}) {
       std::string name = type == SOCK_STREAM ? "tput.uds_stream" : "tput.uds_seqpacket";
       R.run(name, size, [&](Result& r) {
@@ -848,7 +862,7 @@ void add_ratios(std::vector<Result>& v) {
       for (const char* u : {"tput.uds_seqpacket", "tput.uds_stream"})
         if (auto* s = find(v, u, r.size)) uds = std::max(uds, s->msgs_per_s);
       if (uds > 0) r.ratios["vs_uds_best"] = r.msgs_per_s / uds;
-      if (r.name != "tput.shmbus") {
+      if (r.name != "tput.shmbus" && r.name.find("capnp") != std::string::npos) {
         if (auto* s = find(v, "tput.shmbus", r.size))
           r.ratios["cost_vs_raw"] = s->msgs_per_s / r.msgs_per_s;
       }
@@ -869,8 +883,8 @@ void add_ratios(std::vector<Result>& v) {
         if (auto* s = find(v, uds_prefix + u, r.size))
           best = best == 0 ? s->p50 : std::min(best, s->p50);
       if (best > 0) r.ratios["p50_vs_uds_best"] = r.p50 / best;
-      if (r.name == "rtt.shmbus" && r.size == 4096) {
-        if (auto* s = find(v, "rtt.shmbus", 8)) r.ratios["p50_vs_8B"] = r.p50 / s->p50;
+      if (r.size == 4096) {
+        if (auto* s = find(v, r.name, 8)) r.ratios["p50_vs_8B"] = r.p50 / s->p50;
       }
     }
   }
@@ -973,10 +987,14 @@ void print_targets(const std::vector<Result>& v) {
       {"throughput 64 B, raw bytes, poll_batch vs SPSC floor", "tput.shmbus_pollbatch", 64, "vs_spsc", 0.8, true},
       {"throughput 64 B, Cap'n Proto in place vs best UDS", "tput.shmbus_capnp", 64, "vs_uds_best", 20, true},
       {"throughput 64 B, raw bytes vs best UDS", "tput.shmbus", 64, "vs_uds_best", 20, true},
+      {"throughput 64 B, raw bytes, poll_batch, unstamped vs SPSC floor", "tput.shmbus_nostamp_pollbatch", 64, "vs_spsc", 0.8, true},
+      {"throughput 64 B, raw bytes, poll_batch, unstamped vs best UDS", "tput.shmbus_nostamp_pollbatch", 64, "vs_uds_best", 20, true},
       {"round trip p50 8 B vs cache-line ping-pong", "rtt.shmbus", 8, "p50_vs_line", 1.5, false},
       {"round trip p99 8 B vs cache-line ping-pong", "rtt.shmbus", 8, "p99_vs_line", 2.0, false},
       {"round trip p50 64 B vs cache-line ping-pong", "rtt.shmbus", 64, "p50_vs_line", 1.5, false},
       {"round trip p99 64 B vs cache-line ping-pong", "rtt.shmbus", 64, "p99_vs_line", 2.0, false},
+      {"round trip p50 64 B, unstamped vs cache-line ping-pong", "rtt.shmbus_nostamp", 64, "p50_vs_line", 1.5, false},
+      {"round trip p99 64 B, unstamped vs cache-line ping-pong", "rtt.shmbus_nostamp", 64, "p99_vs_line", 2.0, false},
       {"zero copy: round trip p50 4096 B vs 8 B", "rtt.shmbus", 4096, "p50_vs_8B", 1.5, false},
       {"Cap'n Proto in place vs raw bytes, 64 B (throughput cost)", "tput.shmbus_capnp", 64, "cost_vs_raw", 1.5, false},
   };

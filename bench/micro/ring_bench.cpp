@@ -36,6 +36,22 @@ void BM_ClaimCommit(benchmark::State& st) {
 }
 BENCHMARK(BM_ClaimCommit) SHMBUS_BENCH_SIZES;
 
+// Same without the per-frame CLOCK_MONOTONIC read (PublisherOptions::stamp_frames).
+void BM_ClaimCommitNoStamp(benchmark::State& st) {
+  const uint32_t size = uint32_t(st.range(0));
+  BenchTopic t;
+  Publisher pub = t.bus.publisher(t.topic, {.stamp_frames = false});
+  uint64_t seq = 0;
+  for (auto _ : st) {
+    ClaimView c;
+    if (pub.claim(size, c) != Status::ok) st.SkipWithError("claim failed");
+    std::memcpy(c.data, &++seq, sizeof(seq));
+    pub.commit(size);
+  }
+  set_counters(st, int64_t(st.iterations()), size);
+}
+BENCHMARK(BM_ClaimCommitNoStamp) SHMBUS_BENCH_SIZES;
+
 // Copy path: claim + memcpy of the whole payload + commit.
 void BM_Offer(benchmark::State& st) {
   const uint32_t size = uint32_t(st.range(0));
