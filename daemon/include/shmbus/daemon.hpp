@@ -1,0 +1,59 @@
+// shmbusd as a library: the daemon core (control server, registry, reaper threads)
+// that the shmbusd executable runs, and that a process can start embedded.
+//
+//   shmbus::DaemonOptions o;  o.state_dir = "/var/lib/myapp/shmbus";
+//   shmbus::Bus bus = shmbus::open_embedded(o);   // daemon thread + connected bus
+//
+// Contract: start() throws shmbus::Error when the socket or state dir cannot be
+// set up (e.g. another daemon holds the state dir); stop() is idempotent, blocks
+// until the threads have persisted state and exited, and removes the socket but
+// never a segment (topics are removed only by `delete`).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "shmbus/bus.hpp"
+
+namespace shmbus {
+
+struct DaemonOptions {
+  std::string socket_path;             // empty: default_socket_path()
+  std::string state_dir;               // empty: <socket dir>/state
+  std::string shm_prefix;              // segment name prefix; empty: "shmbusd-<uid>"
+  int64_t reclaim_interval_ms = 20;    // liveness scan period (pidfds react at once)
+  uint32_t max_clients = 1024;
+  uint32_t max_topics = 4096;
+  std::string log_level = "info";      // trace, debug, info, warn, error, off
+  std::string log_file;                // empty: stderr
+  uint32_t socket_mode = 0666;         // the socket's permission bits (topics have ACLs)
+};
+
+namespace daemon {
+class Core;
+}
+
+class Daemon {
+ public:
+  explicit Daemon(DaemonOptions opts);
+  ~Daemon();
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+
+  void start();           // binds the socket, loads state, starts the threads
+  void request_stop();    // async-signal-safe: asks the threads to stop
+  void wait();            // joins the threads (after request_stop)
+  void stop() { request_stop(); wait(); }
+  const DaemonOptions& options() const;
+
+ private:
+  std::unique_ptr<daemon::Core> core_;
+};
+
+// Starts a daemon in this process (threads) and returns a Bus connected to it.
+// The daemon lives as long as the Bus (and every publisher/subscriber made from it).
+// state_dir empty: a private temporary directory, removed at the end.
+Bus open_embedded(DaemonOptions opts = {});
+
+}  // namespace shmbus

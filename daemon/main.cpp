@@ -1,0 +1,83 @@
+// shmbusd: the shmbus daemon. See docs/operations.md.
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#if SHMBUS_HAVE_TOMLPP
+#include <toml++/toml.h>
+#endif
+#if SHMBUS_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "shmbus/daemon.hpp"
+#include "shmbus/daemon_client.hpp"
+
+namespace {
+shmbus::Daemon* g_daemon = nullptr;
+void on_signal(int) {
+  if (g_daemon) g_daemon->request_stop();  // async-signal-safe: an atomic store + eventfd write
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  shmbus::DaemonOptions o;
+  std::string config;
+  CLI::App app{"shmbusd: the shmbus daemon (segments, liveness, access)"};
+  app.add_option("--config", config, "TOML config file (keys as the long options, with _)");
+  app.add_option("--socket", o.socket_path, "control socket path (default " + shmbus::default_socket_path() + ")");
+  app.add_option("--state-dir", o.state_dir, "registry state directory (default <socket dir>/state)");
+  app.add_option("--shm-prefix", o.shm_prefix, "segment name prefix under /dev/shm (default shmbusd-<uid>)");
+  app.add_option("--reclaim-interval-ms", o.reclaim_interval_ms, "liveness scan period (pidfds react at once)");
+  app.add_option("--max-clients", o.max_clients, "connections accepted at once");
+  app.add_option("--log-level", o.log_level, "trace|debug|info|warn|error|off");
+  app.add_option("--log-file", o.log_file, "write JSON logs here instead of stderr");
+  CLI11_PARSE(app, argc, argv);
+  if (!config.empty()) {
+#if SHMBUS_HAVE_TOMLPP
+    try {
+      toml::table t = toml::parse_file(config);
+      auto str = [&](const char* k, std::string& v) {
+        if (auto x = t[k].value<std::string>(); x && v.empty()) v = *x;
+      };
+      str("socket", o.socket_path);
+      str("state_dir", o.state_dir);
+      str("shm_prefix", o.shm_prefix);
+      str("log_file", o.log_file);
+      if (auto x = t["log_level"].value<std::string>()) o.log_level = *x;
+      if (auto x = t["reclaim_interval_ms"].value<int64_t>()) o.reclaim_interval_ms = *x;
+      if (auto x = t["max_clients"].value<int64_t>()) o.max_clients = uint32_t(*x);
+    } catch (const std::exception& e) {
+      std::cerr << "shmbusd: " << config << ": " << e.what() << "\n";
+      return 2;
+    }
+#else
+    std::cerr << "shmbusd: built without toml++, --config is not available\n";
+    return 2;
+#endif
+  }
+  try {
+    shmbus::Daemon d(o);
+    g_daemon = &d;
+    struct sigaction sa{};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+    d.start();
+#if SHMBUS_HAVE_SYSTEMD
+    sd_notify(0, "READY=1");
+#endif
+    d.wait();
+#if SHMBUS_HAVE_SYSTEMD
+    sd_notify(0, "STOPPING=1");
+#endif
+    g_daemon = nullptr;
+  } catch (const shmbus::Error& e) {
+    std::fprintf(stderr, "{\"event\":\"start_failed\",\"reason\":\"%s\"}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

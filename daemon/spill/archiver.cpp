@@ -1,0 +1,927 @@
+// The spill archiver: ring -> registered buffers -> io_uring writes (+ fdatasync).
+// Design and ordering rules: docs/spill-log.md; P8 (durable ack) and the archiver
+// cursor in docs/memory-ordering.md.
+#include "shmbus/spill/archiver.hpp"
+
+#include <fcntl.h>
+#include <liburing.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+
+#include "shmbus/error.hpp"
+#include "shmbus/shm/ring.hpp"
+
+namespace shmbus::spill {
+
+using shm::aref;
+
+const char* to_string(FlushPolicy p) noexcept {
+  switch (p) {
+    case FlushPolicy::none: return "none";
+    case FlushPolicy::interval: return "interval";
+    case FlushPolicy::batch: return "batch";
+  }
+  return "?";
+}
+
+namespace {
+
+[[noreturn]] void sys_fail(const std::string& what, int err = errno) {
+  throw Error(ErrorCode::system, what + ": " + std::strerror(err));
+}
+
+void mkdirs(const std::string& path) {
+  std::string cur;
+  size_t i = 0;
+  while (i <= path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    cur = path.substr(0, j);
+    if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
+      sys_fail("mkdir " + cur);
+    i = j + 1;
+  }
+}
+
+void fsync_dir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+int64_t realtime_s() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return ts.tv_sec;
+}
+
+bool pid_alive(uint32_t pid) { return pid && (::kill(pid_t(pid), 0) == 0 || errno == EPERM); }
+
+enum : uint64_t { kOpWrite = 1, kOpFsync = 2, kOpIntervalSync = 3 };
+uint64_t tag(uint64_t id, uint64_t op) { return (id << 8) | op; }
+
+}  // namespace
+
+struct Archiver::Impl {
+  struct Part;
+
+  struct Buf {
+    uint32_t id = 0;
+    std::byte* data = nullptr;
+    uint32_t cap = 0;
+    bool fixed = false;  // a registered buffer (else a heap buffer for one big record)
+    enum State : uint8_t { idle, filling, writing, failed, done } st = idle;
+    Part* part = nullptr;
+    uint32_t fill = 0, written = 0;
+    uint64_t file_off = 0;
+    uint64_t first_seq = 0, last_seq = 0, last_ts = 0, ring_end = 0, records = 0;
+    bool want_sync = false, synced = false;
+    int ops = 0;  // operations in flight
+    int err = 0;
+    std::vector<IndexEntry> idx;
+  };
+
+  struct Sealed {
+    uint64_t first_seq;
+    uint64_t size;
+    int64_t mtime_s;
+  };
+
+  struct Part {
+    std::shared_ptr<PartitionMapping> m;
+    shm::RingRefs r;
+    LogConfig cfg;
+    std::string dir;
+    uint32_t slot_index = 0;  // fixed-file slot
+    shm::CursorSlot* slot = nullptr;
+    uint64_t read_pos = 0, released = 0;
+    uint64_t epoch = 0;
+    uint64_t log_last_seq = 0;  // highest sequence in the log (recovered or placed)
+    int fd = -1, idx_fd = -1;
+    uint64_t seg_first = 0, file_off = 0, next_index = 0;
+    bool roll_pending = false;
+    uint64_t roll_seq = 0;
+    std::deque<Sealed> sealed;
+    uint64_t total_bytes = 0;
+    std::deque<Buf*> bufs;  // FIFO: in flight or failed, then (last) the filling one
+    uint64_t written_seq = 0, durable_seq = 0;
+    bool sync_inflight = false;
+    uint64_t sync_target = 0;
+    uint64_t next_sync_ns = 0;
+    int err = 0;
+    uint64_t retry_at = 0;
+    int64_t backoff = 0;
+    uint64_t next_retention_ns = 0;
+    PartitionStats st;
+    std::atomic<bool> detached{false};
+  };
+
+  ArchiverConfig cfg;
+  io_uring ring{};
+  bool ring_ok = false;
+  bool fixed_files = false, fixed_bufs = false;
+  std::byte* pool = nullptr;
+  std::vector<Buf*> bufs;  // all, by id
+  std::vector<Buf*> free_fixed;
+  std::vector<std::unique_ptr<Part>> parts;
+  uint32_t inflight = 0;
+  uint64_t op_count[2] = {0, 0};
+
+  std::mutex cmd_mu;  // guards `pending` and the stats snapshot; never on the ring path
+  std::vector<std::unique_ptr<Part>> pending;
+  std::atomic<bool> has_pending{false};
+  std::vector<PartitionStats> snapshot;
+  std::atomic<bool> stop_req{false};
+
+  explicit Impl(ArchiverConfig c) : cfg(std::move(c)) {
+    if (cfg.queue_depth < 4) cfg.queue_depth = 4;
+    if (cfg.buffer_count < 2) cfg.buffer_count = 2;
+    if (cfg.buffer_bytes < 4096) cfg.buffer_bytes = 4096;
+    cfg.buffer_bytes = (cfg.buffer_bytes + 4095) & ~4095u;
+    int rc = io_uring_queue_init(cfg.queue_depth, &ring, 0);
+    if (rc < 0) sys_fail("io_uring_queue_init", -rc);
+    ring_ok = true;
+    pool = static_cast<std::byte*>(std::aligned_alloc(4096, size_t(cfg.buffer_count) * cfg.buffer_bytes));
+    if (!pool) throw std::bad_alloc();
+    std::vector<iovec> iov(cfg.buffer_count);
+    for (uint32_t i = 0; i < cfg.buffer_count; ++i) {
+      Buf* b = new Buf;
+      b->id = i;
+      b->data = pool + size_t(i) * cfg.buffer_bytes;
+      b->cap = cfg.buffer_bytes;
+      b->fixed = true;
+      bufs.push_back(b);
+      free_fixed.push_back(b);
+      iov[i] = {b->data, cfg.buffer_bytes};
+    }
+    std::reverse(free_fixed.begin(), free_fixed.end());
+    // Registered buffers and files save the kernel a page walk and an fd lookup
+    // per write; if the kernel refuses (memlock, old kernel) plain ops work too.
+    fixed_bufs = io_uring_register_buffers(&ring, iov.data(), cfg.buffer_count) == 0;
+    fixed_files = io_uring_register_files_sparse(&ring, 1024) == 0;
+  }
+
+  ~Impl() {
+    for (auto& p : parts) close_files(*p);
+    if (ring_ok) io_uring_queue_exit(&ring);
+    for (Buf* b : bufs) {
+      if (!b->fixed) std::free(b->data);
+      delete b;
+    }
+    std::free(pool);
+  }
+
+  // ------------------------------------------------------------------ attach
+  std::unique_ptr<Part> attach(std::shared_ptr<PartitionMapping> m, const LogConfig& lc) {
+    auto p = std::make_unique<Part>();
+    p->m = std::move(m);
+    p->r = p->m->refs();
+    p->cfg = lc;
+    if (p->cfg.segment_bytes < 4096) p->cfg.segment_bytes = 4096;
+    if (p->cfg.index_interval < 512) p->cfg.index_interval = 512;
+    p->dir = partition_dir(lc.state_dir, p->m->topic(), p->m->partition());
+    p->st.topic = p->m->topic();
+    p->st.partition = p->m->partition();
+    mkdirs(p->dir);
+    p->epoch = p->r.data->created_ns;
+    RecoveryResult rec = recover_partition_log(p->dir, p->cfg.index_interval);
+
+    const uint32_t me = uint32_t(getpid());
+    // Adopt the slot of a previous archiver of this partition (it still holds the
+    // ring at the last position it released), or join a fresh one at the tail.
+    shm::CursorSlot* slot = nullptr;
+    for (uint32_t i = 0; i < p->r.slot_count; ++i) {
+      shm::CursorSlot& s = p->r.slots[i];
+      if (aref(s.state).load(std::memory_order_seq_cst) != shm::kSlotActive) continue;
+      if (aref(s.name_hash).load(std::memory_order_relaxed) != kArchiverNameHash) continue;
+      uint32_t pid = aref(s.pid).load(std::memory_order_relaxed);
+      if (pid != me && pid_alive(pid))
+        throw Error(ErrorCode::already_exists, "topic '" + p->m->topic() + "' partition " +
+                                                   std::to_string(p->m->partition()) +
+                                                   " is archived by live pid " + std::to_string(pid));
+      // Taken over in place: the slot stays ACTIVE and tethered throughout, so the
+      // producer never sees the ring unprotected.
+      aref(s.pid).store(me, std::memory_order_relaxed);
+      aref(s.generation).fetch_add(1, std::memory_order_relaxed);
+      aref(s.heartbeat_ns).store(shm::monotonic_ns(), std::memory_order_relaxed);
+      slot = &s;
+      break;
+    }
+    if (!slot) {
+      shm::RingReader rr;
+      if (!rr.join(p->r, me, true, kArchiverNameHash))
+        throw Error(ErrorCode::no_slot, "topic '" + p->m->topic() + "': no cursor slot for the archiver");
+      slot = rr.slot();
+    }
+    p->slot = slot;
+    const uint64_t held = aref(slot->position).load(std::memory_order_acquire);
+    uint64_t resume = held;
+    if (!rec.empty && rec.epoch == p->epoch) {
+      if (rec.last_ring_end >= held) {
+        resume = rec.last_ring_end;  // frames in [held, end) reached the log before the crash
+      } else {
+        ++p->st.gaps;  // the log lost frames the ring no longer holds (not expected)
+      }
+      p->seg_first = rec.active_first_seq;
+      p->file_off = rec.active_size;
+      std::string path = p->dir + "/" + segment_file_name(p->seg_first);
+      p->fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+      if (p->fd < 0) sys_fail("open " + path);
+      std::string ipath = p->dir + "/" + index_file_name(p->seg_first);
+      p->idx_fd = ::open(ipath.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+      if (p->idx_fd < 0) sys_fail("open " + ipath);
+      p->next_index = rec.active_index.empty()
+                          ? kFileHeaderSize
+                          : rec.active_index.back().offset + p->cfg.index_interval;
+      if (p->cfg.flush != FlushPolicy::none && ::fdatasync(p->fd) != 0) sys_fail("fdatasync " + path);
+    } else if (!rec.empty) {
+      // A new ring (another epoch): its sequences must continue the log's.
+      uint64_t next_seq = aref(p->r.data->tail_seq).load(std::memory_order_acquire);
+      if (resume == aref(p->r.data->tail_pos).load(std::memory_order_acquire) &&
+          next_seq <= rec.last_seq)
+        throw Error(ErrorCode::incompatible,
+                    "topic '" + p->m->topic() + "' partition " + std::to_string(p->m->partition()) +
+                        ": the ring's sequences restart at " + std::to_string(next_seq) +
+                        " but the log already holds up to " + std::to_string(rec.last_seq) +
+                        "; create the ring starting at next_sequence_after_log()");
+    }
+    p->log_last_seq = rec.last_seq;
+    p->written_seq = p->durable_seq = rec.last_seq;
+    for (const SegmentInfo& s : list_segments(p->dir)) {
+      if (p->fd >= 0 && s.first_seq == p->seg_first) continue;
+      p->sealed.push_back({s.first_seq, s.size, s.mtime_s});
+      p->total_bytes += s.size;
+    }
+    p->total_bytes += p->file_off;
+    p->read_pos = p->released = resume;
+    // SYNC(cursor) release: moving forward only frees ring bytes.
+    aref(slot->position).exchange(resume, std::memory_order_seq_cst);
+    wake_space(*p);
+    auto* d = p->r.data;
+    if (aref(d->durable_seq).load(std::memory_order_relaxed) < rec.last_seq)
+      publish_durable(*p, rec.last_seq);
+    aref(d->archived_seq).store(std::max(aref(d->archived_seq).load(std::memory_order_relaxed), rec.last_seq),
+                                std::memory_order_relaxed);
+    aref(d->archived_pos).store(resume, std::memory_order_relaxed);
+    aref(d->archiver_pid).store(me, std::memory_order_relaxed);
+    aref(d->archiver_error).store(0, std::memory_order_relaxed);
+    p->st.archived_seq = p->st.durable_seq = rec.last_seq;
+    return p;
+  }
+
+  void install(std::unique_ptr<Part> p) {
+    p->slot_index = uint32_t(parts.size());
+    if (p->fd >= 0) register_fd(*p);
+    parts.push_back(std::move(p));
+  }
+
+  void register_fd(Part& p) {
+    if (!fixed_files) return;
+    int fd = p.fd;
+    if (io_uring_register_files_update(&ring, p.slot_index, &fd, 1) != 1) fixed_files = false;
+  }
+
+  void close_files(Part& p) {
+    if (p.fd >= 0) ::close(p.fd);
+    if (p.idx_fd >= 0) ::close(p.idx_fd);
+    p.fd = p.idx_fd = -1;
+  }
+
+  // ------------------------------------------------------------------ shared-memory signals
+  static void wake_space(Part& p) {
+    // seq_cst: pairs with begin_space_wait (P7).
+    if (aref(p.r.ctl->space_waiters).load(std::memory_order_seq_cst) != 0) {
+      aref(p.r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);
+      shm::futex_wake_all(&p.r.ctl->space_futex);
+    }
+  }
+
+  void release_ring(Part& p, uint64_t pos) {
+    if (pos <= p.released) return;
+    p.released = pos;
+    // SYNC(cursor) release: we are done reading the frames below pos (P4); seq_cst
+    // so the space-waiter check cannot move above it (P7).
+    aref(p.slot->position).exchange(pos, std::memory_order_seq_cst);
+    aref(p.r.data->archived_pos).store(pos, std::memory_order_relaxed);
+    wake_space(p);
+  }
+
+  static void publish_durable(Part& p, uint64_t seq) {
+    auto* d = p.r.data;
+    if (aref(d->durable_seq).load(std::memory_order_relaxed) >= seq) return;
+    // SYNC(durable) P8: seq_cst store then seq_cst waiter check (Dekker with wait_durable).
+    aref(d->durable_seq).store(seq, std::memory_order_seq_cst);
+    if (aref(d->durable_waiters).load(std::memory_order_seq_cst) != 0) {
+      aref(d->durable_futex).fetch_add(1, std::memory_order_seq_cst);
+      shm::futex_wake_all(&d->durable_futex);
+    }
+  }
+
+  void set_error(Part& p, int err) {
+    p.err = err;
+    p.st.last_error = err;
+    aref(p.r.data->archiver_error).store(uint32_t(err), std::memory_order_relaxed);
+  }
+
+  // ------------------------------------------------------------------ segments
+  bool open_segment(Part& p, uint64_t first_seq) {
+    std::string path = p.dir + "/" + segment_file_name(first_seq);
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      set_error(p, errno);
+      return false;
+    }
+    SegmentFileHeader h;
+    fill_file_header(h, first_seq, p.epoch, p.m->partition());
+    ssize_t n = ::pwrite(fd, &h, sizeof h, 0);
+    if (n != ssize_t(sizeof h) ||
+        (p.cfg.flush != FlushPolicy::none && ::fdatasync(fd) != 0)) {
+      int e = n < 0 ? errno : (n != ssize_t(sizeof h) ? ENOSPC : errno);
+      ::close(fd);
+      ::unlink(path.c_str());
+      set_error(p, e);
+      return false;
+    }
+    std::string ipath = p.dir + "/" + index_file_name(first_seq);
+    int ifd = ::open(ipath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    if (p.cfg.flush != FlushPolicy::none) fsync_dir(p.dir);
+    p.fd = fd;
+    p.idx_fd = ifd;
+    p.seg_first = first_seq;
+    p.file_off = kFileHeaderSize;
+    p.next_index = kFileHeaderSize;
+    p.total_bytes += kFileHeaderSize;
+    register_fd(p);
+    return true;
+  }
+
+  // Called with nothing in flight for p.
+  bool roll(Part& p) {
+    if (p.fd >= 0) {
+      if (p.cfg.flush != FlushPolicy::none) {
+        if (::fdatasync(p.fd) != 0) {
+          set_error(p, errno);
+          return false;
+        }
+        p.durable_seq = p.written_seq;
+        publish_durable(p, p.durable_seq);
+      }
+      p.sealed.push_back({p.seg_first, p.file_off, realtime_s()});
+      close_files(p);
+      ++p.st.segments_rolled;
+    }
+    if (!open_segment(p, p.roll_seq)) return false;
+    p.roll_pending = false;
+    retention(p);
+    return true;
+  }
+
+  void retention(Part& p) {
+    const int64_t now_s = realtime_s();
+    while (!p.sealed.empty()) {
+      const Sealed& s = p.sealed.front();
+      bool by_size = p.cfg.retention_bytes && p.total_bytes > p.cfg.retention_bytes;
+      bool by_age = p.cfg.retention_age_s && now_s - s.mtime_s > p.cfg.retention_age_s;
+      if (!by_size && !by_age) break;
+      ::unlink((p.dir + "/" + segment_file_name(s.first_seq)).c_str());
+      ::unlink((p.dir + "/" + index_file_name(s.first_seq)).c_str());
+      p.total_bytes -= std::min(p.total_bytes, s.size);
+      ++p.st.segments_deleted;
+      p.sealed.pop_front();
+    }
+  }
+
+  // ------------------------------------------------------------------ buffers
+  Buf* get_buf(Part& p, uint32_t need) {
+    Buf* b = nullptr;
+    if (need <= cfg.buffer_bytes) {
+      if (free_fixed.empty()) return nullptr;
+      b = free_fixed.back();
+      free_fixed.pop_back();
+    } else {
+      b = new Buf;
+      b->id = uint32_t(bufs.size());
+      b->cap = (need + 4095) & ~4095u;
+      b->data = static_cast<std::byte*>(std::aligned_alloc(4096, b->cap));
+      if (!b->data) {
+        delete b;
+        return nullptr;
+      }
+      b->fixed = false;
+      bufs.push_back(b);
+    }
+    b->st = Buf::filling;
+    b->part = &p;
+    b->fill = b->written = 0;
+    b->file_off = p.file_off;
+    b->first_seq = b->last_seq = b->last_ts = b->records = 0;
+    b->ring_end = p.read_pos;
+    b->want_sync = p.cfg.flush == FlushPolicy::batch;
+    b->synced = false;
+    b->ops = 0;
+    b->err = 0;
+    b->idx.clear();
+    p.bufs.push_back(b);
+    return b;
+  }
+
+  void put_buf(Buf* b) {
+    b->st = Buf::idle;
+    b->part = nullptr;
+    if (b->fixed) {
+      free_fixed.push_back(b);
+    } else {
+      bufs[b->id] = nullptr;
+      std::free(b->data);
+      delete b;
+      while (!bufs.empty() && !bufs.back()) bufs.pop_back();
+    }
+  }
+
+  uint32_t submitted(const Part& p) const {
+    uint32_t n = 0;
+    for (Buf* b : p.bufs) n += b->st != Buf::filling;
+    return n;
+  }
+
+  bool submit_buf(Buf* b) {
+    Part& p = *b->part;
+    const uint32_t nops = b->want_sync ? 2 : 1;
+    if (inflight + nops > cfg.queue_depth) return false;
+    if (io_uring_sq_space_left(&ring) < nops) io_uring_submit(&ring);
+    io_uring_sqe* w = io_uring_get_sqe(&ring);
+    if (!w) return false;
+    const bool ff = fixed_files;
+    const int fd = ff ? int(p.slot_index) : p.fd;
+    const uint32_t len = b->fill - b->written;
+    if (b->fixed && fixed_bufs)
+      io_uring_prep_write_fixed(w, fd, b->data + b->written, len, b->file_off + b->written, int(b->id));
+    else
+      io_uring_prep_write(w, fd, b->data + b->written, len, b->file_off + b->written);
+    if (ff) w->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(w, tag(b->id, kOpWrite));
+    if (b->want_sync) {
+      w->flags |= IOSQE_IO_LINK;  // the fdatasync runs only after the write succeeded
+      io_uring_sqe* s = io_uring_get_sqe(&ring);
+      io_uring_prep_fsync(s, fd, IORING_FSYNC_DATASYNC);
+      if (ff) s->flags |= IOSQE_FIXED_FILE;
+      io_uring_sqe_set_data64(s, tag(b->id, kOpFsync));
+    }
+    b->st = Buf::writing;
+    b->ops = int(nops);
+    b->synced = false;
+    b->err = 0;
+    inflight += nops;
+    return true;
+  }
+
+  // Pulls committed frames from p's ring into staging buffers; submits full ones.
+  bool pump(Part& p, uint64_t now) {
+    bool progress = false;
+    // Failed or short writes go again (after the back-off).
+    for (Buf* b : p.bufs) {
+      if (b->st == Buf::failed && b->ops == 0 && now >= p.retry_at) {
+        if (!submit_buf(b)) break;
+        ++p.st.retries;
+        progress = true;
+      }
+    }
+    if (p.roll_pending) {
+      if (!p.bufs.empty() || p.sync_inflight) return progress;
+      if (now < p.retry_at) return progress;
+      if (!roll(p)) {
+        schedule_retry(p, now);
+        return progress;
+      }
+      progress = true;
+    }
+    if (p.err && now < p.retry_at) return progress;
+    Buf* cur = (!p.bufs.empty() && p.bufs.back()->st == Buf::filling) ? p.bufs.back() : nullptr;
+    const uint32_t max_sub = p.cfg.flush == FlushPolicy::batch ? 1 : 2;
+    const shm::RingRefs& r = p.r;
+    bool drained = false;
+    for (uint32_t n = 0; n < cfg.max_batch_records; ++n) {
+      const uint64_t off = p.read_pos & r.mask();
+      shm::FrameHeader* h = r.frame_at(p.read_pos);
+      // SYNC(frame.commit) acquire: pairs with publish_commit(). The archiver is
+      // tethered, so the frame cannot be overwritten before we release it.
+      const uint64_t w = aref(h->commit).load(std::memory_order_acquire);
+      if (w == 0) {
+        drained = true;
+        break;
+      }
+      const uint32_t len = shm::commit_length(w);
+      const uint16_t type = shm::commit_type(w);
+      if (len < 8 || (len & 7) || off + len > r.capacity ||
+          (type == shm::kFrameData && (len < shm::kFrameHeaderSize ||
+                                       h->payload_len > len - shm::kFrameHeaderSize)) ||
+          (type != shm::kFrameData && type != shm::kFramePad)) {
+        set_error(p, EBADMSG);  // a corrupt ring: stall (the daemon's reaper repairs or reports)
+        drained = true;
+        break;
+      }
+      if (type == shm::kFramePad) {
+        p.read_pos += len;
+        if (cur) cur->ring_end = p.read_pos;
+        progress = true;
+        continue;
+      }
+      const uint64_t seq = h->sequence;
+      if (seq <= p.log_last_seq) {
+        set_error(p, EILSEQ);  // sequences must grow in the log; see next_sequence_after_log
+        drained = true;
+        break;
+      }
+      const uint32_t plen = h->payload_len;
+      const uint32_t rec = record_size(plen);
+      if (p.fd < 0 || p.file_off + rec > p.cfg.segment_bytes) {
+        if (p.fd < 0 || p.file_off > kFileHeaderSize) {
+          p.roll_pending = true;
+          p.roll_seq = seq;
+          break;
+        }
+      }
+      if (!cur || cur->fill + rec > cur->cap) {
+        if (cur) {
+          if (submitted(p) >= max_sub || !submit_buf(cur)) break;
+          progress = true;
+        }
+        cur = get_buf(p, rec);
+        if (!cur) break;
+      }
+      const uint64_t foff = p.file_off;
+      if (foff >= p.next_index) {
+        cur->idx.push_back({seq, h->timestamp_ns, foff});
+        p.next_index = foff + p.cfg.index_interval;
+      }
+      shm::FrameHeader hc = *h;
+      encode_record(cur->data + cur->fill, p.read_pos, hc,
+                    reinterpret_cast<const std::byte*>(h) + shm::kFrameHeaderSize, plen);
+      cur->fill += rec;
+      if (!cur->first_seq) cur->first_seq = seq;
+      cur->last_seq = seq;
+      cur->last_ts = hc.timestamp_ns;
+      ++cur->records;
+      p.file_off += rec;
+      p.total_bytes += rec;
+      p.log_last_seq = seq;
+      p.read_pos += len;
+      cur->ring_end = p.read_pos;
+      progress = true;
+    }
+    if (cur && cur->fill == 0 && cur->st == Buf::filling) {
+      p.bufs.pop_back();  // only padding was read into it
+      put_buf(cur);
+      cur = nullptr;
+    }
+    // Submit a partial batch once the ring is drained (or a roll waits for it).
+    if (cur && cur->fill > 0 && (drained || p.roll_pending) && submitted(p) < max_sub) {
+      if (submit_buf(cur)) progress = true;
+    }
+    // Nothing staged or in flight: padding read so far can be released at once.
+    if (p.bufs.empty() && p.read_pos > p.released) release_ring(p, p.read_pos);
+    return progress;
+  }
+
+  void schedule_retry(Part& p, uint64_t now) {
+    p.backoff = p.backoff ? std::min(p.backoff * 2, cfg.retry_max_ns) : cfg.retry_min_ns;
+    p.retry_at = now + uint64_t(p.backoff);
+  }
+
+  // Acknowledges the completed prefix of p's buffers, in order.
+  void complete(Part& p) {
+    bool any = false;
+    while (!p.bufs.empty()) {
+      Buf* b = p.bufs.front();
+      if (b->st != Buf::done || b->ops) break;
+      if (p.idx_fd >= 0 && !b->idx.empty()) {
+        ssize_t n = ::write(p.idx_fd, b->idx.data(), b->idx.size() * sizeof(IndexEntry));
+        (void)n;  // the index is a hint, rebuilt by recovery
+      }
+      p.written_seq = b->last_seq;
+      if (p.cfg.flush != FlushPolicy::interval) p.durable_seq = b->last_seq;
+      p.st.records += b->records;
+      p.st.bytes += b->fill;
+      release_ring(p, b->ring_end);
+      p.bufs.pop_front();
+      put_buf(b);
+      any = true;
+    }
+    if (any) {
+      aref(p.r.data->archived_seq).store(p.written_seq, std::memory_order_relaxed);
+      publish_durable(p, p.durable_seq);
+      p.st.archived_seq = p.written_seq;
+      p.st.durable_seq = p.durable_seq;
+      if (p.err) set_error(p, 0);
+      p.backoff = 0;
+    }
+  }
+
+  int inject(IoOp op, int res) {
+    uint64_t n = op_count[int(op)]++;
+    if (res >= 0 && cfg.fault) {
+      int e = cfg.fault(op, n);
+      if (e) return -e;
+    }
+    return res;
+  }
+
+  Part* part_of(uint64_t id) { return id < parts.size() ? parts[id].get() : nullptr; }
+
+  void on_cqe(uint64_t data, int res, uint64_t now) {
+    const uint64_t id = data >> 8, op = data & 0xff;
+    --inflight;
+    if (op == kOpIntervalSync) {
+      Part* p = part_of(id);
+      if (!p) return;
+      p->sync_inflight = false;
+      ++p->st.fsyncs;
+      res = inject(IoOp::fsync, res);
+      if (res < 0) {
+        // Linux may have dropped the dirty pages: the bytes stay in the log file but
+        // are not acknowledged; the next sync retries (docs/spill-log.md, "fsync errors").
+        ++p->st.io_errors;
+        set_error(*p, -res);
+        schedule_retry(*p, now);
+        return;
+      }
+      p->durable_seq = std::max(p->durable_seq, p->sync_target);
+      p->st.durable_seq = p->durable_seq;
+      publish_durable(*p, p->durable_seq);
+      if (p->err && p->bufs.empty()) set_error(*p, 0);
+      return;
+    }
+    Buf* b = id < bufs.size() ? bufs[id] : nullptr;
+    if (!b || !b->part) return;
+    Part& p = *b->part;
+    --b->ops;
+    if (op == kOpWrite) {
+      ++p.st.writes;
+      res = inject(IoOp::write, res);
+      if (res < 0) {
+        b->err = -res;
+        b->st = Buf::failed;
+        ++p.st.io_errors;
+        set_error(p, -res);
+        schedule_retry(p, now);
+      } else {
+        b->written += uint32_t(res);
+        if (b->written < b->fill) {
+          b->st = Buf::failed;  // short write (e.g. the disk just filled): write the rest
+          if (res == 0) {
+            set_error(p, ENOSPC);
+            schedule_retry(p, now);
+          }
+        } else if (!b->want_sync) {
+          b->st = Buf::done;
+        }
+      }
+    } else if (op == kOpFsync) {
+      ++p.st.fsyncs;
+      if (res == -ECANCELED) {
+        // The linked write failed or was short: the buffer is already marked failed.
+        if (b->st == Buf::writing) b->st = Buf::failed;
+      } else {
+        res = inject(IoOp::fsync, res);
+        if (res < 0) {
+          // Write everything again, then sync again: the page cache may have lost it.
+          b->written = 0;
+          b->st = Buf::failed;
+          ++p.st.io_errors;
+          set_error(p, -res);
+          schedule_retry(p, now);
+        } else if (b->st == Buf::writing && b->written == b->fill) {
+          b->st = Buf::done;
+        } else if (b->st == Buf::writing) {
+          b->st = Buf::failed;
+        }
+      }
+    }
+    if (b->st == Buf::failed && b->ops == 0 && b->err == 0 && !p.err) p.retry_at = now;
+    complete(p);
+  }
+
+  void reap(uint64_t now) {
+    io_uring_cqe* cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+      on_cqe(io_uring_cqe_get_data64(cqe), cqe->res, now);
+      ++n;
+    }
+    if (n) io_uring_cq_advance(&ring, n);
+  }
+
+  void interval_sync(Part& p, uint64_t now) {
+    if (p.cfg.flush != FlushPolicy::interval || p.sync_inflight || p.fd < 0) return;
+    if (p.written_seq <= p.durable_seq || now < p.next_sync_ns) return;
+    if (p.err && now < p.retry_at) return;
+    if (inflight + 1 > cfg.queue_depth) return;
+    io_uring_sqe* s = io_uring_get_sqe(&ring);
+    if (!s) return;
+    const bool ff = fixed_files;
+    io_uring_prep_fsync(s, ff ? int(p.slot_index) : p.fd, IORING_FSYNC_DATASYNC);
+    if (ff) s->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(s, tag(p.slot_index, kOpIntervalSync));
+    ++inflight;
+    p.sync_inflight = true;
+    p.sync_target = p.written_seq;  // covers the writes completed so far
+    p.next_sync_ns = now + uint64_t(p.cfg.flush_interval_ms) * 1'000'000ull;
+  }
+
+  void take_pending() {
+    std::vector<std::unique_ptr<Part>> v;
+    {
+      std::lock_guard<std::mutex> g(cmd_mu);
+      v.swap(pending);
+      has_pending.store(false, std::memory_order_relaxed);
+    }
+    for (auto& p : v) install(std::move(p));
+  }
+
+  void publish_stats() {
+    std::vector<PartitionStats> s;
+    s.reserve(parts.size());
+    for (auto& p : parts) s.push_back(p->st);
+    std::lock_guard<std::mutex> g(cmd_mu);
+    snapshot.swap(s);
+  }
+
+  // Waits for ring data (one partition: its futex) or a completion, bounded.
+  void idle_wait() {
+    if (inflight > 0) {
+      io_uring_cqe* cqe;
+      __kernel_timespec ts{0, 200'000};
+      io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
+      return;
+    }
+    int64_t t = cfg.idle_wait_ns;
+    for (auto& p : parts) {
+      if (p->err || p->roll_pending) t = std::min<int64_t>(t, 1'000'000);
+      if (p->cfg.flush == FlushPolicy::interval && p->written_seq > p->durable_seq)
+        t = std::min<int64_t>(t, int64_t(p->cfg.flush_interval_ms) * 1'000'000);
+    }
+    if (parts.empty()) {
+      timespec ts{0, long(std::min<int64_t>(t, 1'000'000))};
+      nanosleep(&ts, nullptr);
+      return;
+    }
+    if (parts.size() > 1) t = std::min<int64_t>(t, 1'000'000);
+    Part& p = *parts[0];
+    auto* ctl = p.r.ctl;
+    // P6 from the reader side: announce, re-check, sleep.
+    aref(ctl->data_waiters).fetch_add(1, std::memory_order_seq_cst);
+    uint32_t v = aref(ctl->data_futex).load(std::memory_order_seq_cst);
+    if (aref(p.r.frame_at(p.read_pos)->commit).load(std::memory_order_seq_cst) == 0 &&
+        !has_pending.load(std::memory_order_relaxed) && !stop_req.load(std::memory_order_relaxed))
+      shm::futex_wait(&ctl->data_futex, v, t);
+    aref(ctl->data_waiters).fetch_sub(1, std::memory_order_seq_cst);
+  }
+
+  void wake_idle() {
+    for (auto& p : parts) {
+      aref(p->r.ctl->data_futex).fetch_add(1, std::memory_order_seq_cst);
+      shm::futex_wake_all(&p->r.ctl->data_futex);
+    }
+  }
+
+  void run(std::atomic<bool>& running) {
+    uint64_t last_stats = 0;
+    while (!stop_req.load(std::memory_order_acquire)) {
+      if (has_pending.load(std::memory_order_acquire)) take_pending();
+      uint64_t now = shm::monotonic_ns();
+      reap(now);
+      bool progress = false;
+      for (auto& pp : parts) {
+        Part& p = *pp;
+        progress |= pump(p, now);
+        interval_sync(p, now);
+        if (now >= p.next_retention_ns) {
+          retention(p);
+          p.next_retention_ns = now + 1'000'000'000ull;
+        }
+        aref(p.r.data->archiver_heartbeat_ns).store(now, std::memory_order_relaxed);
+        aref(p.slot->heartbeat_ns).store(now, std::memory_order_relaxed);
+      }
+      if (io_uring_sq_ready(&ring)) io_uring_submit(&ring);
+      if (now - last_stats > 10'000'000) {
+        publish_stats();
+        last_stats = now;
+      }
+      if (!progress) idle_wait();
+    }
+    drain();
+    publish_stats();
+    running.store(false, std::memory_order_release);
+  }
+
+  // Completes the I/O in flight (buffers must outlive the kernel's use of them).
+  void drain() {
+    for (int round = 0; round < 1000; ++round) {
+      if (io_uring_sq_ready(&ring)) io_uring_submit(&ring);
+      uint64_t now = shm::monotonic_ns();
+      reap(now);
+      bool work = inflight > 0;
+      for (auto& p : parts) {
+        // Submit what is staged; failed writes get a few more tries.
+        for (Buf* b : p->bufs)
+          if ((b->st == Buf::filling && b->fill) || (b->st == Buf::failed && b->ops == 0)) {
+            if (round < 100 && submit_buf(b)) work = true;
+          }
+      }
+      if (io_uring_sq_ready(&ring)) io_uring_submit(&ring);
+      if (!work) break;
+      io_uring_cqe* cqe;
+      __kernel_timespec ts{0, 10'000'000};
+      io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
+    }
+    for (auto& p : parts) {
+      if (p->cfg.flush == FlushPolicy::interval && p->fd >= 0 && p->written_seq > p->durable_seq &&
+          ::fdatasync(p->fd) == 0) {
+        p->durable_seq = p->written_seq;
+        publish_durable(*p, p->durable_seq);
+      }
+      p->st.durable_seq = p->durable_seq;
+      // Staged-but-unwritten frames were never released: the next archiver re-reads them.
+      for (Buf* b : p->bufs)
+        if (b->st == Buf::filling || b->st == Buf::failed) b->st = Buf::idle;
+    }
+  }
+};
+
+Archiver::Archiver(ArchiverConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))) {}
+
+Archiver::~Archiver() { stop(); }
+
+void Archiver::add_partition(std::shared_ptr<PartitionMapping> m, const LogConfig& cfg) {
+  if (!m) throw Error(ErrorCode::invalid_argument, "add_partition: no mapping");
+  if (cfg.state_dir.empty()) throw Error(ErrorCode::invalid_argument, "add_partition: empty state_dir");
+  auto p = impl_->attach(std::move(m), cfg);
+  if (running()) {
+    std::lock_guard<std::mutex> g(impl_->cmd_mu);
+    impl_->pending.push_back(std::move(p));
+    impl_->has_pending.store(true, std::memory_order_release);
+    impl_->wake_idle();
+  } else {
+    impl_->install(std::move(p));
+  }
+}
+
+void Archiver::start() {
+  if (running()) return;
+  impl_->stop_req.store(false, std::memory_order_release);
+  running_.store(true, std::memory_order_release);
+  thread_ = std::thread([this] { impl_->run(running_); });
+}
+
+void Archiver::stop(bool leave_cursors) {
+  if (thread_.joinable()) {
+    impl_->stop_req.store(true, std::memory_order_release);
+    impl_->wake_idle();
+    thread_.join();
+  }
+  running_.store(false, std::memory_order_release);
+  if (leave_cursors) {
+    for (auto& p : impl_->parts) {
+      if (!p->slot) continue;
+      aref(p->slot->state).store(shm::kSlotFree, std::memory_order_release);
+      Impl::wake_space(*p);
+      p->slot = nullptr;
+    }
+  }
+  for (auto& p : impl_->parts) {
+    if (p->slot) aref(p->r.data->archiver_pid).store(0, std::memory_order_relaxed);
+  }
+}
+
+std::vector<PartitionStats> Archiver::stats() const {
+  if (!running()) {
+    std::vector<PartitionStats> s;
+    for (auto& p : impl_->parts) s.push_back(p->st);
+    return s;
+  }
+  std::lock_guard<std::mutex> g(impl_->cmd_mu);
+  return impl_->snapshot;
+}
+
+uint64_t next_sequence_after_log(const std::string& state_dir, const std::string& topic,
+                                 uint32_t partition) {
+  std::string dir = partition_dir(state_dir, topic, partition);
+  std::vector<SegmentInfo> segs = list_segments(dir);
+  for (size_t i = segs.size(); i-- > 0;) {
+    ScanResult s = scan_segment(segs[i].path, 1ull << 40);
+    if (s.records) return s.last_seq + 1;
+  }
+  return 0;
+}
+
+}  // namespace shmbus::spill

@@ -1,0 +1,236 @@
+// The control server thread: the listening socket (SOCK_SEQPACKET: the kernel
+// keeps packet boundaries, so there are no partial frames to time out), the
+// connections, request decoding, and sending the registry's replies.
+//
+// Defences: every socket is non-blocking; a packet larger than the frame limit is
+// truncated by the kernel and answered with an error; a frame that does not
+// decode gets an error reply; a client that sent 64 bad frames, or does not read
+// its replies (send would block), is disconnected. Fds a client sends are closed.
+#include <cerrno>
+#include <cstring>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include "core.hpp"
+
+namespace shmbus::daemon {
+
+namespace {
+constexpr uint64_t kListenTag = 1;
+constexpr uint64_t kQueueTag = 2;
+constexpr uint64_t kStopTag = 3;
+constexpr uint64_t kConnBase = 16;
+constexpr uint32_t kMaxBadFrames = 64;
+
+void mkdirs(const std::string& dir, mode_t mode) {
+  std::string cur;
+  size_t i = 0;
+  while (i != std::string::npos) {
+    i = dir.find('/', i + 1);
+    cur = dir.substr(0, i);
+    if (!cur.empty()) mkdir(cur.c_str(), mode);
+  }
+}
+}  // namespace
+
+void ControlServer::bind() {
+  const std::string& path = core_.opts.socket_path;
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(a.sun_path))
+    throw Error(ErrorCode::invalid_argument, "socket path too long: " + path);
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  auto slash = path.rfind('/');
+  if (slash != std::string::npos && slash > 0) mkdirs(path.substr(0, slash), 0755);
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw Error(ErrorCode::system, std::string("socket: ") + strerror(errno));
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) {
+    if (errno != EADDRINUSE) {
+      int e = errno;
+      close(fd);
+      throw Error(ErrorCode::system, path + ": bind: " + strerror(e));
+    }
+    // Stale socket from a crashed daemon, or a live daemon?
+    int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    bool live = ::connect(probe, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+    close(probe);
+    if (live) {
+      close(fd);
+      throw Error(ErrorCode::already_exists, path + ": another shmbusd is serving this socket");
+    }
+    unlink(path.c_str());
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) {
+      int e = errno;
+      close(fd);
+      throw Error(ErrorCode::system, path + ": bind: " + strerror(e));
+    }
+  }
+  chmod(path.c_str(), core_.opts.socket_mode);
+  if (listen(fd, 128) < 0) {
+    int e = errno;
+    close(fd);
+    throw Error(ErrorCode::system, std::string("listen: ") + strerror(e));
+  }
+  listen_fd_ = fd;
+}
+
+void ControlServer::close_listener() {
+  if (listen_fd_ >= 0) {
+    close(listen_fd_);
+    listen_fd_ = -1;
+    unlink(core_.opts.socket_path.c_str());
+  }
+}
+
+void ControlServer::drop(uint64_t id, const char* reason) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  epoll_ctl(ep_, EPOLL_CTL_DEL, it->second.fd, nullptr);
+  close(it->second.fd);
+  log_event(core_.instance, LOG_DEBUG, "client_disconnected", "", it->second.peer.pid, reason);
+  core_.reaper_q.push(ReaperCmd{ReaperCmd::client_gone, nullptr, it->second.peer.pid});
+  conns_.erase(it);
+  core_.counters.clients = uint32_t(conns_.size());
+}
+
+void ControlServer::accept_all() {
+  for (;;) {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        log_event(core_.instance, LOG_WARN, "accept_failed", "", 0, strerror(errno));
+      return;
+    }
+    ucred cr{};
+    socklen_t len = sizeof(cr);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 ||
+        conns_.size() >= core_.opts.max_clients) {
+      log_event(core_.instance, LOG_WARN, "client_refused", "", cr.pid,
+                conns_.size() >= core_.opts.max_clients ? "too many clients" : "no peer credentials");
+      close(fd);
+      continue;
+    }
+    Conn c;
+    c.fd = fd;
+    c.peer.conn = next_conn_++;
+    c.peer.pid = cr.pid;
+    c.peer.uid = cr.uid;
+    c.peer.gid = cr.gid;
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.u64 = kConnBase + c.peer.conn;
+    epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
+    core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, cr.pid});
+    conns_.emplace(c.peer.conn, c);
+    core_.counters.clients = uint32_t(conns_.size());
+  }
+}
+
+void ControlServer::send_to(uint64_t id, const std::vector<uint8_t>& frame, const std::vector<int>& fds) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;  // the client left before its answer
+  int r = control::send_packet(it->second.fd, frame, fds);
+  if (r < 0) drop(id, r == -EAGAIN ? "does not read its replies" : "send failed");
+}
+
+void ControlServer::on_readable(uint64_t id) {
+  for (int budget = 0; budget < 32; ++budget) {
+    auto it = conns_.find(id);
+    if (it == conns_.end()) return;
+    Conn& c = it->second;
+    std::vector<uint8_t> buf;
+    long n = control::recv_packet(c.fd, buf, nullptr, 0);
+    if (n == -ETIMEDOUT || n == -EAGAIN) return;
+    if (n == 0) return drop(id, "closed");
+    if (n == -EMSGSIZE) {
+      send_to(id, error_frame(0, proto::ErrorCode::TOO_LARGE,
+                              "frame larger than " + std::to_string(control::kMaxFrame) + " bytes"),
+              {});
+      if (conns_.count(id) && ++conns_[id].errors > kMaxBadFrames) drop(id, "too many bad frames");
+      continue;
+    }
+    if (n < 0) return drop(id, "recv failed");
+    auto req = std::make_shared<DecodedRequest>();
+    proto::ErrorCode code;
+    std::string err;
+    uint64_t rid = 0;
+    if (!decode_request(buf, *req, code, err, rid)) {
+      log_event(core_.instance, LOG_DEBUG, "bad_request", "", c.peer.pid, err);
+      Peer peer = c.peer;
+      bool too_many = ++c.errors > kMaxBadFrames;
+      send_to(id, error_frame(rid, code, err), {});
+      if (too_many) drop(peer.conn, "too many bad frames");
+      continue;
+    }
+    if (core_.stopping.load()) {
+      send_to(id, error_frame(rid, proto::ErrorCode::SHUTTING_DOWN, "shmbusd is shutting down"), {});
+      continue;
+    }
+    RegistryCmd rc;
+    rc.peer = c.peer;
+    rc.req = std::move(req);
+    core_.registry_q.push(std::move(rc));
+  }
+}
+
+void ControlServer::run() {
+  ep_ = epoll_create1(EPOLL_CLOEXEC);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenTag;
+  epoll_ctl(ep_, EPOLL_CTL_ADD, listen_fd_, &ev);
+  ev.data.u64 = kQueueTag;
+  epoll_ctl(ep_, EPOLL_CTL_ADD, core_.server_q.fd(), &ev);
+  ev.data.u64 = kStopTag;
+  epoll_ctl(ep_, EPOLL_CTL_ADD, core_.stop_efd, &ev);
+  core_.counters.serving = true;
+  epoll_event evs[64];
+  bool draining = false;
+  for (;;) {
+    ServerCmd sc;
+    bool stop_now = false;
+    while (core_.server_q.try_pop(sc)) {
+      if (sc.conn == 0 && sc.frame.empty()) {
+        stop_now = true;  // the registry has finished: last message
+        continue;
+      }
+      send_to(sc.conn, sc.frame, sc.fds);
+    }
+    if (stop_now) break;
+    if (core_.stopping.load() && !draining) {
+      // Stop accepting; let the registry finish what is queued, then it tells us.
+      draining = true;
+      epoll_ctl(ep_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+      epoll_ctl(ep_, EPOLL_CTL_DEL, core_.stop_efd, nullptr);
+      close_listener();
+      core_.counters.serving = false;
+      core_.registry_q.push(RegistryCmd{RegistryCmd::stop, {}, nullptr});
+    }
+    int n = epoll_wait(ep_, evs, 64, 1000);
+    for (int i = 0; i < n; ++i) {
+      uint64_t tag = evs[i].data.u64;
+      if (tag == kListenTag) {
+        accept_all();
+      } else if (tag == kQueueTag) {
+        core_.server_q.clear_signal();
+      } else if (tag == kStopTag) {
+        // request_stop() already set `stopping`; the loop head drains.
+      } else {
+        uint64_t id = tag - kConnBase;
+        if (evs[i].events & EPOLLIN) on_readable(id);
+        if (evs[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
+          // Read what is left, then drop.
+          if (conns_.count(id)) on_readable(id);
+          drop(id, "hung up");
+        }
+      }
+    }
+  }
+  for (auto& [id, c] : conns_) close(c.fd);
+  conns_.clear();
+  close(ep_);
+}
+
+}  // namespace shmbus::daemon

@@ -1,0 +1,262 @@
+// shmbusd internals: the roles (one file each) and the command queues between them.
+//
+//   control_server.cpp  thread "server":  socket, connections, framing, replies
+//   registry.cpp        thread "registry": topics, segments, access, persistence
+//   reaper.cpp          thread "reaper":   pidfds, liveness scan, reclamation, rates
+//   segments.cpp        segment create / re-attach / remove (Boost.Interprocess)
+//   request_codec.cpp   decode + validate a request frame (the fuzz target's entry)
+//   log.cpp             structured JSON logs (spdlog)
+//
+// Each thread owns its state; other threads talk to it only through its queue.
+#pragma once
+
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <concurrentqueue/concurrentqueue.h>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shmbus/daemon.hpp"
+#include "shmbus/daemon_client.hpp"
+#include "shmbus/shm/ring.hpp"
+
+namespace shmbus::daemon {
+
+// ---- command queue: moodycamel queue + an eventfd to wake the owner's poll loop.
+template <class T>
+class CommandQueue {
+ public:
+  CommandQueue() : efd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  ~CommandQueue() {
+    if (efd_ >= 0) close(efd_);
+  }
+  // Thread-safe, never blocks; allocates when the queue grows.
+  void push(T&& t) {
+    q_.enqueue(std::move(t));
+    uint64_t one = 1;
+    ssize_t r = write(efd_, &one, 8);
+    (void)r;
+  }
+  bool try_pop(T& t) { return q_.try_dequeue(t); }
+  int fd() const { return efd_; }
+  void clear_signal() {
+    uint64_t v;
+    ssize_t r = read(efd_, &v, 8);
+    (void)r;
+  }
+
+ private:
+  moodycamel::ConcurrentQueue<T> q_;
+  int efd_;
+};
+
+// ---- logging (log.cpp)
+void log_init(const DaemonOptions& o, const std::string& instance);
+// One JSON object per line: {"ts","level","event","topic","pid","reason",...}.
+void log_event(const std::string& instance, int level, const char* event, const std::string& topic,
+               int64_t pid, const std::string& reason);
+enum { LOG_DEBUG = 1, LOG_INFO = 2, LOG_WARN = 3, LOG_ERROR = 4 };
+
+// ---- segments (segments.cpp)
+struct TopicSettings {
+  std::string name;
+  uint32_t partitions = 1;
+  uint64_t capacity = 16ull << 20;
+  uint64_t max_payload = 0;
+  uint32_t policy = 0;
+  bool multi_producer = false;
+  uint32_t slots = shm::kDefaultSlots;
+  uint64_t schema_id = 0;
+  AccessSpec access;
+};
+
+// One partition's two segments as the daemon holds them: mapped read-write, plus
+// the fds handed to clients (a read-only one for subscribers' data).
+struct Partition {
+  std::string topic;
+  uint32_t index = 0;
+  std::string data_name, ctl_name;
+  int data_rw = -1, data_ro = -1, ctl_fd = -1;
+  void* data_map = nullptr;
+  void* ctl_map = nullptr;
+  size_t data_size = 0, ctl_size = 0;
+  shm::RingRefs refs{};
+  std::atomic<uint64_t> reclaimed_cursors{0};
+  std::atomic<uint64_t> filled_claims{0};
+  std::atomic<uint64_t> rate_milli{0};  // messages/s * 1000, sampled by the reaper
+  ~Partition();
+};
+
+// Creates the partition's segments (mode 0600, owned by the daemon's uid), or
+// re-attaches existing ones when they match. `reattached` says which.
+std::shared_ptr<Partition> open_partition(const std::string& prefix, const TopicSettings& t,
+                                          uint32_t p, bool& reattached);
+void remove_partition_segments(const std::string& prefix, const std::string& topic, uint32_t p);
+std::string shm_segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
+                             bool data);
+
+// ---- request codec (request_codec.cpp)
+struct DecodedRequest {
+  control::Decoded msg;
+  proto::Request::Reader root() const { return msg.reader->getRoot<proto::Request>(); }
+};
+// Decodes and validates one request frame. Never throws. On failure `code` and
+// `err` say why and `id` holds the request id when it could be read (else 0).
+bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::ErrorCode& code,
+                    std::string& err, uint64_t& id);
+bool spec_from_proto(proto::TopicSpec::Reader s, TopicSettings& t, std::string& err);
+void spec_to_proto(const TopicSettings& t, proto::TopicSpec::Builder s);
+std::vector<uint8_t> error_frame(uint64_t id, proto::ErrorCode code, const std::string& msg);
+
+// ---- messages between threads
+struct Peer {
+  uint64_t conn = 0;
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+struct RegistryCmd {
+  enum Kind { request, stop } kind = request;
+  Peer peer;
+  std::shared_ptr<DecodedRequest> req;
+};
+struct ServerCmd {
+  uint64_t conn = 0;
+  std::vector<uint8_t> frame;
+  std::shared_ptr<Partition> keep;  // keeps the fds below open until sent
+  std::vector<int> fds;
+};
+struct ReaperCmd {
+  enum Kind { watch_partition, unwatch_partition, client_pid, client_gone, stop } kind;
+  std::shared_ptr<Partition> part;
+  pid_t pid = 0;
+};
+
+struct Counters {
+  std::atomic<uint32_t> clients{0};
+  std::atomic<uint32_t> topics{0};
+  std::atomic<uint64_t> reclaimed_clients{0};
+  std::atomic<bool> serving{false};
+  uint64_t start_ns = 0;
+};
+
+class Core;
+
+class Registry {
+ public:
+  explicit Registry(Core& core) : core_(core) {}
+  void load();  // before the threads start
+  void run();   // thread body
+  void persist();
+
+ private:
+  struct Topic {
+    TopicSettings s;
+    uint32_t owner_uid = 0;
+    uint64_t created_ns = 0;
+    std::vector<std::shared_ptr<Partition>> parts;
+  };
+  void handle(const RegistryCmd& c);
+  void reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep = {},
+             std::vector<int> fds = {});
+  void reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg);
+  bool may(const Topic& t, const Peer& p, Role role) const;
+  void topic_info(const Topic& t, proto::TopicInfo::Builder b);
+  void stat_topic(const Topic& t, proto::TopicStat::Builder b);
+
+  Core& core_;
+  std::map<std::string, Topic> topics_;
+};
+
+class Reaper {
+ public:
+  explicit Reaper(Core& core) : core_(core) {}
+  void run();
+
+ private:
+  struct Watched {
+    int pidfd = -1;
+  };
+  void scan(uint64_t now_ns);
+  void watch_pid(pid_t pid);
+  void on_dead(pid_t pid, const char* how);
+  void reclaim_in(Partition& p, pid_t pid);
+  void resolve_dead_claims(Partition& p);
+  bool alive(uint32_t pid);
+
+  Core& core_;
+  int ep_ = -1;
+  std::map<pid_t, Watched> pids_;
+  std::vector<std::shared_ptr<Partition>> parts_;
+  struct Sample {
+    uint64_t seq = 0, ns = 0;
+  };
+  std::map<Partition*, Sample> samples_;
+  uint64_t last_rate_ns_ = 0;
+};
+
+class ControlServer {
+ public:
+  explicit ControlServer(Core& core) : core_(core) {}
+  void bind();  // before the threads start; throws Error
+  void run();
+  void close_listener();
+
+ private:
+  struct Conn {
+    int fd = -1;
+    Peer peer;
+    uint32_t errors = 0;
+  };
+  void accept_all();
+  void on_readable(uint64_t id);
+  void drop(uint64_t id, const char* reason);
+  void send_to(uint64_t id, const std::vector<uint8_t>& frame, const std::vector<int>& fds);
+
+  Core& core_;
+  int listen_fd_ = -1;
+  int ep_ = -1;
+  uint64_t next_conn_ = 1;
+  std::map<uint64_t, Conn> conns_;
+};
+
+class Core {
+ public:
+  explicit Core(DaemonOptions o);
+  ~Core();
+  void start();
+  void request_stop();
+  void wait();
+
+  DaemonOptions opts;
+  std::string instance;  // log name
+  Counters counters;
+  CommandQueue<RegistryCmd> registry_q;
+  CommandQueue<ServerCmd> server_q;
+  CommandQueue<ReaperCmd> reaper_q;
+  std::atomic<bool> stopping{false};
+  int stop_efd = -1;  // written by request_stop (async-signal-safe)
+  int lock_fd = -1;
+
+  Registry registry{*this};
+  Reaper reaper{*this};
+  ControlServer server{*this};
+
+ private:
+  std::thread t_server_, t_registry_, t_reaper_;
+  bool started_ = false;
+  bool joined_ = false;
+};
+
+uint64_t realtime_ns();
+uint64_t count_open_fds();
+uint64_t rss_bytes();
+
+}  // namespace shmbus::daemon

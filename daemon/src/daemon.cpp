@@ -1,0 +1,174 @@
+// The daemon core: wires the three threads (server, registry, reaper) and their
+// queues; the embedded entry point.
+#include <cerrno>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+
+#include "core.hpp"
+
+namespace shmbus::daemon {
+
+uint64_t realtime_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+}
+
+uint64_t count_open_fds() {
+  uint64_t n = 0;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (readdir(d)) ++n;
+    closedir(d);
+  }
+  return n > 3 ? n - 3 : 0;  // ".", ".." and the DIR's own fd
+}
+
+uint64_t rss_bytes() {
+  std::ifstream f("/proc/self/statm");
+  uint64_t size = 0, rss = 0;
+  f >> size >> rss;
+  return rss * uint64_t(sysconf(_SC_PAGESIZE));
+}
+
+namespace {
+std::atomic<int> g_instances{0};
+}
+
+Core::Core(DaemonOptions o) : opts(std::move(o)) {
+  if (opts.socket_path.empty()) opts.socket_path = default_socket_path();
+  if (opts.state_dir.empty()) {
+    auto slash = opts.socket_path.rfind('/');
+    opts.state_dir = (slash == std::string::npos ? std::string(".") : opts.socket_path.substr(0, slash)) + "/state";
+  }
+  if (opts.shm_prefix.empty()) opts.shm_prefix = "shmbusd-" + std::to_string(geteuid());
+  instance = "shmbusd";
+  int n = g_instances.fetch_add(1);
+  if (n) instance += "-" + std::to_string(n);
+  stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+}
+
+Core::~Core() {
+  request_stop();
+  wait();
+  if (stop_efd >= 0) close(stop_efd);
+  if (lock_fd >= 0) close(lock_fd);
+}
+
+void Core::start() {
+  log_init(opts, instance);
+  std::error_code ec;
+  std::filesystem::create_directories(opts.state_dir, ec);
+  if (ec) throw Error(ErrorCode::system, opts.state_dir + ": " + ec.message());
+  chmod(opts.state_dir.c_str(), 0700);
+  const std::string lock = opts.state_dir + "/shmbusd.lock";
+  lock_fd = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0) throw Error(ErrorCode::system, lock + ": " + strerror(errno));
+  if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
+    throw Error(ErrorCode::already_exists, opts.state_dir + " is in use by another shmbusd");
+  server.bind();
+  try {
+    registry.load();
+  } catch (...) {
+    server.close_listener();
+    throw;
+  }
+  counters.start_ns = realtime_ns();
+  t_reaper_ = std::thread([this] { reaper.run(); });
+  t_registry_ = std::thread([this] { registry.run(); });
+  t_server_ = std::thread([this] { server.run(); });
+  started_ = true;
+  log_event(instance, LOG_INFO, "started", "", getpid(),
+            "socket " + opts.socket_path + ", state " + opts.state_dir + ", shm prefix " + opts.shm_prefix);
+}
+
+void Core::request_stop() {
+  stopping.store(true);
+  uint64_t one = 1;
+  if (stop_efd >= 0) {
+    ssize_t r = write(stop_efd, &one, 8);
+    (void)r;
+  }
+}
+
+void Core::wait() {
+  if (!started_ || joined_) return;
+  t_server_.join();  // returns after the registry persisted (its last message)
+  t_registry_.join();
+  reaper_q.push(ReaperCmd{ReaperCmd::stop, nullptr, 0});
+  t_reaper_.join();
+  joined_ = true;
+  log_event(instance, LOG_INFO, "stopped", "", getpid(), "");
+}
+
+}  // namespace shmbus::daemon
+
+namespace shmbus {
+
+Daemon::Daemon(DaemonOptions opts) : core_(std::make_unique<daemon::Core>(std::move(opts))) {}
+Daemon::~Daemon() = default;
+void Daemon::start() { core_->start(); }
+void Daemon::request_stop() { core_->request_stop(); }
+void Daemon::wait() { core_->wait(); }
+const DaemonOptions& Daemon::options() const { return core_->opts; }
+
+namespace {
+// Keeps the embedded daemon alive as long as the bus's provider.
+class EmbeddedProvider final : public SegmentProvider {
+ public:
+  EmbeddedProvider(std::shared_ptr<Daemon> d, std::shared_ptr<SegmentProvider> inner, std::string tmp)
+      : d_(std::move(d)), inner_(std::move(inner)), tmp_(std::move(tmp)),
+        prefix_(d_->options().shm_prefix) {}
+  ~EmbeddedProvider() override {
+    inner_.reset();
+    d_->stop();
+    d_.reset();
+    if (!tmp_.empty()) {
+      // A private daemon: its topics die with it, segments included.
+      std::error_code ec;
+      const std::string pre = prefix_ + ".";
+      for (auto& e : std::filesystem::directory_iterator("/dev/shm", ec))
+        if (e.path().filename().string().rfind(pre, 0) == 0) std::filesystem::remove(e.path(), ec);
+      std::filesystem::remove_all(tmp_, ec);
+    }
+  }
+  void create_topic(const std::string& t, const TopicConfig& c) override { inner_->create_topic(t, c); }
+  std::shared_ptr<PartitionMapping> open(const std::string& t, uint32_t p, Role r, int ms) override {
+    return inner_->open(t, p, r, ms);
+  }
+  void remove_topic(const std::string& t) override { inner_->remove_topic(t); }
+  uint32_t partitions(const std::string& t) override { return inner_->partitions(t); }
+
+ private:
+  std::shared_ptr<Daemon> d_;
+  std::shared_ptr<SegmentProvider> inner_;
+  std::string tmp_;
+  std::string prefix_;
+};
+}  // namespace
+
+Bus open_embedded(DaemonOptions opts) {
+  std::string tmp;
+  if (opts.state_dir.empty()) {
+    char tpl[] = "/tmp/shmbus-embedded-XXXXXX";
+    if (!mkdtemp(tpl)) throw Error(ErrorCode::system, std::string("mkdtemp: ") + strerror(errno));
+    tmp = tpl;
+    opts.state_dir = tmp + "/state";
+  }
+  if (opts.socket_path.empty()) opts.socket_path = opts.state_dir + "/shmbusd.sock";
+  if (opts.shm_prefix.empty())
+    opts.shm_prefix = "shmbus-emb-" + std::to_string(getpid());
+  auto d = std::make_shared<Daemon>(opts);
+  d->start();
+  DaemonClient::Options co;
+  co.socket_path = d->options().socket_path;
+  auto inner = make_daemon_provider(DaemonClient::connect(co));
+  return Bus(std::make_shared<EmbeddedProvider>(d, inner, tmp));
+}
+
+}  // namespace shmbus

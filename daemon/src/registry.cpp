@@ -1,0 +1,397 @@
+// The registry thread: owns the topics and their segments, checks access, and
+// persists itself to <state-dir>/registry.bin (Cap'n Proto `State`), atomically
+// (write, fsync, rename) after every change and at shutdown.
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <poll.h>
+#include <sstream>
+#include <sys/stat.h>
+
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+
+#include "core.hpp"
+
+namespace shmbus::daemon {
+
+using shm::aref;
+
+namespace {
+
+std::vector<uint32_t> supplementary_groups(pid_t pid) {
+  std::vector<uint32_t> g;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("Groups:", 0) != 0) continue;
+    std::istringstream is(line.substr(7));
+    uint32_t v;
+    while (is >> v) g.push_back(v);
+    break;
+  }
+  return g;
+}
+
+bool in(const std::vector<uint32_t>& l, uint32_t v) {
+  for (uint32_t x : l)
+    if (x == v || x == kAnyone) return true;
+  return false;
+}
+
+std::string state_file(const Core& c) { return c.opts.state_dir + "/registry.bin"; }
+
+}  // namespace
+
+bool Registry::may(const Topic& t, const Peer& p, Role role) const {
+  if (p.uid == 0 || p.uid == geteuid() || p.uid == t.owner_uid) return true;
+  const auto& uids = role == Role::publisher ? t.s.access.publish_uids : t.s.access.subscribe_uids;
+  const auto& gids = role == Role::publisher ? t.s.access.publish_gids : t.s.access.subscribe_gids;
+  if (role == Role::admin) return false;
+  if (in(uids, p.uid)) return true;
+  if (gids.empty()) return false;
+  if (in(gids, p.gid)) return true;
+  for (uint32_t g : supplementary_groups(p.pid))
+    if (in(gids, g)) return true;
+  return false;
+}
+
+void Registry::load() {
+  const std::string path = state_file(core_);
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno != ENOENT) throw Error(ErrorCode::system, path + ": " + strerror(errno));
+    return;
+  }
+  std::vector<TopicSettings> loaded;
+  std::vector<std::pair<uint32_t, uint64_t>> meta;
+  try {
+    capnp::ReaderOptions ro;
+    ro.traversalLimitInWords = 64ull << 20;
+    capnp::StreamFdMessageReader rd(fd, ro);
+    auto st = rd.getRoot<proto::State>();
+    for (auto ti : st.getTopics()) {
+      TopicSettings t;
+      std::string err;
+      if (!spec_from_proto(ti.getSpec(), t, err)) throw Error(ErrorCode::protocol, err);
+      loaded.push_back(std::move(t));
+      meta.emplace_back(ti.getOwnerUid(), ti.getCreatedNs());
+    }
+  } catch (const std::exception& e) {
+    close(fd);
+    std::string bad = path + ".corrupt";
+    rename(path.c_str(), bad.c_str());
+    log_event(core_.instance, LOG_ERROR, "state_corrupt", "", 0,
+              std::string(e.what()) + "; moved to " + bad + ", starting empty");
+    return;
+  } catch (const kj::Exception& e) {
+    close(fd);
+    std::string bad = path + ".corrupt";
+    rename(path.c_str(), bad.c_str());
+    log_event(core_.instance, LOG_ERROR, "state_corrupt", "", 0, e.getDescription().cStr());
+    return;
+  }
+  close(fd);
+  for (size_t i = 0; i < loaded.size(); ++i) {
+    Topic t;
+    t.s = loaded[i];
+    t.owner_uid = meta[i].first;
+    t.created_ns = meta[i].second;
+    uint32_t again = 0;
+    for (uint32_t p = 0; p < t.s.partitions; ++p) {
+      bool re = false;
+      t.parts.push_back(open_partition(core_.opts.shm_prefix, t.s, p, re));
+      again += re;
+      core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, t.parts.back(), 0});
+    }
+    log_event(core_.instance, LOG_INFO, again == t.s.partitions ? "topic_reattached" : "topic_recreated",
+              t.s.name, 0,
+              std::to_string(again) + " of " + std::to_string(t.s.partitions) +
+                  " partitions re-attached");
+    topics_.emplace(t.s.name, std::move(t));
+  }
+  core_.counters.topics = uint32_t(topics_.size());
+}
+
+void Registry::persist() {
+  capnp::MallocMessageBuilder mb;
+  auto st = mb.initRoot<proto::State>();
+  auto l = st.initTopics(uint32_t(topics_.size()));
+  uint32_t i = 0;
+  for (auto& [name, t] : topics_) {
+    auto b = l[i++];
+    spec_to_proto(t.s, b.initSpec());
+    b.setOwnerUid(t.owner_uid);
+    b.setCreatedNs(t.created_ns);
+  }
+  const std::string path = state_file(core_), tmp = path + ".tmp";
+  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    log_event(core_.instance, LOG_ERROR, "persist_failed", "", 0, tmp + ": " + strerror(errno));
+    return;
+  }
+  try {
+    capnp::writeMessageToFd(fd, mb);
+  } catch (const kj::Exception& e) {
+    close(fd);
+    log_event(core_.instance, LOG_ERROR, "persist_failed", "", 0, e.getDescription().cStr());
+    return;
+  }
+  fsync(fd);
+  close(fd);
+  if (rename(tmp.c_str(), path.c_str()) < 0)
+    log_event(core_.instance, LOG_ERROR, "persist_failed", "", 0, strerror(errno));
+}
+
+void Registry::reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep,
+                     std::vector<int> fds) {
+  ServerCmd c;
+  c.conn = p.conn;
+  c.frame = control::encode_frame(mb);
+  if (c.frame.size() > control::kMaxFrame) {
+    c.frame = error_frame(0, proto::ErrorCode::TOO_LARGE, "response exceeds the frame limit");
+    fds.clear();
+    keep.reset();
+  }
+  c.keep = std::move(keep);
+  c.fds = std::move(fds);
+  core_.server_q.push(std::move(c));
+}
+
+void Registry::reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg) {
+  ServerCmd c;
+  c.conn = p.conn;
+  c.frame = error_frame(id, code, msg);
+  core_.server_q.push(std::move(c));
+}
+
+void Registry::topic_info(const Topic& t, proto::TopicInfo::Builder b) {
+  spec_to_proto(t.s, b.initSpec());
+  b.setOwnerUid(t.owner_uid);
+  b.setCreatedNs(t.created_ns);
+}
+
+void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
+  b.setName(t.s.name);
+  auto pl = b.initPartitions(uint32_t(t.parts.size()));
+  for (size_t i = 0; i < t.parts.size(); ++i) {
+    const Partition& p = *t.parts[i];
+    const shm::RingRefs& r = p.refs;
+    auto ps = pl[uint32_t(i)];
+    ps.setPartition(p.index);
+    const uint64_t tail = aref(r.data->tail_pos).load(std::memory_order_acquire);
+    ps.setProducerPosition(tail);
+    ps.setNextSequence(aref(r.data->tail_seq).load(std::memory_order_relaxed));
+    ps.setRatePerSec(double(p.rate_milli.load(std::memory_order_relaxed)) / 1000.0);
+    ps.setBackPressureEvents(aref(r.data->backpressure_events).load(std::memory_order_relaxed));
+    ps.setReclaimedCursors(p.reclaimed_cursors.load(std::memory_order_relaxed));
+    ps.setFilledClaims(p.filled_claims.load(std::memory_order_relaxed));
+    ps.setProducerPid(aref(r.data->producer_pid).load(std::memory_order_relaxed));
+    uint32_t live = 0;
+    for (uint32_t k = 0; k < r.producer_count; ++k)
+      if (aref(r.producers[k].pid).load(std::memory_order_relaxed) != 0) ++live;
+    ps.setLiveProducers(live);
+    std::vector<uint32_t> active;
+    for (uint32_t k = 0; k < r.slot_count; ++k)
+      if (aref(r.slots[k].state).load(std::memory_order_acquire) == shm::kSlotActive) active.push_back(k);
+    auto sl = ps.initSubscribers(uint32_t(active.size()));
+    for (size_t j = 0; j < active.size(); ++j) {
+      const shm::CursorSlot& s = r.slots[active[j]];
+      auto ss = sl[uint32_t(j)];
+      uint64_t pos = aref(const_cast<uint64_t&>(s.position)).load(std::memory_order_acquire);
+      ss.setSlot(active[j]);
+      ss.setPid(aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_relaxed));
+      ss.setPosition(pos);
+      ss.setLag(tail > pos ? tail - pos : 0);
+      ss.setTethered(aref(const_cast<uint32_t&>(s.flags)).load(std::memory_order_relaxed) & shm::kSlotTethered);
+      ss.setDurable(aref(const_cast<uint64_t&>(s.name_hash)).load(std::memory_order_relaxed) != 0);
+    }
+  }
+}
+
+void Registry::handle(const RegistryCmd& c) {
+  const Peer& peer = c.peer;
+  auto req = c.req->root();
+  const uint64_t id = req.getId();
+  capnp::MallocMessageBuilder mb(1024);
+  auto resp = mb.initRoot<proto::Response>();
+  resp.setId(id);
+  switch (req.which()) {
+    case proto::Request::HELLO: {
+      auto h = resp.initHello();
+      h.setVersion(proto::PROTOCOL_VERSION);
+      h.setDaemonPid(uint32_t(getpid()));
+      h.setUid(peer.uid);
+      h.setGid(peer.gid);
+      h.setPid(uint32_t(peer.pid));
+      reply(peer, mb);
+      return;
+    }
+    case proto::Request::HEALTH: {
+      auto h = resp.initHealth();
+      h.setServing(core_.counters.serving.load() && !core_.stopping.load());
+      h.setUptimeNs(realtime_ns() - core_.counters.start_ns);
+      h.setTopics(uint32_t(topics_.size()));
+      h.setClients(core_.counters.clients.load());
+      h.setOpenFds(uint32_t(count_open_fds()));
+      h.setRssBytes(rss_bytes());
+      h.setReclaimedClients(core_.counters.reclaimed_clients.load());
+      h.setDaemonPid(uint32_t(getpid()));
+      h.setStateDir(core_.opts.state_dir);
+      reply(peer, mb);
+      return;
+    }
+    case proto::Request::CREATE_TOPIC: {
+      TopicSettings t;
+      std::string err;
+      if (!spec_from_proto(req.getCreateTopic(), t, err))
+        return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT, err);
+      auto it = topics_.find(t.name);
+      if (it != topics_.end()) {
+        const TopicSettings& e = it->second.s;
+        uint64_t em = e.max_payload ? e.max_payload : e.capacity / 4;
+        uint64_t tm = t.max_payload ? t.max_payload : t.capacity / 4;
+        if (e.partitions != t.partitions || e.capacity != t.capacity || em != tm ||
+            e.policy != t.policy || e.multi_producer != t.multi_producer || e.slots != t.slots ||
+            e.schema_id != t.schema_id)
+          return reply_error(peer, id, proto::ErrorCode::ALREADY_EXISTS,
+                             "topic '" + t.name + "' exists with other settings");
+        topic_info(it->second, resp.initTopic());  // idempotent
+        return reply(peer, mb);
+      }
+      if (topics_.size() >= core_.opts.max_topics)
+        return reply_error(peer, id, proto::ErrorCode::NO_SLOT, "topic limit reached");
+      Topic tp;
+      tp.s = t;
+      tp.owner_uid = peer.uid;
+      tp.created_ns = realtime_ns();
+      try {
+        for (uint32_t p = 0; p < t.partitions; ++p) {
+          bool re = false;
+          tp.parts.push_back(open_partition(core_.opts.shm_prefix, t, p, re));
+        }
+      } catch (const Error& e) {
+        for (uint32_t p = 0; p < t.partitions; ++p)
+          remove_partition_segments(core_.opts.shm_prefix, t.name, p);
+        return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
+      }
+      for (auto& p : tp.parts) core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, p, 0});
+      topic_info(tp, resp.initTopic());
+      log_event(core_.instance, LOG_INFO, "topic_created", t.name, peer.pid,
+                std::to_string(t.partitions) + " partitions x " + std::to_string(t.capacity) + " bytes");
+      topics_.emplace(t.name, std::move(tp));
+      core_.counters.topics = uint32_t(topics_.size());
+      persist();
+      return reply(peer, mb);
+    }
+    case proto::Request::DESCRIBE_TOPIC: {
+      std::string name = req.getDescribeTopic();
+      auto it = topics_.find(name);
+      if (it == topics_.end())
+        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+      topic_info(it->second, resp.initTopic());
+      return reply(peer, mb);
+    }
+    case proto::Request::LIST_TOPICS: {
+      auto l = resp.initTopics(uint32_t(topics_.size()));
+      uint32_t i = 0;
+      for (auto& [n, t] : topics_) topic_info(t, l[i++]);
+      return reply(peer, mb);
+    }
+    case proto::Request::DELETE_TOPIC: {
+      std::string name = req.getDeleteTopic();
+      auto it = topics_.find(name);
+      if (it == topics_.end())
+        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+      if (!may(it->second, peer, Role::admin))
+        return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                           "only the topic's owner or root may delete '" + name + "'");
+      for (auto& p : it->second.parts) {
+        core_.reaper_q.push(ReaperCmd{ReaperCmd::unwatch_partition, p, 0});
+        remove_partition_segments(core_.opts.shm_prefix, name, p->index);
+      }
+      topics_.erase(it);
+      core_.counters.topics = uint32_t(topics_.size());
+      persist();
+      log_event(core_.instance, LOG_INFO, "topic_deleted", name, peer.pid, "");
+      resp.setDone();
+      return reply(peer, mb);
+    }
+    case proto::Request::OPEN: {
+      auto o = req.getOpen();
+      std::string name = o.getTopic();
+      auto it = topics_.find(name);
+      if (it == topics_.end())
+        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+      const Topic& t = it->second;
+      Role role = o.getRole() == proto::Role::PUBLISHER    ? Role::publisher
+                  : o.getRole() == proto::Role::SUBSCRIBER ? Role::subscriber
+                                                           : Role::admin;
+      if (!may(t, peer, role)) {
+        log_event(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
+                  "uid " + std::to_string(peer.uid) + " may not " +
+                      (role == Role::publisher ? "publish" : role == Role::subscriber ? "subscribe" : "administer"));
+        return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                           "uid " + std::to_string(peer.uid) + " may not " +
+                               (role == Role::publisher ? "publish to" : "subscribe to") + " '" + name + "'");
+      }
+      uint32_t p = o.getPartition();
+      if (p >= t.parts.size())
+        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND,
+                           "topic '" + name + "' has no partition " + std::to_string(p));
+      auto part = t.parts[p];
+      auto r = resp.initOpen();
+      r.setDataSize(part->data_size);
+      r.setCtlSize(part->ctl_size);
+      const int dfd = role == Role::subscriber ? part->data_ro : part->data_rw;
+      core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
+      log_event(core_.instance, LOG_DEBUG, "open", name, peer.pid,
+                role == Role::publisher ? "publisher" : role == Role::subscriber ? "subscriber" : "admin");
+      return reply(peer, mb, part, {dfd, part->ctl_fd});
+    }
+    case proto::Request::STAT: {
+      std::string name = req.getStat();
+      std::vector<const Topic*> sel;
+      for (auto& [n, t] : topics_)
+        if (name.empty() || n == name) sel.push_back(&t);
+      if (!name.empty() && sel.empty())
+        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+      auto l = resp.initStats(uint32_t(sel.size()));
+      for (size_t i = 0; i < sel.size(); ++i) stat_topic(*sel[i], l[uint32_t(i)]);
+      return reply(peer, mb);
+    }
+    default:
+      return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT, "request not supported");
+  }
+}
+
+void Registry::run() {
+  pollfd pf[2] = {{core_.registry_q.fd(), POLLIN, 0}, {core_.stop_efd, POLLIN, 0}};
+  for (;;) {
+    RegistryCmd c;
+    bool any = false;
+    while (core_.registry_q.try_pop(c)) {
+      any = true;
+      if (c.kind == RegistryCmd::stop) {
+        persist();
+        log_event(core_.instance, LOG_INFO, "state_persisted", "", 0,
+                  std::to_string(topics_.size()) + " topics");
+        core_.server_q.push(ServerCmd{});  // tells the server we are done
+        return;
+      }
+      try {
+        handle(c);
+      } catch (const kj::Exception& e) {
+        reply_error(c.peer, 0, proto::ErrorCode::PROTOCOL, e.getDescription().cStr());
+      } catch (const std::exception& e) {
+        reply_error(c.peer, 0, proto::ErrorCode::SYSTEM, e.what());
+      }
+    }
+    if (any) continue;
+    int r = poll(pf, 1, 1000);
+    if (r > 0) core_.registry_q.clear_signal();
+  }
+}
+
+}  // namespace shmbus::daemon
