@@ -130,6 +130,15 @@ func (p *Publisher) Close() error {
 	return nil
 }
 
+// ClaimedBytes returns the open claim's bytes (ring memory, including the 8-byte
+// segment table of a ClaimMessage), or nil when no claim is open. Same lifetime
+// as the claim.
+func (p *Publisher) ClaimedBytes() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.open
+}
+
 // MaxPayload is the largest payload a message on this topic may have.
 func (p *Publisher) MaxPayload() int { return p.maxPayload }
 
