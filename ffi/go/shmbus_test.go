@@ -660,3 +660,54 @@ func TestMalformedPayloadsAreRejected(t *testing.T) {
 		t.Fatal("an out-of-bounds root pointer was followed")
 	}
 }
+
+func TestMultiSegmentMessagesAreReadInPlace(t *testing.T) {
+	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 20})
+	pub, sub := openPair(t, bus, topic, nil, nil)
+	ctx := ctxT(t)
+	msg, seg, err := capnp.NewMessage(capnp.MultiSegment(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := market.NewRootOrder(seg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("x", 64<<10) // larger than a first segment: a second one follows
+	if err := o.SetAccount(long); err != nil {
+		t.Fatal(err)
+	}
+	o.SetOrderId(3)
+	if msg.NumSegments() < 2 {
+		t.Fatalf("want a multi-segment message, got %d segment(s)", msg.NumSegments())
+	}
+	if err := pub.OfferMessage(ctx, msg, 3, market.Order_TypeID); err != nil {
+		t.Fatal(err)
+	}
+	v, err := sub.Poll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r shmbus.Reader
+	m, err := r.Read(&v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.NumSegments() < 2 {
+		t.Fatalf("read %d segment(s)", m.NumSegments())
+	}
+	for i := int64(0); i < m.NumSegments(); i++ {
+		s, err := m.Segment(capnp.SegmentID(i))
+		if err != nil || (len(s.Data()) > 0 && !within(unsafe.Pointer(unsafe.SliceData(s.Data())), v.Data)) {
+			t.Fatalf("segment %d is not in the view's bytes (%v)", i, err)
+		}
+	}
+	got, err := market.ReadRootOrder(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acct, err := got.Account()
+	if err != nil || acct != long || got.OrderId() != 3 {
+		t.Fatalf("order %d, account of %d bytes, %v", got.OrderId(), len(acct), err)
+	}
+}
