@@ -160,7 +160,10 @@ SHMBUS_API int shmbus_publisher_commit_message(shmbus_publisher_t* pub, uint32_t
                                                uint64_t message_id, uint64_t schema_id);
 /* commit_message, then claim again for next_max bytes: one call per message for
  * bindings that pay per foreign call (Go). On a claim failure the commit stands
- * and the claim's status is returned with next->data NULL. */
+ * and the claim's status is returned with next->data NULL. A failed commit returns
+ * before claiming (CLOSED: no open claim; INVALID_ARGUMENT: segment_words 0;
+ * TOO_LARGE: segment past the claim, which is aborted): a caller that checked
+ * segment_words against its claim can read any failure as the claim's. */
 SHMBUS_API int shmbus_publisher_commit_message_and_claim(shmbus_publisher_t* pub,
                                                          uint32_t segment_words,
                                                          uint64_t message_id, uint64_t schema_id,
