@@ -149,7 +149,13 @@ inline StressResult consume_strict(shm::RingReader& r, const BlobCodec& codec,
                       " received; data present now: " + std::to_string(int(r.has_data()));
           break;
         }
-        if (r.wait(int64_t(deadline - now))) break;
+        if (r.wait(int64_t(deadline - now))) {
+          // Data found only once the wait ran out: the wake-up for it was lost.
+          if (shm::monotonic_ns() >= deadline)
+            res.error = "data present only when the futex wait timed out, with " +
+                        std::to_string(chk.total()) + " received (lost wake-up)";
+          break;
+        }
       }
       continue;
     }

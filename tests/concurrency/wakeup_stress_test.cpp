@@ -31,7 +31,7 @@ void wakeups(uint64_t count, bool ack, const char* what) {
   std::thread t_hybrid([&] { r_hybrid = consume(hybrid, codec, so, 16, abort); });
   std::thread t_strict([&] { r_strict = consume_strict(strict, codec, so, abort); });
   std::thread t_pub([&] {
-    perr = produce(pub, codec, {.producer = 0, .count = count, .burst = 64, .ack = ack, .seed = seed}, abort);
+    perr = produce(pub, codec, {.producer = 0, .count = count, .burst = ack ? 8u : 64u, .ack = ack, .seed = seed}, abort);
     if (!perr.empty()) abort.store(true);
   });
   t_pub.join();

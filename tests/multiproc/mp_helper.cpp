@@ -218,9 +218,15 @@ int run_sub_lib(Bus& bus, const std::string& topic, const BlobCodec& codec, cons
         held = 0;
       }
       s = sub.poll_wait(v, c.timeout_ns);
-      if (s == Status::timed_out)
+      if (s == Status::timed_out) {
+        const shm::RingRefs& r = sub.refs();
         fail("poll_wait timed out after " + std::to_string(c.timeout_ns / 1'000'000) +
-             " ms with " + std::to_string(chk.total()) + " messages received (lost wake-up?)");
+             " ms with " + std::to_string(chk.total()) + " messages received (lost wake-up?); " +
+             "read position " + std::to_string(sub.position()) + ", tail " +
+             std::to_string(shm::aref(r.data->tail_pos).load(std::memory_order_acquire)) +
+             ", commit word there " +
+             std::to_string(shm::aref(r.frame_at(sub.position())->commit).load(std::memory_order_acquire)));
+      }
     }
     if (s != Status::ok) fail(std::string("poll: ") + to_string(s));
     on_frame(chk, v, c);
@@ -270,8 +276,16 @@ int run_sub_strict(Bus& bus, const std::string& topic, const BlobCodec& codec,
         if (now >= deadline)
           fail("futex wait timed out with " + std::to_string(chk.total()) +
                " messages received; data present now: " + std::to_string(int(r.has_data())) +
+               ", read position " + std::to_string(r.position()) + ", tail " +
+               std::to_string(shm::aref(r.refs().data->tail_pos).load(std::memory_order_acquire)) +
                " (lost wake-up)");
-        if (r.wait(int64_t(deadline - now))) break;
+        if (r.wait(int64_t(deadline - now))) {
+          // Data found only once the wait ran out: the wake-up for it was lost.
+          if (shm::monotonic_ns() >= deadline)
+            fail("data present only when the futex wait timed out, with " +
+                 std::to_string(chk.total()) + " messages received (lost wake-up)");
+          break;
+        }
       }
       continue;
     }
