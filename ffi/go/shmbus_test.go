@@ -77,8 +77,11 @@ func TestErrorsAreValuesMatchedByCode(t *testing.T) {
 	if _, err := shmbus.Connect(context.Background(), shmbus.ConnectOptions{SocketPath: "/nonexistent.sock"}); !errors.Is(err, shmbus.ErrNotConnected) {
 		t.Fatalf("Connect: want ErrNotConnected, got %v", err)
 	}
-	if _, err := shmbus.OpenEmbedded(""); !errors.Is(err, shmbus.ErrUnsupported) {
-		t.Fatalf("OpenEmbedded: want ErrUnsupported, got %v", err)
+	// Unsupported until the embedded daemon is in libshmbus_c; then it must work.
+	if b, err := shmbus.OpenEmbedded(""); err == nil {
+		b.Close()
+	} else if !errors.Is(err, shmbus.ErrUnsupported) {
+		t.Fatalf("OpenEmbedded: want ErrUnsupported or a bus, got %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
