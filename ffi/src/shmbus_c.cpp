@@ -232,11 +232,12 @@ int shmbus_bus_open_direct(const char* shm_prefix, shmbus_bus_t** out) {
 }
 
 int shmbus_bus_connect(const char* socket_path, shmbus_bus_t** out) {
-  (void)socket_path;
   if (!out) return invalid("shmbus_bus_connect: ", "out is NULL");
   *out = nullptr;
-  return fail(SHMBUS_E_NOT_CONNECTED, "shmbus_bus_connect: ",
-              "this build has no daemon client yet (use shmbus_bus_open_direct)");
+  SHIM_BEGIN
+  *out = new shmbus_bus{shmbus::Bus::connect(socket_path ? socket_path : ""), ""};
+  return SHMBUS_OK;
+  SHIM_END("shmbus_bus_connect")
 }
 
 int shmbus_bus_open_embedded(const char* state_dir, shmbus_bus_t** out) {
