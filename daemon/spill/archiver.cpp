@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 
@@ -496,7 +497,13 @@ struct Archiver::Impl {
         progress = true;
       }
     }
+    const uint32_t max_sub = p.cfg.flush == FlushPolicy::batch ? 1 : 2;
     if (p.roll_pending) {
+      // The staged batch of the old segment goes first.
+      Buf* last = p.bufs.empty() ? nullptr : p.bufs.back();
+      if (last && last->st == Buf::filling && last->fill && submitted(p) < max_sub &&
+          submit_buf(last))
+        progress = true;
       if (!p.bufs.empty() || p.sync_inflight) return progress;
       if (now < p.retry_at) return progress;
       if (!roll(p)) {
@@ -507,7 +514,6 @@ struct Archiver::Impl {
     }
     if (p.err && now < p.retry_at) return progress;
     Buf* cur = (!p.bufs.empty() && p.bufs.back()->st == Buf::filling) ? p.bufs.back() : nullptr;
-    const uint32_t max_sub = p.cfg.flush == FlushPolicy::batch ? 1 : 2;
     const shm::RingRefs& r = p.r;
     bool drained = false;
     for (uint32_t n = 0; n < cfg.max_batch_records; ++n) {
@@ -794,6 +800,18 @@ struct Archiver::Impl {
     }
   }
 
+  void debug_dump() {
+    for (auto& p : parts) {
+      fprintf(stderr, "part err=%d roll=%d rp=%lu rel=%lu bufs=%zu inflight=%u written=%lu durable=%lu retry_in=%ld\n",
+              p->err, p->roll_pending, (unsigned long)p->read_pos, (unsigned long)p->released,
+              p->bufs.size(), inflight, (unsigned long)p->written_seq, (unsigned long)p->durable_seq,
+              (long)(int64_t(p->retry_at) - int64_t(shm::monotonic_ns())));
+      for (Buf* b : p->bufs)
+        fprintf(stderr, "  buf %u st=%d ops=%d fill=%u written=%u err=%d seq=%lu..%lu\n", b->id, b->st,
+                b->ops, b->fill, b->written, b->err, (unsigned long)b->first_seq, (unsigned long)b->last_seq);
+    }
+  }
+
   void run(std::atomic<bool>& running) {
     uint64_t last_stats = 0;
     while (!stop_req.load(std::memory_order_acquire)) {
@@ -816,6 +834,7 @@ struct Archiver::Impl {
       if (now - last_stats > 10'000'000) {
         publish_stats();
         last_stats = now;
+        if (getenv("SHMBUS_SPILL_DEBUG")) debug_dump();
       }
       if (!progress) idle_wait();
     }

@@ -1,0 +1,351 @@
+// Replay: spill log first, then the live ring, with lap detection (P9).
+#include "shmbus/replay.hpp"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "shmbus/spill_format.hpp"
+
+namespace shmbus {
+
+using shm::aref;
+
+struct ReplaySubscriber::Impl {
+  std::shared_ptr<PartitionMapping> m;
+  shm::RingRefs r;
+  ReplayOptions o;
+  spill::ChunkArena log_arena, ring_arena;
+  spill::LogReader log;
+  shm::RingReader slot;  // untethered: visibility for tools, never holds the producer
+  ReplaySource mode = ReplaySource::log;
+  uint64_t want_seq = 0;
+  bool ts_filter = false;
+  uint64_t min_ts = 0;
+  uint64_t last_seq = 0;
+  bool have_end = false;
+  uint64_t last_end = 0, last_epoch = 0;
+  uint64_t rp = 0;  // ring read position (ring mode)
+  bool handover_armed = false;
+  uint64_t candidate = 0;
+  uint64_t released_pos = 0;
+  ReplayStats st;
+  bool open = true;
+
+  Impl(std::shared_ptr<PartitionMapping> mp, const ReplayOptions& opts)
+      : m(std::move(mp)), r(m->refs()), o(opts), log_arena(opts.chunk_bytes),
+        ring_arena(opts.chunk_bytes),
+        log(spill::partition_dir(opts.state_dir, m->topic(), m->partition()), log_arena) {
+    if (!slot.join(r, uint32_t(getpid()), false))
+      throw Error(ErrorCode::no_slot, "topic '" + m->topic() + "': every subscriber slot is taken");
+    switch (o.start.kind) {
+      case StartAt::Kind::latest:
+        mode = ReplaySource::ring;
+        rp = slot.position();
+        want_seq = aref(r.data->tail_seq).load(std::memory_order_acquire);
+        have_end = true;
+        last_end = rp;
+        last_epoch = r.data->created_ns;
+        break;
+      case StartAt::Kind::earliest:
+        log.seek_earliest();
+        break;
+      case StartAt::Kind::sequence:
+        want_seq = o.start.value;
+        log.seek_sequence(o.start.value);
+        break;
+      case StartAt::Kind::time:
+        ts_filter = true;
+        min_ts = o.start.value;
+        log.seek_time(o.start.value);
+        break;
+    }
+    st.gaps = log.gaps();
+  }
+
+  // P9: after reading ring bytes at `pos`, were they possibly overwritten?
+  bool lapped(uint64_t pos) const {
+    // SYNC(zero_intent) acquire fence: pairs with the release fence in
+    // RingWriter::announce_zero(); any zeroing store we observed implies we see
+    // the intent that preceded it.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return aref(r.data->zero_intent).load(std::memory_order_relaxed) > pos + r.capacity;
+  }
+
+  bool passes(uint64_t seq, uint64_t ts) {
+    if (seq < want_seq || (last_seq && seq <= last_seq)) return false;
+    if (ts_filter) {
+      if (ts < min_ts) return false;
+      ts_filter = false;
+    }
+    return true;
+  }
+
+  uint64_t archiver_position() {
+    for (uint32_t i = 0; i < r.slot_count; ++i) {
+      shm::CursorSlot& s = r.slots[i];
+      if (aref(s.state).load(std::memory_order_seq_cst) != shm::kSlotActive) continue;
+      if (aref(s.name_hash).load(std::memory_order_relaxed) != spill::kArchiverNameHash) continue;
+      return aref(s.position).load(std::memory_order_acquire);
+    }
+    return aref(r.data->tail_pos).load(std::memory_order_acquire);  // no archiver: live only
+  }
+
+  enum class RingPoll : uint8_t { ok, empty, lapped, corrupt };
+
+  RingPoll poll_ring(View& out) {
+    const uint64_t epoch = r.data->created_ns;
+    for (;;) {
+      const uint64_t off = rp & r.mask();
+      shm::FrameHeader* h = r.frame_at(rp);
+      // SYNC(frame.commit) acquire: pairs with publish_commit().
+      const uint64_t w = aref(h->commit).load(std::memory_order_acquire);
+      if (w == 0) return lapped(rp) ? RingPoll::lapped : RingPoll::empty;
+      const uint32_t len = shm::commit_length(w);
+      const uint16_t type = shm::commit_type(w);
+      if (len < 8 || (len & 7) || off + len > r.capacity ||
+          (type != shm::kFramePad && (type != shm::kFrameData || len < shm::kFrameHeaderSize)))
+        return lapped(rp) ? RingPoll::lapped : RingPoll::corrupt;
+      if (type == shm::kFramePad) {
+        if (lapped(rp)) return RingPoll::lapped;
+        rp += len;
+        continue;
+      }
+      uint32_t plen = h->payload_len;  // racy until validated below
+      if (plen > len - shm::kFrameHeaderSize) plen = len - shm::kFrameHeaderSize;
+      const size_t need = shm::kFrameHeaderSize + shm::align_frame(plen);
+      auto* c = &ring_arena.current();
+      if (c->end + need > c->cap) c = &ring_arena.fresh(need, nullptr, 0);
+      std::byte* dst = c->data + c->end;
+      std::memcpy(dst, h, shm::kFrameHeaderSize + plen);
+      if (lapped(rp)) return RingPoll::lapped;  // the copy may be torn: discard it
+      auto* ch = reinterpret_cast<shm::FrameHeader*>(dst);
+      if (ch->commit != w || ch->payload_len != plen) return RingPoll::corrupt;
+      const uint64_t at = rp;
+      rp += len;
+      if (!passes(ch->sequence, ch->timestamp_ns)) continue;
+      c->end += need;
+      ring_arena.mark(ch->sequence);
+      shm::FrameView f;
+      f.hdr = ch;
+      f.payload = dst + shm::kFrameHeaderSize;
+      f.payload_len = plen;
+      f.pos = at;
+      f.next = rp;
+      out = View(f);
+      last_seq = ch->sequence;
+      have_end = true;
+      last_end = rp;
+      last_epoch = epoch;
+      ++st.from_ring;
+      return RingPoll::ok;
+    }
+  }
+
+  Status poll(View& out) {
+    if (!open) return Status::closed;
+    for (int guard = 0; guard < 8; ++guard) {
+      if (mode == ReplaySource::log) {
+        spill::RecordView rv;
+        spill::LogReader::Next n = log.next(rv);
+        if (n == spill::LogReader::Next::ok) {
+          handover_armed = false;
+          if (!passes(rv.seq(), rv.ts())) continue;
+          shm::FrameView f;
+          f.hdr = rv.hdr;
+          f.payload = rv.payload;
+          f.payload_len = rv.payload_len;
+          f.pos = rv.ring_pos;
+          f.next = rv.ring_end();
+          out = View(f);
+          last_seq = rv.seq();
+          have_end = true;
+          last_end = rv.ring_end();
+          last_epoch = log.file_epoch();
+          ++st.from_log;
+          ++st.received;
+          return Status::ok;
+        }
+        if (n == spill::LogReader::Next::corrupt) {
+          ++st.corrupt;
+          return Status::corrupt;
+        }
+        // End of the log for now: hand over to the ring.
+        const uint64_t epoch = r.data->created_ns;
+        if (!handover_armed) {
+          candidate = (have_end && last_epoch == epoch) ? last_end : archiver_position();
+          handover_armed = true;
+          continue;  // re-check the log once after choosing the position
+        }
+        handover_armed = false;
+        if (lapped(candidate)) return Status::empty;  // the archiver has it: the log grows soon
+        rp = candidate;
+        mode = ReplaySource::ring;
+        ++st.handovers;
+        continue;
+      }
+      switch (poll_ring(out)) {
+        case RingPoll::ok:
+          ++st.received;
+          return Status::ok;
+        case RingPoll::empty:
+          return Status::empty;
+        case RingPoll::corrupt:
+          return Status::corrupt;
+        case RingPoll::lapped:
+          ++st.lapped;
+          mode = ReplaySource::log;
+          handover_armed = false;
+          log.seek_sequence(last_seq ? last_seq + 1 : want_seq);
+          continue;
+      }
+    }
+    return Status::empty;
+  }
+
+  bool has_ring_data() const {
+    return aref(r.frame_at(rp)->commit).load(std::memory_order_acquire) != 0;
+  }
+
+  bool wait(int64_t timeout_ns) {
+    if (!open) return false;
+    if (mode == ReplaySource::ring && has_ring_data()) return true;
+    const uint64_t start = shm::monotonic_ns();
+    const uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + uint64_t(timeout_ns);
+    for (uint32_t iter = 0;; ++iter) {
+      if (mode == ReplaySource::ring && has_ring_data()) return true;
+      const uint64_t now = shm::monotonic_ns();
+      if (now >= deadline) return false;
+      const bool sleep = o.wait == WaitStrategy::futex ||
+                         (o.wait == WaitStrategy::hybrid && now - start >= uint64_t(o.spin_ns));
+      if (!sleep) {
+        if (o.wait == WaitStrategy::spin_yield && iter > 64) sched_yield();
+        else shm::cpu_relax();
+        if (mode == ReplaySource::log && iter > 256) return true;  // re-poll the log
+        continue;
+      }
+      // In log mode the log may have grown (nothing wakes us for that): short naps.
+      int64_t chunk = mode == ReplaySource::log ? 1'000'000 : 100'000'000;
+      if (deadline != UINT64_MAX && int64_t(deadline - now) < chunk) chunk = int64_t(deadline - now);
+      // P6 (reader side): announce, re-check, sleep. Every commit wakes us, so a lap
+      // (which only happens through commits) is noticed by the next poll.
+      aref(r.ctl->data_waiters).fetch_add(1, std::memory_order_seq_cst);
+      uint32_t v = aref(r.ctl->data_futex).load(std::memory_order_seq_cst);
+      bool ready = mode == ReplaySource::ring &&
+                   aref(r.frame_at(rp)->commit).load(std::memory_order_seq_cst) != 0;
+      if (!ready) shm::futex_wait(&r.ctl->data_futex, v, chunk);
+      aref(r.ctl->data_waiters).fetch_sub(1, std::memory_order_seq_cst);
+      slot.heartbeat(shm::monotonic_ns());
+      return true;  // poll again: data, a lap, or the log has grown
+    }
+  }
+
+  void release_to(uint64_t seq, uint64_t pos) {
+    log_arena.release(seq);
+    ring_arena.release(seq);
+    if (mode == ReplaySource::ring && pos > released_pos && slot.joined()) {
+      released_pos = pos;
+      slot.release_to(pos);
+    }
+  }
+};
+
+ReplaySubscriber::ReplaySubscriber(std::shared_ptr<PartitionMapping> m, const ReplayOptions& opts)
+    : impl_(std::make_unique<Impl>(std::move(m), opts)) {}
+ReplaySubscriber::ReplaySubscriber(ReplaySubscriber&&) noexcept = default;
+ReplaySubscriber& ReplaySubscriber::operator=(ReplaySubscriber&& o) noexcept {
+  if (this != &o) {
+    close();
+    impl_ = std::move(o.impl_);
+  }
+  return *this;
+}
+ReplaySubscriber::~ReplaySubscriber() { close(); }
+
+void ReplaySubscriber::close() {
+  if (!impl_ || !impl_->open) return;
+  impl_->slot.leave();
+  impl_->open = false;
+}
+
+Status ReplaySubscriber::poll(View& out) {
+  if (!impl_) return Status::closed;
+  return impl_->poll(out);
+}
+
+Status ReplaySubscriber::poll_wait(View& out, int64_t timeout_ns) {
+  if (!impl_) return Status::closed;
+  const uint64_t start = shm::monotonic_ns();
+  for (;;) {
+    Status s = impl_->poll(out);
+    if (s != Status::empty) return s;
+    int64_t left = timeout_ns;
+    if (timeout_ns >= 0) {
+      uint64_t spent = shm::monotonic_ns() - start;
+      if (spent >= uint64_t(timeout_ns)) return Status::timed_out;
+      left = timeout_ns - int64_t(spent);
+    }
+    if (!impl_->wait(left)) return impl_->open ? Status::timed_out : Status::closed;
+  }
+}
+
+void ReplaySubscriber::release(const View& v) {
+  if (impl_ && v) impl_->release_to(v.sequence(), v.next_position());
+}
+
+void ReplaySubscriber::release_all() {
+  if (impl_) impl_->release_to(impl_->last_seq, impl_->last_end);
+}
+
+bool ReplaySubscriber::wait(int64_t timeout_ns) { return impl_ && impl_->wait(timeout_ns); }
+ReplaySource ReplaySubscriber::source() const { return impl_->mode; }
+uint64_t ReplaySubscriber::last_sequence() const { return impl_->last_seq; }
+const ReplayStats& ReplaySubscriber::stats() const {
+  impl_->st.gaps = impl_->log.gaps();
+  return impl_->st;
+}
+
+ReplaySubscriber replay_subscriber(Bus& bus, const std::string& topic, const ReplayOptions& opts) {
+  if (opts.state_dir.empty())
+    throw Error(ErrorCode::invalid_argument, "replay_subscriber: state_dir is empty");
+  return ReplaySubscriber(
+      bus.provider().open(topic, opts.partition, Role::subscriber, opts.open_timeout_ms), opts);
+}
+
+// --------------------------------------------------------------------------- acks
+uint64_t durable_sequence_approx(const Publisher& pub) {
+  return aref(pub.refs().data->durable_seq).load(std::memory_order_acquire);
+}
+
+int archiver_error(const Publisher& pub) {
+  return int(aref(pub.refs().data->archiver_error).load(std::memory_order_relaxed));
+}
+
+Status wait_durable(const Publisher& pub, uint64_t seq, int64_t timeout_ns) {
+  shm::DataHeader* d = pub.refs().data;
+  if (!d) return Status::closed;
+  const uint64_t start = shm::monotonic_ns();
+  const uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + uint64_t(timeout_ns);
+  for (uint32_t iter = 0;; ++iter) {
+    // SYNC(durable) acquire: pairs with the archiver's store in publish_durable().
+    if (aref(d->durable_seq).load(std::memory_order_acquire) >= seq) return Status::ok;
+    const uint64_t now = shm::monotonic_ns();
+    if (now >= deadline) return Status::timed_out;
+    if (now - start < 20'000) {
+      shm::cpu_relax();
+      continue;
+    }
+    // P8: announce, re-check (seq_cst, Dekker with the archiver), sleep.
+    aref(d->durable_waiters).fetch_add(1, std::memory_order_seq_cst);
+    uint32_t v = aref(d->durable_futex).load(std::memory_order_seq_cst);
+    if (aref(d->durable_seq).load(std::memory_order_seq_cst) < seq) {
+      int64_t chunk = 100'000'000;
+      if (deadline != UINT64_MAX && int64_t(deadline - now) < chunk) chunk = int64_t(deadline - now);
+      shm::futex_wait(&d->durable_futex, v, chunk);
+    }
+    aref(d->durable_waiters).fetch_sub(1, std::memory_order_seq_cst);
+  }
+}
+
+}  // namespace shmbus

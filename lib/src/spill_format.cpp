@@ -1,0 +1,623 @@
+// The spill log on disk: CRC32C, records, segment files, recovery and the reader.
+#include "shmbus/spill_format.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+
+#include "shmbus/error.hpp"
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
+
+namespace shmbus::spill {
+
+// --------------------------------------------------------------------------- CRC32C
+namespace {
+
+struct CrcTable {
+  uint32_t t[8][256];
+  CrcTable() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+      t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xff];
+  }
+};
+const CrcTable& table() {
+  static const CrcTable tb;
+  return tb;
+}
+
+uint32_t crc32c_sw(uint32_t crc, const unsigned char* p, size_t n) {
+  const auto& t = table().t;
+  crc = ~crc;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    v ^= crc;
+    crc = t[7][v & 0xff] ^ t[6][(v >> 8) & 0xff] ^ t[5][(v >> 16) & 0xff] ^
+          t[4][(v >> 24) & 0xff] ^ t[3][(v >> 32) & 0xff] ^ t[2][(v >> 40) & 0xff] ^
+          t[1][(v >> 48) & 0xff] ^ t[0][v >> 56];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) crc = (crc >> 8) ^ t[0][(crc ^ *p++) & 0xff];
+  return ~crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t crc32c_hw(uint32_t crc, const unsigned char* p,
+                                                     size_t n) {
+  uint64_t c = ~crc;
+  while (n && (reinterpret_cast<uintptr_t>(p) & 7)) {
+    c = _mm_crc32_u8(uint32_t(c), *p++);
+    --n;
+  }
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = _mm_crc32_u64(c, v);
+    p += 8;
+    n -= 8;
+  }
+  while (n--) c = _mm_crc32_u8(uint32_t(c), *p++);
+  return ~uint32_t(c);
+}
+const bool kHaveSse42 = __builtin_cpu_supports("sse4.2");
+#endif
+
+}  // namespace
+
+uint32_t crc32c(uint32_t crc, const void* data, size_t n) noexcept {
+  auto* p = static_cast<const unsigned char*>(data);
+#if defined(__x86_64__)
+  if (kHaveSse42) return crc32c_hw(crc, p, n);
+#endif
+  return crc32c_sw(crc, p, n);
+}
+
+// --------------------------------------------------------------------------- records
+namespace {
+uint32_t record_crc(const std::byte* rec, uint32_t rec_len) {
+  uint32_t c = crc32c(0, rec, 4);
+  return crc32c(c, rec + 8, rec_len - 8);
+}
+}  // namespace
+
+uint32_t encode_record(std::byte* dst, uint64_t ring_pos, const shm::FrameHeader& hdr,
+                       const std::byte* payload, uint32_t payload_len) noexcept {
+  const uint32_t len = record_size(payload_len);
+  std::memcpy(dst, &len, 4);
+  std::memcpy(dst + 8, &ring_pos, 8);
+  std::memcpy(dst + kRecordPrefix, &hdr, sizeof hdr);
+  std::memcpy(dst + kRecordOverhead, payload, payload_len);
+  std::memset(dst + kRecordOverhead + payload_len, 0, len - kRecordOverhead - payload_len);
+  const uint32_t c = record_crc(dst, len);
+  std::memcpy(dst + 4, &c, 4);
+  return len;
+}
+
+Check check_record(const std::byte* p, size_t avail, RecordView* out) noexcept {
+  if (avail < 4) return Check::need_more;
+  uint32_t len;
+  std::memcpy(&len, p, 4);
+  if (len == 0) return Check::end;
+  if (len < kRecordOverhead || (len & 7) || len > kMaxRecord) return Check::bad;
+  if (avail < len) return Check::need_more;
+  uint32_t c;
+  std::memcpy(&c, p + 4, 4);
+  if (c != record_crc(p, len)) return Check::bad;
+  const auto* h = reinterpret_cast<const shm::FrameHeader*>(p + kRecordPrefix);
+  // The CRC says these are the bytes the archiver wrote; the archiver only writes
+  // frames it validated, but check what we rely on anyway.
+  if (h->payload_len > len - kRecordOverhead) return Check::bad;
+  if (shm::commit_type(h->commit) != shm::kFrameData) return Check::bad;
+  if (shm::commit_length(h->commit) < shm::kFrameHeaderSize + h->payload_len) return Check::bad;
+  if (out) {
+    out->rec = p;
+    out->rec_len = len;
+    std::memcpy(&out->ring_pos, p + 8, 8);
+    out->hdr = h;
+    out->payload = p + kRecordOverhead;
+    out->payload_len = h->payload_len;
+  }
+  return Check::ok;
+}
+
+void fill_file_header(SegmentFileHeader& h, uint64_t first_seq, uint64_t epoch,
+                      uint32_t partition) {
+  std::memset(&h, 0, sizeof h);
+  h.magic = kLogMagic;
+  h.version = kLogVersion;
+  h.header_size = kFileHeaderSize;
+  h.first_seq = first_seq;
+  h.ring_epoch = epoch;
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  h.created_ns = uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+  h.partition = partition;
+  h.crc = crc32c(0, &h, offsetof(SegmentFileHeader, crc));
+}
+
+bool file_header_ok(const SegmentFileHeader& h) noexcept {
+  return h.magic == kLogMagic && h.version == kLogVersion && h.header_size == kFileHeaderSize &&
+         h.crc == crc32c(0, &h, offsetof(SegmentFileHeader, crc));
+}
+
+// --------------------------------------------------------------------------- files
+std::string segment_file_name(uint64_t first_seq) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%020llu.log", static_cast<unsigned long long>(first_seq));
+  return b;
+}
+std::string index_file_name(uint64_t first_seq) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%020llu.idx", static_cast<unsigned long long>(first_seq));
+  return b;
+}
+std::string partition_dir(const std::string& state_dir, const std::string& topic, uint32_t p) {
+  return state_dir + "/" + topic + "/" + std::to_string(p);
+}
+
+std::vector<SegmentInfo> list_segments(const std::string& dir) {
+  std::vector<SegmentInfo> v;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return v;
+  while (dirent* e = readdir(d)) {
+    const char* n = e->d_name;
+    size_t l = std::strlen(n);
+    if (l != 24 || std::strcmp(n + 20, ".log") != 0) continue;
+    bool digits = true;
+    for (int i = 0; i < 20; ++i) digits &= (n[i] >= '0' && n[i] <= '9');
+    if (!digits) continue;
+    SegmentInfo s;
+    s.first_seq = std::strtoull(std::string(n, 20).c_str(), nullptr, 10);
+    s.path = dir + "/" + n;
+    struct stat st;
+    if (stat(s.path.c_str(), &st) != 0) continue;  // removed meanwhile (retention)
+    s.size = uint64_t(st.st_size);
+    s.mtime_s = int64_t(st.st_mtime);
+    v.push_back(std::move(s));
+  }
+  closedir(d);
+  std::sort(v.begin(), v.end(),
+            [](const SegmentInfo& a, const SegmentInfo& b) { return a.first_seq < b.first_seq; });
+  return v;
+}
+
+namespace {
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f) : fd(f) {}
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+ssize_t pread_full(int fd, void* buf, size_t n, uint64_t off) {
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::pread(fd, static_cast<char*>(buf) + got, n - got, off_t(off + got));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (r == 0) break;
+    got += size_t(r);
+  }
+  return ssize_t(got);
+}
+
+[[noreturn]] void sys_fail(const std::string& what) {
+  throw Error(ErrorCode::system, what + ": " + std::strerror(errno));
+}
+}  // namespace
+
+ScanResult scan_segment(const std::string& path, uint64_t index_interval) {
+  ScanResult r;
+  Fd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (f.fd < 0) sys_fail("open " + path);
+  struct stat st;
+  if (fstat(f.fd, &st) != 0) sys_fail("stat " + path);
+  const uint64_t size = uint64_t(st.st_size);
+  SegmentFileHeader h;
+  if (pread_full(f.fd, &h, sizeof h, 0) != ssize_t(sizeof h) || !file_header_ok(h)) {
+    r.tail_invalid = size > 0;
+    return r;
+  }
+  r.header_ok = true;
+  r.epoch = h.ring_epoch;
+  r.valid_bytes = kFileHeaderSize;
+  const size_t kBuf = 4 << 20;
+  std::unique_ptr<std::byte[]> buf(new std::byte[kBuf + 8]);
+  std::vector<std::byte> big;  // for records larger than the buffer
+  uint64_t off = kFileHeaderSize;
+  uint64_t next_index = kFileHeaderSize;
+  size_t have = 0;   // bytes in buf starting at file offset `base`
+  uint64_t base = off;
+  for (;;) {
+    if (off >= size) break;
+    size_t at = size_t(off - base);
+    if (at + kRecordPrefix > have || at + 4 > have) {
+      base = off;
+      at = 0;
+      ssize_t n = pread_full(f.fd, buf.get(), kBuf, base);
+      if (n < 0) sys_fail("read " + path);
+      have = size_t(n);
+    }
+    const std::byte* p = buf.get() + at;
+    size_t avail = have - at;
+    uint32_t len = 0;
+    if (avail >= 4) std::memcpy(&len, p, 4);
+    if (len > avail && len <= kMaxRecord && !(len & 7) && len >= kRecordOverhead &&
+        off + len <= size) {
+      if (len <= kBuf) {
+        base = off;
+        at = 0;
+        ssize_t n = pread_full(f.fd, buf.get(), kBuf, base);
+        if (n < 0) sys_fail("read " + path);
+        have = size_t(n);
+        p = buf.get();
+        avail = have;
+      } else {
+        big.resize(len);
+        if (pread_full(f.fd, big.data(), len, off) != ssize_t(len)) sys_fail("read " + path);
+        p = big.data();
+        avail = len;
+      }
+    }
+    RecordView rv;
+    Check c = check_record(p, avail, &rv);
+    if (c != Check::ok) {
+      r.tail_invalid = true;  // end marker, torn or corrupt: everything from here goes
+      break;
+    }
+    if (r.records && rv.seq() <= r.last_seq) {  // sequences only grow
+      r.tail_invalid = true;
+      break;
+    }
+    if (!r.records) r.first_seq = rv.seq();
+    ++r.records;
+    r.last_seq = rv.seq();
+    r.last_ts = rv.ts();
+    r.last_ring_end = rv.ring_end();
+    if (off >= next_index) {
+      r.index.push_back({rv.seq(), rv.ts(), off});
+      next_index = off + index_interval;
+    }
+    off += rv.rec_len;
+    r.valid_bytes = off;
+  }
+  return r;
+}
+
+RecoveryResult recover_partition_log(const std::string& dir, uint64_t index_interval) {
+  RecoveryResult res;
+  for (;;) {
+    std::vector<SegmentInfo> segs = list_segments(dir);
+    if (segs.empty()) return res;
+    const SegmentInfo& last = segs.back();
+    ScanResult s = scan_segment(last.path, index_interval);
+    const std::string idx = dir + "/" + index_file_name(last.first_seq);
+    if (!s.header_ok || s.records == 0) {
+      // Created but never got a record (or its header is torn): remove, look at the previous.
+      if (::unlink(last.path.c_str()) != 0 && errno != ENOENT) sys_fail("unlink " + last.path);
+      ::unlink(idx.c_str());
+      ++res.removed_files;
+      res.truncated_bytes += last.size;
+      continue;
+    }
+    if (s.valid_bytes < last.size) {
+      Fd f(::open(last.path.c_str(), O_WRONLY | O_CLOEXEC));
+      if (f.fd < 0) sys_fail("open " + last.path);
+      if (::ftruncate(f.fd, off_t(s.valid_bytes)) != 0) sys_fail("truncate " + last.path);
+      if (::fdatasync(f.fd) != 0) sys_fail("fdatasync " + last.path);
+      res.truncated_bytes += last.size - s.valid_bytes;
+    }
+    // Rewrite the last segment's index from the scan (it may point past the truncation).
+    {
+      Fd f(::open(idx.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+      if (f.fd < 0) sys_fail("open " + idx);
+      size_t n = s.index.size() * sizeof(IndexEntry);
+      if (n && ::write(f.fd, s.index.data(), n) != ssize_t(n)) sys_fail("write " + idx);
+    }
+    res.empty = false;
+    res.last_seq = s.last_seq;
+    res.last_ts = s.last_ts;
+    res.last_ring_end = s.last_ring_end;
+    res.epoch = s.epoch;
+    res.active_first_seq = last.first_seq;
+    res.active_size = s.valid_bytes;
+    res.active_index = std::move(s.index);
+    res.total_bytes = 0;
+    for (size_t i = 0; i + 1 < segs.size(); ++i) res.total_bytes += segs[i].size;
+    res.total_bytes += s.valid_bytes;
+    return res;
+  }
+}
+
+// --------------------------------------------------------------------------- arena
+ChunkArena::~ChunkArena() {
+  std::free(cur_.data);
+  for (auto& c : retained_) std::free(c.data);
+  for (auto& c : free_) std::free(c.data);
+}
+
+ChunkArena::Chunk ChunkArena::take(size_t need) {
+  for (size_t i = 0; i < free_.size(); ++i) {
+    if (free_[i].cap >= need) {
+      Chunk c = free_[i];
+      free_.erase(free_.begin() + long(i));
+      return c;
+    }
+  }
+  Chunk c;
+  c.cap = std::max(chunk_size_, (need + 4095) & ~size_t(4095));
+  c.data = static_cast<std::byte*>(std::aligned_alloc(64, c.cap));
+  if (!c.data) throw std::bad_alloc();
+  return c;
+}
+
+ChunkArena::Chunk& ChunkArena::current() {
+  if (!cur_.data) cur_ = take(chunk_size_);
+  return cur_;
+}
+
+ChunkArena::Chunk& ChunkArena::fresh(size_t need, const std::byte* keep, size_t keep_len) {
+  current();
+  if (!busy(cur_) && cur_.cap >= need) {
+    if (keep_len && keep != cur_.data) std::memmove(cur_.data, keep, keep_len);
+    cur_.begin = 0;
+    cur_.end = keep_len;
+    cur_.max_tag = 0;
+    return cur_;
+  }
+  Chunk n = take(std::max(need, keep_len));
+  if (keep_len) std::memcpy(n.data, keep, keep_len);
+  n.begin = 0;
+  n.end = keep_len;
+  n.max_tag = 0;
+  if (busy(cur_)) retained_.push_back(cur_);
+  else free_.push_back(cur_);
+  cur_ = n;
+  return cur_;
+}
+
+void ChunkArena::release(uint64_t t) {
+  if (t > released_) released_ = t;
+  while (!retained_.empty() && retained_.front().max_tag <= released_) {
+    free_.push_back(retained_.front());
+    retained_.pop_front();
+  }
+  while (free_.size() > 4) {
+    std::free(free_.back().data);
+    free_.pop_back();
+  }
+}
+
+// --------------------------------------------------------------------------- reader
+LogReader::LogReader(std::string dir, ChunkArena& arena) : dir_(std::move(dir)), arena_(arena) {}
+LogReader::~LogReader() { close_segment(); }
+
+void LogReader::close_segment() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  have_file_ = false;
+}
+
+bool LogReader::open_segment(const SegmentInfo& s, uint64_t offset) {
+  close_segment();
+  int fd = ::open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  SegmentFileHeader h;
+  if (pread_full(fd, &h, sizeof h, 0) != ssize_t(sizeof h) || !file_header_ok(h)) {
+    ::close(fd);
+    return false;
+  }
+  fd_ = fd;
+  have_file_ = true;
+  cur_first_ = s.first_seq;
+  epoch_ = h.ring_epoch;
+  pos_ = std::max<uint64_t>(offset, kFileHeaderSize);
+  arena_.fresh(1 << 20, nullptr, 0);  // empty window at pos_ (views handed out stay valid)
+  win_off_ = pos_;
+  return true;
+}
+
+// Window: chunk bytes [begin, end) hold file bytes [win_off_, win_off_ + end - begin).
+// Reads so that at least `need` bytes from pos_ are in the window, if the file has them.
+bool LogReader::refill(size_t need) {
+  auto* c = &arena_.current();
+  size_t at = c->begin + size_t(pos_ - win_off_);
+  size_t have = c->end > at ? c->end - at : 0;
+  if (have >= need) return true;
+  if (c->cap - at < std::max(need, size_t(64) << 10)) {
+    c = &arena_.fresh(std::max(need, size_t(1) << 20), c->data + at, have);
+    win_off_ = pos_;
+    at = 0;
+  }
+  ssize_t n = pread_full(fd_, c->data + c->end, c->cap - c->end, win_off_ + (c->end - c->begin));
+  if (n < 0) return false;
+  c->end += size_t(n);
+  return c->end - at >= need;
+}
+
+void LogReader::drop_window() {
+  auto& c = arena_.current();
+  size_t at = c.begin + size_t(pos_ - win_off_);
+  if (c.end > at) c.end = at;
+}
+
+Check LogReader::peek(RecordView& rv) {
+  for (int round = 0;; ++round) {
+    auto& c = arena_.current();
+    size_t at = c.begin + size_t(pos_ - win_off_);
+    size_t avail = c.end > at ? c.end - at : 0;
+    Check k = check_record(c.data + at, avail, &rv);
+    if (k != Check::need_more) return k;
+    if (round > 0) return Check::end;  // the file ends inside this record (being written, or torn)
+    size_t need = kRecordPrefix;
+    if (avail >= 4) {
+      uint32_t len;
+      std::memcpy(&len, c.data + at, 4);
+      need = std::max<size_t>(len, kRecordPrefix);
+    }
+    refill(need);
+  }
+}
+
+bool LogReader::later_segment_exists() {
+  for (const auto& s : list_segments(dir_))
+    if (s.first_seq > cur_first_) return true;
+  return false;
+}
+
+bool LogReader::advance_file() {
+  uint64_t from = cur_first_;
+  close_segment();
+  for (const SegmentInfo& s : list_segments(dir_)) {
+    if (s.first_seq <= from) continue;
+    if (open_segment(s, kFileHeaderSize)) return true;
+    ++corrupt_;  // a segment without a valid header: skip it
+    from = s.first_seq;
+  }
+  cur_first_ = from;
+  return false;
+}
+
+LogReader::Next LogReader::next(RecordView& out) {
+  for (;;) {
+    if (!have_file_ && !advance_file()) return Next::end;
+    RecordView rv;
+    Check k = peek(rv);
+    if (k != Check::ok) {
+      if (!later_segment_exists()) {
+        drop_window();  // the active segment's tail: re-read next time
+        return Next::end;
+      }
+      // Sealed (the archiver finished every write to it before creating the next):
+      // read it again from the file, then decide between a clean end and corruption.
+      drop_window();
+      k = peek(rv);
+      if (k != Check::ok) {
+        struct stat st;
+        bool at_eof = fstat(fd_, &st) == 0 && uint64_t(st.st_size) <= pos_;
+        if (!at_eof) ++corrupt_;
+        if (!advance_file() && !at_eof) return Next::corrupt;
+        if (!at_eof) return Next::corrupt;
+        continue;
+      }
+    }
+    pos_ += rv.rec_len;
+    if (rv.seq() < min_seq_) continue;
+    if (ts_filter_) {
+      if (rv.ts() < min_ts_) continue;
+      ts_filter_ = false;
+    }
+    last_seq_ = rv.seq();
+    arena_.mark(rv.seq());
+    out = rv;
+    return Next::ok;
+  }
+}
+
+bool LogReader::first_ts(const SegmentInfo& s, uint64_t& ts) {
+  Fd f(::open(s.path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (f.fd < 0) return false;
+  std::byte b[kFileHeaderSize + kRecordOverhead];
+  if (pread_full(f.fd, b, sizeof b, 0) != ssize_t(sizeof b)) return false;
+  const auto* h = reinterpret_cast<const shm::FrameHeader*>(b + kFileHeaderSize + kRecordPrefix);
+  ts = h->timestamp_ns;  // a hint only: the scan after it validates every record
+  return true;
+}
+
+uint64_t LogReader::index_offset(const SegmentInfo& s, bool by_time, uint64_t key) {
+  std::string idx = dir_ + "/" + index_file_name(s.first_seq);
+  Fd f(::open(idx.c_str(), O_RDONLY | O_CLOEXEC));
+  if (f.fd < 0) return kFileHeaderSize;
+  struct stat st;
+  if (fstat(f.fd, &st) != 0) return kFileHeaderSize;
+  size_t n = size_t(st.st_size) / sizeof(IndexEntry);
+  std::vector<IndexEntry> e(n);
+  ssize_t got = pread_full(f.fd, e.data(), n * sizeof(IndexEntry), 0);
+  if (got < 0) return kFileHeaderSize;
+  e.resize(size_t(got) / sizeof(IndexEntry));
+  Fd lf(::open(s.path.c_str(), O_RDONLY | O_CLOEXEC));
+  // Last entry with key' < key (strictly: a timestamp may repeat), validated.
+  size_t hi = 0;
+  for (size_t i = 0; i < e.size(); ++i) {
+    uint64_t k = by_time ? e[i].ts : e[i].seq;
+    if (k < key) hi = i + 1;
+    else break;
+  }
+  while (hi > 0) {
+    const IndexEntry& ie = e[hi - 1];
+    std::byte b[kRecordOverhead];
+    if (lf.fd >= 0 && pread_full(lf.fd, b, sizeof b, ie.offset) == ssize_t(sizeof b)) {
+      uint32_t len;
+      std::memcpy(&len, b, 4);
+      const auto* h = reinterpret_cast<const shm::FrameHeader*>(b + kRecordPrefix);
+      if (len >= kRecordOverhead && len <= kMaxRecord && h->sequence == ie.seq &&
+          ie.offset >= kFileHeaderSize)
+        return ie.offset;  // the full CRC check happens when it is read
+    }
+    --hi;
+  }
+  return kFileHeaderSize;
+}
+
+void LogReader::seek_earliest() { seek_sequence(0); }
+
+void LogReader::seek_sequence(uint64_t seq) {
+  close_segment();
+  min_seq_ = seq;
+  ts_filter_ = false;
+  std::vector<SegmentInfo> segs = list_segments(dir_);
+  cur_first_ = 0;
+  if (segs.empty()) return;
+  size_t i = 0;
+  for (size_t k = 0; k < segs.size(); ++k)
+    if (segs[k].first_seq <= seq) i = k;
+  if (segs[0].first_seq > seq && seq > 1) ++gaps_;
+  uint64_t off = segs[i].first_seq < seq ? index_offset(segs[i], false, seq) : kFileHeaderSize;
+  if (!open_segment(segs[i], off)) {
+    ++corrupt_;
+    cur_first_ = segs[i].first_seq;
+  }
+}
+
+void LogReader::seek_time(uint64_t ts) {
+  close_segment();
+  min_seq_ = 0;
+  min_ts_ = ts;
+  ts_filter_ = true;
+  std::vector<SegmentInfo> segs = list_segments(dir_);
+  cur_first_ = 0;
+  if (segs.empty()) return;
+  size_t i = 0;
+  for (size_t k = 0; k < segs.size(); ++k) {
+    uint64_t t0;
+    if (first_ts(segs[k], t0) && t0 < ts) i = k;
+    else if (k > 0) break;
+  }
+  uint64_t off = index_offset(segs[i], true, ts);
+  if (!open_segment(segs[i], off)) {
+    ++corrupt_;
+    cur_first_ = segs[i].first_seq;
+  }
+}
+
+}  // namespace shmbus::spill
