@@ -28,7 +28,7 @@ struct ReplaySubscriber::Impl {
   uint64_t last_end = 0, last_epoch = 0;
   uint64_t rp = 0;  // ring read position (ring mode)
   bool handover_armed = false;
-  uint64_t candidate = 0;
+  uint64_t candidate = 0, archiver_pos = 0;
   uint64_t released_pos = 0;
   ReplayStats st;
   bool open = true;
@@ -174,11 +174,16 @@ struct ReplaySubscriber::Impl {
         // End of the log for now: hand over to the ring.
         const uint64_t epoch = r.data->created_ns;
         if (!handover_armed) {
-          candidate = (have_end && last_epoch == epoch) ? last_end : archiver_position();
+          // The archiver's position, read BEFORE the log is checked once more: every
+          // data frame below it reached the log before it was released, so if the
+          // log has nothing new, [our end, archiver) holds padding only.
+          archiver_pos = archiver_position();
+          candidate = (have_end && last_epoch == epoch) ? last_end : archiver_pos;
           handover_armed = true;
-          continue;  // re-check the log once after choosing the position
+          continue;
         }
         handover_armed = false;
+        if (lapped(candidate) && archiver_pos >= candidate) candidate = archiver_pos;
         if (lapped(candidate)) return Status::empty;  // the archiver has it: the log grows soon
         rp = candidate;
         mode = ReplaySource::ring;
