@@ -17,6 +17,20 @@
 #include "shmbus/shm/futex.hpp"
 #include "shmbus/shm/layout.hpp"
 
+#if defined(__SANITIZE_THREAD__)
+#define SHMBUS_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SHMBUS_TSAN 1
+#endif
+#endif
+#ifndef SHMBUS_TSAN
+#define SHMBUS_TSAN 0
+#endif
+#if SHMBUS_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
 namespace shmbus::shm {
 
 enum class RingStatus : uint8_t {
@@ -445,7 +459,22 @@ class RingWriter {
     u128 expected = (u128(e_seq) << 64) | e_pos;
     u128 desired = (u128(n_seq) << 64) | n_pos;
     u128* p = reinterpret_cast<u128*>(&r_.data->tail_pos);
+#if SHMBUS_TSAN && defined(__x86_64__)
+    // ThreadSanitizer emulates 128-bit atomics under a process-local lock, which
+    // is not atomic against the other processes sharing this ring (two producers
+    // then claim the same bytes). Issue the instruction ourselves and tell TSan
+    // about its ordering: it is a full barrier.
+    __tsan_release(p);
+    uint64_t lo = uint64_t(expected), hi = uint64_t(expected >> 64);
+    asm volatile("lock cmpxchg16b %0"
+                 : "+m"(*p), "+a"(lo), "+d"(hi)
+                 : "b"(uint64_t(desired)), "c"(uint64_t(desired >> 64))
+                 : "memory", "cc");
+    __tsan_acquire(p);
+    u128 prev = (u128(hi) << 64) | lo;
+#else
     u128 prev = __sync_val_compare_and_swap(p, expected, desired);  // full barrier
+#endif
     if (prev == expected) return true;
     e_pos = uint64_t(prev);
     e_seq = uint64_t(prev >> 64);
