@@ -1,0 +1,112 @@
+// Disk full: the spill log on a 1 MiB tmpfs. Producers see back-pressure with a
+// clear reason (archiver_error == ENOSPC), the archiver stays up, and archiving
+// resumes by itself when space returns. Needs root (mount); exit 77 = skipped.
+#define CATCH_CONFIG_RUNNER
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+
+#include "shmbus/spill/archiver.hpp"
+#include "spill_util.hpp"
+
+using namespace shmbus;
+using namespace shmbus::test;
+
+static std::string g_mnt;
+
+TEST_CASE("A full disk back-pressures producers with ENOSPC and archiving resumes when space returns",
+          "[spill]") {
+  // Ballast that we delete later to give the space back.
+  const std::string ballast = g_mnt + "/ballast";
+  {
+    int fd = open(ballast.c_str(), O_WRONLY | O_CREAT, 0644);
+    REQUIRE(fd >= 0);
+    std::vector<char> b(64 << 10, 'x');
+    for (int i = 0; i < 9; ++i) REQUIRE(write(fd, b.data(), b.size()) == ssize_t(b.size()));
+    close(fd);
+  }
+  std::string prefix = unique_prefix("full");
+  Bus bus = Bus::direct({.shm_prefix = prefix});
+  const std::string topic = "t.full";
+  bus.create_topic(topic, durable_topic(64 << 10));
+  TopicGuard guard{bus, topic};
+  spill::Archiver a;
+  spill::LogConfig lc;
+  lc.state_dir = g_mnt + "/state";
+  lc.flush = spill::FlushPolicy::batch;
+  lc.segment_bytes = 64 << 10;
+  a.add_partition(bus.provider().open(topic, 0, Role::admin, 5000), lc);
+  a.start();
+  PublisherOptions po = patient_publisher();
+  po.block_timeout_ns = 20'000'000;  // give up quickly: we want to see the back-pressure
+  Publisher pub = bus.publisher(topic, po);
+
+  uint64_t seq = 0;
+  bool full = false;
+  for (int i = 0; i < 2'000'000 && !full; ++i) {
+    uint64_t s = publish_one(pub, seq + 1);
+    if (s) {
+      seq = s;
+      continue;
+    }
+    if (archiver_error(pub) == ENOSPC) full = true;
+  }
+  REQUIRE(full);
+  INFO("published " << seq << " before the disk filled");
+  CHECK(a.running());
+  auto st = a.stats()[0];
+  CHECK(st.io_errors >= 1);
+  const uint64_t durable_when_full = durable_sequence_approx(pub);
+  CHECK(durable_when_full < seq);
+  // Still full: a publish still fails, the archiver still runs.
+  CHECK(publish_one(pub, seq + 1) == 0);
+  CHECK(a.running());
+
+  REQUIRE(unlink(ballast.c_str()) == 0);  // space returns
+  const uint64_t total = seq + 2000;
+  while (seq < total) {
+    uint64_t s = publish_one(pub, seq + 1);
+    if (s) seq = s;
+    else REQUIRE(archiver_error(pub) != 0);  // only while still recovering
+  }
+  REQUIRE(wait_durable(pub, total, 30'000'000'000) == Status::ok);
+  CHECK(archiver_error(pub) == 0);
+  a.stop();
+  CHECK(a.stats()[0].last_error == 0);
+  // The log is exactly the stream: nothing lost, duplicated or torn by the short writes.
+  spill::ChunkArena arena;
+  spill::LogReader rd(spill::partition_dir(lc.state_dir, topic, 0), arena);
+  rd.seek_earliest();
+  spill::RecordView rv;
+  uint64_t expect = 1;
+  while (rd.next(rv) == spill::LogReader::Next::ok) {
+    REQUIRE(rv.seq() == expect);
+    REQUIRE(payload_ok(rv.seq(), rv.payload, rv.payload_len));
+    arena.release(rv.seq());
+    ++expect;
+  }
+  CHECK(expect == total + 1);
+  CHECK(rd.skipped_corrupt() == 0);
+}
+
+int main(int argc, char** argv) {
+  if (geteuid() != 0) {
+    std::fprintf(stderr, "disk-full test needs root (mount -t tmpfs): skipped\n");
+    return 77;
+  }
+  char tmpl[] = "/var/tmp/shmbus-full-XXXXXX";
+  if (!mkdtemp(tmpl)) return 77;
+  g_mnt = tmpl;
+  if (mount("tmpfs", g_mnt.c_str(), "tmpfs", 0, "size=1m") != 0) {
+    std::perror("mount tmpfs: skipped");
+    rmdir(g_mnt.c_str());
+    return 77;
+  }
+  int rc = Catch::Session().run(argc, argv);
+  umount2(g_mnt.c_str(), MNT_DETACH);
+  rmdir(g_mnt.c_str());
+  return rc;
+}
