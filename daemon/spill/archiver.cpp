@@ -1,6 +1,6 @@
 // The spill archiver: ring -> registered buffers -> io_uring writes (+ fdatasync).
-// Design and ordering rules: docs/spill-log.md; P8 (durable ack) and the archiver
-// cursor in docs/memory-ordering.md.
+// Design: docs/spill-log.md. Ordering: P9 (lap detection) and P10 (durable ack) in
+// docs/memory-ordering.md.
 #include "shmbus/spill/archiver.hpp"
 
 #include <fcntl.h>
@@ -320,7 +320,7 @@ struct Archiver::Impl {
   static void publish_durable(Part& p, uint64_t seq) {
     auto* d = p.r.data;
     if (aref(d->durable_seq).load(std::memory_order_relaxed) >= seq) return;
-    // SYNC(durable) P8: seq_cst store then seq_cst waiter check (Dekker with wait_durable).
+    // SYNC(durable) P10: seq_cst store then seq_cst waiter check (Dekker with wait_durable).
     aref(d->durable_seq).store(seq, std::memory_order_seq_cst);
     if (aref(d->durable_waiters).load(std::memory_order_seq_cst) != 0) {
       aref(d->durable_futex).fetch_add(1, std::memory_order_seq_cst);

@@ -341,7 +341,7 @@ Status wait_durable(const Publisher& pub, uint64_t seq, int64_t timeout_ns) {
       shm::cpu_relax();
       continue;
     }
-    // P8: announce, re-check (seq_cst, Dekker with the archiver), sleep.
+    // P10: announce, re-check (seq_cst, Dekker with the archiver), sleep.
     aref(d->durable_waiters).fetch_add(1, std::memory_order_seq_cst);
     uint32_t v = aref(d->durable_futex).load(std::memory_order_seq_cst);
     if (aref(d->durable_seq).load(std::memory_order_seq_cst) < seq) {

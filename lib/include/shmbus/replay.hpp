@@ -107,7 +107,7 @@ class ReplaySubscriber {
 
 ReplaySubscriber replay_subscriber(Bus& bus, const std::string& topic, const ReplayOptions& opts);
 
-// --- durability acknowledgements (P8 in docs/memory-ordering.md) -----------------
+// --- durability acknowledgements (P10 in docs/memory-ordering.md) -----------------
 // Highest sequence of the publisher's partition that is durable per the topic's
 // flush policy (racy snapshot; 0 if no archiver ever ran).
 uint64_t durable_sequence_approx(const Publisher& pub);
