@@ -12,7 +12,7 @@ namespace shmbus::shm {
 inline constexpr uint64_t kDataMagic = 0x3144'5355'424d'4853ULL;  // "SHMBUSD1" little-endian
 inline constexpr uint64_t kCtlMagic = 0x3143'5355'424d'4853ULL;   // "SHMBUSC1"
 inline constexpr uint32_t kLayoutMajor = 1;
-inline constexpr uint32_t kLayoutMinor = 1;  // 1: producer table in the control segment
+inline constexpr uint32_t kLayoutMinor = 2;  // 1: producer table; 2: slot_hwm (cursor scans stop there)
 inline constexpr uint32_t kLayoutVersion = (kLayoutMajor << 16) | kLayoutMinor;
 inline constexpr size_t kCacheLine = 64;
 inline constexpr uint64_t kFrameAlign = 8;
@@ -115,7 +115,7 @@ struct DataHeader {
   uint64_t zero_intent;      // 176 SYNC(zero_intent) relaxed + release fence / acquire fence + relaxed
   uint8_t pad2[72];          // 184 .. 255
   // line 4 (1.1): written by the archiver of a durable topic (daemon/spill), read
-  // by producers waiting for durability acknowledgements (P8).
+  // by producers waiting for durability acknowledgements (P10).
   uint64_t durable_seq;      // 256 every frame with sequence <= this is durable per the flush policy
   uint32_t durable_futex;    // 264 bumped (and woken if durable_waiters) when durable_seq grows
   uint32_t durable_waiters;  // 268 producers sleeping on durable_futex
@@ -154,7 +154,7 @@ struct ControlHeader {
   uint32_t slot_count;       // 12
   uint64_t capacity;         // 16  copy of the data ring capacity (cross-check)
   uint32_t producer_slots;   // 24  (1.1) entries in the producer table, 0 = no table (1.0 segment)
-  uint32_t pad0a;            // 28
+  uint32_t slot_hwm;         // 28  (1.2) 1 + highest slot index ever joined; 0 = scan all (older segment)
   uint64_t producer_offset;  // 32  (1.1) byte offset of the producer table in this segment
   uint8_t pad0[88];          // 40 .. 127
   // line 2: "data available" wait word. Producers bump data_futex and FUTEX_WAKE
@@ -169,6 +169,7 @@ struct ControlHeader {
 };
 static_assert(sizeof(ControlHeader) == 384, "update docs/protocol.md and the layout version");
 static_assert(offsetof(ControlHeader, producer_slots) == 24);
+static_assert(offsetof(ControlHeader, slot_hwm) == 28);
 static_assert(offsetof(ControlHeader, producer_offset) == 32);
 static_assert(offsetof(ControlHeader, data_futex) == 128);
 static_assert(offsetof(ControlHeader, space_futex) == 256);
