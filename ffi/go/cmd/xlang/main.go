@@ -58,6 +58,9 @@ func parse(args []string) (config, error) {
 }
 
 func main() {
+	if len(os.Args) >= 2 && (os.Args[1] == "bench-consume" || os.Args[1] == "bench-produce") {
+		os.Exit(benchMain(os.Args[1], os.Args[2:])) // bench.go: bench/lang/run.sh
+	}
 	if len(os.Args) < 2 || (os.Args[1] != "consume" && os.Args[1] != "produce") {
 		fmt.Fprintln(os.Stderr, "usage: xlang consume|produce --prefix P --topic T --count N --schema quote|order ...")
 		os.Exit(64)

@@ -45,9 +45,11 @@ fn parse() -> Result<Args, String> {
         }
     }
     if a.socket.is_some() == a.prefix.is_some() || a.quotes == 0 {
-        return Err("usage: shmbus-demo-strategy (--socket PATH | --prefix P) --quotes N \
+        return Err(
+            "usage: shmbus-demo-strategy (--socket PATH | --prefix P) --quotes N \
                     [--in md.quotes] [--out orders.new]"
-            .into());
+                .into(),
+        );
     }
     Ok(a)
 }
@@ -60,12 +62,21 @@ fn run(a: &Args) -> Result<(u64, u64), String> {
     }
     .map_err(|e| format!("bus: {e}"))?;
     let mut sub = bus
-        .subscriber(&a.topic_in, &SubscriberOptions { spin: Duration::from_micros(50), ..Default::default() })
+        .subscriber(
+            &a.topic_in,
+            &SubscriberOptions {
+                spin: Duration::from_micros(50),
+                ..Default::default()
+            },
+        )
         .map_err(|e| format!("subscriber: {e}"))?;
     let mut orders_pub = bus
         .publisher(
             &a.topic_out,
-            &PublisherOptions { block_timeout: Duration::from_secs(10), ..Default::default() },
+            &PublisherOptions {
+                block_timeout: Duration::from_secs(10),
+                ..Default::default()
+            },
         )
         .map_err(|e| format!("publisher: {e}"))?;
     println!("READY");
@@ -91,7 +102,9 @@ fn run(a: &Args) -> Result<(u64, u64), String> {
                 continue;
             }
             orders += 1;
-            let mut c = orders_pub.claim_message(128).map_err(|e| format!("claim: {e}"))?;
+            let mut c = orders_pub
+                .claim_message(128)
+                .map_err(|e| format!("claim: {e}"))?;
             let mut o = c.init_root::<order::Builder>();
             o.set_order_id(orders);
             o.set_instrument_id(q.get_instrument_id());
@@ -101,7 +114,8 @@ fn run(a: &Args) -> Result<(u64, u64), String> {
             o.set_quote_seq(q.get_seq());
             o.set_quote_ts_ns(m.timestamp_ns());
             o.set_account("demo-strategy");
-            c.commit_as::<order::Reader>(orders).map_err(|e| format!("commit: {e}"))?;
+            c.commit_as::<order::Reader>(orders)
+                .map_err(|e| format!("commit: {e}"))?;
         }
         // Dropping the batch releases every quote in it with one cursor store.
     }

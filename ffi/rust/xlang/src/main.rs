@@ -126,7 +126,13 @@ fn create_topic(bus: &Bus, a: &Args) -> Result<(), Error> {
     }
 }
 
+mod bench;
+
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(cmd @ ("bench-consume" | "bench-produce")) = argv.get(1).map(String::as_str) {
+        return bench::main(cmd, &argv[2..]); // bench.rs: bench/lang/run.sh
+    }
     let a = match parse_args() {
         Ok(a) => a,
         Err(e) => {

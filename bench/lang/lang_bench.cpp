@@ -1,0 +1,167 @@
+// shmbus-lang-bench-cpp: the C++ side of the language-pair benchmark
+// (bench/lang/run.sh). The Go and Rust sides are the `bench-produce` /
+// `bench-consume` modes of their xlang programs, with the same flags and output:
+//
+//   bench-consume --prefix P --topic T --count N [--latency] [--capacity BYTES]
+//       creates the topic if needed, subscribes (busy-spin), prints READY, then
+//       reads N Quote messages in place (poll a batch, read every message with the
+//       Cap'n Proto reader, check its seq, release the batch) and prints one JSON
+//       line: throughput from the first to the last message and, with --latency,
+//       one-way latency percentiles: CLOCK_MONOTONIC at receive - the frame's
+//       timestamp (CLOCK_MONOTONIC at commit).
+//   bench-produce --prefix P --topic T --count N [--rate R]
+//       builds N 64-byte Quote messages in place (claim 64 B, build, commit), as
+//       fast as it can or paced at R msg/s, and prints one JSON line.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "market.capnp.h"
+#include "shmbus/message.hpp"
+#include "shmbus/shmbus.hpp"
+
+using namespace shmbus;
+
+namespace {
+
+struct Args {
+  std::string cmd, prefix, topic;
+  uint64_t count = 0, rate = 0, capacity = 1u << 20;
+  bool latency = false;
+};
+
+[[noreturn]] void usage() {
+  std::fprintf(stderr,
+               "usage: shmbus-lang-bench-cpp bench-consume|bench-produce --prefix P --topic T "
+               "--count N [--latency] [--rate R] [--capacity BYTES]\n");
+  std::exit(64);
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  if (argc < 2) usage();
+  a.cmd = argv[1];
+  if (a.cmd != "bench-consume" && a.cmd != "bench-produce") usage();
+  for (int i = 2; i < argc; ++i) {
+    std::string f = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) usage();
+      return argv[++i];
+    };
+    if (f == "--prefix") a.prefix = val();
+    else if (f == "--topic") a.topic = val();
+    else if (f == "--count") a.count = std::stoull(val());
+    else if (f == "--rate") a.rate = std::stoull(val());
+    else if (f == "--capacity") a.capacity = std::stoull(val());
+    else if (f == "--latency") a.latency = true;
+    else usage();
+  }
+  if (a.prefix.empty() || a.topic.empty() || a.count == 0) usage();
+  return a;
+}
+
+int consume(const Args& a) {
+  Bus bus = Bus::direct({.shm_prefix = a.prefix});
+  try {
+    bus.create_topic(a.topic, {.capacity = a.capacity});
+  } catch (const Error&) {
+    // exists already (created by the other side)
+  }
+  SubscriberOptions so;
+  so.wait = WaitStrategy::busy_spin;
+  Subscriber sub = bus.subscriber(a.topic, so);
+  std::printf("READY\n");
+  std::fflush(stdout);
+  std::vector<uint64_t> lat;
+  if (a.latency) lat.reserve(a.count);
+  uint64_t got = 0, errors = 0, t_first = 0, t_last = 0, bytes = 0;
+  while (got < a.count) {
+    const size_t k = sub.poll_batch(256, [&](const View& v) {
+      MessageReader r(v);
+      if (!r || r.root<schema::Quote>().getSeq() != got + 1) ++errors;
+      ++got;
+      if (a.latency) lat.push_back(shm::monotonic_ns() - v.timestamp_ns());
+      if (got == 1) bytes = v.size();
+    });
+    if (k == 0) {
+      // Nothing there: wait (busy-spin strategy) with a watchdog.
+      if (!sub.wait(30'000'000'000)) {
+        std::fprintf(stderr, "bench-consume: nothing for 30 s after %lu\n", got);
+        return 2;
+      }
+      continue;
+    }
+    const uint64_t now = shm::monotonic_ns();
+    if (t_first == 0) t_first = now;
+    t_last = now;
+  }
+  const double secs = double(t_last - t_first) / 1e9;
+  const double mps = secs > 0 ? double(got - 1) / secs : 0;
+  uint64_t p50 = 0, p99 = 0, p999 = 0, mx = 0;
+  if (!lat.empty()) {
+    std::sort(lat.begin(), lat.end());
+    auto at = [&](double q) { return lat[size_t(q * double(lat.size() - 1))]; };
+    p50 = at(0.5), p99 = at(0.99), p999 = at(0.999), mx = lat.back();
+  }
+  std::printf(
+      "{\"lang\":\"cpp\",\"role\":\"consumer\",\"received\":%lu,\"errors\":%lu,\"bytes\":%lu,"
+      "\"mps\":%.0f,\"ns_per_msg\":%.2f,\"p50_ns\":%lu,\"p99_ns\":%lu,\"p999_ns\":%lu,\"max_ns\":%lu}\n",
+      got, errors, bytes, mps, mps > 0 ? 1e9 / mps : 0.0, p50, p99, p999, mx);
+  return errors ? 1 : 0;
+}
+
+int produce(const Args& a) {
+  Bus bus = Bus::direct({.shm_prefix = a.prefix});
+  PublisherOptions po;
+  po.wait = WaitStrategy::busy_spin;
+  po.block_timeout_ns = 30'000'000'000;
+  Publisher pub = bus.publisher(a.topic, po);
+  const uint64_t gap = a.rate ? 1'000'000'000ull / a.rate : 0;
+  const uint64_t t0 = shm::monotonic_ns();
+  uint64_t next = t0, fallbacks = 0;
+  for (uint64_t i = 1; i <= a.count; ++i) {
+    if (gap) {
+      while (shm::monotonic_ns() < next) shm::cpu_relax();
+      next += gap;
+    }
+    MessageClaim m(pub, 64);
+    if (!m) {
+      std::fprintf(stderr, "bench-produce: claim %lu: %s\n", i, to_string(m.status()));
+      return 1;
+    }
+    auto q = m.init_root<schema::Quote>();
+    q.setInstrumentId(uint32_t(i % 1000));
+    q.setBidPx(int64_t(10'000'000'000 + i));
+    q.setAskPx(int64_t(10'000'000'100 + i));
+    q.setBidQty(uint32_t(i % 500 + 1));
+    q.setAskQty(uint32_t(i % 700 + 1));
+    q.setExchangeTsNs(i);
+    q.setSeq(i);
+    if (m.commit_as<schema::Quote>(i) != Status::ok) {
+      std::fprintf(stderr, "bench-produce: commit %lu failed\n", i);
+      return 1;
+    }
+    fallbacks += m.fell_back();
+  }
+  const double secs = double(shm::monotonic_ns() - t0) / 1e9;
+  std::printf("{\"lang\":\"cpp\",\"role\":\"producer\",\"published\":%lu,\"mps\":%.0f,\"fallbacks\":%lu}\n",
+              a.count, secs > 0 ? double(a.count) / secs : 0, fallbacks);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a = parse(argc, argv);
+  try {
+    int rc = a.cmd == "bench-consume" ? consume(a) : produce(a);
+    std::fflush(stdout);
+    return rc;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", a.cmd.c_str(), e.what());
+    return 1;
+  }
+}

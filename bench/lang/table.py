@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Summarises bench/lang/run.sh results: medians over runs per language pair and
+ratios against C++ -> C++ (each ratio taken within a run, then the median of those).
+Usage: table.py [--json] META.json RAW.jsonl"""
+import json
+import statistics as st
+import sys
+
+TARGET_TPUT = {"rust->rust": 0.90, "go->go": 0.70}  # issue 5: share of C++ throughput
+TARGET_P99 = 1.5  # Go/Rust p99 one-way latency <= 1.5x C++'s
+
+
+def main():
+    args = sys.argv[1:]
+    as_json = "--json" in args
+    args = [a for a in args if a != "--json"]
+    meta = json.load(open(args[0]))
+    rows = [json.loads(l) for l in open(args[1]) if l.strip()]
+    pairs = list(dict.fromkeys(r["pair"] for r in rows))
+    by = {}
+    for r in rows:
+        by.setdefault((r["pair"], r["mode"]), {})[r["run"]] = r
+    base_t = by.get(("cpp->cpp", "tput"), {})
+    base_l = by.get(("cpp->cpp", "lat"), {})
+    out = []
+    for p in pairs:
+        t = by.get((p, "tput"), {})
+        l = by.get((p, "lat"), {})
+        mps = [r["consumer"]["mps"] for r in t.values()]
+        ratios = [t[k]["consumer"]["mps"] / base_t[k]["consumer"]["mps"] for k in t if k in base_t]
+        p99 = [r["consumer"]["p99_ns"] for r in l.values()]
+        lratios = [l[k]["consumer"]["p99_ns"] / base_l[k]["consumer"]["p99_ns"]
+                   for k in l if k in base_l and base_l[k]["consumer"]["p99_ns"]]
+        med = lambda xs: st.median(xs) if xs else None
+        row = {
+            "pair": p,
+            "runs": len(mps),
+            "mps_median": med(mps),
+            "mps_min": min(mps) if mps else None,
+            "mps_max": max(mps) if mps else None,
+            "ns_per_msg_median": 1e9 / med(mps) if mps else None,
+            "tput_ratio_vs_cpp": med(ratios),
+            "p50_ns": med([r["consumer"]["p50_ns"] for r in l.values()]),
+            "p99_ns": med(p99),
+            "p999_ns": med([r["consumer"]["p999_ns"] for r in l.values()]),
+            "max_ns": med([r["consumer"]["max_ns"] for r in l.values()]),
+            "p99_ratio_vs_cpp": med(lratios),
+            "errors": sum(r["consumer"]["errors"] for r in list(t.values()) + list(l.values())),
+        }
+        if p in TARGET_TPUT and row["tput_ratio_vs_cpp"] is not None:
+            row["tput_target"] = TARGET_TPUT[p]
+            row["tput_met"] = row["tput_ratio_vs_cpp"] >= TARGET_TPUT[p]
+        if p != "cpp->cpp" and row["p99_ratio_vs_cpp"] is not None:  # every other pair has Go or Rust
+            row["p99_met"] = row["p99_ratio_vs_cpp"] <= TARGET_P99
+        out.append(row)
+    loads = [r["load1"] for r in rows]
+    meta["load1_during"] = {"min": min(loads), "median": st.median(loads), "max": max(loads)} if loads else None
+    if as_json:
+        json.dump({"meta": meta, "pairs": out}, sys.stdout, indent=1)
+        print()
+        return
+    print(f"# commit {meta.get('commit')}  kernel {meta.get('kernel')}  cpu {meta.get('cpu')} x{meta.get('cpus')}")
+    print(f"# {meta.get('cxx')} | {meta.get('go')} | {meta.get('rustc')} | {meta.get('build')}")
+    ld = meta["load1_during"]
+    print(f"# load average: start {meta.get('load_start')}, end {meta.get('load_end')}; "
+          f"1-min load at each run min {ld['min']} median {ld['median']} max {ld['max']}" if ld else "")
+    print(f"# {meta.get('command')}")
+    hdr = ("pair", "runs", "Mmsg/s", "min-max", "ns/msg", "vs C++", "p50 us", "p99 us", "p99.9 us", "max us", "p99 vs C++", "err")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    f = lambda x, fmt: "-" if x is None else fmt.format(x)
+    for r in out:
+        mark = lambda met: "" if met is None else (" ok" if met else " MISS")
+        print("| " + " | ".join([
+            r["pair"], str(r["runs"]), f(r["mps_median"] and r["mps_median"] / 1e6, "{:.2f}"),
+            f"{f(r['mps_min'] and r['mps_min'] / 1e6, '{:.2f}')}-{f(r['mps_max'] and r['mps_max'] / 1e6, '{:.2f}')}",
+            f(r["ns_per_msg_median"], "{:.0f}"),
+            f(r["tput_ratio_vs_cpp"], "{:.2f}") + mark(r.get("tput_met")),
+            f(r["p50_ns"] and r["p50_ns"] / 1e3, "{:.1f}"), f(r["p99_ns"] and r["p99_ns"] / 1e3, "{:.1f}"),
+            f(r["p999_ns"] and r["p999_ns"] / 1e3, "{:.1f}"), f(r["max_ns"] and r["max_ns"] / 1e3, "{:.1f}"),
+            f(r["p99_ratio_vs_cpp"], "{:.2f}") + mark(r.get("p99_met")), str(r["errors"]),
+        ]) + " |")
+
+
+if __name__ == "__main__":
+    main()

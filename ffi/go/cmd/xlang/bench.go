@@ -1,0 +1,216 @@
+// Bench modes of xlang, for the language-pair benchmark (bench/lang/run.sh); the
+// same flags and JSON output as bench/lang/lang_bench.cpp and the Rust xlang:
+//
+//	xlang bench-consume --prefix P --topic T --count N [--latency] [--single] [--capacity BYTES]
+//	xlang bench-produce --prefix P --topic T --count N [--rate R]
+//
+// The consumer is batched (PollBatch + ReleaseAll: two cgo calls per batch; with
+// --single, Poll + Release: two per message); the producer pipelines
+// (CommitMessage commits and claims the next message: one cgo call per message).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"sort"
+	"time"
+	_ "unsafe" // go:linkname
+
+	"shmbus.dev/shmbus"
+	"shmbus.dev/shmbus/market"
+)
+
+// nanotime is the runtime's CLOCK_MONOTONIC reading (vDSO, no cgo), the clock
+// of the frame timestamps.
+//
+//go:linkname nanotime runtime.nanotime
+func nanotime() int64
+
+type benchConfig struct {
+	prefix, topic         string
+	count, rate, capacity uint64
+	latency, single       bool
+}
+
+func benchMain(cmd string, args []string) int {
+	var c benchConfig
+	fs := flag.NewFlagSet("xlang "+cmd, flag.ContinueOnError)
+	fs.StringVar(&c.prefix, "prefix", "", "shm prefix")
+	fs.StringVar(&c.topic, "topic", "", "topic")
+	fs.Uint64Var(&c.count, "count", 0, "messages")
+	fs.Uint64Var(&c.rate, "rate", 0, "producer: msg/s (0: full speed)")
+	fs.Uint64Var(&c.capacity, "capacity", 1<<20, "consumer: ring bytes when creating")
+	fs.BoolVar(&c.latency, "latency", false, "consumer: one-way latency of every message")
+	fs.BoolVar(&c.single, "single", false, "consumer: Poll/Release per message instead of batches")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile (runtime/pprof) here")
+	if err := fs.Parse(args); err != nil || c.prefix == "" || c.topic == "" || c.count == 0 {
+		fmt.Fprintln(os.Stderr, "usage: xlang bench-consume|bench-produce --prefix P --topic T --count N [--latency] [--single] [--rate R]")
+		return 64
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer pprof.StopCPUProfile()
+		}
+	}
+	var err error
+	if cmd == "bench-consume" {
+		err = benchConsume(c)
+	} else {
+		err = benchProduce(c)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
+
+func benchConsume(c benchConfig) error {
+	bus, err := shmbus.OpenDirect(c.prefix)
+	if err != nil {
+		return err
+	}
+	defer bus.Close()
+	err = bus.CreateTopic(c.topic, shmbus.TopicConfig{Capacity: c.capacity})
+	if err != nil && !errors.Is(err, shmbus.ErrAlreadyExists) {
+		return err
+	}
+	sub, err := bus.Subscriber(c.topic, &shmbus.SubscriberOptions{Wait: shmbus.WaitBusySpin})
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	fmt.Println("READY")
+	os.Stdout.Sync()
+
+	ctx := context.Background()
+	var lat []uint64
+	if c.latency {
+		lat = make([]uint64, 0, c.count)
+	}
+	views := make([]shmbus.View, 256)
+	var r shmbus.Reader
+	var got, errs, bytes uint64
+	var tFirst, tLast int64
+	handle := func(v *shmbus.View) {
+		msg, err := r.Read(v)
+		if err == nil {
+			q, err2 := market.ReadRootQuote(msg)
+			if err2 != nil || q.Seq() != got+1 {
+				errs++
+			}
+		} else {
+			errs++
+		}
+		got++
+		if c.latency {
+			lat = append(lat, uint64(nanotime())-v.TimestampNs)
+		}
+		if got == 1 {
+			bytes = uint64(len(v.Data))
+		}
+	}
+	for got < c.count {
+		if c.single {
+			v, err := sub.Poll(ctx)
+			if err != nil {
+				return fmt.Errorf("poll after %d: %w", got, err)
+			}
+			handle(&v)
+			if err := sub.Release(&v); err != nil {
+				return err
+			}
+		} else {
+			k, err := sub.PollBatch(ctx, views)
+			if err != nil {
+				return fmt.Errorf("poll after %d: %w", got, err)
+			}
+			for j := 0; j < k; j++ {
+				handle(&views[j])
+			}
+			if err := sub.ReleaseAll(); err != nil {
+				return err
+			}
+		}
+		now := nanotime()
+		if tFirst == 0 {
+			tFirst = now
+		}
+		tLast = now
+	}
+	secs := float64(tLast-tFirst) / 1e9
+	mps, nsPer := 0.0, 0.0
+	if secs > 0 {
+		mps = float64(got-1) / secs
+		nsPer = 1e9 / mps
+	}
+	var p50, p99, p999, mx uint64
+	if len(lat) > 0 {
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		at := func(q float64) uint64 { return lat[int(q*float64(len(lat)-1))] }
+		p50, p99, p999, mx = at(0.5), at(0.99), at(0.999), lat[len(lat)-1]
+	}
+	lang := "go"
+	if c.single {
+		lang = "go-single"
+	}
+	fmt.Printf(`{"lang":"%s","role":"consumer","received":%d,"errors":%d,"bytes":%d,"mps":%.0f,"ns_per_msg":%.2f,"p50_ns":%d,"p99_ns":%d,"p999_ns":%d,"max_ns":%d}`+"\n",
+		lang, got, errs, bytes, mps, nsPer, p50, p99, p999, mx)
+	if errs != 0 {
+		return fmt.Errorf("%d bad messages", errs)
+	}
+	return nil
+}
+
+func benchProduce(c benchConfig) error {
+	bus, err := shmbus.OpenDirect(c.prefix)
+	if err != nil {
+		return err
+	}
+	defer bus.Close()
+	pub, err := bus.Publisher(c.topic, &shmbus.PublisherOptions{Wait: shmbus.WaitBusySpin, BlockTimeout: 30 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	ctx := context.Background()
+	var gap int64
+	if c.rate > 0 {
+		gap = int64(time.Second) / int64(c.rate)
+	}
+	t0 := nanotime()
+	next := t0
+	for i := uint64(1); i <= c.count; i++ {
+		if gap > 0 {
+			for nanotime() < next {
+			}
+			next += gap
+		}
+		_, seg, err := pub.ClaimMessage(ctx, 64)
+		if err != nil {
+			return fmt.Errorf("claim %d: %w", i, err)
+		}
+		q, err := market.NewRootQuote(seg)
+		if err != nil {
+			return fmt.Errorf("build %d: %w", i, err)
+		}
+		q.SetInstrumentId(uint32(i % 1000))
+		q.SetBidPx(int64(px0 + i))
+		q.SetAskPx(int64(px0 + i + 100))
+		q.SetBidQty(uint32(i%500 + 1))
+		q.SetAskQty(uint32(i%700 + 1))
+		q.SetExchangeTsNs(i)
+		q.SetSeq(i)
+		if err := pub.CommitMessage(i, market.Quote_TypeID); err != nil {
+			return fmt.Errorf("commit %d: %w", i, err)
+		}
+	}
+	secs := float64(nanotime()-t0) / 1e9
+	fmt.Printf(`{"lang":"go","role":"producer","published":%d,"mps":%.0f,"fallbacks":0}`+"\n", c.count, float64(c.count)/secs)
+	return nil
+}

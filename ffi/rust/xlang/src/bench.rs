@@ -1,0 +1,222 @@
+//! Bench modes of xlang, for the language-pair benchmark (bench/lang/run.sh); the
+//! same flags and JSON output as bench/lang/lang_bench.cpp and the Go xlang:
+//!
+//! ```text
+//! xlang bench-consume --prefix P --topic T --count N [--latency] [--capacity BYTES]
+//! xlang bench-produce --prefix P --topic T --count N [--rate R]
+//! ```
+//! The consumer polls batches (one call per batch, one release per batch) and reads
+//! every Quote in place; the producer builds every 64-byte Quote in its claim.
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shmbus::market_capnp::quote;
+use shmbus::{Bus, Error, PublisherOptions, SubscriberOptions, TopicConfig, WaitStrategy};
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+extern "C" {
+    fn clock_gettime(clk: i32, ts: *mut Timespec) -> i32;
+}
+const CLOCK_MONOTONIC: i32 = 1;
+
+/// CLOCK_MONOTONIC in ns: the clock of the frame timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec (x86_64/aarch64 Linux layout: two
+    // 64-bit fields); CLOCK_MONOTONIC always exists.
+    unsafe { clock_gettime(CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Cfg {
+    prefix: String,
+    topic: String,
+    count: u64,
+    rate: u64,
+    capacity: u64,
+    latency: bool,
+}
+
+fn parse(args: &[String]) -> Result<Cfg, String> {
+    let mut c = Cfg {
+        prefix: String::new(),
+        topic: String::new(),
+        count: 0,
+        rate: 0,
+        capacity: 1 << 20,
+        latency: false,
+    };
+    let mut it = args.iter();
+    while let Some(f) = it.next() {
+        let mut val = || it.next().cloned().ok_or(format!("{f} needs a value"));
+        let num = |v: String| v.parse::<u64>().map_err(|e| format!("{f}: {e}"));
+        match f.as_str() {
+            "--prefix" => c.prefix = val()?,
+            "--topic" => c.topic = val()?,
+            "--count" => c.count = num(val()?)?,
+            "--rate" => c.rate = num(val()?)?,
+            "--capacity" => c.capacity = num(val()?)?,
+            "--latency" => c.latency = true,
+            _ => return Err(format!("unknown flag {f}")),
+        }
+    }
+    if c.prefix.is_empty() || c.topic.is_empty() || c.count == 0 {
+        return Err(
+            "usage: xlang bench-consume|bench-produce --prefix P --topic T --count N \
+                    [--latency] [--rate R] [--capacity BYTES]"
+                .into(),
+        );
+    }
+    Ok(c)
+}
+
+pub fn main(cmd: &str, args: &[String]) -> ExitCode {
+    let c = match parse(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(64);
+        }
+    };
+    let r = if cmd == "bench-consume" {
+        consume(&c)
+    } else {
+        produce(&c)
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{cmd}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn consume(c: &Cfg) -> Result<(), String> {
+    let bus = Bus::open_direct(&c.prefix).map_err(|e| e.to_string())?;
+    let cfg = TopicConfig {
+        capacity: c.capacity,
+        ..TopicConfig::default()
+    };
+    match bus.create_topic(&c.topic, &cfg) {
+        Ok(()) | Err(Error::AlreadyExists(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let opts = SubscriberOptions {
+        wait: WaitStrategy::BusySpin,
+        ..Default::default()
+    };
+    let mut sub = bus.subscriber(&c.topic, &opts).map_err(|e| e.to_string())?;
+    println!("READY");
+    let _ = std::io::stdout().flush();
+
+    let mut lat: Vec<u64> = Vec::with_capacity(if c.latency { c.count as usize } else { 0 });
+    let (mut got, mut errors, mut bytes, mut t_first, mut t_last) =
+        (0u64, 0u64, 0usize, 0u64, 0u64);
+    while got < c.count {
+        let batch = sub
+            .poll_batch(256, Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            return Err(format!("nothing for 30 s after {got}"));
+        }
+        for m in &batch {
+            let ok = m
+                .reader()
+                .ok()
+                .and_then(|r| {
+                    r.get_root::<quote::Reader>()
+                        .ok()
+                        .map(|q| q.get_seq() == got + 1)
+                })
+                .unwrap_or(false);
+            errors += u64::from(!ok);
+            got += 1;
+            if c.latency {
+                lat.push(monotonic_ns().wrapping_sub(m.timestamp_ns()));
+            }
+            if got == 1 {
+                bytes = m.len();
+            }
+        }
+        drop(batch); // releases the whole batch
+        let now = monotonic_ns();
+        if t_first == 0 {
+            t_first = now;
+        }
+        t_last = now;
+    }
+    let secs = (t_last - t_first) as f64 / 1e9;
+    let mps = if secs > 0.0 {
+        (got - 1) as f64 / secs
+    } else {
+        0.0
+    };
+    let (mut p50, mut p99, mut p999, mut mx) = (0, 0, 0, 0);
+    if !lat.is_empty() {
+        lat.sort_unstable();
+        let at = |q: f64| lat[(q * (lat.len() - 1) as f64) as usize];
+        (p50, p99, p999, mx) = (at(0.5), at(0.99), at(0.999), lat[lat.len() - 1]);
+    }
+    println!(
+        "{{\"lang\":\"rust\",\"role\":\"consumer\",\"received\":{got},\"errors\":{errors},\"bytes\":{bytes},\
+         \"mps\":{mps:.0},\"ns_per_msg\":{:.2},\"p50_ns\":{p50},\"p99_ns\":{p99},\"p999_ns\":{p999},\"max_ns\":{mx}}}",
+        if mps > 0.0 { 1e9 / mps } else { 0.0 }
+    );
+    if errors != 0 {
+        return Err(format!("{errors} bad messages"));
+    }
+    Ok(())
+}
+
+fn produce(c: &Cfg) -> Result<(), String> {
+    let bus = Bus::open_direct(&c.prefix).map_err(|e| e.to_string())?;
+    let opts = PublisherOptions {
+        wait: WaitStrategy::BusySpin,
+        block_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let mut publisher = bus.publisher(&c.topic, &opts).map_err(|e| e.to_string())?;
+    let gap = 1_000_000_000u64.checked_div(c.rate).unwrap_or(0);
+    let t0 = monotonic_ns();
+    let mut next = t0;
+    let mut fallbacks = 0u64;
+    for i in 1..=c.count {
+        if gap > 0 {
+            while monotonic_ns() < next {
+                std::hint::spin_loop();
+            }
+            next += gap;
+        }
+        let mut m = publisher
+            .claim_message(64)
+            .map_err(|e| format!("claim {i}: {e}"))?;
+        let mut q = m.init_root::<quote::Builder>();
+        q.set_instrument_id((i % 1000) as u32);
+        q.set_bid_px(10_000_000_000 + i as i64);
+        q.set_ask_px(10_000_000_100 + i as i64);
+        q.set_bid_qty((i % 500 + 1) as u32);
+        q.set_ask_qty((i % 700 + 1) as u32);
+        q.set_exchange_ts_ns(i);
+        q.set_seq(i);
+        let done = m
+            .commit_as::<quote::Reader>(i)
+            .map_err(|e| format!("commit {i}: {e}"))?;
+        fallbacks += u64::from(done.fell_back);
+    }
+    let secs = (monotonic_ns() - t0) as f64 / 1e9;
+    println!(
+        "{{\"lang\":\"rust\",\"role\":\"producer\",\"published\":{},\"mps\":{:.0},\"fallbacks\":{fallbacks}}}",
+        c.count,
+        c.count as f64 / secs
+    );
+    Ok(())
+}
