@@ -21,7 +21,7 @@ TEST_CASE("one producer thread and three subscriber threads agree on every messa
   WaitStrategy ws[3] = {WaitStrategy::hybrid, WaitStrategy::futex, WaitStrategy::spin_yield};
   uint64_t batches[3] = {1, 7, 64};
   std::vector<Subscriber> subs;
-  for (auto w : ws) subs.push_back(bus.subscriber(t.guard.topic, {.wait = w}));
+  for (auto w : ws) subs.push_back(bus.subscriber(t.guard.topic, waiting(w)));
   std::atomic<bool> abort{false};
   StressResult res[3];
   std::string perr;

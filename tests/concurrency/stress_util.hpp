@@ -22,6 +22,12 @@ struct StressResult {
   std::vector<uint64_t> per_producer;
 };
 
+inline SubscriberOptions waiting(WaitStrategy w) {
+  SubscriberOptions o;
+  o.wait = w;
+  return o;
+}
+
 inline void random_gap(Rng& rng) {
   uint64_t r = rng.next();
   switch (r & 3) {

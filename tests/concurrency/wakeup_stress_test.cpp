@@ -17,8 +17,8 @@ void wakeups(uint64_t count, bool ack, const char* what) {
   MpTopic t("wake-st", {.capacity = 1 << 16});
   Bus& bus = t.guard.bus;
   Publisher pub = bus.publisher(t.guard.topic);
-  Subscriber lib = bus.subscriber(t.guard.topic, {.wait = WaitStrategy::futex});
-  Subscriber hybrid = bus.subscriber(t.guard.topic, {.wait = WaitStrategy::hybrid});
+  Subscriber lib = bus.subscriber(t.guard.topic, waiting(WaitStrategy::futex));
+  Subscriber hybrid = bus.subscriber(t.guard.topic, waiting(WaitStrategy::hybrid));
   auto m = bus.provider().open(t.guard.topic, 0, Role::subscriber, 5000);
   shm::RingReader strict;
   REQUIRE(strict.join(m->refs(), uint32_t(getpid()), true));

@@ -98,6 +98,7 @@ class BlobCodec {
     if (m.kind == 2) {
       MessageClaim mc(pub, m.size + 64);
       if (!mc) return mc.status();
+      check_zeroed(pub, mc.ring_memory(), m.size + 64);
       auto b = mc.init_root<schema::Blob>();
       b.setSeq(seq);
       b.setProducer(producer);
@@ -117,9 +118,26 @@ class BlobCodec {
     ClaimView c;
     Status s = pub.claim(uint32_t(sizeof h + m.size), c);
     if (s != Status::ok) return s;
+    check_zeroed(pub, c.data, c.size);
     std::memcpy(c.data, &h, sizeof h);
     std::memcpy(c.data + sizeof h, m.body, m.size);
     return pub.commit_clean(uint32_t(sizeof h + m.size), seq, 0);
+  }
+
+  // The ring hands out zeroed memory (P2): Cap'n Proto builds on that promise.
+  static void check_zeroed(Publisher& pub, const std::byte* p, size_t n) {
+    const auto* w = reinterpret_cast<const uint64_t*>(p);
+    uint64_t any = 0;
+    for (size_t i = 0; i < n / 8; ++i) any |= w[i];
+    if (any == 0) return;
+    size_t i = 0;
+    while (w[i] == 0) ++i;
+    const shm::RingRefs& r = pub.refs();
+    throw std::runtime_error(
+        "claimed ring memory is not zero: ring offset " + std::to_string(p - r.ring) + " + " +
+        std::to_string(i * 8) + " holds " + std::to_string(w[i]) + "; claim bytes " +
+        std::to_string(n) + ", tail " + std::to_string(shm::aref(r.data->tail_pos).load(std::memory_order_acquire)) +
+        ", zero_mark " + std::to_string(shm::aref(r.data->zero_mark).load(std::memory_order_acquire)));
   }
 
   Status publish_end(Publisher& pub, uint32_t producer, uint64_t published) const {
