@@ -24,6 +24,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <optional>
@@ -187,6 +188,11 @@ int main(int argc, char** argv) {
               direct ? "direct (no daemon)" : ("through shmbusd (embedded, socket " + socket + ")").c_str());
   std::printf("  %lu quotes paced at %lu/s, then %lu at full speed; an order on 1 quote in %lu\n",
               paced, rate, burst, every);
+  // Latency depends on what else runs: say so next to the figures.
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) == 3)
+    std::printf("  load average %.2f %.2f %.2f on %ld CPUs (other work shares the cores)\n", load[0],
+                load[1], load[2], sysconf(_SC_NPROCESSORS_ONLN));
   std::fflush(stdout);
 
   int rc = 0;
