@@ -30,6 +30,8 @@ int main(int argc, char** argv) {
   app.add_option("--state-dir", o.state_dir, "registry state directory (default <socket dir>/state)");
   app.add_option("--shm-prefix", o.shm_prefix, "segment name prefix under /dev/shm (default shmbusd-<uid>)");
   app.add_option("--reclaim-interval-ms", o.reclaim_interval_ms, "liveness scan period (pidfds react at once)");
+  app.add_option("--durable-hold-ms", o.durable_hold_ms,
+                 "how long a departed durable subscriber's slot keeps its place (and holds a tethered ring)");
   app.add_option("--max-clients", o.max_clients, "connections accepted at once");
   app.add_option("--log-level", o.log_level, "trace|debug|info|warn|error|off");
   app.add_option("--log-file", o.log_file, "write JSON logs here instead of stderr");

@@ -157,12 +157,20 @@ class Registry {
   void persist();
 
  private:
+  struct DurableRec {
+    std::string name;
+    uint64_t position = 0;
+  };
   struct Topic {
     TopicSettings s;
     uint32_t owner_uid = 0;
     uint64_t created_ns = 0;
     std::vector<std::shared_ptr<Partition>> parts;
+    // Durable subscriber records by {name hash, partition} (P11).
+    std::map<std::pair<uint64_t, uint32_t>, DurableRec> durable;
   };
+  void sync_durable(Topic& t);        // refresh record positions from the slots
+  bool expire_parked(uint64_t now_ns);  // frees parked slots older than durable_hold_ms
   void handle(const RegistryCmd& c);
   void reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep = {},
              std::vector<int> fds = {});
@@ -173,6 +181,7 @@ class Registry {
 
   Core& core_;
   std::map<std::string, Topic> topics_;
+  uint64_t last_expiry_ns_ = 0;
 };
 
 class Reaper {

@@ -19,6 +19,7 @@
 #include <sys/timerfd.h>
 
 #include "core.hpp"
+#include "shmbus/spill_format.hpp"
 
 namespace shmbus::daemon {
 
@@ -100,6 +101,19 @@ void Reaper::reclaim_in(Partition& part, pid_t pid) {
     if (aref(s.pid).load(std::memory_order_acquire) != dead) continue;
     uint32_t st = aref(s.state).load(std::memory_order_acquire);
     if (st != shm::kSlotActive && st != shm::kSlotJoining) continue;
+    const uint64_t nh = aref(s.name_hash).load(std::memory_order_relaxed);
+    if (st == shm::kSlotActive && nh != 0 && nh != spill::kArchiverNameHash) {
+      // P11: a durable subscriber's slot is parked, not freed: it keeps its
+      // position (and holds a tethered ring) until its name resumes it or the
+      // registry expires it. The CAS on pid makes parking exclusive with a
+      // resumer's takeover; the heartbeat is the parking time.
+      aref(s.heartbeat_ns).store(shm::monotonic_ns(), std::memory_order_relaxed);
+      uint32_t owner = dead;
+      if (aref(s.pid).compare_exchange_strong(owner, 0, std::memory_order_acq_rel))
+        log_event(core_.instance, LOG_INFO, "durable_parked", part.topic, pid,
+                  "partition " + std::to_string(part.index) + " slot " + std::to_string(i));
+      continue;
+    }
     // The owner is dead: nobody else writes this slot (a joiner only takes FREE).
     if (aref(s.state).compare_exchange_strong(st, shm::kSlotFree, std::memory_order_acq_rel)) {
       part.reclaimed_cursors.fetch_add(1, std::memory_order_relaxed);

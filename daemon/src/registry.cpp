@@ -13,6 +13,7 @@
 #include <kj/exception.h>
 
 #include "core.hpp"
+#include "shmbus/spill_format.hpp"
 
 namespace shmbus::daemon {
 
@@ -42,6 +43,18 @@ bool in(const std::vector<uint32_t>& l, uint32_t v) {
 
 std::string state_file(const Core& c) { return c.opts.state_dir + "/registry.bin"; }
 
+// The ACTIVE slot holding durable name hash `h` in `p`, or null.
+shm::CursorSlot* named_slot(const Partition& p, uint64_t h) {
+  const shm::RingRefs& r = p.refs;
+  for (uint32_t i = 0; i < r.slot_count; ++i) {
+    shm::CursorSlot& s = r.slots[i];
+    if (aref(s.state).load(std::memory_order_acquire) == shm::kSlotActive &&
+        aref(s.name_hash).load(std::memory_order_relaxed) == h)
+      return &s;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 bool Registry::may(const Topic& t, const Peer& p, Role role) const {
@@ -66,6 +79,7 @@ void Registry::load() {
   }
   std::vector<TopicSettings> loaded;
   std::vector<std::pair<uint32_t, uint64_t>> meta;
+  std::vector<std::map<std::pair<uint64_t, uint32_t>, DurableRec>> durable;
   try {
     capnp::ReaderOptions ro;
     ro.traversalLimitInWords = 64ull << 20;
@@ -77,6 +91,9 @@ void Registry::load() {
       if (!spec_from_proto(ti.getSpec(), t, err)) throw Error(ErrorCode::protocol, err);
       loaded.push_back(std::move(t));
       meta.emplace_back(ti.getOwnerUid(), ti.getCreatedNs());
+      auto& d = durable.emplace_back();
+      for (auto dc : ti.getDurable())
+        d[{dc.getNameHash(), dc.getPartition()}] = DurableRec{dc.getName(), dc.getPosition()};
     }
   } catch (const std::exception& e) {
     close(fd);
@@ -98,6 +115,7 @@ void Registry::load() {
     t.s = loaded[i];
     t.owner_uid = meta[i].first;
     t.created_ns = meta[i].second;
+    t.durable = durable[i];
     uint32_t again = 0;
     for (uint32_t p = 0; p < t.s.partitions; ++p) {
       bool re = false;
@@ -120,10 +138,8 @@ void Registry::persist() {
   auto l = st.initTopics(uint32_t(topics_.size()));
   uint32_t i = 0;
   for (auto& [name, t] : topics_) {
-    auto b = l[i++];
-    spec_to_proto(t.s, b.initSpec());
-    b.setOwnerUid(t.owner_uid);
-    b.setCreatedNs(t.created_ns);
+    sync_durable(t);
+    topic_info(t, l[i++]);
   }
   const std::string path = state_file(core_), tmp = path + ".tmp";
   int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -170,6 +186,66 @@ void Registry::topic_info(const Topic& t, proto::TopicInfo::Builder b) {
   spec_to_proto(t.s, b.initSpec());
   b.setOwnerUid(t.owner_uid);
   b.setCreatedNs(t.created_ns);
+  auto dl = b.initDurable(uint32_t(t.durable.size()));
+  uint32_t i = 0;
+  for (auto& [key, rec] : t.durable) {
+    auto d = dl[i++];
+    d.setName(rec.name);
+    d.setNameHash(key.first);
+    d.setPartition(key.second);
+    d.setPosition(rec.position);
+    if (key.second < t.parts.size())
+      if (shm::CursorSlot* s = named_slot(*t.parts[key.second], key.first)) {
+        d.setPosition(aref(s->position).load(std::memory_order_acquire));
+        const bool parked = aref(s->pid).load(std::memory_order_acquire) == 0;
+        d.setParked(parked);
+        d.setLive(!parked);
+      }
+  }
+}
+
+// P11: a record's position follows its slot while the slot exists (live or parked).
+void Registry::sync_durable(Topic& t) {
+  for (auto& [key, rec] : t.durable)
+    if (key.second < t.parts.size())
+      if (shm::CursorSlot* s = named_slot(*t.parts[key.second], key.first))
+        rec.position = aref(s->position).load(std::memory_order_acquire);
+}
+
+// P11 expiry: a parked slot (ACTIVE, pid 0, named) older than durable_hold_ms is
+// taken by CAS pid 0 -> the daemon's pid (so a resumer cannot take it meanwhile),
+// its position recorded, then freed; producers held by it are woken (P7).
+bool Registry::expire_parked(uint64_t now_ns) {
+  const uint64_t hold = uint64_t(core_.opts.durable_hold_ms < 0 ? 0 : core_.opts.durable_hold_ms) * 1'000'000;
+  const uint32_t me = uint32_t(getpid());
+  bool changed = false;
+  for (auto& [name, t] : topics_) {
+    for (auto& part : t.parts) {
+      const shm::RingRefs& r = part->refs;
+      for (uint32_t i = 0; i < r.slot_count; ++i) {
+        shm::CursorSlot& s = r.slots[i];
+        if (aref(s.state).load(std::memory_order_acquire) != shm::kSlotActive) continue;
+        const uint64_t h = aref(s.name_hash).load(std::memory_order_relaxed);
+        if (h == 0 || h == spill::kArchiverNameHash || aref(s.pid).load(std::memory_order_acquire) != 0)
+          continue;
+        const uint64_t since = aref(s.heartbeat_ns).load(std::memory_order_relaxed);
+        if (now_ns < since + hold) continue;
+        uint32_t zero = 0;
+        if (!aref(s.pid).compare_exchange_strong(zero, me, std::memory_order_acq_rel)) continue;
+        const uint64_t pos = aref(s.position).load(std::memory_order_acquire);
+        auto& rec = t.durable[{h, part->index}];
+        rec.position = pos;
+        aref(s.state).store(shm::kSlotFree, std::memory_order_seq_cst);
+        aref(r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);  // P7 wake
+        shm::futex_wake_all(&r.ctl->space_futex);
+        changed = true;
+        log_event(core_.instance, LOG_INFO, "durable_expired", name, 0,
+                  "subscriber '" + rec.name + "' partition " + std::to_string(part->index) +
+                      " position " + std::to_string(pos));
+      }
+    }
+  }
+  return changed;
 }
 
 void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
@@ -290,6 +366,7 @@ void Registry::handle(const RegistryCmd& c) {
       auto it = topics_.find(name);
       if (it == topics_.end())
         return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+      sync_durable(it->second);
       topic_info(it->second, resp.initTopic());
       return reply(peer, mb);
     }
@@ -361,6 +438,31 @@ void Registry::handle(const RegistryCmd& c) {
       for (size_t i = 0; i < sel.size(); ++i) stat_topic(*sel[i], l[uint32_t(i)]);
       return reply(peer, mb);
     }
+    case proto::Request::SAVE_CURSOR: {
+      // P11: a durable subscriber joined under `name`; remember name and position.
+      auto d = req.getSaveCursor();
+      std::string name = d.getTopic();
+      auto it = topics_.find(name);
+      if (it == topics_.end())
+        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+      Topic& t = it->second;
+      if (!may(t, peer, Role::subscriber))
+        return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                           "uid " + std::to_string(peer.uid) + " may not subscribe to '" + name + "'");
+      if (d.getPartition() >= t.parts.size() || d.getName().size() == 0)
+        return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT,
+                           "saveCursor: no such partition, or an empty name");
+      std::string dn = d.getName();
+      if (t.durable.size() >= 4096 && !t.durable.count({durable_name_hash(dn), d.getPartition()}))
+        return reply_error(peer, id, proto::ErrorCode::NO_SLOT, "too many durable names");
+      t.durable[{durable_name_hash(dn), d.getPartition()}] = DurableRec{dn, d.getPosition()};
+      persist();
+      log_event(core_.instance, LOG_INFO, "durable_joined", name, peer.pid,
+                "subscriber '" + dn + "' partition " + std::to_string(d.getPartition()) +
+                    " position " + std::to_string(d.getPosition()));
+      resp.setDone();
+      return reply(peer, mb);
+    }
     default:
       return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT, "request not supported");
   }
@@ -388,8 +490,13 @@ void Registry::run() {
         reply_error(c.peer, 0, proto::ErrorCode::SYSTEM, e.what());
       }
     }
+    const uint64_t now = shm::monotonic_ns();
+    if (now - last_expiry_ns_ >= 50'000'000ull) {
+      last_expiry_ns_ = now;
+      if (expire_parked(now)) persist();
+    }
     if (any) continue;
-    int r = poll(pf, 1, 1000);
+    int r = poll(pf, 1, 50);
     if (r > 0) core_.registry_q.clear_signal();
   }
 }

@@ -157,7 +157,9 @@ bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::
         break;
       }
       case proto::Request::SAVE_CURSOR:
-        if (!text_ok(r.getSaveCursor().getName(), "durable name")) return false;
+        if (!text_ok(r.getSaveCursor().getName(), "durable name") ||
+            !text_ok(r.getSaveCursor().getTopic(), "topic"))
+          return false;
         break;
       default:
         err = "unknown request type";

@@ -66,9 +66,15 @@ struct TopicInfo {
 
 struct DurableCursor {
   # The last released position of a named (durable) subscriber, per partition.
+  # saveCursor: the subscriber joined under `name` at `position` (registers the
+  # name of the slot's hash with the daemon). TopicInfo.durable: the records.
   name @0 :Text;
   partition @1 :UInt32;
   position @2 :UInt64;
+  topic @3 :Text;                 # saveCursor only
+  nameHash @4 :UInt64;            # records: CursorSlot::name_hash of the name
+  parked @5 :Bool;                # records: the slot is parked (holds its position)
+  live @6 :Bool;                  # records: a live subscriber holds the name
 }
 
 struct SubscriberStat {

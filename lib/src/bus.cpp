@@ -23,7 +23,7 @@ Publisher Bus::publisher(const std::string& topic) { return publisher(topic, Pub
 
 Subscriber Bus::subscriber(const std::string& topic, const SubscriberOptions& opts) {
   return Subscriber(provider_->open(topic, opts.partition, Role::subscriber, opts.open_timeout_ms),
-                    opts);
+                    opts, provider_);
 }
 Subscriber Bus::subscriber(const std::string& topic) {
   return subscriber(topic, SubscriberOptions{});

@@ -302,6 +302,27 @@ class DaemonProvider final : public SegmentProvider {
   }
   void remove_topic(const std::string& topic) override { c_->delete_topic(topic); }
   uint32_t partitions(const std::string& topic) override { return c_->partitions(topic); }
+  bool durable_position(const std::string& topic, uint32_t p, const std::string& name,
+                        uint64_t& pos) override {
+    DaemonClient::Reply rep =
+        c_->call([&](proto::Request::Builder r) { r.setDescribeTopic(topic); });
+    for (auto d : rep.get().getTopic().getDurable())
+      if (d.getPartition() == p && d.getName() == name && !d.getParked() && !d.getLive()) {
+        pos = d.getPosition();
+        return true;
+      }
+    return false;
+  }
+  void durable_joined(const std::string& topic, uint32_t p, const std::string& name,
+                      uint64_t pos) override {
+    c_->call([&](proto::Request::Builder r) {
+      auto d = r.initSaveCursor();
+      d.setTopic(topic);
+      d.setName(name);
+      d.setPartition(p);
+      d.setPosition(pos);
+    });
+  }
 
  private:
   std::shared_ptr<DaemonClient> c_;

@@ -27,6 +27,7 @@ const char* to_string(Status s) noexcept {
     case Status::corrupt: return "corrupt frame";
     case Status::malformed: return "malformed message";
     case Status::closed: return "closed";
+    case Status::lapped: return "lapped by the producer";
   }
   return "unknown";
 }
@@ -160,14 +161,22 @@ Status Publisher::wait_for_space(uint32_t max_bytes) {
     bool sleep = opts_.wait == WaitStrategy::futex ||
                  (opts_.wait == WaitStrategy::hybrid && now - start >= uint64_t(opts_.spin_ns));
     if (!sleep || spin_only) {
-      if (opts_.wait == WaitStrategy::spin_yield && iter > 64) sched_yield();
-      else shm::cpu_relax();
+      if (opts_.wait == WaitStrategy::spin_yield && iter > 64) {
+        sched_yield();
+      } else {
+        // Back off between cursor scans: each scan pulls the subscribers' cursor
+        // lines away from them, which slows the very readers we wait for.
+        uint32_t pauses = iter < 6 ? (4u << iter) : 256u;
+        for (uint32_t k = 0; k < pauses; ++k) shm::cpu_relax();
+      }
       continue;
     }
     uint32_t v = w_.begin_space_wait();
     if (!w_.space_available(max_bytes)) {
       uint64_t until = deadline < reclaim_at ? deadline : reclaim_at;
-      shm::futex_wait(w_.space_futex(), v, int64_t(until - now));
+      int64_t slice = int64_t(until - now);
+      if (!w_.space_wait_fenced() && slice > 1'000'000) slice = 1'000'000;
+      shm::futex_wait(w_.space_futex(), v, slice);
     }
     w_.end_space_wait();
   }
@@ -184,6 +193,8 @@ void Publisher::reclaim_dead_cursors() {
     uint32_t gen = aref(s.generation).load(std::memory_order_acquire);
     uint32_t pid = aref(s.pid).load(std::memory_order_acquire);
     if (pid_alive(pid)) continue;
+    // A parked durable slot (P10) is not dead: it waits for its name to resume it.
+    if (pid == 0 && aref(s.name_hash).load(std::memory_order_relaxed) != 0) continue;
     if (aref(s.generation).load(std::memory_order_acquire) != gen) continue;
     uint32_t expect = shm::kSlotActive;
     if (aref(s.state).compare_exchange_strong(expect, shm::kSlotFree, std::memory_order_acq_rel))

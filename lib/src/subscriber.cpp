@@ -1,21 +1,86 @@
 #include "shmbus/subscriber.hpp"
 
 #include <sched.h>
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 namespace shmbus {
 
+uint64_t durable_name_hash(const std::string& name) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a 64
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h ? h : 1;
+}
+
 Subscriber::Subscriber(std::shared_ptr<PartitionMapping> m, const SubscriberOptions& opts)
     : m_(std::move(m)), opts_(opts) {
-  if (!r_.join(m_->refs(), uint32_t(getpid()), opts_.tethered))
-    throw Error(ErrorCode::no_slot, "topic '" + m_->topic() + "' partition " +
-                                        std::to_string(m_->partition()) +
-                                        ": every subscriber slot is taken");
+  open_slot(nullptr);
+}
+
+Subscriber::Subscriber(std::shared_ptr<PartitionMapping> m, const SubscriberOptions& opts,
+                       std::shared_ptr<SegmentProvider> records)
+    : m_(std::move(m)), opts_(opts) {
+  open_slot(records.get());
+}
+
+void Subscriber::open_slot(SegmentProvider* records) {
+  const auto where = [&] {
+    return "topic '" + m_->topic() + "' partition " + std::to_string(m_->partition());
+  };
+  const uint32_t me = uint32_t(getpid());
+  uint64_t h = 0, start = shm::RingReader::kAtTail;
+  if (!opts_.name.empty()) {
+    h = durable_name_hash(opts_.name);
+    // P11: take over the parked slot of this name, if there is one.
+    for (int tries = 0;; ++tries) {
+      uint32_t owner = 0;
+      auto r = r_.resume(m_->refs(), me, opts_.tethered, h, owner);
+      if (r == shm::RingReader::Resume::resumed) {
+        resumed_ = open_ = true;
+        return;
+      }
+      if (r == shm::RingReader::Resume::none) break;
+      // In use: by a live process, or by a dead one nobody has parked yet. A dead
+      // owner makes no further stores, so parking it here (CAS pid -> 0) is safe
+      // against the daemon doing the same (only one CAS wins).
+      if (tries < 4 && owner != me && kill(pid_t(owner), 0) < 0 && errno == ESRCH) {
+        shm::CursorSlot* s = nullptr;
+        for (uint32_t i = 0; i < m_->refs().slot_count; ++i)
+          if (shm::aref(m_->refs().slots[i].name_hash).load(std::memory_order_relaxed) == h &&
+              shm::aref(m_->refs().slots[i].pid).load(std::memory_order_relaxed) == owner)
+            s = &m_->refs().slots[i];
+        if (s) shm::aref(s->pid).compare_exchange_strong(owner, 0, std::memory_order_acq_rel);
+        continue;
+      }
+      throw Error(ErrorCode::already_exists, where() + ": durable subscriber '" + opts_.name +
+                                                 "' is in use by pid " + std::to_string(owner));
+    }
+    uint64_t pos = 0;
+    if (records && records->durable_position(m_->topic(), m_->partition(), opts_.name, pos))
+      start = pos;
+  }
+  if (!r_.join(m_->refs(), me, opts_.tethered, h, start))
+    throw Error(ErrorCode::no_slot, where() + ": every subscriber slot is taken");
   open_ = true;
+  if (h && records) {
+    try {
+      records->durable_joined(m_->topic(), m_->partition(), opts_.name, r_.released());
+    } catch (...) {
+      r_.leave();
+      open_ = false;
+      throw;
+    }
+  }
 }
 
 Subscriber::Subscriber(Subscriber&& o) noexcept
-    : m_(std::move(o.m_)), opts_(o.opts_), r_(o.r_), stats_(o.stats_), open_(o.open_) {
+    : m_(std::move(o.m_)), opts_(o.opts_), r_(o.r_), stats_(o.stats_), open_(o.open_),
+      resumed_(o.resumed_) {
   o.open_ = false;
 }
 
@@ -27,6 +92,7 @@ Subscriber& Subscriber::operator=(Subscriber&& o) noexcept {
     r_ = o.r_;
     stats_ = o.stats_;
     open_ = o.open_;
+    resumed_ = o.resumed_;
     o.open_ = false;
   }
   return *this;
@@ -36,9 +102,28 @@ Subscriber::~Subscriber() { close(); }
 
 void Subscriber::close() {
   if (!open_) return;
+  if (opts_.name.empty()) r_.leave();
+  else r_.park();  // P11: the position stays, under the name
+  open_ = false;
+  m_.reset();
+}
+
+void Subscriber::forget() {
+  if (!open_) return;
   r_.leave();
   open_ = false;
   m_.reset();
+}
+
+Status Subscriber::lapped_now() {
+  ++stats_.lapped;
+  r_.skip_to_tail();
+  return Status::lapped;
+}
+
+Status Subscriber::check(const View& v) const {
+  if (!open_ || !v) return Status::closed;
+  return r_.checked(v.position()) && r_.lapped_at(v.position()) ? Status::lapped : Status::ok;
 }
 
 uint32_t Subscriber::partition() const { return m_ ? m_->partition() : 0; }
@@ -53,6 +138,8 @@ Status Subscriber::poll(View& out) {
       return Status::ok;
     case shm::RingStatus::empty:
       return Status::empty;
+    case shm::RingStatus::lapped:
+      return lapped_now();
     default:
       ++stats_.corrupt;
       return Status::corrupt;

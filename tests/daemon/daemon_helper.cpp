@@ -5,6 +5,7 @@
 //   hang-claim SOCK TOPIC ID K     publish K messages, claim one more, scribble, 'C', hang
 //   sub-hold SOCK TOPIC            subscribe (tethered), poll without releasing, 'H', hang
 //   connect-sub SOCK TOPIC         connect, subscribe, exit 0
+//   sub-durable SOCK TOPIC NAME K  durable subscriber: read and release K messages, 'K', hang
 //   access SOCK TOPIC SHMNAME      try to subscribe and to shm_open the segment; prints
 //                                  "open:<denied|ok|err>" and "shm:<denied|ok|err>"
 //   write-ring SOCK TOPIC          subscribe, then write into the data ring (must fault)
@@ -92,6 +93,22 @@ int main(int argc, char** argv) {
       while (sub.poll(v) == Status::ok) {
       }
       say('H');
+      hang();
+    }
+    if (mode == "sub-durable") {
+      // sub-durable SOCK TOPIC NAME K: durable subscriber NAME reads and releases K
+      // messages, says 'K', hangs (the test kills it).
+      Bus bus = Bus::connect(sock);
+      SubscriberOptions so;
+      so.name = argv[4];
+      Subscriber sub = bus.subscriber(topic, so);
+      uint64_t k = strtoull(argv[5], nullptr, 10);
+      View v;
+      for (uint64_t i = 0; i < k; ++i) {
+        if (sub.poll_wait(v, 10'000'000'000) != Status::ok) return 3;
+        sub.release(v);
+      }
+      say('K');
       hang();
     }
     if (mode == "connect-sub") {

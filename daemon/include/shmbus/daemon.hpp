@@ -28,6 +28,10 @@ struct DaemonOptions {
   std::string log_level = "info";      // trace, debug, info, warn, error, off
   std::string log_file;                // empty: stderr
   uint32_t socket_mode = 0666;         // the socket's permission bits (topics have ACLs)
+  // How long a durable subscriber's parked slot (P10) keeps its place (and, when
+  // tethered, holds the producer back) after its owner closed or died; then it is
+  // freed and its position kept as a record (resumed with a lap check).
+  int64_t durable_hold_ms = 10000;
 };
 
 namespace daemon {

@@ -52,6 +52,12 @@ struct SubscriberOptions {
   int open_timeout_ms = 5000;
   uint64_t traversal_limit_words = 0;  // Cap'n Proto reader limit; 0: payload size based
   int nesting_limit = 64;
+  // Durable name (empty: anonymous). A named subscriber that closes or dies leaves
+  // its cursor slot parked under the name; the next subscriber with that name (on
+  // the same partition) resumes right after the last message released, with no gap
+  // and no duplicate. While parked a tethered slot keeps holding the producer, until
+  // the daemon expires it (DaemonOptions::durable_hold_ms; docs/architecture.md).
+  std::string name;
 };
 
 class Bus {

@@ -25,6 +25,8 @@ enum class Status : uint8_t {
   corrupt,         // the ring holds bytes that are not a valid frame
   malformed,       // a frame's payload is not a valid Cap'n Proto message
   closed,          // the publisher/subscriber/bus was closed
+  lapped,          // untethered subscriber: the producer overwrote what it had not read
+                   // yet; it continues at the producer's tail (messages were lost)
 };
 
 const char* to_string(Status s) noexcept;

@@ -57,7 +57,21 @@ class SegmentProvider {
   virtual void remove_topic(const std::string& topic) = 0;
   // Number of partitions of an existing topic (0 if none).
   virtual uint32_t partitions(const std::string& topic) = 0;
+  // Durable subscribers (P11): the last position recorded for `name` after its
+  // parked slot expired, if any (the daemon keeps these; direct mode does not).
+  virtual bool durable_position(const std::string& /*topic*/, uint32_t /*p*/,
+                                const std::string& /*name*/, uint64_t& /*pos*/) {
+    return false;
+  }
+  // Tells the record keeper that `name` holds a slot at `pos` (so that it can map
+  // the slot's name hash back to the name). Best effort; may throw Error.
+  virtual void durable_joined(const std::string& /*topic*/, uint32_t /*p*/,
+                              const std::string& /*name*/, uint64_t /*pos*/) {}
 };
+
+// The 64-bit hash a durable name is stored as in CursorSlot::name_hash (FNV-1a,
+// never 0, which means anonymous).
+uint64_t durable_name_hash(const std::string& name);
 
 // Creates and maps segments under /dev/shm with Boost.Interprocess, named
 // "<prefix>.<topic>.<partition>.data" and ".ctl".

@@ -46,17 +46,27 @@ struct SubscribeStats {
   uint64_t received = 0;
   uint64_t waits = 0;     // times poll_wait slept on the futex
   uint64_t corrupt = 0;   // polls that found an invalid frame
+  uint64_t lapped = 0;    // times the producer overtook this (untethered) subscriber
 };
 
 class Subscriber {
  public:
   Subscriber(std::shared_ptr<PartitionMapping> m, const SubscriberOptions& opts);
+  // With the provider, for durable names (resume records kept by the daemon).
+  Subscriber(std::shared_ptr<PartitionMapping> m, const SubscriberOptions& opts,
+             std::shared_ptr<SegmentProvider> records);
   Subscriber(Subscriber&&) noexcept;
   Subscriber& operator=(Subscriber&&) noexcept;
   ~Subscriber();
 
-  // Next message, if any. Never blocks.
+  // Next message, if any. Never blocks. An untethered subscriber that the producer
+  // overtook gets Status::lapped once (never overwritten bytes), then continues at
+  // the producer's tail; the sequence numbers show the gap.
   Status poll(View& out);
+  // Untethered subscribers read ring memory the producer may reuse: after reading
+  // a view, check(view) says whether what was read is intact (ok) or may have been
+  // overwritten meanwhile (lapped: discard what was read). Always ok when tethered.
+  Status check(const View& v) const;
   // Next message, waiting up to timeout_ns (<0: forever) per the wait strategy.
   Status poll_wait(View& out, int64_t timeout_ns);
   // Frees `v` and every view polled before it.
@@ -87,14 +97,21 @@ class Subscriber {
   uint32_t partition() const;
   const SubscriberOptions& options() const { return opts_; }
   const shm::RingRefs& refs() const { return r_.refs(); }
+  // Closes; a durable (named) subscriber's slot is parked, not freed.
   void close();
+  // A durable subscriber gives up its name: the slot is freed, nothing is kept.
+  void forget();
+  bool resumed() const { return resumed_; }  // true if it took over a parked slot
 
  private:
+  void open_slot(SegmentProvider* records);
+  Status lapped_now();
   std::shared_ptr<PartitionMapping> m_;
   SubscriberOptions opts_;
   shm::RingReader r_;
   SubscribeStats stats_;
   bool open_ = false;
+  bool resumed_ = false;
 };
 
 }  // namespace shmbus

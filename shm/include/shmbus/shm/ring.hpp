@@ -5,6 +5,8 @@
 //   P1 claim/commit      P2 zero-ahead       P3 wrap (padding frame)
 //   P4 cursor release    P5 subscriber join  P6 data wait/wake   P7 space wait/wake
 //   P8 claim intent (multi-producer; lets a reclaimer pad a dead producer's claim)
+//   P9 lap detection (untethered readers re-check zero_intent)
+//   P11 durable park / resume (a named cursor slot outlives its owner)
 // Every acquire/release pair carries the same SYNC(label); `grep 'SYNC('` lists them.
 //
 // No allocation, no syscalls except futex. Positions are 64-bit byte offsets that
@@ -39,6 +41,7 @@ enum class RingStatus : uint8_t {
   back_pressured,  // the ring is full up to the slowest live tethered cursor
   too_large,       // the frame can never fit
   corrupt,         // the bytes at the read position are not a valid frame
+  lapped,          // untethered reader: the producer overwrote the read position (P9)
 };
 
 template <class T>
@@ -81,7 +84,11 @@ inline void bind_producer_table(RingRefs& r, size_t ctl_bytes) {
 // subscriber released them; pairs with the release in RingReader::release_to().
 inline uint64_t min_live_cursor(const RingRefs& r, uint64_t none) {
   uint64_t m = none;
-  for (uint32_t i = 0; i < r.slot_count; ++i) {
+  // seq_cst: a joiner raises slot_hwm before its seq_cst state store (P5), so a
+  // scan that misses the raise also misses the slot, and the P5 argument holds.
+  uint32_t n = aref(r.ctl->slot_hwm).load(std::memory_order_seq_cst);
+  if (n == 0 || n > r.slot_count) n = r.slot_count;
+  for (uint32_t i = 0; i < n; ++i) {
     CursorSlot& s = r.slots[i];
     // seq_cst: pairs with the seq_cst state store/tail load in join (P5).
     if (aref(s.state).load(std::memory_order_seq_cst) != kSlotActive) continue;
@@ -281,8 +288,13 @@ class RingWriter {
   // to wait on; call end_space_wait() afterwards.
   uint32_t begin_space_wait() {
     aref(r_.ctl->space_waiters).fetch_add(1, std::memory_order_seq_cst);
+    // P7 heavy side: subscribers release with a plain store + compiler barrier.
+    space_fenced_ = asym_fence_heavy();
     return aref(r_.ctl->space_futex).load(std::memory_order_seq_cst);
   }
+  // False when the membarrier of the last begin_space_wait() was refused: sleep in
+  // short slices then (a missed wake-up costs one slice).
+  bool space_wait_fenced() const { return space_fenced_; }
   void end_space_wait() { aref(r_.ctl->space_waiters).fetch_sub(1, std::memory_order_seq_cst); }
   // True if a claim of payload_max would succeed now (re-reads the cursors).
   bool space_available(uint32_t payload_max) {
@@ -444,9 +456,16 @@ class RingWriter {
   }
 
   void publish_commit(FrameHeader* h, uint64_t word, bool notify) {
-    if (notify) {
-      // SYNC(frame.commit) release + P6: seq_cst so that the waiter check below
-      // cannot be reordered before the commit (store-load; Dekker with the reader).
+    if (notify && light_) {
+      // SYNC(frame.commit) release + P6 light side: the compiler barrier keeps the
+      // waiter check after the commit; the CPU is ordered by the sleeper's
+      // membarrier (asym_fence_heavy in RingReader::wait).
+      aref(h->commit).store(word, std::memory_order_release);
+      asym_fence_light();
+      notify_subscribers();
+    } else if (notify) {
+      // SYNC(frame.commit) release + P6 without membarrier: seq_cst so that the
+      // waiter check below cannot be reordered before the commit (Dekker).
       aref(h->commit).exchange(word, std::memory_order_seq_cst);
       notify_subscribers();
     } else {
@@ -492,6 +511,8 @@ class RingWriter {
   uint64_t zero_mark_ = 0;  // SP: local copy of the zero watermark
   uint64_t limit_ = 0;      // cached min(cursor) + capacity
   uint64_t zero_chunk_ = 16384;
+  bool light_ = asym_fence_available();  // P6 light side allowed
+  bool space_fenced_ = true;
 };
 
 // ---------------------------------------------------------------------------
@@ -508,10 +529,16 @@ class RingReader {
  public:
   RingReader() = default;
 
-  // P5: take a free cursor slot and start at the current tail. Returns false when
+  static constexpr uint64_t kAtTail = ~uint64_t(0);
+
+  // P5: take a free cursor slot and start at the current tail (or at `start`, a
+  // frame boundary remembered from an earlier session: P11). Returns false when
   // every slot is taken.
-  bool join(const RingRefs& r, uint32_t pid, bool tethered, uint64_t name_hash = 0) {
+  bool join(const RingRefs& r, uint32_t pid, bool tethered, uint64_t name_hash = 0,
+            uint64_t start = kAtTail) {
     r_ = r;
+    tethered_ = tethered;
+    check_below_ = 0;
     for (uint32_t i = 0; i < r.slot_count; ++i) {
       CursorSlot& s = r.slots[i];
       uint32_t expect = kSlotFree;
@@ -519,23 +546,99 @@ class RingReader {
         continue;
       slot_ = &s;
       slot_index_ = i;
+      raise_slot_hwm(r, i + 1);
       aref(s.pid).store(pid, std::memory_order_relaxed);
       aref(s.flags).store(tethered ? kSlotTethered : 0u, std::memory_order_relaxed);
       aref(s.name_hash).store(name_hash, std::memory_order_relaxed);
       aref(s.generation).fetch_add(1, std::memory_order_relaxed);
       aref(s.heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
       uint64_t t1 = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
+      if (start != kAtTail && start < t1) t1 = start;
       aref(s.position).store(t1, std::memory_order_release);
       // seq_cst store then seq_cst load of the tail: pairs with the seq_cst RMW and
       // slot scan in RingWriter::refresh_limit (P5). Either the producer sees us,
       // or we see a tail at least as new as the one its limit was computed from.
       aref(s.state).store(kSlotActive, std::memory_order_seq_cst);
       uint64_t t2 = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
+      if (start != kAtTail && start < t2) {
+        // P11: a producer that missed our slot may still overwrite up to its cached
+        // limit, <= t2 + capacity; frames below t2 are checked as untethered (P9).
+        check_below_ = t2;
+        t2 = start;
+      }
       aref(s.position).store(t2, std::memory_order_release);
       read_pos_ = released_ = t2;
       return true;
     }
     return false;
+  }
+
+  enum class Resume : uint8_t { resumed, none, in_use };
+  // P11: take over the parked slot of durable name `name_hash` (ACTIVE, pid 0):
+  // the CAS of pid 0 -> ours is the ownership transfer, so that the daemon's expiry
+  // (which CASes pid 0 -> its own) and a second resumer cannot both win. The slot
+  // never stopped holding the producer (when tethered), so the read position is
+  // exactly the last release. `owner` gets the pid of a live owner (in_use).
+  Resume resume(const RingRefs& r, uint32_t pid, bool tethered, uint64_t name_hash,
+                uint32_t& owner) {
+    for (uint32_t i = 0; i < r.slot_count; ++i) {
+      CursorSlot& s = r.slots[i];
+      if (aref(s.state).load(std::memory_order_acquire) != kSlotActive) continue;
+      if (aref(s.name_hash).load(std::memory_order_relaxed) != name_hash) continue;
+      uint32_t expect = 0;
+      if (!aref(s.pid).compare_exchange_strong(expect, pid, std::memory_order_acq_rel)) {
+        owner = expect;
+        return Resume::in_use;
+      }
+      // The slot may have been freed (expired) between the state load and the CAS.
+      if (aref(s.state).load(std::memory_order_seq_cst) != kSlotActive) {
+        aref(s.pid).store(0, std::memory_order_relaxed);
+        continue;
+      }
+      r_ = r;
+      slot_ = &s;
+      slot_index_ = i;
+      tethered_ = tethered;
+      check_below_ = 0;
+      aref(s.generation).fetch_add(1, std::memory_order_relaxed);
+      aref(s.heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
+      aref(s.flags).store(tethered ? kSlotTethered : 0u, std::memory_order_seq_cst);
+      // SYNC(cursor) acquire: the position the previous owner released (P4).
+      read_pos_ = released_ = aref(s.position).load(std::memory_order_acquire);
+      return Resume::resumed;
+    }
+    return Resume::none;
+  }
+
+  // P11: leaves the slot ACTIVE under its durable name with pid 0 ("parked"): it
+  // keeps its position (and, tethered, keeps holding the producer) until its name
+  // resumes it or the daemon expires it. The heartbeat is the parking time.
+  void park() {
+    if (!slot_) return;
+    aref(slot_->heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
+    aref(slot_->pid).store(0, std::memory_order_release);
+    slot_ = nullptr;
+  }
+
+  // P9: true if ring bytes at `pos` read so far may have been overwritten by a
+  // later lap. Call after reading them.
+  bool lapped_at(uint64_t pos) const {
+    // SYNC(zero_intent) acquire fence: pairs with the release fence in
+    // RingWriter::announce_zero(); if our reads saw any byte of the next lap's
+    // zeroing, the load below sees the intent stored before it.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return aref(r_.data->zero_intent).load(std::memory_order_relaxed) > pos + r_.capacity;
+  }
+  // Whether frames at `pos` need the P9 check (untethered, or below the join tail
+  // of a tethered reader that joined at an old position).
+  bool checked(uint64_t pos) const { return !tethered_ || pos < check_below_; }
+
+  // After a lap: continue at the producer's tail (a frame boundary), releasing all.
+  void skip_to_tail() {
+    uint64_t t = aref(r_.data->tail_pos).load(std::memory_order_acquire);
+    read_pos_ = t;
+    if (tethered_) check_below_ = 0;
+    release_to(t);
   }
 
   // Gives the slot back; a producer blocked on this cursor may proceed.
@@ -563,16 +666,22 @@ class RingReader {
       // SYNC(frame.commit) acquire: the header and payload written before the
       // commit are visible; pairs with the release/seq_cst in publish_commit().
       uint64_t w = aref(const_cast<FrameHeader*>(h)->commit).load(std::memory_order_acquire);
-      if (w == 0) return RingStatus::empty;
+      const bool chk = checked(read_pos_);
+      if (w == 0) return chk && lapped_at(read_pos_) ? RingStatus::lapped : RingStatus::empty;
       const uint32_t len = commit_length(w);
       const uint16_t type = commit_type(w);
-      if (len < 8 || (len & 7) || off + len > r_.capacity) return RingStatus::corrupt;
+      if (len < 8 || (len & 7) || off + len > r_.capacity)
+        return chk && lapped_at(read_pos_) ? RingStatus::lapped : RingStatus::corrupt;
       if (type == kFramePad) {
+        if (chk && lapped_at(read_pos_)) return RingStatus::lapped;
         read_pos_ += len;
         continue;
       }
-      if (type != kFrameData || len < kFrameHeaderSize) return RingStatus::corrupt;
+      if (type != kFrameData || len < kFrameHeaderSize)
+        return chk && lapped_at(read_pos_) ? RingStatus::lapped : RingStatus::corrupt;
       const uint32_t plen = h->payload_len;
+      // P9: the header (commit word and payload_len) was read; still this lap's?
+      if (chk && lapped_at(read_pos_)) return RingStatus::lapped;
       if (plen > len - kFrameHeaderSize) return RingStatus::corrupt;
       v.hdr = h;
       v.payload = reinterpret_cast<const std::byte*>(h) + kFrameHeaderSize;
@@ -590,7 +699,14 @@ class RingReader {
     // SYNC(cursor) release: our reads of the frames below pos happen-before the
     // producer's reuse; seq_cst (exchange) so the space-waiter check that follows
     // cannot move above it (P7).
-    aref(slot_->position).exchange(pos, std::memory_order_seq_cst);
+    if (light_) {
+      // P7 light side: a compiler barrier; the blocked producer's membarrier
+      // orders the CPU (begin_space_wait).
+      aref(slot_->position).store(pos, std::memory_order_release);
+      asym_fence_light();
+    } else {
+      aref(slot_->position).exchange(pos, std::memory_order_seq_cst);
+    }
     wake_producers();
   }
   void release_all() { release_to(read_pos_); }
@@ -603,9 +719,14 @@ class RingReader {
   bool wait(int64_t timeout_ns) {
     if (has_data()) return true;
     aref(r_.ctl->data_waiters).fetch_add(1, std::memory_order_seq_cst);
+    // P6 heavy side: producers commit with a plain store + compiler barrier; the
+    // membarrier makes each running producer execute a full barrier, so either
+    // its commit is visible to the re-check below or it sees data_waiters != 0.
+    const bool fenced = asym_fence_heavy();
     uint32_t v = aref(r_.ctl->data_futex).load(std::memory_order_seq_cst);
     bool ready = has_data_sc();
     if (!ready) {
+      if (!fenced && (timeout_ns < 0 || timeout_ns > 1'000'000)) timeout_ns = 1'000'000;
       futex_wait(&r_.ctl->data_futex, v, timeout_ns);
       ready = has_data();
     }
@@ -613,9 +734,11 @@ class RingReader {
     return ready;
   }
 
+  // True when poll() has something to say: a frame, or (checked readers) a lap.
   bool has_data() const {
     const FrameHeader* h = r_.frame_at(read_pos_);
-    return aref(const_cast<FrameHeader*>(h)->commit).load(std::memory_order_acquire) != 0;
+    return aref(const_cast<FrameHeader*>(h)->commit).load(std::memory_order_acquire) != 0 ||
+           (checked(read_pos_) && lapped_at(read_pos_));
   }
 
   void heartbeat(uint64_t now_ns) {
@@ -625,7 +748,8 @@ class RingReader {
  private:
   bool has_data_sc() const {
     const FrameHeader* h = r_.frame_at(read_pos_);
-    return aref(const_cast<FrameHeader*>(h)->commit).load(std::memory_order_seq_cst) != 0;
+    return aref(const_cast<FrameHeader*>(h)->commit).load(std::memory_order_seq_cst) != 0 ||
+           (checked(read_pos_) && lapped_at(read_pos_));
   }
   void wake_producers() {
     // seq_cst: pairs with begin_space_wait (P7).
@@ -640,6 +764,17 @@ class RingReader {
   uint32_t slot_index_ = 0;
   uint64_t read_pos_ = 0;
   uint64_t released_ = 0;
+  bool light_ = asym_fence_available();  // P7 light side allowed
+
+  // P5: slot_hwm only grows; seq_cst so it precedes our seq_cst state store.
+  static void raise_slot_hwm(const RingRefs& r, uint32_t n) {
+    uint32_t cur = aref(r.ctl->slot_hwm).load(std::memory_order_seq_cst);
+    while (cur < n &&
+           !aref(r.ctl->slot_hwm).compare_exchange_weak(cur, n, std::memory_order_seq_cst)) {
+    }
+  }
+  bool tethered_ = true;
+  uint64_t check_below_ = 0;  // P11: frames below this position get the P9 check
 };
 
 // Initialises freshly created (zero-filled) segments. The layout version is
