@@ -143,6 +143,12 @@ class EmbeddedProvider final : public SegmentProvider {
   }
   void remove_topic(const std::string& t) override { inner_->remove_topic(t); }
   uint32_t partitions(const std::string& t) override { return inner_->partitions(t); }
+  bool durable_position(const std::string& t, uint32_t p, const std::string& n, uint64_t& pos) override {
+    return inner_->durable_position(t, p, n, pos);
+  }
+  void durable_joined(const std::string& t, uint32_t p, const std::string& n, uint64_t pos) override {
+    inner_->durable_joined(t, p, n, pos);
+  }
 
  private:
   std::shared_ptr<Daemon> d_;

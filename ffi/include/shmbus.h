@@ -57,6 +57,7 @@ extern "C" {
 #define SHMBUS_E_NOT_CONNECTED (-10015)     /* no daemon at the socket */
 #define SHMBUS_E_INTERNAL (-10016)          /* a bug: please report with shmbus_last_error() */
 #define SHMBUS_E_UNSUPPORTED (-10017)       /* not available in this build / mode */
+#define SHMBUS_E_LAPPED (-10018)            /* untethered: overtaken by the producer; continues at its tail */
 
 /* ---- enums (plain integers in structs) ----------------------------------- */
 #define SHMBUS_POLICY_BLOCK 0
@@ -235,6 +236,10 @@ SHMBUS_API int shmbus_subscriber_poll_batch(shmbus_subscriber_t* sub, shmbus_vie
                                             size_t max, int64_t timeout_ns, size_t* n);
 /* Releases `v` and every view polled before it. */
 SHMBUS_API int shmbus_subscriber_release(shmbus_subscriber_t* sub, const shmbus_view_t* v);
+/* Untethered subscribers: after reading a view in place, OK if what was read is
+ * intact, SHMBUS_E_LAPPED if the producer may have overwritten it meanwhile (discard
+ * it). Always OK for a tethered subscriber. */
+SHMBUS_API int shmbus_subscriber_check(const shmbus_subscriber_t* sub, const shmbus_view_t* v);
 /* Releases every view polled so far. */
 SHMBUS_API int shmbus_subscriber_release_all(shmbus_subscriber_t* sub);
 /* Waits until a message may be available: OK, or SHMBUS_E_TIMED_OUT. */

@@ -22,6 +22,7 @@
 #include <kj/exception.h>
 
 #include "shmbus/bus.hpp"
+#include "shmbus/daemon.hpp"
 #include "shmbus/error.hpp"
 #include "shmbus/publisher.hpp"
 #include "shmbus/subscriber.hpp"
@@ -100,6 +101,7 @@ int code_of(shmbus::Status s) noexcept {
     case shmbus::Status::corrupt: return SHMBUS_E_CORRUPT;
     case shmbus::Status::malformed: return SHMBUS_E_MALFORMED;
     case shmbus::Status::closed: return SHMBUS_E_CLOSED;
+    case shmbus::Status::lapped: return SHMBUS_E_LAPPED;
   }
   return SHMBUS_E_INTERNAL;
 }
@@ -197,6 +199,7 @@ const char* shmbus_strerror(int rc) {
     case SHMBUS_E_NOT_CONNECTED: return "not connected: no daemon at the socket";
     case SHMBUS_E_INTERNAL: return "internal error (a bug: please report with shmbus_last_error())";
     case SHMBUS_E_UNSUPPORTED: return "unsupported in this build or mode";
+    case SHMBUS_E_LAPPED: return "lapped: the producer overwrote unread messages (continuing at its tail)";
     default: break;
   }
   if (rc < 0 && rc > -4096) {
@@ -241,11 +244,15 @@ int shmbus_bus_connect(const char* socket_path, shmbus_bus_t** out) {
 }
 
 int shmbus_bus_open_embedded(const char* state_dir, shmbus_bus_t** out) {
-  (void)state_dir;
   if (!out) return invalid("shmbus_bus_open_embedded: ", "out is NULL");
   *out = nullptr;
-  return fail(SHMBUS_E_UNSUPPORTED, "shmbus_bus_open_embedded: ",
-              "this build has no embedded daemon yet (use shmbus_bus_open_direct)");
+  SHIM_BEGIN
+  shmbus::DaemonOptions o;
+  if (state_dir) o.state_dir = state_dir;
+  o.log_level = "warn";
+  *out = new shmbus_bus{shmbus::open_embedded(o), ""};
+  return SHMBUS_OK;
+  SHIM_END("shmbus_bus_open_embedded")
 }
 
 void shmbus_bus_close(shmbus_bus_t* bus) { delete bus; }
@@ -571,9 +578,6 @@ int shmbus_subscriber_open(shmbus_bus_t* bus, const char* topic,
     if (opts->start != SHMBUS_START_LATEST)
       return fail(SHMBUS_E_UNSUPPORTED, "shmbus_subscriber_open: ",
                   "start positions other than LATEST need durable topics (not in this build)");
-    if (opts->name)
-      return fail(SHMBUS_E_UNSUPPORTED, "shmbus_subscriber_open: ",
-                  "named (durable) subscribers need the daemon (not in this build)");
     if (opts->spin_ns < 0 || opts->open_timeout_ms < 0)
       return invalid("shmbus_subscriber_open: ", "negative spin_ns or timeout");
     o.partition = opts->partition;
@@ -581,6 +585,7 @@ int shmbus_subscriber_open(shmbus_bus_t* bus, const char* topic,
     o.wait = shmbus::WaitStrategy(opts->wait);
     o.spin_ns = opts->spin_ns;
     o.open_timeout_ms = opts->open_timeout_ms;
+    if (opts->name) o.name = opts->name;
   }
   shmbus::Subscriber s = bus->bus.subscriber(topic, o);
   uint64_t pos = s.position();
@@ -643,6 +648,19 @@ int shmbus_subscriber_poll_batch(shmbus_subscriber_t* sub, shmbus_view_t* views,
   // A corrupt frame after good ones is reported by the next poll.
   *n = k;
   return SHMBUS_OK;
+}
+
+int shmbus_subscriber_check(const shmbus_subscriber_t* sub, const shmbus_view_t* v) {
+  if (!sub || !v || !v->data) {
+    set_static("check: sub, v or v->data is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  shmbus::shm::FrameView f;
+  f.hdr = reinterpret_cast<const shmbus::shm::FrameHeader*>(v->data - shmbus::shm::kFrameHeaderSize);
+  f.payload = reinterpret_cast<const std::byte*>(v->data);
+  f.pos = v->position;
+  f.next = v->next_position;
+  return status(sub->sub.check(shmbus::View(f)));
 }
 
 int shmbus_subscriber_release(shmbus_subscriber_t* sub, const shmbus_view_t* v) {

@@ -73,11 +73,40 @@ static void test_bus_errors(void) {
   CHECK_RC(shmbus_bus_connect("/nonexistent/shmbus.sock", &bus), SHMBUS_E_NOT_CONNECTED);
   CHECK(bus == NULL);
   {
-    /* Unsupported until the embedded daemon is in; then it must work. */
-    int rc = shmbus_bus_open_embedded(NULL, &bus);
-    CHECK(rc == SHMBUS_E_UNSUPPORTED || rc == SHMBUS_OK);
-    CHECK((rc == SHMBUS_OK) == (bus != NULL));
+    /* An embedded daemon: the same calls, through a daemon thread in this process. */
+    CHECK_RC(shmbus_bus_open_embedded(NULL, &bus), SHMBUS_OK);
+    CHECK(bus != NULL);
+    if (bus) {
+      shmbus_topic_config_t cfg;
+      shmbus_topic_config_init(&cfg);
+      cfg.capacity = 8192;
+      CHECK_RC(shmbus_topic_create(bus, "emb.c", &cfg), SHMBUS_OK);
+      shmbus_publisher_t* pub = NULL;
+      shmbus_subscriber_t* sub = NULL;
+      shmbus_subscriber_options_t so;
+      shmbus_subscriber_options_init(&so);
+      so.name = "c-durable";
+      CHECK_RC(shmbus_publisher_open(bus, "emb.c", NULL, &pub), SHMBUS_OK);
+      CHECK_RC(shmbus_subscriber_open(bus, "emb.c", &so, &sub), SHMBUS_OK);
+      if (pub && sub) {
+        shmbus_view_t v;
+        CHECK_RC(shmbus_publisher_offer(pub, "abc", 3, 7, 0), SHMBUS_OK);
+        CHECK_RC(shmbus_publisher_offer(pub, "de", 2, 8, 0), SHMBUS_OK);
+        CHECK_RC(shmbus_subscriber_poll_wait(sub, &v, 1000000000), SHMBUS_OK);
+        CHECK(v.size == 3 && memcmp(v.data, "abc", 3) == 0);
+        CHECK_RC(shmbus_subscriber_check(sub, &v), SHMBUS_OK);
+        CHECK_RC(shmbus_subscriber_release(sub, &v), SHMBUS_OK);
+        shmbus_subscriber_close(sub); /* parked under its name */
+        sub = NULL;
+        CHECK_RC(shmbus_subscriber_open(bus, "emb.c", &so, &sub), SHMBUS_OK);
+        CHECK_RC(shmbus_subscriber_poll_wait(sub, &v, 1000000000), SHMBUS_OK);
+        CHECK(v.size == 2 && v.message_id == 8); /* resumed right after "abc" */
+      }
+      shmbus_subscriber_close(sub);
+      shmbus_publisher_close(pub);
+    }
     shmbus_bus_close(bus);
+    bus = NULL;
   }
   shmbus_bus_close(NULL); /* no-op */
   shmbus_publisher_close(NULL);
@@ -174,8 +203,12 @@ static void test_open_errors(shmbus_bus_t* bus) {
   so.start = 42;
   CHECK_RC(shmbus_subscriber_open(bus, "t.a", &so, &sub), SHMBUS_E_INVALID_ARGUMENT);
   so.start = SHMBUS_START_LATEST;
-  so.name = "durable";
-  CHECK_RC(shmbus_subscriber_open(bus, "t.a", &so, &sub), SHMBUS_E_UNSUPPORTED);
+  so.name = "durable"; /* untethered: its parked slot (after close) holds nothing */
+  so.tethered = 0;
+  CHECK_RC(shmbus_subscriber_open(bus, "t.a", &so, &sub), SHMBUS_OK);
+  shmbus_subscriber_close(sub);
+  sub = NULL;
+  so.tethered = 1;
   so.name = NULL;
   so.size = 3;
   CHECK_RC(shmbus_subscriber_open(bus, "t.a", &so, &sub), SHMBUS_E_INVALID_ARGUMENT);
