@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <sched.h>
 #include <unistd.h>
@@ -16,6 +17,12 @@ bool pid_alive(uint32_t pid) {
   return kill(pid_t(pid), 0) == 0 || errno == EPERM;
 }
 }  // namespace
+
+static std::string hex(uint64_t v) {
+  char b[17];
+  std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
+  return b;
+}
 
 const char* to_string(Status s) noexcept {
   switch (s) {
@@ -37,6 +44,12 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
   const shm::RingRefs& r = m_->refs();
   const bool multi = r.data->flags & shm::kFlagMultiProducer;
   const uint32_t me = uint32_t(getpid());
+  // The topic's root type (written by the segment's creator, the daemon in daemon
+  // mode) against the one this producer builds: refused before anything is written.
+  if (opts_.schema_id != 0 && r.data->schema_id != 0 && opts_.schema_id != r.data->schema_id)
+    throw Error(ErrorCode::incompatible,
+                "topic '" + m_->topic() + "' carries Cap'n Proto root type @0x" + hex(r.data->schema_id) +
+                    ", this publisher builds @0x" + hex(opts_.schema_id) + ": incompatible schema");
   if (!multi) {
     // Single-producer partition: take exclusive ownership, or take over from a dead owner.
     uint32_t owner = 0;

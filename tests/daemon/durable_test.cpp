@@ -245,3 +245,22 @@ TEST_CASE("a parked slot holds the producer until durable_hold_ms, then its reco
   REQUIRE(a.poll_wait(v, 5'000'000'000) == Status::ok);
   CHECK(counter_of(v) == n);
 }
+
+TEST_CASE("a publisher whose root type differs from the topic's schema is refused with a clear error",
+          "[daemon][schema]") {
+  Embedded e(1000);
+  Bus bus = e.bus();
+  bus.create_topic("sch.t", {.capacity = 8192, .schema_id = 0xabcdef0123456789ull});
+  PublisherOptions po;
+  po.schema_id = 0x1111;
+  try {
+    Publisher p = bus.publisher("sch.t", po);
+    FAIL("an incompatible publisher was accepted");
+  } catch (const Error& err) {
+    CHECK(err.code() == ErrorCode::incompatible);
+    CHECK(std::string(err.what()).find("abcdef0123456789") != std::string::npos);
+  }
+  po.schema_id = 0xabcdef0123456789ull;
+  Publisher ok = bus.publisher("sch.t", po);  // the same type, and 0 (unsaid), are fine
+  CHECK(ok.offer("x", 1) == Status::ok);
+}

@@ -42,6 +42,10 @@ struct PublisherOptions {
   // (replay by time then has no timestamps from this publisher). offer_batch
   // reads the clock once per batch either way.
   bool stamp_frames = true;
+  // Cap'n Proto type id of the root struct this publisher builds (0: not said). When
+  // both it and the topic's schema_id are non-zero they must match, else opening the
+  // publisher throws Error(incompatible).
+  uint64_t schema_id = 0;
 };
 
 struct SubscriberOptions {
