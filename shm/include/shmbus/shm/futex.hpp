@@ -2,10 +2,12 @@
 // Never FUTEX_PRIVATE_FLAG: the waiters and wakers live in different processes.
 #pragma once
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <ctime>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -33,6 +35,31 @@ inline int futex_wake_all(uint32_t* word) {
   long rc = syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
   return rc < 0 ? -errno : int(rc);
 }
+
+// Asymmetric fences (membarrier(2), Linux >= 4.16). The frequent side of a
+// Dekker handshake (a producer's commit, a subscriber's cursor release) then needs
+// only a compiler barrier between its store and its load; the rare side (a
+// process about to sleep on a futex) pays one membarrier call (~1 us), which makes
+// every running registered thread execute a full barrier. Every process that maps
+// a ring registers once (asym_fence_available()). If registration is refused
+// (old kernel, seccomp), that process uses seq_cst read-modify-writes on its
+// frequent side instead, which is correct on its own.
+inline bool asym_fence_available() {
+  static const bool ok = [] {
+    long q = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    if (q < 0 || !(q & MEMBARRIER_CMD_GLOBAL_EXPEDITED)) return false;
+    return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
+  }();
+  return ok;
+}
+// The heavy side: returns false when the kernel refused (the caller then sleeps
+// in short bounded slices, so a missed wake-up costs at most one slice).
+inline bool asym_fence_heavy() {
+  return syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0;
+}
+// The light side: orders the preceding store before the following load for the
+// compiler; the CPU is ordered by the heavy side's membarrier.
+inline void asym_fence_light() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 
 inline uint64_t monotonic_ns() {
   timespec ts;
