@@ -83,7 +83,7 @@ TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged
   const std::string pdir = spill::partition_dir(dir.path, topic, 0);
 
   // The first archiver must exist before the producer, or early frames are not durable.
-  Child c = spawn_archiver(prefix, topic, dir.path, "batch", "262144");
+  Child c = spawn_archiver(prefix, topic, dir.path, "batch", "1048576");
 
   std::atomic<bool> stop{false}, failed{false};
   std::atomic<uint64_t> produced{0};
@@ -95,6 +95,13 @@ TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged
         return;
       }
       produced.store(i, std::memory_order_release);
+      // Load shape, not synchronisation: about 250k messages/s, so a run of 100
+      // kills writes tens of MB over a few dozen segment files instead of filling
+      // the disk with tens of thousands of them at full speed.
+      if (i % 256 == 0) {
+        timespec pace{0, 1'000'000};
+        nanosleep(&pace, nullptr);
+      }
     }
   });
   auto mapping = bus.provider().open(topic, 0, Role::admin, 5000);
@@ -120,7 +127,7 @@ TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged
     REQUIRE(acked >= max_acked);
     max_acked = acked;
     // Restart: recovery runs in the new archiver; then check what was acknowledged.
-    c = spawn_archiver(prefix, topic, dir.path, "batch", "262144");
+    c = spawn_archiver(prefix, topic, dir.path, "batch", "1048576");
     check_range(pdir, verified + 1, acked);
     verified = acked;
   }
