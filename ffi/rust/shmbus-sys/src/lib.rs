@@ -33,6 +33,7 @@ pub const SHMBUS_E_PROTOCOL: c_int = -10014;
 pub const SHMBUS_E_NOT_CONNECTED: c_int = -10015;
 pub const SHMBUS_E_INTERNAL: c_int = -10016;
 pub const SHMBUS_E_UNSUPPORTED: c_int = -10017;
+pub const SHMBUS_E_LAPPED: c_int = -10018;
 
 // ---- enums (plain integers in structs) ------------------------------------
 pub const SHMBUS_POLICY_BLOCK: u32 = 0;
@@ -295,6 +296,7 @@ extern "C" {
         n: *mut usize,
     ) -> c_int;
     pub fn shmbus_subscriber_release(sub: *mut shmbus_subscriber_t, v: *const shmbus_view_t) -> c_int;
+    pub fn shmbus_subscriber_check(sub: *const shmbus_subscriber_t, v: *const shmbus_view_t) -> c_int;
     pub fn shmbus_subscriber_release_all(sub: *mut shmbus_subscriber_t) -> c_int;
     pub fn shmbus_subscriber_wait(sub: *mut shmbus_subscriber_t, timeout_ns: i64) -> c_int;
     pub fn shmbus_subscriber_stats(

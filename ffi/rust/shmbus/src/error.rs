@@ -7,7 +7,7 @@ use shmbus_sys as sys;
 /// Result of every fallible shmbus call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A shmbus failure. The hot-path outcomes (`Empty`, `BackPressured`, `TimedOut`)
+/// A shmbus failure. The hot-path outcomes (`Empty`, `BackPressured`, `TimedOut`, `Lapped`)
 /// carry nothing and cost no allocation; the others carry the library's detailed
 /// message (`shmbus_last_error()` of the failing call).
 #[non_exhaustive]
@@ -19,6 +19,11 @@ pub enum Error {
     BackPressured,
     /// A wait ran out.
     TimedOut,
+    /// An untethered subscriber was overtaken by the producer: from a poll, the
+    /// messages it had not read were overwritten (it continues at the producer's
+    /// tail; sequence numbers show the gap); from [`check`](crate::Subscriber::check),
+    /// the bytes just read may have been overwritten meanwhile (discard them).
+    Lapped,
     /// The message can never fit in this topic's frames.
     TooLarge(String),
     /// The ring holds bytes that are not a valid frame.
@@ -62,6 +67,7 @@ impl Error {
             sys::SHMBUS_E_EMPTY => return Error::Empty,
             sys::SHMBUS_E_BACK_PRESSURED => return Error::BackPressured,
             sys::SHMBUS_E_TIMED_OUT => return Error::TimedOut,
+            sys::SHMBUS_E_LAPPED => return Error::Lapped,
             _ => {}
         }
         let d = last_error();
@@ -92,6 +98,7 @@ impl Error {
             Error::Empty => sys::SHMBUS_E_EMPTY,
             Error::BackPressured => sys::SHMBUS_E_BACK_PRESSURED,
             Error::TimedOut => sys::SHMBUS_E_TIMED_OUT,
+            Error::Lapped => sys::SHMBUS_E_LAPPED,
             Error::TooLarge(_) => sys::SHMBUS_E_TOO_LARGE,
             Error::Corrupt(_) => sys::SHMBUS_E_CORRUPT,
             Error::Malformed(_) | Error::Capnp(_) => sys::SHMBUS_E_MALFORMED,
@@ -113,7 +120,7 @@ impl Error {
 
     fn detail(&self) -> Option<&str> {
         match self {
-            Error::Empty | Error::BackPressured | Error::TimedOut | Error::Capnp(_) => None,
+            Error::Empty | Error::BackPressured | Error::TimedOut | Error::Lapped | Error::Capnp(_) => None,
             Error::TooLarge(d)
             | Error::Corrupt(d)
             | Error::Malformed(d)

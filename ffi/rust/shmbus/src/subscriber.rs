@@ -29,13 +29,22 @@ pub enum Start {
 }
 
 /// Options of [`crate::Bus::subscriber`]; `Default` takes the library's defaults.
-///
-/// Subscribers opened by this crate are always *tethered* (they hold producers back
-/// and are never overwritten): that is what makes a borrowed view sound. An
-/// untethered reader could see its bytes change under a `&[u8]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberOptions {
     pub partition: u32,
+    /// `true` (default): the subscriber holds producers back and its views are
+    /// never overwritten before they are released.
+    ///
+    /// `false` (untethered): producers never wait for it, so a producer may lap
+    /// it. A lapped subscriber gets `Err(Error::Lapped)` once from a poll (never
+    /// the overwritten bytes), then continues at the producer's tail (sequence
+    /// numbers show the gap). **A view of an untethered subscriber is ring memory
+    /// the producer may overwrite while it is borrowed**: what is read from it may
+    /// be torn. Cap'n Proto readers bound-check every access, so a torn message
+    /// reads as wrong values or a decode error, never out of bounds; call
+    /// [`Message::check`] / [`View::check`] after reading and discard what was
+    /// read on `Err(Error::Lapped)`.
+    pub tethered: bool,
     pub wait: WaitStrategy,
     /// Hybrid wait: spin this long before sleeping.
     pub spin: Duration,
@@ -52,6 +61,7 @@ impl Default for SubscriberOptions {
         unsafe { sys::shmbus_subscriber_options_init(&mut raw) };
         SubscriberOptions {
             partition: raw.partition,
+            tethered: raw.tethered != 0,
             wait: WaitStrategy::from_raw(raw.wait),
             spin: Duration::from_nanos(raw.spin_ns.max(0) as u64),
             open_timeout: Duration::from_millis(raw.open_timeout_ms.max(0) as u64),
@@ -83,6 +93,7 @@ pub struct Subscriber {
     raw: NonNull<sys::shmbus_subscriber_t>,
     _bus: Arc<BusHandle>,
     batch: Vec<sys::shmbus_view_t>,
+    tethered: bool,
 }
 
 // SAFETY: the C ABI allows a subscriber handle to be used from any thread, one thread
@@ -112,7 +123,7 @@ impl Subscriber {
         // SAFETY: raw is a valid, writable options struct; init sets `size`.
         unsafe { sys::shmbus_subscriber_options_init(&mut raw) };
         raw.partition = opts.partition;
-        raw.tethered = 1;
+        raw.tethered = u32::from(opts.tethered);
         raw.wait = opts.wait.to_raw();
         raw.spin_ns = i64::try_from(opts.spin.as_nanos()).unwrap_or(i64::MAX);
         raw.open_timeout_ms = i32::try_from(opts.open_timeout.as_millis()).unwrap_or(i32::MAX);
@@ -129,7 +140,12 @@ impl Subscriber {
         check(unsafe { sys::shmbus_subscriber_open(bus.as_ptr(), t.as_ptr(), &raw, &mut out) })?;
         let raw = NonNull::new(out)
             .ok_or_else(|| Error::Internal("subscriber open returned OK and NULL".into()))?;
-        Ok(Subscriber { raw, _bus: bus, batch: Vec::new() })
+        Ok(Subscriber { raw, _bus: bus, batch: Vec::new(), tethered: opts.tethered })
+    }
+
+    /// Whether the subscriber holds producers back (see [`SubscriberOptions::tethered`]).
+    pub fn is_tethered(&self) -> bool {
+        self.tethered
     }
 
     /// The next message, or `None` when there is none yet. Never blocks. The view
@@ -237,6 +253,7 @@ pub fn default_reader_options(len: usize) -> ReaderOptions {
 #[derive(Clone, Copy)]
 pub struct Message<'a> {
     raw: &'a sys::shmbus_view_t,
+    sub: NonNull<sys::shmbus_subscriber_t>,
 }
 
 impl<'a> Message<'a> {
@@ -248,8 +265,9 @@ impl<'a> Message<'a> {
         // SAFETY: the library hands out `size` readable bytes at `data`, valid until
         // the view is released or the subscriber closed. 'a is at most the borrow of
         // the View/Batch that owns this view; releasing consumes or drops that owner,
-        // and closing needs the subscriber, which it borrows mutably. The subscriber is
-        // tethered, so no producer overwrites the bytes meanwhile.
+        // and closing needs the subscriber, which it borrows mutably. A tethered
+        // subscriber's bytes are never overwritten meanwhile; an untethered one's may
+        // be (documented on SubscriberOptions::tethered: readers must check()).
         unsafe { std::slice::from_raw_parts(self.raw.data, self.raw.size as usize) }
     }
     pub fn len(&self) -> usize {
@@ -277,6 +295,17 @@ impl<'a> Message<'a> {
     /// Ring position of the frame.
     pub fn position(&self) -> u64 {
         self.raw.position
+    }
+
+    /// After reading this message in place: `Ok(())` if what was read is intact,
+    /// `Err(Error::Lapped)` if the producer may have overwritten it meanwhile
+    /// (untethered subscribers only: discard what was read). Always `Ok(())` for a
+    /// tethered subscriber.
+    pub fn check(&self) -> Result<()> {
+        // SAFETY: sub is the live subscriber this message was polled from ('a is at
+        // most the borrow of the View/Batch that borrows it); check only reads the
+        // ring's cursors and the view, which is a valid view struct.
+        check(unsafe { sys::shmbus_subscriber_check(self.sub.as_ptr(), self.raw) })
     }
 
     /// A Cap'n Proto reader over the payload, without copying, with the default
@@ -317,7 +346,12 @@ pub struct View<'s> {
 impl View<'_> {
     /// The message, borrowed from this view.
     pub fn message(&self) -> Message<'_> {
-        Message { raw: &self.raw }
+        Message { raw: &self.raw, sub: self.sub.raw }
+    }
+    /// See [`Message::check`]: `Err(Error::Lapped)` if an untethered subscriber's
+    /// view may have been overwritten while it was read.
+    pub fn check(&self) -> Result<()> {
+        self.message().check()
     }
     /// The payload bytes (see [`Message::data`]).
     pub fn data(&self) -> &[u8] {
@@ -382,11 +416,12 @@ impl Batch<'_> {
     }
     /// Message `i`, borrowed from the batch.
     pub fn get(&self, i: usize) -> Option<Message<'_>> {
-        self.sub.batch[..self.n].get(i).map(|raw| Message { raw })
+        let sub = self.sub.raw;
+        self.sub.batch[..self.n].get(i).map(|raw| Message { raw, sub })
     }
     /// The messages in order.
     pub fn iter(&self) -> BatchIter<'_> {
-        BatchIter { inner: self.sub.batch[..self.n].iter() }
+        BatchIter { inner: self.sub.batch[..self.n].iter(), sub: self.sub.raw }
     }
     /// Releases every message of the batch.
     pub fn release(mut self) -> Result<()> {
@@ -409,12 +444,14 @@ impl Drop for Batch<'_> {
 /// Iterator over a [`Batch`].
 pub struct BatchIter<'b> {
     inner: std::slice::Iter<'b, sys::shmbus_view_t>,
+    sub: NonNull<sys::shmbus_subscriber_t>,
 }
 
 impl<'b> Iterator for BatchIter<'b> {
     type Item = Message<'b>;
     fn next(&mut self) -> Option<Message<'b>> {
-        self.inner.next().map(|raw| Message { raw })
+        let sub = self.sub;
+        self.inner.next().map(|raw| Message { raw, sub })
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.inner.size_hint()

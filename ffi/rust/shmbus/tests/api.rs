@@ -313,3 +313,114 @@ fn abi_version_and_strerror() {
     assert!(matches!(e, Error::Os { errno: 2, .. }));
     assert_eq!(e.code(), -2);
 }
+
+fn counter(m: &[u8]) -> u64 {
+    u64::from_le_bytes(m[..8].try_into().unwrap())
+}
+
+/// An untethered subscriber that stops reading while the producer laps the ring:
+/// `check` reports the view it holds as overwritten, the next poll reports the lap
+/// once (`Error::Lapped`, never the overwritten bytes), then it reads on at the tail.
+#[test]
+fn untethered_subscriber_is_told_when_lapped() {
+    let t = TestBus::new("lap");
+    let topic = t.topic("lap", 8192, Policy::Fail);
+    let opts = SubscriberOptions { tethered: false, ..Default::default() };
+    let mut sub = t.bus.subscriber(&topic, &opts).unwrap();
+    assert!(!sub.is_tethered());
+    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut buf = [0u8; 256];
+    // Policy fail: an untethered subscriber never holds the producer back, so a
+    // full ring would show up here as BackPressured.
+    let mut put = |n: u64| {
+        buf[..8].copy_from_slice(&n.to_le_bytes());
+        publisher.offer(&buf, n, 0).expect("offer");
+    };
+    put(1);
+    {
+        let first = sub.poll().unwrap().expect("message 1");
+        assert_eq!(counter(first.data()), 1);
+        first.check().expect("intact before the lap");
+        for n in 2..=100 {
+            put(n); // ~3 laps of an 8 KiB ring
+        }
+        assert!(matches!(first.check(), Err(Error::Lapped)), "{:?}", first.check());
+    }
+    assert!(matches!(sub.poll(), Err(Error::Lapped)));
+    assert!(sub.poll().unwrap().is_none(), "continues at the producer's tail");
+    for n in 101..=200 {
+        put(n);
+    }
+    match sub.poll_batch(8, Some(Duration::from_secs(5))) {
+        Err(Error::Lapped) => {}
+        Err(e) => panic!("poll_batch after a lap: {e}"),
+        Ok(b) => panic!("poll_batch after a lap returned {} messages", b.len()),
+    }
+    put(201);
+    let batch = sub.poll_batch(8, Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(batch.len(), 1);
+    let m = batch.get(0).unwrap();
+    assert_eq!(counter(m.data()), 201);
+    m.check().unwrap();
+    assert_eq!(Error::Lapped.code(), shmbus_sys::SHMBUS_E_LAPPED);
+    assert!(Error::Lapped.to_string().contains("lapped"));
+}
+
+/// The same traffic against a tethered subscriber fills the ring instead, and its
+/// views always check intact.
+#[test]
+fn tethered_subscriber_holds_the_producer_back_and_is_never_lapped() {
+    let t = TestBus::new("tether");
+    let topic = t.topic("tether", 8192, Policy::Fail);
+    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    assert!(sub.is_tethered());
+    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let buf = [0u8; 256];
+    publisher.offer(&buf, 1, 0).unwrap();
+    let v = sub.poll().unwrap().unwrap();
+    let mut last = Ok(());
+    for _ in 0..100 {
+        last = publisher.offer(&buf, 2, 0);
+        if last.is_err() {
+            break;
+        }
+    }
+    assert!(matches!(last, Err(Error::BackPressured)), "{last:?}");
+    v.check().unwrap();
+}
+
+/// A named (durable) subscriber resumes after its last release when it reopens under
+/// the same name (on the embedded daemon, which keeps the resume records).
+#[test]
+fn named_subscriber_resumes_after_its_last_release() {
+    let dir = std::env::temp_dir().join(format!("shmbus-rs-named-{}", std::process::id()));
+    let bus = match shmbus::Bus::open_embedded(Some(&dir)) {
+        Ok(b) => b,
+        Err(Error::Unsupported(_)) => return, // no embedded daemon in this build
+        Err(e) => panic!("open_embedded: {e}"),
+    };
+    let cfg = shmbus::TopicConfig { capacity: 8192, ..Default::default() };
+    bus.create_topic("rs.named", &cfg).unwrap();
+    let opts = SubscriberOptions { name: Some("rs-durable".into()), ..Default::default() };
+    let mut sub = bus.subscriber("rs.named", &opts).unwrap();
+    let mut publisher = bus.publisher("rs.named", &PublisherOptions::default()).unwrap();
+    for (i, s) in [&b"abc"[..], b"de", b"f"].iter().enumerate() {
+        publisher.offer(s, i as u64 + 1, 0).unwrap();
+    }
+    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().unwrap();
+    assert_eq!(v.data(), b"abc");
+    v.release().unwrap();
+    drop(sub); // parked under its name
+    let mut sub = bus.subscriber("rs.named", &opts).unwrap();
+    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().unwrap();
+    assert_eq!((v.data(), v.message_id()), (&b"de"[..], 2), "resumed right after \"abc\"");
+    drop(v);
+    let other = SubscriberOptions { name: Some("rs-other".into()), ..Default::default() };
+    let mut other = bus.subscriber("rs.named", &other).unwrap();
+    assert!(other.poll().unwrap().is_none(), "a new name starts at the tail");
+    drop(other);
+    drop(sub);
+    drop(publisher);
+    drop(bus);
+    let _ = std::fs::remove_dir_all(&dir);
+}
