@@ -11,9 +11,13 @@
 // Every path carries the same payload: word 0 = sequence (or send time for lat.*),
 // last word = sequence ^ kCheck; the consumer reads and checks both.
 // Clock: CLOCK_MONOTONIC in both processes (one host).
+// --vs-daemon: the same shmbus cases direct (Bus::direct) and through a shmbusd
+// process started here (Bus::connect in each process), interleaved, with the
+// daemon/direct ratios (issue 3: within 5 %).
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -26,6 +30,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <string>
@@ -63,6 +68,8 @@ struct Config {
   bool json = false;
   bool quick = false;
   std::vector<std::string> only;
+  bool vs_daemon = false;  // direct vs through shmbusd, interleaved (issue 3)
+  std::string shmbusd;     // the daemon binary for --vs-daemon
 };
 
 Config g;
@@ -102,10 +109,13 @@ bool pin(int cpu) {
 }
 
 std::string current_case;
+pid_t daemon_pid = -1;  // the shmbusd child of --vs-daemon (killed on timeout)
+pid_t main_pid = -1;
 void on_alarm(int) {
   const char m[] = "shmbus-bench: case timed out (a peer died or hung)\n";
   ssize_t r = write(2, m, sizeof(m) - 1);
   (void)r;
+  if (daemon_pid > 0 && getpid() == main_pid) kill(daemon_pid, SIGKILL);
   _exit(3);
 }
 
@@ -1014,6 +1024,321 @@ void print_targets(const std::vector<Result>& v) {
   }
 }
 
+
+// ---------------------------------------------------------------------------
+// --vs-daemon: the same producer/consumer cases direct and through shmbusd.
+cpu_set_t all_cpus;  // the affinity we started with (the daemon gets it back)
+
+// A shmbusd process with its own socket, state dir and shm prefix, unpinned.
+struct DaemonProcess {
+  std::string dir, sock, prefix, log;
+  pid_t pid = -1;
+
+  bool start() {
+    char tpl[] = "/tmp/shmbus-bench-XXXXXX";
+    if (!mkdtemp(tpl)) {
+      std::perror("mkdtemp");
+      return false;
+    }
+    dir = tpl;
+    sock = dir + "/shmbusd.sock";
+    log = dir + "/shmbusd.log";
+    prefix = "shmbus-bench-d" + std::to_string(getpid());
+    const std::string state = dir + "/state";
+    std::vector<std::string> args{g.shmbusd, "--socket", sock, "--state-dir", state,
+                                  "--shm-prefix", prefix, "--log-level", "warn", "--log-file", log};
+    std::vector<char*> av;
+    for (auto& a : args) av.push_back(a.data());
+    av.push_back(nullptr);
+    pid = fork();
+    if (pid < 0) {
+      std::perror("fork");
+      return false;
+    }
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      sched_setaffinity(0, sizeof(all_cpus), &all_cpus);  // not on the producer's core only
+      execvp(av[0], av.data());
+      std::fprintf(stderr, "shmbus-bench: cannot run %s: %s\n", av[0], std::strerror(errno));
+      _exit(127);
+    }
+    daemon_pid = pid;
+    // Ready when a Bus::connect succeeds (bounded: 10 s).
+    const uint64_t deadline = monotonic_ns() + 10'000'000'000ull;
+    while (monotonic_ns() < deadline) {
+      int st = 0;
+      if (waitpid(pid, &st, WNOHANG) == pid) {
+        std::fprintf(stderr, "shmbus-bench: shmbusd exited at start (status %d)\n", st);
+        pid = daemon_pid = -1;
+        dump_log();
+        return false;
+      }
+      try {
+        Bus::connect(sock);
+        return true;
+      } catch (const std::exception&) {
+      }
+      usleep(5000);
+    }
+    std::fprintf(stderr, "shmbus-bench: shmbusd did not answer on %s within 10 s\n", sock.c_str());
+    dump_log();
+    return false;
+  }
+  void dump_log() const {
+    if (FILE* f = std::fopen(log.c_str(), "r")) {
+      char b[512];
+      while (std::fgets(b, sizeof b, f)) std::fprintf(stderr, "shmbusd: %s", b);
+      std::fclose(f);
+    }
+  }
+  // SIGTERM, bounded wait, then SIGKILL; true if it exited 0.
+  bool stop() {
+    bool clean = true;
+    if (pid > 0) {
+      kill(pid, SIGTERM);
+      int st = 0;
+      const uint64_t deadline = monotonic_ns() + 10'000'000'000ull;
+      pid_t w = 0;
+      while ((w = waitpid(pid, &st, WNOHANG)) == 0 && monotonic_ns() < deadline) usleep(2000);
+      if (w != pid) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        clean = false;
+      } else {
+        clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+      }
+      if (!clean) dump_log();
+      pid = daemon_pid = -1;
+    }
+    std::error_code ec;
+    if (std::filesystem::exists("/dev/shm", ec))
+      for (auto& e : std::filesystem::directory_iterator("/dev/shm", ec))
+        if (e.path().filename().string().rfind(prefix + ".", 0) == 0) std::filesystem::remove(e.path(), ec);
+    if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+    return clean;
+  }
+};
+
+// Topics created through the daemon (from the orchestrating process's connection);
+// each side of a case opens its own connection with Bus::connect.
+struct DaemonTopics {
+  Bus& admin;
+  std::string ping, pong;
+  DaemonTopics(Bus& a, int n) : admin(a) {
+    ping = "bench." + std::to_string(n) + ".ping";
+    pong = "bench." + std::to_string(n) + ".pong";
+    for (const auto& t : {ping, pong}) admin.create_topic(t, {.capacity = g.capacity, .max_payload = 16384});
+  }
+  ~DaemonTopics() {
+    for (const auto& t : {ping, pong}) {
+      try {
+        admin.remove_topic(t);
+      } catch (...) {
+      }
+    }
+  }
+};
+struct DaemonTx {
+  Bus bus;
+  ShmbusTx tx;
+  DaemonTx(const std::string& sock, const std::string& topic) : bus(Bus::connect(sock)), tx(bus, topic) {}
+  void send(uint32_t size, uint64_t w0, uint64_t seq) { tx.send(size, w0, seq); }
+};
+struct DaemonRx {
+  Bus bus;
+  ShmbusRx<Read::raw, false> rx;
+  DaemonRx(const std::string& sock, const std::string& topic) : bus(Bus::connect(sock)), rx(bus, topic) {}
+  template <class F>
+  size_t drain(F&& f) {
+    return rx.drain(std::forward<F>(f));
+  }
+};
+
+int run_vs_daemon() {
+  DaemonProcess d;
+  if (!d.start()) {
+    d.stop();
+    return 1;
+  }
+  int rc = 0;
+  try {
+    Bus admin = Bus::connect(d.sock);
+    int topic_n = 0;
+    // results[i] = every repetition of case i (name, size), in order.
+    std::vector<std::vector<Result>> reps;
+    std::vector<std::string> keys;
+    auto slot = [&](const Result& r) -> std::vector<Result>& {
+      std::string k = r.name + "/" + std::to_string(r.size);
+      for (size_t i = 0; i < keys.size(); ++i)
+        if (keys[i] == k) return reps[i];
+      keys.push_back(k);
+      reps.emplace_back();
+      return reps.back();
+    };
+    bool ok = true;
+    const std::string& sock = d.sock;
+    for (int rep = 0; rep < g.runs; ++rep) {
+      if (!g.json) std::fprintf(stderr, "repetition %d/%d\n", rep + 1, g.runs);
+      Runner R;
+      // Order flips every repetition (direct first, then daemon first) so that a
+      // drift in machine load does not favour one side.
+      const bool daemon_first = rep % 2 == 1;
+      for (uint32_t size : g.sizes) {
+        for (int k = 0; k < 3; ++k) {
+          const char* kind = k == 0 ? "tput" : k == 1 ? "lat" : "rtt";
+          for (int j = 0; j < 2; ++j) {
+            const bool via_daemon = (j == 0) == daemon_first;
+            const std::string name = std::string(kind) + (via_daemon ? ".shmbus_daemon" : ".shmbus");
+            R.run(name, size, [&](Result& r) {
+              using Rx = ShmbusRx<Read::raw, false>;
+              if (!via_daemon) {
+                ShmbusTopics t(next_prefix());
+                if (k == 0)
+                  return case_tput(r, tput_count(size, false), [&] { return ShmbusTx(t.bus, "bench.ping"); },
+                                   [&] { return Rx(t.bus, "bench.ping"); });
+                if (k == 1)
+                  return case_oneway(r, g.lat_msgs, [&] { return ShmbusTx(t.bus, "bench.ping"); },
+                                     [&] { return Rx(t.bus, "bench.ping"); });
+                return case_rtt(
+                    r, g.rtt_msgs,
+                    [&] { return std::pair{ShmbusTx(t.bus, "bench.ping"), Rx(t.bus, "bench.pong")}; },
+                    [&] { return std::pair{ShmbusTx(t.bus, "bench.pong"), Rx(t.bus, "bench.ping")}; });
+              }
+              DaemonTopics t(admin, topic_n++);
+              if (k == 0)
+                return case_tput(r, tput_count(size, false), [&] { return DaemonTx(sock, t.ping); },
+                                 [&] { return DaemonRx(sock, t.ping); });
+              if (k == 1)
+                return case_oneway(r, g.lat_msgs, [&] { return DaemonTx(sock, t.ping); },
+                                   [&] { return DaemonRx(sock, t.ping); });
+              return case_rtt(
+                  r, g.rtt_msgs,
+                  [&] { return std::pair{DaemonTx(sock, t.ping), DaemonRx(sock, t.pong)}; },
+                  [&] { return std::pair{DaemonTx(sock, t.pong), DaemonRx(sock, t.ping)}; });
+            });
+          }
+        }
+      }
+      ok &= R.ok;
+      for (auto& r : R.out) slot(r).push_back(r);
+    }
+    if (!g.json) std::fprintf(stderr, "%60s\r", "");
+
+    // Medians per case; on the daemon rows the daemon/direct ratio of the medians
+    // ("daemon_vs_direct", the verdict) and the median of the per-repetition
+    // ratios of adjacent runs ("paired").
+    std::vector<Result> med;
+    std::map<std::string, std::pair<double, double>> tput_range;  // min, max msg/s
+    for (auto& v : reps) {
+      std::vector<std::vector<Result>> one;
+      for (auto& r : v) one.push_back({r});
+      Result m = medians(one)[0];
+      m.count = v[0].count;
+      double lo = 1e300, hi = 0;
+      for (auto& r : v) {
+        double x = r.kind == "throughput" ? r.msgs_per_s : r.p99;
+        lo = std::min(lo, x);
+        hi = std::max(hi, x);
+      }
+      tput_range[m.name + "/" + std::to_string(m.size)] = {lo, hi};
+      med.push_back(m);
+    }
+    auto series = [&](const std::string& name, uint32_t size) -> const std::vector<Result>* {
+      for (size_t i = 0; i < keys.size(); ++i)
+        if (keys[i] == name + "/" + std::to_string(size)) return &reps[i];
+      return nullptr;
+    };
+    struct Verdict {
+      std::string what, name, ratio;
+      uint32_t size;
+      double value, paired, limit;
+      bool met, decides;
+    };
+    std::vector<Verdict> verdicts;
+    for (auto& m : med) {
+      const std::string suffix = ".shmbus_daemon";
+      if (m.name.size() < suffix.size() || m.name.compare(m.name.size() - suffix.size(), suffix.size(), suffix))
+        continue;
+      const std::string base = m.name.substr(0, m.name.size() - suffix.size()) + ".shmbus";
+      const Result* dm = find(med, base, m.size);
+      const auto* a = series(base, m.size);
+      const auto* b = series(m.name, m.size);
+      if (!dm || !a || !b) continue;
+      auto paired = [&](auto get) {
+        std::vector<double> x;
+        for (size_t i = 0; i < std::min(a->size(), b->size()); ++i) x.push_back(get((*b)[i]) / get((*a)[i]));
+        return median(x);
+      };
+      if (m.kind == "throughput") {
+        m.ratios["daemon_vs_direct"] = m.msgs_per_s / dm->msgs_per_s;
+        m.ratios["paired"] = paired([](const Result& r) { return r.msgs_per_s; });
+        verdicts.push_back({"through the daemon vs direct: throughput " + std::to_string(m.size) + " B", m.name, "tput_daemon_vs_direct", m.size,
+                            m.ratios["daemon_vs_direct"], m.ratios["paired"], 0.95,
+                            m.ratios["daemon_vs_direct"] >= 0.95, true});
+      } else {
+        m.ratios["p50_daemon_vs_direct"] = m.p50 / dm->p50;
+        m.ratios["p99_daemon_vs_direct"] = m.p99 / dm->p99;
+        m.ratios["p999_daemon_vs_direct"] = m.p999 / dm->p999;
+        m.ratios["p99_paired"] = paired([](const Result& r) { return r.p99; });
+        const bool oneway = m.kind == "oneway";
+        verdicts.push_back({std::string("through the daemon vs direct: ") +
+                                (oneway ? "one-way latency p99 " : "round trip p99 ") +
+                                std::to_string(m.size) + " B" + (oneway ? "" : " (extra)"),
+                            m.name, "p99_daemon_vs_direct", m.size, m.ratios["p99_daemon_vs_direct"],
+                            m.ratios["p99_paired"], 1.05, m.ratios["p99_daemon_vs_direct"] <= 1.05, oneway});
+      }
+    }
+    bool all = true;
+    for (auto& v : verdicts)
+      if (v.decides) all &= v.met;
+    if (g.json) {
+      for (const auto& r : med) print_json(r, g.runs);
+      for (auto& v : verdicts)
+        std::printf("{\"name\":\"target\",\"target\":\"%s\",\"case\":\"%s\",\"size\":%u,\"ratio\":\"%s\","
+                    "\"value\":%.3f,\"paired\":%.3f,\"limit\":%.2f,\"met\":%s,\"decides\":%s}\n",
+                    v.what.c_str(), v.name.c_str(), v.size, v.ratio.c_str(), v.value, v.paired, v.limit,
+                    v.met ? "true" : "false", v.decides ? "true" : "false");
+      std::printf("{\"name\":\"verdict\",\"within_5_percent\":%s}\n", all ? "true" : "false");
+    } else {
+      std::printf("shmbus-bench --vs-daemon: shmbusd pid %d (unpinned), socket %s\n", int(d.pid), d.sock.c_str());
+      print_table(med, g.runs);
+      std::printf("\nrun-to-run range over %d repetitions (throughput msg/s, latency p99 ns)\n", g.runs);
+      for (auto& m : med) {
+        auto [lo, hi] = tput_range[m.name + "/" + std::to_string(m.size)];
+        std::printf("  %-28s %6u  %12.0f .. %-12.0f (max/min %.2f)\n", m.name.c_str(), m.size, lo, hi,
+                    lo > 0 ? hi / lo : 0.0);
+      }
+      std::printf("\ndaemon / direct (ratio of the medians; paired = median of adjacent-run ratios)\n");
+      for (auto& v : verdicts)
+        std::printf("  %-62s %6.3f  (paired %6.3f)  %s %.2f  %s%s\n", v.what.c_str(), v.value,
+                    v.paired, v.ratio.rfind("tput", 0) == 0 ? ">=" : "<=", v.limit, v.met ? "within" : "NOT within",
+                    v.decides ? "" : " (not in the verdict)");
+      // How much the direct runs alone moved: a daemon/direct difference smaller
+      // than this cannot be told from the machine's noise.
+      double spread_t = 1, spread_l = 1;
+      for (auto& m : med) {
+        if (m.name != "tput.shmbus" && m.name != "lat.shmbus") continue;
+        auto [lo, hi] = tput_range[m.name + "/" + std::to_string(m.size)];
+        double x = lo > 0 ? hi / lo : 0;
+        (m.name == "tput.shmbus" ? spread_t : spread_l) = std::max(m.name == "tput.shmbus" ? spread_t : spread_l, x);
+      }
+      std::printf("\nverdict: %s (throughput and one-way p99 through shmbusd %s 5%% of direct, %d repetitions;\n"
+                  "         direct alone varied max/min %.2f in throughput, %.2f in one-way p99)\n",
+                  all ? "WITHIN 5%" : "NOT WITHIN 5%", all ? "within" : "not all within", g.runs, spread_t,
+                  spread_l);
+    }
+    if (!ok) rc = 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shmbus-bench --vs-daemon: %s\n", e.what());
+    rc = 1;
+  }
+  if (!d.stop()) {
+    std::fprintf(stderr, "shmbus-bench: shmbusd did not stop cleanly\n");
+    rc = 1;
+  }
+  return rc;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1037,9 +1362,27 @@ int main(int argc, char** argv) {
   app.add_option("--timeout", g.timeout_s, "seconds before a case is declared hung");
   app.add_flag("--json", g.json, "one JSON object per case (and per target) on stdout");
   app.add_flag("--quick", g.quick, "tiny counts, sizes 8 and 64: a smoke test (seconds)");
+  app.add_flag("--vs-daemon", g.vs_daemon,
+               "only shmbus cases (tput, lat, rtt), direct and through a shmbusd process started here,\n"
+               "interleaved per repetition (--runs); daemon/direct ratios and a 5 % verdict (issue 3);\n"
+               "default sizes 64,1024");
+  // Default daemon: the build tree's (<build>/daemon/shmbusd), else next to this
+  // binary (installed), else shmbusd on PATH.
+  g.shmbusd = "shmbusd";
+  {
+    std::error_code ec;
+    auto self = std::filesystem::read_symlink("/proc/self/exe", ec).parent_path();
+    for (auto c : {self / ".." / "daemon" / "shmbusd", self / "shmbusd"})
+      if (!ec && access(c.c_str(), X_OK) == 0) {
+        g.shmbusd = c.lexically_normal().string();
+        break;
+      }
+  }
+  app.add_option("--shmbusd", g.shmbusd, "--vs-daemon: the shmbusd binary (default: the build tree's)");
   CLI11_PARSE(app, argc, argv);
+  if (g.vs_daemon && app.count("--sizes") == 0) g.sizes = {64, 1024};
   if (g.quick) {
-    g.sizes = {8, 64};
+    if (!g.vs_daemon) g.sizes = {8, 64};
     g.tput_msgs = 200'000;
     g.uds_tput_msgs = 20'000;
     g.lat_msgs = 5'000;
@@ -1056,12 +1399,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--capacity must be a power of two >= 65536\n");
     return 2;
   }
+  main_pid = getpid();
+  sched_getaffinity(0, sizeof(all_cpus), &all_cpus);
   if (!pin(g.cpus[0])) std::fprintf(stderr, "warning: cannot pin to cpu %d\n", g.cpus[0]);
   signal(SIGALRM, on_alarm);
   ctl = static_cast<Ctl*>(shared_alloc(sizeof(Ctl)));
   max_samples = std::max({g.lat_msgs, g.rtt_msgs, g.uds_rtt_msgs, uint64_t(1000)});
   samples = static_cast<uint64_t*>(shared_alloc(max_samples * sizeof(uint64_t)));
   payload();
+  if (g.vs_daemon) return run_vs_daemon();
 
   std::vector<std::vector<Result>> runs;
   bool ok = true;
