@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <future>
 
 #include "shmbus/error.hpp"
 #include "shmbus/shm/ring.hpp"
@@ -125,6 +126,17 @@ struct Archiver::Impl {
     uint64_t next_retention_ns = 0;
     PartitionStats st;
     std::atomic<bool> detached{false};
+    // remove_partition(): `removing` stops reading the ring; once nothing is in
+    // flight the part is finalized (`removed`: files closed, cursor freed, mapping
+    // dropped) and its index/fixed-file slot may be reused by a new partition.
+    bool removing = false, removed = false;
+    std::vector<std::shared_ptr<std::promise<void>>> removal_waiters;
+  };
+
+  struct Removal {
+    std::string topic;
+    uint32_t partition;
+    std::shared_ptr<std::promise<void>> done;
   };
 
   ArchiverConfig cfg;
@@ -140,6 +152,7 @@ struct Archiver::Impl {
 
   std::mutex cmd_mu;  // guards `pending` and the stats snapshot; never on the ring path
   std::vector<std::unique_ptr<Part>> pending;
+  std::vector<Removal> removals;
   std::atomic<bool> has_pending{false};
   std::vector<PartitionStats> snapshot;
   std::atomic<bool> stop_req{false};
@@ -281,9 +294,66 @@ struct Archiver::Impl {
   }
 
   void install(std::unique_ptr<Part> p) {
+    // Reuse the index (and fixed-file slot) of a removed partition: nothing of it
+    // is in flight any more.
+    for (size_t i = 0; i < parts.size(); ++i)
+      if (parts[i]->removed) {
+        p->slot_index = uint32_t(i);
+        if (p->fd >= 0) register_fd(*p);
+        parts[i] = std::move(p);
+        return;
+      }
     p->slot_index = uint32_t(parts.size());
     if (p->fd >= 0) register_fd(*p);
     parts.push_back(std::move(p));
+  }
+
+  size_t active_parts() const {
+    size_t n = 0;
+    for (auto& p : parts) n += !p->removed;
+    return n;
+  }
+
+  void mark_removal(const Removal& r) {
+    for (auto& p : parts)
+      if (!p->removed && p->st.topic == r.topic && p->st.partition == r.partition) {
+        p->removing = true;
+        p->removal_waiters.push_back(r.done);
+        return;
+      }
+    r.done->set_value();  // not archived here: nothing to do
+  }
+
+  // A removing partition with nothing in flight: drop what is staged (it was never
+  // released, and the topic goes away), close its files, free its cursor slot.
+  bool try_finalize(Part& p) {
+    if (!p.removing || p.removed) return false;
+    if (p.sync_inflight) return false;
+    for (Buf* b : p.bufs)
+      if (b->ops) return false;
+    while (!p.bufs.empty()) {
+      Buf* b = p.bufs.front();
+      p.bufs.pop_front();
+      put_buf(b);
+    }
+    if (fixed_files && p.fd >= 0) {
+      int none = -1;
+      io_uring_register_files_update(&ring, p.slot_index, &none, 1);
+    }
+    close_files(p);
+    if (p.slot) {
+      aref(p.r.data->archiver_pid).store(0, std::memory_order_relaxed);
+      // Free the tethered cursor; producers waiting on it are woken (P7).
+      aref(p.slot->state).store(shm::kSlotFree, std::memory_order_seq_cst);
+      aref(p.r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);
+      shm::futex_wake_all(&p.r.ctl->space_futex);
+      p.slot = nullptr;
+    }
+    p.removed = true;
+    p.m.reset();
+    for (auto& w : p.removal_waiters) w->set_value();
+    p.removal_waiters.clear();
+    return true;
   }
 
   void register_fd(Part& p) {
@@ -746,18 +816,22 @@ struct Archiver::Impl {
 
   void take_pending() {
     std::vector<std::unique_ptr<Part>> v;
+    std::vector<Removal> rm;
     {
       std::lock_guard<std::mutex> g(cmd_mu);
       v.swap(pending);
+      rm.swap(removals);
       has_pending.store(false, std::memory_order_relaxed);
     }
     for (auto& p : v) install(std::move(p));
+    for (auto& r : rm) mark_removal(r);
   }
 
   void publish_stats() {
     std::vector<PartitionStats> s;
     s.reserve(parts.size());
-    for (auto& p : parts) s.push_back(p->st);
+    for (auto& p : parts)
+      if (!p->removed) s.push_back(p->st);
     std::lock_guard<std::mutex> g(cmd_mu);
     snapshot.swap(s);
   }
@@ -772,17 +846,25 @@ struct Archiver::Impl {
     }
     int64_t t = cfg.idle_wait_ns;
     for (auto& p : parts) {
+      if (p->removed) continue;
+      if (p->removing) t = std::min<int64_t>(t, 1'000'000);
       if (p->err || p->roll_pending) t = std::min<int64_t>(t, 1'000'000);
       if (p->cfg.flush == FlushPolicy::interval && p->written_seq > p->durable_seq)
         t = std::min<int64_t>(t, int64_t(p->cfg.flush_interval_ms) * 1'000'000);
     }
-    if (parts.empty()) {
+    Part* first = nullptr;
+    for (auto& pp : parts)
+      if (!pp->removed) {
+        first = pp.get();
+        break;
+      }
+    if (!first) {
       timespec ts{0, long(std::min<int64_t>(t, 1'000'000))};
       nanosleep(&ts, nullptr);
       return;
     }
-    if (parts.size() > 1) t = std::min<int64_t>(t, 1'000'000);
-    Part& p = *parts[0];
+    if (active_parts() > 1) t = std::min<int64_t>(t, 1'000'000);
+    Part& p = *first;
     auto* ctl = p.r.ctl;
     // P6 from the reader side: announce, re-check, sleep.
     aref(ctl->data_waiters).fetch_add(1, std::memory_order_seq_cst);
@@ -795,6 +877,7 @@ struct Archiver::Impl {
 
   void wake_idle() {
     for (auto& p : parts) {
+      if (p->removed) continue;
       aref(p->r.ctl->data_futex).fetch_add(1, std::memory_order_seq_cst);
       shm::futex_wake_all(&p->r.ctl->data_futex);
     }
@@ -821,6 +904,11 @@ struct Archiver::Impl {
       bool progress = false;
       for (auto& pp : parts) {
         Part& p = *pp;
+        if (p.removed) continue;
+        if (p.removing) {
+          progress |= try_finalize(p);
+          continue;
+        }
         progress |= pump(p, now);
         interval_sync(p, now);
         if (now >= p.next_retention_ns) {
@@ -851,6 +939,7 @@ struct Archiver::Impl {
       reap(now);
       bool work = inflight > 0;
       for (auto& p : parts) {
+        if (p->removed || p->removing) continue;
         // Submit what is staged; failed writes get a few more tries.
         for (Buf* b : p->bufs)
           if ((b->st == Buf::filling && b->fill) || (b->st == Buf::failed && b->ops == 0)) {
@@ -864,6 +953,8 @@ struct Archiver::Impl {
       io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
     }
     for (auto& p : parts) {
+      if (p->removing) try_finalize(*p);
+      if (p->removed) continue;
       if (p->cfg.flush == FlushPolicy::interval && p->fd >= 0 && p->written_seq > p->durable_seq &&
           ::fdatasync(p->fd) == 0) {
         p->durable_seq = p->written_seq;
@@ -895,6 +986,25 @@ void Archiver::add_partition(std::shared_ptr<PartitionMapping> m, const LogConfi
   }
 }
 
+void Archiver::remove_partition(const std::string& topic, uint32_t partition) {
+  auto done = std::make_shared<std::promise<void>>();
+  auto f = done->get_future();
+  if (!running()) {
+    impl_->mark_removal({topic, partition, done});
+    for (auto& p : impl_->parts) impl_->try_finalize(*p);  // nothing is in flight when stopped
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> g(impl_->cmd_mu);
+    impl_->removals.push_back({topic, partition, done});
+    impl_->has_pending.store(true, std::memory_order_release);
+  }
+  impl_->wake_idle();
+  if (f.wait_for(std::chrono::seconds(30)) != std::future_status::ready)
+    throw Error(ErrorCode::timed_out, "topic '" + topic + "' partition " + std::to_string(partition) +
+                                          ": the archiver did not finish its I/O within 30 s");
+}
+
 void Archiver::start() {
   if (running()) return;
   impl_->stop_req.store(false, std::memory_order_release);
@@ -911,21 +1021,22 @@ void Archiver::stop(bool leave_cursors) {
   running_.store(false, std::memory_order_release);
   if (leave_cursors) {
     for (auto& p : impl_->parts) {
-      if (!p->slot) continue;
+      if (p->removed || !p->slot) continue;
       aref(p->slot->state).store(shm::kSlotFree, std::memory_order_release);
       Impl::wake_space(*p);
       p->slot = nullptr;
     }
   }
   for (auto& p : impl_->parts) {
-    if (p->slot) aref(p->r.data->archiver_pid).store(0, std::memory_order_relaxed);
+    if (!p->removed && p->slot) aref(p->r.data->archiver_pid).store(0, std::memory_order_relaxed);
   }
 }
 
 std::vector<PartitionStats> Archiver::stats() const {
   if (!running()) {
     std::vector<PartitionStats> s;
-    for (auto& p : impl_->parts) s.push_back(p->st);
+    for (auto& p : impl_->parts)
+      if (!p->removed) s.push_back(p->st);
     return s;
   }
   std::lock_guard<std::mutex> g(impl_->cmd_mu);

@@ -27,6 +27,10 @@
 #include "shmbus/daemon_client.hpp"
 #include "shmbus/shm/ring.hpp"
 
+namespace shmbus::spill {
+class Archiver;
+}
+
 namespace shmbus::daemon {
 
 // ---- command queue: moodycamel queue + an eventfd to wake the owner's poll loop.
@@ -75,6 +79,14 @@ struct TopicSettings {
   uint32_t slots = shm::kDefaultSlots;
   uint64_t schema_id = 0;
   AccessSpec access;
+  // Durable topics (docs/spill-log.md): archived by the daemon's spill::Archiver.
+  bool durable = false;         // policy spill implies it
+  uint32_t flush = 1;           // proto::FlushPolicy: 0 none, 1 interval, 2 batch
+  uint32_t flush_interval_ms = 10;
+  uint64_t retention_bytes = 0;
+  uint64_t retention_age_s = 0;
+  uint64_t segment_bytes = 0;   // 0: the archiver's default (64 MiB)
+  bool is_durable() const { return durable || policy == shm::kPolicySpill; }
 };
 
 // One partition's two segments as the daemon holds them: mapped read-write, plus
@@ -177,6 +189,10 @@ class Registry {
   void reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg);
   bool may(const Topic& t, const Peer& p, Role role) const;
   void topic_info(const Topic& t, proto::TopicInfo::Builder b);
+  // Durable topics: gives every partition to the archiver (recovers its log, joins
+  // or adopts the tethered archiver cursor). Throws Error.
+  void archive_topic(Topic& t);
+  std::string log_root() const;
   void stat_topic(const Topic& t, proto::TopicStat::Builder b);
 
   Core& core_;
@@ -254,11 +270,16 @@ class Core {
   int stop_efd = -1;  // written by request_stop (async-signal-safe)
   int lock_fd = -1;
 
+  // The spill archiver, created (and started) with the first durable topic.
+  spill::Archiver& archiver();
+  bool has_archiver() const { return archiver_ != nullptr; }
+
   Registry registry{*this};
   Reaper reaper{*this};
   ControlServer server{*this};
 
  private:
+  std::unique_ptr<spill::Archiver> archiver_;
   std::thread t_server_, t_registry_, t_reaper_;
   bool started_ = false;
   bool joined_ = false;

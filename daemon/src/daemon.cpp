@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "core.hpp"
+#include "shmbus/spill/archiver.hpp"
 
 namespace shmbus::daemon {
 
@@ -87,6 +88,14 @@ void Core::start() {
             "socket " + opts.socket_path + ", state " + opts.state_dir + ", shm prefix " + opts.shm_prefix);
 }
 
+spill::Archiver& Core::archiver() {
+  if (!archiver_) {
+    archiver_ = std::make_unique<spill::Archiver>();
+    archiver_->start();
+  }
+  return *archiver_;
+}
+
 void Core::request_stop() {
   stopping.store(true);
   uint64_t one = 1;
@@ -100,6 +109,9 @@ void Core::wait() {
   if (!started_ || joined_) return;
   t_server_.join();  // returns after the registry persisted (its last message)
   t_registry_.join();
+  // After the registry: nobody adds partitions any more. The archiver's cursors stay
+  // taken, so a restarted daemon adopts them and no frame escapes the log.
+  if (archiver_) archiver_->stop();
   reaper_q.push(ReaperCmd{ReaperCmd::stop, nullptr, 0});
   t_reaper_.join();
   joined_ = true;

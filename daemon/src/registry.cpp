@@ -12,7 +12,10 @@
 #include <capnp/serialize.h>
 #include <kj/exception.h>
 
+#include <filesystem>
+
 #include "core.hpp"
+#include "shmbus/spill/archiver.hpp"
 #include "shmbus/spill_format.hpp"
 
 namespace shmbus::daemon {
@@ -55,7 +58,42 @@ shm::CursorSlot* named_slot(const Partition& p, uint64_t h) {
   return nullptr;
 }
 
+// The daemon's own mapping of a partition, as the archiver wants it (read-write).
+class DaemonMapping final : public PartitionMapping {
+ public:
+  explicit DaemonMapping(std::shared_ptr<Partition> p) : p_(std::move(p)) {
+    refs_ = p_->refs;
+    topic_ = p_->topic;
+    partition_ = p_->index;
+  }
+
+ private:
+  std::shared_ptr<Partition> p_;
+};
+
+// A durable topic's ring created afresh (first creation, or its segments vanished)
+// continues the log's sequences, so the log keeps growing monotonically. No client
+// has the segment yet: the fds are handed out later, over the socket.
+void continue_log_sequence(Partition& p, const std::string& log_root) {
+  const uint64_t next = spill::next_sequence_after_log(log_root, p.topic, p.index);
+  if (next > 1) aref(p.refs.data->tail_seq).store(next, std::memory_order_release);
+}
+
 }  // namespace
+
+std::string Registry::log_root() const { return core_.opts.state_dir + "/log"; }
+
+void Registry::archive_topic(Topic& t) {
+  spill::LogConfig lc;
+  lc.state_dir = log_root();
+  lc.flush = spill::FlushPolicy(t.s.flush);
+  lc.flush_interval_ms = t.s.flush_interval_ms;
+  if (t.s.segment_bytes) lc.segment_bytes = t.s.segment_bytes;
+  lc.retention_bytes = t.s.retention_bytes;
+  lc.retention_age_s = int64_t(t.s.retention_age_s);
+  for (auto& part : t.parts)
+    core_.archiver().add_partition(std::make_shared<DaemonMapping>(part), lc);
+}
 
 bool Registry::may(const Topic& t, const Peer& p, Role role) const {
   if (p.uid == 0 || p.uid == geteuid() || p.uid == t.owner_uid) return true;
@@ -121,7 +159,18 @@ void Registry::load() {
       bool re = false;
       t.parts.push_back(open_partition(core_.opts.shm_prefix, t.s, p, re));
       again += re;
+      if (t.s.is_durable() && !re) continue_log_sequence(*t.parts.back(), log_root());
       core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, t.parts.back(), 0});
+    }
+    if (t.s.is_durable()) {
+      // Before any client is served: recovery (torn tail truncated), then the
+      // archiver adopts the cursor of the previous daemon's archiver.
+      try {
+        archive_topic(t);
+        log_event(core_.instance, LOG_INFO, "archive_resumed", t.s.name, 0, log_root());
+      } catch (const Error& e) {
+        log_event(core_.instance, LOG_ERROR, "archive_failed", t.s.name, 0, e.what());
+      }
     }
     log_event(core_.instance, LOG_INFO, again == t.s.partitions ? "topic_reattached" : "topic_recreated",
               t.s.name, 0,
@@ -201,6 +250,22 @@ void Registry::topic_info(const Topic& t, proto::TopicInfo::Builder b) {
         d.setParked(parked);
         d.setLive(!parked);
       }
+  }
+  if (t.s.is_durable()) {
+    b.setLogDir(log_root());
+    if (core_.has_archiver()) {
+      std::vector<spill::PartitionStats> st;
+      for (auto& ps : core_.archiver().stats())
+        if (ps.topic == t.s.name) st.push_back(ps);
+      auto al = b.initArchived(uint32_t(st.size()));
+      for (size_t i = 0; i < st.size(); ++i) {
+        auto a = al[uint32_t(i)];
+        a.setPartition(st[i].partition);
+        a.setArchivedSeq(st[i].archived_seq);
+        a.setDurableSeq(st[i].durable_seq);
+        a.setError(st[i].last_error);
+      }
+    }
   }
 }
 
@@ -330,7 +395,11 @@ void Registry::handle(const RegistryCmd& c) {
         uint64_t tm = t.max_payload ? t.max_payload : t.capacity / 4;
         if (e.partitions != t.partitions || e.capacity != t.capacity || em != tm ||
             e.policy != t.policy || e.multi_producer != t.multi_producer || e.slots != t.slots ||
-            e.schema_id != t.schema_id)
+            e.schema_id != t.schema_id || e.is_durable() != t.is_durable() ||
+            (t.is_durable() && (e.flush != t.flush || e.flush_interval_ms != t.flush_interval_ms ||
+                                e.retention_bytes != t.retention_bytes ||
+                                e.retention_age_s != t.retention_age_s ||
+                                e.segment_bytes != t.segment_bytes)))
           return reply_error(peer, id, proto::ErrorCode::ALREADY_EXISTS,
                              "topic '" + t.name + "' exists with other settings");
         topic_info(it->second, resp.initTopic());  // idempotent
@@ -346,8 +415,15 @@ void Registry::handle(const RegistryCmd& c) {
         for (uint32_t p = 0; p < t.partitions; ++p) {
           bool re = false;
           tp.parts.push_back(open_partition(core_.opts.shm_prefix, t, p, re));
+          if (t.is_durable() && !re) continue_log_sequence(*tp.parts.back(), log_root());
         }
+        // The archiver's tethered cursor joins before any producer is granted, so
+        // no frame escapes the log.
+        if (t.is_durable()) archive_topic(tp);
       } catch (const Error& e) {
+        if (t.is_durable() && core_.has_archiver())
+          for (uint32_t p = 0; p < t.partitions; ++p) core_.archiver().remove_partition(t.name, p);
+        tp.parts.clear();
         for (uint32_t p = 0; p < t.partitions; ++p)
           remove_partition_segments(core_.opts.shm_prefix, t.name, p);
         return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
@@ -355,7 +431,10 @@ void Registry::handle(const RegistryCmd& c) {
       for (auto& p : tp.parts) core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, p, 0});
       topic_info(tp, resp.initTopic());
       log_event(core_.instance, LOG_INFO, "topic_created", t.name, peer.pid,
-                std::to_string(t.partitions) + " partitions x " + std::to_string(t.capacity) + " bytes");
+                std::to_string(t.partitions) + " partitions x " + std::to_string(t.capacity) + " bytes" +
+                    (t.is_durable() ? std::string(", durable (flush ") +
+                                          spill::to_string(spill::FlushPolicy(t.flush)) + ")"
+                                    : std::string()));
       topics_.emplace(t.name, std::move(tp));
       core_.counters.topics = uint32_t(topics_.size());
       persist();
@@ -384,6 +463,21 @@ void Registry::handle(const RegistryCmd& c) {
       if (!may(it->second, peer, Role::admin))
         return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
                            "only the topic's owner or root may delete '" + name + "'");
+      if (it->second.s.is_durable() && core_.has_archiver()) {
+        // Stop archiving first (its I/O in flight completes), then remove the log:
+        // deleting a topic deletes its history.
+        try {
+          for (auto& p : it->second.parts) core_.archiver().remove_partition(name, p->index);
+        } catch (const Error& e) {
+          return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
+        }
+      }
+      if (it->second.s.is_durable()) {
+        std::error_code ec;
+        std::filesystem::remove_all(log_root() + "/" + name, ec);
+        if (ec)
+          log_event(core_.instance, LOG_WARN, "log_remove_failed", name, peer.pid, ec.message());
+      }
       for (auto& p : it->second.parts) {
         core_.reaper_q.push(ReaperCmd{ReaperCmd::unwatch_partition, p, 0});
         remove_partition_segments(core_.opts.shm_prefix, name, p->index);

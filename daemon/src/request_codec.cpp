@@ -49,11 +49,44 @@ bool spec_from_proto(proto::TopicSpec::Reader s, TopicSettings& t, std::string& 
   t.slots = s.getSlots();
   t.schema_id = s.getSchemaId();
   auto pol = s.getPolicy();
-  if (pol != proto::Policy::BLOCK && pol != proto::Policy::FAIL) {
-    err = "policy must be block or fail (spill needs the archiver)";
+  if (pol != proto::Policy::BLOCK && pol != proto::Policy::FAIL && pol != proto::Policy::SPILL) {
+    err = "policy must be block, fail or spill";
     return false;
   }
   t.policy = uint32_t(pol);
+  // Durable topics. Fields an old client does not send read as their defaults
+  // (not durable; interval 10 ms), so old requests mean what they meant.
+  t.durable = s.getDurable() || pol == proto::Policy::SPILL;
+  auto fl = s.getFlush();
+  if (fl != proto::FlushPolicy::NONE && fl != proto::FlushPolicy::INTERVAL &&
+      fl != proto::FlushPolicy::BATCH) {
+    err = "flush must be none, interval or batch";
+    return false;
+  }
+  t.flush = uint32_t(fl);
+  t.flush_interval_ms = s.getFlushIntervalMs();
+  t.retention_bytes = s.getRetentionBytes();
+  t.retention_age_s = s.getRetentionAgeS();
+  t.segment_bytes = s.getSegmentBytes();
+  if (t.durable) {
+    if (t.flush == uint32_t(proto::FlushPolicy::INTERVAL) &&
+        (t.flush_interval_ms == 0 || t.flush_interval_ms > 3'600'000)) {
+      err = "flushIntervalMs must be 1..3600000";
+      return false;
+    }
+    if (t.segment_bytes != 0 && (t.segment_bytes < 65536 || t.segment_bytes > (1ull << 32))) {
+      err = "segmentBytes must be 0 (default) or 64 KiB..4 GiB";
+      return false;
+    }
+    if (t.retention_age_s > (1ull << 40)) {
+      err = "retentionAgeS out of range";
+      return false;
+    }
+  } else {
+    t.flush = uint32_t(proto::FlushPolicy::INTERVAL);
+    t.flush_interval_ms = 10;
+    t.retention_bytes = t.retention_age_s = t.segment_bytes = 0;
+  }
   if (t.partitions == 0 || t.partitions > 1024) {
     err = "partitions must be 1..1024";
     return false;
@@ -90,6 +123,12 @@ void spec_to_proto(const TopicSettings& t, proto::TopicSpec::Builder s) {
   s.setMultiProducer(t.multi_producer);
   s.setSlots(t.slots);
   s.setSchemaId(t.schema_id);
+  s.setDurable(t.is_durable());
+  s.setFlush(proto::FlushPolicy(uint16_t(t.flush)));
+  s.setFlushIntervalMs(t.flush_interval_ms);
+  s.setRetentionBytes(t.retention_bytes);
+  s.setRetentionAgeS(t.retention_age_s);
+  s.setSegmentBytes(t.segment_bytes);
   auto a = s.initAccess();
   auto put = [](auto l, const std::vector<uint32_t>& v) {
     for (size_t i = 0; i < v.size(); ++i) l.set(uint32_t(i), v[i]);

@@ -19,6 +19,7 @@ const protocolVersion :UInt16 = 1;
 
 enum Policy { block @0; fail @1; spill @2; }
 enum Role { publisher @0; subscriber @1; admin @2; }
+enum FlushPolicy { none @0; interval @1; batch @2; }   # durable topics (docs/spill-log.md)
 
 enum ErrorCode {
   ok @0;
@@ -55,6 +56,14 @@ struct TopicSpec {
   slots @6 :UInt32 = 64;
   schemaId @7 :UInt64;            # Cap'n Proto type id of the root struct, 0 = any
   access @8 :AccessList;
+  # Durable topics (added in protocol 1; absent in old clients' requests = not durable).
+  # `policy = spill` implies durable. The log is <state-dir>/<topic>/<partition>/.
+  durable @9 :Bool;
+  flush @10 :FlushPolicy = interval;
+  flushIntervalMs @11 :UInt32 = 10;  # interval flush: fdatasync period
+  retentionBytes @12 :UInt64;        # per partition, 0 = unlimited
+  retentionAgeS @13 :UInt64;         # by a segment's last write, 0 = unlimited
+  segmentBytes @14 :UInt64;          # log segment file size, 0 = 64 MiB
 }
 
 struct TopicInfo {
@@ -62,6 +71,15 @@ struct TopicInfo {
   ownerUid @1 :UInt32;
   createdNs @2 :UInt64;           # CLOCK_REALTIME
   durable @3 :List(DurableCursor);
+  logDir @4 :Text;                # durable topics: <state-dir>/<topic> (replay reads it)
+  archived @5 :List(ArchiveStat); # durable topics: per partition (describeTopic)
+}
+
+struct ArchiveStat {
+  partition @0 :UInt32;
+  archivedSeq @1 :UInt64;         # highest sequence written to the log
+  durableSeq @2 :UInt64;          # highest sequence acknowledged durable (flush policy)
+  error @3 :Int32;                # errno of a failing write/sync, 0 = healthy
 }
 
 struct DurableCursor {

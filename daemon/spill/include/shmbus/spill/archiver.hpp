@@ -96,6 +96,12 @@ class Archiver {
   // already_exists when a live archiver holds the partition).
   void add_partition(std::shared_ptr<PartitionMapping> m, const LogConfig& cfg);
 
+  // Stops archiving the partition: waits for its I/O in flight (bounded, 30 s, else
+  // Error(timed_out)), drops what was staged but not written, closes its files and
+  // frees its cursor slot. The log files stay; the caller removes them if it wants.
+  // For the daemon's topic deletion. No-op for a partition not archived here.
+  void remove_partition(const std::string& topic, uint32_t partition);
+
   void start();
   // Finishes the I/O in flight, syncs (interval/batch), stops the thread. The
   // cursor slots stay taken unless leave_cursors: a restarted archiver adopts them,
