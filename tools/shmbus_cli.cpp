@@ -1,19 +1,37 @@
 // shmbus: the command-line tool for shmbusd.
-//   shmbus topic create NAME [--partitions N] [--capacity B] [--policy block|fail]
+//   shmbus topic create NAME [--partitions N] [--capacity B] [--policy block|fail|spill]
 //                            [--multi-producer] [--slots N] [--schema-id ID]
+//                            [--durable] [--flush none|interval|batch] [--flush-interval-ms N]
+//                            [--retention-bytes B] [--retention-age S] [--segment-bytes B]
 //                            [--publish-uid U]... [--subscribe-uid U]... [--publish-gid G]... [--subscribe-gid G]...
 //   shmbus topic list | describe NAME | delete NAME
 //   shmbus stat [TOPIC]
 //   shmbus health
+//   shmbus replay TOPIC [--partition P] [--from earliest|latest|seq:N|time:NS|time:ISO|mono:NS]
+//                       [--to seq:N|time:..|mono:NS] [--count N] [--follow] [--progress]
+//   shmbus tail TOPIC [--partition P] [--count N]
 // Human-readable by default, --json for scripts. Exit 0 ok, 1 error, 2 not serving.
+// replay/tail print one JSON object per message (the payload decoded with the
+// topic's Cap'n Proto schema when it is compiled into this tool).
+#include <unistd.h>
+
 #include <cinttypes>
+#include <csignal>
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
+#include <capnp/compat/json.h>
+#include <capnp/dynamic.h>
+#include <capnp/serialize.h>
 
+#include "market.capnp.h"
 #include "shmbus/daemon_client.hpp"
+#include "shmbus/replay.hpp"
+#include "shmbus/subscriber.hpp"
+#include "testmsg.capnp.h"
 
 using namespace shmbus;
 
@@ -30,6 +48,15 @@ std::string jstr(const std::string& s) {
     } else o += char(c);
   }
   return o + "\"";
+}
+
+const char* flush_name(proto::FlushPolicy f) {
+  switch (f) {
+    case proto::FlushPolicy::NONE: return "none";
+    case proto::FlushPolicy::INTERVAL: return "interval";
+    case proto::FlushPolicy::BATCH: return "batch";
+  }
+  return "?";
 }
 
 const char* policy_name(proto::Policy p) {
@@ -59,7 +86,21 @@ std::string topic_json(proto::TopicInfo::Reader t) {
     << ",\"created_ns\":" << t.getCreatedNs() << ",\"access\":{\"publish_uids\":"
     << list_json(a.getPublishUids()) << ",\"publish_gids\":" << list_json(a.getPublishGids())
     << ",\"subscribe_uids\":" << list_json(a.getSubscribeUids())
-    << ",\"subscribe_gids\":" << list_json(a.getSubscribeGids()) << "}}";
+    << ",\"subscribe_gids\":" << list_json(a.getSubscribeGids()) << "}";
+  o << ",\"durable\":" << (s.getDurable() ? "true" : "false");
+  if (s.getDurable()) {
+    o << ",\"flush\":\"" << flush_name(s.getFlush()) << "\",\"flush_interval_ms\":" << s.getFlushIntervalMs()
+      << ",\"retention_bytes\":" << s.getRetentionBytes() << ",\"retention_age_s\":" << s.getRetentionAgeS()
+      << ",\"segment_bytes\":" << s.getSegmentBytes() << ",\"log_dir\":" << jstr(t.getLogDir().cStr())
+      << ",\"archived\":[";
+    for (uint32_t i = 0; i < t.getArchived().size(); ++i) {
+      auto ar = t.getArchived()[i];
+      o << (i ? "," : "") << "{\"partition\":" << ar.getPartition() << ",\"archived_seq\":" << ar.getArchivedSeq()
+        << ",\"durable_seq\":" << ar.getDurableSeq() << ",\"error\":" << ar.getError() << "}";
+    }
+    o << "]";
+  }
+  o << "}";
   return o.str();
 }
 
@@ -74,6 +115,359 @@ void topic_human(proto::TopicInfo::Reader t) {
               s.getSlots(), s.getSchemaId(), t.getOwnerUid(), list_json(a.getPublishUids()).c_str(),
               list_json(a.getPublishGids()).c_str(), list_json(a.getSubscribeUids()).c_str(),
               list_json(a.getSubscribeGids()).c_str());
+  if (!s.getDurable()) {
+    std::printf("  not durable\n");
+    return;
+  }
+  std::printf("  durable: flush %s", flush_name(s.getFlush()));
+  if (s.getFlush() == proto::FlushPolicy::INTERVAL) std::printf(" every %u ms", s.getFlushIntervalMs());
+  std::printf(", retention %s bytes / %s s, segment %s bytes\n  log %s/%s/<partition>/\n",
+              s.getRetentionBytes() ? std::to_string(s.getRetentionBytes()).c_str() : "unlimited",
+              s.getRetentionAgeS() ? std::to_string(s.getRetentionAgeS()).c_str() : "unlimited",
+              s.getSegmentBytes() ? std::to_string(s.getSegmentBytes()).c_str() : "67108864 (default)",
+              t.getLogDir().cStr(), s.getName().cStr());
+  for (auto ar : t.getArchived())
+    std::printf("  partition %u: archived up to seq %" PRIu64 ", durable up to seq %" PRIu64 "%s\n",
+                ar.getPartition(), ar.getArchivedSeq(), ar.getDurableSeq(),
+                ar.getError() ? (std::string(", FAILING: ") + strerror(ar.getError())).c_str() : "");
+}
+
+// ---------------------------------------------------------------- replay / tail
+
+// The message schemas compiled into this tool, by Cap'n Proto type id.
+std::vector<capnp::StructSchema> known_schemas() {
+  return {capnp::Schema::from<shmbus::schema::Quote>(), capnp::Schema::from<shmbus::schema::Order>(),
+          capnp::Schema::from<shmbus::schema::Blob>()};
+}
+
+bool find_schema(uint64_t id, capnp::StructSchema& out) {
+  for (auto& s : known_schemas())
+    if (s.getProto().getId() == id) {
+      out = s;
+      return true;
+    }
+  return false;
+}
+
+std::string base64(const std::byte* p, size_t n) {
+  static const char* tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string o;
+  o.reserve((n + 2) / 3 * 4);
+  for (size_t i = 0; i < n; i += 3) {
+    uint32_t v = uint32_t(uint8_t(p[i])) << 16;
+    if (i + 1 < n) v |= uint32_t(uint8_t(p[i + 1])) << 8;
+    if (i + 2 < n) v |= uint32_t(uint8_t(p[i + 2]));
+    o += tbl[(v >> 18) & 63];
+    o += tbl[(v >> 12) & 63];
+    o += i + 1 < n ? tbl[(v >> 6) & 63] : '=';
+    o += i + 2 < n ? tbl[v & 63] : '=';
+  }
+  return o;
+}
+
+// Parses "earliest", "latest", "seq:N", "time:NS" / "time:ISO-8601" (wall clock,
+// converted to the frames' CLOCK_MONOTONIC), "mono:NS" (CLOCK_MONOTONIC as stored).
+// Returns false with `err` set on a bad spec.
+uint64_t wall_to_mono(uint64_t wall_ns) {
+  timespec r, m;
+  clock_gettime(CLOCK_REALTIME, &r);
+  clock_gettime(CLOCK_MONOTONIC, &m);
+  const int64_t off = (int64_t(r.tv_sec) - int64_t(m.tv_sec)) * 1'000'000'000ll + (r.tv_nsec - m.tv_nsec);
+  const int64_t v = int64_t(wall_ns) - off;
+  return v < 0 ? 0 : uint64_t(v);
+}
+
+uint64_t mono_to_wall(uint64_t mono_ns) {
+  timespec r, m;
+  clock_gettime(CLOCK_REALTIME, &r);
+  clock_gettime(CLOCK_MONOTONIC, &m);
+  const int64_t off = (int64_t(r.tv_sec) - int64_t(m.tv_sec)) * 1'000'000'000ll + (r.tv_nsec - m.tv_nsec);
+  return uint64_t(int64_t(mono_ns) + off);
+}
+
+bool parse_u64(const std::string& s, uint64_t& v) {
+  if (s.empty() || s.size() > 20) return false;
+  for (char c : s)
+    if (c < '0' || c > '9') return false;
+  errno = 0;
+  char* end = nullptr;
+  v = std::strtoull(s.c_str(), &end, 10);
+  return errno == 0 && end && *end == 0;
+}
+
+// YYYY-MM-DDTHH:MM:SS[.fraction][Z|+HH:MM|-HH:MM]; no zone = UTC.
+bool parse_iso(const std::string& s, uint64_t& wall_ns) {
+  int Y, M, D, h, m, sec, n = 0;
+  if (std::sscanf(s.c_str(), "%4d-%2d-%2d%*1[T ]%2d:%2d:%2d%n", &Y, &M, &D, &h, &m, &sec, &n) != 6) return false;
+  size_t i = size_t(n);
+  uint64_t frac = 0;
+  if (i < s.size() && s[i] == '.') {
+    ++i;
+    uint64_t scale = 100'000'000;
+    size_t digits = 0;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
+      if (scale) frac += uint64_t(s[i] - '0') * scale, scale /= 10;
+      ++i, ++digits;
+    }
+    if (!digits) return false;
+  }
+  int64_t zone_s = 0;
+  if (i < s.size() && (s[i] == 'Z' || s[i] == 'z')) {
+    ++i;
+  } else if (i < s.size() && (s[i] == '+' || s[i] == '-')) {
+    int zh, zm;
+    if (std::sscanf(s.c_str() + i + 1, "%2d:%2d", &zh, &zm) != 2) return false;
+    zone_s = (s[i] == '+' ? 1 : -1) * (zh * 3600 + zm * 60);
+    i += 6;
+  }
+  if (i != s.size() || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60) return false;
+  tm t{};
+  t.tm_year = Y - 1900;
+  t.tm_mon = M - 1;
+  t.tm_mday = D;
+  t.tm_hour = h;
+  t.tm_min = m;
+  t.tm_sec = sec;
+  const time_t secs = timegm(&t) - zone_s;
+  if (secs < 0 || uint64_t(secs) >= 18'000'000'000ull) return false;  // ns must fit in 64 bits
+  wall_ns = uint64_t(secs) * 1'000'000'000ull + frac;
+  return true;
+}
+
+struct Point {
+  enum Kind { earliest, latest, seq, mono } kind = earliest;
+  uint64_t v = 0;
+};
+
+bool parse_point(const std::string& s, Point& p, std::string& err) {
+  uint64_t v = 0;
+  if (s == "earliest") {
+    p = {Point::earliest, 0};
+  } else if (s == "latest") {
+    p = {Point::latest, 0};
+  } else if (s.rfind("seq:", 0) == 0 && parse_u64(s.substr(4), v)) {
+    p = {Point::seq, v};
+  } else if (s.rfind("mono:", 0) == 0 && parse_u64(s.substr(5), v)) {
+    p = {Point::mono, v};
+  } else if (s.rfind("time:", 0) == 0 && (parse_u64(s.substr(5), v) || parse_iso(s.substr(5), v))) {
+    p = {Point::mono, wall_to_mono(v)};
+  } else {
+    err = "bad position '" + s +
+          "': expected earliest, latest, seq:N, time:<ns since the epoch>, time:<ISO 8601, e.g. "
+          "2026-11-27T17:00:00.5Z> or mono:<CLOCK_MONOTONIC ns>";
+    return false;
+  }
+  return true;
+}
+
+volatile std::sig_atomic_t g_stop = 0;
+void on_sigint(int) { g_stop = 1; }
+
+// One JSON line per message. Decoding failures never stop the stream.
+class Printer {
+ public:
+  Printer(uint32_t partition, uint64_t topic_schema) : partition_(partition), topic_schema_(topic_schema) {
+  }
+  void print(const View& v) {
+    const uint64_t id = v.schema_id() ? v.schema_id() : topic_schema_;
+    std::string line = "{\"partition\":" + std::to_string(partition_) + ",\"seq\":" + std::to_string(v.sequence()) +
+                       ",\"ts_ns\":" + std::to_string(v.timestamp_ns()) +
+                       ",\"wall_ns\":" + std::to_string(mono_to_wall(v.timestamp_ns())) +
+                       ",\"producer\":" + std::to_string(v.producer_id()) + ",\"len\":" + std::to_string(v.size());
+    char idbuf[32];
+    std::snprintf(idbuf, sizeof idbuf, "0x%016" PRIx64, id);
+    line += ",\"schema_id\":\"" + std::string(idbuf) + "\"";
+    capnp::StructSchema sch;
+    std::string decoded, why;
+    if (!find_schema(id, sch)) {
+      why = id ? "schema not compiled into shmbus" : "topic has no schema id";
+      if (!warned_) {
+        std::fprintf(stderr, "shmbus: schema %s is not known to this tool (%s); printing payloads as base64\n",
+                     idbuf, why.c_str());
+        warned_ = true;
+      }
+    } else {
+      try {
+        const size_t words = (v.size() + 7) / 8;
+        buf_.resize(std::max<size_t>(words, 1));
+        std::memset(buf_.data(), 0, buf_.size() * 8);
+        std::memcpy(buf_.data(), v.data(), v.size());
+        capnp::ReaderOptions ro;
+        ro.traversalLimitInWords = words * 8 + 1024;
+        ro.nestingLimit = 64;
+        capnp::FlatArrayMessageReader rd(kj::arrayPtr(buf_.data(), words), ro);
+        auto root = rd.getRoot<capnp::DynamicStruct>(sch);
+        decoded = json_.encode(root).cStr();
+        line += ",\"type\":" + jstr(sch.getShortDisplayName().cStr()) + ",\"message\":" + decoded;
+      } catch (const kj::Exception& e) {
+        why = std::string("undecodable: ") + e.getDescription().cStr();
+      }
+    }
+    if (decoded.empty()) line += ",\"note\":" + jstr(why) + ",\"payload_base64\":\"" + base64(v.data(), v.size()) + "\"";
+    line += "}\n";
+    std::fwrite(line.data(), 1, line.size(), stdout);
+  }
+
+ private:
+  uint32_t partition_;
+  uint64_t topic_schema_;
+  capnp::JsonCodec json_;
+  std::vector<capnp::word> buf_;
+  bool warned_ = false;
+};
+
+struct ReplayArgs {
+  std::string topic;
+  uint32_t partition = 0;
+  std::string from = "earliest", to;
+  uint64_t count = 0;
+  bool follow = false, progress = false;
+};
+
+int run_replay(DaemonClient& c, const std::string& socket, const ReplayArgs& a, bool tail) {
+  Point from, to;
+  std::string err;
+  if (!parse_point(a.from, from, err)) {
+    std::fprintf(stderr, "shmbus: --from: %s\n", err.c_str());
+    return 1;
+  }
+  bool has_to = !a.to.empty();
+  if (has_to && (!parse_point(a.to, to, err) || to.kind == Point::earliest || to.kind == Point::latest)) {
+    std::fprintf(stderr, "shmbus: --to: %s\n", err.empty() ? "expected seq:N, time:... or mono:NS" : err.c_str());
+    return 1;
+  }
+  auto rep = c.call([&](proto::Request::Builder r) { r.setDescribeTopic(a.topic); });
+  auto info = rep.get().getTopic();
+  auto spec = info.getSpec();
+  if (a.partition >= spec.getPartitions()) {
+    std::fprintf(stderr, "shmbus: topic '%s' has no partition %u (it has %u)\n", a.topic.c_str(), a.partition,
+                 spec.getPartitions());
+    return 1;
+  }
+  const bool durable = spec.getDurable();
+  if (!durable && !tail) {
+    std::fprintf(stderr,
+                 "shmbus: topic '%s' is not durable: it has no log to replay (create it with --durable or "
+                 "--policy spill; `shmbus tail` follows any topic live)\n",
+                 a.topic.c_str());
+    return 1;
+  }
+  if (!durable && from.kind != Point::latest) {
+    std::fprintf(stderr, "shmbus: topic '%s' is not durable: only --from latest is possible\n", a.topic.c_str());
+    return 1;
+  }
+  // Where history ends for a replay without --follow: the partition's next sequence now.
+  uint64_t end_seq = 0;
+  {
+    auto st = c.call([&](proto::Request::Builder r) { r.setStat(a.topic); });
+    for (auto ts : st.get().getStats())
+      for (auto ps : ts.getPartitions())
+        if (ps.getPartition() == a.partition) end_seq = ps.getNextSequence();
+  }
+  const bool follow = a.follow || tail;
+  std::signal(SIGINT, on_sigint);
+  std::signal(SIGTERM, on_sigint);
+  std::signal(SIGPIPE, SIG_DFL);
+  Bus bus = Bus::connect(socket);
+  Printer pr(a.partition, spec.getSchemaId());
+  const bool show_progress = !follow && (a.progress || isatty(2));
+  uint64_t printed = 0, first_seq = 0;
+  uint64_t last_progress_ns = 0;
+  auto done = [&](const View& v) {
+    if (a.count && printed >= a.count) return true;
+    if (has_to && to.kind == Point::seq && v.sequence() > to.v) return true;
+    if (has_to && to.kind == Point::mono && v.timestamp_ns() > to.v) return true;
+    return false;
+  };
+  auto progress = [&](uint64_t seq, bool final) {
+    if (!show_progress || end_seq <= 1) return;
+    uint64_t now = shm::monotonic_ns();
+    if (!final && now - last_progress_ns < 100'000'000) return;
+    last_progress_ns = now;
+    const uint64_t lo = first_seq ? first_seq : seq;
+    const uint64_t total = end_seq > lo ? end_seq - lo : 1;
+    const double f = std::min(1.0, double(seq + 1 - lo) / double(total));
+    char bar[41];
+    const int fill = int(f * 40);
+    for (int i = 0; i < 40; ++i) bar[i] = i < fill ? '#' : '.';
+    bar[40] = 0;
+    std::fprintf(stderr, "\r[%s] %5.1f%%  %" PRIu64 " messages, seq %" PRIu64 " of %" PRIu64 "%s", bar, f * 100.0,
+                 printed, seq, end_seq - 1, final ? "\n" : "");
+  };
+  int64_t idle_ns = 200'000'000;
+  if (durable) {
+    ReplayOptions ro;
+    ro.partition = a.partition;
+    ro.state_dir = info.getLogDir().cStr();
+    if (ro.state_dir.empty()) {
+      auto h = c.call([](proto::Request::Builder r) { r.setHealth(); });
+      ro.state_dir = std::string(h.get().getHealth().getStateDir().cStr()) + "/log";
+    }
+    switch (from.kind) {
+      case Point::earliest: ro.start = StartAt::earliest(); break;
+      case Point::latest: ro.start = StartAt::latest(); break;
+      case Point::seq: ro.start = StartAt::sequence(from.v); break;
+      case Point::mono: ro.start = StartAt::time(from.v); break;
+    }
+    ReplaySubscriber sub = replay_subscriber(bus, a.topic, ro);
+    View v;
+    uint64_t corrupt = 0;
+    if (!follow && (end_seq <= 1 || from.kind == Point::latest || (from.kind == Point::seq && from.v >= end_seq)))
+      return 0;  // nothing between the start point and the current end
+    while (!g_stop) {
+      Status s = sub.poll_wait(v, idle_ns);
+      if (s == Status::corrupt) {
+        ++corrupt;
+        std::fprintf(stderr, "shmbus: a corrupt log record was skipped (never printed)\n");
+        v = View{};
+        continue;
+      }
+      if (s != Status::ok) {
+        v = View{};
+        // Nothing more within idle_ns and already reading the live ring: the history
+        // (up to the end as of our start) is through, whatever the filters skipped.
+        if (!follow && sub.source() == ReplaySource::ring) break;
+        continue;
+      }
+      if (done(v)) break;
+      if (!first_seq) first_seq = v.sequence();
+      pr.print(v);
+      ++printed;
+      progress(v.sequence(), false);
+      const uint64_t last = v.sequence();
+      sub.release(v);
+      if (a.count && printed >= a.count) break;
+      if (!follow && last + 1 >= end_seq) break;
+      v = View{};
+      if (follow) std::fflush(stdout);
+    }
+    if (printed) progress(sub.last_sequence(), true);
+    if (sub.stats().gaps)
+      std::fprintf(stderr, "shmbus: history before seq %" PRIu64 " was deleted by retention\n", first_seq);
+    std::fflush(stdout);
+    return corrupt ? 3 : 0;
+  }
+  // A non-durable topic: follow the live ring with an untethered cursor.
+  SubscriberOptions so;
+  so.partition = a.partition;
+  so.tethered = false;
+  Subscriber sub = bus.subscriber(a.topic, so);
+  View v;
+  while (!g_stop) {
+    Status s = sub.poll_wait(v, idle_ns);
+    if (s == Status::lapped) {
+      std::fprintf(stderr, "shmbus: lapped by the producer (messages were missed)\n");
+      continue;
+    }
+    if (s != Status::ok) continue;
+    if (done(v)) break;
+    pr.print(v);
+    ++printed;
+    sub.release(v);
+    std::fflush(stdout);
+    if (a.count && printed >= a.count) break;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -97,7 +491,19 @@ int main(int argc, char** argv) {
   create->add_option("--partitions", cfg.partitions, "partitions");
   create->add_option("--capacity", cfg.capacity, "ring bytes per partition (power of two)");
   create->add_option("--max-payload", cfg.max_payload, "largest message (0: capacity/4)");
-  create->add_option("--policy", policy, "block|fail")->check(CLI::IsMember({"block", "fail"}));
+  create->add_option("--policy", policy, "block|fail|spill (spill implies --durable)")
+      ->check(CLI::IsMember({"block", "fail", "spill"}));
+  bool durable = false;
+  std::string flush = "interval";
+  uint32_t flush_ms = 10;
+  uint64_t retention_bytes = 0, retention_age = 0, segment_bytes = 0;
+  create->add_flag("--durable", durable, "archive every message to the spill log (<state-dir>/log/<topic>/)");
+  create->add_option("--flush", flush, "durable: none|interval|batch (when a message counts as durable)")
+      ->check(CLI::IsMember({"none", "interval", "batch"}));
+  create->add_option("--flush-interval-ms", flush_ms, "durable, flush interval: fdatasync period");
+  create->add_option("--retention-bytes", retention_bytes, "durable: keep at most this many log bytes per partition (0 = all)");
+  create->add_option("--retention-age", retention_age, "durable: delete log segments older than this many seconds (0 = never)");
+  create->add_option("--segment-bytes", segment_bytes, "durable: log segment file size (0 = 64 MiB)");
   create->add_flag("--multi-producer", cfg.multi_producer, "allow several producers per partition");
   create->add_option("--slots", cfg.slots, "subscriber slots per partition");
   create->add_option("--schema-id", cfg.schema_id, "Cap'n Proto root type id (0 = any)");
@@ -113,6 +519,23 @@ int main(int argc, char** argv) {
   auto* stat = app.add_subcommand("stat", "positions, rates, lag, back-pressure, reclamation");
   stat->add_option("topic", name, "one topic (default: all)");
   auto* health = app.add_subcommand("health", "is the daemon serving?");
+  ReplayArgs ra;
+  auto* replay = app.add_subcommand("replay", "print a durable topic's messages from its log as JSON lines");
+  replay->add_option("topic", ra.topic)->required();
+  replay->add_option("--partition", ra.partition, "partition (default 0)");
+  replay->add_option("--from", ra.from,
+                     "earliest|latest|seq:N|time:<ns since epoch>|time:<ISO 8601>|mono:<ns> (default earliest)");
+  replay->add_option("--to", ra.to, "stop after seq:N / time:... / mono:NS (inclusive)");
+  replay->add_option("--count", ra.count, "stop after N messages");
+  replay->add_flag("--follow", ra.follow, "continue with live messages (default: stop at the current end)");
+  replay->add_flag("--progress", ra.progress, "progress bar on stderr (default: when stderr is a terminal)");
+  ReplayArgs ta;
+  ta.from = "latest";
+  auto* tail = app.add_subcommand("tail", "print a topic's new messages as JSON lines (Ctrl-C stops)");
+  tail->add_option("topic", ta.topic)->required();
+  tail->add_option("--partition", ta.partition, "partition (default 0)");
+  tail->add_option("--from", ta.from, "durable topics: start point as for replay (default latest)");
+  tail->add_option("--count", ta.count, "stop after N messages");
   CLI11_PARSE(app, argc, argv);
 
   DaemonClient::Options co;
@@ -132,7 +555,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (create->parsed()) {
-      cfg.policy = policy == "fail" ? Policy::fail : Policy::block;
+      cfg.policy = policy == "fail" ? Policy::fail : policy == "spill" ? Policy::spill : Policy::block;
       bool any_acl = !acl.publish_uids.empty() || !acl.publish_gids.empty() ||
                      !acl.subscribe_uids.empty() || !acl.subscribe_gids.empty();
       if (!any_acl) cfg.mode = 0600;  // owner (and root) only unless an ACL is given
@@ -142,7 +565,17 @@ int main(int argc, char** argv) {
         s.setPartitions(cfg.partitions);
         s.setCapacity(cfg.capacity);
         s.setMaxPayload(cfg.max_payload);
-        s.setPolicy(cfg.policy == Policy::fail ? proto::Policy::FAIL : proto::Policy::BLOCK);
+        s.setPolicy(cfg.policy == Policy::fail    ? proto::Policy::FAIL
+                    : cfg.policy == Policy::spill ? proto::Policy::SPILL
+                                                  : proto::Policy::BLOCK);
+        s.setDurable(durable || cfg.policy == Policy::spill);
+        s.setFlush(flush == "none" ? proto::FlushPolicy::NONE
+                   : flush == "batch" ? proto::FlushPolicy::BATCH
+                                      : proto::FlushPolicy::INTERVAL);
+        s.setFlushIntervalMs(flush_ms);
+        s.setRetentionBytes(retention_bytes);
+        s.setRetentionAgeS(retention_age);
+        s.setSegmentBytes(segment_bytes);
         s.setMultiProducer(cfg.multi_producer);
         s.setSlots(cfg.slots);
         s.setSchemaId(cfg.schema_id);
@@ -220,6 +653,10 @@ int main(int argc, char** argv) {
       }
       if (json) o << "]\n";
       std::fputs(o.str().c_str(), stdout);
+    } else if (replay->parsed()) {
+      return run_replay(*c, socket, ra, false);
+    } else if (tail->parsed()) {
+      return run_replay(*c, socket, ta, true);
     } else if (health->parsed()) {
       auto rep = c->call([](proto::Request::Builder r) { r.setHealth(); });
       auto h = rep.get().getHealth();
