@@ -21,6 +21,7 @@ const (
 	CodeNotConnected     = -10015 // no daemon at the socket
 	CodeInternal         = -10016 // a bug: please report with shmbus_last_error()
 	CodeUnsupported      = -10017 // not available in this build / mode
+	CodeLapped           = -10018 // untethered: overtaken by the producer; continues at its tail
 )
 
 // Sentinels for errors.Is: an *Error matches the sentinel of its Code.
@@ -42,6 +43,7 @@ var (
 	ErrNotConnected     = &Error{Code: CodeNotConnected, Msg: "no daemon at the socket"}
 	ErrInternal         = &Error{Code: CodeInternal, Msg: "a bug: please report with shmbus_last_error()"}
 	ErrUnsupported      = &Error{Code: CodeUnsupported, Msg: "not available in this build / mode"}
+	ErrLapped           = &Error{Code: CodeLapped, Msg: "untethered: overtaken by the producer; continues at its tail"}
 )
 
 // sentinelByCode maps each code to its sentinel (hot paths return these: no allocation).
@@ -63,4 +65,5 @@ var sentinelByCode = map[int]*Error{
 	CodeNotConnected:     ErrNotConnected,
 	CodeInternal:         ErrInternal,
 	CodeUnsupported:      ErrUnsupported,
+	CodeLapped:           ErrLapped,
 }

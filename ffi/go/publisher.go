@@ -4,6 +4,15 @@ package shmbus
 #include <stdlib.h>
 #include "shmbus.h"
 
+// The per-message calls never call back into Go and keep no pointer they are
+// given: the cgo runtime may skip the bookkeeping for either.
+#cgo nocallback shmbus_publisher_commit_message_and_claim
+#cgo noescape shmbus_publisher_commit_message_and_claim
+#cgo nocallback shmbus_publisher_commit_message
+#cgo noescape shmbus_publisher_commit_message
+#cgo nocallback shmbus_publisher_claim
+#cgo noescape shmbus_publisher_claim
+
 // One C allocation per publisher for everything the hot path passes by pointer,
 // so that no Go memory is handed to C per message (and nothing escapes).
 typedef struct gosb_pub_scratch {
@@ -17,6 +26,7 @@ import "C"
 import (
 	"context"
 	"math"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +69,8 @@ type Publisher struct {
 	msgClaim bool   // open is used by p.msg (ClaimMessage)
 	nextMax  int    // size to pre-claim
 	msg      capnp.Message
+	seg      *capnp.Segment // p.msg's only segment, repointed at each claim (segRepoint)
+	root     rootCache      // ClaimRoot: the root of the previous message, rebuilt in place
 
 	fallbacks uint64
 }
@@ -111,6 +123,18 @@ func (b *Bus) Publisher(topic string, opts *PublisherOptions) (*Publisher, error
 		pipeline:     !o.DisablePipelining && !cfg.MultiProducer,
 		maxPayload:   int(C.shmbus_publisher_max_payload(h)),
 	}
+	if segRepoint {
+		// One message and one arena for the publisher's life: each claim repoints
+		// the segment at its ring memory (no allocation per message). The arena
+		// has no buffer pool, so it cannot grow past the claim.
+		seg, err := p.msg.Reset(capnp.SingleSegment(make([]byte, 0)))
+		if err != nil {
+			C.shmbus_publisher_close(h)
+			C.free(unsafe.Pointer(p.s))
+			return nil, err
+		}
+		p.seg = seg
+	}
 	return p, nil
 }
 
@@ -159,10 +183,14 @@ func sizeArg(n int) (C.uint32_t, error) {
 }
 
 // dropMsg detaches p.msg from ring memory (its segment then reads as empty, so a
-// stale builder cannot write into the ring).
+// stale builder cannot write into the ring: its writes panic out of range).
 func (p *Publisher) dropMsg() {
 	if p.msgClaim {
-		p.msg.Reset(nil)
+		if p.seg != nil {
+			setSegData(p.seg, nil)
+		} else {
+			p.msg.Reset(nil)
+		}
 		p.msgClaim = false
 	}
 }
@@ -302,6 +330,11 @@ func (p *Publisher) claimMessage(ctx context.Context, maxBytes int) (*capnp.Mess
 	// The builder's first segment: the claim past the 8-byte segment table,
 	// empty but with the claim's capacity. SingleSegment over caller memory
 	// refuses to grow beyond it (it has no buffer pool to grow into).
+	if p.seg != nil {
+		setSegData(p.seg, p.open[8:8:len(p.open)])
+		p.msgClaim = true
+		return &p.msg, p.seg, nil
+	}
 	first, err := p.msg.Reset(capnp.SingleSegment(p.open[8:8:len(p.open)]))
 	if err != nil {
 		p.abort()
@@ -309,6 +342,62 @@ func (p *Publisher) claimMessage(ctx context.Context, maxBytes int) (*capnp.Mess
 	}
 	p.msgClaim = true
 	return &p.msg, first, nil
+}
+
+// ClaimRoot is ClaimMessage plus the root struct, for publishing many messages of
+// one root type in a loop: newRoot is the generated constructor (e.g.
+// market.NewRootQuote). The first call runs it; later calls reuse what it built:
+// they write the same root pointer into the new claim and return the same struct
+// value over the new ring memory (zeroed), so a message costs no allocation and
+// no capnp set-up. Set the fields, then CommitMessage (or Abort). The struct is
+// valid until CommitMessage, Abort or Close, like ClaimMessage's segment: writing
+// through it afterwards panics (out of range) instead of touching the ring.
+//
+// newRoot must be a plain constructor: the reuse is keyed on the function and
+// checked against what it built (the root must be the segment's first and only
+// object); anything else runs newRoot every time, which is ClaimMessage's cost.
+func ClaimRoot[T ~capnp.StructKind](ctx context.Context, p *Publisher, maxBytes int,
+	newRoot func(*capnp.Segment) (T, error)) (T, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, seg, err := p.claimMessage(ctx, maxBytes)
+	if err != nil {
+		return T{}, err
+	}
+	fn := reflect.ValueOf(newRoot).Pointer()
+	rc := &p.root
+	if rc.fn == fn && p.seg != nil && rc.used+8 <= len(p.open) {
+		// The segment: root pointer word + struct, zeroed ring memory.
+		*(*uint64)(unsafe.Pointer(&p.open[8])) = rc.word
+		setSegData(p.seg, p.open[8:8+rc.used:len(p.open)])
+		return T(rc.st), nil
+	}
+	st, err := newRoot(seg)
+	if err != nil {
+		p.abort()
+		return T{}, err
+	}
+	rc.fn = 0
+	s := capnp.Struct(st)
+	data := seg.Data()
+	// Cacheable: built in the repointed segment, one word of root pointer then the
+	// struct and nothing else (a root with no pointer fields set, which is what a
+	// constructor returns).
+	if p.seg != nil && s.Segment() == p.seg && len(data) >= 8 &&
+		len(data) == 8+int(s.Size().DataSize)+8*int(s.Size().PointerCount) {
+		rc.fn, rc.st, rc.used = fn, s, len(data)
+		rc.word = *(*uint64)(unsafe.Pointer(&data[0]))
+	}
+	return st, nil
+}
+
+// rootCache is what ClaimRoot reuses: the root struct (over p.seg, which is
+// repointed at each claim), its root pointer word and the segment bytes it takes.
+type rootCache struct {
+	fn   uintptr // code pointer of the constructor, 0: nothing cached
+	st   capnp.Struct
+	word uint64
+	used int
 }
 
 // CommitMessage publishes the message built on ClaimMessage's segment. Unless

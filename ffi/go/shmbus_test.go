@@ -2,6 +2,7 @@ package shmbus_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"context"
 	"errors"
 	"fmt"
@@ -713,4 +714,286 @@ func TestMultiSegmentMessagesAreReadInPlace(t *testing.T) {
 	if err != nil || acct != long || got.OrderId() != 3 {
 		t.Fatalf("order %d, account of %d bytes, %v", got.OrderId(), len(acct), err)
 	}
+}
+
+// An untethered subscriber that stops reading while the producer laps the ring:
+// Check reports the view it holds as overwritten, the next poll reports the lap
+// once (ErrLapped) without handing out overwritten bytes, and then it reads on
+// at the producer's tail.
+func TestUntetheredSubscriberIsToldWhenLapped(t *testing.T) {
+	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 8192, Policy: shmbus.PolicyFail})
+	pub, sub := openPair(t, bus, topic, nil, &shmbus.SubscriberOptions{Untethered: true})
+	ctx := ctxT(t)
+	msg := make([]byte, 256)
+	put := func(n uint64) {
+		t.Helper()
+		binary.LittleEndian.PutUint64(msg, n)
+		// Policy fail: an untethered subscriber never holds the producer back,
+		// so a full ring would show up here as ErrBackPressured.
+		if err := pub.Offer(ctx, msg, n, 0); err != nil {
+			t.Fatalf("Offer %d: %v", n, err)
+		}
+	}
+	counter := func(v *shmbus.View) uint64 { return binary.LittleEndian.Uint64(v.Data) }
+
+	put(1)
+	first, err := sub.TryPoll()
+	if err != nil || counter(&first) != 1 {
+		t.Fatalf("first poll: %v", err)
+	}
+	if err := sub.Check(&first); err != nil {
+		t.Fatalf("Check of an intact view: %v", err)
+	}
+	for n := uint64(2); n <= 100; n++ { // ~3 laps of an 8 KiB ring
+		put(n)
+	}
+	if err := sub.Check(&first); !errors.Is(err, shmbus.ErrLapped) {
+		t.Fatalf("Check of an overwritten view: want ErrLapped, got %v", err)
+	}
+	if _, err := sub.TryPoll(); !errors.Is(err, shmbus.ErrLapped) {
+		t.Fatalf("poll after the lap: want ErrLapped, got %v", err)
+	}
+	if _, err := sub.TryPoll(); !errors.Is(err, shmbus.ErrEmpty) {
+		t.Fatalf("poll after ErrLapped: want ErrEmpty (continues at the tail), got %v", err)
+	}
+	// Lapped again, seen by the batch poll.
+	for n := uint64(101); n <= 200; n++ {
+		put(n)
+	}
+	views := make([]shmbus.View, 8)
+	if _, err := sub.PollBatch(ctx, views); !errors.Is(err, shmbus.ErrLapped) {
+		t.Fatalf("PollBatch after a lap: want ErrLapped, got %v", err)
+	}
+	put(201)
+	k, err := sub.PollBatch(ctx, views)
+	if err != nil || k != 1 || counter(&views[0]) != 201 {
+		t.Fatalf("PollBatch after the lap: k=%d err=%v", k, err)
+	}
+	if err := sub.Check(&views[0]); err != nil {
+		t.Fatalf("Check of a fresh view: %v", err)
+	}
+	if err := sub.ReleaseAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Check(nil); !errors.Is(err, shmbus.ErrInvalidArgument) {
+		t.Fatalf("Check(nil): %v", err)
+	}
+}
+
+// A tethered subscriber holds the producer back instead: the same traffic fills
+// the ring (ErrBackPressured) and Check never reports a lap.
+func TestTetheredSubscriberIsNeverLapped(t *testing.T) {
+	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 8192, Policy: shmbus.PolicyFail})
+	pub, sub := openPair(t, bus, topic, nil, nil)
+	ctx := ctxT(t)
+	msg := make([]byte, 256)
+	if err := pub.Offer(ctx, msg, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	v, err := sub.TryPoll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var perr error
+	for n := 0; n < 100 && perr == nil; n++ {
+		perr = pub.Offer(ctx, msg, 2, 0)
+	}
+	if !errors.Is(perr, shmbus.ErrBackPressured) {
+		t.Fatalf("want ErrBackPressured from a ring held by a tethered subscriber, got %v", perr)
+	}
+	if err := sub.Check(&v); err != nil {
+		t.Fatalf("Check (tethered): %v", err)
+	}
+}
+
+// A named (durable) subscriber resumes after its last release when it reopens
+// under the same name: on the embedded daemon, which keeps the resume records.
+func TestNamedSubscriberResumesAfterItsLastRelease(t *testing.T) {
+	bus, err := shmbus.OpenEmbedded(t.TempDir())
+	if errors.Is(err, shmbus.ErrUnsupported) {
+		t.Skip("no embedded daemon in this build")
+	}
+	if err != nil {
+		t.Fatalf("OpenEmbedded: %v", err)
+	}
+	defer bus.Close()
+	topic := "go.named"
+	if err := bus.CreateTopic(topic, shmbus.TopicConfig{Capacity: 8192}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t)
+	so := &shmbus.SubscriberOptions{Name: "go-durable"}
+	sub, err := bus.Subscriber(topic, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := bus.Publisher(topic, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	for i, s := range []string{"abc", "de", "f"} {
+		if err := pub.Offer(ctx, []byte(s), uint64(i+1), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, err := sub.Poll(ctx)
+	if err != nil || string(v.Data) != "abc" {
+		t.Fatalf("first poll: %q %v", v.Data, err)
+	}
+	if err := sub.Release(&v); err != nil {
+		t.Fatal(err)
+	}
+	sub.Close() // parked under its name
+	sub, err = bus.Subscriber(topic, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	v, err = sub.Poll(ctx)
+	if err != nil || string(v.Data) != "de" || v.MessageID != 2 {
+		t.Fatalf("after reopening under the name: want \"de\" (id 2), got %q (id %d) %v", v.Data, v.MessageID, err)
+	}
+	// Another name starts at the tail: it sees nothing of the above.
+	other, err := bus.Subscriber(topic, &shmbus.SubscriberOptions{Name: "go-other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.TryPoll(); !errors.Is(err, shmbus.ErrEmpty) {
+		t.Fatalf("a new name: want ErrEmpty, got %v", err)
+	}
+}
+
+func setQuote(q market.Quote, i uint64) {
+	inst, bid, ask, bq, aq, ts := quoteFields(i)
+	q.SetInstrumentId(inst)
+	q.SetBidPx(bid)
+	q.SetAskPx(ask)
+	q.SetBidQty(bq)
+	q.SetAskQty(aq)
+	q.SetExchangeTsNs(ts)
+	q.SetSeq(i)
+}
+
+// ClaimRoot builds message after message in ring memory reusing the root it built
+// first: every message reads back field by field, in place, interleaved with other
+// root types (one with a pointer field that allocates past the root), and a
+// message costs no allocation.
+func TestClaimRootReusesTheRootInPlaceWithoutAllocating(t *testing.T) {
+	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 20})
+	pub, sub := openPair(t, bus, topic, nil, nil)
+	ctx := ctxT(t)
+	var r shmbus.Reader
+	views := make([]shmbus.View, 256)
+	drain := func(check func(i int, v *shmbus.View)) int {
+		t.Helper()
+		got := 0
+		for {
+			k, err := sub.TryPollBatch(views)
+			if errors.Is(err, shmbus.ErrEmpty) {
+				return got
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for j := 0; j < k; j++ {
+				check(got, &views[j])
+				got++
+			}
+			if err := sub.ReleaseAll(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	for i := uint64(1); i <= 300; i++ {
+		if i%3 == 0 { // an order (Text pointer) between quotes
+			o, err := shmbus.ClaimRoot(ctx, pub, 128, market.NewRootOrder)
+			if err != nil {
+				t.Fatalf("ClaimRoot order %d: %v", i, err)
+			}
+			o.SetOrderId(i)
+			if err := o.SetAccount(fmt.Sprintf("acct-%d", i)); err != nil {
+				t.Fatalf("SetAccount %d: %v", i, err)
+			}
+			if err := pub.CommitMessage(i, market.Order_TypeID); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		q, err := shmbus.ClaimRoot(ctx, pub, 64, market.NewRootQuote)
+		if err != nil {
+			t.Fatalf("ClaimRoot quote %d: %v", i, err)
+		}
+		if q.Seq() != 0 || q.BidPx() != 0 {
+			t.Fatalf("quote %d: the reused root is not zeroed", i)
+		}
+		setQuote(q, i)
+		if err := pub.CommitMessage(i, market.Quote_TypeID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := drain(func(k int, v *shmbus.View) {
+		i := uint64(k + 1)
+		if i%3 != 0 {
+			if len(v.Data) != 64 {
+				t.Fatalf("quote %d: %d bytes, want 64 (segment table + root pointer + 6 words)", i, len(v.Data))
+			}
+			checkQuote(t, &r, v, i)
+			return
+		}
+		msg, err := r.Read(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := market.ReadRootOrder(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acct, _ := o.Account()
+		if o.OrderId() != i || acct != fmt.Sprintf("acct-%d", i) || v.SchemaID != market.Order_TypeID {
+			t.Fatalf("order %d differs: id %d account %q", i, o.OrderId(), acct)
+		}
+	})
+	if n != 300 {
+		t.Fatalf("read %d messages, want 300", n)
+	}
+
+	// No allocation per message (the race detector's instrumentation allocates).
+	i := uint64(1000)
+	allocs := testing.AllocsPerRun(200, func() {
+		q, err := shmbus.ClaimRoot(ctx, pub, 64, market.NewRootQuote)
+		if err != nil {
+			panic(err)
+		}
+		i++
+		setQuote(q, i)
+		if err := pub.CommitMessage(i, market.Quote_TypeID); err != nil {
+			panic(err)
+		}
+	})
+	if allocs != 0 && !raceEnabled {
+		t.Fatalf("ClaimRoot + CommitMessage: %.1f allocations per message, want 0", allocs)
+	}
+	drain(func(int, *shmbus.View) {})
+
+	// A root kept past its commit cannot write into the ring: it panics.
+	q, err := shmbus.ClaimRoot(ctx, pub, 64, market.NewRootQuote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setQuote(q, 7)
+	if err := pub.CommitMessage(7, market.Quote_TypeID); err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("a write through a committed root did not panic")
+			}
+		}()
+		q.SetSeq(99)
+	}()
+	drain(func(_ int, v *shmbus.View) { checkQuote(t, &r, v, 7) })
 }

@@ -20,9 +20,17 @@ import (
 // SubscriberOptions configures Bus.Subscriber. The zero value is the defaults.
 type SubscriberOptions struct {
 	Partition uint32
-	// Untethered subscribers do not hold producers back (they may be overrun);
-	// the default (tethered) is never overwritten.
-	Untethered  bool
+	// Untethered subscribers do not hold producers back: a producer may lap them.
+	// A lapped subscriber gets ErrLapped once from Poll/PollBatch (never the
+	// overwritten bytes), then continues at the producer's tail (the sequence
+	// numbers show the gap). A view it holds may be overwritten while it reads
+	// it: call Check after reading, and discard what was read on ErrLapped.
+	// The default (tethered) holds producers back and is never overwritten.
+	Untethered bool
+	// Name makes the subscriber durable: closing parks its slot under the name
+	// and a subscriber opening with the same name resumes after the last
+	// release (durable resume records need the daemon: Connect/OpenEmbedded).
+	Name        string
 	Wait        WaitStrategy
 	Spin        time.Duration // hybrid: spin this long before sleeping (0: 20 µs)
 	OpenTimeout time.Duration // wait for a topic being created (0: 5 s)
@@ -88,6 +96,11 @@ func (b *Bus) Subscriber(topic string, opts *SubscriberOptions) (*Subscriber, er
 	}
 	if o.OpenTimeout > 0 {
 		co.open_timeout_ms = C.int32_t(o.OpenTimeout.Milliseconds())
+	}
+	if o.Name != "" {
+		cname := C.CString(o.Name)
+		defer C.free(unsafe.Pointer(cname))
+		co.name = cname
 	}
 	cn := C.CString(topic)
 	defer C.free(unsafe.Pointer(cn))
@@ -259,6 +272,27 @@ func (s *Subscriber) Release(v *View) error {
 	s.rel.position = C.uint64_t(v.Position)
 	s.rel.next_position = C.uint64_t(v.NextPosition)
 	return codeError(int(C.shmbus_subscriber_release(s.h, s.rel)))
+}
+
+// Check tells whether what was read from v is intact: nil, or ErrLapped when the
+// producer may have overwritten v's bytes while they were read (untethered
+// subscribers only; discard what was read). Call it after reading a view and
+// before acting on what was read. Always nil for a tethered subscriber, whose
+// views are never overwritten before they are released.
+func (s *Subscriber) Check(v *View) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.check(); err != nil {
+		return err
+	}
+	if v == nil || v.ptr == nil {
+		return &Error{Code: CodeInvalidArgument, Msg: "Check: not a polled view"}
+	}
+	s.rel.data = (*C.uint8_t)(v.ptr)
+	s.rel.size = C.uint32_t(len(v.Data))
+	s.rel.position = C.uint64_t(v.Position)
+	s.rel.next_position = C.uint64_t(v.NextPosition)
+	return codeError(int(C.shmbus_subscriber_check(s.h, s.rel)))
 }
 
 // ReleaseAll frees every view polled so far.

@@ -6,7 +6,8 @@
 //
 // The consumer is batched (PollBatch + ReleaseAll: two cgo calls per batch; with
 // --single, Poll + Release: two per message); the producer pipelines
-// (CommitMessage commits and claims the next message: one cgo call per message).
+// (CommitMessage commits and claims the next message: one cgo call per message)
+// and reuses the root struct (ClaimRoot: no allocation or capnp set-up per message).
 package main
 
 import (
@@ -191,13 +192,9 @@ func benchProduce(c benchConfig) error {
 			}
 			next += gap
 		}
-		_, seg, err := pub.ClaimMessage(ctx, 64)
+		q, err := shmbus.ClaimRoot(ctx, pub, 64, market.NewRootQuote)
 		if err != nil {
 			return fmt.Errorf("claim %d: %w", i, err)
-		}
-		q, err := market.NewRootQuote(seg)
-		if err != nil {
-			return fmt.Errorf("build %d: %w", i, err)
 		}
 		q.SetInstrumentId(uint32(i % 1000))
 		q.SetBidPx(int64(px0 + i))

@@ -1,0 +1,5 @@
+//go:build race
+
+package shmbus_test
+
+const raceEnabled = true
