@@ -9,6 +9,10 @@
 #
 # Usage: bench/lang/run.sh [--runs 5] [--count 2000000] [--lat-count 100000]
 #          [--rate 100000] [--pairs "cpp:cpp go:go ..."] [--cpus 0,1] [--nice -20] [--json] [--out FILE]
+#          [--bin NAME=PATH ...]
+#        --bin: one more program speaking the bench-produce/bench-consume protocol, named
+#        NAME in --pairs (e.g. --bin go-old=/tmp/xlang-go --pairs "cpp:cpp go-old:cpp go:cpp"
+#        compares a previous build of the Go side with the current one in the same run).
 #        --nice: niceness of the benchmark processes (default -20 when root, so that
 #        other work on the machine, e.g. compilers, takes less of the pinned cores;
 #        0 to run at normal priority). With autogroup scheduling (one group per
@@ -27,6 +31,7 @@ case "$BUILD_DIR" in /*) ;; *) BUILD_DIR=$repo/$BUILD_DIR ;; esac
 runs=5 count=2000000 lat_count=100000 rate=100000 json=0 out="" cpus=0,1 nice=-20
 pairs="cpp:cpp go:go rust:rust go:rust rust:go cpp:go cpp:rust go:cpp rust:cpp cpp:go-single"
 orig_args=("$@")
+declare -A XBIN=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
@@ -38,7 +43,8 @@ while [ $# -gt 0 ]; do
     --nice) nice=$2; shift 2 ;;
     --json) json=1; shift ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --bin) XBIN[${2%%=*}]=${2#*=}; shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
 done
@@ -76,6 +82,7 @@ fi
 declare -A BIN=([cpp]=$BUILD_DIR/bench/lang/shmbus-lang-bench-cpp [go]=$bin/xlang-go
                 [go-single]=$bin/xlang-go [rust]=$bin/xlang-rust)
 declare -A EXTRA=([go-single]=--single)
+for k in "${!XBIN[@]}"; do BIN[$k]=${XBIN[$k]}; done
 
 # ---- machine ------------------------------------------------------------------------
 work=$(mktemp -d)
