@@ -56,25 +56,33 @@ struct Result {
   double msgs_s, mb_s, log_mb_s;
 };
 
-Result throughput(const std::string& dir, spill::FlushPolicy pol, uint32_t size, double seconds) {
+spill::ArchiverConfig g_acfg;  // --buffer-kib, --buffers, --inflight
+uint32_t g_interval_ms = 10;   // --interval-ms (throughput rows)
+
+// archived == false: the same producer loop on a topic without any cursor (the ring
+// just wraps): the producer's own ceiling on this machine, in the same run.
+Result throughput(const std::string& dir, spill::FlushPolicy pol, uint32_t size, double seconds,
+                  bool archived = true) {
   std::string prefix = "shmbus-sb-" + std::to_string(getpid());
   Bus bus = Bus::direct({.shm_prefix = prefix});
   const std::string topic = "bench.durable";
   TopicConfig tc;
   tc.capacity = 16 << 20;
   tc.max_payload = 64 << 10;
-  tc.policy = Policy::spill;
+  tc.policy = archived ? Policy::spill : Policy::block;
   bus.create_topic(topic, tc);
   std::string sdir = dir + "/state-" + std::to_string(getpid());
-  spill::Archiver a;
+  spill::Archiver a(g_acfg);
   spill::LogConfig lc;
   lc.state_dir = sdir;
   lc.flush = pol;
-  lc.flush_interval_ms = 10;
+  lc.flush_interval_ms = g_interval_ms;
   lc.segment_bytes = 256 << 20;
-  a.add_partition(bus.provider().open(topic, 0, Role::admin, 5000), lc);
-  a.start();
-  Result r{spill::to_string(pol), size, 0, 0, 0};
+  if (archived) {
+    a.add_partition(bus.provider().open(topic, 0, Role::admin, 5000), lc);
+    a.start();
+  }
+  Result r{archived ? spill::to_string(pol) : "no archiver", size, 0, 0, 0};
   {
     PublisherOptions po;
     po.block_timeout_ns = 10'000'000'000;
@@ -85,7 +93,7 @@ Result throughput(const std::string& dir, spill::FlushPolicy pol, uint32_t size,
       for (int k = 0; k < 256; ++k)
         if (pub.offer(payload.data(), size) == Status::ok) ++n;
     }
-    wait_durable(pub, n, 60'000'000'000);
+    if (archived) wait_durable(pub, n, 60'000'000'000);
     double s = (now_ns() - t0) / 1e9;
     r.msgs_s = n / s;
     r.mb_s = n * double(size) / s / 1e6;
@@ -201,23 +209,131 @@ Lat ack_latency(const std::string& dir, spill::FlushPolicy pol, int count) {
 int main(int argc, char** argv) {
   std::string dir = "/var/tmp";
   double seconds = 2;
-  bool json = false;
+  bool json = false, only_tp = false;
+  int reps = 1;
+  std::vector<spill::ArchiverConfig> compare;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--dir" && i + 1 < argc) dir = argv[++i];
+    else if (a == "--buffer-kib" && i + 1 < argc) g_acfg.buffer_bytes = uint32_t(atoi(argv[++i])) << 10;
+    else if (a == "--buffers" && i + 1 < argc) g_acfg.buffer_count = uint32_t(atoi(argv[++i]));
+    else if (a == "--inflight" && i + 1 < argc) g_acfg.max_inflight_writes = uint32_t(atoi(argv[++i]));
+    else if (a == "--kick-kib" && i + 1 < argc) g_acfg.writeback_kick_bytes = uint64_t(atoi(argv[++i])) << 10;
+    else if (a == "--reps" && i + 1 < argc) reps = std::max(1, atoi(argv[++i]));
+    else if (a == "--interval-ms" && i + 1 < argc) g_interval_ms = uint32_t(std::max(1, atoi(argv[++i])));
+    else if (a == "--throughput-only") only_tp = true;
+    else if (a == "--config" && i + 1 < argc) {
+      // BUFFER_KIB,BUFFERS,INFLIGHT,KICK_KIB: compare archiver configurations in one
+      // run, interleaved row by row (repeat --config; the first is the reference).
+      unsigned k = 0, n = 0, f = 0, kk = 0;
+      if (std::sscanf(argv[++i], "%u,%u,%u,%u", &k, &n, &f, &kk) != 4) return 2;
+      spill::ArchiverConfig c;
+      c.buffer_bytes = k << 10;
+      c.buffer_count = n;
+      c.max_inflight_writes = f;
+      c.writeback_kick_bytes = uint64_t(kk) << 10;
+      compare.push_back(c);
+    }
     else if (a == "--seconds" && i + 1 < argc) seconds = atof(argv[++i]);
     else if (a == "--json") json = true;
     else if (a == "--quick") seconds = 0.2;
     else {
-      std::printf("usage: %s [--dir DIR] [--seconds S] [--quick] [--json]\n", argv[0]);
+      std::printf("usage: %s [--dir DIR] [--seconds S] [--quick] [--json] [--throughput-only] [--reps N]\n"
+                  "          [--buffer-kib K] [--buffers N] [--inflight N] [--interval-ms M] [--kick-kib K]\n", argv[0]);
       return a == "--help" ? 0 : 2;
     }
   }
-  const double raw = raw_direct_mbps(dir, seconds);
-  std::vector<Result> rs;
-  for (uint32_t size : {64u, 1024u})
-    for (auto p : {spill::FlushPolicy::none, spill::FlushPolicy::interval, spill::FlushPolicy::batch})
-      rs.push_back(throughput(dir, p, size, seconds));
+  if (!compare.empty()) {
+    // rows x configs, interleaved per rep; medians; ratios against the first config.
+    std::vector<double> raws;
+    const std::vector<std::pair<spill::FlushPolicy, uint32_t>> rows = {
+        {spill::FlushPolicy::interval, 1024}, {spill::FlushPolicy::none, 1024},
+        {spill::FlushPolicy::batch, 1024},    {spill::FlushPolicy::interval, 64},
+        {spill::FlushPolicy::batch, 64}};
+    std::vector<std::vector<std::vector<double>>> mbs(rows.size(), std::vector<std::vector<double>>(compare.size()));
+    for (int rep = 0; rep < reps; ++rep) {
+      raws.push_back(raw_direct_mbps(dir, seconds));
+      for (size_t r = 0; r < rows.size(); ++r)
+        for (size_t c = 0; c < compare.size(); ++c) {
+          g_acfg = compare[c];
+          mbs[r][c].push_back(throughput(dir, rows[r].first, rows[r].second, seconds).log_mb_s);
+        }
+    }
+    auto med = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    std::vector<double> rw = raws;
+    const double raw = med(rw);
+    std::printf("raw O_DIRECT %.0f MB/s (median of %d); log MB/s medians, %% of raw, ratio to config 1 (per-rep ratio median)\n",
+                raw, reps);
+    std::printf("| flush | msg |");
+    for (auto& c : compare)
+      std::printf(" %uK x %u, %u in flight, kick %lluK |", c.buffer_bytes >> 10, c.buffer_count,
+                  c.max_inflight_writes, (unsigned long long)(c.writeback_kick_bytes >> 10));
+    std::printf("\n|---|---|");
+    for (size_t c = 0; c < compare.size(); ++c) std::printf("---|");
+    std::printf("\n");
+    for (size_t r = 0; r < rows.size(); ++r) {
+      std::printf("| %s | %u B |", spill::to_string(rows[r].first), rows[r].second);
+      for (size_t c = 0; c < compare.size(); ++c) {
+        std::vector<double> ratio;
+        for (int k = 0; k < reps; ++k) ratio.push_back(mbs[r][c][size_t(k)] / mbs[r][0][size_t(k)]);
+        std::printf(" %.0f (%.0f%%, x%.2f) |", med(mbs[r][c]), 100.0 * med(mbs[r][c]) / raw, med(ratio));
+      }
+      std::printf("\n");
+    }
+    return 0;
+  }
+  // --reps N: the raw baseline and every row are measured N times, interleaved
+  // (raw, rows, raw, rows, ...), and the medians reported: the machine is shared.
+  std::vector<double> raws;
+  std::vector<std::vector<Result>> runs;
+  for (int rep = 0; rep < reps; ++rep) {
+    raws.push_back(raw_direct_mbps(dir, seconds));
+    std::vector<Result> rr;
+    for (uint32_t size : {64u, 1024u}) {
+      rr.push_back(throughput(dir, spill::FlushPolicy::none, size, seconds, false));
+      for (auto p : {spill::FlushPolicy::none, spill::FlushPolicy::interval, spill::FlushPolicy::batch})
+        rr.push_back(throughput(dir, p, size, seconds));
+    }
+    runs.push_back(rr);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double raw = median(raws);
+  std::vector<Result> rs = runs[0];
+  for (size_t i = 0; i < rs.size(); ++i) {
+    std::vector<double> m, mb, lm;
+    for (auto& rr : runs) {
+      m.push_back(rr[i].msgs_s);
+      mb.push_back(rr[i].mb_s);
+      lm.push_back(rr[i].log_mb_s);
+    }
+    rs[i].msgs_s = median(m);
+    rs[i].mb_s = median(mb);
+    rs[i].log_mb_s = median(lm);
+  }
+  if (only_tp) {
+    std::printf("archiver: %u x %u KiB buffers, %u writes in flight, writeback kick %llu KiB, interval %u ms; "
+                "%d rep(s) of %.1f s, medians\n",
+                g_acfg.buffer_count, g_acfg.buffer_bytes >> 10, g_acfg.max_inflight_writes,
+                (unsigned long long)(g_acfg.writeback_kick_bytes >> 10), g_interval_ms, reps, seconds);
+    std::printf("raw sequential O_DIRECT write (4 MiB blocks) in %s: %.0f MB/s (runs:", dir.c_str(), raw);
+    for (double r : raws) std::printf(" %.0f", r);
+    std::printf(")\n\n| flush | msg | msgs/s | payload MB/s | log MB/s | log / raw | msgs / no-archiver |\n"
+                "|---|---|---|---|---|---|---|\n");
+    double base = 0;
+    for (auto& r : rs) {
+      if (r.policy == "no archiver") base = r.msgs_s;
+      std::printf("| %s | %u B | %.0f | %.1f | %.1f | %.0f%% | %.0f%% |\n", r.policy.c_str(), r.size, r.msgs_s,
+                  r.mb_s, r.log_mb_s, raw > 0 ? 100.0 * r.log_mb_s / raw : 0.0,
+                  base > 0 ? 100.0 * r.msgs_s / base : 0.0);
+    }
+    return 0;
+  }
   const int rate = 20000;
   Lat plain = delivery_latency(dir, false, spill::FlushPolicy::none, rate, seconds / 2);
   Lat dur = delivery_latency(dir, true, spill::FlushPolicy::interval, rate, seconds / 2);

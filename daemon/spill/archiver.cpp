@@ -69,7 +69,7 @@ int64_t realtime_s() {
 
 bool pid_alive(uint32_t pid) { return pid && (::kill(pid_t(pid), 0) == 0 || errno == EPERM); }
 
-enum : uint64_t { kOpWrite = 1, kOpFsync = 2, kOpIntervalSync = 3 };
+enum : uint64_t { kOpWrite = 1, kOpFsync = 2, kOpIntervalSync = 3, kOpKick = 4 };
 uint64_t tag(uint64_t id, uint64_t op) { return (id << 8) | op; }
 
 }  // namespace
@@ -82,6 +82,7 @@ struct Archiver::Impl {
     std::byte* data = nullptr;
     uint32_t cap = 0;
     bool fixed = false;  // a registered buffer (else a heap buffer for one big record)
+    bool big = false;    // from the batch-flush pool
     enum State : uint8_t { idle, filling, writing, failed, done } st = idle;
     Part* part = nullptr;
     uint32_t fill = 0, written = 0;
@@ -124,6 +125,7 @@ struct Archiver::Impl {
     uint64_t retry_at = 0;
     int64_t backoff = 0;
     uint64_t next_retention_ns = 0;
+    uint64_t kick_from = 0;  // start of the written range not yet handed to writeback
     PartitionStats st;
     std::atomic<bool> detached{false};
     // remove_partition(): `removing` stops reading the ring; once nothing is in
@@ -144,6 +146,8 @@ struct Archiver::Impl {
   bool ring_ok = false;
   bool fixed_files = false, fixed_bufs = false;
   std::byte* pool = nullptr;
+  std::byte* pool_big = nullptr;  // batch flush: bigger batches per fdatasync
+  std::vector<Buf*> free_big;
   std::vector<Buf*> bufs;  // all, by id
   std::vector<Buf*> free_fixed;
   std::vector<std::unique_ptr<Part>> parts;
@@ -161,13 +165,20 @@ struct Archiver::Impl {
     if (cfg.queue_depth < 4) cfg.queue_depth = 4;
     if (cfg.buffer_count < 2) cfg.buffer_count = 2;
     if (cfg.buffer_bytes < 4096) cfg.buffer_bytes = 4096;
+    if (cfg.max_inflight_writes < 1) cfg.max_inflight_writes = 1;
     cfg.buffer_bytes = (cfg.buffer_bytes + 4095) & ~4095u;
     int rc = io_uring_queue_init(cfg.queue_depth, &ring, 0);
     if (rc < 0) sys_fail("io_uring_queue_init", -rc);
     ring_ok = true;
     pool = static_cast<std::byte*>(std::aligned_alloc(4096, size_t(cfg.buffer_count) * cfg.buffer_bytes));
     if (!pool) throw std::bad_alloc();
-    std::vector<iovec> iov(cfg.buffer_count);
+    cfg.batch_buffer_bytes = (cfg.batch_buffer_bytes + 4095) & ~4095u;
+    const uint32_t nbig = cfg.batch_buffer_bytes > cfg.buffer_bytes ? cfg.batch_buffer_count : 0;
+    std::vector<iovec> iov(cfg.buffer_count + nbig);
+    if (nbig) {
+      pool_big = static_cast<std::byte*>(std::aligned_alloc(4096, size_t(nbig) * cfg.batch_buffer_bytes));
+      if (!pool_big) throw std::bad_alloc();
+    }
     for (uint32_t i = 0; i < cfg.buffer_count; ++i) {
       Buf* b = new Buf;
       b->id = i;
@@ -179,9 +190,19 @@ struct Archiver::Impl {
       iov[i] = {b->data, cfg.buffer_bytes};
     }
     std::reverse(free_fixed.begin(), free_fixed.end());
+    for (uint32_t i = 0; i < nbig; ++i) {
+      Buf* b = new Buf;
+      b->id = cfg.buffer_count + i;  // == its registration index
+      b->data = pool_big + size_t(i) * cfg.batch_buffer_bytes;
+      b->cap = cfg.batch_buffer_bytes;
+      b->fixed = b->big = true;
+      bufs.push_back(b);
+      free_big.push_back(b);
+      iov[b->id] = {b->data, cfg.batch_buffer_bytes};
+    }
     // Registered buffers and files save the kernel a page walk and an fd lookup
     // per write; if the kernel refuses (memlock, old kernel) plain ops work too.
-    fixed_bufs = io_uring_register_buffers(&ring, iov.data(), cfg.buffer_count) == 0;
+    fixed_bufs = io_uring_register_buffers(&ring, iov.data(), unsigned(iov.size())) == 0;
     fixed_files = io_uring_register_files_sparse(&ring, 1024) == 0;
   }
 
@@ -193,6 +214,7 @@ struct Archiver::Impl {
       delete b;
     }
     std::free(pool);
+    std::free(pool_big);
   }
 
   // ------------------------------------------------------------------ attach
@@ -248,6 +270,7 @@ struct Archiver::Impl {
       }
       p->seg_first = rec.active_first_seq;
       p->file_off = rec.active_size;
+      p->kick_from = rec.active_size;
       std::string path = p->dir + "/" + segment_file_name(p->seg_first);
       p->fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
       if (p->fd < 0) sys_fail("open " + path);
@@ -431,6 +454,7 @@ struct Archiver::Impl {
     p.seg_first = first_seq;
     p.file_off = kFileHeaderSize;
     p.next_index = kFileHeaderSize;
+    p.kick_from = kFileHeaderSize;
     p.total_bytes += kFileHeaderSize;
     register_fd(p);
     return true;
@@ -475,7 +499,10 @@ struct Archiver::Impl {
   // ------------------------------------------------------------------ buffers
   Buf* get_buf(Part& p, uint32_t need) {
     Buf* b = nullptr;
-    if (need <= cfg.buffer_bytes) {
+    if (p.cfg.flush == FlushPolicy::batch && need <= cfg.batch_buffer_bytes && !free_big.empty()) {
+      b = free_big.back();
+      free_big.pop_back();
+    } else if (need <= cfg.buffer_bytes) {
       if (free_fixed.empty()) return nullptr;
       b = free_fixed.back();
       free_fixed.pop_back();
@@ -510,7 +537,7 @@ struct Archiver::Impl {
     b->st = Buf::idle;
     b->part = nullptr;
     if (b->fixed) {
-      free_fixed.push_back(b);
+      (b->big ? free_big : free_fixed).push_back(b);
     } else {
       bufs[b->id] = nullptr;
       std::free(b->data);
@@ -567,7 +594,9 @@ struct Archiver::Impl {
         progress = true;
       }
     }
-    const uint32_t max_sub = p.cfg.flush == FlushPolicy::batch ? 1 : 2;
+    // Batch flush: one batch (write + linked fdatasync) in flight; the next fills
+    // meanwhile (group commit). Otherwise up to max_inflight_writes writes.
+    const uint32_t max_sub = p.cfg.flush == FlushPolicy::batch ? 1 : cfg.max_inflight_writes;
     if (p.roll_pending) {
       // The staged batch of the old segment goes first.
       Buf* last = p.bufs.empty() ? nullptr : p.bufs.back();
@@ -686,6 +715,7 @@ struct Archiver::Impl {
       }
       p.written_seq = b->last_seq;
       if (p.cfg.flush != FlushPolicy::interval) p.durable_seq = b->last_seq;
+      kick_writeback(p, b->file_off + b->fill);
       p.st.records += b->records;
       p.st.bytes += b->fill;
       release_ring(p, b->ring_end);
@@ -714,9 +744,29 @@ struct Archiver::Impl {
 
   Part* part_of(uint64_t id) { return id < parts.size() ? parts[id].get() : nullptr; }
 
+  // none/interval: start writeback of every writeback_kick_bytes written
+  // (SYNC_FILE_RANGE_WRITE, asynchronous, nothing waits for it), so dirty pages do
+  // not pile up until the kernel throttles the writer, and the periodic fdatasync
+  // finds little left to do. A hint: its result is ignored.
+  void kick_writeback(Part& p, uint64_t end) {
+    if (!cfg.writeback_kick_bytes || p.cfg.flush == FlushPolicy::batch || p.fd < 0) return;
+    if (end < p.kick_from) p.kick_from = kFileHeaderSize;  // a new segment
+    if (end - p.kick_from < cfg.writeback_kick_bytes || inflight + 1 > cfg.queue_depth) return;
+    io_uring_sqe* s = io_uring_get_sqe(&ring);
+    if (!s) return;
+    const bool ff = fixed_files;
+    io_uring_prep_sync_file_range(s, ff ? int(p.slot_index) : p.fd, unsigned(end - p.kick_from), p.kick_from,
+                                  SYNC_FILE_RANGE_WRITE);
+    if (ff) s->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data64(s, tag(p.slot_index, kOpKick));
+    ++inflight;
+    p.kick_from = end;
+  }
+
   void on_cqe(uint64_t data, int res, uint64_t now) {
     const uint64_t id = data >> 8, op = data & 0xff;
     --inflight;
+    if (op == kOpKick) return;
     if (op == kOpIntervalSync) {
       Part* p = part_of(id);
       if (!p) return;
