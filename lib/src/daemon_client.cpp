@@ -161,6 +161,14 @@ void fill_spec(proto::TopicSpec::Builder s, const std::string& topic, const Topi
   s.setMultiProducer(cfg.multi_producer);
   s.setSlots(cfg.slots);
   s.setSchemaId(cfg.schema_id);
+  s.setDurable(cfg.durable || cfg.policy == Policy::spill);
+  s.setFlush(cfg.flush == TopicConfig::Flush::none    ? proto::FlushPolicy::NONE
+             : cfg.flush == TopicConfig::Flush::batch ? proto::FlushPolicy::BATCH
+                                                      : proto::FlushPolicy::INTERVAL);
+  s.setFlushIntervalMs(cfg.flush_interval_ms);
+  s.setRetentionBytes(cfg.retention_bytes);
+  s.setRetentionAgeS(cfg.retention_age_s);
+  s.setSegmentBytes(cfg.segment_bytes);
   auto a = s.initAccess();
   AccessSpec derived;
   if (!access) {

@@ -460,3 +460,28 @@ TEST_CASE("shmbus replay and tail print the published messages as JSON", "[spill
   }
   REQUIRE(dm.d.stop());
 }
+
+TEST_CASE("Bus::create_topic through shmbusd carries the durable settings", "[spill][daemon]") {
+  Daemon dm("api");
+  REQUIRE(dm.d.start());
+  Bus bus = Bus::connect(dm.d.sock);
+  TopicConfig tc;
+  tc.capacity = 1 << 20;
+  tc.durable = true;
+  tc.flush = TopicConfig::Flush::batch;
+  tc.retention_bytes = 8 << 20;
+  tc.segment_bytes = 1 << 20;
+  bus.create_topic("dur.api", tc);
+  bus.create_topic("dur.api", tc);  // idempotent with the same durable settings
+  TopicConfig other = tc;
+  other.flush = TopicConfig::Flush::none;
+  REQUIRE_THROWS_AS(bus.create_topic("dur.api", other), Error);  // not with others
+  Run d = run(dm.cli({"--json", "topic", "describe", "dur.api"}), dm.d.dir + "/cli.err");
+  CHECK(d.out.find("\"durable\":true,\"flush\":\"batch\"") != std::string::npos);
+  CHECK(d.out.find("\"retention_bytes\":8388608") != std::string::npos);
+  Publisher pub = bus.publisher("dur.api", patient_publisher());
+  for (uint64_t i = 1; i <= 1000; ++i) REQUIRE(publish_one(pub, i) == i);
+  REQUIRE(wait_durable(pub, 1000, 30'000'000'000) == Status::ok);
+  check_log_range(spill::partition_dir(dm.d.state + "/log", "dur.api", 0), 1, 1000);
+  REQUIRE(dm.d.stop());
+}

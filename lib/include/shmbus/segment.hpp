@@ -24,6 +24,16 @@ struct TopicConfig {
   uint32_t slots = shm::kDefaultSlots;
   uint64_t schema_id = 0;           // expected Cap'n Proto root type id, 0 = any
   uint32_t mode = 0660;             // permission bits of the segments
+  // Durable topics: archived to the spill log by shmbusd (docs/spill-log.md). Only
+  // through the daemon (Bus::connect / open_embedded); the direct provider has no
+  // archiver and ignores them. Policy::spill implies durable.
+  enum class Flush : uint8_t { none, interval, batch };
+  bool durable = false;
+  Flush flush = Flush::interval;
+  uint32_t flush_interval_ms = 10;
+  uint64_t retention_bytes = 0;     // per partition, 0 = unlimited
+  uint64_t retention_age_s = 0;     // 0 = unlimited
+  uint64_t segment_bytes = 0;       // log segment file size, 0 = 64 MiB
 };
 
 enum class Role { publisher, subscriber, admin };
