@@ -469,7 +469,7 @@ TEST_CASE("Bus::create_topic through shmbusd carries the durable settings", "[sp
   tc.capacity = 1 << 20;
   tc.durable = true;
   tc.flush = TopicConfig::Flush::batch;
-  tc.retention_bytes = 8 << 20;
+  tc.retention_bytes = 2 << 20;
   tc.segment_bytes = 1 << 20;
   bus.create_topic("dur.api", tc);
   bus.create_topic("dur.api", tc);  // idempotent with the same durable settings
@@ -478,10 +478,27 @@ TEST_CASE("Bus::create_topic through shmbusd carries the durable settings", "[sp
   REQUIRE_THROWS_AS(bus.create_topic("dur.api", other), Error);  // not with others
   Run d = run(dm.cli({"--json", "topic", "describe", "dur.api"}), dm.d.dir + "/cli.err");
   CHECK(d.out.find("\"durable\":true,\"flush\":\"batch\"") != std::string::npos);
-  CHECK(d.out.find("\"retention_bytes\":8388608") != std::string::npos);
+  CHECK(d.out.find("\"retention_bytes\":2097152") != std::string::npos);
   Publisher pub = bus.publisher("dur.api", patient_publisher());
-  for (uint64_t i = 1; i <= 1000; ++i) REQUIRE(publish_one(pub, i) == i);
-  REQUIRE(wait_durable(pub, 1000, 30'000'000'000) == Status::ok);
-  check_log_range(spill::partition_dir(dm.d.state + "/log", "dur.api", 0), 1, 1000);
+  const uint64_t n = 50000;  // ~6 MB of log over 1 MiB segments, retention 2 MiB
+  for (uint64_t i = 1; i <= n; ++i) REQUIRE(publish_one(pub, i) == i);
+  REQUIRE(wait_durable(pub, n, 30'000'000'000) == Status::ok);
+  const std::string pdir = spill::partition_dir(dm.d.state + "/log", "dur.api", 0);
+  // Retention (checked at every roll-over) deleted whole old segments: what is
+  // left is at most the limit plus the segment that is being written.
+  auto segs = spill::list_segments(pdir);
+  uint64_t total = 0;
+  for (auto& sg : segs) total += sg.size;
+  INFO(segs.size() << " segments, " << total << " bytes");
+  CHECK(total <= (3u << 20));
+  REQUIRE(!segs.empty());
+  CHECK(segs.front().first_seq > 1);
+  check_log_range(pdir, segs.front().first_seq, n);
+  // A replay from earliest starts at the earliest record kept.
+  ReplayOptions ro;
+  ro.state_dir = dm.d.state + "/log";
+  ro.start = StartAt::earliest();
+  ReplaySubscriber r = replay_subscriber(bus, "dur.api", ro);
+  expect_stream(r, segs.front().first_seq, n - segs.front().first_seq + 1);
   REQUIRE(dm.d.stop());
 }
