@@ -122,6 +122,18 @@ void check_log_range(const std::string& pdir, uint64_t from, uint64_t to) {
   REQUIRE(rd.skipped_corrupt() == 0);
 }
 
+// Stops and joins helper threads when a REQUIRE throws (a joinable std::thread
+// would terminate the process and leak the daemon child).
+struct Joiner {
+  std::atomic<bool>* stop;
+  std::vector<std::thread*> ts;
+  ~Joiner() {
+    if (stop) stop->store(true);
+    for (auto* t : ts)
+      if (t->joinable()) t->join();
+  }
+};
+
 }  // namespace
 
 TEST_CASE("durable topic through shmbusd: replay from earliest, sequence and time, then live",
@@ -157,6 +169,7 @@ TEST_CASE("durable topic through shmbusd: replay from earliest, sequence and tim
       for (uint64_t i = N + 1; i <= N + 5000; ++i)
         if (publish_one(pub, i) != i) return;
     });
+    Joiner j{nullptr, {&prod}};
     expect_stream(r, N + 1, 5000);
     prod.join();
     CHECK(r.stats().from_log >= N / 2);
@@ -181,6 +194,7 @@ TEST_CASE("durable topic through shmbusd: replay from earliest, sequence and tim
         }
       }
     });
+    Joiner j{&stop, {&prod}};
     Rng rng(uint64_t(time(nullptr)));
     for (int k = 0; k < 6; ++k) {
       const uint64_t s = 1 + rng.next() % N;
@@ -279,6 +293,7 @@ TEST_CASE("SIGKILL of shmbusd under batch flush never loses an acknowledged mess
     }
   });
 
+  Joiner j{&stop, {&producer, &acker}};
   const uint64_t seed = uint64_t(time(nullptr));
   std::printf("daemon crash test seed %llu, %d trials\n", (unsigned long long)seed, trials);
   Rng rng(seed);
