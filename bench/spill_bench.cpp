@@ -61,8 +61,17 @@ uint32_t g_interval_ms = 10;   // --interval-ms (throughput rows)
 
 // archived == false: the same producer loop on a topic without any cursor (the ring
 // just wraps): the producer's own ceiling on this machine, in the same run.
+// slow_rate > 0: a ReplaySubscriber thread from `earliest` consumes at most slow_rate
+// messages/s (a batch every millisecond, sleeping in between, so it takes almost no
+// CPU from the producer and the archiver), verifying the sequence of each message.
+// Under policy spill it must not hold the producer back: it falls into the log.
+struct SlowResult {
+  uint64_t received = 0, lapped = 0, from_log = 0, out_of_order = 0;
+};
+SlowResult g_slow;
+
 Result throughput(const std::string& dir, spill::FlushPolicy pol, uint32_t size, double seconds,
-                  bool archived = true) {
+                  bool archived = true, double slow_rate = 0) {
   std::string prefix = "shmbus-sb-" + std::to_string(getpid());
   Bus bus = Bus::direct({.shm_prefix = prefix});
   const std::string topic = "bench.durable";
@@ -83,6 +92,31 @@ Result throughput(const std::string& dir, spill::FlushPolicy pol, uint32_t size,
     a.start();
   }
   Result r{archived ? spill::to_string(pol) : "no archiver", size, 0, 0, 0};
+  std::atomic<bool> stop_slow{false};
+  std::thread slow;
+  g_slow = {};
+  if (slow_rate > 0) {
+    ReplayOptions ro;
+    ro.start = StartAt::earliest();
+    ro.state_dir = sdir;
+    auto rs = std::make_shared<ReplaySubscriber>(replay_subscriber(bus, topic, ro));
+    slow = std::thread([rs, slow_rate, &stop_slow] {
+      const uint64_t per_ms = std::max<uint64_t>(1, uint64_t(slow_rate / 1000));
+      uint64_t expect = 1;
+      while (!stop_slow.load(std::memory_order_relaxed)) {
+        // Load shape, not synchronisation: the consumer's pace.
+        timespec ts{0, 1'000'000};
+        nanosleep(&ts, nullptr);
+        rs->poll_batch(per_ms, [&](const View& v) {
+          if (v.sequence() != expect) ++g_slow.out_of_order;
+          expect = v.sequence() + 1;
+          ++g_slow.received;
+        });
+      }
+      g_slow.lapped = rs->stats().lapped;
+      g_slow.from_log = rs->stats().from_log;
+    });
+  }
   {
     PublisherOptions po;
     po.block_timeout_ns = 10'000'000'000;
@@ -99,6 +133,8 @@ Result throughput(const std::string& dir, spill::FlushPolicy pol, uint32_t size,
     r.mb_s = n * double(size) / s / 1e6;
     r.log_mb_s = n * double(spill::record_size(size)) / s / 1e6;
   }
+  stop_slow = true;
+  if (slow.joinable()) slow.join();
   a.stop(true);
   bus.remove_topic(topic);
   nftw(sdir.c_str(), rm_entry, 16, FTW_DEPTH | FTW_PHYS);
@@ -212,6 +248,7 @@ int main(int argc, char** argv) {
   bool json = false, only_tp = false;
   int reps = 1;
   std::vector<spill::ArchiverConfig> compare;
+  bool slow_mode = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--dir" && i + 1 < argc) dir = argv[++i];
@@ -222,6 +259,7 @@ int main(int argc, char** argv) {
     else if (a == "--reps" && i + 1 < argc) reps = std::max(1, atoi(argv[++i]));
     else if (a == "--interval-ms" && i + 1 < argc) g_interval_ms = uint32_t(std::max(1, atoi(argv[++i])));
     else if (a == "--throughput-only") only_tp = true;
+    else if (a == "--slow-consumer") slow_mode = true;
     else if (a == "--config" && i + 1 < argc) {
       // BUFFER_KIB,BUFFERS,INFLIGHT,KICK_KIB: compare archiver configurations in one
       // run, interleaved row by row (repeat --config; the first is the reference).
@@ -238,10 +276,50 @@ int main(int argc, char** argv) {
     else if (a == "--json") json = true;
     else if (a == "--quick") seconds = 0.2;
     else {
-      std::printf("usage: %s [--dir DIR] [--seconds S] [--quick] [--json] [--throughput-only] [--reps N]\n"
+      std::printf("usage: %s [--dir DIR] [--seconds S] [--quick] [--json] [--throughput-only] [--reps N] [--slow-consumer]\n"
                   "          [--buffer-kib K] [--buffers N] [--inflight N] [--interval-ms M] [--kick-kib K]\n", argv[0]);
       return a == "--help" ? 0 : 2;
     }
+  }
+  if (slow_mode) {
+    // Issue 4: under policy spill a consumer 100x slower than the producer must not
+    // slow it: producer throughput with that consumer against none, interleaved per
+    // rep (none, slow, slow, none, ...), medians and the median of per-rep ratios.
+    auto med = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    std::printf("| flush | msg | no consumer msgs/s | consumer at 1/100 msgs/s | ratio (per-rep median) | consumer received, from log, lapped, out of order |\n"
+                "|---|---|---|---|---|---|\n");
+    bool ok = true;
+    for (uint32_t size : {64u, 1024u}) {
+      std::vector<double> base, with, ratio;
+      SlowResult last{};
+      for (int rep = 0; rep < reps; ++rep) {
+        const bool slow_first = rep % 2 == 1;
+        double b = 0, w = 0;
+        for (int k = 0; k < 2; ++k) {
+          if ((k == 0) != slow_first) {
+            b = throughput(dir, spill::FlushPolicy::interval, size, seconds).msgs_s;
+          } else {
+            const double target = (base.empty() ? b : med(base)) / 100;
+            w = throughput(dir, spill::FlushPolicy::interval, size, seconds, true,
+                           target > 0 ? target : 10'000).msgs_s;
+            last = g_slow;
+            if (g_slow.out_of_order || !g_slow.received) ok = false;
+          }
+        }
+        base.push_back(b);
+        with.push_back(w);
+        ratio.push_back(w / b);
+      }
+      std::printf("| interval | %u B | %.0f | %.0f | %.3f | %llu, %llu, %llu, %llu |\n", size, med(base), med(with),
+                  med(ratio), (unsigned long long)last.received, (unsigned long long)last.from_log,
+                  (unsigned long long)last.lapped, (unsigned long long)last.out_of_order);
+      std::printf("verdict %u B: producer with the slow consumer at %.1f%% of the no-consumer run: %s\n", size,
+                  100 * med(ratio), med(ratio) >= 0.90 ? "WITHIN 10%" : "NOT WITHIN 10%");
+    }
+    return ok ? 0 : 1;
   }
   if (!compare.empty()) {
     // rows x configs, interleaved per rep; medians; ratios against the first config.
