@@ -1,6 +1,7 @@
 // Replays the committed fuzz corpus and every crash found by a fuzz target
-// (tests/fuzz/crashes/<target>/) through the same entry point, built with the
-// project's compiler: a crash fixed once stays fixed.
+// (tests/fuzz/corpus/<target>/, tests/fuzz/crashes/<target>/; SHMBUS_FUZZ_TARGET
+// names it) through the same entry point, built with the project's compiler: a
+// crash fixed once stays fixed.
 #include <catch2/catch.hpp>
 
 #include <cstdint>
@@ -11,9 +12,13 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
-TEST_CASE("the control decoder fuzz corpus and checked-in crashes replay without a crash", "[fuzz]") {
+#ifndef SHMBUS_FUZZ_TARGET
+#define SHMBUS_FUZZ_TARGET "control"
+#endif
+
+TEST_CASE("the " SHMBUS_FUZZ_TARGET " fuzz corpus and checked-in crashes replay without a crash", "[fuzz]") {
   size_t n = 0;
-  for (const char* sub : {"corpus/control", "crashes/control"}) {
+  for (const char* sub : {"corpus/" SHMBUS_FUZZ_TARGET, "crashes/" SHMBUS_FUZZ_TARGET}) {
     std::filesystem::path dir = std::filesystem::path(SHMBUS_FUZZ_DIR) / sub;
     for (auto& e : std::filesystem::directory_iterator(dir)) {
       if (!e.is_regular_file() || e.path().filename().string().front() == '.') continue;

@@ -660,6 +660,7 @@ class RingReader {
   // are skipped. Validates the frame against the ring bounds (the bytes come from
   // another process and are untrusted).
   RingStatus poll(FrameView& v) {
+    const uint64_t start = read_pos_;
     for (;;) {
       const uint64_t off = read_pos_ & r_.mask();
       const FrameHeader* h = reinterpret_cast<const FrameHeader*>(r_.ring + off);
@@ -674,6 +675,12 @@ class RingReader {
         return chk && lapped_at(read_pos_) ? RingStatus::lapped : RingStatus::corrupt;
       if (type == kFramePad) {
         if (chk && lapped_at(read_pos_)) return RingStatus::lapped;
+        // More than a lap of padding in one call cannot come from a producer that
+        // respects our cursor: stale or hostile bytes. Stop instead of circling.
+        if (read_pos_ + len - start > r_.capacity) {
+          read_pos_ = start;
+          return RingStatus::corrupt;
+        }
         read_pos_ += len;
         continue;
       }
