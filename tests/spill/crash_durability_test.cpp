@@ -89,20 +89,7 @@ TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged
   std::atomic<uint64_t> produced{0};
   std::thread producer([&] {
     Publisher pub = bus.publisher(topic, patient_publisher());
-    for (uint64_t i = 1; !stop.load(std::memory_order_relaxed); ++i) {
-      if (publish_one(pub, i) != i) {
-        failed = true;
-        return;
-      }
-      produced.store(i, std::memory_order_release);
-      // Load shape, not synchronisation: about 250k messages/s, so a run of 100
-      // kills writes tens of MB over a few dozen segment files instead of filling
-      // the disk with tens of thousands of them at full speed.
-      if (i % 256 == 0) {
-        timespec pace{0, 1'000'000};
-        nanosleep(&pace, nullptr);
-      }
-    }
+    paced_producer(pub, stop, failed, produced);
   });
   auto mapping = bus.provider().open(topic, 0, Role::admin, 5000);
   shm::DataHeader* hdr = mapping->refs().data;

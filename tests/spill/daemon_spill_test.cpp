@@ -266,21 +266,7 @@ TEST_CASE("SIGKILL of shmbusd under batch flush never loses an acknowledged mess
   Publisher pub = bus.publisher(topic, patient_publisher());
   std::atomic<bool> stop{false}, failed{false};
   std::atomic<uint64_t> produced{0}, acked{0};
-  std::thread producer([&] {
-    for (uint64_t i = 1; !stop.load(std::memory_order_relaxed); ++i) {
-      if (publish_one(pub, i) != i) {
-        failed = true;
-        return;
-      }
-      produced.store(i, std::memory_order_release);
-      // Load shape, not synchronisation: at most ~250k messages/s, so 100 kills write
-      // tens of MB (see crash_durability_test.cpp).
-      if (i % 256 == 0) {
-        timespec pace{0, 1'000'000};
-        nanosleep(&pace, nullptr);
-      }
-    }
-  });
+  std::thread producer([&] { paced_producer(pub, stop, failed, produced); });
   // The acknowledgement reader: what a producer asking for acks=all would see.
   std::thread acker([&] {
     while (!stop.load(std::memory_order_relaxed)) {

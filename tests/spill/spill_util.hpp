@@ -2,6 +2,10 @@
 // deterministic payloads so any consumer can check a message by its sequence.
 #pragma once
 
+#include <time.h>
+
+#include <atomic>
+
 #include <ftw.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -62,6 +66,26 @@ inline uint64_t publish_one(Publisher& pub, uint64_t expect_seq, uint32_t span =
   const uint32_t used = payload_len(cv.sequence, span);
   if (pub.commit(used) != Status::ok) return 0;
   return cv.sequence;
+}
+
+// Publishes 1, 2, 3, ... until `stop`, storing the last published sequence in
+// `produced`; sets `failed` (and returns) if a publish does not get the expected
+// sequence. Load shape, not synchronisation: it sleeps 1 ms every 256 messages (at
+// most ~250k messages/s), so crash tests with 100 kills write tens of MB over a few
+// dozen segment files instead of filling the disk at full speed.
+inline void paced_producer(Publisher& pub, const std::atomic<bool>& stop, std::atomic<bool>& failed,
+                           std::atomic<uint64_t>& produced) {
+  for (uint64_t i = 1; !stop.load(std::memory_order_relaxed); ++i) {
+    if (publish_one(pub, i) != i) {
+      failed = true;
+      return;
+    }
+    produced.store(i, std::memory_order_release);
+    if (i % 256 == 0) {
+      timespec pace{0, 1'000'000};
+      nanosleep(&pace, nullptr);
+    }
+  }
 }
 
 inline TopicConfig durable_topic(uint64_t capacity = 1 << 20) {
