@@ -863,6 +863,14 @@ func TestNamedSubscriberResumesAfterItsLastRelease(t *testing.T) {
 	if _, err := other.TryPoll(); !errors.Is(err, shmbus.ErrEmpty) {
 		t.Fatalf("a new name: want ErrEmpty, got %v", err)
 	}
+	// Leave nothing behind in /dev/shm: the named slot keeps the topic's segments
+	// otherwise (Close is idempotent, the defers above are then no-ops).
+	other.Close()
+	sub.Close()
+	pub.Close()
+	if err := bus.RemoveTopic(topic); err != nil {
+		t.Fatalf("RemoveTopic: %v", err)
+	}
 }
 
 func setQuote(q market.Quote, i uint64) {

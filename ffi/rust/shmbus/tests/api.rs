@@ -421,6 +421,8 @@ fn named_subscriber_resumes_after_its_last_release() {
     drop(other);
     drop(sub);
     drop(publisher);
+    // Leave nothing behind in /dev/shm.
+    bus.remove_topic("rs.named").unwrap();
     drop(bus);
     let _ = std::fs::remove_dir_all(&dir);
 }
