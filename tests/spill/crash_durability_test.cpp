@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "shmbus/spill_format.hpp"
+#include "log_check.hpp"
 #include "spill_util.hpp"
 
 using namespace shmbus;
@@ -49,24 +50,6 @@ Child spawn_archiver(const std::string& prefix, const std::string& topic, const 
   return {pid, in[1]};
 }
 
-// Every sequence in [from, to] is in the log, in order, intact; no corrupt record.
-void check_range(const std::string& pdir, uint64_t from, uint64_t to) {
-  if (from > to) return;
-  spill::ChunkArena arena;
-  spill::LogReader rd(pdir, arena);
-  rd.seek_sequence(from);
-  spill::RecordView rv;
-  uint64_t expect = from;
-  while (expect <= to) {
-    auto n = rd.next(rv);
-    REQUIRE(n == spill::LogReader::Next::ok);
-    REQUIRE(rv.seq() == expect);
-    REQUIRE(payload_ok(rv.seq(), rv.payload, rv.payload_len));
-    arena.release(rv.seq());
-    ++expect;
-  }
-  REQUIRE(rd.skipped_corrupt() == 0);
-}
 
 }  // namespace
 
@@ -115,7 +98,7 @@ TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged
     max_acked = acked;
     // Restart: recovery runs in the new archiver; then check what was acknowledged.
     c = spawn_archiver(prefix, topic, dir.path, "batch", "1048576");
-    check_range(pdir, verified + 1, acked);
+    check_log_range(pdir, verified + 1, acked);
     verified = acked;
   }
   // Clean stop after the last restart: the log must be exactly the produced stream.
@@ -135,7 +118,7 @@ TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged
   std::printf("crash test: %d kills, %llu messages, %llu acknowledged before the last kill\n", trials,
               (unsigned long long)last, (unsigned long long)max_acked);
   CHECK(max_acked > 0);
-  check_range(pdir, 1, last);
+  check_log_range(pdir, 1, last);
   // Nothing beyond the produced stream either.
   spill::ChunkArena arena;
   spill::LogReader rd(pdir, arena);

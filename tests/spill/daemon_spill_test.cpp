@@ -24,6 +24,7 @@
 #include "market.capnp.h"
 #include "shmbus/message.hpp"
 #include "shmbus/spill_format.hpp"
+#include "log_check.hpp"
 #include "spill_util.hpp"
 
 using namespace shmbus;
@@ -104,23 +105,6 @@ std::vector<uint64_t> expect_stream(ReplaySubscriber& r, uint64_t first, uint64_
   return ts;
 }
 
-// Every sequence in [from, to] is in the log, in order, intact; no corrupt record.
-void check_log_range(const std::string& pdir, uint64_t from, uint64_t to) {
-  if (from > to) return;
-  spill::ChunkArena arena;
-  spill::LogReader rd(pdir, arena);
-  rd.seek_sequence(from);
-  spill::RecordView rv;
-  for (uint64_t expect = from; expect <= to; ++expect) {
-    auto n = rd.next(rv);
-    INFO("expected sequence " << expect << " in " << pdir);
-    REQUIRE(n == spill::LogReader::Next::ok);
-    REQUIRE(rv.seq() == expect);
-    REQUIRE(payload_ok(rv.seq(), rv.payload, rv.payload_len));
-    arena.release(rv.seq());
-  }
-  REQUIRE(rd.skipped_corrupt() == 0);
-}
 
 // Stops and joins helper threads when a REQUIRE throws (a joinable std::thread
 // would terminate the process and leak the daemon child).
