@@ -477,6 +477,8 @@ int main(int argc, char** argv) {
   std::string socket;
   bool json = false;
   app.add_option("--socket", socket, "control socket (default " + default_socket_path() + ")");
+  bool system_daemon = false;
+  app.add_flag("--system", system_daemon, std::string("the system-wide daemon's socket (") + kSystemSocketPath + ")");
   app.add_flag("--json", json, "machine-readable output");
   app.require_subcommand(1);
 
@@ -539,6 +541,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   DaemonClient::Options co;
+  if (system_daemon && socket.empty()) socket = kSystemSocketPath;
   co.socket_path = socket;
   co.reconnect_ms = 0;
   std::shared_ptr<DaemonClient> c;

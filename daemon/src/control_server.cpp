@@ -8,6 +8,7 @@
 // its replies (send would block), is disconnected. Fds a client sends are closed.
 #include <cerrno>
 #include <cstring>
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -22,27 +23,24 @@ constexpr uint64_t kQueueTag = 2;
 constexpr uint64_t kStopTag = 3;
 constexpr uint64_t kConnBase = 16;
 constexpr uint32_t kMaxBadFrames = 64;
-
-void mkdirs(const std::string& dir, mode_t mode) {
-  std::string cur;
-  size_t i = 0;
-  while (i != std::string::npos) {
-    i = dir.find('/', i + 1);
-    cur = dir.substr(0, i);
-    if (!cur.empty()) mkdir(cur.c_str(), mode);
-  }
-}
 }  // namespace
 
-void ControlServer::bind() {
+// The socket is bound inside its directory through the directory's fd
+// (/proc/self/fd/N/name), so the checked directory is the one bound in, whatever
+// happens to the path's parents meanwhile.
+void ControlServer::bind(int dir_fd) {
   const std::string& path = core_.opts.socket_path;
+  auto slash = path.rfind('/');
+  sock_name_ = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (sock_name_.empty() || sock_name_ == "." || sock_name_ == "..")
+    throw Error(ErrorCode::invalid_argument, "bad socket path: " + path);
+  dir_fd_ = dir_fd;
+  const std::string via = "/proc/self/fd/" + std::to_string(dir_fd) + "/" + sock_name_;
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(a.sun_path))
+  if (path.size() >= sizeof(a.sun_path) || via.size() >= sizeof(a.sun_path))
     throw Error(ErrorCode::invalid_argument, "socket path too long: " + path);
-  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-  auto slash = path.rfind('/');
-  if (slash != std::string::npos && slash > 0) mkdirs(path.substr(0, slash), 0755);
+  std::memcpy(a.sun_path, via.c_str(), via.size() + 1);
   int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) throw Error(ErrorCode::system, std::string("socket: ") + strerror(errno));
   if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) {
@@ -59,14 +57,20 @@ void ControlServer::bind() {
       close(fd);
       throw Error(ErrorCode::already_exists, path + ": another shmbusd is serving this socket");
     }
-    unlink(path.c_str());
+    // Only a socket is removed (never a file someone planted under the name).
+    struct stat st{};
+    if (fstatat(dir_fd, sock_name_.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISSOCK(st.st_mode)) {
+      close(fd);
+      throw Error(ErrorCode::already_exists, path + ": exists and is not a socket: refusing to replace it");
+    }
+    unlinkat(dir_fd, sock_name_.c_str(), 0);
     if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) {
       int e = errno;
       close(fd);
       throw Error(ErrorCode::system, path + ": bind: " + strerror(e));
     }
   }
-  chmod(path.c_str(), core_.opts.socket_mode);
+  fchmodat(dir_fd, sock_name_.c_str(), core_.opts.socket_mode & 0777, 0);
   if (listen(fd, 128) < 0) {
     int e = errno;
     close(fd);
@@ -79,7 +83,7 @@ void ControlServer::close_listener() {
   if (listen_fd_ >= 0) {
     close(listen_fd_);
     listen_fd_ = -1;
-    unlink(core_.opts.socket_path.c_str());
+    if (dir_fd_ >= 0) unlinkat(dir_fd_, sock_name_.c_str(), 0);
   }
 }
 

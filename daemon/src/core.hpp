@@ -68,6 +68,18 @@ void log_event(const std::string& instance, int level, const char* event, const 
                int64_t pid, const std::string& reason);
 enum { LOG_DEBUG = 1, LOG_INFO = 2, LOG_WARN = 3, LOG_ERROR = 4 };
 
+// ---- trusted directories and state files (paths.cpp)
+// Opens `path` (created with `create_mode` when missing) as a directory fd after
+// checking it: not a symlink, owned by the daemon's euid, not group/other writable.
+// Throws Error with a message that names the path and what is wrong.
+int open_trusted_dir(const std::string& path, mode_t create_mode, const char* what);
+void check_trusted_dir(int fd, const std::string& path, const char* what);
+// The same for `name` inside an already trusted directory (created 0700).
+int open_private_dir_at(int dirfd, const std::string& name, const std::string& shown, const char* what);
+// openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, 0600), then checks it is a
+// regular file owned by the daemon's euid. -1 with errno on failure.
+int open_state_file(int dirfd, const char* name, int flags, const std::string& shown);
+
 // ---- segments (segments.cpp)
 struct TopicSettings {
   std::string name;
@@ -230,7 +242,7 @@ class Reaper {
 class ControlServer {
  public:
   explicit ControlServer(Core& core) : core_(core) {}
-  void bind();  // before the threads start; throws Error
+  void bind(int dir_fd);  // before the threads start; throws Error. dir_fd: the socket's directory
   void run();
   void close_listener();
 
@@ -246,6 +258,8 @@ class ControlServer {
   void send_to(uint64_t id, const std::vector<uint8_t>& frame, const std::vector<int>& fds);
 
   Core& core_;
+  int dir_fd_ = -1;        // the socket's (trusted) directory
+  std::string sock_name_;  // the socket's name in it
   int listen_fd_ = -1;
   int ep_ = -1;
   uint64_t next_conn_ = 1;
@@ -269,6 +283,8 @@ class Core {
   std::atomic<bool> stopping{false};
   int stop_efd = -1;  // written by request_stop (async-signal-safe)
   int lock_fd = -1;
+  int sock_dir_fd = -1;   // the socket's directory (trusted: ours, not writable by others)
+  int state_fd = -1;      // the state directory: every state file is opened relative to it
 
   // The spill archiver, created (and started) with the first durable topic.
   spill::Archiver& archiver();

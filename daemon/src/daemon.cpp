@@ -59,20 +59,36 @@ Core::~Core() {
   wait();
   if (stop_efd >= 0) close(stop_efd);
   if (lock_fd >= 0) close(lock_fd);
+  if (state_fd >= 0) close(state_fd);
+  if (sock_dir_fd >= 0) close(sock_dir_fd);
 }
 
 void Core::start() {
   log_init(opts, instance);
-  std::error_code ec;
-  std::filesystem::create_directories(opts.state_dir, ec);
-  if (ec) throw Error(ErrorCode::system, opts.state_dir + ": " + ec.message());
-  chmod(opts.state_dir.c_str(), 0700);
-  const std::string lock = opts.state_dir + "/shmbusd.lock";
-  lock_fd = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (lock_fd < 0) throw Error(ErrorCode::system, lock + ": " + strerror(errno));
+  // The socket's directory first (the default state dir lives in it): ours, not
+  // writable by others; created 0700 (0755 for root: a system daemon serves every
+  // local user, who must reach the socket).
+  {
+    auto slash = opts.socket_path.rfind('/');
+    const std::string sdir = slash == std::string::npos ? std::string(".")
+                             : slash == 0               ? std::string("/")
+                                                        : opts.socket_path.substr(0, slash);
+    sock_dir_fd = open_trusted_dir(sdir, geteuid() == 0 ? 0755 : 0700, "socket directory");
+  }
+  state_fd = open_trusted_dir(opts.state_dir, 0700, "state dir");
+  fchmod(state_fd, 0700);  // ours (checked): owner-only whatever it was
+  lock_fd = open_state_file(state_fd, "shmbusd.lock", O_RDWR | O_CREAT, opts.state_dir);
+  if (lock_fd < 0)
+    throw Error(ErrorCode::system, opts.state_dir + "/shmbusd.lock: " +
+                                       (errno == ELOOP || errno == EPERM ? std::string("a symlink or not our file: refusing it")
+                                                                         : std::string(strerror(errno))));
   if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
     throw Error(ErrorCode::already_exists, opts.state_dir + " is in use by another shmbusd");
-  server.bind();
+  // An existing spill-log root must be a private directory (created with the first
+  // durable topic, see Registry::log_root()).
+  if (faccessat(state_fd, "log", F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+    close(open_private_dir_at(state_fd, "log", opts.state_dir + "/log", "log dir"));
+  server.bind(sock_dir_fd);
   try {
     registry.load();
   } catch (...) {

@@ -45,6 +45,9 @@ bool in(const std::vector<uint32_t>& l, uint32_t v) {
 }
 
 std::string state_file(const Core& c) { return c.opts.state_dir + "/registry.bin"; }
+constexpr const char* kStateName = "registry.bin";
+constexpr const char* kStateTmp = "registry.bin.tmp";
+constexpr const char* kStateCorrupt = "registry.bin.corrupt";
 
 // The ACTIVE slot holding durable name hash `h` in `p`, or null.
 shm::CursorSlot* named_slot(const Partition& p, uint64_t h) {
@@ -81,7 +84,12 @@ void continue_log_sequence(Partition& p, const std::string& log_root) {
 
 }  // namespace
 
-std::string Registry::log_root() const { return core_.opts.state_dir + "/log"; }
+// The spill logs' root, a private directory of the state dir (created, or checked:
+// ours, not a symlink, not writable by others) before a path under it is used.
+std::string Registry::log_root() const {
+  close(open_private_dir_at(core_.state_fd, "log", core_.opts.state_dir + "/log", "log dir"));
+  return core_.opts.state_dir + "/log";
+}
 
 void Registry::archive_topic(Topic& t) {
   spill::LogConfig lc;
@@ -110,10 +118,12 @@ bool Registry::may(const Topic& t, const Peer& p, Role role) const {
 
 void Registry::load() {
   const std::string path = state_file(core_);
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  int fd = open_state_file(core_.state_fd, kStateName, O_RDONLY, path);
   if (fd < 0) {
-    if (errno != ENOENT) throw Error(ErrorCode::system, path + ": " + strerror(errno));
-    return;
+    if (errno == ENOENT) return;
+    throw Error(ErrorCode::system, path + ": " +
+                                       (errno == ELOOP || errno == EPERM ? std::string("a symlink or not our file: refusing it")
+                                                                         : std::string(strerror(errno))));
   }
   std::vector<TopicSettings> loaded;
   std::vector<std::pair<uint32_t, uint64_t>> meta;
@@ -136,14 +146,14 @@ void Registry::load() {
   } catch (const std::exception& e) {
     close(fd);
     std::string bad = path + ".corrupt";
-    rename(path.c_str(), bad.c_str());
+    renameat(core_.state_fd, kStateName, core_.state_fd, kStateCorrupt);
     log_event(core_.instance, LOG_ERROR, "state_corrupt", "", 0,
               std::string(e.what()) + "; moved to " + bad + ", starting empty");
     return;
   } catch (const kj::Exception& e) {
     close(fd);
     std::string bad = path + ".corrupt";
-    rename(path.c_str(), bad.c_str());
+    renameat(core_.state_fd, kStateName, core_.state_fd, kStateCorrupt);
     log_event(core_.instance, LOG_ERROR, "state_corrupt", "", 0, e.getDescription().cStr());
     return;
   }
@@ -191,7 +201,9 @@ void Registry::persist() {
     topic_info(t, l[i++]);
   }
   const std::string path = state_file(core_), tmp = path + ".tmp";
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  // A fresh file (O_EXCL, O_NOFOLLOW) in the state dir's fd: never an existing one.
+  unlinkat(core_.state_fd, kStateTmp, 0);
+  int fd = openat(core_.state_fd, kStateTmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
     log_event(core_.instance, LOG_ERROR, "persist_failed", "", 0, tmp + ": " + strerror(errno));
     return;
@@ -205,8 +217,9 @@ void Registry::persist() {
   }
   fsync(fd);
   close(fd);
-  if (rename(tmp.c_str(), path.c_str()) < 0)
+  if (renameat(core_.state_fd, kStateTmp, core_.state_fd, kStateName) < 0)
     log_event(core_.instance, LOG_ERROR, "persist_failed", "", 0, strerror(errno));
+  fsync(core_.state_fd);
 }
 
 void Registry::reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep,

@@ -16,8 +16,10 @@
 namespace shmbus {
 
 std::string default_socket_path() {
+  if (const char* e = getenv("SHMBUS_SOCKET"); e && *e) return e;
   const char* x = getenv("XDG_RUNTIME_DIR");
   if (x && *x && access(x, W_OK | X_OK) == 0) return std::string(x) + "/shmbus/shmbusd.sock";
+  if (geteuid() == 0) return kSystemSocketPath;
   return "/tmp/shmbus-" + std::to_string(getuid()) + "/shmbusd.sock";
 }
 
@@ -73,6 +75,24 @@ bool DaemonClient::try_connect_locked(std::string& err) {
     err = std::string("connect: ") + strerror(errno);
     close(fd);
     return false;
+  }
+  // Who serves this socket? Only root (a system daemon) or ourselves: anyone else
+  // could have squatted the path (e.g. /tmp/shmbus-$UID) to read what we send.
+  ucred cr{};
+  socklen_t len = sizeof cr;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
+    int e = errno;
+    close(fd);
+    throw Error(ErrorCode::permission_denied,
+                "shmbusd at " + opts_.socket_path + ": cannot read the server's credentials: " + strerror(e));
+  }
+  if (cr.uid != 0 && cr.uid != geteuid() && cr.uid != opts_.trusted_uid) {
+    close(fd);
+    throw Error(ErrorCode::permission_denied,
+                "shmbusd at " + opts_.socket_path + " runs as uid " + std::to_string(cr.uid) +
+                    ", neither root nor this process's uid " + std::to_string(geteuid()) +
+                    ": refusing to use it (another user's daemon on this path? remove it, or set "
+                    "SHMBUS_SOCKET to your daemon's socket)");
   }
   fd_ = fd;
   return true;

@@ -30,7 +30,12 @@
 
 namespace shmbus {
 
-// $XDG_RUNTIME_DIR/shmbus/shmbusd.sock, else /tmp/shmbus-$UID/shmbusd.sock.
+// Where clients and the daemon look by default, first match wins:
+//   $SHMBUS_SOCKET; $XDG_RUNTIME_DIR/shmbus/shmbusd.sock; for root,
+//   kSystemSocketPath; else /tmp/shmbus-$UID/shmbusd.sock.
+// A system-wide daemon (run as root) serves kSystemSocketPath; other users reach it
+// with SHMBUS_SOCKET=/run/shmbus/shmbusd.sock (or --socket).
+inline constexpr const char* kSystemSocketPath = "/run/shmbus/shmbusd.sock";
 std::string default_socket_path();
 
 struct AccessSpec {
@@ -79,6 +84,10 @@ class DaemonClient : public std::enable_shared_from_this<DaemonClient> {
     std::string socket_path;  // empty: default_socket_path()
     int timeout_ms = 5000;    // one request/response round trip
     int reconnect_ms = 10000; // how long a call retries while the daemon restarts
+    // The server's uid is checked after connect (SO_PEERCRED): root or our own euid,
+    // or this one (e.g. a dedicated service account); anything else is refused with
+    // Error(permission_denied). Default: nobody else.
+    uint32_t trusted_uid = 0;
   };
 
   // A response: its reader and the fds that came with it (closed on destruction
