@@ -594,19 +594,27 @@ int main(int argc, char** argv) {
       if (json) std::printf("%s\n", topic_json(rep.get().getTopic()).c_str());
       else topic_human(rep.get().getTopic());
     } else if (list->parsed()) {
-      auto rep = c->call([](proto::Request::Builder r) { r.setListTopics(); });
-      auto l = rep.get().getTopics();
-      if (json) {
-        std::printf("[");
-        for (uint32_t i = 0; i < l.size(); ++i) std::printf("%s%s", i ? "," : "", topic_json(l[i]).c_str());
-        std::printf("]\n");
-      } else {
-        if (l.size() == 0) std::printf("no topics\n");
-        for (auto t : l)
-          std::printf("%-40s %3u partitions  %10" PRIu64 " B  %s\n", t.getSpec().getName().cStr(),
-                      t.getSpec().getPartitions(), t.getSpec().getCapacity(),
-                      policy_name(t.getSpec().getPolicy()));
+      // A page at a time (any number of topics).
+      std::string after;
+      size_t n = 0;
+      if (json) std::printf("[");
+      for (bool more = true; more;) {
+        auto rep = c->call([&](proto::Request::Builder r) { r.initListPage().setAfter(after); });
+        auto pg = rep.get().getPage();
+        for (auto t : pg.getTopics()) {
+          if (json)
+            std::printf("%s%s", n ? "," : "", topic_json(t).c_str());
+          else
+            std::printf("%-40s %3u partitions  %10" PRIu64 " B  %s\n", t.getSpec().getName().cStr(),
+                        t.getSpec().getPartitions(), t.getSpec().getCapacity(),
+                        policy_name(t.getSpec().getPolicy()));
+          ++n;
+        }
+        more = pg.getMore() && pg.getTopics().size() > 0;
+        after = pg.getNext();
       }
+      if (json) std::printf("]\n");
+      else if (n == 0) std::printf("no topics\n");
     } else if (describe->parsed()) {
       auto rep = c->call([&](proto::Request::Builder r) { r.setDescribeTopic(name); });
       if (json) std::printf("%s\n", topic_json(rep.get().getTopic()).c_str());
@@ -616,13 +624,22 @@ int main(int argc, char** argv) {
       if (json) std::printf("{\"deleted\":%s}\n", jstr(name).c_str());
       else std::printf("deleted %s\n", name.c_str());
     } else if (stat->parsed()) {
-      auto rep = c->call([&](proto::Request::Builder r) { r.setStat(name); });
-      auto ts = rep.get().getStats();
       std::ostringstream o;
       if (json) o << "[";
+      std::string after;
+      uint32_t shown = 0;
+      for (bool more = true; more;) {
+      // One topic: stat; every topic: statPage, a page at a time.
+      auto rep = c->call([&](proto::Request::Builder r) {
+        if (name.empty()) r.initStatPage().setAfter(after);
+        else r.setStat(name);
+      });
+      auto ts = name.empty() ? rep.get().getPage().getStats() : rep.get().getStats();
+      more = name.empty() && rep.get().getPage().getMore() && ts.size() > 0;
+      if (name.empty()) after = rep.get().getPage().getNext();
       for (uint32_t i = 0; i < ts.size(); ++i) {
         auto t = ts[i];
-        if (json) o << (i ? "," : "") << "{\"topic\":" << jstr(t.getName().cStr()) << ",\"partitions\":[";
+        if (json) o << (shown++ ? "," : "") << "{\"topic\":" << jstr(t.getName().cStr()) << ",\"partitions\":[";
         else o << t.getName().cStr() << "\n";
         for (uint32_t j = 0; j < t.getPartitions().size(); ++j) {
           auto p = t.getPartitions()[j];
@@ -653,6 +670,9 @@ int main(int argc, char** argv) {
           }
         }
         if (json) o << "]}";
+      }
+      std::fputs(o.str().c_str(), stdout);
+      o.str("");
       }
       if (json) o << "]\n";
       std::fputs(o.str().c_str(), stdout);

@@ -184,6 +184,7 @@ class Registry {
   struct DurableRec {
     std::string name;
     uint64_t position = 0;
+    uint32_t owner_uid = 0;  // the uid that made the name; only it (or root) may save it
   };
   struct Topic {
     TopicSettings s;
@@ -199,7 +200,12 @@ class Registry {
   void reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep = {},
              std::vector<int> fds = {});
   void reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg);
+  void reply_page(const Peer& p, uint64_t id, proto::PageRequest::Reader pr, bool stats);
   bool may(const Topic& t, const Peer& p, Role role) const;
+  // May `p` learn that `t` exists (publish or subscribe rights, owner, root)?
+  bool visible(const Topic& t, const Peer& p) const {
+    return may(t, p, Role::publisher) || may(t, p, Role::subscriber);
+  }
   void topic_info(const Topic& t, proto::TopicInfo::Builder b);
   // Durable topics: gives every partition to the archiver (recovers its log, joins
   // or adopts the tethered archiver cursor). Throws Error.

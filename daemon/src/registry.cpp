@@ -141,7 +141,8 @@ void Registry::load() {
       meta.emplace_back(ti.getOwnerUid(), ti.getCreatedNs());
       auto& d = durable.emplace_back();
       for (auto dc : ti.getDurable())
-        d[{dc.getNameHash(), dc.getPartition()}] = DurableRec{dc.getName(), dc.getPosition()};
+        d[{dc.getNameHash(), dc.getPartition()}] =
+            DurableRec{dc.getName(), dc.getPosition(), dc.getHasOwner() ? dc.getOwnerUid() : ti.getOwnerUid()};
     }
   } catch (const std::exception& e) {
     close(fd);
@@ -228,7 +229,10 @@ void Registry::reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<P
   c.conn = p.conn;
   c.frame = control::encode_frame(mb);
   if (c.frame.size() > control::kMaxFrame) {
-    c.frame = error_frame(0, proto::ErrorCode::TOO_LARGE, "response exceeds the frame limit");
+    // Keep the request's id: the client matches replies by it.
+    const uint64_t id = mb.getRoot<proto::Response>().asReader().getId();
+    c.frame = error_frame(id, proto::ErrorCode::TOO_LARGE,
+                          "response exceeds the frame limit (use listPage/statPage)");
     fds.clear();
     keep.reset();
   }
@@ -244,6 +248,40 @@ void Registry::reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, co
   core_.server_q.push(std::move(c));
 }
 
+// One page of topics the peer may see, in name order after pr.after: at most the
+// limit, halved until the reply fits in a frame (so any number of topics can be listed).
+void Registry::reply_page(const Peer& peer, uint64_t id, proto::PageRequest::Reader pr, bool stats) {
+  constexpr uint32_t kPage = 256;
+  const std::string after = pr.getAfter();
+  uint32_t limit = pr.getLimit() == 0 || pr.getLimit() > kPage ? kPage : pr.getLimit();
+  for (;;) {
+    std::vector<Topic*> sel;
+    auto it = after.empty() ? topics_.begin() : topics_.upper_bound(after);
+    for (; it != topics_.end() && sel.size() < limit; ++it)
+      if (visible(it->second, peer)) sel.push_back(&it->second);
+    while (it != topics_.end() && !visible(it->second, peer)) ++it;
+    capnp::MallocMessageBuilder mb(4096);
+    auto resp = mb.initRoot<proto::Response>();
+    resp.setId(id);
+    auto pg = resp.initPage();
+    if (stats) {
+      auto l = pg.initStats(uint32_t(sel.size()));
+      for (size_t i = 0; i < sel.size(); ++i) stat_topic(*sel[i], l[uint32_t(i)]);
+    } else {
+      auto l = pg.initTopics(uint32_t(sel.size()));
+      for (size_t i = 0; i < sel.size(); ++i) {
+        sync_durable(*sel[i]);
+        topic_info(*sel[i], l[uint32_t(i)]);
+      }
+    }
+    pg.setNext(sel.empty() ? after : sel.back()->s.name);
+    pg.setMore(it != topics_.end());
+    if (sel.size() <= 1 || capnp::computeSerializedSizeInWords(mb) * 8 + control::kFrameHeader <= control::kMaxFrame)
+      return reply(peer, mb);
+    limit = uint32_t(sel.size() / 2);
+  }
+}
+
 void Registry::topic_info(const Topic& t, proto::TopicInfo::Builder b) {
   spec_to_proto(t.s, b.initSpec());
   b.setOwnerUid(t.owner_uid);
@@ -256,6 +294,8 @@ void Registry::topic_info(const Topic& t, proto::TopicInfo::Builder b) {
     d.setNameHash(key.first);
     d.setPartition(key.second);
     d.setPosition(rec.position);
+    d.setOwnerUid(rec.owner_uid);
+    d.setHasOwner(true);
     if (key.second < t.parts.size())
       if (shm::CursorSlot* s = named_slot(*t.parts[key.second], key.first)) {
         d.setPosition(aref(s->position).load(std::memory_order_acquire));
@@ -311,7 +351,9 @@ bool Registry::expire_parked(uint64_t now_ns) {
         uint32_t zero = 0;
         if (!aref(s.pid).compare_exchange_strong(zero, me, std::memory_order_acq_rel)) continue;
         const uint64_t pos = aref(s.position).load(std::memory_order_acquire);
-        auto& rec = t.durable[{h, part->index}];
+        auto [rit, fresh] = t.durable.try_emplace({h, part->index});
+        auto& rec = rit->second;
+        if (fresh) rec.owner_uid = t.owner_uid;
         rec.position = pos;
         aref(s.state).store(shm::kSlotFree, std::memory_order_seq_cst);
         aref(r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);  // P7 wake
@@ -403,6 +445,23 @@ void Registry::handle(const RegistryCmd& c) {
         return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT, err);
       auto it = topics_.find(t.name);
       if (it != topics_.end()) {
+        // Topic squatting: another uid's create is refused unless the topic admits it
+        // AND asks for exactly the stored access list (and settings, below); it never
+        // takes the topic over (the owner stays).
+        const Topic& ex = it->second;
+        if (peer.uid != ex.owner_uid && !visible(ex, peer))
+          return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                             "topic '" + t.name + "' exists and belongs to another user");
+        auto sorted = [](const AccessSpec& a) {
+          AccessSpec s = a;
+          for (auto* v : {&s.publish_uids, &s.publish_gids, &s.subscribe_uids, &s.subscribe_gids})
+            std::sort(v->begin(), v->end());
+          return std::make_tuple(s.publish_uids, s.publish_gids, s.subscribe_uids, s.subscribe_gids);
+        };
+        if (sorted(ex.s.access) != sorted(t.access))
+          return reply_error(peer, id, proto::ErrorCode::ALREADY_EXISTS,
+                             "topic '" + t.name + "' exists with another access list (owner uid " +
+                                 std::to_string(ex.owner_uid) + ")");
         const TopicSettings& e = it->second.s;
         uint64_t em = e.max_payload ? e.max_payload : e.capacity / 4;
         uint64_t tm = t.max_payload ? t.max_payload : t.capacity / 4;
@@ -456,22 +515,24 @@ void Registry::handle(const RegistryCmd& c) {
     case proto::Request::DESCRIBE_TOPIC: {
       std::string name = req.getDescribeTopic();
       auto it = topics_.find(name);
-      if (it == topics_.end())
+      if (it == topics_.end() || !visible(it->second, peer))  // no rights: learns nothing
         return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
       sync_durable(it->second);
       topic_info(it->second, resp.initTopic());
       return reply(peer, mb);
     }
-    case proto::Request::LIST_TOPICS: {
-      auto l = resp.initTopics(uint32_t(topics_.size()));
-      uint32_t i = 0;
-      for (auto& [n, t] : topics_) topic_info(t, l[i++]);
+    case proto::Request::LIST_TOPICS: {  // all at once: tooLarge beyond a frame (listPage pages)
+      std::vector<const Topic*> sel;
+      for (auto& [n, t] : topics_)
+        if (visible(t, peer)) sel.push_back(&t);
+      auto l = resp.initTopics(uint32_t(sel.size()));
+      for (size_t i = 0; i < sel.size(); ++i) topic_info(*sel[i], l[uint32_t(i)]);
       return reply(peer, mb);
     }
     case proto::Request::DELETE_TOPIC: {
       std::string name = req.getDeleteTopic();
       auto it = topics_.find(name);
-      if (it == topics_.end())
+      if (it == topics_.end() || !visible(it->second, peer))
         return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
       if (!may(it->second, peer, Role::admin))
         return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
@@ -534,11 +595,15 @@ void Registry::handle(const RegistryCmd& c) {
                 role == Role::publisher ? "publisher" : role == Role::subscriber ? "subscriber" : "admin");
       return reply(peer, mb, part, {dfd, part->ctl_fd});
     }
+    case proto::Request::LIST_PAGE:
+      return reply_page(peer, id, req.getListPage(), false);
+    case proto::Request::STAT_PAGE:
+      return reply_page(peer, id, req.getStatPage(), true);
     case proto::Request::STAT: {
       std::string name = req.getStat();
       std::vector<const Topic*> sel;
       for (auto& [n, t] : topics_)
-        if (name.empty() || n == name) sel.push_back(&t);
+        if ((name.empty() || n == name) && visible(t, peer)) sel.push_back(&t);
       if (!name.empty() && sel.empty())
         return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
       auto l = resp.initStats(uint32_t(sel.size()));
@@ -560,9 +625,19 @@ void Registry::handle(const RegistryCmd& c) {
         return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT,
                            "saveCursor: no such partition, or an empty name");
       std::string dn = d.getName();
-      if (t.durable.size() >= 4096 && !t.durable.count({durable_name_hash(dn), d.getPartition()}))
+      const auto key = std::make_pair(durable_name_hash(dn), d.getPartition());
+      auto rit = t.durable.find(key);
+      if (t.durable.size() >= 4096 && rit == t.durable.end())
         return reply_error(peer, id, proto::ErrorCode::NO_SLOT, "too many durable names");
-      t.durable[{durable_name_hash(dn), d.getPartition()}] = DurableRec{dn, d.getPosition()};
+      // A durable name belongs to the uid that made it: another uid neither moves its
+      // saved position nor resumes it.
+      if (rit != t.durable.end() && rit->second.owner_uid != peer.uid && peer.uid != 0 &&
+          peer.uid != geteuid())
+        return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                           "durable subscriber '" + dn + "' of '" + name + "' belongs to uid " +
+                               std::to_string(rit->second.owner_uid));
+      const uint32_t owner = rit != t.durable.end() ? rit->second.owner_uid : peer.uid;
+      t.durable[key] = DurableRec{dn, d.getPosition(), owner};
       persist();
       log_event(core_.instance, LOG_INFO, "durable_joined", name, peer.pid,
                 "subscriber '" + dn + "' partition " + std::to_string(d.getPartition()) +

@@ -195,6 +195,12 @@ bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::
         }
         break;
       }
+      case proto::Request::LIST_PAGE:
+        if (!text_ok(r.getListPage().getAfter(), "page start")) return false;
+        break;
+      case proto::Request::STAT_PAGE:
+        if (!text_ok(r.getStatPage().getAfter(), "page start")) return false;
+        break;
       case proto::Request::SAVE_CURSOR:
         if (!text_ok(r.getSaveCursor().getName(), "durable name") ||
             !text_ok(r.getSaveCursor().getTopic(), "topic"))

@@ -93,6 +93,8 @@ struct DurableCursor {
   nameHash @4 :UInt64;            # records: CursorSlot::name_hash of the name
   parked @5 :Bool;                # records: the slot is parked (holds its position)
   live @6 :Bool;                  # records: a live subscriber holds the name
+  ownerUid @7 :UInt32;            # records: the uid that made the name (only it, or root, saves it)
+  hasOwner @8 :Bool;              # records: ownerUid is set (older registries: the topic's owner)
 }
 
 struct SubscriberStat {
@@ -135,7 +137,24 @@ struct Request {
     stat @8 :Text;                # topic name, or "" for every topic
     health @9 :Void;
     saveCursor @10 :DurableCursor;
+    listPage @11 :PageRequest;    # listTopics, a page at a time (any number of topics)
+    statPage @12 :PageRequest;    # stat "" (every topic), a page at a time
   }
+}
+
+# Paging: topics in name order after `after` ("" = from the first), at most `limit`
+# (0 = the daemon's page size, 256) and never more than fit in one frame. The reply's
+# `next` is the `after` of the next page; `more` says whether there is one.
+struct PageRequest {
+  after @0 :Text;
+  limit @1 :UInt32;
+}
+
+struct TopicPage {
+  topics @0 :List(TopicInfo);     # listPage
+  stats @1 :List(TopicStat);      # statPage
+  next @2 :Text;
+  more @3 :Bool;
 }
 
 struct OpenRequest {
@@ -156,6 +175,7 @@ struct Response {
     open @6 :OpenReply;
     stats @7 :List(TopicStat);
     health @8 :HealthReply;
+    page @9 :TopicPage;           # listPage, statPage
   }
 }
 

@@ -28,6 +28,7 @@ const char* code(const Error& e) {
   switch (e.code()) {
     case ErrorCode::permission_denied: return "denied";
     case ErrorCode::already_exists: return "exists";
+    case ErrorCode::not_found: return "notfound";
     case ErrorCode::invalid_argument:
     case ErrorCode::no_slot: return "refused";
     default: return "err";

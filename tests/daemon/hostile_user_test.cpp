@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "core.hpp"
@@ -242,4 +243,92 @@ TEST_CASE("paths: a client refuses a daemon run by another non-root user; SHMBUS
   CHECK(out.find("\"serving\":true") != std::string::npos);
   CHECK(run_capture(att.as({hostile(), "health", sys})) == "health:ok\n");
   CHECK(d.stop());
+}
+
+namespace {
+// A root daemon in a scratch dir, as a system daemon would run.
+struct RootDaemon {
+  Scratch s;
+  Shmbusd d{s, "root"};
+  std::string sock = s / "run/shmbusd.sock";
+  std::vector<std::string> extra;
+  bool start() { 
+    std::vector<std::string> a = {"--socket", sock, "--state-dir", s / "state"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return d.start(a);
+  }
+};
+
+std::string as_att(const SecondUser& u, std::vector<std::string> args) {
+  args.insert(args.begin(), hostile());
+  return run_capture(u.as(args));
+}
+
+void save_cursor(const std::string& sock, const std::string& topic, const std::string& name) {
+  DaemonClient::connect({sock})->call([&](proto::Request::Builder r) {
+    auto d = r.initSaveCursor();
+    d.setTopic(topic);
+    d.setName(name);
+    d.setPartition(0);
+    d.setPosition(0);
+  });
+}
+}  // namespace
+
+TEST_CASE("ownership: another user can neither take a topic's name, delete it, see it, nor resume a durable name",
+          "[security][ownership]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  // Topic squatting: the attacker makes an open topic under the victim's name first.
+  REQUIRE(as_att(att, {"create", rd.sock, "sq.orders", "666"}) == "create:ok\n");
+  try {
+    bus.create_topic("sq.orders", {.capacity = 8192, .mode = 0600});
+    FAIL("the victim's private create succeeded on the attacker's open topic");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::already_exists);
+    CHECK(std::string(e.what()).find("another access list") != std::string::npos);
+  }
+  // The victim's private topic: the attacker cannot adopt it (even asking for the
+  // same settings), delete it, read it or learn it exists.
+  bus.create_topic("v.private", {.capacity = 8192, .mode = 0600});
+  std::optional<Subscriber> sub(bus.subscriber("v.private"));
+  std::optional<Publisher> pub(bus.publisher("v.private"));
+  REQUIRE(pub->offer("secret", 6) == Status::ok);
+  CHECK(as_att(att, {"create", rd.sock, "v.private", "600"}) == "create:denied\n");
+  CHECK(as_att(att, {"delete", rd.sock, "v.private"}) == "delete:notfound\n");
+  CHECK(as_att(att, {"read", rd.sock, "v.private"}) == "read:denied\n");
+  CHECK(as_att(att, {"publish", rd.sock, "v.private", "forged"}) == "publish:denied\n");
+  std::string listed = as_att(att, {"list", rd.sock});
+  CHECK(listed.find("sq.orders") != std::string::npos);
+  CHECK(listed.find("v.private") == std::string::npos);
+  View v;
+  REQUIRE(sub->poll_wait(v, 1'000'000'000) == Status::ok);
+  CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "secret");
+  sub->release(v);
+  CHECK(sub->poll(v) != Status::ok);  // nothing forged got in
+  // A readable topic: the attacker may subscribe, but a durable name the victim made
+  // stays the victim's (its saved position cannot be moved or resumed by another uid).
+  bus.create_topic("dur.shared", {.capacity = 8192, .mode = 0644});
+  save_cursor(rd.sock, "dur.shared", "victim-name");
+  CHECK(as_att(att, {"save-cursor", rd.sock, "dur.shared", "victim-name"}) == "save:denied\n");
+  CHECK(as_att(att, {"save-cursor", rd.sock, "dur.shared", "att-name"}) == "save:ok\n");
+  // Deleting the attacker's topic is still the attacker's (or root's) business.
+  CHECK(as_att(att, {"delete", rd.sock, "dur.shared"}) == "delete:denied\n");
+  // Owners survive a restart.
+  sub.reset();
+  pub.reset();
+  REQUIRE(rd.d.stop());
+  REQUIRE(rd.start());
+  CHECK(as_att(att, {"save-cursor", rd.sock, "dur.shared", "victim-name"}) == "save:denied\n");
+  CHECK(as_att(att, {"create", rd.sock, "v.private", "600"}) == "create:denied\n");
+  auto info = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setDescribeTopic("dur.shared"); });
+  for (auto dc : info.get().getTopic().getDurable())
+    CHECK(dc.getOwnerUid() == (std::string(dc.getName().cStr()) == "att-name" ? att.uid : 0u));
+  CHECK(as_att(att, {"delete", rd.sock, "sq.orders"}) == "delete:ok\n");
+  CHECK(serving(rd.sock));
+  bus.remove_topic("v.private");
+  bus.remove_topic("dur.shared");
+  CHECK(rd.d.stop());
 }
