@@ -2,6 +2,9 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <sys/resource.h>
+#include <algorithm>
+#include <type_traits>
 
 #include <CLI/CLI.hpp>
 #if SHMBUS_HAVE_TOMLPP
@@ -33,6 +36,14 @@ int main(int argc, char** argv) {
   app.add_option("--durable-hold-ms", o.durable_hold_ms,
                  "how long a departed durable subscriber's slot keeps its place (and holds a tethered ring)");
   app.add_option("--max-clients", o.max_clients, "connections accepted at once");
+  app.add_option("--max-topics", o.max_topics, "topics in all");
+  app.add_option("--max-topic-bytes", o.max_topic_bytes, "one topic's segment bytes (partitions x ring + control)");
+  app.add_option("--uid-max-topics", o.uid_max_topics, "topics one (non-root) uid may own");
+  app.add_option("--uid-max-segment-bytes", o.uid_max_segment_bytes, "segment bytes of the topics one (non-root) uid owns");
+  app.add_option("--uid-max-connections", o.uid_max_connections, "connections one (non-root) uid may hold");
+  app.add_option("--max-inflight-per-client", o.max_inflight_per_client,
+                 "requests queued per connection before the daemon stops reading it");
+  app.add_option("--shm-reserve-percent", o.shm_reserve_percent, "a topic is refused unless this much of /dev/shm stays free");
   app.add_option("--log-level", o.log_level, "trace|debug|info|warn|error|off");
   app.add_option("--log-file", o.log_file, "write JSON logs here instead of stderr");
   CLI11_PARSE(app, argc, argv);
@@ -49,7 +60,24 @@ int main(int argc, char** argv) {
       str("log_file", o.log_file);
       if (auto x = t["log_level"].value<std::string>()) o.log_level = *x;
       if (auto x = t["reclaim_interval_ms"].value<int64_t>()) o.reclaim_interval_ms = *x;
-      if (auto x = t["max_clients"].value<int64_t>()) o.max_clients = uint32_t(*x);
+      auto num = [&](const char* k, auto& v) {
+        std::string opt = std::string("--") + k;
+        for (auto& ch : opt) ch = ch == '_' ? '-' : ch;
+        if (app.count(opt)) return;  // the command line wins
+        if (auto x = t[k].value<int64_t>()) {
+          if (*x < 0) throw std::runtime_error(std::string(k) + " must not be negative");
+          v = std::remove_reference_t<decltype(v)>(*x);
+        }
+      };
+      num("max_clients", o.max_clients);
+      num("max_topics", o.max_topics);
+      num("max_topic_bytes", o.max_topic_bytes);
+      num("uid_max_topics", o.uid_max_topics);
+      num("uid_max_segment_bytes", o.uid_max_segment_bytes);
+      num("uid_max_connections", o.uid_max_connections);
+      num("max_inflight_per_client", o.max_inflight_per_client);
+      num("shm_reserve_percent", o.shm_reserve_percent);
+      num("durable_hold_ms", o.durable_hold_ms);
     } catch (const std::exception& e) {
       std::cerr << "shmbusd: " << config << ": " << e.what() << "\n";
       return 2;
@@ -58,6 +86,19 @@ int main(int argc, char** argv) {
     std::cerr << "shmbusd: built without toml++, --config is not available\n";
     return 2;
 #endif
+  }
+  // The daemon holds three fds per partition: as many as the kernel lets it (root
+  // may raise the hard limit; EMFILE at accept is handled either way).
+  {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+      rlimit want = rl;
+      want.rlim_cur = want.rlim_max = std::max<rlim_t>(rl.rlim_max, 1 << 20);
+      if (setrlimit(RLIMIT_NOFILE, &want) != 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+      }
+    }
   }
   try {
     shmbus::Daemon d(o);

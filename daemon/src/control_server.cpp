@@ -92,8 +92,10 @@ void ControlServer::drop(uint64_t id, const char* reason) {
   if (it == conns_.end()) return;
   epoll_ctl(ep_, EPOLL_CTL_DEL, it->second.fd, nullptr);
   close(it->second.fd);
-  log_event(core_.instance, LOG_DEBUG, "client_disconnected", "", it->second.peer.pid, reason);
+  log_limited(core_.instance, LOG_DEBUG, "client_disconnected", "", it->second.peer.pid, reason);
   core_.reaper_q.push(ReaperCmd{ReaperCmd::client_gone, nullptr, it->second.peer.pid});
+  auto u = uid_conns_.find(it->second.peer.uid);
+  if (u != uid_conns_.end() && --u->second == 0) uid_conns_.erase(u);
   conns_.erase(it);
   core_.counters.clients = uint32_t(conns_.size());
 }
@@ -103,16 +105,46 @@ void ControlServer::accept_all() {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK)
-        log_event(core_.instance, LOG_WARN, "accept_failed", "", 0, strerror(errno));
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EMFILE || errno == ENFILE) {
+        // Out of fds: the pending connection would make the listener readable
+        // forever (a spin). Give up the reserve fd, accept it and close it at once
+        // (the client sees a closed connection); without a reserve, stop accepting
+        // for a moment instead.
+        log_limited(core_.instance, LOG_WARN, "accept_failed", "", 0,
+                    std::string(strerror(errno)) + ": a connection was refused");
+        if (reserve_fd_ >= 0) {
+          close(reserve_fd_);
+          reserve_fd_ = -1;
+          int f = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+          if (f >= 0) close(f);
+          reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+          if (f >= 0) continue;
+        }
+        accept_paused_until_ = shm::monotonic_ns() + 100'000'000ull;
+        epoll_ctl(ep_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+        return;
+      }
+      log_limited(core_.instance, LOG_WARN, "accept_failed", "", 0, strerror(errno));
       return;
     }
     ucred cr{};
     socklen_t len = sizeof(cr);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0 ||
-        conns_.size() >= core_.opts.max_clients) {
-      log_event(core_.instance, LOG_WARN, "client_refused", "", cr.pid,
-                conns_.size() >= core_.opts.max_clients ? "too many clients" : "no peer credentials");
+    const char* refuse = nullptr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0) {
+      refuse = "no peer credentials";
+    } else {
+      const bool privileged = cr.uid == 0 || cr.uid == geteuid();
+      // Root and the daemon's uid keep a few connections beyond the limit (to stop,
+      // inspect and repair a daemon others saturate).
+      if (conns_.size() >= core_.opts.max_clients + (privileged ? 16u : 0u))
+        refuse = "too many clients";
+      else if (!privileged && uid_conns_.count(cr.uid) && uid_conns_[cr.uid] >= core_.opts.uid_max_connections)
+        refuse = "too many connections from this uid (uid_max_connections)";
+    }
+    if (refuse) {
+      log_limited(core_.instance, LOG_WARN, "client_refused", "", cr.pid,
+                  std::string(refuse) + " (uid " + std::to_string(cr.uid) + ")");
       close(fd);
       continue;
     }
@@ -122,14 +154,44 @@ void ControlServer::accept_all() {
     c.peer.pid = cr.pid;
     c.peer.uid = cr.uid;
     c.peer.gid = cr.gid;
+    // Supplementary groups as the kernel had them at connect (not /proc/<pid>, which a
+    // reused pid could answer for).
+    {
+      std::vector<gid_t> g(64);
+      socklen_t gl = socklen_t(g.size() * sizeof(gid_t));
+      if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g.data(), &gl) < 0 && errno == ERANGE) {
+        g.resize(gl / sizeof(gid_t) + 1);
+        gl = socklen_t(g.size() * sizeof(gid_t));
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g.data(), &gl) < 0) gl = 0;
+      }
+      g.resize(gl / sizeof(gid_t));
+      c.peer.groups = std::make_shared<const std::vector<gid_t>>(std::move(g));
+    }
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
     ev.data.u64 = kConnBase + c.peer.conn;
     epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
     core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, cr.pid});
+    ++uid_conns_[cr.uid];
     conns_.emplace(c.peer.conn, c);
     core_.counters.clients = uint32_t(conns_.size());
   }
+}
+
+void ControlServer::set_reading(Conn& c, bool on) {
+  epoll_event ev{};
+  ev.events = (on ? EPOLLIN : 0u) | EPOLLRDHUP;
+  ev.data.u64 = kConnBase + c.peer.conn;
+  epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev);
+  c.paused = !on;
+}
+
+void ControlServer::answered(uint64_t id) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  Conn& c = it->second;
+  if (c.inflight) --c.inflight;
+  if (c.paused && c.inflight <= core_.opts.max_inflight_per_client / 2) set_reading(c, true);
 }
 
 void ControlServer::send_to(uint64_t id, const std::vector<uint8_t>& frame, const std::vector<int>& fds) {
@@ -161,7 +223,7 @@ void ControlServer::on_readable(uint64_t id) {
     std::string err;
     uint64_t rid = 0;
     if (!decode_request(buf, *req, code, err, rid)) {
-      log_event(core_.instance, LOG_DEBUG, "bad_request", "", c.peer.pid, err);
+      log_limited(core_.instance, LOG_DEBUG, "bad_request", "", c.peer.pid, err);
       Peer peer = c.peer;
       bool too_many = ++c.errors > kMaxBadFrames;
       send_to(id, error_frame(rid, code, err), {});
@@ -176,6 +238,12 @@ void ControlServer::on_readable(uint64_t id) {
     rc.peer = c.peer;
     rc.req = std::move(req);
     core_.registry_q.push(std::move(rc));
+    // Back-pressure: a client with this many unanswered requests is not read until
+    // the registry caught up (its requests wait in its socket, not in our memory).
+    if (++c.inflight >= std::max<uint32_t>(1, core_.opts.max_inflight_per_client)) {
+      set_reading(c, false);
+      return;
+    }
   }
 }
 
@@ -190,6 +258,7 @@ void ControlServer::run() {
   ev.data.u64 = kStopTag;
   epoll_ctl(ep_, EPOLL_CTL_ADD, core_.stop_efd, &ev);
   core_.counters.serving = true;
+  reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   epoll_event evs[64];
   bool draining = false;
   for (;;) {
@@ -201,6 +270,8 @@ void ControlServer::run() {
         continue;
       }
       send_to(sc.conn, sc.frame, sc.fds);
+      for (int f : sc.fds) close(f);
+      answered(sc.conn);
     }
     if (stop_now) break;
     if (core_.stopping.load() && !draining) {
@@ -212,9 +283,19 @@ void ControlServer::run() {
       core_.counters.serving = false;
       core_.registry_q.push(RegistryCmd{RegistryCmd::stop, {}, nullptr});
     }
-    int n = epoll_wait(ep_, evs, 64, 1000);
+    if (accept_paused_until_ && !draining && shm::monotonic_ns() >= accept_paused_until_) {
+      accept_paused_until_ = 0;
+      epoll_event lev{};
+      lev.events = EPOLLIN;
+      lev.data.u64 = kListenTag;
+      epoll_ctl(ep_, EPOLL_CTL_ADD, listen_fd_, &lev);
+    }
+    int n = epoll_wait(ep_, evs, 64, accept_paused_until_ ? 100 : 1000);
     for (int i = 0; i < n; ++i) {
       uint64_t tag = evs[i].data.u64;
+      // Any failure here (an allocation, a bug) costs at most the connection it
+      // happened on; the server keeps serving everyone else.
+      try {
       if (tag == kListenTag) {
         accept_all();
       } else if (tag == kQueueTag) {
@@ -230,11 +311,18 @@ void ControlServer::run() {
           drop(id, "hung up");
         }
       }
+      } catch (const std::exception& e) {
+        log_limited(core_.instance, LOG_ERROR, "server_error", "", 0, e.what());
+        if (tag >= kConnBase) drop(tag - kConnBase, "internal error");
+      }
     }
   }
   for (auto& [id, c] : conns_) close(c.fd);
   conns_.clear();
+  uid_conns_.clear();
   close(ep_);
+  if (reserve_fd_ >= 0) close(reserve_fd_);
+  reserve_fd_ = -1;
 }
 
 }  // namespace shmbus::daemon

@@ -67,6 +67,9 @@ void log_init(const DaemonOptions& o, const std::string& instance);
 void log_event(const std::string& instance, int level, const char* event, const std::string& topic,
                int64_t pid, const std::string& reason);
 enum { LOG_DEBUG = 1, LOG_INFO = 2, LOG_WARN = 3, LOG_ERROR = 4 };
+// log_event, at most 10 lines a second per event (events a client can provoke).
+void log_limited(const std::string& instance, int level, const char* event, const std::string& topic,
+                 int64_t pid, const std::string& reason);
 
 // ---- trusted directories and state files (paths.cpp)
 // Opens `path` (created with `create_mode` when missing) as a directory fd after
@@ -107,7 +110,9 @@ struct Partition {
   std::string topic;
   uint32_t index = 0;
   std::string data_name, ctl_name;
-  int data_rw = -1, data_ro = -1, ctl_fd = -1;
+  int data_rw = -1, data_ro = -1, ctl_fd = -1;  // only while open_partition runs
+  dev_t dev = 0;                                  // the segments' identity, for reopening
+  ino_t data_ino = 0, ctl_ino = 0;
   void* data_map = nullptr;
   void* ctl_map = nullptr;
   size_t data_size = 0, ctl_size = 0;
@@ -122,6 +127,9 @@ struct Partition {
 // re-attaches existing ones when they match. `reattached` says which.
 std::shared_ptr<Partition> open_partition(const std::string& prefix, const TopicSettings& t,
                                           uint32_t p, bool& reattached);
+// A new fd on one of the partition's segments (by name, checked to be the same
+// inode, owned by us); -1 with errno when it is gone or was replaced.
+int reopen_segment(const Partition& p, bool data, bool writable);
 void remove_partition_segments(const std::string& prefix, const std::string& topic, uint32_t p);
 std::string shm_segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
                              bool data);
@@ -142,9 +150,10 @@ std::vector<uint8_t> error_frame(uint64_t id, proto::ErrorCode code, const std::
 // ---- messages between threads
 struct Peer {
   uint64_t conn = 0;
-  pid_t pid = 0;
+  pid_t pid = 0;  // SO_PEERCRED: in the daemon's pid namespace
   uid_t uid = 0;
   gid_t gid = 0;
+  std::shared_ptr<const std::vector<gid_t>> groups;  // SO_PEERGROUPS at connect
 };
 struct RegistryCmd {
   enum Kind { request, stop } kind = request;
@@ -154,8 +163,8 @@ struct RegistryCmd {
 struct ServerCmd {
   uint64_t conn = 0;
   std::vector<uint8_t> frame;
-  std::shared_ptr<Partition> keep;  // keeps the fds below open until sent
-  std::vector<int> fds;
+  std::shared_ptr<Partition> keep;  // keeps the partition alive until sent
+  std::vector<int> fds;             // owned: closed by the server after sending
 };
 struct ReaperCmd {
   enum Kind { watch_partition, unwatch_partition, client_pid, client_gone, stop } kind;
@@ -202,6 +211,7 @@ class Registry {
   void reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg);
   void reply_page(const Peer& p, uint64_t id, proto::PageRequest::Reader pr, bool stats);
   bool may(const Topic& t, const Peer& p, Role role) const;
+  bool admit(const Peer& p, const TopicSettings& t, std::string& why) const;
   // May `p` learn that `t` exists (publish or subscribe rights, owner, root)?
   bool visible(const Topic& t, const Peer& p) const {
     return may(t, p, Role::publisher) || may(t, p, Role::subscriber);
@@ -216,6 +226,14 @@ class Registry {
   Core& core_;
   std::map<std::string, Topic> topics_;
   uint64_t last_expiry_ns_ = 0;
+  // Cursor saves mark the registry dirty; it is written at most every
+  // kPersistDelayNs (a flood of saves costs one rewrite per period, not one each).
+  static constexpr uint64_t kPersistDelayNs = 100'000'000ull;
+  bool dirty_ = false;
+  uint64_t last_persist_ns_ = 0;
+  bool must_persist_ = false;       // a create/delete in this batch: write before replying
+  bool batching_ = false;           // replies go to outbox_ until the batch is persisted
+  std::vector<ServerCmd> outbox_;
 };
 
 class Reaper {
@@ -257,11 +275,19 @@ class ControlServer {
     int fd = -1;
     Peer peer;
     uint32_t errors = 0;
+    uint32_t inflight = 0;  // requests queued to the registry, not yet answered
+    bool paused = false;    // not read until its replies catch up (back-pressure)
   };
   void accept_all();
   void on_readable(uint64_t id);
   void drop(uint64_t id, const char* reason);
   void send_to(uint64_t id, const std::vector<uint8_t>& frame, const std::vector<int>& fds);
+  void answered(uint64_t id);  // a registry reply went out: resume reading when paused
+  void set_reading(Conn& c, bool on);
+
+  int reserve_fd_ = -1;             // given up to accept (and refuse) at EMFILE
+  uint64_t accept_paused_until_ = 0;  // monotonic ns; 0: accepting
+  std::map<uid_t, uint32_t> uid_conns_;
 
   Core& core_;
   int dir_fd_ = -1;        // the socket's (trusted) directory

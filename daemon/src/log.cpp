@@ -3,6 +3,10 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
+#include <map>
+#include <mutex>
+
 #include "core.hpp"
 
 namespace shmbus::daemon {
@@ -57,6 +61,36 @@ void log_event(const std::string& instance, int level, const char* event, const 
   if (pid) m += ",\"pid\":" + std::to_string(pid);
   if (!reason.empty()) m += ",\"reason\":\"" + json_escape(reason) + "\"";
   lg->log(lv, m);
+}
+
+// At most kPerSecond lines a second per event; the rest are counted and reported
+// in the next line that gets through ("N similar lines suppressed"). A client that
+// provokes a warning in a loop cannot fill the disk.
+void log_limited(const std::string& instance, int level, const char* event, const std::string& topic,
+                 int64_t pid, const std::string& reason) {
+  constexpr uint32_t kPerSecond = 10;
+  static std::mutex mu;
+  static std::map<std::string, std::pair<uint64_t, std::pair<uint32_t, uint64_t>>> windows;
+  const uint64_t sec = uint64_t(std::chrono::duration_cast<std::chrono::seconds>(
+                                    std::chrono::steady_clock::now().time_since_epoch())
+                                    .count());
+  uint64_t suppressed = 0;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    auto& [win, cnt] = windows[instance + '\0' + event];
+    if (win != sec) {
+      suppressed = cnt.second;
+      win = sec;
+      cnt = {0, 0};
+    }
+    if (cnt.first >= kPerSecond) {
+      ++cnt.second;
+      return;
+    }
+    ++cnt.first;
+  }
+  log_event(instance, level, event, topic, pid,
+            suppressed ? reason + " (" + std::to_string(suppressed) + " similar lines suppressed)" : reason);
 }
 
 }  // namespace shmbus::daemon

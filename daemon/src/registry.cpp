@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sstream>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include <capnp/serialize.h>
 #include <kj/exception.h>
@@ -23,20 +24,6 @@ namespace shmbus::daemon {
 using shm::aref;
 
 namespace {
-
-std::vector<uint32_t> supplementary_groups(pid_t pid) {
-  std::vector<uint32_t> g;
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("Groups:", 0) != 0) continue;
-    std::istringstream is(line.substr(7));
-    uint32_t v;
-    while (is >> v) g.push_back(v);
-    break;
-  }
-  return g;
-}
 
 bool in(const std::vector<uint32_t>& l, uint32_t v) {
   for (uint32_t x : l)
@@ -103,6 +90,50 @@ void Registry::archive_topic(Topic& t) {
     core_.archiver().add_partition(std::make_shared<DaemonMapping>(part), lc);
 }
 
+static uint64_t topic_bytes(const TopicSettings& t) {
+  return uint64_t(t.partitions) * (shm::data_segment_size(t.capacity) + shm::control_segment_size(t.slots));
+}
+
+// Bounds (every uid) and per-uid quotas (not root, not the daemon's uid) for a new
+// topic; false with the reason when it is refused.
+bool Registry::admit(const Peer& peer, const TopicSettings& t, std::string& why) const {
+  const DaemonOptions& o = core_.opts;
+  const uint64_t bytes = topic_bytes(t);
+  if (bytes > o.max_topic_bytes) {
+    why = "topic '" + t.name + "' needs " + std::to_string(bytes) +
+          " bytes of shared memory, more than the daemon allows per topic (max_topic_bytes " +
+          std::to_string(o.max_topic_bytes) + ")";
+    return false;
+  }
+  if (peer.uid != 0 && peer.uid != geteuid()) {
+    uint64_t owned = 0, owned_bytes = 0;
+    for (auto& [n, x] : topics_)
+      if (x.owner_uid == peer.uid) ++owned, owned_bytes += topic_bytes(x.s);
+    if (owned >= o.uid_max_topics) {
+      why = "uid " + std::to_string(peer.uid) + " owns " + std::to_string(owned) +
+            " topics, the most one uid may (uid_max_topics)";
+      return false;
+    }
+    if (owned_bytes + bytes > o.uid_max_segment_bytes) {
+      why = "uid " + std::to_string(peer.uid) + " would own " + std::to_string(owned_bytes + bytes) +
+            " bytes of segments, more than one uid may (uid_max_segment_bytes " +
+            std::to_string(o.uid_max_segment_bytes) + ")";
+      return false;
+    }
+  }
+  struct statvfs vf{};
+  if (statvfs("/dev/shm", &vf) == 0) {
+    const unsigned __int128 avail = (unsigned __int128)vf.f_bavail * vf.f_frsize;
+    const unsigned __int128 keep = (unsigned __int128)vf.f_blocks * vf.f_frsize * o.shm_reserve_percent / 100;
+    if ((unsigned __int128)bytes + keep > avail) {
+      why = "/dev/shm has " + std::to_string(uint64_t(avail)) + " bytes free; topic '" + t.name + "' needs " +
+            std::to_string(bytes) + " and " + std::to_string(o.shm_reserve_percent) + "% must stay free";
+      return false;
+    }
+  }
+  return true;
+}
+
 bool Registry::may(const Topic& t, const Peer& p, Role role) const {
   if (p.uid == 0 || p.uid == geteuid() || p.uid == t.owner_uid) return true;
   const auto& uids = role == Role::publisher ? t.s.access.publish_uids : t.s.access.subscribe_uids;
@@ -111,8 +142,9 @@ bool Registry::may(const Topic& t, const Peer& p, Role role) const {
   if (in(uids, p.uid)) return true;
   if (gids.empty()) return false;
   if (in(gids, p.gid)) return true;
-  for (uint32_t g : supplementary_groups(p.pid))
-    if (in(gids, g)) return true;
+  if (p.groups)
+    for (uint32_t g : *p.groups)
+      if (in(gids, g)) return true;
   return false;
 }
 
@@ -136,7 +168,12 @@ void Registry::load() {
     for (auto ti : st.getTopics()) {
       TopicSettings t;
       std::string err;
-      if (!spec_from_proto(ti.getSpec(), t, err)) throw Error(ErrorCode::protocol, err);
+      if (!spec_from_proto(ti.getSpec(), t, err)) {  // one bad entry: skipped, reported
+        log_event(core_.instance, LOG_ERROR, "topic_restore_failed",
+                  ti.getSpec().hasName() ? std::string(ti.getSpec().getName().cStr()) : std::string(), 0,
+                  "invalid settings in the registry (" + err + "): skipped");
+        continue;
+      }
       loaded.push_back(std::move(t));
       meta.emplace_back(ti.getOwnerUid(), ti.getCreatedNs());
       auto& d = durable.emplace_back();
@@ -166,13 +203,29 @@ void Registry::load() {
     t.created_ns = meta[i].second;
     t.durable = durable[i];
     uint32_t again = 0;
-    for (uint32_t p = 0; p < t.s.partitions; ++p) {
-      bool re = false;
-      t.parts.push_back(open_partition(core_.opts.shm_prefix, t.s, p, re));
-      again += re;
-      if (t.s.is_durable() && !re) continue_log_sequence(*t.parts.back(), log_root());
-      core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, t.parts.back(), 0});
+    if (topic_bytes(t.s) > core_.opts.max_topic_bytes) {  // checked before anything is mapped
+      log_event(core_.instance, LOG_ERROR, "topic_restore_failed", t.s.name, 0,
+                "needs " + std::to_string(topic_bytes(t.s)) + " bytes of shared memory, more than max_topic_bytes " +
+                    std::to_string(core_.opts.max_topic_bytes) + ": skipped (not restored)");
+      continue;
     }
+    // A topic that cannot be restored (segments cannot be mapped or created, out of
+    // memory, ...) is skipped and reported: it never stops the daemon from starting.
+    // Its durable log stays on disk; creating the topic again continues it.
+    try {
+      for (uint32_t p = 0; p < t.s.partitions; ++p) {
+        bool re = false;
+        t.parts.push_back(open_partition(core_.opts.shm_prefix, t.s, p, re));
+        again += re;
+        if (t.s.is_durable() && !re) continue_log_sequence(*t.parts.back(), log_root());
+      }
+    } catch (const std::exception& e) {
+      log_event(core_.instance, LOG_ERROR, "topic_restore_failed", t.s.name, 0,
+                std::string(e.what()) + ": skipped (not restored)");
+      t.parts.clear();
+      continue;
+    }
+    for (auto& part : t.parts) core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, part, 0});
     if (t.s.is_durable()) {
       // Before any client is served: recovery (torn tail truncated), then the
       // archiver adopts the cursor of the previous daemon's archiver.
@@ -193,6 +246,9 @@ void Registry::load() {
 }
 
 void Registry::persist() {
+  dirty_ = false;
+  must_persist_ = false;
+  last_persist_ns_ = shm::monotonic_ns();
   capnp::MallocMessageBuilder mb;
   auto st = mb.initRoot<proto::State>();
   auto l = st.initTopics(uint32_t(topics_.size()));
@@ -229,6 +285,7 @@ void Registry::reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<P
   c.conn = p.conn;
   c.frame = control::encode_frame(mb);
   if (c.frame.size() > control::kMaxFrame) {
+    for (int f : fds) close(f);
     // Keep the request's id: the client matches replies by it.
     const uint64_t id = mb.getRoot<proto::Response>().asReader().getId();
     c.frame = error_frame(id, proto::ErrorCode::TOO_LARGE,
@@ -238,14 +295,16 @@ void Registry::reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<P
   }
   c.keep = std::move(keep);
   c.fds = std::move(fds);
-  core_.server_q.push(std::move(c));
+  if (batching_) outbox_.push_back(std::move(c));
+  else core_.server_q.push(std::move(c));
 }
 
 void Registry::reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg) {
   ServerCmd c;
   c.conn = p.conn;
   c.frame = error_frame(id, code, msg);
-  core_.server_q.push(std::move(c));
+  if (batching_) outbox_.push_back(std::move(c));
+  else core_.server_q.push(std::move(c));
 }
 
 // One page of topics the peer may see, in name order after pr.after: at most the
@@ -479,6 +538,8 @@ void Registry::handle(const RegistryCmd& c) {
       }
       if (topics_.size() >= core_.opts.max_topics)
         return reply_error(peer, id, proto::ErrorCode::NO_SLOT, "topic limit reached");
+      if (std::string why; !admit(peer, t, why))
+        return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
       Topic tp;
       tp.s = t;
       tp.owner_uid = peer.uid;
@@ -509,7 +570,7 @@ void Registry::handle(const RegistryCmd& c) {
                                     : std::string()));
       topics_.emplace(t.name, std::move(tp));
       core_.counters.topics = uint32_t(topics_.size());
-      persist();
+      must_persist_ = true;  // written before the replies go out (see run)
       return reply(peer, mb);
     }
     case proto::Request::DESCRIBE_TOPIC: {
@@ -558,7 +619,7 @@ void Registry::handle(const RegistryCmd& c) {
       }
       topics_.erase(it);
       core_.counters.topics = uint32_t(topics_.size());
-      persist();
+      must_persist_ = true;  // written before the replies go out (see run)
       log_event(core_.instance, LOG_INFO, "topic_deleted", name, peer.pid, "");
       resp.setDone();
       return reply(peer, mb);
@@ -574,7 +635,7 @@ void Registry::handle(const RegistryCmd& c) {
                   : o.getRole() == proto::Role::SUBSCRIBER ? Role::subscriber
                                                            : Role::admin;
       if (!may(t, peer, role)) {
-        log_event(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
+        log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
                   "uid " + std::to_string(peer.uid) + " may not " +
                       (role == Role::publisher ? "publish" : role == Role::subscriber ? "subscribe" : "administer"));
         return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
@@ -589,11 +650,19 @@ void Registry::handle(const RegistryCmd& c) {
       auto r = resp.initOpen();
       r.setDataSize(part->data_size);
       r.setCtlSize(part->ctl_size);
-      const int dfd = role == Role::subscriber ? part->data_ro : part->data_rw;
+      const int dfd = reopen_segment(*part, true, role != Role::subscriber);
+      const int cfd = dfd < 0 ? -1 : reopen_segment(*part, false, true);
+      if (cfd < 0) {
+        const int e = errno;
+        if (dfd >= 0) close(dfd);
+        return reply_error(peer, id, proto::ErrorCode::SYSTEM,
+                           "the segments of '" + name + "' partition " + std::to_string(p) +
+                               " are gone from /dev/shm (" + strerror(e) + "): delete and create the topic");
+      }
       core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
       log_event(core_.instance, LOG_DEBUG, "open", name, peer.pid,
                 role == Role::publisher ? "publisher" : role == Role::subscriber ? "subscriber" : "admin");
-      return reply(peer, mb, part, {dfd, part->ctl_fd});
+      return reply(peer, mb, part, {dfd, cfd});
     }
     case proto::Request::LIST_PAGE:
       return reply_page(peer, id, req.getListPage(), false);
@@ -638,7 +707,7 @@ void Registry::handle(const RegistryCmd& c) {
                                std::to_string(rit->second.owner_uid));
       const uint32_t owner = rit != t.durable.end() ? rit->second.owner_uid : peer.uid;
       t.durable[key] = DurableRec{dn, d.getPosition(), owner};
-      persist();
+      dirty_ = true;  // coalesced: written within kPersistDelayNs, not once per save
       log_event(core_.instance, LOG_INFO, "durable_joined", name, peer.pid,
                 "subscriber '" + dn + "' partition " + std::to_string(d.getPartition()) +
                     " position " + std::to_string(d.getPosition()));
@@ -654,25 +723,45 @@ void Registry::run() {
   pollfd pf[2] = {{core_.registry_q.fd(), POLLIN, 0}, {core_.stop_efd, POLLIN, 0}};
   for (;;) {
     RegistryCmd c;
-    bool any = false;
-    while (core_.registry_q.try_pop(c)) {
+    bool any = false, stop = false;
+    // A batch of requests, then one registry write for all their changes, then
+    // their replies: a create is on disk when its creator hears of it, and many
+    // clients creating at once cost one write per batch, not one each.
+    batching_ = true;
+    for (int n = 0; n < 256 && core_.registry_q.try_pop(c); ++n) {
       any = true;
       if (c.kind == RegistryCmd::stop) {
-        persist();
-        log_event(core_.instance, LOG_INFO, "state_persisted", "", 0,
-                  std::to_string(topics_.size()) + " topics");
-        core_.server_q.push(ServerCmd{});  // tells the server we are done
-        return;
+        stop = true;
+        break;
       }
+      // Exception-safe: whatever a request does (bad_alloc included), it gets an
+      // error reply with its id, and the registry goes on with the next one.
+      uint64_t rid = 0;
       try {
+        rid = c.req->root().getId();
         handle(c);
       } catch (const kj::Exception& e) {
-        reply_error(c.peer, 0, proto::ErrorCode::PROTOCOL, e.getDescription().cStr());
+        log_limited(core_.instance, LOG_ERROR, "request_failed", "", c.peer.pid, e.getDescription().cStr());
+        try { reply_error(c.peer, rid, proto::ErrorCode::PROTOCOL, e.getDescription().cStr()); } catch (...) {}
+      } catch (const std::bad_alloc&) {
+        log_limited(core_.instance, LOG_ERROR, "request_failed", "", c.peer.pid, "out of memory");
+        try { reply_error(c.peer, rid, proto::ErrorCode::SYSTEM, "shmbusd is out of memory"); } catch (...) {}
       } catch (const std::exception& e) {
-        reply_error(c.peer, 0, proto::ErrorCode::SYSTEM, e.what());
+        log_limited(core_.instance, LOG_ERROR, "request_failed", "", c.peer.pid, e.what());
+        try { reply_error(c.peer, rid, proto::ErrorCode::SYSTEM, e.what()); } catch (...) {}
       }
     }
+    batching_ = false;
+    if (must_persist_ || stop) persist();
+    for (auto& sc : outbox_) core_.server_q.push(std::move(sc));
+    outbox_.clear();
+    if (stop) {
+      log_event(core_.instance, LOG_INFO, "state_persisted", "", 0, std::to_string(topics_.size()) + " topics");
+      core_.server_q.push(ServerCmd{});  // tells the server we are done
+      return;
+    }
     const uint64_t now = shm::monotonic_ns();
+    if (dirty_ && now - last_persist_ns_ >= kPersistDelayNs) persist();
     if (now - last_expiry_ns_ >= 50'000'000ull) {
       last_expiry_ns_ = now;
       if (expire_parked(now)) persist();

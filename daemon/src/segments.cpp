@@ -29,12 +29,6 @@ Partition::~Partition() {
 
 namespace {
 
-int shm_fd(const std::string& name, int flags) {
-  int fd = shm_open(("/" + name).c_str(), flags | O_CLOEXEC, 0600);
-  if (fd < 0) throw Error(ErrorCode::system, name + ": shm_open: " + strerror(errno));
-  return fd;
-}
-
 void* map_fd(int fd, size_t n, const std::string& name) {
   void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED) throw Error(ErrorCode::system, name + ": mmap: " + strerror(errno));
@@ -52,6 +46,16 @@ bool matches(const Partition& p, const TopicSettings& t) {
          v == shm::kLayoutVersion && d->capacity == t.capacity && c->capacity == t.capacity &&
          c->slot_count == t.slots && d->max_payload == maxp &&
          bool(d->flags & shm::kFlagMultiProducer) == t.multi_producer && d->policy == t.policy;
+}
+
+// The segments stay mapped; their fds are closed (a daemon with 10 000 topics would
+// otherwise hold 30 000 fds). OPEN reopens them by name and checks the inode.
+void release_fds(Partition& p) {
+  struct stat st{};
+  if (fstat(p.data_rw, &st) == 0) p.dev = st.st_dev, p.data_ino = st.st_ino;
+  if (fstat(p.ctl_fd, &st) == 0) p.ctl_ino = st.st_ino;
+  for (int* f : {&p.data_rw, &p.data_ro, &p.ctl_fd})
+    if (*f >= 0) close(*f), *f = -1;
 }
 
 void bind_refs(Partition& p) {
@@ -92,8 +96,8 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
       p->data_map = map_fd(d, p->data_size, p->data_name);
       p->ctl_map = map_fd(c, p->ctl_size, p->ctl_name);
       if (matches(*p, t)) {
-        p->data_ro = shm_fd(p->data_name, O_RDONLY);
         bind_refs(*p);
+        release_fds(*p);
         reattached = true;
         return p;
       }
@@ -123,7 +127,16 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
   // Whatever the umask did: owner-only. Access goes through the daemon's fds.
   fchmod(p->ctl_fd, 0600);
   fchmod(p->data_rw, 0600);
-  p->data_ro = shm_fd(p->data_name, O_RDONLY);
+  // Every page now, so a full /dev/shm is this error and never a SIGBUS later (in
+  // the daemon or a client) when a page is first touched.
+  for (auto [fd, size] : {std::pair{p->ctl_fd, p->ctl_size}, std::pair{p->data_rw, p->data_size}}) {
+    int e = posix_fallocate(fd, 0, off_t(size));
+    if (e != 0) {
+      remove_partition_segments(prefix, t.name, idx);
+      throw Error(ErrorCode::system, p->data_name + ": cannot reserve " + std::to_string(size) +
+                                         " bytes in /dev/shm: " + strerror(e));
+    }
+  }
   p->data_map = map_fd(p->data_rw, p->data_size, p->data_name);
   p->ctl_map = map_fd(p->ctl_fd, p->ctl_size, p->ctl_name);
   uint64_t maxp = t.max_payload ? t.max_payload : t.capacity / 4;
@@ -132,7 +145,22 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
                      t.multi_producer ? shm::kFlagMultiProducer : 0u, t.policy, idx, t.schema_id,
                      maxp, realtime_ns());
   bind_refs(*p);
+  release_fds(*p);
   return p;
+}
+
+int reopen_segment(const Partition& p, bool data, bool writable) {
+  const std::string& n = data ? p.data_name : p.ctl_name;
+  int fd = shm_open(("/" + n).c_str(), (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct stat st{};
+  if (fstat(fd, &st) < 0 || st.st_dev != p.dev || st.st_ino != (data ? p.data_ino : p.ctl_ino) ||
+      st.st_uid != geteuid()) {
+    close(fd);
+    errno = ESTALE;
+    return -1;
+  }
+  return fd;
 }
 
 void remove_partition_segments(const std::string& prefix, const std::string& topic, uint32_t p) {

@@ -7,6 +7,8 @@
 
 #include <sys/stat.h>
 
+#include <capnp/serialize.h>
+
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -330,5 +332,184 @@ TEST_CASE("ownership: another user can neither take a topic's name, delete it, s
   CHECK(serving(rd.sock));
   bus.remove_topic("v.private");
   bus.remove_topic("dur.shared");
+  CHECK(rd.d.stop());
+}
+
+namespace {
+// One line from a child's stdout (without the newline), "" at EOF or after the watchdog.
+std::string read_line(const Child& c, int timeout_ms) {
+  std::string l;
+  for (;;) {
+    char ch = read_char(c, timeout_ms);
+    if (ch == 0 || ch == '\n') return l;
+    l += ch;
+  }
+}
+
+std::vector<uint8_t> create_frame(uint64_t id, const std::string& name) {
+  capnp::MallocMessageBuilder mb;
+  auto r = mb.initRoot<proto::Request>();
+  r.setVersion(proto::PROTOCOL_VERSION);
+  r.setId(id);
+  auto s = r.initCreateTopic();
+  s.setName(name);
+  s.setCapacity(4096);
+  s.setSlots(4);
+  return control::encode_frame(mb);
+}
+
+int raw_connect(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Error code of one reply (0: not an error), -1 when none came.
+int reply_code(int fd, uint64_t* id = nullptr) {
+  std::vector<uint8_t> buf;
+  if (control::recv_packet(fd, buf, nullptr, 10000) <= 0) return -1;
+  control::Decoded d;
+  std::string err;
+  if (!control::decode_frame(buf, d, err)) return -1;
+  auto r = d.reader->getRoot<proto::Response>();
+  if (id) *id = r.getId();
+  return r.isError() ? int(r.getError().getCode()) : 0;
+}
+}  // namespace
+
+TEST_CASE("bounds: a huge topic is refused, and per-uid quotas hold topics, bytes and connections",
+          "[security][bounds]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  rd.extra = {"--uid-max-topics", "5", "--uid-max-segment-bytes", std::to_string(4u << 20),
+              "--uid-max-connections", "8"};
+  REQUIRE(rd.start());
+  // The crash: 1024 partitions x 64 GiB (the daemon mapped them and died of bad_alloc).
+  CHECK(as_att(att, {"huge", rd.sock, "huge.t", "1024", std::to_string(1ull << 36)}) == "huge:refused\n");
+  CHECK(serving(rd.sock));
+  // Segment bytes: 2 x 4 MiB is more than the uid's 4 MiB.
+  CHECK(as_att(att, {"huge", rd.sock, "big.t", "2", std::to_string(4u << 20)}) == "huge:refused\n");
+  // Topics: 5, then refused; root is not counted against the attacker's quota.
+  CHECK(as_att(att, {"topics", rd.sock, "q", "10"}) == "topics:5\n");
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("root.t", {.capacity = 4096});
+  // Connections: 8 held, the 9th refused, and the victim is still served.
+  Child hold = spawn(att.as({hostile(), "conns", rd.sock, "50"}));
+  CHECK(read_line(hold, 20000) == "conns:8");
+  CHECK(serving(rd.sock));
+  CHECK(bus.partitions("root.t") == 1);
+  kill9(hold);
+  for (int i = 0; i < 5; ++i) bus.remove_topic("q." + std::to_string(i));
+  bus.remove_topic("root.t");
+  std::string log = rd.d.stderr_text();
+  CHECK(log.find("max_topic_bytes") == std::string::npos);  // refusals are replies, the log stays quiet
+  CHECK(rd.d.stop());
+}
+
+TEST_CASE("robustness: a registry entry that cannot be restored is skipped and reported; the rest is served",
+          "[security][robustness]") {
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  {
+    Bus bus = Bus::connect(rd.sock);
+    bus.create_topic("keep.t", {.partitions = 2, .capacity = 8192});
+  }
+  REQUIRE(rd.d.stop());
+  // Add two entries a hostile or older daemon could have left: invalid settings, and
+  // 1024 partitions x 64 GiB (its restart used to fail on mmap until someone edited
+  // the file).
+  const std::string reg = rd.s / "state/registry.bin";
+  {
+    int fd = open(reg.c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+    capnp::StreamFdMessageReader rd0(fd);
+    auto old = rd0.getRoot<proto::State>().getTopics();
+    capnp::MallocMessageBuilder mb;
+    auto l = mb.initRoot<proto::State>().initTopics(old.size() + 2);
+    for (uint32_t i = 0; i < old.size(); ++i) l.setWithCaveats(i, old[i]);
+    auto bad = l[old.size()].initSpec();
+    bad.setName("bad.capacity");
+    bad.setCapacity(5000);
+    auto huge = l[old.size() + 1].initSpec();
+    huge.setName("huge.entry");
+    huge.setPartitions(1024);
+    huge.setCapacity(1ull << 36);
+    close(fd);
+    fd = open(reg.c_str(), O_WRONLY | O_TRUNC);
+    capnp::writeMessageToFd(fd, mb);
+    close(fd);
+  }
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  CHECK(bus.partitions("keep.t") == 2);
+  CHECK(bus.partitions("bad.capacity") == 0);
+  CHECK(bus.partitions("huge.entry") == 0);
+  std::string log = rd.d.stderr_text();
+  INFO(log);
+  CHECK(log.find("\"event\":\"topic_restore_failed\",\"topic\":\"bad.capacity\"") != std::string::npos);
+  CHECK(log.find("\"event\":\"topic_restore_failed\",\"topic\":\"huge.entry\"") != std::string::npos);
+  bus.remove_topic("keep.t");
+  CHECK(rd.d.stop());
+}
+
+TEST_CASE("scale: list and stat page through 10 000 topics; a flood of requests is back-pressured",
+          "[security][scale]") {
+  const int N = geteuid() == 0 ? 10000 : 3000;  // 3 fds a partition: root raises its fd limit
+  RootDaemon rd;
+  rd.extra = {"--max-topics", std::to_string(N + 10)};
+  REQUIRE(rd.start());
+  // Pipelined creates: a window of 64 requests in flight on one connection (more than
+  // the daemon reads ahead: it stops reading the socket, nothing is lost).
+  int fd = raw_connect(rd.sock);
+  REQUIRE(fd >= 0);
+  int sent = 0, answered = 0, errors = 0;
+  while (answered < N) {
+    while (sent < N && sent - answered < 64) {
+      char name[32];
+      snprintf(name, sizeof name, "scale.%05d", sent);
+      REQUIRE(control::send_packet(fd, create_frame(uint64_t(sent) + 1, name)) == 0);
+      ++sent;
+    }
+    uint64_t id = 0;
+    int c = reply_code(fd, &id);
+    REQUIRE(c != -1);
+    CHECK(id == uint64_t(answered) + 1);  // in order, ids kept
+    errors += c != 0;
+    ++answered;
+  }
+  CHECK(errors == 0);
+  // The old one-shot list is too large now: an error carrying the request's id.
+  {
+    capnp::MallocMessageBuilder mb;
+    auto r = mb.initRoot<proto::Request>();
+    r.setVersion(proto::PROTOCOL_VERSION);
+    r.setId(4242);
+    r.setListTopics();
+    REQUIRE(control::send_packet(fd, control::encode_frame(mb)) == 0);
+    uint64_t id = 0;
+    CHECK(reply_code(fd, &id) == int(proto::ErrorCode::TOO_LARGE));
+    CHECK(id == 4242);
+  }
+  close(fd);
+  std::string list = run_capture({SHMBUS_TEST_CLI, "--socket", rd.sock, "--json", "topic", "list"});
+  size_t count = 0;
+  for (size_t p = list.find("\"name\":\"scale."); p != std::string::npos; p = list.find("\"name\":\"scale.", p + 1))
+    ++count;
+  CHECK(count == size_t(N));
+  CHECK(list.find("\"name\":\"scale.00000\"") != std::string::npos);
+  char last[32];
+  snprintf(last, sizeof last, "scale.%05d", N - 1);
+  CHECK(list.find(std::string("\"name\":\"") + last + "\"") != std::string::npos);
+  std::string stat = run_capture({SHMBUS_TEST_CLI, "--socket", rd.sock, "stat"});
+  count = 0;
+  for (size_t p = stat.find("scale."); p != std::string::npos; p = stat.find("scale.", p + 1)) ++count;
+  CHECK(count == size_t(N));
+  CHECK(serving(rd.sock));
   CHECK(rd.d.stop());
 }

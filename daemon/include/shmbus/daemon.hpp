@@ -25,6 +25,14 @@ struct DaemonOptions {
   int64_t reclaim_interval_ms = 20;    // liveness scan period (pidfds react at once)
   uint32_t max_clients = 1024;
   uint32_t max_topics = 4096;
+  // Bounds and per-uid quotas (docs/operations.md, "Security model"). Root and the
+  // daemon's own uid are exempt from the per-uid quotas, not from the bounds.
+  uint64_t max_topic_bytes = 16ull << 30;      // one topic's segments: partitions x (ring + control)
+  uint32_t uid_max_topics = 256;               // topics one uid owns
+  uint64_t uid_max_segment_bytes = 32ull << 30;  // segment bytes of the topics one uid owns
+  uint32_t uid_max_connections = 64;           // connections of one uid at once
+  uint32_t max_inflight_per_client = 32;       // requests queued per connection before it is not read
+  uint32_t shm_reserve_percent = 10;           // creation leaves this much of /dev/shm free
   std::string log_level = "info";      // trace, debug, info, warn, error, off
   std::string log_file;                // empty: stderr
   uint32_t socket_mode = 0666;         // the socket's permission bits (topics have ACLs)
