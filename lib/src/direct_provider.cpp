@@ -2,6 +2,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
 
@@ -25,9 +27,13 @@ bool valid_topic_name(const std::string& n) {
   return true;
 }
 
+// Direct-mode names carry the creating uid: one user's topics never collide with
+// another's (names in /dev/shm are global), and a squat under them is refused by the
+// owner check (check_segment below).
 std::string segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
                          bool data) {
-  return prefix + "." + topic + "." + std::to_string(p) + (data ? ".data" : ".ctl");
+  return prefix + ".u" + std::to_string(geteuid()) + "." + topic + "." + std::to_string(p) +
+         (data ? ".data" : ".ctl");
 }
 
 namespace {
@@ -62,6 +68,40 @@ class DirectMapping final : public PartitionMapping {
 };
 
 bool is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
+
+std::string octal(uint32_t m) {
+  char b[16];
+  snprintf(b, sizeof b, "0%03o", m & 07777);
+  return b;
+}
+
+// Modes: the data segment as asked (write bits = who may publish); the control
+// segment also writable by whoever may read (subscribers write their cursor there),
+// so a subscriber never gets write access to the data ring.
+uint32_t data_mode(const TopicConfig& cfg) { return (cfg.mode & 0777) | 0600; }
+uint32_t ctl_mode(const TopicConfig& cfg) {
+  const uint32_t d = data_mode(cfg);
+  return d | ((d & 044) >> 1);
+}
+
+// A segment found under our name is used only when it is a regular file owned by
+// this uid (or root) and, when adopted by create_topic, no more open than asked:
+// anyone can create any name in /dev/shm.
+void check_segment(int fd, const std::string& name, int max_mode) {
+  struct stat st{};
+  if (fstat(fd, &st) < 0) throw Error(ErrorCode::system, name + ": fstat: " + strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw Error(ErrorCode::permission_denied, name + ": not a regular file");
+  if (st.st_uid != geteuid() && st.st_uid != 0)
+    throw Error(ErrorCode::permission_denied,
+                name + " is owned by uid " + std::to_string(st.st_uid) + ", not by this process's uid " +
+                    std::to_string(geteuid()) +
+                    ": not using it (direct mode uses only its own uid's segments; share between users "
+                    "through shmbusd)");
+  if (max_mode >= 0 && (st.st_mode & 0777 & ~uint32_t(max_mode)))
+    throw Error(ErrorCode::permission_denied,
+                name + " exists with mode " + octal(st.st_mode) + ", more open than the requested " +
+                    octal(uint32_t(max_mode)) + ": not adopting it");
+}
 
 void check_config(const TopicConfig& cfg) {
   if (cfg.partitions == 0 || cfg.partitions > 1024)
@@ -167,7 +207,9 @@ class DirectProvider final : public SegmentProvider {
                                      std::chrono::steady_clock::time_point deadline) {
     for (;;) {
       try {
-        return bip::shared_memory_object(bip::open_only, name.c_str(), mode);
+        bip::shared_memory_object o(bip::open_only, name.c_str(), mode);
+        check_segment(o.get_mapping_handle().handle, name, -1);
+        return o;
       } catch (const bip::interprocess_exception& e) {
         if (e.get_error_code() == bip::security_error)
           throw Error(ErrorCode::permission_denied, name + ": " + e.what());
@@ -183,17 +225,27 @@ class DirectProvider final : public SegmentProvider {
   void create_partition(const std::string& topic, uint32_t p, const TopicConfig& cfg) {
     const std::string dname = segment_name(prefix_, topic, p, true);
     const std::string cname = segment_name(prefix_, topic, p, false);
-    bip::permissions perm(cfg.mode);
+    bip::permissions cperm(ctl_mode(cfg)), dperm(data_mode(cfg));
     // The control segment first: an opener that sees the data segment ready also
     // finds the control segment (it waits for both anyway).
     bool created_c = false, created_d = false;
     try {
-      bip::shared_memory_object cobj(bip::create_only, cname.c_str(), bip::read_write, perm);
-      cobj.truncate(bip::offset_t(shm::control_segment_size(cfg.slots)));
+      // create_only is O_CREAT|O_EXCL: never an existing file (or a planted symlink).
+      bip::shared_memory_object cobj(bip::create_only, cname.c_str(), bip::read_write, cperm);
       created_c = true;
-      bip::shared_memory_object dobj(bip::create_only, dname.c_str(), bip::read_write, perm);
-      dobj.truncate(bip::offset_t(shm::data_segment_size(cfg.capacity)));
+      fchmod(cobj.get_mapping_handle().handle, ctl_mode(cfg));  // whatever the umask did
+      cobj.truncate(bip::offset_t(shm::control_segment_size(cfg.slots)));
+      bip::shared_memory_object dobj(bip::create_only, dname.c_str(), bip::read_write, dperm);
       created_d = true;
+      fchmod(dobj.get_mapping_handle().handle, data_mode(cfg));
+      dobj.truncate(bip::offset_t(shm::data_segment_size(cfg.capacity)));
+      // Every page now: a full /dev/shm is this error, never a SIGBUS on first touch.
+      for (auto [h, size] : {std::pair{cobj.get_mapping_handle().handle, shm::control_segment_size(cfg.slots)},
+                             std::pair{dobj.get_mapping_handle().handle, shm::data_segment_size(cfg.capacity)}})
+        if (int e = posix_fallocate(h, 0, off_t(size)); e != 0)
+          throw bip::interprocess_exception(bip::error_info(bip::out_of_space_error),
+                                            ("cannot reserve " + std::to_string(size) + " bytes in /dev/shm: " +
+                                             strerror(e)).c_str());
       bip::mapped_region creg(cobj, bip::read_write);
       bip::mapped_region dreg(dobj, bip::read_write);
       uint64_t maxp = cfg.max_payload ? cfg.max_payload : cfg.capacity / 4;
@@ -215,7 +267,23 @@ class DirectProvider final : public SegmentProvider {
         bip::shared_memory_object::remove(cname.c_str());
       }
     }
-    // Exists: verify it matches.
+    // Exists: adopt it only if it is ours and no more open than asked, then verify
+    // it matches.
+    for (auto [name, mode] : {std::pair{cname, ctl_mode(cfg)}, std::pair{dname, data_mode(cfg)}}) {
+      int fd = ::open(("/dev/shm/" + name).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0) {
+        if (errno == ENOENT) continue;  // being created or removed: open() below waits or fails
+        throw Error(errno == ELOOP ? ErrorCode::permission_denied : ErrorCode::system,
+                    name + ": " + (errno == ELOOP ? std::string("a symlink: not adopting it") : strerror(errno)));
+      }
+      try {
+        check_segment(fd, name, int(mode));
+      } catch (...) {
+        close(fd);
+        throw;
+      }
+      close(fd);
+    }
     auto m = open(topic, p, Role::admin, 5000);
     const auto& r = m->refs();
     uint64_t maxp = cfg.max_payload ? cfg.max_payload : cfg.capacity / 4;

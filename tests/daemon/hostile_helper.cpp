@@ -10,6 +10,7 @@
 //   conns SOCK N                   open up to N connections, print conns:<accepted>, hang
 //   list SOCK                      list topics -> list:<names, comma separated>
 //   health SOCK                    -> health:<ok|err>
+//   direct PREFIX TOPIC MODE       direct mode: create TOPIC (mode octal), publish "bait" -> direct:<ok|...>
 #include <unistd.h>
 
 #include <cstdio>
@@ -119,6 +120,15 @@ int main(int argc, char** argv) {
       std::string names;
       for (auto t : rep.get().getTopics()) names += std::string(t.getSpec().getName().cStr()) + ",";
       out(what, names);
+    } else if (mode == "direct") {
+      Bus::Options bo;
+      bo.shm_prefix = sock;
+      Bus bus = Bus::direct(bo);
+      TopicConfig cfg;
+      cfg.capacity = 8192;
+      cfg.mode = uint32_t(strtoul(argv[4], nullptr, 8));
+      bus.create_topic(topic, cfg);
+      out(what, "ok");
     } else if (mode == "health") {
       DaemonClient::connect(o)->call([](proto::Request::Builder r) { r.setHealth(); });
       out(what, "ok");

@@ -513,3 +513,56 @@ TEST_CASE("scale: list and stat page through 10 000 topics; a flood of requests 
   CHECK(serving(rd.sock));
   CHECK(rd.d.stop());
 }
+
+TEST_CASE("direct mode: a segment another user planted under our name is never adopted or opened; data and "
+          "control have their own modes",
+          "[security][direct]") {
+  NEED_SECOND_USER(att);
+  const std::string prefix = "sht-direct-" + std::to_string(getpid());
+  struct Cleanup {
+    std::string prefix;
+    ~Cleanup() {
+      for (auto& f : shm_files(prefix)) unlink(("/dev/shm/" + f).c_str());
+    }
+  } cleanup{prefix};
+  Bus::Options bo;
+  bo.shm_prefix = prefix;
+  Bus bus = Bus::direct(bo);
+  // Names carry the creating uid.
+  bus.create_topic("d.modes", {.capacity = 8192, .mode = 0640});
+  const std::string me = prefix + ".u" + std::to_string(geteuid());
+  struct stat st{};
+  REQUIRE(stat(("/dev/shm/" + me + ".d.modes.0.data").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0640);  // the group subscribes: it may not write the ring
+  REQUIRE(stat(("/dev/shm/" + me + ".d.modes.0.ctl").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0660);  // ... but writes its cursor
+  // An existing segment of ours that is more open than asked is not adopted.
+  bus.create_topic("d.open", {.capacity = 8192, .mode = 0666});
+  try {
+    bus.create_topic("d.open", {.capacity = 8192, .mode = 0600});
+    FAIL("adopted a world-writable segment for a private topic");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::permission_denied);
+    CHECK(std::string(e.what()).find("more open than the requested 0600") != std::string::npos);
+  }
+  // The squat: the attacker creates a valid, world-open topic and moves it under the
+  // victim's names (anyone may name anything in /dev/shm).
+  REQUIRE(as_att(att, {"direct", prefix, "d.squat", "666"}) == "direct:ok\n");
+  const std::string theirs = prefix + ".u" + std::to_string(att.uid);
+  for (const char* ext : {".0.data", ".0.ctl"})
+    REQUIRE(rename(("/dev/shm/" + theirs + ".d.squat" + ext).c_str(), ("/dev/shm/" + me + ".d.squat" + ext).c_str()) == 0);
+  for (auto* op : {"create", "publish", "subscribe"}) {
+    INFO(op);
+    try {
+      if (std::string(op) == "create") bus.create_topic("d.squat", {.capacity = 8192, .mode = 0600});
+      else if (std::string(op) == "publish") (void)bus.publisher("d.squat");
+      else (void)bus.subscriber("d.squat");
+      FAIL("used the attacker's segment");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::permission_denied);
+      CHECK(std::string(e.what()).find("is owned by uid " + std::to_string(att.uid)) != std::string::npos);
+    }
+  }
+  bus.remove_topic("d.modes");
+  bus.remove_topic("d.open");
+}
