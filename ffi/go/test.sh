@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Runs the Go binding's checks: go vet, then go test -race -v, against
-# libshmbus_c from a meson build tree. Called by tools/test as
+# Runs the Go binding's checks: go vet, then go test -race -v, then the allocation
+# checks again without -race (the race detector's instrumentation allocates, so they
+# only mean something in a normal build), against libshmbus_c from a meson build tree.
+# Called by tools/test as
 #   ffi/go/test.sh <results-dir>
-# and writes <results-dir>/go.counts ("passed N", "failed N": top-level tests).
+# and writes <results-dir>/go.counts ("passed N", "failed N", "skipped N": top-level
+# tests), rewritten after every test result, with a line "incomplete" until the end so
+# that a runner that dies mid-way leaves its counts so far and a failure.
 # Env: BUILD_DIR (default <repo>/build; set up and built here when missing),
 #      XLANG_BIN_DIR (when set, the scenario program is built there as xlang-go).
 # Exit status: non-zero when anything failed.
@@ -18,16 +22,47 @@ mkdir -p "$results"
 BUILD_DIR=${BUILD_DIR:-$repo/build}
 case "$BUILD_DIR" in /*) ;; *) BUILD_DIR=$repo/$BUILD_DIR ;; esac
 
-passed=0 failed=0
+passed=0 failed=0 skipped=0
+write_counts() {  # [incomplete-text]
+  { printf 'passed %d\nfailed %d\nskipped %d\n' "$passed" "$failed" "$skipped"
+    [ $# -gt 0 ] && printf 'incomplete %s\n' "$1"; } > "$results/go.counts.tmp"
+  mv -f "$results/go.counts.tmp" "$results/go.counts"
+}
+write_counts "go: started, no result yet"
 finish() {
-  printf 'passed %d\nfailed %d\n' "$passed" "$failed" > "$results/go.counts"
-  echo "go: $passed passed, $failed failed"
-  [ "$failed" -eq 0 ]
+  write_counts
+  echo "go: $passed passed, $failed failed, $skipped skipped"
+  [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
   exit $?
+}
+# run_go_tests LOG ARGS...: go test -v ARGS, counting each top-level result as it is
+# printed (the unindented "--- PASS/FAIL/SKIP" lines) into go.counts.
+run_go_tests() {
+  local log=$1; shift
+  local p0=$passed f0=$failed
+  : > "$log"
+  go test -count=1 -v "$@" 2>&1 | while IFS= read -r line; do
+      printf '%s\n' "$line" >> "$log"; printf '%s\n' "$line"
+      case $line in
+        "--- PASS"*) passed=$((passed + 1)); write_counts "go test $*: running" ;;
+        "--- FAIL"*) failed=$((failed + 1)); write_counts "go test $*: running" ;;
+        "--- SKIP"*) skipped=$((skipped + 1)); write_counts "go test $*: running" ;;
+      esac
+    done
+  local rc=${PIPESTATUS[0]}
+  # (the loop ran in a subshell: take the totals from the log)
+  passed=$((p0 + $(grep -c '^--- PASS' "$log")))
+  failed=$((f0 + $(grep -c '^--- FAIL' "$log")))
+  skipped=$((skipped + $(grep -c '^--- SKIP' "$log")))
+  if [ "$rc" -ne 0 ] && [ "$failed" -eq "$f0" ]; then
+    step_failed "go test $* (exit $rc without a failing test: build error, panic or timeout)"
+  fi
+  write_counts "go: between steps"
 }
 step_failed() {  # a step that is not a test (setup, build, vet) counts as one failure
   echo "go: $1 failed" >&2
   failed=$((failed + 1))
+  write_counts "go: after a failed step"
 }
 
 # ---- toolchain -----------------------------------------------------------------
@@ -69,14 +104,11 @@ if [ -n "${XLANG_BIN_DIR:-}" ]; then
 fi
 
 # Tests (race detector on). Top-level results are the unindented --- lines.
-log="$results/go.test.log"
-go test -race -count=1 -v -timeout 600s ./... 2>&1 | tee "$log"
-rc=${PIPESTATUS[0]}
-p=$(grep -c '^--- PASS' "$log")
-f=$(grep -c '^--- FAIL' "$log")
-passed=$((passed + p))
-failed=$((failed + f))
-if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
-  step_failed "go test (exit $rc without a failing test: build error, panic or timeout)"
+run_go_tests "$results/go.test.log" -race -timeout 600s ./...
+# The allocation checks again without the race detector, where "0 allocations per
+# message" is enforced (race_off_test.go); counted as tests of their own.
+run_go_tests "$results/go.alloc.log" -timeout 120s -run 'Alloc' .
+if ! grep -q '^--- PASS.*Alloc' "$results/go.alloc.log"; then
+  step_failed "go test -run Alloc (without -race) ran no allocation test"
 fi
 finish

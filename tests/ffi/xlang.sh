@@ -3,7 +3,9 @@
 # of C++, Go and Rust as separate processes, >= 1,000,000 messages each, every field
 # checked; producers killed with SIGKILL mid-stream (at a set point and from outside);
 # schema evolution both ways. Called as `tests/ffi/xlang.sh <results-dir>`; writes
-# <results-dir>/xlang.counts and exits non-zero when a case failed.
+# <results-dir>/xlang.counts after every case (with a line "incomplete" until the last,
+# so a crash mid-way leaves the counts so far and a failure) and exits non-zero when a
+# case failed.
 #   XLANG_BIN_DIR  where xlang-go and xlang-rust are (ffi/go/test.sh and ffi/rust/test.sh
 #                  build them there); default <results-dir>/xlang-bin
 #   BUILD_DIR      meson build dir holding tests/ffi/xlang-cpp; default <repo>/build
@@ -27,9 +29,15 @@ declare -A BIN=(
   [rust]=$XLANG_BIN_DIR/xlang-rust
 )
 passed=0 failed=0 case_no=0
+write_counts() {  # [incomplete-text]
+  { printf 'passed %d\nfailed %d\n' "$passed" "$failed"
+    [ $# -gt 0 ] && printf 'incomplete %s\n' "$1"; } > "$results/xlang.counts.tmp"
+  mv -f "$results/xlang.counts.tmp" "$results/xlang.counts"
+}
+write_counts "xlang: started, no case finished"
 
-pass() { passed=$((passed + 1)); printf 'PASS %-44s %s\n' "$1" "$2"; }
-fail() { failed=$((failed + 1)); printf 'FAIL %-44s %s\n' "$1" "$2"; }
+pass() { passed=$((passed + 1)); printf 'PASS %-44s %s\n' "$1" "$2"; write_counts "xlang: after '$1'"; }
+fail() { failed=$((failed + 1)); printf 'FAIL %-44s %s\n' "$1" "$2"; write_counts "xlang: after '$1'"; }
 
 # run_case NAME PRODUCER CONSUMER SCHEMA MODE [producer args] -- [consumer args]
 #   MODE: exact       consumer must print "OK received=N" and the producer exit 0
@@ -124,6 +132,6 @@ run_case "evolution: C++ v2 -> Go v1 (order)"   cpp  go   order exact --schema-v
 run_case "evolution: Go v1 -> C++ v2 (quote)"   go   cpp  quote exact --schema-version 1 -- --schema-version 2
 N=$N_SAVE
 
-printf 'passed %d\nfailed %d\n' "$passed" "$failed" > "$results/xlang.counts"
+write_counts
 echo "xlang: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
