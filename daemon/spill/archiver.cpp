@@ -67,7 +67,7 @@ int64_t realtime_s() {
   return ts.tv_sec;
 }
 
-bool pid_alive(uint32_t pid) { return pid && (::kill(pid_t(pid), 0) == 0 || errno == EPERM); }
+bool pid_alive(uint32_t pid) { return shm::process_alive(pid); }
 
 enum : uint64_t { kOpWrite = 1, kOpFsync = 2, kOpIntervalSync = 3, kOpKick = 4 };
 uint64_t tag(uint64_t id, uint64_t op) { return (id << 8) | op; }
@@ -283,7 +283,7 @@ struct Archiver::Impl {
       if (p->cfg.flush != FlushPolicy::none && ::fdatasync(p->fd) != 0) sys_fail("fdatasync " + path);
     } else if (!rec.empty) {
       // A new ring (another epoch): its sequences must continue the log's.
-      uint64_t next_seq = aref(p->r.data->tail_seq).load(std::memory_order_acquire);
+      uint64_t next_seq = shm::tail_seq_of(aref(p->r.data->tail_seq).load(std::memory_order_acquire));
       if (resume == aref(p->r.data->tail_pos).load(std::memory_order_acquire) &&
           next_seq <= rec.last_seq)
         throw Error(ErrorCode::incompatible,
@@ -368,8 +368,7 @@ struct Archiver::Impl {
       aref(p.r.data->archiver_pid).store(0, std::memory_order_relaxed);
       // Free the tethered cursor; producers waiting on it are woken (P7).
       aref(p.slot->state).store(shm::kSlotFree, std::memory_order_seq_cst);
-      aref(p.r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);
-      shm::futex_wake_all(&p.r.ctl->space_futex);
+      shm::wake_all_space(p.r);
       p.slot = nullptr;
     }
     p.removed = true;
@@ -392,13 +391,7 @@ struct Archiver::Impl {
   }
 
   // ------------------------------------------------------------------ shared-memory signals
-  static void wake_space(Part& p) {
-    // seq_cst: pairs with begin_space_wait (P7).
-    if (aref(p.r.ctl->space_waiters).load(std::memory_order_seq_cst) != 0) {
-      aref(p.r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);
-      shm::futex_wake_all(&p.r.ctl->space_futex);
-    }
-  }
+  static void wake_space(Part& p) { shm::notify_space_waiters(p.r); }
 
   void release_ring(Part& p, uint64_t pos) {
     if (pos <= p.released) return;
@@ -915,21 +908,19 @@ struct Archiver::Impl {
     }
     if (active_parts() > 1) t = std::min<int64_t>(t, 1'000'000);
     Part& p = *first;
-    auto* ctl = p.r.ctl;
-    // P6 from the reader side: announce, re-check, sleep.
-    aref(ctl->data_waiters).fetch_add(1, std::memory_order_seq_cst);
-    uint32_t v = aref(ctl->data_futex).load(std::memory_order_seq_cst);
-    if (aref(p.r.frame_at(p.read_pos)->commit).load(std::memory_order_seq_cst) == 0 &&
-        !has_pending.load(std::memory_order_relaxed) && !stop_req.load(std::memory_order_relaxed))
-      shm::futex_wait(&ctl->data_futex, v, t);
-    aref(ctl->data_waiters).fetch_sub(1, std::memory_order_seq_cst);
+    // P6 from the reader side, through the one implementation (waiter bit,
+    // membarrier, re-check, sleep).
+    const uint32_t slot_index = uint32_t(p.slot - p.r.slots);
+    shm::sleep_for_data(p.r, slot_index, t, [&] {
+      return aref(p.r.frame_at(p.read_pos)->commit).load(std::memory_order_seq_cst) != 0 ||
+             has_pending.load(std::memory_order_relaxed) || stop_req.load(std::memory_order_relaxed);
+    });
   }
 
   void wake_idle() {
     for (auto& p : parts) {
       if (p->removed) continue;
-      aref(p->r.ctl->data_futex).fetch_add(1, std::memory_order_seq_cst);
-      shm::futex_wake_all(&p->r.ctl->data_futex);
+      shm::wake_all_data(p->r);
     }
   }
 

@@ -19,6 +19,7 @@
 #include <sys/timerfd.h>
 
 #include "core.hpp"
+#include "shmbus/shm/recovery.hpp"
 #include "shmbus/spill_format.hpp"
 
 namespace shmbus::daemon {
@@ -28,14 +29,6 @@ using shm::aref;
 namespace {
 int pidfd_open_(pid_t pid) { return int(syscall(SYS_pidfd_open, pid, 0)); }
 
-void wake_space(shm::ControlHeader* c) {
-  aref(c->space_futex).fetch_add(1, std::memory_order_seq_cst);
-  shm::futex_wake_all(&c->space_futex);
-}
-void wake_data(shm::ControlHeader* c) {
-  aref(c->data_futex).fetch_add(1, std::memory_order_seq_cst);
-  shm::futex_wake_all(&c->data_futex);
-}
 }  // namespace
 
 bool Reaper::alive(uint32_t pid) {
@@ -46,14 +39,7 @@ bool Reaper::alive(uint32_t pid) {
     pollfd p{it->second.pidfd, POLLIN, 0};
     return poll(&p, 1, 0) == 0;
   }
-  // Not watched: a pidfd also reports a zombie (an unreaped child) as exited,
-  // where kill(pid, 0) would still succeed.
-  int fd = pidfd_open_(pid_t(pid));
-  if (fd < 0) return errno != ESRCH;
-  pollfd p{fd, POLLIN, 0};
-  bool live = poll(&p, 1, 0) == 0;
-  close(fd);
-  return live;
+  return shm::process_alive(pid);
 }
 
 void Reaper::watch_pid(pid_t pid) {
@@ -91,155 +77,42 @@ void Reaper::on_dead(pid_t pid, const char* how) {
   }
 }
 
+// What is done lives in shm/recovery.hpp; the reaper decides when, from its own
+// proof of death (the pidfd of a pid it watches).
 void Reaper::reclaim_in(Partition& part, pid_t pid) {
   const shm::RingRefs& r = part.refs;
   const uint32_t dead = uint32_t(pid);
-  // 1. Cursor slots.
-  bool freed = false;
+  // 1. Cursor slots: durable names are parked (P11), others freed.
   for (uint32_t i = 0; i < r.slot_count; ++i) {
-    shm::CursorSlot& s = r.slots[i];
-    if (aref(s.pid).load(std::memory_order_acquire) != dead) continue;
-    uint32_t st = aref(s.state).load(std::memory_order_acquire);
-    if (st != shm::kSlotActive && st != shm::kSlotJoining) continue;
-    const uint64_t nh = aref(s.name_hash).load(std::memory_order_relaxed);
-    if (st == shm::kSlotActive && nh != 0 && nh != spill::kArchiverNameHash) {
-      // P11: a durable subscriber's slot is parked, not freed: it keeps its
-      // position (and holds a tethered ring) until its name resumes it or the
-      // registry expires it. The CAS on pid makes parking exclusive with a
-      // resumer's takeover; the heartbeat is the parking time.
-      aref(s.heartbeat_ns).store(shm::monotonic_ns(), std::memory_order_relaxed);
-      uint32_t owner = dead;
-      if (aref(s.pid).compare_exchange_strong(owner, 0, std::memory_order_acq_rel))
+    switch (shm::recover_dead_cursor(r, i, dead, true, spill::kArchiverNameHash)) {
+      case shm::CursorRecovery::freed:
+        part.reclaimed_cursors.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case shm::CursorRecovery::parked:
         log_event(core_.instance, LOG_INFO, "durable_parked", part.topic, pid,
                   "partition " + std::to_string(part.index) + " slot " + std::to_string(i));
-      continue;
-    }
-    // The owner is dead: nobody else writes this slot (a joiner only takes FREE).
-    if (aref(s.state).compare_exchange_strong(st, shm::kSlotFree, std::memory_order_acq_rel)) {
-      part.reclaimed_cursors.fetch_add(1, std::memory_order_relaxed);
-      freed = true;
+        break;
+      case shm::CursorRecovery::none:
+        break;
     }
   }
-  if (freed) wake_space(r.ctl);
   // 2. Single-producer ownership (the next publisher runs recover_sp()).
-  uint32_t owner = dead;
-  aref(r.data->producer_pid).compare_exchange_strong(owner, 0, std::memory_order_acq_rel);
-  // 3. The multi-producer zero lock.
-  uint32_t zl = dead;
-  aref(r.data->zero_lock).compare_exchange_strong(zl, 0, std::memory_order_acq_rel);
-  // 4. Claims (needs the whole table: resolves every dead entry).
+  shm::release_dead_single_producer(r, dead);
+  // 3. Multi-producer table entries: pending tail, won claim, zero lock (P8).
   resolve_dead_claims(part);
 }
 
-// P8 (reclaimer side). For each producer-table entry whose owner is dead:
-//  a. not CLAIMING -> free the entry;
-//  b. the tail CAS never happened (tail_seq <= claim_seq), the intent is torn
-//     (claim end beyond the tail) or the claim was lapped -> free;
-//  c. the claimed frame is committed -> free;
-//  d. a live producer records an intent at the same position -> wait (it may be
-//     the CAS winner, it will commit or die);
-//  e. otherwise walk committed frames from the slowest cursor; if the first
-//     uncommitted frame is this claim, pad it under the zero lock (commit word
-//     CAS 0 -> padding: exactly once), then free the entry. If the walk stops at
-//     an earlier hole, wait for that one first. Without any cursor nobody is
-//     held back: free.
 void Reaper::resolve_dead_claims(Partition& part) {
   const shm::RingRefs& r = part.refs;
-  if (!r.producers || !(r.data->flags & shm::kFlagMultiProducer)) return;
-  const uint64_t cap = r.capacity;
-  for (uint32_t i = 0; i < r.producer_count; ++i) {
-    shm::ProducerSlot& ps = r.producers[i];
-    const uint32_t owner = aref(ps.pid).load(std::memory_order_acquire);
+  if (!r.multi()) return;
+  for (uint32_t k = 0; k < r.producer_count; ++k) {
+    const uint32_t owner = aref(r.producers[k].pid).load(std::memory_order_acquire);
     if (owner == 0 || alive(owner)) continue;
-    auto free_entry = [&] {
-      aref(ps.state).store(shm::kProdFree, std::memory_order_relaxed);
-      aref(ps.pid).store(0, std::memory_order_release);
-    };
-    // SYNC(prod.intent) acquire: the intent fields the dead producer wrote.
-    if (aref(ps.state).load(std::memory_order_acquire) != shm::kProdClaiming) {
-      free_entry();
-      continue;
-    }
-    const uint64_t pos = aref(ps.claim_pos).load(std::memory_order_relaxed);
-    const uint64_t seq = aref(ps.claim_seq).load(std::memory_order_relaxed);
-    const uint64_t flen = aref(ps.frame_len).load(std::memory_order_relaxed);
-    const uint64_t tail_pos = aref(r.data->tail_pos).load(std::memory_order_acquire);
-    const uint64_t tail_seq = aref(r.data->tail_seq).load(std::memory_order_acquire);
-    const uint64_t off = pos & (cap - 1);
-    const uint64_t pad = (off + flen > cap) ? cap - off : 0;
-    const uint64_t fpos = pos + pad, end = fpos + flen;
-    if (tail_seq <= seq || flen < shm::kFrameHeaderSize || (flen & 7) || flen > cap ||
-        end > tail_pos || tail_pos > pos + cap) {
-      free_entry();
-      continue;
-    }
-    auto commit_at = [&](uint64_t p) { return aref(r.frame_at(p)->commit).load(std::memory_order_acquire); };
-    if ((!pad || commit_at(pos) != 0) && commit_at(fpos) != 0) {
-      free_entry();
-      continue;
-    }
-    bool contested = false;
-    for (uint32_t k = 0; k < r.producer_count; ++k) {
-      if (k == i) continue;
-      shm::ProducerSlot& o = r.producers[k];
-      uint32_t op = aref(o.pid).load(std::memory_order_acquire);
-      if (op && aref(o.state).load(std::memory_order_acquire) == shm::kProdClaiming &&
-          aref(o.claim_pos).load(std::memory_order_relaxed) == pos && alive(op))
-        contested = true;
-    }
-    if (contested) continue;
-    // The slowest active cursor is a frame boundary; walk committed frames from it.
-    uint64_t start = UINT64_MAX;
-    for (uint32_t k = 0; k < r.slot_count; ++k) {
-      if (aref(r.slots[k].state).load(std::memory_order_acquire) != shm::kSlotActive) continue;
-      uint64_t c = aref(r.slots[k].position).load(std::memory_order_acquire);
-      if (c <= tail_pos && c + cap >= tail_pos && c < start) start = c;
-    }
-    if (start == UINT64_MAX || start > pos) {
-      if (start == UINT64_MAX) free_entry();  // nobody reads behind it
-      else free_entry();                      // every reader is already past it
-      continue;
-    }
-    uint64_t h = start;
-    for (uint64_t n = 0; n < cap / 8 && h < pos; ++n) {
-      uint64_t w = commit_at(h);
-      uint32_t len = shm::commit_length(w);
-      if (w == 0 || len < 8 || (len & 7) || (h & (cap - 1)) + len > cap) break;
-      h += len;
-    }
-    if (h != pos && h != fpos) continue;  // an earlier hole (or a gap): later
-    // Fill under the zero lock, so that no producer re-zeroes these bytes for the
-    // next lap while we write (P2): zero_mark <= pos + capacity means they are
-    // still this lap's.
-    const uint32_t me = uint32_t(getpid());
-    uint32_t expect = 0;
-    if (!aref(r.data->zero_lock).compare_exchange_strong(expect, me, std::memory_order_acquire)) {
-      if (expect == 0 || alive(expect)) continue;
-      if (!aref(r.data->zero_lock).compare_exchange_strong(expect, me, std::memory_order_acquire))
-        continue;
-    }
-    bool filled = false;
-    if (aref(r.data->zero_mark).load(std::memory_order_acquire) <= pos + cap) {
-      uint64_t zero = 0;
-      if (pad)
-        aref(r.frame_at(pos)->commit)
-            .compare_exchange_strong(zero, shm::make_commit(uint32_t(pad), shm::kFramePad),
-                                     std::memory_order_release);  // SYNC(frame.commit)
-      zero = 0;
-      filled = aref(r.frame_at(fpos)->commit)
-                   .compare_exchange_strong(zero, shm::make_commit(uint32_t(flen), shm::kFramePad),
-                                            std::memory_order_seq_cst);  // SYNC(frame.commit)
-    }
-    aref(r.data->zero_lock).store(0, std::memory_order_release);
-    if (filled) {
-      aref(ps.fills).fetch_add(1, std::memory_order_relaxed);
+    if (shm::recover_dead_producer(r, k, owner) == shm::ClaimRecovery::padded) {
       part.filled_claims.fetch_add(1, std::memory_order_relaxed);
-      wake_data(r.ctl);
       log_event(core_.instance, LOG_INFO, "claim_padded", part.topic, owner,
-                "partition " + std::to_string(part.index) + " position " + std::to_string(fpos) +
-                    " length " + std::to_string(flen));
+                "partition " + std::to_string(part.index) + " producer slot " + std::to_string(k));
     }
-    free_entry();
   }
 }
 
@@ -256,14 +129,15 @@ void Reaper::scan(uint64_t now_ns) {
         consider(aref(r.slots[i].pid).load(std::memory_order_relaxed));
     }
     consider(aref(r.data->producer_pid).load(std::memory_order_relaxed));
-    consider(aref(r.data->zero_lock).load(std::memory_order_relaxed));
+    const uint32_t zl = aref(r.data->zero_lock).load(std::memory_order_relaxed);
+    if (zl && zl <= r.producer_count) consider(aref(r.producers[zl - 1].pid).load(std::memory_order_relaxed));
     for (uint32_t i = 0; i < r.producer_count; ++i) consider(aref(r.producers[i].pid).load(std::memory_order_relaxed));
     resolve_dead_claims(*p);  // entries left from earlier rounds
   }
   // Rates, sampled at most every 500 ms.
   if (now_ns - last_rate_ns_ >= 500'000'000ull) {
     for (auto& p : parts_) {
-      uint64_t seq = aref(p->refs.data->tail_seq).load(std::memory_order_relaxed);
+      uint64_t seq = shm::tail_seq_of(aref(p->refs.data->tail_seq).load(std::memory_order_relaxed));
       Sample& s = samples_[p.get()];
       if (s.ns && now_ns > s.ns)
         p->rate_milli.store(uint64_t(double(seq - s.seq) * 1e12 / double(now_ns - s.ns)),

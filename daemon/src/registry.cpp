@@ -437,7 +437,7 @@ void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
     ps.setPartition(p.index);
     const uint64_t tail = aref(r.data->tail_pos).load(std::memory_order_acquire);
     ps.setProducerPosition(tail);
-    ps.setNextSequence(aref(r.data->tail_seq).load(std::memory_order_relaxed));
+    ps.setNextSequence(shm::tail_seq_of(aref(r.data->tail_seq).load(std::memory_order_relaxed)));
     ps.setRatePerSec(double(p.rate_milli.load(std::memory_order_relaxed)) / 1000.0);
     ps.setBackPressureEvents(aref(r.data->backpressure_events).load(std::memory_order_relaxed));
     ps.setReclaimedCursors(p.reclaimed_cursors.load(std::memory_order_relaxed));

@@ -99,8 +99,8 @@ bool spec_from_proto(proto::TopicSpec::Reader s, TopicSettings& t, std::string& 
     err = "max_payload must be at most capacity/4";
     return false;
   }
-  if (t.slots == 0 || t.slots > 4096) {
-    err = "slots must be 1..4096";
+  if (t.slots == 0 || t.slots > shmbus::shm::kMaxSlots) {
+    err = "slots must be 1..512";
     return false;
   }
   if (s.hasAccess()) {

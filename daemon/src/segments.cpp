@@ -59,16 +59,8 @@ void release_fds(Partition& p) {
 }
 
 void bind_refs(Partition& p) {
-  auto* d = static_cast<shm::DataHeader*>(p.data_map);
-  auto* c = static_cast<shm::ControlHeader*>(p.ctl_map);
-  p.refs.data = d;
-  p.refs.ring = static_cast<std::byte*>(p.data_map) + sizeof(shm::DataHeader);
-  p.refs.ctl = c;
-  p.refs.slots = reinterpret_cast<shm::CursorSlot*>(static_cast<std::byte*>(p.ctl_map) +
-                                                    sizeof(shm::ControlHeader));
-  p.refs.capacity = d->capacity;
-  p.refs.slot_count = c->slot_count;
-  shm::bind_producer_table(p.refs, p.ctl_size);
+  if (const char* why = shm::bind_ring(p.data_map, p.data_size, p.ctl_map, p.ctl_size, p.refs))
+    throw Error(ErrorCode::incompatible, "segment of partition " + std::to_string(p.index) + ": " + why);
 }
 
 }  // namespace

@@ -217,17 +217,8 @@ class DaemonMapping final : public PartitionMapping {
       : client_(std::move(client)), data_(data), dsize_(dsize), ctl_(ctl), csize_(csize) {
     topic_ = topic;
     partition_ = p;
-    auto* d = static_cast<shm::DataHeader*>(data);
-    auto* c = static_cast<shm::ControlHeader*>(ctl);
-    refs_.data = d;
-    refs_.ring = static_cast<std::byte*>(data) + d->data_offset;
-    refs_.ctl = c;
-    refs_.slots = reinterpret_cast<shm::CursorSlot*>(static_cast<std::byte*>(ctl) +
-                                                     sizeof(shm::ControlHeader));
-    refs_.capacity = d->capacity;
-    refs_.slot_count = c->slot_count;
-    shm::bind_producer_table(refs_, csize);
   }
+  void bind(const shm::RingRefs& r) { refs_ = r; }
   ~DaemonMapping() override {
     munmap(data_, dsize_);
     munmap(ctl_, csize_);
@@ -293,19 +284,16 @@ std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, u
     munmap(d, dsize);
     throw Error(ErrorCode::system, std::string("mmap control: ") + strerror(errno));
   }
-  auto* dh = static_cast<const shm::DataHeader*>(d);
-  auto* ch = static_cast<const shm::ControlHeader*>(c);
-  const uint32_t v = std::atomic_ref<const uint32_t>(dh->layout_version).load(std::memory_order_acquire);
-  if (dh->magic != shm::kDataMagic || ch->magic != shm::kCtlMagic || (v >> 16) != shm::kLayoutMajor ||
-      dh->data_offset != sizeof(shm::DataHeader) || !is_pow2(dh->capacity) ||
-      shm::data_segment_size(dh->capacity) > dsize || ch->capacity != dh->capacity ||
-      ch->slot_count == 0 || ch->slot_count > 4096 ||
-      sizeof(shm::ControlHeader) + size_t(ch->slot_count) * sizeof(shm::CursorSlot) > csize) {
+  // Copy once, validate the copy, use only the copy (shm::bind_ring).
+  shm::RingRefs refs;
+  if (const char* why = shm::bind_ring(d, dsize, c, csize, refs)) {
     munmap(d, dsize);
     munmap(c, csize);
-    throw Error(ErrorCode::incompatible, "open: the daemon handed out an invalid segment");
+    throw Error(ErrorCode::incompatible, std::string("open: the daemon handed out an invalid segment: ") + why);
   }
-  return std::make_shared<DaemonMapping>(shared_from_this(), topic, p, d, dsize, c, csize);
+  auto m = std::make_shared<DaemonMapping>(shared_from_this(), topic, p, d, dsize, c, csize);
+  m->bind(refs);
+  return m;
 }
 
 namespace {

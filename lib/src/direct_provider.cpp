@@ -50,16 +50,10 @@ class DirectMapping final : public PartitionMapping {
       : data_(std::move(data)), ctl_(std::move(ctl)) {
     topic_ = std::move(topic);
     partition_ = p;
-    auto* d = static_cast<shm::DataHeader*>(data_.get_address());
-    auto* c = static_cast<shm::ControlHeader*>(ctl_.get_address());
-    refs_.data = d;
-    refs_.ring = static_cast<std::byte*>(data_.get_address()) + d->data_offset;
-    refs_.ctl = c;
-    refs_.slots = reinterpret_cast<shm::CursorSlot*>(static_cast<std::byte*>(ctl_.get_address()) +
-                                                     sizeof(shm::ControlHeader));
-    refs_.capacity = d->capacity;
-    refs_.slot_count = c->slot_count;
-    shm::bind_producer_table(refs_, ctl_.get_size());
+    // Copy once, validate the copy, use only the copy (shm::bind_ring).
+    if (const char* why = shm::bind_ring(data_.get_address(), data_.get_size(), ctl_.get_address(),
+                                         ctl_.get_size(), refs_))
+      throw Error(ErrorCode::incompatible, "segments of '" + topic_ + "' refused: " + why);
   }
 
  private:
@@ -112,8 +106,8 @@ void check_config(const TopicConfig& cfg) {
                     std::to_string(cfg.capacity));
   if (cfg.max_payload > cfg.capacity / 4)
     throw Error(ErrorCode::invalid_argument, "max_payload must be at most capacity/4");
-  if (cfg.slots == 0 || cfg.slots > 4096)
-    throw Error(ErrorCode::invalid_argument, "slots must be 1..4096");
+  if (cfg.slots == 0 || cfg.slots > shm::kMaxSlots)
+    throw Error(ErrorCode::invalid_argument, "slots must be 1..512");
 }
 
 // Waits (bounded) until a segment opened by name has its header sized and its
@@ -168,21 +162,17 @@ class DirectProvider final : public SegmentProvider {
     bip::shared_memory_object dobj = open_obj(dname, dmode, deadline);
     bip::shared_memory_object cobj = open_obj(cname, bip::read_write, deadline);
     bip::mapped_region dh, ch;
-    const auto* d = wait_ready<shm::DataHeader>(dobj, dh, dmode, dname, deadline);
-    const auto* c = wait_ready<shm::ControlHeader>(cobj, ch, bip::read_write, cname, deadline);
-    if (d->magic != shm::kDataMagic || c->magic != shm::kCtlMagic)
-      throw Error(ErrorCode::incompatible, dname + ": not a shmbus segment (bad magic)");
-    if (d->data_offset != sizeof(shm::DataHeader) || !is_pow2(d->capacity) ||
-        c->capacity != d->capacity || c->slot_count == 0 || c->slot_count > 4096)
-      throw Error(ErrorCode::incompatible, dname + ": inconsistent segment header");
+    wait_ready<shm::DataHeader>(dobj, dh, dmode, dname, deadline);
+    wait_ready<shm::ControlHeader>(cobj, ch, bip::read_write, cname, deadline);
+    // Map each file whole, at the size it has now; bind_ring checks every header
+    // field against that size from one copy (never a second read of the header).
     bip::offset_t dsz = 0, csz = 0;
     dobj.get_size(dsz);
     cobj.get_size(csz);
-    if (uint64_t(dsz) < shm::data_segment_size(d->capacity) ||
-        uint64_t(csz) < shm::control_segment_size(c->slot_count))
+    if (uint64_t(dsz) < shm::kRingOffset || uint64_t(csz) < sizeof(shm::ControlHeader))
       throw Error(ErrorCode::incompatible, dname + ": segment is truncated");
-    bip::mapped_region dreg(dobj, dmode, 0, shm::data_segment_size(d->capacity));
-    bip::mapped_region creg(cobj, bip::read_write, 0, shm::control_segment_size(c->slot_count));
+    bip::mapped_region dreg(dobj, dmode, 0, size_t(dsz));
+    bip::mapped_region creg(cobj, bip::read_write, 0, size_t(csz));
     return std::make_shared<DirectMapping>(topic, p, std::move(dreg), std::move(creg));
   }
 

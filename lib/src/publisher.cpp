@@ -1,4 +1,5 @@
 #include "shmbus/publisher.hpp"
+#include "shmbus/shm/recovery.hpp"
 
 #include <cerrno>
 #include <csignal>
@@ -11,12 +12,6 @@ namespace shmbus {
 
 using shm::aref;
 
-namespace {
-bool pid_alive(uint32_t pid) {
-  if (pid == 0) return false;
-  return kill(pid_t(pid), 0) == 0 || errno == EPERM;
-}
-}  // namespace
 
 static std::string hex(uint64_t v) {
   char b[17];
@@ -42,13 +37,13 @@ const char* to_string(Status s) noexcept {
 Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions& opts)
     : m_(std::move(m)), opts_(opts) {
   const shm::RingRefs& r = m_->refs();
-  const bool multi = r.data->flags & shm::kFlagMultiProducer;
+  const bool multi = r.multi();
   const uint32_t me = uint32_t(getpid());
   // The topic's root type (written by the segment's creator, the daemon in daemon
   // mode) against the one this producer builds: refused before anything is written.
-  if (opts_.schema_id != 0 && r.data->schema_id != 0 && opts_.schema_id != r.data->schema_id)
+  if (opts_.schema_id != 0 && r.schema_id != 0 && opts_.schema_id != r.schema_id)
     throw Error(ErrorCode::incompatible,
-                "topic '" + m_->topic() + "' carries Cap'n Proto root type @0x" + hex(r.data->schema_id) +
+                "topic '" + m_->topic() + "' carries Cap'n Proto root type @0x" + hex(r.schema_id) +
                     ", this publisher builds @0x" + hex(opts_.schema_id) + ": incompatible schema");
   if (!multi) {
     // Single-producer partition: take exclusive ownership, or take over from a dead owner.
@@ -60,18 +55,31 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
         throw Error(ErrorCode::already_exists,
                     "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() +
                         "' already has a publisher in this process (single-producer topic)");
-      if (pid_alive(owner))
+      if (shm::process_alive(owner))
         throw Error(ErrorCode::already_exists,
                     "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() +
                         "' already has a publisher (pid " + std::to_string(owner) +
                         "); create the topic with multi_producer for several");
-      // Dead owner: loop CASes owner -> me.
+      // Dead owner: free the partition (shm/recovery.hpp), then CAS 0 -> me.
+      shm::release_dead_single_producer(r, owner);
+      owner = 0;
     }
     claimed_sp_ = true;
   }
-  w_.attach(r, multi, me);
+  if (!w_.attach(r, multi, me)) {
+    // Every producer-table entry is taken: entries of dead producers are freed
+    // (their claims padded) and the attach is tried once more.
+    for (uint32_t k = 0; k < r.producer_count; ++k) {
+      uint32_t pid = aref(r.producers[k].pid).load(std::memory_order_acquire);
+      if (pid && !shm::process_alive(pid)) shm::recover_dead_producer(r, k, pid);
+    }
+    if (!w_.attach(r, multi, me))
+      throw Error(ErrorCode::no_slot,
+                  "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() + "' already has " +
+                      std::to_string(r.producer_count) + " publishers (the multi-producer limit)");
+  }
   if (!multi) w_.recover_sp();
-  policy_ = r.data->policy;
+  policy_ = r.policy;
   meta_.producer_id = opts_.producer_id ? opts_.producer_id : me;
   if (!opts_.stamp_frames) meta_.timestamp_ns = shm::kNoTimestamp;
   open_ = true;
@@ -195,23 +203,25 @@ Status Publisher::wait_for_space(uint32_t max_bytes) {
   }
 }
 
-// Direct mode: a subscriber process that died leaves an ACTIVE slot; any peer that
-// can prove the owner dead (kill(pid, 0) == ESRCH) frees it. The daemon does this
-// with pidfds and sockets; this is the fallback without one.
+// Direct mode: a subscriber process that died leaves an ACTIVE slot, a producer
+// that died may leave a won claim; any peer that proves the owner dead
+// (shm::process_alive, a pidfd) recovers them (shm/recovery.hpp). The daemon does
+// the same from its own records; this is the fallback without one. Named slots are
+// parked, as the daemon does (P11).
 void Publisher::reclaim_dead_cursors() {
   const shm::RingRefs& r = w_.refs();
   for (uint32_t i = 0; i < r.slot_count; ++i) {
     shm::CursorSlot& s = r.slots[i];
     if (aref(s.state).load(std::memory_order_acquire) != shm::kSlotActive) continue;
-    uint32_t gen = aref(s.generation).load(std::memory_order_acquire);
     uint32_t pid = aref(s.pid).load(std::memory_order_acquire);
-    if (pid_alive(pid)) continue;
-    // A parked durable slot (P10) is not dead: it waits for its name to resume it.
-    if (pid == 0 && aref(s.name_hash).load(std::memory_order_relaxed) != 0) continue;
-    if (aref(s.generation).load(std::memory_order_acquire) != gen) continue;
-    uint32_t expect = shm::kSlotActive;
-    if (aref(s.state).compare_exchange_strong(expect, shm::kSlotFree, std::memory_order_acq_rel))
-      ++stats_.reclaimed_cursors;
+    if (pid == 0 || shm::process_alive(pid)) continue;  // pid 0: parked durable slot
+    if (shm::recover_dead_cursor(r, i, pid) == shm::CursorRecovery::freed) ++stats_.reclaimed_cursors;
+  }
+  if (r.multi()) {
+    for (uint32_t k = 0; k < r.producer_count; ++k) {
+      uint32_t pid = aref(r.producers[k].pid).load(std::memory_order_acquire);
+      if (pid && !shm::process_alive(pid)) shm::recover_dead_producer(r, k, pid);
+    }
   }
 }
 

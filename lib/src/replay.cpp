@@ -26,7 +26,6 @@ struct ReplaySubscriber::Impl {
   uint64_t last_seq = 0;
   bool have_end = false;
   uint64_t last_end = 0, last_epoch = 0;
-  uint64_t rp = 0;  // ring read position (ring mode)
   bool handover_armed = false;
   uint64_t candidate = 0, archiver_pos = 0;
   uint64_t released_pos = 0;
@@ -42,10 +41,9 @@ struct ReplaySubscriber::Impl {
     switch (o.start.kind) {
       case StartAt::Kind::latest:
         mode = ReplaySource::ring;
-        rp = slot.position();
-        want_seq = aref(r.data->tail_seq).load(std::memory_order_acquire);
+        want_seq = shm::tail_seq_of(aref(r.data->tail_seq).load(std::memory_order_acquire));
         have_end = true;
-        last_end = rp;
+        last_end = slot.position();
         last_epoch = r.data->created_ns;
         break;
       case StartAt::Kind::earliest:
@@ -94,49 +92,42 @@ struct ReplaySubscriber::Impl {
 
   enum class RingPoll : uint8_t { ok, empty, lapped, corrupt };
 
+  // The frame check is RingReader::poll's (one home, shm/ring.hpp): bounds, types,
+  // the "more than a lap of padding" guard and the P9 lap checks of an untethered
+  // reader. The frame is then copied out and the copy re-checked (P9) before use.
   RingPoll poll_ring(View& out) {
     const uint64_t epoch = r.data->created_ns;
     for (;;) {
-      const uint64_t off = rp & r.mask();
-      shm::FrameHeader* h = r.frame_at(rp);
-      // SYNC(frame.commit) acquire: pairs with publish_commit().
-      const uint64_t w = aref(h->commit).load(std::memory_order_acquire);
-      if (w == 0) return lapped(rp) ? RingPoll::lapped : RingPoll::empty;
-      const uint32_t len = shm::commit_length(w);
-      const uint16_t type = shm::commit_type(w);
-      if (len < 8 || (len & 7) || off + len > r.capacity ||
-          (type != shm::kFramePad && (type != shm::kFrameData || len < shm::kFrameHeaderSize)))
-        return lapped(rp) ? RingPoll::lapped : RingPoll::corrupt;
-      if (type == shm::kFramePad) {
-        if (lapped(rp)) return RingPoll::lapped;
-        rp += len;
-        continue;
+      shm::FrameView f;
+      switch (slot.poll(f)) {
+        case shm::RingStatus::ok: break;
+        case shm::RingStatus::empty: return RingPoll::empty;
+        case shm::RingStatus::lapped: return RingPoll::lapped;
+        default: return RingPoll::corrupt;
       }
-      uint32_t plen = h->payload_len;  // racy until validated below
-      if (plen > len - shm::kFrameHeaderSize) plen = len - shm::kFrameHeaderSize;
+      const uint32_t plen = f.payload_len;
       const size_t need = shm::kFrameHeaderSize + shm::align_frame(plen);
       auto* c = &ring_arena.current();
       if (c->end + need > c->cap) c = &ring_arena.fresh(need, nullptr, 0);
       std::byte* dst = c->data + c->end;
-      std::memcpy(dst, h, shm::kFrameHeaderSize + plen);
-      if (lapped(rp)) return RingPoll::lapped;  // the copy may be torn: discard it
+      std::memcpy(dst, f.hdr, shm::kFrameHeaderSize + plen);
+      if (slot.lapped_at(f.pos)) return RingPoll::lapped;  // the copy may be torn: discard it
       auto* ch = reinterpret_cast<shm::FrameHeader*>(dst);
-      if (ch->commit != w || ch->payload_len != plen) return RingPoll::corrupt;
-      const uint64_t at = rp;
-      rp += len;
+      if (shm::commit_length(ch->commit) != f.next - f.pos || ch->payload_len != plen)
+        return RingPoll::corrupt;
       if (!passes(ch->sequence, ch->timestamp_ns)) continue;
       c->end += need;
       ring_arena.mark(ch->sequence);
-      shm::FrameView f;
-      f.hdr = ch;
-      f.payload = dst + shm::kFrameHeaderSize;
-      f.payload_len = plen;
-      f.pos = at;
-      f.next = rp;
-      out = View(f);
+      shm::FrameView v;
+      v.hdr = ch;
+      v.payload = dst + shm::kFrameHeaderSize;
+      v.payload_len = plen;
+      v.pos = f.pos;
+      v.next = f.next;
+      out = View(v);
       last_seq = ch->sequence;
       have_end = true;
-      last_end = rp;
+      last_end = f.next;
       last_epoch = epoch;
       ++st.from_ring;
       return RingPoll::ok;
@@ -185,7 +176,7 @@ struct ReplaySubscriber::Impl {
         handover_armed = false;
         if (lapped(candidate) && archiver_pos >= candidate) candidate = archiver_pos;
         if (lapped(candidate)) return Status::empty;  // the archiver has it: the log grows soon
-        rp = candidate;
+        slot.seek(candidate);
         mode = ReplaySource::ring;
         ++st.handovers;
         continue;
@@ -209,17 +200,14 @@ struct ReplaySubscriber::Impl {
     return Status::empty;
   }
 
-  bool has_ring_data() const {
-    return aref(r.frame_at(rp)->commit).load(std::memory_order_acquire) != 0;
-  }
 
   bool wait(int64_t timeout_ns) {
     if (!open) return false;
-    if (mode == ReplaySource::ring && has_ring_data()) return true;
+    if (mode == ReplaySource::ring && slot.has_data()) return true;
     const uint64_t start = shm::monotonic_ns();
     const uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + uint64_t(timeout_ns);
     for (uint32_t iter = 0;; ++iter) {
-      if (mode == ReplaySource::ring && has_ring_data()) return true;
+      if (mode == ReplaySource::ring && slot.has_data()) return true;
       const uint64_t now = shm::monotonic_ns();
       if (now >= deadline) return false;
       const bool sleep = o.wait == WaitStrategy::futex ||
@@ -233,14 +221,16 @@ struct ReplaySubscriber::Impl {
       // In log mode the log may have grown (nothing wakes us for that): short naps.
       int64_t chunk = mode == ReplaySource::log ? 1'000'000 : 100'000'000;
       if (deadline != UINT64_MAX && int64_t(deadline - now) < chunk) chunk = int64_t(deadline - now);
-      // P6 (reader side): announce, re-check, sleep. Every commit wakes us, so a lap
-      // (which only happens through commits) is noticed by the next poll.
-      aref(r.ctl->data_waiters).fetch_add(1, std::memory_order_seq_cst);
-      uint32_t v = aref(r.ctl->data_futex).load(std::memory_order_seq_cst);
-      bool ready = mode == ReplaySource::ring &&
-                   aref(r.frame_at(rp)->commit).load(std::memory_order_seq_cst) != 0;
-      if (!ready) shm::futex_wait(&r.ctl->data_futex, v, chunk);
-      aref(r.ctl->data_waiters).fetch_sub(1, std::memory_order_seq_cst);
+      if (mode == ReplaySource::ring) {
+        // P6 through the one implementation (RingReader::wait: waiter bit,
+        // membarrier, re-check, sleep). Every commit wakes us, so a lap (which only
+        // happens through commits) is noticed by the next poll.
+        slot.wait(chunk);
+      } else {
+        // Log mode: nothing wakes us for the log growing; a short nap, no announce.
+        uint32_t v = aref(r.data->data_futex).load(std::memory_order_relaxed);
+        shm::futex_wait(&r.data->data_futex, v, chunk);
+      }
       slot.heartbeat(shm::monotonic_ns());
       return true;  // poll again: data, a lap, or the log has grown
     }

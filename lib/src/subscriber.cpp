@@ -1,4 +1,5 @@
 #include "shmbus/subscriber.hpp"
+#include "shmbus/shm/recovery.hpp"
 
 #include <sched.h>
 #include <signal.h>
@@ -48,13 +49,10 @@ void Subscriber::open_slot(SegmentProvider* records) {
       // In use: by a live process, or by a dead one nobody has parked yet. A dead
       // owner makes no further stores, so parking it here (CAS pid -> 0) is safe
       // against the daemon doing the same (only one CAS wins).
-      if (tries < 4 && owner != me && kill(pid_t(owner), 0) < 0 && errno == ESRCH) {
-        shm::CursorSlot* s = nullptr;
+      if (tries < 4 && owner != me && !shm::process_alive(owner)) {
         for (uint32_t i = 0; i < m_->refs().slot_count; ++i)
-          if (shm::aref(m_->refs().slots[i].name_hash).load(std::memory_order_relaxed) == h &&
-              shm::aref(m_->refs().slots[i].pid).load(std::memory_order_relaxed) == owner)
-            s = &m_->refs().slots[i];
-        if (s) shm::aref(s->pid).compare_exchange_strong(owner, 0, std::memory_order_acq_rel);
+          if (shm::aref(m_->refs().slots[i].name_hash).load(std::memory_order_relaxed) == h)
+            shm::recover_dead_cursor(m_->refs(), i, owner);  // parks it (P11)
         continue;
       }
       throw Error(ErrorCode::already_exists, where() + ": durable subscriber '" + opts_.name +

@@ -170,7 +170,7 @@ void hold_until_pressure(const shm::RingRefs& r) {
   const uint64_t before = shm::aref(ev).load(std::memory_order_acquire);
   const uint64_t deadline = shm::monotonic_ns() + 30'000'000'000ull;
   while (shm::aref(ev).load(std::memory_order_acquire) == before &&
-         shm::aref(r.ctl->space_waiters).load(std::memory_order_acquire) == 0) {
+         shm::aref(const_cast<uint64_t&>(r.data->space_waiter_bits)).load(std::memory_order_acquire) == 0) {
     if (shm::monotonic_ns() > deadline) fail("the producer never reached the back-pressure limit");
     short_pause(50'000);
   }

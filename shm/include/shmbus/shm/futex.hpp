@@ -8,6 +8,7 @@
 #include <ctime>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -65,6 +66,20 @@ inline uint64_t monotonic_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+}
+
+// The one liveness test (for pids read from shared memory or a peer's record):
+// a pidfd reports a process that exited, a zombie included, where kill(pid, 0)
+// would call a zombie alive. A pid that cannot be opened for another reason
+// (EPERM in a container) counts as alive: never reclaim on doubt.
+inline bool process_alive(uint32_t pid) {
+  if (pid == 0) return false;
+  int fd = int(syscall(SYS_pidfd_open, pid_t(pid), 0));
+  if (fd < 0) return errno != ESRCH;
+  pollfd p{fd, POLLIN, 0};
+  const bool live = poll(&p, 1, 0) == 0;
+  close(fd);
+  return live;
 }
 
 inline void cpu_relax() {

@@ -9,10 +9,14 @@
 
 namespace shmbus::shm {
 
-inline constexpr uint64_t kDataMagic = 0x3144'5355'424d'4853ULL;  // "SHMBUSD1" little-endian
-inline constexpr uint64_t kCtlMagic = 0x3143'5355'424d'4853ULL;   // "SHMBUSC1"
-inline constexpr uint32_t kLayoutMajor = 1;
-inline constexpr uint32_t kLayoutMinor = 2;  // 1: producer table; 2: slot_hwm (cursor scans stop there)
+inline constexpr uint64_t kDataMagic = 0x3244'5355'424d'4853ULL;  // "SHMBUSD2" little-endian
+inline constexpr uint64_t kCtlMagic = 0x3243'5355'424d'4853ULL;   // "SHMBUSC2"
+// 2.0: producer table moved into the data segment (subscribers cannot write it);
+// multi-producer claims go through a pending tail and a won state (P8 v2); claims
+// never shrink with several producers; waiters are per-slot bits, not counters;
+// data_futex lives in the data segment. A 1.x segment is refused.
+inline constexpr uint32_t kLayoutMajor = 2;
+inline constexpr uint32_t kLayoutMinor = 0;
 inline constexpr uint32_t kLayoutVersion = (kLayoutMajor << 16) | kLayoutMinor;
 inline constexpr size_t kCacheLine = 64;
 inline constexpr uint64_t kFrameAlign = 8;
@@ -38,12 +42,29 @@ inline constexpr uint32_t kSlotDead = 3;
 // CursorSlot::flags
 inline constexpr uint32_t kSlotTethered = 1u << 0;
 
-// ProducerSlot::state (layout 1.1): multi-producer claim intents, so that a
-// reclaimer can fill the claim of a dead producer with padding (P8).
-inline constexpr uint32_t kProdFree = 0;      // pid == 0
-inline constexpr uint32_t kProdIdle = 1;      // registered, no claim in flight
-inline constexpr uint32_t kProdClaiming = 2;  // intent recorded; the tail CAS may have happened
+// ProducerSlot::claim word (2.0): (sequence << 2) | state. The sequence makes every
+// transition a CAS on one particular claim, so a late helper cannot act on the
+// owner's next claim (P8).
+inline constexpr uint64_t kClaimIdle = 0;      // no claim in flight
+inline constexpr uint64_t kClaimIntent = 1;    // intent recorded; the pending CAS may still happen
+inline constexpr uint64_t kClaimWon = 2;       // the pending CAS happened: [pos, pos+pad+len) is ours
+inline constexpr uint64_t claim_word(uint64_t seq, uint64_t state) { return (seq << 2) | state; }
+inline constexpr uint64_t claim_state(uint64_t w) { return w & 3; }
+inline constexpr uint64_t claim_seq(uint64_t w) { return w >> 2; }
 inline constexpr uint32_t kProducerSlots = 32;
+
+// DataHeader::tail_seq (2.0): bits 0..55 the next sequence, bits 56..63 "pending":
+// 0, or 1 + the producer slot whose claim of [tail_pos, ...) is being completed (P8).
+inline constexpr uint64_t kSeqMask = (uint64_t(1) << 56) - 1;
+inline constexpr uint64_t tail_seq_of(uint64_t w) { return w & kSeqMask; }
+inline constexpr uint32_t tail_pending_of(uint64_t w) { return uint32_t(w >> 56); }
+inline constexpr uint64_t tail_word(uint64_t seq, uint32_t pending) {
+  return (seq & kSeqMask) | (uint64_t(pending) << 56);
+}
+// Space-waiter bit of the single producer (multi-producer slots use bits 0..31).
+inline constexpr uint32_t kSpaceBitSingle = 63;
+// Cursor slots are limited so that their waiter bits fit ControlHeader::data_waiter_bits.
+inline constexpr uint32_t kMaxSlots = 512;
 
 // ---------------------------------------------------------------------------
 // Frame: a fixed 48-byte header followed by the payload (a serialized Cap'n Proto
@@ -85,36 +106,45 @@ constexpr uint16_t commit_type(uint64_t w) { return uint16_t(w >> 32); }
 constexpr uint64_t align_frame(uint64_t n) { return (n + kFrameAlign - 1) & ~(kFrameAlign - 1); }
 
 // ---------------------------------------------------------------------------
-// Data segment: DataHeader (384 bytes) then `capacity` bytes of ring.
-// Producers map it read-write, subscribers read-only.
+// Data segment: DataHeader (384 bytes), reserved up to kProducerTableOffset, the
+// producer table (kProducerSlots x 128 bytes), reserved up to kRingOffset, then
+// `capacity` bytes of ring. Producers map it read-write, subscribers read-only:
+// nothing a subscriber writes can reach a producer's claim or the ring.
+inline constexpr uint64_t kProducerTableOffset = 1024;
+inline constexpr uint64_t kRingOffset = 8192;
+
 struct DataHeader {
   // line 0: written once by the creator; layout_version written LAST (release) =
-  // "segment ready". Readers wait for a non-zero version, then check it.
+  // "segment ready". Openers copy this line once, validate the copy, use only it.
   uint64_t magic;            // 0
   uint32_t layout_version;   // 8   SYNC(data.ready) release by creator / acquire by openers
   uint32_t flags;            // 12  kFlagMultiProducer
   uint64_t capacity;         // 16  ring bytes, power of two, >= 4096
-  uint64_t data_offset;      // 24  = sizeof(DataHeader)
+  uint64_t data_offset;      // 24  = kRingOffset
   uint64_t schema_id;        // 32  root struct type id expected on this topic, 0 = any
   uint32_t policy;           // 40  kPolicy*
   uint32_t partition;        // 44
   uint64_t created_ns;       // 48  CLOCK_REALTIME at creation
   uint64_t max_payload;      // 56  largest payload a frame may carry
-  uint8_t pad0[64];          // 64  line 1: keeps producer line away from line 0 prefetch
+  // line 1: written once by the creator.
+  uint64_t producer_offset;  // 64  = kProducerTableOffset
+  uint32_t producer_slots;   // 72  = kProducerSlots
+  uint32_t reserved1;        // 76
+  uint8_t pad0[48];          // 80 .. 127
   // line 2: producer-written.
   uint64_t tail_pos;         // 128 next free ring position (claimed, not necessarily committed)
-  uint64_t tail_seq;         // 136 next sequence number; {tail_pos, tail_seq} is one 16-byte CAS in MP mode
+  uint64_t tail_seq;         // 136 tail_word(): next sequence | pending owner; one 16-byte CAS with tail_pos (MP)
   uint64_t zero_mark;        // 144 ring bytes in [tail_pos, zero_mark) are zero
-  uint32_t zero_lock;        // 152 MP: pid of the producer extending zero_mark, 0 = free
+  uint32_t zero_lock;        // 152 MP: 1 + producer slot extending zero_mark, 0 = free
   uint32_t producer_pid;     // 156 SP: pid of the exclusive producer, 0 = none
   uint64_t backpressure_events;  // 160 times a producer found the ring full (approximate)
   uint64_t producer_heartbeat_ns;  // 168
-  // 1.1: highest position a producer has started to zero (P2). Stored BEFORE the
+  // Highest position a producer has started to zero (P2). Stored BEFORE the
   // zeroing, so an untethered reader that re-reads it after copying a frame knows
   // whether the copy may be torn (P9 in docs/memory-ordering.md).
   uint64_t zero_intent;      // 176 SYNC(zero_intent) relaxed + release fence / acquire fence + relaxed
   uint8_t pad2[72];          // 184 .. 255
-  // line 4 (1.1): written by the archiver of a durable topic (daemon/spill), read
+  // line 4: written by the archiver of a durable topic (daemon/spill), read
   // by producers waiting for durability acknowledgements (P10).
   uint64_t durable_seq;      // 256 every frame with sequence <= this is durable per the flush policy
   uint32_t durable_futex;    // 264 bumped (and woken if durable_waiters) when durable_seq grows
@@ -124,12 +154,19 @@ struct DataHeader {
   uint32_t archiver_error;   // 288 errno of the failing log write/sync, 0 = healthy
   uint32_t archiver_pid;     // 292 pid of the process running the archiver, 0 = none
   uint64_t archiver_heartbeat_ns;  // 296 CLOCK_MONOTONIC, refreshed by the archiver loop
-  uint8_t pad3[80];          // 304 .. 383 reserved
+  uint8_t pad3[16];          // 304 .. 319
+  // line 5: producer wait words.
+  uint32_t data_futex;       // 320 bumped (and woken) by a producer that finds a data waiter bit set (P6)
+  uint32_t reserved5;        // 324
+  uint64_t space_waiter_bits;  // 328 bit k: producer slot k sleeps on space (P7); bit 63: the single producer
+  uint8_t pad5[48];          // 336 .. 383
 };
 static_assert(sizeof(DataHeader) == 384, "update docs/protocol.md and the layout version");
 static_assert(offsetof(DataHeader, layout_version) == 8);
 static_assert(offsetof(DataHeader, capacity) == 16);
 static_assert(offsetof(DataHeader, max_payload) == 56);
+static_assert(offsetof(DataHeader, producer_offset) == 64);
+static_assert(offsetof(DataHeader, producer_slots) == 72);
 static_assert(offsetof(DataHeader, tail_pos) == 128);
 static_assert(offsetof(DataHeader, tail_pos) % 16 == 0, "16-byte CAS needs 16-byte alignment");
 static_assert(offsetof(DataHeader, tail_seq) == 136);
@@ -143,35 +180,36 @@ static_assert(offsetof(DataHeader, durable_futex) == 264);
 static_assert(offsetof(DataHeader, archived_seq) == 272);
 static_assert(offsetof(DataHeader, archiver_error) == 288);
 static_assert(offsetof(DataHeader, archiver_heartbeat_ns) == 296);
+static_assert(offsetof(DataHeader, data_futex) == 320);
+static_assert(offsetof(DataHeader, space_waiter_bits) == 328);
 
 // ---------------------------------------------------------------------------
 // Control segment: ControlHeader (384 bytes) then `slot_count` CursorSlots.
-// Everyone who uses the partition maps it read-write. Subscribers write only
-// their own slot (and the waiter counts).
+// Producers and subscribers map it read-write. A subscriber writes its own slot,
+// its own data-waiter bit and space_futex (to wake producers); nothing in it is
+// trusted by a producer beyond "how far may I write" (see docs/protocol.md,
+// threat model).
 struct ControlHeader {
   uint64_t magic;            // 0
   uint32_t layout_version;   // 8   SYNC(ctl.ready) written last by the creator
-  uint32_t slot_count;       // 12
+  uint32_t slot_count;       // 12  <= kMaxSlots
   uint64_t capacity;         // 16  copy of the data ring capacity (cross-check)
-  uint32_t producer_slots;   // 24  (1.1) entries in the producer table, 0 = no table (1.0 segment)
-  uint32_t slot_hwm;         // 28  (1.2) 1 + highest slot index ever joined; 0 = scan all (older segment)
-  uint64_t producer_offset;  // 32  (1.1) byte offset of the producer table in this segment
-  uint8_t pad0[88];          // 40 .. 127
-  // line 2: "data available" wait word. Producers bump data_futex and FUTEX_WAKE
-  // when data_waiters != 0; subscribers announce themselves in data_waiters.
-  uint32_t data_futex;       // 128
-  uint32_t data_waiters;     // 132
-  uint8_t pad2[120];         // 136 .. 255
+  uint32_t reserved0;        // 24
+  uint32_t slot_hwm;         // 28  1 + highest slot index ever joined; cursor scans stop there
+  uint8_t pad0[96];          // 32 .. 127
+  // line 2-3: data waiters. Bit i: cursor slot i sleeps on DataHeader::data_futex
+  // (P6). One bit per slot (not a counter), so a reclaimer clears a dead sleeper's
+  // bit and nothing leaks.
+  uint64_t data_waiter_bits[kMaxSlots / 64];  // 128 .. 191
+  uint8_t pad2[64];          // 192 .. 255
   // line 4: "space available" wait word, for producers blocked by back-pressure.
-  uint32_t space_futex;      // 256
-  uint32_t space_waiters;    // 260
-  uint8_t pad4[120];         // 264 .. 383
+  uint32_t space_futex;      // 256 bumped (and woken) by a subscriber that sees a space waiter bit (P7)
+  uint8_t pad4[124];         // 260 .. 383
 };
 static_assert(sizeof(ControlHeader) == 384, "update docs/protocol.md and the layout version");
-static_assert(offsetof(ControlHeader, producer_slots) == 24);
+static_assert(offsetof(ControlHeader, slot_count) == 12);
 static_assert(offsetof(ControlHeader, slot_hwm) == 28);
-static_assert(offsetof(ControlHeader, producer_offset) == 32);
-static_assert(offsetof(ControlHeader, data_futex) == 128);
+static_assert(offsetof(ControlHeader, data_waiter_bits) == 128);
 static_assert(offsetof(ControlHeader, space_futex) == 256);
 
 // One subscriber cursor. 128 bytes (two lines) so that neighbours do not share a
@@ -194,34 +232,34 @@ static_assert(offsetof(CursorSlot, heartbeat_ns) == 16);
 static_assert(offsetof(CursorSlot, flags) == 24);
 static_assert(offsetof(CursorSlot, name_hash) == 32);
 
-// One multi-producer claim intent (layout 1.1). Written by its producer (and by a
-// reclaimer once that producer is dead); 128 bytes so that producers do not share
-// lines. The intent {claim_pos, claim_seq, frame_len} is stored before the tail CAS
-// (P8), so a reclaimer that proves the owner dead knows where its claim lies.
+// One multi-producer table entry (in the data segment, 2.0). Written by its
+// producer, by helpers completing its pending claim, and by a reclaimer once the
+// owner is dead (P8). 128 bytes so that producers do not share lines.
 struct ProducerSlot {
   uint32_t pid;              // 0  owner; registration CASes 0 -> pid
-  uint32_t state;            // 4  kProd*; SYNC(prod.intent) release before the tail CAS
-  uint64_t claim_pos;        // 8  tail position read for the claim (before any wrap pad)
-  uint64_t claim_seq;        // 16 tail sequence read for the claim
-  uint32_t frame_len;        // 24 claimed frame length (the wrap pad not included)
-  uint32_t generation;       // 28 bumped on every registration
+  uint32_t generation;       // 4  bumped on every registration
+  uint64_t claim;            // 8  claim_word(seq, kClaim*): SYNC(prod.claim) seqlock over the fields below
+  uint64_t claim_pos;        // 16 tail position read for the claim (before any wrap pad)
+  uint32_t frame_len;        // 24 claimed frame length (the wrap pad not included); never shrinks
+  uint32_t reserved;         // 28
   uint64_t fills;            // 32 claims of this slot filled with padding by a reclaimer
   uint8_t pad[88];           // 40 .. 127
 };
 static_assert(sizeof(ProducerSlot) == 128, "update docs/protocol.md and the layout version");
-static_assert(offsetof(ProducerSlot, state) == 4);
-static_assert(offsetof(ProducerSlot, claim_pos) == 8);
-static_assert(offsetof(ProducerSlot, claim_seq) == 16);
+static_assert(offsetof(ProducerSlot, generation) == 4);
+static_assert(offsetof(ProducerSlot, claim) == 8);
+static_assert(offsetof(ProducerSlot, claim_pos) == 16);
 static_assert(offsetof(ProducerSlot, frame_len) == 24);
 static_assert(offsetof(ProducerSlot, fills) == 32);
+static_assert(kProducerTableOffset >= sizeof(DataHeader));
+static_assert(kProducerTableOffset + kProducerSlots * sizeof(ProducerSlot) <= kRingOffset);
 
 inline constexpr uint32_t kDefaultSlots = 64;
 
-constexpr size_t data_segment_size(uint64_t capacity) { return sizeof(DataHeader) + capacity; }
-// Control segment: header, cursor slots, then (1.1) the producer table.
+constexpr size_t data_segment_size(uint64_t capacity) { return kRingOffset + capacity; }
+// Control segment: header, then the cursor slots.
 constexpr size_t control_segment_size(uint32_t slots) {
-  return sizeof(ControlHeader) + size_t(slots) * sizeof(CursorSlot) +
-         size_t(kProducerSlots) * sizeof(ProducerSlot);
+  return sizeof(ControlHeader) + size_t(slots) * sizeof(CursorSlot);
 }
 
 }  // namespace shmbus::shm

@@ -50,15 +50,24 @@ inline std::atomic_ref<T> aref(T& v) {
 }
 
 // A view of one partition's two segments, as mapped by this process.
+// Every value in it was copied once from the segment headers and validated
+// (bind_ring); nothing is read again from the shared headers' identity lines.
 struct RingRefs {
   DataHeader* data = nullptr;      // data segment base (read-only for subscribers)
-  std::byte* ring = nullptr;       // data + data_offset
+  std::byte* ring = nullptr;       // data + kRingOffset
   ControlHeader* ctl = nullptr;    // control segment base
   CursorSlot* slots = nullptr;     // ctl + sizeof(ControlHeader)
-  ProducerSlot* producers = nullptr;  // (1.1) producer table, null for a 1.0 segment
+  ProducerSlot* producers = nullptr;  // data + kProducerTableOffset
   uint64_t capacity = 0;
   uint32_t slot_count = 0;
   uint32_t producer_count = 0;
+  uint32_t flags = 0;              // copies of the creator-written identity line
+  uint32_t policy = 0;
+  uint64_t max_payload = 0;
+  uint64_t schema_id = 0;
+  uint32_t partition = 0;
+
+  bool multi() const { return flags & kFlagMultiProducer; }
 
   uint64_t mask() const { return capacity - 1; }
   FrameHeader* frame_at(uint64_t pos) const {
@@ -66,17 +75,197 @@ struct RingRefs {
   }
 };
 
-// Points r.producers at the control segment's producer table when the segment has
-// one that fits in the `ctl_bytes` mapped (untrusted header: bounds checked).
-inline void bind_producer_table(RingRefs& r, size_t ctl_bytes) {
-  r.producers = nullptr;
-  r.producer_count = 0;
-  const uint64_t n = r.ctl->producer_slots, off = r.ctl->producer_offset;
-  if (n == 0 || n > 4096 || off % 8 || off < sizeof(ControlHeader) ||
-      off + n * sizeof(ProducerSlot) > ctl_bytes)
+// Binds `r` to mapped segments: copies each header's creator-written lines once
+// into local memory, validates the copy and fills `r` only from it (a peer may
+// rewrite the shared header between a check and a use). Returns nullptr, or why
+// the segments are refused. The caller has already waited for layout_version != 0.
+inline const char* bind_ring(void* data, size_t data_bytes, void* ctl, size_t ctl_bytes,
+                             RingRefs& r) {
+  r = RingRefs{};
+  if (data_bytes < kRingOffset || ctl_bytes < sizeof(ControlHeader))
+    return "segment shorter than its header";
+  auto* dh = static_cast<DataHeader*>(data);
+  auto* ch = static_cast<ControlHeader*>(ctl);
+  // SYNC(data.ready) / SYNC(ctl.ready) acquire, then one copy of the identity lines.
+  const uint32_t dv = aref(dh->layout_version).load(std::memory_order_acquire);
+  const uint32_t cv = aref(ch->layout_version).load(std::memory_order_acquire);
+  DataHeader d;
+  ControlHeader c;
+  std::memcpy(static_cast<void*>(&d), data, 128);
+  std::memcpy(static_cast<void*>(&c), ctl, 32);
+  if ((dv >> 16) != kLayoutMajor || (cv >> 16) != kLayoutMajor)
+    return "segment layout version differs from this build's (2.x); recreate the topic";
+  if (d.magic != kDataMagic || c.magic != kCtlMagic) return "bad segment magic";
+  if (d.capacity < 4096 || (d.capacity & (d.capacity - 1)) || d.capacity > (uint64_t(1) << 40))
+    return "ring capacity is not a power of two in [4 KiB, 1 TiB]";
+  if (d.data_offset != kRingOffset || d.producer_offset != kProducerTableOffset ||
+      d.producer_slots != kProducerSlots)
+    return "data segment offsets differ from layout 2.0";
+  if (data_bytes < data_segment_size(d.capacity)) return "data segment shorter than its ring";
+  if (c.capacity != d.capacity) return "control and data segments disagree on the capacity";
+  if (c.slot_count == 0 || c.slot_count > kMaxSlots) return "bad cursor slot count";
+  if (ctl_bytes < control_segment_size(c.slot_count)) return "control segment shorter than its slots";
+  if (d.max_payload == 0 || d.max_payload > d.capacity / 4 ||
+      d.max_payload > uint64_t(UINT32_MAX) - 2 * kFrameHeaderSize)
+    return "bad max_payload";
+  if (d.policy > kPolicySpill) return "bad policy";
+  r.data = dh;
+  r.ring = static_cast<std::byte*>(data) + kRingOffset;
+  r.ctl = ch;
+  r.slots = reinterpret_cast<CursorSlot*>(static_cast<std::byte*>(ctl) + sizeof(ControlHeader));
+  r.producers = reinterpret_cast<ProducerSlot*>(static_cast<std::byte*>(data) + kProducerTableOffset);
+  r.capacity = d.capacity;
+  r.slot_count = c.slot_count;
+  r.producer_count = kProducerSlots;
+  r.flags = d.flags;
+  r.policy = d.policy;
+  r.max_payload = d.max_payload;
+  r.schema_id = d.schema_id;
+  r.partition = d.partition;
+  return nullptr;
+}
+
+inline uint64_t wrap_pad(uint64_t pos, uint64_t frame_len, uint64_t cap) {
+  const uint64_t off = pos & (cap - 1);
+  return (off + frame_len > cap) ? cap - off : 0;  // P3
+}
+
+// P8 (2.0): a consistent snapshot of producer slot k's claim (seqlock over the
+// claim word, SYNC(prod.claim)). False when the owner changed it meanwhile.
+inline bool read_claim(const ProducerSlot& p, uint64_t& word, uint64_t& pos, uint32_t& len) {
+  auto& ps = const_cast<ProducerSlot&>(p);
+  const uint64_t w1 = aref(ps.claim).load(std::memory_order_acquire);
+  pos = aref(ps.claim_pos).load(std::memory_order_relaxed);
+  len = aref(ps.frame_len).load(std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_acquire);
+  word = aref(ps.claim).load(std::memory_order_relaxed);
+  return w1 == word;
+}
+
+// The 16-byte CAS of {tail_pos, tail_seq}; on failure e_pos/e_tw get the current pair.
+inline bool cas_tail(const RingRefs& r, uint64_t& e_pos, uint64_t& e_tw, uint64_t n_pos, uint64_t n_tw) {
+  using u128 = unsigned __int128;
+  u128 expected = (u128(e_tw) << 64) | e_pos;
+  u128 desired = (u128(n_tw) << 64) | n_pos;
+  u128* p = reinterpret_cast<u128*>(&r.data->tail_pos);
+#if SHMBUS_TSAN && defined(__x86_64__)
+  // ThreadSanitizer emulates 128-bit atomics under a process-local lock, which
+  // is not atomic against the other processes sharing this ring (two producers
+  // then claim the same bytes). Issue the instruction ourselves and tell TSan
+  // about its ordering: it is a full barrier.
+  __tsan_release(p);
+  uint64_t lo = uint64_t(expected), hi = uint64_t(expected >> 64);
+  asm volatile("lock cmpxchg16b %0"
+               : "+m"(*p), "+a"(lo), "+d"(hi)
+               : "b"(uint64_t(desired)), "c"(uint64_t(desired >> 64))
+               : "memory", "cc");
+  __tsan_acquire(p);
+  u128 prev = (u128(hi) << 64) | lo;
+#else
+  u128 prev = __sync_val_compare_and_swap(p, expected, desired);  // full barrier
+#endif
+  if (prev == expected) return true;
+  e_pos = uint64_t(prev);
+  e_tw = uint64_t(prev >> 64);
+  return false;
+}
+
+// P8 step 3 (owner, helper or reclaimer): the claim of slot k at {pos, seq} won the
+// pending CAS. Marks it WON, then moves the tail past it. Both are CASes on this one
+// claim, so a late or repeated call changes nothing. WON is stored before the tail
+// leaves "pending k": a reclaimer that finds the tail past the claim finds WON.
+inline void complete_claim(const RingRefs& r, uint32_t k, uint64_t pos, uint64_t seq, uint32_t len) {
+  uint64_t expect = claim_word(seq, kClaimIntent);
+  aref(r.producers[k].claim)
+      .compare_exchange_strong(expect, claim_word(seq, kClaimWon), std::memory_order_seq_cst);
+  const uint64_t end = pos + wrap_pad(pos, len, r.capacity) + len;
+  uint64_t e_pos = pos, e_tw = tail_word(seq, k + 1);
+  cas_tail(r, e_pos, e_tw, end, tail_word(seq + 1, 0));
+}
+
+// Helps a pending tail {pos, tw} along (any producer that finds it, or a reclaimer).
+// Does nothing when the snapshot is stale or the owner's record does not match it.
+inline void help_pending(const RingRefs& r, uint64_t pos, uint64_t tw) {
+  const uint32_t pend = tail_pending_of(tw);
+  if (pend == 0 || pend > r.producer_count) return;
+  const uint32_t k = pend - 1;
+  uint64_t w, cpos;
+  uint32_t len;
+  if (!read_claim(r.producers[k], w, cpos, len)) return;
+  const uint64_t st = claim_state(w);
+  if ((st != kClaimIntent && st != kClaimWon) || claim_seq(w) != tail_seq_of(tw) || cpos != pos)
     return;
-  r.producers = reinterpret_cast<ProducerSlot*>(reinterpret_cast<std::byte*>(r.ctl) + off);
-  r.producer_count = uint32_t(n);
+  if (len < kFrameHeaderSize || (len & (kFrameAlign - 1)) || len > r.capacity / 2) return;  // hostile
+  complete_claim(r, k, pos, tail_seq_of(tw), len);
+}
+
+// Lowest position of an open multi-producer claim (intent recorded or won), or `none`.
+// seq_cst: a claimer stores its intent (seq_cst) before its pending CAS; a zeroer
+// reads the tail (seq_cst RMW) before this scan, so it either sees the intent or
+// read a tail <= the claim's position (P2).
+inline uint64_t min_open_claim(const RingRefs& r, uint64_t none) {
+  uint64_t m = none;
+  for (uint32_t k = 0; k < r.producer_count; ++k) {
+    ProducerSlot& p = r.producers[k];
+    if (claim_state(aref(p.claim).load(std::memory_order_seq_cst)) == kClaimIdle) continue;
+    uint64_t pos = aref(p.claim_pos).load(std::memory_order_relaxed);
+    if (pos < m) m = pos;
+  }
+  return m;
+}
+
+// P6 waker side: after a commit (release store + compiler barrier, or a seq_cst
+// exchange), wake the sleepers if any data-waiter bit is set. seq_cst loads pair
+// with the sleeper's seq_cst fetch_or and its membarrier (RingReader::wait).
+inline void notify_data_waiters(const RingRefs& r, uint32_t words) {
+  for (uint32_t i = 0; i < words; ++i) {
+    if (aref(r.ctl->data_waiter_bits[i]).load(std::memory_order_seq_cst) != 0) {
+      aref(r.data->data_futex).fetch_add(1, std::memory_order_seq_cst);
+      futex_wake_all(&r.data->data_futex);
+      return;
+    }
+  }
+}
+// P7 waker side: after a cursor release, wake producers sleeping on space.
+inline void notify_space_waiters(const RingRefs& r) {
+  // seq_cst: pairs with RingWriter::begin_space_wait.
+  if (aref(r.data->space_waiter_bits).load(std::memory_order_seq_cst) != 0) {
+    aref(r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);
+    futex_wake_all(&r.ctl->space_futex);
+  }
+}
+// Unconditional wakes, for reclaimers that just freed a cursor or padded a claim.
+inline void wake_all_space(const RingRefs& r) {
+  aref(r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);
+  futex_wake_all(&r.ctl->space_futex);
+}
+inline void wake_all_data(const RingRefs& r) {
+  aref(r.data->data_futex).fetch_add(1, std::memory_order_seq_cst);
+  futex_wake_all(&r.data->data_futex);
+}
+
+// P6 sleeper side, the one implementation (RingReader::wait, the archiver): sets
+// the caller's own data-waiter bit (not a count: a reclaimer clears the bit of a
+// sleeper that died, so nothing leaks; defect 6 of 1.x), then the heavy fence,
+// then `ready()` (a seq_cst re-check), then sleeps on data_futex.
+template <class Ready>
+inline bool sleep_for_data(const RingRefs& r, uint32_t slot_index, int64_t timeout_ns, Ready ready) {
+  uint64_t& word = r.ctl->data_waiter_bits[slot_index / 64];
+  const uint64_t bit = uint64_t(1) << (slot_index % 64);
+  aref(word).fetch_or(bit, std::memory_order_seq_cst);
+  // P6 heavy side: producers commit with a plain store + compiler barrier; the
+  // membarrier makes each running producer execute a full barrier, so either
+  // its commit is visible to the re-check below or it sees our bit.
+  const bool fenced = asym_fence_heavy();
+  const uint32_t v = aref(r.data->data_futex).load(std::memory_order_seq_cst);
+  bool ok = ready();
+  if (!ok) {
+    if (!fenced && (timeout_ns < 0 || timeout_ns > 1'000'000)) timeout_ns = 1'000'000;
+    futex_wait(&r.data->data_futex, v, timeout_ns);
+    ok = ready();
+  }
+  aref(word).fetch_and(~bit, std::memory_order_seq_cst);
+  return ok;
 }
 
 // Lowest position any live tethered subscriber still needs, or `none`.
@@ -135,44 +324,50 @@ class RingWriter {
   RingWriter() = default;
   RingWriter(const RingRefs& r, bool multi, uint32_t self_pid) { attach(r, multi, self_pid); }
 
-  void attach(const RingRefs& r, bool multi, uint32_t self_pid) {
+  // Multi-producer: returns false when every producer-table entry is taken (a
+  // multi-producer claim is always recorded, so that a reclaimer can pad it).
+  bool attach(const RingRefs& r, bool multi, uint32_t self_pid) {
     r_ = r;
     multi_ = multi;
     pid_ = self_pid;
     cap_ = r.capacity;
-    max_payload_ = uint32_t(r.data->max_payload);
+    max_payload_ = uint32_t(r.max_payload);
+    waiter_words_ = (r.slot_count + 63) / 64;
     tail_ = aref(r.data->tail_pos).load(std::memory_order_acquire);
-    seq_ = aref(r.data->tail_seq).load(std::memory_order_acquire);
+    seq_ = tail_seq_of(aref(r.data->tail_seq).load(std::memory_order_acquire));
     zero_mark_ = aref(r.data->zero_mark).load(std::memory_order_acquire);
     limit_ = 0;
     zero_chunk_ = cap_ / 8 < 16384 ? cap_ / 8 : 16384;
     if (zero_chunk_ < 64) zero_chunk_ = 64;
     prod_ = nullptr;
-    if (multi) register_producer();
+    space_bit_ = uint64_t(1) << kSpaceBitSingle;
+    return !multi || register_producer();
   }
 
-  // P8 step 0: takes a free producer-table entry so that claims are recorded. Without
-  // one (table full, 1.0 segment) the producer still works, unrecorded: a claim it
-  // leaves behind at its death cannot be padded by a reclaimer.
-  void register_producer() {
+  // P8 step 0: takes a free producer-table entry (pid 0 -> ours by CAS).
+  bool register_producer() {
     for (uint32_t i = 0; i < r_.producer_count; ++i) {
       ProducerSlot& p = r_.producers[i];
       uint32_t expect = 0;
       if (!aref(p.pid).compare_exchange_strong(expect, pid_, std::memory_order_acq_rel)) continue;
       aref(p.generation).fetch_add(1, std::memory_order_relaxed);
-      aref(p.state).store(kProdIdle, std::memory_order_release);
+      aref(p.claim).store(claim_word(0, kClaimIdle), std::memory_order_release);
       prod_ = &p;
-      return;
+      slot_ = i;
+      space_bit_ = uint64_t(1) << i;
+      return true;
     }
+    return false;
   }
   // Gives the producer-table entry back (call when no claim is open).
   void detach() {
     if (!prod_) return;
-    aref(prod_->state).store(kProdFree, std::memory_order_relaxed);
+    aref(prod_->claim).store(claim_word(0, kClaimIdle), std::memory_order_relaxed);
     aref(prod_->pid).store(0, std::memory_order_release);
     prod_ = nullptr;
   }
   bool recorded() const { return prod_ != nullptr; }
+  uint32_t producer_slot() const { return slot_; }
 
   // Single-producer takeover (the previous exclusive producer is gone): skips any
   // frame it committed without publishing the tail, then re-zeroes what it may
@@ -180,15 +375,23 @@ class RingWriter {
   void recover_sp() {
     uint64_t pos = aref(r_.data->tail_pos).load(std::memory_order_acquire);
     uint64_t seq = aref(r_.data->tail_seq).load(std::memory_order_acquire);
+    seq = tail_seq_of(seq);
     for (uint64_t n = 0; n < cap_ / 8; ++n) {
       FrameHeader* h = r_.frame_at(pos);
       uint64_t w = aref(h->commit).load(std::memory_order_acquire);
       uint32_t len = commit_length(w);
       uint64_t off = pos & (cap_ - 1);
       if (w == 0 || len < 8 || (len & 7) || off + len > cap_) break;
-      if (commit_type(w) == kFrameData && len >= kFrameHeaderSize) seq = h->sequence + 1;
+      if (commit_type(w) == kFrameData && len >= kFrameHeaderSize) {
+        const uint64_t s = aref(h->sequence).load(std::memory_order_relaxed);  // copied once
+        if (s != seq) break;  // not the frame the dead owner committed next: stop here
+        seq = s + 1;
+      }
       pos += len;
     }
+    // A dead single producer may have been asleep on space: its bit would make
+    // every release wake nobody.
+    aref(r_.data->space_waiter_bits).fetch_and(~(uint64_t(1) << kSpaceBitSingle), std::memory_order_relaxed);
     uint64_t z = aref(r_.data->zero_mark).load(std::memory_order_acquire);
     if (z < pos + 8) z = pos + 8;
     if (z > pos + cap_) z = pos + cap_;
@@ -229,29 +432,27 @@ class RingWriter {
               bool tail_clean = false) {
     uint32_t used = uint32_t(align_frame(uint64_t(kFrameHeaderSize) + payload_len));
     uint32_t flen = c.frame_len;
-    if (used < flen) {
+    if (used < flen && !multi_) {
       if (!tail_clean)
         std::memset(reinterpret_cast<std::byte*>(c.hdr) + kFrameHeaderSize + payload_len, 0,
                     flen - kFrameHeaderSize - payload_len);
-      if (!multi_) {
-        flen = used;  // single producer: nobody claimed after us, shrink to fit
-      } else {
-        // Multi-producer: give back the unused tail if nobody claimed after us.
-        uint64_t e_pos = c.end, e_seq = c.seq + 1;
-        if (cas_tail(e_pos, e_seq, c.pos + used, c.seq + 1)) flen = used;
-      }
+      // Single producer: nobody claimed after us, shrink to fit. Several: a claim
+      // never shrinks (2.0); the unused tail stays inside the frame, skipped by
+      // its length, so the reclaimer's record of the claim stays exact (P8).
+      flen = used;
     }
     FrameHeader* h = c.hdr;
     h->payload_len = payload_len;
     h->producer_id = meta.producer_id;
-    h->sequence = c.seq;
     h->timestamp_ns = meta.timestamp_ns == 0              ? monotonic_ns()
                       : meta.timestamp_ns == kNoTimestamp ? 0
                                                           : meta.timestamp_ns;
     h->message_id = meta.message_id;
     h->schema_id = meta.schema_id;
+    aref(h->sequence).store(c.seq, std::memory_order_relaxed);
     publish_commit(h, make_commit(flen, kFrameData), notify);
-    if (prod_) aref(prod_->state).store(kProdIdle, std::memory_order_release);  // P8 step 4
+    // P8 step 5: the claim is closed (IDLE is also the seqlock's "writing" state).
+    if (prod_) aref(prod_->claim).store(claim_word(c.seq, kClaimIdle), std::memory_order_release);
     if (!multi_) {
       tail_ = c.pos + flen;
       seq_ = c.seq + 1;
@@ -267,7 +468,7 @@ class RingWriter {
     // The whole claim becomes one pad: whatever the caller wrote inside it is skipped.
     uint32_t flen = c.frame_len;
     publish_commit(c.hdr, make_commit(flen, kFramePad), notify);
-    if (prod_) aref(prod_->state).store(kProdIdle, std::memory_order_release);  // P8 step 4
+    if (prod_) aref(prod_->claim).store(claim_word(c.seq, kClaimIdle), std::memory_order_release);
     if (!multi_) {
       tail_ = c.pos + flen;
       aref(r_.data->tail_pos).store(tail_, std::memory_order_release);
@@ -276,18 +477,12 @@ class RingWriter {
   }
 
   // Wakes subscribers sleeping on data (P6). Called by commit() when notify=true.
-  void notify_subscribers() {
-    // seq_cst load: pairs with the seq_cst fetch_add in RingReader::wait (P6).
-    if (aref(r_.ctl->data_waiters).load(std::memory_order_seq_cst) != 0) {
-      aref(r_.ctl->data_futex).fetch_add(1, std::memory_order_seq_cst);
-      futex_wake_all(&r_.ctl->data_futex);
-    }
-  }
+  void notify_subscribers() { notify_data_waiters(r_, waiter_words_); }
 
   // Announces that this producer will sleep on space (P7). Returns the futex value
   // to wait on; call end_space_wait() afterwards.
   uint32_t begin_space_wait() {
-    aref(r_.ctl->space_waiters).fetch_add(1, std::memory_order_seq_cst);
+    aref(r_.data->space_waiter_bits).fetch_or(space_bit_, std::memory_order_seq_cst);
     // P7 heavy side: subscribers release with a plain store + compiler barrier.
     space_fenced_ = asym_fence_heavy();
     return aref(r_.ctl->space_futex).load(std::memory_order_seq_cst);
@@ -295,7 +490,9 @@ class RingWriter {
   // False when the membarrier of the last begin_space_wait() was refused: sleep in
   // short slices then (a missed wake-up costs one slice).
   bool space_wait_fenced() const { return space_fenced_; }
-  void end_space_wait() { aref(r_.ctl->space_waiters).fetch_sub(1, std::memory_order_seq_cst); }
+  void end_space_wait() {
+    aref(r_.data->space_waiter_bits).fetch_and(~space_bit_, std::memory_order_seq_cst);
+  }
   // True if a claim of payload_max would succeed now (re-reads the cursors).
   bool space_available(uint32_t payload_max) {
     const uint64_t frame_len = align_frame(uint64_t(kFrameHeaderSize) + payload_max);
@@ -328,12 +525,21 @@ class RingWriter {
     return RingStatus::ok;
   }
 
+  // P8 (2.0) steps 1-4. Lock-free: a tail left pending by a slow or dead owner is
+  // completed by whoever finds it. Bounded: after kClaimTries the caller gets
+  // back_pressured (its policy decides: fail at once, block with its timeout).
   RingStatus claim_mp(uint64_t frame_len, Claim& c) {
-    for (;;) {
+    if (!prod_) return RingStatus::back_pressured;  // unrecorded: never claims (attach refused)
+    for (uint32_t tries = 0; tries < kClaimTries; ++tries) {
       uint64_t pos = aref(r_.data->tail_pos).load(std::memory_order_acquire);
-      uint64_t seq = aref(r_.data->tail_seq).load(std::memory_order_acquire);
-      const uint64_t off = pos & (cap_ - 1);
-      const uint64_t pad = (off + frame_len > cap_) ? cap_ - off : 0;
+      uint64_t tw = aref(r_.data->tail_seq).load(std::memory_order_acquire);
+      if (tail_pending_of(tw)) {
+        help_pending(r_, pos, tw);
+        cpu_relax();
+        continue;
+      }
+      const uint64_t seq = tail_seq_of(tw);
+      const uint64_t pad = wrap_pad(pos, frame_len, cap_);
       const uint64_t end = pos + pad + frame_len;
       // SYNC(zero_mark) acquire: the zeroing below zero_mark is visible; pairs with extend_zero_mp.
       uint64_t z = aref(r_.data->zero_mark).load(std::memory_order_acquire);
@@ -342,20 +548,21 @@ class RingWriter {
         if (s != RingStatus::ok) return s;
         continue;
       }
-      if (prod_) {
-        // P8 steps 1-2: the intent, complete before the tail CAS can succeed.
-        // SYNC(prod.intent) release; the CAS below is a full barrier as well. A
-        // reclaimer reads it only once this process is proven dead.
-        aref(prod_->claim_pos).store(pos, std::memory_order_relaxed);
-        aref(prod_->claim_seq).store(seq, std::memory_order_relaxed);
-        aref(prod_->frame_len).store(uint32_t(frame_len), std::memory_order_relaxed);
-        aref(prod_->state).store(kProdClaiming, std::memory_order_release);
-      }
-      // The 16-byte CAS both claims [pos, end) and takes sequence `seq` (P8 step 3).
-      if (!cas_tail(pos, seq, end, seq + 1)) {
-        if (prod_) aref(prod_->state).store(kProdIdle, std::memory_order_relaxed);  // lost: no claim
+      // Step 1: the intent. SYNC(prod.claim) seqlock: our claim word is IDLE (the
+      // "writing" state) while the fields change; the release fence orders that
+      // IDLE before them, the seq_cst store of INTENT publishes them.
+      std::atomic_thread_fence(std::memory_order_release);
+      aref(prod_->claim_pos).store(pos, std::memory_order_relaxed);
+      aref(prod_->frame_len).store(uint32_t(frame_len), std::memory_order_relaxed);
+      aref(prod_->claim).store(claim_word(seq, kClaimIntent), std::memory_order_seq_cst);
+      // Step 2: the pending CAS takes [pos, end) and sequence `seq` for slot_.
+      uint64_t e_pos = pos, e_tw = tail_word(seq, 0);
+      if (!cas_tail(r_, e_pos, e_tw, pos, tail_word(seq, slot_ + 1))) {
+        aref(prod_->claim).store(claim_word(seq, kClaimIdle), std::memory_order_release);
         continue;
       }
+      // Step 3: WON, then the tail moves on (a helper may have done either).
+      complete_claim(r_, slot_, pos, seq, uint32_t(frame_len));
       if (pad) {
         aref(r_.frame_at(pos)->commit)
             .store(make_commit(uint32_t(pad), kFramePad), std::memory_order_release);  // SYNC(frame.commit)
@@ -363,6 +570,7 @@ class RingWriter {
       fill_claim(c, pos + pad, end, seq, frame_len);
       return RingStatus::ok;
     }
+    return RingStatus::back_pressured;
   }
 
   void fill_claim(Claim& c, uint64_t fpos, uint64_t end, uint64_t seq, uint64_t frame_len) {
@@ -376,12 +584,16 @@ class RingWriter {
   }
 
   // Highest position a producer may write below: min(live cursors) + capacity.
+  // With several producers, open claims bound it too (2.0, defect 1 of 1.x): a claim
+  // with no tethered reader behind it is never zeroed for the next lap.
   uint64_t refresh_limit() {
     // P5: a seq_cst RMW on the tail orders our tail before the slot scan, so a
     // joiner that we miss reads a tail at least this new.
     uint64_t tail = aref(r_.data->tail_pos).fetch_add(0, std::memory_order_seq_cst);
     if (!multi_ && tail < tail_) tail = tail_;
-    limit_ = min_live_cursor(r_, tail) + cap_;
+    uint64_t m = min_live_cursor(r_, tail);
+    if (multi_) m = min_open_claim(r_, m);
+    limit_ = m + cap_;
     return limit_;
   }
 
@@ -403,14 +615,26 @@ class RingWriter {
     return true;
   }
 
-  // P2 (multi producer): one producer at a time extends zero_mark, under zero_lock.
+  // P2 (multi producer): one producer at a time extends zero_mark, under zero_lock
+  // (1 + the holder's producer slot). A holder that died is taken over once its
+  // death is proven (zeroing is idempotent); until then the caller retries, bounded
+  // by kClaimTries.
   RingStatus extend_zero_mp(uint64_t need) {
     uint32_t expect = 0;
     if (!aref(r_.data->zero_lock)
-             .compare_exchange_strong(expect, pid_, std::memory_order_acquire,
+             .compare_exchange_strong(expect, slot_ + 1, std::memory_order_acquire,
                                       std::memory_order_relaxed)) {
-      cpu_relax();  // another producer is zeroing; the caller retries
-      return RingStatus::ok;
+      if (++lock_waits_ % kLockCheckEvery != 0) {
+        cpu_relax();  // another producer is zeroing; the caller retries
+        return RingStatus::ok;
+      }
+      if (expect == 0 || expect > r_.producer_count) return RingStatus::ok;
+      if (process_alive(aref(r_.producers[expect - 1].pid).load(std::memory_order_acquire)))
+        return RingStatus::ok;
+      if (!aref(r_.data->zero_lock)
+               .compare_exchange_strong(expect, slot_ + 1, std::memory_order_acquire,
+                                        std::memory_order_relaxed))
+        return RingStatus::ok;
     }
     RingStatus result = RingStatus::ok;
     uint64_t z = aref(r_.data->zero_mark).load(std::memory_order_relaxed);
@@ -473,35 +697,15 @@ class RingWriter {
     }
   }
 
-  bool cas_tail(uint64_t& e_pos, uint64_t& e_seq, uint64_t n_pos, uint64_t n_seq) {
-    using u128 = unsigned __int128;
-    u128 expected = (u128(e_seq) << 64) | e_pos;
-    u128 desired = (u128(n_seq) << 64) | n_pos;
-    u128* p = reinterpret_cast<u128*>(&r_.data->tail_pos);
-#if SHMBUS_TSAN && defined(__x86_64__)
-    // ThreadSanitizer emulates 128-bit atomics under a process-local lock, which
-    // is not atomic against the other processes sharing this ring (two producers
-    // then claim the same bytes). Issue the instruction ourselves and tell TSan
-    // about its ordering: it is a full barrier.
-    __tsan_release(p);
-    uint64_t lo = uint64_t(expected), hi = uint64_t(expected >> 64);
-    asm volatile("lock cmpxchg16b %0"
-                 : "+m"(*p), "+a"(lo), "+d"(hi)
-                 : "b"(uint64_t(desired)), "c"(uint64_t(desired >> 64))
-                 : "memory", "cc");
-    __tsan_acquire(p);
-    u128 prev = (u128(hi) << 64) | lo;
-#else
-    u128 prev = __sync_val_compare_and_swap(p, expected, desired);  // full barrier
-#endif
-    if (prev == expected) return true;
-    e_pos = uint64_t(prev);
-    e_seq = uint64_t(prev >> 64);
-    return false;
-  }
+  static constexpr uint32_t kClaimTries = 1u << 16;
+  static constexpr uint32_t kLockCheckEvery = 4096;
 
   RingRefs r_{};
   ProducerSlot* prod_ = nullptr;  // MP: this producer's table entry (P8), or null
+  uint32_t slot_ = 0;             // MP: its index
+  uint64_t space_bit_ = 0;        // P7: our bit in space_waiter_bits
+  uint32_t waiter_words_ = 1;     // P6: words of data_waiter_bits in use
+  uint32_t lock_waits_ = 0;
   bool multi_ = false;
   uint32_t pid_ = 0;
   uint32_t max_payload_ = 0;
@@ -602,9 +806,17 @@ class RingReader {
       check_below_ = 0;
       aref(s.generation).fetch_add(1, std::memory_order_relaxed);
       aref(s.heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
+      const bool was_tethered = aref(s.flags).load(std::memory_order_relaxed) & kSlotTethered;
       aref(s.flags).store(tethered ? kSlotTethered : 0u, std::memory_order_seq_cst);
       // SYNC(cursor) acquire: the position the previous owner released (P4).
       read_pos_ = released_ = aref(s.position).load(std::memory_order_acquire);
+      if (tethered && !was_tethered) {
+        // A parked untethered slot held nobody back: its position may be lapped
+        // already (defect 4 of 1.x). Check every frame from it like an untethered
+        // reader (P9) until the tail seen now (the seq_cst flags store above is
+        // the P5 join edge for producers from here on).
+        check_below_ = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
+      }
       return Resume::resumed;
     }
     return Resume::none;
@@ -720,25 +932,15 @@ class RingReader {
 
   // Rewinds the read position to the last release (e.g. a view handed back unread).
   void rewind() { read_pos_ = released_; }
+  // Moves the read position (an untethered reader handing over from a log to the
+  // ring); nothing is released.
+  void seek(uint64_t pos) { read_pos_ = pos; }
 
   // P6: sleep until the commit word at the read position changes or timeout.
   // Returns true if data may be available.
   bool wait(int64_t timeout_ns) {
     if (has_data()) return true;
-    aref(r_.ctl->data_waiters).fetch_add(1, std::memory_order_seq_cst);
-    // P6 heavy side: producers commit with a plain store + compiler barrier; the
-    // membarrier makes each running producer execute a full barrier, so either
-    // its commit is visible to the re-check below or it sees data_waiters != 0.
-    const bool fenced = asym_fence_heavy();
-    uint32_t v = aref(r_.ctl->data_futex).load(std::memory_order_seq_cst);
-    bool ready = has_data_sc();
-    if (!ready) {
-      if (!fenced && (timeout_ns < 0 || timeout_ns > 1'000'000)) timeout_ns = 1'000'000;
-      futex_wait(&r_.ctl->data_futex, v, timeout_ns);
-      ready = has_data();
-    }
-    aref(r_.ctl->data_waiters).fetch_sub(1, std::memory_order_seq_cst);
-    return ready;
+    return sleep_for_data(r_, slot_index_, timeout_ns, [this] { return has_data_sc(); });
   }
 
   // True when poll() has something to say: a frame, or (checked readers) a lap.
@@ -758,13 +960,7 @@ class RingReader {
     return aref(const_cast<FrameHeader*>(h)->commit).load(std::memory_order_seq_cst) != 0 ||
            (checked(read_pos_) && lapped_at(read_pos_));
   }
-  void wake_producers() {
-    // seq_cst: pairs with begin_space_wait (P7).
-    if (aref(r_.ctl->space_waiters).load(std::memory_order_seq_cst) != 0) {
-      aref(r_.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);
-      futex_wake_all(&r_.ctl->space_futex);
-    }
-  }
+  void wake_producers() { notify_space_waiters(r_); }
 
   RingRefs r_{};
   CursorSlot* slot_ = nullptr;
@@ -793,7 +989,9 @@ inline void init_segments(DataHeader* d, ControlHeader* c, uint64_t capacity, ui
   d->magic = kDataMagic;
   d->flags = flags;
   d->capacity = capacity;
-  d->data_offset = sizeof(DataHeader);
+  d->data_offset = kRingOffset;
+  d->producer_offset = kProducerTableOffset;
+  d->producer_slots = kProducerSlots;
   d->schema_id = schema_id;
   d->policy = policy;
   d->partition = partition;
@@ -806,8 +1004,6 @@ inline void init_segments(DataHeader* d, ControlHeader* c, uint64_t capacity, ui
   c->magic = kCtlMagic;
   c->slot_count = slots;
   c->capacity = capacity;
-  c->producer_slots = kProducerSlots;
-  c->producer_offset = sizeof(ControlHeader) + uint64_t(slots) * sizeof(CursorSlot);
   aref(c->layout_version).store(kLayoutVersion, std::memory_order_release);  // SYNC(ctl.ready)
   aref(d->layout_version).store(kLayoutVersion, std::memory_order_release);  // SYNC(data.ready)
 }

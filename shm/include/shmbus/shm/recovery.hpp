@@ -1,0 +1,116 @@
+// Recovery procedures: what is done to a ring when a participant has died. The
+// daemon's reaper, a blocked publisher in direct mode and the archiver only decide
+// WHEN to call them (once they have proven a death); WHAT is done lives here, once.
+//
+// The caller proves death from its own record: the daemon from the pid it got over
+// the socket (SO_PEERCRED) and its pidfd, a direct-mode peer with process_alive().
+// A pid read from shared memory is only ever a hint to check that way.
+#pragma once
+
+#include "shmbus/shm/ring.hpp"
+
+namespace shmbus::shm {
+
+enum class ClaimRecovery : uint8_t {
+  none,    // the dead producer had no claim that won (nothing to do)
+  padded,  // its won, uncommitted claim is now padding (readers move on)
+  done,    // its won claim was already committed or padded
+};
+
+// P8 reclaimer side (2.0) for producer slot k whose owner `dead_pid` is dead:
+//  a. a tail left pending by k is completed (the claim becomes WON, the tail moves on);
+//  b. a WON claim is padded: CAS 0 -> PAD at the wrap pad and at the frame, exactly
+//     the recorded length (claims never shrink), so a committed frame is never hit;
+//     an INTENT claim never won (the tail is not pending k, and WON would have been
+//     stored before the tail left pending k): nothing to pad;
+//  c. the slot's zero lock, space-waiter bit and table entry are freed.
+// The bytes of a WON claim cannot have been re-zeroed for the next lap: open claims
+// bound every producer's limit (min_open_claim).
+inline ClaimRecovery recover_dead_producer(const RingRefs& r, uint32_t k, uint32_t dead_pid) {
+  if (k >= r.producer_count) return ClaimRecovery::none;
+  ProducerSlot& p = r.producers[k];
+  if (aref(p.pid).load(std::memory_order_acquire) != dead_pid || dead_pid == 0) return ClaimRecovery::none;
+  // a. A pending tail of ours: complete it (as any producer would).
+  for (int i = 0; i < 4; ++i) {
+    uint64_t pos = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
+    uint64_t tw = aref(r.data->tail_seq).load(std::memory_order_seq_cst);
+    if (tail_pending_of(tw) != k + 1) break;
+    help_pending(r, pos, tw);
+  }
+  // The owner is dead: its record is stable, read it once.
+  uint64_t w, pos;
+  uint32_t len;
+  ClaimRecovery out = ClaimRecovery::none;
+  if (read_claim(p, w, pos, len) && claim_state(w) == kClaimWon && len >= kFrameHeaderSize &&
+      !(len & (kFrameAlign - 1)) && len <= r.capacity / 2) {
+    const uint64_t pad = wrap_pad(pos, len, r.capacity);
+    out = ClaimRecovery::done;
+    uint64_t zero = 0;
+    if (pad)
+      aref(r.frame_at(pos)->commit)
+          .compare_exchange_strong(zero, make_commit(uint32_t(pad), kFramePad),
+                                   std::memory_order_release);  // SYNC(frame.commit)
+    zero = 0;
+    if (aref(r.frame_at(pos + pad)->commit)
+            .compare_exchange_strong(zero, make_commit(len, kFramePad),
+                                     std::memory_order_seq_cst)) {  // SYNC(frame.commit)
+      aref(p.fills).fetch_add(1, std::memory_order_relaxed);
+      out = ClaimRecovery::padded;
+    }
+  }
+  // c. Free what the slot held. The claim goes IDLE first (min_open_claim stops
+  // counting it only once its frame is committed or padded).
+  aref(p.claim).store(claim_word(claim_seq(w), kClaimIdle), std::memory_order_seq_cst);
+  uint32_t lock = k + 1;
+  aref(r.data->zero_lock).compare_exchange_strong(lock, 0, std::memory_order_release);
+  aref(r.data->space_waiter_bits).fetch_and(~(uint64_t(1) << k), std::memory_order_seq_cst);
+  uint32_t owner = dead_pid;
+  aref(p.pid).compare_exchange_strong(owner, 0, std::memory_order_release);
+  if (out == ClaimRecovery::padded) wake_all_data(r);
+  return out;
+}
+
+// A dead single producer: its partition is free for the next one (which runs
+// RingWriter::recover_sp), and its space-waiter bit is cleared.
+inline bool release_dead_single_producer(const RingRefs& r, uint32_t dead_pid) {
+  uint32_t owner = dead_pid;
+  if (dead_pid == 0 ||
+      !aref(r.data->producer_pid).compare_exchange_strong(owner, 0, std::memory_order_acq_rel))
+    return false;
+  aref(r.data->space_waiter_bits)
+      .fetch_and(~(uint64_t(1) << kSpaceBitSingle), std::memory_order_seq_cst);
+  return true;
+}
+
+enum class CursorRecovery : uint8_t { none, freed, parked };
+
+// Cursor slot i whose owner `dead_pid` is dead: a named (durable) slot is parked
+// (P11: pid 0, keeps its position), any other slot is freed. Its data-waiter bit is
+// cleared either way (a dead sleeper must not cost every commit a wake-up), and
+// producers blocked on it are woken. `park_names` false frees named slots too;
+// `keep_name` is a name never parked (the archiver's own).
+inline CursorRecovery recover_dead_cursor(const RingRefs& r, uint32_t i, uint32_t dead_pid,
+                                          bool park_names = true, uint64_t keep_name = 0) {
+  if (i >= r.slot_count || dead_pid == 0) return CursorRecovery::none;
+  CursorSlot& s = r.slots[i];
+  if (aref(s.pid).load(std::memory_order_acquire) != dead_pid) return CursorRecovery::none;
+  uint32_t st = aref(s.state).load(std::memory_order_acquire);
+  if (st != kSlotActive && st != kSlotJoining) return CursorRecovery::none;
+  aref(r.ctl->data_waiter_bits[i / 64]).fetch_and(~(uint64_t(1) << (i % 64)), std::memory_order_seq_cst);
+  const uint64_t nh = aref(s.name_hash).load(std::memory_order_relaxed);
+  if (park_names && st == kSlotActive && nh != 0 && nh != keep_name) {
+    aref(s.heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
+    uint32_t owner = dead_pid;
+    // The CAS on pid makes parking exclusive with a resumer's takeover (P11).
+    if (aref(s.pid).compare_exchange_strong(owner, 0, std::memory_order_acq_rel))
+      return CursorRecovery::parked;
+    return CursorRecovery::none;
+  }
+  // The owner is dead: nobody else writes this slot (a joiner only takes FREE).
+  if (!aref(s.state).compare_exchange_strong(st, kSlotFree, std::memory_order_acq_rel))
+    return CursorRecovery::none;
+  wake_all_space(r);
+  return CursorRecovery::freed;
+}
+
+}  // namespace shmbus::shm

@@ -1,0 +1,337 @@
+// Regression tests for the defects of layout 1.x (issue "ring protocol v2"), each
+// replayed step by step on a ring in a heap buffer: no fork of a producer, no
+// daemon, claims left half-done on purpose. A dead producer or subscriber is a
+// real pid that has exited (a child that was reaped), so recovery proves its death
+// with the same pidfd test it uses in production.
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "shmbus/shm/recovery.hpp"
+
+using namespace shmbus::shm;
+
+namespace {
+
+struct HeapRing {
+  uint64_t cap;
+  uint32_t slots;
+  std::unique_ptr<std::byte[]> data, ctl;
+  size_t dbytes, cbytes;
+  RingRefs r;
+  HeapRing(uint64_t capacity, bool multi, uint32_t nslots = 8)
+      : cap(capacity), slots(nslots), dbytes(data_segment_size(capacity)),
+        cbytes(control_segment_size(nslots)) {
+    // 64-byte alignment (the 16-byte tail CAS needs 16).
+    data.reset(new (std::align_val_t(64)) std::byte[dbytes]());
+    ctl.reset(new (std::align_val_t(64)) std::byte[cbytes]());
+    init_segments(reinterpret_cast<DataHeader*>(data.get()), reinterpret_cast<ControlHeader*>(ctl.get()),
+                  capacity, nslots, multi ? kFlagMultiProducer : 0, kPolicyFail, 0, 0, capacity / 4, 1);
+    REQUIRE(bind_ring(data.get(), dbytes, ctl.get(), cbytes, r) == nullptr);
+  }
+  uint64_t tail() const { return aref(r.data->tail_pos).load(); }
+  uint64_t commit_at(uint64_t pos) const { return aref(r.frame_at(pos)->commit).load(); }
+};
+
+// A pid that existed and is now gone for good (reaped).
+uint32_t dead_pid() {
+  pid_t c = fork();
+  if (c == 0) _exit(0);
+  int st;
+  waitpid(c, &st, 0);
+  return uint32_t(c);
+}
+
+// Registers producer-table slot k for `pid` without a RingWriter (a producer that
+// will die at a chosen step).
+ProducerSlot& fake_producer(const RingRefs& r, uint32_t k, uint32_t pid) {
+  ProducerSlot& p = r.producers[k];
+  aref(p.pid).store(pid);
+  aref(p.claim).store(claim_word(0, kClaimIdle));
+  return p;
+}
+
+// Step 1 of a multi-producer claim for slot k at the current tail (the intent).
+void record_intent(const RingRefs& r, uint32_t k, uint64_t pos, uint64_t seq, uint32_t len) {
+  ProducerSlot& p = r.producers[k];
+  aref(p.claim_pos).store(pos);
+  aref(p.frame_len).store(len);
+  aref(p.claim).store(claim_word(seq, kClaimIntent));
+}
+
+uint32_t flen(uint32_t payload) { return uint32_t(align_frame(kFrameHeaderSize + payload)); }
+
+}  // namespace
+
+TEST_CASE("layout 2.0 is pinned and a 1.x segment is refused") {
+  CHECK(sizeof(DataHeader) == 384);
+  CHECK(sizeof(ControlHeader) == 384);
+  CHECK(sizeof(ProducerSlot) == 128);
+  CHECK(kLayoutMajor == 2);
+  HeapRing h(4096, true);
+  CHECK(h.r.producers == reinterpret_cast<ProducerSlot*>(h.data.get() + kProducerTableOffset));
+  CHECK(h.r.ring == h.data.get() + kRingOffset);
+  RingRefs r2;
+  auto* d = reinterpret_cast<DataHeader*>(h.data.get());
+  d->layout_version = (1u << 16) | 2;
+  const char* why = bind_ring(h.data.get(), h.dbytes, h.ctl.get(), h.cbytes, r2);
+  REQUIRE(why != nullptr);
+  CHECK(std::string(why).find("layout version") != std::string::npos);
+}
+
+// Defect 7: the opener validated header fields, then read them again from shared
+// memory; a peer flipping slot_count in between made it read out of bounds.
+TEST_CASE("bind_ring uses its validated copy: later header writes cannot move the bounds") {
+  HeapRing h(8192, false, 4);
+  auto* c = reinterpret_cast<ControlHeader*>(h.ctl.get());
+  auto* d = reinterpret_cast<DataHeader*>(h.data.get());
+  c->slot_count = 4000;      // a hostile peer, after the bind
+  d->capacity = 1ull << 30;
+  d->max_payload = 1ull << 29;
+  CHECK(h.r.slot_count == 4);
+  CHECK(h.r.capacity == 8192);
+  CHECK(h.r.max_payload == 2048);
+  RingWriter w;
+  REQUIRE(w.attach(h.r, false, uint32_t(getpid())));
+  CHECK(w.max_payload() == 2048);
+  RingRefs r2;  // and a fresh bind of the hostile header is refused, not trusted
+  CHECK(bind_ring(h.data.get(), h.dbytes, h.ctl.get(), h.cbytes, r2) != nullptr);
+}
+
+// Defect 1: the space limit ignored other producers' open claims, so with only
+// untethered readers (or none) a held claim was zeroed and handed out one lap later.
+TEST_CASE("an open multi-producer claim is never reused a lap later, with no tethered reader") {
+  HeapRing h(4096, true);
+  RingWriter a, b;
+  REQUIRE(a.attach(h.r, true, uint32_t(getpid())));
+  REQUIRE(b.attach(h.r, true, uint32_t(getpid())));
+  Claim ca;
+  REQUIRE(a.try_claim(200, ca) == RingStatus::ok);
+  std::memset(ca.payload, 0xAB, 200);
+  // B publishes far more than a lap while A's claim stays open.
+  uint64_t published = 0;
+  FrameMeta meta;
+  for (int i = 0; i < 200; ++i) {
+    Claim cb;
+    RingStatus s = b.try_claim(100, cb);
+    if (s != RingStatus::ok) {
+      CHECK(s == RingStatus::back_pressured);
+      break;
+    }
+    std::memset(cb.payload, 0x11, 100);
+    b.commit(cb, 100, meta);
+    ++published;
+  }
+  CHECK(published > 0);
+  CHECK(published < 200);  // held back by A's open claim, not by a cursor
+  CHECK(h.tail() <= ca.pos + h.cap);
+  for (int k = 0; k < 200; ++k) REQUIRE(uint8_t(ca.payload[k]) == 0xAB);
+  a.commit(ca, 200, meta);
+  // A reader from position 0 sees A's frame intact, then B's.
+  RingReader rd;
+  REQUIRE(rd.join(h.r, uint32_t(getpid()), false, 0, 0));
+  FrameView v;
+  REQUIRE(rd.poll(v) == RingStatus::ok);
+  CHECK(v.hdr->sequence == 1);
+  CHECK(v.payload_len == 200);
+  CHECK(uint8_t(v.payload[199]) == 0xAB);
+}
+
+// Defect 2: a multi-producer commit gave back its unused tail by a tail CAS before
+// publishing its commit word; a producer killed in between left a hole.
+TEST_CASE("a multi-producer claim never shrinks: the frame keeps its claimed length") {
+  HeapRing h(8192, true);
+  RingWriter a;
+  REQUIRE(a.attach(h.r, true, uint32_t(getpid())));
+  Claim c;
+  REQUIRE(a.try_claim(1000, c) == RingStatus::ok);
+  const uint64_t end = c.end;
+  CHECK(h.tail() == end);
+  a.commit(c, 10, FrameMeta{});
+  CHECK(h.tail() == end);  // nothing given back
+  CHECK(commit_length(h.commit_at(0)) == flen(1000));
+  RingReader rd;
+  REQUIRE(rd.join(h.r, uint32_t(getpid()), false, 0, 0));
+  FrameView v;
+  REQUIRE(rd.poll(v) == RingStatus::ok);
+  CHECK(v.payload_len == 10);
+  CHECK(v.next == end);
+}
+
+// Defect 3: the reclaimer took tail_seq > claim_seq as proof that a dead producer's
+// CAS happened, and padded a live producer's open claim.
+TEST_CASE("a dead producer that recorded its intent but lost the CAS: nothing is padded") {
+  HeapRing h(8192, true);
+  const uint32_t dead = dead_pid();
+  RingWriter live;
+  REQUIRE(live.attach(h.r, true, uint32_t(getpid())));
+  fake_producer(h.r, 5, dead);
+  // The dead producer read the tail {0, 1} and recorded its intent, then died
+  // before its CAS; the live producer claims the same position and wins.
+  record_intent(h.r, 5, 0, 1, flen(64));
+  Claim c;
+  REQUIRE(live.try_claim(300, c) == RingStatus::ok);
+  REQUIRE(c.pos == 0);
+  CHECK(recover_dead_producer(h.r, 5, dead) == ClaimRecovery::none);
+  CHECK(h.commit_at(0) == 0);  // the live claim is untouched
+  CHECK(aref(h.r.producers[5].pid).load() == 0);
+  live.commit(c, 300, FrameMeta{.message_id = 77});
+  RingReader rd;
+  REQUIRE(rd.join(h.r, uint32_t(getpid()), false, 0, 0));
+  FrameView v;
+  REQUIRE(rd.poll(v) == RingStatus::ok);
+  CHECK(v.hdr->message_id == 77);
+  CHECK(v.payload_len == 300);
+}
+
+TEST_CASE("a producer that died right after its pending CAS: completed, then padded exactly") {
+  HeapRing h(8192, true);
+  const uint32_t dead = dead_pid();
+  fake_producer(h.r, 3, dead);
+  record_intent(h.r, 3, 0, 1, flen(500));
+  uint64_t e_pos = 0, e_tw = tail_word(1, 0);
+  REQUIRE(cas_tail(h.r, e_pos, e_tw, 0, tail_word(1, 3 + 1)));  // step 2, then death
+  // Another producer finds the pending tail: it completes it and claims after it.
+  RingWriter live;
+  REQUIRE(live.attach(h.r, true, uint32_t(getpid())));
+  Claim c;
+  REQUIRE(live.try_claim(100, c) == RingStatus::ok);
+  CHECK(c.pos == flen(500));
+  CHECK(c.seq == 2);
+  live.commit(c, 100, FrameMeta{.message_id = 9});
+  CHECK(recover_dead_producer(h.r, 3, dead) == ClaimRecovery::padded);
+  CHECK(h.commit_at(0) == make_commit(flen(500), kFramePad));
+  CHECK(recover_dead_producer(h.r, 3, dead) == ClaimRecovery::none);  // exactly once
+  RingReader rd;
+  REQUIRE(rd.join(h.r, uint32_t(getpid()), false, 0, 0));
+  FrameView v;
+  REQUIRE(rd.poll(v) == RingStatus::ok);
+  CHECK(v.hdr->message_id == 9);
+  CHECK(v.hdr->sequence == 2);
+}
+
+TEST_CASE("a dead producer's pending tail is completed by the reclaimer alone") {
+  HeapRing h(8192, true);
+  const uint32_t dead = dead_pid();
+  fake_producer(h.r, 0, dead);
+  record_intent(h.r, 0, 0, 1, flen(64));
+  uint64_t e_pos = 0, e_tw = tail_word(1, 0);
+  REQUIRE(cas_tail(h.r, e_pos, e_tw, 0, tail_word(1, 1)));
+  CHECK(recover_dead_producer(h.r, 0, dead) == ClaimRecovery::padded);
+  CHECK(h.tail() == flen(64));
+  CHECK(tail_seq_of(aref(h.r.data->tail_seq).load()) == 2);
+  CHECK(tail_pending_of(aref(h.r.data->tail_seq).load()) == 0);
+}
+
+TEST_CASE("a dead producer's committed frame is never padded over") {
+  HeapRing h(8192, true);
+  const uint32_t dead = dead_pid();
+  RingWriter w;
+  REQUIRE(w.attach(h.r, true, dead));  // it registers under the pid that will be dead
+  Claim c;
+  REQUIRE(w.try_claim(64, c) == RingStatus::ok);
+  std::memcpy(c.payload, "committed", 9);
+  // Commit word published, then "death" before the claim went IDLE: put WON back.
+  const uint64_t seq = c.seq;
+  w.commit(c, 9, FrameMeta{});
+  aref(h.r.producers[w.producer_slot()].claim).store(claim_word(seq, kClaimWon));
+  CHECK(recover_dead_producer(h.r, w.producer_slot(), dead) == ClaimRecovery::done);
+  CHECK(commit_type(h.commit_at(0)) == kFrameData);
+}
+
+// Defect 5: a producer that died holding zero_lock made every other producer spin
+// forever in try_claim, whatever its policy.
+TEST_CASE("a dead zero-lock holder is taken over; a live one makes claims back-pressured, not stuck") {
+  HeapRing h(4096, true);
+  const uint32_t dead = dead_pid();
+  fake_producer(h.r, 7, dead);
+  RingWriter w;
+  REQUIRE(w.attach(h.r, true, uint32_t(getpid())));
+  // Fill the zeroed region so that the next claim must extend zero_mark.
+  aref(h.r.data->zero_mark).store(h.cap);  // (already: a fresh ring is all zero)
+  FrameMeta meta;
+  RingReader rd;  // a tethered reader that keeps up
+  REQUIRE(rd.join(h.r, uint32_t(getpid()), true));
+  for (int i = 0; i < 40; ++i) {
+    Claim c;
+    aref(h.r.data->zero_lock).store(7 + 1);  // held by the dead producer
+    RingStatus s = w.try_claim(200, c);
+    REQUIRE(s == RingStatus::ok);
+    w.commit(c, 200, meta);
+    FrameView v;
+    while (rd.poll(v) == RingStatus::ok) {
+    }
+    rd.release_all();
+  }
+  CHECK(aref(h.r.data->zero_mark).load() > h.cap);  // it did extend, past the dead holder
+  // A live holder (this process, another slot): bounded, then back_pressured.
+  fake_producer(h.r, 9, uint32_t(getpid()));
+  aref(h.r.data->zero_lock).store(9 + 1);
+  RingStatus s = RingStatus::ok;
+  for (int i = 0; i < 100 && s == RingStatus::ok; ++i) {
+    Claim c;
+    s = w.try_claim(1000, c);
+    if (s == RingStatus::ok) w.commit(c, 1000, meta);
+    FrameView v;
+    while (rd.poll(v) == RingStatus::ok) {
+    }
+    rd.release_all();
+  }
+  CHECK(s == RingStatus::back_pressured);
+}
+
+// Defect 6: the waiter count leaked when a sleeper was killed; every later commit
+// paid a futex wake.
+TEST_CASE("a dead sleeper's waiter bit is cleared by recovery, so commits stop waking") {
+  HeapRing h(8192, false);
+  const uint32_t dead = dead_pid();
+  RingReader rd;
+  REQUIRE(rd.join(h.r, dead, true));
+  const uint32_t i = rd.slot_index();
+  // The sleeper set its bit and died in futex_wait.
+  aref(h.r.ctl->data_waiter_bits[i / 64]).fetch_or(uint64_t(1) << (i % 64));
+  RingWriter w;
+  REQUIRE(w.attach(h.r, false, uint32_t(getpid())));
+  FrameMeta meta;
+  Claim c;
+  REQUIRE(w.try_claim(8, c) == RingStatus::ok);
+  const uint32_t f0 = aref(h.r.data->data_futex).load();
+  w.commit(c, 8, meta);
+  CHECK(aref(h.r.data->data_futex).load() == f0 + 1);  // a wake while the bit is set
+  CHECK(recover_dead_cursor(h.r, i, dead) == CursorRecovery::freed);
+  CHECK(aref(h.r.ctl->data_waiter_bits[0]).load() == 0);
+  REQUIRE(w.try_claim(8, c) == RingStatus::ok);
+  w.commit(c, 8, meta);
+  CHECK(aref(h.r.data->data_futex).load() == f0 + 1);  // no more wakes
+}
+
+// Defect 4: resuming a parked untethered named slot as tethered re-tethered a
+// position that may already be lapped, with no check: the reader saw corrupt.
+TEST_CASE("a parked untethered slot resumed as tethered reports lapped, not corrupt") {
+  HeapRing h(4096, false);
+  const uint64_t name = 0x1234;
+  {
+    RingReader rd;
+    REQUIRE(rd.join(h.r, uint32_t(getpid()), false, name));
+    rd.park();
+  }
+  RingWriter w;
+  REQUIRE(w.attach(h.r, false, uint32_t(getpid())));
+  FrameMeta meta;
+  for (int i = 0; i < 100; ++i) {  // several laps of 4 KiB
+    Claim c;
+    REQUIRE(w.try_claim(200, c) == RingStatus::ok);
+    std::memset(c.payload, 0x5A, 200);
+    w.commit(c, 200, meta);
+  }
+  RingReader rd;
+  uint32_t owner = 0;
+  REQUIRE(rd.resume(h.r, uint32_t(getpid()), true, name, owner) == RingReader::Resume::resumed);
+  FrameView v;
+  CHECK(rd.poll(v) == RingStatus::lapped);
+}
