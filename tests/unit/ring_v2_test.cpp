@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -21,15 +22,23 @@ namespace {
 struct HeapRing {
   uint64_t cap;
   uint32_t slots;
-  std::unique_ptr<std::byte[]> data, ctl;
+  struct Free {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  std::unique_ptr<std::byte[], Free> data, ctl;
+  static std::byte* zalloc(size_t n) {
+    auto* p = static_cast<std::byte*>(std::aligned_alloc(64, (n + 63) / 64 * 64));
+    std::memset(p, 0, n);
+    return p;
+  }
   size_t dbytes, cbytes;
   RingRefs r;
   HeapRing(uint64_t capacity, bool multi, uint32_t nslots = 8)
       : cap(capacity), slots(nslots), dbytes(data_segment_size(capacity)),
         cbytes(control_segment_size(nslots)) {
     // 64-byte alignment (the 16-byte tail CAS needs 16).
-    data.reset(new (std::align_val_t(64)) std::byte[dbytes]());
-    ctl.reset(new (std::align_val_t(64)) std::byte[cbytes]());
+    data.reset(zalloc(dbytes));
+    ctl.reset(zalloc(cbytes));
     init_segments(reinterpret_cast<DataHeader*>(data.get()), reinterpret_cast<ControlHeader*>(ctl.get()),
                   capacity, nslots, multi ? kFlagMultiProducer : 0, kPolicyFail, 0, 0, capacity / 4, 1);
     REQUIRE(bind_ring(data.get(), dbytes, ctl.get(), cbytes, r) == nullptr);
