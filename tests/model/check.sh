@@ -128,6 +128,8 @@ run ring-v2-no-livelock     ring.pml pass-np -DNMSG=1
 # HELP without its hazard (v2.md's wording): a stale helper writes into the next lap
 run ring-help-no-hazard     ring.pml fail:glap  -DASWRITTEN -DNMSG=2 -DMAXDIE=0
 # v1 defect 1: LIMIT ignores open claims -> zeroing hits an open claim
+# untethered reader without the P9 re-check: a torn frame (the configurations do lap it)
+run ring-untethered-no-lapcheck ring.pml "fail:violated ok" -DNOLAPCHECK -DNTETH=0 -DNUNTETH=1 -DNMSG=1 -DNMSG0=2 -DMAXDIE=0
 run ring-v1-defect1         ring.pml fail:g_open -DDEFECT1 -DNTETH=0 -DNUNTETH=1 -DNMSG=1 -DNMSG0=2 -DMAXDIE=0
 # v1 defect 2: give-back before the commit word, death -> the pad covers another frame
 run ring-v1-defect2         ring.pml fail:g_hi   -DDEFECT2 -DNMSG=1

@@ -24,6 +24,8 @@
  *   DEFECT3  v1 reaper: tail_seq > claim_seq taken as proof of the CAS (FAIL)
  *   ASWRITTEN HELP(j) exactly as v2.md words it, without the hazard of HELP step h1
  *             (expected to FAIL: see docs/model-checking.md, "finding")
+ *   NOLAPCHECK untethered readers skip the P9 re-check (expected to FAIL: shows the
+ *             untethered configurations do lap the reader)
  */
 
 #ifndef CAP
@@ -426,7 +428,9 @@ proctype ureader() {
      :: else -> skip
      fi;
      if
+#ifndef NOLAPCHECK
      :: atomic { zero_intent > rp + CAP -> rp = tail_pos; exp = tail_seq }   /* lapped */
+#endif
      :: else ->
         if
         :: t == DATA || t == PAD ->
