@@ -87,17 +87,13 @@ int main(int argc, char** argv) {
     return 2;
 #endif
   }
-  // The daemon holds three fds per partition: as many as the kernel lets it (root
-  // may raise the hard limit; EMFILE at accept is handled either way).
+  // Connections cost an fd each: raise the soft limit to the hard one (EMFILE at
+  // accept is handled either way, see ControlServer::accept_all).
   {
     rlimit rl{};
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-      rlimit want = rl;
-      want.rlim_cur = want.rlim_max = std::max<rlim_t>(rl.rlim_max, 1 << 20);
-      if (setrlimit(RLIMIT_NOFILE, &want) != 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-      }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &rl);
     }
   }
   try {

@@ -74,9 +74,14 @@ struct Shmbusd {
     for (auto& f : shm_files(prefix)) unlink(("/dev/shm/" + f).c_str());
   }
   // true: READY; false: exited (see stderr()) or watchdog.
+  std::vector<std::string> wrapper;  // e.g. prlimit ... --
   bool start(std::vector<std::string> args, const SecondUser* as = nullptr,
              std::vector<std::string> env = {}) {
-    args.insert(args.begin(), daemon_path());
+    // SHMBUS_HOSTILE_DAEMON: run these attacks against another shmbusd binary (an
+    // older build shows which of them it fails).
+    const char* other = getenv("SHMBUS_HOSTILE_DAEMON");
+    args.insert(args.begin(), other && *other ? std::string(other) : daemon_path());
+    args.insert(args.begin(), wrapper.begin(), wrapper.end());
     args.insert(args.end(), {"--shm-prefix", prefix, "--log-level", "info"});
     env.push_back("NOTIFY_SOCKET=" + notify);
     proc = spawn(as ? as->as(args) : args, err, env);
@@ -565,4 +570,45 @@ TEST_CASE("direct mode: a segment another user planted under our name is never a
   }
   bus.remove_topic("d.modes");
   bus.remove_topic("d.open");
+}
+
+TEST_CASE("robustness: out of fds at accept, connections are refused without a busy loop or a log flood",
+          "[security][robustness]") {
+  if (access("/usr/bin/prlimit", X_OK) != 0) {
+    WARN("skipped: no prlimit");
+    return;
+  }
+  RootDaemon rd;
+  rd.d.wrapper = {"/usr/bin/prlimit", "--nofile=40:40", "--"};
+  REQUIRE(rd.start());
+  // Far more connections than the daemon has fds; each says hello.
+  std::vector<int> fds;
+  for (int i = 0; i < 120; ++i) {
+    int fd = raw_connect(rd.sock);
+    if (fd >= 0) fds.push_back(fd);
+  }
+  capnp::MallocMessageBuilder mb;
+  auto r = mb.initRoot<proto::Request>();
+  r.setVersion(proto::PROTOCOL_VERSION);
+  r.setId(1);
+  r.setHello();
+  const auto hello = control::encode_frame(mb);
+  int served = 0, refused = 0;
+  for (int fd : fds) {
+    if (control::send_packet(fd, hello) == 0 && reply_code(fd) == 0) ++served;
+    else ++refused;
+  }
+  INFO("served " << served << ", refused " << refused);
+  CHECK(served > 0);
+  CHECK(refused > 0);
+  for (int fd : fds) close(fd);
+  CHECK(serving(rd.sock));  // fds came back: the daemon serves again
+  CHECK(rd.d.stop());
+  std::string log = rd.d.stderr_text();
+  size_t lines = 0;
+  for (size_t p = log.find("\"accept_failed\""); p != std::string::npos; p = log.find("\"accept_failed\"", p + 1))
+    ++lines;
+  INFO(log.substr(0, 2000));
+  CHECK(lines >= 1);
+  CHECK(lines <= 40);  // at most 10 a second (plus the suppressed counts)
 }
