@@ -94,6 +94,14 @@ static uint64_t topic_bytes(const TopicSettings& t) {
   return uint64_t(t.partitions) * (shm::data_segment_size(t.capacity) + shm::control_segment_size(t.slots));
 }
 
+// A durable topic's worst-case log disk: retention deletes whole segments, so one
+// segment per partition more than the retention.
+static uint64_t log_bytes(const TopicSettings& t) {
+  if (!t.is_durable()) return 0;
+  const uint64_t seg = t.segment_bytes ? t.segment_bytes : (64ull << 20);
+  return uint64_t(t.partitions) * (t.retention_bytes + seg);
+}
+
 // Bounds (every uid) and per-uid quotas (not root, not the daemon's uid) for a new
 // topic; false with the reason when it is refused.
 bool Registry::admit(const Peer& peer, const TopicSettings& t, std::string& why) const {
@@ -113,6 +121,22 @@ bool Registry::admit(const Peer& peer, const TopicSettings& t, std::string& why)
       why = "uid " + std::to_string(peer.uid) + " owns " + std::to_string(owned) +
             " topics, the most one uid may (uid_max_topics)";
       return false;
+    }
+    if (t.is_durable()) {
+      if (t.retention_bytes == 0) {
+        why = "durable topic '" + t.name + "': uid " + std::to_string(peer.uid) +
+              " must set retentionBytes (its spill logs are bounded by uid_max_log_bytes)";
+        return false;
+      }
+      uint64_t logs = log_bytes(t);
+      for (auto& [n, x] : topics_)
+        if (x.owner_uid == peer.uid) logs += log_bytes(x.s);
+      if (logs > o.uid_max_log_bytes) {
+        why = "uid " + std::to_string(peer.uid) + " would own " + std::to_string(logs) +
+              " bytes of spill logs, more than one uid may (uid_max_log_bytes " +
+              std::to_string(o.uid_max_log_bytes) + ")";
+        return false;
+      }
     }
     if (owned_bytes + bytes > o.uid_max_segment_bytes) {
       why = "uid " + std::to_string(peer.uid) + " would own " + std::to_string(owned_bytes + bytes) +

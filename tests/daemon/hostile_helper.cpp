@@ -10,6 +10,7 @@
 //   conns SOCK N                   open up to N connections, print conns:<accepted>, hang
 //   list SOCK                      list topics -> list:<names, comma separated>
 //   health SOCK                    -> health:<ok|err>
+//   durable SOCK TOPIC RETENTION   create a durable TOPIC with that retentionBytes -> durable:<ok|refused|...>
 //   direct PREFIX TOPIC MODE       direct mode: create TOPIC (mode octal), publish "bait" -> direct:<ok|...>
 #include <unistd.h>
 
@@ -120,6 +121,14 @@ int main(int argc, char** argv) {
       std::string names;
       for (auto t : rep.get().getTopics()) names += std::string(t.getSpec().getName().cStr()) + ",";
       out(what, names);
+    } else if (mode == "durable") {
+      TopicConfig cfg;
+      cfg.capacity = 8192;
+      cfg.mode = 0600;
+      cfg.durable = true;
+      cfg.retention_bytes = strtoull(argv[4], nullptr, 0);
+      DaemonClient::connect(o)->create_topic(topic, cfg);
+      out(what, "ok");
     } else if (mode == "direct") {
       Bus::Options bo;
       bo.shm_prefix = sock;

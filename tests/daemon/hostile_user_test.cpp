@@ -394,13 +394,14 @@ TEST_CASE("bounds: a huge topic is refused, and per-uid quotas hold topics, byte
   RootDaemon rd;
   // The quotas from the TOML config (a flag wins over the file: uid_max_topics).
   spit(rd.s / "shmbusd.toml", "uid_max_topics = 50\nuid_max_connections = 8\nuid_max_segment_bytes = " +
-                                  std::to_string(4u << 20) + "\n");
+                                  std::to_string(4u << 20) + "\nuid_max_log_bytes = " +
+                                  std::to_string(200u << 20) + "\n");
   rd.extra = {"--config", rd.s / "shmbusd.toml", "--uid-max-topics", "5"};
   if (!rd.start()) {
     INFO(rd.d.stderr_text());
     REQUIRE(rd.d.stderr_text().find("built without toml++") != std::string::npos);
     rd.extra = {"--uid-max-topics", "5", "--uid-max-segment-bytes", std::to_string(4u << 20),
-                "--uid-max-connections", "8"};
+                "--uid-max-connections", "8", "--uid-max-log-bytes", std::to_string(200u << 20)};
     REQUIRE(rd.start());
   }
   // The crash: 1024 partitions x 64 GiB (the daemon mapped them and died of bad_alloc).
@@ -408,6 +409,13 @@ TEST_CASE("bounds: a huge topic is refused, and per-uid quotas hold topics, byte
   CHECK(serving(rd.sock));
   // Segment bytes: 2 x 4 MiB is more than the uid's 4 MiB.
   CHECK(as_att(att, {"huge", rd.sock, "big.t", "2", std::to_string(4u << 20)}) == "huge:refused\n");
+  // Spill-log disk: a durable topic needs a retention, and the uid's logs are bounded
+  // (partitions x (retention + one 64 MiB segment) against 200 MiB).
+  CHECK(as_att(att, {"durable", rd.sock, "dur.unbounded", "0"}) == "durable:refused\n");
+  CHECK(as_att(att, {"durable", rd.sock, "dur.huge", std::to_string(1ull << 40)}) == "durable:refused\n");
+  CHECK(as_att(att, {"durable", rd.sock, "dur.ok", std::to_string(64u << 20)}) == "durable:ok\n");
+  CHECK(as_att(att, {"durable", rd.sock, "dur.second", std::to_string(64u << 20)}) == "durable:refused\n");
+  CHECK(as_att(att, {"delete", rd.sock, "dur.ok"}) == "delete:ok\n");
   // Topics: 5, then refused; root is not counted against the attacker's quota.
   CHECK(as_att(att, {"topics", rd.sock, "q", "10"}) == "topics:5\n");
   Bus bus = Bus::connect(rd.sock);

@@ -31,6 +31,9 @@ struct DaemonOptions {
   uint32_t uid_max_topics = 256;               // topics one uid owns
   uint64_t uid_max_segment_bytes = 32ull << 30;  // segment bytes of the topics one uid owns
   uint32_t uid_max_connections = 64;           // connections of one uid at once
+  // Spill-log disk of the durable topics one uid owns, counted as partitions x
+  // (retentionBytes + one log segment); such topics need a retentionBytes.
+  uint64_t uid_max_log_bytes = 16ull << 30;
   uint32_t max_inflight_per_client = 32;       // requests queued per connection before it is not read
   uint32_t shm_reserve_percent = 10;           // creation leaves this much of /dev/shm free
   std::string log_level = "info";      // trace, debug, info, warn, error, off
