@@ -68,6 +68,7 @@ struct Config {
   bool json = false;
   bool quick = false;
   std::vector<std::string> only;
+  bool exact = false;      // --only names whole case names (bench/aeron/run.sh)
   bool vs_daemon = false;  // direct vs through shmbusd, interleaved (issue 3)
   std::string shmbusd;     // the daemon binary for --vs-daemon
 };
@@ -679,7 +680,7 @@ uint64_t tput_count(uint32_t size, bool uds) {
 bool selected(const std::string& name) {
   if (g.only.empty()) return true;
   for (const auto& o : g.only)
-    if (name.find(o) != std::string::npos) return true;
+    if (g.exact ? name == o : name.find(o) != std::string::npos) return true;
   return false;
 }
 
@@ -1369,6 +1370,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 99));
   app.add_option("--only", g.only, "run cases whose name contains one of these (e.g. tput.,rtt.line)")
       ->delimiter(',');
+  app.add_flag("--exact", g.exact, "--only names whole case names (tput.shmbus is not tput.shmbus_pollbatch)");
   app.add_option("--timeout", g.timeout_s, "seconds before a case is declared hung");
   app.add_flag("--json", g.json, "one JSON object per case (and per target) on stdout");
   app.add_flag("--quick", g.quick, "tiny counts, sizes 8 and 64: a smoke test (seconds)");
