@@ -35,7 +35,8 @@ public final class AeronBench
 {
     static final long CHECK = 0xa5a55a5ac3c33c3cL;
     static final int WINDOW = 8192;
-    static final String CHANNEL = "aeron:ipc";
+    // -Dbench.channel=aeron:ipc?term-length=2m: e.g. a log whose window matches shmbus's 1 MiB ring
+    static final String CHANNEL = System.getProperty("bench.channel", "aeron:ipc");
     static final int PING_STREAM = 1001;
     static final int PONG_STREAM = 1002;
     static final int FRAGMENT_LIMIT = Integer.getInteger("bench.fragmentLimit", 10);
@@ -321,7 +322,7 @@ public final class AeronBench
             .dirDeleteOnShutdown(true);
         try (MediaDriver ignored = MediaDriver.launch(ctx))
         {
-            System.out.println("READY threading=" + ctx.threadingMode() +
+            System.out.println("READY channel=" + CHANNEL + " threading=" + ctx.threadingMode() +
                 " ipc.term.length=" + ctx.ipcTermBufferLength() +
                 " conductor.idle=" + ctx.conductorIdleStrategy().getClass().getSimpleName());
             System.out.flush();

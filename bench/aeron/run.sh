@@ -5,7 +5,8 @@
 #
 # Usage: bench/aeron/run.sh [--runs 3] [--sizes 8,64] [--cpus 0,1] [--messages 4000000]
 #          [--rtt-messages 100000] [--java-warmup 2000000] [--java-rtt-warmup 100000]
-#          [--nice -20] [--quick] [--out FILE.jsonl]
+#          [--capacity BYTES] [--nice -20] [--quick] [--out FILE.jsonl]
+#   --capacity: shmbus ring size (default 1 MiB, shmbus's default; for diagnosis only).
 #   --quick: tiny counts, one repetition: checks that everything builds and runs.
 #   --nice:  niceness of everything measured (default -20 when root, so that other
 #            work on the machine takes less of the pinned cores; 0 for normal). The
