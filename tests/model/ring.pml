@@ -1,31 +1,46 @@
 /*
- * Model of the v2 multi-producer ring protocol (/work/briefs/v2.md, docs/model-checking.md):
- * claim with the pending-tail helping, wrap pad, commit, abort, zero-ahead bounded by
- * LIMIT, tethered and untethered readers, producers that die at any step and the reaper
- * that runs steps a-c for them.
+ * Model of the multi-producer ring protocol of layout 2.0 as implemented in
+ * shm/include/shmbus/shm/ring.hpp and recovery.hpp (docs/protocol.md "Multi-producer
+ * claims (layout 2.0)", docs/memory-ordering.md P8/P8b, docs/model-checking.md):
+ * RingWriter::claim_mp (tail read, help_pending, extend_zero_mp with refresh_limit and
+ * min_open_claim, intent, pending CAS, complete_claim, wrap pad), commit and abort,
+ * tethered and untethered readers (RingReader::poll), producers that die at any step,
+ * and recover_dead_producer for each dead one.
  *
  * Abstractions
  *  - Positions and lengths are in frame UNITS (one unit = one 8-byte aligned chunk, at
  *    least a commit word). A frame of L units: unit 0 is the header (commit word and
  *    header.sequence), units 1..L-1 the payload. CAP units in the ring.
- *  - A cell (one unit of the ring) holds: the commit word (ctype, clen, cown) and one
- *    tag cseq. In a header cell cseq is header.sequence; in a payload cell it is the
- *    sequence of the producer that wrote the payload, and ctype = JUNK (payload bytes
- *    read as a commit word are garbage). Zeroing sets everything to 0.
- *  - Memory is sequentially consistent; each atomic { } is one machine operation
- *    (a load, a store, a CAS, a 16-byte CAS on the tail).
+ *  - A cell (one unit of the ring) holds: the commit word (ctype, clen) and one tag
+ *    cseq. In a DATA header cseq is header.sequence; in a PAD written for an aborted or
+ *    reclaimed claim it is a ghost (the claim's sequence, so readers can check that
+ *    sequences are dense); in a payload cell it is the sequence of the producer that
+ *    wrote the payload, and ctype = JUNK (payload read as a commit word is garbage).
+ *    Zeroing sets everything to 0.
+ *  - Memory is sequentially consistent; each atomic { } is one machine operation (a
+ *    load, a store, a CAS, the 16-byte tail CAS). Exceptions, each argued in
+ *    docs/model-checking.md: read_claim (a seqlock) is one step; so is the owner's
+ *    write of claim_pos and frame_len (made while its claim word is IDLE); one slot of
+ *    min_open_claim (claim word, then claim_pos) is one step; the tethered cursors are
+ *    read in one step.
  *  - glap[c] (ghost) is the absolute position cell c currently stands for: zeroing
  *    position q moves cell q%CAP to q. Every write to position q asserts glap == q.
  *
  * Compile-time switches (spin -DNAME=...):
- *   CAP NPROD NMSG NTETH NUNTETH MAXDIE   bounds
- *   DEFECT1  v1 LIMIT: open claims do not bound the zeroing (expected to FAIL)
- *   DEFECT2  v1 MP commit: give back unused space by a tail CAS, then publish (FAIL)
- *   DEFECT3  v1 reaper: tail_seq > claim_seq taken as proof of the CAS (FAIL)
- *   ASWRITTEN HELP(j) exactly as v2.md words it, without the hazard of HELP step h1
- *             (expected to FAIL: see docs/model-checking.md, "finding")
- *   NOLAPCHECK untethered readers skip the P9 re-check (expected to FAIL: shows the
- *             untethered configurations do lap the reader)
+ *   CAP NPROD NMSG NMSG0 NTETH NUNTETH MAXDIE MAXL   bounds
+ *   REUSE     a dead producer's table entry is taken by a new producer once it is
+ *             freed, and two reclaimers run recover_dead_producer for it concurrently
+ *             (the daemon's reaper and a blocked publisher)
+ *   RECLAIMFIX with REUSE: the reclaimer first CASes pid dead -> RECL (exclusive),
+ *             and frees the entry (RECL -> 0) only at the end
+ *   DEFECT1   v1 LIMIT: open claims do not bound the zeroing (expected to FAIL)
+ *   DEFECT2   v1 MP commit: give back unused space by a tail CAS, then publish (FAIL)
+ *   DEFECT3   v1 reclaimer: tail_seq > claim_seq taken as proof of the CAS, so an
+ *             INTENT claim is padded (FAIL)
+ *   WONLATE   complete_claim with its two CASes swapped: tail first, then WON (FAIL)
+ *   NOSEQTAG  the claim word without the sequence: helpers and CASes compare the
+ *             state only (FAIL)
+ *   NOLAPCHECK untethered readers skip the P9 re-check (FAIL)
  */
 
 #ifndef CAP
@@ -52,57 +67,61 @@
 #ifndef MAXL
 #define MAXL 2
 #endif
-
-
+#ifndef NREUSE
+#define NREUSE 1     /* messages of the producer that reuses slot 0 (REUSE) */
+#endif
 
 /* commit word types */
 #define NONE  0
 #define DATA  1
 #define PAD   2
-#define CLAIM 3
 #define JUNK  4   /* a payload cell: never a valid commit word */
 
-/* intent slot states */
-#define IDLE     0
-#define CLAIMING 1
+/* claim word states (layout.hpp kClaimIdle/Intent/Won) */
+#define IDLE   0
+#define INTENT 1
+#define WON    2
 
+#define RECL 9    /* RECLAIMFIX: the entry is being reclaimed */
 #define FAR 255   /* "no bound" in a min() */
 
 /* ---- ring cells ---- */
 byte ctype[CAP];
 byte clen[CAP];
-byte cown[CAP];    /* owner slot + 1 of a CLAIM word */
 byte cseq[CAP];
 byte glap[CAP];    /* ghost */
 
 /* ---- shared header ---- */
-byte tail_pos = 0;     /* 16-byte tail word {tail_pos, W = seq | pend << 56} */
+byte tail_pos = 0;     /* tail_pos and tail_seq = seq | pend << 56, one 16-byte CAS */
 byte tail_seq = 1;
 byte tail_pend = 0;    /* 0 or owner slot + 1 */
 byte zero_mark = CAP;  /* [tail_pos, zero_mark) is zero: a fresh ring is all zero */
 byte zero_intent = CAP;/* P9: announced before every zeroing */
 byte zero_lock = 0;    /* 0 or owner slot + 1 */
 
-/* ---- producer slots (intents) ---- */
-byte i_state[3];
-byte i_pos[3];
-byte i_seq[3];
-byte i_len[3];
+/* ---- producer table (ProducerSlot): claim word = (c_seq, c_st) ---- */
+byte c_st[3];
+byte c_seq[3];
+byte c_pos[3];
+byte c_len[3];
+byte owner[3];       /* 0 free, 1 first owner, 2 the owner that reused it, RECL */
 
 /* ---- tethered cursors (FAR for absent readers) ---- */
 byte cur[2];
 
 /* ---- lifecycle ---- */
-bool dead[3];
-bool pdone[3];     /* finished all its messages */
+bool dead[3];      /* the slot's first owner died (only first owners die) */
+bool pdone[3];     /* the slot's first owner finished all its messages */
 byte ndead = 0;
-byte ndone = 0;    /* producers finished, or dead and reaped */
+byte nstarted = NPROD; /* producers that exist or will (a reuse adds one) */
+byte ndone = 0;    /* producers finished, or dead and reclaimed */
 
-/* ---- ghosts: the open claim of each producer, [g_lo, g_hi), from its tail CAS
- *      until its commit/abort word (or the reaper's pad) ---- */
+/* ---- ghosts: the open claim of slot k, [g_lo, g_hi), from its pending CAS until
+ *      its commit/abort word or the reclaimer's pad; g_own: which owner ---- */
 bool g_open[3];
 byte g_lo[3];
 byte g_hi[3];
+byte g_own[3];
 
 #define MSGS(k) ((k) == 0 -> NMSG0 : NMSG)
 #define PADFOR(p, l) (((p) % CAP) + (l) > CAP -> CAP - ((p) % CAP) : 0)
@@ -111,11 +130,17 @@ byte g_hi[3];
 #ifdef DEFECT1
 #define ICL(j) FAR   /* v1: open claims are not counted */
 #else
-#define ICL(j) (i_state[j] == CLAIMING -> i_pos[j] : FAR)
+#define ICL(j) (c_st[j] != IDLE -> c_pos[j] : FAR)
 #endif
-/* LIMIT - CAP, evaluated in one step: used only as the wake-up condition of a
- * back-pressured producer; the LIMIT that decides is scanned step by step. */
+/* min(tail, open claims, cursors) in one step: used only as the wake-up condition of
+ * a back-pressured producer; the limit that decides is scanned step by step. */
 #define MINPOS MN(MN(MN(tail_pos, ICL(0)), MN(ICL(1), ICL(2))), MN(cur[0], cur[1]))
+
+#ifdef NOSEQTAG
+#define SEQIS(j, s) true
+#else
+#define SEQIS(j, s) (c_seq[j] == (s))
+#endif
 
 /* every write of a protocol word or payload to position q */
 #define WCHK(q) assert(glap[(q) % CAP] == (q))
@@ -129,142 +154,156 @@ inline ZERO(q) {
     assert(!(g_open[1] && g_lo[1] + CAP <= q && q < g_hi[1] + CAP));
     assert(!(g_open[2] && g_lo[2] + CAP <= q && q < g_hi[2] + CAP));
     assert(q < cur[0] + CAP && q < cur[1] + CAP);
-    ctype[q % CAP] = 0; clen[q % CAP] = 0; cown[q % CAP] = 0; cseq[q % CAP] = 0;
+    ctype[q % CAP] = 0; clen[q % CAP] = 0; cseq[q % CAP] = 0;
     glap[q % CAP] = q
   }
 }
 
-/* COMPLETE(j) (step 5): the wrap pad and header.sequence, the CLAIM word (each a
- * CAS 0 -> value, or a store of the same value), then the tail CAS
- * {P, S|pend j} -> {E, S+1}. Run by the owner, by helpers and by the reaper (step a).
- * Local arithmetic is folded into the neighbouring shared access (one step each). */
-inline COMPLETE(j, cP, cS, cL, cpad, cF) {
-  atomic {
-    cpad = PADFOR(cP, cL);
-    cF = cP + cpad;
-    if
-    :: cpad > 0 && ctype[cP % CAP] == NONE ->
-       WCHK(cP); ctype[cP % CAP] = PAD; clen[cP % CAP] = cpad       /* wrap pad (P3) */
-    :: else -> skip
-    fi;
-    WCHK(cF); cseq[cF % CAP] = cS                                  /* header.sequence */
-  };
-  atomic { if
-           :: ctype[cF % CAP] == NONE ->
-              WCHK(cF); ctype[cF % CAP] = CLAIM; clen[cF % CAP] = cL; cown[cF % CAP] = j + 1
-           :: else -> skip
-           fi };
+/* complete_claim(j, P, S, L): CAS claim word INTENT(S) -> WON(S), then CAS the tail
+ * {P, S|pend j} -> {P + pad + L, S+1}. Run by the owner, helpers and reclaimers. */
+inline WONCAS(j, cS) {
+  atomic { if :: c_st[j] == INTENT && SEQIS(j, cS) -> c_st[j] = WON :: else -> skip fi }
+}
+inline TAILCAS(j, cP, cS, cL) {
   atomic { if
            :: tail_pos == cP && tail_seq == cS && tail_pend == j + 1 ->
-              tail_pos = cF + cL; tail_seq = cS + 1; tail_pend = 0
+              tail_pos = cP + PADFOR(cP, cL) + cL; tail_seq = cS + 1; tail_pend = 0
            :: else -> skip
-           fi;
-           cpad = 0; cF = 0 }
+           fi }
+}
+inline COMPLETE(j, cP, cS, cL) {
+#ifndef WONLATE
+  WONCAS(j, cS);
+  TAILCAS(j, cP, cS, cL)
+#else
+  TAILCAS(j, cP, cS, cL);
+  WONCAS(j, cS)
+#endif
 }
 
-/* HELP(j), after a tail read {P, S|pend j}: complete j's claim.
- * h1 (not in v2.md's wording; without it the model finds a stale helper writing into
- *     the next lap, see ASWRITTEN and docs/model-checking.md): publish the helper's
- *     own intent at P (state CLAIMING, so it bounds LIMIT like an open claim), then
- *     re-read the tail and help only if it is still {P, S|pend j}.
- * h2 read slot j's intent; if it matches {P, S}, COMPLETE(j). */
-inline HELP(me, j, P, S, hP, hS, hL, cpad, cF) {
-#ifndef ASWRITTEN
-  atomic { i_pos[me] = P; i_seq[me] = S; i_len[me] = 0; i_state[me] = CLAIMING };   /* h1 */
+/* help_pending(P, {S, pend j}): read j's record (read_claim); if it is INTENT or WON
+ * of claim S at P, complete_claim(j). A helper never writes into the ring. */
+inline HELP(j, P, S, hst, hS, hP, hL) {
+  atomic { hst = c_st[j]; hS = c_seq[j]; hP = c_pos[j]; hL = c_len[j] };
   if
-  :: atomic { tail_pos == P && tail_seq == S && tail_pend == j + 1 ->
-              hP = i_pos[j]; hS = i_seq[j]; hL = i_len[j] }                   /* h1, h2 */
+#ifndef NOSEQTAG
+  :: (hst == INTENT || hst == WON) && hS == S && hP == P -> COMPLETE(j, P, S, hL)
 #else
-  atomic { hP = i_pos[j]; hS = i_seq[j]; hL = i_len[j] };                      /* h2 */
+  :: (hst == INTENT || hst == WON) && hP == P -> COMPLETE(j, P, S, hL)
 #endif
-     if
-     :: hP == P && hS == S -> COMPLETE(j, hP, hS, hL, cpad, cF)
-     :: else -> skip
-     fi
-#ifndef ASWRITTEN
   :: else -> skip
   fi;
-  atomic { i_state[me] = IDLE; hP = 0; hS = 0; hL = 0 }
-#else
-  ;
-  atomic { hP = 0; hS = 0; hL = 0 }
-#endif
+  atomic { hst = 0; hS = 0; hP = 0; hL = 0 }
 }
 
-/* P2: extend zero_mark to at least `need`, under zero_lock (owner slot + 1; a dead
- * owner's lock may be taken over: zeroing is idempotent). Blocks (instead of
- * spinning) while the lock is held by a live producer or while back-pressured, so a
- * producer that can never proceed shows up as a deadlock. */
-inline EXTEND(k, need, P, m, q) {
+/* The zero lock is free for k, or held by a producer proven dead (takeover). */
+#define LOCKOK(k) (zero_lock == 0 || \
+                   (zero_lock != k + 1 && dead[zero_lock - 1] && owner[zero_lock - 1] != 2))
+
+/* extend_zero_mp(need). Spinning is modelled as blocking until something it depends
+ * on changes, so a producer that can never proceed is a deadlock. A producer that
+ * finds the lock taken goes back to the claim loop in the code; here it waits until
+ * the lock is free, zero_mark is far enough, or the tail changed (it then retries and
+ * may help). `lim` is the producer's cached limit (RingWriter::limit_). */
+inline EXTEND(k, need, P, S, lim, m, q, i) {
   if
-  :: atomic { (zero_lock == 0 || dead[zero_lock - 1]) && zero_mark < need -> zero_lock = k + 1 } ->
-     m = tail_pos;                                /* LIMIT: the tail first ... */
-     atomic {
-       /* ... then the slots. LIMIT = min(tail_pos, open claims (CLAIMING intents),
-        * tethered cursors) + CAP. A claim whose tail CAS comes after the tail read
-        * has P >= that tail; one whose CAS came before it is committed or shows
-        * CLAIMING here. (Slots are read in one step: each only moves forward, so
-        * reading them one by one could only give a smaller, safer minimum.) */
-#ifndef DEFECT1
-       m = MN(m, MN(ICL(0), MN(ICL(1), ICL(2))));
-#endif
-       m = MN(m, MN(cur[0], cur[1]));
-       if
-       :: need > m + CAP -> zero_lock = 0          /* back-pressure */
-       :: else ->                                  /* P9: announce, then zero */
-          if :: zero_intent < m + CAP -> zero_intent = m + CAP :: else -> skip fi;
-          q = zero_mark
-       fi
-     };
+  :: atomic { LOCKOK(k) -> zero_lock = k + 1; q = zero_mark } ->
      if
-     :: zero_lock != k + 1 ->                     /* back-pressured: wait for a change */
-        atomic { (MINPOS + CAP >= need || zero_mark >= need || tail_pos != P) -> m = 0 }
-     :: else ->
-        do
-        :: q < m + CAP -> ZERO(q); q++
-        :: else -> break
-        od;
-        atomic { zero_mark = m + CAP; zero_lock = 0; m = 0; q = 0 }
+     :: q < need ->
+        if
+        :: need > lim ->                                   /* refresh_limit() */
+           m = tail_pos;                                   /* tail fetch_add(0) */
+           atomic { m = MN(m, MN(cur[0], cur[1])); i = 0 };/* min_live_cursor */
+#ifndef DEFECT1
+           do                                              /* min_open_claim */
+           :: i < NPROD -> atomic { if :: c_st[i] != IDLE && c_pos[i] < m -> m = c_pos[i]
+                                      :: else -> skip fi; i++ }
+           :: else -> break
+           od;
+#endif
+           atomic { lim = m + CAP; m = 0; i = 0 }
+        :: else -> skip
+        fi;
+        if
+        :: need > lim ->                                   /* back_pressured */
+           zero_lock = 0;
+           atomic { (MINPOS + CAP >= need || zero_mark >= need || tail_pos != P) -> q = 0 }
+        :: else ->
+           if                               /* target: z + chunk, between need and lim */
+           :: m = need
+           :: lim > need -> m = lim
+           fi;
+           atomic { if :: zero_intent < m -> zero_intent = m :: else -> skip fi };  /* P9 */
+           do
+           :: q < m -> ZERO(q); q++
+           :: else -> break
+           od;
+           atomic { zero_mark = m; m = 0 };
+           atomic { zero_lock = 0; q = 0 }
+        fi
+     :: else -> atomic { zero_lock = 0; q = 0 }
      fi
-  :: atomic { zero_mark >= need -> skip }         /* someone else zeroed it */
+  :: atomic { !LOCKOK(k) && (zero_mark >= need || tail_pos != P || tail_seq != S ||
+                             tail_pend != 0) -> skip }
   fi
 }
 
-/* the reaper's pad of dead producer k's claim at F: exactly that claim, still open */
-#define PADCHK(k, bP, bF, bL) \
-  assert(dead[k] && g_open[k] && g_lo[k] == bP && g_hi[k] == bF + bL); WCHK(bF)
+/* the reclaimer's pads of dead owner `inc` of slot k: exactly its open claim */
+#define PADCHK(k, inc, bP, bF, bL) \
+  assert(dead[k] && g_own[k] == inc && g_open[k] && g_lo[k] == bP && g_hi[k] == bF + bL); \
+  WCHK(bF)
+#define WPADCHK(k, inc, bP) \
+  assert(dead[k] && g_own[k] == inc && g_open[k] && g_lo[k] == bP); WCHK(bP)
 
-proctype producer(byte k) {
-  byte n = 0, L, P, S, pd, E, F, U, m, q, hP, hS, hL, cpad, cF;
+/* Producer `inc` (1: the slot's first owner, 2: a later one) of table slot k. */
+proctype producer(byte k; byte inc; byte nmsg) {
+  byte n = 0, L, P, S, pd, E, F, U, lim, m, q, i, hst, hS, hP, hL;
   {
+    if
+    :: inc == 1 -> skip
+    :: else ->
+end_reg: atomic { owner[k] == 0 -> owner[k] = inc; c_st[k] = IDLE; c_seq[k] = 0 }  /* register */
+    fi;
     do
-    :: atomic { n == MSGS(k) -> pdone[k] = 1; ndone++ }; break
-    :: atomic { n < MSGS(k) ->
+    :: atomic { n == nmsg -> if :: inc == 1 -> pdone[k] = 1 :: else -> skip fi; ndone++ }; break
+    :: atomic { n < nmsg ->
          if                                       /* the frame length, in units */
          :: L = 1
          :: MAXL >= 2 -> L = 2
          fi }
 retry:
-       atomic { P = tail_pos; S = tail_seq; pd = tail_pend;                  /* step 1 */
-                E = P + PADFOR(P, L) + L };                                  /* step 2 */
+#ifdef TAIL1
+       atomic { P = tail_pos; S = tail_seq; pd = tail_pend };
+#else
+       P = tail_pos;                                              /* tail_pos load */
+       atomic { S = tail_seq; pd = tail_pend };                   /* tail_seq load */
+#endif
        if
-       :: pd != 0 -> HELP(k, pd - 1, P, S, hP, hS, hL, cpad, cF); goto retry
+       :: pd != 0 -> HELP(pd - 1, P, S, hst, hS, hP, hL); pd = 0; goto retry
        :: else -> skip
        fi;
-       if
-       :: atomic { E + 1 > zero_mark -> skip } ->                           /* step 2 */
-          EXTEND(k, E + 1, P, m, q); goto retry
-       :: atomic { E + 1 <= zero_mark ->                                    /* step 3 */
-                   i_pos[k] = P; i_seq[k] = S; i_len[k] = L; i_state[k] = CLAIMING }
+       if                                                         /* zero_mark load */
+       :: atomic { P + PADFOR(P, L) + L + 1 > zero_mark -> E = P + PADFOR(P, L) + L } ->
+          EXTEND(k, E + 1, P, S, lim, m, q, i); E = 0; goto retry
+       :: atomic { P + PADFOR(P, L) + L + 1 <= zero_mark -> E = P + PADFOR(P, L) + L }
        fi;
-       if                                                                   /* step 4 */
+       /* intent: claim_pos and frame_len while our claim word is IDLE, then INTENT(S).
+        * One step: nobody reads the fields of an IDLE claim word (help_pending and
+        * the reclaimer need INTENT or WON, min_open_claim skips IDLE). */
+       atomic { c_pos[k] = P; c_len[k] = L; c_seq[k] = S; c_st[k] = INTENT };
+       if                                                         /* the pending CAS */
        :: atomic { tail_pos == P && tail_seq == S && tail_pend == 0 ->
-                   tail_pend = k + 1; g_open[k] = 1; g_lo[k] = P; g_hi[k] = E }
-       :: else -> i_state[k] = IDLE; goto retry
+                   tail_pend = k + 1; g_open[k] = 1; g_lo[k] = P; g_hi[k] = E; g_own[k] = inc }
+       :: else -> c_st[k] = IDLE; E = 0; goto retry                /* claim word IDLE(S) */
        fi;
-       COMPLETE(k, P, S, L, cpad, cF);                                      /* step 5 */
-       atomic {                                                             /* step 6 */
-         F = P + PADFOR(P, L);
+       COMPLETE(k, P, S, L);
+       atomic { F = P + PADFOR(P, L);
+                if                                                /* the wrap pad */
+                :: F > P -> WCHK(P); assert(ctype[P % CAP] == NONE);
+                            ctype[P % CAP] = PAD; clen[P % CAP] = F - P; cseq[P % CAP] = 0
+                :: else -> skip
+                fi };
+       atomic {                                                   /* build */
 #ifdef DEFECT2
          if :: U = L :: L > 1 -> U = 1 fi;          /* the caller used U of L units */
 #else
@@ -275,8 +314,8 @@ retry:
          :: else -> skip
          fi
        };
-       if                                                                   /* step 7 */
-       :: skip ->                                                           /* commit */
+       if
+       :: skip ->                                                 /* commit */
 #ifdef DEFECT2
           if                      /* v1: give back [F+U, E) by a tail CAS before the commit */
           :: U < L -> atomic { if
@@ -287,23 +326,24 @@ retry:
           :: else -> skip
           fi;
 #endif
-          atomic { WCHK(F); assert(ctype[F % CAP] == CLAIM && cown[F % CAP] == k + 1);
-                   ctype[F % CAP] = DATA; clen[F % CAP] = L; g_open[k] = 0 }
-       :: atomic { U == L ->                                                /* abort */
-                   WCHK(F); assert(ctype[F % CAP] == CLAIM && cown[F % CAP] == k + 1);
-                   ctype[F % CAP] = PAD; g_open[k] = 0 }
+          atomic { WCHK(F); assert(ctype[F % CAP] == NONE);
+                   cseq[F % CAP] = S; ctype[F % CAP] = DATA; clen[F % CAP] = L; g_open[k] = 0 }
+       :: atomic { U == L ->                                      /* abort */
+                   WCHK(F); assert(ctype[F % CAP] == NONE);
+                   cseq[F % CAP] = S; ctype[F % CAP] = PAD; clen[F % CAP] = L; g_open[k] = 0 }
        fi;
-       atomic { i_state[k] = IDLE;
-                n++; P = 0; S = 0; pd = 0; E = 0; F = 0; U = 0; L = 0 }
+       atomic { c_st[k] = IDLE;                                   /* claim word IDLE(S) */
+                n++; P = 0; S = 0; E = 0; F = 0; U = 0; L = 0 }
     od
   } unless {
     /* dead: stops forever; its locals are forgotten (only shared memory remains) */
-    atomic { dead[k] -> n = 0; L = 0; P = 0; S = 0; pd = 0; E = 0; F = 0; U = 0; m = 0; q = 0;
-             hP = 0; hS = 0; hL = 0; cpad = 0; cF = 0 }
+    atomic { inc == 1 && dead[k] ->
+             n = 0; L = 0; P = 0; S = 0; pd = 0; E = 0; F = 0; U = 0; lim = 0; m = 0; q = 0;
+             i = 0; hst = 0; hS = 0; hP = 0; hL = 0 }
   }
 }
 
-/* Any unfinished producer may stop forever at any step (at most MAXDIE of them). */
+/* Any unfinished first owner may stop forever at any step (at most MAXDIE of them). */
 proctype killer() {
 end:
   do
@@ -313,65 +353,88 @@ end:
   od
 }
 
-/* Reclaim of dead producer k (its death is proven by the daemon's own record). */
-proctype reaper(byte k) {
-  byte P, S, pd, hP, hS, hL, cpad, cF, bP, bS, bL, bF, s;
+/* recover_dead_producer(k, dead owner `inc`), once its death is proven. */
+proctype reclaimer(byte k; byte inc) {
+  byte P, S, pd, hst, hS, hP, hL, bst, bS, bP, bL, bF, it;
   if
   :: pdone[k] -> skip
   :: dead[k] ->
-     atomic { P = tail_pos; S = tail_seq; pd = tail_pend };                  /* step a */
+#ifdef RECLAIMFIX
      if
-     :: pd == k + 1 ->
-        atomic { hP = i_pos[k]; hS = i_seq[k]; hL = i_len[k] };
-        if
-        :: hP == P && hS == S -> COMPLETE(k, hP, hS, hL, cpad, cF)
-        :: else -> skip
-        fi
-     :: else -> skip
-     fi;
-     if                                                                      /* step b */
-     :: atomic { i_state[k] == CLAIMING ->
-                 bP = i_pos[k]; bS = i_seq[k]; bL = i_len[k]; bF = bP + PADFOR(bP, bL) };
-#ifdef DEFECT3
-        /* v1: tail_seq > claim_seq is taken as proof that k's tail CAS happened, so
-         * whatever uncommitted frame is at the recorded position is padded (a CAS from
-         * the word read: 0, or a CLAIM word of any owner) */
-        if
-        :: atomic { tail_seq > bS && (ctype[bF % CAP] == NONE || ctype[bF % CAP] == CLAIM) ->
-                    PADCHK(k, bP, bF, bL); ctype[bF % CAP] = PAD; clen[bF % CAP] = bL; g_open[k] = 0 }
-        :: else -> skip
-        fi
+     :: atomic { owner[k] == inc -> owner[k] = RECL } ->              /* exclusive */
 #else
-        s = cseq[bF % CAP];
-        atomic { if
-                 :: ctype[bF % CAP] == CLAIM && cown[bF % CAP] == k + 1 && clen[bF % CAP] == bL && s == bS ->
-                    PADCHK(k, bP, bF, bL); ctype[bF % CAP] = PAD; g_open[k] = 0
-                 :: else -> skip
-                 fi }
+     if
+     :: atomic { owner[k] == inc -> skip } ->                       /* pid check */
 #endif
+        do                                                        /* a. */
+        :: it < 4 ->
+           P = tail_pos;
+           atomic { S = tail_seq; pd = tail_pend };
+           if
+           :: pd != k + 1 -> break
+           :: else -> HELP(k, P, S, hst, hS, hP, hL); it++
+           fi
+        :: else -> break
+        od;
+        atomic { P = 0; S = 0; pd = 0; it = 0;                    /* b. read_claim */
+                 bst = c_st[k]; bS = c_seq[k]; bP = c_pos[k]; bL = c_len[k];
+                 bF = bP + PADFOR(bP, bL) };
+#ifdef DEFECT3
+        /* v1: tail_seq > claim_seq is taken as proof that k's CAS happened, so an
+         * INTENT claim is padded as if it had won */
+        if :: bst == INTENT && tail_seq > bS -> bst = WON :: else -> skip fi;
+#endif
+        if
+        :: bst == WON ->
+           atomic { if
+                    :: bF > bP && ctype[bP % CAP] == NONE ->
+                       WPADCHK(k, inc, bP);
+                       ctype[bP % CAP] = PAD; clen[bP % CAP] = bF - bP; cseq[bP % CAP] = 0
+                    :: else -> skip
+                    fi };
+           atomic { if
+                    :: ctype[bF % CAP] == NONE ->
+                       PADCHK(k, inc, bP, bF, bL);
+                       ctype[bF % CAP] = PAD; clen[bF % CAP] = bL; cseq[bF % CAP] = bS;
+                       g_open[k] = 0
+                    :: else -> skip
+                    fi }
+        :: else -> skip
+        fi;
+        atomic { c_st[k] = IDLE; c_seq[k] = bS };                 /* c. */
+        atomic { if :: zero_lock == k + 1 -> zero_lock = 0 :: else -> skip fi };
+        atomic {
+#ifdef RECLAIMFIX
+          owner[k] = 0;
+#else
+          if
+          :: owner[k] == inc -> owner[k] = 0
+          :: else -> goto lost
+          fi;
+#endif
+          /* what the dead owner held is resolved: no claim of it is left open */
+          assert(!(g_open[k] && g_own[k] == inc));
+          ndone++;
+#ifdef REUSE
+          if :: k == 0 && inc == 1 -> nstarted++ :: else -> skip fi;   /* a new owner */
+#endif
+          bst = 0; bS = 0; bP = 0; bL = 0; bF = 0
+        }
      :: else -> skip
-     fi;
-     atomic {                                                                /* step c */
-       i_state[k] = IDLE;
-       if :: zero_lock == k + 1 -> zero_lock = 0 :: else -> skip fi;
-       ndone++;
-       P = 0; S = 0; pd = 0; hP = 0; hS = 0; hL = 0; cpad = 0; cF = 0; bP = 0; bS = 0; bL = 0; bF = 0; s = 0
-     }
-  fi
+     fi
+  fi;
+lost: skip
 }
 
-/* Readers (P1 subscriber side). Every reader checks: no torn or unfinished frame, no
- * payload cell read as a header, sequences dense and in order (a PAD that carries a
- * sequence is an aborted or reaped claim). A reader ends when every producer is
- * finished or reaped and it has reached the tail; stopping anywhere else is a
- * permanent stall, which Spin reports as an invalid end state. */
+/* Readers. Every reader checks: no torn or unfinished frame, no payload cell read as
+ * a header, sequences dense and in order (a PAD that carries a sequence is an aborted
+ * or reclaimed claim). A reader ends when every producer is finished or reclaimed and
+ * it has reached the tail; stopping anywhere else is a permanent stall, which Spin
+ * reports as an invalid end state. */
 
-/* A frame at rp as the reader sees it: sets t, l, s and ok (payload complete). */
 #define READY(rp) (ctype[(rp) % CAP] == DATA || ctype[(rp) % CAP] == PAD || \
-                   ctype[(rp) % CAP] == JUNK || (ndone == NPROD && (rp) == tail_pos))
+                   ctype[(rp) % CAP] == JUNK || (ndone == nstarted && (rp) == tail_pos))
 
-/* The end: every producer finished or reaped, the reader at the tail, the tail
- * resolved, and (tethered) every sequence accounted for. */
 #define AT_END(t) \
   assert(t == NONE && tail_pend == 0)
 
@@ -395,7 +458,7 @@ proctype treader(byte r) {
              assert(l < 2 || (ctype[(rp + 1) % CAP] == JUNK && cseq[(rp + 1) % CAP] == s));
              assert(s == exp);                         /* dense, in order */
              exp = s + 1
-          :: t == PAD && s != 0 ->                     /* aborted or reaped claim */
+          :: t == PAD && s != 0 ->                     /* aborted or reclaimed claim */
              assert(s == exp);
              exp = s + 1
           :: else -> skip                              /* wrap pad */
@@ -445,9 +508,9 @@ proctype ureader() {
            fi;
            rp = rp + l
         :: t == JUNK -> assert(false)                  /* a payload cell, same lap */
-        :: else ->                                     /* 0 or CLAIM: not yet */
+        :: else ->                                     /* 0: not yet */
            if
-           :: atomic { ndone == NPROD && rp == tail_pos } -> AT_END(t); break
+           :: atomic { ndone == nstarted && rp == tail_pos } -> AT_END(t); break
            :: else -> skip
            fi
         fi
@@ -472,9 +535,13 @@ init {
     od;
     i = 0;
     do
-    :: i < NPROD -> run producer(i); run reaper(i); i++
+    :: i < NPROD -> owner[i] = 1; run producer(i, 1, MSGS(i)); run reclaimer(i, 1); i++
     :: else -> break
     od;
+#ifdef REUSE
+    run reclaimer(0, 1);          /* a second reclaimer of slot 0's dead owner */
+    run producer(0, 2, NREUSE);   /* takes slot 0 once it is free */
+#endif
     i = 0;
     do
     :: i < NTETH -> run treader(i); i++
