@@ -41,6 +41,7 @@
  *   NOSEQTAG  the claim word without the sequence: helpers and CASes compare the
  *             state only (FAIL)
  *   NOLAPCHECK untethered readers skip the P9 re-check (FAIL)
+ *   TAIL1     read tail_pos and tail_seq in one step (the code loads them one by one)
  */
 
 #ifndef CAP
