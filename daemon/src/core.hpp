@@ -187,7 +187,7 @@ class Registry {
   explicit Registry(Core& core) : core_(core) {}
   void load();  // before the threads start
   void run();   // thread body
-  void persist();
+  void persist(bool sync = true);  // sync: fsync the file and the directory
 
  private:
   struct DurableRec {

@@ -269,7 +269,7 @@ void Registry::load() {
   core_.counters.topics = uint32_t(topics_.size());
 }
 
-void Registry::persist() {
+void Registry::persist(bool sync) {
   dirty_ = false;
   must_persist_ = false;
   last_persist_ns_ = shm::monotonic_ns();
@@ -296,11 +296,11 @@ void Registry::persist() {
     log_event(core_.instance, LOG_ERROR, "persist_failed", "", 0, e.getDescription().cStr());
     return;
   }
-  fsync(fd);
+  if (sync) fsync(fd);
   close(fd);
   if (renameat(core_.state_fd, kStateTmp, core_.state_fd, kStateName) < 0)
     log_event(core_.instance, LOG_ERROR, "persist_failed", "", 0, strerror(errno));
-  fsync(core_.state_fd);
+  if (sync) fsync(core_.state_fd);
 }
 
 void Registry::reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep,
@@ -732,7 +732,7 @@ void Registry::handle(const RegistryCmd& c) {
       const uint32_t owner = rit != t.durable.end() ? rit->second.owner_uid : peer.uid;
       t.durable[key] = DurableRec{dn, d.getPosition(), owner};
       dirty_ = true;  // coalesced: written within kPersistDelayNs, not once per save
-      log_event(core_.instance, LOG_INFO, "durable_joined", name, peer.pid,
+      log_limited(core_.instance, LOG_INFO, "durable_joined", name, peer.pid,
                 "subscriber '" + dn + "' partition " + std::to_string(d.getPartition()) +
                     " position " + std::to_string(d.getPosition()));
       resp.setDone();
@@ -785,7 +785,9 @@ void Registry::run() {
       return;
     }
     const uint64_t now = shm::monotonic_ns();
-    if (dirty_ && now - last_persist_ns_ >= kPersistDelayNs) persist();
+    // Cursor saves only: no fsync (a record is a resume hint; the parked slot holds
+    // the live position), so a flood of saves never stalls the registry on the disk.
+    if (dirty_ && now - last_persist_ns_ >= kPersistDelayNs) persist(false);
     if (now - last_expiry_ns_ >= 50'000'000ull) {
       last_expiry_ns_ = now;
       if (expire_parked(now)) persist();

@@ -11,8 +11,15 @@
 //   list SOCK                      list topics -> list:<names, comma separated>
 //   health SOCK                    -> health:<ok|err>
 //   durable SOCK TOPIC RETENTION   create a durable TOPIC with that retentionBytes -> durable:<ok|refused|...>
+//   flood SOCK TOPIC               8 connections, each keeping 64 saveCursor requests in flight;
+//                                  prints "flooding" once replies flow, runs until killed
 //   direct PREFIX TOPIC MODE       direct mode: create TOPIC (mode octal), publish "bait" -> direct:<ok|...>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include <cstdio>
 #include <cstdlib>
@@ -129,6 +136,45 @@ int main(int argc, char** argv) {
       cfg.retention_bytes = strtoull(argv[4], nullptr, 0);
       DaemonClient::connect(o)->create_topic(topic, cfg);
       out(what, "ok");
+    } else if (mode == "flood") {
+      std::vector<int> fds;
+      for (int i = 0; i < 8; ++i) {
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::memcpy(a.sun_path, sock.c_str(), sock.size() + 1);
+        if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) fds.push_back(fd);
+        else close(fd);
+      }
+      uint64_t id = 0;
+      auto request = [&](int fd) {
+        capnp::MallocMessageBuilder mb;
+        auto r = mb.initRoot<proto::Request>();
+        r.setVersion(proto::PROTOCOL_VERSION);
+        r.setId(++id);
+        auto d = r.initSaveCursor();
+        d.setTopic(topic);
+        d.setName("flood-" + std::to_string(id % 1000));
+        d.setPartition(0);
+        d.setPosition(id);
+        return control::send_packet(fd, control::encode_frame(mb)) == 0;
+      };
+      for (int fd : fds)
+        for (int k = 0; k < 64; ++k) request(fd);
+      std::vector<pollfd> pf;
+      for (int fd : fds) pf.push_back({fd, POLLIN, 0});
+      uint64_t replies = 0;
+      for (;;) {
+        if (poll(pf.data(), pf.size(), 5000) <= 0) break;
+        for (auto& p : pf) {
+          if (!(p.revents & POLLIN)) continue;
+          std::vector<uint8_t> buf;
+          if (control::recv_packet(p.fd, buf, nullptr, 0) <= 0) continue;
+          if (++replies == 1000) out(what, "flooding");
+          request(p.fd);
+        }
+      }
+      out(what, "stopped");
     } else if (mode == "direct") {
       Bus::Options bo;
       bo.shm_prefix = sock;

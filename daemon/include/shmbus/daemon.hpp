@@ -34,7 +34,7 @@ struct DaemonOptions {
   // Spill-log disk of the durable topics one uid owns, counted as partitions x
   // (retentionBytes + one log segment); such topics need a retentionBytes.
   uint64_t uid_max_log_bytes = 16ull << 30;
-  uint32_t max_inflight_per_client = 32;       // requests queued per connection before it is not read
+  uint32_t max_inflight_per_client = 8;        // requests queued per connection before it is not read
   uint32_t shm_reserve_percent = 10;           // creation leaves this much of /dev/shm free
   std::string log_level = "info";      // trace, debug, info, warn, error, off
   std::string log_file;                // empty: stderr
