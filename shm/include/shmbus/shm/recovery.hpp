@@ -67,6 +67,14 @@ inline ClaimRecovery recover_dead_producer(const RingRefs& r, uint32_t k, uint32
   uint32_t owner = dead_pid;
   aref(p.pid).compare_exchange_strong(owner, 0, std::memory_order_release);
   if (out == ClaimRecovery::padded) wake_all_data(r);
+  // An open claim (INTENT or WON) bounded every producer's space limit
+  // (min_open_claim); now IDLE, it no longer does. Producers asleep on space behind
+  // it must be woken here: an INTENT claim pads nothing, and after a pad no reader
+  // need release anything, so nobody else would wake them before their block
+  // timeout (found by tests/daemon/torture_mp_test.cpp through shmbusd). The seq_cst
+  // IDLE store above precedes this bump: a sleeper that still saw the claim open
+  // read space_futex before it and does not sleep on the old value (P7).
+  if (claim_state(w) != kClaimIdle) wake_all_space(r);
   return out;
 }
 
