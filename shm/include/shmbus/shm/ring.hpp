@@ -452,7 +452,7 @@ class RingWriter {
     aref(h->sequence).store(c.seq, std::memory_order_relaxed);
     publish_commit(h, make_commit(flen, kFrameData), notify);
     // P8 step 5: the claim is closed (IDLE is also the seqlock's "writing" state).
-    if (prod_) aref(prod_->claim).store(claim_word(c.seq, kClaimIdle), std::memory_order_release);
+    if (prod_) close_claim(c.seq);
     if (!multi_) {
       tail_ = c.pos + flen;
       seq_ = c.seq + 1;
@@ -468,7 +468,7 @@ class RingWriter {
     // The whole claim becomes one pad: whatever the caller wrote inside it is skipped.
     uint32_t flen = c.frame_len;
     publish_commit(c.hdr, make_commit(flen, kFramePad), notify);
-    if (prod_) aref(prod_->claim).store(claim_word(c.seq, kClaimIdle), std::memory_order_release);
+    if (prod_) close_claim(c.seq);
     if (!multi_) {
       tail_ = c.pos + flen;
       aref(r_.data->tail_pos).store(tail_, std::memory_order_release);
@@ -558,7 +558,7 @@ class RingWriter {
       // Step 2: the pending CAS takes [pos, end) and sequence `seq` for slot_.
       uint64_t e_pos = pos, e_tw = tail_word(seq, 0);
       if (!cas_tail(r_, e_pos, e_tw, pos, tail_word(seq, slot_ + 1))) {
-        aref(prod_->claim).store(claim_word(seq, kClaimIdle), std::memory_order_release);
+        close_claim(seq);  // our intent at a stale tail may have bounded another's limit
         continue;
       }
       // Step 3: WON, then the tail moves on (a helper may have done either).
@@ -571,6 +571,23 @@ class RingWriter {
       return RingStatus::ok;
     }
     return RingStatus::back_pressured;
+  }
+
+  // P8 step 5 with the P7 waker side (2.0). An open claim (INTENT or WON) bounds
+  // every producer's space limit (min_open_claim), so closing one can be exactly
+  // what a producer asleep on space waits for: no cursor moves, no reader releases
+  // (none may be tethered), and without this check the sleeper slept until its
+  // block timeout (found by tests/daemon/torture_mp_test.cpp). The same Dekker
+  // pair as a cursor release (RingReader::release_to): our IDLE store, then the
+  // waiter-bit load; the sleeper's bit, its membarrier, then its claim scan.
+  void close_claim(uint64_t seq) {
+    if (light_) {
+      aref(prod_->claim).store(claim_word(seq, kClaimIdle), std::memory_order_release);
+      asym_fence_light();
+    } else {
+      aref(prod_->claim).exchange(claim_word(seq, kClaimIdle), std::memory_order_seq_cst);
+    }
+    notify_space_waiters(r_);
   }
 
   void fill_claim(Claim& c, uint64_t fpos, uint64_t end, uint64_t seq, uint64_t frame_len) {
