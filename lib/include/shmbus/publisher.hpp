@@ -71,7 +71,7 @@ class Publisher {
   void close();
 
  private:
-  Status wait_for_space(uint32_t max_bytes);
+  Status wait_for_space(uint32_t max_bytes, uint64_t deadline);
   void reclaim_dead_cursors();
 
   std::shared_ptr<PartitionMapping> m_;
