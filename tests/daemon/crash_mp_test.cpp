@@ -152,7 +152,16 @@ TEST_CASE("producers killed at random points leave every committed message reada
     bus.create_topic(topic, {.capacity = 32768, .multi_producer = mp});
     Subscriber sub = bus.subscriber(topic);
     Verifier ver;
-    Child victim = spawn({H(), "pub", d.sock, topic, "1", "0", std::to_string(rng())});
+    // The victim's progress, in a file it maps shared: [0] handed to offer, [1] offers
+    // that returned ok. Read after the SIGKILL, it says exactly what was committed.
+    const std::string progress_file = d.dir + "/progress." + std::to_string(t);
+    {
+      int fd = open(progress_file.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
+      REQUIRE(fd >= 0);
+      REQUIRE(ftruncate(fd, 16) == 0);
+      close(fd);
+    }
+    Child victim = spawn({H(), "pub", d.sock, topic, "1", "0", std::to_string(rng()), progress_file});
     REQUIRE(read_char(victim, 10000) == 'R');
     // A random point in its publishing loop: drain for a random number of messages.
     const uint64_t upto = rng() % 400;
@@ -167,6 +176,19 @@ TEST_CASE("producers killed at random points leave every committed message reada
     INFO("trial " << t << (mp ? " (MP)" : " (SP)") << ": " << ver.error);
     REQUIRE(ok);
     REQUIRE(ver.error.empty());
+    // Exactness after death (issue 10): every message the victim committed, none
+    // more; one more only when the kill landed inside that offer call.
+    uint64_t handed = 0, committed = 0;
+    {
+      int fd = open(progress_file.c_str(), O_RDONLY);
+      REQUIRE(fd >= 0);
+      REQUIRE(pread(fd, &handed, 8, 0) == 8);
+      REQUIRE(pread(fd, &committed, 8, 8) == 8);
+      close(fd);
+      unlink(progress_file.c_str());
+    }
+    INFO("victim committed " << committed << ", handed to offer " << handed << ", received " << ver.next[1]);
+    CHECK((ver.next[1] == committed || (ver.next[1] == committed + 1 && handed == committed + 1)));
     REQUIRE(wait_exit(survivor, 10000) == 0);
     st.add(waited);
     CHECK(waited < kReclaimBudgetNs + kSlackNs + 100'000'000);  // includes 300 messages and a spawn

@@ -1,7 +1,10 @@
 // Client processes for the daemon tests (exec'd by daemon_mp_test). Each mode talks
 // to shmbusd at argv[2] and reports progress as single characters on stdout (a pipe
 // to the test), so the test can kill it at a chosen point.
-//   pub SOCK TOPIC ID COUNT SEED   publish COUNT messages {id, counter} (0: forever); 'R' when ready
+//   pub SOCK TOPIC ID COUNT SEED [PROGRESS]  publish COUNT messages {id, counter} (0: forever);
+//                                  'R' when ready. PROGRESS: a file of two u64, mapped shared:
+//                                  [0] = messages handed to offer, [1] = offers returned ok
+//                                  (read by the test after a SIGKILL: issue 10, exactness)
 //   hang-claim SOCK TOPIC ID K     publish K messages, claim one more, scribble, 'C', hang
 //   sub-hold SOCK TOPIC            subscribe (tethered), poll without releasing, 'H', hang
 //   connect-sub SOCK TOPIC         connect, subscribe, exit 0
@@ -53,6 +56,15 @@ int main(int argc, char** argv) {
       uint32_t id = uint32_t(atoi(argv[4]));
       uint64_t count = strtoull(argv[5], nullptr, 10);
       uint64_t seed = strtoull(argv[6], nullptr, 10) | 1;
+      uint64_t* progress = nullptr;
+      if (argc > 7) {
+        int fd = open(argv[7], O_RDWR);
+        if (fd < 0) return 5;
+        void* p = mmap(nullptr, 16, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+        if (p == MAP_FAILED) return 5;
+        progress = static_cast<uint64_t*>(p);
+      }
       say('R');
       char buf[2048] = {};
       for (uint64_t i = 0; count == 0 || i < count; ++i) {
@@ -60,7 +72,9 @@ int main(int argc, char** argv) {
         size_t len = sizeof(Msg) + seed % 1000;
         Msg m{id, 0, i};
         std::memcpy(buf, &m, sizeof m);
+        if (progress) __atomic_store_n(&progress[0], i + 1, __ATOMIC_RELEASE);
         Status s = pub.offer(buf, len, i);
+        if (progress && s == Status::ok) __atomic_store_n(&progress[1], i + 1, __ATOMIC_RELEASE);
         if (s != Status::ok) {
           std::fprintf(stderr, "helper pub: offer %llu: %s\n", (unsigned long long)i, to_string(s));
           return 3;
