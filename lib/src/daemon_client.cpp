@@ -286,7 +286,7 @@ std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, u
   }
   // Copy once, validate the copy, use only the copy (shm::bind_ring).
   shm::RingRefs refs;
-  if (const char* why = shm::bind_ring(d, dsize, c, csize, refs)) {
+  if (const char* why = shm::bind_ring(d, dsize, c, csize, refs, /*granted=*/true)) {
     munmap(d, dsize);
     munmap(c, csize);
     throw Error(ErrorCode::incompatible, std::string("open: the daemon handed out an invalid segment: ") + why);

@@ -79,8 +79,12 @@ struct RingRefs {
 // into local memory, validates the copy and fills `r` only from it (a peer may
 // rewrite the shared header between a check and a use). Returns nullptr, or why
 // the segments are refused. The caller has already waited for layout_version != 0.
+//
+// `granted`: the segments came from the daemon, which sized the control segment
+// itself; the slot count is then taken from its size and the control header's
+// identity line (which every subscriber can write) is not consulted at all.
 inline const char* bind_ring(void* data, size_t data_bytes, void* ctl, size_t ctl_bytes,
-                             RingRefs& r) {
+                             RingRefs& r, bool granted = false) {
   r = RingRefs{};
   if (data_bytes < kRingOffset || ctl_bytes < sizeof(ControlHeader))
     return "segment shorter than its header";
@@ -88,11 +92,20 @@ inline const char* bind_ring(void* data, size_t data_bytes, void* ctl, size_t ct
   auto* ch = static_cast<ControlHeader*>(ctl);
   // SYNC(data.ready) / SYNC(ctl.ready) acquire, then one copy of the identity lines.
   const uint32_t dv = aref(dh->layout_version).load(std::memory_order_acquire);
-  const uint32_t cv = aref(ch->layout_version).load(std::memory_order_acquire);
+  uint32_t cv = aref(ch->layout_version).load(std::memory_order_acquire);
   DataHeader d;
   ControlHeader c;
   std::memcpy(static_cast<void*>(&d), data, 128);
   std::memcpy(static_cast<void*>(&c), ctl, 32);
+  if (granted) {
+    // Only the daemon writes the data segment's identity; the control segment's
+    // is replaced by what the daemon's own sizing says.
+    c.magic = kCtlMagic;
+    cv = kLayoutVersion;
+    c.capacity = d.capacity;
+    const size_t n = (ctl_bytes - sizeof(ControlHeader)) / sizeof(CursorSlot);
+    c.slot_count = n > kMaxSlots ? 0 : uint32_t(n);
+  }
   if ((dv >> 16) != kLayoutMajor || (cv >> 16) != kLayoutMajor)
     return "segment layout version differs from this build's (2.x); recreate the topic";
   if (d.magic != kDataMagic || c.magic != kCtlMagic) return "bad segment magic";
@@ -996,6 +1009,15 @@ class RingReader {
   bool tethered_ = true;
   uint64_t check_below_ = 0;  // P11: frames below this position get the P9 check
 };
+
+// The creator (the daemon) restores the identity line of a control segment that a
+// participant overwrote; the cursor slots and wait words are left as they are.
+inline void restore_control_identity(ControlHeader* c, uint64_t capacity, uint32_t slots) {
+  c->magic = kCtlMagic;
+  c->slot_count = slots;
+  c->capacity = capacity;
+  aref(c->layout_version).store(kLayoutVersion, std::memory_order_release);  // SYNC(ctl.ready)
+}
 
 // Initialises freshly created (zero-filled) segments. The layout version is
 // written last with release: "version present" means "ready" (SYNC(data.ready),
