@@ -35,17 +35,22 @@ void* map_fd(int fd, size_t n, const std::string& name) {
   return p;
 }
 
-// Re-attach check: the existing segments must be ours, of this layout major and of
-// the registry's settings; otherwise the caller recreates them.
+// Re-attach check: the existing data segment must be ours, of this layout and of the
+// registry's settings; otherwise the caller recreates them. Only the data segment's
+// identity counts: subscribers cannot write it. The control segment's identity line
+// (any subscriber can write it) is restored from the registry instead, so a
+// subscriber that flipped its magic cannot make a restarted daemon recreate the
+// topic empty; its size was checked against the registry by the caller.
 bool matches(const Partition& p, const TopicSettings& t) {
   auto* d = static_cast<const shm::DataHeader*>(p.data_map);
-  auto* c = static_cast<const shm::ControlHeader*>(p.ctl_map);
   uint32_t v = std::atomic_ref<const uint32_t>(d->layout_version).load(std::memory_order_acquire);
   uint64_t maxp = t.max_payload ? t.max_payload : t.capacity / 4;
-  return d->magic == shm::kDataMagic && c->magic == shm::kCtlMagic && (v >> 16) == shm::kLayoutMajor &&
-         v == shm::kLayoutVersion && d->capacity == t.capacity && c->capacity == t.capacity &&
-         c->slot_count == t.slots && d->max_payload == maxp &&
-         bool(d->flags & shm::kFlagMultiProducer) == t.multi_producer && d->policy == t.policy;
+  if (!(d->magic == shm::kDataMagic && v == shm::kLayoutVersion && d->capacity == t.capacity &&
+        d->max_payload == maxp && bool(d->flags & shm::kFlagMultiProducer) == t.multi_producer &&
+        d->policy == t.policy))
+    return false;
+  shm::restore_control_identity(static_cast<shm::ControlHeader*>(p.ctl_map), t.capacity, t.slots);
+  return true;
 }
 
 // The segments stay mapped; their fds are closed (a daemon with 10 000 topics would

@@ -395,3 +395,48 @@ TEST_CASE("an embedded daemon serves the same API and cleans up after itself", "
   }
   CHECK(shm_files(prefix).empty());
 }
+
+// A subscriber maps the control segment read-write (its cursor lives there), so it
+// can overwrite the segment's identity line. Clients bind from what the daemon
+// granted and the daemon restores the line from its registry: later opens work, and
+// a restarted daemon keeps the topic's ring instead of recreating it empty.
+TEST_CASE("a control segment whose identity a subscriber overwrote still opens, and survives a daemon restart",
+          "[daemon][trust]") {
+  DaemonProc d("ctlid");
+  REQUIRE(d.start());
+  uint64_t seq_before = 0;
+  {
+    Bus bus = Bus::connect(d.sock);
+    bus.create_topic("ctl.id", {.capacity = 65536, .policy = Policy::fail});
+    Publisher pub = bus.publisher("ctl.id");
+    Subscriber sub = bus.subscriber("ctl.id");
+    for (int i = 0; i < 10; ++i) REQUIRE(pub.offer("x", 1) == Status::ok);
+    // The hostile write, through the subscriber's own mapping.
+    shm::ControlHeader* c = sub.refs().ctl;
+    c->magic = 0x4141414141414141ull;
+    shm::aref(c->layout_version).store(0x00010002u);
+    c->slot_count = 4000;
+    c->capacity = 1;
+    Subscriber sub2 = bus.subscriber("ctl.id");  // opens regardless
+    REQUIRE(pub.offer("after", 5) == Status::ok);
+    View v;
+    REQUIRE(sub2.poll_wait(v, 1'000'000'000) == Status::ok);
+    CHECK(v.size() == 5);
+    seq_before = v.sequence();
+    sub2.release(v);
+  }
+  d.crash();  // SIGKILL: the segments stay, the next daemon re-attaches them
+  REQUIRE(d.start());
+  {
+    Bus bus = Bus::connect(d.sock);
+    Publisher pub = bus.publisher("ctl.id");
+    Subscriber sub = bus.subscriber("ctl.id");
+    REQUIRE(pub.offer("later", 5) == Status::ok);
+    View v;
+    REQUIRE(sub.poll_wait(v, 1'000'000'000) == Status::ok);
+    CHECK(v.sequence() == seq_before + 1);  // the same ring, not a new empty one
+    sub.release(v);
+    bus.remove_topic("ctl.id");
+  }
+  REQUIRE(d.stop());
+}
