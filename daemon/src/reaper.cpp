@@ -106,7 +106,7 @@ void Reaper::resolve_dead_claims(Partition& part) {
   const shm::RingRefs& r = part.refs;
   if (!r.multi()) return;
   for (uint32_t k = 0; k < r.producer_count; ++k) {
-    const uint32_t owner = aref(r.producers[k].pid).load(std::memory_order_acquire);
+    const uint32_t owner = shm::owner_pid(aref(r.producers[k].pid).load(std::memory_order_acquire));
     if (owner == 0 || alive(owner)) continue;
     if (shm::recover_dead_producer(r, k, owner) == shm::ClaimRecovery::padded) {
       part.filled_claims.fetch_add(1, std::memory_order_relaxed);
@@ -121,6 +121,7 @@ void Reaper::scan(uint64_t now_ns) {
   for (auto& p : parts_) {
     const shm::RingRefs& r = p->refs;
     auto consider = [&](uint32_t pid) {
+      pid = shm::owner_pid(pid);  // a slot being recovered: its reclaimer's pid
       if (pid && pid_t(pid) != getpid() && !pids_.count(pid_t(pid))) watch_pid(pid_t(pid));
     };
     for (uint32_t i = 0; i < r.slot_count; ++i) {

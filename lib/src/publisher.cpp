@@ -70,7 +70,7 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
     // Every producer-table entry is taken: entries of dead producers are freed
     // (their claims padded) and the attach is tried once more.
     for (uint32_t k = 0; k < r.producer_count; ++k) {
-      uint32_t pid = aref(r.producers[k].pid).load(std::memory_order_acquire);
+      uint32_t pid = shm::owner_pid(aref(r.producers[k].pid).load(std::memory_order_acquire));
       if (pid && !shm::process_alive(pid)) shm::recover_dead_producer(r, k, pid);
     }
     if (!w_.attach(r, multi, me))
@@ -220,13 +220,13 @@ void Publisher::reclaim_dead_cursors() {
   for (uint32_t i = 0; i < r.slot_count; ++i) {
     shm::CursorSlot& s = r.slots[i];
     if (aref(s.state).load(std::memory_order_acquire) != shm::kSlotActive) continue;
-    uint32_t pid = aref(s.pid).load(std::memory_order_acquire);
+    uint32_t pid = shm::owner_pid(aref(s.pid).load(std::memory_order_acquire));
     if (pid == 0 || shm::process_alive(pid)) continue;  // pid 0: parked durable slot
     if (shm::recover_dead_cursor(r, i, pid) == shm::CursorRecovery::freed) ++stats_.reclaimed_cursors;
   }
   if (r.multi()) {
     for (uint32_t k = 0; k < r.producer_count; ++k) {
-      uint32_t pid = aref(r.producers[k].pid).load(std::memory_order_acquire);
+      uint32_t pid = shm::owner_pid(aref(r.producers[k].pid).load(std::memory_order_acquire));
       if (pid && !shm::process_alive(pid)) shm::recover_dead_producer(r, k, pid);
     }
   }

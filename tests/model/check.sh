@@ -121,7 +121,7 @@ run ring-v2-3p              ring.pml pass    -DNPROD=3 -DNMSG=1 -DMAXDIE=0 -DMAX
 run ring-v2-untethered-only ring.pml pass    -DNTETH=0 -DNUNTETH=1 -DNMSG=1
 run ring-v2-no-livelock     ring.pml pass-np -DNMSG=1 -DMAXL=1
 # a freed producer entry taken by a new producer, two concurrent reclaimers, with the
-# reclaimer made exclusive (pid dead -> RECL first): see the known bug below
+# reclaimer made exclusive (pid dead -> RECL first), as shm/recovery.hpp does
 run ring-v2-reuse-exclusive ring.pml pass    -DREUSE -DRECLAIMFIX -DNPROD=1 -DNMSG=1
 # Larger bounds (up to minutes each, 2-20 M states): MODEL_LONG=1
 if [ "${MODEL_LONG:-0}" = 1 ]; then
@@ -134,11 +134,11 @@ if [ "${MODEL_LONG:-0}" = 1 ]; then
 fi
 
 # ---- ring.pml: variants that must fail ----
-# KNOWN BUG of the landed recover_dead_producer (docs/model-checking.md): it checks the
-# entry's pid once, then acts; a second reclaimer of the same dead producer pads the
-# live claim of the producer that reused the entry meanwhile. Becomes a must-hold check
-# (without RECLAIMFIX) once shm/recovery.hpp is fixed.
-run ring-known-bug-reclaim-race ring.pml fail:g_own  -DREUSE -DNPROD=1 -DNMSG=1
+# A reclaimer that checks the entry's pid once, then acts (recover_dead_producer before
+# it was made exclusive; found by this model): a second reclaimer of the same dead
+# producer pads the live claim of the producer that reused the entry meanwhile. The
+# code now CASes the pid to its own mark first (RECLAIMFIX, ring-v2-reuse-exclusive).
+run ring-reclaim-race-nonexclusive ring.pml fail:g_own  -DREUSE -DNPROD=1 -DNMSG=1
 # complete_claim with its CASes swapped (tail first, then WON): a reclaimer that finds
 # the tail past k's claim and the word still INTENT leaves a won claim unpadded
 run ring-won-after-tail     ring.pml "fail:!((g_open[k]" -DWONLATE -DNMSG=1

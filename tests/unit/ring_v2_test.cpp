@@ -344,3 +344,50 @@ TEST_CASE("a parked untethered slot resumed as tethered reports lapped, not corr
   FrameView v;
   CHECK(rd.poll(v) == RingStatus::lapped);
 }
+
+// Found by the model (tests/model, ring-reclaim-race-nonexclusive): a reclaimer that
+// checked the pid once and then acted could pad the live claim of a producer that
+// reused the entry meanwhile. Recovery now takes the entry by CAS of its pid to the
+// reclaimer's mark; a second reclaimer of the same death gets nothing to do.
+TEST_CASE("recovery of a dead producer is exclusive, and a dead reclaimer's mark is taken over") {
+  HeapRing h(8192, true);
+  const uint32_t dead = dead_pid();
+  const uint32_t dead_reclaimer = dead_pid();
+  fake_producer(h.r, 2, dead);
+  record_intent(h.r, 2, 0, 1, flen(64));
+  uint64_t e_pos = 0, e_tw = tail_word(1, 0);
+  REQUIRE(cas_tail(h.r, e_pos, e_tw, 0, tail_word(1, 2 + 1)));
+  // A reclaimer holds the entry (its mark) and is alive: nobody else may act.
+  aref(h.r.producers[2].pid).store(reclaimer_mark());
+  CHECK(recover_dead_producer(h.r, 2, dead) == ClaimRecovery::none);
+  CHECK(h.commit_at(0) == 0);
+  // The reclaimer died midway: its death is proven, its mark taken over, the work done.
+  aref(h.r.producers[2].pid).store(kReclaimBit | dead_reclaimer);
+  CHECK(recover_dead_producer(h.r, 2, dead_reclaimer) == ClaimRecovery::padded);
+  CHECK(aref(h.r.producers[2].pid).load() == 0);
+  // The entry is reused by a live producer with an open claim; the first death's
+  // reclaimer arriving late changes nothing.
+  RingWriter n;
+  REQUIRE(n.attach(h.r, true, uint32_t(getpid())));
+  Claim c;
+  REQUIRE(n.try_claim(64, c) == RingStatus::ok);
+  CHECK(recover_dead_producer(h.r, n.producer_slot(), dead) == ClaimRecovery::none);
+  const uint64_t at = c.pos;
+  CHECK(h.commit_at(at) == 0);
+  n.commit(c, 64, FrameMeta{});
+  CHECK(commit_type(h.commit_at(at)) == kFrameData);
+}
+
+TEST_CASE("a dead subscriber's slot is freed once: a late second reclaimer cannot free a new joiner") {
+  HeapRing h(8192, false);
+  const uint32_t dead = dead_pid();
+  RingReader a;
+  REQUIRE(a.join(h.r, dead, true));
+  const uint32_t i = a.slot_index();
+  CHECK(recover_dead_cursor(h.r, i, dead) == CursorRecovery::freed);
+  RingReader b;  // a new subscriber takes the freed slot
+  REQUIRE(b.join(h.r, uint32_t(getpid()), true));
+  REQUIRE(b.slot_index() == i);
+  CHECK(recover_dead_cursor(h.r, i, dead) == CursorRecovery::none);
+  CHECK(aref(h.r.slots[i].state).load() == kSlotActive);
+}

@@ -11,6 +11,15 @@
 
 namespace shmbus::shm {
 
+// A table entry or cursor slot being recovered holds kReclaimBit | the reclaimer's
+// pid in its pid field: recovery is exclusive (two reclaimers of one dead owner, or a
+// reclaimer and a new owner reusing the freed entry, never interleave), and a
+// reclaimer that dies midway is itself proven dead and taken over (every step is
+// idempotent). Real pids are below 2^22.
+inline constexpr uint32_t kReclaimBit = 0x8000'0000u;
+inline uint32_t owner_pid(uint32_t v) { return v & ~kReclaimBit; }
+inline uint32_t reclaimer_mark() { return kReclaimBit | uint32_t(getpid()); }
+
 enum class ClaimRecovery : uint8_t {
   none,    // the dead producer had no claim that won (nothing to do)
   padded,  // its won, uncommitted claim is now padding (readers move on)
@@ -26,10 +35,16 @@ enum class ClaimRecovery : uint8_t {
 //  c. the slot's zero lock, space-waiter bit and table entry are freed.
 // The bytes of a WON claim cannot have been re-zeroed for the next lap: open claims
 // bound every producer's limit (min_open_claim).
+// `dead_pid`: a pid proven dead, the entry's owner or a reclaimer that died while
+// recovering it; the CAS of the pid field to our own mark is the exclusive right to
+// recover the entry.
 inline ClaimRecovery recover_dead_producer(const RingRefs& r, uint32_t k, uint32_t dead_pid) {
-  if (k >= r.producer_count) return ClaimRecovery::none;
+  if (k >= r.producer_count || dead_pid == 0) return ClaimRecovery::none;
   ProducerSlot& p = r.producers[k];
-  if (aref(p.pid).load(std::memory_order_acquire) != dead_pid || dead_pid == 0) return ClaimRecovery::none;
+  uint32_t expect = aref(p.pid).load(std::memory_order_acquire);
+  if (expect == 0 || owner_pid(expect) != dead_pid ||
+      !aref(p.pid).compare_exchange_strong(expect, reclaimer_mark(), std::memory_order_acq_rel))
+    return ClaimRecovery::none;
   // a. A pending tail of ours: complete it (as any producer would).
   for (int i = 0; i < 4; ++i) {
     uint64_t pos = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
@@ -64,8 +79,7 @@ inline ClaimRecovery recover_dead_producer(const RingRefs& r, uint32_t k, uint32
   uint32_t lock = k + 1;
   aref(r.data->zero_lock).compare_exchange_strong(lock, 0, std::memory_order_release);
   aref(r.data->space_waiter_bits).fetch_and(~(uint64_t(1) << k), std::memory_order_seq_cst);
-  uint32_t owner = dead_pid;
-  aref(p.pid).compare_exchange_strong(owner, 0, std::memory_order_release);
+  aref(p.pid).store(0, std::memory_order_release);  // free for a new producer, only now
   if (out == ClaimRecovery::padded) wake_all_data(r);
   // An open claim (INTENT or WON) bounded every producer's space limit
   // (min_open_claim); now IDLE, it no longer does. Producers asleep on space behind
@@ -101,22 +115,25 @@ inline CursorRecovery recover_dead_cursor(const RingRefs& r, uint32_t i, uint32_
                                           bool park_names = true, uint64_t keep_name = 0) {
   if (i >= r.slot_count || dead_pid == 0) return CursorRecovery::none;
   CursorSlot& s = r.slots[i];
-  if (aref(s.pid).load(std::memory_order_acquire) != dead_pid) return CursorRecovery::none;
   uint32_t st = aref(s.state).load(std::memory_order_acquire);
   if (st != kSlotActive && st != kSlotJoining) return CursorRecovery::none;
+  // Exclusive: a second reclaimer of the same dead owner fails here, so it cannot
+  // free the slot again after a new subscriber has joined it.
+  uint32_t expect = aref(s.pid).load(std::memory_order_acquire);
+  if (expect == 0 || owner_pid(expect) != dead_pid ||
+      !aref(s.pid).compare_exchange_strong(expect, reclaimer_mark(), std::memory_order_acq_rel))
+    return CursorRecovery::none;
   aref(r.ctl->data_waiter_bits[i / 64]).fetch_and(~(uint64_t(1) << (i % 64)), std::memory_order_seq_cst);
   const uint64_t nh = aref(s.name_hash).load(std::memory_order_relaxed);
   if (park_names && st == kSlotActive && nh != 0 && nh != keep_name) {
     aref(s.heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
-    uint32_t owner = dead_pid;
-    // The CAS on pid makes parking exclusive with a resumer's takeover (P11).
-    if (aref(s.pid).compare_exchange_strong(owner, 0, std::memory_order_acq_rel))
-      return CursorRecovery::parked;
-    return CursorRecovery::none;
+    // pid 0 on an ACTIVE named slot is "parked" (P11); a resumer CASes 0 -> its pid.
+    aref(s.pid).store(0, std::memory_order_release);
+    return CursorRecovery::parked;
   }
-  // The owner is dead: nobody else writes this slot (a joiner only takes FREE).
-  if (!aref(s.state).compare_exchange_strong(st, kSlotFree, std::memory_order_acq_rel))
-    return CursorRecovery::none;
+  // The owner is dead and the slot is ours to free; a joiner takes it only once FREE
+  // (and writes its own pid over our mark).
+  aref(s.state).store(kSlotFree, std::memory_order_seq_cst);
   wake_all_space(r);
   return CursorRecovery::freed;
 }
