@@ -100,7 +100,14 @@ void ControlServer::drop(uint64_t id, const char* reason) {
   core_.counters.clients = uint32_t(conns_.size());
 }
 
+void ControlServer::pause_accept() {
+  accept_paused_until_ = shm::monotonic_ns() + 100'000'000ull;
+  epoll_ctl(ep_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+}
+
 void ControlServer::accept_all() {
+  // A reserve lost before (no fd was free to reopen it) is taken back first.
+  if (reserve_fd_ < 0) reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   for (;;) {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
@@ -110,10 +117,13 @@ void ControlServer::accept_all() {
         // Out of fds: the pending connection would make the listener readable
         // forever (a spin). Give up the reserve fd, accept it and close it at once
         // (the client sees a closed connection); without a reserve, stop accepting
-        // for a moment instead.
+        // for a moment instead. The lock keeps the reaper's pidfd_open (which our
+        // accepts trigger) from taking the freed slot: the reserve would be lost,
+        // and with it every queued client's answer until some client leaves.
         log_limited(core_.instance, LOG_WARN, "accept_failed", "", 0,
                     std::string(strerror(errno)) + ": a connection was refused");
         if (reserve_fd_ >= 0) {
+          std::lock_guard<std::mutex> g(core_.fd_reserve_mu);
           close(reserve_fd_);
           reserve_fd_ = -1;
           int f = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
@@ -121,8 +131,7 @@ void ControlServer::accept_all() {
           reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
           if (f >= 0) continue;
         }
-        accept_paused_until_ = shm::monotonic_ns() + 100'000'000ull;
-        epoll_ctl(ep_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+        pause_accept();
         return;
       }
       log_limited(core_.instance, LOG_WARN, "accept_failed", "", 0, strerror(errno));
@@ -247,8 +256,19 @@ void ControlServer::on_readable(uint64_t id) {
   }
 }
 
-void ControlServer::run() {
+ControlServer::~ControlServer() {
+  if (ep_ >= 0) close(ep_);
+  if (reserve_fd_ >= 0) close(reserve_fd_);
+}
+
+void ControlServer::init() {
   ep_ = epoll_create1(EPOLL_CLOEXEC);
+  if (ep_ < 0) throw Error(ErrorCode::system, std::string("epoll_create1: ") + strerror(errno));
+  reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (reserve_fd_ < 0) throw Error(ErrorCode::system, std::string("/dev/null: ") + strerror(errno));
+}
+
+void ControlServer::run() {
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = kListenTag;
@@ -258,7 +278,6 @@ void ControlServer::run() {
   ev.data.u64 = kStopTag;
   epoll_ctl(ep_, EPOLL_CTL_ADD, core_.stop_efd, &ev);
   core_.counters.serving = true;
-  reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   epoll_event evs[64];
   bool draining = false;
   for (;;) {
@@ -321,6 +340,7 @@ void ControlServer::run() {
   conns_.clear();
   uid_conns_.clear();
   close(ep_);
+  ep_ = -1;
   if (reserve_fd_ >= 0) close(reserve_fd_);
   reserve_fd_ = -1;
 }

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -239,6 +240,8 @@ class Registry {
 class Reaper {
  public:
   explicit Reaper(Core& core) : core_(core) {}
+  ~Reaper();
+  void init();  // before the threads start (no client can take its fds); throws Error
   void run();
 
  private:
@@ -254,6 +257,7 @@ class Reaper {
 
   Core& core_;
   int ep_ = -1;
+  int tfd_ = -1;
   std::map<pid_t, Watched> pids_;
   std::vector<std::shared_ptr<Partition>> parts_;
   struct Sample {
@@ -266,7 +270,9 @@ class Reaper {
 class ControlServer {
  public:
   explicit ControlServer(Core& core) : core_(core) {}
+  ~ControlServer();
   void bind(int dir_fd);  // before the threads start; throws Error. dir_fd: the socket's directory
+  void init();            // before the threads start: its epoll and reserve fd; throws Error
   void run();
   void close_listener();
 
@@ -284,6 +290,7 @@ class ControlServer {
   void send_to(uint64_t id, const std::vector<uint8_t>& frame, const std::vector<int>& fds);
   void answered(uint64_t id);  // a registry reply went out: resume reading when paused
   void set_reading(Conn& c, bool on);
+  void pause_accept();
 
   int reserve_fd_ = -1;             // given up to accept (and refuse) at EMFILE
   uint64_t accept_paused_until_ = 0;  // monotonic ns; 0: accepting
@@ -312,6 +319,11 @@ class Core {
   CommandQueue<RegistryCmd> registry_q;
   CommandQueue<ServerCmd> server_q;
   CommandQueue<ReaperCmd> reaper_q;
+  // Held by the server while it gives up its reserve fd to accept (and refuse) a
+  // connection at EMFILE, and by the reaper around pidfd_open: the reaper's pidfds
+  // are triggered by accepts, and one taking the freed slot would cost the server
+  // its reserve (no free fd to refuse with, queued clients left waiting).
+  std::mutex fd_reserve_mu;
   std::atomic<bool> stopping{false};
   int stop_efd = -1;  // written by request_stop (async-signal-safe)
   int lock_fd = -1;

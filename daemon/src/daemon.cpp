@@ -95,6 +95,16 @@ void Core::start() {
     server.close_listener();
     throw;
   }
+  // Every thread's own fds before any client is accepted: once clients exhaust the
+  // fds, a thread still starting up would fail to get them or take the slot the
+  // server frees to refuse a connection.
+  try {
+    reaper.init();
+    server.init();
+  } catch (...) {
+    server.close_listener();
+    throw;
+  }
   counters.start_ns = realtime_ns();
   t_reaper_ = std::thread([this] { reaper.run(); });
   t_registry_ = std::thread([this] { registry.run(); });

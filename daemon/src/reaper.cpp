@@ -44,7 +44,11 @@ bool Reaper::alive(uint32_t pid) {
 
 void Reaper::watch_pid(pid_t pid) {
   if (pid <= 0 || pid == getpid() || pids_.count(pid)) return;
-  int fd = pidfd_open_(pid);
+  int fd;
+  {
+    std::lock_guard<std::mutex> g(core_.fd_reserve_mu);
+    fd = pidfd_open_(pid);
+  }
   if (fd < 0) {
     if (errno == ESRCH) on_dead(pid, "gone before it was watched");
     return;
@@ -149,9 +153,20 @@ void Reaper::scan(uint64_t now_ns) {
   }
 }
 
-void Reaper::run() {
+Reaper::~Reaper() {
+  if (tfd_ >= 0) close(tfd_);
+  if (ep_ >= 0) close(ep_);
+}
+
+void Reaper::init() {
   ep_ = epoll_create1(EPOLL_CLOEXEC);
-  int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (ep_ < 0) throw Error(ErrorCode::system, std::string("reaper: epoll_create1: ") + strerror(errno));
+  tfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (tfd_ < 0) throw Error(ErrorCode::system, std::string("reaper: timerfd_create: ") + strerror(errno));
+}
+
+void Reaper::run() {
+  const int tfd = tfd_;
   itimerspec its{};
   int64_t iv = core_.opts.reclaim_interval_ms > 0 ? core_.opts.reclaim_interval_ms : 20;
   its.it_interval.tv_sec = iv / 1000;
@@ -173,8 +188,9 @@ void Reaper::run() {
           for (auto& [pid, w] : pids_) close(w.pidfd);
           pids_.clear();
           parts_.clear();
-          close(tfd);
+          close(tfd_);
           close(ep_);
+          tfd_ = ep_ = -1;
           return;
         case ReaperCmd::watch_partition:
           parts_.push_back(c.part);
