@@ -104,3 +104,62 @@ TEST_CASE("producers killed mid-stream on a single-producer partition are taken 
 TEST_CASE("twenty producer takeovers after SIGKILL at random points lose and repeat nothing", "[.long]") {
   producer_takeover(20, 100'000, "producer takeover, long");
 }
+
+// A subscriber process that exits without closing (_exit: no destructor runs, so its
+// tethered cursor slot stays held at position 0). In direct mode nobody but the
+// blocked publisher can free it: after it has been held back reclaim_after_ns by the
+// dead cursor it proves the owner dead and reclaims the slot. The publisher must then
+// go on, within reclaim_after_ns plus a scheduling margin.
+TEST_CASE("a subscriber that exited without closing is reclaimed by the blocked publisher within reclaim_after_ns") {
+  const int64_t reclaim_ns = 200'000'000;
+  const int64_t margin_ns = 2'000'000'000;
+  const uint32_t cap = 64 << 10;
+  MpTopic t("exitsub", {.capacity = cap, .policy = Policy::block});
+  int p[2];
+  REQUIRE(pipe(p) == 0);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(p[0]);
+    Bus bus = Bus::direct({.shm_prefix = t.prefix});
+    Subscriber sub = bus.subscriber(t.guard.topic);
+    char c = 'r';
+    ssize_t w = write(p[1], &c, 1);
+    (void)w;
+    _exit(0);  // no Subscriber destructor: the slot stays active under a dead pid
+  }
+  close(p[1]);
+  char c = 0;
+  REQUIRE(read(p[0], &c, 1) == 1);
+  close(p[0]);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);  // reaped: kill(pid, 0) now fails
+  REQUIRE(WIFEXITED(status));
+
+  PublisherOptions po;
+  po.reclaim_after_ns = reclaim_ns;
+  po.block_timeout_ns = 30'000'000'000;  // far past the bound: only the reclaim can free it
+  Publisher pub = t.guard.bus.publisher(t.guard.topic, po);
+  std::vector<char> body(200, 'x');
+  const int n = int(3 * cap / body.size());  // three laps past the dead cursor
+  int64_t worst_ns = 0;
+  for (int i = 0; i < n; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    REQUIRE(pub.offer(body.data(), body.size()) == Status::ok);
+    int64_t dt = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    worst_ns = std::max(worst_ns, dt);
+  }
+  std::printf("dead subscriber (exited without closing): publisher held back %.1f ms at most "
+              "(reclaim_after_ns %.1f ms, bound %.1f ms)\n",
+              worst_ns / 1e6, reclaim_ns / 1e6, (reclaim_ns + margin_ns) / 1e6);
+  CHECK(pub.stats().reclaimed_cursors == 1);
+  CHECK(pub.stats().blocked_waits > 0);     // the dead cursor did hold it back...
+  CHECK(worst_ns >= reclaim_ns / 2);        // ...for about reclaim_after_ns...
+  CHECK(worst_ns <= reclaim_ns + margin_ns);  // ...and no longer than the bound
+  // The slot is free again.
+  const shm::RingRefs& r = pub.refs();
+  for (uint32_t i = 0; i < r.slot_count; ++i) {
+    if (shm::aref(r.slots[i].pid).load(std::memory_order_acquire) != uint32_t(pid)) continue;
+    CHECK(shm::aref(r.slots[i].state).load(std::memory_order_acquire) != shm::kSlotActive);
+  }
+}
