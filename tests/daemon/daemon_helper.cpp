@@ -7,7 +7,7 @@
 //                                  (read by the test after a SIGKILL: issue 10, exactness)
 //   hang-claim SOCK TOPIC ID K     publish K messages, claim one more, scribble, 'C', hang
 //   sub-hold SOCK TOPIC            subscribe (tethered), poll without releasing, 'H', hang
-//   connect-sub SOCK TOPIC         connect, subscribe, exit 0
+//   connect-sub SOCK TOPIC         connect, subscribe, _exit(0) without closing
 //   sub-durable SOCK TOPIC NAME K  durable subscriber: read and release K messages, 'K', hang
 //   access SOCK TOPIC SHMNAME      try to subscribe and to shm_open the segment; prints
 //                                  "open:<denied|ok|err>" and "shm:<denied|ok|err>"
@@ -130,7 +130,10 @@ int main(int argc, char** argv) {
       Subscriber sub = bus.subscriber(topic);
       View v;
       (void)sub.poll(v);
-      return 0;
+      // Leave without closing: no destructor runs, so the cursor slot stays held
+      // and only the daemon's reaper can free it.
+      std::fflush(nullptr);
+      _exit(0);
     }
     if (mode == "access") {
       const char* shm = argv[4];
