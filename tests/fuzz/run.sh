@@ -36,7 +36,8 @@ case $target in
   *) echo "unknown fuzz target $target"; exit 2 ;;
 esac
 # New inputs go to a scratch dir; the committed corpus is only read.
+# -error_exitcode=1: libFuzzer's default for a crash is 77, which meson counts as a skip.
 rm -rf "$out/work/new-$target"; mkdir -p "$out/work/new-$target"
-exec "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=1024 \
+exec "$bin" -error_exitcode=1 -max_total_time="$secs" -timeout=10 -rss_limit_mb=1024 \
   -max_len=65536 -artifact_prefix="$out/work/$target-" -print_final_stats=1 \
   "$out/work/new-$target" "$src/tests/fuzz/corpus/$target"
