@@ -37,7 +37,7 @@ const char* to_string(FlushPolicy p) noexcept {
 namespace {
 
 [[noreturn]] void sys_fail(const std::string& what, int err = errno) {
-  throw Error(ErrorCode::system, what + ": " + std::strerror(err));
+  throw Error(ErrorCode::system, what + ": " + std::strerror(err), err);
 }
 
 void mkdirs(const std::string& path) {

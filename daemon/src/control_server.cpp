@@ -42,12 +42,15 @@ void ControlServer::bind(int dir_fd) {
     throw Error(ErrorCode::invalid_argument, "socket path too long: " + path);
   std::memcpy(a.sun_path, via.c_str(), via.size() + 1);
   int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw Error(ErrorCode::system, std::string("socket: ") + strerror(errno));
+  if (fd < 0) {
+    const int e = errno;
+    throw Error(ErrorCode::system, std::string("socket: ") + strerror(e), e);
+  }
   if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) {
     if (errno != EADDRINUSE) {
       int e = errno;
       close(fd);
-      throw Error(ErrorCode::system, path + ": bind: " + strerror(e));
+      throw Error(ErrorCode::system, path + ": bind: " + strerror(e), e);
     }
     // Stale socket from a crashed daemon, or a live daemon?
     int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -67,14 +70,14 @@ void ControlServer::bind(int dir_fd) {
     if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) < 0) {
       int e = errno;
       close(fd);
-      throw Error(ErrorCode::system, path + ": bind: " + strerror(e));
+      throw Error(ErrorCode::system, path + ": bind: " + strerror(e), e);
     }
   }
   fchmodat(dir_fd, sock_name_.c_str(), core_.opts.socket_mode & 0777, 0);
   if (listen(fd, 128) < 0) {
     int e = errno;
     close(fd);
-    throw Error(ErrorCode::system, std::string("listen: ") + strerror(e));
+    throw Error(ErrorCode::system, std::string("listen: ") + strerror(e), e);
   }
   listen_fd_ = fd;
 }
@@ -263,9 +266,15 @@ ControlServer::~ControlServer() {
 
 void ControlServer::init() {
   ep_ = epoll_create1(EPOLL_CLOEXEC);
-  if (ep_ < 0) throw Error(ErrorCode::system, std::string("epoll_create1: ") + strerror(errno));
+  if (ep_ < 0) {
+    const int e = errno;
+    throw Error(ErrorCode::system, std::string("epoll_create1: ") + strerror(e), e);
+  }
   reserve_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (reserve_fd_ < 0) throw Error(ErrorCode::system, std::string("/dev/null: ") + strerror(errno));
+  if (reserve_fd_ < 0) {
+    const int e = errno;
+    throw Error(ErrorCode::system, std::string("/dev/null: ") + strerror(e), e);
+  }
 }
 
 void ControlServer::run() {

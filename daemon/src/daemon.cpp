@@ -78,10 +78,12 @@ void Core::start() {
   state_fd = open_trusted_dir(opts.state_dir, 0700, "state dir");
   fchmod(state_fd, 0700);  // ours (checked): owner-only whatever it was
   lock_fd = open_state_file(state_fd, "shmbusd.lock", O_RDWR | O_CREAT, opts.state_dir);
-  if (lock_fd < 0)
+  if (lock_fd < 0) {
+    const int e = errno;
     throw Error(ErrorCode::system, opts.state_dir + "/shmbusd.lock: " +
-                                       (errno == ELOOP || errno == EPERM ? std::string("a symlink or not our file: refusing it")
-                                                                         : std::string(strerror(errno))));
+                                       (e == ELOOP || e == EPERM ? std::string("a symlink or not our file: refusing it")
+                                                                 : std::string(strerror(e))), e);
+  }
   if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
     throw Error(ErrorCode::already_exists, opts.state_dir + " is in use by another shmbusd");
   // An existing spill-log root must be a private directory (created with the first
@@ -200,7 +202,10 @@ Bus open_embedded(DaemonOptions opts) {
   std::string tmp;
   if (opts.state_dir.empty()) {
     char tpl[] = "/tmp/shmbus-embedded-XXXXXX";
-    if (!mkdtemp(tpl)) throw Error(ErrorCode::system, std::string("mkdtemp: ") + strerror(errno));
+    if (!mkdtemp(tpl)) {
+      const int e = errno;
+      throw Error(ErrorCode::system, std::string("mkdtemp: ") + strerror(e), e);
+    }
     tmp = tpl;
     opts.state_dir = tmp + "/state";
   }

@@ -25,7 +25,10 @@ std::string octal(mode_t m) {
 
 void check_trusted_dir(int fd, const std::string& path, const char* what) {
   struct stat st{};
-  if (fstat(fd, &st) < 0) throw Error(ErrorCode::system, path + ": fstat: " + strerror(errno));
+  if (fstat(fd, &st) < 0) {
+    const int e = errno;
+    throw Error(ErrorCode::system, path + ": fstat: " + strerror(e), e);
+  }
   if (!S_ISDIR(st.st_mode)) throw Error(ErrorCode::invalid_argument, std::string(what) + " " + path + " is not a directory");
   if (st.st_uid != geteuid())
     throw Error(ErrorCode::permission_denied,
@@ -50,8 +53,8 @@ int open_trusted_dir(const std::string& path, mode_t create_mode, const char* wh
     int e = errno;
     if (e == ELOOP || e == ENOTDIR)
       throw Error(ErrorCode::permission_denied,
-                  std::string(what) + " " + path + " is a symlink or not a directory: refusing it");
-    throw Error(ErrorCode::system, std::string(what) + " " + path + ": " + strerror(e));
+                  std::string(what) + " " + path + " is a symlink or not a directory: refusing it", e);
+    throw Error(ErrorCode::system, std::string(what) + " " + path + ": " + strerror(e), e);
   }
   try {
     check_trusted_dir(fd, path, what);
@@ -70,7 +73,7 @@ int open_private_dir_at(int dirfd, const std::string& name, const std::string& s
     int e = errno;
     throw Error(e == ELOOP || e == ENOTDIR ? ErrorCode::permission_denied : ErrorCode::system,
                 std::string(what) + " " + shown + ": " +
-                    (e == ELOOP || e == ENOTDIR ? "a symlink or not a directory: refusing it" : strerror(e)));
+                    (e == ELOOP || e == ENOTDIR ? "a symlink or not a directory: refusing it" : strerror(e)), e);
   }
   try {
     check_trusted_dir(fd, shown, what);

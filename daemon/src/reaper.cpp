@@ -160,9 +160,15 @@ Reaper::~Reaper() {
 
 void Reaper::init() {
   ep_ = epoll_create1(EPOLL_CLOEXEC);
-  if (ep_ < 0) throw Error(ErrorCode::system, std::string("reaper: epoll_create1: ") + strerror(errno));
+  if (ep_ < 0) {
+    const int e = errno;
+    throw Error(ErrorCode::system, std::string("reaper: epoll_create1: ") + strerror(e), e);
+  }
   tfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-  if (tfd_ < 0) throw Error(ErrorCode::system, std::string("reaper: timerfd_create: ") + strerror(errno));
+  if (tfd_ < 0) {
+    const int e = errno;
+    throw Error(ErrorCode::system, std::string("reaper: timerfd_create: ") + strerror(e), e);
+  }
 }
 
 void Reaper::run() {

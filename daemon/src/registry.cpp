@@ -176,10 +176,11 @@ void Registry::load() {
   const std::string path = state_file(core_);
   int fd = open_state_file(core_.state_fd, kStateName, O_RDONLY, path);
   if (fd < 0) {
-    if (errno == ENOENT) return;
+    const int e = errno;
+    if (e == ENOENT) return;
     throw Error(ErrorCode::system, path + ": " +
-                                       (errno == ELOOP || errno == EPERM ? std::string("a symlink or not our file: refusing it")
-                                                                         : std::string(strerror(errno))));
+                                       (e == ELOOP || e == EPERM ? std::string("a symlink or not our file: refusing it")
+                                                                 : std::string(strerror(e))), e);
   }
   std::vector<TopicSettings> loaded;
   std::vector<std::pair<uint32_t, uint64_t>> meta;

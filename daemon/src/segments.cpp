@@ -31,7 +31,10 @@ namespace {
 
 void* map_fd(int fd, size_t n, const std::string& name) {
   void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED) throw Error(ErrorCode::system, name + ": mmap: " + strerror(errno));
+  if (p == MAP_FAILED) {
+    const int e = errno;
+    throw Error(ErrorCode::system, name + ": mmap: " + strerror(e), e);
+  }
   return p;
 }
 
@@ -119,7 +122,7 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
     p->data_rw = fcntl(dobj.get_mapping_handle().handle, F_DUPFD_CLOEXEC, 0);
   } catch (const bip::interprocess_exception& e) {
     remove_partition_segments(prefix, t.name, idx);
-    throw Error(ErrorCode::system, p->data_name + ": " + e.what());
+    throw Error(ErrorCode::system, p->data_name + ": " + e.what(), e.get_native_error());
   }
   // Whatever the umask did: owner-only. Access goes through the daemon's fds.
   fchmod(p->ctl_fd, 0600);
@@ -131,7 +134,7 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
     if (e != 0) {
       remove_partition_segments(prefix, t.name, idx);
       throw Error(ErrorCode::system, p->data_name + ": cannot reserve " + std::to_string(size) +
-                                         " bytes in /dev/shm: " + strerror(e));
+                                         " bytes in /dev/shm: " + strerror(e), e);
     }
   }
   p->data_map = map_fd(p->data_rw, p->data_size, p->data_name);

@@ -8,14 +8,18 @@ import (
 )
 
 // Error is a failure reported by the C ABI: Code is a SHMBUS_E_* code (the
-// Code* constants) or -errno for an OS failure; Msg says what happened.
+// Code* constants) or -errno for an OS failure; Msg says what happened; Errno is the
+// errno of the OS call behind it (shmbus_last_errno()), 0 when none.
 //
 // Compare with errors.Is against the sentinels (ErrBackPressured, ErrTimedOut,
 // ErrNotFound, ...): an *Error matches the sentinel with the same Code whatever its
-// Msg. An OS failure also unwraps to its syscall.Errno.
+// Msg. An error with an OS call behind it also unwraps to its syscall.Errno, so
+// errors.Is(err, syscall.ENOENT) holds for a connect to a missing socket (Code
+// CodeNotConnected) as for an OS failure (Code -ENOENT).
 type Error struct {
-	Code int
-	Msg  string
+	Code  int
+	Msg   string
+	Errno syscall.Errno
 }
 
 func (e *Error) Error() string {
@@ -31,8 +35,12 @@ func (e *Error) Is(target error) bool {
 	return ok && t.Code == e.Code
 }
 
-// Unwrap returns the syscall.Errno of an OS failure (Code = -errno), else nil.
+// Unwrap returns the syscall.Errno behind the error (Errno, or -Code for an OS
+// failure), else nil.
 func (e *Error) Unwrap() error {
+	if e.Errno != 0 {
+		return e.Errno
+	}
 	if e.Code < 0 && e.Code > -4096 {
 		return syscall.Errno(-e.Code)
 	}

@@ -43,6 +43,7 @@ import (
 	"context"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -67,7 +68,7 @@ func call(f func() C.int) error {
 	if rc == 0 {
 		return nil
 	}
-	return &Error{Code: rc, Msg: C.GoString(C.shmbus_last_error())}
+	return &Error{Code: rc, Msg: C.GoString(C.shmbus_last_error()), Errno: syscall.Errno(C.shmbus_last_errno())}
 }
 
 // Policy is what a publisher does when the ring is full.

@@ -5,7 +5,12 @@
  *  - Every call returns int: 0 (SHMBUS_OK) on success, -errno for an OS failure,
  *    or a SHMBUS_E_* code (all <= -10000). Nothing throws or aborts across this ABI.
  *  - shmbus_strerror(rc) gives static text for a code; shmbus_last_error() gives
- *    the detailed message of the last failing call on this thread.
+ *    the detailed message of the last failing call on this thread, and
+ *    shmbus_last_errno() the errno of the OS call behind it (0 when none). An
+ *    OS failure of any kind returns -errno; a failure with its own code keeps
+ *    that code and still records its errno (e.g. SHMBUS_E_NOT_CONNECTED with
+ *    ENOENT for a missing socket, ECONNREFUSED, or EACCES for a directory that
+ *    cannot be entered; ENAMETOOLONG for a socket path longer than sun_path).
  *  - Handles are opaque. Every _open has a matching _close; out-handles are set to
  *    NULL on failure. Closing NULL is a no-op.
  *  - Thread-safety: a bus handle may be used from any thread; a publisher or a
@@ -77,6 +82,9 @@ typedef struct shmbus_subscriber shmbus_subscriber_t;
 SHMBUS_API uint32_t shmbus_abi_version(void);
 SHMBUS_API const char* shmbus_strerror(int rc);    /* static text, never NULL */
 SHMBUS_API const char* shmbus_last_error(void);    /* this thread's last detail, never NULL */
+/* The errno of the OS call behind this thread's last failing call, 0 when no OS call
+ * failed (a hot-path status, a bad argument). Since ABI 1 (symbol version SHMBUS_1.1). */
+SHMBUS_API int shmbus_last_errno(void);
 
 /* ---- bus ---------------------------------------------------------------- */
 /* A bus without a daemon: segments are created and mapped by this process under

@@ -3,6 +3,9 @@
 // Rules every shim here follows:
 //  * nothing escapes: each entry point catches everything and maps it to a code;
 //  * out-handles and out-structs are cleared first, so they read NULL/0 on failure;
+//  * an OS failure returns -errno of the failed call (shmbus::Error::sys_errno(); -EIO
+//    only when the library did not record one), and every failing call records the
+//    errno behind it, or 0, for shmbus_last_errno();
 //  * a failing call leaves a message for shmbus_last_error() on this thread. The
 //    hot path (claim, commit, poll, release) stores a pointer to static text only
 //    (no allocation); set-up calls copy the detailed message of the exception.
@@ -66,12 +69,17 @@ namespace {
 struct LastError {
   const char* text = "";
   std::string buf;
+  int sys_errno = 0;  // the errno behind the last failure, 0 when none
 };
 thread_local LastError t_err;
 
-void set_static(const char* s) noexcept { t_err.text = s; }
+void set_static(const char* s) noexcept {
+  t_err.text = s;
+  t_err.sys_errno = 0;
+}
 
 void set_detail(const char* prefix, const char* what) noexcept {
+  t_err.sys_errno = 0;
   try {
     t_err.buf.assign(prefix);
     t_err.buf.append(what);
@@ -114,13 +122,21 @@ int code_of(shmbus::ErrorCode c) noexcept {
     case shmbus::ErrorCode::incompatible: return SHMBUS_E_INCOMPATIBLE;
     case shmbus::ErrorCode::permission_denied: return SHMBUS_E_PERMISSION_DENIED;
     case shmbus::ErrorCode::no_slot: return SHMBUS_E_NO_SLOT;
-    // libshmbus keeps errno only in the message text: report a generic I/O error.
+    // An OS failure without a recorded errno (see code_of(const Error&)).
     case shmbus::ErrorCode::system: return -EIO;
     case shmbus::ErrorCode::timed_out: return SHMBUS_E_TIMED_OUT;
     case shmbus::ErrorCode::protocol: return SHMBUS_E_PROTOCOL;
     case shmbus::ErrorCode::not_connected: return SHMBUS_E_NOT_CONNECTED;
   }
   return SHMBUS_E_INTERNAL;
+}
+
+// ErrorCode::system is -errno of the failed call; every other code keeps its
+// SHMBUS_E_* code (the errno, if any, is for shmbus_last_errno()).
+int code_of(const shmbus::Error& e) noexcept {
+  const int err = e.sys_errno();
+  if (e.code() == shmbus::ErrorCode::system && err > 0 && err < 4096) return -err;
+  return code_of(e.code());
 }
 
 // Hot-path status: no allocation, static text.
@@ -135,9 +151,13 @@ int current_exception(const char* fn) noexcept {
   try {
     throw;
   } catch (const shmbus::Error& e) {
-    return fail(code_of(e.code()), fn, e.what());
+    const int rc = fail(code_of(e), fn, e.what());
+    t_err.sys_errno = e.sys_errno();
+    return rc;
   } catch (const std::bad_alloc&) {
-    return fail(-ENOMEM, fn, "out of memory");
+    const int rc = fail(-ENOMEM, fn, "out of memory");
+    t_err.sys_errno = ENOMEM;
+    return rc;
   } catch (const kj::Exception& e) {
     return fail(SHMBUS_E_MALFORMED, fn, e.getDescription().cStr());
   } catch (const std::exception& e) {
@@ -210,6 +230,10 @@ const char* shmbus_strerror(int rc) {
       case EACCES: return "permission denied (OS)";
       case ENOENT: return "no such file (OS)";
       case ENOSPC: return "no space left on device (OS)";
+      case ENAMETOOLONG: return "file name too long (OS)";
+      case ENOTDIR: return "not a directory (OS)";
+      case EPERM: return "operation not permitted (OS)";
+      case ECONNREFUSED: return "connection refused (OS)";
       default: return "OS error (-errno)";
     }
   }
@@ -217,6 +241,8 @@ const char* shmbus_strerror(int rc) {
 }
 
 const char* shmbus_last_error(void) { return t_err.text ? t_err.text : ""; }
+
+int shmbus_last_errno(void) { return t_err.sys_errno; }
 
 // ---- bus -------------------------------------------------------------------------
 int shmbus_bus_open_direct(const char* shm_prefix, shmbus_bus_t** out) {

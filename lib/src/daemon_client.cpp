@@ -42,8 +42,10 @@ std::shared_ptr<DaemonClient> DaemonClient::connect(const Options& opts) {
   std::string err;
   {
     std::lock_guard<std::mutex> g(c->mu_);
-    if (!c->try_connect_locked(err))
-      throw Error(ErrorCode::not_connected, "shmbusd at " + c->opts_.socket_path + ": " + err);
+    if (!c->try_connect_locked(err)) {
+      const int e = errno;  // try_connect_locked leaves the cause in errno
+      throw Error(ErrorCode::not_connected, "shmbusd at " + c->opts_.socket_path + ": " + err, e);
+    }
   }
   c->call([](proto::Request::Builder r) { r.setHello(); });
   return c;
@@ -59,21 +61,27 @@ bool DaemonClient::try_connect_locked(std::string& err) {
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
   if (opts_.socket_path.size() >= sizeof(a.sun_path)) {
-    err = "socket path too long";
+    err = "socket path too long (" + std::to_string(opts_.socket_path.size()) + " bytes; at most " +
+          std::to_string(sizeof(a.sun_path) - 1) + ")";
+    errno = ENAMETOOLONG;
     return false;
   }
   std::memcpy(a.sun_path, opts_.socket_path.c_str(), opts_.socket_path.size() + 1);
   int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    err = std::string("socket: ") + strerror(errno);
+    const int e = errno;
+    err = std::string("socket: ") + strerror(e);
+    errno = e;
     return false;
   }
   int r;
   do r = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
   while (r < 0 && errno == EINTR);
   if (r < 0) {
-    err = std::string("connect: ") + strerror(errno);
+    const int e = errno;
+    err = std::string("connect: ") + strerror(e);
     close(fd);
+    errno = e;
     return false;
   }
   // Who serves this socket? Only root (a system daemon) or ourselves: anyone else
@@ -84,7 +92,7 @@ bool DaemonClient::try_connect_locked(std::string& err) {
     int e = errno;
     close(fd);
     throw Error(ErrorCode::permission_denied,
-                "shmbusd at " + opts_.socket_path + ": cannot read the server's credentials: " + strerror(e));
+                "shmbusd at " + opts_.socket_path + ": cannot read the server's credentials: " + strerror(e), e);
   }
   if (cr.uid != 0 && cr.uid != geteuid() && cr.uid != opts_.trusted_uid) {
     close(fd);
@@ -111,11 +119,13 @@ DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::
     throw Error(ErrorCode::invalid_argument, "request larger than the protocol allows");
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts_.reconnect_ms);
   std::string last_err;
+  int last_errno = 0;  // of the OS call behind last_err
   for (int attempt = 0;; ++attempt) {
     if (fd_ < 0) {
       if (!try_connect_locked(last_err)) {
+        last_errno = errno;  // try_connect_locked leaves the cause in errno
         if (std::chrono::steady_clock::now() > give_up)
-          throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err);
+          throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err, last_errno);
         // The daemon is restarting: poll for its socket (bounded by reconnect_ms).
         std::this_thread::sleep_for(std::chrono::milliseconds(attempt < 20 ? 5 : 50));
         continue;
@@ -125,6 +135,7 @@ DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::
     int s = control::send_packet(fd_, frame);
     if (s < 0) {
       last_err = std::string("send: ") + strerror(-s);
+      last_errno = -s;
       close_locked();
       continue;  // daemon went away between calls: reconnect and resend
     }
@@ -141,9 +152,10 @@ DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::
       // applied; every request is idempotent (create with the same settings,
       // delete of a missing topic reports not_found), so resend once reconnected.
       last_err = n == 0 ? "connection closed" : std::string("recv: ") + strerror(int(-n));
+      last_errno = n == 0 ? 0 : int(-n);
       close_locked();
       if (std::chrono::steady_clock::now() > give_up)
-        throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err);
+        throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err, last_errno);
       continue;
     }
     std::string err;
@@ -270,19 +282,25 @@ std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, u
   auto o = rep.get().getOpen();
   const int dfd = rep.fds[0], cfd = rep.fds[1];
   struct stat ds{}, cs{};
-  if (fstat(dfd, &ds) < 0 || fstat(cfd, &cs) < 0)
-    throw Error(ErrorCode::system, std::string("fstat: ") + strerror(errno));
+  if (fstat(dfd, &ds) < 0 || fstat(cfd, &cs) < 0) {
+    const int e = errno;
+    throw Error(ErrorCode::system, std::string("fstat: ") + strerror(e), e);
+  }
   const size_t dsize = o.getDataSize(), csize = o.getCtlSize();
   if (dsize < sizeof(shm::DataHeader) || csize < sizeof(shm::ControlHeader) ||
       uint64_t(ds.st_size) < dsize || uint64_t(cs.st_size) < csize)
     throw Error(ErrorCode::incompatible, "open: segment sizes do not match the daemon's reply");
   const int dprot = role == Role::subscriber ? PROT_READ : PROT_READ | PROT_WRITE;
   void* d = mmap(nullptr, dsize, dprot, MAP_SHARED, dfd, 0);
-  if (d == MAP_FAILED) throw Error(ErrorCode::system, std::string("mmap data: ") + strerror(errno));
+  if (d == MAP_FAILED) {
+    const int e = errno;
+    throw Error(ErrorCode::system, std::string("mmap data: ") + strerror(e), e);
+  }
   void* c = mmap(nullptr, csize, PROT_READ | PROT_WRITE, MAP_SHARED, cfd, 0);
   if (c == MAP_FAILED) {
+    const int e = errno;
     munmap(d, dsize);
-    throw Error(ErrorCode::system, std::string("mmap control: ") + strerror(errno));
+    throw Error(ErrorCode::system, std::string("mmap control: ") + strerror(e), e);
   }
   // Copy once, validate the copy, use only the copy (shm::bind_ring).
   shm::RingRefs refs;

@@ -83,7 +83,10 @@ uint32_t ctl_mode(const TopicConfig& cfg) {
 // anyone can create any name in /dev/shm.
 void check_segment(int fd, const std::string& name, int max_mode) {
   struct stat st{};
-  if (fstat(fd, &st) < 0) throw Error(ErrorCode::system, name + ": fstat: " + strerror(errno));
+  if (fstat(fd, &st) < 0) {
+    const int e = errno;
+    throw Error(ErrorCode::system, name + ": fstat: " + strerror(e), e);
+  }
   if (!S_ISREG(st.st_mode)) throw Error(ErrorCode::permission_denied, name + ": not a regular file");
   if (st.st_uid != geteuid() && st.st_uid != 0)
     throw Error(ErrorCode::permission_denied,
@@ -202,9 +205,9 @@ class DirectProvider final : public SegmentProvider {
         return o;
       } catch (const bip::interprocess_exception& e) {
         if (e.get_error_code() == bip::security_error)
-          throw Error(ErrorCode::permission_denied, name + ": " + e.what());
+          throw Error(ErrorCode::permission_denied, name + ": " + e.what(), e.get_native_error());
         if (e.get_error_code() != bip::not_found_error)
-          throw Error(ErrorCode::system, name + ": " + e.what());
+          throw Error(ErrorCode::system, name + ": " + e.what(), e.get_native_error());
         if (std::chrono::steady_clock::now() > deadline)
           throw Error(ErrorCode::not_found, "topic segment " + name + " does not exist");
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -233,7 +236,7 @@ class DirectProvider final : public SegmentProvider {
       for (auto [h, size] : {std::pair{cobj.get_mapping_handle().handle, shm::control_segment_size(cfg.slots)},
                              std::pair{dobj.get_mapping_handle().handle, shm::data_segment_size(cfg.capacity)}})
         if (int e = posix_fallocate(h, 0, off_t(size)); e != 0)
-          throw bip::interprocess_exception(bip::error_info(bip::out_of_space_error),
+          throw bip::interprocess_exception(bip::error_info(e),  // keeps the errno (ENOSPC ...)
                                             ("cannot reserve " + std::to_string(size) + " bytes in /dev/shm: " +
                                              strerror(e)).c_str());
       bip::mapped_region creg(cobj, bip::read_write);
@@ -249,8 +252,8 @@ class DirectProvider final : public SegmentProvider {
         if (created_c) bip::shared_memory_object::remove(cname.c_str());
         if (created_d) bip::shared_memory_object::remove(dname.c_str());
         if (e.get_error_code() == bip::security_error)
-          throw Error(ErrorCode::permission_denied, dname + ": " + e.what());
-        throw Error(ErrorCode::system, dname + ": " + e.what());
+          throw Error(ErrorCode::permission_denied, dname + ": " + e.what(), e.get_native_error());
+        throw Error(ErrorCode::system, dname + ": " + e.what(), e.get_native_error());
       }
       if (created_c && !created_d) {
         // Someone else created the data segment between our two creates: not ours.
@@ -262,9 +265,10 @@ class DirectProvider final : public SegmentProvider {
     for (auto [name, mode] : {std::pair{cname, ctl_mode(cfg)}, std::pair{dname, data_mode(cfg)}}) {
       int fd = ::open(("/dev/shm/" + name).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
       if (fd < 0) {
-        if (errno == ENOENT) continue;  // being created or removed: open() below waits or fails
-        throw Error(errno == ELOOP ? ErrorCode::permission_denied : ErrorCode::system,
-                    name + ": " + (errno == ELOOP ? std::string("a symlink: not adopting it") : strerror(errno)));
+        const int e = errno;
+        if (e == ENOENT) continue;  // being created or removed: open() below waits or fails
+        throw Error(e == ELOOP ? ErrorCode::permission_denied : ErrorCode::system,
+                    name + ": " + (e == ELOOP ? std::string("a symlink: not adopting it") : strerror(e)), e);
       }
       try {
         check_segment(fd, name, int(mode));

@@ -221,8 +221,8 @@ ssize_t pread_full(int fd, void* buf, size_t n, uint64_t off) {
   return ssize_t(got);
 }
 
-[[noreturn]] void sys_fail(const std::string& what) {
-  throw Error(ErrorCode::system, what + ": " + std::strerror(errno));
+[[noreturn]] void sys_fail(const std::string& what, int err = errno) {
+  throw Error(ErrorCode::system, what + ": " + std::strerror(err), err);
 }
 }  // namespace
 

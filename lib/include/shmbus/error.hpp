@@ -38,19 +38,28 @@ enum class ErrorCode : int {
   incompatible,     // a segment of another layout version or other topic settings
   permission_denied,
   no_slot,          // every subscriber slot is taken
-  system,           // an OS call failed (errno in the message)
+  system,           // an OS call failed (Error::sys_errno() says which errno)
   timed_out,
   protocol,         // the daemon said something unexpected
   not_connected,
 };
 
+// An error of a set-up or control call. When a failed OS call is behind it (of any
+// ErrorCode: connect's ECONNREFUSED is not_connected, open's EACCES may be
+// permission_denied), the throw site passes that call's errno, read right after the
+// call and before anything else could change it; sys_errno() is 0 otherwise.
+// The C ABI returns -sys_errno() for ErrorCode::system and reports it for every code
+// through shmbus_last_errno().
 class Error : public std::runtime_error {
  public:
-  Error(ErrorCode code, const std::string& what) : std::runtime_error(what), code_(code) {}
+  Error(ErrorCode code, const std::string& what, int sys_errno = 0)
+      : std::runtime_error(what), code_(code), errno_(sys_errno) {}
   ErrorCode code() const noexcept { return code_; }
+  int sys_errno() const noexcept { return errno_; }
 
  private:
   ErrorCode code_;
+  int errno_;
 };
 
 }  // namespace shmbus

@@ -192,6 +192,7 @@ extern "C" {
     pub fn shmbus_abi_version() -> u32;
     pub fn shmbus_strerror(rc: c_int) -> *const c_char;
     pub fn shmbus_last_error() -> *const c_char;
+    pub fn shmbus_last_errno() -> c_int;
 
     // ---- bus ----
     pub fn shmbus_bus_open_direct(shm_prefix: *const c_char, out: *mut *mut shmbus_bus_t) -> c_int;

@@ -165,13 +165,13 @@ impl TopicConfig {
 }
 
 pub(crate) fn cstring(s: &str) -> Result<CString> {
-    CString::new(s).map_err(|_| Error::InvalidArgument(format!("NUL byte in {s:?}")))
+    CString::new(s).map_err(|_| Error::InvalidArgument(format!("NUL byte in {s:?}").into()))
 }
 
 fn path_cstring(p: &Path) -> Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| Error::InvalidArgument(format!("NUL byte in {}", p.display())))
+        .map_err(|_| Error::InvalidArgument(format!("NUL byte in {}", p.display()).into()))
 }
 
 /// Converts an optional timeout (None: forever) to the C ABI's nanoseconds (<0: forever).

@@ -1,6 +1,7 @@
 //! Errors: every C status code maps to one variant through [`check`].
 use std::ffi::{c_int, CStr};
 use std::fmt;
+use std::ops::Deref;
 
 use shmbus_sys as sys;
 
@@ -8,8 +9,9 @@ use shmbus_sys as sys;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A shmbus failure. The hot-path outcomes (`Empty`, `BackPressured`, `TimedOut`, `Lapped`)
-/// carry nothing and cost no allocation; the others carry the library's detailed
-/// message (`shmbus_last_error()` of the failing call).
+/// carry nothing and cost no allocation; the others carry a [`Detail`]: the library's
+/// detailed message (`shmbus_last_error()` of the failing call) and the errno of the OS
+/// call behind it, if any (`shmbus_last_errno()`; see [`Error::raw_os_error`]).
 #[non_exhaustive]
 #[derive(Debug, Clone)]
 pub enum Error {
@@ -25,33 +27,33 @@ pub enum Error {
     /// the bytes just read may have been overwritten meanwhile (discard them).
     Lapped,
     /// The message can never fit in this topic's frames.
-    TooLarge(String),
+    TooLarge(Detail),
     /// The ring holds bytes that are not a valid frame.
-    Corrupt(String),
+    Corrupt(Detail),
     /// A payload is not a valid Cap'n Proto message.
-    Malformed(String),
+    Malformed(Detail),
     /// The handle was closed, or there is no open claim.
-    Closed(String),
+    Closed(Detail),
     /// A bad argument (a NUL in a name, a bad configuration ...).
-    InvalidArgument(String),
+    InvalidArgument(Detail),
     /// No such topic.
-    NotFound(String),
+    NotFound(Detail),
     /// The topic exists with other settings, or the partition already has a producer.
-    AlreadyExists(String),
+    AlreadyExists(Detail),
     /// Another layout version or incompatible settings.
-    Incompatible(String),
+    Incompatible(Detail),
     /// The access list or file permissions refuse it.
-    PermissionDenied(String),
+    PermissionDenied(Detail),
     /// Every subscriber slot is taken.
-    NoSlot(String),
+    NoSlot(Detail),
     /// The daemon answered something unexpected.
-    Protocol(String),
+    Protocol(Detail),
     /// No daemon at the socket.
-    NotConnected(String),
+    NotConnected(Detail),
     /// A bug in the library.
-    Internal(String),
+    Internal(Detail),
     /// Not available in this build or mode.
-    Unsupported(String),
+    Unsupported(Detail),
     /// An operating-system failure (`errno`).
     Os { errno: i32, detail: String },
     /// A status code this crate does not know (a newer library).
@@ -70,7 +72,10 @@ impl Error {
             sys::SHMBUS_E_LAPPED => return Error::Lapped,
             _ => {}
         }
-        let d = last_error();
+        let msg = last_error();
+        // SAFETY: shmbus_last_errno takes no arguments and only reads a thread-local int.
+        let errno = unsafe { sys::shmbus_last_errno() };
+        let d = Detail { msg, errno };
         match rc {
             sys::SHMBUS_E_TOO_LARGE => Error::TooLarge(d),
             sys::SHMBUS_E_CORRUPT => Error::Corrupt(d),
@@ -86,8 +91,8 @@ impl Error {
             sys::SHMBUS_E_NOT_CONNECTED => Error::NotConnected(d),
             sys::SHMBUS_E_INTERNAL => Error::Internal(d),
             sys::SHMBUS_E_UNSUPPORTED => Error::Unsupported(d),
-            rc if rc < 0 && rc > -10000 => Error::Os { errno: -rc, detail: d },
-            code => Error::Unknown { code, detail: d },
+            rc if rc < 0 && rc > -10000 => Error::Os { errno: -rc, detail: d.msg },
+            code => Error::Unknown { code, detail: d.msg },
         }
     }
 
@@ -118,9 +123,19 @@ impl Error {
         }
     }
 
-    fn detail(&self) -> Option<&str> {
+    /// The errno of the OS call behind this error, like
+    /// [`std::io::Error::raw_os_error`]: for [`Error::Os`] its errno, for the others the
+    /// one the library recorded (e.g. `ENOENT` or `ECONNREFUSED` behind
+    /// [`Error::NotConnected`]); `None` when no OS call failed.
+    pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Error::Empty | Error::BackPressured | Error::TimedOut | Error::Lapped | Error::Capnp(_) => None,
+            Error::Os { errno, .. } => Some(*errno),
+            _ => self.detail_ref().and_then(Detail::raw_os_error),
+        }
+    }
+
+    fn detail_ref(&self) -> Option<&Detail> {
+        match self {
             Error::TooLarge(d)
             | Error::Corrupt(d)
             | Error::Malformed(d)
@@ -134,10 +149,67 @@ impl Error {
             | Error::Protocol(d)
             | Error::NotConnected(d)
             | Error::Internal(d)
-            | Error::Unsupported(d)
-            | Error::Os { detail: d, .. }
-            | Error::Unknown { detail: d, .. } => Some(d),
+            | Error::Unsupported(d) => Some(d),
+            _ => None,
         }
+    }
+
+    fn detail(&self) -> Option<&str> {
+        match self {
+            Error::Empty | Error::BackPressured | Error::TimedOut | Error::Lapped | Error::Capnp(_) => None,
+            Error::Os { detail: d, .. } | Error::Unknown { detail: d, .. } => Some(d),
+            _ => self.detail_ref().map(|d| d.message()),
+        }
+    }
+}
+
+/// The detail of an [`Error`]: the library's message, and the errno of the OS call
+/// behind it (0 when none). Reads as the message (`Deref<Target = str>`, `Display`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Detail {
+    msg: String,
+    errno: i32,
+}
+
+impl Detail {
+    /// A detail with no OS call behind it.
+    pub fn new(msg: impl Into<String>) -> Detail {
+        Detail { msg: msg.into(), errno: 0 }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.msg
+    }
+
+    /// The errno of the OS call behind the error, `None` when there was none.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        (self.errno != 0).then_some(self.errno)
+    }
+}
+
+impl Deref for Detail {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.msg
+    }
+}
+
+impl fmt::Display for Detail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl From<String> for Detail {
+    fn from(msg: String) -> Detail {
+        Detail::new(msg)
+    }
+}
+
+impl From<&str> for Detail {
+    fn from(msg: &str) -> Detail {
+        Detail::new(msg)
     }
 }
 

@@ -38,7 +38,7 @@ mod publisher;
 mod subscriber;
 
 pub use bus::{Bus, Policy, TopicConfig, WaitStrategy};
-pub use error::{check, last_error, strerror, Error, Result};
+pub use error::{check, last_error, strerror, Detail, Error, Result};
 pub use publisher::{
     Claim, Committed, MessageClaim, Publisher, PublisherOptions, PublisherStats, RingAllocator,
 };

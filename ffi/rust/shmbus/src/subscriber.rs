@@ -318,7 +318,7 @@ impl<'a> Message<'a> {
     pub fn reader_with(&self, opts: ReaderOptions) -> Result<MessageReader<'a>> {
         let mut slice = self.data();
         let segs = NoAllocSliceSegments::from_slice(&mut slice, opts)
-            .map_err(|e| Error::Malformed(e.to_string()))?;
+            .map_err(|e| Error::Malformed(e.to_string().into()))?;
         Ok(capnp::message::Reader::new(segs, opts))
     }
 }
