@@ -2,8 +2,8 @@ package shmbus_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -645,7 +645,7 @@ func TestMalformedPayloadsAreRejected(t *testing.T) {
 	for _, b := range [][]byte{
 		nil,
 		make([]byte, 7),
-		{0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0},             // 2^32 segments
+		{0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0}, // 2^32 segments
 		{0, 0, 0, 0, 2, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}, // 2 words claimed, 1 present
 	} {
 		v := shmbus.View{Data: b}

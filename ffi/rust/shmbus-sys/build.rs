@@ -21,7 +21,11 @@ const DEFAULT_LIB: &str = "shmbus_c";
 const DEFAULT_PKG: &str = "shmbus_c";
 
 fn pkg_config(args: &[&str], pkg: &str) -> Option<String> {
-    let out = Command::new("pkg-config").args(args).arg(pkg).output().ok()?;
+    let out = Command::new("pkg-config")
+        .args(args)
+        .arg(pkg)
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -45,17 +49,24 @@ fn main() {
     let pkg = env::var("SHMBUS_PKG_CONFIG_NAME").unwrap_or_else(|_| DEFAULT_PKG.into());
 
     // ---- header -------------------------------------------------------------
-    let include_dir = env::var("SHMBUS_INCLUDE_DIR").map(PathBuf::from).ok().or_else(|| {
-        let flags = pkg_config(&["--cflags-only-I"], &pkg)?;
-        flags
-            .split_whitespace()
-            .filter_map(|f| f.strip_prefix("-I"))
-            .map(PathBuf::from)
-            .find(|d| d.join("shmbus.h").exists())
-    });
+    let include_dir = env::var("SHMBUS_INCLUDE_DIR")
+        .map(PathBuf::from)
+        .ok()
+        .or_else(|| {
+            let flags = pkg_config(&["--cflags-only-I"], &pkg)?;
+            flags
+                .split_whitespace()
+                .filter_map(|f| f.strip_prefix("-I"))
+                .map(PathBuf::from)
+                .find(|d| d.join("shmbus.h").exists())
+        });
     let include_dir = include_dir.unwrap_or_else(|| manifest.join("../../include"));
     let header = include_dir.join("shmbus.h");
-    assert!(header.exists(), "shmbus.h not found in {}", include_dir.display());
+    assert!(
+        header.exists(),
+        "shmbus.h not found in {}",
+        include_dir.display()
+    );
     println!("cargo:rerun-if-changed={}", header.display());
     println!("cargo:include={}", include_dir.display());
 
@@ -71,7 +82,9 @@ fn main() {
         .status()
         .unwrap_or_else(|e| panic!("running {cc}: {e}"));
     assert!(status.success(), "compiling layout/probe.c failed");
-    let out = Command::new(&probe).output().expect("running the layout probe");
+    let out = Command::new(&probe)
+        .output()
+        .expect("running the layout probe");
     assert!(out.status.success(), "layout probe failed");
     std::fs::write(out_dir.join("c_layout.rs"), &out.stdout).unwrap();
 

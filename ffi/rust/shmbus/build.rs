@@ -7,12 +7,17 @@ use std::path::PathBuf;
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let schema_dir = manifest.join("../../../lib/schema");
-    println!("cargo:rerun-if-changed={}", schema_dir.join("market.capnp").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        schema_dir.join("market.capnp").display()
+    );
     capnpc::CompilerCommand::new()
         .src_prefix(&schema_dir)
         .file(schema_dir.join("market.capnp"))
         .run()
-        .expect("capnp compile of lib/schema/market.capnp (is the capnp tool installed? tools/setup)");
+        .expect(
+            "capnp compile of lib/schema/market.capnp (is the capnp tool installed? tools/setup)",
+        );
     if let Ok(dir) = env::var("DEP_SHMBUS_LIB_DIR") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let dir = manifest.join("../../../tests/ffi/schema");
-    println!("cargo:rerun-if-changed={}", dir.join("market_v2.capnp").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        dir.join("market_v2.capnp").display()
+    );
     capnpc::CompilerCommand::new()
         .src_prefix(&dir)
         .file(dir.join("market_v2.capnp"))

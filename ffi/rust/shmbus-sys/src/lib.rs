@@ -104,7 +104,12 @@ pub struct shmbus_claim_t {
 
 impl Default for shmbus_claim_t {
     fn default() -> Self {
-        Self { data: std::ptr::null_mut(), size: 0, reserved: 0, sequence: 0 }
+        Self {
+            data: std::ptr::null_mut(),
+            size: 0,
+            reserved: 0,
+            sequence: 0,
+        }
     }
 }
 
@@ -197,7 +202,8 @@ extern "C" {
     // ---- bus ----
     pub fn shmbus_bus_open_direct(shm_prefix: *const c_char, out: *mut *mut shmbus_bus_t) -> c_int;
     pub fn shmbus_bus_connect(socket_path: *const c_char, out: *mut *mut shmbus_bus_t) -> c_int;
-    pub fn shmbus_bus_open_embedded(state_dir: *const c_char, out: *mut *mut shmbus_bus_t) -> c_int;
+    pub fn shmbus_bus_open_embedded(state_dir: *const c_char, out: *mut *mut shmbus_bus_t)
+        -> c_int;
     pub fn shmbus_bus_close(bus: *mut shmbus_bus_t);
 
     // ---- topics ----
@@ -296,8 +302,14 @@ extern "C" {
         timeout_ns: i64,
         n: *mut usize,
     ) -> c_int;
-    pub fn shmbus_subscriber_release(sub: *mut shmbus_subscriber_t, v: *const shmbus_view_t) -> c_int;
-    pub fn shmbus_subscriber_check(sub: *const shmbus_subscriber_t, v: *const shmbus_view_t) -> c_int;
+    pub fn shmbus_subscriber_release(
+        sub: *mut shmbus_subscriber_t,
+        v: *const shmbus_view_t,
+    ) -> c_int;
+    pub fn shmbus_subscriber_check(
+        sub: *const shmbus_subscriber_t,
+        v: *const shmbus_view_t,
+    ) -> c_int;
     pub fn shmbus_subscriber_release_all(sub: *mut shmbus_subscriber_t) -> c_int;
     pub fn shmbus_subscriber_wait(sub: *mut shmbus_subscriber_t, timeout_ns: i64) -> c_int;
     pub fn shmbus_subscriber_stats(

@@ -9,7 +9,10 @@ mod c {
 }
 
 fn c_size(t: &str) -> (usize, usize) {
-    let e = c::C_SIZES.iter().find(|e| e.0 == t).unwrap_or_else(|| panic!("{t} not probed"));
+    let e = c::C_SIZES
+        .iter()
+        .find(|e| e.0 == t)
+        .unwrap_or_else(|| panic!("{t} not probed"));
     (e.1, e.2)
 }
 
@@ -44,23 +47,66 @@ macro_rules! check_struct {
 #[test]
 fn struct_layouts_match_header() {
     check_struct!(shmbus_topic_config_t {
-        size, partitions, capacity, max_payload, policy, multi_producer, slots, mode, schema_id
+        size,
+        partitions,
+        capacity,
+        max_payload,
+        policy,
+        multi_producer,
+        slots,
+        mode,
+        schema_id
     });
     check_struct!(shmbus_publisher_options_t {
-        size, partition, producer_id, wait, block_timeout_ns, open_timeout_ms, reserved
+        size,
+        partition,
+        producer_id,
+        wait,
+        block_timeout_ns,
+        open_timeout_ms,
+        reserved
     });
-    check_struct!(shmbus_claim_t { data, size, reserved, sequence });
+    check_struct!(shmbus_claim_t {
+        data,
+        size,
+        reserved,
+        sequence
+    });
     check_struct!(shmbus_publisher_stats_t {
-        published, back_pressured, blocked_waits, builder_fallbacks, reclaimed_cursors
+        published,
+        back_pressured,
+        blocked_waits,
+        builder_fallbacks,
+        reclaimed_cursors
     });
     check_struct!(shmbus_subscriber_options_t {
-        size, partition, tethered, wait, spin_ns, open_timeout_ms, start, start_value, name
+        size,
+        partition,
+        tethered,
+        wait,
+        spin_ns,
+        open_timeout_ms,
+        start,
+        start_value,
+        name
     });
     check_struct!(shmbus_view_t {
-        data, size, producer_id, sequence, timestamp_ns, message_id, schema_id, position,
+        data,
+        size,
+        producer_id,
+        sequence,
+        timestamp_ns,
+        message_id,
+        schema_id,
+        position,
         next_position
     });
-    check_struct!(shmbus_subscriber_stats_t { received, waits, corrupt, position });
+    check_struct!(shmbus_subscriber_stats_t {
+        received,
+        waits,
+        corrupt,
+        position
+    });
     assert_eq!(c::C_SIZES.len(), 7, "every probed struct is checked");
 }
 
@@ -80,14 +126,37 @@ macro_rules! check_consts {
 #[test]
 fn constants_match_header() {
     check_consts!(
-        SHMBUS_ABI_VERSION, SHMBUS_OK, SHMBUS_E_EMPTY, SHMBUS_E_BACK_PRESSURED,
-        SHMBUS_E_TIMED_OUT, SHMBUS_E_TOO_LARGE, SHMBUS_E_CORRUPT, SHMBUS_E_MALFORMED,
-        SHMBUS_E_CLOSED, SHMBUS_E_INVALID_ARGUMENT, SHMBUS_E_NOT_FOUND,
-        SHMBUS_E_ALREADY_EXISTS, SHMBUS_E_INCOMPATIBLE, SHMBUS_E_PERMISSION_DENIED,
-        SHMBUS_E_NO_SLOT, SHMBUS_E_PROTOCOL, SHMBUS_E_NOT_CONNECTED, SHMBUS_E_INTERNAL,
-        SHMBUS_E_UNSUPPORTED, SHMBUS_E_LAPPED, SHMBUS_POLICY_BLOCK, SHMBUS_POLICY_FAIL, SHMBUS_POLICY_SPILL,
-        SHMBUS_WAIT_BUSY_SPIN, SHMBUS_WAIT_SPIN_YIELD, SHMBUS_WAIT_FUTEX, SHMBUS_WAIT_HYBRID,
-        SHMBUS_START_LATEST, SHMBUS_START_EARLIEST, SHMBUS_START_SEQUENCE, SHMBUS_START_TIME,
+        SHMBUS_ABI_VERSION,
+        SHMBUS_OK,
+        SHMBUS_E_EMPTY,
+        SHMBUS_E_BACK_PRESSURED,
+        SHMBUS_E_TIMED_OUT,
+        SHMBUS_E_TOO_LARGE,
+        SHMBUS_E_CORRUPT,
+        SHMBUS_E_MALFORMED,
+        SHMBUS_E_CLOSED,
+        SHMBUS_E_INVALID_ARGUMENT,
+        SHMBUS_E_NOT_FOUND,
+        SHMBUS_E_ALREADY_EXISTS,
+        SHMBUS_E_INCOMPATIBLE,
+        SHMBUS_E_PERMISSION_DENIED,
+        SHMBUS_E_NO_SLOT,
+        SHMBUS_E_PROTOCOL,
+        SHMBUS_E_NOT_CONNECTED,
+        SHMBUS_E_INTERNAL,
+        SHMBUS_E_UNSUPPORTED,
+        SHMBUS_E_LAPPED,
+        SHMBUS_POLICY_BLOCK,
+        SHMBUS_POLICY_FAIL,
+        SHMBUS_POLICY_SPILL,
+        SHMBUS_WAIT_BUSY_SPIN,
+        SHMBUS_WAIT_SPIN_YIELD,
+        SHMBUS_WAIT_FUTEX,
+        SHMBUS_WAIT_HYBRID,
+        SHMBUS_START_LATEST,
+        SHMBUS_START_EARLIEST,
+        SHMBUS_START_SEQUENCE,
+        SHMBUS_START_TIME,
     );
 }
 

@@ -10,7 +10,11 @@ use shmbus::{Bus, Policy, TopicConfig};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A bus without a daemon; segments live in /dev/shm under this prefix.
     let bus = Bus::open_direct(&format!("quickstart-{}", std::process::id()))?;
-    let cfg = TopicConfig { capacity: 1 << 20, policy: Policy::Block, ..TopicConfig::default() };
+    let cfg = TopicConfig {
+        capacity: 1 << 20,
+        policy: Policy::Block,
+        ..TopicConfig::default()
+    };
     bus.create_topic("md.quotes", &cfg)?;
 
     // Subscribe first: a subscriber starts at the latest message by default.

@@ -183,14 +183,14 @@ pub(crate) fn timeout_ns(t: Option<Duration>) -> i64 {
 }
 
 impl Bus {
-    fn from_open(
-        open: impl FnOnce(*mut *mut sys::shmbus_bus_t) -> std::ffi::c_int,
-    ) -> Result<Bus> {
+    fn from_open(open: impl FnOnce(*mut *mut sys::shmbus_bus_t) -> std::ffi::c_int) -> Result<Bus> {
         let mut out: *mut sys::shmbus_bus_t = ptr::null_mut();
         check(open(&mut out))?;
         let h = NonNull::new(out)
             .ok_or_else(|| Error::Internal("bus open returned OK and a NULL handle".into()))?;
-        Ok(Bus { inner: Arc::new(BusHandle(h)) })
+        Ok(Bus {
+            inner: Arc::new(BusHandle(h)),
+        })
     }
 
     /// A bus without a daemon: this process creates and maps segments under
@@ -258,6 +258,8 @@ impl Bus {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bus").field("handle", &self.inner.as_ptr()).finish()
+        f.debug_struct("Bus")
+            .field("handle", &self.inner.as_ptr())
+            .finish()
     }
 }

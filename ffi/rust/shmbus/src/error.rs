@@ -91,8 +91,14 @@ impl Error {
             sys::SHMBUS_E_NOT_CONNECTED => Error::NotConnected(d),
             sys::SHMBUS_E_INTERNAL => Error::Internal(d),
             sys::SHMBUS_E_UNSUPPORTED => Error::Unsupported(d),
-            rc if rc < 0 && rc > -10000 => Error::Os { errno: -rc, detail: d.msg },
-            code => Error::Unknown { code, detail: d.msg },
+            rc if rc < 0 && rc > -10000 => Error::Os {
+                errno: -rc,
+                detail: d.msg,
+            },
+            code => Error::Unknown {
+                code,
+                detail: d.msg,
+            },
         }
     }
 
@@ -156,7 +162,11 @@ impl Error {
 
     fn detail(&self) -> Option<&str> {
         match self {
-            Error::Empty | Error::BackPressured | Error::TimedOut | Error::Lapped | Error::Capnp(_) => None,
+            Error::Empty
+            | Error::BackPressured
+            | Error::TimedOut
+            | Error::Lapped
+            | Error::Capnp(_) => None,
             Error::Os { detail: d, .. } | Error::Unknown { detail: d, .. } => Some(d),
             _ => self.detail_ref().map(|d| d.message()),
         }
@@ -174,7 +184,10 @@ pub struct Detail {
 impl Detail {
     /// A detail with no OS call behind it.
     pub fn new(msg: impl Into<String>) -> Detail {
-        Detail { msg: msg.into(), errno: 0 }
+        Detail {
+            msg: msg.into(),
+            errno: 0,
+        }
     }
 
     /// The message.
@@ -232,7 +245,9 @@ pub fn strerror(rc: c_int) -> &'static str {
         return "unknown shmbus status";
     }
     // SAFETY: p is non-NULL, NUL-terminated and lives for the whole program.
-    unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("non-UTF-8 shmbus status text")
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .unwrap_or("non-UTF-8 shmbus status text")
 }
 
 /// The detailed message of this thread's last failing call (`shmbus_last_error`).

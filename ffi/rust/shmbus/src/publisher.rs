@@ -91,7 +91,9 @@ impl Drop for Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("handle", &self.raw).finish()
+        f.debug_struct("Publisher")
+            .field("handle", &self.raw)
+            .finish()
     }
 }
 
@@ -102,10 +104,16 @@ impl Publisher {
         let mut out: *mut sys::shmbus_publisher_t = ptr::null_mut();
         // SAFETY: the bus handle is live (we hold the Arc); t, raw_opts and out are
         // valid for the duration of the call.
-        check(unsafe { sys::shmbus_publisher_open(bus.as_ptr(), t.as_ptr(), &raw_opts, &mut out) })?;
+        check(unsafe {
+            sys::shmbus_publisher_open(bus.as_ptr(), t.as_ptr(), &raw_opts, &mut out)
+        })?;
         let raw = NonNull::new(out)
             .ok_or_else(|| Error::Internal("publisher open returned OK and NULL".into()))?;
-        Ok(Publisher { raw, _bus: bus, fallbacks: 0 })
+        Ok(Publisher {
+            raw,
+            _bus: bus,
+            fallbacks: 0,
+        })
     }
 
     fn claim_raw(&mut self, max_bytes: u32, wait: bool) -> Result<Claim<'_>> {
@@ -121,7 +129,13 @@ impl Publisher {
         check(rc)?;
         let data = NonNull::new(c.data)
             .ok_or_else(|| Error::Internal("claim returned OK and NULL data".into()))?;
-        Ok(Claim { publisher: self, data, size: c.size, sequence: c.sequence, done: false })
+        Ok(Claim {
+            publisher: self,
+            data,
+            size: c.size,
+            sequence: c.sequence,
+            done: false,
+        })
     }
 
     /// Claims room for `max_bytes` of payload; applies the topic's policy when the
@@ -171,7 +185,12 @@ impl Publisher {
     pub fn offer_packed(&mut self, buf: &[u8], lens: &[u32]) -> (usize, Result<()>) {
         let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
         if total > buf.len() as u64 {
-            return (0, Err(Error::InvalidArgument("lens add up to more than buf".into())));
+            return (
+                0,
+                Err(Error::InvalidArgument(
+                    "lens add up to more than buf".into(),
+                )),
+            );
         }
         let mut published = 0usize;
         // SAFETY: raw is live and exclusively ours; buf holds at least sum(lens)
@@ -333,7 +352,9 @@ pub struct MessageClaim<'p> {
 impl<'p> MessageClaim<'p> {
     fn new(claim: Claim<'p>) -> Result<Self> {
         if claim.size < 16 || claim.data.as_ptr() as usize % 8 != 0 {
-            return Err(Error::Internal("claim too small or misaligned for a message".into()));
+            return Err(Error::Internal(
+                "claim too small or misaligned for a message".into(),
+            ));
         }
         let alloc = RingAllocator {
             // SAFETY: size >= 16, so data + 8 is inside the claim.
@@ -343,7 +364,10 @@ impl<'p> MessageClaim<'p> {
             heap: HeapAllocator::new(),
             _claim: PhantomData,
         };
-        Ok(MessageClaim { builder: capnp::message::Builder::new(alloc), claim })
+        Ok(MessageClaim {
+            builder: capnp::message::Builder::new(alloc),
+            claim,
+        })
     }
 
     /// The builder (its first segment is ring memory).
@@ -377,7 +401,9 @@ impl<'p> MessageClaim<'p> {
     pub fn commit(mut self, message_id: u64, schema_id: u64) -> Result<Committed> {
         let segs = self.builder.get_segments_for_output();
         if segs.is_empty() {
-            return Err(Error::InvalidArgument("commit of a message without a root".into()));
+            return Err(Error::InvalidArgument(
+                "commit of a message without a root".into(),
+            ));
         }
         if segs.len() == 1 && ptr::eq(segs[0].as_ptr(), self.ring_segment()) {
             let words = (segs[0].len() / 8) as u32;

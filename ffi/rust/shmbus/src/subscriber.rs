@@ -111,7 +111,9 @@ impl Drop for Subscriber {
 
 impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscriber").field("handle", &self.raw).finish()
+        f.debug_struct("Subscriber")
+            .field("handle", &self.raw)
+            .finish()
     }
 }
 
@@ -140,7 +142,12 @@ impl Subscriber {
         check(unsafe { sys::shmbus_subscriber_open(bus.as_ptr(), t.as_ptr(), &raw, &mut out) })?;
         let raw = NonNull::new(out)
             .ok_or_else(|| Error::Internal("subscriber open returned OK and NULL".into()))?;
-        Ok(Subscriber { raw, _bus: bus, batch: Vec::new(), tethered: opts.tethered })
+        Ok(Subscriber {
+            raw,
+            _bus: bus,
+            batch: Vec::new(),
+            tethered: opts.tethered,
+        })
     }
 
     /// Whether the subscriber holds producers back (see [`SubscriberOptions::tethered`]).
@@ -156,7 +163,11 @@ impl Subscriber {
         // SAFETY: raw is live and exclusively ours (&mut self); v is writable.
         let rc = unsafe { sys::shmbus_subscriber_poll(self.raw.as_ptr(), &mut v) };
         match rc {
-            sys::SHMBUS_OK => Ok(Some(View { sub: self, raw: v, released: false })),
+            sys::SHMBUS_OK => Ok(Some(View {
+                sub: self,
+                raw: v,
+                released: false,
+            })),
             sys::SHMBUS_E_EMPTY => Ok(None),
             rc => Err(Error::from_code(rc)),
         }
@@ -166,10 +177,15 @@ impl Subscriber {
     pub fn poll_wait(&mut self, timeout: Option<Duration>) -> Result<Option<View<'_>>> {
         let mut v = sys::shmbus_view_t::default();
         // SAFETY: raw is live and exclusively ours; v is writable.
-        let rc =
-            unsafe { sys::shmbus_subscriber_poll_wait(self.raw.as_ptr(), &mut v, timeout_ns(timeout)) };
+        let rc = unsafe {
+            sys::shmbus_subscriber_poll_wait(self.raw.as_ptr(), &mut v, timeout_ns(timeout))
+        };
         match rc {
-            sys::SHMBUS_OK => Ok(Some(View { sub: self, raw: v, released: false })),
+            sys::SHMBUS_OK => Ok(Some(View {
+                sub: self,
+                raw: v,
+                released: false,
+            })),
             sys::SHMBUS_E_TIMED_OUT | sys::SHMBUS_E_EMPTY => Ok(None),
             rc => Err(Error::from_code(rc)),
         }
@@ -201,7 +217,11 @@ impl Subscriber {
             sys::SHMBUS_E_TIMED_OUT | sys::SHMBUS_E_EMPTY => n = 0,
             rc => return Err(Error::from_code(rc)),
         }
-        Ok(Batch { n: n.min(max), sub: self, released: false })
+        Ok(Batch {
+            n: n.min(max),
+            sub: self,
+            released: false,
+        })
     }
 
     /// Waits until a message may be available: `true`, or `false` on timeout.
@@ -346,7 +366,10 @@ pub struct View<'s> {
 impl View<'_> {
     /// The message, borrowed from this view.
     pub fn message(&self) -> Message<'_> {
-        Message { raw: &self.raw, sub: self.sub.raw }
+        Message {
+            raw: &self.raw,
+            sub: self.sub.raw,
+        }
     }
     /// See [`Message::check`]: `Err(Error::Lapped)` if an untethered subscriber's
     /// view may have been overwritten while it was read.
@@ -417,11 +440,16 @@ impl Batch<'_> {
     /// Message `i`, borrowed from the batch.
     pub fn get(&self, i: usize) -> Option<Message<'_>> {
         let sub = self.sub.raw;
-        self.sub.batch[..self.n].get(i).map(|raw| Message { raw, sub })
+        self.sub.batch[..self.n]
+            .get(i)
+            .map(|raw| Message { raw, sub })
     }
     /// The messages in order.
     pub fn iter(&self) -> BatchIter<'_> {
-        BatchIter { inner: self.sub.batch[..self.n].iter(), sub: self.sub.raw }
+        BatchIter {
+            inner: self.sub.batch[..self.n].iter(),
+            sub: self.sub.raw,
+        }
     }
     /// Releases every message of the batch.
     pub fn release(mut self) -> Result<()> {

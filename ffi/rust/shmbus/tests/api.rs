@@ -25,22 +25,38 @@ fn fill_quote(mut q: quote::Builder<'_>, i: u64) {
 fn quote_round_trip_in_place_both_ways() {
     let t = TestBus::new("rt");
     let topic = t.topic("md.quotes", MIB, Policy::Block);
-    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
-    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
 
     let mut m = publisher.claim_message(128).unwrap();
     let seq = m.sequence();
     fill_quote(m.init_root::<quote::Builder>(), 42);
-    assert!(m.in_place(), "the builder's only segment is the claimed ring memory");
+    assert!(
+        m.in_place(),
+        "the builder's only segment is the claimed ring memory"
+    );
     let c = m.commit_as::<quote::Reader>(42).unwrap();
     assert!(!c.fell_back);
 
     let v = sub.poll().unwrap().expect("a message");
     assert_eq!(v.message_id(), 42);
     assert_eq!(v.sequence(), seq);
-    assert_eq!(v.schema_id(), <quote::Reader as capnp::traits::HasTypeId>::TYPE_ID);
+    assert_eq!(
+        v.schema_id(),
+        <quote::Reader as capnp::traits::HasTypeId>::TYPE_ID
+    );
     let data = v.data();
-    assert_eq!(data.len(), 8 + 8 * 7, "segment table + root pointer + 6 data words");
+    assert_eq!(
+        data.len(),
+        8 + 8 * 7,
+        "segment table + root pointer + 6 data words"
+    );
     let r = v.reader().unwrap();
     let q: quote::Reader = r.get_root().unwrap();
     assert_eq!(q.get_seq(), 42);
@@ -62,8 +78,14 @@ fn quote_round_trip_in_place_both_ways() {
 fn message_outgrowing_its_claim_falls_back_to_a_counted_copy() {
     let t = TestBus::new("fb");
     let topic = t.topic("orders", MIB, Policy::Block);
-    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
-    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
     let account = "x".repeat(3000);
 
     let mut m = publisher.claim_message(64).unwrap();
@@ -78,7 +100,10 @@ fn message_outgrowing_its_claim_falls_back_to_a_counted_copy() {
     assert!(c.fell_back);
     assert_eq!(publisher.stats().unwrap().builder_fallbacks, 1);
 
-    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().expect("the copied message");
+    let v = sub
+        .poll_wait(Some(Duration::from_secs(5)))
+        .unwrap()
+        .expect("the copied message");
     assert_eq!(v.message_id(), 7);
     let r = v.reader().unwrap();
     let o: order::Reader = r.get_root().unwrap();
@@ -91,8 +116,14 @@ fn message_outgrowing_its_claim_falls_back_to_a_counted_copy() {
 fn dropped_or_aborted_claims_are_skipped_by_readers() {
     let t = TestBus::new("ab");
     let topic = t.topic("t", MIB, Policy::Block);
-    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
-    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
     {
         let mut m = publisher.claim_message(128).unwrap();
         fill_quote(m.init_root::<quote::Builder>(), 1);
@@ -105,7 +136,10 @@ fn dropped_or_aborted_claims_are_skipped_by_readers() {
     c.bytes_mut()[..5].copy_from_slice(b"hello");
     c.commit(5, 3, 0).unwrap();
 
-    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().expect("one message");
+    let v = sub
+        .poll_wait(Some(Duration::from_secs(5)))
+        .unwrap()
+        .expect("one message");
     assert_eq!(v.message_id(), 3);
     assert_eq!(v.data(), b"hello");
     drop(v);
@@ -116,8 +150,14 @@ fn dropped_or_aborted_claims_are_skipped_by_readers() {
 fn batch_poll_iterates_in_order_and_releases_on_drop() {
     let t = TestBus::new("batch");
     let topic = t.topic("t", MIB, Policy::Block);
-    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
-    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
     for i in 1..=100u64 {
         let mut m = publisher.claim_message(128).unwrap();
         fill_quote(m.init_root::<quote::Builder>(), i);
@@ -138,7 +178,10 @@ fn batch_poll_iterates_in_order_and_releases_on_drop() {
             assert_eq!(q.get_seq(), next);
             next += 1;
         }
-        assert_eq!(batch.get(0).unwrap().message_id(), next - batch.len() as u64);
+        assert_eq!(
+            batch.get(0).unwrap().message_id(),
+            next - batch.len() as u64
+        );
     }
     assert!(batches >= 4);
     let empty = sub.poll_batch(8, Some(Duration::ZERO)).unwrap();
@@ -152,8 +195,14 @@ fn batch_poll_iterates_in_order_and_releases_on_drop() {
 fn copy_paths_offer_and_offer_packed() {
     let t = TestBus::new("copy");
     let topic = t.topic("t", MIB, Policy::Block);
-    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
-    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
     publisher.offer(b"one", 1, 0).unwrap();
     let (n, r) = publisher.offer_packed(b"twothree", &[3, 5]);
     r.unwrap();
@@ -171,8 +220,14 @@ fn copy_paths_offer_and_offer_packed() {
 fn malformed_payload_is_an_error_not_a_crash() {
     let t = TestBus::new("bad");
     let topic = t.topic("t", MIB, Policy::Block);
-    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
-    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
     // segment table: 1 segment of 1000 words, but only 8 bytes follow.
     let mut bad = vec![0u8; 16];
     bad[4..8].copy_from_slice(&1000u32.to_le_bytes());
@@ -183,10 +238,16 @@ fn malformed_payload_is_an_error_not_a_crash() {
     far[8..16].copy_from_slice(&(2u64 | (5u64 << 32)).to_le_bytes());
     publisher.offer(&far, 2, 0).unwrap();
 
-    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().unwrap();
+    let v = sub
+        .poll_wait(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
     assert!(matches!(v.reader(), Err(Error::Malformed(_))));
     drop(v);
-    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().unwrap();
+    let v = sub
+        .poll_wait(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
     let r = v.reader().unwrap();
     assert!(r.get_root::<quote::Reader>().is_err());
 }
@@ -195,8 +256,14 @@ fn malformed_payload_is_an_error_not_a_crash() {
 fn back_pressure_under_policy_fail_until_the_subscriber_releases() {
     let t = TestBus::new("bp");
     let topic = t.topic("t", 4096, Policy::Fail);
-    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
-    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
     let payload = [0u8; 200];
     let mut sent = 0u64;
     let err = loop {
@@ -209,7 +276,10 @@ fn back_pressure_under_policy_fail_until_the_subscriber_releases() {
     assert!(matches!(err, Error::BackPressured), "{err:?}");
     assert_eq!(err.code(), shmbus::sys::SHMBUS_E_BACK_PRESSURED);
     assert!(!err.to_string().is_empty());
-    assert!(matches!(publisher.try_claim(200), Err(Error::BackPressured)));
+    assert!(matches!(
+        publisher.try_claim(200),
+        Err(Error::BackPressured)
+    ));
     assert!(publisher.stats().unwrap().back_pressured >= 1);
 
     let mut got = 0;
@@ -227,15 +297,24 @@ fn back_pressure_under_policy_fail_until_the_subscriber_releases() {
 #[test]
 fn setup_errors_map_to_variants_with_details() {
     let t = TestBus::new("err");
-    let opts = PublisherOptions { open_timeout: Duration::ZERO, ..Default::default() };
+    let opts = PublisherOptions {
+        open_timeout: Duration::ZERO,
+        ..Default::default()
+    };
     let e = t.bus.publisher("no.such.topic", &opts).unwrap_err();
     assert!(matches!(e, Error::NotFound(_) | Error::TimedOut), "{e:?}");
 
     let topic = t.topic("t", MIB, Policy::Block);
-    let other = shmbus::TopicConfig { capacity: 2 * MIB, ..Default::default() };
+    let other = shmbus::TopicConfig {
+        capacity: 2 * MIB,
+        ..Default::default()
+    };
     let e = t.bus.create_topic(&topic, &other).unwrap_err();
     assert!(matches!(e, Error::AlreadyExists(_)), "{e:?}");
-    assert!(e.to_string().len() > strerror_len(&e), "detail appended: {e}");
+    assert!(
+        e.to_string().len() > strerror_len(&e),
+        "detail appended: {e}"
+    );
     // idempotent for the same settings
     t.topic("t", MIB, Policy::Block);
     let d = t.bus.describe_topic(&topic).unwrap();
@@ -245,9 +324,18 @@ fn setup_errors_map_to_variants_with_details() {
     let e = t.bus.create_topic("a\0b", &Default::default()).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)));
 
-    let _p = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
-    let e = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap_err();
-    assert!(matches!(e, Error::AlreadyExists(_)), "second producer on a single-producer partition: {e:?}");
+    let _p = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
+    let e = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::AlreadyExists(_)),
+        "second producer on a single-producer partition: {e:?}"
+    );
 
     fn is_error<E: std::error::Error + Send + Sync + 'static>(_: &E) {}
     is_error(&e);
@@ -261,8 +349,14 @@ fn strerror_len(e: &Error) -> usize {
 fn publisher_and_subscriber_move_between_threads() {
     let t = TestBus::new("thr");
     let topic = t.topic("t", MIB, Policy::Block);
-    let sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
-    let publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
     const N: u64 = 20_000;
     let consumer = std::thread::spawn(move || {
         let mut sub = sub;
@@ -298,11 +392,21 @@ fn handles_outlive_the_bus_value() {
     let t = TestBus::new("life");
     let topic = t.topic("t", MIB, Policy::Block);
     let bus2 = t.bus.clone();
-    let mut sub = bus2.subscriber(&topic, &SubscriberOptions::default()).unwrap();
-    let mut publisher = bus2.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut sub = bus2
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = bus2
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
     drop(bus2);
     publisher.offer(b"x", 1, 0).unwrap();
-    assert_eq!(sub.poll_wait(Some(Duration::from_secs(5))).unwrap().unwrap().data(), b"x");
+    assert_eq!(
+        sub.poll_wait(Some(Duration::from_secs(5)))
+            .unwrap()
+            .unwrap()
+            .data(),
+        b"x"
+    );
 }
 
 #[test]
@@ -325,10 +429,16 @@ fn counter(m: &[u8]) -> u64 {
 fn untethered_subscriber_is_told_when_lapped() {
     let t = TestBus::new("lap");
     let topic = t.topic("lap", 8192, Policy::Fail);
-    let opts = SubscriberOptions { tethered: false, ..Default::default() };
+    let opts = SubscriberOptions {
+        tethered: false,
+        ..Default::default()
+    };
     let mut sub = t.bus.subscriber(&topic, &opts).unwrap();
     assert!(!sub.is_tethered());
-    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
     let mut buf = [0u8; 256];
     // Policy fail: an untethered subscriber never holds the producer back, so a
     // full ring would show up here as BackPressured.
@@ -344,10 +454,17 @@ fn untethered_subscriber_is_told_when_lapped() {
         for n in 2..=100 {
             put(n); // ~3 laps of an 8 KiB ring
         }
-        assert!(matches!(first.check(), Err(Error::Lapped)), "{:?}", first.check());
+        assert!(
+            matches!(first.check(), Err(Error::Lapped)),
+            "{:?}",
+            first.check()
+        );
     }
     assert!(matches!(sub.poll(), Err(Error::Lapped)));
-    assert!(sub.poll().unwrap().is_none(), "continues at the producer's tail");
+    assert!(
+        sub.poll().unwrap().is_none(),
+        "continues at the producer's tail"
+    );
     for n in 101..=200 {
         put(n);
     }
@@ -372,9 +489,15 @@ fn untethered_subscriber_is_told_when_lapped() {
 fn tethered_subscriber_holds_the_producer_back_and_is_never_lapped() {
     let t = TestBus::new("tether");
     let topic = t.topic("tether", 8192, Policy::Fail);
-    let mut sub = t.bus.subscriber(&topic, &SubscriberOptions::default()).unwrap();
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
     assert!(sub.is_tethered());
-    let mut publisher = t.bus.publisher(&topic, &PublisherOptions::default()).unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
     let buf = [0u8; 256];
     publisher.offer(&buf, 1, 0).unwrap();
     let v = sub.poll().unwrap().unwrap();
@@ -399,25 +522,49 @@ fn named_subscriber_resumes_after_its_last_release() {
         Err(Error::Unsupported(_)) => return, // no embedded daemon in this build
         Err(e) => panic!("open_embedded: {e}"),
     };
-    let cfg = shmbus::TopicConfig { capacity: 8192, ..Default::default() };
+    let cfg = shmbus::TopicConfig {
+        capacity: 8192,
+        ..Default::default()
+    };
     bus.create_topic("rs.named", &cfg).unwrap();
-    let opts = SubscriberOptions { name: Some("rs-durable".into()), ..Default::default() };
+    let opts = SubscriberOptions {
+        name: Some("rs-durable".into()),
+        ..Default::default()
+    };
     let mut sub = bus.subscriber("rs.named", &opts).unwrap();
-    let mut publisher = bus.publisher("rs.named", &PublisherOptions::default()).unwrap();
+    let mut publisher = bus
+        .publisher("rs.named", &PublisherOptions::default())
+        .unwrap();
     for (i, s) in [&b"abc"[..], b"de", b"f"].iter().enumerate() {
         publisher.offer(s, i as u64 + 1, 0).unwrap();
     }
-    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().unwrap();
+    let v = sub
+        .poll_wait(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
     assert_eq!(v.data(), b"abc");
     v.release().unwrap();
     drop(sub); // parked under its name
     let mut sub = bus.subscriber("rs.named", &opts).unwrap();
-    let v = sub.poll_wait(Some(Duration::from_secs(5))).unwrap().unwrap();
-    assert_eq!((v.data(), v.message_id()), (&b"de"[..], 2), "resumed right after \"abc\"");
+    let v = sub
+        .poll_wait(Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (v.data(), v.message_id()),
+        (&b"de"[..], 2),
+        "resumed right after \"abc\""
+    );
     drop(v);
-    let other = SubscriberOptions { name: Some("rs-other".into()), ..Default::default() };
+    let other = SubscriberOptions {
+        name: Some("rs-other".into()),
+        ..Default::default()
+    };
     let mut other = bus.subscriber("rs.named", &other).unwrap();
-    assert!(other.poll().unwrap().is_none(), "a new name starts at the tail");
+    assert!(
+        other.poll().unwrap().is_none(),
+        "a new name starts at the tail"
+    );
     drop(other);
     drop(sub);
     drop(publisher);

@@ -73,7 +73,9 @@ fn parse_args() -> Result<Args, String> {
         allow_truncated: false,
     };
     fn num(v: Option<String>, f: &str) -> Result<u64, String> {
-        v.ok_or(format!("{f} needs a value"))?.parse().map_err(|e| format!("{f}: {e}"))
+        v.ok_or(format!("{f} needs a value"))?
+            .parse()
+            .map_err(|e| format!("{f}: {e}"))
     }
     while let Some(f) = it.next() {
         match f.as_str() {
@@ -140,7 +142,11 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let r = if a.cmd == "consume" { consume(&a) } else { produce(&a) };
+    let r = if a.cmd == "consume" {
+        consume(&a)
+    } else {
+        produce(&a)
+    };
     match r {
         Ok(code) => code,
         Err(msg) => {
@@ -204,7 +210,11 @@ fn produce(a: &Args) -> Result<ExitCode, String> {
                 let mut o = m.init_root::<v1::order::Builder>();
                 o.set_order_id(i);
                 o.set_instrument_id((i % 1000) as u32);
-                o.set_side(if i % 2 == 0 { v1::Side::Buy } else { v1::Side::Sell });
+                o.set_side(if i % 2 == 0 {
+                    v1::Side::Buy
+                } else {
+                    v1::Side::Sell
+                });
                 o.set_px(PX0.wrapping_add(i as i64));
                 o.set_qty((i % 100 + 1) as u32);
                 o.set_quote_seq(i);
@@ -216,7 +226,11 @@ fn produce(a: &Args) -> Result<ExitCode, String> {
                 let mut o = m.init_root::<v2::order::Builder>();
                 o.set_order_id(i);
                 o.set_instrument_id((i % 1000) as u32);
-                o.set_side(if i % 2 == 0 { v2::Side::Buy } else { v2::Side::Sell });
+                o.set_side(if i % 2 == 0 {
+                    v2::Side::Buy
+                } else {
+                    v2::Side::Sell
+                });
                 o.set_px(PX0.wrapping_add(i as i64));
                 o.set_qty((i % 100 + 1) as u32);
                 o.set_quote_seq(i);
@@ -226,7 +240,9 @@ fn produce(a: &Args) -> Result<ExitCode, String> {
                 v2::order::Reader::TYPE_ID
             }
         };
-        let c = m.commit(i, schema_id).map_err(|e| format!("commit seq {i}: {e}"))?;
+        let c = m
+            .commit(i, schema_id)
+            .map_err(|e| format!("commit seq {i}: {e}"))?;
         fallbacks += u64::from(c.fell_back);
         if a.kill_self_after == Some(k + 1) {
             let _ = std::io::stdout().flush();
@@ -264,7 +280,9 @@ fn consume(a: &Args) -> Result<ExitCode, String> {
     let timeout = Duration::from_millis(a.timeout_ms);
     let mut received = 0u64;
     while received < a.count {
-        let batch = sub.poll_batch(1024, Some(timeout)).map_err(|e| format!("poll: {e}"))?;
+        let batch = sub
+            .poll_batch(1024, Some(timeout))
+            .map_err(|e| format!("poll: {e}"))?;
         if batch.is_empty() {
             if a.allow_truncated {
                 println!("OK received={received}");
@@ -275,7 +293,11 @@ fn consume(a: &Args) -> Result<ExitCode, String> {
         }
         for m in &batch {
             if received == a.count {
-                return Err(format!("more than {} messages (message_id {})", a.count, m.message_id()));
+                return Err(format!(
+                    "more than {} messages (message_id {})",
+                    a.count,
+                    m.message_id()
+                ));
             }
             let i = a.start + received;
             check(a, m, i).map_err(|e| format!("seq {i}: {e}"))?;
@@ -284,7 +306,11 @@ fn consume(a: &Args) -> Result<ExitCode, String> {
     }
     // Exactly N: anything further that is already there is a duplicate or extra.
     if let Some(v) = sub.poll().map_err(|e| format!("poll: {e}"))? {
-        return Err(format!("more than {} messages (message_id {})", a.count, v.message_id()));
+        return Err(format!(
+            "more than {} messages (message_id {})",
+            a.count,
+            v.message_id()
+        ));
     }
     println!("OK received={received}");
     Ok(ExitCode::SUCCESS)
@@ -320,7 +346,11 @@ fn check(a: &Args, m: Message<'_>, i: u64) -> Result<(), String> {
                     eq("seq", q.get_seq(), i)?;
                     eq("instrumentId", q.get_instrument_id(), (i % 1000) as u32)?;
                     eq("bidPx", q.get_bid_px(), PX0.wrapping_add(iu))?;
-                    eq("askPx", q.get_ask_px(), PX0.wrapping_add(iu).wrapping_add(100))?;
+                    eq(
+                        "askPx",
+                        q.get_ask_px(),
+                        PX0.wrapping_add(iu).wrapping_add(100),
+                    )?;
                     eq("bidQty", q.get_bid_qty(), (i % 500 + 1) as u32)?;
                     eq("askQty", q.get_ask_qty(), (i % 700 + 1) as u32)?;
                     eq("exchangeTsNs", q.get_exchange_ts_ns(), i.wrapping_mul(1000))?;
@@ -331,10 +361,18 @@ fn check(a: &Args, m: Message<'_>, i: u64) -> Result<(), String> {
             } else {
                 let q = r.get_root::<v2::quote::Reader>().map_err(s)?;
                 common!(q);
-                let venue = q.get_venue().map_err(s)?.to_str().map_err(|e| e.to_string())?;
+                let venue = q
+                    .get_venue()
+                    .map_err(s)?
+                    .to_str()
+                    .map_err(|e| e.to_string())?;
                 if from_v2 {
                     eq("venue", venue, if i % 2 == 0 { "XNAS" } else { "XNYS" })?;
-                    eq("midPx", q.get_mid_px(), PX0.wrapping_add(iu).wrapping_add(50))?;
+                    eq(
+                        "midPx",
+                        q.get_mid_px(),
+                        PX0.wrapping_add(iu).wrapping_add(50),
+                    )?;
                 } else {
                     eq("venue (default)", venue, "")?;
                     eq("midPx (default)", q.get_mid_px(), 0)?;
@@ -356,12 +394,24 @@ fn check(a: &Args, m: Message<'_>, i: u64) -> Result<(), String> {
                     eq("orderId", o.get_order_id(), i)?;
                     eq("instrumentId", o.get_instrument_id(), (i % 1000) as u32)?;
                     let side = o.get_side().map_err(|e| format!("side: {e:?}"))?;
-                    eq("side", side, if i % 2 == 0 { <$side>::Buy } else { <$side>::Sell })?;
+                    eq(
+                        "side",
+                        side,
+                        if i % 2 == 0 {
+                            <$side>::Buy
+                        } else {
+                            <$side>::Sell
+                        },
+                    )?;
                     eq("px", o.get_px(), PX0.wrapping_add(iu))?;
                     eq("qty", o.get_qty(), (i % 100 + 1) as u32)?;
                     eq("quoteSeq", o.get_quote_seq(), i)?;
                     eq("quoteTsNs", o.get_quote_ts_ns(), i.wrapping_mul(7))?;
-                    let acct = o.get_account().map_err(s)?.to_str().map_err(|e| e.to_string())?;
+                    let acct = o
+                        .get_account()
+                        .map_err(s)?
+                        .to_str()
+                        .map_err(|e| e.to_string())?;
                     eq("account", acct, account(i).as_str())?;
                     o
                 }};

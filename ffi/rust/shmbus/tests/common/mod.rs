@@ -24,7 +24,11 @@ impl TestBus {
     }
 
     pub fn topic(&self, name: &str, capacity: u64, policy: Policy) -> String {
-        let cfg = TopicConfig { capacity, policy, ..TopicConfig::default() };
+        let cfg = TopicConfig {
+            capacity,
+            policy,
+            ..TopicConfig::default()
+        };
         self.bus.create_topic(name, &cfg).expect("create_topic");
         name.to_string()
     }
@@ -34,7 +38,10 @@ impl Drop for TestBus {
     fn drop(&mut self) {
         if let Ok(rd) = std::fs::read_dir("/dev/shm") {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&format!("{}.", self.prefix)) {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}.", self.prefix))
+                {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
