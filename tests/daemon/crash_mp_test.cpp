@@ -108,19 +108,19 @@ TEST_CASE("a multi-producer killed mid-claim is padded by the daemon and the oth
     Subscriber sub = bus.subscriber(topic);
     Verifier ver;
     const uint64_t k = rng() % 40;
-    Child victim = spawn({H(), "hang-claim", d.sock, topic, "1", std::to_string(k)});
-    REQUIRE(read_char(victim, 10000) == 'C');
-    Child survivor = spawn({H(), "pub", d.sock, topic, "2", "200", std::to_string(rng())});
-    REQUIRE(read_char(survivor, 10000) == 'R');
+    Child victim({H(), "hang-claim", d.sock, topic, "1", std::to_string(k)});
+    REQUIRE(victim.read_char(10000) == 'C');
+    Child survivor({H(), "pub", d.sock, topic, "2", "200", std::to_string(rng())});
+    REQUIRE(survivor.read_char(10000) == 'R');
     const uint64_t t0 = now_ns();
-    kill9(victim);
+    victim.kill_now();
     bool ok = drain(sub, ver, [&] { return ver.next[2] == 200; });
     const uint64_t waited = now_ns() - t0;
     INFO("trial " << t << ": " << ver.error);
     REQUIRE(ok);
     REQUIRE(ver.error.empty());
     REQUIRE(ver.next[1] == k);  // every message the victim committed, none of its claim
-    REQUIRE(wait_exit(survivor, 10000) == 0);
+    REQUIRE(survivor.wait(10000) == 0);
     st.add(waited);
     CHECK(waited < kReclaimBudgetNs + kSlackNs);
     sub.close();
@@ -161,14 +161,14 @@ TEST_CASE("producers killed at random points leave every committed message reada
       REQUIRE(ftruncate(fd, 16) == 0);
       close(fd);
     }
-    Child victim = spawn({H(), "pub", d.sock, topic, "1", "0", std::to_string(rng()), progress_file});
-    REQUIRE(read_char(victim, 10000) == 'R');
+    Child victim({H(), "pub", d.sock, topic, "1", "0", std::to_string(rng()), progress_file});
+    REQUIRE(victim.read_char(10000) == 'R');
     // A random point in its publishing loop: drain for a random number of messages.
     const uint64_t upto = rng() % 400;
     REQUIRE(drain(sub, ver, [&] { return ver.received >= upto; }));
     const uint64_t t0 = now_ns();
-    kill9(victim);
-    Child survivor = spawn({H(), "pub", d.sock, topic, "2", "300", std::to_string(rng())});
+    victim.kill_now();
+    Child survivor({H(), "pub", d.sock, topic, "2", "300", std::to_string(rng())});
     bool ok = drain(sub, ver, [&] { return ver.next[2] == 300; });
     // Everything committed is below the tail: read up to it.
     ok = ok && drain(sub, ver, [&] { return sub.position() >= tail_of(sub); });
@@ -189,7 +189,7 @@ TEST_CASE("producers killed at random points leave every committed message reada
     }
     INFO("victim committed " << committed << ", handed to offer " << handed << ", received " << ver.next[1]);
     CHECK((ver.next[1] == committed || (ver.next[1] == committed + 1 && handed == committed + 1)));
-    REQUIRE(wait_exit(survivor, 10000) == 0);
+    REQUIRE(survivor.wait(10000) == 0);
     st.add(waited);
     CHECK(waited < kReclaimBudgetNs + kSlackNs + 100'000'000);  // includes 300 messages and a spawn
     sub.close();
@@ -234,8 +234,8 @@ TEST_CASE("a subscriber killed while holding views stops holding the producer ba
     // Some traffic before the other subscriber joins (a random point in the stream).
     for (uint64_t i = rng() % 20; i > 0; --i) REQUIRE(offer_one(true) == Status::ok);
     REQUIRE(drain(sub, ver, [&] { return ver.next[7] == counter; }));
-    Child holder = spawn({H(), "sub-hold", d.sock, topic});
-    REQUIRE(read_char(holder, 10000) == 'H');
+    Child holder({H(), "sub-hold", d.sock, topic});
+    REQUIRE(holder.read_char(10000) == 'H');
     // Fill the ring until the holder (and only the holder) holds the producer back.
     for (int guard = 0; guard < 10000; ++guard) {
       if (offer_one(true) != Status::ok) break;
@@ -243,10 +243,10 @@ TEST_CASE("a subscriber killed while holding views stops holding the producer ba
     }
     REQUIRE(offer_one(true) == Status::back_pressured);
     const uint64_t t0 = now_ns();
-    kill(holder.pid, SIGKILL);
+    kill(holder.pid(), SIGKILL);
     Status s = offer_one(false);  // blocks until the daemon frees the dead cursor
     const uint64_t waited = now_ns() - t0;
-    wait_exit(holder, 10000);
+    holder.wait(10000);
     REQUIRE(s == Status::ok);
     REQUIRE(drain(sub, ver, [&] { return ver.next[7] == counter; }));
     INFO("trial " << t << ": " << ver.error);
@@ -281,8 +281,8 @@ TEST_CASE("the daemon killed under load restarts, re-attaches the live segments 
     Verifier ver;
     struct stat before{};
     REQUIRE(stat(("/dev/shm/" + d.prefix + "." + topic + ".0.data").c_str(), &before) == 0);
-    Child prod = spawn({H(), "pub", d.sock, topic, "1", "3000", std::to_string(rng())});
-    REQUIRE(read_char(prod, 10000) == 'R');
+    Child prod({H(), "pub", d.sock, topic, "1", "3000", std::to_string(rng())});
+    REQUIRE(prod.read_char(10000) == 'R');
     const uint64_t upto = rng() % 1000;
     REQUIRE(drain(sub, ver, [&] { return ver.received >= upto; }));
     d.crash();  // SIGKILL under load
@@ -296,7 +296,7 @@ TEST_CASE("the daemon killed under load restarts, re-attaches the live segments 
     INFO("trial " << t << ": " << ver.error);
     REQUIRE(ok);
     REQUIRE(ver.error.empty());
-    REQUIRE(wait_exit(prod, 10000) == 0);
+    REQUIRE(prod.wait(10000) == 0);
     sub.close();
     bus.remove_topic(topic);
   }

@@ -21,21 +21,6 @@ using namespace shmbus;
 using namespace shmbus::test;
 
 namespace {
-std::string run_capture(const std::vector<std::string>& args) {
-  Child c = spawn(args);
-  std::string out;
-  char buf[256];
-  for (;;) {
-    pollfd p{c.out, POLLIN, 0};
-    if (poll(&p, 1, 10000) <= 0) break;
-    ssize_t n = read(c.out, buf, sizeof buf);
-    if (n <= 0) break;
-    out.append(buf, size_t(n));
-  }
-  wait_exit(c, 10000);
-  return out;
-}
-
 std::vector<uint8_t> request_frame(const std::function<void(proto::Request::Builder)>& f,
                                    uint16_t version = proto::PROTOCOL_VERSION) {
   capnp::MallocMessageBuilder mb;
@@ -44,18 +29,6 @@ std::vector<uint8_t> request_frame(const std::function<void(proto::Request::Buil
   r.setId(77);
   f(r);
   return control::encode_frame(mb);
-}
-
-int raw_connect(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 // Sends raw bytes; returns the error code of the reply, or -1 with no reply.
@@ -185,9 +158,9 @@ TEST_CASE("a subscriber's data mapping is read-only: a write faults", "[daemon][
   REQUIRE(d.start());
   Bus bus = Bus::connect(d.sock);
   bus.create_topic("ro.t", {.capacity = 8192});
-  Child c = spawn({helper_path(), "write-ring", d.sock, "ro.t"});
-  REQUIRE(read_char(c, 10000) == 'S');
-  int st = wait_exit(c, 10000);
+  Child c({helper_path(), "write-ring", d.sock, "ro.t"});
+  REQUIRE(c.read_char(10000) == 'S');
+  int st = c.wait(10000);
   REQUIRE(st != -1);
   CHECK(WIFSIGNALED(st));
   CHECK((WTERMSIG(st) == SIGSEGV || WTERMSIG(st) == SIGBUS));
@@ -357,8 +330,8 @@ TEST_CASE("100 client processes connecting, subscribing and exiting do not grow 
   };
   auto round = [&] {
     std::vector<Child> kids;
-    for (int i = 0; i < 100; ++i) kids.push_back(spawn({helper_path(), "connect-sub", d.sock, "many.t"}));
-    for (auto& k : kids) REQUIRE(wait_exit(k, 20000) == 0);
+    for (int i = 0; i < 100; ++i) kids.push_back(Child({helper_path(), "connect-sub", d.sock, "many.t"}));
+    for (auto& k : kids) REQUIRE(k.wait(20000) == 0);
   };
   round();  // warm-up: allocator pools, pid maps
   auto [fds0, rss0] = health();

@@ -1,4 +1,5 @@
-// Process and daemon helpers for the daemon tests: every wait has a watchdog.
+// Daemon helpers for the daemon tests (processes: ../child_process.hpp): every wait has
+// a watchdog.
 #pragma once
 
 #include <fcntl.h>
@@ -18,72 +19,14 @@
 #include <string>
 #include <vector>
 
+#include "../child_process.hpp"
+
 namespace shmbus::test {
 
 inline uint64_t now_ns() {
   return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
                       std::chrono::steady_clock::now().time_since_epoch())
                       .count());
-}
-
-struct Child {
-  pid_t pid = -1;
-  int out = -1;  // its stdout (progress characters)
-  int pidfd = -1;
-};
-
-// fork + exec with stdout to a pipe; stderr inherited (or to `err_file`).
-inline Child spawn(const std::vector<std::string>& args, const std::string& err_file = {},
-                   const std::vector<std::string>& env = {}) {
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) < 0) throw std::runtime_error("pipe");
-  std::vector<char*> av;
-  for (auto& a : args) av.push_back(const_cast<char*>(a.c_str()));
-  av.push_back(nullptr);
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(p[1], 1);
-    if (!err_file.empty()) {
-      int e = open(err_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (e >= 0) dup2(e, 2);
-    }
-    for (auto& kv : env) putenv(const_cast<char*>(kv.c_str()));
-    execv(av[0], av.data());
-    _exit(127);
-  }
-  close(p[1]);
-  Child c;
-  c.pid = pid;
-  c.out = p[0];
-  c.pidfd = int(syscall(SYS_pidfd_open, pid, 0));
-  return c;
-}
-
-// Next progress character, or 0 on EOF / timeout (the watchdog).
-inline char read_char(const Child& c, int timeout_ms) {
-  pollfd p{c.out, POLLIN, 0};
-  if (poll(&p, 1, timeout_ms) <= 0) return 0;
-  char ch = 0;
-  return read(c.out, &ch, 1) == 1 ? ch : 0;
-}
-
-// Waits (bounded) for the child to exit; returns the raw wait status, or -1 on timeout.
-inline int wait_exit(Child& c, int timeout_ms) {
-  if (c.pid <= 0) return -1;
-  pollfd p{c.pidfd, POLLIN, 0};
-  if (c.pidfd >= 0 && poll(&p, 1, timeout_ms) <= 0) return -1;
-  int st = 0;
-  waitpid(c.pid, &st, 0);
-  if (c.out >= 0) close(c.out);
-  if (c.pidfd >= 0) close(c.pidfd);
-  c = Child{};
-  return st;
-}
-
-inline void kill9(Child& c) {
-  if (c.pid <= 0) return;
-  kill(c.pid, SIGKILL);
-  wait_exit(c, 10000);
 }
 
 inline std::vector<std::string> shm_files(const std::string& prefix) {
@@ -94,7 +37,32 @@ inline std::vector<std::string> shm_files(const std::string& prefix) {
 }
 
 inline std::string daemon_path() { return SHMBUS_TEST_SHMBUSD; }
-inline std::string helper_path() { return SHMBUS_TEST_HELPER; }
+
+// Runs argv to completion and returns its stdout (watchdog: 20 s without output, then
+// 20 s for the exit).
+inline std::string run_capture(const std::vector<std::string>& args, const std::vector<std::string>& env = {},
+                               const std::string& err_file = {}) {
+  Child c(args, err_file, env);
+  std::string out = c.read_all(20000);
+  c.wait(20000);
+  return out;
+}
+
+// A raw SOCK_SEQPACKET connection to a daemon's control socket (for hand-made frames),
+// or -1.
+inline int raw_connect(const std::string& path) {
+  sockaddr_un a{};
+  if (path.size() >= sizeof a.sun_path) return -1;
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
 
 // A shmbusd child with its own socket, state dir and shm prefix. start() waits for
 // sd_notify(READY=1) on a private NOTIFY_SOCKET (no polling, no sleeps).
@@ -115,7 +83,7 @@ struct DaemonProc {
     prefix = std::string("sdt-") + what + "-" + std::to_string(getpid()) + "-" + std::to_string(n++);
   }
   ~DaemonProc() {
-    if (proc.pid > 0) kill9(proc);
+    proc.kill_now();
     if (notify_fd >= 0) close(notify_fd);
     for (auto& f : shm_files(prefix)) unlink(("/dev/shm/" + f).c_str());
     std::error_code ec;
@@ -130,14 +98,14 @@ struct DaemonProc {
       std::memcpy(a.sun_path, np.c_str(), np.size() + 1);
       bind(notify_fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
     }
-    proc = spawn({daemon_path(), "--socket", sock, "--state-dir", state, "--shm-prefix", prefix,
+    proc = Child({daemon_path(), "--socket", sock, "--state-dir", state, "--shm-prefix", prefix,
                   "--reclaim-interval-ms", std::to_string(reclaim_ms), "--log-level", "info"},
                  log, {"NOTIFY_SOCKET=" + dir + "/notify"});
     const uint64_t deadline = now_ns() + uint64_t(timeout_ms) * 1'000'000;
     for (;;) {
       uint64_t t = now_ns();
       if (t >= deadline) return false;
-      pollfd p[2] = {{notify_fd, POLLIN, 0}, {proc.pidfd, POLLIN, 0}};
+      pollfd p[2] = {{notify_fd, POLLIN, 0}, {proc.pidfd(), POLLIN, 0}};
       if (poll(p, 2, int((deadline - t) / 1'000'000) + 1) <= 0) return false;
       if (p[1].revents) return false;  // exited
       char buf[256];
@@ -147,12 +115,12 @@ struct DaemonProc {
   }
   // SIGTERM; true if it exited 0 within the watchdog.
   bool stop() {
-    if (proc.pid <= 0) return true;
-    kill(proc.pid, SIGTERM);
-    int st = wait_exit(proc, 10000);
+    if (proc.pid() <= 0) return true;
+    kill(proc.pid(), SIGTERM);
+    int st = proc.wait(10000);
     return st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
   }
-  void crash() { kill9(proc); }
+  void crash() { proc.kill_now(); }
   // Leak check after every topic is deleted and the daemon stopped.
   std::vector<std::string> leaks() const {
     std::vector<std::string> v = shm_files(prefix);

@@ -151,7 +151,7 @@ TEST_CASE("a durable subscriber killed with SIGKILL resumes where it released; a
   Bus bus = e.bus();
   bus.create_topic("dur.k", {.capacity = 65536, .policy = Policy::fail});
   Publisher pub = bus.publisher("dur.k");
-  Child c = spawn({helper_path(), "sub-durable", e.o.socket_path, "dur.k", "ledger", "25"});
+  Child c({helper_path(), "sub-durable", e.o.socket_path, "dur.k", "ledger", "25"});
   // The helper joins at the tail: publish only once it is there (its record says so).
   uint64_t pos = 0;
   bool parked = false;
@@ -164,8 +164,8 @@ TEST_CASE("a durable subscriber killed with SIGKILL resumes where it released; a
   so.name = "ledger";
   REQUIRE_THROWS_AS(bus.subscriber("dur.k", so), Error);  // in use by the helper
   publish(pub, 1, 60);
-  REQUIRE(read_char(c, 10000) == 'K');
-  kill9(c);
+  REQUIRE(c.read_char(10000) == 'K');
+  c.kill_now();
   Subscriber sub = bus.subscriber("dur.k", so);
   CHECK(sub.resumed());
   expect_range(sub, 26, 60);

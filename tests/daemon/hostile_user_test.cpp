@@ -70,7 +70,7 @@ struct Shmbusd {
     chmod(notify.c_str(), 0777);  // a daemon run as the second user reports too
   }
   ~Shmbusd() {
-    if (proc.pid > 0) kill9(proc);
+    proc.kill_now();
     if (nfd >= 0) close(nfd);
     for (auto& f : shm_files(prefix)) unlink(("/dev/shm/" + f).c_str());
   }
@@ -85,12 +85,12 @@ struct Shmbusd {
     args.insert(args.begin(), wrapper.begin(), wrapper.end());
     args.insert(args.end(), {"--shm-prefix", prefix, "--log-level", "info"});
     env.push_back("NOTIFY_SOCKET=" + notify);
-    proc = spawn(as ? as->as(args) : args, err, env);
+    proc = Child(as ? as->as(args) : args, err, env);
     const uint64_t deadline = now_ns() + 10'000'000'000ull;
     for (;;) {
       uint64_t t = now_ns();
       if (t >= deadline) return false;
-      pollfd p[2] = {{nfd, POLLIN, 0}, {proc.pidfd, POLLIN, 0}};
+      pollfd p[2] = {{nfd, POLLIN, 0}, {proc.pidfd(), POLLIN, 0}};
       if (poll(p, 2, int((deadline - t) / 1'000'000) + 1) <= 0) return false;
       if (p[0].revents) {
         char buf[256];
@@ -99,16 +99,16 @@ struct Shmbusd {
         continue;
       }
       if (p[1].revents) {
-        exit_status = wait_exit(proc, 10000);
+        exit_status = proc.wait(10000);
         return false;
       }
     }
   }
   std::string stderr_text() const { return slurp(err); }
   bool stop() {
-    if (proc.pid <= 0) return true;
-    kill(proc.pid, SIGTERM);
-    int st = wait_exit(proc, 10000);
+    if (proc.pid() <= 0) return true;
+    kill(proc.pid(), SIGTERM);
+    int st = proc.wait(10000);
     return st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
   }
   int exit_status = -1;
@@ -343,10 +343,10 @@ TEST_CASE("ownership: another user can neither take a topic's name, delete it, s
 
 namespace {
 // One line from a child's stdout (without the newline), "" at EOF or after the watchdog.
-std::string read_line(const Child& c, int timeout_ms) {
+std::string read_line(Child& c, int timeout_ms) {
   std::string l;
   for (;;) {
-    char ch = read_char(c, timeout_ms);
+    char ch = c.read_char(timeout_ms);
     if (ch == 0 || ch == '\n') return l;
     l += ch;
   }
@@ -362,18 +362,6 @@ std::vector<uint8_t> create_frame(uint64_t id, const std::string& name) {
   s.setCapacity(4096);
   s.setSlots(4);
   return control::encode_frame(mb);
-}
-
-int raw_connect(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 // Error code of one reply (0: not an error), -1 when none came.
@@ -422,11 +410,11 @@ TEST_CASE("bounds: a huge topic is refused, and per-uid quotas hold topics, byte
   Bus bus = Bus::connect(rd.sock);
   bus.create_topic("root.t", {.capacity = 4096});
   // Connections: 8 held, the 9th refused, and the victim is still served.
-  Child hold = spawn(att.as({hostile(), "conns", rd.sock, "50"}));
+  Child hold(att.as({hostile(), "conns", rd.sock, "50"}));
   CHECK(read_line(hold, 20000) == "conns:8");
   CHECK(serving(rd.sock));
   CHECK(bus.partitions("root.t") == 1);
-  kill9(hold);
+  hold.kill_now();
   for (int i = 0; i < 5; ++i) bus.remove_topic("q." + std::to_string(i));
   bus.remove_topic("root.t");
   std::string log = rd.d.stderr_text();
@@ -650,13 +638,10 @@ TEST_CASE("soak: a flood of requests from another user leaves an honest client's
   };
   auto rss = [&] { return c->call([](proto::Request::Builder r) { r.setHealth(); }).get().getHealth().getRssBytes(); };
   const uint64_t idle = p99(), rss0 = rss();
-  struct Killer {
-    Child c;
-    ~Killer() { kill9(c); }
-  } flood{spawn(att.as({hostile(), "flood", rd.sock, "soak.t"}))};
-  REQUIRE(read_line(flood.c, 20000) == "flood:flooding");
+  Child flood(att.as({hostile(), "flood", rd.sock, "soak.t"}));  // killed when it goes out of scope
+  REQUIRE(read_line(flood, 20000) == "flood:flooding");
   const uint64_t busy = p99(), rss1 = rss();
-  kill9(flood.c);
+  flood.kill_now();
   std::printf("control-call p99: idle %.3f ms, under a flood of saveCursor from 8 connections %.3f ms; RSS %.1f -> %.1f MiB\n",
               idle / 1e6, busy / 1e6, rss0 / 1048576.0, rss1 / 1048576.0);
   // 2x the idle p99, plus 100 ms for a loaded two-core machine shared with the

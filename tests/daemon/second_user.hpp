@@ -48,21 +48,4 @@ inline SecondUser second_user(const char* name = "shmbustest2") {
   return u;
 }
 
-// Runs argv to completion (watchdog 20 s) and returns its stdout.
-inline std::string run_capture(const std::vector<std::string>& args, const std::vector<std::string>& env = {},
-                               const std::string& err_file = {}) {
-  Child c = spawn(args, err_file, env);
-  std::string out;
-  char buf[256];
-  for (;;) {
-    pollfd p{c.out, POLLIN, 0};
-    if (poll(&p, 1, 20000) <= 0) break;
-    ssize_t n = read(c.out, buf, sizeof buf);
-    if (n <= 0) break;
-    out.append(buf, size_t(n));
-  }
-  wait_exit(c, 20000);
-  return out;
-}
-
 }  // namespace shmbus::test

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "child_process.hpp"
+#include "../child_process.hpp"
 #include "shmbus/shmbus.hpp"
 #include "../test_util.hpp"
 
@@ -35,10 +35,11 @@ struct MpTopic {
       : prefix(unique_prefix(what)), guard{Bus::direct({.shm_prefix = prefix}), "mp.topic"} {
     guard.bus.create_topic(guard.topic, cfg);
   }
-  // key=value arguments every helper of this topic gets.
+  // The helper's command line: the role, then the key=value arguments every helper of
+  // this topic gets.
   std::vector<std::string> args(const std::string& role, uint64_t seed, uint32_t max_body,
                                 std::vector<std::string> more) const {
-    std::vector<std::string> a{role, "prefix=" + prefix, "topic=" + guard.topic,
+    std::vector<std::string> a{helper_path(), role, "prefix=" + prefix, "topic=" + guard.topic,
                                "seed=" + std::to_string(seed), "max_body=" + std::to_string(max_body)};
     a.insert(a.end(), more.begin(), more.end());
     return a;

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "shmbus/spill_format.hpp"
+#include "../child_process.hpp"
 #include "log_check.hpp"
 #include "spill_util.hpp"
 
@@ -21,35 +22,17 @@ using namespace shmbus::test;
 
 namespace {
 
-struct Child {
-  pid_t pid = -1;
-  int in_w = -1;  // its stdin (close = clean stop)
-};
-
+// The archiver child (archiver_child.cpp): "R" on stdout once archiving; a closed stdin
+// is its clean stop.
 Child spawn_archiver(const std::string& prefix, const std::string& topic, const std::string& dir,
                      const char* policy, const char* seg) {
   const char* exe = getenv("SHMBUS_SPILL_CHILD");
   REQUIRE(exe != nullptr);
-  int in[2], out[2];
-  REQUIRE(pipe2(in, O_CLOEXEC) == 0);
-  REQUIRE(pipe2(out, O_CLOEXEC) == 0);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    dup2(in[0], 0);
-    dup2(out[1], 1);
-    execl(exe, exe, prefix.c_str(), topic.c_str(), dir.c_str(), policy, seg, (char*)nullptr);
-    _exit(127);
-  }
-  close(in[0]);
-  close(out[1]);
-  char buf[2];
-  ssize_t n = read(out[0], buf, 2);  // blocks until ready (or the child died: 0)
-  close(out[0]);
-  REQUIRE(n == 2);
-  return {pid, in[1]};
+  Child c({exe, prefix, topic, dir, policy, seg}, {}, {}, /*stdin_pipe=*/true);
+  INFO(c.describe());
+  REQUIRE(c.read_char(30000) == 'R');  // ready (0: it died, or the watchdog)
+  return c;
 }
-
 
 }  // namespace
 
@@ -88,11 +71,10 @@ TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged
     uint64_t wait_ns = 500'000 + rng.next() % 15'000'000;
     timespec ts{0, long(wait_ns)};
     nanosleep(&ts, nullptr);
-    REQUIRE(kill(c.pid, SIGKILL) == 0);
-    int status = 0;
-    REQUIRE(waitpid(c.pid, &status, 0) == c.pid);
+    REQUIRE(kill(c.pid(), SIGKILL) == 0);
+    const int status = c.wait(30000);
+    REQUIRE(status != -1);
     REQUIRE(WIFSIGNALED(status));
-    close(c.in_w);
     const uint64_t acked = durable();  // cannot move any more: its writer is dead
     REQUIRE(acked >= max_acked);
     max_acked = acked;
@@ -111,9 +93,9 @@ TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged
     timespec ts{0, 1'000'000};
     nanosleep(&ts, nullptr);
   }
-  close(c.in_w);
-  int status = 0;
-  REQUIRE(waitpid(c.pid, &status, 0) == c.pid);
+  c.close_stdin();
+  const int status = c.wait(30000);
+  REQUIRE(status != -1);
   CHECK(WIFEXITED(status));
   std::printf("crash test: %d kills, %llu messages, %llu acknowledged before the last kill\n", trials,
               (unsigned long long)last, (unsigned long long)max_acked);

@@ -43,22 +43,17 @@ struct Run {
 // Runs a command to completion (watchdog: 60 s without output), capturing stdout and stderr.
 Run run(const std::vector<std::string>& args, const std::string& errfile) {
   unlink(errfile.c_str());
-  Child c = spawn(args, errfile);
+  Child c(args, errfile);
   Run r;
-  char buf[4096];
-  for (;;) {
-    pollfd p{c.out, POLLIN, 0};
-    if (poll(&p, 1, 30000) <= 0) {  // watchdog: a hung command fails the test
-      kill(c.pid, SIGKILL);
-      wait_exit(c, 10000);
-      r.status = -1;
-      return r;
-    }
-    ssize_t n = read(c.out, buf, sizeof buf);
-    if (n <= 0) break;
-    r.out.append(buf, size_t(n));
+  bool hung = false;
+  r.out = c.read_all(30000, &hung);
+  if (hung) {  // watchdog: a hung command fails the test (status -1)
+    c.kill_now();
+    r.out.clear();
+    return r;
   }
-  r.status = wait_exit(c, 10000);
+  r.status = c.wait(10000);
+  char buf[4096];
   FILE* f = fopen(errfile.c_str(), "r");
   if (f) {
     size_t n;
@@ -398,18 +393,12 @@ TEST_CASE("shmbus replay and tail print the published messages as JSON", "[spill
   SECTION("tail follows live messages") {
     // Start at a sequence not yet published: tail waits for it, no race with the publisher.
     std::vector<std::string> args = dm.cli({"tail", topic, "--from", "seq:51", "--count", "3"});
-    Child tc = spawn(args, err);
+    Child tc(args, err);
     for (uint64_t i = 51; i <= 53; ++i) publish_quote(i);
-    std::string out;
-    char buf[4096];
-    while (lines(out).size() < 3) {
-      pollfd p{tc.out, POLLIN, 0};
-      REQUIRE(poll(&p, 1, 20000) > 0);  // watchdog
-      ssize_t n = read(tc.out, buf, sizeof buf);
-      REQUIRE(n > 0);
-      out.append(buf, size_t(n));
-    }
-    int st = wait_exit(tc, 20000);
+    bool hung = false;
+    std::string out = tc.read_all(20000, &hung);  // --count 3: it exits after the third
+    REQUIRE(!hung);  // watchdog
+    int st = tc.wait(20000);
     CHECK(WIFEXITED(st));
     auto ls = lines(out);
     REQUIRE(ls.size() == 3);

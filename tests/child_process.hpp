@@ -1,10 +1,12 @@
-// Spawning the multi-process test helper (mp_helper) and talking to it.
+// The one child process of the test suites: fork + exec of a real program whose stdout
+// is a pipe to the test.
 //
-// A child's stdout is a pipe to the test: the helper prints one "key value" line
-// per fact ("ready 1", "received 5000000", "FAIL <reason>"). Every read and every
-// wait for exit has a deadline (poll on the pipe, poll on a pidfd), so a hung
-// helper fails the test instead of hanging it; a Child that is still running when
-// it goes out of scope is killed and reaped.
+// The multi-process helper (mp_helper) prints one "key value" line per fact ("ready 1",
+// "received 5000000", "FAIL <reason>"): await()/finish() collect them. The daemon
+// helper prints progress characters: read_char(). A command's whole output:
+// read_all(). Every read and every wait for exit has a deadline (poll on the pipe,
+// poll on a pidfd), so a hung child fails the test instead of hanging it; a Child that
+// is still running when it goes out of scope is killed and reaped.
 #pragma once
 
 #include <fcntl.h>
@@ -28,20 +30,23 @@
 
 namespace shmbus::test {
 
-// The helper binary: $SHMBUS_MP_HELPER (set by meson), else next to this test.
-inline std::string helper_path() {
-  if (const char* e = std::getenv("SHMBUS_MP_HELPER")) return e;
-  char buf[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) throw std::runtime_error("cannot find the test binary's directory");
-  std::string self(buf, size_t(n));
-  return self.substr(0, self.rfind('/') + 1) + "mp_helper";
-}
+// This suite's helper program, named by its meson.build (-DSHMBUS_TEST_HELPER=...):
+// mp_helper for tests/multiproc, daemon_helper for tests/daemon.
+#ifdef SHMBUS_TEST_HELPER
+inline std::string helper_path() { return SHMBUS_TEST_HELPER; }
+#endif
 
 class Child {
  public:
   Child() = default;
-  explicit Child(const std::vector<std::string>& args) { start(args); }
+  // argv[0] is the program; its stderr goes to err_file (appended) when one is given,
+  // else to the test's; env entries ("K=V") are added to the child's environment. With
+  // stdin_pipe its stdin is a pipe from the test (close_stdin() closes it), else the
+  // test's stdin.
+  explicit Child(const std::vector<std::string>& argv, const std::string& err_file = {},
+                 const std::vector<std::string>& env = {}, bool stdin_pipe = false) {
+    start(argv, err_file, env, stdin_pipe);
+  }
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;
   Child(Child&& o) noexcept { *this = std::move(o); }
@@ -49,6 +54,7 @@ class Child {
     std::swap(pid_, o.pid_);
     std::swap(out_, o.out_);
     std::swap(pidfd_, o.pidfd_);
+    std::swap(in_, o.in_);
     std::swap(buf_, o.buf_);
     std::swap(facts_, o.facts_);
     std::swap(status_, o.status_);
@@ -64,36 +70,116 @@ class Child {
     }
     if (out_ >= 0) close(out_);
     if (pidfd_ >= 0) close(pidfd_);
+    if (in_ >= 0) close(in_);
   }
 
-  // args[0] is the role; the helper path is prepended.
-  void start(const std::vector<std::string>& args) {
-    int p[2];
+  void start(const std::vector<std::string>& args, const std::string& err_file = {},
+             const std::vector<std::string>& env = {}, bool stdin_pipe = false) {
+    if (args.empty()) throw std::runtime_error("Child: no program given");
+    if (pid_ > 0 || out_ >= 0) throw std::runtime_error("Child: already started");
+    int p[2], in[2] = {-1, -1};
     if (pipe2(p, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");
-    std::string path = helper_path();
-    std::vector<std::string> all{path};
-    all.insert(all.end(), args.begin(), args.end());
+    if (stdin_pipe && pipe2(in, O_CLOEXEC) != 0) {
+      close(p[0]);
+      close(p[1]);
+      throw std::runtime_error("pipe2 failed");
+    }
+    const std::string& path = args[0];
     std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(const_cast<char*>(a.c_str()));
+    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
-    name_ = args.empty() ? "helper" : args[0];
+    name_ = path.substr(path.rfind('/') + 1) + (args.size() > 1 ? " " + args[1] : "");
+    std::vector<std::string> env_copy = env;  // putenv keeps the pointer
     fflush(nullptr);
     pid_t pid = fork();
     if (pid < 0) throw std::runtime_error("fork failed");
     if (pid == 0) {
       dup2(p[1], STDOUT_FILENO);  // dup2 clears O_CLOEXEC on the copy
+      if (stdin_pipe) dup2(in[0], STDIN_FILENO);
+      if (!err_file.empty()) {
+        int e = open(err_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (e >= 0) dup2(e, STDERR_FILENO);
+      }
+      for (auto& kv : env_copy) putenv(const_cast<char*>(kv.c_str()));
       execv(path.c_str(), argv.data());
       dprintf(STDERR_FILENO, "exec %s: %s\n", path.c_str(), strerror(errno));
       _exit(127);
     }
     close(p[1]);
+    if (stdin_pipe) {
+      close(in[0]);
+      in_ = in[1];
+    }
     pid_ = pid;
     out_ = p[0];
     pidfd_ = int(syscall(SYS_pidfd_open, pid, 0));
   }
 
   pid_t pid() const { return pid_; }
+  // Closes its stdin pipe (end of input: a clean stop for a child that reads to EOF).
+  void close_stdin() {
+    if (in_ >= 0) close(in_);
+    in_ = -1;
+  }
+  int pidfd() const { return pidfd_; }
   const std::string& name() const { return name_; }
+
+  // The next raw byte of its stdout (a progress character), or 0 on end of output or
+  // when timeout_ms passes first.
+  char read_char(int timeout_ms) {
+    if (out_ < 0) return 0;
+    pollfd pf{out_, POLLIN, 0};
+    int r;
+    while ((r = poll(&pf, 1, timeout_ms)) < 0 && errno == EINTR) {
+    }
+    if (r <= 0) return 0;
+    char ch = 0;
+    ssize_t n;
+    while ((n = read(out_, &ch, 1)) < 0 && errno == EINTR) {
+    }
+    return n == 1 ? ch : 0;
+  }
+
+  // Its raw stdout to the end. Stops early (watchdog) when timeout_ms passes with no
+  // output: then timed_out is set if given.
+  std::string read_all(int timeout_ms, bool* timed_out = nullptr) {
+    std::string out;
+    char tmp[4096];
+    if (timed_out) *timed_out = false;
+    while (out_ >= 0) {
+      pollfd pf{out_, POLLIN, 0};
+      int r = poll(&pf, 1, timeout_ms);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        if (timed_out) *timed_out = true;
+        break;
+      }
+      ssize_t n = read(out_, tmp, sizeof tmp);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      out.append(tmp, size_t(n));
+    }
+    return out;
+  }
+
+  // Waits up to timeout_ms for it to exit without reading its output; returns the raw
+  // wait status, or -1 on timeout (it is left running; the destructor kills it).
+  int wait(int timeout_ms) {
+    if (pid_ <= 0) return status_;
+    if (pidfd_ >= 0) {
+      pollfd pf{pidfd_, POLLIN, 0};
+      int r;
+      while ((r = poll(&pf, 1, timeout_ms)) < 0 && errno == EINTR) {
+      }
+      if (r <= 0) return -1;
+    }
+    int st = 0;
+    while (waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+    status_ = st;
+    return st;
+  }
 
   // Waits up to timeout_ms for a line starting with `key` and returns its value;
   // "" on timeout or end of output. Facts seen on the way are kept.
@@ -208,6 +294,7 @@ class Child {
   pid_t pid_ = -1;
   int out_ = -1;
   int pidfd_ = -1;
+  int in_ = -1;  // its stdin (with stdin_pipe)
   std::string buf_;
   std::map<std::string, std::string> facts_;
   int status_ = -1;
