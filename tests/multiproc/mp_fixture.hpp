@@ -35,6 +35,7 @@ struct MpTopic {
       : prefix(unique_prefix(what)), guard{Bus::direct({.shm_prefix = prefix}), "mp.topic"} {
     guard.bus.create_topic(guard.topic, cfg);
   }
+#ifdef SHMBUS_TEST_HELPER  // the tests that run mp_helper (tests/multiproc/meson.build)
   // The helper's command line: the role, then the key=value arguments every helper of
   // this topic gets.
   std::vector<std::string> args(const std::string& role, uint64_t seed, uint32_t max_body,
@@ -44,6 +45,7 @@ struct MpTopic {
     a.insert(a.end(), more.begin(), more.end());
     return a;
   }
+#endif
 };
 
 // Starts a subscriber helper and waits (bounded) until it has joined.
