@@ -44,10 +44,70 @@ enum class RingStatus : uint8_t {
   lapped,          // untethered reader: the producer overwrote the read position (P9)
 };
 
+#if defined(SHMBUS_SCHED_HOOK)
+// Deterministic-schedule tests (tests/sched): every atomic access to shared memory
+// is a scheduling point, where the test's scheduler may run another participant
+// (or kill this one). Never defined in the library or the daemon.
+void shmbus_sched_point() noexcept;
+template <class T>
+struct SchedRef {
+  std::atomic_ref<T> r;
+  using MO = std::memory_order;
+  T load(MO o = std::memory_order_seq_cst) const noexcept {
+    shmbus_sched_point();
+    return r.load(o);
+  }
+  void store(T v, MO o = std::memory_order_seq_cst) const noexcept {
+    shmbus_sched_point();
+    r.store(v, o);
+  }
+  T exchange(T v, MO o = std::memory_order_seq_cst) const noexcept {
+    shmbus_sched_point();
+    return r.exchange(v, o);
+  }
+  bool compare_exchange_strong(T& e, T d, MO o = std::memory_order_seq_cst) const noexcept {
+    shmbus_sched_point();
+    return r.compare_exchange_strong(e, d, o);
+  }
+  bool compare_exchange_strong(T& e, T d, MO s, MO f) const noexcept {
+    shmbus_sched_point();
+    return r.compare_exchange_strong(e, d, s, f);
+  }
+  bool compare_exchange_weak(T& e, T d, MO o = std::memory_order_seq_cst) const noexcept {
+    shmbus_sched_point();
+    return r.compare_exchange_weak(e, d, o);
+  }
+  bool compare_exchange_weak(T& e, T d, MO s, MO f) const noexcept {
+    shmbus_sched_point();
+    return r.compare_exchange_weak(e, d, s, f);
+  }
+  T fetch_add(T v, MO o = std::memory_order_seq_cst) const noexcept {
+    shmbus_sched_point();
+    return r.fetch_add(v, o);
+  }
+  T fetch_sub(T v, MO o = std::memory_order_seq_cst) const noexcept {
+    shmbus_sched_point();
+    return r.fetch_sub(v, o);
+  }
+  T fetch_or(T v, MO o = std::memory_order_seq_cst) const noexcept {
+    shmbus_sched_point();
+    return r.fetch_or(v, o);
+  }
+  T fetch_and(T v, MO o = std::memory_order_seq_cst) const noexcept {
+    shmbus_sched_point();
+    return r.fetch_and(v, o);
+  }
+};
+template <class T>
+inline SchedRef<T> aref(T& v) {
+  return SchedRef<T>{std::atomic_ref<T>(v)};
+}
+#else
 template <class T>
 inline std::atomic_ref<T> aref(T& v) {
   return std::atomic_ref<T>(v);
 }
+#endif
 
 // A view of one partition's two segments, as mapped by this process.
 // Every value in it was copied once from the segment headers and validated
@@ -161,6 +221,9 @@ inline bool cas_tail(const RingRefs& r, uint64_t& e_pos, uint64_t& e_tw, uint64_
   u128 expected = (u128(e_tw) << 64) | e_pos;
   u128 desired = (u128(n_tw) << 64) | n_pos;
   u128* p = reinterpret_cast<u128*>(&r.data->tail_pos);
+#if defined(SHMBUS_SCHED_HOOK)
+  shmbus_sched_point();
+#endif
 #if SHMBUS_TSAN && defined(__x86_64__)
   // ThreadSanitizer emulates 128-bit atomics under a process-local lock, which
   // is not atomic against the other processes sharing this ring (two producers
