@@ -1,6 +1,8 @@
 // Helpers shared by the test suites.
 #pragma once
 
+#include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -8,6 +10,7 @@
 #include <string>
 
 #include "shmbus/bus.hpp"
+#include "shmbus/shm/futex.hpp"
 
 namespace shmbus::test {
 
@@ -48,5 +51,23 @@ struct Rng {
     return s;
   }
 };
+
+// A random gap between bursts: nothing, a yield, a spin, or a sleep of up to
+// max_sleep_ns, so that the next commit lands in every phase of a reader's way into the
+// futex (a perturbation of timing, not a synchronisation).
+inline void random_gap(Rng& rng, uint64_t max_sleep_ns = 100'000) {
+  uint64_t r = rng.next();
+  switch (r & 3) {
+    case 0: break;
+    case 1: sched_yield(); break;
+    case 2:
+      for (uint64_t i = (r >> 8) % 20000; i > 0; --i) shm::cpu_relax();
+      break;
+    default: {
+      timespec ts{0, long(1000 + (r >> 8) % max_sleep_ns)};
+      nanosleep(&ts, nullptr);
+    }
+  }
+}
 
 }  // namespace shmbus::test

@@ -28,21 +28,6 @@ inline SubscriberOptions waiting(WaitStrategy w) {
   return o;
 }
 
-inline void random_gap(Rng& rng) {
-  uint64_t r = rng.next();
-  switch (r & 3) {
-    case 0: break;
-    case 1: sched_yield(); break;
-    case 2:
-      for (uint64_t i = (r >> 8) % 20000; i > 0; --i) shm::cpu_relax();
-      break;
-    default: {
-      timespec ts{0, long(1000 + (r >> 8) % 100'000)};
-      nanosleep(&ts, nullptr);
-    }
-  }
-}
-
 struct ProducerPlan {
   uint32_t producer = 0;
   uint64_t count = 0;

@@ -559,6 +559,30 @@ std::vector<std::string> dev_shm_with(const std::string& prefix) {
   return v;
 }
 
+// A 4 KiB multi-producer block-policy ring with 4 reader slots on the heap (no fork, no
+// /dev/shm), for single-process regression tests of the claim protocol.
+struct HeapRing {
+  struct Free {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  static std::unique_ptr<std::byte[], Free> zalloc(size_t n) {
+    auto* p = static_cast<std::byte*>(std::aligned_alloc(64, (n + 63) / 64 * 64));
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0, n);
+    return std::unique_ptr<std::byte[], Free>(p);
+  }
+  static constexpr uint64_t cap = 4096;
+  std::unique_ptr<std::byte[], Free> data = zalloc(shm::data_segment_size(cap));
+  std::unique_ptr<std::byte[], Free> ctl = zalloc(shm::control_segment_size(4));
+  shm::RingRefs r;
+  HeapRing() {
+    shm::init_segments(reinterpret_cast<shm::DataHeader*>(data.get()), reinterpret_cast<shm::ControlHeader*>(ctl.get()),
+                       cap, 4, shm::kFlagMultiProducer, shm::kPolicyBlock, 0, 0, cap / 4, 1);
+    REQUIRE(shm::bind_ring(data.get(), shm::data_segment_size(cap), ctl.get(), shm::control_segment_size(4), r) ==
+            nullptr);
+  }
+};
+
 }  // namespace
 
 // Found by the torture through shmbusd (a survivor's claim waited its whole block
@@ -571,22 +595,8 @@ std::vector<std::string> dev_shm_with(const std::string& prefix) {
 // must have changed once recover_dead_producer returns.
 TEST_CASE("resolving a dead producer's open claim wakes producers asleep on space behind it",
           "[crash][torture][regression]") {
-  struct Free {
-    void operator()(std::byte* p) const { std::free(p); }
-  };
-  auto zalloc = [](size_t n) {
-    auto* p = static_cast<std::byte*>(std::aligned_alloc(64, (n + 63) / 64 * 64));
-    std::memset(p, 0, n);
-    return std::unique_ptr<std::byte[], Free>(p);
-  };
-  const uint64_t cap = 4096;
-  auto data = zalloc(shm::data_segment_size(cap));
-  auto ctl = zalloc(shm::control_segment_size(4));
-  shm::init_segments(reinterpret_cast<shm::DataHeader*>(data.get()), reinterpret_cast<shm::ControlHeader*>(ctl.get()),
-                     cap, 4, shm::kFlagMultiProducer, shm::kPolicyBlock, 0, 0, cap / 4, 1);
-  shm::RingRefs r;
-  REQUIRE(shm::bind_ring(data.get(), shm::data_segment_size(cap), ctl.get(), shm::control_segment_size(4), r) ==
-          nullptr);
+  HeapRing ring;
+  shm::RingRefs& r = ring.r;
   // The dead producer: a pid that existed and is reaped.
   const pid_t gone = fork();
   if (gone == 0) _exit(0);
@@ -628,22 +638,8 @@ TEST_CASE("resolving a dead producer's open claim wakes producers asleep on spac
 // IDLE after a lost pending CAS) did not check for producers asleep on space.
 TEST_CASE("a producer closing its claim wakes producers asleep on space behind it",
           "[crash][torture][regression]") {
-  struct Free {
-    void operator()(std::byte* p) const { std::free(p); }
-  };
-  auto zalloc = [](size_t n) {
-    auto* p = static_cast<std::byte*>(std::aligned_alloc(64, (n + 63) / 64 * 64));
-    std::memset(p, 0, n);
-    return std::unique_ptr<std::byte[], Free>(p);
-  };
-  const uint64_t cap = 4096;
-  auto data = zalloc(shm::data_segment_size(cap));
-  auto ctl = zalloc(shm::control_segment_size(4));
-  shm::init_segments(reinterpret_cast<shm::DataHeader*>(data.get()), reinterpret_cast<shm::ControlHeader*>(ctl.get()),
-                     cap, 4, shm::kFlagMultiProducer, shm::kPolicyBlock, 0, 0, cap / 4, 1);
-  shm::RingRefs r;
-  REQUIRE(shm::bind_ring(data.get(), shm::data_segment_size(cap), ctl.get(), shm::control_segment_size(4), r) ==
-          nullptr);
+  HeapRing ring;
+  shm::RingRefs& r = ring.r;
   shm::RingWriter slow(r, true, uint32_t(getpid())), fast(r, true, uint32_t(getpid()));
   REQUIRE((slow.recorded() && fast.recorded()));
   shm::FrameMeta meta;

@@ -72,20 +72,6 @@ void short_pause(uint64_t ns) {
   nanosleep(&ts, nullptr);
 }
 
-// Random gap between bursts: nothing, a yield, a spin, or a short sleep, so that
-// the next commit lands in every phase of the subscriber's way into the futex.
-void gap(Rng& rng) {
-  uint64_t r = rng.next();
-  switch (r & 3) {
-    case 0: break;
-    case 1: sched_yield(); break;
-    case 2:
-      for (uint64_t i = (r >> 8) % 20000; i > 0; --i) shm::cpu_relax();
-      break;
-    default: short_pause(1000 + (r >> 8) % 200'000); break;
-  }
-}
-
 int run_pub() {
   Bus bus = Bus::direct({.shm_prefix = arg("prefix", "")});
   const std::string topic = arg("topic", "t");
@@ -140,7 +126,7 @@ int run_pub() {
           sched_yield();
         }
       }
-      gap(rng);
+      random_gap(rng, 200'000);
     }
   }
   if (num("end", 1)) {

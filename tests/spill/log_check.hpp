@@ -1,4 +1,5 @@
-// Catch2 check of a spill log's contents, shared by the crash tests.
+// Catch2 checks of a spill log's contents, shared by the crash, power-loss and
+// disk-full tests.
 #pragma once
 
 #include <catch2/catch.hpp>
@@ -26,6 +27,31 @@ inline void check_log_range(const std::string& pdir, uint64_t from, uint64_t to)
     arena.release(rv.seq());
   }
   REQUIRE(rd.skipped_corrupt() == 0);
+}
+
+// The log read from its start is a clean prefix of the produced stream: sequences 1, 2,
+// ... in order, each intact with the payload produced for it (nothing torn, nothing
+// invented), no corrupt record skipped, no gap, and the reader ends at a clean end.
+// Returns the last sequence (0: an empty log).
+inline uint64_t check_log_prefix(const std::string& pdir) {
+  spill::ChunkArena arena;
+  spill::LogReader rd(pdir, arena);
+  rd.seek_earliest();
+  spill::RecordView rv;
+  uint64_t expect = 1;
+  spill::LogReader::Next n;
+  while ((n = rd.next(rv)) == spill::LogReader::Next::ok) {
+    INFO("expected sequence " << expect << " in " << pdir);
+    REQUIRE(rv.seq() == expect);
+    REQUIRE(payload_ok(rv.seq(), rv.payload, rv.payload_len));
+    arena.release(rv.seq());
+    ++expect;
+  }
+  INFO("the log in " << pdir << " after sequence " << expect - 1);
+  CHECK(n == spill::LogReader::Next::end);
+  CHECK(rd.skipped_corrupt() == 0);
+  CHECK(rd.gaps() == 0);
+  return expect - 1;
 }
 
 }  // namespace shmbus::test
