@@ -11,12 +11,21 @@
 //     res >= 0: powerloss_scan() reads the completion ring between the application's
 //     head and the kernel's tail, so it must be called before the application consumes a
 //     completion (the test calls it from the archiver's per-completion hook).
-// powerloss_power_off() freezes the table ("the power went off"); powerloss_apply(dir)
-// then truncates every regular file under dir to its synced length, and removes a file
-// that was never synced, as a crash of the machine would leave the disk.
+// powerloss_power_off() freezes the table ("the power went off"); powerloss_apply(dir,
+// mode, stale_from) then cuts every regular file under dir to its synced length, or keeps
+// its length with the unsynced tail zeroed, garbled or replaced by stale bytes of the
+// same file (its records from stale_from on, replayed),
+// and removes a file that was never synced, as a crash of the machine could leave the
+// disk.
 // Limits: the length covered by an FSYNC is exact when no other write to that file is
-// in flight across it (true under `batch` flush: one batch per partition in flight);
-// directory entries are treated as durable once the file's data was synced.
+// in flight across it (true under `batch` flush: one batch per partition in flight).
+// Under `interval` flush writes are in flight across the FSYNC: it is credited with the
+// file's size at submission (what completed writes reached) plus the writes linked
+// before it; a write completing later is not credited (conservative: the real fsync
+// may cover it), but a hole left by writes completing out of order below that size
+// is (the model cuts only at the end of a file; the archiver acknowledges only the
+// in-order completed prefix). Directory entries are treated as durable once the
+// file's data was synced.
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <dlfcn.h>
@@ -148,9 +157,12 @@ int io_uring_submit(struct io_uring* ring) {
     char path[PATH_MAX];
     if (fd < 0 || fd_path(fd, path) != 0) continue;
     uint64_t len = fd_size(fd);
-    // A write on the same file earlier in this submission (linked before the fsync).
-    for (unsigned j = ring->sq.sqe_head; j != i; ++j) {
-      const struct io_uring_sqe* w = &ring->sq.sqes[j & mask];
+    // A write on the same file linked before the fsync in this submission (the chain
+    // of IOSQE_IO_LINK SQEs that ends at it): the fsync runs only after it completed.
+    // An unlinked write (interval flush) may complete after the fsync: not covered.
+    for (unsigned j = i; j != ring->sq.sqe_head;) {
+      const struct io_uring_sqe* w = &ring->sq.sqes[--j & mask];
+      if (!(w->flags & (IOSQE_IO_LINK | IOSQE_IO_HARDLINK))) break;
       if ((w->opcode == IORING_OP_WRITE || w->opcode == IORING_OP_WRITE_FIXED) && sqe_fd(w) == fd &&
           w->off + w->len > len)
         len = w->off + w->len;
@@ -218,9 +230,44 @@ void powerloss_stats(uint64_t* libc_syncs, uint64_t* uring_syncs, uint64_t* drop
   pthread_mutex_unlock(&mu);
 }
 
-// Truncates (or removes) every regular file under dir to what was synced before the
-// power went off. Returns the number of bytes lost, or -1 on an error.
-long long powerloss_apply(const char* dir) {
+// What the unsynced tail of a file (past its synced length) becomes at power-off.
+enum { TAIL_CUT = 0, TAIL_ZEROS = 1, TAIL_GARBAGE = 2, TAIL_STALE = 3 };
+
+// Overwrites [keep, size) of the open file: zeros, pseudo-random bytes, or (stale) the
+// file's own bytes from offset `from` on, again and again: for a log segment with
+// `from` its first record, well-formed records with old sequences, starting exactly at
+// the synced end. Returns 0, or -1 on an error.
+static int spoil_tail(int fd, uint64_t keep, uint64_t size, int mode, uint64_t from) {
+  unsigned char buf[4096];
+  uint64_t x = 0x9e3779b97f4a7c15ull ^ size;
+  for (uint64_t o = keep; o < size;) {
+    size_t n = size - o < sizeof buf ? (size_t)(size - o) : sizeof buf;
+    if (mode == TAIL_ZEROS || (mode == TAIL_STALE && keep <= from)) {
+      memset(buf, 0, n);
+    } else if (mode == TAIL_GARBAGE) {
+      for (size_t i = 0; i < n; ++i) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf[i] = (unsigned char)x;
+      }
+    } else {
+      uint64_t src = from + (o - keep) % (keep - from);
+      size_t m = keep - src < n ? (size_t)(keep - src) : n;
+      if (pread(fd, buf, m, (off_t)src) != (ssize_t)m) return -1;
+      n = m;
+    }
+    if (pwrite(fd, buf, n, (off_t)o) != (ssize_t)n) return -1;
+    o += n;
+  }
+  return 0;
+}
+
+// Cuts (TAIL_CUT) every regular file under dir back to what was synced before the
+// power went off, or keeps its length with the unsynced tail spoiled (the other modes);
+// a file never synced is removed. stale_from: where TAIL_STALE copies from. Returns the
+// number of bytes lost, or -1 on an error.
+long long powerloss_apply(const char* dir, int mode, uint64_t stale_from) {
   DIR* d = opendir(dir);
   if (!d) return -1;
   long long lost = 0;
@@ -232,7 +279,7 @@ long long powerloss_apply(const char* dir) {
     struct stat st;
     if (lstat(p, &st) != 0) continue;
     if (S_ISDIR(st.st_mode)) {
-      long long l = powerloss_apply(p);
+      long long l = powerloss_apply(p, mode, stale_from);
       if (l < 0) {
         closedir(d);
         return -1;
@@ -248,18 +295,23 @@ long long powerloss_apply(const char* dir) {
     for (int i = 0; i < nfiles; ++i)
       if (strcmp(files[i].path, real_p) == 0) keep = (long long)files[i].len;
     pthread_mutex_unlock(&mu);
+    int rc = 0;
     if (keep < 0) {
       lost += st.st_size;
-      if (unlink(p) != 0) {
-        closedir(d);
-        return -1;
-      }
+      rc = unlink(p);
     } else if (st.st_size > keep) {
       lost += st.st_size - keep;
-      if (truncate(p, keep) != 0) {
-        closedir(d);
-        return -1;
+      if (mode == TAIL_CUT) {
+        rc = truncate(p, keep);
+      } else {
+        int fd = open(p, O_RDWR | O_CLOEXEC);
+        rc = fd < 0 ? -1 : spoil_tail(fd, (uint64_t)keep, (uint64_t)st.st_size, mode, stale_from);
+        if (fd >= 0) close(fd);
       }
+    }
+    if (rc != 0) {
+      closedir(d);
+      return -1;
     }
   }
   closedir(d);
