@@ -28,6 +28,7 @@
 #include <capnp/serialize.h>
 
 #include "market.capnp.h"
+#include "envelope.capnp.h"
 #include "shmbus/daemon_client.hpp"
 #include "shmbus/replay.hpp"
 #include "shmbus/subscriber.hpp"
@@ -137,7 +138,7 @@ void topic_human(proto::TopicInfo::Reader t) {
 // The message schemas compiled into this tool, by Cap'n Proto type id.
 std::vector<capnp::StructSchema> known_schemas() {
   return {capnp::Schema::from<shmbus::schema::Quote>(), capnp::Schema::from<shmbus::schema::Order>(),
-          capnp::Schema::from<shmbus::schema::Blob>()};
+          capnp::Schema::from<shmbus::schema::Blob>(), capnp::Schema::from<shmbus::schema::DeadLetter>()};
 }
 
 bool find_schema(uint64_t id, capnp::StructSchema& out) {

@@ -22,6 +22,7 @@
 
 #include "../daemon/daemon_util.hpp"
 #include "market.capnp.h"
+#include "shmbus/handler.hpp"
 #include "shmbus/message.hpp"
 #include "shmbus/spill_format.hpp"
 #include "log_check.hpp"
@@ -475,4 +476,58 @@ TEST_CASE("Bus::create_topic through shmbusd carries the durable settings", "[sp
   ReplaySubscriber r = replay_subscriber(bus, "dur.api", ro);
   expect_stream(r, segs.front().first_seq, n - segs.front().first_seq + 1);
   REQUIRE(dm.d.stop());
+}
+
+// The messaging contract's dead letters (docs/messaging.md): a handler that rejects a
+// message sends it to <topic>.dlq with its envelope, kept by a durable dead-letter
+// topic and printed by `shmbus replay` as JSON, decoded.
+TEST_CASE("a rejected message lands in a durable <topic>.dlq and replays as JSON with its envelope",
+          "[spill][daemon][cli][contract]") {
+  Daemon dm("dlq");
+  REQUIRE(dm.d.start());
+  const std::string err = dm.d.dir + "/cli.err";
+  REQUIRE(run(dm.cli({"topic", "create", "orders.done"}), err).code() == 0);
+  REQUIRE(run(dm.cli({"topic", "create", "orders.done.dlq", "--durable", "--flush", "none",
+                      "--multi-producer"}), err).code() == 0);
+  Bus bus = Bus::connect(dm.d.sock);
+  Publisher pub = bus.publisher("orders.done", patient_publisher());
+  for (int i = 0; i < 5; ++i) {
+    const std::string m = "order-" + std::to_string(i);
+    REQUIRE(pub.offer(m.data(), m.size(), uint64_t(700 + i)) == Status::ok);
+  }
+  HandlerOptions o;
+  o.name = "fulfilment";
+  int acked = 0;
+  {
+    HandlerRunner run(bus, "orders.done", [&](const View& v) {
+      if (std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "order-3")
+        return Outcome::reject("unknown customer", 404);
+      ++acked;
+      return Outcome::ack();
+    }, o);
+    // The five above came before the runner joined (it starts at the tail): not its own.
+    for (int i = 5; i < 10; ++i) {
+      const std::string m = "order-" + std::to_string(i == 8 ? 3 : i);
+      REQUIRE(pub.offer(m.data(), m.size(), uint64_t(700 + i)) == Status::ok);
+    }
+    while (run.step(0)) {
+    }
+    CHECK(run.stats().dead_lettered == 1);
+  }
+  CHECK(acked == 4);
+  Run r = run(dm.cli({"replay", "orders.done.dlq", "--from", "earliest", "--count", "1"}), err);
+  INFO(r.err);
+  REQUIRE(r.code() == 0);
+  auto ls = lines(r.out);
+  REQUIRE(ls.size() == 1);
+  INFO(ls[0]);
+  CHECK(ls[0].find("\"code\":404") != std::string::npos);
+  CHECK(ls[0].find("\"message\":\"unknown customer\"") != std::string::npos);
+  CHECK(ls[0].find("\"attempts\":1") != std::string::npos);
+  CHECK(ls[0].find("\"handler\":\"fulfilment\"") != std::string::npos);
+  CHECK(ls[0].find("\"reason\":\"rejected\"") != std::string::npos);
+  CHECK(ls[0].find("\"originalTopic\":\"orders.done\"") != std::string::npos);
+  CHECK(ls[0].find("\"sequence\":\"9\"") != std::string::npos);  // 64-bit as strings in capnp JSON
+  CHECK(ls[0].find("\"messageId\":\"708\"") != std::string::npos);
+  CHECK(ls[0].find("\"payload\":[111,114,100,101,114,45,51]") != std::string::npos);  // "order-3"
 }

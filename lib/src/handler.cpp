@@ -1,0 +1,229 @@
+// HandlerRunner: retries, circuit breaker, dead letters (docs/messaging.md).
+#include "shmbus/handler.hpp"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <thread>
+
+#include "envelope.capnp.h"
+
+namespace shmbus {
+
+int64_t RetryPolicy::backoff_ns(uint32_t attempt, uint64_t rnd) const {
+  if (attempt < 2) return 0;
+  double d = double(initial_backoff_ns) * std::pow(multiplier < 1.0 ? 1.0 : multiplier, double(attempt - 2));
+  const double cap = double(max_backoff_ns);
+  if (!(d <= cap)) d = cap;  // also catches inf/nan
+  const double j = std::clamp(jitter, 0.0, 1.0);
+  // rnd's top 53 bits as a uniform [0, 1), scaled to [1 - j, 1 + j].
+  const double u = double(rnd >> 11) * 0x1.0p-53;
+  d *= 1.0 - j + 2.0 * j * u;
+  return d < 0 ? 0 : int64_t(d);
+}
+
+bool CircuitBreaker::allow(int64_t now_ns) {
+  if (state_ == State::open) {
+    if (now_ns < open_until_) return false;
+    state_ = State::half_open;
+    successes_ = 0;
+  }
+  return true;
+}
+
+void CircuitBreaker::on_success() {
+  failures_ = 0;
+  if (state_ == State::half_open && ++successes_ >= std::max<uint32_t>(1, p_.half_open_successes))
+    state_ = State::closed;
+}
+
+void CircuitBreaker::on_failure(int64_t now_ns) {
+  if (state_ == State::half_open || ++failures_ >= std::max<uint32_t>(1, p_.failure_threshold)) {
+    state_ = State::open;
+    open_until_ = now_ns + p_.open_ns;
+    failures_ = 0;
+    ++opened_;
+  }
+}
+
+namespace {
+int64_t mono_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+}  // namespace
+
+HandlerRunner::HandlerRunner(Bus& bus, const std::string& topic, HandlerFn fn, HandlerOptions opts)
+    : bus_(bus), topic_(topic), fn_(std::move(fn)), opts_(std::move(opts)),
+      sub_(bus.subscriber(topic, opts_.subscriber)),
+      dlq_topic_(opts_.dlq_topic.empty() ? topic + ".dlq" : opts_.dlq_topic), breaker_(opts_.breaker) {
+  if (!fn_) throw Error(ErrorCode::invalid_argument, "HandlerRunner: no handler");
+  if (opts_.retry.max_attempts == 0) opts_.retry.max_attempts = 1;
+  if (!opts_.clock) opts_.clock = mono_ns;
+  rng_ = opts_.seed ? opts_.seed : uint64_t(mono_ns()) | 1;
+}
+
+HandlerRunner::~HandlerRunner() = default;
+
+uint64_t HandlerRunner::next_rand() {
+  uint64_t x = rng_;  // xorshift64*
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  rng_ = x;
+  return x * 0x2545F4914F6CDD1DULL;
+}
+
+void HandlerRunner::wait_ns(int64_t ns, const std::function<bool()>& stop) {
+  if (ns <= 0) return;
+  if (opts_.sleep) return opts_.sleep(ns);
+  // In slices, so that stop() is seen within 10 ms.
+  const int64_t end = opts_.clock() + ns;
+  for (int64_t now = opts_.clock(); now < end; now = opts_.clock()) {
+    if (stop && stop()) return;
+    std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<int64_t>(end - now, 10'000'000)));
+  }
+}
+
+void HandlerRunner::run(const std::function<bool()>& stop) {
+  while (!(stop && stop())) step(10'000'000, stop);
+}
+
+bool HandlerRunner::step(int64_t wait_ns_, const std::function<bool()>& stop) {
+  View v;
+  Status s = sub_.poll_wait(v, wait_ns_);
+  if (s == Status::lapped) {
+    ++stats_.lapped;
+    return false;
+  }
+  if (s != Status::ok) return false;
+  if (!sub_.options().tethered) {
+    // The producer may overwrite an untethered view while the handler retries: copy
+    // it (header and payload), check the copy is intact, hand the handler the copy.
+    copy_.resize(sizeof(shm::FrameHeader) + v.size());
+    std::memcpy(copy_.data(), &v.header(), sizeof(shm::FrameHeader));
+    std::memcpy(copy_.data() + sizeof(shm::FrameHeader), v.data(), v.size());
+    if (sub_.check(v) != Status::ok) {
+      ++stats_.lapped;
+      sub_.release(v);
+      return false;
+    }
+    shm::FrameView f;
+    f.hdr = reinterpret_cast<const shm::FrameHeader*>(copy_.data());
+    f.payload = copy_.data() + sizeof(shm::FrameHeader);
+    f.payload_len = v.size();
+    f.pos = v.position();
+    f.next = v.next_position();
+    View c(f);
+    if (!handle(c, stop)) return false;
+    sub_.release(v);
+    return true;
+  }
+  if (!handle(v, stop)) return false;
+  sub_.release(v);
+  return true;
+}
+
+// Runs the handler on one message until it is acked or dead-lettered (true), or
+// stop() is asked for first (false: the message stays unreleased).
+bool HandlerRunner::handle(const View& v, const std::function<bool()>& stop) {
+  uint32_t attempt = 1;
+  int64_t first_fail = 0, last_fail = 0;
+  for (;;) {
+    // An open breaker: no attempt until its open time is over.
+    while (!breaker_.allow(opts_.clock())) {
+      if (stop && stop()) return false;
+      wait_ns(breaker_.open_until_ns() - opts_.clock(), stop);
+    }
+    Outcome o;
+    ++stats_.attempts;
+    try {
+      o = fn_(v);
+    } catch (const std::exception& e) {
+      o = Outcome::retry(std::string("exception: ") + e.what());
+    } catch (...) {
+      o = Outcome::retry("exception: (not a std::exception)");
+    }
+    const int64_t now = opts_.clock();
+    if (o.kind == Outcome::Kind::ack) {
+      breaker_.on_success();
+      ++stats_.acked;
+      ++stats_.handled;
+      return true;
+    }
+    breaker_.on_failure(now);
+    if (!first_fail) first_fail = now;
+    last_fail = now;
+    if (o.kind == Outcome::Kind::reject || attempt >= opts_.retry.max_attempts) {
+      dead_letter(v, o, attempt, first_fail, last_fail);
+      ++stats_.dead_lettered;
+      ++stats_.handled;
+      return true;
+    }
+    ++attempt;
+    ++stats_.retries;
+    wait_ns(o.retry_after_ns >= 0 ? o.retry_after_ns : opts_.retry.backoff_ns(attempt, next_rand()), stop);
+    if (stop && stop()) return false;
+  }
+}
+
+void HandlerRunner::dead_letter(const View& v, const Outcome& last, uint32_t attempts, int64_t first_ns,
+                                int64_t last_ns) {
+  if (!dlq_) {
+    // An existing dead-letter topic is used as it is (whatever its settings).
+    bool exists = true;
+    try {
+      bus_.partitions(dlq_topic_);
+    } catch (const Error& e) {
+      if (e.code() != ErrorCode::not_found) throw;
+      exists = false;
+    }
+    if (!exists) {
+      try {
+        bus_.create_topic(dlq_topic_, opts_.dlq_config);
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::already_exists) throw;  // made meanwhile by another runner
+      }
+    }
+    PublisherOptions po;
+    po.schema_id = capnp::typeId<schema::DeadLetter>();
+    dlq_ = std::make_unique<Publisher>(bus_.publisher(dlq_topic_, po));
+  }
+  capnp::MallocMessageBuilder mb;
+  auto d = mb.initRoot<schema::DeadLetter>();
+  d.setCode(last.code);
+  d.setMessage(last.message);
+  d.setAttempts(attempts);
+  d.setFirstFailureNs(uint64_t(first_ns));
+  d.setLastFailureNs(uint64_t(last_ns));
+  d.setHandler(opts_.name);
+  auto r = d.initRetry();
+  r.setMaxAttempts(opts_.retry.max_attempts);
+  r.setInitialBackoffNs(uint64_t(opts_.retry.initial_backoff_ns));
+  r.setMaxBackoffNs(uint64_t(opts_.retry.max_backoff_ns));
+  r.setMultiplier(opts_.retry.multiplier);
+  r.setJitter(opts_.retry.jitter);
+  d.setReason(last.kind == Outcome::Kind::reject ? schema::DeadLetter::Reason::REJECTED
+                                                 : schema::DeadLetter::Reason::EXHAUSTED);
+  d.setOriginalTopic(topic_);
+  d.setPartition(sub_.partition());
+  d.setSequence(v.sequence());
+  d.setMessageId(v.message_id());
+  d.setSchemaId(v.schema_id());
+  d.setProducerId(v.producer_id());
+  d.setTimestampNs(v.timestamp_ns());
+  d.setPayload(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(v.data()), v.size()));
+  auto words = capnp::messageToFlatArray(mb);
+  auto bytes = words.asBytes();
+  const Status s = dlq_->offer(bytes.begin(), bytes.size(), v.message_id(), capnp::typeId<schema::DeadLetter>());
+  if (s != Status::ok)
+    throw Error(ErrorCode::timed_out, "dead letter of " + topic_ + " sequence " + std::to_string(v.sequence()) +
+                                   " not published to " + dlq_topic_ + ": " + std::string(to_string(s)));
+}
+
+}  // namespace shmbus
