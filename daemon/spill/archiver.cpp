@@ -240,6 +240,7 @@ struct Archiver::Impl {
       shm::CursorSlot& s = p->r.slots[i];
       if (aref(s.state).load(std::memory_order_seq_cst) != shm::kSlotActive) continue;
       if (aref(s.name_hash).load(std::memory_order_relaxed) != kArchiverNameHash) continue;
+      if (!(aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded)) continue;
       uint32_t pid = aref(s.pid).load(std::memory_order_relaxed);
       if (pid != me && pid_alive(pid))
         throw Error(ErrorCode::already_exists, "topic '" + p->m->topic() + "' partition " +
@@ -249,7 +250,7 @@ struct Archiver::Impl {
       // producer never sees the ring unprotected.
       aref(s.pid).store(me, std::memory_order_relaxed);
       aref(s.generation).fetch_add(1, std::memory_order_relaxed);
-      aref(s.heartbeat_ns).store(shm::monotonic_ns(), std::memory_order_relaxed);
+      aref(s.page.heartbeat_ns).store(shm::monotonic_ns(), std::memory_order_relaxed);
       slot = &s;
       break;
     }
@@ -260,7 +261,7 @@ struct Archiver::Impl {
       slot = rr.slot();
     }
     p->slot = slot;
-    const uint64_t held = aref(slot->position).load(std::memory_order_acquire);
+    const uint64_t held = aref(slot->page.position).load(std::memory_order_acquire);
     uint64_t resume = held;
     if (!rec.empty && rec.epoch == p->epoch) {
       if (rec.last_ring_end >= held) {
@@ -302,7 +303,7 @@ struct Archiver::Impl {
     p->total_bytes += p->file_off;
     p->read_pos = p->released = resume;
     // SYNC(cursor) release: moving forward only frees ring bytes.
-    aref(slot->position).exchange(resume, std::memory_order_seq_cst);
+    aref(slot->page.position).exchange(resume, std::memory_order_seq_cst);
     wake_space(*p);
     auto* d = p->r.data;
     if (aref(d->durable_seq).load(std::memory_order_relaxed) < rec.last_seq)
@@ -368,7 +369,7 @@ struct Archiver::Impl {
       aref(p.r.data->archiver_pid).store(0, std::memory_order_relaxed);
       // Free the tethered cursor; producers waiting on it are woken (P7).
       aref(p.slot->state).store(shm::kSlotFree, std::memory_order_seq_cst);
-      shm::wake_all_space(p.r);
+      shm::wake_space_page(&p.slot->page);
       p.slot = nullptr;
     }
     p.removed = true;
@@ -391,14 +392,14 @@ struct Archiver::Impl {
   }
 
   // ------------------------------------------------------------------ shared-memory signals
-  static void wake_space(Part& p) { shm::notify_space_waiters(p.r); }
+  static void wake_space(Part& p) { shm::notify_space_waiters(p.r, &p.slot->page); }
 
   void release_ring(Part& p, uint64_t pos) {
     if (pos <= p.released) return;
     p.released = pos;
     // SYNC(cursor) release: we are done reading the frames below pos (P4); seq_cst
     // so the space-waiter check cannot move above it (P7).
-    aref(p.slot->position).exchange(pos, std::memory_order_seq_cst);
+    aref(p.slot->page.position).exchange(pos, std::memory_order_seq_cst);
     aref(p.r.data->archived_pos).store(pos, std::memory_order_relaxed);
     wake_space(p);
   }
@@ -957,7 +958,7 @@ struct Archiver::Impl {
           p.next_retention_ns = now + 1'000'000'000ull;
         }
         aref(p.r.data->archiver_heartbeat_ns).store(now, std::memory_order_relaxed);
-        aref(p.slot->heartbeat_ns).store(now, std::memory_order_relaxed);
+        aref(p.slot->page.heartbeat_ns).store(now, std::memory_order_relaxed);
       }
       if (io_uring_sq_ready(&ring)) io_uring_submit(&ring);
       if (now - last_stats > 10'000'000) {
@@ -1063,8 +1064,8 @@ void Archiver::stop(bool leave_cursors) {
   if (leave_cursors) {
     for (auto& p : impl_->parts) {
       if (p->removed || !p->slot) continue;
-      aref(p->slot->state).store(shm::kSlotFree, std::memory_order_release);
-      Impl::wake_space(*p);
+      aref(p->slot->state).store(shm::kSlotFree, std::memory_order_seq_cst);
+      shm::wake_space_page(&p->slot->page);
       p->slot = nullptr;
     }
   }

@@ -26,7 +26,7 @@
 
 #include "shmbus/daemon.hpp"
 #include "shmbus/daemon_client.hpp"
-#include "shmbus/shm/ring.hpp"
+#include "shmbus/shm/recovery.hpp"
 
 namespace shmbus::spill {
 class Archiver;
@@ -118,6 +118,17 @@ struct Partition {
   void* ctl_map = nullptr;
   size_t data_size = 0, ctl_size = 0;
   shm::RingRefs refs{};
+  // Layout 3: the wake segment (data waiter bits; subscribers write it) and the
+  // cursor pages of the grants (one segment each, named by page id), mapped here
+  // read-write. pages_mu guards `pages` (the registry grants and frees, the reaper
+  // frees).
+  std::string wake_name;
+  ino_t wake_ino = 0;
+  void* wake_map = nullptr;
+  std::mutex pages_mu;
+  std::map<uint64_t, shm::CursorPage*> pages;  // page id -> the daemon's mapping
+  // The daemon's mapping of slot i's page (null: embedded or unknown). Under pages_mu.
+  shm::CursorPage* page_of(uint32_t i);
   std::atomic<uint64_t> reclaimed_cursors{0};
   std::atomic<uint64_t> filled_claims{0};
   std::atomic<uint64_t> rate_milli{0};  // messages/s * 1000, sampled by the reaper
@@ -131,6 +142,15 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
 // A new fd on one of the partition's segments (by name, checked to be the same
 // inode, owned by us); -1 with errno when it is gone or was replaced.
 int reopen_segment(const Partition& p, bool data, bool writable);
+int reopen_wake(const Partition& p, bool writable);
+// A fresh cursor page for a grant: created (O_EXCL, 0600, fallocated), mapped into
+// p.pages. Returns the page id and an O_RDWR fd for the grantee; throws Error.
+// Under p.pages_mu.
+uint64_t create_page(Partition& p, int& fd);
+// Unmaps and unlinks page `id` (the grant ended). Under p.pages_mu.
+void drop_page(Partition& p, uint64_t id);
+// A read-only fd of page `id` (producers), -1 with errno when it is gone.
+int reopen_page(const Partition& p, uint64_t id);
 void remove_partition_segments(const std::string& prefix, const std::string& topic, uint32_t p);
 std::string shm_segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
                              bool data);
@@ -207,6 +227,13 @@ class Registry {
   void sync_durable(Topic& t);        // refresh record positions from the slots
   bool expire_parked(uint64_t now_ns);  // frees parked slots older than durable_hold_ms
   void handle(const RegistryCmd& c);
+  // Layout 3 cursor grants (the daemon runs P5/P11 in the control segment).
+  void handle_join(const Peer& p, uint64_t id, proto::JoinRequest::Reader j, capnp::MessageBuilder& mb,
+                   proto::Response::Builder resp);
+  void handle_leave(const Peer& p, uint64_t id, proto::LeaveRequest::Reader l, capnp::MessageBuilder& mb,
+                    proto::Response::Builder resp);
+  void handle_page(const Peer& p, uint64_t id, proto::PageFetch::Reader f, capnp::MessageBuilder& mb,
+                   proto::Response::Builder resp);
   void reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep = {},
              std::vector<int> fds = {});
   void reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg);

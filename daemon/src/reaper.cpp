@@ -1,4 +1,7 @@
 // The reaper thread: client liveness and reclamation (docs/memory-ordering.md P8).
+// Layout 3: cursor slots are granted by the daemon, which writes the grantee's
+// SO_PEERCRED pid (in the daemon's pid namespace) into the read-only control
+// segment; a cursor is freed only on that record, with the pidfd of that pid.
 //
 // Death is seen through a pidfd per client pid (readable at once when the process
 // exits; the control socket closing prompts an immediate check), and through a
@@ -87,9 +90,15 @@ void Reaper::reclaim_in(Partition& part, pid_t pid) {
   const shm::RingRefs& r = part.refs;
   const uint32_t dead = uint32_t(pid);
   // 1. Cursor slots: durable names are parked (P11), others freed.
+  // The pid in a slot is the one this daemon wrote at the grant (layout 3: clients
+  // cannot write the control segment), so it is our own record.
   for (uint32_t i = 0; i < r.slot_count; ++i) {
-    switch (shm::recover_dead_cursor(r, i, dead, true, spill::kArchiverNameHash)) {
+    if (shm::owner_pid(aref(r.slots[i].pid).load(std::memory_order_acquire)) != dead) continue;
+    std::lock_guard<std::mutex> g(part.pages_mu);
+    const uint64_t page_id = aref(r.slots[i].page_id).load(std::memory_order_relaxed);
+    switch (shm::recover_dead_cursor(r, i, dead, true, spill::kArchiverNameHash, part.page_of(i))) {
       case shm::CursorRecovery::freed:
+        if (page_id) drop_page(part, page_id);
         part.reclaimed_cursors.fetch_add(1, std::memory_order_relaxed);
         break;
       case shm::CursorRecovery::parked:

@@ -48,6 +48,18 @@ shm::CursorSlot* named_slot(const Partition& p, uint64_t h) {
   return nullptr;
 }
 
+// Slot i's released position as its page says it, clamped to what the slot may
+// hold (the page is the subscriber's: hostile). Takes pages_mu.
+uint64_t slot_position(Partition& p, uint32_t i) {
+  const shm::RingRefs& r = p.refs;
+  shm::CursorSlot& s = r.slots[i];
+  std::lock_guard<std::mutex> g(p.pages_mu);
+  shm::CursorPage* pg = (aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded) ? &s.page : p.page_of(i);
+  const uint64_t pos = pg ? aref(pg->position).load(std::memory_order_acquire)
+                          : aref(s.join_position).load(std::memory_order_acquire);
+  return shm::clamp_page_position(r, i, pos);
+}
+
 // The daemon's own mapping of a partition, as the archiver wants it (read-write).
 class DaemonMapping final : public PartitionMapping {
  public:
@@ -382,7 +394,7 @@ void Registry::topic_info(const Topic& t, proto::TopicInfo::Builder b) {
     d.setHasOwner(true);
     if (key.second < t.parts.size())
       if (shm::CursorSlot* s = named_slot(*t.parts[key.second], key.first)) {
-        d.setPosition(aref(s->position).load(std::memory_order_acquire));
+        d.setPosition(slot_position(*t.parts[key.second], uint32_t(s - t.parts[key.second]->refs.slots)));
         const bool parked = aref(s->pid).load(std::memory_order_acquire) == 0;
         d.setParked(parked);
         d.setLive(!parked);
@@ -411,7 +423,7 @@ void Registry::sync_durable(Topic& t) {
   for (auto& [key, rec] : t.durable)
     if (key.second < t.parts.size())
       if (shm::CursorSlot* s = named_slot(*t.parts[key.second], key.first))
-        rec.position = aref(s->position).load(std::memory_order_acquire);
+        rec.position = slot_position(*t.parts[key.second], uint32_t(s - t.parts[key.second]->refs.slots));
 }
 
 // P11 expiry: a parked slot (ACTIVE, pid 0, named) older than durable_hold_ms is
@@ -430,18 +442,21 @@ bool Registry::expire_parked(uint64_t now_ns) {
         const uint64_t h = aref(s.name_hash).load(std::memory_order_relaxed);
         if (h == 0 || h == spill::kArchiverNameHash || aref(s.pid).load(std::memory_order_acquire) != 0)
           continue;
-        const uint64_t since = aref(s.heartbeat_ns).load(std::memory_order_relaxed);
+        const uint64_t since = aref(s.parked_ns).load(std::memory_order_relaxed);
         if (now_ns < since + hold) continue;
         uint32_t zero = 0;
         if (!aref(s.pid).compare_exchange_strong(zero, me, std::memory_order_acq_rel)) continue;
-        const uint64_t pos = aref(s.position).load(std::memory_order_acquire);
+        const uint64_t pos = slot_position(*part, i);
         auto [rit, fresh] = t.durable.try_emplace({h, part->index});
         auto& rec = rit->second;
         if (fresh) rec.owner_uid = t.owner_uid;
         rec.position = pos;
-        aref(s.state).store(shm::kSlotFree, std::memory_order_seq_cst);
-        aref(r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);  // P7 wake
-        shm::futex_wake_all(&r.ctl->space_futex);
+        {
+          std::lock_guard<std::mutex> g(part->pages_mu);
+          const uint64_t pid_ = aref(s.page_id).load(std::memory_order_relaxed);
+          shm::free_cursor_slot(r, i, part->page_of(i));  // P7 wake on its page
+          if (pid_) drop_page(*part, pid_);
+        }
         changed = true;
         log_event(core_.instance, LOG_INFO, "durable_expired", name, 0,
                   "subscriber '" + rec.name + "' partition " + std::to_string(part->index) +
@@ -479,7 +494,7 @@ void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
     for (size_t j = 0; j < active.size(); ++j) {
       const shm::CursorSlot& s = r.slots[active[j]];
       auto ss = sl[uint32_t(j)];
-      uint64_t pos = aref(const_cast<uint64_t&>(s.position)).load(std::memory_order_acquire);
+      uint64_t pos = slot_position(const_cast<Partition&>(p), active[j]);
       ss.setSlot(active[j]);
       ss.setPid(aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_relaxed));
       ss.setPosition(pos);
@@ -488,6 +503,194 @@ void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
       ss.setDurable(aref(const_cast<uint64_t&>(s.name_hash)).load(std::memory_order_relaxed) != 0);
     }
   }
+}
+
+// JOIN: a cursor slot and a fresh page for it (layout 3). A durable name resumes
+// its parked slot (only by the uid that made the name) on a fresh page starting at
+// the parked position, or starts at its record.
+void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Reader j,
+                           capnp::MessageBuilder& mb, proto::Response::Builder resp) {
+  std::string name = j.getTopic();
+  auto it = topics_.find(name);
+  if (it == topics_.end() || !visible(it->second, peer))
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+  Topic& t = it->second;
+  if (!may(t, peer, Role::subscriber)) {
+    log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
+                "uid " + std::to_string(peer.uid) + " may not subscribe");
+    return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                       "uid " + std::to_string(peer.uid) + " may not subscribe to '" + name + "'");
+  }
+  const uint32_t pi = j.getPartition();
+  if (pi >= t.parts.size())
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND,
+                       "topic '" + name + "' has no partition " + std::to_string(pi));
+  Partition& part = *t.parts[pi];
+  const shm::RingRefs& r = part.refs;
+  const bool tethered = j.getTethered();
+  const std::string dn = j.getDurableName();
+  const uint64_t h = dn.empty() ? 0 : durable_name_hash(dn);
+  if (h == spill::kArchiverNameHash)
+    return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT, "that durable name is reserved");
+  const uint64_t tail = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
+  uint64_t start = shm::RingReader::kAtTail;
+  if (j.getHasStart()) start = std::min(j.getStart(), tail);
+  const auto key = std::make_pair(h, pi);
+  auto rit = t.durable.end();
+  if (h) {
+    rit = t.durable.find(key);
+    // A durable name belongs to the uid that made it: no other uid resumes it.
+    if (rit != t.durable.end() && rit->second.owner_uid != peer.uid && peer.uid != 0 &&
+        peer.uid != geteuid())
+      return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                         "durable subscriber '" + dn + "' of '" + name + "' belongs to uid " +
+                             std::to_string(rit->second.owner_uid));
+    if (rit == t.durable.end() && t.durable.size() >= 4096)
+      return reply_error(peer, id, proto::ErrorCode::NO_SLOT, "too many durable names");
+    if (shm::CursorSlot* s = named_slot(part, h)) {
+      const uint32_t i = uint32_t(s - r.slots);
+      uint32_t owner = shm::owner_pid(aref(s->pid).load(std::memory_order_acquire));
+      if (owner != 0 && !shm::process_alive(owner)) {
+        // Its owner died and the reaper has not parked it yet: park it now (the pid
+        // is the one this daemon wrote at the grant).
+        std::lock_guard<std::mutex> g(part.pages_mu);
+        shm::recover_dead_cursor(r, i, owner, true, spill::kArchiverNameHash, part.page_of(i));
+      }
+      uint32_t zero = 0;
+      if (!aref(s->pid).compare_exchange_strong(zero, uint32_t(peer.pid), std::memory_order_acq_rel))
+        return reply_error(peer, id, proto::ErrorCode::ALREADY_EXISTS,
+                           "topic '" + name + "' partition " + std::to_string(pi) + ": durable subscriber '" +
+                               dn + "' is in use by pid " + std::to_string(shm::owner_pid(zero)));
+      const uint64_t pos = slot_position(part, i);
+      int fd = -1;
+      uint64_t below = 0;
+      try {
+        std::lock_guard<std::mutex> g(part.pages_mu);
+        const uint64_t old_id = aref(s->page_id).load(std::memory_order_relaxed);
+        shm::CursorPage* old_pg = part.page_of(i);
+        const uint64_t nid = create_page(part, fd);
+        below = shm::regrant_parked(r, i, uint32_t(peer.pid), tethered, part.pages[nid], nid, pos);
+        if (old_pg) shm::wake_space_page(old_pg);
+        if (old_id) drop_page(part, old_id);
+      } catch (const Error& e) {
+        aref(s->pid).store(0, std::memory_order_release);  // parked again
+        return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
+      }
+      core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
+      auto jr = resp.initJoin();
+      jr.setSlot(i);
+      jr.setGeneration(aref(s->generation).load(std::memory_order_relaxed));
+      jr.setPosition(pos);
+      jr.setCheckBelow(below);
+      jr.setResumed(true);
+      jr.setPageSize(shm::kCursorPageSize);
+      log_limited(core_.instance, LOG_INFO, "durable_resumed", name, peer.pid,
+                  "subscriber '" + dn + "' partition " + std::to_string(pi) + " position " + std::to_string(pos));
+      return reply(peer, mb, t.parts[pi], {fd});
+    }
+    if (rit != t.durable.end() && !j.getHasStart()) start = std::min(rit->second.position, tail);
+  }
+  int fd = -1;
+  uint64_t pos = 0, below = 0;
+  int32_t slot = -1;
+  try {
+    std::lock_guard<std::mutex> g(part.pages_mu);
+    const uint64_t nid = create_page(part, fd);
+    slot = shm::join_slot(r, uint32_t(peer.pid), tethered, h, start, part.pages[nid], nid, pos, below);
+    if (slot < 0) {
+      drop_page(part, nid);
+      close(fd);
+      return reply_error(peer, id, proto::ErrorCode::NO_SLOT,
+                         "topic '" + name + "' partition " + std::to_string(pi) + ": every subscriber slot is taken");
+    }
+  } catch (const Error& e) {
+    return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
+  }
+  core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
+  if (h) {
+    const uint32_t owner = rit != t.durable.end() ? rit->second.owner_uid : peer.uid;
+    t.durable[key] = DurableRec{dn, pos, owner};
+    dirty_ = true;
+    log_limited(core_.instance, LOG_INFO, "durable_joined", name, peer.pid,
+                "subscriber '" + dn + "' partition " + std::to_string(pi) + " position " + std::to_string(pos));
+  }
+  auto jr = resp.initJoin();
+  jr.setSlot(uint32_t(slot));
+  jr.setGeneration(aref(r.slots[slot].generation).load(std::memory_order_relaxed));
+  jr.setPosition(pos);
+  jr.setCheckBelow(below);
+  jr.setResumed(false);
+  jr.setPageSize(shm::kCursorPageSize);
+  return reply(peer, mb, t.parts[pi], {fd});
+}
+
+// LEAVE: the grantee gives its slot back (or parks a durable one). Only the pid the
+// grant was made to (its SO_PEERCRED pid, recorded by us in the slot) may.
+void Registry::handle_leave(const Peer& peer, uint64_t id, proto::LeaveRequest::Reader l,
+                            capnp::MessageBuilder& mb, proto::Response::Builder resp) {
+  std::string name = l.getTopic();
+  auto it = topics_.find(name);
+  if (it == topics_.end() || l.getPartition() >= it->second.parts.size())
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+  Partition& part = *it->second.parts[l.getPartition()];
+  const shm::RingRefs& r = part.refs;
+  const uint32_t i = l.getSlot();
+  if (i >= r.slot_count) return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no such cursor grant");
+  shm::CursorSlot& s = r.slots[i];
+  uint32_t mine = uint32_t(peer.pid);
+  if (aref(s.state).load(std::memory_order_acquire) != shm::kSlotActive ||
+      aref(s.generation).load(std::memory_order_acquire) != l.getGeneration() ||
+      !aref(s.pid).compare_exchange_strong(mine, shm::reclaimer_mark(), std::memory_order_acq_rel))
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no such cursor grant");
+  {
+    std::lock_guard<std::mutex> g(part.pages_mu);
+    shm::CursorPage* pg = part.page_of(i);
+    const uint64_t pid_ = aref(s.page_id).load(std::memory_order_relaxed);
+    if (l.getPark() && aref(s.name_hash).load(std::memory_order_relaxed) != 0) {
+      aref(r.wake->data_waiter_bits[i / 64]).fetch_and(~(uint64_t(1) << (i % 64)), std::memory_order_seq_cst);
+      aref(s.parked_ns).store(shm::monotonic_ns(), std::memory_order_relaxed);
+      aref(s.pid).store(0, std::memory_order_release);  // P11: parked under its name
+    } else {
+      shm::free_cursor_slot(r, i, pg);
+      if (pid_) drop_page(part, pid_);
+    }
+  }
+  resp.setDone();
+  return reply(peer, mb);
+}
+
+// CURSOR_PAGE: a producer maps slot i's page of generation g read-only.
+void Registry::handle_page(const Peer& peer, uint64_t id, proto::PageFetch::Reader f,
+                           capnp::MessageBuilder& mb, proto::Response::Builder resp) {
+  std::string name = f.getTopic();
+  auto it = topics_.find(name);
+  if (it == topics_.end() || !visible(it->second, peer))
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+  if (!may(it->second, peer, Role::publisher))
+    return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                       "uid " + std::to_string(peer.uid) + " may not publish to '" + name + "'");
+  if (f.getPartition() >= it->second.parts.size())
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no such partition");
+  Partition& part = *it->second.parts[f.getPartition()];
+  const shm::RingRefs& r = part.refs;
+  const uint32_t i = f.getSlot();
+  if (i >= r.slot_count) return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no such slot");
+  shm::CursorSlot& s = r.slots[i];
+  auto stale = [&] {
+    return aref(s.state).load(std::memory_order_seq_cst) != shm::kSlotActive ||
+           aref(s.generation).load(std::memory_order_seq_cst) != f.getGeneration() ||
+           (aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded);
+  };
+  if (stale()) return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "stale cursor grant");
+  const int fd = reopen_page(part, aref(s.page_id).load(std::memory_order_relaxed));
+  if (fd < 0 || stale()) {
+    if (fd >= 0) close(fd);
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "stale cursor grant");
+  }
+  auto pr = resp.initCursorPage();
+  pr.setGeneration(f.getGeneration());
+  pr.setPageSize(shm::kCursorPageSize);
+  return reply(peer, mb, it->second.parts[f.getPartition()], {fd});
 }
 
 void Registry::handle(const RegistryCmd& c) {
@@ -641,6 +844,10 @@ void Registry::handle(const RegistryCmd& c) {
       for (auto& p : it->second.parts) {
         core_.reaper_q.push(ReaperCmd{ReaperCmd::unwatch_partition, p, 0});
         remove_partition_segments(core_.opts.shm_prefix, name, p->index);
+        std::lock_guard<std::mutex> g(p->pages_mu);
+        std::vector<uint64_t> ids;
+        for (auto& [pid_, pg] : p->pages) ids.push_back(pid_);
+        for (uint64_t pid_ : ids) drop_page(*p, pid_);
       }
       topics_.erase(it);
       core_.counters.topics = uint32_t(topics_.size());
@@ -675,11 +882,16 @@ void Registry::handle(const RegistryCmd& c) {
       auto r = resp.initOpen();
       r.setDataSize(part->data_size);
       r.setCtlSize(part->ctl_size);
+      r.setWakeSize(shm::kWakeSegmentSize);
+      // Layout 3: the control segment is the daemon's alone (read-only fd for every
+      // client); the wake segment is written by subscribers (their data-waiter bits).
       const int dfd = reopen_segment(*part, true, role != Role::subscriber);
-      const int cfd = dfd < 0 ? -1 : reopen_segment(*part, false, true);
-      if (cfd < 0) {
+      const int cfd = dfd < 0 ? -1 : reopen_segment(*part, false, false);
+      const int wfd = cfd < 0 ? -1 : reopen_wake(*part, role == Role::subscriber);
+      if (wfd < 0) {
         const int e = errno;
         if (dfd >= 0) close(dfd);
+        if (cfd >= 0) close(cfd);
         return reply_error(peer, id, proto::ErrorCode::SYSTEM,
                            "the segments of '" + name + "' partition " + std::to_string(p) +
                                " are gone from /dev/shm (" + strerror(e) + "): delete and create the topic");
@@ -687,8 +899,14 @@ void Registry::handle(const RegistryCmd& c) {
       core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
       log_event(core_.instance, LOG_DEBUG, "open", name, peer.pid,
                 role == Role::publisher ? "publisher" : role == Role::subscriber ? "subscriber" : "admin");
-      return reply(peer, mb, part, {dfd, cfd});
+      return reply(peer, mb, part, {dfd, cfd, wfd});
     }
+    case proto::Request::JOIN:
+      return handle_join(peer, id, req.getJoin(), mb, resp);
+    case proto::Request::LEAVE:
+      return handle_leave(peer, id, req.getLeave(), mb, resp);
+    case proto::Request::CURSOR_PAGE:
+      return handle_page(peer, id, req.getCursorPage(), mb, resp);
     case proto::Request::LIST_PAGE:
       return reply_page(peer, id, req.getListPage(), false);
     case proto::Request::STAT_PAGE:

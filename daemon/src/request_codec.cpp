@@ -206,6 +206,17 @@ bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::
             !text_ok(r.getSaveCursor().getTopic(), "topic"))
           return false;
         break;
+      case proto::Request::JOIN:
+        if (!text_ok(r.getJoin().getTopic(), "topic") ||
+            !text_ok(r.getJoin().getDurableName(), "durable name"))
+          return false;
+        break;
+      case proto::Request::LEAVE:
+        if (!text_ok(r.getLeave().getTopic(), "topic")) return false;
+        break;
+      case proto::Request::CURSOR_PAGE:
+        if (!text_ok(r.getCursorPage().getTopic(), "topic")) return false;
+        break;
       default:
         err = "unknown request type";
         return false;

@@ -1,7 +1,9 @@
 // Segment lifecycle: create with Boost.Interprocess (mode 0600, the daemon's uid),
 // re-attach after a daemon restart, remove on topic deletion. Clients never open
 // these names: they receive fds over the control socket (SCM_RIGHTS).
+#include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -23,6 +25,8 @@ std::string shm_segment_name(const std::string& prefix, const std::string& topic
 Partition::~Partition() {
   if (data_map) munmap(data_map, data_size);
   if (ctl_map) munmap(ctl_map, ctl_size);
+  if (wake_map) munmap(wake_map, shm::kWakeSegmentSize);
+  for (auto& [id, pg] : pages) munmap(pg, shm::kCursorPageSize);
   for (int f : {data_rw, data_ro, ctl_fd})
     if (f >= 0) close(f);
 }
@@ -66,6 +70,75 @@ void release_fds(Partition& p) {
     if (*f >= 0) close(*f), *f = -1;
 }
 
+std::string page_name(const Partition& p, uint64_t id) {
+  char b[24];
+  snprintf(b, sizeof b, ".%016llx", static_cast<unsigned long long>(id));
+  return p.ctl_name + b;
+}
+
+// Opens (or, `create`, makes) a daemon-owned segment of `size` bytes, mapped read-write.
+void* open_own_segment(const std::string& name, size_t size, bool create, ino_t& ino) {
+  int fd = shm_open(("/" + name).c_str(), (create ? O_CREAT | O_EXCL : 0) | O_RDWR | O_NOFOLLOW | O_CLOEXEC,
+                    0600);
+  if (fd < 0) return nullptr;
+  struct stat st{};
+  if (fstat(fd, &st) < 0 || st.st_uid != geteuid() || (!create && uint64_t(st.st_size) != size)) {
+    close(fd);
+    return nullptr;
+  }
+  if (create) {
+    fchmod(fd, 0600);
+    if (posix_fallocate(fd, 0, off_t(size)) != 0) {
+      close(fd);
+      shm_unlink(("/" + name).c_str());
+      return nullptr;
+    }
+  }
+  void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (m == MAP_FAILED) return nullptr;
+  ino = st.st_ino;
+  if (create) {
+    struct stat s2{};
+    int f2 = shm_open(("/" + name).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+    if (f2 >= 0 && fstat(f2, &s2) == 0) ino = s2.st_ino;
+    if (f2 >= 0) close(f2);
+  }
+  return m;
+}
+
+// The wake segment (layout 3), and the pages of the grants recorded in the control
+// segment (a restarted daemon re-maps them; a grant whose page is gone is freed).
+void attach_wake_and_pages(Partition& p, bool reattach) {
+  p.wake_name = p.data_name.substr(0, p.data_name.size() - 5) + ".wake";
+  if (reattach) p.wake_map = open_own_segment(p.wake_name, shm::kWakeSegmentSize, false, p.wake_ino);
+  if (!p.wake_map) {
+    shm_unlink(("/" + p.wake_name).c_str());
+    p.wake_map = open_own_segment(p.wake_name, shm::kWakeSegmentSize, true, p.wake_ino);
+  }
+  if (!p.wake_map) throw Error(ErrorCode::system, p.wake_name + ": cannot create the wake segment: " + strerror(errno));
+  p.refs.wake = static_cast<shm::WakeBlock*>(p.wake_map);
+  p.refs.shared_wake = true;
+  if (!reattach) return;
+  const shm::RingRefs& r = p.refs;
+  for (uint32_t i = 0; i < r.slot_count; ++i) {
+    shm::CursorSlot& s = r.slots[i];
+    const uint32_t st = shm::aref(s.state).load(std::memory_order_acquire);
+    if (st == shm::kSlotFree || (shm::aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded))
+      continue;
+    const uint64_t id = shm::aref(s.page_id).load(std::memory_order_relaxed);
+    ino_t ino;
+    void* m = (st == shm::kSlotActive && id) ? open_own_segment(page_name(p, id), shm::kCursorPageSize, false, ino)
+                                             : nullptr;
+    if (m) {
+      p.pages[id] = static_cast<shm::CursorPage*>(m);
+    } else {
+      shm::aref(s.state).store(shm::kSlotFree, std::memory_order_seq_cst);  // a grant we cannot serve
+      shm::wake_all_space(r);
+    }
+  }
+}
+
 void bind_refs(Partition& p) {
   if (const char* why = shm::bind_ring(p.data_map, p.data_size, p.ctl_map, p.ctl_size, p.refs))
     throw Error(ErrorCode::incompatible, "segment of partition " + std::to_string(p.index) + ": " + why);
@@ -98,6 +171,7 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
       if (matches(*p, t)) {
         bind_refs(*p);
         release_fds(*p);
+        attach_wake_and_pages(*p, true);
         reattached = true;
         return p;
       }
@@ -146,6 +220,7 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
                      maxp, realtime_ns());
   bind_refs(*p);
   release_fds(*p);
+  attach_wake_and_pages(*p, false);
   return p;
 }
 
@@ -163,7 +238,74 @@ int reopen_segment(const Partition& p, bool data, bool writable) {
   return fd;
 }
 
+int reopen_wake(const Partition& p, bool writable) {
+  int fd = shm_open(("/" + p.wake_name).c_str(), (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct stat st{};
+  if (fstat(fd, &st) < 0 || st.st_ino != p.wake_ino || st.st_uid != geteuid()) {
+    close(fd);
+    errno = ESTALE;
+    return -1;
+  }
+  return fd;
+}
+
+shm::CursorPage* Partition::page_of(uint32_t i) {
+  if (i >= refs.slot_count) return nullptr;
+  const uint64_t id = shm::aref(refs.slots[i].page_id).load(std::memory_order_relaxed);
+  auto it = pages.find(id);
+  return it == pages.end() ? nullptr : it->second;
+}
+
+uint64_t create_page(Partition& p, int& fd) {
+  static std::atomic<uint64_t> next{realtime_ns()};
+  for (int tries = 0; tries < 16; ++tries) {
+    const uint64_t id = next.fetch_add(1);
+    if (id == 0 || p.pages.count(id)) continue;
+    const std::string n = "/" + page_name(p, id);
+    fd = shm_open(n.c_str(), O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      if (errno == EEXIST) continue;
+      throw Error(ErrorCode::system, n + ": shm_open: " + strerror(errno));
+    }
+    fchmod(fd, 0600);
+    int e = posix_fallocate(fd, 0, off_t(shm::kCursorPageSize));
+    void* m = e == 0 ? mmap(nullptr, shm::kCursorPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    if (m == MAP_FAILED) {
+      const int err = e ? e : errno;
+      close(fd);
+      fd = -1;
+      shm_unlink(n.c_str());
+      throw Error(ErrorCode::system, n + ": cannot make a cursor page: " + strerror(err));
+    }
+    p.pages[id] = static_cast<shm::CursorPage*>(m);
+    return id;
+  }
+  throw Error(ErrorCode::system, "cannot name a fresh cursor page");
+}
+
+void drop_page(Partition& p, uint64_t id) {
+  auto it = p.pages.find(id);
+  if (it == p.pages.end()) return;
+  munmap(it->second, shm::kCursorPageSize);
+  p.pages.erase(it);
+  shm_unlink(("/" + page_name(p, id)).c_str());
+}
+
+int reopen_page(const Partition& p, uint64_t id) {
+  int fd = shm_open(("/" + page_name(p, id)).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct stat st{};
+  if (fstat(fd, &st) < 0 || st.st_uid != geteuid() || uint64_t(st.st_size) != shm::kCursorPageSize) {
+    close(fd);
+    errno = ESTALE;
+    return -1;
+  }
+  return fd;
+}
+
 void remove_partition_segments(const std::string& prefix, const std::string& topic, uint32_t p) {
+  shm_unlink(("/" + prefix + "." + topic + "." + std::to_string(p) + ".wake").c_str());
   bip::shared_memory_object::remove(shm_segment_name(prefix, topic, p, true).c_str());
   bip::shared_memory_object::remove(shm_segment_name(prefix, topic, p, false).c_str());
 }

@@ -15,7 +15,7 @@
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("shmbus::proto");
 
-const protocolVersion :UInt16 = 1;
+const protocolVersion :UInt16 = 2;  # 2: layout 3 (join/leave/cursorPage; read-only control segment)
 
 enum Policy { block @0; fail @1; spill @2; }
 enum Role { publisher @0; subscriber @1; admin @2; }
@@ -139,6 +139,9 @@ struct Request {
     saveCursor @10 :DurableCursor;
     listPage @11 :PageRequest;    # listTopics, a page at a time (any number of topics)
     statPage @12 :PageRequest;    # stat "" (every topic), a page at a time
+    join @13 :JoinRequest;        # subscribers: a cursor slot and its page (layout 3)
+    leave @14 :LeaveRequest;      # subscribers: give the slot back (or park it)
+    cursorPage @15 :PageFetch;    # producers: a read-only fd of a slot's cursor page
   }
 }
 
@@ -164,6 +167,51 @@ struct OpenRequest {
   durableName @3 :Text;           # subscribers: resume position of this name
 }
 
+# Layout 3: the control segment is written only by the daemon. A subscriber gets
+# its cursor slot from `join`: the daemon runs the join (P5), writes the slot, and
+# hands back (one SCM_RIGHTS fd) a fresh read-write "cursor page" that only this
+# grant uses. A durable name resumes its parked slot, or starts at its record; the
+# name belongs to the uid that made it.
+struct JoinRequest {
+  topic @0 :Text;
+  partition @1 :UInt32;
+  tethered @2 :Bool = true;
+  durableName @3 :Text;           # "" = anonymous
+  start @4 :UInt64;               # a frame boundary to start at (hasStart), else the tail
+  hasStart @5 :Bool;
+}
+
+struct JoinReply {
+  # One descriptor comes with this packet: the grant's cursor page (read-write).
+  slot @0 :UInt32;
+  generation @1 :UInt32;
+  position @2 :UInt64;            # the read position to start at
+  checkBelow @3 :UInt64;          # frames below this get the lap check (P9/P11), 0 = none
+  resumed @4 :Bool;               # a parked durable slot was taken over
+  pageSize @5 :UInt64;
+}
+
+struct LeaveRequest {
+  topic @0 :Text;
+  partition @1 :UInt32;
+  slot @2 :UInt32;
+  generation @3 :UInt32;
+  park @4 :Bool;                  # durable: keep the slot under its name (P11)
+}
+
+struct PageFetch {
+  topic @0 :Text;
+  partition @1 :UInt32;
+  slot @2 :UInt32;
+  generation @3 :UInt32;
+}
+
+struct PageReply {
+  # One descriptor (read-only) comes with this packet, unless `embedded`.
+  generation @0 :UInt32;
+  pageSize @1 :UInt64;
+}
+
 struct Response {
   id @0 :UInt64;
   union {
@@ -176,6 +224,8 @@ struct Response {
     stats @7 :List(TopicStat);
     health @8 :HealthReply;
     page @9 :TopicPage;           # listPage, statPage
+    join @10 :JoinReply;
+    cursorPage @11 :PageReply;
   }
 }
 
@@ -193,12 +243,14 @@ struct HelloReply {
 }
 
 struct OpenReply {
-  # Two descriptors come with this packet, in order: the data segment (read-only
-  # for subscribers) and the control segment.
+  # Three descriptors come with this packet, in order: the data segment (read-only
+  # for subscribers), the control segment (read-only for every client) and the wake
+  # segment (read-write for subscribers, read-only for publishers).
   dataSize @0 :UInt64;
   ctlSize @1 :UInt64;
   resumePosition @2 :UInt64;      # durable subscribers: where to resume, else 0
   hasResume @3 :Bool;
+  wakeSize @4 :UInt64;
 }
 
 struct HealthReply {

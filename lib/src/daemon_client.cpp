@@ -225,23 +225,102 @@ void fill_spec(proto::TopicSpec::Builder s, const std::string& topic, const Topi
 class DaemonMapping final : public PartitionMapping {
  public:
   DaemonMapping(std::shared_ptr<DaemonClient> client, const std::string& topic, uint32_t p,
-                void* data, size_t dsize, void* ctl, size_t csize)
-      : client_(std::move(client)), data_(data), dsize_(dsize), ctl_(ctl), csize_(csize) {
+                void* data, size_t dsize, void* ctl, size_t csize, void* wake)
+      : client_(std::move(client)), data_(data), dsize_(dsize), ctl_(ctl), csize_(csize), wake_(wake) {
     topic_ = topic;
     partition_ = p;
   }
-  void bind(const shm::RingRefs& r) { refs_ = r; }
+  void bind(const shm::RingRefs& r) {
+    refs_ = r;
+    refs_.wake = static_cast<shm::WakeBlock*>(wake_);
+    refs_.shared_wake = true;
+  }
   ~DaemonMapping() override {
     munmap(data_, dsize_);
     munmap(ctl_, csize_);
+    munmap(wake_, shm::kWakeSegmentSize);
+  }
+  bool granted() const override { return true; }
+
+  CursorGrant join_cursor(bool tethered, const std::string& name, uint64_t start) override {
+    DaemonClient::Reply rep = client_->call([&](proto::Request::Builder r) {
+      auto j = r.initJoin();
+      j.setTopic(topic_);
+      j.setPartition(partition_);
+      j.setTethered(tethered);
+      j.setDurableName(name);
+      if (start != shm::RingReader::kAtTail) {
+        j.setStart(start);
+        j.setHasStart(true);
+      }
+    });
+    auto jr = rep.get();
+    if (!jr.isJoin() || rep.fds.size() != 1)
+      throw Error(ErrorCode::protocol, "join: expected one cursor page fd");
+    auto j = jr.getJoin();
+    CursorGrant g;
+    g.slot = j.getSlot();
+    g.generation = j.getGeneration();
+    g.position = j.getPosition();
+    g.check_below = j.getCheckBelow();
+    g.resumed = j.getResumed();
+    if (g.slot >= refs_.slot_count) throw Error(ErrorCode::protocol, "join: slot out of range");
+    g.page = map(rep.fds[0], true);
+    if (!g.page) throw Error(ErrorCode::system, std::string("mmap cursor page: ") + strerror(errno));
+    return g;
+  }
+
+  void leave_cursor(CursorGrant& g, bool park) noexcept override {
+    if (!g.page) return;
+    try {
+      client_->call([&](proto::Request::Builder r) {
+        auto l = r.initLeave();
+        l.setTopic(topic_);
+        l.setPartition(partition_);
+        l.setSlot(g.slot);
+        l.setGeneration(g.generation);
+        l.setPark(park);
+      });
+    } catch (...) {
+      // The daemon frees (or parks) the slot when this process exits.
+    }
+    munmap(g.page, shm::kCursorPageSize);
+    g.page = nullptr;
+  }
+
+  shm::CursorPage* map_page(uint32_t slot, uint32_t gen) noexcept override {
+    try {
+      DaemonClient::Reply rep = client_->call([&](proto::Request::Builder r) {
+        auto f = r.initCursorPage();
+        f.setTopic(topic_);
+        f.setPartition(partition_);
+        f.setSlot(slot);
+        f.setGeneration(gen);
+      });
+      if (rep.fds.size() != 1) return nullptr;
+      return map(rep.fds[0], false);
+    } catch (...) {
+      return nullptr;
+    }
+  }
+  void unmap_page(shm::CursorPage* p) noexcept override {
+    if (p) munmap(p, shm::kCursorPageSize);
   }
 
  private:
+  static shm::CursorPage* map(int fd, bool writable) {
+    struct stat st{};
+    if (fstat(fd, &st) < 0 || uint64_t(st.st_size) < shm::kCursorPageSize) return nullptr;
+    void* m = mmap(nullptr, shm::kCursorPageSize, writable ? PROT_READ | PROT_WRITE : PROT_READ,
+                   MAP_SHARED, fd, 0);
+    return m == MAP_FAILED ? nullptr : static_cast<shm::CursorPage*>(m);
+  }
   std::shared_ptr<DaemonClient> client_;  // keeps the connection (our liveness signal) open
   void* data_;
   size_t dsize_;
   void* ctl_;
   size_t csize_;
+  void* wake_;
 };
 
 bool is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
@@ -277,15 +356,17 @@ std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, u
               : role == Role::subscriber ? proto::Role::SUBSCRIBER
                                          : proto::Role::ADMIN);
   });
-  if (rep.fds.size() != 2)
-    throw Error(ErrorCode::protocol, "open: expected 2 segment fds, got " + std::to_string(rep.fds.size()));
+  if (rep.fds.size() != 3)
+    throw Error(ErrorCode::protocol, "open: expected 3 segment fds, got " + std::to_string(rep.fds.size()));
   auto o = rep.get().getOpen();
-  const int dfd = rep.fds[0], cfd = rep.fds[1];
-  struct stat ds{}, cs{};
-  if (fstat(dfd, &ds) < 0 || fstat(cfd, &cs) < 0) {
+  const int dfd = rep.fds[0], cfd = rep.fds[1], wfd = rep.fds[2];
+  struct stat ds{}, cs{}, ws{};
+  if (fstat(dfd, &ds) < 0 || fstat(cfd, &cs) < 0 || fstat(wfd, &ws) < 0) {
     const int e = errno;
     throw Error(ErrorCode::system, std::string("fstat: ") + strerror(e), e);
   }
+  if (uint64_t(ws.st_size) < shm::kWakeSegmentSize)
+    throw Error(ErrorCode::incompatible, "open: the wake segment is shorter than a page");
   const size_t dsize = o.getDataSize(), csize = o.getCtlSize();
   if (dsize < sizeof(shm::DataHeader) || csize < sizeof(shm::ControlHeader) ||
       uint64_t(ds.st_size) < dsize || uint64_t(cs.st_size) < csize)
@@ -296,20 +377,30 @@ std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, u
     const int e = errno;
     throw Error(ErrorCode::system, std::string("mmap data: ") + strerror(e), e);
   }
-  void* c = mmap(nullptr, csize, PROT_READ | PROT_WRITE, MAP_SHARED, cfd, 0);
+  // Layout 3: the control segment is the daemon's alone.
+  void* c = mmap(nullptr, csize, PROT_READ, MAP_SHARED, cfd, 0);
   if (c == MAP_FAILED) {
     const int e = errno;
     munmap(d, dsize);
     throw Error(ErrorCode::system, std::string("mmap control: ") + strerror(e), e);
+  }
+  void* w = mmap(nullptr, shm::kWakeSegmentSize,
+                 role == Role::subscriber ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, wfd, 0);
+  if (w == MAP_FAILED) {
+    const int e = errno;
+    munmap(d, dsize);
+    munmap(c, csize);
+    throw Error(ErrorCode::system, std::string("mmap wake: ") + strerror(e), e);
   }
   // Copy once, validate the copy, use only the copy (shm::bind_ring).
   shm::RingRefs refs;
   if (const char* why = shm::bind_ring(d, dsize, c, csize, refs, /*granted=*/true)) {
     munmap(d, dsize);
     munmap(c, csize);
+    munmap(w, shm::kWakeSegmentSize);
     throw Error(ErrorCode::incompatible, std::string("open: the daemon handed out an invalid segment: ") + why);
   }
-  auto m = std::make_shared<DaemonMapping>(shared_from_this(), topic, p, d, dsize, c, csize);
+  auto m = std::make_shared<DaemonMapping>(shared_from_this(), topic, p, d, dsize, c, csize, w);
   m->bind(refs);
   return m;
 }

@@ -79,6 +79,13 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
                       std::to_string(r.producer_count) + " publishers (the multi-producer limit)");
   }
   if (!multi) w_.recover_sp();
+  if (m_->granted()) {
+    // Layout 3: other subscribers' cursors are read through their pages, mapped
+    // read-only from the daemon on the slow path (until then a slot's join
+    // position bounds the limit).
+    pages_ = std::make_unique<shm::PageTable>();
+    w_.set_page_table(pages_.get());
+  }
   policy_ = r.policy;
   meta_.producer_id = opts_.producer_id ? opts_.producer_id : me;
   if (!opts_.stamp_frames) meta_.timestamp_ns = shm::kNoTimestamp;
@@ -86,7 +93,7 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
 }
 
 Publisher::Publisher(Publisher&& o) noexcept
-    : m_(std::move(o.m_)), opts_(o.opts_), w_(o.w_), claim_(o.claim_), meta_(o.meta_),
+    : m_(std::move(o.m_)), opts_(o.opts_), w_(o.w_), pages_(std::move(o.pages_)), claim_(o.claim_), meta_(o.meta_),
       stats_(o.stats_), policy_(o.policy_), claimed_sp_(o.claimed_sp_), open_(o.open_) {
   o.open_ = false;
   o.claimed_sp_ = false;
@@ -99,6 +106,7 @@ Publisher& Publisher::operator=(Publisher&& o) noexcept {
     m_ = std::move(o.m_);
     opts_ = o.opts_;
     w_ = o.w_;
+    pages_ = std::move(o.pages_);
     claim_ = o.claim_;
     meta_ = o.meta_;
     stats_ = o.stats_;
@@ -123,8 +131,33 @@ void Publisher::close() {
     aref(m_->refs().data->producer_pid).compare_exchange_strong(me, 0, std::memory_order_acq_rel);
     claimed_sp_ = false;
   }
+  drop_pages();
   open_ = false;
   m_.reset();
+}
+
+bool Publisher::fetch_pages() {
+  if (!pages_ || !pages_->any_missing()) return false;
+  const shm::RingRefs& r = m_->refs();
+  bool any = false;
+  for (uint32_t i = 0; i < r.slot_count && i < shm::kMaxSlots; ++i) {
+    if (!(pages_->missing[i / 64] & (uint64_t(1) << (i % 64)))) continue;
+    const uint32_t gen = aref(r.slots[i].generation).load(std::memory_order_acquire);
+    shm::CursorPage* pg = m_->map_page(i, gen);
+    if (!pg) continue;  // gone meanwhile (or the daemon is away): its join position still bounds us
+    m_->unmap_page(pages_->page[i]);
+    pages_->page[i] = pg;
+    pages_->gen[i] = gen;
+    pages_->missing[i / 64] &= ~(uint64_t(1) << (i % 64));
+    any = true;
+  }
+  return any;
+}
+
+void Publisher::drop_pages() {
+  if (!pages_ || !m_) return;
+  for (uint32_t i = 0; i < shm::kMaxSlots; ++i)
+    if (pages_->page[i]) m_->unmap_page(pages_->page[i]), pages_->page[i] = nullptr;
 }
 
 uint32_t Publisher::partition() const { return m_ ? m_->partition() : 0; }
@@ -147,6 +180,10 @@ Status Publisher::try_claim(uint32_t max_bytes, ClaimView& out) {
 Status Publisher::claim(uint32_t max_bytes, ClaimView& out) {
   Status s = try_claim(max_bytes, out);
   if (s != Status::back_pressured) return s;
+  if (fetch_pages()) {  // a subscriber's page we lacked bounded us at its join position
+    s = try_claim(max_bytes, out);
+    if (s != Status::back_pressured) return s;
+  }
   if (policy_ == shm::kPolicyFail) {
     ++stats_.back_pressured;
     return s;
@@ -178,6 +215,7 @@ Status Publisher::wait_for_space(uint32_t max_bytes, uint64_t deadline) {
   uint32_t iter = 0;
   for (;;) {
     if (w_.space_available(max_bytes)) return Status::ok;
+    if (fetch_pages()) continue;
     uint64_t now = shm::monotonic_ns();
     if (now >= reclaim_at) {
       reclaim_dead_cursors();
@@ -199,12 +237,15 @@ Status Publisher::wait_for_space(uint32_t max_bytes, uint64_t deadline) {
       }
       continue;
     }
-    uint32_t v = w_.begin_space_wait();
-    if (!w_.space_available(max_bytes)) {
+    // P7 (3.0): sleep on the wake word of what binds us (the slowest cursor's page,
+    // or the space word of the open claims), read before a re-scan.
+    uint32_t* word = nullptr;
+    uint32_t v = 0;
+    if (w_.prepare_space_wait(max_bytes, word, v)) {
       uint64_t until = deadline < reclaim_at ? deadline : reclaim_at;
       int64_t slice = int64_t(until - now);
       if (!w_.space_wait_fenced() && slice > 1'000'000) slice = 1'000'000;
-      shm::futex_wait(w_.space_futex(), v, slice);
+      shm::futex_wait(word, v, slice);
     }
     w_.end_space_wait();
   }
@@ -217,7 +258,9 @@ Status Publisher::wait_for_space(uint32_t max_bytes, uint64_t deadline) {
 // parked, as the daemon does (P11).
 void Publisher::reclaim_dead_cursors() {
   const shm::RingRefs& r = w_.refs();
-  for (uint32_t i = 0; i < r.slot_count; ++i) {
+  // Daemon mode: only the daemon frees cursors, from its own grant records (a pid
+  // read here could belong to another pid namespace).
+  for (uint32_t i = 0; i < r.slot_count && !m_->granted(); ++i) {
     shm::CursorSlot& s = r.slots[i];
     if (aref(s.state).load(std::memory_order_acquire) != shm::kSlotActive) continue;
     uint32_t pid = shm::owner_pid(aref(s.pid).load(std::memory_order_acquire));

@@ -19,6 +19,7 @@ struct ReplaySubscriber::Impl {
   spill::ChunkArena log_arena, ring_arena;
   spill::LogReader log;
   shm::RingReader slot;  // untethered: visibility for tools, never holds the producer
+  CursorGrant grant;     // daemon mode: the slot the daemon granted (our page)
   ReplaySource mode = ReplaySource::log;
   uint64_t want_seq = 0;
   bool ts_filter = false;
@@ -36,8 +37,12 @@ struct ReplaySubscriber::Impl {
       : m(std::move(mp)), r(m->refs()), o(opts), log_arena(opts.chunk_bytes),
         ring_arena(opts.chunk_bytes),
         log(spill::partition_dir(opts.state_dir, m->topic(), m->partition()), log_arena) {
-    if (!slot.join(r, uint32_t(getpid()), false))
+    if (m->granted()) {
+      grant = m->join_cursor(false, "", shm::RingReader::kAtTail);
+      slot.adopt(r, grant.slot, grant.page, grant.position, false, grant.check_below);
+    } else if (!slot.join(r, uint32_t(getpid()), false)) {
       throw Error(ErrorCode::no_slot, "topic '" + m->topic() + "': every subscriber slot is taken");
+    }
     switch (o.start.kind) {
       case StartAt::Kind::latest:
         mode = ReplaySource::ring;
@@ -85,7 +90,9 @@ struct ReplaySubscriber::Impl {
       shm::CursorSlot& s = r.slots[i];
       if (aref(s.state).load(std::memory_order_seq_cst) != shm::kSlotActive) continue;
       if (aref(s.name_hash).load(std::memory_order_relaxed) != spill::kArchiverNameHash) continue;
-      return aref(s.position).load(std::memory_order_acquire);
+      // The archiver's cursor is the daemon's own (embedded in its slot).
+      if (!(aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded)) continue;
+      return aref(s.page.position).load(std::memory_order_acquire);
     }
     return aref(r.data->tail_pos).load(std::memory_order_acquire);  // no archiver: live only
   }
@@ -260,7 +267,12 @@ ReplaySubscriber::~ReplaySubscriber() { close(); }
 
 void ReplaySubscriber::close() {
   if (!impl_ || !impl_->open) return;
-  impl_->slot.leave();
+  if (impl_->grant) {
+    impl_->slot.detach();
+    impl_->m->leave_cursor(impl_->grant, false);
+  } else {
+    impl_->slot.leave();
+  }
   impl_->open = false;
 }
 

@@ -33,6 +33,16 @@ void Subscriber::open_slot(SegmentProvider* records) {
   const auto where = [&] {
     return "topic '" + m_->topic() + "' partition " + std::to_string(m_->partition());
   };
+  if (m_->granted()) {
+    // Daemon mode (layout 3): the daemon runs the join (or the resume of a parked
+    // durable name, which it checks belongs to our uid) and grants this
+    // subscriber its own cursor page; nothing else here is writable.
+    grant_ = m_->join_cursor(opts_.tethered, opts_.name, shm::RingReader::kAtTail);
+    r_.adopt(m_->refs(), grant_.slot, grant_.page, grant_.position, opts_.tethered, grant_.check_below);
+    resumed_ = grant_.resumed;
+    open_ = true;
+    return;
+  }
   const uint32_t me = uint32_t(getpid());
   uint64_t h = 0, start = shm::RingReader::kAtTail;
   if (!opts_.name.empty()) {
@@ -77,9 +87,10 @@ void Subscriber::open_slot(SegmentProvider* records) {
 }
 
 Subscriber::Subscriber(Subscriber&& o) noexcept
-    : m_(std::move(o.m_)), opts_(o.opts_), r_(o.r_), stats_(o.stats_), open_(o.open_),
-      resumed_(o.resumed_) {
+    : m_(std::move(o.m_)), opts_(o.opts_), r_(o.r_), grant_(o.grant_), stats_(o.stats_),
+      open_(o.open_), resumed_(o.resumed_) {
   o.open_ = false;
+  o.grant_ = {};
 }
 
 Subscriber& Subscriber::operator=(Subscriber&& o) noexcept {
@@ -88,10 +99,12 @@ Subscriber& Subscriber::operator=(Subscriber&& o) noexcept {
     m_ = std::move(o.m_);
     opts_ = o.opts_;
     r_ = o.r_;
+    grant_ = o.grant_;
     stats_ = o.stats_;
     open_ = o.open_;
     resumed_ = o.resumed_;
     o.open_ = false;
+    o.grant_ = {};
   }
   return *this;
 }
@@ -100,7 +113,10 @@ Subscriber::~Subscriber() { close(); }
 
 void Subscriber::close() {
   if (!open_) return;
-  if (opts_.name.empty()) r_.leave();
+  if (grant_) {
+    r_.detach();
+    m_->leave_cursor(grant_, !opts_.name.empty());  // P11: a named slot is parked
+  } else if (opts_.name.empty()) r_.leave();
   else r_.park();  // P11: the position stays, under the name
   open_ = false;
   m_.reset();
@@ -108,7 +124,10 @@ void Subscriber::close() {
 
 void Subscriber::forget() {
   if (!open_) return;
-  r_.leave();
+  if (grant_) {
+    r_.detach();
+    m_->leave_cursor(grant_, false);
+  } else r_.leave();
   open_ = false;
   m_.reset();
 }

@@ -12,6 +12,7 @@
 //   access SOCK TOPIC SHMNAME      try to subscribe and to shm_open the segment; prints
 //                                  "open:<denied|ok|err>" and "shm:<denied|ok|err>"
 //   write-ring SOCK TOPIC          subscribe, then write into the data ring (must fault)
+//   write-ctl SOCK TOPIC           subscribe, then write the control segment's header (must fault)
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -150,6 +151,15 @@ int main(int argc, char** argv) {
       if (fd < 0) shm_r = errno == EACCES ? "denied" : "err";
       else close(fd);
       std::printf("open:%s shm:%s\n", open_r, shm_r);
+      return 0;
+    }
+    if (mode == "write-ctl") {
+      Bus bus = Bus::connect(sock);
+      Subscriber sub = bus.subscriber(topic);
+      say('S');
+      shm::ControlHeader* c = sub.refs().ctl;  // layout 3: the daemon's alone
+      *reinterpret_cast<volatile uint64_t*>(&c->magic) = 0x4141414141414141ull;  // must fault
+      say('W');
       return 0;
     }
     if (mode == "write-ring") {

@@ -67,7 +67,7 @@ TEST_CASE("topics are created, described, listed, deleted and survive a daemon r
     REQUIRE_THROWS_AS(bus.create_topic("life.b", {.capacity = 5000}), Error);
     REQUIRE(bus.partitions("life.a") == 3);
     REQUIRE(bus.partitions("nope") == 0);
-    REQUIRE(shm_files(d.prefix).size() == 6);
+    REQUIRE(shm_files(d.prefix).size() == 9);  // data, control and wake segment per partition
     // Data through the daemon-provided segments.
     Publisher pub = bus.publisher("life.a", {.partition = 2});
     Subscriber sub = bus.subscriber("life.a", {.partition = 2});
@@ -387,7 +387,7 @@ TEST_CASE("an embedded daemon serves the same API and cleans up after itself", "
 // can overwrite the segment's identity line. Clients bind from what the daemon
 // granted and the daemon restores the line from its registry: later opens work, and
 // a restarted daemon keeps the topic's ring instead of recreating it empty.
-TEST_CASE("a control segment whose identity a subscriber overwrote still opens, and survives a daemon restart",
+TEST_CASE("a subscriber cannot write the control segment (layout 3); the ring survives a daemon restart",
           "[daemon][trust]") {
   DaemonProc d("ctlid");
   REQUIRE(d.start());
@@ -398,13 +398,15 @@ TEST_CASE("a control segment whose identity a subscriber overwrote still opens, 
     Publisher pub = bus.publisher("ctl.id");
     Subscriber sub = bus.subscriber("ctl.id");
     for (int i = 0; i < 10; ++i) REQUIRE(pub.offer("x", 1) == Status::ok);
-    // The hostile write, through the subscriber's own mapping.
-    shm::ControlHeader* c = sub.refs().ctl;
-    c->magic = 0x4141414141414141ull;
-    shm::aref(c->layout_version).store(0x00010002u);
-    c->slot_count = 4000;
-    c->capacity = 1;
-    Subscriber sub2 = bus.subscriber("ctl.id");  // opens regardless
+    // The hostile write, through a subscriber's own mapping, faults (layout 2 let
+    // it through; the daemon then had to restore the identity line).
+    Child c = spawn({helper_path(), "write-ctl", d.sock, "ctl.id"});
+    REQUIRE(read_char(c, 10000) == 'S');
+    int st = wait_exit(c, 10000);
+    REQUIRE(st != -1);
+    CHECK(WIFSIGNALED(st));
+    CHECK((WTERMSIG(st) == SIGSEGV || WTERMSIG(st) == SIGBUS));
+    Subscriber sub2 = bus.subscriber("ctl.id");
     REQUIRE(pub.offer("after", 5) == Status::ok);
     View v;
     REQUIRE(sub2.poll_wait(v, 1'000'000'000) == Status::ok);

@@ -18,7 +18,18 @@
 //                                  starting with VPREFIX (the victim's private topics) and odd ones, with
 //                                  malformed packets on a side connection; prints
 //                                  fuzz:sent=<n> ok=<n> refused=<n> drops=<n> breach=<none|what>
+//   ctl SOCK TOPIC                 subscribe, then try to write the control segment (mmap PROT_WRITE of
+//                                  its fd, mprotect of the mapping) and to open every cursor page
+//                                  segment -> ctl:<ro|writable> pages:<denied|opened>
+//   forge SOCK TOPIC TETHERED      take a cursor grant (TETHERED 1/0) and rewrite its own page
+//                                  forever: 0, far beyond the tail, random, flipping; prints
+//                                  "forging" once started, runs until killed
+//   resume SOCK TOPIC NAME         subscribe under durable NAME -> resume:<ok|denied|...>
+//   sub SOCK TOPIC                 a tethered subscriber that never reads: prints "joined", hangs
+#include <dirent.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -243,6 +254,71 @@ int main(int argc, char** argv) {
         d.setPosition(0);
       });
       out(what, "ok");
+    } else if (mode == "ctl") {
+      auto c = DaemonClient::connect(o);
+      auto rep = c->call([&](proto::Request::Builder r) {
+        auto op = r.initOpen();
+        op.setTopic(topic);
+        op.setPartition(0);
+        op.setRole(proto::Role::SUBSCRIBER);
+      });
+      const size_t csize = rep.get().getOpen().getCtlSize();
+      bool writable = false;
+      void* w = mmap(nullptr, csize, PROT_READ | PROT_WRITE, MAP_SHARED, rep.fds.at(1), 0);
+      if (w != MAP_FAILED) writable = true;
+      void* m = mmap(nullptr, csize, PROT_READ, MAP_SHARED, rep.fds.at(1), 0);
+      if (m == MAP_FAILED || mprotect(m, csize, PROT_READ | PROT_WRITE) == 0) writable = true;
+      // Through the library's own mapping as well.
+      Bus bus = Bus::connect(sock);
+      Subscriber sub = bus.subscriber(topic);
+      if (mprotect(sub.refs().ctl, 4096, PROT_READ | PROT_WRITE) == 0) writable = true;
+      out("ctl", writable ? "writable" : "ro");
+      // Every cursor page of this topic (others' grants and our own): none opens by name.
+      bool opened = false;
+      int seen = 0;
+      if (DIR* d = opendir("/dev/shm")) {
+        while (dirent* e = readdir(d)) {
+          std::string n = e->d_name;
+          if (n.find("." + topic + ".0.ctl.") == std::string::npos) continue;
+          ++seen;
+          int fd = open(("/dev/shm/" + n).c_str(), O_RDONLY | O_CLOEXEC);
+          if (fd >= 0) opened = true, close(fd);
+        }
+        closedir(d);
+      }
+      out("pages", opened ? "opened" : seen ? "denied" : "none");
+    } else if (mode == "forge") {
+      auto prov = make_daemon_provider(DaemonClient::connect(o));
+      auto m = prov->open(topic, 0, Role::subscriber, 2000);
+      CursorGrant g = m->join_cursor(std::string(argv[4]) == "1", "", shm::RingReader::kAtTail);
+      out("forge", "forging");
+      uint64_t x = 0x9e3779b97f4a7c15ull;
+      for (uint64_t i = 0;; ++i) {
+        const uint64_t tail = shm::aref(m->refs().data->tail_pos).load();
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        uint64_t v;
+        switch (i % 5) {
+          case 0: v = 0; break;
+          case 1: v = tail + (uint64_t(1) << 40); break;
+          case 2: v = x; break;
+          case 3: v = (i & 8) ? ~uint64_t(0) : 0; break;  // flipping
+          default: v = tail + m->refs().capacity; break;
+        }
+        shm::aref(g.page->position).store(v, std::memory_order_release);
+        shm::aref(g.page->space_wake).fetch_add(1);
+        if (i % 64 == 0) usleep(100);
+      }
+    } else if (mode == "resume") {
+      Bus bus = Bus::connect(sock);
+      SubscriberOptions so;
+      so.name = argv[4];
+      Subscriber sub = bus.subscriber(topic, so);
+      out(what, "ok");
+    } else if (mode == "sub") {
+      Bus bus = Bus::connect(sock);
+      Subscriber sub = bus.subscriber(topic);
+      out("sub", "joined");
+      for (;;) pause();
     } else if (mode == "huge") {
       TopicConfig cfg;
       cfg.partitions = uint32_t(atoi(argv[4]));

@@ -730,3 +730,164 @@ TEST_CASE("fuzz: request sequences from two uids at once leave the victim's topi
   }
   CHECK(rd.d.stop());
 }
+
+// ---------------------------------------------------------------------------
+// Isolation in shared memory (layout 3, issues 8 and 9): a subscriber writes its own
+// cursor page and its data-waiter bit, nothing else; the daemon reclaims only from
+// its own grant records.
+
+namespace {
+// The line a child prints first (without the newline), "" on EOF or after 10 s.
+std::string first_line(const Child& c) {
+  std::string l;
+  for (;;) {
+    char ch = read_char(c, 10000);
+    if (ch == 0 || ch == '\n') return l;
+    l += ch;
+  }
+}
+}  // namespace
+
+TEST_CASE("isolation: another uid's subscriber cannot write the control segment nor open any cursor page",
+          "[security][isolation]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.ctl", {.capacity = 8192, .mode = 0644});
+  Subscriber victim = bus.subscriber("iso.ctl");  // a grant, so a page exists
+  CHECK(as_att(att, {"ctl", rd.sock, "iso.ctl"}) == "ctl:ro\npages:denied\n");
+  Publisher pub = bus.publisher("iso.ctl");
+  REQUIRE(pub.offer("still", 5) == Status::ok);
+  View v;
+  REQUIRE(victim.poll_wait(v, 1'000'000'000) == Status::ok);
+  CHECK(v.size() == 5);
+  victim.release(v);
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("isolation: a forged cursor page never makes another subscriber lose or misread a frame; "
+          "an untethered forger holds nobody back",
+          "[security][isolation]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.forge", {.capacity = 8192, .mode = 0644});
+  // The forger, tethered: 0, far beyond the tail, random, flipping.
+  Child forger = spawn(att.as({hostile(), "forge", rd.sock, "iso.forge", "1"}));
+  REQUIRE(first_line(forger) == "forge:forging");
+  std::atomic<bool> done{false};
+  std::atomic<uint64_t> got{0}, bad{0};
+  Subscriber honest = bus.subscriber("iso.forge");
+  std::thread reader([&] {
+    uint64_t expect = 0;  // message ids of the messages published ok, in order
+    View v;
+    for (;;) {
+      Status s = honest.poll_wait(v, 20'000'000);
+      if (s == Status::timed_out) {
+        if (done.load()) break;
+        continue;
+      }
+      if (s != Status::ok) {
+        ++bad;
+        break;
+      }
+      uint64_t body[8];
+      std::memcpy(body, v.data(), std::min<size_t>(v.size(), sizeof body));
+      bool ok = v.size() == sizeof body && v.message_id() > expect;
+      for (uint64_t w : body) ok = ok && w == v.message_id() * 0x9e3779b97f4a7c15ull;
+      if (!ok) ++bad;
+      expect = v.message_id();
+      ++got;
+      honest.release(v);
+    }
+  });
+  Publisher pub = bus.publisher("iso.forge", {.block_timeout_ns = 20'000'000});
+  uint64_t published = 0, held = 0;
+  for (uint64_t id = 1; id <= 3000; ++id) {
+    uint64_t body[8];
+    for (uint64_t& w : body) w = id * 0x9e3779b97f4a7c15ull;
+    Status s = pub.offer(body, sizeof body, id);
+    if (s == Status::ok) ++published;
+    else if (s == Status::back_pressured) ++held;  // the forger's power: hold us back
+    else FAIL("offer: " << to_string(s));
+  }
+  done = true;
+  reader.join();
+  INFO("published " << published << ", held back " << held << ", received " << got.load());
+  CHECK(bad.load() == 0);
+  CHECK(got.load() == published);  // every frame the honest reader was owed, intact and in order
+  CHECK(published > 0);
+  kill9(forger);
+  honest.close();
+  // Untethered, the forger holds nobody back: three laps with no reader at all.
+  Child loose = spawn(att.as({hostile(), "forge", rd.sock, "iso.forge", "0"}));
+  REQUIRE(first_line(loose) == "forge:forging");
+  Publisher pub2 = std::move(pub);
+  uint64_t before = pub2.stats().back_pressured;
+  for (int i = 0; i < 400; ++i) REQUIRE(pub2.offer("0123456789abcdef0123456789abcdef", 32) == Status::ok);
+  CHECK(pub2.stats().back_pressured == before);
+  kill9(loose);
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("isolation: a subscriber in another pid namespace that is SIGKILLed is reclaimed; the topic flows",
+          "[security][isolation][pidns]") {
+  if (geteuid() != 0 || access("/usr/bin/unshare", X_OK) != 0) {
+    WARN("skipped: needs root and unshare");
+    return;
+  }
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.pidns", {.capacity = 8192});
+  Child ns = spawn({"/usr/bin/unshare", "-pf", hostile(), "sub", rd.sock, "iso.pidns"});
+  REQUIRE(first_line(ns) == "sub:joined");
+  // It is pid 1 in its namespace; the slot holds the pid the daemon sees.
+  auto st = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("iso.pidns"); });
+  auto subs = st.get().getStats()[0].getPartitions()[0].getSubscribers();
+  REQUIRE(subs.size() == 1);
+  const pid_t pid = pid_t(subs[0].getPid());
+  CHECK(pid != 1);
+  CHECK(pid != ns.pid);
+  REQUIRE(shm::process_alive(uint32_t(pid)));
+  // It never reads: the producer fills the ring and is held back.
+  Publisher pub = bus.publisher("iso.pidns", {.block_timeout_ns = 10'000'000'000});
+  int n = 0;
+  for (ClaimView c; pub.try_claim(16, c) == Status::ok; ++n) REQUIRE(pub.commit(16) == Status::ok);
+  REQUIRE(n > 0);
+  const uint64_t t0 = now_ns();
+  REQUIRE(kill(pid, SIGKILL) == 0);
+  // The daemon frees its slot (the pidfd of the pid it recorded) and wakes us.
+  CHECK(pub.offer("0123456789abcdef", 16) == Status::ok);
+  INFO("reclaimed and woken after " << (now_ns() - t0) / 1000 << " us");
+  CHECK(now_ns() - t0 < 5'000'000'000ull);
+  for (int i = 0; i < 3 * n; ++i) REQUIRE(pub.offer("0123456789abcdef", 16) == Status::ok);
+  wait_exit(ns, 10000);
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("isolation: another uid cannot resume a durable name it does not own, parked or not",
+          "[security][isolation][ownership]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.dur", {.capacity = 8192, .mode = 0644});
+  Publisher pub = bus.publisher("iso.dur");
+  {
+    Subscriber s = bus.subscriber("iso.dur", {.name = "victim-dur"});
+    REQUIRE(pub.offer("one", 3) == Status::ok);
+  }  // parked under its name, holding its position
+  CHECK(as_att(att, {"resume", rd.sock, "iso.dur", "victim-dur"}) == "resume:denied\n");
+  CHECK(as_att(att, {"resume", rd.sock, "iso.dur", "att-dur"}) == "resume:ok\n");
+  // The owner resumes it, exactly where it left.
+  Subscriber s = bus.subscriber("iso.dur", {.name = "victim-dur"});
+  CHECK(s.resumed());
+  View v;
+  REQUIRE(s.poll_wait(v, 1'000'000'000) == Status::ok);
+  CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "one");
+  s.release(v);
+  CHECK(serving(rd.sock));
+}

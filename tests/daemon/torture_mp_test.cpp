@@ -339,7 +339,7 @@ std::string limit_state(const shm::RingRefs& r) {
                   std::to_string(shm::aref(r.data->zero_mark).load()) + " zero_lock " +
                   std::to_string(shm::aref(r.data->zero_lock).load()) + " space_waiters " +
                   std::to_string(shm::aref(r.data->space_waiter_bits).load()) + " space_futex " +
-                  std::to_string(shm::aref(r.ctl->space_futex).load()) + "; producers:";
+                  std::to_string(shm::aref(r.data->space_futex).load()) + "; producers:";
   for (uint32_t k = 0; k < r.producer_count; ++k) {
     const uint32_t pid = shm::aref(r.producers[k].pid).load();
     const uint64_t w = shm::aref(r.producers[k].claim).load();
@@ -355,7 +355,7 @@ std::string limit_state(const shm::RingRefs& r) {
     if (st == shm::kSlotFree) continue;
     s += " [" + std::to_string(i) + " state " + std::to_string(st) + " pid " + std::to_string(shm::aref(r.slots[i].pid).load()) +
          " flags " + std::to_string(shm::aref(r.slots[i].flags).load()) + " pos " +
-         std::to_string(shm::aref(r.slots[i].position).load()) + "]";
+         std::to_string(shm::aref(r.slots[i].join_position).load()) + "]";
   }
   return s;
 }
@@ -623,12 +623,15 @@ TEST_CASE("resolving a dead producer's open claim wakes producers asleep on spac
   for (shm::Claim c; live.try_claim(200, c) == shm::RingStatus::ok; ++n) live.commit(c, 200, meta);
   REQUIRE(n > 0);
   // The live producer goes to sleep on space (Publisher::wait_for_space).
-  const uint32_t v = live.begin_space_wait();
+  uint32_t* word = nullptr;
+  uint32_t v = 0;
+  REQUIRE(live.prepare_space_wait(200, word, v));  // bound by the open claim
+  REQUIRE(word == &r.data->space_futex);
   REQUIRE_FALSE(live.space_available(200));
   shm::recover_dead_producer(r, dead.producer_slot(), uint32_t(gone));
   CHECK(live.space_available(200));  // the claim no longer bounds the limit...
   // ...so the sleeper must be woken: futex_wait(space_futex, v) returns at once.
-  CHECK(shm::aref(r.ctl->space_futex).load() != v);
+  CHECK(shm::aref(r.data->space_futex).load() != v);
   live.end_space_wait();
 }
 
@@ -648,12 +651,15 @@ TEST_CASE("a producer closing its claim wakes producers asleep on space behind i
   int n = 0;
   for (shm::Claim c; fast.try_claim(200, c) == shm::RingStatus::ok; ++n) fast.commit(c, 200, meta);
   REQUIRE(n > 0);
-  const uint32_t v = fast.begin_space_wait();  // asleep on space behind the held claim
+  uint32_t* word = nullptr;
+  uint32_t v = 0;
+  REQUIRE(fast.prepare_space_wait(200, word, v));  // asleep on space behind the held claim
+  REQUIRE(word == &r.data->space_futex);
   REQUIRE_FALSE(fast.space_available(200));
   SECTION("commit") { slow.commit(held, 8, meta); }
   SECTION("abort") { slow.abort(held); }
   CHECK(fast.space_available(200));
-  CHECK(shm::aref(r.ctl->space_futex).load() != v);  // futex_wait(v) must not sleep on
+  CHECK(shm::aref(r.data->space_futex).load() != v);  // futex_wait(v) must not sleep on
   fast.end_space_wait();
 }
 

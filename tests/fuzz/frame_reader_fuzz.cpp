@@ -36,6 +36,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   r.ring = dseg + sizeof(shm::DataHeader);
   r.ctl = c;
   r.slots = reinterpret_cast<shm::CursorSlot*>(cseg + sizeof(shm::ControlHeader));
+  r.wake = &c->wake;
   r.capacity = kCap;
   r.slot_count = kSlots;
   std::memcpy(r.ring, data, size < kCap ? size : kCap);

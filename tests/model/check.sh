@@ -162,6 +162,16 @@ run ww-v2-3msg                waitwake.pml pass    -DNMSG=3
 run ww-no-membarrier          waitwake.pml "fail:invalid end state" -DNOFENCE
 # v1 defect 6: the waiters counter leaks when a sleeper dies
 run ww-v1-counter             waitwake.pml fail:waiters -DV1COUNT
+# layout 3: the bitmap is in the wake segment; a hostile subscriber clears bits. The
+# bounded sleep slices keep it live (must hold); without them a wake-up is lost.
+run ww-hostile-sliced         waitwake.pml pass    -DHOSTILE -DSLICE
+run ww-hostile-unsliced       waitwake.pml "fail:invalid end state" -DHOSTILE
+# ---- waitwake.pml -DSPACE: the layout-3 P7 handshake on per-page wake words ----
+run ww-space                  waitwake.pml pass    -DSPACE
+run ww-space-3rel             waitwake.pml pass    -DSPACE -DNREL=3
+run ww-space-no-membarrier    waitwake.pml "fail:invalid end state" -DSPACE -DSP_NOFENCE
+run ww-space-late-read        waitwake.pml "fail:invalid end state" -DSPACE -DSP_LATEREAD
+run ww-space-free-no-wake     waitwake.pml "fail:invalid end state" -DSPACE -DSP_NOFREEWAKE
 
 wait
 counts

@@ -17,7 +17,15 @@
  *   NOFENCE   the subscriber skips the membarrier (must FAIL: a lost wake-up)
  *   V1COUNT   v1's data_waiters counter instead of the bitmap (must FAIL: a sleeper
  *             that dies leaves the counter > 0 forever, the "no leaked waiter" check)
+ *   HOSTILE   layout 3: the bitmap lives in the wake segment, which every subscriber
+ *             may write; a hostile one clears bits at any time. With SLICE the
+ *             sleeper sleeps in bounded slices and re-arms its bit (sleep_for_data,
+ *             kSharedWakeSliceNs): must hold. Without SLICE: must FAIL (lost wake).
+ *
+ * SPACE selects the second model in this file: the layout-3 P7 space handshake
+ * (see below the #else).
  */
+#ifndef SPACE
 #ifndef NSUB
 #define NSUB 2
 #endif
@@ -67,7 +75,14 @@ proctype subscriber(byte s) {
                    :: fut == v -> asleep[s] = 1
                    :: else -> skip
                    fi };
+#ifdef SLICE
+          if
+          :: !asleep[s]                                    /*    woken */
+          :: atomic { asleep[s] -> asleep[s] = 0 }         /*    the slice ends */
+          fi
+#else
           !asleep[s]                                       /*    woken */
+#endif
        fi;
        atomic {                                            /* 6. clear our bit */
 #ifdef V1COUNT
@@ -153,13 +168,153 @@ proctype monitor() {
   }
 }
 
+#ifdef HOSTILE
+/* A hostile subscriber clears the other subscribers' bits whenever it likes (up to
+ * NHOSTILE times, so that a stuck system is a deadlock Spin reports). */
+#ifndef NHOSTILE
+#define NHOSTILE 2
+#endif
+proctype hostile() {
+  byte k = 0;
+end:
+  do
+  :: k < NHOSTILE -> bitmap = 0; k++
+  od
+}
+#endif
+
 init {
   atomic {
     run producer();
     run cpu();
     run killer();
     run monitor();
+#ifdef HOSTILE
+    run hostile();
+#endif
     run subscriber(0); run reclaimer(0);
     if :: NSUB > 1 -> run subscriber(NSUB - 1); run reclaimer(NSUB - 1) :: else -> skip fi
   }
 }
+
+#else /* SPACE */
+/*
+ * Layout 3, P7: a producer blocked on space and the subscribers that bound it.
+ *
+ * Each tethered subscriber s releases into its own cursor page (pos[s]) and owns
+ * that page's wake word (w[s]). Its release is the light side: a plain store (in
+ * its store buffer sb[s]), a compiler barrier, a plain load of space_waiter_bits;
+ * if the producer's bit is set it bumps w[s] (a locked RMW: drains its buffer) and
+ * wakes w[s]. The producer (RingWriter::prepare_space_wait): sets its bit, runs the
+ * membarrier (drains every buffer), scans for the binding (slowest) cursor, reads
+ * THAT page's wake word, re-scans, and sleeps on it only if the binding did not
+ * change. The daemon frees a dead subscriber's slot: FREE, then bumps its page word.
+ *
+ * Checks: the producer never sleeps forever while space is free (invalid end state).
+ * Switches (each must FAIL with a lost wake-up):
+ *   SP_NOFENCE     the producer skips the membarrier
+ *   SP_LATEREAD    the producer reads the wake word after the re-scan
+ *   SP_NOFREEWAKE  the daemon frees a dead subscriber's slot without bumping its page
+ */
+#ifndef NREL
+#define NREL 2
+#endif
+#define NS 2
+
+byte pos[NS];          /* visible released positions (a freed slot: NREL) */
+byte sb[NS];           /* releases still in subscriber s's store buffer */
+byte w[NS];            /* the pages' wake words */
+bool freed[NS];
+bool dead[NS];
+bool sbit = 0;          /* the producer's space-waiter bit */
+byte sleepon = 255;    /* the page word the producer sleeps on, 255 = awake */
+bool pdone = 0;
+byte ndead = 0;
+
+#define DRAIN(s) pos[s] = pos[s] + sb[s]; sb[s] = 0
+#define CUR(s) (freed[s] -> NREL : pos[s])
+
+proctype sub(byte s) {
+  byte r = 0;
+  bool b;
+  {
+    do
+    :: r < NREL ->
+       sb[s]++; r++;                          /* release: store (buffered) */
+       b = sbit;                               /* compiler barrier, load the bits */
+       if
+       :: b -> atomic { DRAIN(s); w[s]++ };   /* locked bump of our page word */
+               atomic { if :: sleepon == s -> sleepon = 255 :: else -> skip fi }
+       :: else -> skip
+       fi
+    :: r == NREL -> break
+    od
+  } unless { atomic { dead[s] -> skip } }
+}
+
+proctype cpu() {
+end:
+  do
+  :: atomic { sb[0] > 0 -> DRAIN(0) }
+  :: atomic { sb[NS - 1] > 0 -> DRAIN(NS - 1) }
+  od
+}
+
+proctype killer() {
+end:
+  do
+  :: atomic { ndead < 1 && !dead[0] && pos[0] + sb[0] < NREL -> dead[0] = 1; ndead++ }
+  od
+}
+
+/* The daemon: frees the slot of a dead subscriber (its own grant record). */
+proctype daemon() {
+end:
+  dead[0];
+  atomic { sb[0] = 0; freed[0] = 1 };        /* state FREE (seq_cst) */
+#ifndef SP_NOFREEWAKE
+  atomic { w[0]++; if :: sleepon == 0 -> sleepon = 255 :: else -> skip fi }
+#endif
+}
+
+proctype producer() {
+  byte b1, b2, v, m;
+  do
+  :: atomic { CUR(0) >= NREL && CUR(NS - 1) >= NREL -> break }   /* space */
+  :: else ->
+     sbit = 1;
+#ifndef SP_NOFENCE
+     atomic { DRAIN(0); DRAIN(NS - 1) };      /* membarrier */
+#endif
+     atomic { b1 = (CUR(0) <= CUR(NS - 1) -> 0 : NS - 1); m = CUR(b1) };
+     if
+     :: m >= NREL && CUR(NS - 1 - b1) >= NREL -> sbit = 0
+     :: else ->
+#ifndef SP_LATEREAD
+        v = w[b1];                             /* the binding page's word, before */
+#endif
+        atomic { b2 = (CUR(0) <= CUR(NS - 1) -> 0 : NS - 1); m = CUR(b2) };  /* re-scan */
+#ifdef SP_LATEREAD
+        v = w[b1];
+#endif
+        if
+        :: m >= NREL -> skip
+        :: b2 != b1 -> skip
+        :: else ->
+           atomic { if :: w[b1] == v -> sleepon = b1 :: else -> skip fi };
+           sleepon == 255                      /* woken */
+        fi;
+        sbit = 0
+     fi
+  od;
+  pdone = 1
+}
+
+init {
+  atomic {
+    run cpu(); run killer(); run daemon();
+    run sub(0); run sub(NS - 1);
+    run producer()
+  }
+}
+#endif /* SPACE */

@@ -28,7 +28,7 @@ uint32_t data_futex(const Publisher& p) {
   return shm::aref(p.refs().data->data_futex).load(std::memory_order_seq_cst);
 }
 uint64_t waiter_bits(const Publisher& p) {
-  return shm::aref(p.refs().ctl->data_waiter_bits[0]).load(std::memory_order_seq_cst);
+  return shm::aref(p.refs().wake->data_waiter_bits[0]).load(std::memory_order_seq_cst);
 }
 }  // namespace
 

@@ -77,17 +77,18 @@ uint32_t flen(uint32_t payload) { return uint32_t(align_frame(kFrameHeaderSize +
 
 }  // namespace
 
-TEST_CASE("layout 2.0 is pinned and a 1.x segment is refused") {
+TEST_CASE("layout 3.0 is pinned and an older segment is refused") {
   CHECK(sizeof(DataHeader) == 384);
   CHECK(sizeof(ControlHeader) == 384);
   CHECK(sizeof(ProducerSlot) == 128);
-  CHECK(kLayoutMajor == 2);
+  CHECK(sizeof(CursorPage) == 64);
+  CHECK(kLayoutMajor == 3);
   HeapRing h(4096, true);
   CHECK(h.r.producers == reinterpret_cast<ProducerSlot*>(h.data.get() + kProducerTableOffset));
   CHECK(h.r.ring == h.data.get() + kRingOffset);
   RingRefs r2;
   auto* d = reinterpret_cast<DataHeader*>(h.data.get());
-  d->layout_version = (1u << 16) | 2;
+  d->layout_version = (2u << 16) | 0;
   const char* why = bind_ring(h.data.get(), h.dbytes, h.ctl.get(), h.cbytes, r2);
   REQUIRE(why != nullptr);
   CHECK(std::string(why).find("layout version") != std::string::npos);
@@ -303,7 +304,7 @@ TEST_CASE("a dead sleeper's waiter bit is cleared by recovery, so commits stop w
   REQUIRE(rd.join(h.r, dead, true));
   const uint32_t i = rd.slot_index();
   // The sleeper set its bit and died in futex_wait.
-  aref(h.r.ctl->data_waiter_bits[i / 64]).fetch_or(uint64_t(1) << (i % 64));
+  aref(h.r.wake->data_waiter_bits[i / 64]).fetch_or(uint64_t(1) << (i % 64));
   RingWriter w;
   REQUIRE(w.attach(h.r, false, uint32_t(getpid())));
   FrameMeta meta;
@@ -313,7 +314,7 @@ TEST_CASE("a dead sleeper's waiter bit is cleared by recovery, so commits stop w
   w.commit(c, 8, meta);
   CHECK(aref(h.r.data->data_futex).load() == f0 + 1);  // a wake while the bit is set
   CHECK(recover_dead_cursor(h.r, i, dead) == CursorRecovery::freed);
-  CHECK(aref(h.r.ctl->data_waiter_bits[0]).load() == 0);
+  CHECK(aref(h.r.wake->data_waiter_bits[0]).load() == 0);
   REQUIRE(w.try_claim(8, c) == RingStatus::ok);
   w.commit(c, 8, meta);
   CHECK(aref(h.r.data->data_futex).load() == f0 + 1);  // no more wakes
@@ -390,4 +391,121 @@ TEST_CASE("a dead subscriber's slot is freed once: a late second reclaimer canno
   REQUIRE(b.slot_index() == i);
   CHECK(recover_dead_cursor(h.r, i, dead) == CursorRecovery::none);
   CHECK(aref(h.r.slots[i].state).load() == kSlotActive);
+}
+
+// ---------------------------------------------------------------------------
+// Layout 3: per-subscriber cursor pages. Daemon-mode grants are replayed here with
+// heap pages (the daemon's join_slot with a separate page, a producer page table).
+
+namespace {
+struct HeapPage {
+  std::unique_ptr<std::byte[], HeapRing::Free> mem{HeapRing::zalloc(4096)};
+  CursorPage* get() const { return reinterpret_cast<CursorPage*>(mem.get()); }
+};
+uint64_t fill(RingWriter& w, uint32_t payload) {
+  FrameMeta meta;
+  uint64_t n = 0;
+  for (Claim c; w.try_claim(payload, c) == RingStatus::ok; ++n) w.commit(c, payload, meta);
+  return n;
+}
+}  // namespace
+
+TEST_CASE("a forged cursor page can hold producers back at worst, never expose another reader") {
+  HeapRing h(8192, false);
+  HeapPage honest_pg, forger_pg;
+  PageTable table;
+  RingWriter w;
+  REQUIRE(w.attach(h.r, false, uint32_t(getpid())));
+  w.set_page_table(&table);
+  uint64_t pos = 0, below = 0;
+  // Both granted as by the daemon: slot, flags, join position written by it.
+  const int32_t honest = join_slot(h.r, 1, true, 0, RingReader::kAtTail, honest_pg.get(), 11, pos, below);
+  const int32_t forger = join_slot(h.r, 2, true, 0, RingReader::kAtTail, forger_pg.get(), 12, pos, below);
+  REQUIRE((honest == 0 && forger == 1));
+  // Not mapped yet: each join position bounds the limit (the ring fills one lap).
+  CHECK(fill(w, 200) > 0);
+  CHECK(w.pages_missing());
+  for (int32_t i : {honest, forger}) {
+    table.page[i] = i == honest ? honest_pg.get() : forger_pg.get();
+    table.gen[i] = aref(h.r.slots[i].generation).load();
+  }
+  const uint64_t tail = h.tail();
+  // The forger claims to have read far beyond the tail: clamped to the tail, so the
+  // honest reader (still at 0) alone bounds the producer: nothing it has not read
+  // is overwritten.
+  for (uint64_t forged : {tail + 1, tail + 8192 * 4, ~uint64_t(0), uint64_t(0x5a5a5a5a5a5a5a5a)}) {
+    aref(forger_pg.get()->position).store(forged);
+    CHECK(min_live_cursor(h.r, tail, &table) == 0);
+    Claim c;
+    CHECK(w.try_claim(200, c) == RingStatus::back_pressured);
+  }
+  // The honest reader releases everything; the forger at 0 holds the producer back
+  // like a tethered reader that stopped (the power being tethered gives), no more.
+  aref(honest_pg.get()->position).store(tail);
+  aref(forger_pg.get()->position).store(0);
+  CHECK(min_live_cursor(h.r, tail, &table) == 0);
+  // Below its join position counts as the join position.
+  aref(h.r.slots[forger].join_position).store(4096);
+  CHECK(min_live_cursor(h.r, tail, &table) == 4096);
+  // Untethered, a forger holds nobody back at all.
+  aref(h.r.slots[forger].flags).store(0);
+  CHECK(min_live_cursor(h.r, tail, &table) == tail);
+}
+
+TEST_CASE("a page of an old generation is never read for a re-granted slot") {
+  HeapRing h(8192, false);
+  HeapPage old_pg, new_pg;
+  PageTable table;
+  uint64_t pos = 0, below = 0;
+  REQUIRE(join_slot(h.r, 1, true, 0, RingReader::kAtTail, old_pg.get(), 1, pos, below) == 0);
+  table.page[0] = old_pg.get();
+  table.gen[0] = aref(h.r.slots[0].generation).load();
+  RingWriter w;
+  REQUIRE(w.attach(h.r, false, uint32_t(getpid())));
+  fill(w, 200);
+  const uint64_t tail = h.tail();
+  // The old owner (or a forked child keeping the mapping) writes its old page after
+  // the slot was freed and granted again at the tail...
+  aref(h.r.slots[0].state).store(kSlotFree);
+  REQUIRE(join_slot(h.r, 2, true, 0, 100, new_pg.get(), 2, pos, below) == 0);
+  aref(old_pg.get()->position).store(tail);
+  // ...the producer's table still maps the old page: the new generation's join
+  // position counts, and the new page is marked missing.
+  CHECK(min_live_cursor(h.r, tail, &table) == 100);
+  CHECK(table.any_missing());
+}
+
+TEST_CASE("P7 on pages: a producer sleeps on the binding cursor's page word; its release wakes it") {
+  HeapRing h(8192, false);
+  HeapPage pg;
+  PageTable table;
+  RingWriter w;
+  REQUIRE(w.attach(h.r, false, uint32_t(getpid())));
+  w.set_page_table(&table);
+  uint64_t pos = 0, below = 0;
+  REQUIRE(join_slot(h.r, 1, true, 0, RingReader::kAtTail, pg.get(), 5, pos, below) == 0);
+  table.page[0] = pg.get();
+  table.gen[0] = aref(h.r.slots[0].generation).load();
+  RingReader rd;
+  rd.adopt(h.r, 0, pg.get(), pos, true, below);
+  fill(w, 200);
+  uint32_t* word = nullptr;
+  uint32_t v = 0;
+  REQUIRE(w.prepare_space_wait(200, word, v));
+  CHECK(word == &pg.get()->space_wake);
+  CHECK(w.space_wait_fenced() == asym_fence_available());
+  FrameView f;
+  while (rd.poll(f) == RingStatus::ok) {
+  }
+  rd.release_all();  // the owner's release sees our bit and bumps its own page word
+  CHECK(aref(pg.get()->space_wake).load() != v);
+  w.end_space_wait();
+  CHECK(w.space_available(200));
+  // Freeing the slot (the daemon, on its record) bumps the page word too.
+  fill(w, 200);
+  REQUIRE(w.prepare_space_wait(200, word, v));
+  REQUIRE(word == &pg.get()->space_wake);
+  free_cursor_slot(h.r, 0, pg.get());
+  CHECK(aref(pg.get()->space_wake).load() != v);
+  w.end_space_wait();
 }

@@ -73,10 +73,14 @@ class Publisher {
  private:
   Status wait_for_space(uint32_t max_bytes, uint64_t deadline);
   void reclaim_dead_cursors();
+  // Daemon mode: maps the cursor pages the last limit refresh lacked (slow path).
+  bool fetch_pages();
+  void drop_pages();
 
   std::shared_ptr<PartitionMapping> m_;
   PublisherOptions opts_;
   shm::RingWriter w_;
+  std::unique_ptr<shm::PageTable> pages_;  // daemon mode: cursor pages by slot (read-only)
   shm::Claim claim_;
   shm::FrameMeta meta_;
   PublishStats stats_;

@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "shmbus/error.hpp"
 #include "shmbus/shm/ring.hpp"
 
 namespace shmbus {
@@ -38,11 +39,39 @@ struct TopicConfig {
 
 enum class Role { publisher, subscriber, admin };
 
+// A cursor slot the daemon granted (layout 3): the slot, its generation and this
+// grant's own cursor page, mapped read-write (nothing else of the control segment
+// is writable here).
+struct CursorGrant {
+  uint32_t slot = 0;
+  uint32_t generation = 0;
+  uint64_t position = 0;     // where to start reading
+  uint64_t check_below = 0;  // frames below get the lap check (P9/P11)
+  shm::CursorPage* page = nullptr;
+  bool resumed = false;      // a parked durable slot was taken over
+  explicit operator bool() const { return page != nullptr; }
+};
+
 // One mapped partition. Keeps the mappings alive; shared by the publishers and
 // subscribers of this process that use the partition.
 class PartitionMapping {
  public:
   virtual ~PartitionMapping() = default;
+  // Daemon mode: the control segment is read-only here; cursor slots are granted
+  // by the daemon (join_cursor / leave_cursor) and producers read other
+  // subscribers' pages through map_page. Direct mode (false): self-service.
+  virtual bool granted() const { return false; }
+  // Throws Error (no_slot, already_exists, permission_denied, ...).
+  virtual CursorGrant join_cursor(bool /*tethered*/, const std::string& /*durable_name*/,
+                                  uint64_t /*start*/) {
+    throw Error(ErrorCode::invalid_argument, "cursor grants need a daemon");
+  }
+  // Gives the grant back (park: keep it under its durable name). Never throws.
+  virtual void leave_cursor(CursorGrant& /*g*/, bool /*park*/) noexcept {}
+  // Producers: slot `slot`'s page of generation `gen`, mapped read-only; null when
+  // the grant is gone or the daemon cannot be reached (the caller retries later).
+  virtual shm::CursorPage* map_page(uint32_t /*slot*/, uint32_t /*gen*/) noexcept { return nullptr; }
+  virtual void unmap_page(shm::CursorPage* /*page*/) noexcept {}
   const shm::RingRefs& refs() const { return refs_; }
   const std::string& topic() const { return topic_; }
   uint32_t partition() const { return partition_; }

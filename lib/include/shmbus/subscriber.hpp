@@ -109,6 +109,7 @@ class Subscriber {
   std::shared_ptr<PartitionMapping> m_;
   SubscriberOptions opts_;
   shm::RingReader r_;
+  CursorGrant grant_;  // daemon mode: the daemon's grant (our page)
   SubscribeStats stats_;
   bool open_ = false;
   bool resumed_ = false;

@@ -9,13 +9,19 @@
 
 namespace shmbus::shm {
 
-inline constexpr uint64_t kDataMagic = 0x3244'5355'424d'4853ULL;  // "SHMBUSD2" little-endian
-inline constexpr uint64_t kCtlMagic = 0x3243'5355'424d'4853ULL;   // "SHMBUSC2"
+inline constexpr uint64_t kDataMagic = 0x3344'5355'424d'4853ULL;  // "SHMBUSD3" little-endian
+inline constexpr uint64_t kCtlMagic = 0x3343'5355'424d'4853ULL;   // "SHMBUSC3"
 // 2.0: producer table moved into the data segment (subscribers cannot write it);
 // multi-producer claims go through a pending tail and a won state (P8 v2); claims
 // never shrink with several producers; waiters are per-slot bits, not counters;
 // data_futex lives in the data segment. A 1.x segment is refused.
-inline constexpr uint32_t kLayoutMajor = 2;
+// 3.0: per-subscriber isolation. The control segment is written only by its
+// creator's side (the daemon; in direct mode the self-serving participants); a
+// subscriber's released position, heartbeat and space-wake word live in its own
+// CursorPage (daemon mode: a fresh page per grant that only it can write); data
+// waiter bits live in a WakeBlock (daemon mode: the wake segment). A 2.x segment
+// is refused.
+inline constexpr uint32_t kLayoutMajor = 3;
 inline constexpr uint32_t kLayoutMinor = 0;
 inline constexpr uint32_t kLayoutVersion = (kLayoutMajor << 16) | kLayoutMinor;
 inline constexpr size_t kCacheLine = 64;
@@ -41,6 +47,10 @@ inline constexpr uint32_t kSlotDead = 3;
 
 // CursorSlot::flags
 inline constexpr uint32_t kSlotTethered = 1u << 0;
+// The slot's cursor page is the one embedded in the slot (CursorSlot::page): direct
+// mode, and the daemon's own cursors (the archiver). Otherwise the page is a
+// separate per-grant segment (daemon mode) that producers map through a page table.
+inline constexpr uint32_t kSlotEmbedded = 1u << 1;
 
 // ProducerSlot::claim word (2.0): (sequence << 2) | state. The sequence makes every
 // transition a CAS on one particular claim, so a late helper cannot act on the
@@ -63,7 +73,7 @@ inline constexpr uint64_t tail_word(uint64_t seq, uint32_t pending) {
 }
 // Space-waiter bit of the single producer (multi-producer slots use bits 0..31).
 inline constexpr uint32_t kSpaceBitSingle = 63;
-// Cursor slots are limited so that their waiter bits fit ControlHeader::data_waiter_bits.
+// Cursor slots are limited so that their waiter bits fit WakeBlock::data_waiter_bits.
 inline constexpr uint32_t kMaxSlots = 512;
 
 // ---------------------------------------------------------------------------
@@ -157,7 +167,7 @@ struct DataHeader {
   uint8_t pad3[16];          // 304 .. 319
   // line 5: producer wait words.
   uint32_t data_futex;       // 320 bumped (and woken) by a producer that finds a data waiter bit set (P6)
-  uint32_t reserved5;        // 324
+  uint32_t space_futex;      // 324 P7 wake word of producers bound by an open claim (producer-written)
   uint64_t space_waiter_bits;  // 328 bit k: producer slot k sleeps on space (P7); bit 63: the single producer
   uint8_t pad5[48];          // 336 .. 383
 };
@@ -181,14 +191,47 @@ static_assert(offsetof(DataHeader, archived_seq) == 272);
 static_assert(offsetof(DataHeader, archiver_error) == 288);
 static_assert(offsetof(DataHeader, archiver_heartbeat_ns) == 296);
 static_assert(offsetof(DataHeader, data_futex) == 320);
+static_assert(offsetof(DataHeader, space_futex) == 324);
 static_assert(offsetof(DataHeader, space_waiter_bits) == 328);
 
 // ---------------------------------------------------------------------------
+// Data waiter bits (P6). Bit i: the subscriber of cursor slot i sleeps on
+// DataHeader::data_futex. One bit per slot (not a counter), so a reclaimer clears a
+// dead sleeper's bit and nothing leaks. Daemon mode: the whole of the wake segment
+// (subscribers map it read-write, producers read-only); direct mode: inside the
+// control segment (ControlHeader::wake).
+struct WakeBlock {
+  uint64_t data_waiter_bits[kMaxSlots / 64];  // 0 .. 63
+  uint8_t pad[64];                            // 64 .. 127
+};
+static_assert(sizeof(WakeBlock) == 128, "update docs/protocol.md and the layout version");
+inline constexpr size_t kWakeSegmentSize = 4096;  // one page (mapped on its own)
+
+// One subscriber's cursor page: everything a subscriber writes about its cursor.
+// Daemon mode: a segment of its own (kCursorPageSize), fresh for every grant; the
+// subscriber maps it read-write, producers read-only, nobody else at all. Direct
+// mode and the daemon's own cursors: embedded in the CursorSlot.
+// Every value a producer reads here is hostile: it is clamped to
+// [CursorSlot::join_position, tail] (see min_live_cursor).
+struct CursorPage {
+  uint64_t position;         // 0  everything below is released. SYNC(cursor) release by the owner
+  uint64_t heartbeat_ns;     // 8  CLOCK_MONOTONIC, refreshed by the owner while idle (display)
+  uint32_t space_wake;       // 16 P7: bumped (and woken) by the owner after a release that saw a
+                             //    space waiter bit, and by whoever frees the slot
+  uint32_t reserved;         // 20
+  uint8_t pad[40];           // 24 .. 63
+};
+static_assert(sizeof(CursorPage) == 64, "update docs/protocol.md and the layout version");
+static_assert(offsetof(CursorPage, position) == 0);
+static_assert(offsetof(CursorPage, heartbeat_ns) == 8);
+static_assert(offsetof(CursorPage, space_wake) == 16);
+inline constexpr size_t kCursorPageSize = 4096;
+
+// ---------------------------------------------------------------------------
 // Control segment: ControlHeader (384 bytes) then `slot_count` CursorSlots.
-// Producers and subscribers map it read-write. A subscriber writes its own slot,
-// its own data-waiter bit and space_futex (to wake producers); nothing in it is
-// trusted by a producer beyond "how far may I write" (see docs/protocol.md,
-// threat model).
+// Daemon mode: written only by the daemon (clients get a read-only fd); it is the
+// daemon's own record of who holds which slot. Direct mode (one uid): the
+// participants join and leave by themselves, through the same shm/ code.
 struct ControlHeader {
   uint64_t magic;            // 0
   uint32_t layout_version;   // 8   SYNC(ctl.ready) written last by the creator
@@ -197,40 +240,40 @@ struct ControlHeader {
   uint32_t reserved0;        // 24
   uint32_t slot_hwm;         // 28  1 + highest slot index ever joined; cursor scans stop there
   uint8_t pad0[96];          // 32 .. 127
-  // line 2-3: data waiters. Bit i: cursor slot i sleeps on DataHeader::data_futex
-  // (P6). One bit per slot (not a counter), so a reclaimer clears a dead sleeper's
-  // bit and nothing leaks.
-  uint64_t data_waiter_bits[kMaxSlots / 64];  // 128 .. 191
-  uint8_t pad2[64];          // 192 .. 255
-  // line 4: "space available" wait word, for producers blocked by back-pressure.
-  uint32_t space_futex;      // 256 bumped (and woken) by a subscriber that sees a space waiter bit (P7)
-  uint8_t pad4[124];         // 260 .. 383
+  // lines 2-3: the data waiter bits of direct mode (daemon mode: the wake segment).
+  WakeBlock wake;            // 128 .. 255
+  uint8_t pad4[128];         // 256 .. 383
 };
 static_assert(sizeof(ControlHeader) == 384, "update docs/protocol.md and the layout version");
 static_assert(offsetof(ControlHeader, slot_count) == 12);
 static_assert(offsetof(ControlHeader, slot_hwm) == 28);
-static_assert(offsetof(ControlHeader, data_waiter_bits) == 128);
-static_assert(offsetof(ControlHeader, space_futex) == 256);
+static_assert(offsetof(ControlHeader, wake) == 128);
 
-// One subscriber cursor. 128 bytes (two lines) so that neighbours do not share a
-// line, even with adjacent-line prefetch.
+// One subscriber cursor slot. 128 bytes (two lines) so that neighbours do not share
+// a line. Line 0 is the grant (daemon-written in daemon mode); line 1 is the
+// embedded cursor page (used when kSlotEmbedded is set).
 struct CursorSlot {
-  uint64_t position;         // 0  everything below is released. SYNC(cursor) release by subscriber
-  uint32_t state;            // 8  kSlot*; FREE->JOINING by CAS
-  uint32_t pid;              // 12 owner
-  uint64_t heartbeat_ns;     // 16 CLOCK_MONOTONIC, refreshed by the owner while idle
-  uint32_t flags;            // 24 kSlotTethered
-  uint32_t generation;       // 28 bumped on every (re)use of the slot
-  uint64_t name_hash;        // 32 durable subscriber name (0 = anonymous)
-  uint8_t pad[88];           // 40 .. 127
+  uint32_t state;            // 0  kSlot*; FREE->JOINING by CAS
+  uint32_t pid;              // 4  owner (daemon mode: its SO_PEERCRED pid in the daemon's namespace; 0 = parked)
+  uint32_t flags;            // 8  kSlotTethered | kSlotEmbedded
+  uint32_t generation;       // 12 bumped on every (re)grant of the slot; tags the page
+  uint64_t name_hash;        // 16 durable subscriber name (0 = anonymous)
+  uint64_t join_position;    // 24 the cursor never goes below this (bounds the limit until the page is mapped)
+  uint64_t page_id;          // 32 daemon mode: names the grant's page segment (0 = embedded)
+  uint64_t parked_ns;        // 40 CLOCK_MONOTONIC when parked (P11)
+  uint8_t pad[16];           // 48 .. 63
+  CursorPage page;           // 64 .. 127 the embedded page
 };
 static_assert(sizeof(CursorSlot) == 128, "update docs/protocol.md and the layout version");
-static_assert(offsetof(CursorSlot, position) == 0);
-static_assert(offsetof(CursorSlot, state) == 8);
-static_assert(offsetof(CursorSlot, pid) == 12);
-static_assert(offsetof(CursorSlot, heartbeat_ns) == 16);
-static_assert(offsetof(CursorSlot, flags) == 24);
-static_assert(offsetof(CursorSlot, name_hash) == 32);
+static_assert(offsetof(CursorSlot, state) == 0);
+static_assert(offsetof(CursorSlot, pid) == 4);
+static_assert(offsetof(CursorSlot, flags) == 8);
+static_assert(offsetof(CursorSlot, generation) == 12);
+static_assert(offsetof(CursorSlot, name_hash) == 16);
+static_assert(offsetof(CursorSlot, join_position) == 24);
+static_assert(offsetof(CursorSlot, page_id) == 32);
+static_assert(offsetof(CursorSlot, parked_ns) == 40);
+static_assert(offsetof(CursorSlot, page) == 64);
 
 // One multi-producer table entry (in the data segment, 2.0). Written by its
 // producer, by helpers completing its pending claim, and by a reclaimer once the

@@ -110,9 +110,14 @@ enum class CursorRecovery : uint8_t { none, freed, parked };
 // (P11: pid 0, keeps its position), any other slot is freed. Its data-waiter bit is
 // cleared either way (a dead sleeper must not cost every commit a wake-up), and
 // producers blocked on it are woken. `park_names` false frees named slots too;
-// `keep_name` is a name never parked (the archiver's own).
+// `keep_name` is a name never parked (the archiver's own). `page`: the slot's
+// cursor page when it is not embedded (daemon mode: the daemon's own mapping of the
+// grant's page), whose wake word producers blocked on it sleep on (P7).
+// Daemon mode: `dead_pid` is the pid the daemon itself wrote at the grant (its
+// SO_PEERCRED pid), proven dead by the daemon's pidfd; never a pid a client wrote.
 inline CursorRecovery recover_dead_cursor(const RingRefs& r, uint32_t i, uint32_t dead_pid,
-                                          bool park_names = true, uint64_t keep_name = 0) {
+                                          bool park_names = true, uint64_t keep_name = 0,
+                                          CursorPage* page = nullptr) {
   if (i >= r.slot_count || dead_pid == 0) return CursorRecovery::none;
   CursorSlot& s = r.slots[i];
   uint32_t st = aref(s.state).load(std::memory_order_acquire);
@@ -123,19 +128,71 @@ inline CursorRecovery recover_dead_cursor(const RingRefs& r, uint32_t i, uint32_
   if (expect == 0 || owner_pid(expect) != dead_pid ||
       !aref(s.pid).compare_exchange_strong(expect, reclaimer_mark(), std::memory_order_acq_rel))
     return CursorRecovery::none;
-  aref(r.ctl->data_waiter_bits[i / 64]).fetch_and(~(uint64_t(1) << (i % 64)), std::memory_order_seq_cst);
+  aref(r.wake->data_waiter_bits[i / 64]).fetch_and(~(uint64_t(1) << (i % 64)), std::memory_order_seq_cst);
+  if (aref(s.flags).load(std::memory_order_relaxed) & kSlotEmbedded) page = &s.page;
   const uint64_t nh = aref(s.name_hash).load(std::memory_order_relaxed);
   if (park_names && st == kSlotActive && nh != 0 && nh != keep_name) {
-    aref(s.heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
+    aref(s.parked_ns).store(monotonic_ns(), std::memory_order_relaxed);
     // pid 0 on an ACTIVE named slot is "parked" (P11); a resumer CASes 0 -> its pid.
     aref(s.pid).store(0, std::memory_order_release);
     return CursorRecovery::parked;
   }
   // The owner is dead and the slot is ours to free; a joiner takes it only once FREE
   // (and writes its own pid over our mark).
+  // P7: the FREE store, then the page's wake word (a producer that read the word
+  // before its re-scan saw the slot ACTIVE, and is woken).
   aref(s.state).store(kSlotFree, std::memory_order_seq_cst);
-  wake_all_space(r);
+  if (page) wake_space_page(page);
   return CursorRecovery::freed;
+}
+
+// ---------------------------------------------------------------------------
+// Daemon-mode grants (3.0): the daemon is the only writer of the control segment
+// and runs these on its own record (a leave request, an expiry, a resume).
+
+// A position read from a page (hostile) clamped to what slot i may hold:
+// [join_position, tail].
+inline uint64_t clamp_page_position(const RingRefs& r, uint32_t i, uint64_t pos) {
+  const uint64_t jp = aref(r.slots[i].join_position).load(std::memory_order_acquire);
+  const uint64_t tail = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
+  if (pos > tail) pos = tail;
+  if (pos < jp) pos = jp;
+  return pos;
+}
+
+// Frees slot i (its grant ended): the data-waiter bit is cleared, the slot FREE,
+// then producers asleep on its page are woken (P7). `page`: the grant's page (the
+// daemon's mapping), null when embedded.
+inline void free_cursor_slot(const RingRefs& r, uint32_t i, CursorPage* page) {
+  CursorSlot& s = r.slots[i];
+  aref(r.wake->data_waiter_bits[i / 64]).fetch_and(~(uint64_t(1) << (i % 64)), std::memory_order_seq_cst);
+  if (aref(s.flags).load(std::memory_order_relaxed) & kSlotEmbedded) page = &s.page;
+  aref(s.state).store(kSlotFree, std::memory_order_seq_cst);
+  if (page) wake_space_page(page);
+}
+
+// P11 through the daemon: the parked slot i (ACTIVE, pid 0) is granted again to
+// `pid` on a fresh page `fresh` (named by page_id) starting at `pos` (the parked
+// position, already clamped). The slot stays ACTIVE throughout, so a tethered
+// parked slot never stops holding the producer. Returns the P9 check bound for the
+// reader (0: none): a parked untethered slot resumed tethered may be lapped.
+inline uint64_t regrant_parked(const RingRefs& r, uint32_t i, uint32_t pid, bool tethered,
+                               CursorPage* fresh, uint64_t page_id, uint64_t pos) {
+  CursorSlot& s = r.slots[i];
+  const bool was_tethered = aref(s.flags).load(std::memory_order_relaxed) & kSlotTethered;
+  aref(fresh->position).store(pos, std::memory_order_release);
+  aref(fresh->heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
+  // The join position first (producers still reading the old page clamp it up to
+  // pos), then the page, then the generation: a producer that sees the new
+  // generation uses the new join position until it maps the new page.
+  aref(s.join_position).store(pos, std::memory_order_release);
+  aref(s.page_id).store(page_id, std::memory_order_relaxed);
+  aref(s.parked_ns).store(0, std::memory_order_relaxed);
+  aref(s.generation).fetch_add(1, std::memory_order_seq_cst);
+  aref(s.flags).store(tethered ? kSlotTethered : 0u, std::memory_order_seq_cst);
+  aref(s.pid).store(pid, std::memory_order_release);
+  if (tethered && !was_tethered) return aref(r.data->tail_pos).load(std::memory_order_seq_cst);
+  return 0;
 }
 
 }  // namespace shmbus::shm

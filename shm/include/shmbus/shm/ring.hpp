@@ -115,8 +115,10 @@ inline std::atomic_ref<T> aref(T& v) {
 struct RingRefs {
   DataHeader* data = nullptr;      // data segment base (read-only for subscribers)
   std::byte* ring = nullptr;       // data + kRingOffset
-  ControlHeader* ctl = nullptr;    // control segment base
+  ControlHeader* ctl = nullptr;    // control segment base (daemon mode: read-only for clients)
   CursorSlot* slots = nullptr;     // ctl + sizeof(ControlHeader)
+  WakeBlock* wake = nullptr;       // P6 data waiter bits: &ctl->wake, or the wake segment (daemon mode)
+  bool shared_wake = false;        // the wake block is writable by every subscriber (daemon mode)
   ProducerSlot* producers = nullptr;  // data + kProducerTableOffset
   uint64_t capacity = 0;
   uint32_t slot_count = 0;
@@ -167,13 +169,14 @@ inline const char* bind_ring(void* data, size_t data_bytes, void* ctl, size_t ct
     c.slot_count = n > kMaxSlots ? 0 : uint32_t(n);
   }
   if ((dv >> 16) != kLayoutMajor || (cv >> 16) != kLayoutMajor)
-    return "segment layout version differs from this build's (2.x); recreate the topic";
+    return "segment layout version differs from this build's (3.x: per-subscriber cursor pages); "
+           "a client or segment of another shmbus release: upgrade it, or recreate the topic";
   if (d.magic != kDataMagic || c.magic != kCtlMagic) return "bad segment magic";
   if (d.capacity < 4096 || (d.capacity & (d.capacity - 1)) || d.capacity > (uint64_t(1) << 40))
     return "ring capacity is not a power of two in [4 KiB, 1 TiB]";
   if (d.data_offset != kRingOffset || d.producer_offset != kProducerTableOffset ||
       d.producer_slots != kProducerSlots)
-    return "data segment offsets differ from layout 2.0";
+    return "data segment offsets differ from layout 3.0";
   if (data_bytes < data_segment_size(d.capacity)) return "data segment shorter than its ring";
   if (c.capacity != d.capacity) return "control and data segments disagree on the capacity";
   if (c.slot_count == 0 || c.slot_count > kMaxSlots) return "bad cursor slot count";
@@ -186,6 +189,7 @@ inline const char* bind_ring(void* data, size_t data_bytes, void* ctl, size_t ct
   r.ring = static_cast<std::byte*>(data) + kRingOffset;
   r.ctl = ch;
   r.slots = reinterpret_cast<CursorSlot*>(static_cast<std::byte*>(ctl) + sizeof(ControlHeader));
+  r.wake = &ch->wake;
   r.producers = reinterpret_cast<ProducerSlot*>(static_cast<std::byte*>(data) + kProducerTableOffset);
   r.capacity = d.capacity;
   r.slot_count = c.slot_count;
@@ -292,33 +296,55 @@ inline uint64_t min_open_claim(const RingRefs& r, uint64_t none) {
 
 // P6 waker side: after a commit (release store + compiler barrier, or a seq_cst
 // exchange), wake the sleepers if any data-waiter bit is set. seq_cst loads pair
-// with the sleeper's seq_cst fetch_or and its membarrier (RingReader::wait).
+// with the sleeper's seq_cst fetch_or and its membarrier (sleep_for_data).
 inline void notify_data_waiters(const RingRefs& r, uint32_t words) {
   for (uint32_t i = 0; i < words; ++i) {
-    if (aref(r.ctl->data_waiter_bits[i]).load(std::memory_order_seq_cst) != 0) {
+    if (aref(r.wake->data_waiter_bits[i]).load(std::memory_order_seq_cst) != 0) {
       aref(r.data->data_futex).fetch_add(1, std::memory_order_seq_cst);
       futex_wake_all(&r.data->data_futex);
       return;
     }
   }
 }
-// P7 waker side: after a cursor release, wake producers sleeping on space.
-inline void notify_space_waiters(const RingRefs& r) {
-  // seq_cst: pairs with RingWriter::begin_space_wait.
+// P7 waker sides (3.0). A producer asleep on space sleeps on the wake word of what
+// bound its limit: the binding cursor's page (CursorPage::space_wake) or, when an
+// open claim bound it, DataHeader::space_futex.
+// After a cursor release by the page's owner:
+inline void notify_space_waiters(const RingRefs& r, CursorPage* page) {
+  // seq_cst: pairs with RingWriter::prepare_space_wait.
   if (aref(r.data->space_waiter_bits).load(std::memory_order_seq_cst) != 0) {
-    aref(r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);
-    futex_wake_all(&r.ctl->space_futex);
+    aref(page->space_wake).fetch_add(1, std::memory_order_seq_cst);
+    futex_wake_all(&page->space_wake);
   }
 }
-// Unconditional wakes, for reclaimers that just freed a cursor or padded a claim.
+// After a claim closed (producers only):
+inline void notify_space_waiters_claim(const RingRefs& r) {
+  if (aref(r.data->space_waiter_bits).load(std::memory_order_seq_cst) != 0) {
+    aref(r.data->space_futex).fetch_add(1, std::memory_order_seq_cst);
+    futex_wake_all(&r.data->space_futex);
+  }
+}
+// Unconditional wakes. A cursor freed (by its owner, the daemon or a direct-mode
+// reclaimer): its page's word, which the producers it bound sleep on (a subscriber
+// cannot write the data segment). A claim padded or closed by a reclaimer:
+// DataHeader::space_futex.
+inline void wake_space_page(CursorPage* page) {
+  aref(page->space_wake).fetch_add(1, std::memory_order_seq_cst);
+  futex_wake_all(&page->space_wake);
+}
 inline void wake_all_space(const RingRefs& r) {
-  aref(r.ctl->space_futex).fetch_add(1, std::memory_order_seq_cst);
-  futex_wake_all(&r.ctl->space_futex);
+  aref(r.data->space_futex).fetch_add(1, std::memory_order_seq_cst);
+  futex_wake_all(&r.data->space_futex);
 }
 inline void wake_all_data(const RingRefs& r) {
   aref(r.data->data_futex).fetch_add(1, std::memory_order_seq_cst);
   futex_wake_all(&r.data->data_futex);
 }
+
+// Longest single sleep on data when the waiter bits are writable by every
+// subscriber (daemon mode): a hostile subscriber may clear our bit, so we re-arm it
+// at least this often. The worst it can do is this much extra latency.
+inline constexpr int64_t kSharedWakeSliceNs = 20'000'000;
 
 // P6 sleeper side, the one implementation (RingReader::wait, the archiver): sets
 // the caller's own data-waiter bit (not a count: a reclaimer clears the bit of a
@@ -326,7 +352,7 @@ inline void wake_all_data(const RingRefs& r) {
 // then `ready()` (a seq_cst re-check), then sleeps on data_futex.
 template <class Ready>
 inline bool sleep_for_data(const RingRefs& r, uint32_t slot_index, int64_t timeout_ns, Ready ready) {
-  uint64_t& word = r.ctl->data_waiter_bits[slot_index / 64];
+  uint64_t& word = r.wake->data_waiter_bits[slot_index / 64];
   const uint64_t bit = uint64_t(1) << (slot_index % 64);
   aref(word).fetch_or(bit, std::memory_order_seq_cst);
   // P6 heavy side: producers commit with a plain store + compiler barrier; the
@@ -337,6 +363,8 @@ inline bool sleep_for_data(const RingRefs& r, uint32_t slot_index, int64_t timeo
   bool ok = ready();
   if (!ok) {
     if (!fenced && (timeout_ns < 0 || timeout_ns > 1'000'000)) timeout_ns = 1'000'000;
+    if (r.shared_wake && (timeout_ns < 0 || timeout_ns > kSharedWakeSliceNs))
+      timeout_ns = kSharedWakeSliceNs;
     futex_wait(&r.data->data_futex, v, timeout_ns);
     ok = ready();
   }
@@ -344,27 +372,134 @@ inline bool sleep_for_data(const RingRefs& r, uint32_t slot_index, int64_t timeo
   return ok;
 }
 
-// Lowest position any live tethered subscriber still needs, or `none`.
+// Producers' page table (3.0): the cursor page of each slot, tagged with the slot
+// generation it belongs to. Daemon mode: pages mapped read-only on the slow path
+// (fetched from the daemon, never per message); slots with kSlotEmbedded (direct
+// mode, the daemon's own cursors) need no entry. One table per producer (one
+// thread), so an entry is replaced (and its old page unmapped) by its owner only.
+struct PageTable {
+  CursorPage* page[kMaxSlots] = {};
+  uint32_t gen[kMaxSlots] = {};
+  uint64_t missing[kMaxSlots / 64] = {};  // set by scans: the slot's page of this generation is not mapped
+  bool any_missing() const {
+    for (uint64_t w : missing)
+      if (w) return true;
+    return false;
+  }
+};
+
+// The page of slot i at generation `gen`, or null when it is not mapped here.
+inline CursorPage* slot_page(const RingRefs& r, const PageTable* t, uint32_t i, uint32_t gen,
+                             uint32_t flags) {
+  if (flags & kSlotEmbedded) return &r.slots[i].page;
+  if (t && t->page[i] && t->gen[i] == gen) return t->page[i];
+  return nullptr;
+}
+
+// What bound a producer's last limit: the wake word to sleep on (P7).
+struct SpaceBinding {
+  uint32_t* word = nullptr;  // a cursor page's space_wake, or DataHeader::space_futex
+  bool exact = true;         // false: the binding cursor's page is not mapped (sleep a short slice)
+};
+
+// Lowest position any live tethered subscriber still needs, or `none` (the tail).
+// Every position read from a page is hostile and clamped to [join_position, none]:
+// above the tail counts as the tail (min), below the join position as the join
+// position (the daemon wrote it; a cursor never goes below it). A slot whose page
+// is not mapped here counts at its join position, and is marked in t->missing.
 // SYNC(cursor) acquire: the bytes below a cursor were fully read before the
 // subscriber released them; pairs with the release in RingReader::release_to().
-inline uint64_t min_live_cursor(const RingRefs& r, uint64_t none) {
+inline uint64_t min_live_cursor(const RingRefs& r, uint64_t none, PageTable* t = nullptr,
+                                SpaceBinding* b = nullptr) {
   uint64_t m = none;
   // seq_cst: a joiner raises slot_hwm before its seq_cst state store (P5), so a
   // scan that misses the raise also misses the slot, and the P5 argument holds.
   uint32_t n = aref(r.ctl->slot_hwm).load(std::memory_order_seq_cst);
   if (n == 0 || n > r.slot_count) n = r.slot_count;
+  if (t)
+    for (uint64_t& w : t->missing) w = 0;
   for (uint32_t i = 0; i < n; ++i) {
     CursorSlot& s = r.slots[i];
     // seq_cst: pairs with the seq_cst state store/tail load in join (P5).
     if (aref(s.state).load(std::memory_order_seq_cst) != kSlotActive) continue;
-    if (!(aref(s.flags).load(std::memory_order_relaxed) & kSlotTethered)) continue;
+    const uint32_t flags = aref(s.flags).load(std::memory_order_relaxed);
+    if (!(flags & kSlotTethered)) continue;
+    const uint32_t g1 = aref(s.generation).load(std::memory_order_seq_cst);
+    uint64_t jp = aref(s.join_position).load(std::memory_order_relaxed);
+    CursorPage* pg = slot_page(r, t, i, g1, flags);
     // SYNC(cursor) acquire; seq_cst so that a producer that announced itself in
-    // space_waiters (P7) cannot miss a cursor stored before the subscriber read
-    // space_waiters == 0 (a plain load on x86, so free).
-    uint64_t p = aref(s.position).load(std::memory_order_seq_cst);
-    if (p < m) m = p;
+    // space_waiter_bits (P7) cannot miss a cursor stored before the subscriber read
+    // the bits (a plain load on x86, so free).
+    uint64_t p = pg ? aref(pg->position).load(std::memory_order_seq_cst) : jp;
+    if (aref(s.generation).load(std::memory_order_seq_cst) != g1) {
+      // Re-granted (or resumed on a fresh page) meanwhile: the new grant's join
+      // position was stored before its generation, and bounds its cursor.
+      jp = aref(s.join_position).load(std::memory_order_acquire);
+      p = jp;
+      pg = nullptr;
+    }
+    if (!pg && t && !(flags & kSlotEmbedded)) t->missing[i / 64] |= uint64_t(1) << (i % 64);
+    if (p < jp) p = jp;
+    if (p < m) {
+      m = p;
+      if (b) {
+        b->word = pg ? &pg->space_wake : &r.data->space_futex;
+        b->exact = pg != nullptr;
+      }
+    }
   }
   return m;
+}
+
+// P5 (self-service joiner in direct mode; the daemon granting a slot in daemon
+// mode): take a free slot, make its page hold the tail (or `start`, a frame
+// boundary remembered from an earlier session: P11). `page` null: the slot's
+// embedded page. Returns the slot index, or -1 when every slot is taken; `pos` gets
+// the read position and `check_below` the P11 check bound (0: none).
+inline int32_t join_slot(const RingRefs& r, uint32_t pid, bool tethered, uint64_t name_hash,
+                         uint64_t start, CursorPage* page, uint64_t page_id, uint64_t& pos,
+                         uint64_t& check_below) {
+  constexpr uint64_t kAtTail = ~uint64_t(0);
+  check_below = 0;
+  for (uint32_t i = 0; i < r.slot_count; ++i) {
+    CursorSlot& s = r.slots[i];
+    uint32_t expect = kSlotFree;
+    if (!aref(s.state).compare_exchange_strong(expect, kSlotJoining, std::memory_order_acq_rel))
+      continue;
+    // P5: slot_hwm only grows; seq_cst so it precedes our seq_cst state store.
+    uint32_t cur = aref(r.ctl->slot_hwm).load(std::memory_order_seq_cst);
+    while (cur < i + 1 &&
+           !aref(r.ctl->slot_hwm).compare_exchange_weak(cur, i + 1, std::memory_order_seq_cst)) {
+    }
+    CursorPage* pg = page ? page : &s.page;
+    aref(s.pid).store(pid, std::memory_order_relaxed);
+    aref(s.flags).store((tethered ? kSlotTethered : 0u) | (page ? 0u : kSlotEmbedded),
+                        std::memory_order_relaxed);
+    aref(s.name_hash).store(name_hash, std::memory_order_relaxed);
+    aref(s.page_id).store(page ? page_id : 0, std::memory_order_relaxed);
+    aref(s.parked_ns).store(0, std::memory_order_relaxed);
+    aref(pg->heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
+    uint64_t t1 = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
+    if (start != kAtTail && start < t1) t1 = start;
+    aref(pg->position).store(t1, std::memory_order_release);
+    aref(s.join_position).store(t1, std::memory_order_release);
+    aref(s.generation).fetch_add(1, std::memory_order_seq_cst);
+    // seq_cst store then seq_cst load of the tail: pairs with the seq_cst RMW and
+    // slot scan in RingWriter::refresh_limit (P5). Either the producer sees us,
+    // or we see a tail at least as new as the one its limit was computed from.
+    aref(s.state).store(kSlotActive, std::memory_order_seq_cst);
+    uint64_t t2 = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
+    if (start != kAtTail && start < t2) {
+      // P11: a producer that missed our slot may still overwrite up to its cached
+      // limit, <= t2 + capacity; frames below t2 are checked as untethered (P9).
+      check_below = t2;
+      t2 = start;
+    }
+    aref(pg->position).store(t2, std::memory_order_release);
+    pos = t2;
+    return int32_t(i);
+  }
+  return -1;
 }
 
 // FrameMeta::timestamp_ns value that skips the clock read at commit (~20 ns of a
@@ -409,6 +544,7 @@ class RingWriter {
     cap_ = r.capacity;
     max_payload_ = uint32_t(r.max_payload);
     waiter_words_ = (r.slot_count + 63) / 64;
+    binding_ = SpaceBinding{&r.data->space_futex, true};
     tail_ = aref(r.data->tail_pos).load(std::memory_order_acquire);
     seq_ = tail_seq_of(aref(r.data->tail_seq).load(std::memory_order_acquire));
     zero_mark_ = aref(r.data->zero_mark).load(std::memory_order_acquire);
@@ -555,17 +691,36 @@ class RingWriter {
   // Wakes subscribers sleeping on data (P6). Called by commit() when notify=true.
   void notify_subscribers() { notify_data_waiters(r_, waiter_words_); }
 
-  // Announces that this producer will sleep on space (P7). Returns the futex value
-  // to wait on; call end_space_wait() afterwards.
-  uint32_t begin_space_wait() {
+  // P7 sleeper side (3.0). Announces this producer in space_waiter_bits, then finds
+  // what binds its limit and reads that wake word BEFORE a re-scan: a cursor's
+  // page word (its owner bumps it after a release that sees our bit, the daemon
+  // when it frees the slot) or DataHeader::space_futex (a claim closing bumps it).
+  // Returns false when a claim of payload_max would succeed now (no sleep);
+  // otherwise `word`/`v` to futex_wait on. Call end_space_wait() afterwards.
+  bool prepare_space_wait(uint32_t payload_max, uint32_t*& word, uint32_t& v) {
     aref(r_.data->space_waiter_bits).fetch_or(space_bit_, std::memory_order_seq_cst);
     // P7 heavy side: subscribers release with a plain store + compiler barrier.
     space_fenced_ = asym_fence_heavy();
-    return aref(r_.ctl->space_futex).load(std::memory_order_seq_cst);
+    for (int i = 0; i < 4; ++i) {
+      if (space_available(payload_max)) return false;
+      const SpaceBinding b1 = binding_;
+      v = aref(*b1.word).load(std::memory_order_seq_cst);
+      if (space_available(payload_max)) return false;  // the re-scan
+      if (binding_.word == b1.word) {
+        word = b1.word;
+        space_exact_ = b1.exact;
+        return true;
+      }
+    }
+    word = &r_.data->space_futex;  // the binding keeps moving: a short slice
+    v = aref(*word).load(std::memory_order_seq_cst);
+    space_exact_ = false;
+    return true;
   }
-  // False when the membarrier of the last begin_space_wait() was refused: sleep in
-  // short slices then (a missed wake-up costs one slice).
-  bool space_wait_fenced() const { return space_fenced_; }
+  // False when the last prepare_space_wait() could not rely on a wake-up (the
+  // membarrier was refused, or the binding cursor's page is not mapped yet): sleep
+  // in short slices then (a missed wake-up costs one slice).
+  bool space_wait_fenced() const { return space_fenced_ && space_exact_; }
   void end_space_wait() {
     aref(r_.data->space_waiter_bits).fetch_and(~space_bit_, std::memory_order_seq_cst);
   }
@@ -576,7 +731,14 @@ class RingWriter {
     uint64_t need = tail + frame_len * 2 + 8;  // worst case with a wrap pad
     return need <= refresh_limit();
   }
-  uint32_t* space_futex() { return &r_.ctl->space_futex; }
+
+  // Daemon mode: the page table producers read cursor pages through (owned by the
+  // caller, one per producer). Null: every slot's page is embedded (direct mode).
+  void set_page_table(PageTable* t) { pages_ = t; }
+  PageTable* page_table() const { return pages_; }
+  // A tethered slot's page was not mapped at the last limit refresh (its join
+  // position bounded the limit): the caller fetches it on its slow path.
+  bool pages_missing() const { return pages_ && pages_->any_missing(); }
 
   const RingRefs& refs() const { return r_; }
 
@@ -663,7 +825,7 @@ class RingWriter {
     } else {
       aref(prod_->claim).exchange(claim_word(seq, kClaimIdle), std::memory_order_seq_cst);
     }
-    notify_space_waiters(r_);
+    notify_space_waiters_claim(r_);
   }
 
   void fill_claim(Claim& c, uint64_t fpos, uint64_t end, uint64_t seq, uint64_t frame_len) {
@@ -684,8 +846,13 @@ class RingWriter {
     // joiner that we miss reads a tail at least this new.
     uint64_t tail = aref(r_.data->tail_pos).fetch_add(0, std::memory_order_seq_cst);
     if (!multi_ && tail < tail_) tail = tail_;
-    uint64_t m = min_live_cursor(r_, tail);
-    if (multi_) m = min_open_claim(r_, m);
+    binding_ = SpaceBinding{&r_.data->space_futex, true};
+    uint64_t m = min_live_cursor(r_, tail, pages_, &binding_);
+    if (multi_) {
+      const uint64_t c = min_open_claim(r_, m);
+      if (c < m) binding_ = SpaceBinding{&r_.data->space_futex, true};
+      m = c;
+    }
     limit_ = m + cap_;
     return limit_;
   }
@@ -794,6 +961,9 @@ class RingWriter {
   static constexpr uint32_t kLockCheckEvery = 4096;
 
   RingRefs r_{};
+  PageTable* pages_ = nullptr;    // daemon mode: cursor pages by slot (P7, limit)
+  SpaceBinding binding_{};        // what bound the last refresh_limit (P7)
+  bool space_exact_ = true;
   ProducerSlot* prod_ = nullptr;  // MP: this producer's table entry (P8), or null
   uint32_t slot_ = 0;             // MP: its index
   uint64_t space_bit_ = 0;        // P7: our bit in space_waiter_bits
@@ -828,54 +998,45 @@ class RingReader {
 
   static constexpr uint64_t kAtTail = ~uint64_t(0);
 
-  // P5: take a free cursor slot and start at the current tail (or at `start`, a
-  // frame boundary remembered from an earlier session: P11). Returns false when
-  // every slot is taken.
+  // P5, self-service (direct mode, the daemon's own cursors): take a free cursor
+  // slot and start at the current tail (or at `start`, a frame boundary remembered
+  // from an earlier session: P11). The slot's embedded page holds the cursor.
+  // Returns false when every slot is taken.
   bool join(const RingRefs& r, uint32_t pid, bool tethered, uint64_t name_hash = 0,
             uint64_t start = kAtTail) {
+    uint64_t pos = 0, below = 0;
+    const int32_t i = join_slot(r, pid, tethered, name_hash, start, nullptr, 0, pos, below);
+    if (i < 0) return false;
     r_ = r;
     tethered_ = tethered;
-    check_below_ = 0;
-    for (uint32_t i = 0; i < r.slot_count; ++i) {
-      CursorSlot& s = r.slots[i];
-      uint32_t expect = kSlotFree;
-      if (!aref(s.state).compare_exchange_strong(expect, kSlotJoining, std::memory_order_acq_rel))
-        continue;
-      slot_ = &s;
-      slot_index_ = i;
-      raise_slot_hwm(r, i + 1);
-      aref(s.pid).store(pid, std::memory_order_relaxed);
-      aref(s.flags).store(tethered ? kSlotTethered : 0u, std::memory_order_relaxed);
-      aref(s.name_hash).store(name_hash, std::memory_order_relaxed);
-      aref(s.generation).fetch_add(1, std::memory_order_relaxed);
-      aref(s.heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
-      uint64_t t1 = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
-      if (start != kAtTail && start < t1) t1 = start;
-      aref(s.position).store(t1, std::memory_order_release);
-      // seq_cst store then seq_cst load of the tail: pairs with the seq_cst RMW and
-      // slot scan in RingWriter::refresh_limit (P5). Either the producer sees us,
-      // or we see a tail at least as new as the one its limit was computed from.
-      aref(s.state).store(kSlotActive, std::memory_order_seq_cst);
-      uint64_t t2 = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
-      if (start != kAtTail && start < t2) {
-        // P11: a producer that missed our slot may still overwrite up to its cached
-        // limit, <= t2 + capacity; frames below t2 are checked as untethered (P9).
-        check_below_ = t2;
-        t2 = start;
-      }
-      aref(s.position).store(t2, std::memory_order_release);
-      read_pos_ = released_ = t2;
-      return true;
-    }
-    return false;
+    check_below_ = below;
+    slot_ = &r.slots[i];
+    slot_index_ = uint32_t(i);
+    page_ = &slot_->page;
+    read_pos_ = released_ = pos;
+    return true;
+  }
+
+  // Daemon mode: a slot the daemon granted (it ran P5 in the control segment) with
+  // `page`, this grant's own cursor page, mapped read-write. The reader starts at
+  // `pos`; frames below `check_below` get the P9 check.
+  void adopt(const RingRefs& r, uint32_t slot_index, CursorPage* page, uint64_t pos,
+             bool tethered, uint64_t check_below) {
+    r_ = r;
+    slot_ = &r.slots[slot_index];
+    slot_index_ = slot_index;
+    page_ = page;
+    tethered_ = tethered;
+    check_below_ = check_below;
+    read_pos_ = released_ = pos;
   }
 
   enum class Resume : uint8_t { resumed, none, in_use };
-  // P11: take over the parked slot of durable name `name_hash` (ACTIVE, pid 0):
-  // the CAS of pid 0 -> ours is the ownership transfer, so that the daemon's expiry
-  // (which CASes pid 0 -> its own) and a second resumer cannot both win. The slot
-  // never stopped holding the producer (when tethered), so the read position is
-  // exactly the last release. `owner` gets the pid of a live owner (in_use).
+  // P11, self-service: take over the parked slot of durable name `name_hash`
+  // (ACTIVE, pid 0): the CAS of pid 0 -> ours is the ownership transfer, so that an
+  // expiry (which CASes pid 0 -> its own) and a second resumer cannot both win. The
+  // slot never stopped holding the producer (when tethered), so the read position
+  // is exactly the last release. `owner` gets the pid of a live owner (in_use).
   Resume resume(const RingRefs& r, uint32_t pid, bool tethered, uint64_t name_hash,
                 uint32_t& owner) {
     for (uint32_t i = 0; i < r.slot_count; ++i) {
@@ -895,14 +1056,15 @@ class RingReader {
       r_ = r;
       slot_ = &s;
       slot_index_ = i;
+      page_ = &s.page;
       tethered_ = tethered;
       check_below_ = 0;
-      aref(s.generation).fetch_add(1, std::memory_order_relaxed);
-      aref(s.heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
-      const bool was_tethered = aref(s.flags).load(std::memory_order_relaxed) & kSlotTethered;
-      aref(s.flags).store(tethered ? kSlotTethered : 0u, std::memory_order_seq_cst);
+      aref(s.page.heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
+      const uint32_t fl = aref(s.flags).load(std::memory_order_relaxed);
+      const bool was_tethered = fl & kSlotTethered;
+      aref(s.flags).store((tethered ? kSlotTethered : 0u) | kSlotEmbedded, std::memory_order_seq_cst);
       // SYNC(cursor) acquire: the position the previous owner released (P4).
-      read_pos_ = released_ = aref(s.position).load(std::memory_order_acquire);
+      read_pos_ = released_ = aref(s.page.position).load(std::memory_order_acquire);
       if (tethered && !was_tethered) {
         // A parked untethered slot held nobody back: its position may be lapped
         // already (defect 4 of 1.x). Check every frame from it like an untethered
@@ -915,14 +1077,15 @@ class RingReader {
     return Resume::none;
   }
 
-  // P11: leaves the slot ACTIVE under its durable name with pid 0 ("parked"): it
-  // keeps its position (and, tethered, keeps holding the producer) until its name
-  // resumes it or the daemon expires it. The heartbeat is the parking time.
+  // P11, self-service: leaves the slot ACTIVE under its durable name with pid 0
+  // ("parked"): it keeps its position (and, tethered, keeps holding the producer)
+  // until its name resumes it or it expires. parked_ns is the parking time.
   void park() {
     if (!slot_) return;
-    aref(slot_->heartbeat_ns).store(monotonic_ns(), std::memory_order_relaxed);
+    aref(slot_->parked_ns).store(monotonic_ns(), std::memory_order_relaxed);
     aref(slot_->pid).store(0, std::memory_order_release);
     slot_ = nullptr;
+    page_ = nullptr;
   }
 
   // P9: true if ring bytes at `pos` read so far may have been overwritten by a
@@ -946,15 +1109,23 @@ class RingReader {
     release_to(t);
   }
 
-  // Gives the slot back; a producer blocked on this cursor may proceed.
+  // Self-service: gives the slot back; a producer blocked on this cursor may
+  // proceed (its page word is bumped after the FREE store, P7).
   void leave() {
     if (!slot_) return;
-    aref(slot_->state).store(kSlotFree, std::memory_order_release);
-    wake_producers();  // a blocked producer may now proceed
+    aref(slot_->state).store(kSlotFree, std::memory_order_seq_cst);
+    wake_space_page(page_);
     slot_ = nullptr;
+    page_ = nullptr;
+  }
+  // Daemon mode: forgets the grant locally (the daemon frees or parks the slot).
+  void detach() {
+    slot_ = nullptr;
+    page_ = nullptr;
   }
 
   bool joined() const { return slot_ != nullptr; }
+  CursorPage* page() const { return page_; }
   uint32_t slot_index() const { return slot_index_; }
   uint64_t position() const { return read_pos_; }
   uint64_t released() const { return released_; }
@@ -1014,10 +1185,10 @@ class RingReader {
     if (light_) {
       // P7 light side: a compiler barrier; the blocked producer's membarrier
       // orders the CPU (begin_space_wait).
-      aref(slot_->position).store(pos, std::memory_order_release);
+      aref(page_->position).store(pos, std::memory_order_release);
       asym_fence_light();
     } else {
-      aref(slot_->position).exchange(pos, std::memory_order_seq_cst);
+      aref(page_->position).exchange(pos, std::memory_order_seq_cst);
     }
     wake_producers();
   }
@@ -1044,7 +1215,7 @@ class RingReader {
   }
 
   void heartbeat(uint64_t now_ns) {
-    aref(slot_->heartbeat_ns).store(now_ns, std::memory_order_relaxed);
+    aref(page_->heartbeat_ns).store(now_ns, std::memory_order_relaxed);
   }
 
  private:
@@ -1053,22 +1224,16 @@ class RingReader {
     return aref(const_cast<FrameHeader*>(h)->commit).load(std::memory_order_seq_cst) != 0 ||
            (checked(read_pos_) && lapped_at(read_pos_));
   }
-  void wake_producers() { notify_space_waiters(r_); }
+  void wake_producers() { notify_space_waiters(r_, page_); }
 
   RingRefs r_{};
   CursorSlot* slot_ = nullptr;
+  CursorPage* page_ = nullptr;  // this reader's cursor page (the only thing it writes)
   uint32_t slot_index_ = 0;
   uint64_t read_pos_ = 0;
   uint64_t released_ = 0;
   bool light_ = asym_fence_available();  // P7 light side allowed
 
-  // P5: slot_hwm only grows; seq_cst so it precedes our seq_cst state store.
-  static void raise_slot_hwm(const RingRefs& r, uint32_t n) {
-    uint32_t cur = aref(r.ctl->slot_hwm).load(std::memory_order_seq_cst);
-    while (cur < n &&
-           !aref(r.ctl->slot_hwm).compare_exchange_weak(cur, n, std::memory_order_seq_cst)) {
-    }
-  }
   bool tethered_ = true;
   uint64_t check_below_ = 0;  // P11: frames below this position get the P9 check
 };
