@@ -104,7 +104,7 @@ check() {
   counts
 }
 
-big="ring-v2-3p ring-v2-untethered-only ring-v2-untethered-3msg ring-v2-no-livelock ring-no-seqtag ring-v2-2p-4msg ring-v2-2p-3msg-death ring-v2-untethered-death ring-v2-3p-wrap ring-v2-reuse-2p"
+big="ring-v2-3p ring-v2-untethered-only ring-v2-untethered-3msg ring-v2-no-livelock ring-no-seqtag ring-v2-2p-4msg ring-v2-2p-3msg-death ring-v2-untethered-death ring-v2-3p-wrap ring-v2-reuse-2p ww-hostile-sliced ww-space-3rel"
 
 # Runs a check in the background, at most MODEL_JOBS (default 2) at a time.
 jobs_max=${MODEL_JOBS:-2}
