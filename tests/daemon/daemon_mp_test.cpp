@@ -400,9 +400,9 @@ TEST_CASE("a subscriber cannot write the control segment (layout 3); the ring su
     for (int i = 0; i < 10; ++i) REQUIRE(pub.offer("x", 1) == Status::ok);
     // The hostile write, through a subscriber's own mapping, faults (layout 2 let
     // it through; the daemon then had to restore the identity line).
-    Child c = spawn({helper_path(), "write-ctl", d.sock, "ctl.id"});
-    REQUIRE(read_char(c, 10000) == 'S');
-    int st = wait_exit(c, 10000);
+    Child c({helper_path(), "write-ctl", d.sock, "ctl.id"});
+    REQUIRE(c.read_char(10000) == 'S');
+    int st = c.wait(10000);
     REQUIRE(st != -1);
     CHECK(WIFSIGNALED(st));
     CHECK((WTERMSIG(st) == SIGSEGV || WTERMSIG(st) == SIGBUS));

@@ -738,10 +738,10 @@ TEST_CASE("fuzz: request sequences from two uids at once leave the victim's topi
 
 namespace {
 // The line a child prints first (without the newline), "" on EOF or after 10 s.
-std::string first_line(const Child& c) {
+std::string first_line(Child& c) {
   std::string l;
   for (;;) {
-    char ch = read_char(c, 10000);
+    char ch = c.read_char(10000);
     if (ch == 0 || ch == '\n') return l;
     l += ch;
   }
@@ -775,7 +775,7 @@ TEST_CASE("isolation: a forged cursor page never makes another subscriber lose o
   Bus bus = Bus::connect(rd.sock);
   bus.create_topic("iso.forge", {.capacity = 8192, .mode = 0644});
   // The forger, tethered: 0, far beyond the tail, random, flipping.
-  Child forger = spawn(att.as({hostile(), "forge", rd.sock, "iso.forge", "1"}));
+  Child forger(att.as({hostile(), "forge", rd.sock, "iso.forge", "1"}));
   REQUIRE(first_line(forger) == "forge:forging");
   std::atomic<bool> done{false};
   std::atomic<uint64_t> got{0}, bad{0};
@@ -819,16 +819,16 @@ TEST_CASE("isolation: a forged cursor page never makes another subscriber lose o
   CHECK(bad.load() == 0);
   CHECK(got.load() == published);  // every frame the honest reader was owed, intact and in order
   CHECK(published > 0);
-  kill9(forger);
+  forger.kill_now();
   honest.close();
   // Untethered, the forger holds nobody back: three laps with no reader at all.
-  Child loose = spawn(att.as({hostile(), "forge", rd.sock, "iso.forge", "0"}));
+  Child loose(att.as({hostile(), "forge", rd.sock, "iso.forge", "0"}));
   REQUIRE(first_line(loose) == "forge:forging");
   Publisher pub2 = std::move(pub);
   uint64_t before = pub2.stats().back_pressured;
   for (int i = 0; i < 400; ++i) REQUIRE(pub2.offer("0123456789abcdef0123456789abcdef", 32) == Status::ok);
   CHECK(pub2.stats().back_pressured == before);
-  kill9(loose);
+  loose.kill_now();
   CHECK(serving(rd.sock));
 }
 
@@ -842,7 +842,7 @@ TEST_CASE("isolation: a subscriber in another pid namespace that is SIGKILLed is
   REQUIRE(rd.start());
   Bus bus = Bus::connect(rd.sock);
   bus.create_topic("iso.pidns", {.capacity = 8192});
-  Child ns = spawn({"/usr/bin/unshare", "-pf", hostile(), "sub", rd.sock, "iso.pidns"});
+  Child ns({"/usr/bin/unshare", "-pf", hostile(), "sub", rd.sock, "iso.pidns"});
   REQUIRE(first_line(ns) == "sub:joined");
   // It is pid 1 in its namespace; the slot holds the pid the daemon sees.
   auto st = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("iso.pidns"); });
@@ -850,7 +850,7 @@ TEST_CASE("isolation: a subscriber in another pid namespace that is SIGKILLed is
   REQUIRE(subs.size() == 1);
   const pid_t pid = pid_t(subs[0].getPid());
   CHECK(pid != 1);
-  CHECK(pid != ns.pid);
+  CHECK(pid != ns.pid());
   REQUIRE(shm::process_alive(uint32_t(pid)));
   // It never reads: the producer fills the ring and is held back.
   Publisher pub = bus.publisher("iso.pidns", {.block_timeout_ns = 10'000'000'000});
@@ -864,7 +864,7 @@ TEST_CASE("isolation: a subscriber in another pid namespace that is SIGKILLed is
   INFO("reclaimed and woken after " << (now_ns() - t0) / 1000 << " us");
   CHECK(now_ns() - t0 < 5'000'000'000ull);
   for (int i = 0; i < 3 * n; ++i) REQUIRE(pub.offer("0123456789abcdef", 16) == Status::ok);
-  wait_exit(ns, 10000);
+  ns.wait(10000);
   CHECK(serving(rd.sock));
 }
 
