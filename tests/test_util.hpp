@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "shmbus/bus.hpp"
@@ -51,6 +52,13 @@ struct Rng {
     return s;
   }
 };
+
+// Trials of a long loop: `full` in a normal build, `short_n` in the sanitizer builds
+// (their meson.build sets SHMBUS_TEST_SHORT=1: a sanitized process is 2-10x slower).
+inline int trials(int full, int short_n) {
+  const char* e = std::getenv("SHMBUS_TEST_SHORT");
+  return e && *e && std::string(e) != "0" ? short_n : full;
+}
 
 // A random gap between bursts: nothing, a yield, a spin, or a sleep of up to
 // max_sleep_ns, so that the next commit lands in every phase of a reader's way into the

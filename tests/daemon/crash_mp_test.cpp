@@ -101,7 +101,7 @@ TEST_CASE("a multi-producer killed mid-claim is padded by the daemon and the oth
   Bus bus(make_daemon_provider(client));
   std::mt19937_64 rng(Catch::rngSeed() ? Catch::rngSeed() : 12345);
   Stats st;
-  const int trials = 40;
+  const int trials = shmbus::test::trials(40, 8);
   for (int t = 0; t < trials; ++t) {
     const std::string topic = "crash.midclaim." + std::to_string(t);
     bus.create_topic(topic, {.capacity = 16384, .multi_producer = true});
@@ -145,7 +145,7 @@ TEST_CASE("producers killed at random points leave every committed message reada
   Bus bus(make_daemon_provider(client));
   std::mt19937_64 rng(Catch::rngSeed() ? Catch::rngSeed() : 777);
   Stats st;
-  int trials_mp = 60, trials_sp = 40;
+  const int trials_mp = shmbus::test::trials(60, 12), trials_sp = shmbus::test::trials(40, 8);
   for (int t = 0; t < trials_mp + trials_sp; ++t) {
     const bool mp = t < trials_mp;
     const std::string topic = "crash.random." + std::to_string(t);
@@ -210,7 +210,7 @@ TEST_CASE("a subscriber killed while holding views stops holding the producer ba
   Bus bus(make_daemon_provider(client));
   std::mt19937_64 rng(Catch::rngSeed() ? Catch::rngSeed() : 99);
   Stats st;
-  const int trials = 40;
+  const int trials = shmbus::test::trials(40, 8);
   for (int t = 0; t < trials; ++t) {
     const std::string topic = "crash.sub." + std::to_string(t);
     bus.create_topic(topic, {.capacity = 8192});
@@ -273,7 +273,7 @@ TEST_CASE("the daemon killed under load restarts, re-attaches the live segments 
   auto client = DaemonClient::connect(co);
   Bus bus(make_daemon_provider(client));
   std::mt19937_64 rng(Catch::rngSeed() ? Catch::rngSeed() : 4242);
-  const int trials = 20;
+  const int trials = shmbus::test::trials(20, 5);
   for (int t = 0; t < trials; ++t) {
     const std::string topic = "crash.daemon." + std::to_string(t);
     bus.create_topic(topic, {.capacity = 32768, .multi_producer = (t % 2) == 1});

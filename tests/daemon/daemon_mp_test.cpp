@@ -158,7 +158,8 @@ TEST_CASE("a subscriber's data mapping is read-only: a write faults", "[daemon][
   REQUIRE(d.start());
   Bus bus = Bus::connect(d.sock);
   bus.create_topic("ro.t", {.capacity = 8192});
-  Child c({helper_path(), "write-ring", d.sock, "ro.t"});
+  // Under the sanitizers the fault must stay a plain SIGSEGV (not their report + abort).
+  Child c({helper_path(), "write-ring", d.sock, "ro.t"}, {}, {"ASAN_OPTIONS=handle_segv=0", "TSAN_OPTIONS=handle_segv=0"});
   REQUIRE(c.read_char(10000) == 'S');
   int st = c.wait(10000);
   REQUIRE(st != -1);
@@ -340,7 +341,9 @@ TEST_CASE("100 client processes connecting, subscribing and exiting do not grow 
   std::printf("100-client rounds: daemon fds %u -> %u, RSS %.1f -> %.1f MiB\n", fds0, fds1, rss0 / 1048576.0,
               rss1 / 1048576.0);
   CHECK(fds1 <= fds0 + 2);
-  CHECK(rss1 <= rss0 + 4 * 1048576);
+  // RSS is no leak measure under ASan (its quarantine holds freed memory): the short
+  // (sanitizer) variant checks the fds only.
+  if (trials(1, 0)) CHECK(rss1 <= rss0 + 4 * 1048576);
   // The subscribers left by _exit() without closing, each holding a tethered slot at
   // position 0: only the daemon's reaper frees those. A blocking producer must get
   // three laps through, and every slot must come back.

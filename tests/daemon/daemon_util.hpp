@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "../child_process.hpp"
+#include "../test_util.hpp"
 
 namespace shmbus::test {
 
@@ -84,6 +86,7 @@ struct DaemonProc {
   }
   ~DaemonProc() {
     proc.kill_now();
+    report_sanitizer();
     if (notify_fd >= 0) close(notify_fd);
     for (auto& f : shm_files(prefix)) unlink(("/dev/shm/" + f).c_str());
     std::error_code ec;
@@ -121,6 +124,27 @@ struct DaemonProc {
     return st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
   }
   void crash() { proc.kill_now(); }
+  // A sanitizer report in the daemon's log (its stderr) is copied to the test's stderr
+  // before the log is removed: the daemon halted on it (halt_on_error), and the test
+  // that drove it failed with no other trace of why.
+  void report_sanitizer() const {
+    FILE* f = fopen(log.c_str(), "r");
+    if (!f) return;
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0 && text.size() < (4u << 20)) text.append(buf, n);
+    fclose(f);
+    for (const char* mark : {"Sanitizer", "runtime error:"}) {
+      size_t at = text.find(mark);
+      if (at == std::string::npos) continue;
+      size_t from = text.rfind("\n==", at);
+      from = from == std::string::npos ? 0 : from + 1;
+      std::fprintf(stderr, "---- shmbusd (%s) sanitizer report ----\n%s\n----\n", prefix.c_str(),
+                   text.substr(from, 64 << 10).c_str());
+      return;
+    }
+  }
   // Leak check after every topic is deleted and the daemon stopped.
   std::vector<std::string> leaks() const {
     std::vector<std::string> v = shm_files(prefix);

@@ -86,7 +86,7 @@ uint64_t torture_seed() {
 
 int scaled(int n) {
   if (const char* e = std::getenv("SHMBUS_TORTURE_TRIALS")) return std::max(1, atoi(e) * n / 550);
-  return n;
+  return trials(n, std::max(1, n / 10));
 }
 
 struct Where {

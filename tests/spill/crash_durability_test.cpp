@@ -39,7 +39,7 @@ Child spawn_archiver(const std::string& prefix, const std::string& topic, const 
 TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged message",
           "[spill][crash]") {
   const char* t = getenv("SHMBUS_CRASH_TRIALS");
-  const int trials = t ? atoi(t) : 100;
+  const int trials = t ? atoi(t) : shmbus::test::trials(100, 20);
   std::string prefix = unique_prefix("crash");
   Bus bus = Bus::direct({.shm_prefix = prefix});
   const std::string topic = "t.crash";
