@@ -50,7 +50,7 @@ Core::Core(DaemonOptions o) : opts(std::move(o)) {
   if (opts.shm_prefix.empty()) opts.shm_prefix = "shmbusd-" + std::to_string(geteuid());
   instance = "shmbusd";
   int n = g_instances.fetch_add(1);
-  if (n) instance += "-" + std::to_string(n);
+  if (n) instance.append("-").append(std::to_string(n));  // (not += "-" + ...: a g++ 12 -Wrestrict false positive)
   stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 }
 

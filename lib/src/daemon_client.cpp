@@ -323,8 +323,6 @@ class DaemonMapping final : public PartitionMapping {
   void* wake_;
 };
 
-bool is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
-
 }  // namespace
 
 void DaemonClient::create_topic(const std::string& topic, const TopicConfig& cfg,

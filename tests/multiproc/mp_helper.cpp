@@ -176,7 +176,8 @@ void report(const StreamCheck& chk, uint32_t producers) {
   fact("received", chk.total());
   fact("frame_seq_last", chk.last_frame_seq());
   for (uint32_t p = 0; p < producers; ++p) {
-    std::string k = "p" + std::to_string(p) + ".count";
+    std::string k = "p";  // (not "p" + std::to_string(p): a g++ 12 -Wrestrict false positive)
+    k.append(std::to_string(p)).append(".count");
     fact(k.c_str(), chk.count(p));
   }
 }

@@ -61,7 +61,7 @@ struct SubscriberOptions {
   // the same partition) resumes right after the last message released, with no gap
   // and no duplicate. While parked a tethered slot keeps holding the producer, until
   // the daemon expires it (DaemonOptions::durable_hold_ms; docs/architecture.md).
-  std::string name;
+  std::string name{};  // "{}": designated initializers may leave it out (-Wmissing-field-initializers)
 };
 
 class Bus {
