@@ -80,7 +80,7 @@ void producer_takeover(int kills, uint64_t final_count, const char* what) {
   for (auto& s : subs) require_ok(s, 60'000);
   uint64_t total = 0;
   for (uint32_t p = 0; p < producers; ++p) {
-    const std::string k = "p" + std::to_string(p) + ".count";
+    const std::string k = std::string("p").append(std::to_string(p)).append(".count");  // (g++ 12 -Wrestrict)
     INFO("producer " << p);
     // Both subscribers saw the same committed messages of each dead producer...
     CHECK(subs[0].num(k) == subs[1].num(k));
