@@ -32,11 +32,18 @@ struct FakeTime {
   }
 };
 
+// "m<i>" (appended: g++ 12's -Wrestrict misfires on mname(i) at -O2).
+std::string mname(int i) {
+  std::string m = "m";
+  m += std::to_string(i);
+  return m;
+}
+
 std::string text(const View& v) { return std::string(reinterpret_cast<const char*>(v.data()), v.size()); }
 
 void publish(Publisher& p, int n, int from = 0) {
   for (int i = from; i < from + n; ++i) {
-    const std::string m = "m" + std::to_string(i);
+    const std::string m = mname(i);
     REQUIRE(p.offer(m.data(), m.size(), uint64_t(1000 + i)) == Status::ok);
   }
 }
@@ -140,7 +147,7 @@ TEST_CASE("handler: a flaky handler is retried with backoff; every message acked
   while (run.step(0)) {
   }
   REQUIRE(acked.size() == 30);
-  for (int i = 0; i < 30; ++i) CHECK(acked[size_t(i)] == "m" + std::to_string(i));
+  for (int i = 0; i < 30; ++i) CHECK(acked[size_t(i)] == mname(i));
   CHECK(run.stats().acked == 30);
   CHECK(run.stats().retries == 20);  // 10 messages x 2 retries
   CHECK(run.stats().attempts == 50);
@@ -237,7 +244,7 @@ TEST_CASE("handler: a failing dependency opens the breaker: no calls while open,
   while (run.step(0)) {
   }
   REQUIRE(acked.size() == 10);
-  for (int i = 0; i < 10; ++i) CHECK(acked[size_t(i)] == "m" + std::to_string(i));
+  for (int i = 0; i < 10; ++i) CHECK(acked[size_t(i)] == mname(i));
   CHECK(run.stats().dead_lettered == 0);
   // 3 failures open it for 1 ms; each half-open trial fails until 5.5 ms: opened 1 + 5 times.
   CHECK(run.breaker().times_opened() == 6);
@@ -285,5 +292,5 @@ TEST_CASE("handler: stop() during retries leaves the message unreleased for the 
   while (again.step(0)) {
   }
   REQUIRE(seen.size() == 5);
-  for (int i = 0; i < 5; ++i) CHECK(seen[size_t(i)] == "m" + std::to_string(i));
+  for (int i = 0; i < 5; ++i) CHECK(seen[size_t(i)] == mname(i));
 }
