@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include <boost/interprocess/shared_memory_object.hpp>
@@ -258,9 +259,12 @@ shm::CursorPage* Partition::page_of(uint32_t i) {
 }
 
 uint64_t create_page(Partition& p, int& fd) {
-  static std::atomic<uint64_t> next{realtime_ns()};
+  // Random ids: the names live in a directory every user can write, so a predictable
+  // next name could be created first by anyone (squatting every future join).
   for (int tries = 0; tries < 16; ++tries) {
-    const uint64_t id = next.fetch_add(1);
+    uint64_t id = 0;
+    if (getrandom(&id, sizeof id, 0) != ssize_t(sizeof id))
+      throw Error(ErrorCode::system, std::string("getrandom: ") + strerror(errno), errno);
     if (id == 0 || p.pages.count(id)) continue;
     const std::string n = "/" + page_name(p, id);
     fd = shm_open(n.c_str(), O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0600);
