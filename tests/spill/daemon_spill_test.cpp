@@ -230,7 +230,7 @@ TEST_CASE("durable topic through shmbusd: replay from earliest, sequence and tim
 TEST_CASE("SIGKILL of shmbusd under batch flush never loses an acknowledged message",
           "[spill][daemon][crash]") {
   const char* t = getenv("SHMBUS_CRASH_TRIALS");
-  const int trials = t ? atoi(t) : shmbus::test::trials(100, 15);
+  const int trials = t ? atoi(t) : shmbus::test::trials(100, 6);
   Daemon dm("crash");
   REQUIRE(dm.d.start());
   const std::string topic = "dur.crash";
