@@ -51,6 +51,21 @@ skipped_tests = set()    # "source:test" that were skipped
 ALL_OK = re.compile(r"All tests passed \(\d+ assertions? in (\d+) test cases?\)")
 MIXED = re.compile(r"test cases:\s+(\d+)\s+\|\s+(\d+) passed\s+\|\s+(\d+) failed")
 
+excerpts = []           # (key, text): where each failing test failed, printed last
+
+def failure_excerpt(out, limit=3):
+    """The lines around each of the first `limit` Catch2 failures in a test's output
+    (or its last lines), so that the tail of a CI log names what failed and why."""
+    lines = out.splitlines()
+    marks = [i for i, l in enumerate(lines)
+             if "FAILED:" in l or "due to unexpected exception" in l or "due to a fatal error" in l]
+    if not marks:
+        return "\n".join(lines[-20:])
+    parts = []
+    for i in marks[:limit]:
+        parts.append("\n".join(lines[max(0, i - 10): i + 10]))
+    return "\n  ...\n".join(parts)
+
 def fail(msg, n=1):
     global failed
     problems.append(msg)
@@ -88,6 +103,7 @@ for log in sorted(glob.glob(os.path.join(d, "*.testlog.json"))):
                 passed += p
                 if fl:
                     fail(f"{key} ({res}: {fl} of {tot} test cases failed)", fl)
+                    excerpts.append((key, failure_excerpt(out)))
                     src_failed += fl
             elif m_all and ok:
                 n = int(m_all[-1])
@@ -98,6 +114,7 @@ for log in sorted(glob.glob(os.path.join(d, "*.testlog.json"))):
                     passed += 1
                 else:
                     fail(f"{key} ({res})")
+                    excerpts.append((key, failure_excerpt(out)))
                     src_failed += 1
             n_src += n
             per_test[key] = per_test.get(key, 0) + n
@@ -174,6 +191,9 @@ if os.path.exists(args.expected):
 else:
     fail(f"expected-minimums file {args.expected} missing")
 
+for key, text in excerpts:
+    print(f"---- where {key} failed:")
+    print(text[-4000:])
 for s in skips:
     print("SKIPPED:", s)
 if in_ci and skipped:
