@@ -30,6 +30,7 @@
 #include "market.capnp.h"
 #include "envelope.capnp.h"
 #include "shmbus/daemon_client.hpp"
+#include "shmbus/envelope.hpp"
 #include "shmbus/replay.hpp"
 #include "shmbus/subscriber.hpp"
 #include "testmsg.capnp.h"
@@ -269,12 +270,25 @@ class Printer {
  public:
   Printer(uint32_t partition, uint64_t topic_schema) : partition_(partition), topic_schema_(topic_schema) {
   }
-  void print(const View& v) {
-    const uint64_t id = v.schema_id() ? v.schema_id() : topic_schema_;
-    std::string line = "{\"partition\":" + std::to_string(partition_) + ",\"seq\":" + std::to_string(v.sequence()) +
-                       ",\"ts_ns\":" + std::to_string(v.timestamp_ns()) +
-                       ",\"wall_ns\":" + std::to_string(mono_to_wall(v.timestamp_ns())) +
-                       ",\"producer\":" + std::to_string(v.producer_id()) + ",\"len\":" + std::to_string(v.size());
+  void print(const View& frame) {
+    std::string line = "{\"partition\":" + std::to_string(partition_) + ",\"seq\":" + std::to_string(frame.sequence()) +
+                       ",\"ts_ns\":" + std::to_string(frame.timestamp_ns()) +
+                       ",\"wall_ns\":" + std::to_string(mono_to_wall(frame.timestamp_ns())) +
+                       ",\"producer\":" + std::to_string(frame.producer_id()) +
+                       ",\"message_id\":\"" + std::to_string(frame.message_id()) + "\"";
+    // An enveloped message (docs/messaging.md): the envelope's fields, then its payload
+    // decoded by the payload's own schema id.
+    EnvelopedView ev;
+    if (ev.open(frame) != Status::ok) {
+      line += ",\"note\":\"malformed envelope\",\"len\":" + std::to_string(frame.size()) + ",\"payload_base64\":\"" +
+              base64(frame.data(), frame.size()) + "\"}\n";
+      std::fwrite(line.data(), 1, line.size(), stdout);
+      return;
+    }
+    if (ev.enveloped()) line += ",\"envelope\":" + envelope_json(ev.envelope(), ev.payload().schema_id());
+    const View& v = ev.payload();
+    line += ",\"len\":" + std::to_string(v.size());
+    const uint64_t id = v.schema_id() ? v.schema_id() : (ev.enveloped() ? 0 : topic_schema_);
     char idbuf[32];
     std::snprintf(idbuf, sizeof idbuf, "0x%016" PRIx64, id);
     line += ",\"schema_id\":\"" + std::string(idbuf) + "\"";

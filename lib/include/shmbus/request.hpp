@@ -1,0 +1,146 @@
+// Request/response over topics (docs/messaging.md, "Request/response").
+//
+//   shmbus::Requester req(bus);                      // creates its own reply topic
+//   shmbus::Reply r;
+//   if (req.request("pricing.quote", bytes, 500'000'000, r) == shmbus::Status::ok) use(r.payload);
+//   else /* Status::timed_out: no reply in time (a dead responder is a timeout) */;
+//
+//   shmbus::Responder resp(bus, "pricing.quote", [](const shmbus::View& q, const shmbus::Envelope&) {
+//     return shmbus::Response{.payload = price(q)};
+//   });
+//   resp.run([&] { return stopping.load(); });
+//
+// A request is an enveloped message (envelope.hpp) on the service topic, with a
+// correlation id and the requester's reply topic as reply-to. The responder answers on
+// that topic with an enveloped reply carrying the same correlation id (and the
+// request's message id as causation id). The requester matches replies by correlation
+// id: several requests may be in flight; a reply whose request timed out (or was
+// never sent by this requester) is dropped and counted, never taken for another's.
+//
+// Reply topics: one per Requester, created by it (policy fail: a responder never
+// waits on a slow requester; a reply that does not fit is dropped and the request
+// times out), removed by its destructor. A requester that is SIGKILLed leaves its
+// reply topic behind (the daemon has no ephemeral topics yet).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "shmbus/bus.hpp"
+#include "shmbus/envelope.hpp"
+#include "shmbus/publisher.hpp"
+#include "shmbus/subscriber.hpp"
+
+namespace shmbus {
+
+struct Reply {
+  Envelope envelope;               // correlation id, status, trace ...
+  uint64_t payload_schema_id = 0;  // the reply payload's schema id (0: opaque)
+  uint64_t message_id = 0;
+  uint32_t producer_id = 0;
+  std::vector<std::byte> payload;  // copied out of the reply ring
+};
+
+struct RequesterOptions {
+  std::string reply_topic;  // "": "reply.<pid>.<16 random hex digits>"
+  TopicConfig reply_config{.capacity = 1u << 20, .policy = Policy::fail, .multi_producer = true};
+  PublisherOptions publisher;  // for the request topics
+  size_t max_in_flight = 4096;
+};
+
+struct RequesterStats {
+  uint64_t sent = 0;
+  uint64_t replies = 0;    // replies matched to a request in flight
+  uint64_t timeouts = 0;
+  uint64_t stale = 0;      // replies to no request in flight (timed out, forgotten, unknown)
+  uint64_t malformed = 0;  // frames on the reply topic that are no valid reply envelope
+};
+
+class Requester {
+ public:
+  explicit Requester(Bus& bus, RequesterOptions opts = {});
+  ~Requester();
+  Requester(const Requester&) = delete;
+  Requester& operator=(const Requester&) = delete;
+
+  // Publishes a request on `topic` (enveloped: correlation id, reply-to, trace);
+  // its correlation id in `corr`. Returns the publish status (ok, back_pressured ...).
+  Status send(const std::string& topic, std::span<const std::byte> request, uint64_t& corr,
+              uint64_t schema_id = 0, const TraceContext* trace = nullptr);
+  // The reply to `corr`, waiting up to timeout_ns. ok: `out` is it. timed_out: none
+  // came in time, and `corr` is forgotten (its reply, if it comes later, is stale).
+  // Replies to other requests in flight that arrive meanwhile are kept for them.
+  Status await(uint64_t corr, int64_t timeout_ns, Reply& out);
+  // send + await.
+  Status request(const std::string& topic, std::span<const std::byte> request, int64_t timeout_ns, Reply& out,
+                 uint64_t schema_id = 0);
+  // Stops waiting for `corr`: its reply will be dropped as stale.
+  void forget(uint64_t corr) { inflight_.erase(corr); }
+
+  const std::string& reply_topic() const { return reply_topic_; }
+  const RequesterStats& stats() const { return stats_; }
+  size_t in_flight() const { return inflight_.size(); }
+
+ private:
+  void take(const View& v);  // one frame of the reply topic
+
+  Bus bus_;
+  RequesterOptions opts_;
+  std::string reply_topic_;
+  std::unique_ptr<Subscriber> sub_;
+  std::map<std::string, Publisher> pubs_;
+  // In flight: correlation id -> the reply, once it came.
+  std::unordered_map<uint64_t, std::unique_ptr<Reply>> inflight_;
+  uint64_t next_corr_;
+  RequesterStats stats_;
+};
+
+// What a responder's function answers.
+struct Response {
+  std::vector<std::byte> payload;
+  uint64_t schema_id = 0;  // the reply payload's schema id
+  uint32_t status = 0;     // application status (0: ok)
+  bool reply = true;       // false: no reply (the requester times out)
+};
+
+using RespondFn = std::function<Response(const View& request, const Envelope& env)>;
+
+struct ResponderStats {
+  uint64_t requests = 0;
+  uint64_t replied = 0;
+  uint64_t no_reply_to = 0;   // requests without a reply-to topic (handled, not answered)
+  uint64_t undeliverable = 0; // the reply topic is gone or full: reply dropped
+  uint64_t malformed = 0;     // frames that are no valid envelope: skipped
+};
+
+class Responder {
+ public:
+  Responder(Bus& bus, const std::string& topic, RespondFn fn, SubscriberOptions sub = {});
+  ~Responder();
+  Responder(const Responder&) = delete;
+  Responder& operator=(const Responder&) = delete;
+
+  // Answers at most one request, waiting up to wait_ns for one. True if one was handled.
+  bool step(int64_t wait_ns);
+  void run(const std::function<bool()>& stop);
+  const ResponderStats& stats() const { return stats_; }
+  Subscriber& subscriber() { return sub_; }
+
+ private:
+  Publisher* reply_publisher(const std::string& topic);
+
+  Bus bus_;
+  std::string topic_;
+  RespondFn fn_;
+  Subscriber sub_;
+  std::map<std::string, Publisher> pubs_;  // reply topics (bounded: kMaxReplyPublishers)
+  ResponderStats stats_;
+};
+
+}  // namespace shmbus

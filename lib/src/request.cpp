@@ -1,0 +1,210 @@
+// Request/response over topics (docs/messaging.md).
+#include "shmbus/request.hpp"
+
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace shmbus {
+
+namespace {
+
+constexpr size_t kMaxReplyPublishers = 64;
+
+int64_t mono_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+uint64_t random64() {
+  uint64_t v = 0;
+  if (getrandom(&v, sizeof v, 0) != ssize_t(sizeof v)) v = uint64_t(mono_ns()) * 0x9E3779B97F4A7C15ull;
+  return v;
+}
+
+std::string hex16(uint64_t v) {
+  static const char* d = "0123456789abcdef";
+  std::string o(16, '0');
+  for (int i = 15; i >= 0; --i, v >>= 4) o[size_t(i)] = d[v & 15];
+  return o;
+}
+
+}  // namespace
+
+Requester::Requester(Bus& bus, RequesterOptions opts) : bus_(bus), opts_(std::move(opts)) {
+  reply_topic_ = opts_.reply_topic;
+  if (reply_topic_.empty()) {
+    reply_topic_ = "reply.";
+    reply_topic_ += std::to_string(getpid());
+    reply_topic_ += '.';
+    reply_topic_ += hex16(random64());
+  }
+  if (reply_topic_.size() > kMaxReplyTo)
+    throw Error(ErrorCode::invalid_argument, "reply topic name longer than " + std::to_string(kMaxReplyTo) + " bytes");
+  bus_.create_topic(reply_topic_, opts_.reply_config);
+  try {
+    sub_ = std::make_unique<Subscriber>(bus_.subscriber(reply_topic_));
+  } catch (...) {
+    try {
+      bus_.remove_topic(reply_topic_);
+    } catch (...) {
+    }
+    throw;
+  }
+  // Random start: a requester that reuses a reply topic name never matches replies
+  // meant for an earlier one.
+  next_corr_ = random64() | 1;
+}
+
+Requester::~Requester() {
+  pubs_.clear();
+  sub_.reset();
+  try {
+    bus_.remove_topic(reply_topic_);
+  } catch (...) {
+  }
+}
+
+Status Requester::send(const std::string& topic, std::span<const std::byte> request, uint64_t& corr,
+                       uint64_t schema_id, const TraceContext* trace) {
+  corr = 0;
+  if (inflight_.size() >= opts_.max_in_flight) return Status::back_pressured;
+  auto it = pubs_.find(topic);
+  if (it == pubs_.end()) it = pubs_.emplace(topic, bus_.publisher(topic, opts_.publisher)).first;
+  Envelope e;
+  e.correlation_id = next_corr_++;
+  if (e.correlation_id == 0) e.correlation_id = next_corr_++;
+  e.reply_to = reply_topic_;
+  e.trace = trace && trace->valid() ? trace->child() : TraceContext::fresh();
+  const Status s = publish_enveloped(it->second, e, request, e.correlation_id, schema_id);
+  if (s != Status::ok) return s;
+  inflight_.emplace(e.correlation_id, nullptr);
+  ++stats_.sent;
+  corr = e.correlation_id;
+  return Status::ok;
+}
+
+void Requester::take(const View& v) {
+  EnvelopedView ev;
+  if (ev.open(v) != Status::ok || !ev.enveloped() || ev.envelope().correlation_id == 0) {
+    ++stats_.malformed;
+    return;
+  }
+  auto it = inflight_.find(ev.envelope().correlation_id);
+  if (it == inflight_.end() || it->second) {  // not waited for, or a second reply
+    ++stats_.stale;
+    return;
+  }
+  auto r = std::make_unique<Reply>();
+  r->envelope = ev.envelope();
+  r->payload_schema_id = ev.payload().schema_id();
+  r->message_id = v.message_id();
+  r->producer_id = v.producer_id();
+  r->payload.assign(ev.payload().data(), ev.payload().data() + ev.payload().size());
+  it->second = std::move(r);
+  ++stats_.replies;
+}
+
+Status Requester::await(uint64_t corr, int64_t timeout_ns, Reply& out) {
+  auto it = inflight_.find(corr);
+  if (it == inflight_.end()) return Status::closed;  // not in flight (never sent, or given up)
+  const int64_t deadline = mono_ns() + (timeout_ns < 0 ? 0 : timeout_ns);
+  for (;;) {
+    it = inflight_.find(corr);
+    if (it != inflight_.end() && it->second) {
+      out = std::move(*it->second);
+      inflight_.erase(it);
+      return Status::ok;
+    }
+    const int64_t left = deadline - mono_ns();
+    if (left <= 0) break;
+    View v;
+    const Status s = sub_->poll_wait(v, left);
+    if (s == Status::ok) {
+      take(v);
+      sub_->release(v);
+    } else if (s == Status::corrupt) {
+      ++stats_.malformed;
+    }
+  }
+  inflight_.erase(corr);
+  ++stats_.timeouts;
+  return Status::timed_out;
+}
+
+Status Requester::request(const std::string& topic, std::span<const std::byte> request, int64_t timeout_ns,
+                          Reply& out, uint64_t schema_id) {
+  uint64_t corr = 0;
+  const Status s = send(topic, request, corr, schema_id);
+  if (s != Status::ok) return s;
+  return await(corr, timeout_ns, out);
+}
+
+Responder::Responder(Bus& bus, const std::string& topic, RespondFn fn, SubscriberOptions sub)
+    : bus_(bus), topic_(topic), fn_(std::move(fn)), sub_(bus.subscriber(topic, sub)) {
+  if (!fn_) throw Error(ErrorCode::invalid_argument, "Responder: no function");
+}
+
+Responder::~Responder() = default;
+
+Publisher* Responder::reply_publisher(const std::string& topic) {
+  auto it = pubs_.find(topic);
+  if (it != pubs_.end()) return &it->second;
+  if (pubs_.size() >= kMaxReplyPublishers) pubs_.erase(pubs_.begin());
+  try {
+    PublisherOptions po;
+    po.block_timeout_ns = 0;
+    return &pubs_.emplace(topic, bus_.publisher(topic, po)).first->second;
+  } catch (const Error&) {
+    return nullptr;  // gone (the requester ended), or not ours to write
+  }
+}
+
+bool Responder::step(int64_t wait_ns) {
+  View v;
+  if (sub_.poll_wait(v, wait_ns) != Status::ok) return false;
+  EnvelopedView ev;
+  if (ev.open(v) != Status::ok) {
+    ++stats_.malformed;
+    sub_.release(v);
+    return true;
+  }
+  ++stats_.requests;
+  Response r = fn_(ev.payload(), ev.envelope());
+  const Envelope& req = ev.envelope();
+  if (!r.reply) {
+    sub_.release(v);
+    return true;
+  }
+  if (!ev.enveloped() || req.reply_to.empty() || req.correlation_id == 0) {
+    ++stats_.no_reply_to;
+    sub_.release(v);
+    return true;
+  }
+  Envelope e;
+  e.correlation_id = req.correlation_id;
+  e.causation_id = v.message_id();
+  e.status = r.status;
+  if (req.trace.valid()) e.trace = req.trace.child();
+  Publisher* p = reply_publisher(req.reply_to);
+  Status s = p ? publish_enveloped(*p, e, r.payload, 0, r.schema_id) : Status::closed;
+  if (s == Status::closed && p) {
+    // The reply topic may have been removed and made again: reopen once.
+    pubs_.erase(req.reply_to);
+    p = reply_publisher(req.reply_to);
+    s = p ? publish_enveloped(*p, e, r.payload, 0, r.schema_id) : Status::closed;
+  }
+  if (s == Status::ok) ++stats_.replied;
+  else ++stats_.undeliverable;
+  sub_.release(v);
+  return true;
+}
+
+void Responder::run(const std::function<bool()>& stop) {
+  while (!(stop && stop())) step(10'000'000);
+}
+
+}  // namespace shmbus

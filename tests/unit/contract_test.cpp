@@ -1,0 +1,386 @@
+// The messaging contract (docs/messaging.md), next parts: the envelope (header
+// extension), request/response and dedup. In process where the point is the
+// format or the validation, through a real shmbusd and real processes (responders,
+// requesters, producers and consumers SIGKILLed) where it is delivery.
+#include <catch2/catch.hpp>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "../daemon/daemon_util.hpp"
+#include "../spill/spill_util.hpp"
+#include "envelope.capnp.h"
+#include "market.capnp.h"
+#include "shmbus/dedup.hpp"
+#include "shmbus/envelope.hpp"
+#include "shmbus/request.hpp"
+
+using namespace shmbus;
+using namespace shmbus::test;
+
+namespace {
+
+const char* kCli = SHMBUS_TEST_CLI;
+
+std::span<const std::byte> as_bytes(const std::string& s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+std::string str(std::span<const std::byte> b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
+
+std::vector<std::string> helper(const std::vector<std::string>& args) {
+  std::vector<std::string> v{SHMBUS_TEST_HELPER};
+  v.insert(v.end(), args.begin(), args.end());
+  return v;
+}
+
+PublisherOptions patient() {
+  PublisherOptions po;
+  po.block_timeout_ns = 10'000'000'000;
+  return po;
+}
+
+int64_t mono() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ envelope
+
+TEST_CASE("traceparent: W3C version 00 parsed and printed; malformed ones refused", "[contract][envelope]") {
+  const std::string tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  auto t = TraceContext::parse(tp);
+  REQUIRE(t);
+  CHECK(t->trace_hi == 0x4bf92f3577b34da6ull);
+  CHECK(t->trace_lo == 0xa3ce929d0e0e4736ull);
+  CHECK(t->parent_id == 0x00f067aa0ba902b7ull);
+  CHECK(t->flags == 1);
+  CHECK(t->traceparent() == tp);
+  for (const char* bad : {"", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+                          "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                          "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  // upper case
+                          "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  // zero trace id
+                          "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  // zero span id
+                          "00-4bf92f3577b34da6a3ce929d0e0e4736x00f067aa0ba902b7-01"})
+    CHECK_FALSE(TraceContext::parse(bad));
+  const TraceContext c = t->child();
+  CHECK(c.trace_hi == t->trace_hi);
+  CHECK(c.trace_lo == t->trace_lo);
+  CHECK(c.parent_id != t->parent_id);
+  CHECK(TraceContext::fresh().valid());
+}
+
+TEST_CASE("envelope: every field round-trips; the payload is read in place; plain frames open as themselves",
+          "[contract][envelope]") {
+  TopicGuard g{Bus::direct({.shm_prefix = unique_prefix("env")}), "env.rt"};
+  g.bus.create_topic(g.topic, {.capacity = 1 << 16});
+  Subscriber s = g.bus.subscriber(g.topic);
+  Publisher p = g.bus.publisher(g.topic);
+
+  capnp::MallocMessageBuilder q;
+  auto quote = q.initRoot<schema::Quote>();
+  quote.setInstrumentId(7);
+  quote.setBidPx(-12345);
+  Envelope e;
+  e.correlation_id = 0xfeedfacecafebeefull;
+  e.causation_id = 99;
+  e.reply_to = "svc.reply.1";
+  e.trace = *TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+  e.trace.state = "vendor=abc";
+  e.content_version = 3;
+  e.status = 404;
+  REQUIRE(publish_enveloped(p, e, q, 555, capnp::typeId<schema::Quote>()) == Status::ok);
+  REQUIRE(p.offer("plain", 5, 556) == Status::ok);
+
+  View v;
+  REQUIRE(s.poll(v) == Status::ok);
+  CHECK(v.schema_id() == envelope_schema_id());
+  CHECK(v.message_id() == 555);
+  EnvelopedView ev;
+  REQUIRE(ev.open(v) == Status::ok);
+  REQUIRE(ev.enveloped());
+  const Envelope& r = ev.envelope();
+  CHECK(r.correlation_id == e.correlation_id);
+  CHECK(r.causation_id == 99);
+  CHECK(r.reply_to == "svc.reply.1");
+  CHECK(r.trace.traceparent() == e.trace.traceparent());
+  CHECK(r.trace.state == "vendor=abc");
+  CHECK(r.content_version == 3);
+  CHECK(r.status == 404);
+  const View& pl = ev.payload();
+  CHECK(pl.schema_id() == capnp::typeId<schema::Quote>());
+  CHECK(pl.message_id() == 555);
+  CHECK(pl.sequence() == v.sequence());
+  CHECK(pl.data() >= v.data());  // in place, inside the frame
+  CHECK(pl.data() + pl.size() <= v.data() + v.size());
+  kj::ArrayPtr<const capnp::word> w(reinterpret_cast<const capnp::word*>(pl.data()), pl.size() / 8);
+  capnp::FlatArrayMessageReader rd(w);
+  CHECK(rd.getRoot<schema::Quote>().getInstrumentId() == 7);
+  CHECK(rd.getRoot<schema::Quote>().getBidPx() == -12345);
+  s.release(v);
+
+  REQUIRE(s.poll(v) == Status::ok);
+  EnvelopedView plain;
+  REQUIRE(plain.open(v) == Status::ok);
+  CHECK_FALSE(plain.enveloped());
+  CHECK(str(plain.payload().bytes()) == "plain");
+  CHECK(plain.envelope().correlation_id == 0);
+  s.release(v);
+}
+
+TEST_CASE("envelope: hostile frames flagged as envelopes are refused as malformed, never trusted",
+          "[contract][envelope]") {
+  TopicGuard g{Bus::direct({.shm_prefix = unique_prefix("envbad")}), "env.bad"};
+  g.bus.create_topic(g.topic, {.capacity = 1 << 16});
+  Subscriber s = g.bus.subscriber(g.topic);
+  Publisher p = g.bus.publisher(g.topic);
+  const uint64_t eid = envelope_schema_id();
+  // Garbage, a segment table pointing far outside, an empty payload.
+  std::vector<std::string> bad;
+  bad.push_back(std::string(64, '\xff'));
+  {
+    std::string t(16, '\0');
+    const uint32_t tbl[2] = {0, 0x7fffffff};
+    std::memcpy(t.data(), tbl, 8);
+    bad.push_back(t);
+  }
+  bad.push_back(std::string(3, 'x'));
+  // A well-formed Envelope whose reply-to is longer than any topic name.
+  {
+    capnp::MallocMessageBuilder mb;
+    auto en = mb.initRoot<schema::Envelope>();
+    en.setReplyTo(std::string(kMaxReplyTo + 1, 'r'));
+    auto f = capnp::messageToFlatArray(mb);
+    bad.push_back(std::string(reinterpret_cast<const char*>(f.asBytes().begin()), f.asBytes().size()));
+  }
+  for (auto& b : bad) REQUIRE(p.offer(b.data(), b.size(), 1, eid) == Status::ok);
+  int malformed = 0;
+  View v;
+  while (s.poll(v) == Status::ok) {
+    EnvelopedView ev;
+    if (ev.open(v) == Status::malformed) ++malformed;
+    CHECK(ev.envelope().reply_to.size() <= kMaxReplyTo);
+    s.release(v);
+  }
+  CHECK(malformed == int(bad.size()));
+  // Over-long fields are refused on the way out too.
+  Envelope e;
+  e.reply_to = std::string(kMaxReplyTo + 1, 'r');
+  CHECK(publish_enveloped(p, e, as_bytes("x")) == Status::too_large);
+}
+
+TEST_CASE("shmbus replay prints an enveloped message's envelope and its decoded payload as JSON",
+          "[contract][envelope][cli][daemon]") {
+  DaemonProc d("envcli");
+  REQUIRE(d.start());
+  const std::string err = d.dir + "/cli.err";
+  REQUIRE(run_capture({kCli, "--socket", d.sock, "topic", "create", "md.env", "--durable", "--flush", "none"}, {},
+                      err)
+              .find("md.env") != std::string::npos);
+  {
+    Bus bus = Bus::connect(d.sock);
+    Publisher p = bus.publisher("md.env", patient());
+    capnp::MallocMessageBuilder q;
+    q.initRoot<schema::Quote>().setInstrumentId(4242);
+    Envelope e;
+    e.correlation_id = 17;
+    e.causation_id = 16;
+    e.reply_to = "reply.x";
+    e.trace = *TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    e.content_version = 2;
+    REQUIRE(publish_enveloped(p, e, q, 900, capnp::typeId<schema::Quote>()) == Status::ok);
+  }
+  const std::string out = run_capture({kCli, "--socket", d.sock, "replay", "md.env", "--count", "1"}, {}, err);
+  INFO(out);
+  CHECK(out.find("\"message_id\":\"900\"") != std::string::npos);
+  CHECK(out.find("\"envelope\":{\"correlationId\":\"17\",\"causationId\":\"16\",\"replyTo\":\"reply.x\","
+                 "\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\","
+                 "\"contentVersion\":2,\"status\":0,") != std::string::npos);
+  CHECK(out.find("\"type\":\"Quote\"") != std::string::npos);
+  CHECK(out.find("\"instrumentId\":4242") != std::string::npos);
+  REQUIRE(d.stop());
+}
+
+// ------------------------------------------------------------------ request/response
+
+namespace {
+struct Rig {
+  DaemonProc d;
+  Bus bus;
+  explicit Rig(const char* what) : d(what), bus(start(d)) {}
+  static Bus start(DaemonProc& d) {
+    if (!d.start()) throw std::runtime_error("shmbusd did not start");
+    return Bus::connect(d.sock);
+  }
+};
+}  // namespace
+
+TEST_CASE("request/response: replies correlated with several requests in flight from three processes",
+          "[contract][request][daemon]") {
+  Rig r("reqconc");
+  r.bus.create_topic("svc.echo", {.capacity = 1 << 20, .multi_producer = true});
+  Child resp(helper({"responder", r.d.sock, "svc.echo", "echo"}));
+  REQUIRE(resp.await("ready", 10000) == "1");
+  std::vector<Child> reqs;
+  for (int i = 0; i < 3; ++i) reqs.emplace_back(helper({"requester", r.d.sock, "svc.echo", "30", "8"}));
+  // And this process too, awaiting in sending order while the others await in reverse.
+  Requester rq(r.bus);
+  for (int i = 0; i < 40; ++i) {
+    const std::string m = "self-" + std::to_string(i);
+    Reply rep;
+    REQUIRE(rq.request("svc.echo", as_bytes(m), 5'000'000'000, rep) == Status::ok);
+    CHECK(str(rep.payload) == "re:" + m);
+  }
+  for (auto& c : reqs) {
+    c.finish(60000);
+    INFO(c.describe());
+    CHECK(c.ok());
+    CHECK(c.num("ok") == 240);
+    CHECK(c.num("stale") == 0);
+  }
+  CHECK(rq.stats().stale == 0);
+  CHECK(rq.stats().replies == 40);
+}
+
+TEST_CASE("request/response: a responder SIGKILLed mid-request is a timeout, not a hang",
+          "[contract][request][daemon]") {
+  Rig r("reqkill");
+  r.bus.create_topic("svc.hang", {.capacity = 1 << 20, .multi_producer = true});
+  Child resp(helper({"responder", r.d.sock, "svc.hang", "hang"}), {}, {}, true);
+  REQUIRE(resp.await("ready", 10000) == "1");
+  Requester rq(r.bus);
+  uint64_t corr = 0;
+  REQUIRE(rq.send("svc.hang", as_bytes("q1"), corr) == Status::ok);
+  // The responder has the request in hand when it dies.
+  REQUIRE(resp.await("got1", 10000) == "q1 " + std::to_string(corr));
+  resp.kill_now();
+  const int64_t t0 = mono();
+  Reply rep;
+  CHECK(rq.await(corr, 300'000'000, rep) == Status::timed_out);
+  const int64_t took = mono() - t0;
+  CHECK(took >= 300'000'000);
+  CHECK(took < 3'000'000'000);
+  CHECK(rq.stats().timeouts == 1);
+  CHECK(rq.in_flight() == 0);
+}
+
+TEST_CASE("request/response: a late reply to a timed-out request is never taken for a later request's",
+          "[contract][request][daemon]") {
+  Rig r("reqstale");
+  r.bus.create_topic("svc.slow", {.capacity = 1 << 20, .multi_producer = true});
+  Child resp(helper({"responder", r.d.sock, "svc.slow", "hold-first"}), {}, {}, true);
+  REQUIRE(resp.await("ready", 10000) == "1");
+  Requester rq(r.bus);
+  uint64_t a = 0;
+  REQUIRE(rq.send("svc.slow", as_bytes("A"), a) == Status::ok);
+  REQUIRE(resp.await("got1", 10000) == "A " + std::to_string(a));
+  Reply rep;
+  REQUIRE(rq.await(a, 100'000'000, rep) == Status::timed_out);
+  resp.close_stdin();  // now it answers A (late), then B
+  uint64_t b = 0;
+  REQUIRE(rq.send("svc.slow", as_bytes("B"), b) == Status::ok);
+  REQUIRE(rq.await(b, 5'000'000'000, rep) == Status::ok);
+  CHECK(str(rep.payload) == "re:B");
+  CHECK(rep.envelope.correlation_id == b);
+  CHECK(rq.stats().stale == 1);  // A's reply, dropped
+  CHECK(resp.await("got2", 10000) == "B " + std::to_string(b));
+}
+
+// ------------------------------------------------------------------ dedup
+
+TEST_CASE("dedup window: position and (producer, message id), bounded, persisted atomically, bad files refused",
+          "[contract][dedup]") {
+  TempDir tmp;
+  const std::string path = tmp.path + "/w.dedup";
+  {
+    DedupWindow w({.capacity = 3, .path = path});
+    CHECK(w.position() == 0);
+    CHECK_FALSE(w.seen(1, 100, 1));
+    w.record(1, 100, 1);
+    w.record(1, 101, 2);
+    w.record(2, 100, 3);
+    CHECK(w.seen(1, 100, 1));     // by position
+    CHECK(w.seen(1, 100, 50));    // a retry: new sequence, same ids
+    CHECK_FALSE(w.seen(3, 100, 51));  // another producer's 100
+    w.record(1, 102, 4);          // evicts (1,100)
+    CHECK_FALSE(w.seen(1, 100, 60));
+    CHECK(w.seen(1, 102, 61));
+    CHECK(w.stats().by_position == 1);
+    CHECK(w.stats().by_id == 2);
+    w.commit("app-state");
+  }
+  {
+    DedupWindow w({.capacity = 3, .path = path});
+    CHECK(w.position() == 4);
+    CHECK(w.app_state() == "app-state");
+    CHECK(w.size() == 3);
+    CHECK(w.seen(2, 100, 70));
+    CHECK(w.seen(1, 4, 4));
+  }
+  // A flipped byte anywhere is refused, not half-used.
+  std::string bytes;
+  {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    bytes = ss.str();
+  }
+  for (size_t at : {size_t(0), size_t(9), size_t(17), size_t(30), bytes.size() - 3}) {
+    std::string b = bytes;
+    b[at] = char(b[at] ^ 0x40);
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << b;
+    CHECK_THROWS_AS(DedupWindow({.capacity = 3, .path = path}), Error);
+  }
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() - 1);
+  CHECK_THROWS_AS(DedupWindow({.capacity = 3, .path = path}), Error);
+}
+
+TEST_CASE("dedup: duplicates from a producer restart and a consumer restart (both SIGKILLed) are handled once",
+          "[contract][dedup][daemon]") {
+  Rig r("dedup");
+  r.bus.create_topic("orders.dd", {.capacity = 1 << 20, .multi_producer = true});
+  const std::string state = r.d.dir + "/consumer.dedup";
+  const std::string n = "400";
+  Child c1(helper({"dedup-consumer", r.d.sock, "orders.dd", "dd", state, n}));
+  REQUIRE(c1.await("ready", 10000) == "0");
+  Child p1(helper({"dedup-producer", r.d.sock, "orders.dd", "1", n, "77"}));
+  REQUIRE(p1.await("sent200", 10000) == "1");
+  p1.kill_now();  // the producer dies not knowing what went out: it will send everything again
+  REQUIRE(c1.await("handled100", 20000) == "1");
+  c1.kill_now();  // mid-stream, possibly between its commit and its release
+  Child c2(helper({"dedup-consumer", r.d.sock, "orders.dd", "dd", state, n}));
+  const std::string had = c2.await("ready", 10000);
+  REQUIRE(!had.empty());
+  CHECK(std::stoul(had) >= 100);
+  Child p2(helper({"dedup-producer", r.d.sock, "orders.dd", "1", n, "77"}));
+  p2.finish(20000);
+  INFO(p2.describe());
+  REQUIRE(p2.ok());
+  {
+    Publisher end = r.bus.publisher("orders.dd", patient());
+    REQUIRE(end.offer("end", 3, 0) == Status::ok);
+  }
+  c2.finish(30000);
+  INFO(c2.describe());
+  REQUIRE(c2.ok());
+  CHECK(c2.num("total") == 400);
+  CHECK(c2.num("dups") >= 200);  // at least everything the first producer sent came twice
+  // The persisted application state lists every id exactly once.
+  DedupWindow w({.capacity = 4096, .path = state});
+  std::set<std::string> ids;
+  size_t count = 0;
+  std::stringstream ss(w.app_state());
+  for (std::string id; std::getline(ss, id, ',');) {
+    ids.insert(id);
+    ++count;
+  }
+  CHECK(count == 400);
+  CHECK(ids.size() == 400);
+}
