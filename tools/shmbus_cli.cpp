@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <ctime>
 #include <iostream>
+#include <map>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
@@ -485,6 +486,159 @@ int run_replay(DaemonClient& c, const std::string& socket, const ReplayArgs& a, 
   return 0;
 }
 
+// ---------------------------------------------------------------- dlq replay
+
+struct DlqArgs {
+  std::string topic, to, from = "earliest";
+  uint32_t partition = 0;
+  uint64_t count = 0;
+};
+
+// Re-drives the dead letters of a durable `<topic>.dlq` (docs/messaging.md): each
+// DeadLetter's original payload is published again, with its original message id and
+// schema id, to its original topic and partition (or --to, partition 0 if the
+// original partition does not exist there). One line per dead letter on stdout;
+// the DLQ sequence to continue from on stderr.
+int run_dlq_replay(DaemonClient& c, const std::string& socket, const DlqArgs& a, bool json) {
+  Point from;
+  std::string err;
+  if (!parse_point(a.from, from, err)) {
+    std::fprintf(stderr, "shmbus: --from: %s\n", err.c_str());
+    return 1;
+  }
+  auto rep = c.call([&](proto::Request::Builder r) { r.setDescribeTopic(a.topic); });
+  auto info = rep.get().getTopic();
+  auto spec = info.getSpec();
+  if (!spec.getDurable()) {
+    std::fprintf(stderr,
+                 "shmbus: dead-letter topic '%s' is not durable: it keeps no dead letters to re-drive (create it "
+                 "with --durable before the handlers dead-letter anything)\n",
+                 a.topic.c_str());
+    return 1;
+  }
+  if (a.partition >= spec.getPartitions()) {
+    std::fprintf(stderr, "shmbus: topic '%s' has no partition %u\n", a.topic.c_str(), a.partition);
+    return 1;
+  }
+  uint64_t end_seq = 0;
+  {
+    auto st = c.call([&](proto::Request::Builder r) { r.setStat(a.topic); });
+    for (auto ts : st.get().getStats())
+      for (auto ps : ts.getPartitions())
+        if (ps.getPartition() == a.partition) end_seq = ps.getNextSequence();
+  }
+  if (end_seq <= 1 || from.kind == Point::latest || (from.kind == Point::seq && from.v >= end_seq)) {
+    std::fprintf(stderr, "shmbus: no dead letters in %s from %s\n", a.topic.c_str(), a.from.c_str());
+    return 0;
+  }
+  Bus bus = Bus::connect(socket);
+  ReplayOptions ro;
+  ro.partition = a.partition;
+  ro.state_dir = info.getLogDir().cStr();
+  if (ro.state_dir.empty()) {
+    auto h = c.call([](proto::Request::Builder r) { r.setHealth(); });
+    ro.state_dir = std::string(h.get().getHealth().getStateDir().cStr()) + "/log";
+  }
+  switch (from.kind) {
+    case Point::earliest: ro.start = StartAt::earliest(); break;
+    case Point::latest: ro.start = StartAt::latest(); break;
+    case Point::seq: ro.start = StartAt::sequence(from.v); break;
+    case Point::mono: ro.start = StartAt::time(from.v); break;
+  }
+  ReplaySubscriber sub = replay_subscriber(bus, a.topic, ro);
+  std::map<std::pair<std::string, uint32_t>, Publisher> pubs;
+  std::map<std::string, uint32_t> parts;
+  std::vector<capnp::word> buf;
+  uint64_t redriven = 0, skipped = 0, failed = 0, last = 0;
+  View v;
+  while (!g_stop) {
+    const Status ps = sub.poll_wait(v, 200'000'000);
+    if (ps == Status::corrupt) {
+      std::fprintf(stderr, "shmbus: a corrupt log record was skipped\n");
+      continue;
+    }
+    if (ps != Status::ok) {
+      if (sub.source() == ReplaySource::ring) break;  // the history is through
+      continue;
+    }
+    last = v.sequence();
+    std::string line;
+    if (v.schema_id() != capnp::typeId<shmbus::schema::DeadLetter>()) {
+      ++skipped;
+      line = "{\"dlq_seq\":" + std::to_string(last) + ",\"skipped\":\"not a DeadLetter\"}";
+    } else {
+      // Copied once into aligned memory, read with limits (log bytes are untrusted).
+      const size_t words = (v.size() + 7) / 8;
+      buf.assign(std::max<size_t>(words, 1), capnp::word{});
+      std::memcpy(buf.data(), v.data(), v.size());
+      std::string target;
+      uint32_t part = 0;
+      uint64_t mid = 0, sid = 0;
+      std::vector<std::byte> payload;
+      std::string why;
+      try {
+        capnp::ReaderOptions rdo;
+        rdo.traversalLimitInWords = words + 1024;
+        rdo.nestingLimit = 16;
+        capnp::FlatArrayMessageReader rd(kj::arrayPtr(buf.data(), words), rdo);
+        auto d = rd.getRoot<shmbus::schema::DeadLetter>();
+        target = a.to.empty() ? std::string(d.getOriginalTopic().cStr()) : a.to;
+        part = a.to.empty() ? d.getPartition() : 0;
+        mid = d.getMessageId();
+        sid = d.getSchemaId();
+        auto p = d.getPayload();
+        payload.assign(reinterpret_cast<const std::byte*>(p.begin()), reinterpret_cast<const std::byte*>(p.end()));
+      } catch (const kj::Exception& e) {
+        why = std::string("undecodable dead letter: ") + e.getDescription().cStr();
+      }
+      if (why.empty() && target.empty()) why = "the dead letter names no original topic (give --to)";
+      Status st = Status::closed;
+      if (why.empty()) {
+        try {
+          auto pi = parts.find(target);
+          if (pi == parts.end()) pi = parts.emplace(target, bus.partitions(target)).first;
+          if (part >= pi->second) part = 0;
+          auto key = std::make_pair(target, part);
+          auto it = pubs.find(key);
+          if (it == pubs.end()) {
+            PublisherOptions po;
+            po.partition = part;
+            po.block_timeout_ns = 10'000'000'000;
+            it = pubs.emplace(key, bus.publisher(target, po)).first;
+          }
+          st = it->second.offer(payload.data(), payload.size(), mid, sid);
+          if (st != Status::ok) why = std::string("publish: ") + to_string(st);
+        } catch (const Error& e) {
+          why = e.what();
+        }
+      }
+      if (why.empty()) {
+        ++redriven;
+        if (json)
+          line = "{\"dlq_seq\":" + std::to_string(last) + ",\"to\":" + jstr(target) +
+                 ",\"partition\":" + std::to_string(part) + ",\"message_id\":\"" + std::to_string(mid) + "\"}";
+        else
+          line = "re-drove dlq seq " + std::to_string(last) + " to " + target + "[" + std::to_string(part) +
+                 "], message id " + std::to_string(mid);
+      } else {
+        ++failed;
+        line = json ? "{\"dlq_seq\":" + std::to_string(last) + ",\"error\":" + jstr(why) + "}"
+                    : "dlq seq " + std::to_string(last) + " NOT re-driven: " + why;
+      }
+    }
+    std::printf("%s\n", line.c_str());
+    sub.release(v);
+    if (a.count && redriven + failed >= a.count) break;
+    if (last + 1 >= end_seq) break;
+  }
+  std::fflush(stdout);
+  std::fprintf(stderr,
+               "shmbus: %" PRIu64 " dead letters re-driven, %" PRIu64 " failed, %" PRIu64
+               " skipped; continue with --from seq:%" PRIu64 "\n",
+               redriven, failed, skipped, last + 1);
+  return failed ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -553,6 +707,17 @@ int main(int argc, char** argv) {
   tail->add_option("--partition", ta.partition, "partition (default 0)");
   tail->add_option("--from", ta.from, "durable topics: start point as for replay (default latest)");
   tail->add_option("--count", ta.count, "stop after N messages");
+  DlqArgs da;
+  auto* dlq = app.add_subcommand("dlq", "dead-letter topics (<topic>.dlq)");
+  dlq->require_subcommand(1);
+  auto* dlq_replay = dlq->add_subcommand(
+      "replay", "re-drive a durable <topic>.dlq's dead letters to their original topic (payload, message id and "
+                "schema id as they were)");
+  dlq_replay->add_option("topic", da.topic, "the dead-letter topic")->required();
+  dlq_replay->add_option("--to", da.to, "publish to this topic (partition 0) instead of each original topic");
+  dlq_replay->add_option("--count", da.count, "stop after N dead letters");
+  dlq_replay->add_option("--from", da.from, "start point in the dead-letter log, as for replay (default earliest)");
+  dlq_replay->add_option("--partition", da.partition, "partition of the dead-letter topic (default 0)");
   CLI11_PARSE(app, argc, argv);
 
   DaemonClient::Options co;
@@ -695,6 +860,10 @@ int main(int argc, char** argv) {
       return run_replay(*c, socket, ra, false);
     } else if (tail->parsed()) {
       return run_replay(*c, socket, ta, true);
+    } else if (dlq_replay->parsed()) {
+      std::signal(SIGINT, on_sigint);
+      std::signal(SIGTERM, on_sigint);
+      return run_dlq_replay(*c, socket, da, json);
     } else if (health->parsed()) {
       auto rep = c->call([](proto::Request::Builder r) { r.setHealth(); });
       auto h = rep.get().getHealth();

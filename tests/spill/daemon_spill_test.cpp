@@ -531,3 +531,85 @@ TEST_CASE("a rejected message lands in a durable <topic>.dlq and replays as JSON
   CHECK(ls[0].find("\"messageId\":\"708\"") != std::string::npos);
   CHECK(ls[0].find("\"payload\":[111,114,100,101,114,45,51]") != std::string::npos);  // "order-3"
 }
+
+// `shmbus dlq replay` (docs/messaging.md): dead letters go back to their original
+// topic with their original payload, message id and schema id; --to sends them
+// elsewhere; --count stops early; the rest of the stream was handled meanwhile.
+TEST_CASE("shmbus dlq replay re-drives dead letters to their topic with the original payload and schema id",
+          "[spill][daemon][cli][contract]") {
+  Daemon dm("dlqre");
+  REQUIRE(dm.d.start());
+  const std::string err = dm.d.dir + "/cli.err";
+  REQUIRE(run(dm.cli({"topic", "create", "orders.rd", "--multi-producer"}), err).code() == 0);
+  REQUIRE(run(dm.cli({"topic", "create", "orders.other", "--multi-producer"}), err).code() == 0);
+  REQUIRE(run(dm.cli({"topic", "create", "orders.rd.dlq", "--durable", "--flush", "none", "--multi-producer"}), err)
+              .code() == 0);
+  Bus bus = Bus::connect(dm.d.sock);
+  // The original messages: Quote-typed; instrument 13 is poison.
+  auto quote_bytes = [](uint32_t instrument) {
+    capnp::MallocMessageBuilder mb;
+    mb.initRoot<schema::Quote>().setInstrumentId(instrument);
+    auto f = capnp::messageToFlatArray(mb);
+    return std::string(reinterpret_cast<const char*>(f.asBytes().begin()), f.asBytes().size());
+  };
+  const uint64_t quote_id = capnp::typeId<schema::Quote>();
+  std::vector<std::string> poison;
+  {
+    HandlerOptions o;
+    o.name = "pricer";
+    int acked = 0;
+    HandlerRunner run(bus, "orders.rd", [&](const View& v) {
+      uint32_t inst = 0;
+      if (read_message<schema::Quote>(v, [&](schema::Quote::Reader q) { inst = q.getInstrumentId(); }) !=
+          Status::ok)
+        return Outcome::reject("undecodable");
+      if (inst == 13) return Outcome::reject("instrument 13 is suspended", 409);
+      ++acked;
+      return Outcome::ack();
+    }, o);
+    Publisher pub = bus.publisher("orders.rd", patient_publisher());
+    for (uint32_t i = 0; i < 10; ++i) {
+      const std::string b = quote_bytes(i % 5 == 3 ? 13 : i);
+      if (i % 5 == 3) poison.push_back(b);
+      REQUIRE(pub.offer(b.data(), b.size(), 800 + i, quote_id) == Status::ok);
+    }
+    while (run.step(0)) {
+    }
+    CHECK(run.stats().dead_lettered == 2);
+    CHECK(acked == 8);
+  }
+  Subscriber back = bus.subscriber("orders.rd");
+  Subscriber other = bus.subscriber("orders.other");
+  Run r = run(dm.cli({"dlq", "replay", "orders.rd.dlq"}), err);
+  INFO(r.out << r.err);
+  REQUIRE(r.code() == 0);
+  CHECK(lines(r.out).size() == 2);
+  CHECK(r.err.find("2 dead letters re-driven, 0 failed") != std::string::npos);
+  View v;
+  for (int i = 0; i < 2; ++i) {
+    REQUIRE(back.poll_wait(v, 5'000'000'000) == Status::ok);
+    CHECK(v.schema_id() == quote_id);
+    CHECK(v.message_id() == uint64_t(803 + 5 * i));
+    CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == poison[size_t(i)]);
+    back.release(v);
+  }
+  CHECK(back.poll(v) == Status::empty);
+  // --to and --count: the first dead letter only, to another topic.
+  r = run(dm.cli({"--json", "dlq", "replay", "orders.rd.dlq", "--to", "orders.other", "--count", "1"}), err);
+  INFO(r.out << r.err);
+  REQUIRE(r.code() == 0);
+  auto ls = lines(r.out);
+  REQUIRE(ls.size() == 1);
+  CHECK(ls[0].find("\"to\":\"orders.other\"") != std::string::npos);
+  REQUIRE(other.poll_wait(v, 5'000'000'000) == Status::ok);
+  CHECK(v.message_id() == 803);
+  CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == poison[0]);
+  other.release(v);
+  CHECK(other.poll(v) == Status::empty);
+  CHECK(back.poll(v) == Status::empty);
+  // A DLQ that is not durable is refused with the reason.
+  REQUIRE(run(dm.cli({"topic", "create", "orders.tmp.dlq"}), err).code() == 0);
+  r = run(dm.cli({"dlq", "replay", "orders.tmp.dlq"}), err);
+  CHECK(r.code() == 1);
+  CHECK(r.err.find("not durable") != std::string::npos);
+}
