@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <capnp/compat/json.h>
 #include <capnp/message.h>
 #include <catch2/catch.hpp>
@@ -162,10 +164,22 @@ TEST_CASE("durable topic through shmbusd: replay from earliest, sequence and tim
       ReplaySubscriber all = replay_subscriber(bus, topic, ro);
       ts = expect_stream(all, 1, N);
     }
+    // The producer publishes on demand, concurrently with each replay: every replay asks
+    // for 2000 messages beyond what exists when it starts, so it reads history and then
+    // live messages that are being published while it reads. (A producer that stopped
+    // after a fixed count could finish before a slow replay asked for more: a hang.)
     std::atomic<uint64_t> produced{N};
     std::atomic<bool> stop{false};
+    std::mutex mu;
+    std::condition_variable cv;
+    uint64_t want = N;  // guarded by mu
     std::thread prod([&] {
-      for (uint64_t i = N + 1; !stop.load(std::memory_order_relaxed) && i <= N + 200000; ++i) {
+      for (uint64_t i = N + 1;; ++i) {
+        {
+          std::unique_lock<std::mutex> lk(mu);
+          cv.wait(lk, [&] { return stop.load() || want >= i; });
+          if (stop.load()) return;
+        }
         if (publish_one(pub, i) != i) return;
         produced.store(i, std::memory_order_release);
         if (i % 64 == 0) {
@@ -174,7 +188,17 @@ TEST_CASE("durable topic through shmbusd: replay from earliest, sequence and tim
         }
       }
     });
+    struct Wake {  // stops the producer before the Joiner joins it, also on a failure
+      std::atomic<bool>& stop;
+      std::mutex& mu;
+      std::condition_variable& cv;
+      ~Wake() {
+        { std::lock_guard<std::mutex> lk(mu); stop = true; }
+        cv.notify_all();
+      }
+    };
     Joiner j{&stop, {&prod}};
+    Wake w{stop, mu, cv};
     Rng rng(uint64_t(time(nullptr)));
     for (int k = 0; k < 6; ++k) {
       const uint64_t s = 1 + rng.next() % N;
@@ -192,11 +216,14 @@ TEST_CASE("durable topic through shmbusd: replay from earliest, sequence and tim
       ReplaySubscriber r = replay_subscriber(bus, topic, o);
       // History, then whatever the producer publishes meanwhile (at least 2000 more).
       const uint64_t upto = std::max<uint64_t>(produced.load(std::memory_order_acquire), N) + 2000;
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        want = std::max(want, upto);
+      }
+      cv.notify_all();
       expect_stream(r, first, upto - first + 1);
       CHECK(r.stats().corrupt == 0);
     }
-    stop = true;
-    prod.join();
   }
   SECTION("a daemon restart recovers the log and continues it") {
     REQUIRE(dm.d.stop());
