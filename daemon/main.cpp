@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   shmbus::DaemonOptions o;
   std::string config;
   CLI::App app{"shmbusd: the shmbus daemon (segments, liveness, access)"};
+  app.set_version_flag("--version", "shmbusd " SHMBUS_VERSION);
   app.add_option("--config", config, "TOML config file (keys as the long options, with _)");
   app.add_option("--socket", o.socket_path, "control socket path (default " + shmbus::default_socket_path() + ")");
   app.add_option("--state-dir", o.state_dir, "registry state directory (default <socket dir>/state)");

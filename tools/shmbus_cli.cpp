@@ -643,6 +643,7 @@ int run_dlq_replay(DaemonClient& c, const std::string& socket, const DlqArgs& a,
 
 int main(int argc, char** argv) {
   CLI::App app{"shmbus: inspect and manage shmbusd topics"};
+  app.set_version_flag("--version", "shmbus " SHMBUS_VERSION);
   std::string socket;
   bool json = false;
   app.add_option("--socket", socket, "control socket (default " + default_socket_path() + ")");

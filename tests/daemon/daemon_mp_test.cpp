@@ -124,9 +124,15 @@ TEST_CASE("an unauthorised uid is refused a topic and cannot open its segments d
   const std::filesystem::path helper_src = helper_path();
   const std::string helper = d.dir + "/daemon_helper";
   std::filesystem::copy_file(helper_src, helper);
-  std::filesystem::copy_file(helper_src.parent_path() / "../../lib/libshmbus.so", d.dir + "/libshmbus.so");
+  // libshmbus.so.<soversion> is the name the helper asks for (its soname): every
+  // libshmbus.so* is copied (symlinks as the files they point to).
+  for (const auto& e : std::filesystem::directory_iterator(helper_src.parent_path() / "../../lib")) {
+    const std::string fn = e.path().filename().string();
+    if (fn.rfind("libshmbus.so", 0) != 0 || !e.is_regular_file()) continue;  // not libshmbus.so.p/
+    std::filesystem::copy_file(e.path(), d.dir + "/" + fn);
+    REQUIRE(chmod((d.dir + "/" + fn).c_str(), 0755) == 0);
+  }
   REQUIRE(chmod(helper.c_str(), 0755) == 0);
-  REQUIRE(chmod((d.dir + "/libshmbus.so").c_str(), 0755) == 0);
   REQUIRE(d.start());
   Bus bus = Bus::connect(d.sock);
   bus.create_topic("acl.private", {.capacity = 8192, .mode = 0600});

@@ -26,11 +26,14 @@ case $target in
   frames)
     # The ring reader is header-only and MessageReader (message.cpp) is compiled here,
     # instrumented; the rest of MessageClaim's references come from libshmbus.
-    [ -f "$build/lib/libshmbus.so" ] || { echo "$build/lib/libshmbus.so missing (build first)"; exit 1; }
+    # The library by its file (libshmbus.so.X.Y.Z; its soname goes into the binary):
+    # a build dir set up before the soname existed can lack the libshmbus.so link.
+    shlib=$(find "$build/lib" -maxdepth 1 -type f -name 'libshmbus.so.*' | head -1)
+    [ -n "$shlib" ] || { echo "$build/lib/libshmbus.so.* missing (build first)"; exit 1; }
     # shellcheck disable=SC2086
     "$CXX" $common -I"$src/lib/include" -I"$src/shm/include" -I"$gen" \
       "$src/tests/fuzz/frame_reader_fuzz.cpp" "$src/lib/src/message.cpp" \
-      -L"$build/lib" -Wl,-rpath,"$build/lib" -lshmbus \
+      "$shlib" -Wl,-rpath,"$build/lib" \
       -lcapnp -lkj -lrt -pthread -o "$out/frame_reader_fuzz"
     bin=$out/frame_reader_fuzz ;;
   *) echo "unknown fuzz target $target"; exit 2 ;;
