@@ -128,6 +128,11 @@ void DedupWindow::record(uint32_t producer_id, uint64_t message_id, uint64_t seq
 void DedupWindow::commit(std::string_view app_state) {
   if (app_state.size() > kMaxApp) throw Error(ErrorCode::invalid_argument, "dedup: application state over 64 MiB");
   app_.assign(app_state);
+  commit_current();
+}
+
+void DedupWindow::commit_current() {
+  if (app_.size() > kMaxApp) throw Error(ErrorCode::invalid_argument, "dedup: application state over 64 MiB");
   if (opts_.path.empty()) return;
   std::vector<char> o;
   o.reserve(32 + order_.size() * 16 + app_.size());

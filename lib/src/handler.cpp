@@ -102,6 +102,7 @@ bool HandlerRunner::step(int64_t wait_ns_, const std::function<bool()>& stop) {
     return false;
   }
   if (s != Status::ok) return false;
+  DedupWindow* dd = opts_.dedup;
   if (!sub_.options().tethered) {
     // The producer may overwrite an untethered view while the handler retries: copy
     // it (header and payload), check the copy is intact, hand the handler the copy.
@@ -120,11 +121,29 @@ bool HandlerRunner::step(int64_t wait_ns_, const std::function<bool()>& stop) {
     f.pos = v.position();
     f.next = v.next_position();
     View c(f);
+    if (dd && dd->seen(c)) {
+      ++stats_.duplicates;
+      sub_.release(v);
+      return true;
+    }
     if (!handle(c, stop)) return false;
+    if (dd) {
+      dd->record(c);
+      dd->commit();
+    }
+    sub_.release(v);
+    return true;
+  }
+  if (dd && dd->seen(v)) {
+    ++stats_.duplicates;
     sub_.release(v);
     return true;
   }
   if (!handle(v, stop)) return false;
+  if (dd) {  // recorded and committed before the release: a restart finds it seen
+    dd->record(v);
+    dd->commit();
+  }
   sub_.release(v);
   return true;
 }

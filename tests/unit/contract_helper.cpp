@@ -13,6 +13,8 @@
 //   contract_helper dedup-consumer <sock> <topic> <name> <state-file> <expect>
 //     durable consumer with a persisted DedupWindow; the handled ids are its app state;
 //     stops at the end marker (message id 0, payload "end")
+//   contract_helper dedup-runner ...  (same arguments): the same through a HandlerRunner
+//     with HandlerOptions::dedup
 #include <unistd.h>
 
 #include <cinttypes>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "shmbus/dedup.hpp"
+#include "shmbus/handler.hpp"
 #include "shmbus/request.hpp"
 #include "shmbus/subscriber.hpp"
 
@@ -161,6 +164,50 @@ int dedup_consumer(Bus& bus, const std::string& topic, const std::string& name, 
   return 0;
 }
 
+// The same through a HandlerRunner with HandlerOptions::dedup: the handler keeps the
+// handled ids in the window's application state, which the runner commits.
+int dedup_runner(Bus& bus, const std::string& topic, const std::string& name, const std::string& file,
+                 uint64_t expect) {
+  DedupWindow w({.capacity = 4096, .path = file});
+  std::set<uint64_t> have;
+  const std::string& st0 = w.app_state();
+  for (size_t at = 0; at < st0.size();) {
+    const size_t c = st0.find(',', at);
+    if (c == std::string::npos) break;
+    have.insert(std::strtoull(st0.c_str() + at, nullptr, 10));
+    at = c + 1;
+  }
+  HandlerOptions o;
+  o.subscriber.name = name;
+  o.dedup = &w;
+  bool end = false, twice = false;
+  uint64_t twice_id = 0;
+  HandlerRunner run(bus, topic, [&](const View& v) {
+    if (v.message_id() == 0 && str(v.bytes()) == "end") {
+      end = true;
+      return Outcome::ack();
+    }
+    if (!have.insert(v.message_id()).second) {
+      twice = true;
+      twice_id = v.message_id();
+    }
+    std::string s = w.app_state();
+    s += std::to_string(v.message_id());
+    s += ',';
+    w.set_app_state(std::move(s));
+    if (have.size() % 25 == 0) fact(("handled" + std::to_string(have.size())).c_str(), "1");
+    return Outcome::ack();
+  }, o);
+  fact("ready", std::to_string(have.size()));
+  while (!end && !twice) run.step(100'000'000);
+  if (twice) return fact("FAIL", "handled twice: " + std::to_string(twice_id)), 1;
+  if (have.size() != expect)
+    return fact("FAIL", "handled " + std::to_string(have.size()) + " of " + std::to_string(expect)), 1;
+  fact("dups", std::to_string(run.stats().duplicates));
+  fact("total", std::to_string(have.size()));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -179,6 +226,8 @@ int main(int argc, char** argv) {
                             uint32_t(std::strtoul(argv[6], nullptr, 10)));
     if (mode == "dedup-consumer" && argc == 7)
       return dedup_consumer(bus, topic, argv[4], argv[5], std::strtoull(argv[6], nullptr, 10));
+    if (mode == "dedup-runner" && argc == 7)
+      return dedup_runner(bus, topic, argv[4], argv[5], std::strtoull(argv[6], nullptr, 10));
   } catch (const std::exception& e) {
     fact("FAIL", e.what());
     return 1;

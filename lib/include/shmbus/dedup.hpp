@@ -65,7 +65,11 @@ class DedupWindow {
   void record(uint32_t producer_id, uint64_t message_id, uint64_t sequence);
   // Persists the window, the position and `app_state` atomically. Throws
   // Error(system) if the file cannot be written.
-  void commit(std::string_view app_state = {});
+  void commit(std::string_view app_state);
+  // Persists with the application state as it is (set_app_state, or as loaded).
+  void commit() { commit_current(); }
+  // Replaces the application state kept in memory (persisted by the next commit).
+  void set_app_state(std::string s) { app_ = std::move(s); }
 
   uint64_t position() const { return position_; }
   size_t size() const { return order_.size(); }
@@ -83,6 +87,7 @@ class DedupWindow {
   };
   void insert(Key k);
   void load();
+  void commit_current();
 
   DedupOptions opts_;
   uint64_t position_ = 0;

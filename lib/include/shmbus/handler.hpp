@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "shmbus/bus.hpp"
+#include "shmbus/dedup.hpp"
 #include "shmbus/publisher.hpp"
 #include "shmbus/subscriber.hpp"
 
@@ -98,6 +99,13 @@ struct HandlerOptions {
   // letters while nobody reads them.
   TopicConfig dlq_config{.capacity = 1u << 20, .multi_producer = true};
   uint64_t seed = 0;  // jitter generator; 0: from the clock
+  // Dedup (dedup.hpp; not owned, outlives the runner): a message the window has seen
+  // is released without calling the handler (stats().duplicates); every finished
+  // message (acked or dead-lettered) is recorded and committed, with the window's
+  // application state (DedupWindow::set_app_state from the handler), before it is
+  // released. With a durable subscriber name this makes the handler's effects on
+  // that state effectively once across restarts and producer retries.
+  DedupWindow* dedup = nullptr;
   // Time and waiting (tests inject a clock; production uses CLOCK_MONOTONIC and a
   // sleep that returns early when `stop` is asked for).
   std::function<int64_t()> clock;
@@ -111,6 +119,7 @@ struct HandlerStats {
   uint64_t retries = 0;        // attempts after a failure
   uint64_t dead_lettered = 0;
   uint64_t lapped = 0;         // untethered: messages lost to the producer overtaking
+  uint64_t duplicates = 0;     // dedup: messages released without calling the handler
 };
 
 using HandlerFn = std::function<Outcome(const View&)>;
