@@ -159,11 +159,13 @@ Status EnvelopedView::open(const View& v) noexcept {
   payload_ = v;
   env_ = Envelope{};
   enveloped_ = false;
-  if (!v || v.schema_id() != envelope_schema_id()) return Status::ok;
+  if (!v) return Status::ok;
+  // The frame's header is copied once and only the copy is used; the envelope's
+  // scalars and texts are copied out once and validated; the payload's place is
+  // checked to lie inside the frame.
+  std::memcpy(&hdr_, &v.header(), sizeof hdr_);
+  if (hdr_.schema_id != envelope_schema_id()) return Status::ok;
   try {
-    // The frame's header is copied once; the envelope's scalars and texts are copied
-    // out once and validated; the payload's place is checked to lie inside the frame.
-    std::memcpy(&hdr_, &v.header(), sizeof hdr_);
     const uint32_t len = hdr_.payload_len == v.size() ? v.size() : 0;
     if (len < 8 || (reinterpret_cast<uintptr_t>(v.data()) & 7) != 0) return Status::malformed;
     capnp::ReaderOptions ro;

@@ -173,7 +173,18 @@ bool Responder::step(int64_t wait_ns) {
     return true;
   }
   ++stats_.requests;
-  Response r = fn_(ev.payload(), ev.envelope());
+  Response r;
+  try {
+    r = fn_(ev.payload(), ev.envelope());
+  } catch (const std::exception& e) {
+    // Answered at once rather than left to time out: status 500, the reason as payload.
+    ++stats_.failed;
+    const std::string why = std::string("exception: ") + e.what();
+    r = Response{};
+    r.payload.assign(reinterpret_cast<const std::byte*>(why.data()),
+                     reinterpret_cast<const std::byte*>(why.data()) + why.size());
+    r.status = 500;
+  }
   const Envelope& req = ev.envelope();
   if (!r.reply) {
     sub_.release(v);

@@ -7,7 +7,9 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -337,6 +339,43 @@ TEST_CASE("request/response: a late reply to a timed-out request is never taken 
   CHECK(rep.envelope.correlation_id == b);
   CHECK(rq.stats().stale == 1);  // A's reply, dropped
   CHECK(resp.await("got2", 10000) == "B " + std::to_string(b));
+}
+
+TEST_CASE("request/response in one process: a throwing responder answers 500; a request without reply-to "
+          "is handled, not answered",
+          "[contract][request]") {
+  TopicGuard g{Bus::direct({.shm_prefix = unique_prefix("reqlocal")}), "svc.local"};
+  g.bus.create_topic(g.topic, {.capacity = 1 << 16, .multi_producer = true});
+  std::atomic<bool> stop{false};
+  Responder resp(g.bus, g.topic, [](const View& q, const Envelope&) {
+    const std::string m = str(q.bytes());
+    if (m == "boom") throw std::runtime_error("boom");
+    Response r;
+    r.payload.assign(q.bytes().begin(), q.bytes().end());
+    r.status = 7;
+    return r;
+  });
+  std::thread t([&] { resp.run([&] { return stop.load(); }); });
+  Requester rq(g.bus);
+  Reply rep;
+  REQUIRE(rq.request(g.topic, as_bytes("boom"), 5'000'000'000, rep) == Status::ok);
+  CHECK(rep.envelope.status == 500);
+  CHECK(str(rep.payload) == "exception: boom");
+  {
+    Publisher plain = g.bus.publisher(g.topic);
+    REQUIRE(plain.offer("plain", 5) == Status::ok);  // no envelope, no reply-to
+  }
+  REQUIRE(rq.request(g.topic, as_bytes("x"), 5'000'000'000, rep) == Status::ok);
+  CHECK(rep.envelope.status == 7);
+  CHECK(str(rep.payload) == "x");
+  Reply none;
+  CHECK(rq.await(12345, 1'000'000, none) == Status::closed);  // never sent
+  stop = true;
+  t.join();
+  CHECK(resp.stats().requests == 3);
+  CHECK(resp.stats().failed == 1);
+  CHECK(resp.stats().no_reply_to == 1);
+  CHECK(resp.stats().replied == 2);
 }
 
 // ------------------------------------------------------------------ dedup

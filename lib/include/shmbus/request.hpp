@@ -70,12 +70,15 @@ class Requester {
   Requester& operator=(const Requester&) = delete;
 
   // Publishes a request on `topic` (enveloped: correlation id, reply-to, trace);
-  // its correlation id in `corr`. Returns the publish status (ok, back_pressured ...).
+  // its correlation id in `corr`. Returns the publish status (ok, back_pressured ...;
+  // back_pressured also when max_in_flight requests are waiting). Opening a topic for
+  // the first time throws Error like Bus::publisher (not found, permission denied).
   Status send(const std::string& topic, std::span<const std::byte> request, uint64_t& corr,
               uint64_t schema_id = 0, const TraceContext* trace = nullptr);
   // The reply to `corr`, waiting up to timeout_ns. ok: `out` is it. timed_out: none
   // came in time, and `corr` is forgotten (its reply, if it comes later, is stale).
   // Replies to other requests in flight that arrive meanwhile are kept for them.
+  // closed: `corr` is not in flight (never sent, already answered, or given up).
   Status await(uint64_t corr, int64_t timeout_ns, Reply& out);
   // send + await.
   Status request(const std::string& topic, std::span<const std::byte> request, int64_t timeout_ns, Reply& out,
@@ -109,6 +112,7 @@ struct Response {
   bool reply = true;       // false: no reply (the requester times out)
 };
 
+// A function that throws is answered with status 500 and "exception: <what()>".
 using RespondFn = std::function<Response(const View& request, const Envelope& env)>;
 
 struct ResponderStats {
@@ -117,6 +121,7 @@ struct ResponderStats {
   uint64_t no_reply_to = 0;   // requests without a reply-to topic (handled, not answered)
   uint64_t undeliverable = 0; // the reply topic is gone or full: reply dropped
   uint64_t malformed = 0;     // frames that are no valid envelope: skipped
+  uint64_t failed = 0;        // the function threw: answered with status 500 and the reason
 };
 
 class Responder {
