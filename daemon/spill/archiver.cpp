@@ -158,6 +158,9 @@ struct Archiver::Impl {
   std::vector<std::unique_ptr<Part>> pending;
   std::vector<Removal> removals;
   std::atomic<bool> has_pending{false};
+  // The ring the archiver thread sleeps on (idle_wait), for wake_idle; guarded by cmd_mu.
+  std::shared_ptr<PartitionMapping> sleep_m;
+  shm::RingRefs sleep_r{};
   std::vector<PartitionStats> snapshot;
   std::atomic<bool> stop_req{false};
 
@@ -912,17 +915,36 @@ struct Archiver::Impl {
     // P6 from the reader side, through the one implementation (waiter bit,
     // membarrier, re-check, sleep).
     const uint32_t slot_index = uint32_t(p.slot - p.r.slots);
+    {
+      std::lock_guard<std::mutex> g(cmd_mu);  // published for wake_idle
+      sleep_m = p.m;
+      sleep_r = p.r;
+    }
     shm::sleep_for_data(p.r, slot_index, t, [&] {
       return aref(p.r.frame_at(p.read_pos)->commit).load(std::memory_order_seq_cst) != 0 ||
-             has_pending.load(std::memory_order_relaxed) || stop_req.load(std::memory_order_relaxed);
+             has_pending.load(std::memory_order_seq_cst) || stop_req.load(std::memory_order_seq_cst);
     });
+    std::lock_guard<std::mutex> g(cmd_mu);
+    sleep_m.reset();
   }
 
+  // Wakes the archiver thread if it sleeps on a ring's data futex. Called from other
+  // threads (the registry's): it must not look at `parts`, which only the archiver
+  // thread reads and changes (a push_back reallocates it, a finalized partition unmaps
+  // its ring). It wakes the ring the archiver published, under cmd_mu, before sleeping;
+  // the mapping's shared_ptr keeps that ring mapped until the archiver takes it back.
+  // No lost wake-up: the caller stored has_pending (or stop_req) first; if it finds
+  // nothing published, the archiver publishes later and then checks the flags in
+  // sleep_for_data's predicate (after cmd_mu, so it sees them).
   void wake_idle() {
-    for (auto& p : parts) {
-      if (p->removed) continue;
-      shm::wake_all_data(p->r);
+    std::shared_ptr<PartitionMapping> m;
+    shm::RingRefs r{};
+    {
+      std::lock_guard<std::mutex> g(cmd_mu);
+      m = sleep_m;
+      r = sleep_r;
     }
+    if (m) shm::wake_all_data(r);
   }
 
   void debug_dump() {
@@ -1019,10 +1041,12 @@ void Archiver::add_partition(std::shared_ptr<PartitionMapping> m, const LogConfi
   if (cfg.state_dir.empty()) throw Error(ErrorCode::invalid_argument, "add_partition: empty state_dir");
   auto p = impl_->attach(std::move(m), cfg);
   if (running()) {
-    std::lock_guard<std::mutex> g(impl_->cmd_mu);
-    impl_->pending.push_back(std::move(p));
-    impl_->has_pending.store(true, std::memory_order_release);
-    impl_->wake_idle();
+    {
+      std::lock_guard<std::mutex> g(impl_->cmd_mu);
+      impl_->pending.push_back(std::move(p));
+      impl_->has_pending.store(true, std::memory_order_release);
+    }
+    impl_->wake_idle();  // takes cmd_mu itself
   } else {
     impl_->install(std::move(p));
   }
