@@ -42,6 +42,9 @@ int main(int argc, char** argv) {
   app.add_option("--uid-max-topics", o.uid_max_topics, "topics one (non-root) uid may own");
   app.add_option("--uid-max-segment-bytes", o.uid_max_segment_bytes, "segment bytes of the topics one (non-root) uid owns");
   app.add_option("--uid-max-connections", o.uid_max_connections, "connections one (non-root) uid may hold");
+  app.add_option("--uid-max-grants", o.uid_max_grants, "live subscriber grants one (non-root) uid may hold");
+  app.add_option("--uid-max-partition-grants", o.uid_max_partition_grants,
+                 "live subscriber grants one (non-root) uid may hold in one partition (0: half its slots)");
   app.add_option("--uid-max-log-bytes", o.uid_max_log_bytes,
                  "spill-log bytes of the durable topics one (non-root) uid owns (partitions x (retention + a segment))");
   app.add_option("--max-inflight-per-client", o.max_inflight_per_client,
@@ -78,6 +81,8 @@ int main(int argc, char** argv) {
       num("uid_max_topics", o.uid_max_topics);
       num("uid_max_segment_bytes", o.uid_max_segment_bytes);
       num("uid_max_connections", o.uid_max_connections);
+      num("uid_max_grants", o.uid_max_grants);
+      num("uid_max_partition_grants", o.uid_max_partition_grants);
       num("uid_max_log_bytes", o.uid_max_log_bytes);
       num("max_inflight_per_client", o.max_inflight_per_client);
       num("shm_reserve_percent", o.shm_reserve_percent);

@@ -11,11 +11,34 @@
 #include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <sys/un.h>
 
 #include "core.hpp"
 
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
 namespace shmbus::daemon {
+
+uint64_t pidfd_identity(int pidfd) {
+  // pidfs (Linux 6.9+) gives every process its own inode; before it every pidfd
+  // shares one anonymous inode, which identifies nothing.
+  static const uint64_t shared = [] {
+    struct stat a{}, b{};
+    int x = int(syscall(SYS_pidfd_open, getpid(), 0)), y = int(syscall(SYS_pidfd_open, 1, 0));
+    uint64_t r = 0;
+    if (x >= 0 && y >= 0 && fstat(x, &a) == 0 && fstat(y, &b) == 0 && a.st_ino == b.st_ino) r = a.st_ino;
+    if (x >= 0) close(x);
+    if (y >= 0) close(y);
+    return r;
+  }();
+  struct stat st{};
+  if (pidfd < 0 || fstat(pidfd, &st) < 0 || uint64_t(st.st_ino) == shared) return 0;
+  return uint64_t(st.st_ino);
+}
 
 namespace {
 constexpr uint64_t kListenTag = 1;
@@ -178,6 +201,16 @@ void ControlServer::accept_all() {
       }
       g.resize(gl / sizeof(gid_t));
       c.peer.groups = std::make_shared<const std::vector<gid_t>>(std::move(g));
+    }
+    // The process that connected, as the kernel knew it at connect (not a pid
+    // number another process may get later).
+    {
+      int pfd = -1;
+      socklen_t pl = sizeof pfd;
+      if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pfd, &pl) == 0 && pfd >= 0) {
+        c.peer.proc = pidfd_identity(pfd);
+        close(pfd);
+      }
     }
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;

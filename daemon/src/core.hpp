@@ -122,11 +122,13 @@ struct Partition {
   // cursor pages of the grants (one segment each, named by page id), mapped here
   // read-write. pages_mu guards `pages` (the registry grants and frees, the reaper
   // frees).
-  std::string wake_name;
-  ino_t wake_ino = 0;
+  // Both are sealed memfds (no names): the daemon keeps their fds and hands out new
+  // open file descriptions of them (see segments.cpp).
+  int wake_fd = -1;
   void* wake_map = nullptr;
   std::mutex pages_mu;
   std::map<uint64_t, shm::CursorPage*> pages;  // page id -> the daemon's mapping
+  std::map<uint64_t, int> page_fds;            // page id -> the daemon's memfd
   // The daemon's mapping of slot i's page (null: embedded or unknown). Under pages_mu.
   shm::CursorPage* page_of(uint32_t i);
   std::atomic<uint64_t> reclaimed_cursors{0};
@@ -149,8 +151,9 @@ int reopen_wake(const Partition& p, bool writable);
 uint64_t create_page(Partition& p, int& fd);
 // Unmaps and unlinks page `id` (the grant ended). Under p.pages_mu.
 void drop_page(Partition& p, uint64_t id);
-// A read-only fd of page `id` (producers), -1 with errno when it is gone.
-int reopen_page(const Partition& p, uint64_t id);
+// A new fd of page `id`: read-only (producers) or read-write (its grantee, a resent
+// join); -1 with errno when it is gone.
+int reopen_page(const Partition& p, uint64_t id, bool writable = false);
 void remove_partition_segments(const std::string& prefix, const std::string& topic, uint32_t p);
 std::string shm_segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
                              bool data);
@@ -175,7 +178,12 @@ struct Peer {
   uid_t uid = 0;
   gid_t gid = 0;
   std::shared_ptr<const std::vector<gid_t>> groups;  // SO_PEERGROUPS at connect
+  // The connecting process itself (not its pid number): the pidfs inode of its pidfd
+  // (SO_PEERPIDFD at connect), unique for the boot; 0 when the kernel has no pidfs.
+  uint64_t proc = 0;
 };
+// The process identity (pidfs inode) of a pidfd, 0 when pidfds have none (pre-6.9).
+uint64_t pidfd_identity(int pidfd);
 struct RegistryCmd {
   enum Kind { request, stop } kind = request;
   Peer peer;
@@ -250,6 +258,23 @@ class Registry {
   void archive_topic(Topic& t);
   std::string log_root() const;
   void stat_topic(const Topic& t, proto::TopicStat::Builder b);
+
+  // Who holds a cursor grant (layout 3): the connection it was granted over and that
+  // connection's process. A `leave` names a grant its connection (or process) holds;
+  // quotas count live grants per uid. Keyed by partition and slot; an entry is live
+  // while the slot is ACTIVE with the same generation.
+  struct Grant {
+    uint64_t conn = 0;  // 0: made before a restart (adopted by process identity)
+    uint64_t proc = 0;
+    uint32_t uid = 0;
+    uint32_t generation = 0;
+    std::weak_ptr<Partition> part;
+  };
+  std::map<std::pair<const Partition*, uint32_t>, Grant> grants_;
+  bool grant_live(const std::pair<const Partition*, uint32_t>& key, const Grant& g) const;
+  void record_grant(const Peer& p, const std::shared_ptr<Partition>& part, uint32_t slot);
+  // Refuses (false, why) a grant beyond the uid's quotas.
+  bool grant_quota(const Peer& p, const Partition& part, std::string& why);
 
   Core& core_;
   std::map<std::string, Topic> topics_;

@@ -45,8 +45,27 @@ bool Reaper::alive(uint32_t pid) {
   return shm::process_alive(pid);
 }
 
+// A process with this pid exists now and has not exited (a zombie has: its pidfd
+// is readable).
+static bool live_now(pid_t pid, std::mutex& fd_reserve_mu) {
+  int fd;
+  {
+    std::lock_guard<std::mutex> g(fd_reserve_mu);  // see watch_pid
+    fd = pidfd_open_(pid);
+  }
+  if (fd < 0) return false;
+  pollfd p{fd, POLLIN, 0};
+  const bool live = poll(&p, 1, 0) == 0;
+  close(fd);
+  return live;
+}
+
 void Reaper::watch_pid(pid_t pid) {
-  if (pid <= 0 || pid == getpid() || pids_.count(pid)) return;
+  if (pid <= 0 || pid == getpid()) return;
+  if (pids_.count(pid)) {
+    if (alive(uint32_t(pid))) return;
+    on_dead(pid, "exited");  // the pid we watched died; this is a new process with its number
+  }
   int fd;
   {
     std::lock_guard<std::mutex> g(core_.fd_reserve_mu);
@@ -65,7 +84,12 @@ void Reaper::watch_pid(pid_t pid) {
 
 void Reaper::on_dead(pid_t pid, const char* how) {
   bool any = false;
+  // The kernel may already have given the number to another process, which may hold
+  // grants of its own under it: nothing is reclaimed by number while a process has
+  // it (what the dead one held is reclaimed when that one is gone too).
+  const bool reused = live_now(pid, core_.fd_reserve_mu);
   for (auto& p : parts_) {
+    if (reused) break;
     uint64_t before = p->reclaimed_cursors.load() + p->filled_claims.load();
     reclaim_in(*p, pid);
     if (p->reclaimed_cursors.load() + p->filled_claims.load() != before) {

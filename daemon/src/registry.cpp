@@ -9,6 +9,8 @@
 #include <sstream>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <capnp/serialize.h>
 #include <kj/exception.h>
@@ -262,7 +264,26 @@ void Registry::load() {
       t.parts.clear();
       continue;
     }
-    for (auto& part : t.parts) core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, part, 0});
+    for (auto& part : t.parts) {
+      core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, part, 0});
+      // Grants the previous daemon made: held by the process they were made to, as
+      // it is now (its pidfd's identity); a pid reused later is another process.
+      for (uint32_t i = 0; i < part->refs.slot_count; ++i) {
+        const shm::CursorSlot& s = part->refs.slots[i];
+        const uint32_t pid = aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_acquire);
+        if (aref(const_cast<uint32_t&>(s.state)).load(std::memory_order_acquire) != shm::kSlotActive || pid == 0 ||
+            (pid & shm::kReclaimBit) || (aref(const_cast<uint32_t&>(s.flags)).load() & shm::kSlotEmbedded))
+          continue;
+        Peer who;
+        who.conn = 0;
+        const int pfd = int(syscall(SYS_pidfd_open, pid_t(pid), 0));
+        who.proc = pfd >= 0 ? pidfd_identity(pfd) : 0;
+        struct stat ps{};
+        who.uid = stat(("/proc/" + std::to_string(pid)).c_str(), &ps) == 0 ? ps.st_uid : 0;
+        if (pfd >= 0) close(pfd);
+        record_grant(who, part, i);
+      }
+    }
     if (t.s.is_durable()) {
       // Before any client is served: recovery (torn tail truncated), then the
       // archiver adopts the cursor of the previous daemon's archiver.
@@ -505,6 +526,57 @@ void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
   }
 }
 
+bool Registry::grant_live(const std::pair<const Partition*, uint32_t>& key, const Grant& g) const {
+  auto part = g.part.lock();
+  if (!part || part.get() != key.first || key.second >= part->refs.slot_count) return false;
+  const shm::CursorSlot& s = part->refs.slots[key.second];
+  const uint32_t pid = aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_acquire);
+  return aref(const_cast<uint32_t&>(s.state)).load(std::memory_order_acquire) == shm::kSlotActive &&
+         aref(const_cast<uint32_t&>(s.generation)).load(std::memory_order_acquire) == g.generation && pid != 0 &&
+         !(pid & shm::kReclaimBit);
+}
+
+void Registry::record_grant(const Peer& p, const std::shared_ptr<Partition>& part, uint32_t slot) {
+  Grant g;
+  g.conn = p.conn;
+  g.proc = p.proc;
+  g.uid = p.uid;
+  g.generation = aref(part->refs.slots[slot].generation).load(std::memory_order_acquire);
+  g.part = part;
+  grants_[{part.get(), slot}] = g;
+}
+
+// Per-uid quotas on live grants (not root, not the daemon's uid): in all, and in
+// one partition (so one uid cannot take every slot of a topic it may read).
+bool Registry::grant_quota(const Peer& p, const Partition& part, std::string& why) {
+  if (p.uid == 0 || p.uid == geteuid()) return true;
+  uint32_t all = 0, here = 0;
+  for (auto it = grants_.begin(); it != grants_.end();) {
+    if (!grant_live(it->first, it->second)) {
+      it = grants_.erase(it);  // ended (left, reclaimed, expired, re-granted)
+      continue;
+    }
+    if (it->second.uid == p.uid) ++all, here += it->first.first == &part;
+    ++it;
+  }
+  const DaemonOptions& o = core_.opts;
+  const uint32_t per_part = o.uid_max_partition_grants ? o.uid_max_partition_grants
+                                                       : std::max<uint32_t>(1, part.refs.slot_count / 2);
+  if (all >= o.uid_max_grants) {
+    why = "uid " + std::to_string(p.uid) + " holds " + std::to_string(all) +
+          " subscriber grants (each a slot, a cursor page and a daemon mapping), the most one uid may "
+          "(uid_max_grants)";
+    return false;
+  }
+  if (here >= per_part) {
+    why = "uid " + std::to_string(p.uid) + " holds " + std::to_string(here) + " of the " +
+          std::to_string(part.refs.slot_count) + " subscriber slots of '" + part.topic + "' partition " +
+          std::to_string(part.index) + ", the most one uid may (uid_max_partition_grants)";
+    return false;
+  }
+  return true;
+}
+
 // JOIN: a cursor slot and a fresh page for it (layout 3). A durable name resumes
 // its parked slot (only by the uid that made the name) on a fresh page starting at
 // the parked position, or starts at its record.
@@ -532,6 +604,38 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
   const uint64_t h = dn.empty() ? 0 : durable_name_hash(dn);
   if (h == spill::kArchiverNameHash)
     return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT, "that durable name is reserved");
+  // A join resent (the client retries a request whose answer it lost, over a new
+  // connection or to a restarted daemon) gets the grant the first one made, when
+  // that grant is the same process's: never a second, orphaned slot.
+  if (const uint64_t token = j.getToken()) {
+    for (uint32_t i = 0; i < r.slot_count; ++i) {
+      shm::CursorSlot& s = r.slots[i];
+      if (aref(s.join_token).load(std::memory_order_relaxed) != token) continue;
+      auto git = grants_.find({&part, i});
+      if (git == grants_.end() || !grant_live(git->first, git->second) ||
+          !(git->second.conn == peer.conn || (git->second.proc != 0 && git->second.proc == peer.proc)))
+        continue;
+      int fd = -1;
+      {
+        std::lock_guard<std::mutex> g(part.pages_mu);
+        fd = reopen_page(part, aref(s.page_id).load(std::memory_order_relaxed), true);
+      }
+      if (fd < 0) continue;
+      git->second.conn = peer.conn;
+      auto jr = resp.initJoin();
+      jr.setSlot(i);
+      jr.setGeneration(git->second.generation);
+      jr.setPosition(slot_position(part, i));
+      jr.setCheckBelow(0);
+      jr.setResumed(false);
+      jr.setPageSize(shm::kCursorPageSize);
+      return reply(peer, mb, t.parts[pi], {fd});
+    }
+  }
+  if (std::string why; !grant_quota(peer, part, why)) {
+    log_limited(core_.instance, LOG_WARN, "grant_refused", name, peer.pid, why);
+    return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
+  }
   const uint64_t tail = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
   uint64_t start = shm::RingReader::kAtTail;
   if (j.getHasStart()) start = std::min(j.getStart(), tail);
@@ -569,6 +673,7 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
         const uint64_t old_id = aref(s->page_id).load(std::memory_order_relaxed);
         shm::CursorPage* old_pg = part.page_of(i);
         const uint64_t nid = create_page(part, fd);
+        aref(s->join_token).store(j.getToken(), std::memory_order_relaxed);
         below = shm::regrant_parked(r, i, uint32_t(peer.pid), tethered, part.pages[nid], nid, pos);
         if (old_pg) shm::wake_space_page(old_pg);
         if (old_id) drop_page(part, old_id);
@@ -577,6 +682,7 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
         return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
       }
       core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
+      record_grant(peer, t.parts[pi], i);
       auto jr = resp.initJoin();
       jr.setSlot(i);
       jr.setGeneration(aref(s->generation).load(std::memory_order_relaxed));
@@ -597,6 +703,7 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
     std::lock_guard<std::mutex> g(part.pages_mu);
     const uint64_t nid = create_page(part, fd);
     slot = shm::join_slot(r, uint32_t(peer.pid), tethered, h, start, part.pages[nid], nid, pos, below);
+    if (slot >= 0) aref(r.slots[slot].join_token).store(j.getToken(), std::memory_order_relaxed);
     if (slot < 0) {
       drop_page(part, nid);
       close(fd);
@@ -607,10 +714,15 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
     return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
   }
   core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
+  record_grant(peer, t.parts[pi], uint32_t(slot));
   if (h) {
     const uint32_t owner = rit != t.durable.end() ? rit->second.owner_uid : peer.uid;
+    // A new name's owner is on disk before the grant is answered (the batch is
+    // written before its replies): a daemon killed right after cannot restart with
+    // a parked slot of this name and no owner, which any reader could resume.
+    if (rit == t.durable.end()) must_persist_ = true;
+    else dirty_ = true;
     t.durable[key] = DurableRec{dn, pos, owner};
-    dirty_ = true;
     log_limited(core_.instance, LOG_INFO, "durable_joined", name, peer.pid,
                 "subscriber '" + dn + "' partition " + std::to_string(pi) + " position " + std::to_string(pos));
   }
@@ -637,17 +749,25 @@ void Registry::handle_leave(const Peer& peer, uint64_t id, proto::LeaveRequest::
   const uint32_t i = l.getSlot();
   if (i >= r.slot_count) return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no such cursor grant");
   shm::CursorSlot& s = r.slots[i];
-  uint32_t mine = uint32_t(peer.pid);
-  if (aref(s.state).load(std::memory_order_acquire) != shm::kSlotActive ||
-      aref(s.generation).load(std::memory_order_acquire) != l.getGeneration() ||
-      !aref(s.pid).compare_exchange_strong(mine, shm::reclaimer_mark(), std::memory_order_acq_rel))
+  // The grant must be held by this connection (or the process that made it, over
+  // another connection of its own): never by a pid number, which the kernel gives
+  // to another process once its owner is gone.
+  auto git = grants_.find({&part, i});
+  const bool held = git != grants_.end() && grant_live(git->first, git->second) &&
+                    git->second.generation == l.getGeneration() &&
+                    (git->second.conn == peer.conn || (git->second.proc != 0 && git->second.proc == peer.proc));
+  uint32_t owner = aref(s.pid).load(std::memory_order_acquire);
+  if (!held || owner == 0 || (owner & shm::kReclaimBit) ||
+      !aref(s.pid).compare_exchange_strong(owner, shm::reclaimer_mark(), std::memory_order_acq_rel))
     return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no such cursor grant");
+  grants_.erase(git);
   {
     std::lock_guard<std::mutex> g(part.pages_mu);
     shm::CursorPage* pg = part.page_of(i);
     const uint64_t pid_ = aref(s.page_id).load(std::memory_order_relaxed);
     if (l.getPark() && aref(s.name_hash).load(std::memory_order_relaxed) != 0) {
       aref(r.wake->data_waiter_bits[i / 64]).fetch_and(~(uint64_t(1) << (i % 64)), std::memory_order_seq_cst);
+      shm::park_position(r, i, pg);
       aref(s.parked_ns).store(shm::monotonic_ns(), std::memory_order_relaxed);
       aref(s.pid).store(0, std::memory_order_release);  // P11: parked under its name
     } else {

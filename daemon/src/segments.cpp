@@ -3,6 +3,9 @@
 // these names: they receive fds over the control socket (SCM_RIGHTS).
 #include <atomic>
 #include <cerrno>
+#include <dirent.h>
+#include <set>
+#include <sys/syscall.h>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
@@ -28,7 +31,8 @@ Partition::~Partition() {
   if (ctl_map) munmap(ctl_map, ctl_size);
   if (wake_map) munmap(wake_map, shm::kWakeSegmentSize);
   for (auto& [id, pg] : pages) munmap(pg, shm::kCursorPageSize);
-  for (int f : {data_rw, data_ro, ctl_fd})
+  for (auto& [id, f] : page_fds) close(f);
+  for (int f : {data_rw, data_ro, ctl_fd, wake_fd})
     if (f >= 0) close(f);
 }
 
@@ -71,73 +75,152 @@ void release_fds(Partition& p) {
     if (*f >= 0) close(*f), *f = -1;
 }
 
-std::string page_name(const Partition& p, uint64_t id) {
-  char b[24];
-  snprintf(b, sizeof b, ".%016llx", static_cast<unsigned long long>(id));
-  return p.ctl_name + b;
+// Cursor pages and the wake segment are written by subscribers, so their fds reach
+// clients O_RDWR: a tmpfs file could then be ftruncate()d under the daemon's and the
+// producers' mappings (SIGBUS). They are sealed memfds instead: no name in /dev/shm,
+// 0600 (so a read-only fd cannot be reopened writable through /proc by another
+// uid), their size fixed for good (F_SEAL_SHRINK | F_SEAL_GROW, then F_SEAL_SEAL).
+constexpr int kSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+int make_sealed(const char* name, size_t size) {
+  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return -1;
+  int e = 0;
+  if (fchmod(fd, 0600) < 0 || ftruncate(fd, off_t(size)) < 0) e = errno;
+  else if ((e = posix_fallocate(fd, 0, off_t(size))) == 0 && fcntl(fd, F_ADD_SEALS, kSeals) < 0) e = errno;
+  if (e) {
+    close(fd);
+    errno = e;
+    return -1;
+  }
+  return fd;
 }
 
-// Opens (or, `create`, makes) a daemon-owned segment of `size` bytes, mapped read-write.
-void* open_own_segment(const std::string& name, size_t size, bool create, ino_t& ino) {
-  int fd = shm_open(("/" + name).c_str(), (create ? O_CREAT | O_EXCL : 0) | O_RDWR | O_NOFOLLOW | O_CLOEXEC,
-                    0600);
-  if (fd < 0) return nullptr;
+// fd is one of our sealed memfds of `size` bytes (created by this uid: another
+// user cannot make a file owned by us).
+bool ours_sealed(int fd, size_t size, ino_t& ino) {
   struct stat st{};
-  if (fstat(fd, &st) < 0 || st.st_uid != geteuid() || (!create && uint64_t(st.st_size) != size)) {
-    close(fd);
-    return nullptr;
-  }
-  if (create) {
-    fchmod(fd, 0600);
-    if (posix_fallocate(fd, 0, off_t(size)) != 0) {
-      close(fd);
-      shm_unlink(("/" + name).c_str());
-      return nullptr;
-    }
-  }
-  void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  if (m == MAP_FAILED) return nullptr;
+  if (fstat(fd, &st) < 0 || st.st_uid != geteuid() || !S_ISREG(st.st_mode) || uint64_t(st.st_size) != size)
+    return false;
+  const int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0 || (seals & kSeals) != kSeals) return false;
   ino = st.st_ino;
-  if (create) {
-    struct stat s2{};
-    int f2 = shm_open(("/" + name).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
-    if (f2 >= 0 && fstat(f2, &s2) == 0) ino = s2.st_ino;
-    if (f2 >= 0) close(f2);
+  return true;
+}
+
+// A new open file description of our fd (its own flags), O_RDONLY or O_RDWR.
+int reopen_own(int fd, bool writable) {
+  if (fd < 0) {
+    errno = ESTALE;
+    return -1;
   }
-  return m;
+  return open(("/proc/self/fd/" + std::to_string(fd)).c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+}
+
+void* map_page_fd(int fd, size_t size) {
+  void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  return m == MAP_FAILED ? nullptr : m;
+}
+
+// After a restart: the sealed memfds the previous daemon made (their inode numbers
+// are in its control segments, which only it wrote) are taken back from a live
+// client that holds them (pidfd_getfd; a client keeps its wake and page fds open).
+// Whatever a client's fd table holds is checked: ours, sealed, the right size and
+// one of the wanted inodes; anything else is closed.
+void take_memfds(pid_t pid, const std::map<ino_t, size_t>& want, std::map<ino_t, int>& got) {
+  const int pfd = int(syscall(SYS_pidfd_open, pid, 0));
+  if (pfd < 0) return;
+  if (DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str())) {
+    while (dirent* e = readdir(d)) {
+      char* end = nullptr;
+      const long n = strtol(e->d_name, &end, 10);
+      if (e->d_name[0] < '0' || e->d_name[0] > '9' || *end) continue;
+      char link[64];
+      const ssize_t l = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
+      if (l < 13 || std::memcmp(link, "/memfd:shmbus", 13) != 0) continue;
+      const int fd = int(syscall(SYS_pidfd_getfd, pfd, int(n), 0));
+      if (fd < 0) continue;
+      struct stat st{};
+      ino_t ino = 0;
+      auto w = fstat(fd, &st) == 0 ? want.find(st.st_ino) : want.end();
+      if (w != want.end() && !got.count(w->first) && ours_sealed(fd, w->second, ino) && ino == w->first)
+        got[ino] = fd;
+      else
+        close(fd);
+    }
+    closedir(d);
+  }
+  close(pfd);
 }
 
 // The wake segment (layout 3), and the pages of the grants recorded in the control
-// segment (a restarted daemon re-maps them; a grant whose page is gone is freed).
+// segment (a restarted daemon takes them back from their grantees; a live grant
+// whose page is gone is freed; a parked one keeps its position in join_position).
 void attach_wake_and_pages(Partition& p, bool reattach) {
-  p.wake_name = p.data_name.substr(0, p.data_name.size() - 5) + ".wake";
-  if (reattach) p.wake_map = open_own_segment(p.wake_name, shm::kWakeSegmentSize, false, p.wake_ino);
-  if (!p.wake_map) {
-    shm_unlink(("/" + p.wake_name).c_str());
-    p.wake_map = open_own_segment(p.wake_name, shm::kWakeSegmentSize, true, p.wake_ino);
+  auto* ctl = static_cast<shm::ControlHeader*>(p.ctl_map);
+  const shm::RingRefs& r = p.refs;
+  std::map<ino_t, int> got;
+  const uint64_t old_wake = reattach ? shm::aref(ctl->wake_id).load(std::memory_order_relaxed) : 0;
+  if (reattach) {
+    std::map<ino_t, size_t> want;
+    std::set<pid_t> pids;
+    if (old_wake) want[ino_t(old_wake)] = shm::kWakeSegmentSize;
+    for (uint32_t i = 0; i < r.slot_count; ++i) {
+      shm::CursorSlot& s = r.slots[i];
+      if (shm::aref(s.state).load(std::memory_order_acquire) != shm::kSlotActive ||
+          (shm::aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded))
+        continue;
+      const uint32_t owner = shm::owner_pid(shm::aref(s.pid).load(std::memory_order_acquire));
+      const uint64_t id = shm::aref(s.page_id).load(std::memory_order_relaxed);
+      if (owner && id) want[ino_t(id)] = shm::kCursorPageSize, pids.insert(pid_t(owner));
+    }
+    for (pid_t pid : pids) take_memfds(pid, want, got);
   }
-  if (!p.wake_map) throw Error(ErrorCode::system, p.wake_name + ": cannot create the wake segment: " + strerror(errno));
+  if (auto w = got.find(ino_t(old_wake)); old_wake && w != got.end()) {
+    p.wake_fd = w->second;
+    got.erase(w);
+  } else {
+    p.wake_fd = make_sealed("shmbus-wake", shm::kWakeSegmentSize);
+    if (p.wake_fd < 0)
+      throw Error(ErrorCode::system, p.ctl_name + ": cannot create the wake segment: " + strerror(errno));
+  }
+  ino_t wino = 0;
+  if (!ours_sealed(p.wake_fd, shm::kWakeSegmentSize, wino) || !(p.wake_map = map_page_fd(p.wake_fd, shm::kWakeSegmentSize)))
+    throw Error(ErrorCode::system, p.ctl_name + ": cannot map the wake segment: " + strerror(errno));
+  shm::aref(ctl->wake_id).store(uint64_t(wino), std::memory_order_relaxed);
   p.refs.wake = static_cast<shm::WakeBlock*>(p.wake_map);
   p.refs.shared_wake = true;
-  if (!reattach) return;
-  const shm::RingRefs& r = p.refs;
-  for (uint32_t i = 0; i < r.slot_count; ++i) {
-    shm::CursorSlot& s = r.slots[i];
-    const uint32_t st = shm::aref(s.state).load(std::memory_order_acquire);
-    if (st == shm::kSlotFree || (shm::aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded))
-      continue;
-    const uint64_t id = shm::aref(s.page_id).load(std::memory_order_relaxed);
-    ino_t ino;
-    void* m = (st == shm::kSlotActive && id) ? open_own_segment(page_name(p, id), shm::kCursorPageSize, false, ino)
-                                             : nullptr;
-    if (m) {
-      p.pages[id] = static_cast<shm::CursorPage*>(m);
-    } else {
-      shm::aref(s.state).store(shm::kSlotFree, std::memory_order_seq_cst);  // a grant we cannot serve
-      shm::wake_all_space(r);
+  if (reattach) {
+    for (uint32_t i = 0; i < r.slot_count; ++i) {
+      shm::CursorSlot& s = r.slots[i];
+      const uint32_t st = shm::aref(s.state).load(std::memory_order_acquire);
+      if (st == shm::kSlotFree || (shm::aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded))
+        continue;
+      const uint64_t id = shm::aref(s.page_id).load(std::memory_order_relaxed);
+      auto g = got.find(ino_t(id));
+      void* m = (st == shm::kSlotActive && id && g != got.end()) ? map_page_fd(g->second, shm::kCursorPageSize) : nullptr;
+      if (m) {
+        p.pages[id] = static_cast<shm::CursorPage*>(m);
+        p.page_fds[id] = g->second;
+        got.erase(g);
+      } else if (const uint32_t owner = shm::owner_pid(shm::aref(s.pid).load(std::memory_order_acquire));
+                 st == shm::kSlotActive && shm::aref(s.name_hash).load(std::memory_order_relaxed) != 0 &&
+                 (owner == 0 || !shm::process_alive(owner))) {
+        // Parked (its position was saved in join_position when it was parked), or
+        // its owner died while no daemon ran: parked at the position it last had.
+        shm::aref(s.page_id).store(0, std::memory_order_relaxed);
+        if (owner) {
+          shm::aref(r.wake->data_waiter_bits[i / 64]).fetch_and(~(uint64_t(1) << (i % 64)), std::memory_order_seq_cst);
+          shm::aref(s.parked_ns).store(shm::monotonic_ns(), std::memory_order_relaxed);
+          shm::aref(s.pid).store(0, std::memory_order_release);
+        }
+      } else {
+        shm::aref(s.state).store(shm::kSlotFree, std::memory_order_seq_cst);  // a grant we cannot serve
+        shm::wake_all_space(r);
+      }
     }
   }
+  for (auto& [ino, fd] : got) close(fd);
 }
 
 void bind_refs(Partition& p) {
@@ -239,17 +322,7 @@ int reopen_segment(const Partition& p, bool data, bool writable) {
   return fd;
 }
 
-int reopen_wake(const Partition& p, bool writable) {
-  int fd = shm_open(("/" + p.wake_name).c_str(), (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  struct stat st{};
-  if (fstat(fd, &st) < 0 || st.st_ino != p.wake_ino || st.st_uid != geteuid()) {
-    close(fd);
-    errno = ESTALE;
-    return -1;
-  }
-  return fd;
-}
+int reopen_wake(const Partition& p, bool writable) { return reopen_own(p.wake_fd, writable); }
 
 shm::CursorPage* Partition::page_of(uint32_t i) {
   if (i >= refs.slot_count) return nullptr;
@@ -258,34 +331,23 @@ shm::CursorPage* Partition::page_of(uint32_t i) {
   return it == pages.end() ? nullptr : it->second;
 }
 
+// A page's id is its memfd's inode number (unique among live files; a restarted
+// daemon finds the page by it).
 uint64_t create_page(Partition& p, int& fd) {
-  // Random ids: the names live in a directory every user can write, so a predictable
-  // next name could be created first by anyone (squatting every future join).
-  for (int tries = 0; tries < 16; ++tries) {
-    uint64_t id = 0;
-    if (getrandom(&id, sizeof id, 0) != ssize_t(sizeof id))
-      throw Error(ErrorCode::system, std::string("getrandom: ") + strerror(errno), errno);
-    if (id == 0 || p.pages.count(id)) continue;
-    const std::string n = "/" + page_name(p, id);
-    fd = shm_open(n.c_str(), O_CREAT | O_EXCL | O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) {
-      if (errno == EEXIST) continue;
-      throw Error(ErrorCode::system, n + ": shm_open: " + strerror(errno));
-    }
-    fchmod(fd, 0600);
-    int e = posix_fallocate(fd, 0, off_t(shm::kCursorPageSize));
-    void* m = e == 0 ? mmap(nullptr, shm::kCursorPageSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
-    if (m == MAP_FAILED) {
-      const int err = e ? e : errno;
-      close(fd);
-      fd = -1;
-      shm_unlink(n.c_str());
-      throw Error(ErrorCode::system, n + ": cannot make a cursor page: " + strerror(err));
-    }
-    p.pages[id] = static_cast<shm::CursorPage*>(m);
-    return id;
+  const int own = make_sealed("shmbus-page", shm::kCursorPageSize);
+  ino_t ino = 0;
+  void* m = nullptr;
+  if (own < 0 || !ours_sealed(own, shm::kCursorPageSize, ino) || !(m = map_page_fd(own, shm::kCursorPageSize)) ||
+      (fd = reopen_own(own, true)) < 0) {
+    const int e = errno;
+    if (m) munmap(m, shm::kCursorPageSize);
+    if (own >= 0) close(own);
+    fd = -1;
+    throw Error(ErrorCode::system, p.ctl_name + ": cannot make a cursor page: " + strerror(e), e);
   }
-  throw Error(ErrorCode::system, "cannot name a fresh cursor page");
+  p.pages[uint64_t(ino)] = static_cast<shm::CursorPage*>(m);
+  p.page_fds[uint64_t(ino)] = own;
+  return uint64_t(ino);
 }
 
 void drop_page(Partition& p, uint64_t id) {
@@ -293,23 +355,17 @@ void drop_page(Partition& p, uint64_t id) {
   if (it == p.pages.end()) return;
   munmap(it->second, shm::kCursorPageSize);
   p.pages.erase(it);
-  shm_unlink(("/" + page_name(p, id)).c_str());
+  auto f = p.page_fds.find(id);
+  if (f != p.page_fds.end()) close(f->second), p.page_fds.erase(f);
 }
 
-int reopen_page(const Partition& p, uint64_t id) {
-  int fd = shm_open(("/" + page_name(p, id)).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  struct stat st{};
-  if (fstat(fd, &st) < 0 || st.st_uid != geteuid() || uint64_t(st.st_size) != shm::kCursorPageSize) {
-    close(fd);
-    errno = ESTALE;
-    return -1;
-  }
-  return fd;
+int reopen_page(const Partition& p, uint64_t id, bool writable) {
+  auto f = p.page_fds.find(id);
+  return reopen_own(f == p.page_fds.end() ? -1 : f->second, writable);
 }
 
 void remove_partition_segments(const std::string& prefix, const std::string& topic, uint32_t p) {
-  shm_unlink(("/" + prefix + "." + topic + "." + std::to_string(p) + ".wake").c_str());
+  shm_unlink(("/" + prefix + "." + topic + "." + std::to_string(p) + ".wake").c_str());  // of 3.0 stage 1
   bip::shared_memory_object::remove(shm_segment_name(prefix, topic, p, true).c_str());
   bip::shared_memory_object::remove(shm_segment_name(prefix, topic, p, false).c_str());
 }

@@ -179,6 +179,8 @@ struct JoinRequest {
   durableName @3 :Text;           # "" = anonymous
   start @4 :UInt64;               # a frame boundary to start at (hasStart), else the tail
   hasStart @5 :Bool;
+  token @6 :UInt64;               # the client's random id for this join: resent (after a reconnect or a
+                                  # daemon restart), the same process gets the same grant, never a second
 }
 
 struct JoinReply {

@@ -2,9 +2,11 @@
 // reconnection, and the SegmentProvider that maps the fds shmbusd passes.
 #include <cerrno>
 #include <chrono>
+#include <map>
 #include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -225,8 +227,9 @@ void fill_spec(proto::TopicSpec::Builder s, const std::string& topic, const Topi
 class DaemonMapping final : public PartitionMapping {
  public:
   DaemonMapping(std::shared_ptr<DaemonClient> client, const std::string& topic, uint32_t p,
-                void* data, size_t dsize, void* ctl, size_t csize, void* wake)
-      : client_(std::move(client)), data_(data), dsize_(dsize), ctl_(ctl), csize_(csize), wake_(wake) {
+                void* data, size_t dsize, void* ctl, size_t csize, void* wake, int wake_fd)
+      : client_(std::move(client)), data_(data), dsize_(dsize), ctl_(ctl), csize_(csize), wake_(wake),
+        wake_fd_(wake_fd) {
     topic_ = topic;
     partition_ = p;
   }
@@ -239,12 +242,20 @@ class DaemonMapping final : public PartitionMapping {
     munmap(data_, dsize_);
     munmap(ctl_, csize_);
     munmap(wake_, shm::kWakeSegmentSize);
+    if (wake_fd_ >= 0) close(wake_fd_);
+    for (auto& [pg, fd] : page_fds_) close(fd);
   }
   bool granted() const override { return true; }
 
   CursorGrant join_cursor(bool tethered, const std::string& name, uint64_t start) override {
+    // One token per join: the request call() resends after a reconnect carries it,
+    // and the daemon answers it with the grant the first send made.
+    uint64_t token = 0;
+    while (token == 0)
+      if (getrandom(&token, sizeof token, 0) != ssize_t(sizeof token)) token = 0;
     DaemonClient::Reply rep = client_->call([&](proto::Request::Builder r) {
       auto j = r.initJoin();
+      j.setToken(token);
       j.setTopic(topic_);
       j.setPartition(partition_);
       j.setTethered(tethered);
@@ -267,6 +278,10 @@ class DaemonMapping final : public PartitionMapping {
     if (g.slot >= refs_.slot_count) throw Error(ErrorCode::protocol, "join: slot out of range");
     g.page = map(rep.fds[0], true);
     if (!g.page) throw Error(ErrorCode::system, std::string("mmap cursor page: ") + strerror(errno));
+    // Kept open while the grant lasts: a restarted shmbusd takes the page back from
+    // us (pidfd_getfd) instead of losing the cursor.
+    page_fds_[g.page] = rep.fds[0];
+    rep.fds[0] = -1;
     return g;
   }
 
@@ -285,6 +300,7 @@ class DaemonMapping final : public PartitionMapping {
       // The daemon frees (or parks) the slot when this process exits.
     }
     munmap(g.page, shm::kCursorPageSize);
+    if (auto it = page_fds_.find(g.page); it != page_fds_.end()) close(it->second), page_fds_.erase(it);
     g.page = nullptr;
   }
 
@@ -321,6 +337,8 @@ class DaemonMapping final : public PartitionMapping {
   void* ctl_;
   size_t csize_;
   void* wake_;
+  int wake_fd_;                               // kept open (see join_cursor)
+  std::map<shm::CursorPage*, int> page_fds_;  // the grants' page fds, kept open
 };
 
 }  // namespace
@@ -398,7 +416,9 @@ std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, u
     munmap(w, shm::kWakeSegmentSize);
     throw Error(ErrorCode::incompatible, std::string("open: the daemon handed out an invalid segment: ") + why);
   }
-  auto m = std::make_shared<DaemonMapping>(shared_from_this(), topic, p, d, dsize, c, csize, w);
+  // The wake fd stays open while mapped (a restarted shmbusd takes it back).
+  auto m = std::make_shared<DaemonMapping>(shared_from_this(), topic, p, d, dsize, c, csize, w, wfd);
+  rep.fds[2] = -1;
   m->bind(refs);
   return m;
 }

@@ -26,11 +26,25 @@
 //                                  "forging" once started, runs until killed
 //   resume SOCK TOPIC NAME         subscribe under durable NAME -> resume:<ok|denied|...>
 //   sub SOCK TOPIC                 a tethered subscriber that never reads: prints "joined", hangs
+//   truncate SOCK TOPIC            take a tethered grant, ftruncate its cursor page and the wake segment
+//                                  (to 1 MiB, then to 0) -> truncate:page=<sealed|truncated>
+//                                  wake=<sealed|truncated>, then hangs holding the grant
+//   leave SOCK TOPIC SLOT GEN      leave another's grant over our own connection -> leave:<ok|notfound>
+//   leave-reuse SOCK TOPIC         (root) a connection whose recorded pid is then given to a victim
+//                                  subscriber (clone3 set_tid) sends the victim's leave
+//                                  -> leave:<ok|notfound> victim:<kept|lost>
+//   grants SOCK TOPIC              untethered joins over one connection until refused
+//                                  -> grants:<n> <code>:<partition-quota|uid-quota|other>, hangs
+//   named SOCK TOPIC NAME          a durable subscriber NAME: prints "named:joined", hangs
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <linux/sched.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -308,6 +322,143 @@ int main(int argc, char** argv) {
         shm::aref(g.page->space_wake).fetch_add(1);
         if (i % 64 == 0) usleep(100);
       }
+    } else if (mode == "truncate") {
+      // The fds a subscriber holds: the wake segment (O_RDWR) and its cursor page.
+      auto c = DaemonClient::connect(o);
+      auto op = c->call([&](proto::Request::Builder r) {
+        auto x = r.initOpen();
+        x.setTopic(topic);
+        x.setPartition(0);
+        x.setRole(proto::Role::SUBSCRIBER);
+      });
+      auto jn = c->call([&](proto::Request::Builder r) {
+        auto j = r.initJoin();
+        j.setTopic(topic);
+        j.setPartition(0);
+        j.setTethered(true);
+      });
+      // Grown, then shrunk to nothing: a mapping of a shrunk file faults (SIGBUS).
+      auto cut = [](int fd) {
+        bool any = ftruncate(fd, off_t(1) << 20) == 0;
+        any = (ftruncate(fd, 0) == 0) || any;
+        return any ? "truncated" : "sealed";
+      };
+      std::printf("truncate:page=%s wake=%s\n", cut(jn.fds.at(0)), cut(op.fds.at(2)));
+      std::fflush(stdout);
+      for (;;) pause();
+    } else if (mode == "leave") {
+      DaemonClient::connect(o)->call([&](proto::Request::Builder q) {
+        auto l = q.initLeave();
+        l.setTopic(topic);
+        l.setPartition(0);
+        l.setSlot(uint32_t(atoi(argv[4])));
+        l.setGeneration(uint32_t(atoi(argv[5])));
+      });
+      out(what, "ok");
+    } else if (mode == "leave-reuse") {
+      // Pid reuse, made exact: process A connects (the daemon records A's pid), hands
+      // the connection to its child K and exits; the victim V is then created with
+      // A's pid (clone3 set_tid, root) and subscribes. K sends V's leave over A's
+      // connection. -> leave:<ok|notfound|...> victim:<kept|lost>, or leave:noreuse
+      int v2k[2], k2v[2];
+      if (pipe(v2k) < 0 || pipe(k2v) < 0) return 3;
+      const pid_t a = fork();
+      if (a == 0) {
+        auto x = DaemonClient::connect(o);
+        if (fork() == 0) {
+          uint32_t sg[2];
+          if (read(v2k[0], sg, sizeof sg) != ssize_t(sizeof sg)) _exit(1);
+          std::string r = "ok";
+          try {
+            x->call([&](proto::Request::Builder q) {
+              auto l = q.initLeave();
+              l.setTopic(topic);
+              l.setPartition(0);
+              l.setSlot(sg[0]);
+              l.setGeneration(sg[1]);
+            });
+          } catch (const Error& e) {
+            r = code(e);
+          }
+          char b[16] = {};
+          std::snprintf(b, sizeof b, "%s", r.c_str());
+          if (write(k2v[1], b, sizeof b) != ssize_t(sizeof b)) _exit(1);
+          _exit(0);
+        }
+        _exit(0);
+      }
+      int st = 0;
+      waitpid(a, &st, 0);
+      struct clone_args ca{};
+      pid_t want = a;
+      ca.exit_signal = SIGCHLD;
+      ca.set_tid = uint64_t(uintptr_t(&want));
+      ca.set_tid_size = 1;
+      const long v = syscall(SYS_clone3, &ca, sizeof ca);
+      if (v < 0) {
+        out(what, "noreuse");
+        return 0;
+      }
+      if (v == 0) {
+        Bus bus = Bus::connect(sock);
+        Subscriber sub = bus.subscriber(topic);
+        auto rep = DaemonClient::connect(o)->call([&](proto::Request::Builder r) { r.setStat(topic); });
+        uint32_t sg[2] = {~0u, 0};
+        for (auto ss : rep.get().getStats()[0].getPartitions()[0].getSubscribers())
+          if (ss.getPid() == uint32_t(getpid())) sg[0] = ss.getSlot();
+        if (sg[0] == ~0u) _exit(1);
+        const shm::CursorSlot& slot = sub.refs().slots[sg[0]];
+        sg[1] = shm::aref(const_cast<uint32_t&>(slot.generation)).load();
+        if (write(v2k[1], sg, sizeof sg) != ssize_t(sizeof sg)) _exit(1);
+        char b[16] = {};
+        if (read(k2v[0], b, sizeof b) != ssize_t(sizeof b)) _exit(1);
+        const bool kept = shm::aref(const_cast<uint32_t&>(slot.state)).load() == shm::kSlotActive &&
+                          shm::aref(const_cast<uint32_t&>(slot.pid)).load() == uint32_t(getpid()) &&
+                          shm::aref(const_cast<uint32_t&>(slot.generation)).load() == sg[1];
+        std::printf("leave:%s victim:%s\n", b, kept ? "kept" : "lost");
+        std::fflush(stdout);
+        _exit(0);
+      }
+      waitpid(pid_t(v), &st, 0);
+    } else if (mode == "grants") {
+      // Joins over one connection until refused; prints grants:<n> <why>, then hangs.
+      auto c = DaemonClient::connect(o);
+      c->call([&](proto::Request::Builder r) {
+        auto x = r.initOpen();
+        x.setTopic(topic);
+        x.setPartition(0);
+        x.setRole(proto::Role::SUBSCRIBER);
+      });
+      int n = 0;
+      std::string why = "none";
+      std::vector<DaemonClient::Reply> held;
+      for (; n < 4096; ++n) {
+        try {
+          held.push_back(c->call([&](proto::Request::Builder r) {
+            auto j = r.initJoin();
+            j.setTopic(topic);
+            j.setPartition(0);
+            j.setTethered(false);
+          }));
+        } catch (const Error& e) {
+          why = std::string(code(e)) + (std::string(e.what()).find("uid_max_partition_grants") != std::string::npos
+                                            ? ":partition-quota"
+                                        : std::string(e.what()).find("uid_max_grants") != std::string::npos
+                                            ? ":uid-quota"
+                                            : ":other");
+          break;
+        }
+      }
+      std::printf("grants:%d %s\n", n, why.c_str());
+      std::fflush(stdout);
+      for (;;) pause();
+    } else if (mode == "named") {
+      Bus bus = Bus::connect(sock);
+      SubscriberOptions so;
+      so.name = argv[4];
+      Subscriber sub = bus.subscriber(topic, so);
+      out("named", "joined");
+      for (;;) pause();
     } else if (mode == "resume") {
       Bus bus = Bus::connect(sock);
       SubscriberOptions so;

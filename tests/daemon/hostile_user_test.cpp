@@ -756,7 +756,8 @@ TEST_CASE("isolation: another uid's subscriber cannot write the control segment 
   Bus bus = Bus::connect(rd.sock);
   bus.create_topic("iso.ctl", {.capacity = 8192, .mode = 0644});
   Subscriber victim = bus.subscriber("iso.ctl");  // a grant, so a page exists
-  CHECK(as_att(att, {"ctl", rd.sock, "iso.ctl"}) == "ctl:ro\npages:denied\n");
+  // Cursor pages are sealed memfds: no name in /dev/shm to open at all.
+  CHECK(as_att(att, {"ctl", rd.sock, "iso.ctl"}) == "ctl:ro\npages:none\n");
   Publisher pub = bus.publisher("iso.ctl");
   REQUIRE(pub.offer("still", 5) == Status::ok);
   View v;
@@ -889,5 +890,165 @@ TEST_CASE("isolation: another uid cannot resume a durable name it does not own, 
   REQUIRE(s.poll_wait(v, 1'000'000'000) == Status::ok);
   CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "one");
   s.release(v);
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("isolation: a subscriber that truncates its cursor page and the wake segment crashes nobody",
+          "[security][isolation][truncate]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.trunc", {.capacity = 8192, .mode = 0644});
+  Subscriber victim = bus.subscriber("iso.trunc");
+  Child cutter(att.as({hostile(), "truncate", rd.sock, "iso.trunc"}));
+  CHECK(first_line(cutter) == "truncate:page=sealed wake=sealed");
+  // A producer in another process scans the cutter's (tethered) page and reads the
+  // wake segment at every commit; the victim sleeps on the wake segment meanwhile.
+  std::thread pub([&] {
+    CHECK(run_capture({hostile(), "publish", rd.sock, "iso.trunc", "after"}) == "publish:ok\n");
+  });
+  View v;
+  REQUIRE(victim.poll_wait(v, 5'000'000'000) == Status::ok);
+  CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "after");
+  victim.release(v);
+  pub.join();
+  // The cutter dies: the daemon frees its slot (and wakes its page's sleepers).
+  cutter.kill_now();
+  auto subscribers = [&] {
+    try {
+      auto st = DaemonClient::connect({rd.sock, 2000, 0})->call([](proto::Request::Builder r) { r.setStat("iso.trunc"); });
+      return int(st.get().getStats()[0].getPartitions()[0].getSubscribers().size());
+    } catch (...) {
+      return -1;  // the daemon is gone
+    }
+  };
+  const uint64_t until = now_ns() + 5'000'000'000ull;
+  while (subscribers() == 2 && now_ns() < until) std::this_thread::yield();
+  CHECK(subscribers() == 1);
+  CHECK(serving(rd.sock));
+  victim.close();
+  Publisher p2 = bus.publisher("iso.trunc");
+  for (int i = 0; i < 600; ++i) REQUIRE(p2.offer("0123456789abcdef0123456789abcdef", 32) == Status::ok);
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("isolation: a connection cannot leave a grant it does not hold, even from the grantee's pid",
+          "[security][isolation][leave]") {
+  if (geteuid() != 0) {
+    WARN("skipped: needs root (clone3 set_tid reuses a pid exactly)");
+    return;
+  }
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.leave", {.capacity = 8192, .mode = 0644});
+  Subscriber victim = bus.subscriber("iso.leave");
+  // Another process's connection, same uid or another: the victim's slot and
+  // generation are public (the control segment), the grant is not theirs.
+  {
+    auto st = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("iso.leave"); });
+    const uint32_t slot = st.get().getStats()[0].getPartitions()[0].getSubscribers()[0].getSlot();
+    const std::string gen = std::to_string(shm::aref(victim.refs().slots[slot].generation).load());
+    CHECK(run_capture({hostile(), "leave", rd.sock, "iso.leave", std::to_string(slot), gen}) == "leave:notfound\n");
+    SecondUser att = second_user();
+    if (att.skip.empty())
+      CHECK(as_att(att, {"leave", rd.sock, "iso.leave", std::to_string(slot), gen}) == "leave:notfound\n");
+  }
+  // The pid the daemon recorded for a connection, given to a victim process later.
+  const std::string out = run_capture({hostile(), "leave-reuse", rd.sock, "iso.leave"});
+  if (out == "leave-reuse:noreuse\n") {
+    WARN("skipped: clone3 set_tid unavailable");
+  } else {
+    CHECK(out == "leave:notfound victim:kept\n");
+  }
+  Publisher pub = bus.publisher("iso.leave");
+  REQUIRE(pub.offer("kept", 4) == Status::ok);
+  View v;
+  REQUIRE(victim.poll_wait(v, 1'000'000'000) == Status::ok);
+  victim.release(v);
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("quotas: another uid cannot take every subscriber slot of a topic; the owner still joins",
+          "[security][isolation][grants]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  rd.extra = {"--uid-max-grants", "6"};
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.g1", {.capacity = 8192, .slots = 8, .mode = 0644});
+  bus.create_topic("iso.g2", {.capacity = 8192, .slots = 8, .mode = 0644});
+  // Half the slots of a partition by default...
+  Child a1(att.as({hostile(), "grants", rd.sock, "iso.g1"}));
+  CHECK(first_line(a1) == "grants:4 refused:partition-quota");
+  // ... and uid_max_grants in all.
+  Child a2(att.as({hostile(), "grants", rd.sock, "iso.g2"}));
+  CHECK(first_line(a2) == "grants:2 refused:uid-quota");
+  std::vector<Subscriber> mine;
+  for (int i = 0; i < 4; ++i) REQUIRE_NOTHROW(mine.push_back(bus.subscriber("iso.g1", {.tethered = false})));
+  a1.kill_now();
+  a2.kill_now();
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("ownership: a durable name's owner is on disk before its join is answered; a daemon SIGKILLed "
+          "right after restarts refusing another uid's resume",
+          "[security][isolation][ownership][durable-record]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.rec", {.capacity = 8192, .mode = 0644});
+  Child owner({hostile(), "named", rd.sock, "iso.rec", "victim-rec"});
+  REQUIRE(first_line(owner) == "named:joined");
+  rd.d.proc.kill_now();  // SIGKILL right after the answer
+  owner.kill_now();
+  REQUIRE(rd.start());
+  CHECK(as_att(att, {"resume", rd.sock, "iso.rec", "victim-rec"}) == "resume:denied\n");
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("a join resent (new connection, or a restarted daemon) never leaves a second, orphaned slot",
+          "[security][isolation][token]") {
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.tok", {.capacity = 8192});
+  auto join = [&](uint64_t token, bool keep, std::vector<DaemonClient::Reply>& held) {
+    auto rep = DaemonClient::connect({rd.sock})->call([&](proto::Request::Builder r) {
+      auto j = r.initJoin();
+      j.setTopic("iso.tok");
+      j.setPartition(0);
+      j.setToken(token);
+    });
+    const uint32_t slot = rep.get().getJoin().getSlot(), gen = rep.get().getJoin().getGeneration();
+    if (keep) held.push_back(std::move(rep));
+    return std::make_pair(slot, gen);
+  };
+  auto subscribers = [&] {
+    auto st = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("iso.tok"); });
+    return st.get().getStats()[0].getPartitions()[0].getSubscribers().size();
+  };
+  std::vector<DaemonClient::Reply> held;
+  // Resent over a new connection (the answer to the first was lost with its connection).
+  auto g1 = join(0x5eed0001, true, held);
+  auto g2 = join(0x5eed0001, true, held);
+  CHECK(g1 == g2);
+  CHECK(subscribers() == 1);
+  // Resent to a restarted daemon, the first answer lost (its fd never kept): the
+  // restarted daemon cannot find the page in the client, frees that grant, and the
+  // resend makes the only one.
+  join(0x5eed0002, false, held);
+  CHECK(subscribers() == 2);
+  rd.d.proc.kill_now();
+  REQUIRE(rd.start());
+  join(0x5eed0002, true, held);
+  CHECK(subscribers() == 2);
+  // The kept grant survived the restart (its page taken back from us) and a resend
+  // of its join still gets it.
+  auto g3 = join(0x5eed0001, true, held);
+  CHECK(g3 == g1);
+  CHECK(subscribers() == 2);
   CHECK(serving(rd.sock));
 }

@@ -35,6 +35,10 @@ struct DaemonOptions {
   // (retentionBytes + one log segment); such topics need a retentionBytes.
   uint64_t uid_max_log_bytes = 16ull << 30;
   uint32_t max_inflight_per_client = 8;        // requests queued per connection before it is not read
+  // Live cursor grants (subscribers) of one uid: each holds a slot, a 4 KiB cursor
+  // page and a daemon fd and mapping. In all, and in one partition (0: half its slots).
+  uint32_t uid_max_grants = 1024;
+  uint32_t uid_max_partition_grants = 0;
   uint32_t shm_reserve_percent = 10;           // creation leaves this much of /dev/shm free
   std::string log_level = "info";      // trace, debug, info, warn, error, off
   std::string log_file;                // empty: stderr

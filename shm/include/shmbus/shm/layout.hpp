@@ -239,7 +239,8 @@ struct ControlHeader {
   uint64_t capacity;         // 16  copy of the data ring capacity (cross-check)
   uint32_t reserved0;        // 24
   uint32_t slot_hwm;         // 28  1 + highest slot index ever joined; cursor scans stop there
-  uint8_t pad0[96];          // 32 .. 127
+  uint64_t wake_id;          // 32  daemon mode: inode of the wake segment (a sealed memfd; 0 = none)
+  uint8_t pad0[88];          // 40 .. 127
   // lines 2-3: the data waiter bits of direct mode (daemon mode: the wake segment).
   WakeBlock wake;            // 128 .. 255
   uint8_t pad4[128];         // 256 .. 383
@@ -247,6 +248,7 @@ struct ControlHeader {
 static_assert(sizeof(ControlHeader) == 384, "update docs/protocol.md and the layout version");
 static_assert(offsetof(ControlHeader, slot_count) == 12);
 static_assert(offsetof(ControlHeader, slot_hwm) == 28);
+static_assert(offsetof(ControlHeader, wake_id) == 32);
 static_assert(offsetof(ControlHeader, wake) == 128);
 
 // One subscriber cursor slot. 128 bytes (two lines) so that neighbours do not share
@@ -259,9 +261,10 @@ struct CursorSlot {
   uint32_t generation;       // 12 bumped on every (re)grant of the slot; tags the page
   uint64_t name_hash;        // 16 durable subscriber name (0 = anonymous)
   uint64_t join_position;    // 24 the cursor never goes below this (bounds the limit until the page is mapped)
-  uint64_t page_id;          // 32 daemon mode: names the grant's page segment (0 = embedded)
+  uint64_t page_id;          // 32 daemon mode: inode of the grant's page (a sealed memfd; 0 = embedded or none)
   uint64_t parked_ns;        // 40 CLOCK_MONOTONIC when parked (P11)
-  uint8_t pad[16];           // 48 .. 63
+  uint64_t join_token;       // 48 daemon mode: the client's token of the join that made this grant (a resent join gets it again)
+  uint8_t pad[8];            // 56 .. 63
   CursorPage page;           // 64 .. 127 the embedded page
 };
 static_assert(sizeof(CursorSlot) == 128, "update docs/protocol.md and the layout version");
@@ -273,6 +276,7 @@ static_assert(offsetof(CursorSlot, name_hash) == 16);
 static_assert(offsetof(CursorSlot, join_position) == 24);
 static_assert(offsetof(CursorSlot, page_id) == 32);
 static_assert(offsetof(CursorSlot, parked_ns) == 40);
+static_assert(offsetof(CursorSlot, join_token) == 48);
 static_assert(offsetof(CursorSlot, page) == 64);
 
 // One multi-producer table entry (in the data segment, 2.0). Written by its

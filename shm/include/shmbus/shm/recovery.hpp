@@ -115,6 +115,20 @@ enum class CursorRecovery : uint8_t { none, freed, parked };
 // grant's page), whose wake word producers blocked on it sleep on (P7).
 // Daemon mode: `dead_pid` is the pid the daemon itself wrote at the grant (its
 // SO_PEERCRED pid), proven dead by the daemon's pidfd; never a pid a client wrote.
+// A slot being parked keeps its released position in join_position (daemon-written),
+// so a parked slot needs no page: a restarted daemon, which cannot map the pages of
+// the previous one (sealed memfds, no names), still resumes it where it stood.
+// The page's value is hostile: clamped to [join_position, tail].
+inline void park_position(const RingRefs& r, uint32_t i, const CursorPage* page) {
+  CursorSlot& s = r.slots[i];
+  if (!page || page == &s.page) return;
+  const uint64_t jp = aref(s.join_position).load(std::memory_order_acquire);
+  const uint64_t tail = aref(r.data->tail_pos).load(std::memory_order_seq_cst);
+  uint64_t pos = aref(const_cast<CursorPage*>(page)->position).load(std::memory_order_acquire);
+  if (pos > tail) pos = tail;
+  if (pos > jp) aref(s.join_position).store(pos, std::memory_order_release);
+}
+
 inline CursorRecovery recover_dead_cursor(const RingRefs& r, uint32_t i, uint32_t dead_pid,
                                           bool park_names = true, uint64_t keep_name = 0,
                                           CursorPage* page = nullptr) {
@@ -132,6 +146,7 @@ inline CursorRecovery recover_dead_cursor(const RingRefs& r, uint32_t i, uint32_
   if (aref(s.flags).load(std::memory_order_relaxed) & kSlotEmbedded) page = &s.page;
   const uint64_t nh = aref(s.name_hash).load(std::memory_order_relaxed);
   if (park_names && st == kSlotActive && nh != 0 && nh != keep_name) {
+    park_position(r, i, page);
     aref(s.parked_ns).store(monotonic_ns(), std::memory_order_relaxed);
     // pid 0 on an ACTIVE named slot is "parked" (P11); a resumer CASes 0 -> its pid.
     aref(s.pid).store(0, std::memory_order_release);
