@@ -120,6 +120,47 @@ SHMBUS_API int shmbus_topic_remove(shmbus_bus_t* bus, const char* topic);
 SHMBUS_API int shmbus_topic_describe(shmbus_bus_t* bus, const char* topic,
                                      shmbus_topic_config_t* cfg);
 
+/* ---- durable topics (symbol version SHMBUS_1.2) ------------------------------
+ * A durable topic is archived by shmbusd to its spill log (docs/spill-log.md), so a
+ * subscriber can replay it from the log (SHMBUS_START_EARLIEST, _SEQUENCE, _TIME) and
+ * then continue live in the ring. Durable topics need a daemon: a bus from
+ * shmbus_bus_connect, or shmbus_bus_open_embedded with a state_dir. Policy
+ * SHMBUS_POLICY_SPILL implies durable.
+ *
+ * The struct is versioned by its leading `size`: pass sizeof(shmbus_durable_config_t)
+ * to _init (and keep what it sets). The library reads and writes only the first
+ * `size` bytes, so a caller built against an older, shorter struct keeps working
+ * when fields are appended. */
+#define SHMBUS_FLUSH_NONE 0      /* page cache only: durable once written (survives a daemon crash) */
+#define SHMBUS_FLUSH_INTERVAL 1  /* fdatasync every flush_interval_ms (default) */
+#define SHMBUS_FLUSH_BATCH 2     /* fdatasync after each batch the archiver writes */
+
+typedef struct shmbus_durable_config {
+  uint32_t size;               /* bytes of this struct the caller has; set by _init */
+  uint32_t durable;            /* 1: archive the topic to the spill log */
+  uint32_t flush;              /* SHMBUS_FLUSH_*; default INTERVAL */
+  uint32_t flush_interval_ms;  /* INTERVAL: fdatasync period; default 10 */
+  uint64_t retention_bytes;    /* per partition, 0 = unlimited */
+  uint64_t retention_age_s;    /* by a log segment's last write, 0 = unlimited */
+  uint64_t segment_bytes;      /* log segment file size, 0 = 64 MiB */
+} shmbus_durable_config_t;
+
+/* Sets defaults (not durable, flush INTERVAL every 10 ms, unlimited retention) in the
+ * first `size` bytes of *d and d->size = min(size, the library's size). */
+SHMBUS_API void shmbus_durable_config_init(shmbus_durable_config_t* d, uint32_t size);
+/* shmbus_topic_create with durable settings (`cfg` NULL: defaults; `dur` NULL: not
+ * durable unless cfg->policy is SPILL). Idempotent for the same settings, durable
+ * ones included; SHMBUS_E_ALREADY_EXISTS for other settings. SHMBUS_E_UNSUPPORTED
+ * for a durable topic on a bus without a daemon; SHMBUS_E_INVALID_ARGUMENT for a bad
+ * flush value or size. */
+SHMBUS_API int shmbus_topic_create_durable(shmbus_bus_t* bus, const char* topic,
+                                           const shmbus_topic_config_t* cfg,
+                                           const shmbus_durable_config_t* dur);
+/* The durable settings of an existing topic (the caller sets out->size, e.g. by
+ * _init). On a bus without a daemon every topic reads as not durable. */
+SHMBUS_API int shmbus_topic_describe_durable(shmbus_bus_t* bus, const char* topic,
+                                             shmbus_durable_config_t* out);
+
 /* ---- publisher ---------------------------------------------------------- */
 typedef struct shmbus_publisher_options {
   uint32_t size;              /* set by _init */
@@ -188,13 +229,31 @@ SHMBUS_API int shmbus_publisher_offer_packed(shmbus_publisher_t* pub, const void
                                              const uint32_t* lens, size_t n, size_t* published);
 SHMBUS_API int shmbus_publisher_stats(shmbus_publisher_t* pub, shmbus_publisher_stats_t* out);
 SHMBUS_API uint32_t shmbus_publisher_max_payload(shmbus_publisher_t* pub);
+/* Durable topics (SHMBUS_1.2): waits up to timeout_ns (<0: forever) until every frame
+ * of the publisher's partition with sequence <= seq is durable per the topic's flush
+ * policy (claim sequences: shmbus_claim_t.sequence). OK or SHMBUS_E_TIMED_OUT (also
+ * when the topic is not durable and nothing archives it). */
+SHMBUS_API int shmbus_publisher_wait_durable(shmbus_publisher_t* pub, uint64_t seq,
+                                             int64_t timeout_ns);
+/* Highest sequence of the partition known durable (a racy snapshot; 0 when no
+ * archiver ever ran), and the errno of the archiver's failing write or sync (0 when
+ * healthy): why a durable topic back-pressures. */
+SHMBUS_API int shmbus_publisher_durable_sequence(shmbus_publisher_t* pub, uint64_t* seq,
+                                                 int* archiver_errno);
 
 /* ---- subscriber --------------------------------------------------------- */
 #define SHMBUS_START_LATEST 0    /* only messages published after the subscriber joins */
 #define SHMBUS_START_EARLIEST 1  /* durable topics: from the oldest retained message */
 #define SHMBUS_START_SEQUENCE 2  /* durable topics: from start_value (a sequence) */
-#define SHMBUS_START_TIME 3      /* durable topics: from start_value (ns since the epoch) */
+#define SHMBUS_START_TIME 3      /* durable topics: from start_value (CLOCK_REALTIME ns since the epoch) */
 
+/* start other than LATEST (durable topics, SHMBUS_1.2): the subscriber replays from
+ * the topic's spill log, then switches to the live ring at exactly the frame after
+ * the last one it delivered, without a gap or duplicate. Such a subscriber is
+ * always UNTETHERED (never holds the producer back; when lapped it continues from the
+ * log) and anonymous (name must be NULL); its views point into private copies, so
+ * shmbus_subscriber_check is always OK. It needs a daemon bus (see durable topics).
+ * SHMBUS_E_INVALID_ARGUMENT when the topic is not durable. */
 typedef struct shmbus_subscriber_options {
   uint32_t size;              /* set by _init */
   uint32_t partition;

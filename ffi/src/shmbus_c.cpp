@@ -16,9 +16,14 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <ctime>
+#include <memory>
+
 #include <cerrno>
 #include <cstring>
 #include <new>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -26,8 +31,10 @@
 
 #include "shmbus/bus.hpp"
 #include "shmbus/daemon.hpp"
+#include "shmbus/daemon_client.hpp"
 #include "shmbus/error.hpp"
 #include "shmbus/publisher.hpp"
+#include "shmbus/replay.hpp"
 #include "shmbus/subscriber.hpp"
 
 // Layout checks: the Go and Rust bindings mirror these structs.
@@ -39,6 +46,10 @@ static_assert(sizeof(shmbus_subscriber_options_t) == 48, "ABI: shmbus_subscriber
 static_assert(sizeof(shmbus_view_t) == 64, "ABI: shmbus_view_t");
 static_assert(offsetof(shmbus_view_t, next_position) == 56, "ABI: shmbus_view_t");
 static_assert(sizeof(shmbus_subscriber_stats_t) == 32, "ABI: shmbus_subscriber_stats_t");
+static_assert(sizeof(shmbus_durable_config_t) == 40, "ABI: shmbus_durable_config_t");
+static_assert(SHMBUS_FLUSH_NONE == int(shmbus::TopicConfig::Flush::none) &&
+              SHMBUS_FLUSH_INTERVAL == int(shmbus::TopicConfig::Flush::interval) &&
+              SHMBUS_FLUSH_BATCH == int(shmbus::TopicConfig::Flush::batch));
 static_assert(SHMBUS_POLICY_BLOCK == shmbus::shm::kPolicyBlock &&
               SHMBUS_POLICY_FAIL == shmbus::shm::kPolicyFail &&
               SHMBUS_POLICY_SPILL == shmbus::shm::kPolicySpill);
@@ -50,6 +61,10 @@ static_assert(SHMBUS_WAIT_BUSY_SPIN == int(shmbus::WaitStrategy::busy_spin) &&
 struct shmbus_bus {
   shmbus::Bus bus;
   std::string prefix;  // direct mode: for describe's file mode
+  // Daemon mode: a control connection for what the Bus does not say (durable
+  // settings, the log directory). NULL: a direct bus, or embedded without a state_dir.
+  std::shared_ptr<shmbus::DaemonClient> client{};
+  bool daemon = false;  // connected to a daemon (connect or embedded)
 };
 
 struct shmbus_publisher {
@@ -59,8 +74,11 @@ struct shmbus_publisher {
 };
 
 struct shmbus_subscriber {
-  shmbus::Subscriber sub;
+  std::optional<shmbus::Subscriber> sub;  // empty for a replaying subscriber
   uint64_t released = 0;  // lowest position a release may name
+  // start other than LATEST: the replaying subscriber (sub is then empty).
+  std::unique_ptr<shmbus::ReplaySubscriber> replay{};
+  uint64_t released_seq = 0;  // replay: highest sequence released
 };
 
 namespace {
@@ -264,7 +282,10 @@ int shmbus_bus_connect(const char* socket_path, shmbus_bus_t** out) {
   if (!out) return invalid("shmbus_bus_connect: ", "out is NULL");
   *out = nullptr;
   SHIM_BEGIN
-  *out = new shmbus_bus{shmbus::Bus::connect(socket_path ? socket_path : ""), ""};
+  shmbus::DaemonClient::Options o;
+  o.socket_path = socket_path ? socket_path : "";
+  auto client = shmbus::DaemonClient::connect(o);
+  *out = new shmbus_bus{shmbus::Bus(shmbus::make_daemon_provider(client)), "", client, true};
   return SHMBUS_OK;
   SHIM_END("shmbus_bus_connect")
 }
@@ -276,7 +297,14 @@ int shmbus_bus_open_embedded(const char* state_dir, shmbus_bus_t** out) {
   shmbus::DaemonOptions o;
   if (state_dir) o.state_dir = state_dir;
   o.log_level = "warn";
-  *out = new shmbus_bus{shmbus::open_embedded(o), ""};
+  shmbus::Bus b = shmbus::open_embedded(o);
+  std::shared_ptr<shmbus::DaemonClient> client;
+  if (state_dir) {  // open_embedded's socket (daemon.hpp): <state_dir>/shmbusd.sock
+    shmbus::DaemonClient::Options co;
+    co.socket_path = std::string(state_dir) + "/shmbusd.sock";
+    client = shmbus::DaemonClient::connect(co);
+  }
+  *out = new shmbus_bus{std::move(b), "", client, true};
   return SHMBUS_OK;
   SHIM_END("shmbus_bus_open_embedded")
 }
@@ -299,20 +327,37 @@ void shmbus_topic_config_init(shmbus_topic_config_t* cfg) {
   cfg->schema_id = d.schema_id;
 }
 
-int shmbus_topic_create(shmbus_bus_t* bus, const char* topic, const shmbus_topic_config_t* cfg) {
-  if (!bus || !topic) return invalid("shmbus_topic_create: ", "bus or topic is NULL");
+namespace {
+// The durable fields present in a caller's struct of `size` bytes.
+constexpr uint32_t kDurableMinSize = offsetof(shmbus_durable_config_t, segment_bytes) + 8;
+
+int create_topic(shmbus_bus_t* bus, const char* topic, const shmbus_topic_config_t* cfg,
+                 const shmbus_durable_config_t* dur, const char* fn) {
+  if (!bus || !topic) return invalid(fn, "bus or topic is NULL");
   SHIM_BEGIN
   shmbus::TopicConfig c;
+  if (dur) {
+    if (dur->size < kDurableMinSize)
+      return invalid(fn, "dur->size is too small: call shmbus_durable_config_init(&d, sizeof d) first");
+    if (dur->flush > SHMBUS_FLUSH_BATCH)
+      return invalid(fn, ("dur->flush " + std::to_string(dur->flush) +
+                          " is not a SHMBUS_FLUSH_* (NONE 0, INTERVAL 1, BATCH 2)").c_str());
+    if (dur->durable > 1) return invalid(fn, "dur->durable must be 0 or 1");
+    if (dur->flush == SHMBUS_FLUSH_INTERVAL && dur->flush_interval_ms == 0)
+      return invalid(fn, "dur->flush_interval_ms must be > 0 with SHMBUS_FLUSH_INTERVAL");
+    c.durable = dur->durable != 0;
+    c.flush = shmbus::TopicConfig::Flush(dur->flush);
+    c.flush_interval_ms = dur->flush_interval_ms;
+    c.retention_bytes = dur->retention_bytes;
+    c.retention_age_s = dur->retention_age_s;
+    c.segment_bytes = dur->segment_bytes;
+  }
   if (cfg) {
     if (cfg->size != sizeof *cfg)
-      return invalid("shmbus_topic_create: ",
-                     "cfg->size does not match this library: call shmbus_topic_config_init first");
+      return invalid(fn, "cfg->size does not match this library: call shmbus_topic_config_init first");
     if (cfg->policy > SHMBUS_POLICY_SPILL)
-      return invalid("shmbus_topic_create: ", "cfg->policy is not a SHMBUS_POLICY_*");
-    if (cfg->policy == SHMBUS_POLICY_SPILL)
-      return fail(SHMBUS_E_UNSUPPORTED, "shmbus_topic_create: ",
-                  "policy spill needs the daemon's archiver (not in this build)");
-    if (cfg->mode > 07777) return invalid("shmbus_topic_create: ", "cfg->mode is not permission bits");
+      return invalid(fn, "cfg->policy is not a SHMBUS_POLICY_*");
+    if (cfg->mode > 07777) return invalid(fn, "cfg->mode is not permission bits");
     c.partitions = cfg->partitions;
     c.capacity = cfg->capacity;
     c.max_payload = cfg->max_payload;
@@ -322,16 +367,90 @@ int shmbus_topic_create(shmbus_bus_t* bus, const char* topic, const shmbus_topic
     c.mode = cfg->mode;
     c.schema_id = cfg->schema_id;
   }
+  if ((c.durable || c.policy == shmbus::Policy::spill) && !bus->daemon)
+    return fail(SHMBUS_E_UNSUPPORTED, fn,
+                c.durable ? "a durable topic needs shmbusd's archiver: this bus has no daemon "
+                            "(use shmbus_bus_connect, or shmbus_bus_open_embedded with a state_dir)"
+                          : "policy spill makes the topic durable, which needs shmbusd's archiver: "
+                            "this bus has no daemon (use shmbus_bus_connect, or "
+                            "shmbus_bus_open_embedded with a state_dir)");
   try {
     bus->bus.create_topic(topic, c);
   } catch (const shmbus::Error& e) {
     // The contract: an existing topic with other settings is "already exists".
-    if (e.code() == shmbus::ErrorCode::incompatible)
-      return fail(SHMBUS_E_ALREADY_EXISTS, "shmbus_topic_create: ", e.what());
+    if (e.code() == shmbus::ErrorCode::incompatible) return fail(SHMBUS_E_ALREADY_EXISTS, fn, e.what());
     throw;
   }
   return SHMBUS_OK;
-  SHIM_END("shmbus_topic_create")
+  SHIM_END("topic create")
+}
+
+// Daemon mode: the topic's description (spec, log dir). Throws like the client.
+shmbus::DaemonClient::Reply describe(shmbus_bus_t* bus, const std::string& topic) {
+  return bus->client->call([&](shmbus::proto::Request::Builder r) { r.setDescribeTopic(topic); });
+}
+}  // namespace
+
+int shmbus_topic_create(shmbus_bus_t* bus, const char* topic, const shmbus_topic_config_t* cfg) {
+  return create_topic(bus, topic, cfg, nullptr, "shmbus_topic_create: ");
+}
+
+void shmbus_durable_config_init(shmbus_durable_config_t* d, uint32_t size) {
+  if (!d || size < sizeof(uint32_t)) return;
+  shmbus::TopicConfig t;
+  shmbus_durable_config_t v;
+  std::memset(&v, 0, sizeof v);
+  v.size = std::min<uint32_t>(size, sizeof v);
+  v.durable = t.durable ? 1 : 0;
+  v.flush = uint32_t(t.flush);
+  v.flush_interval_ms = t.flush_interval_ms;
+  v.retention_bytes = t.retention_bytes;
+  v.retention_age_s = t.retention_age_s;
+  v.segment_bytes = t.segment_bytes;
+  std::memcpy(d, &v, v.size);
+}
+
+int shmbus_topic_create_durable(shmbus_bus_t* bus, const char* topic, const shmbus_topic_config_t* cfg,
+                                const shmbus_durable_config_t* dur) {
+  return create_topic(bus, topic, cfg, dur, "shmbus_topic_create_durable: ");
+}
+
+int shmbus_topic_describe_durable(shmbus_bus_t* bus, const char* topic, shmbus_durable_config_t* out) {
+  if (!bus || !topic || !out) return invalid("shmbus_topic_describe_durable: ", "bus, topic or out is NULL");
+  if (out->size < kDurableMinSize)
+    return invalid("shmbus_topic_describe_durable: ",
+                   "out->size is too small: call shmbus_durable_config_init(&d, sizeof d) first");
+  SHIM_BEGIN
+  const uint32_t size = out->size;
+  std::string t = topic;
+  if (!shmbus::valid_topic_name(t))
+    return invalid("shmbus_topic_describe_durable: ", ("invalid topic name '" + t + "'").c_str());
+  shmbus_durable_config_t v;
+  shmbus_durable_config_init(&v, sizeof v);
+  if (!bus->daemon) {
+    if (bus->bus.partitions(t) == 0)
+      return fail(SHMBUS_E_NOT_FOUND, "shmbus_topic_describe_durable: ", ("no topic '" + t + "'").c_str());
+  } else if (!bus->client) {
+    return fail(SHMBUS_E_UNSUPPORTED, "shmbus_topic_describe_durable: ",
+                "an embedded bus opened without a state_dir has no control connection; "
+                "pass a state_dir to shmbus_bus_open_embedded");
+  } else {
+    auto rep = describe(bus, t);
+    auto spec = rep.get().getTopic().getSpec();
+    v.durable = spec.getDurable() || spec.getPolicy() == shmbus::proto::Policy::SPILL;
+    const auto f = spec.getFlush();
+    v.flush = f == shmbus::proto::FlushPolicy::NONE    ? SHMBUS_FLUSH_NONE
+              : f == shmbus::proto::FlushPolicy::BATCH ? SHMBUS_FLUSH_BATCH
+                                                        : SHMBUS_FLUSH_INTERVAL;
+    v.flush_interval_ms = spec.getFlushIntervalMs();
+    v.retention_bytes = spec.getRetentionBytes();
+    v.retention_age_s = spec.getRetentionAgeS();
+    v.segment_bytes = spec.getSegmentBytes();
+  }
+  v.size = std::min<uint32_t>(size, sizeof v);
+  std::memcpy(out, &v, v.size);
+  return SHMBUS_OK;
+  SHIM_END("shmbus_topic_describe_durable")
 }
 
 int shmbus_topic_remove(shmbus_bus_t* bus, const char* topic) {
@@ -571,7 +690,94 @@ uint32_t shmbus_publisher_max_payload(shmbus_publisher_t* pub) {
   return pub ? pub->pub.max_payload() : 0;
 }
 
+int shmbus_publisher_wait_durable(shmbus_publisher_t* pub, uint64_t seq, int64_t timeout_ns) {
+  if (!pub) {
+    set_static("wait_durable: pub is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  return status(shmbus::wait_durable(pub->pub, seq, timeout_ns));
+}
+
+int shmbus_publisher_durable_sequence(shmbus_publisher_t* pub, uint64_t* seq, int* archiver_errno) {
+  if (seq) *seq = 0;
+  if (archiver_errno) *archiver_errno = 0;
+  if (!pub || !seq) {
+    set_static("durable_sequence: pub or seq is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  if (!pub->pub.refs().data) {
+    set_static(shmbus_strerror(SHMBUS_E_CLOSED));
+    return SHMBUS_E_CLOSED;
+  }
+  *seq = shmbus::durable_sequence_approx(pub->pub);
+  if (archiver_errno) *archiver_errno = shmbus::archiver_error(pub->pub);
+  return SHMBUS_OK;
+}
+
 // ---- subscriber -------------------------------------------------------------------------
+namespace {
+// CLOCK_REALTIME ns -> CLOCK_MONOTONIC ns (what frames are stamped with).
+uint64_t realtime_to_monotonic(uint64_t t) {
+  timespec r{}, m{};
+  clock_gettime(CLOCK_REALTIME, &r);
+  clock_gettime(CLOCK_MONOTONIC, &m);
+  const int64_t rn = int64_t(r.tv_sec) * 1'000'000'000 + r.tv_nsec;
+  const int64_t mn = int64_t(m.tv_sec) * 1'000'000'000 + m.tv_nsec;
+  const int64_t off = rn - mn;  // realtime = monotonic + off
+  if (t > uint64_t(INT64_MAX)) return UINT64_MAX;
+  const int64_t v = int64_t(t) - off;
+  return v < 0 ? 0 : uint64_t(v);
+}
+
+// A subscriber that starts before LATEST: a ReplaySubscriber over the topic's log.
+int open_replay(shmbus_bus_t* bus, const char* topic, const shmbus_subscriber_options_t& o,
+                shmbus_subscriber_t** out) {
+  const char* fn = "shmbus_subscriber_open: ";
+  if (o.name)
+    return invalid(fn, "a named subscriber resumes where it left off: its start must be SHMBUS_START_LATEST");
+  if (!bus->daemon)
+    return fail(SHMBUS_E_UNSUPPORTED, fn,
+                "start positions other than LATEST replay a durable topic's log, which needs "
+                "shmbusd: this bus has no daemon (use shmbus_bus_connect, or "
+                "shmbus_bus_open_embedded with a state_dir)");
+  if (!bus->client)
+    return fail(SHMBUS_E_UNSUPPORTED, fn,
+                "an embedded bus opened without a state_dir cannot replay: pass a state_dir to "
+                "shmbus_bus_open_embedded");
+  std::string t = topic;
+  if (!shmbus::valid_topic_name(t)) return invalid(fn, ("invalid topic name '" + t + "'").c_str());
+  shmbus::ReplayOptions ro;
+  {
+    auto rep = describe(bus, t);
+    auto info = rep.get().getTopic();
+    auto spec = info.getSpec();
+    if (!spec.getDurable() && spec.getPolicy() != shmbus::proto::Policy::SPILL)
+      return invalid(fn, ("topic '" + t + "' is not durable: only SHMBUS_START_LATEST is possible "
+                          "(create it with shmbus_topic_create_durable)").c_str());
+    if (o.partition >= spec.getPartitions())
+      return invalid(fn, ("topic '" + t + "' has no partition " + std::to_string(o.partition)).c_str());
+    ro.state_dir = info.getLogDir().cStr();
+  }
+  if (ro.state_dir.empty()) {  // older daemons: the log is <state-dir>/log
+    auto h = bus->client->call([](shmbus::proto::Request::Builder r) { r.setHealth(); });
+    ro.state_dir = std::string(h.get().getHealth().getStateDir().cStr()) + "/log";
+  }
+  ro.partition = o.partition;
+  ro.wait = shmbus::WaitStrategy(o.wait);
+  ro.spin_ns = o.spin_ns;
+  ro.open_timeout_ms = o.open_timeout_ms;
+  switch (o.start) {
+    case SHMBUS_START_EARLIEST: ro.start = shmbus::StartAt::earliest(); break;
+    case SHMBUS_START_SEQUENCE: ro.start = shmbus::StartAt::sequence(o.start_value); break;
+    default: ro.start = shmbus::StartAt::time(realtime_to_monotonic(o.start_value)); break;
+  }
+  auto r = std::make_unique<shmbus::ReplaySubscriber>(shmbus::replay_subscriber(bus->bus, t, ro));
+  auto* s = new shmbus_subscriber{std::nullopt, 0, std::move(r), 0};
+  *out = s;
+  return SHMBUS_OK;
+}
+}  // namespace
+
 void shmbus_subscriber_options_init(shmbus_subscriber_options_t* o) {
   if (!o) return;
   shmbus::SubscriberOptions d;
@@ -601,11 +807,9 @@ int shmbus_subscriber_open(shmbus_bus_t* bus, const char* topic,
     if (!valid_wait(opts->wait)) return invalid("shmbus_subscriber_open: ", "opts->wait is not a SHMBUS_WAIT_*");
     if (opts->start > SHMBUS_START_TIME)
       return invalid("shmbus_subscriber_open: ", "opts->start is not a SHMBUS_START_*");
-    if (opts->start != SHMBUS_START_LATEST)
-      return fail(SHMBUS_E_UNSUPPORTED, "shmbus_subscriber_open: ",
-                  "start positions other than LATEST need durable topics (not in this build)");
     if (opts->spin_ns < 0 || opts->open_timeout_ms < 0)
       return invalid("shmbus_subscriber_open: ", "negative spin_ns or timeout");
+    if (opts->start != SHMBUS_START_LATEST) return open_replay(bus, topic, *opts, out);
     o.partition = opts->partition;
     o.tethered = opts->tethered != 0;
     o.wait = shmbus::WaitStrategy(opts->wait);
@@ -633,7 +837,7 @@ int shmbus_subscriber_poll(shmbus_subscriber_t* sub, shmbus_view_t* out) {
     return SHMBUS_E_INVALID_ARGUMENT;
   }
   shmbus::View v;
-  shmbus::Status s = sub->sub.poll(v);
+  shmbus::Status s = sub->replay ? sub->replay->poll(v) : sub->sub->poll(v);
   if (s != shmbus::Status::ok) {
     std::memset(out, 0, sizeof *out);
     return s == shmbus::Status::empty ? SHMBUS_E_EMPTY : status(s);
@@ -648,7 +852,7 @@ int shmbus_subscriber_poll_wait(shmbus_subscriber_t* sub, shmbus_view_t* out, in
     return SHMBUS_E_INVALID_ARGUMENT;
   }
   shmbus::View v;
-  shmbus::Status s = sub->sub.poll_wait(v, timeout_ns);
+  shmbus::Status s = sub->replay ? sub->replay->poll_wait(v, timeout_ns) : sub->sub->poll_wait(v, timeout_ns);
   if (s != shmbus::Status::ok) {
     std::memset(out, 0, sizeof *out);
     return status(s);
@@ -666,11 +870,15 @@ int shmbus_subscriber_poll_batch(shmbus_subscriber_t* sub, shmbus_view_t* views,
   }
   if (max == 0) return SHMBUS_OK;
   shmbus::View v;
-  shmbus::Status s = timeout_ns == 0 ? sub->sub.poll(v) : sub->sub.poll_wait(v, timeout_ns);
+  auto poll = [&](int64_t t) {
+    if (sub->replay) return t == 0 ? sub->replay->poll(v) : sub->replay->poll_wait(v, t);
+    return t == 0 ? sub->sub->poll(v) : sub->sub->poll_wait(v, t);
+  };
+  shmbus::Status s = poll(timeout_ns);
   if (s != shmbus::Status::ok) return s == shmbus::Status::empty ? SHMBUS_E_EMPTY : status(s);
   fill_view(&views[0], v);
   size_t k = 1;
-  while (k < max && sub->sub.poll(v) == shmbus::Status::ok) fill_view(&views[k++], v);
+  while (k < max && poll(0) == shmbus::Status::ok) fill_view(&views[k++], v);
   // A corrupt frame after good ones is reported by the next poll.
   *n = k;
   return SHMBUS_OK;
@@ -681,12 +889,13 @@ int shmbus_subscriber_check(const shmbus_subscriber_t* sub, const shmbus_view_t*
     set_static("check: sub, v or v->data is NULL");
     return SHMBUS_E_INVALID_ARGUMENT;
   }
+  if (sub->replay) return SHMBUS_OK;  // views are private copies, validated after the copy
   shmbus::shm::FrameView f;
   f.hdr = reinterpret_cast<const shmbus::shm::FrameHeader*>(v->data - shmbus::shm::kFrameHeaderSize);
   f.payload = reinterpret_cast<const std::byte*>(v->data);
   f.pos = v->position;
   f.next = v->next_position;
-  return status(sub->sub.check(shmbus::View(f)));
+  return status(sub->sub->check(shmbus::View(f)));
 }
 
 int shmbus_subscriber_release(shmbus_subscriber_t* sub, const shmbus_view_t* v) {
@@ -694,9 +903,26 @@ int shmbus_subscriber_release(shmbus_subscriber_t* sub, const shmbus_view_t* v) 
     set_static("release: sub, v or v->data is NULL");
     return SHMBUS_E_INVALID_ARGUMENT;
   }
+  if (sub->replay) {
+    // Untrusted token: its sequence must lie between what was released and polled.
+    const uint64_t seq = v->sequence;
+    if (seq <= sub->released_seq || seq > sub->replay->last_sequence()) {
+      set_static("release: the view was not polled from this subscriber, or is already released");
+      return SHMBUS_E_INVALID_ARGUMENT;
+    }
+    shmbus::shm::FrameHeader h{};
+    h.sequence = seq;
+    shmbus::shm::FrameView f;
+    f.hdr = &h;
+    f.pos = v->position;
+    f.next = v->next_position;
+    sub->replay->release(shmbus::View(f));
+    sub->released_seq = seq;
+    return SHMBUS_OK;
+  }
   // Untrusted token: it must lie between what was released and what was polled.
   const uint64_t next = v->next_position;
-  if (next < sub->released || next > sub->sub.position()) {
+  if (next < sub->released || next > sub->sub->position()) {
     set_static("release: the view was not polled from this subscriber, or is already released");
     return SHMBUS_E_INVALID_ARGUMENT;
   }
@@ -704,7 +930,7 @@ int shmbus_subscriber_release(shmbus_subscriber_t* sub, const shmbus_view_t* v) 
   f.hdr = reinterpret_cast<const shmbus::shm::FrameHeader*>(v->data - shmbus::shm::kFrameHeaderSize);
   f.pos = v->position;
   f.next = next;
-  sub->sub.release(shmbus::View(f));
+  sub->sub->release(shmbus::View(f));
   sub->released = next;
   return SHMBUS_OK;
 }
@@ -714,8 +940,13 @@ int shmbus_subscriber_release_all(shmbus_subscriber_t* sub) {
     set_static("release_all: sub is NULL");
     return SHMBUS_E_INVALID_ARGUMENT;
   }
-  sub->sub.release_all();
-  sub->released = sub->sub.position();
+  if (sub->replay) {
+    sub->replay->release_all();
+    sub->released_seq = sub->replay->last_sequence();
+    return SHMBUS_OK;
+  }
+  sub->sub->release_all();
+  sub->released = sub->sub->position();
   return SHMBUS_OK;
 }
 
@@ -724,7 +955,7 @@ int shmbus_subscriber_wait(shmbus_subscriber_t* sub, int64_t timeout_ns) {
     set_static("wait: sub is NULL");
     return SHMBUS_E_INVALID_ARGUMENT;
   }
-  if (sub->sub.wait(timeout_ns)) return SHMBUS_OK;
+  if (sub->replay ? sub->replay->wait(timeout_ns) : sub->sub->wait(timeout_ns)) return SHMBUS_OK;
   set_static(shmbus_strerror(SHMBUS_E_TIMED_OUT));
   return SHMBUS_E_TIMED_OUT;
 }
@@ -734,11 +965,19 @@ int shmbus_subscriber_stats(shmbus_subscriber_t* sub, shmbus_subscriber_stats_t*
     set_static("subscriber_stats: sub or out is NULL");
     return SHMBUS_E_INVALID_ARGUMENT;
   }
-  const shmbus::SubscribeStats& s = sub->sub.stats();
+  if (sub->replay) {
+    const shmbus::ReplayStats& r = sub->replay->stats();
+    out->received = r.received;
+    out->waits = 0;
+    out->corrupt = r.corrupt;
+    out->position = sub->replay->last_sequence();  // replay: the last sequence delivered
+    return SHMBUS_OK;
+  }
+  const shmbus::SubscribeStats& s = sub->sub->stats();
   out->received = s.received;
   out->waits = s.waits;
   out->corrupt = s.corrupt;
-  out->position = sub->sub.position();
+  out->position = sub->sub->position();
   return SHMBUS_OK;
 }
 
