@@ -77,7 +77,7 @@ type Policy uint32
 const (
 	PolicyBlock Policy = C.SHMBUS_POLICY_BLOCK // wait for space (bounded by BlockTimeout and the context)
 	PolicyFail  Policy = C.SHMBUS_POLICY_FAIL  // return ErrBackPressured at once
-	PolicySpill Policy = C.SHMBUS_POLICY_SPILL // durable topics (needs the daemon)
+	PolicySpill Policy = C.SHMBUS_POLICY_SPILL // durable; a slow replaying subscriber reads the log (needs the daemon)
 )
 
 // WaitStrategy is how a blocked call waits. The zero value is the library default (hybrid).
@@ -188,6 +188,10 @@ type TopicConfig struct {
 	Slots         uint32 // subscriber slots per partition
 	Mode          uint32 // permission bits of the segments
 	SchemaID      uint64 // expected Cap'n Proto root type id, 0 = any
+	// Durable, when set, makes the topic durable (archived by the daemon; see
+	// DurableConfig). PolicySpill makes it durable with the defaults. Not filled
+	// by DescribeTopic: see DescribeDurable.
+	Durable *DurableConfig
 }
 
 func (c TopicConfig) toC() C.shmbus_topic_config_t {
@@ -233,6 +237,13 @@ func (b *Bus) CreateTopic(name string, cfg TopicConfig) error {
 	cn := C.CString(name)
 	defer C.free(unsafe.Pointer(cn))
 	c := cfg.toC()
+	if cfg.Durable != nil {
+		d, err := cfg.Durable.toC()
+		if err != nil {
+			return err
+		}
+		return call(func() C.int { return C.shmbus_topic_create_durable(h, cn, &c, &d) })
+	}
 	return call(func() C.int { return C.shmbus_topic_create(h, cn, &c) })
 }
 

@@ -36,6 +36,9 @@ type SubscriberOptions struct {
 	OpenTimeout time.Duration // wait for a topic being created (0: 5 s)
 	// BatchSize is the most views one PollBatch call returns (0: 256).
 	BatchSize int
+	// Start is where the subscriber starts (zero value: StartLatest). Other starts
+	// replay a durable topic's log first; see StartPosition.
+	Start StartPosition
 }
 
 // View is one message in the ring, read in place.
@@ -68,8 +71,8 @@ type Subscriber struct {
 	rel     *C.shmbus_view_t
 }
 
-// Subscriber opens a subscriber on topic. It sees the messages published after it
-// joined (start positions need durable topics, with the daemon).
+// Subscriber opens a subscriber on topic. By default it sees the messages published
+// after it joined; opts.Start can start it in a durable topic's past.
 func (b *Bus) Subscriber(topic string, opts *SubscriberOptions) (*Subscriber, error) {
 	var o SubscriberOptions
 	if opts != nil {
@@ -91,6 +94,8 @@ func (b *Bus) Subscriber(topic string, opts *SubscriberOptions) (*Subscriber, er
 		co.tethered = 0
 	}
 	co.wait = o.Wait.c()
+	co.start = o.Start.kind
+	co.start_value = C.uint64_t(o.Start.value)
 	if o.Spin > 0 {
 		co.spin_ns = durationNs(o.Spin)
 	}
@@ -271,6 +276,7 @@ func (s *Subscriber) Release(v *View) error {
 	s.rel.size = C.uint32_t(len(v.Data))
 	s.rel.position = C.uint64_t(v.Position)
 	s.rel.next_position = C.uint64_t(v.NextPosition)
+	s.rel.sequence = C.uint64_t(v.Sequence) // a replaying subscriber releases by sequence
 	return codeError(int(C.shmbus_subscriber_release(s.h, s.rel)))
 }
 
