@@ -20,6 +20,7 @@ int main(void) {
   SIZE(shmbus_subscriber_options_t);
   SIZE(shmbus_view_t);
   SIZE(shmbus_subscriber_stats_t);
+  SIZE(shmbus_durable_config_t);
   printf("];\n");
 
   printf("pub const C_OFFSETS: &[(&str, &str, usize, usize)] = &[\n");
@@ -70,6 +71,13 @@ int main(void) {
   OFF(shmbus_subscriber_stats_t, waits);
   OFF(shmbus_subscriber_stats_t, corrupt);
   OFF(shmbus_subscriber_stats_t, position);
+  OFF(shmbus_durable_config_t, size);
+  OFF(shmbus_durable_config_t, durable);
+  OFF(shmbus_durable_config_t, flush);
+  OFF(shmbus_durable_config_t, flush_interval_ms);
+  OFF(shmbus_durable_config_t, retention_bytes);
+  OFF(shmbus_durable_config_t, retention_age_s);
+  OFF(shmbus_durable_config_t, segment_bytes);
   printf("];\n");
 
   printf("pub const C_CONSTS: &[(&str, i64)] = &[\n");
@@ -104,6 +112,9 @@ int main(void) {
   CONST(SHMBUS_START_EARLIEST);
   CONST(SHMBUS_START_SEQUENCE);
   CONST(SHMBUS_START_TIME);
+  CONST(SHMBUS_FLUSH_NONE);
+  CONST(SHMBUS_FLUSH_INTERVAL);
+  CONST(SHMBUS_FLUSH_BATCH);
   printf("];\n");
   return 0;
 }

@@ -49,6 +49,9 @@ pub const SHMBUS_START_LATEST: u32 = 0;
 pub const SHMBUS_START_EARLIEST: u32 = 1;
 pub const SHMBUS_START_SEQUENCE: u32 = 2;
 pub const SHMBUS_START_TIME: u32 = 3;
+pub const SHMBUS_FLUSH_NONE: u32 = 0;
+pub const SHMBUS_FLUSH_INTERVAL: u32 = 1;
+pub const SHMBUS_FLUSH_BATCH: u32 = 2;
 
 // ---- opaque handles ---------------------------------------------------------
 macro_rules! opaque {
@@ -79,6 +82,20 @@ pub struct shmbus_topic_config_t {
     pub slots: u32,
     pub mode: u32,
     pub schema_id: u64,
+}
+
+/// Durable settings (ABI 1.2), versioned by `size`: pass `size_of` to
+/// [`shmbus_durable_config_init`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct shmbus_durable_config_t {
+    pub size: u32,
+    pub durable: u32,
+    pub flush: u32,
+    pub flush_interval_ms: u32,
+    pub retention_bytes: u64,
+    pub retention_age_s: u64,
+    pub segment_bytes: u64,
 }
 
 #[repr(C)]
@@ -279,6 +296,30 @@ extern "C" {
         out: *mut shmbus_publisher_stats_t,
     ) -> c_int;
     pub fn shmbus_publisher_max_payload(publisher: *mut shmbus_publisher_t) -> u32;
+
+    // ---- durable topics (SHMBUS_1.2) ----
+    pub fn shmbus_durable_config_init(d: *mut shmbus_durable_config_t, size: u32);
+    pub fn shmbus_topic_create_durable(
+        bus: *mut shmbus_bus_t,
+        topic: *const c_char,
+        cfg: *const shmbus_topic_config_t,
+        dur: *const shmbus_durable_config_t,
+    ) -> c_int;
+    pub fn shmbus_topic_describe_durable(
+        bus: *mut shmbus_bus_t,
+        topic: *const c_char,
+        out: *mut shmbus_durable_config_t,
+    ) -> c_int;
+    pub fn shmbus_publisher_wait_durable(
+        publisher: *mut shmbus_publisher_t,
+        seq: u64,
+        timeout_ns: i64,
+    ) -> c_int;
+    pub fn shmbus_publisher_durable_sequence(
+        publisher: *mut shmbus_publisher_t,
+        seq: *mut u64,
+        archiver_errno: *mut c_int,
+    ) -> c_int;
 
     // ---- subscriber ----
     pub fn shmbus_subscriber_options_init(o: *mut shmbus_subscriber_options_t);

@@ -107,7 +107,16 @@ fn struct_layouts_match_header() {
         corrupt,
         position
     });
-    assert_eq!(c::C_SIZES.len(), 7, "every probed struct is checked");
+    check_struct!(shmbus_durable_config_t {
+        size,
+        durable,
+        flush,
+        flush_interval_ms,
+        retention_bytes,
+        retention_age_s,
+        segment_bytes
+    });
+    assert_eq!(c::C_SIZES.len(), 8, "every probed struct is checked");
 }
 
 macro_rules! check_consts {
@@ -157,6 +166,9 @@ fn constants_match_header() {
         SHMBUS_START_EARLIEST,
         SHMBUS_START_SEQUENCE,
         SHMBUS_START_TIME,
+        SHMBUS_FLUSH_NONE,
+        SHMBUS_FLUSH_INTERVAL,
+        SHMBUS_FLUSH_BATCH,
     );
 }
 

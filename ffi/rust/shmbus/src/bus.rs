@@ -164,6 +164,120 @@ impl TopicConfig {
     }
 }
 
+/// When the daemon's archiver makes a durable topic's log durable on disk.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Page cache only: survives a daemon crash, not a power loss.
+    None,
+    /// `fdatasync` every [`DurableConfig::flush_interval`] (the default, 10 ms).
+    Interval,
+    /// `fdatasync` after each batch the archiver writes.
+    Batch,
+}
+
+/// Settings of a durable topic (archived by `shmbusd` to its spill log), for
+/// [`Bus::create_durable_topic`]. `DurableConfig::default()` takes the library's
+/// defaults (flush every 10 ms, unlimited retention, 64 MiB segments); the
+/// builder methods change one setting each:
+///
+/// ```no_run
+/// # use shmbus::{Bus, DurableConfig, Flush, TopicConfig};
+/// # let bus = Bus::connect(None)?;
+/// let dur = DurableConfig::default().flush(Flush::Batch).retention_bytes(1 << 30);
+/// bus.create_durable_topic("orders", &TopicConfig::default(), &dur)?;
+/// # Ok::<(), shmbus::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableConfig {
+    /// When the log is synced.
+    pub flush: Flush,
+    /// [`Flush::Interval`]: the sync period (whole milliseconds).
+    pub flush_interval: Duration,
+    /// Log bytes kept per partition, 0 = unlimited.
+    pub retention_bytes: u64,
+    /// Age of a log segment's last write after which it is removed (whole seconds), zero = unlimited.
+    pub retention_age: Duration,
+    /// Log segment file size, 0 = 64 MiB.
+    pub segment_bytes: u64,
+}
+
+impl Default for DurableConfig {
+    fn default() -> Self {
+        Self::from_raw(&raw_durable())
+    }
+}
+
+fn raw_durable() -> sys::shmbus_durable_config_t {
+    let mut raw = sys::shmbus_durable_config_t::default();
+    // SAFETY: raw is a valid, writable struct of exactly the size passed.
+    unsafe {
+        sys::shmbus_durable_config_init(
+            &mut raw,
+            std::mem::size_of::<sys::shmbus_durable_config_t>() as u32,
+        )
+    };
+    raw
+}
+
+impl DurableConfig {
+    /// Sets [`DurableConfig::flush`].
+    pub fn flush(mut self, f: Flush) -> Self {
+        self.flush = f;
+        self
+    }
+    /// Sets [`DurableConfig::flush_interval`] (and [`Flush::Interval`]).
+    pub fn flush_interval(mut self, d: Duration) -> Self {
+        self.flush = Flush::Interval;
+        self.flush_interval = d;
+        self
+    }
+    /// Sets [`DurableConfig::retention_bytes`].
+    pub fn retention_bytes(mut self, n: u64) -> Self {
+        self.retention_bytes = n;
+        self
+    }
+    /// Sets [`DurableConfig::retention_age`].
+    pub fn retention_age(mut self, d: Duration) -> Self {
+        self.retention_age = d;
+        self
+    }
+    /// Sets [`DurableConfig::segment_bytes`].
+    pub fn segment_bytes(mut self, n: u64) -> Self {
+        self.segment_bytes = n;
+        self
+    }
+    fn to_raw(&self) -> Result<sys::shmbus_durable_config_t> {
+        let mut raw = raw_durable();
+        raw.durable = 1;
+        raw.flush = match self.flush {
+            Flush::None => sys::SHMBUS_FLUSH_NONE,
+            Flush::Interval => sys::SHMBUS_FLUSH_INTERVAL,
+            Flush::Batch => sys::SHMBUS_FLUSH_BATCH,
+        };
+        raw.flush_interval_ms = u32::try_from(self.flush_interval.as_millis()).map_err(|_| {
+            Error::InvalidArgument("flush_interval is longer than 2^32 ms".to_string().into())
+        })?;
+        raw.retention_bytes = self.retention_bytes;
+        raw.retention_age_s = self.retention_age.as_secs();
+        raw.segment_bytes = self.segment_bytes;
+        Ok(raw)
+    }
+    fn from_raw(raw: &sys::shmbus_durable_config_t) -> Self {
+        DurableConfig {
+            flush: match raw.flush {
+                sys::SHMBUS_FLUSH_NONE => Flush::None,
+                sys::SHMBUS_FLUSH_BATCH => Flush::Batch,
+                _ => Flush::Interval,
+            },
+            flush_interval: Duration::from_millis(u64::from(raw.flush_interval_ms)),
+            retention_bytes: raw.retention_bytes,
+            retention_age: Duration::from_secs(raw.retention_age_s),
+            segment_bytes: raw.segment_bytes,
+        }
+    }
+}
+
 pub(crate) fn cstring(s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| Error::InvalidArgument(format!("NUL byte in {s:?}").into()))
 }
@@ -225,6 +339,38 @@ impl Bus {
         let raw = cfg.to_raw();
         // SAFETY: the bus handle is live (Arc), t and raw are valid for the call.
         check(unsafe { sys::shmbus_topic_create(self.inner.as_ptr(), t.as_ptr(), &raw) })
+    }
+
+    /// Creates a durable `topic` (archived by the daemon: subscribers can start in
+    /// its past with [`crate::Start`], publishers wait with
+    /// [`Publisher::wait_durable`]). Needs a daemon ([`Bus::connect`], or
+    /// [`Bus::open_embedded`] with a state directory): [`Error::Unsupported`]
+    /// otherwise. Idempotent for the same settings, durable ones included.
+    pub fn create_durable_topic(
+        &self,
+        topic: &str,
+        cfg: &TopicConfig,
+        dur: &DurableConfig,
+    ) -> Result<()> {
+        let t = cstring(topic)?;
+        let raw = cfg.to_raw();
+        let d = dur.to_raw()?;
+        // SAFETY: the bus handle is live (Arc); t, raw and d are valid for the call.
+        check(unsafe {
+            sys::shmbus_topic_create_durable(self.inner.as_ptr(), t.as_ptr(), &raw, &d)
+        })
+    }
+
+    /// The durable settings of an existing topic, `None` when it is not durable
+    /// (on a bus without a daemon no topic is durable).
+    pub fn describe_durable(&self, topic: &str) -> Result<Option<DurableConfig>> {
+        let t = cstring(topic)?;
+        let mut raw = raw_durable();
+        // SAFETY: the bus handle is live, t is valid, raw writable (size set by init).
+        check(unsafe {
+            sys::shmbus_topic_describe_durable(self.inner.as_ptr(), t.as_ptr(), &mut raw)
+        })?;
+        Ok((raw.durable != 0).then(|| DurableConfig::from_raw(&raw)))
     }
 
     /// Removes `topic` and its segments.

@@ -37,7 +37,7 @@ mod error;
 mod publisher;
 mod subscriber;
 
-pub use bus::{Bus, Policy, TopicConfig, WaitStrategy};
+pub use bus::{Bus, DurableConfig, Flush, Policy, TopicConfig, WaitStrategy};
 pub use error::{check, last_error, strerror, Detail, Error, Result};
 pub use publisher::{
     Claim, Committed, MessageClaim, Publisher, PublisherOptions, PublisherStats, RingAllocator,

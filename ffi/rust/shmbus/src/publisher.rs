@@ -8,7 +8,7 @@ use capnp::message::{Allocator, HeapAllocator};
 use capnp::traits::{FromPointerBuilder, HasTypeId};
 use shmbus_sys as sys;
 
-use crate::bus::{cstring, BusHandle, WaitStrategy};
+use crate::bus::{cstring, timeout_ns, BusHandle, WaitStrategy};
 use crate::error::{check, Error, Result};
 
 /// Options of [`crate::Bus::publisher`]; `Default` takes the library's defaults.
@@ -114,6 +114,28 @@ impl Publisher {
             _bus: bus,
             fallbacks: 0,
         })
+    }
+
+    /// Durable topics: waits up to `timeout` (None: forever) until every message
+    /// of this partition with sequence <= `seq` ([`Claim::sequence`]) is durable
+    /// per the topic's flush policy. [`Error::TimedOut`] otherwise.
+    pub fn wait_durable(&mut self, seq: u64, timeout: Option<Duration>) -> Result<()> {
+        // SAFETY: raw is live and used by this thread only (&mut self).
+        check(unsafe {
+            sys::shmbus_publisher_wait_durable(self.raw.as_ptr(), seq, timeout_ns(timeout))
+        })
+    }
+
+    /// Durable topics: the highest sequence of this partition known durable (0 when
+    /// no archiver ran), and the errno of the archiver's failing write or sync (0
+    /// when healthy): why a durable topic back-pressures.
+    pub fn durable_sequence(&self) -> Result<(u64, i32)> {
+        let (mut seq, mut e) = (0u64, 0 as std::ffi::c_int);
+        // SAFETY: raw is live; seq and e are writable for the call (a read-only query).
+        check(unsafe {
+            sys::shmbus_publisher_durable_sequence(self.raw.as_ptr(), &mut seq, &mut e)
+        })?;
+        Ok((seq, e))
     }
 
     fn claim_raw(&mut self, max_bytes: u32, wait: bool) -> Result<Claim<'_>> {

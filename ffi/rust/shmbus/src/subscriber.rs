@@ -20,11 +20,12 @@ pub type MessageReader<'a> = capnp::message::Reader<NoAllocSliceSegments<'a>>;
 pub enum Start {
     /// Only messages published after it joins.
     Latest,
-    /// Durable topics: the oldest retained message.
+    /// Durable topics: the oldest retained message (replays the log, then goes on
+    /// live; such a subscriber is untethered and has no name).
     Earliest,
-    /// Durable topics: from this sequence.
+    /// Durable topics: from the first message with sequence >= this.
     Sequence(u64),
-    /// Durable topics: from this time (ns since the epoch).
+    /// Durable topics: from this time (CLOCK_REALTIME ns since the epoch).
     Time(u64),
 }
 
