@@ -94,6 +94,18 @@ else
   failed=$((failed + 1)); echo "rust: example quickstart failed"; tail -10 "$log"
 fi
 
+# ---- a dependent crate finds the library without LD_LIBRARY_PATH (one check) -------------
+# shmbus-demo depends on `shmbus` only and has the one build.rs line of
+# docs/bindings-rust.md (DEP_SHMBUS_RS_LIB_DIR -> rpath).
+if cargo build --locked -q -p shmbus-demo >>"$log" 2>&1 &&
+   env -u LD_LIBRARY_PATH ldd "$CARGO_TARGET_DIR/debug/shmbus-demo-strategy" >"$results/rust.ldd.log" 2>&1 &&
+   grep -q 'libshmbus_c\.so\.1 => /' "$results/rust.ldd.log" && ! grep -q 'not found' "$results/rust.ldd.log"; then
+  passed=$((passed + 1)); echo "rust: a dependent crate resolves libshmbus_c through its rpath"
+else
+  failed=$((failed + 1)); echo "rust: a dependent crate does not resolve libshmbus_c without LD_LIBRARY_PATH:"
+  cat "$results/rust.ldd.log" 2>/dev/null | grep -E 'shmbus|not found'
+fi
+
 # ---- the unsafe boundary under AddressSanitizer (counted in rust-asan.counts) ---------------
 asan_lib=$ASAN_BUILD_DIR/ffi/libshmbus_c.so
 if [ -z "${SHMBUS_QUICK:-}" ]; then

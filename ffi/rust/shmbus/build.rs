@@ -20,5 +20,9 @@ fn main() {
         );
     if let Ok(dir) = env::var("DEP_SHMBUS_LIB_DIR") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+        // Link arguments are not inherited by dependent crates; this metadata is
+        // (DEP_SHMBUS_RS_LIB_DIR in their build scripts), so one line there gives
+        // their binaries the same rpath.
+        println!("cargo:lib_dir={dir}");
     }
 }
