@@ -22,6 +22,12 @@ static_assert(sizeof(shmbus_view_t) == 64);
 static_assert(offsetof(shmbus_view_t, sequence) == 16);
 static_assert(offsetof(shmbus_view_t, next_position) == 56);
 static_assert(sizeof(shmbus_subscriber_stats_t) == 32);
+// ABI 1.2: appended fields only from here on (the struct is versioned by its size).
+static_assert(sizeof(shmbus_durable_config_t) == 40);
+static_assert(offsetof(shmbus_durable_config_t, flush_interval_ms) == 12);
+static_assert(offsetof(shmbus_durable_config_t, retention_bytes) == 16);
+static_assert(offsetof(shmbus_durable_config_t, segment_bytes) == 32);
+static_assert(SHMBUS_FLUSH_NONE == 0 && SHMBUS_FLUSH_INTERVAL == 1 && SHMBUS_FLUSH_BATCH == 2);
 static_assert(SHMBUS_E_EMPTY <= -10000 && SHMBUS_E_UNSUPPORTED <= -10000);
 
 int main() {
