@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-topics", o.max_topics, "topics in all");
   app.add_option("--max-topic-bytes", o.max_topic_bytes, "one topic's segment bytes (partitions x ring + control)");
   app.add_option("--uid-max-topics", o.uid_max_topics, "topics one (non-root) uid may own");
+  app.add_option("--uid-max-partitions", o.uid_max_partitions,
+                 "partitions of the topics one (non-root) uid may own (each costs the daemon an fd)");
   app.add_option("--uid-max-segment-bytes", o.uid_max_segment_bytes, "segment bytes of the topics one (non-root) uid owns");
   app.add_option("--uid-max-connections", o.uid_max_connections, "connections one (non-root) uid may hold");
   app.add_option("--uid-max-grants", o.uid_max_grants, "live subscriber grants one (non-root) uid may hold");
@@ -79,6 +81,7 @@ int main(int argc, char** argv) {
       num("max_topics", o.max_topics);
       num("max_topic_bytes", o.max_topic_bytes);
       num("uid_max_topics", o.uid_max_topics);
+      num("uid_max_partitions", o.uid_max_partitions);
       num("uid_max_segment_bytes", o.uid_max_segment_bytes);
       num("uid_max_connections", o.uid_max_connections);
       num("uid_max_grants", o.uid_max_grants);

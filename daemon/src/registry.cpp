@@ -128,12 +128,18 @@ bool Registry::admit(const Peer& peer, const TopicSettings& t, std::string& why)
     return false;
   }
   if (peer.uid != 0 && peer.uid != geteuid()) {
-    uint64_t owned = 0, owned_bytes = 0;
+    uint64_t owned = 0, owned_bytes = 0, owned_parts = 0;
     for (auto& [n, x] : topics_)
-      if (x.owner_uid == peer.uid) ++owned, owned_bytes += topic_bytes(x.s);
+      if (x.owner_uid == peer.uid) ++owned, owned_bytes += topic_bytes(x.s), owned_parts += x.s.partitions;
     if (owned >= o.uid_max_topics) {
       why = "uid " + std::to_string(peer.uid) + " owns " + std::to_string(owned) +
             " topics, the most one uid may (uid_max_topics)";
+      return false;
+    }
+    if (owned_parts + t.partitions > o.uid_max_partitions) {
+      why = "uid " + std::to_string(peer.uid) + " would own " + std::to_string(owned_parts + t.partitions) +
+            " partitions, more than one uid may (uid_max_partitions " + std::to_string(o.uid_max_partitions) +
+            "; each costs the daemon an open file)";
       return false;
     }
     if (t.is_durable()) {

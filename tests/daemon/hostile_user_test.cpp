@@ -385,17 +385,24 @@ TEST_CASE("bounds: a huge topic is refused, and per-uid quotas hold topics, byte
   spit(rd.s / "shmbusd.toml", "uid_max_topics = 50\nuid_max_connections = 8\nuid_max_segment_bytes = " +
                                   std::to_string(4u << 20) + "\nuid_max_log_bytes = " +
                                   std::to_string(200u << 20) + "\n");
-  rd.extra = {"--config", rd.s / "shmbusd.toml", "--uid-max-topics", "5"};
+  rd.extra = {"--config", rd.s / "shmbusd.toml", "--uid-max-topics", "5", "--uid-max-partitions", "6"};
   if (!rd.start()) {
     INFO(rd.d.stderr_text());
     REQUIRE(rd.d.stderr_text().find("built without toml++") != std::string::npos);
-    rd.extra = {"--uid-max-topics", "5", "--uid-max-segment-bytes", std::to_string(4u << 20),
+    rd.extra = {"--uid-max-topics", "5", "--uid-max-partitions", "6", "--uid-max-segment-bytes", std::to_string(4u << 20),
                 "--uid-max-connections", "8", "--uid-max-log-bytes", std::to_string(200u << 20)};
     REQUIRE(rd.start());
   }
   // The crash: 1024 partitions x 64 GiB (the daemon mapped them and died of bad_alloc).
   CHECK(as_att(att, {"huge", rd.sock, "huge.t", "1024", std::to_string(1ull << 36)}) == "huge:refused\n");
   CHECK(serving(rd.sock));
+  // Partitions (each an open file in the daemon: one uid exhausted its fds with many
+  // small many-partition topics): 7 tiny partitions are refused, 6 admitted, and
+  // then not one more.
+  CHECK(as_att(att, {"huge", rd.sock, "parts.t", "7", "4096"}) == "huge:refused\n");
+  CHECK(as_att(att, {"huge", rd.sock, "parts.ok", "6", "4096"}) == "huge:ok\n");
+  CHECK(as_att(att, {"huge", rd.sock, "parts.more", "1", "4096"}) == "huge:refused\n");
+  CHECK(as_att(att, {"delete", rd.sock, "parts.ok"}) == "delete:ok\n");
   // Segment bytes: 2 x 4 MiB is more than the uid's 4 MiB.
   CHECK(as_att(att, {"huge", rd.sock, "big.t", "2", std::to_string(4u << 20)}) == "huge:refused\n");
   // Spill-log disk: a durable topic needs a retention, and the uid's logs are bounded

@@ -29,6 +29,10 @@ struct DaemonOptions {
   // daemon's own uid are exempt from the per-uid quotas, not from the bounds.
   uint64_t max_topic_bytes = 16ull << 30;      // one topic's segments: partitions x (ring + control)
   uint32_t uid_max_topics = 256;               // topics one uid owns
+  // Partitions of the topics one uid owns: each costs the daemon an fd (its wake
+  // memfd) and three mappings, so this bounds what one uid can take of the daemon's
+  // fd and vm.max_map_count budgets (docs/operations.md, "Security model").
+  uint32_t uid_max_partitions = 1024;
   uint64_t uid_max_segment_bytes = 32ull << 30;  // segment bytes of the topics one uid owns
   uint32_t uid_max_connections = 64;           // connections of one uid at once
   // Spill-log disk of the durable topics one uid owns, counted as partitions x
