@@ -56,7 +56,9 @@ DedupWindow::DedupWindow(DedupOptions opts) : opts_(std::move(opts)) {
 
 void DedupWindow::load() {
   const std::string& p = opts_.path;
-  int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  // O_NONBLOCK: a FIFO planted at the path must not block the open (it is refused
+  // below as not a regular file); regular-file reads ignore the flag.
+  int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) return;  // a first start
     sys_fail("open", p);
@@ -70,6 +72,12 @@ void DedupWindow::load() {
   if (!S_ISREG(st.st_mode) || size_t(st.st_size) > limit) {
     ::close(fd);
     throw Error(ErrorCode::invalid_argument, "dedup state " + p + ": not a regular file of a plausible size");
+  }
+  if (st.st_uid != geteuid()) {  // another user's file in a shared directory decides nothing
+    ::close(fd);
+    throw Error(ErrorCode::permission_denied, "dedup state " + p + ": owned by uid " +
+                                                  std::to_string(st.st_uid) + ", not by this process's uid " +
+                                                  std::to_string(geteuid()));
   }
   // Copied once into memory; only the copy is validated and used.
   std::vector<char> b(size_t(st.st_size));
@@ -147,8 +155,12 @@ void DedupWindow::commit_current() {
   }
   o.insert(o.end(), app_.begin(), app_.end());
   put<uint64_t>(o, fnv1a(o.data(), o.size()));
+  // A fresh temporary file (O_EXCL): one another user planted at the name is
+  // removed first (unlink succeeds only where we may write the directory), never
+  // written into and renamed into place as the state.
   const std::string tmp = opts_.path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  ::unlink(tmp.c_str());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) sys_fail("open " + tmp, opts_.path);
   size_t done = 0;
   while (done < o.size()) {

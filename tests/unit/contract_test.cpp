@@ -2,6 +2,8 @@
 // extension), request/response and dedup. In process where the point is the
 // format or the validation, through a real shmbusd and real processes (responders,
 // requesters, producers and consumers SIGKILLed) where it is delivery.
+#include <sys/stat.h>
+#include <unistd.h>
 #include <catch2/catch.hpp>
 
 #include <capnp/message.h>
@@ -425,6 +427,27 @@ TEST_CASE("dedup window: position and (producer, message id), bounded, persisted
   }
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() - 1);
   CHECK_THROWS_AS(DedupWindow({.capacity = 3, .path = path}), Error);
+  // Planted files (a shared directory): a FIFO at the state path is refused at once
+  // (an open without O_NONBLOCK waited for a writer forever); a FIFO at the temporary
+  // name does not block a commit (it is replaced, never opened); a valid state file
+  // owned by another uid is refused.
+  const std::string fifo = tmp.path + "/fifo.dedup";
+  REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+  CHECK_THROWS_AS(DedupWindow({.capacity = 3, .path = fifo}), Error);
+  const std::string fresh = tmp.path + "/fresh.dedup";
+  REQUIRE(mkfifo((fresh + ".tmp").c_str(), 0600) == 0);
+  {
+    DedupWindow w({.capacity = 3, .path = fresh});
+    w.record(1, 7, 1);
+    w.commit("x");
+  }
+  CHECK(DedupWindow({.capacity = 3, .path = fresh}).position() == 1);
+  if (geteuid() == 0) {  // CI runs as root: the file is given to another uid
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+    CHECK(DedupWindow({.capacity = 3, .path = path}).position() == 4);  // ours: accepted
+    REQUIRE(chown(path.c_str(), 65534, 65534) == 0);
+    CHECK_THROWS_AS(DedupWindow({.capacity = 3, .path = path}), Error);
+  }
 }
 
 TEST_CASE("dedup: duplicates from a producer restart and a consumer restart (both SIGKILLed) are handled once",
