@@ -808,7 +808,14 @@ void Registry::handle_page(const Peer& peer, uint64_t id, proto::PageFetch::Read
            (aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded);
   };
   if (stale()) return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "stale cursor grant");
-  const int fd = reopen_page(part, aref(s.page_id).load(std::memory_order_relaxed));
+  int fd;
+  {
+    // The reaper drops pages (and closes their fds) under pages_mu: without it this
+    // read of page_fds raced with the erase, and the fd could be closed (its number
+    // reused) before it was reopened (TSan, daemon crash matrix).
+    std::lock_guard<std::mutex> g(part.pages_mu);
+    fd = reopen_page(part, aref(s.page_id).load(std::memory_order_relaxed));
+  }
   if (fd < 0 || stale()) {
     if (fd >= 0) close(fd);
     return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "stale cursor grant");
