@@ -120,6 +120,9 @@ void ControlServer::drop(uint64_t id, const char* reason) {
   close(it->second.fd);
   log_limited(core_.instance, LOG_DEBUG, "client_disconnected", "", it->second.peer.pid, reason);
   core_.reaper_q.push(ReaperCmd{ReaperCmd::client_gone, nullptr, it->second.peer.pid});
+  // After every request this connection sent (same queue, in order): its ephemeral
+  // topics go.
+  core_.registry_q.push(RegistryCmd{RegistryCmd::conn_closed, it->second.peer, nullptr});
   auto u = uid_conns_.find(it->second.peer.uid);
   if (u != uid_conns_.end() && --u->second == 0) uid_conns_.erase(u);
   conns_.erase(it);

@@ -102,6 +102,9 @@ struct TopicSettings {
   uint64_t retention_bytes = 0;
   uint64_t retention_age_s = 0;
   uint64_t segment_bytes = 0;   // 0: the archiver's default (64 MiB)
+  // Ephemeral: owned by the creating connection, removed when it closes, not
+  // restored after a restart.
+  bool ephemeral = false;
   bool is_durable() const { return durable || policy == shm::kPolicySpill; }
 };
 
@@ -185,7 +188,8 @@ struct Peer {
 // The process identity (pidfs inode) of a pidfd, 0 when pidfds have none (pre-6.9).
 uint64_t pidfd_identity(int pidfd);
 struct RegistryCmd {
-  enum Kind { request, stop } kind = request;
+  // conn_closed: the server dropped connection peer.conn (its ephemeral topics go).
+  enum Kind { request, stop, conn_closed } kind = request;
   Peer peer;
   std::shared_ptr<DecodedRequest> req;
 };
@@ -228,6 +232,9 @@ class Registry {
     TopicSettings s;
     uint32_t owner_uid = 0;
     uint64_t created_ns = 0;
+    // Ephemeral topics: the connection that created it (and its pid, for messages).
+    uint64_t owner_conn = 0;
+    pid_t owner_pid = 0;
     std::vector<std::shared_ptr<Partition>> parts;
     // Durable subscriber records by {name hash, partition} (P11).
     std::map<std::pair<uint64_t, uint32_t>, DurableRec> durable;
@@ -235,6 +242,11 @@ class Registry {
   void sync_durable(Topic& t);        // refresh record positions from the slots
   bool expire_parked(uint64_t now_ns);  // frees parked slots older than durable_hold_ms
   void handle(const RegistryCmd& c);
+  // Unmaps and unlinks a topic's segments (and a durable topic's log), erases it.
+  // Throws Error when its archiving cannot be stopped.
+  void remove_topic(std::map<std::string, Topic>::iterator it, pid_t by, const char* why);
+  // The connection `conn` closed: removes the ephemeral topics it owned.
+  void connection_closed(uint64_t conn);
   // Layout 3 cursor grants (the daemon runs P5/P11 in the control segment).
   void handle_join(const Peer& p, uint64_t id, proto::JoinRequest::Reader j, capnp::MessageBuilder& mb,
                    proto::Response::Builder resp);

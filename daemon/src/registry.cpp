@@ -247,6 +247,14 @@ void Registry::load() {
     t.owner_uid = meta[i].first;
     t.created_ns = meta[i].second;
     t.durable = durable[i];
+    if (t.s.ephemeral) {
+      // Its connection ended with the previous daemon: the topic goes with it.
+      for (uint32_t p = 0; p < t.s.partitions; ++p) remove_partition_segments(core_.opts.shm_prefix, t.s.name, p);
+      log_event(core_.instance, LOG_INFO, "topic_deleted", t.s.name, 0,
+                "ephemeral: its connection ended with the previous daemon");
+      must_persist_ = true;
+      continue;
+    }
     uint32_t again = 0;
     if (topic_bytes(t.s) > core_.opts.max_topic_bytes) {  // checked before anything is mapped
       log_event(core_.instance, LOG_ERROR, "topic_restore_failed", t.s.name, 0,
@@ -826,6 +834,47 @@ void Registry::handle_page(const Peer& peer, uint64_t id, proto::PageFetch::Read
   return reply(peer, mb, it->second.parts[f.getPartition()], {fd});
 }
 
+void Registry::remove_topic(std::map<std::string, Topic>::iterator it, pid_t by, const char* why) {
+  const std::string name = it->first;
+  if (it->second.s.is_durable() && core_.has_archiver()) {
+    // Stop archiving first (its I/O in flight completes), then remove the log:
+    // deleting a topic deletes its history.
+    for (auto& p : it->second.parts) core_.archiver().remove_partition(name, p->index);
+  }
+  if (it->second.s.is_durable()) {
+    std::error_code ec;
+    std::filesystem::remove_all(log_root() + "/" + name, ec);
+    if (ec) log_event(core_.instance, LOG_WARN, "log_remove_failed", name, by, ec.message());
+  }
+  for (auto& p : it->second.parts) {
+    core_.reaper_q.push(ReaperCmd{ReaperCmd::unwatch_partition, p, 0});
+    remove_partition_segments(core_.opts.shm_prefix, name, p->index);
+    std::lock_guard<std::mutex> g(p->pages_mu);
+    std::vector<uint64_t> ids;
+    for (auto& [pid_, pg] : p->pages) ids.push_back(pid_);
+    for (uint64_t pid_ : ids) drop_page(*p, pid_);
+  }
+  topics_.erase(it);
+  core_.counters.topics = uint32_t(topics_.size());
+  must_persist_ = true;  // written before the replies go out (see run)
+  log_event(core_.instance, LOG_INFO, "topic_deleted", name, by, why);
+}
+
+void Registry::connection_closed(uint64_t conn) {
+  if (conn == 0) return;
+  for (auto it = topics_.begin(); it != topics_.end();) {
+    auto next = std::next(it);
+    if (it->second.s.ephemeral && it->second.owner_conn == conn) {
+      try {
+        remove_topic(it, it->second.owner_pid, "ephemeral: its connection closed");
+      } catch (const std::exception& e) {
+        log_event(core_.instance, LOG_ERROR, "topic_delete_failed", it->first, 0, e.what());
+      }
+    }
+    it = next;
+  }
+}
+
 void Registry::handle(const RegistryCmd& c) {
   const Peer& peer = c.peer;
   auto req = c.req->root();
@@ -872,6 +921,14 @@ void Registry::handle(const RegistryCmd& c) {
         if (peer.uid != ex.owner_uid && !visible(ex, peer))
           return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
                              "topic '" + t.name + "' exists and belongs to another user");
+        // An ephemeral topic is its connection's alone: another connection (even of
+        // the same uid) cannot adopt it, and a normal topic cannot become one.
+        if (ex.s.ephemeral != t.ephemeral || (ex.s.ephemeral && ex.owner_conn != peer.conn))
+          return reply_error(peer, id, proto::ErrorCode::ALREADY_EXISTS,
+                             "topic '" + t.name + "' exists" +
+                                 (ex.s.ephemeral ? " as an ephemeral topic of another connection (pid " +
+                                                       std::to_string(ex.owner_pid) + ")"
+                                                 : std::string(" and is not ephemeral")));
         auto sorted = [](const AccessSpec& a) {
           AccessSpec s = a;
           for (auto* v : {&s.publish_uids, &s.publish_gids, &s.subscribe_uids, &s.subscribe_gids})
@@ -905,6 +962,10 @@ void Registry::handle(const RegistryCmd& c) {
       tp.s = t;
       tp.owner_uid = peer.uid;
       tp.created_ns = realtime_ns();
+      if (t.ephemeral) {
+        tp.owner_conn = peer.conn;
+        tp.owner_pid = peer.pid;
+      }
       try {
         for (uint32_t p = 0; p < t.partitions; ++p) {
           bool re = false;
@@ -928,7 +989,8 @@ void Registry::handle(const RegistryCmd& c) {
                 std::to_string(t.partitions) + " partitions x " + std::to_string(t.capacity) + " bytes" +
                     (t.is_durable() ? std::string(", durable (flush ") +
                                           spill::to_string(spill::FlushPolicy(t.flush)) + ")"
-                                    : std::string()));
+                                    : std::string()) +
+                    (t.ephemeral ? ", ephemeral" : ""));
       topics_.emplace(t.name, std::move(tp));
       core_.counters.topics = uint32_t(topics_.size());
       must_persist_ = true;  // written before the replies go out (see run)
@@ -959,33 +1021,18 @@ void Registry::handle(const RegistryCmd& c) {
       if (!may(it->second, peer, Role::admin))
         return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
                            "only the topic's owner or root may delete '" + name + "'");
-      if (it->second.s.is_durable() && core_.has_archiver()) {
-        // Stop archiving first (its I/O in flight completes), then remove the log:
-        // deleting a topic deletes its history.
-        try {
-          for (auto& p : it->second.parts) core_.archiver().remove_partition(name, p->index);
-        } catch (const Error& e) {
-          return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
-        }
+      // Ephemeral: only its connection deletes it early (not another connection,
+      // whatever its uid, root included: ending the owner process removes it).
+      if (it->second.s.ephemeral && it->second.owner_conn != peer.conn)
+        return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                           "topic '" + name + "' is ephemeral: only the connection that created it (pid " +
+                               std::to_string(it->second.owner_pid) +
+                               ") may delete it; it goes when that connection closes");
+      try {
+        remove_topic(it, peer.pid, "");
+      } catch (const Error& e) {
+        return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
       }
-      if (it->second.s.is_durable()) {
-        std::error_code ec;
-        std::filesystem::remove_all(log_root() + "/" + name, ec);
-        if (ec)
-          log_event(core_.instance, LOG_WARN, "log_remove_failed", name, peer.pid, ec.message());
-      }
-      for (auto& p : it->second.parts) {
-        core_.reaper_q.push(ReaperCmd{ReaperCmd::unwatch_partition, p, 0});
-        remove_partition_segments(core_.opts.shm_prefix, name, p->index);
-        std::lock_guard<std::mutex> g(p->pages_mu);
-        std::vector<uint64_t> ids;
-        for (auto& [pid_, pg] : p->pages) ids.push_back(pid_);
-        for (uint64_t pid_ : ids) drop_page(*p, pid_);
-      }
-      topics_.erase(it);
-      core_.counters.topics = uint32_t(topics_.size());
-      must_persist_ = true;  // written before the replies go out (see run)
-      log_event(core_.instance, LOG_INFO, "topic_deleted", name, peer.pid, "");
       resp.setDone();
       return reply(peer, mb);
     }
@@ -1109,6 +1156,10 @@ void Registry::run() {
       if (c.kind == RegistryCmd::stop) {
         stop = true;
         break;
+      }
+      if (c.kind == RegistryCmd::conn_closed) {
+        connection_closed(c.peer.conn);
+        continue;
       }
       // Exception-safe: whatever a request does (bad_alloc included), it gets an
       // error reply with its id, and the registry goes on with the next one.

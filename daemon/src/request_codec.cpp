@@ -57,6 +57,11 @@ bool spec_from_proto(proto::TopicSpec::Reader s, TopicSettings& t, std::string& 
   // Durable topics. Fields an old client does not send read as their defaults
   // (not durable; interval 10 ms), so old requests mean what they meant.
   t.durable = s.getDurable() || pol == proto::Policy::SPILL;
+  t.ephemeral = s.getEphemeral();
+  if (t.ephemeral && t.durable) {
+    err = "an ephemeral topic cannot be durable (it ends with its creator's connection)";
+    return false;
+  }
   auto fl = s.getFlush();
   if (fl != proto::FlushPolicy::NONE && fl != proto::FlushPolicy::INTERVAL &&
       fl != proto::FlushPolicy::BATCH) {
@@ -129,6 +134,7 @@ void spec_to_proto(const TopicSettings& t, proto::TopicSpec::Builder s) {
   s.setRetentionBytes(t.retention_bytes);
   s.setRetentionAgeS(t.retention_age_s);
   s.setSegmentBytes(t.segment_bytes);
+  s.setEphemeral(t.ephemeral);
   auto a = s.initAccess();
   auto put = [](auto l, const std::vector<uint32_t>& v) {
     for (size_t i = 0; i < v.size(); ++i) l.set(uint32_t(i), v[i]);

@@ -64,6 +64,10 @@ struct TopicSpec {
   retentionBytes @12 :UInt64;        # per partition, 0 = unlimited
   retentionAgeS @13 :UInt64;         # by a segment's last write, 0 = unlimited
   segmentBytes @14 :UInt64;          # log segment file size, 0 = 64 MiB
+  # Ephemeral topics (added compatibly: absent = a normal topic). Owned by the
+  # connection that created it: removed by the daemon when that connection closes
+  # (close, exit, SIGKILL), never restored after a daemon restart. Not durable.
+  ephemeral @15 :Bool;
 }
 
 struct TopicInfo {

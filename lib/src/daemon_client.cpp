@@ -203,6 +203,7 @@ void fill_spec(proto::TopicSpec::Builder s, const std::string& topic, const Topi
   s.setRetentionBytes(cfg.retention_bytes);
   s.setRetentionAgeS(cfg.retention_age_s);
   s.setSegmentBytes(cfg.segment_bytes);
+  s.setEphemeral(cfg.ephemeral);
   auto a = s.initAccess();
   AccessSpec derived;
   if (!access) {
@@ -444,6 +445,7 @@ class DaemonProvider final : public SegmentProvider {
     }
   }
   void remove_topic(const std::string& topic) override { c_->delete_topic(topic); }
+  bool ephemeral_topics() const override { return true; }
   uint32_t partitions(const std::string& topic) override { return c_->partitions(topic); }
   bool durable_position(const std::string& topic, uint32_t p, const std::string& name,
                         uint64_t& pos) override {

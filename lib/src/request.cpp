@@ -5,6 +5,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 
 namespace shmbus {
@@ -19,10 +20,25 @@ int64_t mono_ns() {
   return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
+// 64 bits from the kernel's CSPRNG (getrandom blocks only until it is seeded, once
+// per boot). Correlation ids must be unguessable: no weaker fallback.
 uint64_t random64() {
   uint64_t v = 0;
-  if (getrandom(&v, sizeof v, 0) != ssize_t(sizeof v)) v = uint64_t(mono_ns()) * 0x9E3779B97F4A7C15ull;
+  size_t got = 0;
+  while (got < sizeof v) {
+    const ssize_t n = getrandom(reinterpret_cast<char*>(&v) + got, sizeof v - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw Error(ErrorCode::system, std::string("getrandom: ") + strerror(errno), errno);
+    }
+    got += size_t(n);
+  }
   return v;
+}
+
+uint64_t random_nonzero64() {
+  for (;;)
+    if (const uint64_t v = random64()) return v;
 }
 
 std::string hex16(uint64_t v) {
@@ -44,7 +60,11 @@ Requester::Requester(Bus& bus, RequesterOptions opts) : bus_(bus), opts_(std::mo
   }
   if (reply_topic_.size() > kMaxReplyTo)
     throw Error(ErrorCode::invalid_argument, "reply topic name longer than " + std::to_string(kMaxReplyTo) + " bytes");
-  bus_.create_topic(reply_topic_, opts_.reply_config);
+  TopicConfig cfg = opts_.reply_config;
+  ephemeral_ = bus_.provider().ephemeral_topics();
+  cfg.ephemeral = ephemeral_;
+  if (!ephemeral_ && cfg.mode == kReplyTopicMode) cfg.mode = 0660;  // direct mode: as before
+  bus_.create_topic(reply_topic_, cfg);
   try {
     sub_ = std::make_unique<Subscriber>(bus_.subscriber(reply_topic_));
   } catch (...) {
@@ -54,9 +74,6 @@ Requester::Requester(Bus& bus, RequesterOptions opts) : bus_(bus), opts_(std::mo
     }
     throw;
   }
-  // Random start: a requester that reuses a reply topic name never matches replies
-  // meant for an earlier one.
-  next_corr_ = random64() | 1;
 }
 
 Requester::~Requester() {
@@ -75,13 +92,16 @@ Status Requester::send(const std::string& topic, std::span<const std::byte> requ
   auto it = pubs_.find(topic);
   if (it == pubs_.end()) it = pubs_.emplace(topic, bus_.publisher(topic, opts_.publisher)).first;
   Envelope e;
-  e.correlation_id = next_corr_++;
-  if (e.correlation_id == 0) e.correlation_id = next_corr_++;
+  // Fresh random ids per request (never a counter): the correlation id, and the
+  // frame's message id that the reply must carry back as causation id.
+  do e.correlation_id = random_nonzero64();
+  while (inflight_.count(e.correlation_id));
+  const uint64_t nonce = random_nonzero64();
   e.reply_to = reply_topic_;
   e.trace = trace && trace->valid() ? trace->child() : TraceContext::fresh();
-  const Status s = publish_enveloped(it->second, e, request, e.correlation_id, schema_id);
+  const Status s = publish_enveloped(it->second, e, request, nonce, schema_id);
   if (s != Status::ok) return s;
-  inflight_.emplace(e.correlation_id, nullptr);
+  inflight_.emplace(e.correlation_id, Pending{nonce, nullptr});
   ++stats_.sent;
   corr = e.correlation_id;
   return Status::ok;
@@ -94,8 +114,12 @@ void Requester::take(const View& v) {
     return;
   }
   auto it = inflight_.find(ev.envelope().correlation_id);
-  if (it == inflight_.end() || it->second) {  // not waited for, or a second reply
+  if (it == inflight_.end() || it->second.reply) {  // not waited for, or a second reply
     ++stats_.stale;
+    return;
+  }
+  if (ev.envelope().causation_id != it->second.nonce) {  // knows the correlation id only
+    ++stats_.forged;
     return;
   }
   auto r = std::make_unique<Reply>();
@@ -104,7 +128,7 @@ void Requester::take(const View& v) {
   r->message_id = v.message_id();
   r->producer_id = v.producer_id();
   r->payload.assign(ev.payload().data(), ev.payload().data() + ev.payload().size());
-  it->second = std::move(r);
+  it->second.reply = std::move(r);
   ++stats_.replies;
 }
 
@@ -114,8 +138,8 @@ Status Requester::await(uint64_t corr, int64_t timeout_ns, Reply& out) {
   const int64_t deadline = mono_ns() + (timeout_ns < 0 ? 0 : timeout_ns);
   for (;;) {
     it = inflight_.find(corr);
-    if (it != inflight_.end() && it->second) {
-      out = std::move(*it->second);
+    if (it != inflight_.end() && it->second.reply) {
+      out = std::move(*it->second.reply);
       inflight_.erase(it);
       return Status::ok;
     }

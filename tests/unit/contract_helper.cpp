@@ -8,6 +8,11 @@
 //     hang:       never answers (blocks on stdin), for SIGKILL mid-request
 //   contract_helper requester <sock> <topic> <rounds> <in-flight>
 //     rounds x in-flight requests, awaited in reverse order; checks every reply
+//   contract_helper requester-hold <sock> <topic> exit|await
+//     a Requester with one request in flight; says "reply <topic>"; then _exit(0) at
+//     stdin EOF (no destructor), or awaits the reply (to be SIGKILLed)
+//   contract_helper reply-intruder <sock> <reply-topic> <corr>
+//     (as another uid) tries to subscribe, delete, and publish a forged reply
 //   contract_helper dedup-producer <sock> <topic> <from> <to> <producer-id>
 //     publishes message ids from..to (payload "m<id>"), progress "sent <id>" every 50
 //   contract_helper dedup-consumer <sock> <topic> <name> <state-file> <expect>
@@ -90,7 +95,7 @@ int requester(Bus& bus, const std::string& topic, int rounds, int inflight) {
       if (s != Status::ok) return fact("FAIL", "await " + sent[size_t(i)].second + ": " + to_string(s)), 1;
       const std::string got = str(r.payload);
       if (got != "re:" + sent[size_t(i)].second || r.envelope.correlation_id != sent[size_t(i)].first ||
-          r.envelope.causation_id != sent[size_t(i)].first)
+          r.envelope.causation_id == 0)  // the request frame's random message id
         return fact("FAIL", "request " + sent[size_t(i)].second + " got " + got), 1;
       ++ok;
     }
@@ -208,6 +213,56 @@ int dedup_runner(Bus& bus, const std::string& topic, const std::string& name, co
   return 0;
 }
 
+// Holds a Requester with one request in flight on `topic`, says its reply topic,
+// then: "exit" waits for stdin to close and _exit(0)s (no destructor runs: the
+// daemon connection closes with the process), "await" waits for the reply (for
+// SIGKILL mid-request).
+int requester_hold(Bus& bus, const std::string& topic, const std::string& how) {
+  Requester rq(bus);
+  fact("reply", rq.reply_topic());
+  fact("ephemeral", rq.reply_topic_ephemeral() ? "1" : "0");
+  uint64_t corr = 0;
+  const Status s = rq.send(topic, bytes("hold"), corr);
+  if (s != Status::ok) return fact("FAIL", std::string("send: ") + to_string(s)), 1;
+  fact("sent", std::to_string(corr));
+  if (how == "exit") {
+    wait_stdin_eof();
+    _exit(0);
+  }
+  Reply r;
+  fact("await", to_string(rq.await(corr, 60'000'000'000, r)));
+  return 0;
+}
+
+// What another user can do to someone's reply topic: subscribe (refused), delete
+// (refused), publish a reply that knows the correlation id but not the request's
+// message id (accepted by the daemon; the requester must drop it).
+int reply_intruder(Bus& bus, const std::string& topic, uint64_t corr) {
+  auto code = [](const Error& e) { return std::to_string(int(e.code())) + " " + e.what(); };
+  try {
+    Subscriber sub = bus.subscriber(topic);
+    fact("subscribe", "ok");
+  } catch (const Error& e) {
+    fact("subscribe", code(e));
+  }
+  try {
+    bus.remove_topic(topic);
+    fact("remove", "ok");
+  } catch (const Error& e) {
+    fact("remove", code(e));
+  }
+  try {
+    Publisher p = bus.publisher(topic);
+    Envelope e;
+    e.correlation_id = corr;
+    e.causation_id = corr;  // a guess: the request frame's message id is random
+    fact("publish", to_string(publish_enveloped(p, e, bytes("forged"))));
+  } catch (const Error& e) {
+    fact("publish", code(e));
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -221,6 +276,9 @@ int main(int argc, char** argv) {
     const std::string topic = argv[3];
     if (mode == "responder" && argc == 5) return responder(bus, topic, argv[4]);
     if (mode == "requester" && argc == 6) return requester(bus, topic, std::atoi(argv[4]), std::atoi(argv[5]));
+    if (mode == "requester-hold" && argc == 5) return requester_hold(bus, topic, argv[4]);
+    if (mode == "reply-intruder" && argc == 5)
+      return reply_intruder(bus, topic, std::strtoull(argv[4], nullptr, 10));
     if (mode == "dedup-producer" && argc == 7)
       return dedup_producer(bus, topic, std::strtoull(argv[4], nullptr, 10), std::strtoull(argv[5], nullptr, 10),
                             uint32_t(std::strtoul(argv[6], nullptr, 10)));

@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "../daemon/daemon_util.hpp"
+#include "../daemon/second_user.hpp"
 #include "../spill/spill_util.hpp"
 #include "envelope.capnp.h"
 #include "market.capnp.h"
@@ -341,6 +342,152 @@ TEST_CASE("request/response: a late reply to a timed-out request is never taken 
   CHECK(rep.envelope.correlation_id == b);
   CHECK(rq.stats().stale == 1);  // A's reply, dropped
   CHECK(resp.await("got2", 10000) == "B " + std::to_string(b));
+}
+
+// ------------------------------------------------------------------ ephemeral reply topics
+
+namespace {
+// Does the daemon (through the API and the CLI) still know `topic`, and are its
+// segments still in /dev/shm?
+bool topic_listed(const DaemonProc& d, const std::string& topic) {
+  const std::string out = run_capture({kCli, "--socket", d.sock, "topic", "list"});
+  return out.find(topic) != std::string::npos;
+}
+bool segments_present(const DaemonProc& d, const std::string& topic) {
+  for (auto& f : shm_files(d.prefix))
+    if (f.find(topic) != std::string::npos) return true;
+  return false;
+}
+// The topic is gone within `ms` (the daemon notices a closed connection on its own,
+// asynchronously to this one); how long it took in ms, or -1.
+int64_t gone_within(Bus& bus, const std::string& topic, int ms) {
+  const int64_t t0 = mono();
+  while (mono() - t0 < int64_t(ms) * 1'000'000) {
+    if (bus.partitions(topic) == 0) return (mono() - t0) / 1'000'000;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // polling a condition, bounded
+  }
+  return -1;
+}
+}  // namespace
+
+TEST_CASE("ephemeral reply topic: a requester SIGKILLed mid-request, or exiting without its destructor, leaves "
+          "no topic and no segment behind",
+          "[contract][request][ephemeral][daemon]") {
+  const std::string how = GENERATE(as<std::string>{}, "await", "exit");  // await: SIGKILLed while waiting
+  INFO(how);
+  Rig r("reqeph");
+  r.bus.create_topic("svc.hold", {.capacity = 1 << 20, .multi_producer = true});
+  Child resp(helper({"responder", r.d.sock, "svc.hold", "hang"}), {}, {}, true);
+  REQUIRE(resp.await("ready", 10000) == "1");
+  Child req(helper({"requester-hold", r.d.sock, "svc.hold", how}), {}, {}, true);
+  const std::string name = req.await("reply", 10000);
+  REQUIRE(!name.empty());
+  CHECK(req.await("ephemeral", 10000) == "1");
+  const std::string corr = req.await("sent", 10000);
+  REQUIRE(resp.await("got1", 10000) == "hold " + corr);  // the request is in the responder's hands
+  REQUIRE(r.bus.partitions(name) == 1);
+  CHECK(topic_listed(r.d, name));
+  CHECK(segments_present(r.d, name));
+  if (how == "await") {
+    req.kill_now();
+  } else {
+    req.close_stdin();
+    req.finish(10000);
+    INFO(req.describe());
+    REQUIRE(req.ok());
+  }
+  const int64_t took = gone_within(r.bus, name, 5000);
+  INFO("gone after " << took << " ms");
+  CHECK(took >= 0);
+  CHECK(took < 1000);  // the daemon's disconnect handling, not a timeout
+  CHECK_FALSE(topic_listed(r.d, name));
+  CHECK_FALSE(segments_present(r.d, name));
+  CHECK(topic_listed(r.d, "svc.hold"));  // only the ephemeral one went
+  resp.kill_now();
+}
+
+TEST_CASE("ephemeral topics: the destructor removes the reply topic; another connection cannot take or delete it; "
+          "never durable; a daemon restart or crash leaves none behind",
+          "[contract][request][ephemeral][daemon]") {
+  Rig r("ephrules");
+  std::string first;
+  {
+    Requester rq(r.bus);
+    first = rq.reply_topic();
+    CHECK(rq.reply_topic_ephemeral());
+    REQUIRE(r.bus.partitions(first) == 1);
+    // Another connection of the same uid (root here, which may do anything else).
+    Bus other = Bus::connect(r.d.sock);
+    try {
+      other.remove_topic(first);
+      FAIL("another connection deleted an ephemeral topic");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::permission_denied);
+      CHECK(std::string(e.what()).find("ephemeral") != std::string::npos);
+      CHECK(std::string(e.what()).find("pid " + std::to_string(getpid())) != std::string::npos);
+    }
+    TopicConfig same = RequesterOptions{}.reply_config;
+    same.ephemeral = true;
+    CHECK_THROWS_MATCHES(other.create_topic(first, same), Error,
+                         Catch::Predicate<Error>([](const Error& e) { return e.code() == ErrorCode::already_exists; }));
+    same.ephemeral = false;  // nor as a normal topic
+    CHECK_THROWS_MATCHES(other.create_topic(first, same), Error,
+                         Catch::Predicate<Error>([](const Error& e) { return e.code() == ErrorCode::already_exists; }));
+    CHECK(r.bus.partitions(first) == 1);
+  }
+  CHECK(r.bus.partitions(first) == 0);  // the destructor's delete (its own connection) is synchronous
+  CHECK_THROWS_MATCHES(
+      r.bus.create_topic("eph.durable", {.capacity = 1 << 16, .durable = true, .retention_bytes = 1 << 20,
+                                         .ephemeral = true}),
+      Error, Catch::Predicate<Error>([](const Error& e) {
+        return e.code() == ErrorCode::invalid_argument && std::string(e.what()).find("ephemeral") != std::string::npos;
+      }));
+
+  const std::string how = GENERATE(as<std::string>{}, "stop", "crash");
+  INFO(how);
+  r.bus.create_topic("svc.keep", {.capacity = 1 << 16});
+  std::string name;
+  {
+    auto rq = std::make_unique<Requester>(r.bus);
+    name = rq->reply_topic();
+    REQUIRE(segments_present(r.d, name));
+    if (how == "stop") REQUIRE(r.d.stop());
+    else r.d.crash();
+    REQUIRE(r.d.start());
+    Bus fresh = Bus::connect(r.d.sock);
+    CHECK(fresh.partitions(name) == 0);
+    CHECK(fresh.partitions("svc.keep") == 1);
+    CHECK_FALSE(topic_listed(r.d, name));
+    CHECK_FALSE(segments_present(r.d, name));
+    rq.reset();  // its delete reaches the new daemon: not found, ignored
+  }
+  r.bus.remove_topic("svc.keep");
+}
+
+TEST_CASE("ephemeral reply topic: another uid cannot subscribe to it nor delete it; it may publish, and a reply "
+          "that knows the correlation id only is dropped and counted",
+          "[contract][request][ephemeral][daemon]") {
+  const SecondUser u = second_user();
+  if (!u.skip.empty()) {
+    WARN("skipped: " << u.skip);
+    return;
+  }
+  Rig r("ephuid");
+  r.bus.create_topic("svc.none", {.capacity = 1 << 16, .multi_producer = true});  // nobody answers
+  Requester rq(r.bus);
+  uint64_t corr = 0;
+  REQUIRE(rq.send("svc.none", as_bytes("q"), corr) == Status::ok);
+  Child in(u.as(helper({"reply-intruder", r.d.sock, rq.reply_topic(), std::to_string(corr)})));
+  in.finish(20000);
+  INFO(in.describe());
+  REQUIRE(in.ok());
+  CHECK(in.fact("subscribe").rfind(std::to_string(int(ErrorCode::permission_denied)) + " ", 0) == 0);
+  CHECK(in.fact("remove").rfind(std::to_string(int(ErrorCode::permission_denied)) + " ", 0) == 0);
+  CHECK(in.fact("publish") == "ok");
+  Reply rep;
+  CHECK(rq.await(corr, 200'000'000, rep) == Status::timed_out);
+  CHECK(rq.stats().forged == 1);
+  CHECK(rq.stats().replies == 0);
 }
 
 TEST_CASE("request/response in one process: a throwing responder answers 500; a request without reply-to "

@@ -19,8 +19,18 @@
 //
 // Reply topics: one per Requester, created by it (policy fail: a responder never
 // waits on a slow requester; a reply that does not fit is dropped and the request
-// times out), removed by its destructor. A requester that is SIGKILLed leaves its
-// reply topic behind (the daemon has no ephemeral topics yet).
+// times out), removed by its destructor. Through shmbusd the reply topic is
+// ephemeral: owned by this process's daemon connection, so the daemon removes it
+// when the requester ends in any way (SIGKILL included) and no daemon restart
+// restores it. Only this uid may subscribe to it; any uid may publish (responders
+// of other uids must answer), see docs/messaging.md "Who may answer". In direct mode
+// (Bus::direct) there are no ephemeral topics: a SIGKILLed requester leaves its
+// reply topic behind, as before.
+//
+// Forged replies: a reply is taken only if it carries the request's correlation id
+// AND, as causation id, the request frame's message id: two independent 64-bit
+// values from getrandom(2) per request (128 bits a forger must guess). Anything else
+// is dropped and counted (stale, forged, malformed).
 #pragma once
 
 #include <cstdint>
@@ -47,9 +57,17 @@ struct Reply {
   std::vector<std::byte> payload;  // copied out of the reply ring
 };
 
+// The reply topic's default mode: through shmbusd, only the requester's uid
+// subscribes, any uid publishes (other bits: write only). In direct mode this
+// default becomes 0660 (segment files others could write are rings anyone could
+// corrupt), as before.
+inline constexpr uint32_t kReplyTopicMode = 0602;
+
 struct RequesterOptions {
   std::string reply_topic;  // "": "reply.<pid>.<16 random hex digits>"
-  TopicConfig reply_config{.capacity = 1u << 20, .policy = Policy::fail, .multi_producer = true};
+  // Through shmbusd `ephemeral` is always set (see above).
+  TopicConfig reply_config{
+      .capacity = 1u << 20, .policy = Policy::fail, .multi_producer = true, .mode = kReplyTopicMode};
   PublisherOptions publisher;  // for the request topics
   size_t max_in_flight = 4096;
 };
@@ -59,6 +77,7 @@ struct RequesterStats {
   uint64_t replies = 0;    // replies matched to a request in flight
   uint64_t timeouts = 0;
   uint64_t stale = 0;      // replies to no request in flight (timed out, forgotten, unknown)
+  uint64_t forged = 0;     // a request's correlation id without its causation id: dropped
   uint64_t malformed = 0;  // frames on the reply topic that are no valid reply envelope
 };
 
@@ -87,6 +106,7 @@ class Requester {
   void forget(uint64_t corr) { inflight_.erase(corr); }
 
   const std::string& reply_topic() const { return reply_topic_; }
+  bool reply_topic_ephemeral() const { return ephemeral_; }
   const RequesterStats& stats() const { return stats_; }
   size_t in_flight() const { return inflight_.size(); }
 
@@ -98,9 +118,14 @@ class Requester {
   std::string reply_topic_;
   std::unique_ptr<Subscriber> sub_;
   std::map<std::string, Publisher> pubs_;
-  // In flight: correlation id -> the reply, once it came.
-  std::unordered_map<uint64_t, std::unique_ptr<Reply>> inflight_;
-  uint64_t next_corr_;
+  // In flight: correlation id -> the request frame's message id (the causation id a
+  // reply must carry) and the reply, once it came.
+  struct Pending {
+    uint64_t nonce = 0;
+    std::unique_ptr<Reply> reply;
+  };
+  std::unordered_map<uint64_t, Pending> inflight_;
+  bool ephemeral_ = false;
   RequesterStats stats_;
 };
 

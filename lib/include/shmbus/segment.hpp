@@ -35,6 +35,11 @@ struct TopicConfig {
   uint64_t retention_bytes = 0;     // per partition, 0 = unlimited
   uint64_t retention_age_s = 0;     // 0 = unlimited
   uint64_t segment_bytes = 0;       // log segment file size, 0 = 64 MiB
+  // Ephemeral: owned by this process's daemon connection; shmbusd removes it when
+  // the connection closes (exit, crash, SIGKILL) and never restores it after a
+  // restart. Only through the daemon (SegmentProvider::ephemeral_topics()); the
+  // direct provider ignores it. Not durable.
+  bool ephemeral = false;
 };
 
 enum class Role { publisher, subscriber, admin };
@@ -96,6 +101,8 @@ class SegmentProvider {
   virtual void remove_topic(const std::string& topic) = 0;
   // Number of partitions of an existing topic (0 if none).
   virtual uint32_t partitions(const std::string& topic) = 0;
+  // True when create_topic honours TopicConfig::ephemeral (shmbusd).
+  virtual bool ephemeral_topics() const { return false; }
   // Durable subscribers (P11): the last position recorded for `name` after its
   // parked slot expired, if any (the daemon keeps these; direct mode does not).
   virtual bool durable_position(const std::string& /*topic*/, uint32_t /*p*/,
