@@ -446,6 +446,10 @@ class DaemonProvider final : public SegmentProvider {
   }
   void remove_topic(const std::string& topic) override { c_->delete_topic(topic); }
   bool ephemeral_topics() const override { return true; }
+  bool is_ephemeral(const std::string& topic) override {
+    DaemonClient::Reply rep = c_->call([&](proto::Request::Builder r) { r.setDescribeTopic(topic); });
+    return rep.get().getTopic().getSpec().getEphemeral();
+  }
   uint32_t partitions(const std::string& topic) override { return c_->partitions(topic); }
   bool durable_position(const std::string& topic, uint32_t p, const std::string& name,
                         uint64_t& pos) override {

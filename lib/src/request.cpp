@@ -174,13 +174,22 @@ Responder::Responder(Bus& bus, const std::string& topic, RespondFn fn, Subscribe
 
 Responder::~Responder() = default;
 
-Publisher* Responder::reply_publisher(const std::string& topic) {
+Publisher* Responder::reply_publisher(const std::string& topic, bool& refused) {
+  refused = false;
   auto it = pubs_.find(topic);
   if (it != pubs_.end()) return &it->second;
   if (pubs_.size() >= kMaxReplyPublishers) pubs_.erase(pubs_.begin());
   try {
+    // Through shmbusd reply topics are ephemeral (a Requester's); anything else is
+    // not a reply topic, and publishing there with our rights is what the request's
+    // sender may not be able to do itself.
+    if (bus_.provider().ephemeral_topics() && !bus_.provider().is_ephemeral(topic)) {
+      refused = true;
+      return nullptr;
+    }
     PublisherOptions po;
     po.block_timeout_ns = 0;
+    po.open_timeout_ms = 0;  // a reply topic exists before its request: missing = gone
     return &pubs_.emplace(topic, bus_.publisher(topic, po)).first->second;
   } catch (const Error&) {
     return nullptr;  // gone (the requester ended), or not ours to write
@@ -224,15 +233,17 @@ bool Responder::step(int64_t wait_ns) {
   e.causation_id = v.message_id();
   e.status = r.status;
   if (req.trace.valid()) e.trace = req.trace.child();
-  Publisher* p = reply_publisher(req.reply_to);
+  bool refused = false;
+  Publisher* p = reply_publisher(req.reply_to, refused);
   Status s = p ? publish_enveloped(*p, e, r.payload, 0, r.schema_id) : Status::closed;
   if (s == Status::closed && p) {
     // The reply topic may have been removed and made again: reopen once.
     pubs_.erase(req.reply_to);
-    p = reply_publisher(req.reply_to);
+    p = reply_publisher(req.reply_to, refused);
     s = p ? publish_enveloped(*p, e, r.payload, 0, r.schema_id) : Status::closed;
   }
   if (s == Status::ok) ++stats_.replied;
+  else if (refused) ++stats_.refused;
   else ++stats_.undeliverable;
   sub_.release(v);
   return true;

@@ -490,6 +490,44 @@ TEST_CASE("ephemeral reply topic: another uid cannot subscribe to it nor delete 
   CHECK(rq.stats().replies == 0);
 }
 
+TEST_CASE("responder through shmbusd: replies only on ephemeral topics (no confused deputy); a missing reply "
+          "topic is given up at once",
+          "[contract][request][ephemeral][daemon]") {
+  Rig r("ephdeputy");
+  r.bus.create_topic("svc.dep", {.capacity = 1 << 16, .multi_producer = true});
+  r.bus.create_topic("victim.topic", {.capacity = 1 << 16, .multi_producer = true});
+  Subscriber victim = r.bus.subscriber("victim.topic");
+  Responder resp(r.bus, "svc.dep", [](const View& q, const Envelope&) {
+    Response a;
+    a.payload.assign(q.bytes().begin(), q.bytes().end());
+    return a;
+  });
+  Publisher raw = r.bus.publisher("svc.dep");
+  Envelope e;
+  e.correlation_id = 5;
+  e.reply_to = "victim.topic";  // an ordinary topic the responder may publish to
+  REQUIRE(publish_enveloped(raw, e, as_bytes("x"), 9) == Status::ok);
+  REQUIRE(resp.step(5'000'000'000));
+  CHECK(resp.stats().refused == 1);
+  CHECK(resp.stats().replied == 0);
+  View v;
+  CHECK(victim.poll(v) == Status::empty);
+  e.reply_to = "reply.gone.0123456789abcdef";  // a requester that is gone
+  REQUIRE(publish_enveloped(raw, e, as_bytes("y"), 10) == Status::ok);
+  const int64_t t0 = mono();
+  REQUIRE(resp.step(5'000'000'000));
+  CHECK(mono() - t0 < 1'000'000'000);  // not the 5 s open timeout
+  CHECK(resp.stats().undeliverable == 1);
+  Requester rq(r.bus);  // a real reply topic is answered
+  uint64_t corr = 0;
+  REQUIRE(rq.send("svc.dep", as_bytes("z"), corr) == Status::ok);
+  REQUIRE(resp.step(5'000'000'000));
+  Reply rep;
+  REQUIRE(rq.await(corr, 5'000'000'000, rep) == Status::ok);
+  CHECK(str(rep.payload) == "z");
+  CHECK(resp.stats().replied == 1);
+}
+
 TEST_CASE("request/response in one process: a throwing responder answers 500; a request without reply-to "
           "is handled, not answered",
           "[contract][request]") {

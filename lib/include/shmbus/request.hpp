@@ -27,6 +27,11 @@
 // (Bus::direct) there are no ephemeral topics: a SIGKILLed requester leaves its
 // reply topic behind, as before.
 //
+// Responders (through shmbusd) answer only on ephemeral topics: a request cannot
+// make a responder publish into an ordinary topic with the responder's rights (the
+// confused deputy); such requests are handled, not answered, and counted (refused).
+// A reply topic that does not exist is given up at once (no open timeout).
+//
 // Forged replies: a reply is taken only if it carries the request's correlation id
 // AND, as causation id, the request frame's message id: two independent 64-bit
 // values from getrandom(2) per request (128 bits a forger must guess). Anything else
@@ -145,6 +150,7 @@ struct ResponderStats {
   uint64_t replied = 0;
   uint64_t no_reply_to = 0;   // requests without a reply-to topic (handled, not answered)
   uint64_t undeliverable = 0; // the reply topic is gone or full: reply dropped
+  uint64_t refused = 0;       // through shmbusd: reply-to names a topic that is not ephemeral (not a reply topic)
   uint64_t malformed = 0;     // frames that are no valid envelope: skipped
   uint64_t failed = 0;        // the function threw: answered with status 500 and the reason
 };
@@ -163,7 +169,7 @@ class Responder {
   Subscriber& subscriber() { return sub_; }
 
  private:
-  Publisher* reply_publisher(const std::string& topic);
+  Publisher* reply_publisher(const std::string& topic, bool& refused);
 
   Bus bus_;
   std::string topic_;

@@ -103,6 +103,9 @@ class SegmentProvider {
   virtual uint32_t partitions(const std::string& topic) = 0;
   // True when create_topic honours TopicConfig::ephemeral (shmbusd).
   virtual bool ephemeral_topics() const { return false; }
+  // Whether `topic` is ephemeral (false without a daemon). Throws Error (not_found
+  // for a topic that does not exist or that this uid may not see).
+  virtual bool is_ephemeral(const std::string& /*topic*/) { return false; }
   // Durable subscribers (P11): the last position recorded for `name` after its
   // parked slot expired, if any (the daemon keeps these; direct mode does not).
   virtual bool durable_position(const std::string& /*topic*/, uint32_t /*p*/,
