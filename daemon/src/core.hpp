@@ -158,6 +158,16 @@ void drop_page(Partition& p, uint64_t id);
 // join); -1 with errno when it is gone.
 int reopen_page(const Partition& p, uint64_t id, bool writable = false);
 void remove_partition_segments(const std::string& prefix, const std::string& topic, uint32_t p);
+// A restart takes the previous daemon's memfds back from their holders (pidfd_getfd):
+// between takeback_begin and takeback_end (Registry::load, one thread) the partitions
+// re-attached share one take-back; the counts are logged ("memfds_taken_back").
+struct TakeBackStats {
+  uint64_t walks = 0;  // fd tables walked (/proc/<pid>/fd)
+  uint64_t getfd = 0;  // pidfd_getfd calls
+  uint64_t taken = 0;  // memfds taken back and used
+};
+void takeback_begin();
+TakeBackStats takeback_end();
 std::string shm_segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
                              bool data);
 

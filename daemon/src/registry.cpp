@@ -241,6 +241,7 @@ void Registry::load() {
     return;
   }
   close(fd);
+  takeback_begin();
   for (size_t i = 0; i < loaded.size(); ++i) {
     Topic t;
     t.s = loaded[i];
@@ -314,6 +315,10 @@ void Registry::load() {
                   " partitions re-attached");
     topics_.emplace(t.s.name, std::move(t));
   }
+  if (const TakeBackStats tb = takeback_end(); tb.walks)
+    log_event(core_.instance, LOG_INFO, "memfds_taken_back", "", 0,
+              std::to_string(tb.walks) + " fd tables walked, " + std::to_string(tb.getfd) + " pidfd_getfd calls, " +
+                  std::to_string(tb.taken) + " memfds taken back");
   core_.counters.topics = uint32_t(topics_.size());
 }
 

@@ -127,10 +127,13 @@ void* map_page_fd(int fd, size_t size) {
 // client that holds them (pidfd_getfd; a client keeps its wake and page fds open).
 // Whatever a client's fd table holds is checked: ours, sealed, the right size and
 // one of the wanted inodes; anything else is closed.
+thread_local TakeBackStats* t_takeback = nullptr;
+
 void take_memfds(pid_t pid, const std::map<ino_t, size_t>& want, std::map<ino_t, int>& got) {
   const int pfd = int(syscall(SYS_pidfd_open, pid, 0));
   if (pfd < 0) return;
   if (DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str())) {
+    if (t_takeback) ++t_takeback->walks;
     while (dirent* e = readdir(d)) {
       char* end = nullptr;
       const long n = strtol(e->d_name, &end, 10);
@@ -139,6 +142,7 @@ void take_memfds(pid_t pid, const std::map<ino_t, size_t>& want, std::map<ino_t,
       const ssize_t l = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
       if (l < 13 || std::memcmp(link, "/memfd:shmbus", 13) != 0) continue;
       const int fd = int(syscall(SYS_pidfd_getfd, pfd, int(n), 0));
+      if (t_takeback) ++t_takeback->getfd;
       if (fd < 0) continue;
       struct stat st{};
       ino_t ino = 0;
@@ -177,6 +181,7 @@ void attach_wake_and_pages(Partition& p, bool reattach) {
     for (pid_t pid : pids) take_memfds(pid, want, got);
   }
   if (auto w = got.find(ino_t(old_wake)); old_wake && w != got.end()) {
+    if (t_takeback) ++t_takeback->taken;
     p.wake_fd = w->second;
     got.erase(w);
   } else {
@@ -200,6 +205,7 @@ void attach_wake_and_pages(Partition& p, bool reattach) {
       auto g = got.find(ino_t(id));
       void* m = (st == shm::kSlotActive && id && g != got.end()) ? map_page_fd(g->second, shm::kCursorPageSize) : nullptr;
       if (m) {
+        if (t_takeback) ++t_takeback->taken;
         p.pages[id] = static_cast<shm::CursorPage*>(m);
         p.page_fds[id] = g->second;
         got.erase(g);
@@ -229,6 +235,20 @@ void bind_refs(Partition& p) {
 }
 
 }  // namespace
+
+namespace {
+thread_local TakeBackStats t_stats;
+}
+
+void takeback_begin() {
+  t_stats = {};
+  t_takeback = &t_stats;
+}
+
+TakeBackStats takeback_end() {
+  t_takeback = nullptr;
+  return t_stats;
+}
 
 std::shared_ptr<Partition> open_partition(const std::string& prefix, const TopicSettings& t,
                                           uint32_t idx, bool& reattached) {
