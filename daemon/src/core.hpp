@@ -295,8 +295,10 @@ class Registry {
   std::map<std::pair<const Partition*, uint32_t>, Grant> grants_;
   bool grant_live(const std::pair<const Partition*, uint32_t>& key, const Grant& g) const;
   void record_grant(const Peer& p, const std::shared_ptr<Partition>& part, uint32_t slot);
-  // Refuses (false, why) a grant beyond the uid's quotas.
-  bool grant_quota(const Peer& p, const Partition& part, std::string& why);
+  // Refuses (false, why) a grant beyond the uid's quotas. The partition's parked
+  // durable slots whose names the uid owns count as its slots there, except the one
+  // of name hash `resuming` (the join resumes it: no new slot).
+  bool grant_quota(const Peer& p, const Topic& t, const Partition& part, uint64_t resuming, std::string& why);
 
   Core& core_;
   std::map<std::string, Topic> topics_;

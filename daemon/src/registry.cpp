@@ -566,10 +566,13 @@ void Registry::record_grant(const Peer& p, const std::shared_ptr<Partition>& par
 }
 
 // Per-uid quotas on live grants (not root, not the daemon's uid): in all, and in
-// one partition (so one uid cannot take every slot of a topic it may read).
-bool Registry::grant_quota(const Peer& p, const Partition& part, std::string& why) {
+// one partition (so one uid cannot take every slot of a topic it may read). In one
+// partition its parked durable slots count too: join under a new name, leave (park),
+// again and again, would otherwise take every slot with no live grant at all.
+bool Registry::grant_quota(const Peer& p, const Topic& t, const Partition& part, uint64_t resuming,
+                           std::string& why) {
   if (p.uid == 0 || p.uid == geteuid()) return true;
-  uint32_t all = 0, here = 0;
+  uint32_t all = 0, here = 0, parked = 0;
   for (auto it = grants_.begin(); it != grants_.end();) {
     if (!grant_live(it->first, it->second)) {
       it = grants_.erase(it);  // ended (left, reclaimed, expired, re-granted)
@@ -578,6 +581,17 @@ bool Registry::grant_quota(const Peer& p, const Partition& part, std::string& wh
     if (it->second.uid == p.uid) ++all, here += it->first.first == &part;
     ++it;
   }
+  for (uint32_t i = 0; i < part.refs.slot_count; ++i) {
+    const shm::CursorSlot& s = part.refs.slots[i];
+    const uint64_t h = aref(const_cast<uint64_t&>(s.name_hash)).load(std::memory_order_relaxed);
+    if (aref(const_cast<uint32_t&>(s.state)).load(std::memory_order_acquire) != shm::kSlotActive || h == 0 ||
+        h == spill::kArchiverNameHash || h == resuming ||
+        aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_acquire) != 0)
+      continue;
+    auto rec = t.durable.find({h, part.index});
+    if ((rec != t.durable.end() ? rec->second.owner_uid : t.owner_uid) == p.uid) ++parked;
+  }
+  here += parked;
   const DaemonOptions& o = core_.opts;
   const uint32_t per_part = o.uid_max_partition_grants ? o.uid_max_partition_grants
                                                        : std::max<uint32_t>(1, part.refs.slot_count / 2);
@@ -590,7 +604,9 @@ bool Registry::grant_quota(const Peer& p, const Partition& part, std::string& wh
   if (here >= per_part) {
     why = "uid " + std::to_string(p.uid) + " holds " + std::to_string(here) + " of the " +
           std::to_string(part.refs.slot_count) + " subscriber slots of '" + part.topic + "' partition " +
-          std::to_string(part.index) + ", the most one uid may (uid_max_partition_grants)";
+          std::to_string(part.index) +
+          (parked ? " (" + std::to_string(parked) + " of them parked under its durable names)" : std::string()) +
+          ", the most one uid may (uid_max_partition_grants)";
     return false;
   }
   return true;
@@ -651,7 +667,7 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
       return reply(peer, mb, t.parts[pi], {fd});
     }
   }
-  if (std::string why; !grant_quota(peer, part, why)) {
+  if (std::string why; !grant_quota(peer, t, part, h, why)) {
     log_limited(core_.instance, LOG_WARN, "grant_refused", name, peer.pid, why);
     return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
   }

@@ -36,12 +36,23 @@
 //   grants SOCK TOPIC              untethered joins over one connection until refused
 //                                  -> grants:<n> <code>:<partition-quota|uid-quota|other>, hangs
 //   named SOCK TOPIC NAME          a durable subscriber NAME: prints "named:joined", hangs
+//   park SOCK TOPIC                durable joins under new names, each parked at once (leave with park),
+//                                  until refused, then resumes the first name
+//                                  -> parked:<n> <code>:<partition-quota|other> resume:<ok|code>
+//   save-many SOCK TOPIC N         saveCursor under new names until refused (at most N)
+//                                  -> saves:<n> <code>:<durable-quota|other|none>
+//   probe SOCK TOPIC               every request that names a topic, partition or grant, one line each:
+//                                  "<request>:<error code number>:<error text>" (ok: "<request>:ok"),
+//                                  with TOPIC written as <T> (to compare an existing and a missing topic)
+//   hoard SOCK PREFIX N FDS        a subscriber on topics PREFIX.0 .. PREFIX.N-1 holding FDS more fds
+//                                  (dups of /dev/null): prints "hoard:ready", hangs
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <linux/sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -458,6 +469,137 @@ int main(int argc, char** argv) {
       so.name = argv[4];
       Subscriber sub = bus.subscriber(topic, so);
       out("named", "joined");
+      for (;;) pause();
+    } else if (mode == "park") {
+      auto c = DaemonClient::connect(o);
+      int n = 0;
+      std::string why = "none";
+      auto join = [&](const std::string& name) {
+        return c->call([&](proto::Request::Builder r) {
+          auto j = r.initJoin();
+          j.setTopic(topic);
+          j.setPartition(0);
+          j.setTethered(false);
+          j.setDurableName(name);
+        });
+      };
+      for (; n < 4096; ++n) {
+        try {
+          auto rep = join("park-" + std::to_string(n));
+          const uint32_t slot = rep.get().getJoin().getSlot(), gen = rep.get().getJoin().getGeneration();
+          c->call([&](proto::Request::Builder r) {
+            auto l = r.initLeave();
+            l.setTopic(topic);
+            l.setPartition(0);
+            l.setSlot(slot);
+            l.setGeneration(gen);
+            l.setPark(true);
+          });
+        } catch (const Error& e) {
+          why = std::string(code(e)) + (std::string(e.what()).find("uid_max_partition_grants") != std::string::npos
+                                            ? ":partition-quota"
+                                            : ":other");
+          break;
+        }
+      }
+      std::string resumed = "ok";
+      try {
+        join("park-0");
+      } catch (const Error& e) {
+        resumed = code(e);
+      }
+      std::printf("parked:%d %s resume:%s\n", n, why.c_str(), resumed.c_str());
+      std::fflush(stdout);
+    } else if (mode == "save-many") {
+      auto c = DaemonClient::connect(o);
+      const int most = atoi(argv[4]);
+      int n = 0;
+      std::string why = "none";
+      for (; n < most; ++n) {
+        try {
+          c->call([&](proto::Request::Builder r) {
+            auto d = r.initSaveCursor();
+            d.setTopic(topic);
+            d.setName("sv-" + std::to_string(n));
+            d.setPartition(0);
+            d.setPosition(0);
+          });
+        } catch (const Error& e) {
+          why = std::string(code(e)) +
+                (std::string(e.what()).find("uid_max_durable_names") != std::string::npos ? ":durable-quota" : ":other");
+          break;
+        }
+      }
+      std::printf("saves:%d %s\n", n, why.c_str());
+      std::fflush(stdout);
+    } else if (mode == "probe") {
+      auto c = DaemonClient::connect(o);
+      auto hide = [&](std::string t) {
+        for (size_t p; !topic.empty() && (p = t.find(topic)) != std::string::npos;) t.replace(p, topic.size(), "<T>");
+        return t;
+      };
+      auto probe = [&](const char* what, auto&& fill) {
+        std::string r = "ok";
+        try {
+          c->call(fill);
+        } catch (const Error& e) {
+          r = std::to_string(int(e.code())) + ":" + e.what();
+        }
+        std::printf("%s:%s\n", what, hide(r).c_str());
+      };
+      for (auto role : {proto::Role::SUBSCRIBER, proto::Role::PUBLISHER, proto::Role::ADMIN})
+        for (uint32_t part : {0u, 7u})
+          probe(role == proto::Role::SUBSCRIBER ? "open-sub" : role == proto::Role::PUBLISHER ? "open-pub" : "open-admin",
+                [&](proto::Request::Builder r) {
+                  auto x = r.initOpen();
+                  x.setTopic(topic);
+                  x.setPartition(part);
+                  x.setRole(role);
+                });
+      for (uint32_t part : {0u, 7u}) {
+        probe("save", [&](proto::Request::Builder r) {
+          auto d = r.initSaveCursor();
+          d.setTopic(topic);
+          d.setName("probe");
+          d.setPartition(part);
+          d.setPosition(0);
+        });
+        for (uint32_t slot : {0u, 1u, 600u})
+          probe("leave", [&](proto::Request::Builder r) {
+            auto l = r.initLeave();
+            l.setTopic(topic);
+            l.setPartition(part);
+            l.setSlot(slot);
+            l.setGeneration(1);
+          });
+        probe("join", [&](proto::Request::Builder r) {
+          auto j = r.initJoin();
+          j.setTopic(topic);
+          j.setPartition(part);
+        });
+        probe("page", [&](proto::Request::Builder r) {
+          auto f = r.initCursorPage();
+          f.setTopic(topic);
+          f.setPartition(part);
+          f.setSlot(0);
+          f.setGeneration(1);
+        });
+      }
+      probe("describe", [&](proto::Request::Builder r) { r.setDescribeTopic(topic); });
+      probe("stat", [&](proto::Request::Builder r) { r.setStat(topic); });
+      probe("delete", [&](proto::Request::Builder r) { r.setDeleteTopic(topic); });
+      std::fflush(stdout);
+    } else if (mode == "hoard") {
+      Bus bus = Bus::connect(sock);
+      std::vector<Subscriber> subs;
+      for (int i = 0; i < atoi(argv[4]); ++i) subs.push_back(bus.subscriber(topic + "." + std::to_string(i)));
+      rlimit rl{};
+      getrlimit(RLIMIT_NOFILE, &rl);
+      rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, rlim_t(atoi(argv[5]) + 256));
+      setrlimit(RLIMIT_NOFILE, &rl);
+      for (int i = 0; i < atoi(argv[5]); ++i)
+        if (open("/dev/null", O_RDONLY) < 0) return 3;
+      out("hoard", "ready");
       for (;;) pause();
     } else if (mode == "resume") {
       Bus bus = Bus::connect(sock);

@@ -5,6 +5,7 @@
 // "Security model".
 #include <catch2/catch.hpp>
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <capnp/serialize.h>
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include "core.hpp"
@@ -1057,5 +1059,21 @@ TEST_CASE("a join resent (new connection, or a restarted daemon) never leaves a 
   auto g3 = join(0x5eed0001, true, held);
   CHECK(g3 == g1);
   CHECK(subscribers() == 2);
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("quotas: parked durable slots count against uid_max_partition_grants; the owner still joins",
+          "[security][isolation][grants][parked]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.park", {.capacity = 8192, .slots = 8, .mode = 0644});
+  // Join under a new name, park it (leave with park), again and again: each parked
+  // slot is still the uid's, so half the slots (the default quota) is all it gets,
+  // and it can still resume one of its own parked names.
+  CHECK(as_att(att, {"park", rd.sock, "iso.park"}) == "parked:4 refused:partition-quota resume:ok\n");
+  std::vector<Subscriber> mine;
+  for (int i = 0; i < 4; ++i) REQUIRE_NOTHROW(mine.push_back(bus.subscriber("iso.park", {.tethered = false})));
   CHECK(serving(rd.sock));
 }
