@@ -63,6 +63,7 @@ extern "C" {
 #define SHMBUS_E_INTERNAL (-10016)          /* a bug: please report with shmbus_last_error() */
 #define SHMBUS_E_UNSUPPORTED (-10017)       /* not available in this build / mode */
 #define SHMBUS_E_LAPPED (-10018)            /* untethered: overtaken by the producer; continues at its tail */
+#define SHMBUS_E_INTERRUPTED (-10019)       /* a blocked wait or claim was ended by *_interrupt() */
 
 /* ---- enums (plain integers in structs) ----------------------------------- */
 #define SHMBUS_POLICY_BLOCK 0
@@ -309,8 +310,18 @@ SHMBUS_API int shmbus_subscriber_release(shmbus_subscriber_t* sub, const shmbus_
 SHMBUS_API int shmbus_subscriber_check(const shmbus_subscriber_t* sub, const shmbus_view_t* v);
 /* Releases every view polled so far. */
 SHMBUS_API int shmbus_subscriber_release_all(shmbus_subscriber_t* sub);
-/* Waits until a message may be available: OK, or SHMBUS_E_TIMED_OUT. */
+/* Waits until a message may be available: OK, SHMBUS_E_TIMED_OUT or
+ * SHMBUS_E_INTERRUPTED. */
 SHMBUS_API int shmbus_subscriber_wait(shmbus_subscriber_t* sub, int64_t timeout_ns);
+/* Interrupts (SHMBUS_1.3). Ends a poll_wait, poll_batch or wait blocked on `sub` in
+ * another thread at once with SHMBUS_E_INTERRUPTED. Raised while nothing waits, it
+ * ends the next wait at once, one time. The one call that may run concurrently with
+ * another call on the same handle (never with its close); async-signal-safe. Go's
+ * context cancellation and Rust's interrupt handle are built on it. */
+SHMBUS_API int shmbus_subscriber_interrupt(shmbus_subscriber_t* sub);
+/* The same for a claim/offer/publish blocked for space (policy block) on `pub`. A
+ * call that finds space does not wait and leaves a raised interrupt pending. */
+SHMBUS_API int shmbus_publisher_interrupt(shmbus_publisher_t* pub);
 SHMBUS_API int shmbus_subscriber_stats(shmbus_subscriber_t* sub, shmbus_subscriber_stats_t* out);
 
 /* ---- Cap'n Proto helpers -------------------------------------------------- */

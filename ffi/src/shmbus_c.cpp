@@ -128,6 +128,7 @@ int code_of(shmbus::Status s) noexcept {
     case shmbus::Status::malformed: return SHMBUS_E_MALFORMED;
     case shmbus::Status::closed: return SHMBUS_E_CLOSED;
     case shmbus::Status::lapped: return SHMBUS_E_LAPPED;
+    case shmbus::Status::interrupted: return SHMBUS_E_INTERRUPTED;
   }
   return SHMBUS_E_INTERNAL;
 }
@@ -238,6 +239,7 @@ const char* shmbus_strerror(int rc) {
     case SHMBUS_E_INTERNAL: return "internal error (a bug: please report with shmbus_last_error())";
     case SHMBUS_E_UNSUPPORTED: return "unsupported in this build or mode";
     case SHMBUS_E_LAPPED: return "lapped: the producer overwrote unread messages (continuing at its tail)";
+    case SHMBUS_E_INTERRUPTED: return "interrupted: the wait was ended by an interrupt from another thread";
     default: break;
   }
   if (rc < 0 && rc > -4096) {
@@ -955,9 +957,27 @@ int shmbus_subscriber_wait(shmbus_subscriber_t* sub, int64_t timeout_ns) {
     set_static("wait: sub is NULL");
     return SHMBUS_E_INVALID_ARGUMENT;
   }
-  if (sub->replay ? sub->replay->wait(timeout_ns) : sub->sub->wait(timeout_ns)) return SHMBUS_OK;
-  set_static(shmbus_strerror(SHMBUS_E_TIMED_OUT));
-  return SHMBUS_E_TIMED_OUT;
+  const shmbus::Status s = sub->replay ? sub->replay->wait_for(timeout_ns) : sub->sub->wait_for(timeout_ns);
+  if (s == shmbus::Status::ok) return SHMBUS_OK;
+  const int rc = s == shmbus::Status::interrupted ? SHMBUS_E_INTERRUPTED : SHMBUS_E_TIMED_OUT;
+  set_static(shmbus_strerror(rc));
+  return rc;
+}
+
+// No error text is set: the other thread's call may be reading it (thread-local,
+// but keep this async-signal-safe: no allocation, no locale).
+int shmbus_subscriber_interrupt(shmbus_subscriber_t* sub) {
+  if (!sub) return SHMBUS_E_INVALID_ARGUMENT;
+  if (sub->replay) sub->replay->interrupt();
+  else if (sub->sub) sub->sub->interrupt();
+  else return SHMBUS_E_CLOSED;
+  return SHMBUS_OK;
+}
+
+int shmbus_publisher_interrupt(shmbus_publisher_t* pub) {
+  if (!pub) return SHMBUS_E_INVALID_ARGUMENT;
+  pub->pub.interrupt();
+  return SHMBUS_OK;
 }
 
 int shmbus_subscriber_stats(shmbus_subscriber_t* sub, shmbus_subscriber_stats_t* out) {

@@ -30,6 +30,7 @@ const char* to_string(Status s) noexcept {
     case Status::malformed: return "malformed message";
     case Status::closed: return "closed";
     case Status::lapped: return "lapped by the producer";
+    case Status::interrupted: return "interrupted";
   }
   return "unknown";
 }
@@ -200,9 +201,13 @@ Status Publisher::claim(uint32_t max_bytes, ClaimView& out) {
     s = wait_for_space(max_bytes, deadline);
     if (s == Status::ok) s = try_claim(max_bytes, out);
     if (s != Status::back_pressured || shm::monotonic_ns() >= deadline) break;
+    if (intr_.take()) {
+      s = Status::interrupted;
+      break;
+    }
     sched_yield();  // the producer ahead of us may be waiting for this CPU
   }
-  if (s != Status::ok) ++stats_.back_pressured;
+  if (s == Status::back_pressured) ++stats_.back_pressured;
   return s;
 }
 
@@ -215,6 +220,7 @@ Status Publisher::wait_for_space(uint32_t max_bytes, uint64_t deadline) {
   uint32_t iter = 0;
   for (;;) {
     if (w_.space_available(max_bytes)) return Status::ok;
+    if (intr_.take()) return Status::interrupted;
     if (fetch_pages()) continue;
     uint64_t now = shm::monotonic_ns();
     if (now >= reclaim_at) {
@@ -245,7 +251,7 @@ Status Publisher::wait_for_space(uint32_t max_bytes, uint64_t deadline) {
       uint64_t until = deadline < reclaim_at ? deadline : reclaim_at;
       int64_t slice = int64_t(until - now);
       if (!w_.space_wait_fenced() && slice > 1'000'000) slice = 1'000'000;
-      shm::futex_wait(word, v, slice);
+      shm::futex_wait_interruptible(word, v, &intr_, slice);
     }
     w_.end_space_wait();
   }

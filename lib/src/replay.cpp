@@ -32,6 +32,7 @@ struct ReplaySubscriber::Impl {
   uint64_t released_pos = 0;
   ReplayStats st;
   bool open = true;
+  shm::Interrupt intr;  // ReplaySubscriber::interrupt
 
   Impl(std::shared_ptr<PartitionMapping> mp, const ReplayOptions& opts)
       : m(std::move(mp)), r(m->refs()), o(opts), log_arena(opts.chunk_bytes),
@@ -208,21 +209,24 @@ struct ReplaySubscriber::Impl {
   }
 
 
-  bool wait(int64_t timeout_ns) {
-    if (!open) return false;
-    if (mode == ReplaySource::ring && slot.has_data()) return true;
+  // ok: poll again (data, a lap, or the log may have grown); timed_out, closed,
+  // interrupted.
+  Status wait(int64_t timeout_ns) {
+    if (!open) return Status::closed;
+    if (mode == ReplaySource::ring && slot.has_data()) return Status::ok;
     const uint64_t start = shm::monotonic_ns();
     const uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + uint64_t(timeout_ns);
     for (uint32_t iter = 0;; ++iter) {
-      if (mode == ReplaySource::ring && slot.has_data()) return true;
+      if (mode == ReplaySource::ring && slot.has_data()) return Status::ok;
+      if (intr.take()) return Status::interrupted;
       const uint64_t now = shm::monotonic_ns();
-      if (now >= deadline) return false;
+      if (now >= deadline) return Status::timed_out;
       const bool sleep = o.wait == WaitStrategy::futex ||
                          (o.wait == WaitStrategy::hybrid && now - start >= uint64_t(o.spin_ns));
       if (!sleep) {
         if (o.wait == WaitStrategy::spin_yield && iter > 64) sched_yield();
         else shm::cpu_relax();
-        if (mode == ReplaySource::log && iter > 256) return true;  // re-poll the log
+        if (mode == ReplaySource::log && iter > 256) return Status::ok;  // re-poll the log
         continue;
       }
       // In log mode the log may have grown (nothing wakes us for that): short naps.
@@ -232,14 +236,15 @@ struct ReplaySubscriber::Impl {
         // P6 through the one implementation (RingReader::wait: waiter bit,
         // membarrier, re-check, sleep). Every commit wakes us, so a lap (which only
         // happens through commits) is noticed by the next poll.
-        slot.wait(chunk);
+        slot.wait(chunk, &intr);
       } else {
         // Log mode: nothing wakes us for the log growing; a short nap, no announce.
         uint32_t v = aref(r.data->data_futex).load(std::memory_order_relaxed);
-        shm::futex_wait(&r.data->data_futex, v, chunk);
+        shm::futex_wait_interruptible(&r.data->data_futex, v, &intr, chunk);
       }
       slot.heartbeat(shm::monotonic_ns());
-      return true;  // poll again: data, a lap, or the log has grown
+      if (intr.take()) return Status::interrupted;
+      return Status::ok;  // poll again: data, a lap, or the log has grown
     }
   }
 
@@ -293,7 +298,7 @@ Status ReplaySubscriber::poll_wait(View& out, int64_t timeout_ns) {
       if (spent >= uint64_t(timeout_ns)) return Status::timed_out;
       left = timeout_ns - int64_t(spent);
     }
-    if (!impl_->wait(left)) return impl_->open ? Status::timed_out : Status::closed;
+    if (Status w = impl_->wait(left); w != Status::ok) return w;
   }
 }
 
@@ -305,7 +310,12 @@ void ReplaySubscriber::release_all() {
   if (impl_) impl_->release_to(impl_->last_seq, impl_->last_end);
 }
 
-bool ReplaySubscriber::wait(int64_t timeout_ns) { return impl_ && impl_->wait(timeout_ns); }
+Status ReplaySubscriber::wait_for(int64_t timeout_ns) {
+  return impl_ ? impl_->wait(timeout_ns) : Status::closed;
+}
+void ReplaySubscriber::interrupt() noexcept {
+  if (impl_) impl_->intr.raise();
+}
 ReplaySource ReplaySubscriber::source() const { return impl_->mode; }
 uint64_t ReplaySubscriber::last_sequence() const { return impl_->last_seq; }
 const ReplayStats& ReplaySubscriber::stats() const {

@@ -163,16 +163,17 @@ Status Subscriber::poll(View& out) {
   }
 }
 
-bool Subscriber::wait(int64_t timeout_ns) {
-  if (!open_) return false;
-  if (r_.has_data()) return true;
+Status Subscriber::wait_for(int64_t timeout_ns) {
+  if (!open_) return Status::closed;
+  if (r_.has_data()) return Status::ok;
   const uint64_t start = shm::monotonic_ns();
   const uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + uint64_t(timeout_ns);
   uint32_t iter = 0;
   for (;;) {
-    if (r_.has_data()) return true;
+    if (r_.has_data()) return Status::ok;
+    if (intr_.take()) return Status::interrupted;
     uint64_t now = shm::monotonic_ns();
-    if (now >= deadline) return false;
+    if (now >= deadline) return Status::timed_out;
     bool sleep = opts_.wait == WaitStrategy::futex ||
                  (opts_.wait == WaitStrategy::hybrid && now - start >= uint64_t(opts_.spin_ns));
     if (!sleep) {
@@ -185,7 +186,7 @@ bool Subscriber::wait(int64_t timeout_ns) {
     // Bounded sleeps keep the heartbeat fresh for the daemon's liveness checks.
     int64_t chunk = 100'000'000;
     if (deadline != UINT64_MAX && int64_t(deadline - now) < chunk) chunk = int64_t(deadline - now);
-    if (r_.wait(chunk)) return true;
+    if (r_.wait(chunk, &intr_)) return Status::ok;
     r_.heartbeat(shm::monotonic_ns());
   }
 }
@@ -202,7 +203,7 @@ Status Subscriber::poll_wait(View& out, int64_t timeout_ns) {
       left = timeout_ns - int64_t(spent);
     }
     // A wake-up can be for a padding frame only: poll again until the deadline.
-    if (!wait(left)) return open_ ? Status::timed_out : Status::closed;
+    if (Status w = wait_for(left); w != Status::ok) return w;
   }
 }
 

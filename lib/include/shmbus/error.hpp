@@ -27,6 +27,7 @@ enum class Status : uint8_t {
   closed,          // the publisher/subscriber/bus was closed
   lapped,          // untethered subscriber: the producer overwrote what it had not read
                    // yet; it continues at the producer's tail (messages were lost)
+  interrupted,     // a blocked wait or claim was ended by interrupt() from another thread
 };
 
 const char* to_string(Status s) noexcept;

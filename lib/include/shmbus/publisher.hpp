@@ -70,6 +70,12 @@ class Publisher {
   const shm::RingRefs& refs() const { return w_.refs(); }
   void close();
 
+  // Ends a claim (claim, offer, offer_batch) blocked for space in another thread
+  // of this process at once: it returns Status::interrupted. Raised while nothing
+  // waits, it ends the next wait for space at once, one time (a claim that finds
+  // space does not wait and leaves it raised). Thread-safe, async-signal-safe.
+  void interrupt() noexcept { intr_.raise(); }
+
  private:
   Status wait_for_space(uint32_t max_bytes, uint64_t deadline);
   void reclaim_dead_cursors();
@@ -87,6 +93,7 @@ class Publisher {
   uint32_t policy_ = 0;
   bool claimed_sp_ = false;
   bool open_ = false;
+  shm::Interrupt intr_;
 };
 
 }  // namespace shmbus

@@ -81,7 +81,11 @@ class ReplaySubscriber {
   Status poll_wait(View& out, int64_t timeout_ns);
   void release(const View& v);
   void release_all();
-  bool wait(int64_t timeout_ns);
+  // Waits until a message may be available (true), or timeout, close, interrupt.
+  bool wait(int64_t timeout_ns) { return wait_for(timeout_ns) == Status::ok; }
+  Status wait_for(int64_t timeout_ns);  // ok, timed_out, closed or interrupted
+  // As Subscriber::interrupt: ends a wait blocked in another thread at once.
+  void interrupt() noexcept;
 
   template <class F>
   size_t poll_batch(size_t max, F&& f) {

@@ -88,8 +88,18 @@ class Subscriber {
     return n;
   }
 
-  // Waits (per strategy) until a message may be available. Returns false on timeout.
-  bool wait(int64_t timeout_ns);
+  // Waits (per strategy) until a message may be available. Returns false on
+  // timeout, close or interrupt.
+  bool wait(int64_t timeout_ns) { return wait_for(timeout_ns) == Status::ok; }
+  // The same, saying why it returned: ok, timed_out, closed or interrupted.
+  Status wait_for(int64_t timeout_ns);
+
+  // Ends a wait (poll_wait, wait, wait_for) blocked in another thread of this
+  // process at once: it returns Status::interrupted (wait: false). Raised while
+  // nothing waits, it ends the next wait at once, one time. Thread-safe and
+  // async-signal-safe: the one member another thread may call during a wait.
+  // (Go cancels a context through it; Rust's interrupt handle calls it.)
+  void interrupt() noexcept { intr_.raise(); }
 
   const SubscribeStats& stats() const { return stats_; }
   uint64_t position() const { return r_.position(); }
@@ -113,6 +123,7 @@ class Subscriber {
   SubscribeStats stats_;
   bool open_ = false;
   bool resumed_ = false;
+  shm::Interrupt intr_;
 };
 
 }  // namespace shmbus

@@ -37,6 +37,64 @@ inline int futex_wake_all(uint32_t* word) {
   return rc < 0 ? -errno : int(rc);
 }
 
+// An interrupt a thread blocked in a cross-process futex wait (a subscriber's P6
+// sleep, a producer's P7 sleep) can be given by another thread of its process
+// (Subscriber::interrupt, Publisher::interrupt; Go's context, Rust's interrupt
+// handle). The sleeper waits on the shared word and on `pending` at once
+// (futex_waitv, Linux >= 5.16), so the interrupt needs no write to shared memory
+// and wakes nobody else. `pending` stays raised until the waiter takes it: an
+// interrupt raised while nobody waits ends the next wait at once (no lost wake-up).
+struct Interrupt {
+  uint32_t pending = 0;  // 1: raised, not yet taken (process-private futex word)
+
+  // Any thread; async-signal-safe. The store is seq_cst and the kernel compares
+  // `pending` with 0 under its futex lock in futex_waitv, so a sleeper either sees
+  // 1 before it sleeps or is on the wait queue when this FUTEX_WAKE runs.
+  void raise() noexcept {
+    std::atomic_ref<uint32_t>(pending).store(1, std::memory_order_seq_cst);
+    syscall(SYS_futex, &pending, FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr, 0);
+  }
+  // Relaxed: a hint polled in spin loops; take() is the authoritative read.
+  bool raised() const noexcept {
+    return std::atomic_ref<const uint32_t>(pending).load(std::memory_order_relaxed) != 0;
+  }
+  // True once per raise (acquire: what the raiser wrote before raise() is visible).
+  bool take() noexcept {
+    return raised() && std::atomic_ref<uint32_t>(pending).exchange(0, std::memory_order_acquire) != 0;
+  }
+};
+
+// futex_wait on a shared word that also returns when `intr` is raised. Returns as
+// futex_wait. Without futex_waitv (ENOSYS: a kernel before 5.16, or a seccomp
+// filter) it sleeps in slices of at most 1 ms, so an interrupt is seen within one.
+inline int futex_wait_interruptible(uint32_t* word, uint32_t expected, Interrupt* intr,
+                                    int64_t timeout_ns) {
+  if (!intr) return futex_wait(word, expected, timeout_ns);
+  if (intr->raised()) return 0;
+  static std::atomic<bool> no_waitv{false};
+  if (!no_waitv.load(std::memory_order_relaxed)) {
+    struct {  // struct futex_waitv (linux/futex.h, 5.16), spelled out for older headers
+      uint64_t val, uaddr;
+      uint32_t flags, reserved;
+    } w[2] = {{expected, uint64_t(uintptr_t(word)), 0x02 /* FUTEX2_SIZE_U32, shared */, 0},
+              {0, uint64_t(uintptr_t(&intr->pending)), 0x02 | 128 /* FUTEX2_PRIVATE */, 0}};
+    timespec ts{};
+    timespec* tsp = nullptr;
+    if (timeout_ns >= 0) {  // futex_waitv takes an absolute CLOCK_MONOTONIC time
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      const int64_t ns = int64_t(ts.tv_nsec) + timeout_ns % 1'000'000'000;
+      ts.tv_sec += time_t(timeout_ns / 1'000'000'000 + ns / 1'000'000'000);
+      ts.tv_nsec = long(ns % 1'000'000'000);
+      tsp = &ts;
+    }
+    long rc = syscall(449 /* SYS_futex_waitv */, w, 2, 0, tsp, CLOCK_MONOTONIC);
+    if (rc >= 0 || errno == EAGAIN) return 0;
+    if (errno != ENOSYS && errno != EPERM) return errno;
+    no_waitv.store(true, std::memory_order_relaxed);
+  }
+  return futex_wait(word, expected, timeout_ns < 0 || timeout_ns > 1'000'000 ? 1'000'000 : timeout_ns);
+}
+
 // Asymmetric fences (membarrier(2), Linux >= 4.16). The frequent side of a
 // Dekker handshake (a producer's commit, a subscriber's cursor release) then needs
 // only a compiler barrier between its store and its load; the rare side (a

@@ -350,8 +350,10 @@ inline constexpr int64_t kSharedWakeSliceNs = 20'000'000;
 // the caller's own data-waiter bit (not a count: a reclaimer clears the bit of a
 // sleeper that died, so nothing leaks; defect 6 of 1.x), then the heavy fence,
 // then `ready()` (a seq_cst re-check), then sleeps on data_futex.
+// `intr` (may be null): the caller's Interrupt, which ends the sleep at once.
 template <class Ready>
-inline bool sleep_for_data(const RingRefs& r, uint32_t slot_index, int64_t timeout_ns, Ready ready) {
+inline bool sleep_for_data(const RingRefs& r, uint32_t slot_index, int64_t timeout_ns, Ready ready,
+                           Interrupt* intr = nullptr) {
   uint64_t& word = r.wake->data_waiter_bits[slot_index / 64];
   const uint64_t bit = uint64_t(1) << (slot_index % 64);
   aref(word).fetch_or(bit, std::memory_order_seq_cst);
@@ -365,7 +367,7 @@ inline bool sleep_for_data(const RingRefs& r, uint32_t slot_index, int64_t timeo
     if (!fenced && (timeout_ns < 0 || timeout_ns > 1'000'000)) timeout_ns = 1'000'000;
     if (r.shared_wake && (timeout_ns < 0 || timeout_ns > kSharedWakeSliceNs))
       timeout_ns = kSharedWakeSliceNs;
-    futex_wait(&r.data->data_futex, v, timeout_ns);
+    futex_wait_interruptible(&r.data->data_futex, v, intr, timeout_ns);
     ok = ready();
   }
   aref(word).fetch_and(~bit, std::memory_order_seq_cst);
@@ -1202,9 +1204,9 @@ class RingReader {
 
   // P6: sleep until the commit word at the read position changes or timeout.
   // Returns true if data may be available.
-  bool wait(int64_t timeout_ns) {
+  bool wait(int64_t timeout_ns, Interrupt* intr = nullptr) {
     if (has_data()) return true;
-    return sleep_for_data(r_, slot_index_, timeout_ns, [this] { return has_data_sc(); });
+    return sleep_for_data(r_, slot_index_, timeout_ns, [this] { return has_data_sc(); }, intr);
   }
 
   // True when poll() has something to say: a frame, or (checked readers) a lap.
