@@ -22,6 +22,7 @@ const (
 	CodeInternal         = -10016 // a bug: please report with shmbus_last_error()
 	CodeUnsupported      = -10017 // not available in this build / mode
 	CodeLapped           = -10018 // untethered: overtaken by the producer; continues at its tail
+	CodeInterrupted      = -10019 // a blocked wait or claim was ended by *_interrupt()
 )
 
 // Sentinels for errors.Is: an *Error matches the sentinel of its Code.
@@ -44,6 +45,7 @@ var (
 	ErrInternal         = &Error{Code: CodeInternal, Msg: "a bug: please report with shmbus_last_error()"}
 	ErrUnsupported      = &Error{Code: CodeUnsupported, Msg: "not available in this build / mode"}
 	ErrLapped           = &Error{Code: CodeLapped, Msg: "untethered: overtaken by the producer; continues at its tail"}
+	ErrInterrupted      = &Error{Code: CodeInterrupted, Msg: "a blocked wait or claim was ended by *_interrupt()"}
 )
 
 // sentinelByCode maps each code to its sentinel (hot paths return these: no allocation).
@@ -66,4 +68,5 @@ var sentinelByCode = map[int]*Error{
 	CodeInternal:         ErrInternal,
 	CodeUnsupported:      ErrUnsupported,
 	CodeLapped:           ErrLapped,
+	CodeInterrupted:      ErrInterrupted,
 }

@@ -56,6 +56,7 @@ type PublisherOptions struct {
 type Publisher struct {
 	mu      sync.Mutex
 	closing atomic.Bool
+	hmu     sync.Mutex // guards h for Close's interrupt (h is freed under mu and hmu)
 	h       *C.shmbus_publisher_t
 	s       *C.gosb_pub_scratch
 
@@ -100,12 +101,9 @@ func (b *Bus) Publisher(topic string, opts *PublisherOptions) (*Publisher, error
 	if o.BlockTimeout == 0 {
 		o.BlockTimeout = time.Second
 	}
-	// The C call waits one slice at a time; the Go loop enforces BlockTimeout and ctx.
-	slice := waitSlice
-	if o.BlockTimeout > 0 && o.BlockTimeout < slice {
-		slice = o.BlockTimeout
-	}
-	co.block_timeout_ns = durationNs(slice)
+	// The C claim never waits (block timeout 0): Publisher.blocking waits for space
+	// through shmbus_publisher_wait_space, which ctx interrupts, until BlockTimeout.
+	co.block_timeout_ns = 0
 	if o.OpenTimeout > 0 {
 		co.open_timeout_ms = C.int32_t(o.OpenTimeout.Milliseconds())
 	}
@@ -142,15 +140,23 @@ func (b *Bus) Publisher(topic string, opts *PublisherOptions) (*Publisher, error
 // goroutine; a blocked Claim/Offer returns ErrClosed. Closing twice is a no-op.
 func (p *Publisher) Close() error {
 	p.closing.Store(true)
+	p.hmu.Lock()
+	if p.h != nil {
+		C.shmbus_publisher_interrupt(p.h) // a Claim waiting for space returns now
+	}
+	p.hmu.Unlock()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.h == nil {
 		return nil
 	}
 	p.dropMsg()
+	p.hmu.Lock()
 	C.shmbus_publisher_close(p.h)
+	p.h = nil
+	p.hmu.Unlock()
 	C.free(unsafe.Pointer(p.s))
-	p.h, p.s, p.open = nil, nil, nil
+	p.s, p.open = nil, nil
 	return nil
 }
 
@@ -199,31 +205,52 @@ func (p *Publisher) setOpen() {
 	p.open = unsafe.Slice((*byte)(unsafe.Pointer(p.s.claim.data)), int(p.s.claim.size))
 }
 
-// blocking retries a call that reported ErrBackPressured after waiting one slice,
-// while the policy is block, the block timeout has not run out and ctx is live.
-// retry returns the C status.
-func (p *Publisher) blocking(ctx context.Context, retry func() C.int) error {
+// blocking runs retry (a C call that never waits: the C publisher's block timeout
+// is 0) and, while it reports a full ring under policy block, waits for space for
+// need() bytes in the C library until BlockTimeout runs out (ErrBackPressured) or
+// ctx ends (ctx.Err(), at once: the wait is interrupted), then retries.
+func (p *Publisher) blocking(ctx context.Context, need func() C.uint32_t, retry func() C.int) error {
+	rc := int(retry())
+	if rc == 0 {
+		return nil
+	}
+	// Interrupted: an interrupt left pending by an earlier call's context (it
+	// fired after that call returned); this call has not waited yet.
+	if p.policy != PolicyBlock || (rc != CodeBackPressured && rc != CodeInterrupted) {
+		return codeError(rc)
+	}
+	stop := interruptOnDone(ctx, func() { C.shmbus_publisher_interrupt(p.h) })
+	defer stop()
 	var deadline time.Time
+	if p.blockTimeout > 0 {
+		deadline = time.Now().Add(p.blockTimeout)
+	}
 	for {
-		rc := int(retry())
-		if rc == 0 {
-			return nil
-		}
-		if rc != CodeBackPressured || p.policy != PolicyBlock {
-			return codeError(rc)
-		}
 		if err := p.check(); err != nil {
 			return err
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if p.blockTimeout > 0 {
-			if deadline.IsZero() {
-				deadline = time.Now().Add(p.blockTimeout - waitSlice)
-			} else if time.Now().After(deadline) {
+		timeout := C.int64_t(-1)
+		if !deadline.IsZero() {
+			left := time.Until(deadline)
+			if left <= 0 {
 				return ErrBackPressured
 			}
+			timeout = durationNs(left)
+		}
+		switch rc = int(C.shmbus_publisher_wait_space(p.h, need(), timeout)); rc {
+		case 0:
+			if rc = int(retry()); rc == 0 {
+				return nil
+			}
+			if rc != CodeBackPressured && rc != CodeInterrupted {
+				return codeError(rc)
+			}
+		case CodeBackPressured, CodeInterrupted: // the deadline or ctx, checked above
+		default:
+			return codeError(rc)
 		}
 	}
 }
@@ -256,7 +283,8 @@ func (p *Publisher) claim(ctx context.Context, n int, wait bool) ([]byte, error)
 	p.dropMsg()
 	p.open, p.pending = nil, false
 	if wait {
-		err = p.blocking(ctx, func() C.int { return C.shmbus_publisher_claim(p.h, cn, &p.s.claim) })
+		err = p.blocking(ctx, func() C.uint32_t { return cn },
+			func() C.int { return C.shmbus_publisher_claim(p.h, cn, &p.s.claim) })
 	} else {
 		err = codeError(int(C.shmbus_publisher_try_claim(p.h, cn, &p.s.claim)))
 	}
@@ -512,7 +540,7 @@ func (p *Publisher) offer(ctx context.Context, data []byte, messageID, schemaID 
 	if len(data) > 0 {
 		ptr = unsafe.Pointer(&data[0])
 	}
-	return p.blocking(ctx, func() C.int {
+	return p.blocking(ctx, func() C.uint32_t { return C.uint32_t(len(data)) }, func() C.int {
 		return C.shmbus_publisher_offer(p.h, ptr, C.size_t(len(data)), C.uint64_t(messageID), C.uint64_t(schemaID))
 	})
 }
@@ -537,7 +565,12 @@ func (p *Publisher) OfferPacked(ctx context.Context, buf []byte, lens []uint32) 
 	p.dropMsg()
 	p.open, p.pending = nil, false
 	done, off := 0, 0
-	err := p.blocking(ctx, func() C.int {
+	err := p.blocking(ctx, func() C.uint32_t {
+		if done < len(lens) {
+			return C.uint32_t(lens[done])
+		}
+		return 0
+	}, func() C.int {
 		if done == len(lens) {
 			return 0
 		}

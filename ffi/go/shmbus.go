@@ -54,7 +54,8 @@ const ABIVersion = 1
 // LibraryABIVersion is the ABI version of the libshmbus_c this process loaded.
 func LibraryABIVersion() uint32 { return uint32(C.shmbus_abi_version()) }
 
-// waitSlice bounds every blocking C call, so that contexts and Close are noticed.
+// waitSlice bounds the blocking C calls that cannot be interrupted (WaitDurable),
+// so that contexts and Close are noticed. Claims and polls are interrupted instead.
 const waitSlice = 50 * time.Millisecond
 
 func strerror(rc int) string { return C.GoString(C.shmbus_strerror(C.int(rc))) }
@@ -302,6 +303,41 @@ func sliceFor(ctx context.Context) (time.Duration, bool) {
 		}
 	}
 	return d, true
+}
+
+// interruptOnDone arranges for interrupt to run when ctx ends, until the returned
+// stop runs; stop waits for an interrupt already running, so the C handle stays
+// valid for it. A context that cannot end (Background) costs nothing.
+func interruptOnDone(ctx context.Context, interrupt func()) (stop func()) {
+	if ctx.Done() == nil {
+		return func() {}
+	}
+	fired := make(chan struct{})
+	after := context.AfterFunc(ctx, func() {
+		interrupt()
+		close(fired)
+	})
+	return func() {
+		if !after() {
+			<-fired
+		}
+	}
+}
+
+// waitFor is the timeout of the next C wait under ctx: until its deadline (-1:
+// none; ctx's end interrupts the wait), or ctx.Err() when it has ended.
+func waitFor(ctx context.Context) (C.int64_t, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if dl, has := ctx.Deadline(); has {
+		left := time.Until(dl)
+		if left <= 0 {
+			return 0, deadlineErr(ctx)
+		}
+		return durationNs(left), nil
+	}
+	return -1, nil
 }
 
 // deadlineErr is ctx.Err() once ctx's deadline has passed (its timer may not

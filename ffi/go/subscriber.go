@@ -65,6 +65,7 @@ type View struct {
 type Subscriber struct {
 	mu      sync.Mutex
 	closing atomic.Bool
+	hmu     sync.Mutex // guards h for Close's interrupt (h is freed under mu and hmu)
 	h       *C.shmbus_subscriber_t
 	cv      []C.shmbus_view_t // C memory: BatchSize views + 1 scratch for Release
 	n       *C.size_t
@@ -131,15 +132,23 @@ func (b *Bus) Subscriber(topic string, opts *SubscriberOptions) (*Subscriber, er
 // Closing twice is a no-op.
 func (s *Subscriber) Close() error {
 	s.closing.Store(true)
+	s.hmu.Lock()
+	if s.h != nil {
+		C.shmbus_subscriber_interrupt(s.h) // a Poll waiting returns now
+	}
+	s.hmu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.h == nil {
 		return nil
 	}
+	s.hmu.Lock()
 	C.shmbus_subscriber_close(s.h)
+	s.h = nil
+	s.hmu.Unlock()
 	C.free(unsafe.Pointer(unsafe.SliceData(s.cv)))
 	C.free(unsafe.Pointer(s.n))
-	s.h, s.cv, s.n, s.rel = nil, nil, nil, nil
+	s.cv, s.n, s.rel = nil, nil, nil
 	return nil
 }
 
@@ -186,26 +195,40 @@ func (s *Subscriber) Poll(ctx context.Context) (View, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var v View
+	// First without waiting; then waits until a message, ctx's deadline, ctx's
+	// end or Close (both interrupt the wait in the C library at once).
+	timeout := C.int64_t(0)
+	var stop func()
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
 	for {
 		if err := s.check(); err != nil {
 			return v, err
 		}
-		d, ok := sliceFor(ctx)
-		if !ok {
-			return v, deadlineErr(ctx)
-		}
-		rc := int(C.shmbus_subscriber_poll_wait(s.h, &s.cv[0], durationNs(d)))
+		rc := int(C.shmbus_subscriber_poll_wait(s.h, &s.cv[0], timeout))
 		if rc == 0 {
 			toView(&s.cv[0], &v)
 			return v, nil
 		}
-		if rc != CodeTimedOut {
+		if rc != CodeTimedOut && rc != CodeInterrupted {
 			return v, codeError(rc)
 		}
-		if err := ctx.Err(); err != nil {
+		if stop == nil {
+			stop = s.interruptOnDone(ctx)
+		}
+		var err error
+		if timeout, err = waitFor(ctx); err != nil {
 			return v, err
 		}
 	}
+}
+
+// interruptOnDone makes ctx's end interrupt this subscriber's wait (until stop).
+func (s *Subscriber) interruptOnDone(ctx context.Context) (stop func()) {
+	return interruptOnDone(ctx, func() { C.shmbus_subscriber_interrupt(s.h) })
 }
 
 // PollBatch fills views with the next messages in one C call: it waits for at
@@ -226,24 +249,27 @@ func (s *Subscriber) TryPollBatch(views []View) (int, error) {
 }
 
 func (s *Subscriber) pollBatch(ctx context.Context, views []View, wait bool) (int, error) {
+	if err := s.check(); err != nil {
+		return 0, err
+	}
+	max := len(views)
+	if max > len(s.cv) {
+		max = len(s.cv)
+	}
+	if max == 0 {
+		return 0, nil
+	}
+	// As Poll: first without waiting, then interruptible waits.
+	timeout := C.int64_t(0)
+	var stop func()
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
 	for {
 		if err := s.check(); err != nil {
 			return 0, err
-		}
-		max := len(views)
-		if max > len(s.cv) {
-			max = len(s.cv)
-		}
-		if max == 0 {
-			return 0, nil
-		}
-		var timeout C.int64_t
-		if wait {
-			d, ok := sliceFor(ctx)
-			if !ok {
-				return 0, deadlineErr(ctx)
-			}
-			timeout = durationNs(d)
 		}
 		rc := int(C.shmbus_subscriber_poll_batch(s.h, &s.cv[0], C.size_t(max), timeout, s.n))
 		if rc == 0 {
@@ -253,10 +279,14 @@ func (s *Subscriber) pollBatch(ctx context.Context, views []View, wait bool) (in
 			}
 			return n, nil
 		}
-		if rc != CodeTimedOut || !wait {
+		if !wait || (rc != CodeTimedOut && rc != CodeEmpty && rc != CodeInterrupted) {
 			return 0, codeError(rc)
 		}
-		if err := ctx.Err(); err != nil {
+		if stop == nil {
+			stop = s.interruptOnDone(ctx)
+		}
+		var err error
+		if timeout, err = waitFor(ctx); err != nil {
 			return 0, err
 		}
 	}

@@ -322,6 +322,12 @@ SHMBUS_API int shmbus_subscriber_interrupt(shmbus_subscriber_t* sub);
 /* The same for a claim/offer/publish blocked for space (policy block) on `pub`. A
  * call that finds space does not wait and leaves a raised interrupt pending. */
 SHMBUS_API int shmbus_publisher_interrupt(shmbus_publisher_t* pub);
+/* Waits up to timeout_ns (<0: forever) until a claim of max_bytes would find space
+ * (SHMBUS_1.3): OK, SHMBUS_E_BACK_PRESSURED when the time ran out, or
+ * SHMBUS_E_INTERRUPTED. Another producer may take the space first: claim again. With
+ * block_timeout_ns 0 and this, a binding waits for space interruptibly. */
+SHMBUS_API int shmbus_publisher_wait_space(shmbus_publisher_t* pub, uint32_t max_bytes,
+                                           int64_t timeout_ns);
 SHMBUS_API int shmbus_subscriber_stats(shmbus_subscriber_t* sub, shmbus_subscriber_stats_t* out);
 
 /* ---- Cap'n Proto helpers -------------------------------------------------- */

@@ -974,6 +974,14 @@ int shmbus_subscriber_interrupt(shmbus_subscriber_t* sub) {
   return SHMBUS_OK;
 }
 
+int shmbus_publisher_wait_space(shmbus_publisher_t* pub, uint32_t max_bytes, int64_t timeout_ns) {
+  if (!pub) {
+    set_static("wait_space: pub is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  return status(pub->pub.wait_space(max_bytes, timeout_ns));
+}
+
 int shmbus_publisher_interrupt(shmbus_publisher_t* pub) {
   if (!pub) return SHMBUS_E_INVALID_ARGUMENT;
   pub->pub.interrupt();

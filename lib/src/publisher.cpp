@@ -211,6 +211,13 @@ Status Publisher::claim(uint32_t max_bytes, ClaimView& out) {
   return s;
 }
 
+Status Publisher::wait_space(uint32_t max_bytes, int64_t timeout_ns) {
+  if (!open_) return Status::closed;
+  if (max_bytes > w_.max_payload()) return Status::too_large;
+  const uint64_t now = shm::monotonic_ns();
+  return wait_for_space(max_bytes, timeout_ns < 0 ? UINT64_MAX : now + uint64_t(timeout_ns));
+}
+
 // Waits until a claim of max_bytes can succeed (P7), per the wait strategy, or
 // until `deadline` (back_pressured).
 Status Publisher::wait_for_space(uint32_t max_bytes, uint64_t deadline) {

@@ -75,6 +75,10 @@ class Publisher {
   // waits, it ends the next wait for space at once, one time (a claim that finds
   // space does not wait and leaves it raised). Thread-safe, async-signal-safe.
   void interrupt() noexcept { intr_.raise(); }
+  // Waits up to timeout_ns (<0: forever) until a claim of max_bytes would find
+  // space, per the wait strategy: ok, back_pressured (timed out) or interrupted.
+  // (A claim may still lose the space to another producer: claim again.)
+  Status wait_space(uint32_t max_bytes, int64_t timeout_ns);
 
  private:
   Status wait_for_space(uint32_t max_bytes, uint64_t deadline);
