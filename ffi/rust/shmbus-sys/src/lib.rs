@@ -34,6 +34,7 @@ pub const SHMBUS_E_NOT_CONNECTED: c_int = -10015;
 pub const SHMBUS_E_INTERNAL: c_int = -10016;
 pub const SHMBUS_E_UNSUPPORTED: c_int = -10017;
 pub const SHMBUS_E_LAPPED: c_int = -10018;
+pub const SHMBUS_E_INTERRUPTED: c_int = -10019;
 
 // ---- enums (plain integers in structs) ------------------------------------
 pub const SHMBUS_POLICY_BLOCK: u32 = 0;
@@ -353,6 +354,14 @@ extern "C" {
     ) -> c_int;
     pub fn shmbus_subscriber_release_all(sub: *mut shmbus_subscriber_t) -> c_int;
     pub fn shmbus_subscriber_wait(sub: *mut shmbus_subscriber_t, timeout_ns: i64) -> c_int;
+    // SHMBUS_1.3
+    pub fn shmbus_subscriber_interrupt(sub: *mut shmbus_subscriber_t) -> c_int;
+    pub fn shmbus_publisher_interrupt(publisher: *mut shmbus_publisher_t) -> c_int;
+    pub fn shmbus_publisher_wait_space(
+        publisher: *mut shmbus_publisher_t,
+        max_bytes: u32,
+        timeout_ns: i64,
+    ) -> c_int;
     pub fn shmbus_subscriber_stats(
         sub: *mut shmbus_subscriber_t,
         out: *mut shmbus_subscriber_stats_t,

@@ -8,7 +8,7 @@ use shmbus_sys as sys;
 /// Result of every fallible shmbus call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A shmbus failure. The hot-path outcomes (`Empty`, `BackPressured`, `TimedOut`, `Lapped`)
+/// A shmbus failure. The hot-path outcomes (`Empty`, `BackPressured`, `TimedOut`, `Lapped`, `Interrupted`)
 /// carry nothing and cost no allocation; the others carry a [`Detail`]: the library's
 /// detailed message (`shmbus_last_error()` of the failing call) and the errno of the OS
 /// call behind it, if any (`shmbus_last_errno()`; see [`Error::raw_os_error`]).
@@ -26,6 +26,8 @@ pub enum Error {
     /// tail; sequence numbers show the gap); from [`check`](crate::Subscriber::check),
     /// the bytes just read may have been overwritten meanwhile (discard them).
     Lapped,
+    /// A blocked wait was ended by an [`Interrupter`](crate::Interrupter).
+    Interrupted,
     /// The message can never fit in this topic's frames.
     TooLarge(Detail),
     /// The ring holds bytes that are not a valid frame.
@@ -70,6 +72,7 @@ impl Error {
             sys::SHMBUS_E_BACK_PRESSURED => return Error::BackPressured,
             sys::SHMBUS_E_TIMED_OUT => return Error::TimedOut,
             sys::SHMBUS_E_LAPPED => return Error::Lapped,
+            sys::SHMBUS_E_INTERRUPTED => return Error::Interrupted,
             _ => {}
         }
         let msg = last_error();
@@ -110,6 +113,7 @@ impl Error {
             Error::BackPressured => sys::SHMBUS_E_BACK_PRESSURED,
             Error::TimedOut => sys::SHMBUS_E_TIMED_OUT,
             Error::Lapped => sys::SHMBUS_E_LAPPED,
+            Error::Interrupted => sys::SHMBUS_E_INTERRUPTED,
             Error::TooLarge(_) => sys::SHMBUS_E_TOO_LARGE,
             Error::Corrupt(_) => sys::SHMBUS_E_CORRUPT,
             Error::Malformed(_) | Error::Capnp(_) => sys::SHMBUS_E_MALFORMED,
@@ -166,6 +170,7 @@ impl Error {
             | Error::BackPressured
             | Error::TimedOut
             | Error::Lapped
+            | Error::Interrupted
             | Error::Capnp(_) => None,
             Error::Os { detail: d, .. } | Error::Unknown { detail: d, .. } => Some(d),
             _ => self.detail_ref().map(|d| d.message()),

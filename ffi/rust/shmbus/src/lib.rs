@@ -34,11 +34,13 @@
 
 mod bus;
 mod error;
+mod interrupt;
 mod publisher;
 mod subscriber;
 
 pub use bus::{Bus, DurableConfig, Flush, Policy, TopicConfig, WaitStrategy};
 pub use error::{check, last_error, strerror, Detail, Error, Result};
+pub use interrupt::Interrupter;
 pub use publisher::{
     Claim, Committed, MessageClaim, Publisher, PublisherOptions, PublisherStats, RingAllocator,
 };

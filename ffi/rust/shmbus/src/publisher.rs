@@ -10,6 +10,7 @@ use shmbus_sys as sys;
 
 use crate::bus::{cstring, timeout_ns, BusHandle, WaitStrategy};
 use crate::error::{check, Error, Result};
+use crate::interrupt::Interrupter;
 
 /// Options of [`crate::Bus::publisher`]; `Default` takes the library's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +75,7 @@ pub struct Publisher {
     raw: NonNull<sys::shmbus_publisher_t>,
     _bus: Arc<BusHandle>,
     fallbacks: u64,
+    intr: Interrupter,
 }
 
 // SAFETY: the C ABI allows a publisher handle to be used from any thread, one thread
@@ -83,7 +85,9 @@ unsafe impl Send for Publisher {}
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        // SAFETY: raw came from a successful open and is closed exactly once, here.
+        self.intr.retire();
+        // SAFETY: raw came from a successful open and is closed exactly once, here
+        // (no Interrupter can reach it any more: retired above).
         // No claim is open: a Claim borrows the publisher mutably, so it is gone.
         unsafe { sys::shmbus_publisher_close(self.raw.as_ptr()) }
     }
@@ -113,7 +117,14 @@ impl Publisher {
             raw,
             _bus: bus,
             fallbacks: 0,
+            intr: Interrupter::publisher(raw),
         })
+    }
+
+    /// A handle another thread can use to end a claim or offer blocked for space
+    /// at once ([`Error::Interrupted`]); see [`Interrupter`].
+    pub fn interrupter(&self) -> Interrupter {
+        self.intr.clone()
     }
 
     /// Durable topics: waits up to `timeout` (None: forever) until every message

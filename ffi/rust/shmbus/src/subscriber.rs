@@ -10,6 +10,7 @@ use shmbus_sys as sys;
 
 use crate::bus::{cstring, timeout_ns, BusHandle, WaitStrategy};
 use crate::error::{check, Error, Result};
+use crate::interrupt::Interrupter;
 
 /// A zero-copy Cap'n Proto reader over ring memory.
 pub type MessageReader<'a> = capnp::message::Reader<NoAllocSliceSegments<'a>>;
@@ -95,6 +96,7 @@ pub struct Subscriber {
     _bus: Arc<BusHandle>,
     batch: Vec<sys::shmbus_view_t>,
     tethered: bool,
+    intr: Interrupter,
 }
 
 // SAFETY: the C ABI allows a subscriber handle to be used from any thread, one thread
@@ -104,8 +106,10 @@ unsafe impl Send for Subscriber {}
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
+        self.intr.retire();
         // SAFETY: raw came from a successful open and is closed exactly once, here;
-        // no view is alive (views and batches borrow the subscriber).
+        // no view is alive (views and batches borrow the subscriber), and no
+        // Interrupter can reach it any more (retired above).
         unsafe { sys::shmbus_subscriber_close(self.raw.as_ptr()) }
     }
 }
@@ -148,7 +152,14 @@ impl Subscriber {
             _bus: bus,
             batch: Vec::new(),
             tethered: opts.tethered,
+            intr: Interrupter::subscriber(raw),
         })
+    }
+
+    /// A handle another thread can use to end this subscriber's blocked waits at
+    /// once ([`Error::Interrupted`]); see [`Interrupter`].
+    pub fn interrupter(&self) -> Interrupter {
+        self.intr.clone()
     }
 
     /// Whether the subscriber holds producers back (see [`SubscriberOptions::tethered`]).

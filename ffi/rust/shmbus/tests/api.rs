@@ -573,3 +573,84 @@ fn named_subscriber_resumes_after_its_last_release() {
     drop(bus);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An Interrupter ends a poll_wait(None) and a claim blocked for space from another
+/// thread at once; the waits have no timeout of their own (a lost interrupt hangs,
+/// and the 10 s checks below fail instead). Dropped owners make it a no-op.
+#[test]
+fn an_interrupter_ends_blocked_waits_from_another_thread() {
+    use std::sync::mpsc;
+    use std::time::Instant;
+    let t = TestBus::new("intr");
+    let topic = t.topic("t", 4096, Policy::Block);
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(
+            &topic,
+            &PublisherOptions {
+                block_timeout: Duration::from_secs(3600),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+
+    // A subscriber waiting forever on an empty ring.
+    let stop = sub.interrupter();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        tx.send(()).unwrap();
+        let r = sub.poll_wait(None).map(|v| v.is_some());
+        (sub, r)
+    });
+    rx.recv().unwrap();
+    let t0 = Instant::now();
+    stop.interrupt();
+    let (mut sub, r) = waiter.join().unwrap();
+    assert!(matches!(r, Err(Error::Interrupted)), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(Error::Interrupted.code(), shmbus::sys::SHMBUS_E_INTERRUPTED);
+    // Taken once: the next wait runs its course.
+    assert!(sub
+        .poll_wait(Some(Duration::from_millis(1)))
+        .unwrap()
+        .is_none());
+
+    // A publisher blocked for space on the full ring (the subscriber reads nothing).
+    let payload = [0u8; 200];
+    let mut sent = 0u64;
+    while let Ok(c) = publisher.try_claim(200) {
+        c.commit(200, sent, 0).unwrap();
+        sent += 1;
+        assert!(sent < 1000, "a 4 KiB ring never filled");
+    }
+    let stop = publisher.interrupter();
+    let (tx, rx) = mpsc::channel();
+    let blocked = std::thread::spawn(move || {
+        tx.send(()).unwrap();
+        let r = publisher.offer(&payload, 9999, 0);
+        (publisher, r)
+    });
+    rx.recv().unwrap();
+    let t0 = Instant::now();
+    stop.interrupt();
+    let (publisher, r) = blocked.join().unwrap();
+    assert!(matches!(r, Err(Error::Interrupted)), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // Nothing was published by the interrupted offer.
+    let mut got = 0u64;
+    loop {
+        let batch = sub.poll_batch(64, Some(Duration::ZERO)).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        got += batch.len() as u64;
+    }
+    assert_eq!(got, sent);
+    drop(publisher);
+    stop.interrupt(); // the publisher is gone: nothing happens
+    drop(sub);
+}
