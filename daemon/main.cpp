@@ -47,6 +47,8 @@ int main(int argc, char** argv) {
   app.add_option("--uid-max-grants", o.uid_max_grants, "live subscriber grants one (non-root) uid may hold");
   app.add_option("--uid-max-partition-grants", o.uid_max_partition_grants,
                  "live subscriber grants one (non-root) uid may hold in one partition (0: half its slots)");
+  app.add_option("--uid-max-durable-names", o.uid_max_durable_names,
+                 "durable subscriber names (x partitions) one (non-root) uid may make in a topic it does not own");
   app.add_option("--uid-max-log-bytes", o.uid_max_log_bytes,
                  "spill-log bytes of the durable topics one (non-root) uid owns (partitions x (retention + a segment))");
   app.add_option("--max-inflight-per-client", o.max_inflight_per_client,
@@ -87,6 +89,7 @@ int main(int argc, char** argv) {
       num("uid_max_grants", o.uid_max_grants);
       num("uid_max_partition_grants", o.uid_max_partition_grants);
       num("uid_max_log_bytes", o.uid_max_log_bytes);
+      num("uid_max_durable_names", o.uid_max_durable_names);
       num("max_inflight_per_client", o.max_inflight_per_client);
       num("shm_reserve_percent", o.shm_reserve_percent);
       num("durable_hold_ms", o.durable_hold_ms);

@@ -295,6 +295,9 @@ class Registry {
   std::map<std::pair<const Partition*, uint32_t>, Grant> grants_;
   bool grant_live(const std::pair<const Partition*, uint32_t>& key, const Grant& g) const;
   void record_grant(const Peer& p, const std::shared_ptr<Partition>& part, uint32_t slot);
+  // Refuses (false, why) a new durable name (record) in `t` beyond the topic's 4096
+  // or the uid's uid_max_durable_names (not root, the daemon's uid or the owner).
+  bool durable_quota(const Peer& p, const Topic& t, std::string& why) const;
   // Refuses (false, why) a grant beyond the uid's quotas. The partition's parked
   // durable slots whose names the uid owns count as its slots there, except the one
   // of name hash `resuming` (the join resumes it: no new slot).

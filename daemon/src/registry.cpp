@@ -612,6 +612,26 @@ bool Registry::grant_quota(const Peer& p, const Topic& t, const Partition& part,
   return true;
 }
 
+constexpr size_t kMaxDurableNames = 4096;  // records (name x partition) per topic
+
+bool Registry::durable_quota(const Peer& p, const Topic& t, std::string& why) const {
+  if (t.durable.size() >= kMaxDurableNames) {
+    why = "topic '" + t.s.name + "' has " + std::to_string(t.durable.size()) +
+          " durable subscriber names (x partitions), the most a topic holds";
+    return false;
+  }
+  if (p.uid == 0 || p.uid == geteuid() || p.uid == t.owner_uid) return true;
+  uint32_t mine = 0;
+  for (auto& [key, rec] : t.durable) mine += rec.owner_uid == p.uid;
+  if (mine >= core_.opts.uid_max_durable_names) {
+    why = "uid " + std::to_string(p.uid) + " made " + std::to_string(mine) + " durable subscriber names (x partitions) in '" +
+          t.s.name + "', the most one uid may in a topic it does not own (uid_max_durable_names " +
+          std::to_string(core_.opts.uid_max_durable_names) + ")";
+    return false;
+  }
+  return true;
+}
+
 // JOIN: a cursor slot and a fresh page for it (layout 3). A durable name resumes
 // its parked slot (only by the uid that made the name) on a fresh page starting at
 // the parked position, or starts at its record.
@@ -684,8 +704,10 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
       return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
                          "durable subscriber '" + dn + "' of '" + name + "' belongs to uid " +
                              std::to_string(rit->second.owner_uid));
-    if (rit == t.durable.end() && t.durable.size() >= 4096)
-      return reply_error(peer, id, proto::ErrorCode::NO_SLOT, "too many durable names");
+    if (std::string why; rit == t.durable.end() && !durable_quota(peer, t, why)) {
+      log_limited(core_.instance, LOG_WARN, "durable_refused", name, peer.pid, why);
+      return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
+    }
     if (shm::CursorSlot* s = named_slot(part, h)) {
       const uint32_t i = uint32_t(s - r.slots);
       uint32_t owner = shm::owner_pid(aref(s->pid).load(std::memory_order_acquire));
@@ -1140,8 +1162,10 @@ void Registry::handle(const RegistryCmd& c) {
       std::string dn = d.getName();
       const auto key = std::make_pair(durable_name_hash(dn), d.getPartition());
       auto rit = t.durable.find(key);
-      if (t.durable.size() >= 4096 && rit == t.durable.end())
-        return reply_error(peer, id, proto::ErrorCode::NO_SLOT, "too many durable names");
+      if (std::string why; rit == t.durable.end() && !durable_quota(peer, t, why)) {
+        log_limited(core_.instance, LOG_WARN, "durable_refused", name, peer.pid, why);
+        return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
+      }
       // A durable name belongs to the uid that made it: another uid neither moves its
       // saved position nor resumes it.
       if (rit != t.durable.end() && rit->second.owner_uid != peer.uid && peer.uid != 0 &&

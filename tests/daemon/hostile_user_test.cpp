@@ -1077,3 +1077,32 @@ TEST_CASE("quotas: parked durable slots count against uid_max_partition_grants; 
   for (int i = 0; i < 4; ++i) REQUIRE_NOTHROW(mine.push_back(bus.subscriber("iso.park", {.tethered = false})));
   CHECK(serving(rd.sock));
 }
+
+TEST_CASE("quotas: another uid cannot fill a topic's durable names (uid_max_durable_names); the owner's new "
+          "durable subscriber still joins",
+          "[security][isolation][durable-quota]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());  // the default uid_max_durable_names: 256 of a topic's 4096
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.names", {.capacity = 8192, .mode = 0644});
+  // saveCursor under new names (each a record owned by the uid, never expiring):
+  // the uid's cap, not the topic's 4096.
+  CHECK(as_att(att, {"save-many", rd.sock, "iso.names", "5000"}) == "saves:256 refused:durable-quota\n");
+  // A named join makes a record too: refused the same way, naming the limit.
+  CHECK(as_att(att, {"resume", rd.sock, "iso.names", "att-new"}) == "resume:refused\n");
+  // Its own names are still its own to move.
+  CHECK(as_att(att, {"save-cursor", rd.sock, "iso.names", "sv-3"}) == "save:ok\n");
+  // The owner's new durable subscriber.
+  {
+    Subscriber s = bus.subscriber("iso.names", {.name = "owner-new"});
+    CHECK_FALSE(s.resumed());
+  }
+  // The limit is the daemon's to set (the flag, or uid_max_durable_names in its TOML
+  // file); the records, and whose they are, survive the restart.
+  REQUIRE(rd.d.stop());
+  rd.extra = {"--uid-max-durable-names", "260"};
+  REQUIRE(rd.start());
+  CHECK(as_att(att, {"save-many", rd.sock, "iso.names", "5000"}) == "saves:260 refused:durable-quota\n");
+  CHECK(serving(rd.sock));
+}

@@ -43,6 +43,9 @@ struct DaemonOptions {
   // page and a daemon fd and mapping. In all, and in one partition (0: half its slots).
   uint32_t uid_max_grants = 1024;
   uint32_t uid_max_partition_grants = 0;
+  // Durable subscriber names (records: name x partition, kept until the topic goes)
+  // one uid makes in one topic it does not own; a topic holds 4096 in all.
+  uint32_t uid_max_durable_names = 256;
   uint32_t shm_reserve_percent = 10;           // creation leaves this much of /dev/shm free
   std::string log_level = "info";      // trace, debug, info, warn, error, off
   std::string log_file;                // empty: stderr
