@@ -81,9 +81,13 @@ impl Policy {
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStrategy {
+    /// Spin on the CPU until the event (lowest latency, one core busy).
     BusySpin,
+    /// Spin, yielding the CPU to other threads between checks.
     SpinYield,
+    /// Sleep on the ring's futex at once (no spinning; a wake-up costs a syscall).
     Futex,
+    /// Spin for `spin` (a subscriber option; the library default for publishers), then sleep on the futex (the default).
     Hybrid,
 }
 
@@ -110,11 +114,13 @@ impl WaitStrategy {
 /// (`shmbus_topic_config_init`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicConfig {
+    /// Partitions (rings) of the topic; publishers and subscribers pick one by index.
     pub partitions: u32,
     /// Ring bytes per partition: a power of two >= 4096.
     pub capacity: u64,
     /// Largest payload; 0: capacity / 4.
     pub max_payload: u64,
+    /// What a producer does at a full ring: wait (`Block`), fail (`Fail`) or spill to the log (`Spill`, durable topics).
     pub policy: Policy,
     /// Several producers per partition (slower claim).
     pub multi_producer: bool,

@@ -23,7 +23,7 @@ pub enum Error {
     TimedOut,
     /// An untethered subscriber was overtaken by the producer: from a poll, the
     /// messages it had not read were overwritten (it continues at the producer's
-    /// tail; sequence numbers show the gap); from [`check`](crate::Subscriber::check),
+    /// tail; sequence numbers show the gap); from [`View::check`](crate::View::check),
     /// the bytes just read may have been overwritten meanwhile (discard them).
     Lapped,
     /// A blocked wait was ended by an [`Interrupter`](crate::Interrupter).
@@ -57,9 +57,19 @@ pub enum Error {
     /// Not available in this build or mode.
     Unsupported(Detail),
     /// An operating-system failure (`errno`).
-    Os { errno: i32, detail: String },
+    Os {
+        /// The errno of the failed OS call.
+        errno: i32,
+        /// The library's message.
+        detail: String,
+    },
     /// A status code this crate does not know (a newer library).
-    Unknown { code: i32, detail: String },
+    Unknown {
+        /// The C status code.
+        code: i32,
+        /// The library's message.
+        detail: String,
+    },
     /// A Cap'n Proto error while building or reading a message.
     Capnp(capnp::Error),
 }

@@ -32,12 +32,20 @@
 //!
 //! See `docs/bindings-rust.md` in the repository for the full guide.
 
+// Every public item is documented (the compiler enforces it; tools/test also runs
+// rustdoc with warnings as errors, for broken intra-doc links).
+#![deny(missing_docs)]
+
+#[cfg(feature = "tokio")]
+pub mod async_sub;
 mod bus;
 mod error;
 mod interrupt;
 mod publisher;
 mod subscriber;
 
+#[cfg(feature = "tokio")]
+pub use async_sub::{AsyncSubscriber, OwnedMessage};
 pub use bus::{Bus, DurableConfig, Flush, Policy, TopicConfig, WaitStrategy};
 pub use error::{check, last_error, strerror, Detail, Error, Result};
 pub use interrupt::Interrupter;

@@ -15,6 +15,7 @@ use crate::interrupt::Interrupter;
 /// Options of [`crate::Bus::publisher`]; `Default` takes the library's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublisherOptions {
+    /// The partition to publish into (0-based).
     pub partition: u32,
     /// 0: the pid.
     pub producer_id: u32,
@@ -59,10 +60,15 @@ impl PublisherOptions {
 /// this crate had to copy because they outgrew their claim.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PublisherStats {
+    /// Messages published.
     pub published: u64,
+    /// Claims that found the ring full (counted per bounded wait).
     pub back_pressured: u64,
+    /// Times a claim waited for space under policy `block`.
     pub blocked_waits: u64,
+    /// Messages copied because they outgrew their claim (Cap'n Proto builders included).
     pub builder_fallbacks: u64,
+    /// Cursors of dead subscribers this publisher freed (direct mode).
     pub reclaimed_cursors: u64,
 }
 

@@ -33,6 +33,7 @@ pub enum Start {
 /// Options of [`crate::Bus::subscriber`]; `Default` takes the library's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberOptions {
+    /// The partition to read (0-based).
     pub partition: u32,
     /// `true` (default): the subscriber holds producers back and its views are
     /// never overwritten before they are released.
@@ -47,10 +48,13 @@ pub struct SubscriberOptions {
     /// [`Message::check`] / [`View::check`] after reading and discard what was
     /// read on `Err(Error::Lapped)`.
     pub tethered: bool,
+    /// How `poll_wait`, `poll_batch` and `wait` wait for a message.
     pub wait: WaitStrategy,
     /// Hybrid wait: spin this long before sleeping.
     pub spin: Duration,
+    /// How long to wait for a topic that is being created.
     pub open_timeout: Duration,
+    /// Where to start: the newest message (`Latest`, the default) or, on durable topics, in the log.
     pub start: Start,
     /// Durable subscriber name.
     pub name: Option<String>,
@@ -81,9 +85,13 @@ impl Default for SubscriberOptions {
 /// Counters of one subscriber.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SubscriberStats {
+    /// Messages received.
     pub received: u64,
+    /// Times a wait slept on the futex.
     pub waits: u64,
+    /// Polls that found an invalid frame.
     pub corrupt: u64,
+    /// The subscriber's read position (a byte offset in the ring's stream).
     pub position: u64,
 }
 
@@ -302,21 +310,27 @@ impl<'a> Message<'a> {
         // be (documented on SubscriberOptions::tethered: readers must check()).
         unsafe { std::slice::from_raw_parts(self.raw.data, self.raw.size as usize) }
     }
+    /// Payload length in bytes.
     pub fn len(&self) -> usize {
         self.raw.size as usize
     }
+    /// True when the payload is empty.
     pub fn is_empty(&self) -> bool {
         self.raw.size == 0
     }
+    /// The frame's sequence number in its partition (1, 2, ... per partition).
     pub fn sequence(&self) -> u64 {
         self.raw.sequence
     }
+    /// The message id the producer gave at commit (0 when none).
     pub fn message_id(&self) -> u64 {
         self.raw.message_id
     }
+    /// The Cap'n Proto type id of the payload's root (0 when not given).
     pub fn schema_id(&self) -> u64 {
         self.raw.schema_id
     }
+    /// The producer id (the pid unless the publisher chose one).
     pub fn producer_id(&self) -> u32 {
         self.raw.producer_id
     }
@@ -392,18 +406,23 @@ impl View<'_> {
     pub fn data(&self) -> &[u8] {
         self.message().data()
     }
+    /// The frame's sequence number in its partition.
     pub fn sequence(&self) -> u64 {
         self.raw.sequence
     }
+    /// The message id the producer gave at commit.
     pub fn message_id(&self) -> u64 {
         self.raw.message_id
     }
+    /// The Cap'n Proto type id of the payload's root (0 when not given).
     pub fn schema_id(&self) -> u64 {
         self.raw.schema_id
     }
+    /// The producer id.
     pub fn producer_id(&self) -> u32 {
         self.raw.producer_id
     }
+    /// When the producer committed the frame (CLOCK_REALTIME, ns; 0 with stamping off).
     pub fn timestamp_ns(&self) -> u64 {
         self.raw.timestamp_ns
     }
@@ -443,9 +462,11 @@ pub struct Batch<'s> {
 }
 
 impl Batch<'_> {
+    /// How many messages the batch holds.
     pub fn len(&self) -> usize {
         self.n
     }
+    /// True when the batch holds none.
     pub fn is_empty(&self) -> bool {
         self.n == 0
     }
