@@ -798,13 +798,20 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
 void Registry::handle_leave(const Peer& peer, uint64_t id, proto::LeaveRequest::Reader l,
                             capnp::MessageBuilder& mb, proto::Response::Builder resp) {
   std::string name = l.getTopic();
+  // One answer for every grant this connection does not hold, whether the topic, the
+  // partition, the slot exist or not: a leave tells nobody what exists.
+  auto none = [&] {
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND,
+                       "no cursor grant of this connection in '" + name + "' partition " +
+                           std::to_string(l.getPartition()) + " slot " + std::to_string(l.getSlot()) +
+                           " generation " + std::to_string(l.getGeneration()));
+  };
   auto it = topics_.find(name);
-  if (it == topics_.end() || l.getPartition() >= it->second.parts.size())
-    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+  if (it == topics_.end() || l.getPartition() >= it->second.parts.size()) return none();
   Partition& part = *it->second.parts[l.getPartition()];
   const shm::RingRefs& r = part.refs;
   const uint32_t i = l.getSlot();
-  if (i >= r.slot_count) return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no such cursor grant");
+  if (i >= r.slot_count) return none();
   shm::CursorSlot& s = r.slots[i];
   // The grant must be held by this connection (or the process that made it, over
   // another connection of its own): never by a pid number, which the kernel gives
@@ -816,7 +823,7 @@ void Registry::handle_leave(const Peer& peer, uint64_t id, proto::LeaveRequest::
   uint32_t owner = aref(s.pid).load(std::memory_order_acquire);
   if (!held || owner == 0 || (owner & shm::kReclaimBit) ||
       !aref(s.pid).compare_exchange_strong(owner, shm::reclaimer_mark(), std::memory_order_acq_rel))
-    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no such cursor grant");
+    return none();
   grants_.erase(git);
   {
     std::lock_guard<std::mutex> g(part.pages_mu);
@@ -1083,19 +1090,24 @@ void Registry::handle(const RegistryCmd& c) {
       auto o = req.getOpen();
       std::string name = o.getTopic();
       auto it = topics_.find(name);
-      if (it == topics_.end())
-        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
-      const Topic& t = it->second;
       Role role = o.getRole() == proto::Role::PUBLISHER    ? Role::publisher
                   : o.getRole() == proto::Role::SUBSCRIBER ? Role::subscriber
                                                            : Role::admin;
-      if (!may(t, peer, role)) {
+      const char* verb = role == Role::publisher ? "publish" : role == Role::subscriber ? "subscribe" : "administer";
+      // No rights at all: the answer of a topic that does not exist (it learns nothing).
+      if (it == topics_.end() || !visible(it->second, peer)) {
+        if (it != topics_.end())
+          log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
+                      "uid " + std::to_string(peer.uid) + " may not " + verb);
+        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+      }
+      const Topic& t = it->second;
+      if (!may(t, peer, role)) {  // it may see the topic (the other role): told why
         log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
-                  "uid " + std::to_string(peer.uid) + " may not " +
-                      (role == Role::publisher ? "publish" : role == Role::subscriber ? "subscribe" : "administer"));
+                    "uid " + std::to_string(peer.uid) + " may not " + verb);
         return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
-                           "uid " + std::to_string(peer.uid) + " may not " +
-                               (role == Role::publisher ? "publish to" : "subscribe to") + " '" + name + "'");
+                           "uid " + std::to_string(peer.uid) + " may not " + verb +
+                               (role == Role::admin ? " '" : " to '") + name + "'");
       }
       uint32_t p = o.getPartition();
       if (p >= t.parts.size())
@@ -1150,7 +1162,7 @@ void Registry::handle(const RegistryCmd& c) {
       auto d = req.getSaveCursor();
       std::string name = d.getTopic();
       auto it = topics_.find(name);
-      if (it == topics_.end())
+      if (it == topics_.end() || !visible(it->second, peer))  // no rights: as if it did not exist
         return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
       Topic& t = it->second;
       if (!may(t, peer, Role::subscriber))

@@ -10,7 +10,7 @@
 //   connect-sub SOCK TOPIC         connect, subscribe, _exit(0) without closing
 //   sub-durable SOCK TOPIC NAME K  durable subscriber: read and release K messages, 'K', hang
 //   access SOCK TOPIC SHMNAME      try to subscribe and to shm_open the segment; prints
-//                                  "open:<denied|ok|err>" and "shm:<denied|ok|err>"
+//                                  "open:<denied|notfound|ok|err>" and "shm:<denied|ok|err>"
 //   write-ring SOCK TOPIC          subscribe, then write into the data ring (must fault)
 //   write-ctl SOCK TOPIC           subscribe, then write the control segment's header (must fault)
 #include <fcntl.h>
@@ -141,10 +141,11 @@ int main(int argc, char** argv) {
       const char* open_r = "ok";
       try {
         Bus bus = Bus::connect(sock);
-        Subscriber sub = bus.subscriber(topic);
+        Subscriber sub = bus.subscriber(topic, {.open_timeout_ms = 200});
       } catch (const Error& e) {
-        open_r = e.code() == ErrorCode::permission_denied ? "denied" : "err";
-        if (e.code() != ErrorCode::permission_denied) std::fprintf(stderr, "access: %s\n", e.what());
+        // No rights at all: the daemon answers as for a missing topic (not_found).
+        open_r = e.code() == ErrorCode::permission_denied ? "denied" : e.code() == ErrorCode::not_found ? "notfound" : "err";
+        if (open_r[0] == 'e') std::fprintf(stderr, "access: %s\n", e.what());
       }
       const char* shm_r = "ok";
       int fd = shm_open(shm, O_RDONLY, 0);

@@ -254,7 +254,8 @@ int main(int argc, char** argv) {
       out(what, "ok");
     } else if (mode == "read") {
       Bus bus = Bus::connect(sock);
-      Subscriber sub = bus.subscriber(topic);
+      // Not a topic being created meanwhile: no need to wait the default 5 s for it.
+      Subscriber sub = bus.subscriber(topic, {.open_timeout_ms = 200});
       View v;
       if (sub.poll_wait(v, 2'000'000'000) == Status::ok) {
         out(what, std::string(reinterpret_cast<const char*>(v.data()), v.size()));
@@ -264,7 +265,7 @@ int main(int argc, char** argv) {
       }
     } else if (mode == "publish") {
       Bus bus = Bus::connect(sock);
-      Publisher pub = bus.publisher(topic);
+      Publisher pub = bus.publisher(topic, {.open_timeout_ms = 200});
       std::string text = argv[4];
       out(what, pub.offer(text.data(), text.size()) == Status::ok ? "ok" : "err");
     } else if (mode == "delete") {

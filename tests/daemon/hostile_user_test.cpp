@@ -308,8 +308,9 @@ TEST_CASE("ownership: another user can neither take a topic's name, delete it, s
   REQUIRE(pub->offer("secret", 6) == Status::ok);
   CHECK(as_att(att, {"create", rd.sock, "v.private", "600"}) == "create:denied\n");
   CHECK(as_att(att, {"delete", rd.sock, "v.private"}) == "delete:notfound\n");
-  CHECK(as_att(att, {"read", rd.sock, "v.private"}) == "read:denied\n");
-  CHECK(as_att(att, {"publish", rd.sock, "v.private", "forged"}) == "publish:denied\n");
+  // Without rights the topic is not there for it (the answer of a missing topic).
+  CHECK(as_att(att, {"read", rd.sock, "v.private"}) == "read:notfound\n");
+  CHECK(as_att(att, {"publish", rd.sock, "v.private", "forged"}) == "publish:notfound\n");
   std::string listed = as_att(att, {"list", rd.sock});
   CHECK(listed.find("sq.orders") != std::string::npos);
   CHECK(listed.find("v.private") == std::string::npos);
@@ -1104,5 +1105,33 @@ TEST_CASE("quotas: another uid cannot fill a topic's durable names (uid_max_dura
   rd.extra = {"--uid-max-durable-names", "260"};
   REQUIRE(rd.start());
   CHECK(as_att(att, {"save-many", rd.sock, "iso.names", "5000"}) == "saves:260 refused:durable-quota\n");
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("isolation: without rights, every request answers the same whether the topic, partition or grant "
+          "exists or not",
+          "[security][isolation][existence]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("v.hidden", {.partitions = 2, .capacity = 8192, .mode = 0600});
+  Subscriber victim = bus.subscriber("v.hidden");  // a live grant in slot 0 of partition 0
+  Publisher pub = bus.publisher("v.hidden");
+  save_cursor(rd.sock, "v.hidden", "probe");       // a durable name the probe also asks for
+  // The same requests on the victim's topic and on one that does not exist (the
+  // topic's name written as <T> in both): byte for byte the same answers.
+  const std::string there = as_att(att, {"probe", rd.sock, "v.hidden"});
+  const std::string absent = as_att(att, {"probe", rd.sock, "v.absent"});
+  INFO("victim's topic:\n" << there << "missing topic:\n" << absent);
+  CHECK(there.find(":ok\n") == std::string::npos);
+  CHECK(std::count(there.begin(), there.end(), '\n') == 21);
+  CHECK(there == absent);
+  // The victim's grant and topic are untouched.
+  REQUIRE(pub.offer("kept", 4) == Status::ok);
+  View v;
+  REQUIRE(victim.poll_wait(v, 1'000'000'000) == Status::ok);
+  CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "kept");
+  victim.release(v);
   CHECK(serving(rd.sock));
 }
