@@ -296,8 +296,16 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
     cobj.truncate(bip::offset_t(p->ctl_size));
     bip::shared_memory_object dobj(bip::create_only, p->data_name.c_str(), bip::read_write, perm);
     dobj.truncate(bip::offset_t(p->data_size));
-    p->ctl_fd = fcntl(cobj.get_mapping_handle().handle, F_DUPFD_CLOEXEC, 0);
-    p->data_rw = fcntl(dobj.get_mapping_handle().handle, F_DUPFD_CLOEXEC, 0);
+    // A failed duplicate (EMFILE) is reported with its own errno: unchecked, the -1
+    // reached fallocate, which said "Bad file descriptor".
+    int e = 0;
+    if ((p->ctl_fd = fcntl(cobj.get_mapping_handle().handle, F_DUPFD_CLOEXEC, 0)) < 0 ||
+        (p->data_rw = fcntl(dobj.get_mapping_handle().handle, F_DUPFD_CLOEXEC, 0)) < 0)
+      e = errno;
+    if (e) {
+      remove_partition_segments(prefix, t.name, idx);
+      throw Error(ErrorCode::system, p->data_name + ": cannot keep the new segments open: " + strerror(e), e);
+    }
   } catch (const bip::interprocess_exception& e) {
     remove_partition_segments(prefix, t.name, idx);
     throw Error(ErrorCode::system, p->data_name + ": " + e.what(), e.get_native_error());

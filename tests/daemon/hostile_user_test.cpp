@@ -1135,3 +1135,58 @@ TEST_CASE("isolation: without rights, every request answers the same whether the
   victim.release(v);
   CHECK(serving(rd.sock));
 }
+
+namespace {
+// The daemon's open fd numbers.
+std::set<int> fds_of(pid_t pid) {
+  std::set<int> s;
+  for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd"))
+    s.insert(std::atoi(e.path().filename().c_str()));
+  return s;
+}
+}  // namespace
+
+TEST_CASE("robustness: a daemon out of fds says 'Too many open files' when it cannot make a topic's segments",
+          "[security][robustness][emfile]") {
+  if (geteuid() != 0) {
+    WARN("skipped: needs root (prlimit on the daemon)");
+    return;
+  }
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  auto c = DaemonClient::connect({rd.sock, 5000, 0});
+  c->call([](proto::Request::Builder r) { r.setHello(); });
+  const pid_t dp = rd.d.proc.pid();
+  rlimit old{};
+  REQUIRE(prlimit(dp, RLIMIT_NOFILE, nullptr, &old) == 0);
+  // Leave the daemon `budget` free fd numbers (0..4): a create then runs out at each
+  // step in turn (the segments, their duplicates, the wake memfd).
+  int failed = 0;
+  for (int budget = 0; budget <= 4; ++budget) {
+    const std::set<int> used = fds_of(dp);
+    int limit = 0;
+    for (int n = 0, free = 0;; ++n)
+      if (!used.count(n) && free++ == budget) {
+        limit = n;
+        break;
+      }
+    rlimit low{rlim_t(limit), old.rlim_max};
+    REQUIRE(prlimit(dp, RLIMIT_NOFILE, &low, nullptr) == 0);
+    std::string err;
+    try {
+      c->create_topic("emfile." + std::to_string(budget), {.capacity = 8192});
+    } catch (const Error& e) {
+      err = e.what();
+    }
+    REQUIRE(prlimit(dp, RLIMIT_NOFILE, &old, nullptr) == 0);
+    INFO("budget " << budget << ": " << (err.empty() ? "created" : err));
+    if (err.empty()) continue;
+    ++failed;
+    CHECK(err.find(strerror(EMFILE)) != std::string::npos);
+    CHECK(err.find(strerror(EBADF)) == std::string::npos);
+  }
+  CHECK(failed >= 2);
+  // Nothing was left behind, and the daemon makes topics again.
+  c->create_topic("emfile.after", {.capacity = 8192});
+  CHECK(serving(rd.sock));
+}
