@@ -125,15 +125,29 @@ void* map_page_fd(int fd, size_t size) {
 // After a restart: the sealed memfds the previous daemon made (their inode numbers
 // are in its control segments, which only it wrote) are taken back from a live
 // client that holds them (pidfd_getfd; a client keeps its wake and page fds open).
-// Whatever a client's fd table holds is checked: ours, sealed, the right size and
-// one of the wanted inodes; anything else is closed.
-thread_local TakeBackStats* t_takeback = nullptr;
+// Whatever a client's fd table holds is checked: ours, sealed, of a page's or the
+// wake segment's size; anything else is closed, and a partition then uses only the
+// inodes it recorded.
+//
+// A restart walks each process's fd table once, for all the partitions (a grantee
+// with ~19 000 fds and 256 grants stalled a restart for 52 s when each partition
+// walked it again): the memfds a walk found wait in the TakeBack (by process, by
+// inode) until a partition claims them or the take-back ends.
+struct TakeBack {
+  TakeBackStats stats;
+  std::map<pid_t, std::map<ino_t, int>> held;  // walked processes: inode -> our fd
+  ~TakeBack() {
+    for (auto& [pid, fds] : held)
+      for (auto& [ino, fd] : fds) close(fd);
+  }
+};
+thread_local TakeBack* t_takeback = nullptr;  // between takeback_begin and takeback_end
 
-void take_memfds(pid_t pid, const std::map<ino_t, size_t>& want, std::map<ino_t, int>& got) {
+void walk_memfds(pid_t pid, std::map<ino_t, int>& found, TakeBackStats& stats) {
   const int pfd = int(syscall(SYS_pidfd_open, pid, 0));
   if (pfd < 0) return;
   if (DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str())) {
-    if (t_takeback) ++t_takeback->walks;
+    ++stats.walks;
     while (dirent* e = readdir(d)) {
       char* end = nullptr;
       const long n = strtol(e->d_name, &end, 10);
@@ -142,19 +156,40 @@ void take_memfds(pid_t pid, const std::map<ino_t, size_t>& want, std::map<ino_t,
       const ssize_t l = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
       if (l < 13 || std::memcmp(link, "/memfd:shmbus", 13) != 0) continue;
       const int fd = int(syscall(SYS_pidfd_getfd, pfd, int(n), 0));
-      if (t_takeback) ++t_takeback->getfd;
+      ++stats.getfd;
       if (fd < 0) continue;
       struct stat st{};
       ino_t ino = 0;
-      auto w = fstat(fd, &st) == 0 ? want.find(st.st_ino) : want.end();
-      if (w != want.end() && !got.count(w->first) && ours_sealed(fd, w->second, ino) && ino == w->first)
-        got[ino] = fd;
-      else
+      if (fstat(fd, &st) == 0 && !found.count(st.st_ino) &&
+          (ours_sealed(fd, shm::kCursorPageSize, ino) || ours_sealed(fd, shm::kWakeSegmentSize, ino))) {
+        // Our own open file description, read-write (the client's may be read-only:
+        // a producer's fd of a page or of the wake segment).
+        const int own = reopen_own(fd, true);
+        if (own >= 0) close(fd);
+        found[ino] = own >= 0 ? own : fd;
+      } else {
         close(fd);
+      }
     }
     closedir(d);
   }
   close(pfd);
+}
+
+// The wanted memfds `pid` holds, into `got` (inode -> fd, ours now).
+void take_memfds(pid_t pid, const std::map<ino_t, size_t>& want, std::map<ino_t, int>& got, TakeBack& tb) {
+  auto [h, fresh] = tb.held.try_emplace(pid);
+  if (fresh) walk_memfds(pid, h->second, tb.stats);
+  for (auto it = h->second.begin(); it != h->second.end();) {
+    ino_t ino = 0;
+    auto w = want.find(it->first);
+    if (w != want.end() && !got.count(it->first) && ours_sealed(it->second, w->second, ino) && ino == it->first) {
+      got[ino] = it->second;
+      it = h->second.erase(it);
+    } else {
+      ++it;
+    }
+  }
 }
 
 // The wake segment (layout 3), and the pages of the grants recorded in the control
@@ -178,10 +213,13 @@ void attach_wake_and_pages(Partition& p, bool reattach) {
       const uint64_t id = shm::aref(s.page_id).load(std::memory_order_relaxed);
       if (owner && id) want[ino_t(id)] = shm::kCursorPageSize, pids.insert(pid_t(owner));
     }
-    for (pid_t pid : pids) take_memfds(pid, want, got);
+    // Outside a restart's take-back (a create that found a previous daemon's
+    // segments), a take-back of its own.
+    TakeBack local;
+    for (pid_t pid : pids) take_memfds(pid, want, got, t_takeback ? *t_takeback : local);
   }
   if (auto w = got.find(ino_t(old_wake)); old_wake && w != got.end()) {
-    if (t_takeback) ++t_takeback->taken;
+    if (t_takeback) ++t_takeback->stats.taken;
     p.wake_fd = w->second;
     got.erase(w);
   } else {
@@ -205,7 +243,7 @@ void attach_wake_and_pages(Partition& p, bool reattach) {
       auto g = got.find(ino_t(id));
       void* m = (st == shm::kSlotActive && id && g != got.end()) ? map_page_fd(g->second, shm::kCursorPageSize) : nullptr;
       if (m) {
-        if (t_takeback) ++t_takeback->taken;
+        if (t_takeback) ++t_takeback->stats.taken;
         p.pages[id] = static_cast<shm::CursorPage*>(m);
         p.page_fds[id] = g->second;
         got.erase(g);
@@ -236,18 +274,17 @@ void bind_refs(Partition& p) {
 
 }  // namespace
 
-namespace {
-thread_local TakeBackStats t_stats;
-}
-
 void takeback_begin() {
-  t_stats = {};
-  t_takeback = &t_stats;
+  delete t_takeback;
+  t_takeback = new TakeBack;
 }
 
 TakeBackStats takeback_end() {
+  TakeBackStats st;
+  if (t_takeback) st = t_takeback->stats;
+  delete t_takeback;  // closes what no partition claimed
   t_takeback = nullptr;
-  return t_stats;
+  return st;
 }
 
 std::shared_ptr<Partition> open_partition(const std::string& prefix, const TopicSettings& t,

@@ -1190,3 +1190,34 @@ TEST_CASE("robustness: a daemon out of fds says 'Too many open files' when it ca
   c->create_topic("emfile.after", {.capacity = 8192});
   CHECK(serving(rd.sock));
 }
+
+TEST_CASE("restart: memfds are taken back walking each grantee's fd table once, however many grants it holds",
+          "[security][isolation][restart][takeback]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  constexpr int kTopics = 16;
+  for (int i = 0; i < kTopics; ++i)
+    bus.create_topic("iso.tb." + std::to_string(i), {.capacity = 8192, .mode = 0644});
+  // One subscriber process: a grant on each topic, and 5 000 more fds.
+  Child hoard(att.as({hostile(), "hoard", rd.sock, "iso.tb", std::to_string(kTopics), "5000"}));
+  REQUIRE(first_line(hoard) == "hoard:ready");
+  rd.d.proc.kill_now();
+  REQUIRE(rd.start());
+  const std::string log = rd.d.stderr_text();
+  const size_t at = log.rfind("\"memfds_taken_back\"");
+  REQUIRE(at != std::string::npos);
+  const std::string line = log.substr(at, log.find('\n', at) - at);
+  INFO(line);
+  // One fd-table walk (one process), a wake segment and a page per topic taken.
+  CHECK(line.find("1 fd tables walked") != std::string::npos);
+  CHECK(line.find(std::to_string(2 * kTopics) + " memfds taken back") != std::string::npos);
+  // Every grant survived the restart (its page found in its grantee).
+  auto st = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat(""); });
+  int subs = 0;
+  for (auto t : st.get().getStats()) subs += int(t.getPartitions()[0].getSubscribers().size());
+  CHECK(subs == kTopics);
+  hoard.kill_now();
+  CHECK(serving(rd.sock));
+}
