@@ -584,6 +584,49 @@ func TestCancelledContextEndsABlockedWaitAtOnce(t *testing.T) {
 	}
 }
 
+// A consumer opened with SubscriberContext and then cancelled without Close (the
+// forgotten-Close bug) frees its tethered cursor: the producer, which it would
+// otherwise hold back for good on a full ring, publishes on.
+func TestSubscriberContextClosesWhenItsContextEnds(t *testing.T) {
+	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 12})
+	ctx, cancel := context.WithCancel(context.Background())
+	sub, err := bus.SubscriberContext(ctx, topic, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := bus.Publisher(topic, &shmbus.PublisherOptions{BlockTimeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	fillRing(t, ctxT(t), pub) // the ring is full: the cursor of sub holds the producer
+	polled := make(chan error, 1)
+	go func() { _, err := sub.Poll(context.Background()); polled <- err }()
+	cancel() // and sub.Close() is never called
+	errc := make(chan error, 1)
+	go func() { errc <- pub.Offer(context.Background(), make([]byte, 512), 0, 0) }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("offer after the consumer's context ended: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the cancelled consumer still holds the producer back")
+	}
+	if _, err := sub.TryPoll(); !errors.Is(err, shmbus.ErrClosed) {
+		t.Fatalf("TryPoll after the context ended: want ErrClosed, got %v", err)
+	}
+	// Its Poll may have read a message before the close: either way it ends.
+	select {
+	case <-polled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a Poll of the cancelled consumer is still blocked")
+	}
+	if _, err := bus.SubscriberContext(ctx, topic, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("SubscriberContext with an ended context: want Canceled, got %v", err)
+	}
+}
+
 func TestPollHonoursContextAndClose(t *testing.T) {
 	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 12})
 	_, sub := openPair(t, bus, topic, nil, nil)

@@ -72,6 +72,23 @@ type Subscriber struct {
 	rel     *C.shmbus_view_t
 }
 
+// SubscriberContext is Subscriber, closed when ctx ends (cancelled or past its
+// deadline): a consumer that is cancelled and forgets Close cannot keep its
+// tethered cursor, and with it the producer, held back for good. A Poll blocked at
+// that moment returns ErrClosed (or ctx.Err() when it was given the same ctx).
+// Closing it earlier yourself is fine; the subscriber does not outlive ctx.
+func (b *Bus) SubscriberContext(ctx context.Context, topic string, opts *SubscriberOptions) (*Subscriber, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s, err := b.Subscriber(topic, opts)
+	if err != nil {
+		return nil, err
+	}
+	context.AfterFunc(ctx, func() { s.Close() })
+	return s, nil
+}
+
 // Subscriber opens a subscriber on topic. By default it sees the messages published
 // after it joined; opts.Start can start it in a durable topic's past.
 func (b *Bus) Subscriber(topic string, opts *SubscriberOptions) (*Subscriber, error) {
