@@ -10,9 +10,12 @@
 //   shmbus replay TOPIC [--partition P] [--from earliest|latest|seq:N|time:NS|time:ISO|mono:NS]
 //                       [--to seq:N|time:..|mono:NS] [--count N] [--follow] [--progress]
 //   shmbus tail TOPIC [--partition P] [--count N]
+//   shmbus schema show TOPIC [--version N] | history TOPIC
+//   shmbus schema check|register TOPIC FILE.capnp:Type [--import-path DIR]...
 // Human-readable by default, --json for scripts. Exit 0 ok, 1 error, 2 not serving.
 // replay/tail print one JSON object per message (the payload decoded with the
-// topic's Cap'n Proto schema when it is compiled into this tool).
+// topic's Cap'n Proto schema when it is compiled into this tool, else with the
+// schema registered for the topic in shmbusd).
 #include <unistd.h>
 
 #include <cinttypes>
@@ -26,13 +29,18 @@
 #include <CLI/CLI.hpp>
 #include <capnp/compat/json.h>
 #include <capnp/dynamic.h>
+#include <capnp/schema-parser.h>
 #include <capnp/serialize.h>
+#include <kj/filesystem.h>
+
+#include <optional>
 
 #include "market.capnp.h"
 #include "envelope.capnp.h"
 #include "shmbus/daemon_client.hpp"
 #include "shmbus/envelope.hpp"
 #include "shmbus/replay.hpp"
+#include "shmbus/schema_nodes.hpp"
 #include "shmbus/subscriber.hpp"
 #include "testmsg.capnp.h"
 
@@ -271,6 +279,13 @@ class Printer {
  public:
   Printer(uint32_t partition, uint64_t topic_schema) : partition_(partition), topic_schema_(topic_schema) {
   }
+  // The topic's registered schema (shmbusd's schema registry): decodes payloads of
+  // its root type that are not compiled into this tool (and, when the topic declares
+  // no schema id, payloads without one).
+  void use_registered(SchemaBundle b) {
+    if (!topic_schema_) topic_schema_ = b.root_id();
+    registered_.emplace(std::move(b));
+  }
   void print(const View& frame) {
     std::string line = "{\"partition\":" + std::to_string(partition_) + ",\"seq\":" + std::to_string(frame.sequence()) +
                        ",\"ts_ns\":" + std::to_string(frame.timestamp_ns()) +
@@ -295,8 +310,10 @@ class Printer {
     line += ",\"schema_id\":\"" + std::string(idbuf) + "\"";
     capnp::StructSchema sch;
     std::string decoded, why;
-    if (!find_schema(id, sch)) {
-      why = id ? "schema not compiled into shmbus" : "topic has no schema id";
+    const bool found = find_schema(id, sch) || (registered_ && id && registered_->root_id() == id &&
+                                                  (sch = registered_->root_schema(), true));
+    if (!found) {
+      why = id ? "schema neither compiled into shmbus nor registered for the topic" : "topic has no schema id";
       if (!warned_) {
         std::fprintf(stderr, "shmbus: schema %s is not known to this tool (%s); printing payloads as base64\n",
                      idbuf, why.c_str());
@@ -328,6 +345,7 @@ class Printer {
   uint32_t partition_;
   uint64_t topic_schema_;
   capnp::JsonCodec json_;
+  std::optional<SchemaBundle> registered_;
   std::vector<capnp::word> buf_;
   bool warned_ = false;
 };
@@ -386,6 +404,12 @@ int run_replay(DaemonClient& c, const std::string& socket, const ReplayArgs& a, 
   std::signal(SIGPIPE, SIG_DFL);
   Bus bus = Bus::connect(socket);
   Printer pr(a.partition, spec.getSchemaId());
+  try {  // the registered schema, when the topic has one (older daemons: none)
+    auto h = c.call([&](proto::Request::Builder r) { r.initSchemaHistory().setTopic(a.topic); });
+    for (auto v : h.get().getSchemaHistory().getVersions())
+      if (v.hasNodes()) pr.use_registered(SchemaBundle::parse(v.getNodes(), v.getRootId()));
+  } catch (const Error&) {
+  }
   const bool show_progress = !follow && (a.progress || isatty(2));
   uint64_t printed = 0, first_seq = 0;
   uint64_t last_progress_ns = 0;
@@ -639,6 +663,135 @@ int run_dlq_replay(DaemonClient& c, const std::string& socket, const DlqArgs& a,
   return failed ? 1 : 0;
 }
 
+// ---- shmbus schema: the topic's registered schema versions (shmbusd's registry).
+
+struct SchemaArgs {
+  std::string topic, type;
+  uint32_t version = 0;
+  std::vector<std::string> import_path;
+};
+
+std::string iso_time(uint64_t ns) {
+  time_t s = time_t(ns / 1'000'000'000ull);
+  struct tm tm{};
+  gmtime_r(&s, &tm);
+  char b[64];
+  std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return b;
+}
+
+std::string hex64(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "0x%016" PRIx64, v);
+  return b;
+}
+
+// FILE.capnp:Type (Type may be dotted: Outer.Inner), parsed with capnp::SchemaParser;
+// imports resolve in --import-path, then /usr/include and /usr/local/include.
+SchemaNodes parse_schema_arg(const SchemaArgs& a) {
+  auto colon = a.type.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == a.type.size())
+    throw Error(ErrorCode::invalid_argument, "expected FILE.capnp:Type, got '" + a.type + "'");
+  const std::string file = a.type.substr(0, colon), type = a.type.substr(colon + 1);
+  static auto fs = kj::newDiskFilesystem();
+  static capnp::SchemaParser parser;
+  static std::vector<kj::Own<const kj::ReadableDirectory>> dirs;
+  static std::vector<const kj::ReadableDirectory*> imports;
+  try {
+    std::vector<std::string> paths = a.import_path;
+    for (const char* d : {"/usr/local/include", "/usr/include"})
+      if (access(d, R_OK) == 0) paths.push_back(d);
+    for (auto& d : paths) {
+      dirs.push_back(fs->getRoot().openSubdir(fs->getCurrentPath().eval(d)));
+      imports.push_back(dirs.back().get());
+    }
+    const kj::Path p = fs->getCurrentPath().eval(file);
+    capnp::ParsedSchema s = parser.parseFromDirectory(fs->getRoot(), p.clone(), kj::arrayPtr(imports.data(), imports.size()));
+    size_t from = 0;
+    while (from <= type.size()) {
+      const size_t dot = std::min(type.find('.', from), type.size());
+      const std::string part = type.substr(from, dot - from);
+      KJ_IF_MAYBE(n, s.findNested(part)) {
+        s = *n;
+      } else {
+        throw Error(ErrorCode::not_found, file + " has no type '" + type + "'");
+      }
+      from = dot + 1;
+    }
+    if (!s.getProto().isStruct()) throw Error(ErrorCode::invalid_argument, a.type + " is not a struct");
+    return schema_nodes(s.asStruct());
+  } catch (const kj::Exception& e) {
+    throw Error(ErrorCode::invalid_argument, file + ": " + e.getDescription().cStr());
+  }
+}
+
+int run_schema(DaemonClient& c, const std::string& what, const SchemaArgs& a, bool json) {
+  if (what == "check" || what == "register") {
+    const SchemaNodes n = parse_schema_arg(a);
+    try {
+      auto rep = c.call([&](proto::Request::Builder r) {
+        auto s = r.initRegisterSchema();
+        s.setTopic(a.topic);
+        s.setRootId(n.root_id);
+        s.setNodes(kj::arrayPtr(n.bytes.data(), n.bytes.size()));
+        s.setRole(proto::Role::PUBLISHER);
+        s.setCheckOnly(what == "check");
+      });
+      auto s = rep.get().getSchema();
+      if (json)
+        std::printf("{\"accepted\":true,\"version\":%u,\"stored\":%s}\n", s.getVersion(),
+                    s.getStored() ? "true" : "false");
+      else if (what == "check")
+        std::printf("compatible: %s would be version %u of '%s'\n", a.type.c_str(), s.getVersion(), a.topic.c_str());
+      else
+        std::printf("%s version %u of '%s'\n", s.getStored() ? "registered" : "already registered as",
+                    s.getVersion(), a.topic.c_str());
+      return 0;
+    } catch (const Error& e) {
+      if (e.code() != ErrorCode::incompatible && e.code() != ErrorCode::invalid_argument) throw;
+      if (json) std::printf("{\"accepted\":false,\"reason\":%s}\n", jstr(e.what()).c_str());
+      std::fprintf(stderr, "shmbus: %s\n", e.what());
+      return 1;
+    }
+  }
+  auto rep = c.call([&](proto::Request::Builder r) {
+    auto q = r.initSchemaHistory();
+    q.setTopic(a.topic);
+    q.setVersion(what == "show" ? a.version : 0);
+  });
+  auto h = rep.get().getSchemaHistory();
+  static const char* modes[] = {"backward", "forward", "full", "none"};
+  const char* mode = uint16_t(h.getMode()) < 4 ? modes[uint16_t(h.getMode())] : "?";
+  if (what == "history") {
+    if (json) std::printf("{\"topic\":%s,\"mode\":\"%s\",\"versions\":[", jstr(a.topic).c_str(), mode);
+    else std::printf("%s (mode %s)\n", a.topic.c_str(), mode);
+    uint32_t i = 0;
+    for (auto v : h.getVersions()) {
+      if (json)
+        std::printf("%s{\"version\":%u,\"registered_ns\":%" PRIu64 ",\"uid\":%u,\"root_id\":\"%s\",\"type\":%s}",
+                    i++ ? "," : "", v.getVersion(), v.getRegisteredNs(), v.getUid(), hex64(v.getRootId()).c_str(),
+                    jstr(v.getTypeName()).c_str());
+      else
+        std::printf("  version %u  %s  uid %u  %s %s\n", v.getVersion(), iso_time(v.getRegisteredNs()).c_str(),
+                    v.getUid(), v.getTypeName().cStr(), hex64(v.getRootId()).c_str());
+    }
+    if (json) std::printf("]}\n");
+    return 0;
+  }
+  for (auto v : h.getVersions()) {
+    if (!v.hasNodes()) continue;
+    SchemaBundle b = SchemaBundle::parse(v.getNodes(), v.getRootId());
+    if (json)
+      std::printf("{\"topic\":%s,\"version\":%u,\"mode\":\"%s\",\"type\":%s,\"schema\":%s}\n", jstr(a.topic).c_str(),
+                  v.getVersion(), mode, jstr(b.type_name(b.root_id())).c_str(), jstr(b.text()).c_str());
+    else
+      std::printf("# '%s' schema version %u (mode %s), registered %s by uid %u\n%s", a.topic.c_str(), v.getVersion(),
+                  mode, iso_time(v.getRegisteredNs()).c_str(), v.getUid(), b.text().c_str());
+    return 0;
+  }
+  throw Error(ErrorCode::not_found, "no schema version in the reply");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -679,6 +832,9 @@ int main(int argc, char** argv) {
   create->add_flag("--multi-producer", cfg.multi_producer, "allow several producers per partition");
   create->add_option("--slots", cfg.slots, "subscriber slots per partition");
   create->add_option("--schema-id", cfg.schema_id, "Cap'n Proto root type id (0 = any)");
+  std::string schema_mode = "backward";
+  create->add_option("--schema-mode", schema_mode, "how a new schema version is checked: backward|forward|full|none")
+      ->check(CLI::IsMember({"backward", "forward", "full", "none"}));
   create->add_option("--publish-uid", acl.publish_uids, "uid allowed to publish (4294967295 = anyone)");
   create->add_option("--publish-gid", acl.publish_gids, "gid allowed to publish");
   create->add_option("--subscribe-uid", acl.subscribe_uids, "uid allowed to subscribe");
@@ -719,6 +875,22 @@ int main(int argc, char** argv) {
   dlq_replay->add_option("--count", da.count, "stop after N dead letters");
   dlq_replay->add_option("--from", da.from, "start point in the dead-letter log, as for replay (default earliest)");
   dlq_replay->add_option("--partition", da.partition, "partition of the dead-letter topic (default 0)");
+  SchemaArgs sa;
+  auto* schema = app.add_subcommand("schema", "a topic's registered Cap'n Proto schema versions");
+  schema->require_subcommand(1);
+  auto* schema_show = schema->add_subcommand("show", "the latest (or --version N) schema as Cap'n Proto text");
+  schema_show->add_option("topic", sa.topic)->required();
+  schema_show->add_option("--version", sa.version, "version (default: the latest)");
+  auto* schema_history = schema->add_subcommand("history", "every version: number, time, registering uid, type");
+  schema_history->add_option("topic", sa.topic)->required();
+  auto* schema_check = schema->add_subcommand(
+      "check", "would FILE.capnp:Type be accepted as the topic's next version? exit 0 yes, 1 no (with the reason)");
+  auto* schema_register = schema->add_subcommand("register", "register FILE.capnp:Type as the topic's next version");
+  for (auto* s : {schema_check, schema_register}) {
+    s->add_option("topic", sa.topic)->required();
+    s->add_option("type", sa.type, "FILE.capnp:Type")->required();
+    s->add_option("--import-path,-I", sa.import_path, "directory for absolute imports (as capnp compile -I)");
+  }
   CLI11_PARSE(app, argc, argv);
 
   DaemonClient::Options co;
@@ -763,6 +935,10 @@ int main(int argc, char** argv) {
         s.setMultiProducer(cfg.multi_producer);
         s.setSlots(cfg.slots);
         s.setSchemaId(cfg.schema_id);
+        s.setSchemaMode(schema_mode == "forward" ? proto::SchemaMode::FORWARD
+                        : schema_mode == "full" ? proto::SchemaMode::FULL
+                        : schema_mode == "none" ? proto::SchemaMode::NONE
+                                                : proto::SchemaMode::BACKWARD);
         auto a = s.initAccess();
         auto put = [](auto l, const std::vector<uint32_t>& v) {
           for (size_t i = 0; i < v.size(); ++i) l.set(uint32_t(i), v[i]);
@@ -859,6 +1035,12 @@ int main(int argc, char** argv) {
       std::fputs(o.str().c_str(), stdout);
     } else if (replay->parsed()) {
       return run_replay(*c, socket, ra, false);
+    } else if (schema->parsed()) {
+      const std::string what = schema_show->parsed()      ? "show"
+                               : schema_history->parsed() ? "history"
+                               : schema_check->parsed()   ? "check"
+                                                          : "register";
+      return run_schema(*c, what, sa, json);
     } else if (tail->parsed()) {
       return run_replay(*c, socket, ta, true);
     } else if (dlq_replay->parsed()) {

@@ -27,6 +27,7 @@
 #include "shmbus/daemon.hpp"
 #include "shmbus/daemon_client.hpp"
 #include "shmbus/shm/recovery.hpp"
+#include "schema_registry.hpp"
 
 namespace shmbus::spill {
 class Archiver;
@@ -105,6 +106,7 @@ struct TopicSettings {
   // Ephemeral: owned by the creating connection, removed when it closes, not
   // restored after a restart.
   bool ephemeral = false;
+  uint32_t schema_mode = 0;     // proto::SchemaMode: 0 backward, 1 forward, 2 full, 3 none
   bool is_durable() const { return durable || policy == shm::kPolicySpill; }
 };
 
@@ -264,6 +266,9 @@ class Registry {
                     proto::Response::Builder resp);
   void handle_page(const Peer& p, uint64_t id, proto::PageFetch::Reader f, capnp::MessageBuilder& mb,
                    proto::Response::Builder resp);
+  // registerSchema / schemaHistory (schema_registry.cpp).
+  void handle_schema(const Peer& p, uint64_t id, proto::Request::Reader req, capnp::MessageBuilder& mb,
+                     proto::Response::Builder resp);
   void reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep = {},
              std::vector<int> fds = {});
   void reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg);
@@ -305,6 +310,7 @@ class Registry {
 
   Core& core_;
   std::map<std::string, Topic> topics_;
+  SchemaRegistry schemas_{core_};
   uint64_t last_expiry_ns_ = 0;
   // Cursor saves mark the registry dirty; it is written at most every
   // kPersistDelayNs (a flood of saves costs one rewrite per period, not one each).

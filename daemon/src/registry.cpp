@@ -905,6 +905,7 @@ void Registry::remove_topic(std::map<std::string, Topic>::iterator it, pid_t by,
     for (uint64_t pid_ : ids) drop_page(*p, pid_);
   }
   topics_.erase(it);
+  schemas_.topic_deleted(name);
   core_.counters.topics = uint32_t(topics_.size());
   must_persist_ = true;  // written before the replies go out (see run)
   log_event(core_.instance, LOG_INFO, "topic_deleted", name, by, why);
@@ -994,7 +995,7 @@ void Registry::handle(const RegistryCmd& c) {
         uint64_t tm = t.max_payload ? t.max_payload : t.capacity / 4;
         if (e.partitions != t.partitions || e.capacity != t.capacity || em != tm ||
             e.policy != t.policy || e.multi_producer != t.multi_producer || e.slots != t.slots ||
-            e.schema_id != t.schema_id || e.is_durable() != t.is_durable() ||
+            e.schema_id != t.schema_id || e.schema_mode != t.schema_mode || e.is_durable() != t.is_durable() ||
             (t.is_durable() && (e.flush != t.flush || e.flush_interval_ms != t.flush_interval_ms ||
                                 e.retention_bytes != t.retention_bytes ||
                                 e.retention_age_s != t.retention_age_s ||
@@ -1008,6 +1009,7 @@ void Registry::handle(const RegistryCmd& c) {
         return reply_error(peer, id, proto::ErrorCode::NO_SLOT, "topic limit reached");
       if (std::string why; !admit(peer, t, why))
         return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
+      schemas_.topic_deleted(t.name);  // a history left behind by an earlier topic of this name
       Topic tp;
       tp.s = t;
       tp.owner_uid = peer.uid;
@@ -1136,6 +1138,9 @@ void Registry::handle(const RegistryCmd& c) {
                 role == Role::publisher ? "publisher" : role == Role::subscriber ? "subscriber" : "admin");
       return reply(peer, mb, part, {dfd, cfd, wfd});
     }
+    case proto::Request::REGISTER_SCHEMA:
+    case proto::Request::SCHEMA_HISTORY:
+      return handle_schema(peer, id, req, mb, resp);
     case proto::Request::JOIN:
       return handle_join(peer, id, req.getJoin(), mb, resp);
     case proto::Request::LEAVE:

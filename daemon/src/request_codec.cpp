@@ -58,6 +58,11 @@ bool spec_from_proto(proto::TopicSpec::Reader s, TopicSettings& t, std::string& 
   // (not durable; interval 10 ms), so old requests mean what they meant.
   t.durable = s.getDurable() || pol == proto::Policy::SPILL;
   t.ephemeral = s.getEphemeral();
+  if (uint16_t(s.getSchemaMode()) > uint16_t(proto::SchemaMode::NONE)) {
+    err = "schemaMode must be backward, forward, full or none";
+    return false;
+  }
+  t.schema_mode = uint32_t(s.getSchemaMode());
   if (t.ephemeral && t.durable) {
     err = "an ephemeral topic cannot be durable (it ends with its creator's connection)";
     return false;
@@ -135,6 +140,7 @@ void spec_to_proto(const TopicSettings& t, proto::TopicSpec::Builder s) {
   s.setRetentionAgeS(t.retention_age_s);
   s.setSegmentBytes(t.segment_bytes);
   s.setEphemeral(t.ephemeral);
+  s.setSchemaMode(proto::SchemaMode(uint16_t(t.schema_mode)));
   auto a = s.initAccess();
   auto put = [](auto l, const std::vector<uint32_t>& v) {
     for (size_t i = 0; i < v.size(); ++i) l.set(uint32_t(i), v[i]);
@@ -222,6 +228,22 @@ bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::
         break;
       case proto::Request::CURSOR_PAGE:
         if (!text_ok(r.getCursorPage().getTopic(), "topic")) return false;
+        break;
+      case proto::Request::REGISTER_SCHEMA: {
+        auto s = r.getRegisterSchema();
+        if (!text_ok(s.getTopic(), "topic")) return false;
+        if (s.getNodes().size() > kMaxSchemaBytes) {
+          err = "schema nodes larger than " + std::to_string(kMaxSchemaBytes) + " bytes";
+          return false;
+        }
+        if (s.getRole() != proto::Role::PUBLISHER && s.getRole() != proto::Role::SUBSCRIBER) {
+          err = "registerSchema: role must be publisher or subscriber";
+          return false;
+        }
+        break;
+      }
+      case proto::Request::SCHEMA_HISTORY:
+        if (!text_ok(r.getSchemaHistory().getTopic(), "topic")) return false;
         break;
       default:
         err = "unknown request type";

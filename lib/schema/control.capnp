@@ -68,7 +68,12 @@ struct TopicSpec {
   # connection that created it: removed by the daemon when that connection closes
   # (close, exit, SIGKILL), never restored after a daemon restart. Not durable.
   ephemeral @15 :Bool;
+  # Schema registry (added compatibly: absent = backward). How a new schema version
+  # is checked against the stored ones (docs/messaging.md, "Schema registry").
+  schemaMode @16 :SchemaMode;
 }
+
+enum SchemaMode { backward @0; forward @1; full @2; none @3; }
 
 struct TopicInfo {
   spec @0 :TopicSpec;
@@ -146,6 +151,8 @@ struct Request {
     join @13 :JoinRequest;        # subscribers: a cursor slot and its page (layout 3)
     leave @14 :LeaveRequest;      # subscribers: give the slot back (or park it)
     cursorPage @15 :PageFetch;    # producers: a read-only fd of a slot's cursor page
+    registerSchema @16 :SchemaRegistration;  # a publisher/subscriber presents its schema
+    schemaHistory @17 :SchemaQuery;          # a topic's registered versions
   }
 }
 
@@ -218,6 +225,46 @@ struct PageReply {
   pageSize @1 :UInt64;
 }
 
+# Schema registry. `nodes` is one serialized (unpacked) Cap'n Proto message whose
+# root is a schema.capnp CodeGeneratorRequest: only its `nodes` are used (the root
+# type and its dependencies; `capnp compile -o-` output is accepted as is). At most
+# 128 KiB. A publisher (publish access) registers: a version that passes the topic's
+# mode is stored (an identical one is not stored twice). A subscriber (subscribe
+# access), or `checkOnly`, is checked and nothing is stored.
+struct SchemaRegistration {
+  topic @0 :Text;
+  rootId @1 :UInt64;              # the root struct's type id
+  nodes @2 :Data;
+  role @3 :Role;                  # publisher: register; subscriber: check only
+  checkOnly @4 :Bool;
+}
+
+struct SchemaReply {
+  version @0 :UInt32;             # the version it is (or would be): 1, 2, ...; 0 = none stored
+  stored @1 :Bool;                # a new version was stored by this request
+}
+
+struct SchemaQuery {
+  topic @0 :Text;
+  version @1 :UInt32;             # whose nodes come back: 0 = the latest
+}
+
+struct SchemaVersion {
+  version @0 :UInt32;
+  registeredNs @1 :UInt64;        # CLOCK_REALTIME
+  uid @2 :UInt32;                 # who registered it
+  rootId @3 :UInt64;
+  nodes @4 :Data;                 # in a SchemaHistory reply: only the requested version's
+  typeName @5 :Text;              # the root's name, e.g. "orders.Order"
+}
+
+struct SchemaHistory {
+  # The reply to schemaHistory, and the file <state-dir>/schemas/<topic>.bin.
+  topic @0 :Text;
+  mode @1 :SchemaMode;
+  versions @2 :List(SchemaVersion);
+}
+
 struct Response {
   id @0 :UInt64;
   union {
@@ -232,6 +279,8 @@ struct Response {
     page @9 :TopicPage;           # listPage, statPage
     join @10 :JoinReply;
     cursorPage @11 :PageReply;
+    schema @12 :SchemaReply;          # registerSchema
+    schemaHistory @13 :SchemaHistory; # schemaHistory
   }
 }
 

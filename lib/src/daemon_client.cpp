@@ -204,6 +204,7 @@ void fill_spec(proto::TopicSpec::Builder s, const std::string& topic, const Topi
   s.setRetentionAgeS(cfg.retention_age_s);
   s.setSegmentBytes(cfg.segment_bytes);
   s.setEphemeral(cfg.ephemeral);
+  s.setSchemaMode(proto::SchemaMode(uint16_t(cfg.schema_mode)));
   auto a = s.initAccess();
   AccessSpec derived;
   if (!access) {
@@ -461,6 +462,22 @@ class DaemonProvider final : public SegmentProvider {
         return true;
       }
     return false;
+  }
+  uint32_t register_schema(const std::string& topic, const SchemaNodes& nodes, Role role,
+                           bool check_only) override {
+    if (nodes.bytes.size() > kMaxSchemaBytes)
+      throw Error(ErrorCode::invalid_argument, "schema of '" + topic + "': " + std::to_string(nodes.bytes.size()) +
+                                                   " bytes of nodes, more than the daemon takes (" +
+                                                   std::to_string(kMaxSchemaBytes) + ")");
+    DaemonClient::Reply rep = c_->call([&](proto::Request::Builder r) {
+      auto s = r.initRegisterSchema();
+      s.setTopic(topic);
+      s.setRootId(nodes.root_id);
+      s.setNodes(kj::arrayPtr(nodes.bytes.data(), nodes.bytes.size()));
+      s.setRole(role == Role::subscriber ? proto::Role::SUBSCRIBER : proto::Role::PUBLISHER);
+      s.setCheckOnly(check_only);
+    });
+    return rep.get().getSchema().getVersion();
   }
   void durable_joined(const std::string& topic, uint32_t p, const std::string& name,
                       uint64_t pos) override {

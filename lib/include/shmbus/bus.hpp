@@ -46,6 +46,11 @@ struct PublisherOptions {
   // both it and the topic's schema_id are non-zero they must match, else opening the
   // publisher throws Error(incompatible).
   uint64_t schema_id = 0;
+  // Schema registry (shmbusd): the compiled schema presented at open, e.g.
+  // shmbus::with_schema<orders::Order>(). A new compatible version is registered; an
+  // incompatible one makes the open throw Error(incompatible) naming the type, the
+  // field and the rule. Empty: nothing presented.
+  SchemaNodes schema{};
 };
 
 struct SubscriberOptions {
@@ -62,6 +67,9 @@ struct SubscriberOptions {
   // and no duplicate. While parked a tethered slot keeps holding the producer, until
   // the daemon expires it (DaemonOptions::durable_hold_ms; docs/architecture.md).
   std::string name{};  // "{}": designated initializers may leave it out (-Wmissing-field-initializers)
+  // Schema registry (shmbusd): the schema this subscriber reads with; checked
+  // against the topic's registered versions by its mode (nothing is stored).
+  SchemaNodes schema{};
 };
 
 class Bus {
@@ -83,6 +91,9 @@ class Bus {
   void create_topic(const std::string& topic, const TopicConfig& cfg);
   void remove_topic(const std::string& topic);
   uint32_t partitions(const std::string& topic);
+  // Schema registry (shmbusd): registers `nodes` for `topic` (publish access needed),
+  // or with check_only says whether it would be accepted. Returns the version.
+  uint32_t register_schema(const std::string& topic, const SchemaNodes& nodes, bool check_only = false);
 
   Publisher publisher(const std::string& topic, const PublisherOptions& opts);
   Publisher publisher(const std::string& topic);

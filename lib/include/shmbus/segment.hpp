@@ -10,6 +10,7 @@
 #include <string>
 
 #include "shmbus/error.hpp"
+#include "shmbus/schema_nodes.hpp"
 #include "shmbus/shm/ring.hpp"
 
 namespace shmbus {
@@ -40,6 +41,10 @@ struct TopicConfig {
   // restart. Only through the daemon (SegmentProvider::ephemeral_topics()); the
   // direct provider ignores it. Not durable.
   bool ephemeral = false;
+  // Schema registry (shmbusd only): how a new schema version presented for this
+  // topic is checked against the stored ones (docs/messaging.md, "Schema registry").
+  enum class SchemaMode : uint8_t { backward, forward, full, none };
+  SchemaMode schema_mode = SchemaMode::backward;
 };
 
 enum class Role { publisher, subscriber, admin };
@@ -116,6 +121,14 @@ class SegmentProvider {
   // the slot's name hash back to the name). Best effort; may throw Error.
   virtual void durable_joined(const std::string& /*topic*/, uint32_t /*p*/,
                               const std::string& /*name*/, uint64_t /*pos*/) {}
+  // Schema registry: presents `nodes` for `topic` as a publisher (registers a new
+  // version when compatible) or a subscriber, or only checks them. Returns the
+  // version they are (would be). Throws Error (incompatible naming type, field and
+  // rule; permission_denied; invalid_argument for malformed nodes).
+  virtual uint32_t register_schema(const std::string& /*topic*/, const SchemaNodes& /*nodes*/, Role /*role*/,
+                                   bool /*check_only*/) {
+    throw Error(ErrorCode::invalid_argument, "the schema registry needs shmbusd (Bus::connect)");
+  }
 };
 
 // The 64-bit hash a durable name is stored as in CursorSlot::name_hash (FNV-1a,
