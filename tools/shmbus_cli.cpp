@@ -693,6 +693,10 @@ SchemaNodes parse_schema_arg(const SchemaArgs& a) {
   if (colon == std::string::npos || colon == 0 || colon + 1 == a.type.size())
     throw Error(ErrorCode::invalid_argument, "expected FILE.capnp:Type, got '" + a.type + "'");
   const std::string file = a.type.substr(0, colon), type = a.type.substr(colon + 1);
+  // kj's disk filesystem takes $PWD when it names the working directory, and warns
+  // on stderr when it does not (a shell's PWD after a chdir by a parent, meson's
+  // test runner): give it the real one.
+  if (char cwd[4096]; getcwd(cwd, sizeof cwd)) setenv("PWD", cwd, 1);
   static auto fs = kj::newDiskFilesystem();
   static capnp::SchemaParser parser;
   static std::vector<kj::Own<const kj::ReadableDirectory>> dirs;
