@@ -47,6 +47,29 @@ std::string clip(kj::StringPtr s) {
   return r;
 }
 
+// Reads every name SchemaLoader's validator puts in its error context (KJ_CONTEXT):
+// in capnp 0.9 a malformed one (a pointer of the wrong kind, text without its NUL)
+// throws again while the context is evaluated for the first error, which recurses
+// until the stack overflows. Reading them here first turns that into an ordinary
+// error.
+void names_readable(cs::Node::Reader n) {
+  (void)n.getDisplayName();
+  for (auto x : n.getNestedNodes()) (void)x.getName();
+  switch (n.which()) {
+    case cs::Node::STRUCT:
+      for (auto f : n.getStruct().getFields()) (void)f.getName();
+      break;
+    case cs::Node::ENUM:
+      for (auto e : n.getEnum().getEnumerants()) (void)e.getName();
+      break;
+    case cs::Node::INTERFACE:
+      for (auto m : n.getInterface().getMethods()) (void)m.getName();
+      break;
+    default:
+      break;
+  }
+}
+
 }  // namespace
 
 SchemaNodes schema_nodes(capnp::StructSchema root) {
@@ -95,6 +118,7 @@ SchemaBundle SchemaBundle::parse(std::span<const uint8_t> bytes, uint64_t root_i
     b.loader_ = std::make_unique<capnp::SchemaLoader>();
     std::set<uint64_t> seen;
     for (auto n : nodes) {
+      names_readable(n);
       const uint64_t id = n.getId();
       if (id == 0) throw bad("a node with id 0");
       if (!seen.insert(id).second) throw bad("node " + hex_id(id) + " appears twice");
