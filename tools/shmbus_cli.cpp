@@ -250,6 +250,26 @@ struct Point {
   uint64_t v = 0;
 };
 
+// Where `replay` and `dlq replay` read from: the topic's log dir (or the daemon's
+// state dir + /log for an older daemon that does not say), the partition, the start.
+template <class Client, class Info>
+ReplayOptions replay_options(Client& c, const Info& info, uint32_t partition, const Point& from) {
+  ReplayOptions ro;
+  ro.partition = partition;
+  ro.state_dir = info.getLogDir().cStr();
+  if (ro.state_dir.empty()) {
+    auto h = c.call([](proto::Request::Builder r) { r.setHealth(); });
+    ro.state_dir = std::string(h.get().getHealth().getStateDir().cStr()) + "/log";
+  }
+  switch (from.kind) {
+    case Point::earliest: ro.start = StartAt::earliest(); break;
+    case Point::latest: ro.start = StartAt::latest(); break;
+    case Point::seq: ro.start = StartAt::sequence(from.v); break;
+    case Point::mono: ro.start = StartAt::time(from.v); break;
+  }
+  return ro;
+}
+
 bool parse_point(const std::string& s, Point& p, std::string& err) {
   uint64_t v = 0;
   if (s == "earliest") {
@@ -436,20 +456,7 @@ int run_replay(DaemonClient& c, const std::string& socket, const ReplayArgs& a, 
   };
   int64_t idle_ns = 200'000'000;
   if (durable) {
-    ReplayOptions ro;
-    ro.partition = a.partition;
-    ro.state_dir = info.getLogDir().cStr();
-    if (ro.state_dir.empty()) {
-      auto h = c.call([](proto::Request::Builder r) { r.setHealth(); });
-      ro.state_dir = std::string(h.get().getHealth().getStateDir().cStr()) + "/log";
-    }
-    switch (from.kind) {
-      case Point::earliest: ro.start = StartAt::earliest(); break;
-      case Point::latest: ro.start = StartAt::latest(); break;
-      case Point::seq: ro.start = StartAt::sequence(from.v); break;
-      case Point::mono: ro.start = StartAt::time(from.v); break;
-    }
-    ReplaySubscriber sub = replay_subscriber(bus, a.topic, ro);
+    ReplaySubscriber sub = replay_subscriber(bus, a.topic, replay_options(c, info, a.partition, from));
     View v;
     uint64_t corrupt = 0;
     if (!follow && (end_seq <= 1 || from.kind == Point::latest || (from.kind == Point::seq && from.v >= end_seq)))
@@ -556,20 +563,7 @@ int run_dlq_replay(DaemonClient& c, const std::string& socket, const DlqArgs& a,
     return 0;
   }
   Bus bus = Bus::connect(socket);
-  ReplayOptions ro;
-  ro.partition = a.partition;
-  ro.state_dir = info.getLogDir().cStr();
-  if (ro.state_dir.empty()) {
-    auto h = c.call([](proto::Request::Builder r) { r.setHealth(); });
-    ro.state_dir = std::string(h.get().getHealth().getStateDir().cStr()) + "/log";
-  }
-  switch (from.kind) {
-    case Point::earliest: ro.start = StartAt::earliest(); break;
-    case Point::latest: ro.start = StartAt::latest(); break;
-    case Point::seq: ro.start = StartAt::sequence(from.v); break;
-    case Point::mono: ro.start = StartAt::time(from.v); break;
-  }
-  ReplaySubscriber sub = replay_subscriber(bus, a.topic, ro);
+  ReplaySubscriber sub = replay_subscriber(bus, a.topic, replay_options(c, info, a.partition, from));
   std::map<std::pair<std::string, uint32_t>, Publisher> pubs;
   std::map<std::string, uint32_t> parts;
   std::vector<capnp::word> buf;
