@@ -596,7 +596,7 @@ int main(int argc, char** argv) {
       for (int i = 0; i < atoi(argv[4]); ++i) subs.push_back(bus.subscriber(topic + "." + std::to_string(i)));
       rlimit rl{};
       getrlimit(RLIMIT_NOFILE, &rl);
-      rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, rlim_t(atoi(argv[5]) + 256));
+      rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, rlim_t(atoi(argv[5]) + 8 * atoi(argv[4]) + 256));
       setrlimit(RLIMIT_NOFILE, &rl);
       for (int i = 0; i < atoi(argv[5]); ++i)
         if (open("/dev/null", O_RDONLY) < 0) return 3;
