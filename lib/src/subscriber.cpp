@@ -39,6 +39,7 @@ void Subscriber::open_slot(SegmentProvider* records) {
     // subscriber its own cursor page; nothing else here is writable.
     grant_ = m_->join_cursor(opts_.tethered, opts_.name, shm::RingReader::kAtTail);
     r_.adopt(m_->refs(), grant_.slot, grant_.page, grant_.position, opts_.tethered, grant_.check_below);
+    r_.watch_grant(grant_.generation);
     resumed_ = grant_.resumed;
     open_ = true;
     return;
@@ -153,8 +154,14 @@ Status Subscriber::poll(View& out) {
       out = View(f);
       ++stats_.received;
       return Status::ok;
-    case shm::RingStatus::empty:
+    case shm::RingStatus::empty: {
+      // Slow path: a restarted daemon that could not take our grant back freed its
+      // slot; if frames read since it was last seen held may have been overwritten,
+      // say so (lapped) instead of going on as if nothing happened.
+      bool lapped = false;
+      if (r_.grant_gone(lapped) && lapped) return lapped_now();
       return Status::empty;
+    }
     case shm::RingStatus::lapped:
       return lapped_now();
     default:
@@ -187,6 +194,7 @@ Status Subscriber::wait_for(int64_t timeout_ns) {
     int64_t chunk = 100'000'000;
     if (deadline != UINT64_MAX && int64_t(deadline - now) < chunk) chunk = int64_t(deadline - now);
     if (r_.wait(chunk, &intr_)) return Status::ok;
+    if (bool lapped = false; r_.grant_gone(lapped) && lapped) return lapped_now();
     r_.heartbeat(shm::monotonic_ns());
   }
 }

@@ -44,6 +44,9 @@
 //   probe SOCK TOPIC               every request that names a topic, partition or grant, one line each:
 //                                  "<request>:<error code number>:<error text>" (ok: "<request>:ok"),
 //                                  with TOPIC written as <T> (to compare an existing and a missing topic)
+//   lag SOCK TOPIC                 a tethered subscriber that reads nothing until its stdin closes
+//                                  (prints "lag:joined"), then reads until it is not ok
+//                                  -> lag:read=<n> status=<the first status not ok>
 //   hoard SOCK PREFIX N FDS        a subscriber on topics PREFIX.0 .. PREFIX.N-1 holding FDS more fds
 //                                  (dups of /dev/null): prints "hoard:ready", hangs
 #include <dirent.h>
@@ -602,6 +605,22 @@ int main(int argc, char** argv) {
         if (open("/dev/null", O_RDONLY) < 0) return 3;
       out("hoard", "ready");
       for (;;) pause();
+    } else if (mode == "lag") {
+      Bus bus = Bus::connect(sock);
+      Subscriber sub = bus.subscriber(topic);
+      out("lag", "joined");
+      char ch;
+      while (read(0, &ch, 1) > 0) {
+      }
+      int n = 0;
+      Status st;
+      View v;
+      while ((st = sub.poll_wait(v, 300'000'000)) == Status::ok) {
+        ++n;
+        sub.release(v);
+      }
+      std::printf("lag:read=%d status=%s\n", n, to_string(st));
+      std::fflush(stdout);
     } else if (mode == "resume") {
       Bus bus = Bus::connect(sock);
       SubscriberOptions so;

@@ -1221,3 +1221,39 @@ TEST_CASE("restart: memfds are taken back walking each grantee's fd table once, 
   hoard.kill_now();
   CHECK(serving(rd.sock));
 }
+
+TEST_CASE("restart: a subscriber whose grant a restarted daemon could not take back is told (lapped), "
+          "not left reading overwritten frames",
+          "[security][isolation][restart][grant-lost]") {
+  NEED_SECOND_USER(att);
+  if (access("/usr/bin/setpriv", X_OK) != 0) {
+    WARN("skipped: no setpriv");
+    return;
+  }
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.lost", {.capacity = 8192, .mode = 0644});
+  // Another uid's tethered subscriber that reads nothing yet: it holds the producer.
+  Child lag(att.as({hostile(), "lag", rd.sock, "iso.lost"}), "", {}, true);
+  REQUIRE(first_line(lag) == "lag:joined");
+  Publisher pub = bus.publisher("iso.lost", {.block_timeout_ns = 10'000'000});
+  int held = 0;
+  while (pub.offer("0123456789abcdef0123456789abcdef", 32) == Status::ok) ++held;
+  REQUIRE(held > 0);
+  // A restarted daemon without CAP_SYS_PTRACE cannot take the grant's page back from
+  // another uid's process: it frees the slot.
+  rd.d.proc.kill_now();
+  rd.d.wrapper = {"/usr/bin/setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", "--"};
+  REQUIRE(rd.start());
+  auto st = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("iso.lost"); });
+  REQUIRE(st.get().getStats()[0].getPartitions()[0].getSubscribers().size() == 0);
+  // Nobody holds the producer now: three laps over what the subscriber has not read.
+  for (int i = 0; i < 3 * held; ++i) REQUIRE(pub.offer("0123456789abcdef0123456789abcdef", 32) == Status::ok);
+  lag.close_stdin();
+  const std::string got = first_line(lag);
+  INFO(got);
+  CHECK(got.rfind("lag:read=", 0) == 0);
+  CHECK(got.find(" status=lapped") != std::string::npos);
+  CHECK(serving(rd.sock));
+}

@@ -1033,6 +1033,34 @@ class RingReader {
     read_pos_ = released_ = pos;
   }
 
+  // Daemon mode: the grant this reader's slot must still be (its generation). A
+  // restarted daemon that cannot take back the grant's page frees the slot, and
+  // producers then no longer count this cursor. Checked on the slow path only
+  // (grant_gone: an empty poll, a sleep slice); the fast path is unchanged.
+  void watch_grant(uint32_t generation) {
+    grant_gen_ = generation;
+    watch_grant_ = true;
+    verified_ = read_pos_;
+  }
+  // Slow path: true (once) when the grant is gone: the slot is no longer ACTIVE at
+  // the grant's generation (the control segment is the daemon's alone). The reader
+  // is then untethered (every frame gets the P9 check), and `lapped` says whether
+  // frames read since the last check that found the grant may have been overwritten.
+  bool grant_gone(bool& lapped) {
+    lapped = false;
+    if (!watch_grant_ || !slot_) return false;
+    if (aref(slot_->state).load(std::memory_order_seq_cst) == kSlotActive &&
+        aref(slot_->generation).load(std::memory_order_seq_cst) == grant_gen_) {
+      verified_ = read_pos_;  // held until now: what was read so far was ours
+      return false;
+    }
+    watch_grant_ = false;
+    tethered_ = false;
+    check_below_ = 0;
+    lapped = lapped_at(verified_);
+    return true;
+  }
+
   enum class Resume : uint8_t { resumed, none, in_use };
   // P11, self-service: take over the parked slot of durable name `name_hash`
   // (ACTIVE, pid 0): the CAS of pid 0 -> ours is the ownership transfer, so that an
@@ -1238,6 +1266,9 @@ class RingReader {
 
   bool tethered_ = true;
   uint64_t check_below_ = 0;  // P11: frames below this position get the P9 check
+  bool watch_grant_ = false;  // daemon mode: grant_gone checks the slot's generation
+  uint32_t grant_gen_ = 0;
+  uint64_t verified_ = 0;     // read position when the grant was last seen held
 };
 
 // The creator (the daemon) restores the identity line of a control segment that a
