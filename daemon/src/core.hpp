@@ -136,6 +136,9 @@ struct Partition {
   std::map<uint64_t, int> page_fds;            // page id -> the daemon's memfd
   // The daemon's mapping of slot i's page (null: embedded or unknown). Under pages_mu.
   shm::CursorPage* page_of(uint32_t i);
+  // Layout 4: guards the producer grant records (refs.grants, in the control
+  // segment): the registry grants, the reaper reclaims.
+  std::mutex prod_mu;
   std::atomic<uint64_t> reclaimed_cursors{0};
   std::atomic<uint64_t> filled_claims{0};
   std::atomic<uint64_t> rate_milli{0};  // messages/s * 1000, sampled by the reaper
@@ -199,6 +202,12 @@ struct Peer {
 };
 // The process identity (pidfs inode) of a pidfd, 0 when pidfds have none (pre-6.9).
 uint64_t pidfd_identity(int pidfd);
+// The start time (/proc/PID/stat field 22, clock ticks since boot) of the live
+// process that has `pid` now, 0 when there is none (gone, or a zombie). With
+// `proc` != 0, also 0 unless that process is the one of pidfs identity `proc`.
+// A pid plus its start time names one process for the boot (a reused pid has
+// another start time): the daemon's grant records hold both (layout 4).
+uint64_t proc_start_time(pid_t pid, uint64_t proc = 0);
 struct RegistryCmd {
   // conn_closed: the server dropped connection peer.conn (its ephemeral topics go).
   enum Kind { request, stop, conn_closed } kind = request;
@@ -269,6 +278,11 @@ class Registry {
   // registerSchema / schemaHistory (schema_registry.cpp).
   void handle_schema(const Peer& p, uint64_t id, proto::Request::Reader req, capnp::MessageBuilder& mb,
                      proto::Response::Builder resp);
+  // Layout 4: producer ownership (a producer-table entry or the single-producer
+  // role), granted on the daemon's own records.
+  void handle_producer(const Peer& p, uint64_t id, proto::ProducerRequest::Reader q, capnp::MessageBuilder& mb,
+                       proto::Response::Builder resp);
+  uint32_t next_token_ = 0;
   void reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep = {},
              std::vector<int> fds = {});
   void reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg);
@@ -332,7 +346,11 @@ class Reaper {
  private:
   struct Watched {
     int pidfd = -1;
+    uint64_t start = 0;  // the watched process's start time (proc_start_time)
   };
+  // Is the grantee of a producer grant record alive: the process of that pid AND
+  // start time (never merely "some process has the pid")?
+  bool grantee_alive(uint32_t pid, uint64_t start);
   void scan(uint64_t now_ns);
   void watch_pid(pid_t pid);
   void on_dead(pid_t pid, const char* how);

@@ -6,16 +6,20 @@
 // Death is seen through a pidfd per client pid (readable at once when the process
 // exits; the control socket closing prompts an immediate check), and through a
 // scan every reclaim_interval_ms of every partition's cursor slots, producer table,
-// single-producer owner and zero lock, which also finds pids the daemon never saw
-// (clients that died while the daemon was down). For a dead pid it
+// producer grant records, which also finds pids the daemon never saw (clients that
+// died while the daemon was down). For a dead pid it
 //  1. frees its cursor slots and wakes producers blocked on space,
+// and for every producer grant whose grantee (pid + start time, layout 4) is gone
 //  2. releases a single-producer partition it owned,
 //  3. releases the multi-producer zero lock if it held it,
 //  4. pads a multi-producer claim it made and never committed, exactly once
 //     (CAS of the commit word 0 -> padding), then frees its producer-table entry.
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/syscall.h>
@@ -32,7 +36,60 @@ using shm::aref;
 namespace {
 int pidfd_open_(pid_t pid) { return int(syscall(SYS_pidfd_open, pid, 0)); }
 
+// Field 22 of /proc/PID/stat (starttime), 0 when it cannot be read. The comm field
+// (2) may hold spaces and parentheses: fields are counted after the last ')'.
+uint64_t stat_start(pid_t pid) {
+  char path[40];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", int(pid));
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[1024];
+  const ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  const char* p = std::strrchr(buf, ')');
+  if (!p) return 0;
+  int field = 2;  // p is the end of field 2
+  for (++p; *p && field < 22; ++p)
+    if (*p == ' ') ++field;
+  if (field != 22) return 0;
+  while (*p == ' ') ++p;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(p, &end, 10);
+  return end != p ? uint64_t(v) : 0;
+}
+
+// The start time of the process behind `pidfd` (whose pid is `pid`): read, then the
+// pidfd checked not exited, so the pid was that process's throughout the read.
+uint64_t start_of_pidfd(pid_t pid, int pidfd) {
+  const uint64_t st = stat_start(pid);
+  pollfd p{pidfd, POLLIN, 0};
+  return (st != 0 && poll(&p, 1, 0) == 0) ? st : 0;
+}
+
 }  // namespace
+
+uint64_t proc_start_time(pid_t pid, uint64_t proc) {
+  if (pid <= 0) return 0;
+  const int fd = pidfd_open_(pid);
+  if (fd < 0) return 0;
+  uint64_t st = (proc == 0 || pidfd_identity(fd) == proc) ? start_of_pidfd(pid, fd) : 0;
+  close(fd);
+  return st;
+}
+
+bool Reaper::grantee_alive(uint32_t pid, uint64_t start) {
+  if (pid == 0 || start == 0) return false;
+  auto it = pids_.find(pid_t(pid));
+  if (it != pids_.end() && it->second.start == start) {
+    pollfd p{it->second.pidfd, POLLIN, 0};  // readable: exited
+    return poll(&p, 1, 0) == 0;
+  }
+  // Not watched (yet), or the watched process is another one with that number.
+  std::lock_guard<std::mutex> g(core_.fd_reserve_mu);  // see watch_pid
+  return proc_start_time(pid_t(pid)) == start;
+}
 
 bool Reaper::alive(uint32_t pid) {
   if (pid == 0) return false;
@@ -79,7 +136,7 @@ void Reaper::watch_pid(pid_t pid) {
   ev.events = EPOLLIN;
   ev.data.u64 = uint64_t(pid) << 1 | 1;
   epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
-  pids_[pid] = Watched{fd};
+  pids_[pid] = Watched{fd, start_of_pidfd(pid, fd)};
 }
 
 void Reaper::on_dead(pid_t pid, const char* how) {
@@ -89,9 +146,11 @@ void Reaper::on_dead(pid_t pid, const char* how) {
   // it (what the dead one held is reclaimed when that one is gone too).
   const bool reused = live_now(pid, core_.fd_reserve_mu);
   for (auto& p : parts_) {
-    if (reused) break;
     uint64_t before = p->reclaimed_cursors.load() + p->filled_claims.load();
-    reclaim_in(*p, pid);
+    if (!reused) reclaim_in(*p, pid);
+    // Producer grants: decided per record by pid AND start time, so a reused pid
+    // neither hides a dead grantee nor makes a live one look dead.
+    resolve_dead_claims(*p);
     if (p->reclaimed_cursors.load() + p->filled_claims.load() != before) {
       any = true;
       log_event(core_.instance, LOG_INFO, "client_reclaimed", p->topic, pid,
@@ -133,23 +192,43 @@ void Reaper::reclaim_in(Partition& part, pid_t pid) {
         break;
     }
   }
-  // 2. Single-producer ownership (the next publisher runs recover_sp()).
-  shm::release_dead_single_producer(r, dead);
-  // 3. Multi-producer table entries: pending tail, won claim, zero lock (P8).
-  resolve_dead_claims(part);
+  // 2. Producer grants are resolved by the caller (resolve_dead_claims), on the
+  // grant records, not on this pid.
 }
 
+// Producer grants (layout 4): the daemon's own records in the control segment
+// (token, SO_PEERCRED pid, start time). A grant whose grantee is not alive (that
+// pid with that start time) is resolved on its token: a single-producer role is
+// released (the next publisher runs recover_sp()), a producer-table entry has its
+// pending tail completed, its won claim padded, its zero lock and space bit freed
+// (P8). Nothing read from the data segment names whom to reclaim: a forged owner
+// or claim in an entry the daemon did not grant, or granted to a live process, is
+// never acted on.
 void Reaper::resolve_dead_claims(Partition& part) {
   const shm::RingRefs& r = part.refs;
-  if (!r.multi()) return;
-  for (uint32_t k = 0; k < r.producer_count; ++k) {
-    const uint32_t owner = shm::owner_pid(aref(r.producers[k].pid).load(std::memory_order_acquire));
-    if (owner == 0 || alive(owner)) continue;
-    if (shm::recover_dead_producer(r, k, owner) == shm::ClaimRecovery::padded) {
-      part.filled_claims.fetch_add(1, std::memory_order_relaxed);
-      log_event(core_.instance, LOG_INFO, "claim_padded", part.topic, owner,
-                "partition " + std::to_string(part.index) + " producer slot " + std::to_string(k));
+  if (!r.grants) return;
+  std::lock_guard<std::mutex> g(part.prod_mu);
+  for (uint32_t k = 0; k < shm::kProducerGrants; ++k) {
+    shm::ProducerGrant& gr = r.grants[k];
+    if (gr.token == 0 || grantee_alive(gr.pid, gr.start)) continue;
+    const uint32_t pid = gr.pid;
+    if (k == shm::kSingleProducerGrant) {
+      shm::release_dead_single_producer(r, gr.token);
+    } else if (r.multi()) {
+      shm::ClaimRecovery rc = shm::recover_dead_producer(r, k, gr.token);
+      // A daemon that died while recovering this entry left its mark (kReclaimBit |
+      // its pid): the grant is ours and its grantee dead, so finish that recovery.
+      const uint32_t cur = aref(r.producers[k].pid).load(std::memory_order_acquire);
+      if (rc == shm::ClaimRecovery::none && (cur & shm::kReclaimBit) && shm::owner_pid(cur) != uint32_t(getpid()) &&
+          !shm::process_alive(shm::owner_pid(cur)))
+        rc = shm::recover_dead_producer(r, k, shm::owner_pid(cur));
+      if (rc == shm::ClaimRecovery::padded) {
+        part.filled_claims.fetch_add(1, std::memory_order_relaxed);
+        log_event(core_.instance, LOG_INFO, "claim_padded", part.topic, pid,
+                  "partition " + std::to_string(part.index) + " producer slot " + std::to_string(k));
+      }
     }
+    gr = shm::ProducerGrant{};  // resolved (or released by the producer itself earlier)
   }
 }
 
@@ -166,11 +245,17 @@ void Reaper::scan(uint64_t now_ns) {
       if (st == shm::kSlotActive || st == shm::kSlotJoining)
         consider(aref(r.slots[i].pid).load(std::memory_order_relaxed));
     }
-    consider(aref(r.data->producer_pid).load(std::memory_order_relaxed));
-    const uint32_t zl = aref(r.data->zero_lock).load(std::memory_order_relaxed);
-    if (zl && zl <= r.producer_count) consider(aref(r.producers[zl - 1].pid).load(std::memory_order_relaxed));
-    for (uint32_t i = 0; i < r.producer_count; ++i) consider(aref(r.producers[i].pid).load(std::memory_order_relaxed));
-    resolve_dead_claims(*p);  // entries left from earlier rounds
+    // Producers: the grantees of our own records (never a pid from the data segment).
+    if (r.grants) {
+      std::vector<uint32_t> grantees;
+      {
+        std::lock_guard<std::mutex> g(p->prod_mu);
+        for (uint32_t k = 0; k < shm::kProducerGrants; ++k)
+          if (r.grants[k].token) grantees.push_back(r.grants[k].pid);
+      }
+      for (uint32_t pid : grantees) consider(pid);
+    }
+    resolve_dead_claims(*p);  // records left from earlier rounds, or a previous daemon
   }
   // Rates, sampled at most every 500 ms.
   if (now_ns - last_rate_ns_ >= 500'000'000ull) {

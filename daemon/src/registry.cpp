@@ -9,6 +9,7 @@
 #include <sstream>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -289,6 +290,22 @@ void Registry::load() {
         if (aref(const_cast<uint32_t&>(s.state)).load(std::memory_order_acquire) != shm::kSlotActive || pid == 0 ||
             (pid & shm::kReclaimBit) || (aref(const_cast<uint32_t&>(s.flags)).load() & shm::kSlotEmbedded))
           continue;
+        // Layout 4: only the process with the recorded start time is the grantee. A
+        // grantee that died while no daemon ran, whose pid another process has now,
+        // is dead: its slot is parked (durable name) or freed, never adopted.
+        const uint64_t start = aref(const_cast<uint64_t&>(s.start)).load(std::memory_order_relaxed);
+        if (start != 0 && proc_start_time(pid_t(pid)) != start) {
+          std::lock_guard<std::mutex> g(part->pages_mu);
+          const uint64_t page_id = aref(const_cast<uint64_t&>(s.page_id)).load(std::memory_order_relaxed);
+          if (shm::recover_dead_cursor(part->refs, i, pid, true, spill::kArchiverNameHash, part->page_of(i)) ==
+                  shm::CursorRecovery::freed &&
+              page_id)
+            drop_page(*part, page_id);
+          log_event(core_.instance, LOG_INFO, "grant_dropped", t.s.name, pid,
+                    "partition " + std::to_string(part->index) + " slot " + std::to_string(i) +
+                        ": its grantee exited while no daemon ran (pid now another process's)");
+          continue;
+        }
         Peer who;
         who.conn = 0;
         const int pfd = int(syscall(SYS_pidfd_open, pid_t(pid), 0));
@@ -522,10 +539,18 @@ void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
     ps.setBackPressureEvents(aref(r.data->backpressure_events).load(std::memory_order_relaxed));
     ps.setReclaimedCursors(p.reclaimed_cursors.load(std::memory_order_relaxed));
     ps.setFilledClaims(p.filled_claims.load(std::memory_order_relaxed));
-    ps.setProducerPid(aref(r.data->producer_pid).load(std::memory_order_relaxed));
+    // From the daemon's own grant records (layout 4: the data segment holds tokens).
     uint32_t live = 0;
-    for (uint32_t k = 0; k < r.producer_count; ++k)
-      if (aref(r.producers[k].pid).load(std::memory_order_relaxed) != 0) ++live;
+    {
+      std::lock_guard<std::mutex> g(const_cast<Partition&>(p).prod_mu);
+      const shm::ProducerGrant& sp = r.grants[shm::kSingleProducerGrant];
+      ps.setProducerPid(sp.token != 0 && aref(r.data->producer_pid).load(std::memory_order_relaxed) == sp.token
+                            ? sp.pid
+                            : 0);
+      for (uint32_t k = 0; k < r.producer_count; ++k)
+        if (r.grants[k].token != 0 && aref(r.producers[k].pid).load(std::memory_order_relaxed) == r.grants[k].token)
+          ++live;
+    }
     ps.setLiveProducers(live);
     std::vector<uint32_t> active;
     for (uint32_t k = 0; k < r.slot_count; ++k)
@@ -731,6 +756,7 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
         shm::CursorPage* old_pg = part.page_of(i);
         const uint64_t nid = create_page(part, fd);
         aref(s->join_token).store(j.getToken(), std::memory_order_relaxed);
+        aref(s->start).store(proc_start_time(peer.pid, peer.proc), std::memory_order_relaxed);
         below = shm::regrant_parked(r, i, uint32_t(peer.pid), tethered, part.pages[nid], nid, pos);
         if (old_pg) shm::wake_space_page(old_pg);
         if (old_id) drop_page(part, old_id);
@@ -760,7 +786,12 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
     std::lock_guard<std::mutex> g(part.pages_mu);
     const uint64_t nid = create_page(part, fd);
     slot = shm::join_slot(r, uint32_t(peer.pid), tethered, h, start, part.pages[nid], nid, pos, below);
-    if (slot >= 0) aref(r.slots[slot].join_token).store(j.getToken(), std::memory_order_relaxed);
+    if (slot >= 0) {
+      aref(r.slots[slot].join_token).store(j.getToken(), std::memory_order_relaxed);
+      // The grantee's start time (layout 4): a restarted daemon adopts the grant only
+      // for the process with this pid AND start time, never a later holder of the pid.
+      aref(r.slots[slot].start).store(proc_start_time(peer.pid, peer.proc), std::memory_order_relaxed);
+    }
     if (slot < 0) {
       drop_page(part, nid);
       close(fd);
@@ -840,6 +871,109 @@ void Registry::handle_leave(const Peer& peer, uint64_t id, proto::LeaveRequest::
     }
   }
   resp.setDone();
+  return reply(peer, mb);
+}
+
+// PRODUCER (layout 4): producer ownership, decided on the daemon's own grant
+// records (control segment: token, SO_PEERCRED pid, start time) and never on an
+// owner value read from the data segment, which publishers write. The daemon picks
+// the entry, resolves a dead grantee's claim first, writes an owner token of its
+// own choosing (never a pid) and records the grant before answering.
+void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerRequest::Reader q,
+                               capnp::MessageBuilder& mb, proto::Response::Builder resp) {
+  std::string name = q.getTopic();
+  auto it = topics_.find(name);
+  if (it == topics_.end() || !visible(it->second, peer))
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+  if (!may(it->second, peer, Role::publisher))
+    return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                       "uid " + std::to_string(peer.uid) + " may not publish to '" + name + "'");
+  const uint32_t pi = q.getPartition();
+  if (pi >= it->second.parts.size())
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND,
+                       "topic '" + name + "' has no partition " + std::to_string(pi));
+  Partition& part = *it->second.parts[pi];
+  const shm::RingRefs& r = part.refs;
+  const std::string where = "partition " + std::to_string(pi) + " of '" + name + "'";
+  // The requester's identity for the record: its pid and start time, checked to be
+  // the connected process (its pidfd identity) so a pid reused meanwhile is refused.
+  const uint64_t start = proc_start_time(peer.pid, peer.proc);
+  if (start == 0)
+    return reply_error(peer, id, proto::ErrorCode::SYSTEM,
+                       "cannot read the start time of pid " + std::to_string(peer.pid) + " (/proc): no producer grant");
+  auto live = [&](const shm::ProducerGrant& g) {
+    return g.token != 0 && proc_start_time(pid_t(g.pid)) == g.start;
+  };
+  auto token_used = [&](uint32_t t) {
+    for (uint32_t k = 0; k < shm::kProducerGrants; ++k)
+      if (r.grants[k].token == t) return true;
+    return false;
+  };
+  std::lock_guard<std::mutex> g(part.prod_mu);
+  uint32_t tok = 0;
+  while (tok == 0 || token_used(tok)) {
+    if (next_token_ == 0) {
+      uint32_t seed = 0;
+      if (getrandom(&seed, sizeof seed, 0) != ssize_t(sizeof seed)) seed = uint32_t(shm::monotonic_ns());
+      next_token_ = seed;
+    }
+    tok = shm::kTokenBit | (++next_token_ & (shm::kTokenBit - 1));
+    if (tok == shm::kTokenBit) tok = 0;
+  }
+  uint32_t slot = 0;
+  if (!r.multi()) {
+    shm::ProducerGrant& gr = r.grants[shm::kSingleProducerGrant];
+    const uint32_t cur = aref(r.data->producer_pid).load(std::memory_order_acquire);
+    if (gr.token != 0 && cur == gr.token && live(gr)) {
+      return reply_error(peer, id, proto::ErrorCode::ALREADY_EXISTS,
+                         gr.pid == uint32_t(peer.pid)
+                             ? where + " already has a publisher in this process (single-producer topic)"
+                             : where + " already has a publisher (pid " + std::to_string(gr.pid) +
+                                   "); create the topic with multi_producer for several");
+    }
+    // No live grant holds it: a dead grantee's role is released on its token (the new
+    // publisher repairs the tail, recover_sp), then the role is ours to hand out.
+    if (gr.token) shm::release_dead_single_producer(r, gr.token);
+    aref(r.data->space_waiter_bits).fetch_and(~(uint64_t(1) << shm::kSpaceBitSingle), std::memory_order_seq_cst);
+    gr = shm::ProducerGrant{tok, uint32_t(peer.pid), start};
+    aref(r.data->producer_pid).store(tok, std::memory_order_release);
+  } else {
+    int32_t got = -1;
+    // Pass 0 skips entries whose grantee lives (it may have closed its publisher and
+    // open another soon); pass 1 takes an entry a live grantee gave back.
+    for (int pass = 0; pass < 2 && got < 0; ++pass) {
+      for (uint32_t k = 0; k < r.producer_count && got < 0; ++k) {
+        shm::ProducerGrant& gr = r.grants[k];
+        shm::ProducerSlot& p = r.producers[k];
+        const bool is_live = live(gr);
+        if (pass == 0 && is_live) continue;
+        uint32_t cur = aref(p.pid).load(std::memory_order_acquire);
+        if (gr.token != 0 && !is_live && cur == gr.token) {
+          // Its grantee is gone and the reaper has not resolved it yet: do it now.
+          if (shm::recover_dead_producer(r, k, gr.token) == shm::ClaimRecovery::padded)
+            part.filled_claims.fetch_add(1, std::memory_order_relaxed);
+          gr = shm::ProducerGrant{};
+          cur = aref(p.pid).load(std::memory_order_acquire);
+        }
+        if (cur != 0) continue;  // held (or a value we never granted: left alone)
+        if (!aref(p.pid).compare_exchange_strong(cur, tok, std::memory_order_acq_rel)) continue;
+        aref(p.generation).fetch_add(1, std::memory_order_relaxed);
+        aref(p.claim).store(shm::claim_word(0, shm::kClaimIdle), std::memory_order_release);
+        gr = shm::ProducerGrant{tok, uint32_t(peer.pid), start};
+        got = int32_t(k);
+      }
+    }
+    if (got < 0)
+      return reply_error(peer, id, proto::ErrorCode::NO_SLOT,
+                         where + " already has " + std::to_string(r.producer_count) +
+                             " publishers (the multi-producer limit)");
+    slot = uint32_t(got);
+  }
+  core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
+  auto pr = resp.initProducer();
+  pr.setSlot(slot);
+  pr.setToken(tok);
+  pr.setMulti(r.multi());
   return reply(peer, mb);
 }
 
@@ -1147,6 +1281,8 @@ void Registry::handle(const RegistryCmd& c) {
       return handle_leave(peer, id, req.getLeave(), mb, resp);
     case proto::Request::CURSOR_PAGE:
       return handle_page(peer, id, req.getCursorPage(), mb, resp);
+    case proto::Request::PRODUCER:
+      return handle_producer(peer, id, req.getProducer(), mb, resp);
     case proto::Request::LIST_PAGE:
       return reply_page(peer, id, req.getListPage(), false);
     case proto::Request::STAT_PAGE:

@@ -245,6 +245,9 @@ bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::
       case proto::Request::SCHEMA_HISTORY:
         if (!text_ok(r.getSchemaHistory().getTopic(), "topic")) return false;
         break;
+      case proto::Request::PRODUCER:
+        if (!text_ok(r.getProducer().getTopic(), "topic")) return false;
+        break;
       default:
         err = "unknown request type";
         return false;

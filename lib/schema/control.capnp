@@ -153,6 +153,7 @@ struct Request {
     cursorPage @15 :PageFetch;    # producers: a read-only fd of a slot's cursor page
     registerSchema @16 :SchemaRegistration;  # a publisher/subscriber presents its schema
     schemaHistory @17 :SchemaQuery;          # a topic's registered versions
+    producer @18 :ProducerRequest;  # publishers: producer ownership (layout 4)
   }
 }
 
@@ -219,6 +220,23 @@ struct PageFetch {
   generation @3 :UInt32;
 }
 
+# Layout 4: a publisher's ownership is granted by the daemon. The daemon picks a
+# producer-table entry (multi-producer) or the partition's single-producer role,
+# takes it over from a grantee it has proven dead (pidfd, start time), writes an
+# owner token of its own choosing into the data segment and records the grant
+# (token, SO_PEERCRED pid, start time) in the control segment. The publisher
+# writes the token, never its pid, wherever ownership is checked.
+struct ProducerRequest {
+  topic @0 :Text;
+  partition @1 :UInt32;
+}
+
+struct ProducerReply {
+  slot @0 :UInt32;                # the producer-table entry (multi-producer), else 0
+  token @1 :UInt32;               # the owner value the daemon wrote
+  multi @2 :Bool;
+}
+
 struct PageReply {
   # One descriptor (read-only) comes with this packet, unless `embedded`.
   generation @0 :UInt32;
@@ -281,6 +299,7 @@ struct Response {
     cursorPage @11 :PageReply;
     schema @12 :SchemaReply;          # registerSchema
     schemaHistory @13 :SchemaHistory; # schemaHistory
+    producer @14 :ProducerReply;
   }
 }
 

@@ -321,6 +321,23 @@ class DaemonMapping final : public PartitionMapping {
       return nullptr;
     }
   }
+  ProducerGrantInfo grant_producer() override {
+    DaemonClient::Reply rep = client_->call([&](proto::Request::Builder r) {
+      auto q = r.initProducer();
+      q.setTopic(topic_);
+      q.setPartition(partition_);
+    });
+    auto pr = rep.get();
+    if (!pr.isProducer()) throw Error(ErrorCode::protocol, "producer: unexpected reply");
+    auto g = pr.getProducer();
+    ProducerGrantInfo out;
+    out.slot = g.getSlot();
+    out.token = g.getToken();
+    if ((out.token & shm::kTokenBit) == 0 || g.getMulti() != refs_.multi() ||
+        (g.getMulti() && out.slot >= refs_.producer_count))
+      throw Error(ErrorCode::protocol, "producer: the daemon's grant does not fit this partition");
+    return out;
+  }
   void unmap_page(shm::CursorPage* p) noexcept override {
     if (p) munmap(p, shm::kCursorPageSize);
   }

@@ -46,7 +46,16 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
     throw Error(ErrorCode::incompatible,
                 "topic '" + m_->topic() + "' carries Cap'n Proto root type @0x" + hex(r.schema_id) +
                     ", this publisher builds @0x" + hex(opts_.schema_id) + ": incompatible schema");
-  if (!multi) {
+  if (m_->granted()) {
+    // Daemon mode (layout 4): the daemon grants the ownership and writes its own
+    // token as the owner (it takes over from a grantee it proved dead, refuses one
+    // that lives); our pid appears nowhere in the data segment.
+    const PartitionMapping::ProducerGrantInfo g = m_->grant_producer();
+    if (!w_.attach_granted(r, multi, g.token, g.slot))
+      throw Error(ErrorCode::protocol, "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() +
+                                           "': the producer entry the daemon granted is not ours");
+    claimed_sp_ = !multi;
+  } else if (!multi) {
     // Single-producer partition: take exclusive ownership, or take over from a dead owner.
     uint32_t owner = 0;
     for (;;) {
@@ -67,7 +76,7 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
     }
     claimed_sp_ = true;
   }
-  if (!w_.attach(r, multi, me)) {
+  if (!m_->granted() && !w_.attach(r, multi, me)) {
     // Every producer-table entry is taken: entries of dead producers are freed
     // (their claims padded) and the attach is tried once more.
     for (uint32_t k = 0; k < r.producer_count; ++k) {
@@ -128,7 +137,7 @@ void Publisher::close() {
   if (claim_.active()) w_.abort(claim_);
   w_.detach();  // gives back the producer-table entry (P8)
   if (claimed_sp_) {
-    uint32_t me = uint32_t(getpid());
+    uint32_t me = w_.owner();  // our pid (direct mode) or the daemon's token
     aref(m_->refs().data->producer_pid).compare_exchange_strong(me, 0, std::memory_order_acq_rel);
     claimed_sp_ = false;
   }
@@ -280,7 +289,7 @@ void Publisher::reclaim_dead_cursors() {
     if (pid == 0 || shm::process_alive(pid)) continue;  // pid 0: parked durable slot
     if (shm::recover_dead_cursor(r, i, pid) == shm::CursorRecovery::freed) ++stats_.reclaimed_cursors;
   }
-  if (r.multi()) {
+  if (r.multi() && !m_->granted()) {  // daemon mode: the daemon's grant records decide
     for (uint32_t k = 0; k < r.producer_count; ++k) {
       uint32_t pid = shm::owner_pid(aref(r.producers[k].pid).load(std::memory_order_acquire));
       if (pid && !shm::process_alive(pid)) shm::recover_dead_producer(r, k, pid);

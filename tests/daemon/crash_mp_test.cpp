@@ -4,6 +4,9 @@
 // counter sequence), nobody may wait longer than the reclaim time plus slack, and
 // after the test no segment, socket or state file may be left behind.
 #include <catch2/catch.hpp>
+#include <linux/sched.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -301,6 +304,203 @@ TEST_CASE("the daemon killed under load restarts, re-attaches the live segments 
     bus.remove_topic(topic);
   }
   CHECK(client->reconnects() >= uint32_t(trials));
+  client.reset();
+  bus = Bus(nullptr);
+  REQUIRE(d.stop());
+  CHECK(d.leaks().empty());
+}
+
+// ---------------------------------------------------------------------------
+// Daemon-granted producers (layout 4): the daemon decides on its own grant records.
+
+namespace {
+
+// The one child of process `pid` (unshare -pf forks the helper), or -1.
+pid_t only_child(pid_t pid) {
+  std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children").c_str(), "r");
+  if (!f) return -1;
+  int c = -1;
+  if (std::fscanf(f, "%d", &c) != 1) c = -1;
+  std::fclose(f);
+  return pid_t(c);
+}
+
+uint64_t filled_claims(DaemonClient& c, const std::string& topic) {
+  auto st = c.call([&](proto::Request::Builder r) { r.setStat(topic); });
+  return st.get().getStats()[0].getPartitions()[0].getFilledClaims();
+}
+
+bool can_unshare_pid() { return geteuid() == 0 && access("/usr/bin/unshare", X_OK) == 0; }
+
+}  // namespace
+
+TEST_CASE("a producer in another pid namespace publishes through the daemon; SIGKILLed mid-claim, its claim is "
+          "padded and the others lose nothing",
+          "[crash][daemon][pidns]") {
+  if (!can_unshare_pid()) {
+    WARN("skipped: needs root and unshare");
+    return;
+  }
+  DaemonProc d("pidns");
+  REQUIRE(d.start());
+  auto client = DaemonClient::connect({d.sock});
+  Bus bus(make_daemon_provider(client));
+  const std::string topic = "crash.pidns";
+  bus.create_topic(topic, {.capacity = 16384, .multi_producer = true});
+  Subscriber sub = bus.subscriber(topic);
+  Verifier ver;
+  // Pid 1 in its namespace: its getpid() names nothing the daemon can see.
+  {
+    Child ns({"/usr/bin/unshare", "-pf", H(), "pub", d.sock, topic, "3", "300", "7"});
+    REQUIRE(ns.read_char(10000) == 'R');
+    REQUIRE(drain(sub, ver, [&] { return ver.next[3] == 300; }));
+    REQUIRE(ns.wait(10000) == 0);
+  }
+  Child victim({"/usr/bin/unshare", "-pf", H(), "hang-claim", d.sock, topic, "1", "25"});
+  REQUIRE(victim.read_char(10000) == 'C');
+  const pid_t inner = only_child(victim.pid());
+  REQUIRE(inner > 1);
+  Child survivor({H(), "pub", d.sock, topic, "2", "200", "99"});
+  REQUIRE(survivor.read_char(10000) == 'R');
+  const uint64_t t0 = now_ns();
+  REQUIRE(kill(inner, SIGKILL) == 0);
+  const bool ok = drain(sub, ver, [&] { return ver.next[2] == 200; });
+  const uint64_t waited = now_ns() - t0;
+  INFO(ver.error);
+  REQUIRE(ok);
+  REQUIRE(ver.error.empty());
+  CHECK(ver.next[1] == 25);  // every message it committed, none of its open claim
+  CHECK(waited < kReclaimBudgetNs + kSlackNs);
+  REQUIRE(survivor.wait(10000) == 0);
+  victim.wait(10000);
+  CHECK(filled_claims(*client, topic) == 1);
+  sub.close();
+  bus.remove_topic(topic);
+  client.reset();
+  bus = Bus(nullptr);
+  REQUIRE(d.stop());
+  CHECK(d.leaks().empty());
+}
+
+TEST_CASE("a producer-table entry forged by a publisher (a dead pid, a won claim) is never padded or freed by the "
+          "daemon",
+          "[crash][daemon][hostile]") {
+  DaemonProc d("forge");
+  REQUIRE(d.start());
+  auto client = DaemonClient::connect({d.sock});
+  Bus bus(make_daemon_provider(client));
+  const std::string topic = "crash.forge";
+  bus.create_topic(topic, {.capacity = 16384, .multi_producer = true});
+  Subscriber sub = bus.subscriber(topic);
+  Verifier ver;
+  // A publisher maps the data segment read-write: it can write any table entry.
+  Publisher forger = bus.publisher(topic);
+  const shm::RingRefs& r = forger.refs();
+  pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  REQUIRE(dead > 0);
+  REQUIRE(waitpid(dead, nullptr, 0) == dead);
+  const uint32_t k = r.producer_count - 1;  // an entry nobody was granted
+  shm::ProducerSlot& p = r.producers[k];
+  REQUIRE(shm::aref(p.pid).load() == 0);
+  const uint64_t tail = shm::aref(r.data->tail_pos).load();
+  const uint64_t seq = shm::tail_seq_of(shm::aref(r.data->tail_seq).load());
+  // Ahead of the tail in the ring, but far in the future as a position, so that it
+  // does not bound anyone's space limit (min_open_claim): padding it would put a
+  // padding frame in the zeroed bytes the next frames go to.
+  shm::aref(p.claim_pos).store(tail + (uint64_t(1) << 40) + 1024);
+  shm::aref(p.frame_len).store(256u);
+  shm::aref(p.claim).store(shm::claim_word(seq, shm::kClaimWon));
+  shm::aref(p.pid).store(uint32_t(dead));
+  // A real grantee dies mid-claim: the daemon pads exactly that claim.
+  Child victim({H(), "hang-claim", d.sock, topic, "1", "10"});
+  REQUIRE(victim.read_char(10000) == 'C');
+  Child survivor({H(), "pub", d.sock, topic, "2", "200", "5"});
+  REQUIRE(survivor.read_char(10000) == 'R');
+  victim.kill_now();
+  const bool ok = drain(sub, ver, [&] { return ver.next[2] == 200; });
+  INFO(ver.error);
+  REQUIRE(ok);
+  REQUIRE(ver.error.empty());
+  REQUIRE(survivor.wait(10000) == 0);
+  // The victim's claim was padded (one fill); the forged entry is as it was written.
+  CHECK(filled_claims(*client, topic) == 1);
+  CHECK(shm::aref(p.pid).load() == uint32_t(dead));
+  CHECK(shm::aref(p.fills).load() == 0);
+  CHECK(shm::claim_state(shm::aref(p.claim).load()) == shm::kClaimWon);
+  shm::aref(p.pid).store(0u);
+  shm::aref(p.claim).store(shm::claim_word(seq, shm::kClaimIdle));
+  forger.close();
+  sub.close();
+  bus.remove_topic(topic);
+  client.reset();
+  bus = Bus(nullptr);
+  REQUIRE(d.stop());
+  CHECK(d.leaks().empty());
+}
+
+namespace {
+// A process that has exactly pid `want` (clone3 set_tid; root), idle until killed;
+// -1 when the kernel refuses.
+pid_t spawn_with_pid(pid_t want) {
+  struct clone_args ca{};
+  ca.exit_signal = SIGCHLD;
+  ca.set_tid = uint64_t(uintptr_t(&want));
+  ca.set_tid_size = 1;
+  const long v = syscall(SYS_clone3, &ca, sizeof ca);
+  if (v == 0) {
+    for (;;) pause();
+  }
+  return pid_t(v);
+}
+}  // namespace
+
+TEST_CASE("a producer grant whose grantee died while no daemon ran is not adopted by the process that has its pid "
+          "at the restart",
+          "[crash][daemon][restart]") {
+  if (geteuid() != 0) {
+    WARN("skipped: needs root (clone3 set_tid reuses a pid exactly)");
+    return;
+  }
+  DaemonProc d("reuse");
+  REQUIRE(d.start());
+  auto client = DaemonClient::connect({d.sock});
+  Bus bus(make_daemon_provider(client));
+  for (bool multi : {false, true}) {
+    const std::string topic = std::string("crash.reuse.") + (multi ? "mp" : "sp");
+    INFO(topic);
+    bus.create_topic(topic, {.capacity = 16384, .multi_producer = multi});
+    Subscriber sub = bus.subscriber(topic);
+    Verifier ver;
+    Child victim({H(), "hang-claim", d.sock, topic, "1", "20"});
+    REQUIRE(victim.read_char(10000) == 'C');
+    const pid_t vp = victim.pid();
+    d.crash();
+    victim.kill_now();  // dies while no daemon runs
+    const pid_t again = spawn_with_pid(vp);
+    if (again < 0) {
+      WARN("skipped: clone3 set_tid unavailable");
+      REQUIRE(d.start());
+      break;
+    }
+    REQUIRE(again == vp);
+    REQUIRE(d.start());
+    // Single producer: the role is free again (not "already has a publisher (pid
+    // vp)"); multi-producer: the dead claim is padded, so nobody stalls behind it.
+    Child survivor({H(), "pub", d.sock, topic, "2", "200", "5"});
+    CHECK(survivor.read_char(10000) == 'R');
+    const bool ok = drain(sub, ver, [&] { return ver.next[2] == 200; });
+    INFO(ver.error);
+    CHECK(ok);
+    CHECK(ver.error.empty());
+    CHECK(ver.next[1] == 20);
+    CHECK(survivor.wait(10000) == 0);
+    if (multi) CHECK(filled_claims(*client, topic) == 1);
+    kill(again, SIGKILL);
+    waitpid(again, nullptr, 0);
+    sub.close();
+    bus.remove_topic(topic);
+  }
   client.reset();
   bus = Bus(nullptr);
   REQUIRE(d.stop());

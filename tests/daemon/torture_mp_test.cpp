@@ -311,7 +311,11 @@ uint64_t tail_pos(const shm::RingRefs& r) { return shm::aref(r.data->tail_pos).l
 // A dead producer still holding an open claim (its table entry not yet resolved)?
 bool dead_claim_open(const shm::RingRefs& r, const std::vector<pid_t>& dead) {
   for (uint32_t k = 0; k < r.producer_count; ++k) {
-    const uint32_t pid = shm::aref(r.producers[k].pid).load(std::memory_order_acquire);
+    uint32_t pid = shm::aref(r.producers[k].pid).load(std::memory_order_acquire);
+    // Through shmbusd (layout 4) the entry holds the daemon's token; its grant record
+    // (control segment, readable here) names the grantee's pid.
+    if ((pid & shm::kTokenBit) && r.grants && shm::aref(r.grants[k].token).load(std::memory_order_relaxed) == pid)
+      pid = shm::aref(r.grants[k].pid).load(std::memory_order_relaxed);
     if (pid == 0 || std::find(dead.begin(), dead.end(), pid_t(pid)) == dead.end()) continue;
     if (shm::claim_state(shm::aref(r.producers[k].claim).load(std::memory_order_acquire)) != shm::kClaimIdle)
       return true;

@@ -77,18 +77,26 @@ uint32_t flen(uint32_t payload) { return uint32_t(align_frame(kFrameHeaderSize +
 
 }  // namespace
 
-TEST_CASE("layout 3.0 is pinned and an older segment is refused") {
+TEST_CASE("layout 4.0 is pinned and an older segment is refused") {
   CHECK(sizeof(DataHeader) == 384);
   CHECK(sizeof(ControlHeader) == 384);
   CHECK(sizeof(ProducerSlot) == 128);
   CHECK(sizeof(CursorPage) == 64);
-  CHECK(kLayoutMajor == 3);
+  CHECK(sizeof(ProducerGrant) == 16);
+  CHECK(kLayoutMajor == 4);
   HeapRing h(4096, true);
   CHECK(h.r.producers == reinterpret_cast<ProducerSlot*>(h.data.get() + kProducerTableOffset));
   CHECK(h.r.ring == h.data.get() + kRingOffset);
+  // The producer grant records follow the cursor slots in the control segment.
+  CHECK(reinterpret_cast<std::byte*>(h.r.grants) == h.ctl.get() + sizeof(ControlHeader) + 8 * sizeof(CursorSlot));
+  CHECK(h.cbytes == sizeof(ControlHeader) + 8 * sizeof(CursorSlot) + kProducerGrantTableSize);
+  RingRefs rg;  // granted: the slot count comes from the size, net of the grant table
+  REQUIRE(bind_ring(h.data.get(), h.dbytes, h.ctl.get(), h.cbytes, rg, true) == nullptr);
+  CHECK(rg.slot_count == 8);
+  CHECK(rg.grants == h.r.grants);
   RingRefs r2;
   auto* d = reinterpret_cast<DataHeader*>(h.data.get());
-  d->layout_version = (2u << 16) | 0;
+  d->layout_version = (3u << 16) | 0;
   const char* why = bind_ring(h.data.get(), h.dbytes, h.ctl.get(), h.cbytes, r2);
   REQUIRE(why != nullptr);
   CHECK(std::string(why).find("layout version") != std::string::npos);
@@ -293,6 +301,51 @@ TEST_CASE("a dead zero-lock holder is taken over; a live one makes claims back-p
     rd.release_all();
   }
   CHECK(s == RingStatus::back_pressured);
+}
+
+// Layout 4, daemon mode: the owner is the daemon's token, and a dead zero-lock
+// holder is the daemon's to clear (on its grant record). A producer never takes the
+// lock over on a pid read from the table: a forged dead pid there changes nothing.
+TEST_CASE("a granted producer writes the daemon's token, never its pid, and never takes over a zero lock itself") {
+  HeapRing h(4096, true);
+  const uint32_t tok = kTokenBit | 5;
+  fake_producer(h.r, 3, tok);
+  RingWriter w;
+  REQUIRE_FALSE(w.attach_granted(h.r, true, tok, 4));  // not the entry the token is in
+  REQUIRE(w.attach_granted(h.r, true, tok, 3));
+  CHECK(w.producer_slot() == 3);
+  CHECK(w.owner() == tok);
+  RingReader rd;
+  REQUIRE(rd.join(h.r, uint32_t(getpid()), true));
+  FrameMeta meta;
+  Claim c;
+  REQUIRE(w.try_claim(100, c) == RingStatus::ok);
+  CHECK(aref(h.r.producers[3].pid).load() == tok);
+  CHECK(claim_state(aref(h.r.producers[3].claim).load()) == kClaimWon);
+  w.commit(c, 100, meta);
+  FrameView v;
+  REQUIRE(rd.poll(v) == RingStatus::ok);
+  rd.release_all();
+  // The lock "held" by entry 7, whose table pid (publisher-writable) says dead:
+  // direct mode would take it over; granted, claims that need zeroing back off.
+  fake_producer(h.r, 7, dead_pid());
+  aref(h.r.data->zero_lock).store(7 + 1);
+  RingStatus s = RingStatus::ok;
+  for (int i = 0; i < 100 && s == RingStatus::ok; ++i) {
+    s = w.try_claim(1000, c);
+    if (s == RingStatus::ok) w.commit(c, 1000, meta);
+    while (rd.poll(v) == RingStatus::ok) {
+    }
+    rd.release_all();
+  }
+  CHECK(s == RingStatus::back_pressured);
+  CHECK(aref(h.r.data->zero_lock).load() == 7 + 1);
+  // The daemon resolves entry 7 on its own record (its token there): lock freed.
+  aref(h.r.producers[7].pid).store(kTokenBit | 9);
+  recover_dead_producer(h.r, 7, kTokenBit | 9);
+  CHECK(aref(h.r.data->zero_lock).load() == 0);
+  REQUIRE(w.try_claim(1000, c) == RingStatus::ok);
+  w.commit(c, 1000, meta);
 }
 
 // Defect 6: the waiter count leaked when a sleeper was killed; every later commit

@@ -82,6 +82,16 @@ class PartitionMapping {
   // the grant is gone or the daemon cannot be reached (the caller retries later).
   virtual shm::CursorPage* map_page(uint32_t /*slot*/, uint32_t /*gen*/) noexcept { return nullptr; }
   virtual void unmap_page(shm::CursorPage* /*page*/) noexcept {}
+  // Daemon mode (layout 4): producer ownership granted by the daemon, which wrote
+  // `token` as the owner (producer-table entry `slot`, or the single-producer
+  // owner). Throws Error (already_exists, no_slot, permission_denied, ...).
+  struct ProducerGrantInfo {
+    uint32_t slot = 0;
+    uint32_t token = 0;
+  };
+  virtual ProducerGrantInfo grant_producer() {
+    throw Error(ErrorCode::invalid_argument, "producer grants need a daemon");
+  }
   const shm::RingRefs& refs() const { return refs_; }
   const std::string& topic() const { return topic_; }
   uint32_t partition() const { return partition_; }

@@ -9,8 +9,8 @@
 
 namespace shmbus::shm {
 
-inline constexpr uint64_t kDataMagic = 0x3344'5355'424d'4853ULL;  // "SHMBUSD3" little-endian
-inline constexpr uint64_t kCtlMagic = 0x3343'5355'424d'4853ULL;   // "SHMBUSC3"
+inline constexpr uint64_t kDataMagic = 0x3444'5355'424d'4853ULL;  // "SHMBUSD4" little-endian
+inline constexpr uint64_t kCtlMagic = 0x3443'5355'424d'4853ULL;   // "SHMBUSC4"
 // 2.0: producer table moved into the data segment (subscribers cannot write it);
 // multi-producer claims go through a pending tail and a won state (P8 v2); claims
 // never shrink with several producers; waiters are per-slot bits, not counters;
@@ -21,7 +21,13 @@ inline constexpr uint64_t kCtlMagic = 0x3343'5355'424d'4853ULL;   // "SHMBUSC3"
 // CursorPage (daemon mode: a fresh page per grant that only it can write); data
 // waiter bits live in a WakeBlock (daemon mode: the wake segment). A 2.x segment
 // is refused.
-inline constexpr uint32_t kLayoutMajor = 3;
+// 4.0: daemon-granted producers. In daemon mode ProducerSlot::pid and
+// DataHeader::producer_pid hold an owner token the daemon chose and wrote at the
+// grant (never a pid); the daemon's own record of every producer grant (token,
+// SO_PEERCRED pid, process start time) is a table after the cursor slots in the
+// control segment; CursorSlot::start records a cursor grantee's start time. A 3.x
+// segment is refused.
+inline constexpr uint32_t kLayoutMajor = 4;
 inline constexpr uint32_t kLayoutMinor = 0;
 inline constexpr uint32_t kLayoutVersion = (kLayoutMajor << 16) | kLayoutMinor;
 inline constexpr size_t kCacheLine = 64;
@@ -264,7 +270,7 @@ struct CursorSlot {
   uint64_t page_id;          // 32 daemon mode: inode of the grant's page (a sealed memfd; 0 = embedded or none)
   uint64_t parked_ns;        // 40 CLOCK_MONOTONIC when parked (P11)
   uint64_t join_token;       // 48 daemon mode: the client's token of the join that made this grant (a resent join gets it again)
-  uint8_t pad[8];            // 56 .. 63
+  uint64_t start;            // 56 daemon mode: the grantee's start time (/proc/PID/stat field 22), 0 = unknown (4.0)
   CursorPage page;           // 64 .. 127 the embedded page
 };
 static_assert(sizeof(CursorSlot) == 128, "update docs/protocol.md and the layout version");
@@ -277,6 +283,7 @@ static_assert(offsetof(CursorSlot, join_position) == 24);
 static_assert(offsetof(CursorSlot, page_id) == 32);
 static_assert(offsetof(CursorSlot, parked_ns) == 40);
 static_assert(offsetof(CursorSlot, join_token) == 48);
+static_assert(offsetof(CursorSlot, start) == 56);
 static_assert(offsetof(CursorSlot, page) == 64);
 
 // One multi-producer table entry (in the data segment, 2.0). Written by its
@@ -301,12 +308,34 @@ static_assert(offsetof(ProducerSlot, fills) == 32);
 static_assert(kProducerTableOffset >= sizeof(DataHeader));
 static_assert(kProducerTableOffset + kProducerSlots * sizeof(ProducerSlot) <= kRingOffset);
 
+// Daemon mode (4.0): the daemon's own record of one producer grant, in the control
+// segment (written by the daemon only; clients map it read-only). Entry k <
+// kProducerSlots: multi-producer table entry k; entry kProducerSlots: the single
+// producer. The daemon decides liveness, takeover and padding from these records
+// only, never from a pid or token read from the data segment (publishers write it).
+struct ProducerGrant {
+  uint32_t token;            // 0  the owner value the daemon wrote into the data segment; 0 = no grant
+  uint32_t pid;              // 4  the grantee's SO_PEERCRED pid (the daemon's pid namespace)
+  uint64_t start;            // 8  the grantee's start time (/proc/PID/stat field 22); a pid reused
+                             //    by another process has another start time
+};
+static_assert(sizeof(ProducerGrant) == 16, "update docs/protocol.md and the layout version");
+static_assert(offsetof(ProducerGrant, pid) == 4);
+static_assert(offsetof(ProducerGrant, start) == 8);
+inline constexpr uint32_t kProducerGrants = kProducerSlots + 1;
+inline constexpr uint32_t kSingleProducerGrant = kProducerSlots;
+inline constexpr size_t kProducerGrantTableSize = 1024;  // 33 x 16 bytes, rest reserved
+static_assert(kProducerGrants * sizeof(ProducerGrant) <= kProducerGrantTableSize);
+// Daemon-chosen owner tokens have this bit set: a token is never a pid (pids are
+// below 2^22) and never carries kReclaimBit (bit 31).
+inline constexpr uint32_t kTokenBit = 0x4000'0000u;
+
 inline constexpr uint32_t kDefaultSlots = 64;
 
 constexpr size_t data_segment_size(uint64_t capacity) { return kRingOffset + capacity; }
-// Control segment: header, then the cursor slots.
+// Control segment: header, the cursor slots, then the producer grant table (4.0).
 constexpr size_t control_segment_size(uint32_t slots) {
-  return sizeof(ControlHeader) + size_t(slots) * sizeof(CursorSlot);
+  return sizeof(ControlHeader) + size_t(slots) * sizeof(CursorSlot) + kProducerGrantTableSize;
 }
 
 }  // namespace shmbus::shm

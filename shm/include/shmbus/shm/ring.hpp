@@ -120,6 +120,7 @@ struct RingRefs {
   WakeBlock* wake = nullptr;       // P6 data waiter bits: &ctl->wake, or the wake segment (daemon mode)
   bool shared_wake = false;        // the wake block is writable by every subscriber (daemon mode)
   ProducerSlot* producers = nullptr;  // data + kProducerTableOffset
+  ProducerGrant* grants = nullptr; // the daemon's producer grant records (after the cursor slots; 4.0)
   uint64_t capacity = 0;
   uint32_t slot_count = 0;
   uint32_t producer_count = 0;
@@ -165,18 +166,20 @@ inline const char* bind_ring(void* data, size_t data_bytes, void* ctl, size_t ct
     c.magic = kCtlMagic;
     cv = kLayoutVersion;
     c.capacity = d.capacity;
-    const size_t n = (ctl_bytes - sizeof(ControlHeader)) / sizeof(CursorSlot);
+    const size_t n = ctl_bytes < sizeof(ControlHeader) + kProducerGrantTableSize
+                         ? 0
+                         : (ctl_bytes - sizeof(ControlHeader) - kProducerGrantTableSize) / sizeof(CursorSlot);
     c.slot_count = n > kMaxSlots ? 0 : uint32_t(n);
   }
   if ((dv >> 16) != kLayoutMajor || (cv >> 16) != kLayoutMajor)
-    return "segment layout version differs from this build's (3.x: per-subscriber cursor pages); "
+    return "segment layout version differs from this build's (4.x: daemon-granted producers); "
            "a client or segment of another shmbus release: upgrade it, or recreate the topic";
   if (d.magic != kDataMagic || c.magic != kCtlMagic) return "bad segment magic";
   if (d.capacity < 4096 || (d.capacity & (d.capacity - 1)) || d.capacity > (uint64_t(1) << 40))
     return "ring capacity is not a power of two in [4 KiB, 1 TiB]";
   if (d.data_offset != kRingOffset || d.producer_offset != kProducerTableOffset ||
       d.producer_slots != kProducerSlots)
-    return "data segment offsets differ from layout 3.0";
+    return "data segment offsets differ from layout 4.0";
   if (data_bytes < data_segment_size(d.capacity)) return "data segment shorter than its ring";
   if (c.capacity != d.capacity) return "control and data segments disagree on the capacity";
   if (c.slot_count == 0 || c.slot_count > kMaxSlots) return "bad cursor slot count";
@@ -191,6 +194,8 @@ inline const char* bind_ring(void* data, size_t data_bytes, void* ctl, size_t ct
   r.slots = reinterpret_cast<CursorSlot*>(static_cast<std::byte*>(ctl) + sizeof(ControlHeader));
   r.wake = &ch->wake;
   r.producers = reinterpret_cast<ProducerSlot*>(static_cast<std::byte*>(data) + kProducerTableOffset);
+  r.grants = reinterpret_cast<ProducerGrant*>(static_cast<std::byte*>(ctl) + sizeof(ControlHeader) +
+                                              size_t(c.slot_count) * sizeof(CursorSlot));
   r.capacity = d.capacity;
   r.slot_count = c.slot_count;
   r.producer_count = kProducerSlots;
@@ -554,8 +559,28 @@ class RingWriter {
     zero_chunk_ = cap_ / 8 < 16384 ? cap_ / 8 : 16384;
     if (zero_chunk_ < 64) zero_chunk_ = 64;
     prod_ = nullptr;
+    self_service_ = true;
     space_bit_ = uint64_t(1) << kSpaceBitSingle;
     return !multi || register_producer();
+  }
+
+  // Daemon mode (4.0): the daemon granted this producer its ownership and wrote
+  // `token` (its own choice, never a pid) as the owner: into producer-table entry
+  // `slot` (multi) or DataHeader::producer_pid (single). Nothing is taken here, and
+  // a dead zero-lock holder is left to the daemon, which knows its grantee (a pid
+  // read from the table could be another pid namespace's, or forged).
+  bool attach_granted(const RingRefs& r, bool multi, uint32_t token, uint32_t slot) {
+    attach(r, false, token);
+    multi_ = multi;
+    self_service_ = false;
+    if (!multi) return true;
+    if (slot >= r.producer_count) return false;
+    ProducerSlot& p = r_.producers[slot];
+    if (aref(p.pid).load(std::memory_order_acquire) != token) return false;
+    prod_ = &p;
+    slot_ = slot;
+    space_bit_ = uint64_t(1) << slot;
+    return true;
   }
 
   // P8 step 0: takes a free producer-table entry (pid 0 -> ours by CAS).
@@ -581,6 +606,7 @@ class RingWriter {
     prod_ = nullptr;
   }
   bool recorded() const { return prod_ != nullptr; }
+  uint32_t owner() const { return pid_; }
   uint32_t producer_slot() const { return slot_; }
 
   // Single-producer takeover (the previous exclusive producer is gone): skips any
@@ -890,7 +916,7 @@ class RingWriter {
         cpu_relax();  // another producer is zeroing; the caller retries
         return RingStatus::ok;
       }
-      if (expect == 0 || expect > r_.producer_count) return RingStatus::ok;
+      if (expect == 0 || expect > r_.producer_count || !self_service_) return RingStatus::ok;
       if (process_alive(aref(r_.producers[expect - 1].pid).load(std::memory_order_acquire)))
         return RingStatus::ok;
       if (!aref(r_.data->zero_lock)
@@ -972,7 +998,8 @@ class RingWriter {
   uint32_t waiter_words_ = 1;     // P6: words of data_waiter_bits in use
   uint32_t lock_waits_ = 0;
   bool multi_ = false;
-  uint32_t pid_ = 0;
+  bool self_service_ = true;      // direct mode: owners are pids, a dead lock holder is taken over here
+  uint32_t pid_ = 0;              // the owner value: our pid (direct mode) or the daemon's token
   uint32_t max_payload_ = 0;
   uint64_t cap_ = 0;
   uint64_t tail_ = 0;       // SP: next claim position
