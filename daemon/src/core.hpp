@@ -202,12 +202,13 @@ struct Peer {
 };
 // The process identity (pidfs inode) of a pidfd, 0 when pidfds have none (pre-6.9).
 uint64_t pidfd_identity(int pidfd);
-// The start time (/proc/PID/stat field 22, clock ticks since boot) of the live
-// process that has `pid` now, 0 when there is none (gone, or a zombie). With
-// `proc` != 0, also 0 unless that process is the one of pidfs identity `proc`.
-// A pid plus its start time names one process for the boot (a reused pid has
-// another start time): the daemon's grant records hold both (layout 4).
-uint64_t proc_start_time(pid_t pid, uint64_t proc = 0);
+// The identity of the live process that has `pid` now, 0 when there is none (gone,
+// or a zombie): the pidfs inode of its pidfd (unique for the boot, Linux 6.9+), else
+// 2^63 | its start time (/proc/PID/stat field 22, clock ticks: there, a pid reused
+// within one tick would pass). With `proc` != 0, also 0 unless that process is the
+// one of pidfs identity `proc` (the connected peer). A pid plus this identity names
+// one process: the daemon's grant records hold both (layout 4).
+uint64_t proc_identity(pid_t pid, uint64_t proc = 0);
 struct RegistryCmd {
   // conn_closed: the server dropped connection peer.conn (its ephemeral topics go).
   enum Kind { request, stop, conn_closed } kind = request;
@@ -346,11 +347,11 @@ class Reaper {
  private:
   struct Watched {
     int pidfd = -1;
-    uint64_t start = 0;  // the watched process's start time (proc_start_time)
+    uint64_t ident = 0;  // the watched process's identity (proc_identity)
   };
   // Is the grantee of a producer grant record alive: the process of that pid AND
-  // start time (never merely "some process has the pid")?
-  bool grantee_alive(uint32_t pid, uint64_t start);
+  // identity (never merely "some process has the pid")?
+  bool grantee_alive(uint32_t pid, uint64_t ident);
   void scan(uint64_t now_ns);
   void watch_pid(pid_t pid);
   void on_dead(pid_t pid, const char* how);

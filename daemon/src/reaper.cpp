@@ -9,7 +9,7 @@
 // producer grant records, which also finds pids the daemon never saw (clients that
 // died while the daemon was down). For a dead pid it
 //  1. frees its cursor slots and wakes producers blocked on space,
-// and for every producer grant whose grantee (pid + start time, layout 4) is gone
+// and for every producer grant whose grantee (pid + process identity, layout 4) is gone
 //  2. releases a single-producer partition it owned,
 //  3. releases the multi-producer zero lock if it held it,
 //  4. pads a multi-producer claim it made and never committed, exactly once
@@ -60,35 +60,41 @@ uint64_t stat_start(pid_t pid) {
   return end != p ? uint64_t(v) : 0;
 }
 
-// The start time of the process behind `pidfd` (whose pid is `pid`): read, then the
-// pidfd checked not exited, so the pid was that process's throughout the read.
-uint64_t start_of_pidfd(pid_t pid, int pidfd) {
-  const uint64_t st = stat_start(pid);
+// The identity of the process behind `pidfd` (whose pid is `pid`): its pidfs inode
+// (unique for the boot, Linux 6.9+), else 2^63 | its start time in clock ticks. Read,
+// then the pidfd checked not exited, so the pid was that process's throughout.
+uint64_t identity_of_pidfd(pid_t pid, int pidfd) {
+  uint64_t id = pidfd_identity(pidfd);
+  if (id == 0) {
+    const uint64_t st = stat_start(pid);
+    id = st ? (uint64_t(1) << 63) | st : 0;
+  }
   pollfd p{pidfd, POLLIN, 0};
-  return (st != 0 && poll(&p, 1, 0) == 0) ? st : 0;
+  return (id != 0 && poll(&p, 1, 0) == 0) ? id : 0;
 }
 
 }  // namespace
 
-uint64_t proc_start_time(pid_t pid, uint64_t proc) {
+uint64_t proc_identity(pid_t pid, uint64_t proc) {
   if (pid <= 0) return 0;
   const int fd = pidfd_open_(pid);
   if (fd < 0) return 0;
-  uint64_t st = (proc == 0 || pidfd_identity(fd) == proc) ? start_of_pidfd(pid, fd) : 0;
+  uint64_t id = identity_of_pidfd(pid, fd);
+  if (proc != 0 && pidfd_identity(fd) != proc) id = 0;
   close(fd);
-  return st;
+  return id;
 }
 
-bool Reaper::grantee_alive(uint32_t pid, uint64_t start) {
-  if (pid == 0 || start == 0) return false;
+bool Reaper::grantee_alive(uint32_t pid, uint64_t ident) {
+  if (pid == 0 || ident == 0) return false;
   auto it = pids_.find(pid_t(pid));
-  if (it != pids_.end() && it->second.start == start) {
+  if (it != pids_.end() && it->second.ident == ident) {
     pollfd p{it->second.pidfd, POLLIN, 0};  // readable: exited
     return poll(&p, 1, 0) == 0;
   }
   // Not watched (yet), or the watched process is another one with that number.
   std::lock_guard<std::mutex> g(core_.fd_reserve_mu);  // see watch_pid
-  return proc_start_time(pid_t(pid)) == start;
+  return proc_identity(pid_t(pid)) == ident;
 }
 
 bool Reaper::alive(uint32_t pid) {
@@ -136,7 +142,7 @@ void Reaper::watch_pid(pid_t pid) {
   ev.events = EPOLLIN;
   ev.data.u64 = uint64_t(pid) << 1 | 1;
   epoll_ctl(ep_, EPOLL_CTL_ADD, fd, &ev);
-  pids_[pid] = Watched{fd, start_of_pidfd(pid, fd)};
+  pids_[pid] = Watched{fd, identity_of_pidfd(pid, fd)};
 }
 
 void Reaper::on_dead(pid_t pid, const char* how) {
@@ -148,7 +154,7 @@ void Reaper::on_dead(pid_t pid, const char* how) {
   for (auto& p : parts_) {
     uint64_t before = p->reclaimed_cursors.load() + p->filled_claims.load();
     if (!reused) reclaim_in(*p, pid);
-    // Producer grants: decided per record by pid AND start time, so a reused pid
+    // Producer grants: decided per record by pid AND process identity, so a reused pid
     // neither hides a dead grantee nor makes a live one look dead.
     resolve_dead_claims(*p);
     if (p->reclaimed_cursors.load() + p->filled_claims.load() != before) {
@@ -197,8 +203,8 @@ void Reaper::reclaim_in(Partition& part, pid_t pid) {
 }
 
 // Producer grants (layout 4): the daemon's own records in the control segment
-// (token, SO_PEERCRED pid, start time). A grant whose grantee is not alive (that
-// pid with that start time) is resolved on its token: a single-producer role is
+// (token, SO_PEERCRED pid, process identity). A grant whose grantee is not alive
+// (that pid with that identity) is resolved on its token: a single-producer role is
 // released (the next publisher runs recover_sp()), a producer-table entry has its
 // pending tail completed, its won claim padded, its zero lock and space bit freed
 // (P8). Nothing read from the data segment names whom to reclaim: a forged owner
@@ -210,7 +216,7 @@ void Reaper::resolve_dead_claims(Partition& part) {
   std::lock_guard<std::mutex> g(part.prod_mu);
   for (uint32_t k = 0; k < shm::kProducerGrants; ++k) {
     shm::ProducerGrant& gr = r.grants[k];
-    if (gr.token == 0 || grantee_alive(gr.pid, gr.start)) continue;
+    if (gr.token == 0 || grantee_alive(gr.pid, gr.ident)) continue;
     const uint32_t pid = gr.pid;
     if (k == shm::kSingleProducerGrant) {
       shm::release_dead_single_producer(r, gr.token);

@@ -290,11 +290,11 @@ void Registry::load() {
         if (aref(const_cast<uint32_t&>(s.state)).load(std::memory_order_acquire) != shm::kSlotActive || pid == 0 ||
             (pid & shm::kReclaimBit) || (aref(const_cast<uint32_t&>(s.flags)).load() & shm::kSlotEmbedded))
           continue;
-        // Layout 4: only the process with the recorded start time is the grantee. A
+        // Layout 4: only the process with the recorded identity is the grantee. A
         // grantee that died while no daemon ran, whose pid another process has now,
         // is dead: its slot is parked (durable name) or freed, never adopted.
-        const uint64_t start = aref(const_cast<uint64_t&>(s.start)).load(std::memory_order_relaxed);
-        if (start != 0 && proc_start_time(pid_t(pid)) != start) {
+        const uint64_t ident = aref(const_cast<uint64_t&>(s.ident)).load(std::memory_order_relaxed);
+        if (ident != 0 && proc_identity(pid_t(pid)) != ident) {
           std::lock_guard<std::mutex> g(part->pages_mu);
           const uint64_t page_id = aref(const_cast<uint64_t&>(s.page_id)).load(std::memory_order_relaxed);
           if (shm::recover_dead_cursor(part->refs, i, pid, true, spill::kArchiverNameHash, part->page_of(i)) ==
@@ -756,7 +756,7 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
         shm::CursorPage* old_pg = part.page_of(i);
         const uint64_t nid = create_page(part, fd);
         aref(s->join_token).store(j.getToken(), std::memory_order_relaxed);
-        aref(s->start).store(proc_start_time(peer.pid, peer.proc), std::memory_order_relaxed);
+        aref(s->ident).store(proc_identity(peer.pid, peer.proc), std::memory_order_relaxed);
         below = shm::regrant_parked(r, i, uint32_t(peer.pid), tethered, part.pages[nid], nid, pos);
         if (old_pg) shm::wake_space_page(old_pg);
         if (old_id) drop_page(part, old_id);
@@ -788,9 +788,9 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
     slot = shm::join_slot(r, uint32_t(peer.pid), tethered, h, start, part.pages[nid], nid, pos, below);
     if (slot >= 0) {
       aref(r.slots[slot].join_token).store(j.getToken(), std::memory_order_relaxed);
-      // The grantee's start time (layout 4): a restarted daemon adopts the grant only
-      // for the process with this pid AND start time, never a later holder of the pid.
-      aref(r.slots[slot].start).store(proc_start_time(peer.pid, peer.proc), std::memory_order_relaxed);
+      // The grantee's identity (layout 4): a restarted daemon adopts the grant only for
+      // the process with this pid AND identity, never a later holder of the pid.
+      aref(r.slots[slot].ident).store(proc_identity(peer.pid, peer.proc), std::memory_order_relaxed);
     }
     if (slot < 0) {
       drop_page(part, nid);
@@ -895,14 +895,15 @@ void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerReq
   Partition& part = *it->second.parts[pi];
   const shm::RingRefs& r = part.refs;
   const std::string where = "partition " + std::to_string(pi) + " of '" + name + "'";
-  // The requester's identity for the record: its pid and start time, checked to be
-  // the connected process (its pidfd identity) so a pid reused meanwhile is refused.
-  const uint64_t start = proc_start_time(peer.pid, peer.proc);
-  if (start == 0)
+  // The requester's identity for the record: its pid and process identity, checked
+  // to be the connected process (its pidfd) so a pid reused meanwhile is refused.
+  const uint64_t ident = proc_identity(peer.pid, peer.proc);
+  if (ident == 0)
     return reply_error(peer, id, proto::ErrorCode::SYSTEM,
-                       "cannot read the start time of pid " + std::to_string(peer.pid) + " (/proc): no producer grant");
+                       "cannot identify pid " + std::to_string(peer.pid) +
+                           " (pidfd, /proc): it exited, or /proc is not mounted; no producer grant");
   auto live = [&](const shm::ProducerGrant& g) {
-    return g.token != 0 && proc_start_time(pid_t(g.pid)) == g.start;
+    return g.token != 0 && proc_identity(pid_t(g.pid)) == g.ident;
   };
   auto token_used = [&](uint32_t t) {
     for (uint32_t k = 0; k < shm::kProducerGrants; ++k)
@@ -935,7 +936,7 @@ void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerReq
     // publisher repairs the tail, recover_sp), then the role is ours to hand out.
     if (gr.token) shm::release_dead_single_producer(r, gr.token);
     aref(r.data->space_waiter_bits).fetch_and(~(uint64_t(1) << shm::kSpaceBitSingle), std::memory_order_seq_cst);
-    gr = shm::ProducerGrant{tok, uint32_t(peer.pid), start};
+    gr = shm::ProducerGrant{tok, uint32_t(peer.pid), ident};
     aref(r.data->producer_pid).store(tok, std::memory_order_release);
   } else {
     int32_t got = -1;
@@ -959,7 +960,7 @@ void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerReq
         if (!aref(p.pid).compare_exchange_strong(cur, tok, std::memory_order_acq_rel)) continue;
         aref(p.generation).fetch_add(1, std::memory_order_relaxed);
         aref(p.claim).store(shm::claim_word(0, shm::kClaimIdle), std::memory_order_release);
-        gr = shm::ProducerGrant{tok, uint32_t(peer.pid), start};
+        gr = shm::ProducerGrant{tok, uint32_t(peer.pid), ident};
         got = int32_t(k);
       }
     }

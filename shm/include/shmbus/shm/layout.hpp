@@ -24,8 +24,8 @@ inline constexpr uint64_t kCtlMagic = 0x3443'5355'424d'4853ULL;   // "SHMBUSC4"
 // 4.0: daemon-granted producers. In daemon mode ProducerSlot::pid and
 // DataHeader::producer_pid hold an owner token the daemon chose and wrote at the
 // grant (never a pid); the daemon's own record of every producer grant (token,
-// SO_PEERCRED pid, process start time) is a table after the cursor slots in the
-// control segment; CursorSlot::start records a cursor grantee's start time. A 3.x
+// SO_PEERCRED pid, process identity) is a table after the cursor slots in the
+// control segment; CursorSlot::ident records a cursor grantee's identity. A 3.x
 // segment is refused.
 inline constexpr uint32_t kLayoutMajor = 4;
 inline constexpr uint32_t kLayoutMinor = 0;
@@ -270,7 +270,7 @@ struct CursorSlot {
   uint64_t page_id;          // 32 daemon mode: inode of the grant's page (a sealed memfd; 0 = embedded or none)
   uint64_t parked_ns;        // 40 CLOCK_MONOTONIC when parked (P11)
   uint64_t join_token;       // 48 daemon mode: the client's token of the join that made this grant (a resent join gets it again)
-  uint64_t start;            // 56 daemon mode: the grantee's start time (/proc/PID/stat field 22), 0 = unknown (4.0)
+  uint64_t ident;            // 56 daemon mode: the grantee's process identity (pidfs inode, or 2^63 | start time), 0 = unknown (4.0)
   CursorPage page;           // 64 .. 127 the embedded page
 };
 static_assert(sizeof(CursorSlot) == 128, "update docs/protocol.md and the layout version");
@@ -283,7 +283,7 @@ static_assert(offsetof(CursorSlot, join_position) == 24);
 static_assert(offsetof(CursorSlot, page_id) == 32);
 static_assert(offsetof(CursorSlot, parked_ns) == 40);
 static_assert(offsetof(CursorSlot, join_token) == 48);
-static_assert(offsetof(CursorSlot, start) == 56);
+static_assert(offsetof(CursorSlot, ident) == 56);
 static_assert(offsetof(CursorSlot, page) == 64);
 
 // One multi-producer table entry (in the data segment, 2.0). Written by its
@@ -316,12 +316,13 @@ static_assert(kProducerTableOffset + kProducerSlots * sizeof(ProducerSlot) <= kR
 struct ProducerGrant {
   uint32_t token;            // 0  the owner value the daemon wrote into the data segment; 0 = no grant
   uint32_t pid;              // 4  the grantee's SO_PEERCRED pid (the daemon's pid namespace)
-  uint64_t start;            // 8  the grantee's start time (/proc/PID/stat field 22); a pid reused
-                             //    by another process has another start time
+  uint64_t ident;            // 8  the grantee's process identity: the pidfs inode of its pidfd
+                             //    (unique for the boot), or 2^63 | its start time (/proc/PID/stat
+                             //    field 22) without pidfs; a pid reused by another process differs
 };
 static_assert(sizeof(ProducerGrant) == 16, "update docs/protocol.md and the layout version");
 static_assert(offsetof(ProducerGrant, pid) == 4);
-static_assert(offsetof(ProducerGrant, start) == 8);
+static_assert(offsetof(ProducerGrant, ident) == 8);
 inline constexpr uint32_t kProducerGrants = kProducerSlots + 1;
 inline constexpr uint32_t kSingleProducerGrant = kProducerSlots;
 inline constexpr size_t kProducerGrantTableSize = 1024;  // 33 x 16 bytes, rest reserved
