@@ -222,9 +222,9 @@ struct PageFetch {
 
 # Layout 4: a publisher's ownership is granted by the daemon. The daemon picks a
 # producer-table entry (multi-producer) or the partition's single-producer role,
-# takes it over from a grantee it has proven dead (pidfd, start time), writes an
+# takes it over from a grantee it has proven dead (pidfd, process identity), writes an
 # owner token of its own choosing into the data segment and records the grant
-# (token, SO_PEERCRED pid, start time) in the control segment. The publisher
+# (token, SO_PEERCRED pid, process identity) in the control segment. The publisher
 # writes the token, never its pid, wherever ownership is checked.
 struct ProducerRequest {
   topic @0 :Text;
