@@ -136,6 +136,36 @@ SchemaBundle SchemaBundle::parse(std::span<const uint8_t> bytes, uint64_t root_i
   } catch (const kj::Exception& e) {
     throw bad(clip(e.getDescription()));
   }
+  // Groups are inline parts of one struct: in a compiled schema each group node is
+  // the target of exactly one group field, and following a group's parents ends at an
+  // ordinary struct. A presented schema that reuses a group (G with N group fields to
+  // G) or makes groups a cycle describes an infinite (or exponentially large) struct:
+  // expanding it ran shmbusd out of memory and made a JSON encoder recurse forever.
+  {
+    std::map<uint64_t, uint64_t> parent;  // group id -> the struct whose field holds it
+    for (auto& [id, n] : b.nodes_) {
+      if (!n.isStruct()) continue;
+      for (auto f : n.getStruct().getFields()) {
+        if (!f.isGroup()) continue;
+        const uint64_t g = f.getGroup().getTypeId();
+        auto gn = b.nodes_.find(g);
+        if (gn == b.nodes_.end() || !gn->second.isStruct() || !gn->second.getStruct().getIsGroup())
+          throw bad("field '" + clip(f.getName()) + "' of " + hex_id(id) + " names " + hex_id(g) +
+                    ", which is not a group among the nodes");
+        if (!parent.emplace(g, id).second)
+          throw bad("group " + hex_id(g) + " is the target of more than one field");
+      }
+    }
+    for (auto& [g, p] : parent) {
+      uint64_t at = p;
+      for (size_t steps = 0;; ++steps) {
+        auto up = parent.find(at);
+        if (up == parent.end()) break;  // `at` is not a group: an ordinary struct
+        if (steps > 64) throw bad("group " + hex_id(g) + " is nested in a cycle (or deeper than 64)");
+        at = up->second;
+      }
+    }
+  }
   auto it = b.nodes_.find(root_id);
   if (it == b.nodes_.end()) throw bad("the root type " + hex_id(root_id) + " is not among the nodes");
   if (!it->second.isStruct()) throw bad("the root type " + hex_id(root_id) + " is not a struct");

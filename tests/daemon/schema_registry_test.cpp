@@ -254,6 +254,37 @@ TEST_CASE("schema registry: malformed schema bytes are refused and the daemon ke
     mb.initRoot<capnp::schema::CodeGeneratorRequest>().initNodes(1)[0].setId(12345);
     bad.emplace_back("root missing", flat(mb));
   }
+  // Groups that describe an infinite or exponential struct: the root has 3 group
+  // fields to G and G 3 group fields to itself (expanding it took the daemon to 1.5 GB
+  // with 664 bytes), and two groups inside each other (a JSON encoder recursed
+  // forever on it). A compiled schema never reuses a group node.
+  for (const bool cycle : {false, true}) {
+    capnp::MallocMessageBuilder mb;
+    auto l = mb.initRoot<capnp::schema::CodeGeneratorRequest>().initNodes(cycle ? 3 : 2);
+    const uint64_t g1 = 0xc0ffee0000000001ull, g2 = 0xc0ffee0000000002ull;
+    auto node = [&](uint32_t i, uint64_t id, uint64_t scope, bool group, std::vector<uint64_t> to) {
+      l[i].setId(id);
+      l[i].setScopeId(scope);
+      l[i].setDisplayName(group ? "bomb.capnp:Root.g" : "bomb.capnp:Root");
+      auto st = l[i].initStruct();
+      st.setIsGroup(group);
+      auto fs = st.initFields(uint32_t(to.size()));
+      for (uint32_t k = 0; k < to.size(); ++k) {
+        fs[k].setName(std::string(1, char('a' + k)));
+        fs[k].setCodeOrder(uint16_t(k));
+        fs[k].initGroup().setTypeId(to[k]);
+      }
+    };
+    if (!cycle) {
+      node(0, root, 0, false, {g1, g1, g1});
+      node(1, g1, root, true, {g1, g1, g1});
+    } else {
+      node(0, root, 0, false, {g1});
+      node(1, g1, root, true, {g2});
+      node(2, g2, g1, true, {g1});
+    }
+    bad.emplace_back(cycle ? "group cycle" : "group reused (expansion bomb)", flat(mb));
+  }
   // Noise.
   {
     std::vector<uint8_t> b(4096);
