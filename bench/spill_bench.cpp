@@ -251,15 +251,24 @@ int main(int argc, char** argv) {
   bool slow_mode = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--dir" && i + 1 < argc) dir = argv[++i];
-    else if (a == "--buffer-kib" && i + 1 < argc) g_acfg.buffer_bytes = uint32_t(atoi(argv[++i])) << 10;
-    else if (a == "--buffers" && i + 1 < argc) g_acfg.buffer_count = uint32_t(atoi(argv[++i]));
-    else if (a == "--inflight" && i + 1 < argc) g_acfg.max_inflight_writes = uint32_t(atoi(argv[++i]));
-    else if (a == "--kick-kib" && i + 1 < argc) g_acfg.writeback_kick_bytes = uint64_t(atoi(argv[++i])) << 10;
-    else if (a == "--reps" && i + 1 < argc) reps = std::max(1, atoi(argv[++i]));
-    else if (a == "--interval-ms" && i + 1 < argc) g_interval_ms = uint32_t(std::max(1, atoi(argv[++i])));
-    else if (a == "--throughput-only") only_tp = true;
-    else if (a == "--slow-consumer") slow_mode = true;
+    if (a == "--dir" && i + 1 < argc)
+      dir = argv[++i];
+    else if (a == "--buffer-kib" && i + 1 < argc)
+      g_acfg.buffer_bytes = uint32_t(atoi(argv[++i])) << 10;
+    else if (a == "--buffers" && i + 1 < argc)
+      g_acfg.buffer_count = uint32_t(atoi(argv[++i]));
+    else if (a == "--inflight" && i + 1 < argc)
+      g_acfg.max_inflight_writes = uint32_t(atoi(argv[++i]));
+    else if (a == "--kick-kib" && i + 1 < argc)
+      g_acfg.writeback_kick_bytes = uint64_t(atoi(argv[++i])) << 10;
+    else if (a == "--reps" && i + 1 < argc)
+      reps = std::max(1, atoi(argv[++i]));
+    else if (a == "--interval-ms" && i + 1 < argc)
+      g_interval_ms = uint32_t(std::max(1, atoi(argv[++i])));
+    else if (a == "--throughput-only")
+      only_tp = true;
+    else if (a == "--slow-consumer")
+      slow_mode = true;
     else if (a == "--config" && i + 1 < argc) {
       // BUFFER_KIB,BUFFERS,INFLIGHT,KICK_KIB: compare archiver configurations in one
       // run, interleaved row by row (repeat --config; the first is the reference).
@@ -271,13 +280,18 @@ int main(int argc, char** argv) {
       c.max_inflight_writes = f;
       c.writeback_kick_bytes = uint64_t(kk) << 10;
       compare.push_back(c);
-    }
-    else if (a == "--seconds" && i + 1 < argc) seconds = atof(argv[++i]);
-    else if (a == "--json") json = true;
-    else if (a == "--quick") seconds = 0.2;
+    } else if (a == "--seconds" && i + 1 < argc)
+      seconds = atof(argv[++i]);
+    else if (a == "--json")
+      json = true;
+    else if (a == "--quick")
+      seconds = 0.2;
     else {
-      std::printf("usage: %s [--dir DIR] [--seconds S] [--quick] [--json] [--throughput-only] [--reps N] [--slow-consumer]\n"
-                  "          [--buffer-kib K] [--buffers N] [--inflight N] [--interval-ms M] [--kick-kib K]\n", argv[0]);
+      std::printf(
+          "usage: %s [--dir DIR] [--seconds S] [--quick] [--json] [--throughput-only] [--reps N] "
+          "[--slow-consumer]\n"
+          "          [--buffer-kib K] [--buffers N] [--inflight N] [--interval-ms M] [--kick-kib K]\n",
+          argv[0]);
       return a == "--help" ? 0 : 2;
     }
   }
@@ -289,8 +303,10 @@ int main(int argc, char** argv) {
       std::sort(v.begin(), v.end());
       return v[v.size() / 2];
     };
-    std::printf("| flush | msg | no consumer msgs/s | consumer at 1/100 msgs/s | ratio (per-rep median) | consumer received, from log, lapped, out of order |\n"
-                "|---|---|---|---|---|---|\n");
+    std::printf(
+        "| flush | msg | no consumer msgs/s | consumer at 1/100 msgs/s | ratio (per-rep median) | consumer "
+        "received, from log, lapped, out of order |\n"
+        "|---|---|---|---|---|---|\n");
     bool ok = true;
     for (uint32_t size : {64u, 1024u}) {
       std::vector<double> base, with, ratio;
@@ -304,7 +320,8 @@ int main(int argc, char** argv) {
           } else {
             const double target = (base.empty() ? b : med(base)) / 100;
             w = throughput(dir, spill::FlushPolicy::interval, size, seconds, true,
-                           target > 0 ? target : 10'000).msgs_s;
+                           target > 0 ? target : 10'000)
+                    .msgs_s;
             last = g_slow;
             if (g_slow.out_of_order || !g_slow.received) ok = false;
           }
@@ -313,22 +330,24 @@ int main(int argc, char** argv) {
         with.push_back(w);
         ratio.push_back(w / b);
       }
-      std::printf("| interval | %u B | %.0f | %.0f | %.3f | %llu, %llu, %llu, %llu |\n", size, med(base), med(with),
-                  med(ratio), (unsigned long long)last.received, (unsigned long long)last.from_log,
+      std::printf("| interval | %u B | %.0f | %.0f | %.3f | %llu, %llu, %llu, %llu |\n", size, med(base),
+                  med(with), med(ratio), (unsigned long long)last.received, (unsigned long long)last.from_log,
                   (unsigned long long)last.lapped, (unsigned long long)last.out_of_order);
-      std::printf("verdict %u B: producer with the slow consumer at %.1f%% of the no-consumer run: %s\n", size,
-                  100 * med(ratio), med(ratio) >= 0.90 ? "WITHIN 10%" : "NOT WITHIN 10%");
+      std::printf("verdict %u B: producer with the slow consumer at %.1f%% of the no-consumer run: %s\n",
+                  size, 100 * med(ratio), med(ratio) >= 0.90 ? "WITHIN 10%" : "NOT WITHIN 10%");
     }
     return ok ? 0 : 1;
   }
   if (!compare.empty()) {
     // rows x configs, interleaved per rep; medians; ratios against the first config.
     std::vector<double> raws;
-    const std::vector<std::pair<spill::FlushPolicy, uint32_t>> rows = {
-        {spill::FlushPolicy::interval, 1024}, {spill::FlushPolicy::none, 1024},
-        {spill::FlushPolicy::batch, 1024},    {spill::FlushPolicy::interval, 64},
-        {spill::FlushPolicy::batch, 64}};
-    std::vector<std::vector<std::vector<double>>> mbs(rows.size(), std::vector<std::vector<double>>(compare.size()));
+    const std::vector<std::pair<spill::FlushPolicy, uint32_t>> rows = {{spill::FlushPolicy::interval, 1024},
+                                                                       {spill::FlushPolicy::none, 1024},
+                                                                       {spill::FlushPolicy::batch, 1024},
+                                                                       {spill::FlushPolicy::interval, 64},
+                                                                       {spill::FlushPolicy::batch, 64}};
+    std::vector<std::vector<std::vector<double>>> mbs(rows.size(),
+                                                      std::vector<std::vector<double>>(compare.size()));
     for (int rep = 0; rep < reps; ++rep) {
       raws.push_back(raw_direct_mbps(dir, seconds));
       for (size_t r = 0; r < rows.size(); ++r)
@@ -343,8 +362,10 @@ int main(int argc, char** argv) {
     };
     std::vector<double> rw = raws;
     const double raw = med(rw);
-    std::printf("raw O_DIRECT %.0f MB/s (median of %d); log MB/s medians, %% of raw, ratio to config 1 (per-rep ratio median)\n",
-                raw, reps);
+    std::printf(
+        "raw O_DIRECT %.0f MB/s (median of %d); log MB/s medians, %% of raw, ratio to config 1 (per-rep "
+        "ratio median)\n",
+        raw, reps);
     std::printf("| flush | msg |");
     for (auto& c : compare)
       std::printf(" %uK x %u, %u in flight, kick %lluK |", c.buffer_bytes >> 10, c.buffer_count,
@@ -395,19 +416,21 @@ int main(int argc, char** argv) {
     rs[i].log_mb_s = median(lm);
   }
   if (only_tp) {
-    std::printf("archiver: %u x %u KiB buffers, %u writes in flight, writeback kick %llu KiB, interval %u ms; "
-                "%d rep(s) of %.1f s, medians\n",
-                g_acfg.buffer_count, g_acfg.buffer_bytes >> 10, g_acfg.max_inflight_writes,
-                (unsigned long long)(g_acfg.writeback_kick_bytes >> 10), g_interval_ms, reps, seconds);
+    std::printf(
+        "archiver: %u x %u KiB buffers, %u writes in flight, writeback kick %llu KiB, interval %u ms; "
+        "%d rep(s) of %.1f s, medians\n",
+        g_acfg.buffer_count, g_acfg.buffer_bytes >> 10, g_acfg.max_inflight_writes,
+        (unsigned long long)(g_acfg.writeback_kick_bytes >> 10), g_interval_ms, reps, seconds);
     std::printf("raw sequential O_DIRECT write (4 MiB blocks) in %s: %.0f MB/s (runs:", dir.c_str(), raw);
     for (double r : raws) std::printf(" %.0f", r);
-    std::printf(")\n\n| flush | msg | msgs/s | payload MB/s | log MB/s | log / raw | msgs / no-archiver |\n"
-                "|---|---|---|---|---|---|---|\n");
+    std::printf(
+        ")\n\n| flush | msg | msgs/s | payload MB/s | log MB/s | log / raw | msgs / no-archiver |\n"
+        "|---|---|---|---|---|---|---|\n");
     double base = 0;
     for (auto& r : rs) {
       if (r.policy == "no archiver") base = r.msgs_s;
-      std::printf("| %s | %u B | %.0f | %.1f | %.1f | %.0f%% | %.0f%% |\n", r.policy.c_str(), r.size, r.msgs_s,
-                  r.mb_s, r.log_mb_s, raw > 0 ? 100.0 * r.log_mb_s / raw : 0.0,
+      std::printf("| %s | %u B | %.0f | %.1f | %.1f | %.0f%% | %.0f%% |\n", r.policy.c_str(), r.size,
+                  r.msgs_s, r.mb_s, r.log_mb_s, raw > 0 ? 100.0 * r.log_mb_s / raw : 0.0,
                   base > 0 ? 100.0 * r.msgs_s / base : 0.0);
     }
     return 0;
@@ -422,11 +445,13 @@ int main(int argc, char** argv) {
   if (json) {
     std::printf("{\"raw_direct_mb_s\": %.1f, \"throughput\": [", raw);
     for (size_t i = 0; i < rs.size(); ++i)
-      std::printf("%s{\"policy\": \"%s\", \"size\": %u, \"msgs_s\": %.0f, \"mb_s\": %.1f, \"log_mb_s\": %.1f}",
-                  i ? ", " : "", rs[i].policy.c_str(), rs[i].size, rs[i].msgs_s, rs[i].mb_s, rs[i].log_mb_s);
-    std::printf("], \"delivery_us\": {\"plain_p99\": %.2f, \"durable_p99\": %.2f}, "
-                "\"ack_us\": {\"none_p99\": %.1f, \"batch_p99\": %.1f, \"interval_p99\": %.1f}}\n",
-                plain.p99, dur.p99, ack_none.p99, ack_batch.p99, ack_interval.p99);
+      std::printf(
+          "%s{\"policy\": \"%s\", \"size\": %u, \"msgs_s\": %.0f, \"mb_s\": %.1f, \"log_mb_s\": %.1f}",
+          i ? ", " : "", rs[i].policy.c_str(), rs[i].size, rs[i].msgs_s, rs[i].mb_s, rs[i].log_mb_s);
+    std::printf(
+        "], \"delivery_us\": {\"plain_p99\": %.2f, \"durable_p99\": %.2f}, "
+        "\"ack_us\": {\"none_p99\": %.1f, \"batch_p99\": %.1f, \"interval_p99\": %.1f}}\n",
+        plain.p99, dur.p99, ack_none.p99, ack_batch.p99, ack_interval.p99);
     return 0;
   }
   std::printf("raw sequential O_DIRECT write (4 MiB blocks) in %s: %.0f MB/s\n\n", dir.c_str(), raw);
@@ -434,12 +459,14 @@ int main(int argc, char** argv) {
   for (auto& r : rs)
     std::printf("| %s | %u B | %.0f | %.1f | %.1f | %.0f%% |\n", r.policy.c_str(), r.size, r.msgs_s, r.mb_s,
                 r.log_mb_s, raw > 0 ? 100.0 * r.log_mb_s / raw : 0.0);
-  std::printf("\ndelivery latency, 64 B at %d msg/s (us): plain p50 %.2f p99 %.2f p99.9 %.2f max %.1f | "
-              "durable(interval) p50 %.2f p99 %.2f p99.9 %.2f max %.1f | added p99 %.2f\n",
-              rate, plain.p50, plain.p99, plain.p999, plain.max, dur.p50, dur.p99, dur.p999, dur.max,
-              dur.p99 - plain.p99);
-  std::printf("publish -> durable ack (us): none p50 %.1f p99 %.1f | batch p50 %.1f p99 %.1f | "
-              "interval(10 ms) p50 %.1f p99 %.1f\n",
-              ack_none.p50, ack_none.p99, ack_batch.p50, ack_batch.p99, ack_interval.p50, ack_interval.p99);
+  std::printf(
+      "\ndelivery latency, 64 B at %d msg/s (us): plain p50 %.2f p99 %.2f p99.9 %.2f max %.1f | "
+      "durable(interval) p50 %.2f p99 %.2f p99.9 %.2f max %.1f | added p99 %.2f\n",
+      rate, plain.p50, plain.p99, plain.p999, plain.max, dur.p50, dur.p99, dur.p999, dur.max,
+      dur.p99 - plain.p99);
+  std::printf(
+      "publish -> durable ack (us): none p50 %.1f p99 %.1f | batch p50 %.1f p99 %.1f | "
+      "interval(10 ms) p50 %.1f p99 %.1f\n",
+      ack_none.p50, ack_none.p99, ack_batch.p50, ack_batch.p99, ack_interval.p50, ack_interval.p99);
   return 0;
 }

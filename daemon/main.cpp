@@ -30,30 +30,37 @@ int main(int argc, char** argv) {
   CLI::App app{"shmbusd: the shmbus daemon (segments, liveness, access)"};
   app.set_version_flag("--version", "shmbusd " SHMBUS_VERSION);
   app.add_option("--config", config, "TOML config file (keys as the long options, with _)");
-  app.add_option("--socket", o.socket_path, "control socket path (default " + shmbus::default_socket_path() + ")");
+  app.add_option("--socket", o.socket_path,
+                 "control socket path (default " + shmbus::default_socket_path() + ")");
   app.add_option("--state-dir", o.state_dir, "registry state directory (default <socket dir>/state)");
   app.add_option("--shm-prefix", o.shm_prefix, "segment name prefix under /dev/shm (default shmbusd-<uid>)");
-  app.add_option("--reclaim-interval-ms", o.reclaim_interval_ms, "liveness scan period (pidfds react at once)");
+  app.add_option("--reclaim-interval-ms", o.reclaim_interval_ms,
+                 "liveness scan period (pidfds react at once)");
   app.add_option("--durable-hold-ms", o.durable_hold_ms,
                  "how long a departed durable subscriber's slot keeps its place (and holds a tethered ring)");
   app.add_option("--max-clients", o.max_clients, "connections accepted at once");
   app.add_option("--max-topics", o.max_topics, "topics in all");
-  app.add_option("--max-topic-bytes", o.max_topic_bytes, "one topic's segment bytes (partitions x ring + control)");
+  app.add_option("--max-topic-bytes", o.max_topic_bytes,
+                 "one topic's segment bytes (partitions x ring + control)");
   app.add_option("--uid-max-topics", o.uid_max_topics, "topics one (non-root) uid may own");
   app.add_option("--uid-max-partitions", o.uid_max_partitions,
                  "partitions of the topics one (non-root) uid may own (each costs the daemon an fd)");
-  app.add_option("--uid-max-segment-bytes", o.uid_max_segment_bytes, "segment bytes of the topics one (non-root) uid owns");
+  app.add_option("--uid-max-segment-bytes", o.uid_max_segment_bytes,
+                 "segment bytes of the topics one (non-root) uid owns");
   app.add_option("--uid-max-connections", o.uid_max_connections, "connections one (non-root) uid may hold");
   app.add_option("--uid-max-grants", o.uid_max_grants, "live subscriber grants one (non-root) uid may hold");
   app.add_option("--uid-max-partition-grants", o.uid_max_partition_grants,
                  "live subscriber grants one (non-root) uid may hold in one partition (0: half its slots)");
-  app.add_option("--uid-max-durable-names", o.uid_max_durable_names,
-                 "durable subscriber names (x partitions) one (non-root) uid may make in a topic it does not own");
-  app.add_option("--uid-max-log-bytes", o.uid_max_log_bytes,
-                 "spill-log bytes of the durable topics one (non-root) uid owns (partitions x (retention + a segment))");
+  app.add_option(
+      "--uid-max-durable-names", o.uid_max_durable_names,
+      "durable subscriber names (x partitions) one (non-root) uid may make in a topic it does not own");
+  app.add_option(
+      "--uid-max-log-bytes", o.uid_max_log_bytes,
+      "spill-log bytes of the durable topics one (non-root) uid owns (partitions x (retention + a segment))");
   app.add_option("--max-inflight-per-client", o.max_inflight_per_client,
                  "requests queued per connection before the daemon stops reading it");
-  app.add_option("--shm-reserve-percent", o.shm_reserve_percent, "a topic is refused unless this much of /dev/shm stays free");
+  app.add_option("--shm-reserve-percent", o.shm_reserve_percent,
+                 "a topic is refused unless this much of /dev/shm stays free");
   app.add_option("--log-level", o.log_level, "trace|debug|info|warn|error|off");
   app.add_option("--log-file", o.log_file, "write JSON logs here instead of stderr");
   CLI11_PARSE(app, argc, argv);
@@ -114,7 +121,7 @@ int main(int argc, char** argv) {
   try {
     shmbus::Daemon d(o);
     g_daemon = &d;
-    struct sigaction sa{};
+    struct sigaction sa {};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, nullptr);

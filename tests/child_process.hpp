@@ -246,9 +246,12 @@ class Child {
   bool ok() const { return status_ >= 0 && WIFEXITED(status_) && WEXITSTATUS(status_) == 0; }
   std::string describe() const {
     std::string s = name_ + ": ";
-    if (status_ < 0) s += "did not finish before its deadline";
-    else if (WIFEXITED(status_)) s += "exit " + std::to_string(WEXITSTATUS(status_));
-    else if (WIFSIGNALED(status_)) s += "killed by signal " + std::to_string(WTERMSIG(status_));
+    if (status_ < 0)
+      s += "did not finish before its deadline";
+    else if (WIFEXITED(status_))
+      s += "exit " + std::to_string(WEXITSTATUS(status_));
+    else if (WIFSIGNALED(status_))
+      s += "killed by signal " + std::to_string(WTERMSIG(status_));
     auto f = facts_.find("FAIL");
     if (f != facts_.end()) s += "; FAIL " + f->second;
     return s;

@@ -83,28 +83,37 @@ int main(int argc, char** argv) {
     std::atomic<bool> stop{false};
     HandlerOptions ho;
     ho.name = "fulfilment";
-    ho.retry = {.max_attempts = 5, .initial_backoff_ns = 1'000'000, .max_backoff_ns = 50'000'000,
-                .multiplier = 2.0, .jitter = 0.2};
-    HandlerRunner runner(bus, kOrders, [&](const View& v) {
-      const uint64_t id = v.message_id();
-      if (id == poison) return Outcome::reject("customer 4711 does not exist", 404);
-      static thread_local uint64_t last_failed = 0;
-      if (id % flaky_every == 0 && last_failed != id) {
-        last_failed = id;
-        transient_failures.fetch_add(1);
-        return Outcome::retry("warehouse service busy", 503);
-      }
-      return Outcome::ack();
-    }, ho);
+    ho.retry = {.max_attempts = 5,
+                .initial_backoff_ns = 1'000'000,
+                .max_backoff_ns = 50'000'000,
+                .multiplier = 2.0,
+                .jitter = 0.2};
+    HandlerRunner runner(
+        bus, kOrders,
+        [&](const View& v) {
+          const uint64_t id = v.message_id();
+          if (id == poison) return Outcome::reject("customer 4711 does not exist", 404);
+          static thread_local uint64_t last_failed = 0;
+          if (id % flaky_every == 0 && last_failed != id) {
+            last_failed = id;
+            transient_failures.fetch_add(1);
+            return Outcome::retry("warehouse service busy", 503);
+          }
+          return Outcome::ack();
+        },
+        ho);
     std::thread handler([&] {
-      while (runner.stats().handled < n && !stop.load()) runner.step(100'000'000, [&] { return stop.load(); });
+      while (runner.stats().handled < n && !stop.load())
+        runner.step(100'000'000, [&] { return stop.load(); });
     });
 
     // ---- request/response
     Responder responder(bus, kPricing, [](const View& q, const Envelope&) {
       Response r;
-      const std::string a = "price(" + std::string(reinterpret_cast<const char*>(q.data()), q.size()) + ") = 42.17";
-      r.payload.assign(reinterpret_cast<const std::byte*>(a.data()), reinterpret_cast<const std::byte*>(a.data()) + a.size());
+      const std::string a =
+          "price(" + std::string(reinterpret_cast<const char*>(q.data()), q.size()) + ") = 42.17";
+      r.payload.assign(reinterpret_cast<const std::byte*>(a.data()),
+                       reinterpret_cast<const std::byte*>(a.data()) + a.size());
       return r;
     });
     std::thread resp_thread([&] { responder.run([&] { return stop.load(); }); });
@@ -146,7 +155,8 @@ int main(int argc, char** argv) {
         std::printf("dead letter in %s.dlq: code %u \"%s\", %u attempt(s), handler %s, original seq %" PRIu64
                     ", message id %" PRIu64 ", payload %.*s\n",
                     kOrders, d.getCode(), d.getMessage().cStr(), d.getAttempts(), d.getHandler().cStr(),
-                    d.getSequence(), d.getMessageId(), int(p.size()), reinterpret_cast<const char*>(p.begin()));
+                    d.getSequence(), d.getMessageId(), int(p.size()),
+                    reinterpret_cast<const char*>(p.begin()));
         if (d.getMessageId() != poison || d.getCode() != 404) rc = 1;
         dl.release(v);
       } else {
@@ -159,7 +169,8 @@ int main(int argc, char** argv) {
     {
       Subscriber back = bus.subscriber(kOrders);
       const std::string self = fs::canonical("/proc/self/exe").parent_path().string();
-      const std::string cmd = "'" + self + "/shmbus' --socket '" + o.socket_path + "' dlq replay " + kOrders + ".dlq";
+      const std::string cmd =
+          "'" + self + "/shmbus' --socket '" + o.socket_path + "' dlq replay " + kOrders + ".dlq";
       std::printf("$ shmbus dlq replay %s.dlq\n", kOrders);
       std::fflush(stdout);
       const int st = std::system(cmd.c_str());
@@ -182,7 +193,8 @@ int main(int argc, char** argv) {
         Reply rep;
         const auto a = std::chrono::steady_clock::now();
         uint64_t corr = 0;
-        Status s = rq.send(kPricing, {reinterpret_cast<const std::byte*>(sku), std::strlen(sku)}, corr, 0, &trace);
+        Status s =
+            rq.send(kPricing, {reinterpret_cast<const std::byte*>(sku), std::strlen(sku)}, corr, 0, &trace);
         if (s == Status::ok) s = rq.await(corr, 1'000'000'000, rep);
         const auto b = std::chrono::steady_clock::now();
         if (s != Status::ok) {
@@ -198,7 +210,8 @@ int main(int argc, char** argv) {
       bus.create_topic("pricing.nobody", {.capacity = 1u << 16, .multi_producer = true});
       Reply rep;
       const auto a = std::chrono::steady_clock::now();
-      const Status s = rq.request("pricing.nobody", {reinterpret_cast<const std::byte*>("SKU-9"), 5}, 200'000'000, rep);
+      const Status s =
+          rq.request("pricing.nobody", {reinterpret_cast<const std::byte*>("SKU-9"), 5}, 200'000'000, rep);
       const auto b = std::chrono::steady_clock::now();
       std::printf("request to a topic nobody answers: %s after %.0f ms\n", to_string(s), secs(b - a) * 1e3);
       if (s != Status::timed_out) rc = 1;
@@ -206,7 +219,8 @@ int main(int argc, char** argv) {
     }
     stop.store(true);
     resp_thread.join();
-    for (const std::string& t : {std::string(kOrders), std::string(kOrders) + ".dlq", std::string(kPricing)}) {
+    for (const std::string& t :
+         {std::string(kOrders), std::string(kOrders) + ".dlq", std::string(kPricing)}) {
       try {
         bus.remove_topic(t);
       } catch (...) {

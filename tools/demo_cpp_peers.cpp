@@ -28,8 +28,8 @@ Bus open_bus(const std::string& socket, const std::string& prefix) {
   return socket.empty() ? Bus::direct({.shm_prefix = prefix}) : Bus::connect(socket);
 }
 
-int feed(const std::string& socket, const std::string& prefix, const std::string& topic,
-         uint64_t paced, uint64_t rate, uint64_t burst, uint64_t every) {
+int feed(const std::string& socket, const std::string& prefix, const std::string& topic, uint64_t paced,
+         uint64_t rate, uint64_t burst, uint64_t every) {
   Bus bus = open_bus(socket, prefix);
   Publisher pub = bus.publisher(topic, {.block_timeout_ns = 10'000'000'000});
   auto publish = [&](uint64_t i) {
@@ -63,8 +63,8 @@ int feed(const std::string& socket, const std::string& prefix, const std::string
   for (; i <= paced + burst; ++i)
     if (!publish(i)) return 1;
   const uint64_t t2 = shm::monotonic_ns();
-  std::printf("published %lu quotes: %lu paced at %lu/s, %lu at full speed (%.2f M/s)\n",
-              paced + burst, paced, rate, burst, t2 > t1 ? double(burst) * 1e3 / double(t2 - t1) : 0.0);
+  std::printf("published %lu quotes: %lu paced at %lu/s, %lu at full speed (%.2f M/s)\n", paced + burst,
+              paced, rate, burst, t2 > t1 ? double(burst) * 1e3 / double(t2 - t1) : 0.0);
   (void)t0;
   return 0;
 }

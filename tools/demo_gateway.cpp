@@ -109,8 +109,8 @@ int main(int argc, char** argv) {
           "{\"orders\":%lu,\"errors\":%lu,\"paced\":{\"n\":%zu,\"p50_ns\":%lu,\"p99_ns\":%lu,"
           "\"p999_ns\":%lu,\"max_ns\":%lu},\"burst\":{\"n\":%zu,\"p50_ns\":%lu,\"p99_ns\":%lu,"
           "\"p999_ns\":%lu,\"max_ns\":%lu,\"quotes_per_s\":%.0f,\"orders_per_s\":%.0f}}\n",
-          got, errors, paced.size(), lp.p50, lp.p99, lp.p999, lp.max, burst.size(), lb.p50, lb.p99,
-          lb.p999, lb.max, quotes_s, orders_s);
+          got, errors, paced.size(), lp.p50, lp.p99, lp.p999, lp.max, burst.size(), lb.p50, lb.p99, lb.p999,
+          lb.max, quotes_s, orders_s);
     } else {
       std::printf("orders received %lu, errors %lu\n", got, errors);
       std::printf("end-to-end latency, quote published -> order at the gateway (us):\n");

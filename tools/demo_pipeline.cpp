@@ -48,10 +48,10 @@ void on_signal(int) { g_stop = 1; }
 struct Child {
   std::string name;
   pid_t pid = -1;
-  int out = -1;       // read end of its stdout
-  std::string buf;    // partial line
+  int out = -1;     // read end of its stdout
+  std::string buf;  // partial line
   bool ready = false;
-  int status = -1;    // wait status once reaped
+  int status = -1;  // wait status once reaped
 };
 
 fs::path self_dir() {
@@ -118,9 +118,7 @@ void reap(Child& c, bool block) {
   if (r == c.pid) c.status = st;
 }
 
-bool failed(const Child& c) {
-  return c.status != -1 && !(WIFEXITED(c.status) && WEXITSTATUS(c.status) == 0);
-}
+bool failed(const Child& c) { return c.status != -1 && !(WIFEXITED(c.status) && WEXITSTATUS(c.status) == 0); }
 
 std::string describe(const Child& c) {
   if (WIFEXITED(c.status)) return "exit " + std::to_string(WEXITSTATUS(c.status));
@@ -135,8 +133,7 @@ int main(int argc, char** argv) {
   bool cpp_only = false, direct = false;
   int watchdog_s = 60;
   std::string bin_dir;
-  CLI::App app{
-      "shmbus demo: Go feed -> Rust strategy -> C++ order gateway, through an embedded shmbusd"};
+  CLI::App app{"shmbus demo: Go feed -> Rust strategy -> C++ order gateway, through an embedded shmbusd"};
   app.add_option("--paced", paced, "quotes in the paced (latency) phase");
   app.add_option("--rate", rate, "paced rate, quotes/s")->check(CLI::Range(1, 10'000'000));
   app.add_option("--burst", burst, "quotes in the full-speed (throughput) phase");
@@ -144,7 +141,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1'000'000));
   app.add_flag("--cpp-only", cpp_only, "C++ feed and strategy (no Go or Rust needed)");
   app.add_flag("--direct", direct, "no daemon: each process maps the segments itself");
-  app.add_option("--bin-dir", bin_dir, "where mdfeed and shmbus-demo-strategy are (default <build>/demo-bin)");
+  app.add_option("--bin-dir", bin_dir,
+                 "where mdfeed and shmbus-demo-strategy are (default <build>/demo-bin)");
   app.add_option("--watchdog-s", watchdog_s, "give up when no process printed anything for this long");
   CLI11_PARSE(app, argc, argv);
   if (paced + burst < every) {
@@ -157,8 +155,7 @@ int main(int argc, char** argv) {
   const std::string gateway_bin = (here / "shmbus-demo-gateway").string();
   const std::string cpp_bin = (here / "shmbus-demo-cpp").string();
   const std::string feed_bin = cpp_only ? cpp_bin : (fs::path(bin_dir) / "mdfeed").string();
-  const std::string strat_bin =
-      cpp_only ? cpp_bin : (fs::path(bin_dir) / "shmbus-demo-strategy").string();
+  const std::string strat_bin = cpp_only ? cpp_bin : (fs::path(bin_dir) / "shmbus-demo-strategy").string();
   for (const auto& b : {gateway_bin, feed_bin, strat_bin}) {
     if (access(b.c_str(), X_OK) != 0) {
       std::fprintf(stderr, "demo: %s is missing (tools/demo builds it)\n", b.c_str());
@@ -186,13 +183,13 @@ int main(int argc, char** argv) {
   std::printf("shmbus demo: %s feed -> %s strategy -> C++ gateway, %s\n", cpp_only ? "C++" : "Go",
               cpp_only ? "C++" : "Rust",
               direct ? "direct (no daemon)" : ("through shmbusd (embedded, socket " + socket + ")").c_str());
-  std::printf("  %lu quotes paced at %lu/s, then %lu at full speed; an order on 1 quote in %lu\n",
-              paced, rate, burst, every);
+  std::printf("  %lu quotes paced at %lu/s, then %lu at full speed; an order on 1 quote in %lu\n", paced,
+              rate, burst, every);
   // Latency depends on what else runs: say so next to the figures.
   double load[3] = {0, 0, 0};
   if (getloadavg(load, 3) == 3)
-    std::printf("  load average %.2f %.2f %.2f on %ld CPUs (other work shares the cores)\n", load[0],
-                load[1], load[2], sysconf(_SC_NPROCESSORS_ONLN));
+    std::printf("  load average %.2f %.2f %.2f on %ld CPUs (other work shares the cores)\n", load[0], load[1],
+                load[2], sysconf(_SC_NPROCESSORS_ONLN));
   std::fflush(stdout);
 
   int rc = 0;
@@ -225,9 +222,8 @@ int main(int argc, char** argv) {
     };
     // Downstream first: each stage starts once the stage after it is READY.
     std::vector<std::pair<std::string, std::vector<std::string>>> plan = {
-        {"gateway (C++)",
-         with({gateway_bin, "--orders", std::to_string(orders), "--paced-orders",
-               std::to_string(paced_orders), "--signal-every", std::to_string(every)})},
+        {"gateway (C++)", with({gateway_bin, "--orders", std::to_string(orders), "--paced-orders",
+                                std::to_string(paced_orders), "--signal-every", std::to_string(every)})},
         {cpp_only ? "strategy (C++)" : "strategy (Rust)",
          cpp_only ? with({strat_bin, "strategy", "--quotes", std::to_string(total)})
                   : with({strat_bin, "--quotes", std::to_string(total)})},
@@ -282,8 +278,10 @@ int main(int argc, char** argv) {
           if (fds[i].revents) pump(*who[i], who[i] != &kids[0]);
       }
       for (auto& c : kids) {
-        if (c.out < 0) reap(c, true);
-        else reap(c, false);
+        if (c.out < 0)
+          reap(c, true);
+        else
+          reap(c, false);
         if (failed(c)) ok = false;
       }
       const bool stalled = shm::monotonic_ns() - quiet_since > uint64_t(watchdog_s) * 1'000'000'000;
@@ -297,7 +295,8 @@ int main(int argc, char** argv) {
     }
     for (auto& c : kids) {
       reap(c, true);
-      if (c.pid > 0 && failed(c)) std::fprintf(stderr, "demo: %s failed (%s)\n", c.name.c_str(), describe(c).c_str());
+      if (c.pid > 0 && failed(c))
+        std::fprintf(stderr, "demo: %s failed (%s)\n", c.name.c_str(), describe(c).c_str());
     }
     const double secs = double(shm::monotonic_ns() - t0) / 1e9;
     if (g_stop) ok = false;
@@ -321,8 +320,7 @@ int main(int argc, char** argv) {
   for (const auto& e : fs::directory_iterator("/dev/shm", ec))
     if (e.path().filename().string().rfind(prefix, 0) == 0) left.push_back(e.path().string());
   if (left.empty()) {
-    std::printf("cleaned up: %stopics deleted, nothing left in /dev/shm\n",
-                direct ? "" : "daemon stopped, ");
+    std::printf("cleaned up: %stopics deleted, nothing left in /dev/shm\n", direct ? "" : "daemon stopped, ");
   } else {
     for (const auto& f : left) {
       std::fprintf(stderr, "demo: left behind: %s (removed now)\n", f.c_str());

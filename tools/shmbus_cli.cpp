@@ -51,12 +51,14 @@ namespace {
 std::string jstr(const std::string& s) {
   std::string o = "\"";
   for (unsigned char c : s) {
-    if (c == '"' || c == '\\') o += '\\', o += char(c);
+    if (c == '"' || c == '\\')
+      o += '\\', o += char(c);
     else if (c < 0x20) {
       char b[8];
       snprintf(b, sizeof b, "\\u%04x", c);
       o += b;
-    } else o += char(c);
+    } else
+      o += char(c);
   }
   return o + "\"";
 }
@@ -90,12 +92,12 @@ std::string topic_json(proto::TopicInfo::Reader t) {
   auto a = s.getAccess();
   std::ostringstream o;
   o << "{\"name\":" << jstr(s.getName().cStr()) << ",\"partitions\":" << s.getPartitions()
-    << ",\"capacity\":" << s.getCapacity() << ",\"max_payload\":" << s.getMaxPayload()
-    << ",\"policy\":\"" << policy_name(s.getPolicy()) << "\",\"multi_producer\":"
-    << (s.getMultiProducer() ? "true" : "false") << ",\"slots\":" << s.getSlots()
-    << ",\"schema_id\":" << s.getSchemaId() << ",\"owner_uid\":" << t.getOwnerUid()
-    << ",\"created_ns\":" << t.getCreatedNs() << ",\"access\":{\"publish_uids\":"
-    << list_json(a.getPublishUids()) << ",\"publish_gids\":" << list_json(a.getPublishGids())
+    << ",\"capacity\":" << s.getCapacity() << ",\"max_payload\":" << s.getMaxPayload() << ",\"policy\":\""
+    << policy_name(s.getPolicy()) << "\",\"multi_producer\":" << (s.getMultiProducer() ? "true" : "false")
+    << ",\"slots\":" << s.getSlots() << ",\"schema_id\":" << s.getSchemaId()
+    << ",\"owner_uid\":" << t.getOwnerUid() << ",\"created_ns\":" << t.getCreatedNs()
+    << ",\"access\":{\"publish_uids\":" << list_json(a.getPublishUids())
+    << ",\"publish_gids\":" << list_json(a.getPublishGids())
     << ",\"subscribe_uids\":" << list_json(a.getSubscribeUids())
     << ",\"subscribe_gids\":" << list_json(a.getSubscribeGids()) << "}";
   o << ",\"durable\":" << (s.getDurable() ? "true" : "false");
@@ -106,8 +108,9 @@ std::string topic_json(proto::TopicInfo::Reader t) {
       << ",\"archived\":[";
     for (uint32_t i = 0; i < t.getArchived().size(); ++i) {
       auto ar = t.getArchived()[i];
-      o << (i ? "," : "") << "{\"partition\":" << ar.getPartition() << ",\"archived_seq\":" << ar.getArchivedSeq()
-        << ",\"durable_seq\":" << ar.getDurableSeq() << ",\"error\":" << ar.getError() << "}";
+      o << (i ? "," : "") << "{\"partition\":" << ar.getPartition()
+        << ",\"archived_seq\":" << ar.getArchivedSeq() << ",\"durable_seq\":" << ar.getDurableSeq()
+        << ",\"error\":" << ar.getError() << "}";
     }
     o << "]";
   }
@@ -209,7 +212,8 @@ bool parse_u64(const std::string& s, uint64_t& v) {
 // YYYY-MM-DDTHH:MM:SS[.fraction][Z|+HH:MM|-HH:MM]; no zone = UTC.
 bool parse_iso(const std::string& s, uint64_t& wall_ns) {
   int Y, M, D, h, m, sec, n = 0;
-  if (std::sscanf(s.c_str(), "%4d-%2d-%2d%*1[T ]%2d:%2d:%2d%n", &Y, &M, &D, &h, &m, &sec, &n) != 6) return false;
+  if (std::sscanf(s.c_str(), "%4d-%2d-%2d%*1[T ]%2d:%2d:%2d%n", &Y, &M, &D, &h, &m, &sec, &n) != 6)
+    return false;
   size_t i = size_t(n);
   uint64_t frac = 0;
   if (i < s.size() && s[i] == '.') {
@@ -297,8 +301,7 @@ void on_sigint(int) { g_stop = 1; }
 // One JSON line per message. Decoding failures never stop the stream.
 class Printer {
  public:
-  Printer(uint32_t partition, uint64_t topic_schema) : partition_(partition), topic_schema_(topic_schema) {
-  }
+  Printer(uint32_t partition, uint64_t topic_schema) : partition_(partition), topic_schema_(topic_schema) {}
   // The topic's registered schema (shmbusd's schema registry): decodes payloads of
   // its root type that are not compiled into this tool (and, when the topic declares
   // no schema id, payloads without one).
@@ -307,17 +310,18 @@ class Printer {
     registered_.emplace(std::move(b));
   }
   void print(const View& frame) {
-    std::string line = "{\"partition\":" + std::to_string(partition_) + ",\"seq\":" + std::to_string(frame.sequence()) +
+    std::string line = "{\"partition\":" + std::to_string(partition_) +
+                       ",\"seq\":" + std::to_string(frame.sequence()) +
                        ",\"ts_ns\":" + std::to_string(frame.timestamp_ns()) +
                        ",\"wall_ns\":" + std::to_string(mono_to_wall(frame.timestamp_ns())) +
-                       ",\"producer\":" + std::to_string(frame.producer_id()) +
-                       ",\"message_id\":\"" + std::to_string(frame.message_id()) + "\"";
+                       ",\"producer\":" + std::to_string(frame.producer_id()) + ",\"message_id\":\"" +
+                       std::to_string(frame.message_id()) + "\"";
     // An enveloped message (docs/messaging.md): the envelope's fields, then its payload
     // decoded by the payload's own schema id.
     EnvelopedView ev;
     if (ev.open(frame) != Status::ok) {
-      line += ",\"note\":\"malformed envelope\",\"len\":" + std::to_string(frame.size()) + ",\"payload_base64\":\"" +
-              base64(frame.data(), frame.size()) + "\"}\n";
+      line += ",\"note\":\"malformed envelope\",\"len\":" + std::to_string(frame.size()) +
+              ",\"payload_base64\":\"" + base64(frame.data(), frame.size()) + "\"}\n";
       std::fwrite(line.data(), 1, line.size(), stdout);
       return;
     }
@@ -331,12 +335,14 @@ class Printer {
     capnp::StructSchema sch;
     std::string decoded, why;
     const bool found = find_schema(id, sch) || (registered_ && id && registered_->root_id() == id &&
-                                                  (sch = registered_->root_schema(), true));
+                                                (sch = registered_->root_schema(), true));
     if (!found) {
-      why = id ? "schema neither compiled into shmbus nor registered for the topic" : "topic has no schema id";
+      why =
+          id ? "schema neither compiled into shmbus nor registered for the topic" : "topic has no schema id";
       if (!warned_) {
-        std::fprintf(stderr, "shmbus: schema %s is not known to this tool (%s); printing payloads as base64\n",
-                     idbuf, why.c_str());
+        std::fprintf(stderr,
+                     "shmbus: schema %s is not known to this tool (%s); printing payloads as base64\n", idbuf,
+                     why.c_str());
         warned_ = true;
       }
     } else {
@@ -356,7 +362,8 @@ class Printer {
         why = std::string("undecodable: ") + e.getDescription().cStr();
       }
     }
-    if (decoded.empty()) line += ",\"note\":" + jstr(why) + ",\"payload_base64\":\"" + base64(v.data(), v.size()) + "\"";
+    if (decoded.empty())
+      line += ",\"note\":" + jstr(why) + ",\"payload_base64\":\"" + base64(v.data(), v.size()) + "\"";
     line += "}\n";
     std::fwrite(line.data(), 1, line.size(), stdout);
   }
@@ -387,7 +394,8 @@ int run_replay(DaemonClient& c, const std::string& socket, const ReplayArgs& a, 
   }
   bool has_to = !a.to.empty();
   if (has_to && (!parse_point(a.to, to, err) || to.kind == Point::earliest || to.kind == Point::latest)) {
-    std::fprintf(stderr, "shmbus: --to: %s\n", err.empty() ? "expected seq:N, time:... or mono:NS" : err.c_str());
+    std::fprintf(stderr, "shmbus: --to: %s\n",
+                 err.empty() ? "expected seq:N, time:... or mono:NS" : err.c_str());
     return 1;
   }
   auto rep = c.call([&](proto::Request::Builder r) { r.setDescribeTopic(a.topic); });
@@ -407,7 +415,8 @@ int run_replay(DaemonClient& c, const std::string& socket, const ReplayArgs& a, 
     return 1;
   }
   if (!durable && from.kind != Point::latest) {
-    std::fprintf(stderr, "shmbus: topic '%s' is not durable: only --from latest is possible\n", a.topic.c_str());
+    std::fprintf(stderr, "shmbus: topic '%s' is not durable: only --from latest is possible\n",
+                 a.topic.c_str());
     return 1;
   }
   // Where history ends for a replay without --follow: the partition's next sequence now.
@@ -451,15 +460,16 @@ int run_replay(DaemonClient& c, const std::string& socket, const ReplayArgs& a, 
     const int fill = int(f * 40);
     for (int i = 0; i < 40; ++i) bar[i] = i < fill ? '#' : '.';
     bar[40] = 0;
-    std::fprintf(stderr, "\r[%s] %5.1f%%  %" PRIu64 " messages, seq %" PRIu64 " of %" PRIu64 "%s", bar, f * 100.0,
-                 printed, seq, end_seq - 1, final ? "\n" : "");
+    std::fprintf(stderr, "\r[%s] %5.1f%%  %" PRIu64 " messages, seq %" PRIu64 " of %" PRIu64 "%s", bar,
+                 f * 100.0, printed, seq, end_seq - 1, final ? "\n" : "");
   };
   int64_t idle_ns = 200'000'000;
   if (durable) {
     ReplaySubscriber sub = replay_subscriber(bus, a.topic, replay_options(c, info, a.partition, from));
     View v;
     uint64_t corrupt = 0;
-    if (!follow && (end_seq <= 1 || from.kind == Point::latest || (from.kind == Point::seq && from.v >= end_seq)))
+    if (!follow &&
+        (end_seq <= 1 || from.kind == Point::latest || (from.kind == Point::seq && from.v >= end_seq)))
       return 0;  // nothing between the start point and the current end
     while (!g_stop) {
       Status s = sub.poll_wait(v, idle_ns);
@@ -541,10 +551,11 @@ int run_dlq_replay(DaemonClient& c, const std::string& socket, const DlqArgs& a,
   auto info = rep.get().getTopic();
   auto spec = info.getSpec();
   if (!spec.getDurable()) {
-    std::fprintf(stderr,
-                 "shmbus: dead-letter topic '%s' is not durable: it keeps no dead letters to re-drive (create it "
-                 "with --durable before the handlers dead-letter anything)\n",
-                 a.topic.c_str());
+    std::fprintf(
+        stderr,
+        "shmbus: dead-letter topic '%s' is not durable: it keeps no dead letters to re-drive (create it "
+        "with --durable before the handlers dead-letter anything)\n",
+        a.topic.c_str());
     return 1;
   }
   if (a.partition >= spec.getPartitions()) {
@@ -605,7 +616,8 @@ int run_dlq_replay(DaemonClient& c, const std::string& socket, const DlqArgs& a,
         mid = d.getMessageId();
         sid = d.getSchemaId();
         auto p = d.getPayload();
-        payload.assign(reinterpret_cast<const std::byte*>(p.begin()), reinterpret_cast<const std::byte*>(p.end()));
+        payload.assign(reinterpret_cast<const std::byte*>(p.begin()),
+                       reinterpret_cast<const std::byte*>(p.end()));
       } catch (const kj::Exception& e) {
         why = std::string("undecodable dead letter: ") + e.getDescription().cStr();
       }
@@ -634,7 +646,8 @@ int run_dlq_replay(DaemonClient& c, const std::string& socket, const DlqArgs& a,
         ++redriven;
         if (json)
           line = "{\"dlq_seq\":" + std::to_string(last) + ",\"to\":" + jstr(target) +
-                 ",\"partition\":" + std::to_string(part) + ",\"message_id\":\"" + std::to_string(mid) + "\"}";
+                 ",\"partition\":" + std::to_string(part) + ",\"message_id\":\"" + std::to_string(mid) +
+                 "\"}";
         else
           line = "re-drove dlq seq " + std::to_string(last) + " to " + target + "[" + std::to_string(part) +
                  "], message id " + std::to_string(mid);
@@ -667,7 +680,7 @@ struct SchemaArgs {
 
 std::string iso_time(uint64_t ns) {
   time_t s = time_t(ns / 1'000'000'000ull);
-  struct tm tm{};
+  struct tm tm {};
   gmtime_r(&s, &tm);
   char b[64];
   std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", &tm);
@@ -704,12 +717,13 @@ SchemaNodes parse_schema_arg(const SchemaArgs& a) {
       imports.push_back(dirs.back().get());
     }
     const kj::Path p = fs->getCurrentPath().eval(file);
-    capnp::ParsedSchema s = parser.parseFromDirectory(fs->getRoot(), p.clone(), kj::arrayPtr(imports.data(), imports.size()));
+    capnp::ParsedSchema s =
+        parser.parseFromDirectory(fs->getRoot(), p.clone(), kj::arrayPtr(imports.data(), imports.size()));
     size_t from = 0;
     while (from <= type.size()) {
       const size_t dot = std::min(type.find('.', from), type.size());
       const std::string part = type.substr(from, dot - from);
-      KJ_IF_MAYBE(n, s.findNested(part)) {
+      KJ_IF_MAYBE (n, s.findNested(part)) {
         s = *n;
       } else {
         throw Error(ErrorCode::not_found, file + " has no type '" + type + "'");
@@ -740,7 +754,8 @@ int run_schema(DaemonClient& c, const std::string& what, const SchemaArgs& a, bo
         std::printf("{\"accepted\":true,\"version\":%u,\"stored\":%s}\n", s.getVersion(),
                     s.getStored() ? "true" : "false");
       else if (what == "check")
-        std::printf("compatible: %s would be version %u of '%s'\n", a.type.c_str(), s.getVersion(), a.topic.c_str());
+        std::printf("compatible: %s would be version %u of '%s'\n", a.type.c_str(), s.getVersion(),
+                    a.topic.c_str());
       else
         std::printf("%s version %u of '%s'\n", s.getStored() ? "registered" : "already registered as",
                     s.getVersion(), a.topic.c_str());
@@ -761,17 +776,21 @@ int run_schema(DaemonClient& c, const std::string& what, const SchemaArgs& a, bo
   static const char* modes[] = {"backward", "forward", "full", "none"};
   const char* mode = uint16_t(h.getMode()) < 4 ? modes[uint16_t(h.getMode())] : "?";
   if (what == "history") {
-    if (json) std::printf("{\"topic\":%s,\"mode\":\"%s\",\"versions\":[", jstr(a.topic).c_str(), mode);
-    else std::printf("%s (mode %s)\n", a.topic.c_str(), mode);
+    if (json)
+      std::printf("{\"topic\":%s,\"mode\":\"%s\",\"versions\":[", jstr(a.topic).c_str(), mode);
+    else
+      std::printf("%s (mode %s)\n", a.topic.c_str(), mode);
     uint32_t i = 0;
     for (auto v : h.getVersions()) {
       if (json)
-        std::printf("%s{\"version\":%u,\"registered_ns\":%" PRIu64 ",\"uid\":%u,\"root_id\":\"%s\",\"type\":%s}",
-                    i++ ? "," : "", v.getVersion(), v.getRegisteredNs(), v.getUid(), hex64(v.getRootId()).c_str(),
-                    jstr(v.getTypeName()).c_str());
+        std::printf("%s{\"version\":%u,\"registered_ns\":%" PRIu64
+                    ",\"uid\":%u,\"root_id\":\"%s\",\"type\":%s}",
+                    i++ ? "," : "", v.getVersion(), v.getRegisteredNs(), v.getUid(),
+                    hex64(v.getRootId()).c_str(), jstr(v.getTypeName()).c_str());
       else
-        std::printf("  version %u  %s  uid %u  %s %s\n", v.getVersion(), iso_time(v.getRegisteredNs()).c_str(),
-                    v.getUid(), v.getTypeName().cStr(), hex64(v.getRootId()).c_str());
+        std::printf("  version %u  %s  uid %u  %s %s\n", v.getVersion(),
+                    iso_time(v.getRegisteredNs()).c_str(), v.getUid(), v.getTypeName().cStr(),
+                    hex64(v.getRootId()).c_str());
     }
     if (json) std::printf("]}\n");
     return 0;
@@ -780,11 +799,12 @@ int run_schema(DaemonClient& c, const std::string& what, const SchemaArgs& a, bo
     if (!v.hasNodes()) continue;
     SchemaBundle b = SchemaBundle::parse(v.getNodes(), v.getRootId());
     if (json)
-      std::printf("{\"topic\":%s,\"version\":%u,\"mode\":\"%s\",\"type\":%s,\"schema\":%s}\n", jstr(a.topic).c_str(),
-                  v.getVersion(), mode, jstr(b.type_name(b.root_id())).c_str(), jstr(b.text()).c_str());
+      std::printf("{\"topic\":%s,\"version\":%u,\"mode\":\"%s\",\"type\":%s,\"schema\":%s}\n",
+                  jstr(a.topic).c_str(), v.getVersion(), mode, jstr(b.type_name(b.root_id())).c_str(),
+                  jstr(b.text()).c_str());
     else
-      std::printf("# '%s' schema version %u (mode %s), registered %s by uid %u\n%s", a.topic.c_str(), v.getVersion(),
-                  mode, iso_time(v.getRegisteredNs()).c_str(), v.getUid(), b.text().c_str());
+      std::printf("# '%s' schema version %u (mode %s), registered %s by uid %u\n%s", a.topic.c_str(),
+                  v.getVersion(), mode, iso_time(v.getRegisteredNs()).c_str(), v.getUid(), b.text().c_str());
     return 0;
   }
   throw Error(ErrorCode::not_found, "no schema version in the reply");
@@ -799,7 +819,8 @@ int main(int argc, char** argv) {
   bool json = false;
   app.add_option("--socket", socket, "control socket (default " + default_socket_path() + ")");
   bool system_daemon = false;
-  app.add_flag("--system", system_daemon, std::string("the system-wide daemon's socket (") + kSystemSocketPath + ")");
+  app.add_flag("--system", system_daemon,
+               std::string("the system-wide daemon's socket (") + kSystemSocketPath + ")");
   app.add_flag("--json", json, "machine-readable output");
   app.require_subcommand(1);
 
@@ -824,14 +845,18 @@ int main(int argc, char** argv) {
   create->add_option("--flush", flush, "durable: none|interval|batch (when a message counts as durable)")
       ->check(CLI::IsMember({"none", "interval", "batch"}));
   create->add_option("--flush-interval-ms", flush_ms, "durable, flush interval: fdatasync period");
-  create->add_option("--retention-bytes", retention_bytes, "durable: keep at most this many log bytes per partition (0 = all)");
-  create->add_option("--retention-age", retention_age, "durable: delete log segments older than this many seconds (0 = never)");
+  create->add_option("--retention-bytes", retention_bytes,
+                     "durable: keep at most this many log bytes per partition (0 = all)");
+  create->add_option("--retention-age", retention_age,
+                     "durable: delete log segments older than this many seconds (0 = never)");
   create->add_option("--segment-bytes", segment_bytes, "durable: log segment file size (0 = 64 MiB)");
   create->add_flag("--multi-producer", cfg.multi_producer, "allow several producers per partition");
   create->add_option("--slots", cfg.slots, "subscriber slots per partition");
   create->add_option("--schema-id", cfg.schema_id, "Cap'n Proto root type id (0 = any)");
   std::string schema_mode = "backward";
-  create->add_option("--schema-mode", schema_mode, "how a new schema version is checked: backward|forward|full|none")
+  create
+      ->add_option("--schema-mode", schema_mode,
+                   "how a new schema version is checked: backward|forward|full|none")
       ->check(CLI::IsMember({"backward", "forward", "full", "none"}));
   create->add_option("--publish-uid", acl.publish_uids, "uid allowed to publish (4294967295 = anyone)");
   create->add_option("--publish-gid", acl.publish_gids, "gid allowed to publish");
@@ -849,8 +874,9 @@ int main(int argc, char** argv) {
   auto* replay = app.add_subcommand("replay", "print a durable topic's messages from its log as JSON lines");
   replay->add_option("topic", ra.topic)->required();
   replay->add_option("--partition", ra.partition, "partition (default 0)");
-  replay->add_option("--from", ra.from,
-                     "earliest|latest|seq:N|time:<ns since epoch>|time:<ISO 8601>|mono:<ns> (default earliest)");
+  replay->add_option(
+      "--from", ra.from,
+      "earliest|latest|seq:N|time:<ns since epoch>|time:<ISO 8601>|mono:<ns> (default earliest)");
   replay->add_option("--to", ra.to, "stop after seq:N / time:... / mono:NS (inclusive)");
   replay->add_option("--count", ra.count, "stop after N messages");
   replay->add_flag("--follow", ra.follow, "continue with live messages (default: stop at the current end)");
@@ -866,24 +892,30 @@ int main(int argc, char** argv) {
   auto* dlq = app.add_subcommand("dlq", "dead-letter topics (<topic>.dlq)");
   dlq->require_subcommand(1);
   auto* dlq_replay = dlq->add_subcommand(
-      "replay", "re-drive a durable <topic>.dlq's dead letters to their original topic (payload, message id and "
-                "schema id as they were)");
+      "replay",
+      "re-drive a durable <topic>.dlq's dead letters to their original topic (payload, message id and "
+      "schema id as they were)");
   dlq_replay->add_option("topic", da.topic, "the dead-letter topic")->required();
   dlq_replay->add_option("--to", da.to, "publish to this topic (partition 0) instead of each original topic");
   dlq_replay->add_option("--count", da.count, "stop after N dead letters");
-  dlq_replay->add_option("--from", da.from, "start point in the dead-letter log, as for replay (default earliest)");
+  dlq_replay->add_option("--from", da.from,
+                         "start point in the dead-letter log, as for replay (default earliest)");
   dlq_replay->add_option("--partition", da.partition, "partition of the dead-letter topic (default 0)");
   SchemaArgs sa;
   auto* schema = app.add_subcommand("schema", "a topic's registered Cap'n Proto schema versions");
   schema->require_subcommand(1);
-  auto* schema_show = schema->add_subcommand("show", "the latest (or --version N) schema as Cap'n Proto text");
+  auto* schema_show =
+      schema->add_subcommand("show", "the latest (or --version N) schema as Cap'n Proto text");
   schema_show->add_option("topic", sa.topic)->required();
   schema_show->add_option("--version", sa.version, "version (default: the latest)");
-  auto* schema_history = schema->add_subcommand("history", "every version: number, time, registering uid, type");
+  auto* schema_history =
+      schema->add_subcommand("history", "every version: number, time, registering uid, type");
   schema_history->add_option("topic", sa.topic)->required();
   auto* schema_check = schema->add_subcommand(
-      "check", "would FILE.capnp:Type be accepted as the topic's next version? exit 0 yes, 1 no (with the reason)");
-  auto* schema_register = schema->add_subcommand("register", "register FILE.capnp:Type as the topic's next version");
+      "check",
+      "would FILE.capnp:Type be accepted as the topic's next version? exit 0 yes, 1 no (with the reason)");
+  auto* schema_register =
+      schema->add_subcommand("register", "register FILE.capnp:Type as the topic's next version");
   for (auto* s : {schema_check, schema_register}) {
     s->add_option("topic", sa.topic)->required();
     s->add_option("type", sa.type, "FILE.capnp:Type")->required();
@@ -900,8 +932,10 @@ int main(int argc, char** argv) {
     c = DaemonClient::connect(co);
   } catch (const Error& e) {
     if (health->parsed()) {
-      if (json) std::printf("{\"serving\":false,\"reason\":%s}\n", jstr(e.what()).c_str());
-      else std::printf("not serving: %s\n", e.what());
+      if (json)
+        std::printf("{\"serving\":false,\"reason\":%s}\n", jstr(e.what()).c_str());
+      else
+        std::printf("not serving: %s\n", e.what());
       return 2;
     }
     std::fprintf(stderr, "shmbus: %s\n", e.what());
@@ -910,8 +944,8 @@ int main(int argc, char** argv) {
   try {
     if (create->parsed()) {
       cfg.policy = policy == "fail" ? Policy::fail : policy == "spill" ? Policy::spill : Policy::block;
-      bool any_acl = !acl.publish_uids.empty() || !acl.publish_gids.empty() ||
-                     !acl.subscribe_uids.empty() || !acl.subscribe_gids.empty();
+      bool any_acl = !acl.publish_uids.empty() || !acl.publish_gids.empty() || !acl.subscribe_uids.empty() ||
+                     !acl.subscribe_gids.empty();
       if (!any_acl) cfg.mode = 0600;  // owner (and root) only unless an ACL is given
       auto rep = c->call([&](proto::Request::Builder r) {
         auto s = r.initCreateTopic();
@@ -923,7 +957,7 @@ int main(int argc, char** argv) {
                     : cfg.policy == Policy::spill ? proto::Policy::SPILL
                                                   : proto::Policy::BLOCK);
         s.setDurable(durable || cfg.policy == Policy::spill);
-        s.setFlush(flush == "none" ? proto::FlushPolicy::NONE
+        s.setFlush(flush == "none"    ? proto::FlushPolicy::NONE
                    : flush == "batch" ? proto::FlushPolicy::BATCH
                                       : proto::FlushPolicy::INTERVAL);
         s.setFlushIntervalMs(flush_ms);
@@ -934,9 +968,9 @@ int main(int argc, char** argv) {
         s.setSlots(cfg.slots);
         s.setSchemaId(cfg.schema_id);
         s.setSchemaMode(schema_mode == "forward" ? proto::SchemaMode::FORWARD
-                        : schema_mode == "full" ? proto::SchemaMode::FULL
-                        : schema_mode == "none" ? proto::SchemaMode::NONE
-                                                : proto::SchemaMode::BACKWARD);
+                        : schema_mode == "full"  ? proto::SchemaMode::FULL
+                        : schema_mode == "none"  ? proto::SchemaMode::NONE
+                                                 : proto::SchemaMode::BACKWARD);
         auto a = s.initAccess();
         auto put = [](auto l, const std::vector<uint32_t>& v) {
           for (size_t i = 0; i < v.size(); ++i) l.set(uint32_t(i), v[i]);
@@ -946,8 +980,10 @@ int main(int argc, char** argv) {
         put(a.initSubscribeUids(uint32_t(acl.subscribe_uids.size())), acl.subscribe_uids);
         put(a.initSubscribeGids(uint32_t(acl.subscribe_gids.size())), acl.subscribe_gids);
       });
-      if (json) std::printf("%s\n", topic_json(rep.get().getTopic()).c_str());
-      else topic_human(rep.get().getTopic());
+      if (json)
+        std::printf("%s\n", topic_json(rep.get().getTopic()).c_str());
+      else
+        topic_human(rep.get().getTopic());
     } else if (list->parsed()) {
       // A page at a time (any number of topics).
       std::string after;
@@ -968,66 +1004,76 @@ int main(int argc, char** argv) {
         more = pg.getMore() && pg.getTopics().size() > 0;
         after = pg.getNext();
       }
-      if (json) std::printf("]\n");
-      else if (n == 0) std::printf("no topics\n");
+      if (json)
+        std::printf("]\n");
+      else if (n == 0)
+        std::printf("no topics\n");
     } else if (describe->parsed()) {
       auto rep = c->call([&](proto::Request::Builder r) { r.setDescribeTopic(name); });
-      if (json) std::printf("%s\n", topic_json(rep.get().getTopic()).c_str());
-      else topic_human(rep.get().getTopic());
+      if (json)
+        std::printf("%s\n", topic_json(rep.get().getTopic()).c_str());
+      else
+        topic_human(rep.get().getTopic());
     } else if (del->parsed()) {
       c->delete_topic(name);
-      if (json) std::printf("{\"deleted\":%s}\n", jstr(name).c_str());
-      else std::printf("deleted %s\n", name.c_str());
+      if (json)
+        std::printf("{\"deleted\":%s}\n", jstr(name).c_str());
+      else
+        std::printf("deleted %s\n", name.c_str());
     } else if (stat->parsed()) {
       std::ostringstream o;
       if (json) o << "[";
       std::string after;
       uint32_t shown = 0;
       for (bool more = true; more;) {
-      // One topic: stat; every topic: statPage, a page at a time.
-      auto rep = c->call([&](proto::Request::Builder r) {
-        if (name.empty()) r.initStatPage().setAfter(after);
-        else r.setStat(name);
-      });
-      auto ts = name.empty() ? rep.get().getPage().getStats() : rep.get().getStats();
-      more = name.empty() && rep.get().getPage().getMore() && ts.size() > 0;
-      if (name.empty()) after = rep.get().getPage().getNext();
-      for (uint32_t i = 0; i < ts.size(); ++i) {
-        auto t = ts[i];
-        if (json) o << (shown++ ? "," : "") << "{\"topic\":" << jstr(t.getName().cStr()) << ",\"partitions\":[";
-        else o << t.getName().cStr() << "\n";
-        for (uint32_t j = 0; j < t.getPartitions().size(); ++j) {
-          auto p = t.getPartitions()[j];
-          if (json) {
-            o << (j ? "," : "") << "{\"partition\":" << p.getPartition()
-              << ",\"producer_position\":" << p.getProducerPosition()
-              << ",\"next_sequence\":" << p.getNextSequence() << ",\"rate_per_sec\":" << p.getRatePerSec()
-              << ",\"back_pressure_events\":" << p.getBackPressureEvents()
-              << ",\"reclaimed_cursors\":" << p.getReclaimedCursors()
-              << ",\"filled_claims\":" << p.getFilledClaims() << ",\"producer_pid\":" << p.getProducerPid()
-              << ",\"live_producers\":" << p.getLiveProducers() << ",\"subscribers\":[";
-            for (uint32_t k = 0; k < p.getSubscribers().size(); ++k) {
-              auto s = p.getSubscribers()[k];
-              o << (k ? "," : "") << "{\"slot\":" << s.getSlot() << ",\"pid\":" << s.getPid()
-                << ",\"position\":" << s.getPosition() << ",\"lag\":" << s.getLag()
-                << ",\"tethered\":" << (s.getTethered() ? "true" : "false") << "}";
+        // One topic: stat; every topic: statPage, a page at a time.
+        auto rep = c->call([&](proto::Request::Builder r) {
+          if (name.empty())
+            r.initStatPage().setAfter(after);
+          else
+            r.setStat(name);
+        });
+        auto ts = name.empty() ? rep.get().getPage().getStats() : rep.get().getStats();
+        more = name.empty() && rep.get().getPage().getMore() && ts.size() > 0;
+        if (name.empty()) after = rep.get().getPage().getNext();
+        for (uint32_t i = 0; i < ts.size(); ++i) {
+          auto t = ts[i];
+          if (json)
+            o << (shown++ ? "," : "") << "{\"topic\":" << jstr(t.getName().cStr()) << ",\"partitions\":[";
+          else
+            o << t.getName().cStr() << "\n";
+          for (uint32_t j = 0; j < t.getPartitions().size(); ++j) {
+            auto p = t.getPartitions()[j];
+            if (json) {
+              o << (j ? "," : "") << "{\"partition\":" << p.getPartition()
+                << ",\"producer_position\":" << p.getProducerPosition()
+                << ",\"next_sequence\":" << p.getNextSequence() << ",\"rate_per_sec\":" << p.getRatePerSec()
+                << ",\"back_pressure_events\":" << p.getBackPressureEvents()
+                << ",\"reclaimed_cursors\":" << p.getReclaimedCursors()
+                << ",\"filled_claims\":" << p.getFilledClaims() << ",\"producer_pid\":" << p.getProducerPid()
+                << ",\"live_producers\":" << p.getLiveProducers() << ",\"subscribers\":[";
+              for (uint32_t k = 0; k < p.getSubscribers().size(); ++k) {
+                auto s = p.getSubscribers()[k];
+                o << (k ? "," : "") << "{\"slot\":" << s.getSlot() << ",\"pid\":" << s.getPid()
+                  << ",\"position\":" << s.getPosition() << ",\"lag\":" << s.getLag()
+                  << ",\"tethered\":" << (s.getTethered() ? "true" : "false") << "}";
+              }
+              o << "]}";
+            } else {
+              o << "  partition " << p.getPartition() << ": producer at " << p.getProducerPosition()
+                << " (seq " << p.getNextSequence() << "), " << p.getRatePerSec() << " msg/s, "
+                << p.getBackPressureEvents() << " back-pressure events, " << p.getReclaimedCursors()
+                << " reclaimed cursors, " << p.getFilledClaims() << " padded claims\n";
+              for (auto s : p.getSubscribers())
+                o << "    subscriber slot " << s.getSlot() << " pid " << s.getPid() << ": at "
+                  << s.getPosition() << ", lag " << s.getLag() << " B"
+                  << (s.getTethered() ? "" : " (untethered)") << "\n";
             }
-            o << "]}";
-          } else {
-            o << "  partition " << p.getPartition() << ": producer at " << p.getProducerPosition()
-              << " (seq " << p.getNextSequence() << "), " << p.getRatePerSec() << " msg/s, "
-              << p.getBackPressureEvents() << " back-pressure events, " << p.getReclaimedCursors()
-              << " reclaimed cursors, " << p.getFilledClaims() << " padded claims\n";
-            for (auto s : p.getSubscribers())
-              o << "    subscriber slot " << s.getSlot() << " pid " << s.getPid() << ": at "
-                << s.getPosition() << ", lag " << s.getLag() << " B"
-                << (s.getTethered() ? "" : " (untethered)") << "\n";
           }
+          if (json) o << "]}";
         }
-        if (json) o << "]}";
-      }
-      std::fputs(o.str().c_str(), stdout);
-      o.str("");
+        std::fputs(o.str().c_str(), stdout);
+        o.str("");
       }
       if (json) o << "]\n";
       std::fputs(o.str().c_str(), stdout);
@@ -1049,7 +1095,8 @@ int main(int argc, char** argv) {
       auto rep = c->call([](proto::Request::Builder r) { r.setHealth(); });
       auto h = rep.get().getHealth();
       if (json)
-        std::printf("{\"serving\":%s,\"pid\":%u,\"uptime_ns\":%" PRIu64 ",\"topics\":%u,\"clients\":%u,"
+        std::printf("{\"serving\":%s,\"pid\":%u,\"uptime_ns\":%" PRIu64
+                    ",\"topics\":%u,\"clients\":%u,"
                     "\"open_fds\":%u,\"rss_bytes\":%" PRIu64 ",\"reclaimed_clients\":%" PRIu64
                     ",\"state_dir\":%s}\n",
                     h.getServing() ? "true" : "false", h.getDaemonPid(), h.getUptimeNs(), h.getTopics(),

@@ -189,9 +189,7 @@ inline uint64_t load64(const std::byte* p) {
   std::memcpy(&v, p, 8);
   return v;
 }
-inline bool last_ok(uint64_t last, uint32_t len, uint64_t seq) {
-  return len < 16 || last == (seq ^ kCheck);
-}
+inline bool last_ok(uint64_t last, uint32_t len, uint64_t seq) { return len < 16 || last == (seq ^ kCheck); }
 
 // A message as the consumer sees it: word 0, last word, length.
 struct Msg {
@@ -291,15 +289,14 @@ inline Msg view_msg(const View& v) {
     MessageReader r(v);
     if (!r) return {0, 0, 0};
     auto q = r.root<schema::Quote>();
-    uint64_t sum = q.getInstrumentId() + uint64_t(q.getBidPx()) + uint64_t(q.getAskPx()) +
-                   q.getBidQty() + q.getAskQty();
+    uint64_t sum =
+        q.getInstrumentId() + uint64_t(q.getBidPx()) + uint64_t(q.getAskPx()) + q.getBidQty() + q.getAskQty();
     asm volatile("" : : "r"(sum));
     return {q.getSeq(), q.getExchangeTsNs(), 64};
   } else {
-    auto q = capnp::readMessageUnchecked<schema::Quote>(
-        reinterpret_cast<const capnp::word*>(v.data() + 8));
-    uint64_t sum = q.getInstrumentId() + uint64_t(q.getBidPx()) + uint64_t(q.getAskPx()) +
-                   q.getBidQty() + q.getAskQty();
+    auto q = capnp::readMessageUnchecked<schema::Quote>(reinterpret_cast<const capnp::word*>(v.data() + 8));
+    uint64_t sum =
+        q.getInstrumentId() + uint64_t(q.getBidPx()) + uint64_t(q.getAskPx()) + q.getBidQty() + q.getAskQty();
     asm volatile("" : : "r"(sum));
     return {q.getSeq(), q.getExchangeTsNs(), 64};
   }
@@ -376,7 +373,7 @@ struct Result {
   bool has_lat = false;
   double p50 = 0, p99 = 0, p999 = 0, p9999 = 0, max = 0;
   uint64_t count = 0;
-  uint64_t preempt = 0;          // involuntary context switches (both processes)
+  uint64_t preempt = 0;           // involuntary context switches (both processes)
   double msgs_per_s_overall = 0;  // throughput: whole-run average (window median is msgs_per_s)
   std::map<std::string, double> ratios;
 };
@@ -724,8 +721,13 @@ void one_run(Runner& R) {
     R.run("rtt.spsc", size, [&](Result& r) {
       auto a = SpscChannel::make(cap), b = SpscChannel::make(cap);
       bool ok = case_rtt(
-          r, g.rtt_msgs, [&] { return std::pair{SpscTx(a), SpscRx(b)}; },
-          [&] { return std::pair{SpscTx(b), SpscRx(a)}; });
+          r, g.rtt_msgs,
+          [&] {
+            return std::pair{SpscTx(a), SpscRx(b)};
+          },
+          [&] {
+            return std::pair{SpscTx(b), SpscRx(a)};
+          });
       a.destroy();
       b.destroy();
       return ok;
@@ -735,16 +737,24 @@ void one_run(Runner& R) {
       using Rx = ShmbusRx<Read::raw, false>;
       return case_rtt(
           r, g.rtt_msgs,
-          [&] { return std::pair{ShmbusTx(t.bus, "bench.ping"), Rx(t.bus, "bench.pong")}; },
-          [&] { return std::pair{ShmbusTx(t.bus, "bench.pong"), Rx(t.bus, "bench.ping")}; });
+          [&] {
+            return std::pair{ShmbusTx(t.bus, "bench.ping"), Rx(t.bus, "bench.pong")};
+          },
+          [&] {
+            return std::pair{ShmbusTx(t.bus, "bench.pong"), Rx(t.bus, "bench.ping")};
+          });
     });
     R.run("rtt.shmbus_nostamp", size, [&](Result& r) {
       ShmbusTopics t(next_prefix());
       using Rx = ShmbusRx<Read::raw, false>;
       return case_rtt(
           r, g.rtt_msgs,
-          [&] { return std::pair{ShmbusTx(t.bus, "bench.ping", false), Rx(t.bus, "bench.pong")}; },
-          [&] { return std::pair{ShmbusTx(t.bus, "bench.pong", false), Rx(t.bus, "bench.ping")}; });
+          [&] {
+            return std::pair{ShmbusTx(t.bus, "bench.ping", false), Rx(t.bus, "bench.pong")};
+          },
+          [&] {
+            return std::pair{ShmbusTx(t.bus, "bench.pong", false), Rx(t.bus, "bench.ping")};
+          });
     });
     for (int type : {SOCK_SEQPACKET, SOCK_STREAM}) {
       std::string name = type == SOCK_STREAM ? "rtt.uds_stream" : "rtt.uds_seqpacket";
@@ -752,8 +762,13 @@ void one_run(Runner& R) {
         int fds[2];
         uds_pair(type, fds);
         bool ok = case_rtt(
-            r, g.uds_rtt_msgs, [&] { return std::pair{UdsTx(fds[0]), UdsRx(fds[0], size, true)}; },
-            [&] { return std::pair{UdsTx(fds[1]), UdsRx(fds[1], size, true)}; });
+            r, g.uds_rtt_msgs,
+            [&] {
+              return std::pair{UdsTx(fds[0]), UdsRx(fds[0], size, true)};
+            },
+            [&] {
+              return std::pair{UdsTx(fds[1]), UdsRx(fds[1], size, true)};
+            });
         close(fds[0]);
         close(fds[1]);
         return ok;
@@ -766,8 +781,12 @@ void one_run(Runner& R) {
       using Rx = ShmbusRx<Read::capnp_checked, false>;
       return case_rtt(
           r, g.rtt_msgs,
-          [&] { return std::pair{ShmbusCapnpTx(t.bus, "bench.ping"), Rx(t.bus, "bench.pong")}; },
-          [&] { return std::pair{ShmbusCapnpTx(t.bus, "bench.pong"), Rx(t.bus, "bench.ping")}; });
+          [&] {
+            return std::pair{ShmbusCapnpTx(t.bus, "bench.ping"), Rx(t.bus, "bench.pong")};
+          },
+          [&] {
+            return std::pair{ShmbusCapnpTx(t.bus, "bench.pong"), Rx(t.bus, "bench.ping")};
+          });
     });
   }
 
@@ -776,7 +795,8 @@ void one_run(Runner& R) {
   for (uint32_t size : g.sizes) {
     R.run("lat.spsc", size, [&](Result& r) {
       auto a = SpscChannel::make(cap);
-      bool ok = case_oneway(r, g.lat_msgs, [&] { return SpscTx(a); }, [&] { return SpscRx(a); });
+      bool ok = case_oneway(
+          r, g.lat_msgs, [&] { return SpscTx(a); }, [&] { return SpscRx(a); });
       a.destroy();
       return ok;
     });
@@ -804,34 +824,37 @@ void one_run(Runner& R) {
   for (uint32_t size : g.sizes) {
     R.run("tput.spsc", size, [&](Result& r) {
       auto a = SpscChannel::make(cap);
-      bool ok = case_tput(r, tput_count(size, false), [&] { return SpscTx(a); },
-                          [&] { return SpscRx(a); });
+      bool ok = case_tput(
+          r, tput_count(size, false), [&] { return SpscTx(a); }, [&] { return SpscRx(a); });
       a.destroy();
       return ok;
     });
     R.run("tput.shmbus", size, [&](Result& r) {
       ShmbusTopics t(next_prefix());
-      return case_tput(r, tput_count(size, false), [&] { return ShmbusTx(t.bus, "bench.ping"); },
-                       [&] { return ShmbusRx<Read::raw, false>(t.bus, "bench.ping"); });
+      return case_tput(
+          r, tput_count(size, false), [&] { return ShmbusTx(t.bus, "bench.ping"); },
+          [&] { return ShmbusRx<Read::raw, false>(t.bus, "bench.ping"); });
     });
     R.run("tput.shmbus_pollbatch", size, [&](Result& r) {
       ShmbusTopics t(next_prefix());
-      return case_tput(r, tput_count(size, false), [&] { return ShmbusTx(t.bus, "bench.ping"); },
-                       [&] { return ShmbusRx<Read::raw, true>(t.bus, "bench.ping"); });
+      return case_tput(
+          r, tput_count(size, false), [&] { return ShmbusTx(t.bus, "bench.ping"); },
+          [&] { return ShmbusRx<Read::raw, true>(t.bus, "bench.ping"); });
     });
     R.run("tput.shmbus_nostamp_pollbatch", size, [&](Result& r) {
       ShmbusTopics t(next_prefix());
-      return case_tput(r, tput_count(size, false),
-                       [&] { return ShmbusTx(t.bus, "bench.ping", false); },
-                       [&] { return ShmbusRx<Read::raw, true>(t.bus, "bench.ping"); });
+      return case_tput(
+          r, tput_count(size, false), [&] { return ShmbusTx(t.bus, "bench.ping", false); },
+          [&] { return ShmbusRx<Read::raw, true>(t.bus, "bench.ping"); });
     });
     for (int type : {SOCK_SEQPACKET, SOCK_STREAM}) {
       std::string name = type == SOCK_STREAM ? "tput.uds_stream" : "tput.uds_seqpacket";
       R.run(name, size, [&](Result& r) {
         int fds[2];
         uds_pair(type, fds);
-        bool ok = case_tput(r, tput_count(size, true), [&] { return UdsTx(fds[0]); },
-                            [&] { return UdsRx(fds[1], size, false); });
+        bool ok = case_tput(
+            r, tput_count(size, true), [&] { return UdsTx(fds[0]); },
+            [&] { return UdsRx(fds[1], size, false); });
         close(fds[0]);
         close(fds[1]);
         return ok;
@@ -841,18 +864,21 @@ void one_run(Runner& R) {
   // Cap'n Proto Quote (64 B) built in place and read in place.
   R.run("tput.shmbus_capnp", 64, [&](Result& r) {
     ShmbusTopics t(next_prefix());
-    return case_tput(r, tput_count(64, false), [&] { return ShmbusCapnpTx(t.bus, "bench.ping"); },
-                     [&] { return ShmbusRx<Read::capnp_checked, false>(t.bus, "bench.ping"); });
+    return case_tput(
+        r, tput_count(64, false), [&] { return ShmbusCapnpTx(t.bus, "bench.ping"); },
+        [&] { return ShmbusRx<Read::capnp_checked, false>(t.bus, "bench.ping"); });
   });
   R.run("tput.shmbus_capnp_pollbatch", 64, [&](Result& r) {
     ShmbusTopics t(next_prefix());
-    return case_tput(r, tput_count(64, false), [&] { return ShmbusCapnpTx(t.bus, "bench.ping"); },
-                     [&] { return ShmbusRx<Read::capnp_checked, true>(t.bus, "bench.ping"); });
+    return case_tput(
+        r, tput_count(64, false), [&] { return ShmbusCapnpTx(t.bus, "bench.ping"); },
+        [&] { return ShmbusRx<Read::capnp_checked, true>(t.bus, "bench.ping"); });
   });
   R.run("tput.shmbus_capnp_unchecked", 64, [&](Result& r) {
     ShmbusTopics t(next_prefix());
-    return case_tput(r, tput_count(64, false), [&] { return ShmbusCapnpTx(t.bus, "bench.ping"); },
-                     [&] { return ShmbusRx<Read::capnp_unchecked, true>(t.bus, "bench.ping"); });
+    return case_tput(
+        r, tput_count(64, false), [&] { return ShmbusCapnpTx(t.bus, "bench.ping"); },
+        [&] { return ShmbusRx<Read::capnp_unchecked, true>(t.bus, "bench.ping"); });
   });
 }
 
@@ -874,8 +900,7 @@ void add_ratios(std::vector<Result>& v) {
         if (auto* s = find(v, u, r.size)) uds = std::max(uds, s->msgs_per_s);
       if (uds > 0) r.ratios["vs_uds_best"] = r.msgs_per_s / uds;
       if (r.name != "tput.shmbus" && r.name.find("capnp") != std::string::npos) {
-        if (auto* s = find(v, "tput.shmbus", r.size))
-          r.ratios["cost_vs_raw"] = s->msgs_per_s / r.msgs_per_s;
+        if (auto* s = find(v, "tput.shmbus", r.size)) r.ratios["cost_vs_raw"] = s->msgs_per_s / r.msgs_per_s;
       }
     } else {
       const char* line = r.kind == "roundtrip" ? "rtt.line" : "lat.line";
@@ -891,8 +916,7 @@ void add_ratios(std::vector<Result>& v) {
       std::string uds_prefix = r.kind == "roundtrip" ? "rtt." : "lat.";
       double best = 0;
       for (const char* u : {"uds_seqpacket", "uds_stream"})
-        if (auto* s = find(v, uds_prefix + u, r.size))
-          best = best == 0 ? s->p50 : std::min(best, s->p50);
+        if (auto* s = find(v, uds_prefix + u, r.size)) best = best == 0 ? s->p50 : std::min(best, s->p50);
       if (best > 0) r.ratios["p50_vs_uds_best"] = r.p50 / best;
       if (r.size == 4096) {
         if (auto* s = find(v, r.name, 8)) r.ratios["p50_vs_8B"] = r.p50 / s->p50;
@@ -942,7 +966,8 @@ void print_json(const Result& r, int runs) {
   };
   std::printf(
       "{\"name\":\"%s\",\"kind\":\"%s\",\"size\":%u,\"runs\":%d,\"count\":%lu,"
-      "\"msgs_per_s\":%.0f,\"msgs_per_s_overall\":%.0f,\"mb_per_s\":%.1f,\"preempt\":%lu,\"p50_ns\":%s,\"p99_ns\":%s,\"p999_ns\":%s,"
+      "\"msgs_per_s\":%.0f,\"msgs_per_s_overall\":%.0f,\"mb_per_s\":%.1f,\"preempt\":%lu,\"p50_ns\":%s,\"p99_"
+      "ns\":%s,\"p999_ns\":%s,"
       "\"p9999_ns\":%s,\"max_ns\":%s,\"ratios\":{",
       r.name.c_str(), r.kind.c_str(), r.size, runs, r.count, r.msgs_per_s, r.msgs_per_s_overall,
       r.msgs_per_s * r.size / 1e6, r.preempt, num(r.p50).c_str(), num(r.p99).c_str(), num(r.p999).c_str(),
@@ -956,8 +981,8 @@ void print_json(const Result& r, int runs) {
 }
 
 void print_table(const std::vector<Result>& v, int runs) {
-  std::printf("shmbus-bench: cpus %d,%d  ring %lu B  rate %lu msg/s  %d run(s)%s\n", g.cpus[0],
-              g.cpus[1], g.capacity, g.rate, runs, runs > 1 ? " (medians)" : "");
+  std::printf("shmbus-bench: cpus %d,%d  ring %lu B  rate %lu msg/s  %d run(s)%s\n", g.cpus[0], g.cpus[1],
+              g.capacity, g.rate, runs, runs > 1 ? " (medians)" : "");
   std::string kind;
   for (const auto& r : v) {
     if (r.kind != kind) {
@@ -967,15 +992,15 @@ void print_table(const std::vector<Result>& v, int runs) {
                     "ratios");
       else
         std::printf("\n%-28s %6s %9s %9s %9s %9s %9s %6s  %s\n",
-                    kind == "roundtrip" ? "round trip (ns)" : "one-way latency (ns)", "size", "p50",
-                    "p99", "p99.9", "p99.99", "max", "csw", "ratios");
+                    kind == "roundtrip" ? "round trip (ns)" : "one-way latency (ns)", "size", "p50", "p99",
+                    "p99.9", "p99.99", "max", "csw", "ratios");
     }
     if (r.kind == "throughput")
       std::printf("%-28s %6u %12.0f %10.1f %6lu ", r.name.c_str(), r.size, r.msgs_per_s,
                   r.msgs_per_s * r.size / 1e6, r.preempt);
     else
-      std::printf("%-28s %6u %9.0f %9.0f %9.0f %9.0f %9.0f %6lu ", r.name.c_str(), r.size, r.p50,
-                  r.p99, r.p999, r.p9999, r.max, r.preempt);
+      std::printf("%-28s %6u %9.0f %9.0f %9.0f %9.0f %9.0f %6lu ", r.name.c_str(), r.size, r.p50, r.p99,
+                  r.p999, r.p9999, r.max, r.preempt);
     for (const auto& [k, x] : r.ratios) std::printf(" %s=%.2f", k.c_str(), x);
     std::printf("\n");
   }
@@ -993,21 +1018,28 @@ void print_targets(const std::vector<Result>& v) {
   };
   const T targets[] = {
       {"throughput 64 B, Cap'n Proto in place vs SPSC floor", "tput.shmbus_capnp", 64, "vs_spsc", 0.8, true},
-      {"throughput 64 B, Cap'n Proto in place, poll_batch vs SPSC floor", "tput.shmbus_capnp_pollbatch", 64, "vs_spsc", 0.8, true},
+      {"throughput 64 B, Cap'n Proto in place, poll_batch vs SPSC floor", "tput.shmbus_capnp_pollbatch", 64,
+       "vs_spsc", 0.8, true},
       {"throughput 64 B, raw bytes vs SPSC floor", "tput.shmbus", 64, "vs_spsc", 0.8, true},
-      {"throughput 64 B, raw bytes, poll_batch vs SPSC floor", "tput.shmbus_pollbatch", 64, "vs_spsc", 0.8, true},
+      {"throughput 64 B, raw bytes, poll_batch vs SPSC floor", "tput.shmbus_pollbatch", 64, "vs_spsc", 0.8,
+       true},
       {"throughput 64 B, Cap'n Proto in place vs best UDS", "tput.shmbus_capnp", 64, "vs_uds_best", 20, true},
       {"throughput 64 B, raw bytes vs best UDS", "tput.shmbus", 64, "vs_uds_best", 20, true},
-      {"throughput 64 B, raw bytes, poll_batch, unstamped vs SPSC floor", "tput.shmbus_nostamp_pollbatch", 64, "vs_spsc", 0.8, true},
-      {"throughput 64 B, raw bytes, poll_batch, unstamped vs best UDS", "tput.shmbus_nostamp_pollbatch", 64, "vs_uds_best", 20, true},
+      {"throughput 64 B, raw bytes, poll_batch, unstamped vs SPSC floor", "tput.shmbus_nostamp_pollbatch", 64,
+       "vs_spsc", 0.8, true},
+      {"throughput 64 B, raw bytes, poll_batch, unstamped vs best UDS", "tput.shmbus_nostamp_pollbatch", 64,
+       "vs_uds_best", 20, true},
       {"round trip p50 8 B vs cache-line ping-pong", "rtt.shmbus", 8, "p50_vs_line", 1.5, false},
       {"round trip p99 8 B vs cache-line ping-pong", "rtt.shmbus", 8, "p99_vs_line", 2.0, false},
       {"round trip p50 64 B vs cache-line ping-pong", "rtt.shmbus", 64, "p50_vs_line", 1.5, false},
       {"round trip p99 64 B vs cache-line ping-pong", "rtt.shmbus", 64, "p99_vs_line", 2.0, false},
-      {"round trip p50 64 B, unstamped vs cache-line ping-pong", "rtt.shmbus_nostamp", 64, "p50_vs_line", 1.5, false},
-      {"round trip p99 64 B, unstamped vs cache-line ping-pong", "rtt.shmbus_nostamp", 64, "p99_vs_line", 2.0, false},
+      {"round trip p50 64 B, unstamped vs cache-line ping-pong", "rtt.shmbus_nostamp", 64, "p50_vs_line", 1.5,
+       false},
+      {"round trip p99 64 B, unstamped vs cache-line ping-pong", "rtt.shmbus_nostamp", 64, "p99_vs_line", 2.0,
+       false},
       {"zero copy: round trip p50 4096 B vs 8 B", "rtt.shmbus", 4096, "p50_vs_8B", 1.5, false},
-      {"Cap'n Proto in place vs raw bytes, 64 B (throughput cost)", "tput.shmbus_capnp", 64, "cost_vs_raw", 1.5, false},
+      {"Cap'n Proto in place vs raw bytes, 64 B (throughput cost)", "tput.shmbus_capnp", 64, "cost_vs_raw",
+       1.5, false},
   };
   if (!g.json) std::printf("\ntargets (issue 2)\n");
   for (const T& t : targets) {
@@ -1016,15 +1048,15 @@ void print_targets(const std::vector<Result>& v) {
     double x = r->ratios.at(t.ratio);
     bool met = t.at_least ? x >= t.limit : x <= t.limit;
     if (g.json)
-      std::printf("{\"name\":\"target\",\"target\":\"%s\",\"case\":\"%s\",\"size\":%u,\"ratio\":\"%s\","
-                  "\"value\":%.3f,\"limit\":%.2f,\"met\":%s}\n",
-                  t.what, t.name, t.size, t.ratio, x, t.limit, met ? "true" : "false");
+      std::printf(
+          "{\"name\":\"target\",\"target\":\"%s\",\"case\":\"%s\",\"size\":%u,\"ratio\":\"%s\","
+          "\"value\":%.3f,\"limit\":%.2f,\"met\":%s}\n",
+          t.what, t.name, t.size, t.ratio, x, t.limit, met ? "true" : "false");
     else
       std::printf("  %-62s %7.2f  (%s %.2f)  %s\n", t.what, x, t.at_least ? ">=" : "<=", t.limit,
                   met ? "met" : "NOT MET");
   }
 }
-
 
 // ---------------------------------------------------------------------------
 // --vs-daemon: the same producer/consumer cases direct and through shmbusd.
@@ -1046,8 +1078,8 @@ struct DaemonProcess {
     log = dir + "/shmbusd.log";
     prefix = "shmbus-bench-d" + std::to_string(getpid());
     const std::string state = dir + "/state";
-    std::vector<std::string> args{g.shmbusd, "--socket", sock, "--state-dir", state,
-                                  "--shm-prefix", prefix, "--log-level", "warn", "--log-file", log};
+    std::vector<std::string> args{g.shmbusd, "--socket",    sock,   "--state-dir", state, "--shm-prefix",
+                                  prefix,    "--log-level", "warn", "--log-file",  log};
     std::vector<char*> av;
     for (auto& a : args) av.push_back(a.data());
     av.push_back(nullptr);
@@ -1195,27 +1227,39 @@ int run_vs_daemon() {
               if (!via_daemon) {
                 ShmbusTopics t(next_prefix());
                 if (k == 0)
-                  return case_tput(r, tput_count(size, false), [&] { return ShmbusTx(t.bus, "bench.ping"); },
-                                   [&] { return Rx(t.bus, "bench.ping"); });
+                  return case_tput(
+                      r, tput_count(size, false), [&] { return ShmbusTx(t.bus, "bench.ping"); },
+                      [&] { return Rx(t.bus, "bench.ping"); });
                 if (k == 1)
-                  return case_oneway(r, g.lat_msgs, [&] { return ShmbusTx(t.bus, "bench.ping"); },
-                                     [&] { return Rx(t.bus, "bench.ping"); });
+                  return case_oneway(
+                      r, g.lat_msgs, [&] { return ShmbusTx(t.bus, "bench.ping"); },
+                      [&] { return Rx(t.bus, "bench.ping"); });
                 return case_rtt(
                     r, g.rtt_msgs,
-                    [&] { return std::pair{ShmbusTx(t.bus, "bench.ping"), Rx(t.bus, "bench.pong")}; },
-                    [&] { return std::pair{ShmbusTx(t.bus, "bench.pong"), Rx(t.bus, "bench.ping")}; });
+                    [&] {
+                      return std::pair{ShmbusTx(t.bus, "bench.ping"), Rx(t.bus, "bench.pong")};
+                    },
+                    [&] {
+                      return std::pair{ShmbusTx(t.bus, "bench.pong"), Rx(t.bus, "bench.ping")};
+                    });
               }
               DaemonTopics t(admin, topic_n++);
               if (k == 0)
-                return case_tput(r, tput_count(size, false), [&] { return DaemonTx(sock, t.ping); },
-                                 [&] { return DaemonRx(sock, t.ping); });
+                return case_tput(
+                    r, tput_count(size, false), [&] { return DaemonTx(sock, t.ping); },
+                    [&] { return DaemonRx(sock, t.ping); });
               if (k == 1)
-                return case_oneway(r, g.lat_msgs, [&] { return DaemonTx(sock, t.ping); },
-                                   [&] { return DaemonRx(sock, t.ping); });
+                return case_oneway(
+                    r, g.lat_msgs, [&] { return DaemonTx(sock, t.ping); },
+                    [&] { return DaemonRx(sock, t.ping); });
               return case_rtt(
                   r, g.rtt_msgs,
-                  [&] { return std::pair{DaemonTx(sock, t.ping), DaemonRx(sock, t.pong)}; },
-                  [&] { return std::pair{DaemonTx(sock, t.pong), DaemonRx(sock, t.ping)}; });
+                  [&] {
+                    return std::pair{DaemonTx(sock, t.ping), DaemonRx(sock, t.pong)};
+                  },
+                  [&] {
+                    return std::pair{DaemonTx(sock, t.pong), DaemonRx(sock, t.ping)};
+                  });
             });
           }
         }
@@ -1262,7 +1306,8 @@ int run_vs_daemon() {
     std::vector<Verdict> verdicts;
     for (auto& m : med) {
       const std::string suffix = ".shmbus_daemon";
-      if (m.name.size() < suffix.size() || m.name.compare(m.name.size() - suffix.size(), suffix.size(), suffix))
+      if (m.name.size() < suffix.size() ||
+          m.name.compare(m.name.size() - suffix.size(), suffix.size(), suffix))
         continue;
       const std::string base = m.name.substr(0, m.name.size() - suffix.size()) + ".shmbus";
       const Result* dm = find(med, base, m.size);
@@ -1307,16 +1352,18 @@ int run_vs_daemon() {
     if (g.json) {
       for (const auto& r : med) print_json(r, g.runs);
       for (auto& v : verdicts)
-        std::printf("{\"name\":\"target\",\"target\":\"%s\",\"case\":\"%s\",\"size\":%u,\"ratio\":\"%s\","
-                    "\"value\":%.3f,\"paired\":%.3f,\"limit\":%.2f,\"met\":%s,\"decides\":%s,"
-                    "\"direct_spread\":%.3f,\"resolved\":%s}\n",
-                    v.what.c_str(), v.name.c_str(), v.size, v.ratio.c_str(), v.value, v.paired, v.limit,
-                    v.met ? "true" : "false", v.decides ? "true" : "false", v.spread,
-                    v.resolved ? "true" : "false");
-      std::printf("{\"name\":\"verdict\",\"within_5_percent\":%s}\n",
-                  failed ? "false" : all_resolved ? "true" : "null");
+        std::printf(
+            "{\"name\":\"target\",\"target\":\"%s\",\"case\":\"%s\",\"size\":%u,\"ratio\":\"%s\","
+            "\"value\":%.3f,\"paired\":%.3f,\"limit\":%.2f,\"met\":%s,\"decides\":%s,"
+            "\"direct_spread\":%.3f,\"resolved\":%s}\n",
+            v.what.c_str(), v.name.c_str(), v.size, v.ratio.c_str(), v.value, v.paired, v.limit,
+            v.met ? "true" : "false", v.decides ? "true" : "false", v.spread, v.resolved ? "true" : "false");
+      std::printf("{\"name\":\"verdict\",\"within_5_percent\":%s}\n", failed         ? "false"
+                                                                      : all_resolved ? "true"
+                                                                                     : "null");
     } else {
-      std::printf("shmbus-bench --vs-daemon: shmbusd pid %d (unpinned), socket %s\n", int(d.pid), d.sock.c_str());
+      std::printf("shmbus-bench --vs-daemon: shmbusd pid %d (unpinned), socket %s\n", int(d.pid),
+                  d.sock.c_str());
       print_table(med, g.runs);
       std::printf("\nrun-to-run range over %d repetitions (throughput msg/s, latency p99 ns)\n", g.runs);
       for (auto& m : med) {
@@ -1324,19 +1371,25 @@ int run_vs_daemon() {
         std::printf("  %-28s %6u  %12.0f .. %-12.0f (max/min %.2f)\n", m.name.c_str(), m.size, lo, hi,
                     lo > 0 ? hi / lo : 0.0);
       }
-      std::printf("\ndaemon / direct (ratio of the medians; paired = median of adjacent-run ratios;\n"
-                  "resolved = the direct runs alone within max/min %.1f)\n", kResolvable);
+      std::printf(
+          "\ndaemon / direct (ratio of the medians; paired = median of adjacent-run ratios;\n"
+          "resolved = the direct runs alone within max/min %.1f)\n",
+          kResolvable);
       for (auto& v : verdicts) {
         char note[96] = "";
         if (!v.resolved)
-          std::snprintf(note, sizeof note, g.runs < 3 ? " [unresolved: fewer than 3 repetitions]"
-                                                      : " [unresolved: direct alone varied %.2fx]", v.spread);
+          std::snprintf(note, sizeof note,
+                        g.runs < 3 ? " [unresolved: fewer than 3 repetitions]"
+                                   : " [unresolved: direct alone varied %.2fx]",
+                        v.spread);
         std::printf("  %-62s %6.3f  (paired %6.3f)  %s %.2f  %s%s%s\n", v.what.c_str(), v.value, v.paired,
-                    v.ratio.rfind("tput", 0) == 0 ? ">=" : "<=", v.limit, v.met ? "within" : "NOT within", note,
-                    v.decides ? "" : " (not in the verdict)");
+                    v.ratio.rfind("tput", 0) == 0 ? ">=" : "<=", v.limit, v.met ? "within" : "NOT within",
+                    note, v.decides ? "" : " (not in the verdict)");
       }
-      std::printf("\nverdict: %s (throughput and one-way p99 through shmbusd vs direct, %d interleaved repetitions)\n",
-                  overall, g.runs);
+      std::printf(
+          "\nverdict: %s (throughput and one-way p99 through shmbusd vs direct, %d interleaved "
+          "repetitions)\n",
+          overall, g.runs);
     }
     if (!ok) rc = 1;
   } catch (const std::exception& e) {
@@ -1370,7 +1423,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 99));
   app.add_option("--only", g.only, "run cases whose name contains one of these (e.g. tput.,rtt.line)")
       ->delimiter(',');
-  app.add_flag("--exact", g.exact, "--only names whole case names (tput.shmbus is not tput.shmbus_pollbatch)");
+  app.add_flag("--exact", g.exact,
+               "--only names whole case names (tput.shmbus is not tput.shmbus_pollbatch)");
   app.add_option("--timeout", g.timeout_s, "seconds before a case is declared hung");
   app.add_flag("--json", g.json, "one JSON object per case (and per target) on stdout");
   app.add_flag("--quick", g.quick, "tiny counts, sizes 8 and 64: a smoke test (seconds)");

@@ -31,8 +31,7 @@ inline constexpr uint64_t kSpscWrap = ~uint64_t(0);
 
 class SpscProducer {
  public:
-  SpscProducer(SpscShared* s, std::byte* ring, uint64_t capacity)
-      : s_(s), ring_(ring), cap_(capacity) {}
+  SpscProducer(SpscShared* s, std::byte* ring, uint64_t capacity) : s_(s), ring_(ring), cap_(capacity) {}
 
   // Room for `len` payload bytes; spins while the ring is full.
   std::byte* claim(uint32_t len) {
@@ -69,8 +68,7 @@ class SpscProducer {
 
 class SpscConsumer {
  public:
-  SpscConsumer(SpscShared* s, std::byte* ring, uint64_t capacity)
-      : s_(s), ring_(ring), cap_(capacity) {}
+  SpscConsumer(SpscShared* s, std::byte* ring, uint64_t capacity) : s_(s), ring_(ring), cap_(capacity) {}
 
   // Next record or nullptr; *len receives its payload length. The record stays
   // valid until release().

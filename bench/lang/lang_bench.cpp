@@ -51,13 +51,20 @@ Args parse(int argc, char** argv) {
       if (i + 1 >= argc) usage();
       return argv[++i];
     };
-    if (f == "--prefix") a.prefix = val();
-    else if (f == "--topic") a.topic = val();
-    else if (f == "--count") a.count = std::stoull(val());
-    else if (f == "--rate") a.rate = std::stoull(val());
-    else if (f == "--capacity") a.capacity = std::stoull(val());
-    else if (f == "--latency") a.latency = true;
-    else usage();
+    if (f == "--prefix")
+      a.prefix = val();
+    else if (f == "--topic")
+      a.topic = val();
+    else if (f == "--count")
+      a.count = std::stoull(val());
+    else if (f == "--rate")
+      a.rate = std::stoull(val());
+    else if (f == "--capacity")
+      a.capacity = std::stoull(val());
+    else if (f == "--latency")
+      a.latency = true;
+    else
+      usage();
   }
   if (a.prefix.empty() || a.topic.empty() || a.count == 0) usage();
   return a;

@@ -37,8 +37,8 @@ void fill_quote(Quote::Builder q, uint64_t seq) {
 }
 
 uint64_t read_quote(Quote::Reader q) {
-  return q.getSeq() + q.getInstrumentId() + uint64_t(q.getBidPx()) + uint64_t(q.getAskPx()) +
-         q.getBidQty() + q.getAskQty() + q.getExchangeTsNs();
+  return q.getSeq() + q.getInstrumentId() + uint64_t(q.getBidPx()) + uint64_t(q.getAskPx()) + q.getBidQty() +
+         q.getAskQty() + q.getExchangeTsNs();
 }
 
 // The same seven fields as a plain struct: the raw-bytes path.

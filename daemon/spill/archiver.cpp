@@ -47,8 +47,7 @@ void mkdirs(const std::string& path) {
     size_t j = path.find('/', i);
     if (j == std::string::npos) j = path.size();
     cur = path.substr(0, j);
-    if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-      sys_fail("mkdir " + cur);
+    if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) sys_fail("mkdir " + cur);
     i = j + 1;
   }
 }
@@ -281,15 +280,13 @@ struct Archiver::Impl {
       std::string ipath = p->dir + "/" + index_file_name(p->seg_first);
       p->idx_fd = ::open(ipath.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
       if (p->idx_fd < 0) sys_fail("open " + ipath);
-      p->next_index = rec.active_index.empty()
-                          ? kFileHeaderSize
-                          : rec.active_index.back().offset + p->cfg.index_interval;
+      p->next_index =
+          rec.active_index.empty() ? kFileHeaderSize : rec.active_index.back().offset + p->cfg.index_interval;
       if (p->cfg.flush != FlushPolicy::none && ::fdatasync(p->fd) != 0) sys_fail("fdatasync " + path);
     } else if (!rec.empty) {
       // A new ring (another epoch): its sequences must continue the log's.
       uint64_t next_seq = shm::tail_seq_of(aref(p->r.data->tail_seq).load(std::memory_order_acquire));
-      if (resume == aref(p->r.data->tail_pos).load(std::memory_order_acquire) &&
-          next_seq <= rec.last_seq)
+      if (resume == aref(p->r.data->tail_pos).load(std::memory_order_acquire) && next_seq <= rec.last_seq)
         throw Error(ErrorCode::incompatible,
                     "topic '" + p->m->topic() + "' partition " + std::to_string(p->m->partition()) +
                         ": the ring's sequences restart at " + std::to_string(next_seq) +
@@ -311,8 +308,9 @@ struct Archiver::Impl {
     auto* d = p->r.data;
     if (aref(d->durable_seq).load(std::memory_order_relaxed) < rec.last_seq)
       publish_durable(*p, rec.last_seq);
-    aref(d->archived_seq).store(std::max(aref(d->archived_seq).load(std::memory_order_relaxed), rec.last_seq),
-                                std::memory_order_relaxed);
+    aref(d->archived_seq)
+        .store(std::max(aref(d->archived_seq).load(std::memory_order_relaxed), rec.last_seq),
+               std::memory_order_relaxed);
     aref(d->archived_pos).store(resume, std::memory_order_relaxed);
     aref(d->archiver_pid).store(me, std::memory_order_relaxed);
     aref(d->archiver_error).store(0, std::memory_order_relaxed);
@@ -435,8 +433,7 @@ struct Archiver::Impl {
     SegmentFileHeader h;
     fill_file_header(h, first_seq, p.epoch, p.m->partition());
     ssize_t n = ::pwrite(fd, &h, sizeof h, 0);
-    if (n != ssize_t(sizeof h) ||
-        (p.cfg.flush != FlushPolicy::none && ::fdatasync(fd) != 0)) {
+    if (n != ssize_t(sizeof h) || (p.cfg.flush != FlushPolicy::none && ::fdatasync(fd) != 0)) {
       int e = n < 0 ? errno : (n != ssize_t(sizeof h) ? ENOSPC : errno);
       ::close(fd);
       ::unlink(path.c_str());
@@ -597,8 +594,7 @@ struct Archiver::Impl {
     if (p.roll_pending) {
       // The staged batch of the old segment goes first.
       Buf* last = p.bufs.empty() ? nullptr : p.bufs.back();
-      if (last && last->st == Buf::filling && last->fill && submitted(p) < max_sub &&
-          submit_buf(last))
+      if (last && last->st == Buf::filling && last->fill && submitted(p) < max_sub && submit_buf(last))
         progress = true;
       if (!p.bufs.empty() || p.sync_inflight) return progress;
       if (now < p.retry_at) return progress;
@@ -625,8 +621,8 @@ struct Archiver::Impl {
       const uint32_t len = shm::commit_length(w);
       const uint16_t type = shm::commit_type(w);
       if (len < 8 || (len & 7) || off + len > r.capacity ||
-          (type == shm::kFrameData && (len < shm::kFrameHeaderSize ||
-                                       h->payload_len > len - shm::kFrameHeaderSize)) ||
+          (type == shm::kFrameData &&
+           (len < shm::kFrameHeaderSize || h->payload_len > len - shm::kFrameHeaderSize)) ||
           (type != shm::kFrameData && type != shm::kFramePad)) {
         set_error(p, EBADMSG);  // a corrupt ring: stall (the daemon's reaper repairs or reports)
         drained = true;
@@ -949,10 +945,12 @@ struct Archiver::Impl {
 
   void debug_dump() {
     for (auto& p : parts) {
-      fprintf(stderr, "part err=%d roll=%d rp=%lu rel=%lu bufs=%zu inflight=%u written=%lu durable=%lu retry_in=%ld\n",
-              p->err, p->roll_pending, (unsigned long)p->read_pos, (unsigned long)p->released,
-              p->bufs.size(), inflight, (unsigned long)p->written_seq, (unsigned long)p->durable_seq,
-              (long)(int64_t(p->retry_at) - int64_t(shm::monotonic_ns())));
+      fprintf(
+          stderr,
+          "part err=%d roll=%d rp=%lu rel=%lu bufs=%zu inflight=%u written=%lu durable=%lu retry_in=%ld\n",
+          p->err, p->roll_pending, (unsigned long)p->read_pos, (unsigned long)p->released, p->bufs.size(),
+          inflight, (unsigned long)p->written_seq, (unsigned long)p->durable_seq,
+          (long)(int64_t(p->retry_at) - int64_t(shm::monotonic_ns())));
       for (Buf* b : p->bufs)
         fprintf(stderr, "  buf %u st=%d ops=%d fill=%u written=%u err=%d seq=%lu..%lu\n", b->id, b->st,
                 b->ops, b->fill, b->written, b->err, (unsigned long)b->first_seq, (unsigned long)b->last_seq);
@@ -1109,8 +1107,7 @@ std::vector<PartitionStats> Archiver::stats() const {
   return impl_->snapshot;
 }
 
-uint64_t next_sequence_after_log(const std::string& state_dir, const std::string& topic,
-                                 uint32_t partition) {
+uint64_t next_sequence_after_log(const std::string& state_dir, const std::string& topic, uint32_t partition) {
   std::string dir = partition_dir(state_dir, topic, partition);
   std::vector<SegmentInfo> segs = list_segments(dir);
   for (size_t i = segs.size(); i-- > 0;) {

@@ -27,7 +27,8 @@ uint64_t pidfd_identity(int pidfd) {
   // pidfs (Linux 6.9+) gives every process its own inode; before it every pidfd
   // shares one anonymous inode, which identifies nothing.
   static const uint64_t shared = [] {
-    struct stat a{}, b{};
+    struct stat a {
+    }, b{};
     int x = int(syscall(SYS_pidfd_open, getpid(), 0)), y = int(syscall(SYS_pidfd_open, 1, 0));
     uint64_t r = 0;
     if (x >= 0 && y >= 0 && fstat(x, &a) == 0 && fstat(y, &b) == 0 && a.st_ino == b.st_ino) r = a.st_ino;
@@ -35,7 +36,7 @@ uint64_t pidfd_identity(int pidfd) {
     if (y >= 0) close(y);
     return r;
   }();
-  struct stat st{};
+  struct stat st {};
   if (pidfd < 0 || fstat(pidfd, &st) < 0 || uint64_t(st.st_ino) == shared) return 0;
   return uint64_t(st.st_ino);
 }
@@ -84,7 +85,7 @@ void ControlServer::bind(int dir_fd) {
       throw Error(ErrorCode::already_exists, path + ": another shmbusd is serving this socket");
     }
     // Only a socket is removed (never a file someone planted under the name).
-    struct stat st{};
+    struct stat st {};
     if (fstatat(dir_fd, sock_name_.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISSOCK(st.st_mode)) {
       close(fd);
       throw Error(ErrorCode::already_exists, path + ": exists and is not a socket: refusing to replace it");
@@ -177,7 +178,8 @@ void ControlServer::accept_all() {
       // inspect and repair a daemon others saturate).
       if (conns_.size() >= core_.opts.max_clients + (privileged ? 16u : 0u))
         refuse = "too many clients";
-      else if (!privileged && uid_conns_.count(cr.uid) && uid_conns_[cr.uid] >= core_.opts.uid_max_connections)
+      else if (!privileged && uid_conns_.count(cr.uid) &&
+               uid_conns_[cr.uid] >= core_.opts.uid_max_connections)
         refuse = "too many connections from this uid (uid_max_connections)";
     }
     if (refuse) {
@@ -259,8 +261,9 @@ void ControlServer::on_readable(uint64_t id) {
     if (n == -ETIMEDOUT || n == -EAGAIN) return;
     if (n == 0) return drop(id, "closed");
     if (n == -EMSGSIZE) {
-      send_to(id, error_frame(0, proto::ErrorCode::TOO_LARGE,
-                              "frame larger than " + std::to_string(control::kMaxFrame) + " bytes"),
+      send_to(id,
+              error_frame(0, proto::ErrorCode::TOO_LARGE,
+                          "frame larger than " + std::to_string(control::kMaxFrame) + " bytes"),
               {});
       if (conns_.count(id) && ++conns_[id].errors > kMaxBadFrames) drop(id, "too many bad frames");
       continue;
@@ -360,21 +363,21 @@ void ControlServer::run() {
       // Any failure here (an allocation, a bug) costs at most the connection it
       // happened on; the server keeps serving everyone else.
       try {
-      if (tag == kListenTag) {
-        accept_all();
-      } else if (tag == kQueueTag) {
-        core_.server_q.clear_signal();
-      } else if (tag == kStopTag) {
-        // request_stop() already set `stopping`; the loop head drains.
-      } else {
-        uint64_t id = tag - kConnBase;
-        if (evs[i].events & EPOLLIN) on_readable(id);
-        if (evs[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
-          // Read what is left, then drop.
-          if (conns_.count(id)) on_readable(id);
-          drop(id, "hung up");
+        if (tag == kListenTag) {
+          accept_all();
+        } else if (tag == kQueueTag) {
+          core_.server_q.clear_signal();
+        } else if (tag == kStopTag) {
+          // request_stop() already set `stopping`; the loop head drains.
+        } else {
+          uint64_t id = tag - kConnBase;
+          if (evs[i].events & EPOLLIN) on_readable(id);
+          if (evs[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
+            // Read what is left, then drop.
+            if (conns_.count(id)) on_readable(id);
+            drop(id, "hung up");
+          }
         }
-      }
       } catch (const std::exception& e) {
         log_limited(core_.instance, LOG_ERROR, "server_error", "", 0, e.what());
         if (tag >= kConnBase) drop(tag - kConnBase, "internal error");

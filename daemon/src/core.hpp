@@ -97,16 +97,16 @@ struct TopicSettings {
   uint64_t schema_id = 0;
   AccessSpec access;
   // Durable topics (docs/spill-log.md): archived by the daemon's spill::Archiver.
-  bool durable = false;         // policy spill implies it
-  uint32_t flush = 1;           // proto::FlushPolicy: 0 none, 1 interval, 2 batch
+  bool durable = false;  // policy spill implies it
+  uint32_t flush = 1;    // proto::FlushPolicy: 0 none, 1 interval, 2 batch
   uint32_t flush_interval_ms = 10;
   uint64_t retention_bytes = 0;
   uint64_t retention_age_s = 0;
-  uint64_t segment_bytes = 0;   // 0: the archiver's default (64 MiB)
+  uint64_t segment_bytes = 0;  // 0: the archiver's default (64 MiB)
   // Ephemeral: owned by the creating connection, removed when it closes, not
   // restored after a restart.
   bool ephemeral = false;
-  uint32_t schema_mode = 0;     // proto::SchemaMode: 0 backward, 1 forward, 2 full, 3 none
+  uint32_t schema_mode = 0;  // proto::SchemaMode: 0 backward, 1 forward, 2 full, 3 none
   bool is_durable() const { return durable || policy == shm::kPolicySpill; }
 };
 
@@ -117,7 +117,7 @@ struct Partition {
   uint32_t index = 0;
   std::string data_name, ctl_name;
   int data_rw = -1, data_ro = -1, ctl_fd = -1;  // only while open_partition runs
-  dev_t dev = 0;                                  // the segments' identity, for reopening
+  dev_t dev = 0;                                // the segments' identity, for reopening
   ino_t data_ino = 0, ctl_ino = 0;
   void* data_map = nullptr;
   void* ctl_map = nullptr;
@@ -147,8 +147,8 @@ struct Partition {
 
 // Creates the partition's segments (mode 0600, owned by the daemon's uid), or
 // re-attaches existing ones when they match. `reattached` says which.
-std::shared_ptr<Partition> open_partition(const std::string& prefix, const TopicSettings& t,
-                                          uint32_t p, bool& reattached);
+std::shared_ptr<Partition> open_partition(const std::string& prefix, const TopicSettings& t, uint32_t p,
+                                          bool& reattached);
 // A new fd on one of the partition's segments (by name, checked to be the same
 // inode, owned by us); -1 with errno when it is gone or was replaced.
 int reopen_segment(const Partition& p, bool data, bool writable);
@@ -173,8 +173,7 @@ struct TakeBackStats {
 };
 void takeback_begin();
 TakeBackStats takeback_end();
-std::string shm_segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
-                             bool data);
+std::string shm_segment_name(const std::string& prefix, const std::string& topic, uint32_t p, bool data);
 
 // ---- request codec (request_codec.cpp)
 struct DecodedRequest {
@@ -240,8 +239,8 @@ class Core;
 class Registry {
  public:
   explicit Registry(Core& core) : core_(core) {}
-  void load();  // before the threads start
-  void run();   // thread body
+  void load();                     // before the threads start
+  void run();                      // thread body
   void persist(bool sync = true);  // sync: fsync the file and the directory
 
  private:
@@ -261,7 +260,7 @@ class Registry {
     // Durable subscriber records by {name hash, partition} (P11).
     std::map<std::pair<uint64_t, uint32_t>, DurableRec> durable;
   };
-  void sync_durable(Topic& t);        // refresh record positions from the slots
+  void sync_durable(Topic& t);          // refresh record positions from the slots
   bool expire_parked(uint64_t now_ns);  // frees parked slots older than durable_hold_ms
   void handle(const RegistryCmd& c);
   // Unmaps and unlinks a topic's segments (and a durable topic's log), erases it.
@@ -281,8 +280,8 @@ class Registry {
                      proto::Response::Builder resp);
   // Layout 4: producer ownership (a producer-table entry or the single-producer
   // role), granted on the daemon's own records.
-  void handle_producer(const Peer& p, uint64_t id, proto::ProducerRequest::Reader q, capnp::MessageBuilder& mb,
-                       proto::Response::Builder resp);
+  void handle_producer(const Peer& p, uint64_t id, proto::ProducerRequest::Reader q,
+                       capnp::MessageBuilder& mb, proto::Response::Builder resp);
   uint32_t next_token_ = 0;
   void reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep = {},
              std::vector<int> fds = {});
@@ -332,8 +331,8 @@ class Registry {
   static constexpr uint64_t kPersistDelayNs = 100'000'000ull;
   bool dirty_ = false;
   uint64_t last_persist_ns_ = 0;
-  bool must_persist_ = false;       // a create/delete in this batch: write before replying
-  bool batching_ = false;           // replies go to outbox_ until the batch is persisted
+  bool must_persist_ = false;  // a create/delete in this batch: write before replying
+  bool batching_ = false;      // replies go to outbox_ until the batch is persisted
   std::vector<ServerCmd> outbox_;
 };
 
@@ -396,7 +395,7 @@ class ControlServer {
   void set_reading(Conn& c, bool on);
   void pause_accept();
 
-  int reserve_fd_ = -1;             // given up to accept (and refuse) at EMFILE
+  int reserve_fd_ = -1;               // given up to accept (and refuse) at EMFILE
   uint64_t accept_paused_until_ = 0;  // monotonic ns; 0: accepting
   std::map<uid_t, uint32_t> uid_conns_;
 
@@ -431,8 +430,8 @@ class Core {
   std::atomic<bool> stopping{false};
   int stop_efd = -1;  // written by request_stop (async-signal-safe)
   int lock_fd = -1;
-  int sock_dir_fd = -1;   // the socket's directory (trusted: ours, not writable by others)
-  int state_fd = -1;      // the state directory: every state file is opened relative to it
+  int sock_dir_fd = -1;  // the socket's directory (trusted: ours, not writable by others)
+  int state_fd = -1;     // the state directory: every state file is opened relative to it
 
   // The spill archiver, created (and started) with the first durable topic.
   spill::Archiver& archiver();

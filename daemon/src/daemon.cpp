@@ -45,12 +45,14 @@ Core::Core(DaemonOptions o) : opts(std::move(o)) {
   if (opts.socket_path.empty()) opts.socket_path = default_socket_path();
   if (opts.state_dir.empty()) {
     auto slash = opts.socket_path.rfind('/');
-    opts.state_dir = (slash == std::string::npos ? std::string(".") : opts.socket_path.substr(0, slash)) + "/state";
+    opts.state_dir =
+        (slash == std::string::npos ? std::string(".") : opts.socket_path.substr(0, slash)) + "/state";
   }
   if (opts.shm_prefix.empty()) opts.shm_prefix = "shmbusd-" + std::to_string(geteuid());
   instance = "shmbusd";
   int n = g_instances.fetch_add(1);
-  if (n) instance.append("-").append(std::to_string(n));  // (not += "-" + ...: a g++ 12 -Wrestrict false positive)
+  if (n)
+    instance.append("-").append(std::to_string(n));  // (not += "-" + ...: a g++ 12 -Wrestrict false positive)
   stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 }
 
@@ -80,9 +82,11 @@ void Core::start() {
   lock_fd = open_state_file(state_fd, "shmbusd.lock", O_RDWR | O_CREAT, opts.state_dir);
   if (lock_fd < 0) {
     const int e = errno;
-    throw Error(ErrorCode::system, opts.state_dir + "/shmbusd.lock: " +
-                                       (e == ELOOP || e == EPERM ? std::string("a symlink or not our file: refusing it")
-                                                                 : std::string(strerror(e))), e);
+    throw Error(ErrorCode::system,
+                opts.state_dir + "/shmbusd.lock: " +
+                    (e == ELOOP || e == EPERM ? std::string("a symlink or not our file: refusing it")
+                                              : std::string(strerror(e))),
+                e);
   }
   if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0)
     throw Error(ErrorCode::already_exists, opts.state_dir + " is in use by another shmbusd");
@@ -162,8 +166,7 @@ namespace {
 class EmbeddedProvider final : public SegmentProvider {
  public:
   EmbeddedProvider(std::shared_ptr<Daemon> d, std::shared_ptr<SegmentProvider> inner, std::string tmp)
-      : d_(std::move(d)), inner_(std::move(inner)), tmp_(std::move(tmp)),
-        prefix_(d_->options().shm_prefix) {}
+      : d_(std::move(d)), inner_(std::move(inner)), tmp_(std::move(tmp)), prefix_(d_->options().shm_prefix) {}
   ~EmbeddedProvider() override {
     inner_.reset();
     d_->stop();
@@ -210,8 +213,7 @@ Bus open_embedded(DaemonOptions opts) {
     opts.state_dir = tmp + "/state";
   }
   if (opts.socket_path.empty()) opts.socket_path = opts.state_dir + "/shmbusd.sock";
-  if (opts.shm_prefix.empty())
-    opts.shm_prefix = "shmbus-emb-" + std::to_string(getpid());
+  if (opts.shm_prefix.empty()) opts.shm_prefix = "shmbus-emb-" + std::to_string(getpid());
   auto d = std::make_shared<Daemon>(opts);
   d->start();
   DaemonClient::Options co;

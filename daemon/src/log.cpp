@@ -71,9 +71,9 @@ void log_limited(const std::string& instance, int level, const char* event, cons
   constexpr uint32_t kPerSecond = 10;
   static std::mutex mu;
   static std::map<std::string, std::pair<uint64_t, std::pair<uint32_t, uint64_t>>> windows;
-  const uint64_t sec = uint64_t(std::chrono::duration_cast<std::chrono::seconds>(
-                                    std::chrono::steady_clock::now().time_since_epoch())
-                                    .count());
+  const uint64_t sec = uint64_t(
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
   uint64_t suppressed = 0;
   {
     std::lock_guard<std::mutex> g(mu);

@@ -24,21 +24,22 @@ std::string octal(mode_t m) {
 }  // namespace
 
 void check_trusted_dir(int fd, const std::string& path, const char* what) {
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) < 0) {
     const int e = errno;
     throw Error(ErrorCode::system, path + ": fstat: " + strerror(e), e);
   }
-  if (!S_ISDIR(st.st_mode)) throw Error(ErrorCode::invalid_argument, std::string(what) + " " + path + " is not a directory");
+  if (!S_ISDIR(st.st_mode))
+    throw Error(ErrorCode::invalid_argument, std::string(what) + " " + path + " is not a directory");
   if (st.st_uid != geteuid())
     throw Error(ErrorCode::permission_denied,
                 std::string(what) + " " + path + " is owned by uid " + std::to_string(st.st_uid) +
                     ", not by this daemon's uid " + std::to_string(geteuid()) +
                     ": refusing it (someone else may have created it; remove it or choose another path)");
   if (st.st_mode & 022)
-    throw Error(ErrorCode::permission_denied,
-                std::string(what) + " " + path + " is writable by group or others (mode " + octal(st.st_mode) +
-                    "): refusing it (chmod go-w, or 0700)");
+    throw Error(ErrorCode::permission_denied, std::string(what) + " " + path +
+                                                  " is writable by group or others (mode " +
+                                                  octal(st.st_mode) + "): refusing it (chmod go-w, or 0700)");
 }
 
 int open_trusted_dir(const std::string& path, mode_t create_mode, const char* what) {
@@ -73,7 +74,8 @@ int open_private_dir_at(int dirfd, const std::string& name, const std::string& s
     int e = errno;
     throw Error(e == ELOOP || e == ENOTDIR ? ErrorCode::permission_denied : ErrorCode::system,
                 std::string(what) + " " + shown + ": " +
-                    (e == ELOOP || e == ENOTDIR ? "a symlink or not a directory: refusing it" : strerror(e)), e);
+                    (e == ELOOP || e == ENOTDIR ? "a symlink or not a directory: refusing it" : strerror(e)),
+                e);
   }
   try {
     check_trusted_dir(fd, shown, what);
@@ -87,7 +89,7 @@ int open_private_dir_at(int dirfd, const std::string& name, const std::string& s
 int open_state_file(int dirfd, const char* name, int flags, const std::string& shown) {
   int fd = openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return -1;
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
     close(fd);
     errno = EPERM;

@@ -194,8 +194,7 @@ void Reaper::reclaim_in(Partition& part, pid_t pid) {
         log_event(core_.instance, LOG_INFO, "durable_parked", part.topic, pid,
                   "partition " + std::to_string(part.index) + " slot " + std::to_string(i));
         break;
-      case shm::CursorRecovery::none:
-        break;
+      case shm::CursorRecovery::none: break;
     }
   }
   // 2. Producer grants are resolved by the caller (resolve_dead_claims), on the
@@ -225,8 +224,8 @@ void Reaper::resolve_dead_claims(Partition& part) {
       // A daemon that died while recovering this entry left its mark (kReclaimBit |
       // its pid): the grant is ours and its grantee dead, so finish that recovery.
       const uint32_t cur = aref(r.producers[k].pid).load(std::memory_order_acquire);
-      if (rc == shm::ClaimRecovery::none && (cur & shm::kReclaimBit) && shm::owner_pid(cur) != uint32_t(getpid()) &&
-          !shm::process_alive(shm::owner_pid(cur)))
+      if (rc == shm::ClaimRecovery::none && (cur & shm::kReclaimBit) &&
+          shm::owner_pid(cur) != uint32_t(getpid()) && !shm::process_alive(shm::owner_pid(cur)))
         rc = shm::recover_dead_producer(r, k, shm::owner_pid(cur));
       if (rc == shm::ClaimRecovery::padded) {
         part.filled_claims.fetch_add(1, std::memory_order_relaxed);
@@ -322,16 +321,12 @@ void Reaper::run() {
           close(ep_);
           tfd_ = ep_ = -1;
           return;
-        case ReaperCmd::watch_partition:
-          parts_.push_back(c.part);
-          break;
+        case ReaperCmd::watch_partition: parts_.push_back(c.part); break;
         case ReaperCmd::unwatch_partition:
           samples_.erase(c.part.get());
           std::erase(parts_, c.part);
           break;
-        case ReaperCmd::client_pid:
-          watch_pid(c.pid);
-          break;
+        case ReaperCmd::client_pid: watch_pid(c.pid); break;
         case ReaperCmd::client_gone:
           // The socket closed: check at once (the pidfd fires if it is exiting).
           if (!alive(uint32_t(c.pid))) on_dead(c.pid, "control socket closed");

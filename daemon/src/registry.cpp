@@ -57,7 +57,8 @@ uint64_t slot_position(Partition& p, uint32_t i) {
   const shm::RingRefs& r = p.refs;
   shm::CursorSlot& s = r.slots[i];
   std::lock_guard<std::mutex> g(p.pages_mu);
-  shm::CursorPage* pg = (aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded) ? &s.page : p.page_of(i);
+  shm::CursorPage* pg =
+      (aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded) ? &s.page : p.page_of(i);
   const uint64_t pos = pg ? aref(pg->position).load(std::memory_order_acquire)
                           : aref(s.join_position).load(std::memory_order_acquire);
   return shm::clamp_page_position(r, i, pos);
@@ -101,8 +102,7 @@ void Registry::archive_topic(Topic& t) {
   if (t.s.segment_bytes) lc.segment_bytes = t.s.segment_bytes;
   lc.retention_bytes = t.s.retention_bytes;
   lc.retention_age_s = int64_t(t.s.retention_age_s);
-  for (auto& part : t.parts)
-    core_.archiver().add_partition(std::make_shared<DaemonMapping>(part), lc);
+  for (auto& part : t.parts) core_.archiver().add_partition(std::make_shared<DaemonMapping>(part), lc);
 }
 
 static uint64_t topic_bytes(const TopicSettings& t) {
@@ -166,7 +166,7 @@ bool Registry::admit(const Peer& peer, const TopicSettings& t, std::string& why)
       return false;
     }
   }
-  struct statvfs vf{};
+  struct statvfs vf {};
   if (statvfs("/dev/shm", &vf) == 0) {
     const unsigned __int128 avail = (unsigned __int128)vf.f_bavail * vf.f_frsize;
     const unsigned __int128 keep = (unsigned __int128)vf.f_blocks * vf.f_frsize * o.shm_reserve_percent / 100;
@@ -199,9 +199,11 @@ void Registry::load() {
   if (fd < 0) {
     const int e = errno;
     if (e == ENOENT) return;
-    throw Error(ErrorCode::system, path + ": " +
-                                       (e == ELOOP || e == EPERM ? std::string("a symlink or not our file: refusing it")
-                                                                 : std::string(strerror(e))), e);
+    throw Error(ErrorCode::system,
+                path + ": " +
+                    (e == ELOOP || e == EPERM ? std::string("a symlink or not our file: refusing it")
+                                              : std::string(strerror(e))),
+                e);
   }
   std::vector<TopicSettings> loaded;
   std::vector<std::pair<uint32_t, uint64_t>> meta;
@@ -224,8 +226,8 @@ void Registry::load() {
       meta.emplace_back(ti.getOwnerUid(), ti.getCreatedNs());
       auto& d = durable.emplace_back();
       for (auto dc : ti.getDurable())
-        d[{dc.getNameHash(), dc.getPartition()}] =
-            DurableRec{dc.getName(), dc.getPosition(), dc.getHasOwner() ? dc.getOwnerUid() : ti.getOwnerUid()};
+        d[{dc.getNameHash(), dc.getPartition()}] = DurableRec{
+            dc.getName(), dc.getPosition(), dc.getHasOwner() ? dc.getOwnerUid() : ti.getOwnerUid()};
     }
   } catch (const std::exception& e) {
     close(fd);
@@ -251,7 +253,8 @@ void Registry::load() {
     t.durable = durable[i];
     if (t.s.ephemeral) {
       // Its connection ended with the previous daemon: the topic goes with it.
-      for (uint32_t p = 0; p < t.s.partitions; ++p) remove_partition_segments(core_.opts.shm_prefix, t.s.name, p);
+      for (uint32_t p = 0; p < t.s.partitions; ++p)
+        remove_partition_segments(core_.opts.shm_prefix, t.s.name, p);
       log_event(core_.instance, LOG_INFO, "topic_deleted", t.s.name, 0,
                 "ephemeral: its connection ended with the previous daemon");
       must_persist_ = true;
@@ -260,7 +263,8 @@ void Registry::load() {
     uint32_t again = 0;
     if (topic_bytes(t.s) > core_.opts.max_topic_bytes) {  // checked before anything is mapped
       log_event(core_.instance, LOG_ERROR, "topic_restore_failed", t.s.name, 0,
-                "needs " + std::to_string(topic_bytes(t.s)) + " bytes of shared memory, more than max_topic_bytes " +
+                "needs " + std::to_string(topic_bytes(t.s)) +
+                    " bytes of shared memory, more than max_topic_bytes " +
                     std::to_string(core_.opts.max_topic_bytes) + ": skipped (not restored)");
       continue;
     }
@@ -287,8 +291,9 @@ void Registry::load() {
       for (uint32_t i = 0; i < part->refs.slot_count; ++i) {
         const shm::CursorSlot& s = part->refs.slots[i];
         const uint32_t pid = aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_acquire);
-        if (aref(const_cast<uint32_t&>(s.state)).load(std::memory_order_acquire) != shm::kSlotActive || pid == 0 ||
-            (pid & shm::kReclaimBit) || (aref(const_cast<uint32_t&>(s.flags)).load() & shm::kSlotEmbedded))
+        if (aref(const_cast<uint32_t&>(s.state)).load(std::memory_order_acquire) != shm::kSlotActive ||
+            pid == 0 || (pid & shm::kReclaimBit) ||
+            (aref(const_cast<uint32_t&>(s.flags)).load() & shm::kSlotEmbedded))
           continue;
         // Layout 4: only the process with the recorded identity is the grantee. A
         // grantee that died while no daemon ran, whose pid another process has now,
@@ -297,8 +302,8 @@ void Registry::load() {
         if (ident != 0 && proc_identity(pid_t(pid)) != ident) {
           std::lock_guard<std::mutex> g(part->pages_mu);
           const uint64_t page_id = aref(const_cast<uint64_t&>(s.page_id)).load(std::memory_order_relaxed);
-          if (shm::recover_dead_cursor(part->refs, i, pid, true, spill::kArchiverNameHash, part->page_of(i)) ==
-                  shm::CursorRecovery::freed &&
+          if (shm::recover_dead_cursor(part->refs, i, pid, true, spill::kArchiverNameHash,
+                                       part->page_of(i)) == shm::CursorRecovery::freed &&
               page_id)
             drop_page(*part, page_id);
           log_event(core_.instance, LOG_INFO, "grant_dropped", t.s.name, pid,
@@ -310,7 +315,7 @@ void Registry::load() {
         who.conn = 0;
         const int pfd = int(syscall(SYS_pidfd_open, pid_t(pid), 0));
         who.proc = pfd >= 0 ? pidfd_identity(pfd) : 0;
-        struct stat ps{};
+        struct stat ps {};
         who.uid = stat(("/proc/" + std::to_string(pid)).c_str(), &ps) == 0 ? ps.st_uid : 0;
         if (pfd >= 0) close(pfd);
         record_grant(who, part, i);
@@ -328,14 +333,13 @@ void Registry::load() {
     }
     log_event(core_.instance, LOG_INFO, again == t.s.partitions ? "topic_reattached" : "topic_recreated",
               t.s.name, 0,
-              std::to_string(again) + " of " + std::to_string(t.s.partitions) +
-                  " partitions re-attached");
+              std::to_string(again) + " of " + std::to_string(t.s.partitions) + " partitions re-attached");
     topics_.emplace(t.s.name, std::move(t));
   }
   if (const TakeBackStats tb = takeback_end(); tb.walks)
     log_event(core_.instance, LOG_INFO, "memfds_taken_back", "", 0,
-              std::to_string(tb.walks) + " fd tables walked, " + std::to_string(tb.getfd) + " pidfd_getfd calls, " +
-                  std::to_string(tb.taken) + " memfds taken back");
+              std::to_string(tb.walks) + " fd tables walked, " + std::to_string(tb.getfd) +
+                  " pidfd_getfd calls, " + std::to_string(tb.taken) + " memfds taken back");
   core_.counters.topics = uint32_t(topics_.size());
 }
 
@@ -389,16 +393,20 @@ void Registry::reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<P
   }
   c.keep = std::move(keep);
   c.fds = std::move(fds);
-  if (batching_) outbox_.push_back(std::move(c));
-  else core_.server_q.push(std::move(c));
+  if (batching_)
+    outbox_.push_back(std::move(c));
+  else
+    core_.server_q.push(std::move(c));
 }
 
 void Registry::reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg) {
   ServerCmd c;
   c.conn = p.conn;
   c.frame = error_frame(id, code, msg);
-  if (batching_) outbox_.push_back(std::move(c));
-  else core_.server_q.push(std::move(c));
+  if (batching_)
+    outbox_.push_back(std::move(c));
+  else
+    core_.server_q.push(std::move(c));
 }
 
 // One page of topics the peer may see, in name order after pr.after: at most the
@@ -429,7 +437,8 @@ void Registry::reply_page(const Peer& peer, uint64_t id, proto::PageRequest::Rea
     }
     pg.setNext(sel.empty() ? after : sel.back()->s.name);
     pg.setMore(it != topics_.end());
-    if (sel.size() <= 1 || capnp::computeSerializedSizeInWords(mb) * 8 + control::kFrameHeader <= control::kMaxFrame)
+    if (sel.size() <= 1 ||
+        capnp::computeSerializedSizeInWords(mb) * 8 + control::kFrameHeader <= control::kMaxFrame)
       return reply(peer, mb);
     limit = uint32_t(sel.size() / 2);
   }
@@ -516,8 +525,8 @@ bool Registry::expire_parked(uint64_t now_ns) {
         }
         changed = true;
         log_event(core_.instance, LOG_INFO, "durable_expired", name, 0,
-                  "subscriber '" + rec.name + "' partition " + std::to_string(part->index) +
-                      " position " + std::to_string(pos));
+                  "subscriber '" + rec.name + "' partition " + std::to_string(part->index) + " position " +
+                      std::to_string(pos));
       }
     }
   }
@@ -544,11 +553,12 @@ void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
     {
       std::lock_guard<std::mutex> g(const_cast<Partition&>(p).prod_mu);
       const shm::ProducerGrant& sp = r.grants[shm::kSingleProducerGrant];
-      ps.setProducerPid(sp.token != 0 && aref(r.data->producer_pid).load(std::memory_order_relaxed) == sp.token
-                            ? sp.pid
-                            : 0);
+      ps.setProducerPid(
+          sp.token != 0 && aref(r.data->producer_pid).load(std::memory_order_relaxed) == sp.token ? sp.pid
+                                                                                                  : 0);
       for (uint32_t k = 0; k < r.producer_count; ++k)
-        if (r.grants[k].token != 0 && aref(r.producers[k].pid).load(std::memory_order_relaxed) == r.grants[k].token)
+        if (r.grants[k].token != 0 &&
+            aref(r.producers[k].pid).load(std::memory_order_relaxed) == r.grants[k].token)
           ++live;
     }
     ps.setLiveProducers(live);
@@ -564,7 +574,8 @@ void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
       ss.setPid(aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_relaxed));
       ss.setPosition(pos);
       ss.setLag(tail > pos ? tail - pos : 0);
-      ss.setTethered(aref(const_cast<uint32_t&>(s.flags)).load(std::memory_order_relaxed) & shm::kSlotTethered);
+      ss.setTethered(aref(const_cast<uint32_t&>(s.flags)).load(std::memory_order_relaxed) &
+                     shm::kSlotTethered);
       ss.setDurable(aref(const_cast<uint64_t&>(s.name_hash)).load(std::memory_order_relaxed) != 0);
     }
   }
@@ -576,8 +587,8 @@ bool Registry::grant_live(const std::pair<const Partition*, uint32_t>& key, cons
   const shm::CursorSlot& s = part->refs.slots[key.second];
   const uint32_t pid = aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_acquire);
   return aref(const_cast<uint32_t&>(s.state)).load(std::memory_order_acquire) == shm::kSlotActive &&
-         aref(const_cast<uint32_t&>(s.generation)).load(std::memory_order_acquire) == g.generation && pid != 0 &&
-         !(pid & shm::kReclaimBit);
+         aref(const_cast<uint32_t&>(s.generation)).load(std::memory_order_acquire) == g.generation &&
+         pid != 0 && !(pid & shm::kReclaimBit);
 }
 
 void Registry::record_grant(const Peer& p, const std::shared_ptr<Partition>& part, uint32_t slot) {
@@ -630,7 +641,8 @@ bool Registry::grant_quota(const Peer& p, const Topic& t, const Partition& part,
     why = "uid " + std::to_string(p.uid) + " holds " + std::to_string(here) + " of the " +
           std::to_string(part.refs.slot_count) + " subscriber slots of '" + part.topic + "' partition " +
           std::to_string(part.index) +
-          (parked ? " (" + std::to_string(parked) + " of them parked under its durable names)" : std::string()) +
+          (parked ? " (" + std::to_string(parked) + " of them parked under its durable names)"
+                  : std::string()) +
           ", the most one uid may (uid_max_partition_grants)";
     return false;
   }
@@ -649,8 +661,9 @@ bool Registry::durable_quota(const Peer& p, const Topic& t, std::string& why) co
   uint32_t mine = 0;
   for (auto& [key, rec] : t.durable) mine += rec.owner_uid == p.uid;
   if (mine >= core_.opts.uid_max_durable_names) {
-    why = "uid " + std::to_string(p.uid) + " made " + std::to_string(mine) + " durable subscriber names (x partitions) in '" +
-          t.s.name + "', the most one uid may in a topic it does not own (uid_max_durable_names " +
+    why = "uid " + std::to_string(p.uid) + " made " + std::to_string(mine) +
+          " durable subscriber names (x partitions) in '" + t.s.name +
+          "', the most one uid may in a topic it does not own (uid_max_durable_names " +
           std::to_string(core_.opts.uid_max_durable_names) + ")";
     return false;
   }
@@ -724,8 +737,7 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
   if (h) {
     rit = t.durable.find(key);
     // A durable name belongs to the uid that made it: no other uid resumes it.
-    if (rit != t.durable.end() && rit->second.owner_uid != peer.uid && peer.uid != 0 &&
-        peer.uid != geteuid())
+    if (rit != t.durable.end() && rit->second.owner_uid != peer.uid && peer.uid != 0 && peer.uid != geteuid())
       return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
                          "durable subscriber '" + dn + "' of '" + name + "' belongs to uid " +
                              std::to_string(rit->second.owner_uid));
@@ -773,8 +785,9 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
       jr.setCheckBelow(below);
       jr.setResumed(true);
       jr.setPageSize(shm::kCursorPageSize);
-      log_limited(core_.instance, LOG_INFO, "durable_resumed", name, peer.pid,
-                  "subscriber '" + dn + "' partition " + std::to_string(pi) + " position " + std::to_string(pos));
+      log_limited(
+          core_.instance, LOG_INFO, "durable_resumed", name, peer.pid,
+          "subscriber '" + dn + "' partition " + std::to_string(pi) + " position " + std::to_string(pos));
       return reply(peer, mb, t.parts[pi], {fd});
     }
     if (rit != t.durable.end() && !j.getHasStart()) start = std::min(rit->second.position, tail);
@@ -795,8 +808,9 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
     if (slot < 0) {
       drop_page(part, nid);
       close(fd);
-      return reply_error(peer, id, proto::ErrorCode::NO_SLOT,
-                         "topic '" + name + "' partition " + std::to_string(pi) + ": every subscriber slot is taken");
+      return reply_error(
+          peer, id, proto::ErrorCode::NO_SLOT,
+          "topic '" + name + "' partition " + std::to_string(pi) + ": every subscriber slot is taken");
     }
   } catch (const Error& e) {
     return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
@@ -808,11 +822,14 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
     // A new name's owner is on disk before the grant is answered (the batch is
     // written before its replies): a daemon killed right after cannot restart with
     // a parked slot of this name and no owner, which any reader could resume.
-    if (rit == t.durable.end()) must_persist_ = true;
-    else dirty_ = true;
+    if (rit == t.durable.end())
+      must_persist_ = true;
+    else
+      dirty_ = true;
     t.durable[key] = DurableRec{dn, pos, owner};
-    log_limited(core_.instance, LOG_INFO, "durable_joined", name, peer.pid,
-                "subscriber '" + dn + "' partition " + std::to_string(pi) + " position " + std::to_string(pos));
+    log_limited(
+        core_.instance, LOG_INFO, "durable_joined", name, peer.pid,
+        "subscriber '" + dn + "' partition " + std::to_string(pi) + " position " + std::to_string(pos));
   }
   auto jr = resp.initJoin();
   jr.setSlot(uint32_t(slot));
@@ -848,9 +865,10 @@ void Registry::handle_leave(const Peer& peer, uint64_t id, proto::LeaveRequest::
   // another connection of its own): never by a pid number, which the kernel gives
   // to another process once its owner is gone.
   auto git = grants_.find({&part, i});
-  const bool held = git != grants_.end() && grant_live(git->first, git->second) &&
-                    git->second.generation == l.getGeneration() &&
-                    (git->second.conn == peer.conn || (git->second.proc != 0 && git->second.proc == peer.proc));
+  const bool held =
+      git != grants_.end() && grant_live(git->first, git->second) &&
+      git->second.generation == l.getGeneration() &&
+      (git->second.conn == peer.conn || (git->second.proc != 0 && git->second.proc == peer.proc));
   uint32_t owner = aref(s.pid).load(std::memory_order_acquire);
   if (!held || owner == 0 || (owner & shm::kReclaimBit) ||
       !aref(s.pid).compare_exchange_strong(owner, shm::reclaimer_mark(), std::memory_order_acq_rel))
@@ -935,7 +953,8 @@ void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerReq
     // No live grant holds it: a dead grantee's role is released on its token (the new
     // publisher repairs the tail, recover_sp), then the role is ours to hand out.
     if (gr.token) shm::release_dead_single_producer(r, gr.token);
-    aref(r.data->space_waiter_bits).fetch_and(~(uint64_t(1) << shm::kSpaceBitSingle), std::memory_order_seq_cst);
+    aref(r.data->space_waiter_bits)
+        .fetch_and(~(uint64_t(1) << shm::kSpaceBitSingle), std::memory_order_seq_cst);
     gr = shm::ProducerGrant{tok, uint32_t(peer.pid), ident};
     aref(r.data->producer_pid).store(tok, std::memory_order_release);
   } else {
@@ -1128,13 +1147,13 @@ void Registry::handle(const RegistryCmd& c) {
         const TopicSettings& e = it->second.s;
         uint64_t em = e.max_payload ? e.max_payload : e.capacity / 4;
         uint64_t tm = t.max_payload ? t.max_payload : t.capacity / 4;
-        if (e.partitions != t.partitions || e.capacity != t.capacity || em != tm ||
-            e.policy != t.policy || e.multi_producer != t.multi_producer || e.slots != t.slots ||
-            e.schema_id != t.schema_id || e.schema_mode != t.schema_mode || e.is_durable() != t.is_durable() ||
-            (t.is_durable() && (e.flush != t.flush || e.flush_interval_ms != t.flush_interval_ms ||
-                                e.retention_bytes != t.retention_bytes ||
-                                e.retention_age_s != t.retention_age_s ||
-                                e.segment_bytes != t.segment_bytes)))
+        if (e.partitions != t.partitions || e.capacity != t.capacity || em != tm || e.policy != t.policy ||
+            e.multi_producer != t.multi_producer || e.slots != t.slots || e.schema_id != t.schema_id ||
+            e.schema_mode != t.schema_mode || e.is_durable() != t.is_durable() ||
+            (t.is_durable() &&
+             (e.flush != t.flush || e.flush_interval_ms != t.flush_interval_ms ||
+              e.retention_bytes != t.retention_bytes || e.retention_age_s != t.retention_age_s ||
+              e.segment_bytes != t.segment_bytes)))
           return reply_error(peer, id, proto::ErrorCode::ALREADY_EXISTS,
                              "topic '" + t.name + "' exists with other settings");
         topic_info(it->second, resp.initTopic());  // idempotent
@@ -1142,8 +1161,7 @@ void Registry::handle(const RegistryCmd& c) {
       }
       if (topics_.size() >= core_.opts.max_topics)
         return reply_error(peer, id, proto::ErrorCode::NO_SLOT, "topic limit reached");
-      if (std::string why; !admit(peer, t, why))
-        return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
+      if (std::string why; !admit(peer, t, why)) return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
       schemas_.topic_deleted(t.name);  // a history left behind by an earlier topic of this name
       Topic tp;
       tp.s = t;
@@ -1230,7 +1248,9 @@ void Registry::handle(const RegistryCmd& c) {
       Role role = o.getRole() == proto::Role::PUBLISHER    ? Role::publisher
                   : o.getRole() == proto::Role::SUBSCRIBER ? Role::subscriber
                                                            : Role::admin;
-      const char* verb = role == Role::publisher ? "publish" : role == Role::subscriber ? "subscribe" : "administer";
+      const char* verb = role == Role::publisher    ? "publish"
+                         : role == Role::subscriber ? "subscribe"
+                                                    : "administer";
       // No rights at all: the answer of a topic that does not exist (it learns nothing).
       if (it == topics_.end() || !visible(it->second, peer)) {
         if (it != topics_.end())
@@ -1270,24 +1290,19 @@ void Registry::handle(const RegistryCmd& c) {
       }
       core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
       log_event(core_.instance, LOG_DEBUG, "open", name, peer.pid,
-                role == Role::publisher ? "publisher" : role == Role::subscriber ? "subscriber" : "admin");
+                role == Role::publisher    ? "publisher"
+                : role == Role::subscriber ? "subscriber"
+                                           : "admin");
       return reply(peer, mb, part, {dfd, cfd, wfd});
     }
     case proto::Request::REGISTER_SCHEMA:
-    case proto::Request::SCHEMA_HISTORY:
-      return handle_schema(peer, id, req, mb, resp);
-    case proto::Request::JOIN:
-      return handle_join(peer, id, req.getJoin(), mb, resp);
-    case proto::Request::LEAVE:
-      return handle_leave(peer, id, req.getLeave(), mb, resp);
-    case proto::Request::CURSOR_PAGE:
-      return handle_page(peer, id, req.getCursorPage(), mb, resp);
-    case proto::Request::PRODUCER:
-      return handle_producer(peer, id, req.getProducer(), mb, resp);
-    case proto::Request::LIST_PAGE:
-      return reply_page(peer, id, req.getListPage(), false);
-    case proto::Request::STAT_PAGE:
-      return reply_page(peer, id, req.getStatPage(), true);
+    case proto::Request::SCHEMA_HISTORY: return handle_schema(peer, id, req, mb, resp);
+    case proto::Request::JOIN: return handle_join(peer, id, req.getJoin(), mb, resp);
+    case proto::Request::LEAVE: return handle_leave(peer, id, req.getLeave(), mb, resp);
+    case proto::Request::CURSOR_PAGE: return handle_page(peer, id, req.getCursorPage(), mb, resp);
+    case proto::Request::PRODUCER: return handle_producer(peer, id, req.getProducer(), mb, resp);
+    case proto::Request::LIST_PAGE: return reply_page(peer, id, req.getListPage(), false);
+    case proto::Request::STAT_PAGE: return reply_page(peer, id, req.getStatPage(), true);
     case proto::Request::STAT: {
       std::string name = req.getStat();
       std::vector<const Topic*> sel;
@@ -1331,13 +1346,12 @@ void Registry::handle(const RegistryCmd& c) {
       t.durable[key] = DurableRec{dn, d.getPosition(), owner};
       dirty_ = true;  // coalesced: written within kPersistDelayNs, not once per save
       log_limited(core_.instance, LOG_INFO, "durable_joined", name, peer.pid,
-                "subscriber '" + dn + "' partition " + std::to_string(d.getPartition()) +
-                    " position " + std::to_string(d.getPosition()));
+                  "subscriber '" + dn + "' partition " + std::to_string(d.getPartition()) + " position " +
+                      std::to_string(d.getPosition()));
       resp.setDone();
       return reply(peer, mb);
     }
-    default:
-      return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT, "request not supported");
+    default: return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT, "request not supported");
   }
 }
 
@@ -1368,13 +1382,22 @@ void Registry::run() {
         handle(c);
       } catch (const kj::Exception& e) {
         log_limited(core_.instance, LOG_ERROR, "request_failed", "", c.peer.pid, e.getDescription().cStr());
-        try { reply_error(c.peer, rid, proto::ErrorCode::PROTOCOL, e.getDescription().cStr()); } catch (...) {}
+        try {
+          reply_error(c.peer, rid, proto::ErrorCode::PROTOCOL, e.getDescription().cStr());
+        } catch (...) {
+        }
       } catch (const std::bad_alloc&) {
         log_limited(core_.instance, LOG_ERROR, "request_failed", "", c.peer.pid, "out of memory");
-        try { reply_error(c.peer, rid, proto::ErrorCode::SYSTEM, "shmbusd is out of memory"); } catch (...) {}
+        try {
+          reply_error(c.peer, rid, proto::ErrorCode::SYSTEM, "shmbusd is out of memory");
+        } catch (...) {
+        }
       } catch (const std::exception& e) {
         log_limited(core_.instance, LOG_ERROR, "request_failed", "", c.peer.pid, e.what());
-        try { reply_error(c.peer, rid, proto::ErrorCode::SYSTEM, e.what()); } catch (...) {}
+        try {
+          reply_error(c.peer, rid, proto::ErrorCode::SYSTEM, e.what());
+        } catch (...) {
+        }
       }
     }
     batching_ = false;
@@ -1382,7 +1405,8 @@ void Registry::run() {
     for (auto& sc : outbox_) core_.server_q.push(std::move(sc));
     outbox_.clear();
     if (stop) {
-      log_event(core_.instance, LOG_INFO, "state_persisted", "", 0, std::to_string(topics_.size()) + " topics");
+      log_event(core_.instance, LOG_INFO, "state_persisted", "", 0,
+                std::to_string(topics_.size()) + " topics");
       core_.server_q.push(ServerCmd{});  // tells the server we are done
       return;
     }

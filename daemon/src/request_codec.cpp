@@ -179,8 +179,7 @@ bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::
     switch (r.which()) {
       case proto::Request::HELLO:
       case proto::Request::LIST_TOPICS:
-      case proto::Request::HEALTH:
-        break;
+      case proto::Request::HEALTH: break;
       case proto::Request::CREATE_TOPIC: {
         TopicSettings t;
         if (!spec_from_proto(r.getCreateTopic(), t, err)) return false;
@@ -197,11 +196,9 @@ bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::
         break;
       case proto::Request::OPEN: {
         auto o = r.getOpen();
-        if (!text_ok(o.getTopic(), "topic") || !text_ok(o.getDurableName(), "durable name"))
-          return false;
+        if (!text_ok(o.getTopic(), "topic") || !text_ok(o.getDurableName(), "durable name")) return false;
         auto role = o.getRole();
-        if (role != proto::Role::PUBLISHER && role != proto::Role::SUBSCRIBER &&
-            role != proto::Role::ADMIN) {
+        if (role != proto::Role::PUBLISHER && role != proto::Role::SUBSCRIBER && role != proto::Role::ADMIN) {
           err = "unknown role";
           return false;
         }
@@ -248,9 +245,7 @@ bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::
       case proto::Request::PRODUCER:
         if (!text_ok(r.getProducer().getTopic(), "topic")) return false;
         break;
-      default:
-        err = "unknown request type";
-        return false;
+      default: err = "unknown request type"; return false;
     }
   } catch (const kj::Exception& e) {
     code = proto::ErrorCode::PROTOCOL;

@@ -78,7 +78,8 @@ struct Checker {
     const uint16_t fd = f.getDiscriminantValue(), gd = g.getDiscriminantValue();
     if (fd == none && gd != none) return field + " moved into a union";
     if (fd != none && gd == none) return field + " moved out of a union";
-    if (fd != gd) return field + " changed its union position " + std::to_string(fd) + " -> " + std::to_string(gd);
+    if (fd != gd)
+      return field + " changed its union position " + std::to_string(fd) + " -> " + std::to_string(gd);
     return {};
   }
 
@@ -100,7 +101,8 @@ struct Checker {
       if (f.isGroup()) {
         const std::string field = "group '" + name + "'";
         if (!has_named) return refuse(nid, field + " removed");
-        if (!named.isGroup()) return refuse(nid, field + " changed from a group to a field " + at(ordinal(named)));
+        if (!named.isGroup())
+          return refuse(nid, field + " changed from a group to a field " + at(ordinal(named)));
         if (auto u = union_change(f, named, field); !u.empty()) return refuse(nid, u);
         if (auto r = structs(f.getGroup().getTypeId(), named.getGroup().getTypeId(), depth + 1); !r.empty())
           return r;
@@ -171,8 +173,8 @@ std::string schema_incompatibility(const SchemaBundle& old, const SchemaBundle& 
     }
   } catch (const kj::Exception& e) {
     auto d = e.getDescription();
-    return "schema of " + nu.type_name(nu.root_id()) +
-           " refused: Cap'n Proto's compatibility check: " + std::string(d.cStr(), std::min<size_t>(d.size(), 300));
+    return "schema of " + nu.type_name(nu.root_id()) + " refused: Cap'n Proto's compatibility check: " +
+           std::string(d.cStr(), std::min<size_t>(d.size(), 300));
   }
   return {};
 }
@@ -192,7 +194,7 @@ std::vector<SchemaRegistry::Version>& SchemaRegistry::versions(const std::string
   auto it = cache_.find(topic);
   if (it != cache_.end()) return it->second;
   auto& v = cache_[topic];
-  struct stat st{};
+  struct stat st {};
   if (fstatat(core_.state_fd, "schemas", &st, AT_SYMLINK_NOFOLLOW) != 0) return v;  // nothing stored yet
   std::string err;
   const int dfd = dir_fd(err);
@@ -228,7 +230,8 @@ std::vector<SchemaRegistry::Version>& SchemaRegistry::versions(const std::string
     }
   } catch (const std::exception& e) {
     v.clear();
-    log_event(core_.instance, LOG_ERROR, "schema_load_failed", topic, 0, shown + ": " + e.what() + "; moved aside");
+    log_event(core_.instance, LOG_ERROR, "schema_load_failed", topic, 0,
+              shown + ": " + e.what() + "; moved aside");
     renameat(dfd, file.c_str(), dfd, (file + ".corrupt").c_str());
   } catch (const kj::Exception& e) {
     v.clear();
@@ -274,7 +277,8 @@ bool SchemaRegistry::save(const std::string& topic, const std::vector<Version>& 
   }
   if (ok && fsync(fd) != 0) err = std::string("fsync: ") + strerror(errno), ok = false;
   close(fd);
-  if (ok && renameat(dfd, tmp.c_str(), dfd, file.c_str()) != 0) err = std::string("rename: ") + strerror(errno), ok = false;
+  if (ok && renameat(dfd, tmp.c_str(), dfd, file.c_str()) != 0)
+    err = std::string("rename: ") + strerror(errno), ok = false;
   if (!ok) unlinkat(dfd, tmp.c_str(), 0);
   if (ok) fsync(dfd);
   close(dfd);
@@ -283,7 +287,7 @@ bool SchemaRegistry::save(const std::string& topic, const std::vector<Version>& 
 
 void SchemaRegistry::topic_deleted(const std::string& topic) {
   cache_.erase(topic);
-  struct stat st{};
+  struct stat st {};
   if (fstatat(core_.state_fd, "schemas", &st, AT_SYMLINK_NOFOLLOW) != 0) return;
   std::string err;
   const int dfd = dir_fd(err);
@@ -294,7 +298,8 @@ void SchemaRegistry::topic_deleted(const std::string& topic) {
 
 SchemaRegistry::Outcome SchemaRegistry::present(const std::string& topic, proto::SchemaMode mode,
                                                 uint64_t declared_root, uint32_t uid,
-                                                std::span<const uint8_t> bytes, uint64_t root_id, bool store) {
+                                                std::span<const uint8_t> bytes, uint64_t root_id,
+                                                bool store) {
   Outcome o;
   auto fail = [&](proto::ErrorCode c, std::string why) {
     o.code = c;
@@ -322,9 +327,9 @@ SchemaRegistry::Outcome SchemaRegistry::present(const std::string& topic, proto:
       return o;
     }
   if (!vs.empty() && vs.back().root_id != root_id)
-    return fail(proto::ErrorCode::INCOMPATIBLE, "schema of " + tname + " refused: the root type of '" + topic +
-                                                    "' is " + vs.back().type_name + " (" +
-                                                    hex_id(vs.back().root_id) + "), this is " + hex_id(root_id));
+    return fail(proto::ErrorCode::INCOMPATIBLE,
+                "schema of " + tname + " refused: the root type of '" + topic + "' is " +
+                    vs.back().type_name + " (" + hex_id(vs.back().root_id) + "), this is " + hex_id(root_id));
   if (mode != proto::SchemaMode::NONE && !vs.empty()) {
     // backward / forward: against the latest version; full: against every one.
     const size_t from = mode == proto::SchemaMode::FULL ? 0 : vs.size() - 1;
@@ -333,14 +338,16 @@ SchemaRegistry::Outcome SchemaRegistry::present(const std::string& topic, proto:
       try {
         why = schema_incompatibility(SchemaBundle::parse(vs[i].bytes, vs[i].root_id), b);
       } catch (const Error& e) {
-        return fail(proto::ErrorCode::SYSTEM, "stored schema version " + std::to_string(vs[i].version) + " of '" +
-                                                  topic + "' is unreadable: " + e.what());
+        return fail(proto::ErrorCode::SYSTEM, "stored schema version " + std::to_string(vs[i].version) +
+                                                  " of '" + topic + "' is unreadable: " + e.what());
       }
       if (!why.empty())
-        return fail(proto::ErrorCode::INCOMPATIBLE,
-                    why + " (" + schema_mode_name(mode) +
-                        (mode == proto::SchemaMode::FULL ? ", against version " + std::to_string(vs[i].version) : "") +
-                        ")");
+        return fail(
+            proto::ErrorCode::INCOMPATIBLE,
+            why + " (" + schema_mode_name(mode) +
+                (mode == proto::SchemaMode::FULL ? ", against version " + std::to_string(vs[i].version)
+                                                 : "") +
+                ")");
     }
   }
   o.version = uint32_t(vs.size() + 1);
@@ -360,7 +367,8 @@ SchemaRegistry::Outcome SchemaRegistry::present(const std::string& topic, proto:
   std::string err;
   if (!save(topic, vs, err)) {
     vs.pop_back();
-    return fail(proto::ErrorCode::SYSTEM, "schema of " + tname + " for '" + topic + "' could not be stored: " + err);
+    return fail(proto::ErrorCode::SYSTEM,
+                "schema of " + tname + " for '" + topic + "' could not be stored: " + err);
   }
   o.stored = true;
   return o;
@@ -396,8 +404,8 @@ bool SchemaRegistry::history(const std::string& topic, proto::SchemaMode mode, u
 
 // ---- the requests (the registry thread)
 
-void Registry::handle_schema(const Peer& peer, uint64_t id, proto::Request::Reader req, capnp::MessageBuilder& mb,
-                             proto::Response::Builder resp) {
+void Registry::handle_schema(const Peer& peer, uint64_t id, proto::Request::Reader req,
+                             capnp::MessageBuilder& mb, proto::Response::Builder resp) {
   if (req.isRegisterSchema()) {
     auto r = req.getRegisterSchema();
     const std::string name = r.getTopic();

@@ -21,8 +21,7 @@ namespace bip = boost::interprocess;
 
 namespace shmbus::daemon {
 
-std::string shm_segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
-                             bool data) {
+std::string shm_segment_name(const std::string& prefix, const std::string& topic, uint32_t p, bool data) {
   return prefix + "." + topic + "." + std::to_string(p) + (data ? ".data" : ".ctl");
 }
 
@@ -68,7 +67,7 @@ bool matches(const Partition& p, const TopicSettings& t) {
 // The segments stay mapped; their fds are closed (a daemon with 10 000 topics would
 // otherwise hold 30 000 fds). OPEN reopens them by name and checks the inode.
 void release_fds(Partition& p) {
-  struct stat st{};
+  struct stat st {};
   if (fstat(p.data_rw, &st) == 0) p.dev = st.st_dev, p.data_ino = st.st_ino;
   if (fstat(p.ctl_fd, &st) == 0) p.ctl_ino = st.st_ino;
   for (int* f : {&p.data_rw, &p.data_ro, &p.ctl_fd})
@@ -86,8 +85,10 @@ int make_sealed(const char* name, size_t size) {
   int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return -1;
   int e = 0;
-  if (fchmod(fd, 0600) < 0 || ftruncate(fd, off_t(size)) < 0) e = errno;
-  else if ((e = posix_fallocate(fd, 0, off_t(size))) == 0 && fcntl(fd, F_ADD_SEALS, kSeals) < 0) e = errno;
+  if (fchmod(fd, 0600) < 0 || ftruncate(fd, off_t(size)) < 0)
+    e = errno;
+  else if ((e = posix_fallocate(fd, 0, off_t(size))) == 0 && fcntl(fd, F_ADD_SEALS, kSeals) < 0)
+    e = errno;
   if (e) {
     close(fd);
     errno = e;
@@ -99,7 +100,7 @@ int make_sealed(const char* name, size_t size) {
 // fd is one of our sealed memfds of `size` bytes (created by this uid: another
 // user cannot make a file owned by us).
 bool ours_sealed(int fd, size_t size, ino_t& ino) {
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) < 0 || st.st_uid != geteuid() || !S_ISREG(st.st_mode) || uint64_t(st.st_size) != size)
     return false;
   const int seals = fcntl(fd, F_GET_SEALS);
@@ -158,7 +159,7 @@ void walk_memfds(pid_t pid, std::map<ino_t, int>& found, TakeBackStats& stats) {
       const int fd = int(syscall(SYS_pidfd_getfd, pfd, int(n), 0));
       ++stats.getfd;
       if (fd < 0) continue;
-      struct stat st{};
+      struct stat st {};
       ino_t ino = 0;
       if (fstat(fd, &st) == 0 && !found.count(st.st_ino) &&
           (ours_sealed(fd, shm::kCursorPageSize, ino) || ours_sealed(fd, shm::kWakeSegmentSize, ino))) {
@@ -183,7 +184,8 @@ void take_memfds(pid_t pid, const std::map<ino_t, size_t>& want, std::map<ino_t,
   for (auto it = h->second.begin(); it != h->second.end();) {
     ino_t ino = 0;
     auto w = want.find(it->first);
-    if (w != want.end() && !got.count(it->first) && ours_sealed(it->second, w->second, ino) && ino == it->first) {
+    if (w != want.end() && !got.count(it->first) && ours_sealed(it->second, w->second, ino) &&
+        ino == it->first) {
       got[ino] = it->second;
       it = h->second.erase(it);
     } else {
@@ -228,7 +230,8 @@ void attach_wake_and_pages(Partition& p, bool reattach) {
       throw Error(ErrorCode::system, p.ctl_name + ": cannot create the wake segment: " + strerror(errno));
   }
   ino_t wino = 0;
-  if (!ours_sealed(p.wake_fd, shm::kWakeSegmentSize, wino) || !(p.wake_map = map_page_fd(p.wake_fd, shm::kWakeSegmentSize)))
+  if (!ours_sealed(p.wake_fd, shm::kWakeSegmentSize, wino) ||
+      !(p.wake_map = map_page_fd(p.wake_fd, shm::kWakeSegmentSize)))
     throw Error(ErrorCode::system, p.ctl_name + ": cannot map the wake segment: " + strerror(errno));
   shm::aref(ctl->wake_id).store(uint64_t(wino), std::memory_order_relaxed);
   p.refs.wake = static_cast<shm::WakeBlock*>(p.wake_map);
@@ -241,7 +244,9 @@ void attach_wake_and_pages(Partition& p, bool reattach) {
         continue;
       const uint64_t id = shm::aref(s.page_id).load(std::memory_order_relaxed);
       auto g = got.find(ino_t(id));
-      void* m = (st == shm::kSlotActive && id && g != got.end()) ? map_page_fd(g->second, shm::kCursorPageSize) : nullptr;
+      void* m = (st == shm::kSlotActive && id && g != got.end())
+                    ? map_page_fd(g->second, shm::kCursorPageSize)
+                    : nullptr;
       if (m) {
         if (t_takeback) ++t_takeback->stats.taken;
         p.pages[id] = static_cast<shm::CursorPage*>(m);
@@ -254,7 +259,8 @@ void attach_wake_and_pages(Partition& p, bool reattach) {
         // its owner died while no daemon ran: parked at the position it last had.
         shm::aref(s.page_id).store(0, std::memory_order_relaxed);
         if (owner) {
-          shm::aref(r.wake->data_waiter_bits[i / 64]).fetch_and(~(uint64_t(1) << (i % 64)), std::memory_order_seq_cst);
+          shm::aref(r.wake->data_waiter_bits[i / 64])
+              .fetch_and(~(uint64_t(1) << (i % 64)), std::memory_order_seq_cst);
           shm::aref(s.parked_ns).store(shm::monotonic_ns(), std::memory_order_relaxed);
           shm::aref(s.pid).store(0, std::memory_order_release);
         }
@@ -287,8 +293,8 @@ TakeBackStats takeback_end() {
   return st;
 }
 
-std::shared_ptr<Partition> open_partition(const std::string& prefix, const TopicSettings& t,
-                                          uint32_t idx, bool& reattached) {
+std::shared_ptr<Partition> open_partition(const std::string& prefix, const TopicSettings& t, uint32_t idx,
+                                          bool& reattached) {
   auto p = std::make_shared<Partition>();
   p->topic = t.name;
   p->index = idx;
@@ -301,7 +307,8 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
   {
     int d = shm_open(("/" + p->data_name).c_str(), O_RDWR | O_CLOEXEC, 0);
     int c = shm_open(("/" + p->ctl_name).c_str(), O_RDWR | O_CLOEXEC, 0);
-    struct stat ds{}, cs{};
+    struct stat ds {
+    }, cs{};
     if (d >= 0 && c >= 0 && fstat(d, &ds) == 0 && fstat(c, &cs) == 0 &&
         uint64_t(ds.st_size) == p->data_size && uint64_t(cs.st_size) == p->ctl_size &&
         ds.st_uid == geteuid() && cs.st_uid == geteuid()) {
@@ -356,17 +363,18 @@ std::shared_ptr<Partition> open_partition(const std::string& prefix, const Topic
     int e = posix_fallocate(fd, 0, off_t(size));
     if (e != 0) {
       remove_partition_segments(prefix, t.name, idx);
-      throw Error(ErrorCode::system, p->data_name + ": cannot reserve " + std::to_string(size) +
-                                         " bytes in /dev/shm: " + strerror(e), e);
+      throw Error(
+          ErrorCode::system,
+          p->data_name + ": cannot reserve " + std::to_string(size) + " bytes in /dev/shm: " + strerror(e),
+          e);
     }
   }
   p->data_map = map_fd(p->data_rw, p->data_size, p->data_name);
   p->ctl_map = map_fd(p->ctl_fd, p->ctl_size, p->ctl_name);
   uint64_t maxp = t.max_payload ? t.max_payload : t.capacity / 4;
-  shm::init_segments(static_cast<shm::DataHeader*>(p->data_map),
-                     static_cast<shm::ControlHeader*>(p->ctl_map), t.capacity, t.slots,
-                     t.multi_producer ? shm::kFlagMultiProducer : 0u, t.policy, idx, t.schema_id,
-                     maxp, realtime_ns());
+  shm::init_segments(static_cast<shm::DataHeader*>(p->data_map), static_cast<shm::ControlHeader*>(p->ctl_map),
+                     t.capacity, t.slots, t.multi_producer ? shm::kFlagMultiProducer : 0u, t.policy, idx,
+                     t.schema_id, maxp, realtime_ns());
   bind_refs(*p);
   release_fds(*p);
   attach_wake_and_pages(*p, false);
@@ -377,7 +385,7 @@ int reopen_segment(const Partition& p, bool data, bool writable) {
   const std::string& n = data ? p.data_name : p.ctl_name;
   int fd = shm_open(("/" + n).c_str(), (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC, 0);
   if (fd < 0) return -1;
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) < 0 || st.st_dev != p.dev || st.st_ino != (data ? p.data_ino : p.ctl_ino) ||
       st.st_uid != geteuid()) {
     close(fd);
@@ -402,8 +410,8 @@ uint64_t create_page(Partition& p, int& fd) {
   const int own = make_sealed("shmbus-page", shm::kCursorPageSize);
   ino_t ino = 0;
   void* m = nullptr;
-  if (own < 0 || !ours_sealed(own, shm::kCursorPageSize, ino) || !(m = map_page_fd(own, shm::kCursorPageSize)) ||
-      (fd = reopen_own(own, true)) < 0) {
+  if (own < 0 || !ours_sealed(own, shm::kCursorPageSize, ino) ||
+      !(m = map_page_fd(own, shm::kCursorPageSize)) || (fd = reopen_own(own, true)) < 0) {
     const int e = errno;
     if (m) munmap(m, shm::kCursorPageSize);
     if (own >= 0) close(own);

@@ -81,8 +81,8 @@ typedef struct shmbus_subscriber shmbus_subscriber_t;
 
 /* ---- library ------------------------------------------------------------ */
 SHMBUS_API uint32_t shmbus_abi_version(void);
-SHMBUS_API const char* shmbus_strerror(int rc);    /* static text, never NULL */
-SHMBUS_API const char* shmbus_last_error(void);    /* this thread's last detail, never NULL */
+SHMBUS_API const char* shmbus_strerror(int rc); /* static text, never NULL */
+SHMBUS_API const char* shmbus_last_error(void); /* this thread's last detail, never NULL */
 /* The errno of the OS call behind this thread's last failing call, 0 when no OS call
  * failed (a hot-path status, a bad argument). Since ABI 1 (symbol version SHMBUS_1.1). */
 SHMBUS_API int shmbus_last_errno(void);
@@ -101,25 +101,23 @@ SHMBUS_API void shmbus_bus_close(shmbus_bus_t* bus);
 
 /* ---- topics ------------------------------------------------------------- */
 typedef struct shmbus_topic_config {
-  uint32_t size;            /* sizeof(shmbus_topic_config_t), set by _init */
-  uint32_t partitions;      /* default 1 */
-  uint64_t capacity;        /* ring bytes per partition, power of two >= 4096; default 16 MiB */
-  uint64_t max_payload;     /* 0: capacity / 4 */
-  uint32_t policy;          /* SHMBUS_POLICY_*; default BLOCK */
-  uint32_t multi_producer;  /* 0: one producer per partition (fast path) */
-  uint32_t slots;           /* subscriber slots per partition; default 64 */
-  uint32_t mode;            /* permission bits of the segments; default 0660 */
-  uint64_t schema_id;       /* expected Cap'n Proto root type id, 0 = any */
+  uint32_t size;           /* sizeof(shmbus_topic_config_t), set by _init */
+  uint32_t partitions;     /* default 1 */
+  uint64_t capacity;       /* ring bytes per partition, power of two >= 4096; default 16 MiB */
+  uint64_t max_payload;    /* 0: capacity / 4 */
+  uint32_t policy;         /* SHMBUS_POLICY_*; default BLOCK */
+  uint32_t multi_producer; /* 0: one producer per partition (fast path) */
+  uint32_t slots;          /* subscriber slots per partition; default 64 */
+  uint32_t mode;           /* permission bits of the segments; default 0660 */
+  uint64_t schema_id;      /* expected Cap'n Proto root type id, 0 = any */
 } shmbus_topic_config_t;
 
 SHMBUS_API void shmbus_topic_config_init(shmbus_topic_config_t* cfg);
 /* Idempotent for the same settings; SHMBUS_E_ALREADY_EXISTS for other settings. */
-SHMBUS_API int shmbus_topic_create(shmbus_bus_t* bus, const char* topic,
-                                   const shmbus_topic_config_t* cfg);
+SHMBUS_API int shmbus_topic_create(shmbus_bus_t* bus, const char* topic, const shmbus_topic_config_t* cfg);
 SHMBUS_API int shmbus_topic_remove(shmbus_bus_t* bus, const char* topic);
 /* Fills cfg with the settings of an existing topic (read from partition 0). */
-SHMBUS_API int shmbus_topic_describe(shmbus_bus_t* bus, const char* topic,
-                                     shmbus_topic_config_t* cfg);
+SHMBUS_API int shmbus_topic_describe(shmbus_bus_t* bus, const char* topic, shmbus_topic_config_t* cfg);
 
 /* ---- durable topics (symbol version SHMBUS_1.2) ------------------------------
  * A durable topic is archived by shmbusd to its spill log (docs/spill-log.md), so a
@@ -132,18 +130,18 @@ SHMBUS_API int shmbus_topic_describe(shmbus_bus_t* bus, const char* topic,
  * to _init (and keep what it sets). The library reads and writes only the first
  * `size` bytes, so a caller built against an older, shorter struct keeps working
  * when fields are appended. */
-#define SHMBUS_FLUSH_NONE 0      /* page cache only: durable once written (survives a daemon crash) */
-#define SHMBUS_FLUSH_INTERVAL 1  /* fdatasync every flush_interval_ms (default) */
-#define SHMBUS_FLUSH_BATCH 2     /* fdatasync after each batch the archiver writes */
+#define SHMBUS_FLUSH_NONE 0     /* page cache only: durable once written (survives a daemon crash) */
+#define SHMBUS_FLUSH_INTERVAL 1 /* fdatasync every flush_interval_ms (default) */
+#define SHMBUS_FLUSH_BATCH 2    /* fdatasync after each batch the archiver writes */
 
 typedef struct shmbus_durable_config {
-  uint32_t size;               /* bytes of this struct the caller has; set by _init */
-  uint32_t durable;            /* 1: archive the topic to the spill log */
-  uint32_t flush;              /* SHMBUS_FLUSH_*; default INTERVAL */
-  uint32_t flush_interval_ms;  /* INTERVAL: fdatasync period; default 10 */
-  uint64_t retention_bytes;    /* per partition, 0 = unlimited */
-  uint64_t retention_age_s;    /* by a log segment's last write, 0 = unlimited */
-  uint64_t segment_bytes;      /* log segment file size, 0 = 64 MiB */
+  uint32_t size;              /* bytes of this struct the caller has; set by _init */
+  uint32_t durable;           /* 1: archive the topic to the spill log */
+  uint32_t flush;             /* SHMBUS_FLUSH_*; default INTERVAL */
+  uint32_t flush_interval_ms; /* INTERVAL: fdatasync period; default 10 */
+  uint64_t retention_bytes;   /* per partition, 0 = unlimited */
+  uint64_t retention_age_s;   /* by a log segment's last write, 0 = unlimited */
+  uint64_t segment_bytes;     /* log segment file size, 0 = 64 MiB */
 } shmbus_durable_config_t;
 
 /* Sets defaults (not durable, flush INTERVAL every 10 ms, unlimited retention) in the
@@ -164,12 +162,12 @@ SHMBUS_API int shmbus_topic_describe_durable(shmbus_bus_t* bus, const char* topi
 
 /* ---- publisher ---------------------------------------------------------- */
 typedef struct shmbus_publisher_options {
-  uint32_t size;              /* set by _init */
-  uint32_t partition;         /* default 0 */
-  uint32_t producer_id;       /* 0: the pid */
-  uint32_t wait;              /* SHMBUS_WAIT_*: how to wait for space under policy block */
-  int64_t block_timeout_ns;   /* longest wait for space; default 1 s */
-  int32_t open_timeout_ms;    /* wait for a topic being created; default 5000 */
+  uint32_t size;            /* set by _init */
+  uint32_t partition;       /* default 0 */
+  uint32_t producer_id;     /* 0: the pid */
+  uint32_t wait;            /* SHMBUS_WAIT_*: how to wait for space under policy block */
+  int64_t block_timeout_ns; /* longest wait for space; default 1 s */
+  int32_t open_timeout_ms;  /* wait for a topic being created; default 5000 */
   uint32_t reserved;
 } shmbus_publisher_options_t;
 
@@ -196,14 +194,12 @@ SHMBUS_API int shmbus_publisher_open(shmbus_bus_t* bus, const char* topic,
                                      shmbus_publisher_t** out);
 SHMBUS_API void shmbus_publisher_close(shmbus_publisher_t* pub);
 /* Claims room for max_bytes of payload; applies the topic policy when full. */
-SHMBUS_API int shmbus_publisher_claim(shmbus_publisher_t* pub, uint32_t max_bytes,
-                                      shmbus_claim_t* out);
+SHMBUS_API int shmbus_publisher_claim(shmbus_publisher_t* pub, uint32_t max_bytes, shmbus_claim_t* out);
 /* Like claim, never waits. */
-SHMBUS_API int shmbus_publisher_try_claim(shmbus_publisher_t* pub, uint32_t max_bytes,
-                                          shmbus_claim_t* out);
+SHMBUS_API int shmbus_publisher_try_claim(shmbus_publisher_t* pub, uint32_t max_bytes, shmbus_claim_t* out);
 /* Publishes the open claim with `used` payload bytes. */
-SHMBUS_API int shmbus_publisher_commit(shmbus_publisher_t* pub, uint32_t used,
-                                       uint64_t message_id, uint64_t schema_id);
+SHMBUS_API int shmbus_publisher_commit(shmbus_publisher_t* pub, uint32_t used, uint64_t message_id,
+                                       uint64_t schema_id);
 /* Publishes a single-segment Cap'n Proto message built in place: the caller built
  * the segment at claim.data + 8 and it is `segment_words` words long. Writes the
  * 8-byte segment table at claim.data and commits 8 + 8*segment_words bytes. */
@@ -215,8 +211,7 @@ SHMBUS_API int shmbus_publisher_commit_message(shmbus_publisher_t* pub, uint32_t
  * before claiming (CLOSED: no open claim; INVALID_ARGUMENT: segment_words 0;
  * TOO_LARGE: segment past the claim, which is aborted): a caller that checked
  * segment_words against its claim can read any failure as the claim's. */
-SHMBUS_API int shmbus_publisher_commit_message_and_claim(shmbus_publisher_t* pub,
-                                                         uint32_t segment_words,
+SHMBUS_API int shmbus_publisher_commit_message_and_claim(shmbus_publisher_t* pub, uint32_t segment_words,
                                                          uint64_t message_id, uint64_t schema_id,
                                                          uint32_t next_max, shmbus_claim_t* next);
 SHMBUS_API int shmbus_publisher_abort(shmbus_publisher_t* pub);
@@ -226,27 +221,25 @@ SHMBUS_API int shmbus_publisher_offer(shmbus_publisher_t* pub, const void* data,
 /* Publishes `n` messages packed back to back in `buf` (message i is lens[i] bytes),
  * with one wake-up check at the end. *published (may be NULL) gets the count;
  * returns the status of the first failure, or OK. */
-SHMBUS_API int shmbus_publisher_offer_packed(shmbus_publisher_t* pub, const void* buf,
-                                             const uint32_t* lens, size_t n, size_t* published);
+SHMBUS_API int shmbus_publisher_offer_packed(shmbus_publisher_t* pub, const void* buf, const uint32_t* lens,
+                                             size_t n, size_t* published);
 SHMBUS_API int shmbus_publisher_stats(shmbus_publisher_t* pub, shmbus_publisher_stats_t* out);
 SHMBUS_API uint32_t shmbus_publisher_max_payload(shmbus_publisher_t* pub);
 /* Durable topics (SHMBUS_1.2): waits up to timeout_ns (<0: forever) until every frame
  * of the publisher's partition with sequence <= seq is durable per the topic's flush
  * policy (claim sequences: shmbus_claim_t.sequence). OK or SHMBUS_E_TIMED_OUT (also
  * when the topic is not durable and nothing archives it). */
-SHMBUS_API int shmbus_publisher_wait_durable(shmbus_publisher_t* pub, uint64_t seq,
-                                             int64_t timeout_ns);
+SHMBUS_API int shmbus_publisher_wait_durable(shmbus_publisher_t* pub, uint64_t seq, int64_t timeout_ns);
 /* Highest sequence of the partition known durable (a racy snapshot; 0 when no
  * archiver ever ran), and the errno of the archiver's failing write or sync (0 when
  * healthy): why a durable topic back-pressures. */
-SHMBUS_API int shmbus_publisher_durable_sequence(shmbus_publisher_t* pub, uint64_t* seq,
-                                                 int* archiver_errno);
+SHMBUS_API int shmbus_publisher_durable_sequence(shmbus_publisher_t* pub, uint64_t* seq, int* archiver_errno);
 
 /* ---- subscriber --------------------------------------------------------- */
-#define SHMBUS_START_LATEST 0    /* only messages published after the subscriber joins */
-#define SHMBUS_START_EARLIEST 1  /* durable topics: from the oldest retained message */
-#define SHMBUS_START_SEQUENCE 2  /* durable topics: from start_value (a sequence) */
-#define SHMBUS_START_TIME 3      /* durable topics: from start_value (CLOCK_REALTIME ns since the epoch) */
+#define SHMBUS_START_LATEST 0   /* only messages published after the subscriber joins */
+#define SHMBUS_START_EARLIEST 1 /* durable topics: from the oldest retained message */
+#define SHMBUS_START_SEQUENCE 2 /* durable topics: from start_value (a sequence) */
+#define SHMBUS_START_TIME 3     /* durable topics: from start_value (CLOCK_REALTIME ns since the epoch) */
 
 /* start other than LATEST (durable topics, SHMBUS_1.2): the subscriber replays from
  * the topic's spill log, then switches to the live ring at exactly the frame after
@@ -256,15 +249,15 @@ SHMBUS_API int shmbus_publisher_durable_sequence(shmbus_publisher_t* pub, uint64
  * shmbus_subscriber_check is always OK. It needs a daemon bus (see durable topics).
  * SHMBUS_E_INVALID_ARGUMENT when the topic is not durable. */
 typedef struct shmbus_subscriber_options {
-  uint32_t size;              /* set by _init */
+  uint32_t size; /* set by _init */
   uint32_t partition;
-  uint32_t tethered;          /* 1 (default): holds producers back, never overwritten */
-  uint32_t wait;              /* SHMBUS_WAIT_*; default HYBRID */
-  int64_t spin_ns;            /* hybrid: spin this long before sleeping; default 20 us */
-  int32_t open_timeout_ms;    /* default 5000 */
-  uint32_t start;             /* SHMBUS_START_*; default LATEST */
+  uint32_t tethered;       /* 1 (default): holds producers back, never overwritten */
+  uint32_t wait;           /* SHMBUS_WAIT_*; default HYBRID */
+  int64_t spin_ns;         /* hybrid: spin this long before sleeping; default 20 us */
+  int32_t open_timeout_ms; /* default 5000 */
+  uint32_t start;          /* SHMBUS_START_*; default LATEST */
   uint64_t start_value;
-  const char* name;           /* durable subscriber name, or NULL */
+  const char* name; /* durable subscriber name, or NULL */
 } shmbus_subscriber_options_t;
 
 /* One message in the ring. `data` points into read-only shared memory. */
@@ -273,11 +266,11 @@ typedef struct shmbus_view {
   uint32_t size;
   uint32_t producer_id;
   uint64_t sequence;
-  uint64_t timestamp_ns;   /* CLOCK_MONOTONIC at commit */
+  uint64_t timestamp_ns; /* CLOCK_MONOTONIC at commit */
   uint64_t message_id;
   uint64_t schema_id;
-  uint64_t position;       /* ring position of the frame */
-  uint64_t next_position;  /* release token: releasing this view frees up to here */
+  uint64_t position;      /* ring position of the frame */
+  uint64_t next_position; /* release token: releasing this view frees up to here */
 } shmbus_view_t;
 
 typedef struct shmbus_subscriber_stats {
@@ -295,13 +288,12 @@ SHMBUS_API void shmbus_subscriber_close(shmbus_subscriber_t* sub);
 /* Next message or SHMBUS_E_EMPTY. Never blocks. */
 SHMBUS_API int shmbus_subscriber_poll(shmbus_subscriber_t* sub, shmbus_view_t* out);
 /* Next message, waiting up to timeout_ns (<0: forever); SHMBUS_E_TIMED_OUT. */
-SHMBUS_API int shmbus_subscriber_poll_wait(shmbus_subscriber_t* sub, shmbus_view_t* out,
-                                           int64_t timeout_ns);
+SHMBUS_API int shmbus_subscriber_poll_wait(shmbus_subscriber_t* sub, shmbus_view_t* out, int64_t timeout_ns);
 /* Waits up to timeout_ns (0: no wait, <0: forever) for at least one message, then
  * fills up to `max` views without releasing them. *n gets the count (0 on timeout,
  * with SHMBUS_E_TIMED_OUT; or SHMBUS_E_EMPTY when timeout_ns is 0). */
-SHMBUS_API int shmbus_subscriber_poll_batch(shmbus_subscriber_t* sub, shmbus_view_t* views,
-                                            size_t max, int64_t timeout_ns, size_t* n);
+SHMBUS_API int shmbus_subscriber_poll_batch(shmbus_subscriber_t* sub, shmbus_view_t* views, size_t max,
+                                            int64_t timeout_ns, size_t* n);
 /* Releases `v` and every view polled before it. */
 SHMBUS_API int shmbus_subscriber_release(shmbus_subscriber_t* sub, const shmbus_view_t* v);
 /* Untethered subscribers: after reading a view in place, OK if what was read is
@@ -326,16 +318,15 @@ SHMBUS_API int shmbus_publisher_interrupt(shmbus_publisher_t* pub);
  * (SHMBUS_1.3): OK, SHMBUS_E_BACK_PRESSURED when the time ran out, or
  * SHMBUS_E_INTERRUPTED. Another producer may take the space first: claim again. With
  * block_timeout_ns 0 and this, a binding waits for space interruptibly. */
-SHMBUS_API int shmbus_publisher_wait_space(shmbus_publisher_t* pub, uint32_t max_bytes,
-                                           int64_t timeout_ns);
+SHMBUS_API int shmbus_publisher_wait_space(shmbus_publisher_t* pub, uint32_t max_bytes, int64_t timeout_ns);
 SHMBUS_API int shmbus_subscriber_stats(shmbus_subscriber_t* sub, shmbus_subscriber_stats_t* out);
 
 /* ---- Cap'n Proto helpers -------------------------------------------------- */
 /* Checks that a view holds a well-formed flat Cap'n Proto message (segment table
  * within bounds) and returns its first segment: *seg0 and *seg0_words. For
  * readers that parse segments themselves. SHMBUS_E_MALFORMED otherwise. */
-SHMBUS_API int shmbus_view_segments(const shmbus_view_t* v, const uint8_t** seg0,
-                                    uint32_t* seg0_words, uint32_t* segment_count);
+SHMBUS_API int shmbus_view_segments(const shmbus_view_t* v, const uint8_t** seg0, uint32_t* seg0_words,
+                                    uint32_t* segment_count);
 
 #ifdef __cplusplus
 }

@@ -75,7 +75,7 @@ struct shmbus_publisher {
 
 struct shmbus_subscriber {
   std::optional<shmbus::Subscriber> sub;  // empty for a replaying subscriber
-  uint64_t released = 0;  // lowest position a release may name
+  uint64_t released = 0;                  // lowest position a release may name
   // start other than LATEST: the replaying subscriber (sub is then empty).
   std::unique_ptr<shmbus::ReplaySubscriber> replay{};
   uint64_t released_seq = 0;  // replay: highest sequence released
@@ -112,9 +112,7 @@ int fail(int rc, const char* fn, const char* what) noexcept {
   return rc;
 }
 
-int invalid(const char* fn, const char* what) noexcept {
-  return fail(SHMBUS_E_INVALID_ARGUMENT, fn, what);
-}
+int invalid(const char* fn, const char* what) noexcept { return fail(SHMBUS_E_INVALID_ARGUMENT, fn, what); }
 
 // ---- code mapping --------------------------------------------------------------
 int code_of(shmbus::Status s) noexcept {
@@ -187,9 +185,9 @@ int current_exception(const char* fn) noexcept {
 }
 
 #define SHIM_BEGIN try {
-#define SHIM_END(fn)                  \
-  }                                   \
-  catch (...) {                       \
+#define SHIM_END(fn)                   \
+  }                                    \
+  catch (...) {                        \
     return current_exception(fn ": "); \
   }
 
@@ -343,7 +341,8 @@ int create_topic(shmbus_bus_t* bus, const char* topic, const shmbus_topic_config
       return invalid(fn, "dur->size is too small: call shmbus_durable_config_init(&d, sizeof d) first");
     if (dur->flush > SHMBUS_FLUSH_BATCH)
       return invalid(fn, ("dur->flush " + std::to_string(dur->flush) +
-                          " is not a SHMBUS_FLUSH_* (NONE 0, INTERVAL 1, BATCH 2)").c_str());
+                          " is not a SHMBUS_FLUSH_* (NONE 0, INTERVAL 1, BATCH 2)")
+                             .c_str());
     if (dur->durable > 1) return invalid(fn, "dur->durable must be 0 or 1");
     if (dur->flush == SHMBUS_FLUSH_INTERVAL && dur->flush_interval_ms == 0)
       return invalid(fn, "dur->flush_interval_ms must be > 0 with SHMBUS_FLUSH_INTERVAL");
@@ -357,8 +356,7 @@ int create_topic(shmbus_bus_t* bus, const char* topic, const shmbus_topic_config
   if (cfg) {
     if (cfg->size != sizeof *cfg)
       return invalid(fn, "cfg->size does not match this library: call shmbus_topic_config_init first");
-    if (cfg->policy > SHMBUS_POLICY_SPILL)
-      return invalid(fn, "cfg->policy is not a SHMBUS_POLICY_*");
+    if (cfg->policy > SHMBUS_POLICY_SPILL) return invalid(fn, "cfg->policy is not a SHMBUS_POLICY_*");
     if (cfg->mode > 07777) return invalid(fn, "cfg->mode is not permission bits");
     c.partitions = cfg->partitions;
     c.capacity = cfg->capacity;
@@ -443,7 +441,7 @@ int shmbus_topic_describe_durable(shmbus_bus_t* bus, const char* topic, shmbus_d
     const auto f = spec.getFlush();
     v.flush = f == shmbus::proto::FlushPolicy::NONE    ? SHMBUS_FLUSH_NONE
               : f == shmbus::proto::FlushPolicy::BATCH ? SHMBUS_FLUSH_BATCH
-                                                        : SHMBUS_FLUSH_INTERVAL;
+                                                       : SHMBUS_FLUSH_INTERVAL;
     v.flush_interval_ms = spec.getFlushIntervalMs();
     v.retention_bytes = spec.getRetentionBytes();
     v.retention_age_s = spec.getRetentionAgeS();
@@ -502,8 +500,8 @@ void shmbus_publisher_options_init(shmbus_publisher_options_t* o) {
   o->open_timeout_ms = d.open_timeout_ms;
 }
 
-int shmbus_publisher_open(shmbus_bus_t* bus, const char* topic,
-                          const shmbus_publisher_options_t* opts, shmbus_publisher_t** out) {
+int shmbus_publisher_open(shmbus_bus_t* bus, const char* topic, const shmbus_publisher_options_t* opts,
+                          shmbus_publisher_t** out) {
   if (!out) return invalid("shmbus_publisher_open: ", "out is NULL");
   *out = nullptr;
   if (!bus || !topic) return invalid("shmbus_publisher_open: ", "bus or topic is NULL");
@@ -513,7 +511,8 @@ int shmbus_publisher_open(shmbus_bus_t* bus, const char* topic,
     if (opts->size != sizeof *opts)
       return invalid("shmbus_publisher_open: ",
                      "opts->size does not match this library: call shmbus_publisher_options_init first");
-    if (!valid_wait(opts->wait)) return invalid("shmbus_publisher_open: ", "opts->wait is not a SHMBUS_WAIT_*");
+    if (!valid_wait(opts->wait))
+      return invalid("shmbus_publisher_open: ", "opts->wait is not a SHMBUS_WAIT_*");
     if (opts->block_timeout_ns < 0 || opts->open_timeout_ms < 0)
       return invalid("shmbus_publisher_open: ", "negative timeout");
     o.partition = opts->partition;
@@ -594,8 +593,7 @@ int shmbus_publisher_try_claim(shmbus_publisher_t* pub, uint32_t max_bytes, shmb
   return do_claim<false>(pub, max_bytes, out);
 }
 
-int shmbus_publisher_commit(shmbus_publisher_t* pub, uint32_t used, uint64_t message_id,
-                            uint64_t schema_id) {
+int shmbus_publisher_commit(shmbus_publisher_t* pub, uint32_t used, uint64_t message_id, uint64_t schema_id) {
   if (!pub) {
     set_static("commit: pub is NULL");
     return SHMBUS_E_INVALID_ARGUMENT;
@@ -604,14 +602,14 @@ int shmbus_publisher_commit(shmbus_publisher_t* pub, uint32_t used, uint64_t mes
   return status(pub->pub.commit(used, message_id, schema_id));
 }
 
-int shmbus_publisher_commit_message(shmbus_publisher_t* pub, uint32_t segment_words,
-                                    uint64_t message_id, uint64_t schema_id) {
+int shmbus_publisher_commit_message(shmbus_publisher_t* pub, uint32_t segment_words, uint64_t message_id,
+                                    uint64_t schema_id) {
   return do_commit_message(pub, segment_words, message_id, schema_id);
 }
 
 int shmbus_publisher_commit_message_and_claim(shmbus_publisher_t* pub, uint32_t segment_words,
-                                              uint64_t message_id, uint64_t schema_id,
-                                              uint32_t next_max, shmbus_claim_t* next) {
+                                              uint64_t message_id, uint64_t schema_id, uint32_t next_max,
+                                              shmbus_claim_t* next) {
   clear_claim(next);
   if (!next) {
     set_static("commit_message_and_claim: next is NULL");
@@ -636,8 +634,8 @@ int shmbus_publisher_abort(shmbus_publisher_t* pub) {
   return SHMBUS_OK;
 }
 
-int shmbus_publisher_offer(shmbus_publisher_t* pub, const void* data, size_t len,
-                           uint64_t message_id, uint64_t schema_id) {
+int shmbus_publisher_offer(shmbus_publisher_t* pub, const void* data, size_t len, uint64_t message_id,
+                           uint64_t schema_id) {
   if (!pub || (!data && len)) {
     set_static("offer: pub or data is NULL");
     return SHMBUS_E_INVALID_ARGUMENT;
@@ -646,8 +644,8 @@ int shmbus_publisher_offer(shmbus_publisher_t* pub, const void* data, size_t len
   return status(pub->pub.offer(data, len, message_id, schema_id));
 }
 
-int shmbus_publisher_offer_packed(shmbus_publisher_t* pub, const void* buf, const uint32_t* lens,
-                                  size_t n, size_t* published) {
+int shmbus_publisher_offer_packed(shmbus_publisher_t* pub, const void* buf, const uint32_t* lens, size_t n,
+                                  size_t* published) {
   if (published) *published = 0;
   if (!pub || (n && (!buf || !lens))) {
     set_static("offer_packed: pub, buf or lens is NULL");
@@ -688,9 +686,7 @@ int shmbus_publisher_stats(shmbus_publisher_t* pub, shmbus_publisher_stats_t* ou
   return SHMBUS_OK;
 }
 
-uint32_t shmbus_publisher_max_payload(shmbus_publisher_t* pub) {
-  return pub ? pub->pub.max_payload() : 0;
-}
+uint32_t shmbus_publisher_max_payload(shmbus_publisher_t* pub) { return pub ? pub->pub.max_payload() : 0; }
 
 int shmbus_publisher_wait_durable(shmbus_publisher_t* pub, uint64_t seq, int64_t timeout_ns) {
   if (!pub) {
@@ -754,8 +750,10 @@ int open_replay(shmbus_bus_t* bus, const char* topic, const shmbus_subscriber_op
     auto info = rep.get().getTopic();
     auto spec = info.getSpec();
     if (!spec.getDurable() && spec.getPolicy() != shmbus::proto::Policy::SPILL)
-      return invalid(fn, ("topic '" + t + "' is not durable: only SHMBUS_START_LATEST is possible "
-                          "(create it with shmbus_topic_create_durable)").c_str());
+      return invalid(fn, ("topic '" + t +
+                          "' is not durable: only SHMBUS_START_LATEST is possible "
+                          "(create it with shmbus_topic_create_durable)")
+                             .c_str());
     if (o.partition >= spec.getPartitions())
       return invalid(fn, ("topic '" + t + "' has no partition " + std::to_string(o.partition)).c_str());
     ro.state_dir = info.getLogDir().cStr();
@@ -795,8 +793,8 @@ void shmbus_subscriber_options_init(shmbus_subscriber_options_t* o) {
   o->name = nullptr;
 }
 
-int shmbus_subscriber_open(shmbus_bus_t* bus, const char* topic,
-                           const shmbus_subscriber_options_t* opts, shmbus_subscriber_t** out) {
+int shmbus_subscriber_open(shmbus_bus_t* bus, const char* topic, const shmbus_subscriber_options_t* opts,
+                           shmbus_subscriber_t** out) {
   if (!out) return invalid("shmbus_subscriber_open: ", "out is NULL");
   *out = nullptr;
   if (!bus || !topic) return invalid("shmbus_subscriber_open: ", "bus or topic is NULL");
@@ -806,7 +804,8 @@ int shmbus_subscriber_open(shmbus_bus_t* bus, const char* topic,
     if (opts->size != sizeof *opts)
       return invalid("shmbus_subscriber_open: ",
                      "opts->size does not match this library: call shmbus_subscriber_options_init first");
-    if (!valid_wait(opts->wait)) return invalid("shmbus_subscriber_open: ", "opts->wait is not a SHMBUS_WAIT_*");
+    if (!valid_wait(opts->wait))
+      return invalid("shmbus_subscriber_open: ", "opts->wait is not a SHMBUS_WAIT_*");
     if (opts->start > SHMBUS_START_TIME)
       return invalid("shmbus_subscriber_open: ", "opts->start is not a SHMBUS_START_*");
     if (opts->spin_ns < 0 || opts->open_timeout_ms < 0)
@@ -968,9 +967,12 @@ int shmbus_subscriber_wait(shmbus_subscriber_t* sub, int64_t timeout_ns) {
 // but keep this async-signal-safe: no allocation, no locale).
 int shmbus_subscriber_interrupt(shmbus_subscriber_t* sub) {
   if (!sub) return SHMBUS_E_INVALID_ARGUMENT;
-  if (sub->replay) sub->replay->interrupt();
-  else if (sub->sub) sub->sub->interrupt();
-  else return SHMBUS_E_CLOSED;
+  if (sub->replay)
+    sub->replay->interrupt();
+  else if (sub->sub)
+    sub->sub->interrupt();
+  else
+    return SHMBUS_E_CLOSED;
   return SHMBUS_OK;
 }
 

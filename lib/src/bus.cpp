@@ -21,18 +21,15 @@ uint32_t Bus::register_schema(const std::string& topic, const SchemaNodes& nodes
 
 Publisher Bus::publisher(const std::string& topic, const PublisherOptions& opts) {
   if (opts.schema) provider_->register_schema(topic, opts.schema, Role::publisher, false);
-  return Publisher(provider_->open(topic, opts.partition, Role::publisher, opts.open_timeout_ms),
-                   opts);
+  return Publisher(provider_->open(topic, opts.partition, Role::publisher, opts.open_timeout_ms), opts);
 }
 Publisher Bus::publisher(const std::string& topic) { return publisher(topic, PublisherOptions{}); }
 
 Subscriber Bus::subscriber(const std::string& topic, const SubscriberOptions& opts) {
   if (opts.schema) provider_->register_schema(topic, opts.schema, Role::subscriber, false);
-  return Subscriber(provider_->open(topic, opts.partition, Role::subscriber, opts.open_timeout_ms),
-                    opts, provider_);
+  return Subscriber(provider_->open(topic, opts.partition, Role::subscriber, opts.open_timeout_ms), opts,
+                    provider_);
 }
-Subscriber Bus::subscriber(const std::string& topic) {
-  return subscriber(topic, SubscriberOptions{});
-}
+Subscriber Bus::subscriber(const std::string& topic) { return subscriber(topic, SubscriberOptions{}); }
 
 }  // namespace shmbus

@@ -94,7 +94,8 @@ bool DaemonClient::try_connect_locked(std::string& err) {
     int e = errno;
     close(fd);
     throw Error(ErrorCode::permission_denied,
-                "shmbusd at " + opts_.socket_path + ": cannot read the server's credentials: " + strerror(e), e);
+                "shmbusd at " + opts_.socket_path + ": cannot read the server's credentials: " + strerror(e),
+                e);
   }
   if (cr.uid != 0 && cr.uid != geteuid() && cr.uid != opts_.trusted_uid) {
     close(fd);
@@ -127,7 +128,8 @@ DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::
       if (!try_connect_locked(last_err)) {
         last_errno = errno;  // try_connect_locked leaves the cause in errno
         if (std::chrono::steady_clock::now() > give_up)
-          throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err, last_errno);
+          throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err,
+                      last_errno);
         // The daemon is restarting: poll for its socket (bounded by reconnect_ms).
         std::this_thread::sleep_for(std::chrono::milliseconds(attempt < 20 ? 5 : 50));
         continue;
@@ -146,8 +148,8 @@ DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::
     long n = control::recv_packet(fd_, buf, &rep.fds, opts_.timeout_ms);
     if (n == -ETIMEDOUT) {
       close_locked();
-      throw Error(ErrorCode::timed_out, "shmbusd did not answer within " +
-                                            std::to_string(opts_.timeout_ms) + " ms");
+      throw Error(ErrorCode::timed_out,
+                  "shmbusd did not answer within " + std::to_string(opts_.timeout_ms) + " ms");
     }
     if (n <= 0) {
       // Closed under us (daemon restart). The request may or may not have been
@@ -157,7 +159,8 @@ DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::
       last_errno = n == 0 ? 0 : int(-n);
       close_locked();
       if (std::chrono::steady_clock::now() > give_up)
-        throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err, last_errno);
+        throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err,
+                    last_errno);
       continue;
     }
     std::string err;
@@ -228,8 +231,8 @@ void fill_spec(proto::TopicSpec::Builder s, const std::string& topic, const Topi
 
 class DaemonMapping final : public PartitionMapping {
  public:
-  DaemonMapping(std::shared_ptr<DaemonClient> client, const std::string& topic, uint32_t p,
-                void* data, size_t dsize, void* ctl, size_t csize, void* wake, int wake_fd)
+  DaemonMapping(std::shared_ptr<DaemonClient> client, const std::string& topic, uint32_t p, void* data,
+                size_t dsize, void* ctl, size_t csize, void* wake, int wake_fd)
       : client_(std::move(client)), data_(data), dsize_(dsize), ctl_(ctl), csize_(csize), wake_(wake),
         wake_fd_(wake_fd) {
     topic_ = topic;
@@ -344,10 +347,10 @@ class DaemonMapping final : public PartitionMapping {
 
  private:
   static shm::CursorPage* map(int fd, bool writable) {
-    struct stat st{};
+    struct stat st {};
     if (fstat(fd, &st) < 0 || uint64_t(st.st_size) < shm::kCursorPageSize) return nullptr;
-    void* m = mmap(nullptr, shm::kCursorPageSize, writable ? PROT_READ | PROT_WRITE : PROT_READ,
-                   MAP_SHARED, fd, 0);
+    void* m =
+        mmap(nullptr, shm::kCursorPageSize, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
     return m == MAP_FAILED ? nullptr : static_cast<shm::CursorPage*>(m);
   }
   std::shared_ptr<DaemonClient> client_;  // keeps the connection (our liveness signal) open
@@ -362,8 +365,7 @@ class DaemonMapping final : public PartitionMapping {
 
 }  // namespace
 
-void DaemonClient::create_topic(const std::string& topic, const TopicConfig& cfg,
-                                const AccessSpec* access) {
+void DaemonClient::create_topic(const std::string& topic, const TopicConfig& cfg, const AccessSpec* access) {
   call([&](proto::Request::Builder r) { fill_spec(r.initCreateTopic(), topic, cfg, access); });
 }
 
@@ -381,8 +383,7 @@ uint32_t DaemonClient::partitions(const std::string& topic) {
   }
 }
 
-std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, uint32_t p,
-                                                     Role role) {
+std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, uint32_t p, Role role) {
   Reply rep = call([&](proto::Request::Builder r) {
     auto o = r.initOpen();
     o.setTopic(topic);
@@ -395,7 +396,8 @@ std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, u
     throw Error(ErrorCode::protocol, "open: expected 3 segment fds, got " + std::to_string(rep.fds.size()));
   auto o = rep.get().getOpen();
   const int dfd = rep.fds[0], cfd = rep.fds[1], wfd = rep.fds[2];
-  struct stat ds{}, cs{}, ws{};
+  struct stat ds {
+  }, cs{}, ws{};
   if (fstat(dfd, &ds) < 0 || fstat(cfd, &cs) < 0 || fstat(wfd, &ws) < 0) {
     const int e = errno;
     throw Error(ErrorCode::system, std::string("fstat: ") + strerror(e), e);
@@ -403,8 +405,8 @@ std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, u
   if (uint64_t(ws.st_size) < shm::kWakeSegmentSize)
     throw Error(ErrorCode::incompatible, "open: the wake segment is shorter than a page");
   const size_t dsize = o.getDataSize(), csize = o.getCtlSize();
-  if (dsize < sizeof(shm::DataHeader) || csize < sizeof(shm::ControlHeader) ||
-      uint64_t(ds.st_size) < dsize || uint64_t(cs.st_size) < csize)
+  if (dsize < sizeof(shm::DataHeader) || csize < sizeof(shm::ControlHeader) || uint64_t(ds.st_size) < dsize ||
+      uint64_t(cs.st_size) < csize)
     throw Error(ErrorCode::incompatible, "open: segment sizes do not match the daemon's reply");
   const int dprot = role == Role::subscriber ? PROT_READ : PROT_READ | PROT_WRITE;
   void* d = mmap(nullptr, dsize, dprot, MAP_SHARED, dfd, 0);
@@ -433,7 +435,8 @@ std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, u
     munmap(d, dsize);
     munmap(c, csize);
     munmap(w, shm::kWakeSegmentSize);
-    throw Error(ErrorCode::incompatible, std::string("open: the daemon handed out an invalid segment: ") + why);
+    throw Error(ErrorCode::incompatible,
+                std::string("open: the daemon handed out an invalid segment: ") + why);
   }
   // The wake fd stays open while mapped (a restarted shmbusd takes it back).
   auto m = std::make_shared<DaemonMapping>(shared_from_this(), topic, p, d, dsize, c, csize, w, wfd);
@@ -471,8 +474,7 @@ class DaemonProvider final : public SegmentProvider {
   uint32_t partitions(const std::string& topic) override { return c_->partitions(topic); }
   bool durable_position(const std::string& topic, uint32_t p, const std::string& name,
                         uint64_t& pos) override {
-    DaemonClient::Reply rep =
-        c_->call([&](proto::Request::Builder r) { r.setDescribeTopic(topic); });
+    DaemonClient::Reply rep = c_->call([&](proto::Request::Builder r) { r.setDescribeTopic(topic); });
     for (auto d : rep.get().getTopic().getDurable())
       if (d.getPartition() == p && d.getName() == name && !d.getParked() && !d.getLive()) {
         pos = d.getPosition();
@@ -483,7 +485,8 @@ class DaemonProvider final : public SegmentProvider {
   uint32_t register_schema(const std::string& topic, const SchemaNodes& nodes, Role role,
                            bool check_only) override {
     if (nodes.bytes.size() > kMaxSchemaBytes)
-      throw Error(ErrorCode::invalid_argument, "schema of '" + topic + "': " + std::to_string(nodes.bytes.size()) +
+      throw Error(ErrorCode::invalid_argument, "schema of '" + topic +
+                                                   "': " + std::to_string(nodes.bytes.size()) +
                                                    " bytes of nodes, more than the daemon takes (" +
                                                    std::to_string(kMaxSchemaBytes) + ")");
     DaemonClient::Reply rep = c_->call([&](proto::Request::Builder r) {
@@ -496,8 +499,7 @@ class DaemonProvider final : public SegmentProvider {
     });
     return rep.get().getSchema().getVersion();
   }
-  void durable_joined(const std::string& topic, uint32_t p, const std::string& name,
-                      uint64_t pos) override {
+  void durable_joined(const std::string& topic, uint32_t p, const std::string& name, uint64_t pos) override {
     c_->call([&](proto::Request::Builder r) {
       auto d = r.initSaveCursor();
       d.setTopic(topic);

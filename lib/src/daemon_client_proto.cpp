@@ -139,8 +139,10 @@ long recv_packet(int fd, std::vector<uint8_t>& buf, std::vector<int>* fds, int t
     for (size_t i = 0; i < k; ++i) {
       int f;
       std::memcpy(&f, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      if (fds) fds->push_back(f);
-      else close(f);
+      if (fds)
+        fds->push_back(f);
+      else
+        close(f);
     }
   }
   if ((mh.msg_flags & MSG_TRUNC) || size_t(n) > kMaxFrame) {

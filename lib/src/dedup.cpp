@@ -103,7 +103,8 @@ void DedupWindow::load() {
   if (b.size() != body + 8) throw bad("length does not match its header");
   if (get<uint64_t>(b, body) != fnv1a(b.data(), body)) throw bad("checksum mismatch");
   position_ = pos;
-  for (uint32_t i = 0; i < count; ++i) insert({get<uint32_t>(b, 24 + size_t(i) * 16), get<uint64_t>(b, 32 + size_t(i) * 16)});
+  for (uint32_t i = 0; i < count; ++i)
+    insert({get<uint32_t>(b, 24 + size_t(i) * 16), get<uint64_t>(b, 32 + size_t(i) * 16)});
   app_.assign(b.data() + 24 + size_t(count) * 16, app_len);
 }
 
@@ -134,7 +135,8 @@ void DedupWindow::record(uint32_t producer_id, uint64_t message_id, uint64_t seq
 }
 
 void DedupWindow::commit(std::string_view app_state) {
-  if (app_state.size() > kMaxApp) throw Error(ErrorCode::invalid_argument, "dedup: application state over 64 MiB");
+  if (app_state.size() > kMaxApp)
+    throw Error(ErrorCode::invalid_argument, "dedup: application state over 64 MiB");
   app_.assign(app_state);
   commit_current();
 }

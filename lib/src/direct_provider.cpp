@@ -20,8 +20,8 @@ namespace shmbus {
 bool valid_topic_name(const std::string& n) {
   if (n.empty() || n.size() > 200 || n[0] == '.') return false;
   for (char ch : n) {
-    bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == '-';
+    bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+              ch == '_' || ch == '-';
     if (!ok) return false;
   }
   return true;
@@ -30,8 +30,7 @@ bool valid_topic_name(const std::string& n) {
 // Direct-mode names carry the creating uid: one user's topics never collide with
 // another's (names in /dev/shm are global), and a squat under them is refused by the
 // owner check (check_segment below).
-std::string segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
-                         bool data) {
+std::string segment_name(const std::string& prefix, const std::string& topic, uint32_t p, bool data) {
   return prefix + ".u" + std::to_string(geteuid()) + "." + topic + "." + std::to_string(p) +
          (data ? ".data" : ".ctl");
 }
@@ -51,8 +50,8 @@ class DirectMapping final : public PartitionMapping {
     topic_ = std::move(topic);
     partition_ = p;
     // Copy once, validate the copy, use only the copy (shm::bind_ring).
-    if (const char* why = shm::bind_ring(data_.get_address(), data_.get_size(), ctl_.get_address(),
-                                         ctl_.get_size(), refs_))
+    if (const char* why =
+            shm::bind_ring(data_.get_address(), data_.get_size(), ctl_.get_address(), ctl_.get_size(), refs_))
       throw Error(ErrorCode::incompatible, "segments of '" + topic_ + "' refused: " + why);
   }
 
@@ -82,7 +81,7 @@ uint32_t ctl_mode(const TopicConfig& cfg) {
 // this uid (or root) and, when adopted by create_topic, no more open than asked:
 // anyone can create any name in /dev/shm.
 void check_segment(int fd, const std::string& name, int max_mode) {
-  struct stat st{};
+  struct stat st {};
   if (fstat(fd, &st) < 0) {
     const int e = errno;
     throw Error(ErrorCode::system, name + ": fstat: " + strerror(e), e);
@@ -95,18 +94,17 @@ void check_segment(int fd, const std::string& name, int max_mode) {
                     ": not using it (direct mode uses only its own uid's segments; share between users "
                     "through shmbusd)");
   if (max_mode >= 0 && (st.st_mode & 0777 & ~uint32_t(max_mode)))
-    throw Error(ErrorCode::permission_denied,
-                name + " exists with mode " + octal(st.st_mode) + ", more open than the requested " +
-                    octal(uint32_t(max_mode)) + ": not adopting it");
+    throw Error(ErrorCode::permission_denied, name + " exists with mode " + octal(st.st_mode) +
+                                                  ", more open than the requested " +
+                                                  octal(uint32_t(max_mode)) + ": not adopting it");
 }
 
 void check_config(const TopicConfig& cfg) {
   if (cfg.partitions == 0 || cfg.partitions > 1024)
     throw Error(ErrorCode::invalid_argument, "partitions must be 1..1024");
   if (!is_pow2(cfg.capacity) || cfg.capacity < 4096 || cfg.capacity > (1ull << 40))
-    throw Error(ErrorCode::invalid_argument,
-                "capacity must be a power of two between 4 KiB and 1 TiB, got " +
-                    std::to_string(cfg.capacity));
+    throw Error(ErrorCode::invalid_argument, "capacity must be a power of two between 4 KiB and 1 TiB, got " +
+                                                 std::to_string(cfg.capacity));
   if (cfg.max_payload > cfg.capacity / 4)
     throw Error(ErrorCode::invalid_argument, "max_payload must be at most capacity/4");
   if (cfg.slots == 0 || cfg.slots > shm::kMaxSlots)
@@ -116,9 +114,8 @@ void check_config(const TopicConfig& cfg) {
 // Waits (bounded) until a segment opened by name has its header sized and its
 // layout version written (the creator writes it last).
 template <class Header>
-const Header* wait_ready(bip::shared_memory_object& obj, bip::mapped_region& hdr_region,
-                         bip::mode_t mode, const std::string& name,
-                         std::chrono::steady_clock::time_point deadline) {
+const Header* wait_ready(bip::shared_memory_object& obj, bip::mapped_region& hdr_region, bip::mode_t mode,
+                         const std::string& name, std::chrono::steady_clock::time_point deadline) {
   for (int spin = 0;; ++spin) {
     bip::offset_t sz = 0;
     obj.get_size(sz);
@@ -129,9 +126,8 @@ const Header* wait_ready(bip::shared_memory_object& obj, bip::mapped_region& hdr
       uint32_t v = std::atomic_ref<const uint32_t>(h->layout_version).load(std::memory_order_acquire);
       if (v != 0) {
         if ((v >> 16) != shm::kLayoutMajor)
-          throw Error(ErrorCode::incompatible, name + ": layout version " + std::to_string(v >> 16) +
-                                                   "." + std::to_string(v & 0xffff) +
-                                                   ", this library speaks " +
+          throw Error(ErrorCode::incompatible, name + ": layout version " + std::to_string(v >> 16) + "." +
+                                                   std::to_string(v & 0xffff) + ", this library speaks " +
                                                    std::to_string(shm::kLayoutMajor) + ".x");
         return h;
       }
@@ -233,19 +229,20 @@ class DirectProvider final : public SegmentProvider {
       fchmod(dobj.get_mapping_handle().handle, data_mode(cfg));
       dobj.truncate(bip::offset_t(shm::data_segment_size(cfg.capacity)));
       // Every page now: a full /dev/shm is this error, never a SIGBUS on first touch.
-      for (auto [h, size] : {std::pair{cobj.get_mapping_handle().handle, shm::control_segment_size(cfg.slots)},
-                             std::pair{dobj.get_mapping_handle().handle, shm::data_segment_size(cfg.capacity)}})
+      for (auto [h, size] :
+           {std::pair{cobj.get_mapping_handle().handle, shm::control_segment_size(cfg.slots)},
+            std::pair{dobj.get_mapping_handle().handle, shm::data_segment_size(cfg.capacity)}})
         if (int e = posix_fallocate(h, 0, off_t(size)); e != 0)
-          throw bip::interprocess_exception(bip::error_info(e),  // keeps the errno (ENOSPC ...)
-                                            ("cannot reserve " + std::to_string(size) + " bytes in /dev/shm: " +
-                                             strerror(e)).c_str());
+          throw bip::interprocess_exception(
+              bip::error_info(e),  // keeps the errno (ENOSPC ...)
+              ("cannot reserve " + std::to_string(size) + " bytes in /dev/shm: " + strerror(e)).c_str());
       bip::mapped_region creg(cobj, bip::read_write);
       bip::mapped_region dreg(dobj, bip::read_write);
       uint64_t maxp = cfg.max_payload ? cfg.max_payload : cfg.capacity / 4;
       shm::init_segments(static_cast<shm::DataHeader*>(dreg.get_address()),
-                         static_cast<shm::ControlHeader*>(creg.get_address()), cfg.capacity,
-                         cfg.slots, cfg.multi_producer ? shm::kFlagMultiProducer : 0u,
-                         uint32_t(cfg.policy), p, cfg.schema_id, maxp, realtime_ns());
+                         static_cast<shm::ControlHeader*>(creg.get_address()), cfg.capacity, cfg.slots,
+                         cfg.multi_producer ? shm::kFlagMultiProducer : 0u, uint32_t(cfg.policy), p,
+                         cfg.schema_id, maxp, realtime_ns());
       return;
     } catch (const bip::interprocess_exception& e) {
       if (e.get_error_code() != bip::already_exists_error) {
@@ -284,9 +281,9 @@ class DirectProvider final : public SegmentProvider {
     bool mp = r.data->flags & shm::kFlagMultiProducer;
     if (r.capacity != cfg.capacity || mp != cfg.multi_producer || r.data->policy != uint32_t(cfg.policy) ||
         r.data->max_payload != maxp)
-      throw Error(ErrorCode::incompatible,
-                  "topic '" + topic + "' partition " + std::to_string(p) +
-                      " exists with other settings (capacity " + std::to_string(r.capacity) + ")");
+      throw Error(ErrorCode::incompatible, "topic '" + topic + "' partition " + std::to_string(p) +
+                                               " exists with other settings (capacity " +
+                                               std::to_string(r.capacity) + ")");
   }
 
   std::string prefix_;

@@ -31,9 +31,12 @@ bool hex(std::string_view s, uint64_t& out) {
   out = 0;
   for (char c : s) {
     int d;
-    if (c >= '0' && c <= '9') d = c - '0';
-    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-    else return false;  // W3C: lower-case only
+    if (c >= '0' && c <= '9')
+      d = c - '0';
+    else if (c >= 'a' && c <= 'f')
+      d = c - 'a' + 10;
+    else
+      return false;  // W3C: lower-case only
     out = (out << 4) | uint64_t(d);
   }
   return true;
@@ -91,8 +94,8 @@ std::optional<TraceContext> TraceContext::parse(std::string_view s) {
   if (s.size() != 55 || s.substr(0, 3) != "00-" || s[35] != '-' || s[52] != '-') return std::nullopt;
   TraceContext t;
   uint64_t f = 0;
-  if (!hex(s.substr(3, 16), t.trace_hi) || !hex(s.substr(19, 16), t.trace_lo) || !hex(s.substr(36, 16), t.parent_id) ||
-      !hex(s.substr(53, 2), f))
+  if (!hex(s.substr(3, 16), t.trace_hi) || !hex(s.substr(19, 16), t.trace_lo) ||
+      !hex(s.substr(36, 16), t.parent_id) || !hex(s.substr(53, 2), f))
     return std::nullopt;
   t.flags = uint8_t(f);
   if (!t.valid()) return std::nullopt;
@@ -125,8 +128,8 @@ TraceContext TraceContext::child() const {
   return t;
 }
 
-Status publish_enveloped(Publisher& pub, const Envelope& env, std::span<const std::byte> payload, uint64_t message_id,
-                         uint64_t payload_schema_id) {
+Status publish_enveloped(Publisher& pub, const Envelope& env, std::span<const std::byte> payload,
+                         uint64_t message_id, uint64_t payload_schema_id) {
   if (!check_limits(env) || payload.size() > (1u << 29) - 1) return Status::too_large;
   // Upper bound of the serialized size: segment table, root pointer, the root
   // (4 data words + 4 pointers), the payload, the reply-to text, the trace struct
@@ -145,13 +148,13 @@ Status publish_enveloped(Publisher& pub, const Envelope& env, std::span<const st
   return m.commit(message_id, envelope_schema_id());
 }
 
-Status publish_enveloped(Publisher& pub, const Envelope& env, capnp::MessageBuilder& payload, uint64_t message_id,
-                         uint64_t payload_schema_id) {
+Status publish_enveloped(Publisher& pub, const Envelope& env, capnp::MessageBuilder& payload,
+                         uint64_t message_id, uint64_t payload_schema_id) {
   kj::Array<capnp::word> flat = capnp::messageToFlatArray(payload);
   auto bytes = flat.asBytes();
-  return publish_enveloped(pub, env,
-                           std::span<const std::byte>(reinterpret_cast<const std::byte*>(bytes.begin()), bytes.size()),
-                           message_id, payload_schema_id);
+  return publish_enveloped(
+      pub, env, std::span<const std::byte>(reinterpret_cast<const std::byte*>(bytes.begin()), bytes.size()),
+      message_id, payload_schema_id);
 }
 
 Status EnvelopedView::open(const View& v) noexcept {
@@ -233,8 +236,8 @@ std::string envelope_json(const Envelope& e, uint64_t payload_schema_id) {
     o += ",\"traceparent\":\"" + e.trace.traceparent() + "\"";
     if (!e.trace.state.empty()) o += ",\"tracestate\":" + jstr(e.trace.state);
   }
-  o += ",\"contentVersion\":" + std::to_string(e.content_version) + ",\"status\":" + std::to_string(e.status) +
-       ",\"payloadSchemaId\":\"" + id + "\"}";
+  o += ",\"contentVersion\":" + std::to_string(e.content_version) +
+       ",\"status\":" + std::to_string(e.status) + ",\"payloadSchemaId\":\"" + id + "\"}";
   return o;
 }
 

@@ -239,10 +239,12 @@ void HandlerRunner::dead_letter(const View& v, const Outcome& last, uint32_t att
   d.setPayload(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(v.data()), v.size()));
   auto words = capnp::messageToFlatArray(mb);
   auto bytes = words.asBytes();
-  const Status s = dlq_->offer(bytes.begin(), bytes.size(), v.message_id(), capnp::typeId<schema::DeadLetter>());
+  const Status s =
+      dlq_->offer(bytes.begin(), bytes.size(), v.message_id(), capnp::typeId<schema::DeadLetter>());
   if (s != Status::ok)
-    throw Error(ErrorCode::timed_out, "dead letter of " + topic_ + " sequence " + std::to_string(v.sequence()) +
-                                   " not published to " + dlq_topic_ + ": " + std::string(to_string(s)));
+    throw Error(ErrorCode::timed_out, "dead letter of " + topic_ + " sequence " +
+                                          std::to_string(v.sequence()) + " not published to " + dlq_topic_ +
+                                          ": " + std::string(to_string(s)));
 }
 
 }  // namespace shmbus

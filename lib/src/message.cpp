@@ -65,8 +65,7 @@ Status MessageClaim::commit(uint64_t message_id, uint64_t schema_id) {
   return pub_.offer(bytes.begin(), bytes.size(), message_id, schema_id);
 }
 
-Status publish_copy(Publisher& pub, capnp::MessageBuilder& msg, uint64_t message_id,
-                    uint64_t schema_id) {
+Status publish_copy(Publisher& pub, capnp::MessageBuilder& msg, uint64_t message_id, uint64_t schema_id) {
   auto segs = msg.getSegmentsForOutput();
   size_t words = capnp::computeSerializedSizeInWords(segs);
   size_t bytes = words * sizeof(capnp::word);

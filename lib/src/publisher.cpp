@@ -12,7 +12,6 @@ namespace shmbus {
 
 using shm::aref;
 
-
 static std::string hex(uint64_t v) {
   char b[17];
   std::snprintf(b, sizeof b, "%016llx", static_cast<unsigned long long>(v));
@@ -43,33 +42,33 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
   // The topic's root type (written by the segment's creator, the daemon in daemon
   // mode) against the one this producer builds: refused before anything is written.
   if (opts_.schema_id != 0 && r.schema_id != 0 && opts_.schema_id != r.schema_id)
-    throw Error(ErrorCode::incompatible,
-                "topic '" + m_->topic() + "' carries Cap'n Proto root type @0x" + hex(r.schema_id) +
-                    ", this publisher builds @0x" + hex(opts_.schema_id) + ": incompatible schema");
+    throw Error(ErrorCode::incompatible, "topic '" + m_->topic() + "' carries Cap'n Proto root type @0x" +
+                                             hex(r.schema_id) + ", this publisher builds @0x" +
+                                             hex(opts_.schema_id) + ": incompatible schema");
   if (m_->granted()) {
     // Daemon mode (layout 4): the daemon grants the ownership and writes its own
     // token as the owner (it takes over from a grantee it proved dead, refuses one
     // that lives); our pid appears nowhere in the data segment.
     const PartitionMapping::ProducerGrantInfo g = m_->grant_producer();
     if (!w_.attach_granted(r, multi, g.token, g.slot))
-      throw Error(ErrorCode::protocol, "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() +
+      throw Error(ErrorCode::protocol, "partition " + std::to_string(m_->partition()) + " of '" +
+                                           m_->topic() +
                                            "': the producer entry the daemon granted is not ours");
     claimed_sp_ = !multi;
   } else if (!multi) {
     // Single-producer partition: take exclusive ownership, or take over from a dead owner.
     uint32_t owner = 0;
     for (;;) {
-      if (aref(r.data->producer_pid).compare_exchange_strong(owner, me, std::memory_order_acq_rel))
-        break;
+      if (aref(r.data->producer_pid).compare_exchange_strong(owner, me, std::memory_order_acq_rel)) break;
       if (owner == me)
         throw Error(ErrorCode::already_exists,
                     "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() +
                         "' already has a publisher in this process (single-producer topic)");
       if (shm::process_alive(owner))
-        throw Error(ErrorCode::already_exists,
-                    "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() +
-                        "' already has a publisher (pid " + std::to_string(owner) +
-                        "); create the topic with multi_producer for several");
+        throw Error(ErrorCode::already_exists, "partition " + std::to_string(m_->partition()) + " of '" +
+                                                   m_->topic() + "' already has a publisher (pid " +
+                                                   std::to_string(owner) +
+                                                   "); create the topic with multi_producer for several");
       // Dead owner: free the partition (shm/recovery.hpp), then CAS 0 -> me.
       shm::release_dead_single_producer(r, owner);
       owner = 0;
@@ -84,9 +83,9 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
       if (pid && !shm::process_alive(pid)) shm::recover_dead_producer(r, k, pid);
     }
     if (!w_.attach(r, multi, me))
-      throw Error(ErrorCode::no_slot,
-                  "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() + "' already has " +
-                      std::to_string(r.producer_count) + " publishers (the multi-producer limit)");
+      throw Error(ErrorCode::no_slot, "partition " + std::to_string(m_->partition()) + " of '" + m_->topic() +
+                                          "' already has " + std::to_string(r.producer_count) +
+                                          " publishers (the multi-producer limit)");
   }
   if (!multi) w_.recover_sp();
   if (m_->granted()) {
@@ -103,8 +102,8 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
 }
 
 Publisher::Publisher(Publisher&& o) noexcept
-    : m_(std::move(o.m_)), opts_(o.opts_), w_(o.w_), pages_(std::move(o.pages_)), claim_(o.claim_), meta_(o.meta_),
-      stats_(o.stats_), policy_(o.policy_), claimed_sp_(o.claimed_sp_), open_(o.open_) {
+    : m_(std::move(o.m_)), opts_(o.opts_), w_(o.w_), pages_(std::move(o.pages_)), claim_(o.claim_),
+      meta_(o.meta_), stats_(o.stats_), policy_(o.policy_), claimed_sp_(o.claimed_sp_), open_(o.open_) {
   o.open_ = false;
   o.claimed_sp_ = false;
   o.claim_ = {};

@@ -35,8 +35,7 @@ struct ReplaySubscriber::Impl {
   shm::Interrupt intr;  // ReplaySubscriber::interrupt
 
   Impl(std::shared_ptr<PartitionMapping> mp, const ReplayOptions& opts)
-      : m(std::move(mp)), r(m->refs()), o(opts), log_arena(opts.chunk_bytes),
-        ring_arena(opts.chunk_bytes),
+      : m(std::move(mp)), r(m->refs()), o(opts), log_arena(opts.chunk_bytes), ring_arena(opts.chunk_bytes),
         log(spill::partition_dir(opts.state_dir, m->topic(), m->partition()), log_arena) {
     if (m->granted()) {
       grant = m->join_cursor(false, "", shm::RingReader::kAtTail);
@@ -52,9 +51,7 @@ struct ReplaySubscriber::Impl {
         last_end = slot.position();
         last_epoch = r.data->created_ns;
         break;
-      case StartAt::Kind::earliest:
-        log.seek_earliest();
-        break;
+      case StartAt::Kind::earliest: log.seek_earliest(); break;
       case StartAt::Kind::sequence:
         want_seq = o.start.value;
         log.seek_sequence(o.start.value);
@@ -190,13 +187,9 @@ struct ReplaySubscriber::Impl {
         continue;
       }
       switch (poll_ring(out)) {
-        case RingPoll::ok:
-          ++st.received;
-          return Status::ok;
-        case RingPoll::empty:
-          return Status::empty;
-        case RingPoll::corrupt:
-          return Status::corrupt;
+        case RingPoll::ok: ++st.received; return Status::ok;
+        case RingPoll::empty: return Status::empty;
+        case RingPoll::corrupt: return Status::corrupt;
         case RingPoll::lapped:
           ++st.lapped;
           mode = ReplaySource::log;
@@ -207,7 +200,6 @@ struct ReplaySubscriber::Impl {
     }
     return Status::empty;
   }
-
 
   // ok: poll again (data, a lap, or the log may have grown); timed_out, closed,
   // interrupted.
@@ -224,8 +216,10 @@ struct ReplaySubscriber::Impl {
       const bool sleep = o.wait == WaitStrategy::futex ||
                          (o.wait == WaitStrategy::hybrid && now - start >= uint64_t(o.spin_ns));
       if (!sleep) {
-        if (o.wait == WaitStrategy::spin_yield && iter > 64) sched_yield();
-        else shm::cpu_relax();
+        if (o.wait == WaitStrategy::spin_yield && iter > 64)
+          sched_yield();
+        else
+          shm::cpu_relax();
         if (mode == ReplaySource::log && iter > 256) return Status::ok;  // re-poll the log
         continue;
       }
@@ -326,8 +320,8 @@ const ReplayStats& ReplaySubscriber::stats() const {
 ReplaySubscriber replay_subscriber(Bus& bus, const std::string& topic, const ReplayOptions& opts) {
   if (opts.state_dir.empty())
     throw Error(ErrorCode::invalid_argument, "replay_subscriber: state_dir is empty");
-  return ReplaySubscriber(
-      bus.provider().open(topic, opts.partition, Role::subscriber, opts.open_timeout_ms), opts);
+  return ReplaySubscriber(bus.provider().open(topic, opts.partition, Role::subscriber, opts.open_timeout_ms),
+                          opts);
 }
 
 // --------------------------------------------------------------------------- acks

@@ -59,7 +59,8 @@ Requester::Requester(Bus& bus, RequesterOptions opts) : bus_(bus), opts_(std::mo
     reply_topic_ += hex16(random64());
   }
   if (reply_topic_.size() > kMaxReplyTo)
-    throw Error(ErrorCode::invalid_argument, "reply topic name longer than " + std::to_string(kMaxReplyTo) + " bytes");
+    throw Error(ErrorCode::invalid_argument,
+                "reply topic name longer than " + std::to_string(kMaxReplyTo) + " bytes");
   TopicConfig cfg = opts_.reply_config;
   ephemeral_ = bus_.provider().ephemeral_topics();
   cfg.ephemeral = ephemeral_;
@@ -242,9 +243,12 @@ bool Responder::step(int64_t wait_ns) {
     p = reply_publisher(req.reply_to, refused);
     s = p ? publish_enveloped(*p, e, r.payload, 0, r.schema_id) : Status::closed;
   }
-  if (s == Status::ok) ++stats_.replied;
-  else if (refused) ++stats_.refused;
-  else ++stats_.undeliverable;
+  if (s == Status::ok)
+    ++stats_.replied;
+  else if (refused)
+    ++stats_.refused;
+  else
+    ++stats_.undeliverable;
   sub_.release(v);
   return true;
 }

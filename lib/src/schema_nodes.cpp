@@ -22,8 +22,10 @@ void collect(capnp::Schema s, std::map<uint64_t, capnp::Schema>& out);
 
 void collect_type(capnp::Type t, std::map<uint64_t, capnp::Schema>& out) {
   for (int i = 0; t.isList() && i < 64; ++i) t = t.asList().getElementType();
-  if (t.isStruct()) collect(t.asStruct(), out);
-  else if (t.isEnum()) collect(t.asEnum(), out);
+  if (t.isStruct())
+    collect(t.asStruct(), out);
+  else if (t.isEnum())
+    collect(t.asEnum(), out);
 }
 
 void collect(capnp::Schema s, std::map<uint64_t, capnp::Schema>& out) {
@@ -65,8 +67,7 @@ void names_readable(cs::Node::Reader n) {
     case cs::Node::INTERFACE:
       for (auto m : n.getInterface().getMethods()) (void)m.getName();
       break;
-    default:
-      break;
+    default: break;
   }
 }
 
@@ -89,7 +90,9 @@ SchemaNodes schema_nodes(capnp::StructSchema root) {
 }
 
 SchemaBundle SchemaBundle::parse(std::span<const uint8_t> bytes, uint64_t root_id) {
-  auto bad = [](const std::string& why) { return Error(ErrorCode::invalid_argument, "malformed schema nodes: " + why); };
+  auto bad = [](const std::string& why) {
+    return Error(ErrorCode::invalid_argument, "malformed schema nodes: " + why);
+  };
   if (bytes.size() < 8 || bytes.size() > kMaxSchemaBytes || bytes.size() % 8 != 0)
     throw bad(std::to_string(bytes.size()) + " bytes (must be 8.." + std::to_string(kMaxSchemaBytes) +
               ", a multiple of 8)");
@@ -129,8 +132,8 @@ SchemaBundle SchemaBundle::parse(std::span<const uint8_t> bytes, uint64_t root_i
         // reads the copy.
         b.nodes_[n.getId()] = b.loader_->load(n).getProto();
       } catch (const kj::Exception& e) {
-        throw bad("node " + hex_id(n.getId()) + " (" + clip(n.getDisplayName()) + ") is invalid: " +
-                  clip(e.getDescription()));
+        throw bad("node " + hex_id(n.getId()) + " (" + clip(n.getDisplayName()) +
+                  ") is invalid: " + clip(e.getDescription()));
       }
     }
   } catch (const kj::Exception& e) {
@@ -238,8 +241,10 @@ std::vector<uint64_t> SchemaBundle::reachable() const {
       }
       auto t = f.getSlot().getType();
       for (int i = 0; t.isList() && i < 64; ++i) t = t.getList().getElementType();
-      if (t.isStruct()) push(t.getStruct().getTypeId());
-      else if (t.isEnum()) push(t.getEnum().getTypeId());
+      if (t.isStruct())
+        push(t.getStruct().getTypeId());
+      else if (t.isEnum())
+        push(t.getEnum().getTypeId());
     }
   }
   return out;
@@ -260,8 +265,9 @@ void SchemaBundle::struct_text(std::string& o, uint64_t id, int indent, int dept
       struct_text(o, f.getGroup().getTypeId(), ind + 1, depth + 1);
       o += p + "}\n";
     } else {
-      o += p + clip(f.getName()) + " @" + std::to_string(f.getOrdinal().isExplicit() ? f.getOrdinal().getExplicit() : 0) +
-           " :" + type_text(f.getSlot().getType()) + ";\n";
+      o += p + clip(f.getName()) + " @" +
+           std::to_string(f.getOrdinal().isExplicit() ? f.getOrdinal().getExplicit() : 0) + " :" +
+           type_text(f.getSlot().getType()) + ";\n";
     }
   };
   for (auto f : fields)
@@ -287,7 +293,8 @@ std::string SchemaBundle::text() const {
     } else if (n.isEnum()) {
       o += "enum " + type_name(id) + " " + hex_id(id) + " {\n";
       uint32_t i = 0;
-      for (auto e : n.getEnum().getEnumerants()) o += "  " + clip(e.getName()) + " @" + std::to_string(i++) + ";\n";
+      for (auto e : n.getEnum().getEnumerants())
+        o += "  " + clip(e.getName()) + " @" + std::to_string(i++) + ";\n";
       o += "}\n";
     }
   }

@@ -48,9 +48,8 @@ uint32_t crc32c_sw(uint32_t crc, const unsigned char* p, size_t n) {
     uint64_t v;
     std::memcpy(&v, p, 8);
     v ^= crc;
-    crc = t[7][v & 0xff] ^ t[6][(v >> 8) & 0xff] ^ t[5][(v >> 16) & 0xff] ^
-          t[4][(v >> 24) & 0xff] ^ t[3][(v >> 32) & 0xff] ^ t[2][(v >> 40) & 0xff] ^
-          t[1][(v >> 48) & 0xff] ^ t[0][v >> 56];
+    crc = t[7][v & 0xff] ^ t[6][(v >> 8) & 0xff] ^ t[5][(v >> 16) & 0xff] ^ t[4][(v >> 24) & 0xff] ^
+          t[3][(v >> 32) & 0xff] ^ t[2][(v >> 40) & 0xff] ^ t[1][(v >> 48) & 0xff] ^ t[0][v >> 56];
     p += 8;
     n -= 8;
   }
@@ -59,8 +58,7 @@ uint32_t crc32c_sw(uint32_t crc, const unsigned char* p, size_t n) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint32_t crc32c_hw(uint32_t crc, const unsigned char* p,
-                                                     size_t n) {
+__attribute__((target("sse4.2"))) uint32_t crc32c_hw(uint32_t crc, const unsigned char* p, size_t n) {
   uint64_t c = ~crc;
   while (n && (reinterpret_cast<uintptr_t>(p) & 7)) {
     c = _mm_crc32_u8(uint32_t(c), *p++);
@@ -137,8 +135,7 @@ Check check_record(const std::byte* p, size_t avail, RecordView* out) noexcept {
   return Check::ok;
 }
 
-void fill_file_header(SegmentFileHeader& h, uint64_t first_seq, uint64_t epoch,
-                      uint32_t partition) {
+void fill_file_header(SegmentFileHeader& h, uint64_t first_seq, uint64_t epoch, uint32_t partition) {
   std::memset(&h, 0, sizeof h);
   h.magic = kLogMagic;
   h.version = kLogVersion;
@@ -246,7 +243,7 @@ ScanResult scan_segment(const std::string& path, uint64_t index_interval) {
   std::vector<std::byte> big;  // for records larger than the buffer
   uint64_t off = kFileHeaderSize;
   uint64_t next_index = kFileHeaderSize;
-  size_t have = 0;   // bytes in buf starting at file offset `base`
+  size_t have = 0;  // bytes in buf starting at file offset `base`
   uint64_t base = off;
   for (;;) {
     if (off >= size) break;
@@ -262,8 +259,7 @@ ScanResult scan_segment(const std::string& path, uint64_t index_interval) {
     size_t avail = have - at;
     uint32_t len = 0;
     if (avail >= 4) std::memcpy(&len, p, 4);
-    if (len > avail && len <= kMaxRecord && !(len & 7) && len >= kRecordOverhead &&
-        off + len <= size) {
+    if (len > avail && len <= kMaxRecord && !(len & 7) && len >= kRecordOverhead && off + len <= size) {
       if (len <= kBuf) {
         base = off;
         at = 0;
@@ -390,8 +386,10 @@ ChunkArena::Chunk& ChunkArena::fresh(size_t need, const std::byte* keep, size_t 
   n.begin = 0;
   n.end = keep_len;
   n.max_tag = 0;
-  if (busy(cur_)) retained_.push_back(cur_);
-  else free_.push_back(cur_);
+  if (busy(cur_))
+    retained_.push_back(cur_);
+  else
+    free_.push_back(cur_);
   cur_ = n;
   return cur_;
 }
@@ -560,8 +558,10 @@ uint64_t LogReader::index_offset(const SegmentInfo& s, bool by_time, uint64_t ke
   size_t hi = 0;
   for (size_t i = 0; i < e.size(); ++i) {
     uint64_t k = by_time ? e[i].ts : e[i].seq;
-    if (k < key) hi = i + 1;
-    else break;
+    if (k < key)
+      hi = i + 1;
+    else
+      break;
   }
   while (hi > 0) {
     const IndexEntry& ie = e[hi - 1];
@@ -610,8 +610,10 @@ void LogReader::seek_time(uint64_t ts) {
   size_t i = 0;
   for (size_t k = 0; k < segs.size(); ++k) {
     uint64_t t0;
-    if (first_ts(segs[k], t0) && t0 < ts) i = k;
-    else if (k > 0) break;
+    if (first_ts(segs[k], t0) && t0 < ts)
+      i = k;
+    else if (k > 0)
+      break;
   }
   uint64_t off = index_offset(segs[i], true, ts);
   if (!open_segment(segs[i], off)) {

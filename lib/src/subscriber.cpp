@@ -70,8 +70,7 @@ void Subscriber::open_slot(SegmentProvider* records) {
                                                  "' is in use by pid " + std::to_string(owner));
     }
     uint64_t pos = 0;
-    if (records && records->durable_position(m_->topic(), m_->partition(), opts_.name, pos))
-      start = pos;
+    if (records && records->durable_position(m_->topic(), m_->partition(), opts_.name, pos)) start = pos;
   }
   if (!r_.join(m_->refs(), me, opts_.tethered, h, start))
     throw Error(ErrorCode::no_slot, where() + ": every subscriber slot is taken");
@@ -88,8 +87,8 @@ void Subscriber::open_slot(SegmentProvider* records) {
 }
 
 Subscriber::Subscriber(Subscriber&& o) noexcept
-    : m_(std::move(o.m_)), opts_(o.opts_), r_(o.r_), grant_(o.grant_), stats_(o.stats_),
-      open_(o.open_), resumed_(o.resumed_) {
+    : m_(std::move(o.m_)), opts_(o.opts_), r_(o.r_), grant_(o.grant_), stats_(o.stats_), open_(o.open_),
+      resumed_(o.resumed_) {
   o.open_ = false;
   o.grant_ = {};
 }
@@ -117,8 +116,10 @@ void Subscriber::close() {
   if (grant_) {
     r_.detach();
     m_->leave_cursor(grant_, !opts_.name.empty());  // P11: a named slot is parked
-  } else if (opts_.name.empty()) r_.leave();
-  else r_.park();  // P11: the position stays, under the name
+  } else if (opts_.name.empty())
+    r_.leave();
+  else
+    r_.park();  // P11: the position stays, under the name
   open_ = false;
   m_.reset();
 }
@@ -128,7 +129,8 @@ void Subscriber::forget() {
   if (grant_) {
     r_.detach();
     m_->leave_cursor(grant_, false);
-  } else r_.leave();
+  } else
+    r_.leave();
   open_ = false;
   m_.reset();
 }
@@ -162,11 +164,8 @@ Status Subscriber::poll(View& out) {
       if (r_.grant_gone(lapped) && lapped) return lapped_now();
       return Status::empty;
     }
-    case shm::RingStatus::lapped:
-      return lapped_now();
-    default:
-      ++stats_.corrupt;
-      return Status::corrupt;
+    case shm::RingStatus::lapped: return lapped_now();
+    default: ++stats_.corrupt; return Status::corrupt;
   }
 }
 
@@ -185,8 +184,10 @@ Status Subscriber::wait_for(int64_t timeout_ns) {
                  (opts_.wait == WaitStrategy::hybrid && now - start >= uint64_t(opts_.spin_ns));
     if (!sleep) {
       ++iter;
-      if (opts_.wait == WaitStrategy::spin_yield && iter > 64) sched_yield();
-      else shm::cpu_relax();
+      if (opts_.wait == WaitStrategy::spin_yield && iter > 64)
+        sched_yield();
+      else
+        shm::cpu_relax();
       continue;
     }
     ++stats_.waits;

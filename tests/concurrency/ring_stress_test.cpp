@@ -42,7 +42,9 @@ TEST_CASE("one producer thread and three subscriber threads agree on every messa
   CHECK(pub.stats().blocked_waits > 0);  // a 16 KiB ring: the producer waited for the readers
 }
 
-TEST_CASE("two producer threads and two subscriber threads share a multi-producer ring without loss or reordering") {
+TEST_CASE(
+    "two producer threads and two subscriber threads share a multi-producer ring without loss or "
+    "reordering") {
   const uint64_t seed = test_seed("thread multi-producer");
   const uint64_t each = 40'000;
   BlobCodec codec(seed, 1024);

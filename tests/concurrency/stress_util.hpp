@@ -31,8 +31,8 @@ inline SubscriberOptions waiting(WaitStrategy w) {
 struct ProducerPlan {
   uint32_t producer = 0;
   uint64_t count = 0;
-  uint64_t burst = 0;     // 0: no bursts; else bursts of 1..burst then a random gap
-  bool ack = false;       // after a burst, wait until every cursor consumed it
+  uint64_t burst = 0;  // 0: no bursts; else bursts of 1..burst then a random gap
+  bool ack = false;    // after a burst, wait until every cursor consumed it
   uint64_t seed = 1;
 };
 
@@ -81,9 +81,8 @@ inline void finish(StressResult& res, const StreamCheck& chk, uint32_t producers
 }
 
 // Library subscriber: poll, release in batches, poll_wait with a watchdog.
-inline StressResult consume(Subscriber& sub, const BlobCodec& codec, StreamCheck::Options so,
-                            uint64_t batch, std::atomic<bool>& abort,
-                            int64_t timeout_ns = 10'000'000'000) {
+inline StressResult consume(Subscriber& sub, const BlobCodec& codec, StreamCheck::Options so, uint64_t batch,
+                            std::atomic<bool>& abort, int64_t timeout_ns = 10'000'000'000) {
   StressResult res;
   StreamCheck chk(codec, so);
   uint64_t held = 0;
@@ -120,9 +119,8 @@ inline StressResult consume(Subscriber& sub, const BlobCodec& codec, StreamCheck
 
 // Bare ring reader sleeping on the futex with a long timeout: a lost wake-up is
 // a failure here, not a delay.
-inline StressResult consume_strict(shm::RingReader& r, const BlobCodec& codec,
-                                   StreamCheck::Options so, std::atomic<bool>& abort,
-                                   int64_t timeout_ns = 10'000'000'000) {
+inline StressResult consume_strict(shm::RingReader& r, const BlobCodec& codec, StreamCheck::Options so,
+                                   std::atomic<bool>& abort, int64_t timeout_ns = 10'000'000'000) {
   StressResult res;
   StreamCheck chk(codec, so);
   while (chk.ends() < so.producers && res.error.empty()) {

@@ -31,7 +31,8 @@ void wakeups(uint64_t count, bool ack, const char* what) {
   std::thread t_hybrid([&] { r_hybrid = consume(hybrid, codec, so, 16, abort); });
   std::thread t_strict([&] { r_strict = consume_strict(strict, codec, so, abort); });
   std::thread t_pub([&] {
-    perr = produce(pub, codec, {.producer = 0, .count = count, .burst = ack ? 8u : 64u, .ack = ack, .seed = seed}, abort);
+    perr = produce(pub, codec,
+                   {.producer = 0, .count = count, .burst = ack ? 8u : 64u, .ack = ack, .seed = seed}, abort);
     if (!perr.empty()) abort.store(true);
   });
   t_pub.join();
@@ -55,6 +56,8 @@ TEST_CASE("futex-sleeping subscriber threads wake for every acknowledged burst o
   wakeups(100'000, true, "thread wake-ups, acknowledged bursts");
 }
 
-TEST_CASE("futex-sleeping subscriber threads receive every message of a producer thread with random bursts and gaps") {
+TEST_CASE(
+    "futex-sleeping subscriber threads receive every message of a producer thread with random bursts and "
+    "gaps") {
   wakeups(100'000, false, "thread wake-ups, free-running bursts");
 }

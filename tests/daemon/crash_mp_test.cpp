@@ -24,7 +24,7 @@ using namespace shmbus::test;
 namespace {
 
 constexpr uint64_t kReclaimBudgetNs = 100'000'000;  // the issue's default bound
-constexpr uint64_t kSlackNs = 150'000'000;           // scheduling on 2 busy cores
+constexpr uint64_t kSlackNs = 150'000'000;          // scheduling on 2 busy cores
 
 struct Msg {
   uint32_t id;
@@ -47,7 +47,8 @@ struct Verifier {
     Msg m;
     std::memcpy(&m, v.data(), sizeof m);
     if (v.sequence() <= last_seq && error.empty())
-      error = "sequence went backwards: " + std::to_string(v.sequence()) + " after " + std::to_string(last_seq);
+      error =
+          "sequence went backwards: " + std::to_string(v.sequence()) + " after " + std::to_string(last_seq);
     last_seq = v.sequence();
     uint64_t& n = next[m.id];
     if (m.counter != n && error.empty())
@@ -282,7 +283,7 @@ TEST_CASE("the daemon killed under load restarts, re-attaches the live segments 
     bus.create_topic(topic, {.capacity = 32768, .multi_producer = (t % 2) == 1});
     Subscriber sub = bus.subscriber(topic);
     Verifier ver;
-    struct stat before{};
+    struct stat before {};
     REQUIRE(stat(("/dev/shm/" + d.prefix + "." + topic + ".0.data").c_str(), &before) == 0);
     Child prod({H(), "pub", d.sock, topic, "1", "3000", std::to_string(rng())});
     REQUIRE(prod.read_char(10000) == 'R');
@@ -292,7 +293,7 @@ TEST_CASE("the daemon killed under load restarts, re-attaches the live segments 
     REQUIRE(d.start());
     // The client reconnects transparently; the topic and its segments are the same.
     REQUIRE(bus.partitions(topic) == 1);
-    struct stat after{};
+    struct stat after {};
     REQUIRE(stat(("/dev/shm/" + d.prefix + "." + topic + ".0.data").c_str(), &after) == 0);
     CHECK(after.st_ino == before.st_ino);
     bool ok = drain(sub, ver, [&] { return ver.next[1] == 3000; });
@@ -317,7 +318,8 @@ namespace {
 
 // The one child of process `pid` (unshare -pf forks the helper), or -1.
 pid_t only_child(pid_t pid) {
-  std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children").c_str(), "r");
+  std::FILE* f = std::fopen(
+      ("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children").c_str(), "r");
   if (!f) return -1;
   int c = -1;
   if (std::fscanf(f, "%d", &c) != 1) c = -1;
@@ -334,9 +336,10 @@ bool can_unshare_pid() { return geteuid() == 0 && access("/usr/bin/unshare", X_O
 
 }  // namespace
 
-TEST_CASE("a producer in another pid namespace publishes through the daemon; SIGKILLed mid-claim, its claim is "
-          "padded and the others lose nothing",
-          "[crash][daemon][pidns]") {
+TEST_CASE(
+    "a producer in another pid namespace publishes through the daemon; SIGKILLed mid-claim, its claim is "
+    "padded and the others lose nothing",
+    "[crash][daemon][pidns]") {
   if (!can_unshare_pid()) {
     WARN("skipped: needs root and unshare");
     return;
@@ -382,9 +385,10 @@ TEST_CASE("a producer in another pid namespace publishes through the daemon; SIG
   CHECK(d.leaks().empty());
 }
 
-TEST_CASE("a producer-table entry forged by a publisher (a dead pid, a won claim) is never padded or freed by the "
-          "daemon",
-          "[crash][daemon][hostile]") {
+TEST_CASE(
+    "a producer-table entry forged by a publisher (a dead pid, a won claim) is never padded or freed by the "
+    "daemon",
+    "[crash][daemon][hostile]") {
   DaemonProc d("forge");
   REQUIRE(d.start());
   auto client = DaemonClient::connect({d.sock});
@@ -443,7 +447,7 @@ namespace {
 // A process that has exactly pid `want` (clone3 set_tid; root), idle until killed;
 // -1 when the kernel refuses.
 pid_t spawn_with_pid(pid_t want) {
-  struct clone_args ca{};
+  struct clone_args ca {};
   ca.exit_signal = SIGCHLD;
   ca.set_tid = uint64_t(uintptr_t(&want));
   ca.set_tid_size = 1;
@@ -455,9 +459,10 @@ pid_t spawn_with_pid(pid_t want) {
 }
 }  // namespace
 
-TEST_CASE("a producer grant whose grantee died while no daemon ran is not adopted by the process that has its pid "
-          "at the restart",
-          "[crash][daemon][restart]") {
+TEST_CASE(
+    "a producer grant whose grantee died while no daemon ran is not adopted by the process that has its pid "
+    "at the restart",
+    "[crash][daemon][restart]") {
   if (geteuid() != 0) {
     WARN("skipped: needs root (clone3 set_tid reuses a pid exactly)");
     return;

@@ -144,13 +144,17 @@ int main(int argc, char** argv) {
         Subscriber sub = bus.subscriber(topic, {.open_timeout_ms = 200});
       } catch (const Error& e) {
         // No rights at all: the daemon answers as for a missing topic (not_found).
-        open_r = e.code() == ErrorCode::permission_denied ? "denied" : e.code() == ErrorCode::not_found ? "notfound" : "err";
+        open_r = e.code() == ErrorCode::permission_denied ? "denied"
+                 : e.code() == ErrorCode::not_found       ? "notfound"
+                                                          : "err";
         if (open_r[0] == 'e') std::fprintf(stderr, "access: %s\n", e.what());
       }
       const char* shm_r = "ok";
       int fd = shm_open(shm, O_RDONLY, 0);
-      if (fd < 0) shm_r = errno == EACCES ? "denied" : "err";
-      else close(fd);
+      if (fd < 0)
+        shm_r = errno == EACCES ? "denied" : "err";
+      else
+        close(fd);
       std::printf("open:%s shm:%s\n", open_r, shm_r);
       return 0;
     }

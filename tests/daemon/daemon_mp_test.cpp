@@ -107,7 +107,8 @@ bool need_root(const char* what) {
   return false;
 }
 
-TEST_CASE("an unauthorised uid is refused a topic and cannot open its segments directly", "[daemon][access]") {
+TEST_CASE("an unauthorised uid is refused a topic and cannot open its segments directly",
+          "[daemon][access]") {
   if (!need_root("the access test needs useradd and setpriv")) return;
   // As root nothing may skip: a missing user, setpriv or an unreachable helper fails.
   const char* user = "shmbustest";
@@ -148,7 +149,7 @@ TEST_CASE("an unauthorised uid is refused a topic and cannot open its segments d
   };
   std::string denied = as_user("acl.private");
   INFO(denied);
-  REQUIRE(!denied.empty());  // the helper did not run as the test user
+  REQUIRE(!denied.empty());                                  // the helper did not run as the test user
   CHECK(denied.find("open:notfound") != std::string::npos);  // no rights: as if it did not exist
   CHECK(denied.find("shm:denied") != std::string::npos);
   std::string allowed = as_user("acl.shared");
@@ -165,7 +166,8 @@ TEST_CASE("a subscriber's data mapping is read-only: a write faults", "[daemon][
   Bus bus = Bus::connect(d.sock);
   bus.create_topic("ro.t", {.capacity = 8192});
   // Under the sanitizers the fault must stay a plain SIGSEGV (not their report + abort).
-  Child c({helper_path(), "write-ring", d.sock, "ro.t"}, {}, {"ASAN_OPTIONS=handle_segv=0", "TSAN_OPTIONS=handle_segv=0"});
+  Child c({helper_path(), "write-ring", d.sock, "ro.t"}, {},
+          {"ASAN_OPTIONS=handle_segv=0", "TSAN_OPTIONS=handle_segv=0"});
   REQUIRE(c.read_char(10000) == 'S');
   int st = c.wait(10000);
   REQUIRE(st != -1);
@@ -181,8 +183,8 @@ TEST_CASE("malformed and hostile requests on a live socket get errors and never 
   int fd = raw_connect(d.sock);
   REQUIRE(fd >= 0);
   const int PROTO = int(proto::ErrorCode::PROTOCOL);
-  CHECK(send_expect_error(fd, {1, 2, 3}) == PROTO);                          // shorter than a header
-  CHECK(send_expect_error(fd, std::vector<uint8_t>(64, 0xff)) == PROTO);    // bad magic
+  CHECK(send_expect_error(fd, {1, 2, 3}) == PROTO);                       // shorter than a header
+  CHECK(send_expect_error(fd, std::vector<uint8_t>(64, 0xff)) == PROTO);  // bad magic
   auto good = request_frame([](proto::Request::Builder r) { r.setHello(); });
   auto lie = good;
   lie[4] ^= 0x10;  // length field lies
@@ -193,13 +195,13 @@ TEST_CASE("malformed and hostile requests on a live socket get errors and never 
   CHECK(send_expect_error(fd, request_frame([](proto::Request::Builder r) { r.setHello(); }, 99)) ==
         int(proto::ErrorCode::UNSUPPORTED_VERSION));
   CHECK(send_expect_error(fd, request_frame([](proto::Request::Builder r) {
-          r.initCreateTopic().setName("x/../../etc");
-        })) == int(proto::ErrorCode::INVALID_ARGUMENT));
+                            r.initCreateTopic().setName("x/../../etc");
+                          })) == int(proto::ErrorCode::INVALID_ARGUMENT));
   CHECK(send_expect_error(fd, request_frame([](proto::Request::Builder r) {
-          auto s = r.initCreateTopic();
-          s.setName("big");
-          s.setCapacity(1ull << 50);
-        })) == int(proto::ErrorCode::INVALID_ARGUMENT));
+                            auto s = r.initCreateTopic();
+                            s.setName("big");
+                            s.setCapacity(1ull << 50);
+                          })) == int(proto::ErrorCode::INVALID_ARGUMENT));
   int big = 4 << 20;
   setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);  // else the kernel refuses to send it
   CHECK(send_expect_error(fd, std::vector<uint8_t>(control::kMaxFrame + 4096, 0)) ==
@@ -273,11 +275,20 @@ TEST_CASE("a deterministic mutation loop over the request decoder finds no crash
     int muts = 1 + int(rng() % 8);
     for (int m = 0; m < muts; ++m) {
       switch (rng() % 5) {
-        case 0: if (!b.empty()) b[rng() % b.size()] ^= uint8_t(1u << (rng() % 8)); break;
-        case 1: if (!b.empty()) b[rng() % b.size()] = uint8_t(rng()); break;
+        case 0:
+          if (!b.empty()) b[rng() % b.size()] ^= uint8_t(1u << (rng() % 8));
+          break;
+        case 1:
+          if (!b.empty()) b[rng() % b.size()] = uint8_t(rng());
+          break;
         case 2: b.resize(rng() % (b.size() + 32)); break;
         case 3: b.insert(b.begin() + long(rng() % (b.size() + 1)), uint8_t(rng())); break;
-        case 4: if (b.size() >= 12) { uint32_t v = uint32_t(rng()); std::memcpy(b.data() + 8 + rng() % (b.size() - 11), &v, 4); } break;
+        case 4:
+          if (b.size() >= 12) {
+            uint32_t v = uint32_t(rng());
+            std::memcpy(b.data() + 8 + rng() % (b.size() - 11), &v, 4);
+          }
+          break;
       }
     }
     // Keep the length field consistent half the time so the decoder goes deeper.
@@ -314,10 +325,12 @@ TEST_CASE("a deterministic mutation loop over the request decoder finds no crash
     if (live % 100 == 0) REQUIRE(healthy(d.sock));
   }
   close(fd);
-  std::printf("decoder mutation loop: %d inputs, %d accepted as valid requests; %d sent to shmbusd "
-              "(%d error replies, %d connections dropped)\n", iters, accepted, live, live_errors, dropped);
-  CHECK(accepted > 0);            // the mutations reach valid requests too (depth)
-  CHECK(accepted < iters / 2);    // and mostly break them
+  std::printf(
+      "decoder mutation loop: %d inputs, %d accepted as valid requests; %d sent to shmbusd "
+      "(%d error replies, %d connections dropped)\n",
+      iters, accepted, live, live_errors, dropped);
+  CHECK(accepted > 0);          // the mutations reach valid requests too (depth)
+  CHECK(accepted < iters / 2);  // and mostly break them
   CHECK(live >= 1000);
   CHECK(live_errors >= live * 9 / 10);  // a hostile request gets an error reply, not silence
   CHECK(healthy(d.sock));

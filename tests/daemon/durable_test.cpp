@@ -96,8 +96,9 @@ bool record(Embedded& e, const std::string& topic, const std::string& name, uint
 
 }  // namespace
 
-TEST_CASE("a durable subscriber that closes resumes after the last message it released, across a daemon restart",
-          "[daemon][durable]") {
+TEST_CASE(
+    "a durable subscriber that closes resumes after the last message it released, across a daemon restart",
+    "[daemon][durable]") {
   Embedded e(60'000);
   {
     Bus bus = e.bus();
@@ -171,8 +172,10 @@ TEST_CASE("a durable subscriber killed with SIGKILL resumes where it released; a
   expect_range(sub, 26, 60);
 }
 
-TEST_CASE("a parked slot holds the producer until durable_hold_ms, then its record resumes exactly or reports the lap",
-          "[daemon][durable]") {
+TEST_CASE(
+    "a parked slot holds the producer until durable_hold_ms, then its record resumes exactly or reports the "
+    "lap",
+    "[daemon][durable]") {
   Embedded e(200);
   Bus bus = e.bus();
   bus.create_topic("dur.x", {.capacity = 16384, .policy = Policy::fail});

@@ -112,7 +112,9 @@ void fuzz(DaemonClient::Options o, uint64_t seed, int n, const std::string& vp) 
   for (int k = 0; k < 4; ++k) names.push_back(vp + std::to_string(k));
   names.insert(names.end(), {"", ".", "..", "a/b", "../../etc/passwd", std::string(300, 'x'),
                              std::string("nul\0in", 6), "\xff\xfe", vp});
-  auto victim = [&](const std::string& t) { return t.size() > vp.size() && t.compare(0, vp.size(), vp) == 0; };
+  auto victim = [&](const std::string& t) {
+    return t.size() > vp.size() && t.compare(0, vp.size(), vp) == 0;
+  };
   std::shared_ptr<DaemonClient> c = DaemonClient::connect(o);
   int sent = 0, ok = 0, refused = 0, drops = 0;
   std::string breach = "none";
@@ -128,7 +130,8 @@ void fuzz(DaemonClient::Options o, uint64_t seed, int n, const std::string& vp) 
       int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
       sockaddr_un a{};
       a.sun_family = AF_UNIX;
-      std::memcpy(a.sun_path, o.socket_path.c_str(), std::min(o.socket_path.size() + 1, sizeof a.sun_path - 1));
+      std::memcpy(a.sun_path, o.socket_path.c_str(),
+                  std::min(o.socket_path.size() + 1, sizeof a.sun_path - 1));
       if (fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
         std::vector<uint8_t> junk(1 + rnd() % 200);
         for (auto& b : junk) b = uint8_t(rnd());
@@ -206,8 +209,7 @@ void fuzz(DaemonClient::Options o, uint64_t seed, int n, const std::string& vp) 
       auto resp = rep.get();
       // Nothing of the victim's may come back, whatever was asked.
       auto shows = [&](const std::string& name) { return victim(name); };
-      if (resp.isTopic() && shows(resp.getTopic().getSpec().getName()))
-        flag("describe/create " + t);
+      if (resp.isTopic() && shows(resp.getTopic().getSpec().getName())) flag("describe/create " + t);
       if (resp.isTopics())
         for (auto ti : resp.getTopics())
           if (shows(ti.getSpec().getName())) flag("list shows " + std::string(ti.getSpec().getName().cStr()));
@@ -220,7 +222,8 @@ void fuzz(DaemonClient::Options o, uint64_t seed, int n, const std::string& vp) 
         for (auto st : resp.getPage().getStats())
           if (shows(st.getName())) flag("statPage shows a victim topic");
       }
-      if (victim(t) && (kind == 3 || kind == 4 || kind == 7)) flag("request " + std::to_string(kind) + " on " + t);
+      if (victim(t) && (kind == 3 || kind == 4 || kind == 7))
+        flag("request " + std::to_string(kind) + " on " + t);
     } catch (const Error& e) {
       if (e.code() == ErrorCode::not_connected || e.code() == ErrorCode::timed_out) {
         ++drops;  // must not happen to well-formed requests: counted, checked by the test
@@ -404,7 +407,7 @@ int main(int argc, char** argv) {
       }
       int st = 0;
       waitpid(a, &st, 0);
-      struct clone_args ca{};
+      struct clone_args ca {};
       pid_t want = a;
       ca.exit_signal = SIGCHLD;
       ca.set_tid = uint64_t(uintptr_t(&want));
@@ -456,11 +459,11 @@ int main(int argc, char** argv) {
             j.setTethered(false);
           }));
         } catch (const Error& e) {
-          why = std::string(code(e)) + (std::string(e.what()).find("uid_max_partition_grants") != std::string::npos
-                                            ? ":partition-quota"
-                                        : std::string(e.what()).find("uid_max_grants") != std::string::npos
-                                            ? ":uid-quota"
-                                            : ":other");
+          why = std::string(code(e)) +
+                (std::string(e.what()).find("uid_max_partition_grants") != std::string::npos
+                     ? ":partition-quota"
+                 : std::string(e.what()).find("uid_max_grants") != std::string::npos ? ":uid-quota"
+                                                                                     : ":other");
           break;
         }
       }
@@ -500,9 +503,10 @@ int main(int argc, char** argv) {
             l.setPark(true);
           });
         } catch (const Error& e) {
-          why = std::string(code(e)) + (std::string(e.what()).find("uid_max_partition_grants") != std::string::npos
-                                            ? ":partition-quota"
-                                            : ":other");
+          why = std::string(code(e)) +
+                (std::string(e.what()).find("uid_max_partition_grants") != std::string::npos
+                     ? ":partition-quota"
+                     : ":other");
           break;
         }
       }
@@ -530,7 +534,8 @@ int main(int argc, char** argv) {
           });
         } catch (const Error& e) {
           why = std::string(code(e)) +
-                (std::string(e.what()).find("uid_max_durable_names") != std::string::npos ? ":durable-quota" : ":other");
+                (std::string(e.what()).find("uid_max_durable_names") != std::string::npos ? ":durable-quota"
+                                                                                          : ":other");
           break;
         }
       }
@@ -539,7 +544,8 @@ int main(int argc, char** argv) {
     } else if (mode == "probe") {
       auto c = DaemonClient::connect(o);
       auto hide = [&](std::string t) {
-        for (size_t p; !topic.empty() && (p = t.find(topic)) != std::string::npos;) t.replace(p, topic.size(), "<T>");
+        for (size_t p; !topic.empty() && (p = t.find(topic)) != std::string::npos;)
+          t.replace(p, topic.size(), "<T>");
         return t;
       };
       auto probe = [&](const char* what, auto&& fill) {
@@ -553,7 +559,9 @@ int main(int argc, char** argv) {
       };
       for (auto role : {proto::Role::SUBSCRIBER, proto::Role::PUBLISHER, proto::Role::ADMIN})
         for (uint32_t part : {0u, 7u})
-          probe(role == proto::Role::SUBSCRIBER ? "open-sub" : role == proto::Role::PUBLISHER ? "open-pub" : "open-admin",
+          probe(role == proto::Role::SUBSCRIBER  ? "open-sub"
+                : role == proto::Role::PUBLISHER ? "open-pub"
+                                                 : "open-admin",
                 [&](proto::Request::Builder r) {
                   auto x = r.initOpen();
                   x.setTopic(topic);
@@ -684,8 +692,10 @@ int main(int argc, char** argv) {
         sockaddr_un a{};
         a.sun_family = AF_UNIX;
         std::memcpy(a.sun_path, sock.c_str(), sock.size() + 1);
-        if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) fds.push_back(fd);
-        else close(fd);
+        if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0)
+          fds.push_back(fd);
+        else
+          close(fd);
       }
       uint64_t id = 0;
       auto request = [&](int fd) {

@@ -125,19 +125,20 @@ bool serving(const std::string& sock) {
   }
 }
 
-#define NEED_SECOND_USER(u)              \
-  SecondUser u = second_user();          \
-  if (!u.skip.empty()) {                 \
-    WARN("skipped: " << u.skip);         \
-    return;                              \
+#define NEED_SECOND_USER(u)      \
+  SecondUser u = second_user();  \
+  if (!u.skip.empty()) {         \
+    WARN("skipped: " << u.skip); \
+    return;                      \
   }
 
 std::string hostile() { return SHMBUS_TEST_HOSTILE; }
 
 }  // namespace
 
-TEST_CASE("paths: a socket or state directory that is another user's, a symlink or writable by others is refused",
-          "[security][paths]") {
+TEST_CASE(
+    "paths: a socket or state directory that is another user's, a symlink or writable by others is refused",
+    "[security][paths]") {
   NEED_SECOND_USER(att);
   Scratch s;
   const std::string who = "owned by uid " + std::to_string(att.uid);
@@ -185,7 +186,7 @@ TEST_CASE("paths: a socket or state directory that is another user's, a symlink 
     CHECK(d.stderr_text().find("state dir " + s / "att/state" + " is " + who) != std::string::npos);
   }
   CHECK(slurp(s / "victim") == "precious");
-  struct stat st{};
+  struct stat st {};
   REQUIRE(stat((s / "victim").c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0644);  // not chmod'ed either
   // 5. Symlinks planted inside our own state dir are never followed: the lock is
@@ -262,7 +263,7 @@ struct RootDaemon {
   Shmbusd d{s, "root"};
   std::string sock = s / "run/shmbusd.sock";
   std::vector<std::string> extra;
-  bool start() { 
+  bool start() {
     std::vector<std::string> a = {"--socket", sock, "--state-dir", s / "state"};
     a.insert(a.end(), extra.begin(), extra.end());
     return d.start(a);
@@ -285,8 +286,9 @@ void save_cursor(const std::string& sock, const std::string& topic, const std::s
 }
 }  // namespace
 
-TEST_CASE("ownership: another user can neither take a topic's name, delete it, see it, nor resume a durable name",
-          "[security][ownership]") {
+TEST_CASE(
+    "ownership: another user can neither take a topic's name, delete it, see it, nor resume a durable name",
+    "[security][ownership]") {
   NEED_SECOND_USER(att);
   RootDaemon rd;
   REQUIRE(rd.start());
@@ -334,7 +336,8 @@ TEST_CASE("ownership: another user can neither take a topic's name, delete it, s
   REQUIRE(rd.start());
   CHECK(as_att(att, {"save-cursor", rd.sock, "dur.shared", "victim-name"}) == "save:denied\n");
   CHECK(as_att(att, {"create", rd.sock, "v.private", "600"}) == "create:denied\n");
-  auto info = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setDescribeTopic("dur.shared"); });
+  auto info = DaemonClient::connect({rd.sock})->call(
+      [](proto::Request::Builder r) { r.setDescribeTopic("dur.shared"); });
   for (auto dc : info.get().getTopic().getDurable())
     CHECK(dc.getOwnerUid() == (std::string(dc.getName().cStr()) == "att-name" ? att.uid : 0u));
   CHECK(as_att(att, {"delete", rd.sock, "sq.orders"}) == "delete:ok\n");
@@ -385,15 +388,18 @@ TEST_CASE("bounds: a huge topic is refused, and per-uid quotas hold topics, byte
   NEED_SECOND_USER(att);
   RootDaemon rd;
   // The quotas from the TOML config (a flag wins over the file: uid_max_topics).
-  spit(rd.s / "shmbusd.toml", "uid_max_topics = 50\nuid_max_connections = 8\nuid_max_segment_bytes = " +
-                                  std::to_string(4u << 20) + "\nuid_max_log_bytes = " +
-                                  std::to_string(200u << 20) + "\n");
+  spit(rd.s / "shmbusd.toml",
+       "uid_max_topics = 50\nuid_max_connections = 8\nuid_max_segment_bytes = " + std::to_string(4u << 20) +
+           "\nuid_max_log_bytes = " + std::to_string(200u << 20) + "\n");
   rd.extra = {"--config", rd.s / "shmbusd.toml", "--uid-max-topics", "5", "--uid-max-partitions", "6"};
   if (!rd.start()) {
     INFO(rd.d.stderr_text());
     REQUIRE(rd.d.stderr_text().find("built without toml++") != std::string::npos);
-    rd.extra = {"--uid-max-topics", "5", "--uid-max-partitions", "6", "--uid-max-segment-bytes", std::to_string(4u << 20),
-                "--uid-max-connections", "8", "--uid-max-log-bytes", std::to_string(200u << 20)};
+    rd.extra = {"--uid-max-topics",        "5",
+                "--uid-max-partitions",    "6",
+                "--uid-max-segment-bytes", std::to_string(4u << 20),
+                "--uid-max-connections",   "8",
+                "--uid-max-log-bytes",     std::to_string(200u << 20)};
     REQUIRE(rd.start());
   }
   // The crash: 1024 partitions x 64 GiB (the daemon mapped them and died of bad_alloc).
@@ -519,7 +525,8 @@ TEST_CASE("scale: list and stat page through 10 000 topics; a flood of requests 
   close(fd);
   std::string list = run_capture({SHMBUS_TEST_CLI, "--socket", rd.sock, "--json", "topic", "list"});
   size_t count = 0;
-  for (size_t p = list.find("\"name\":\"scale."); p != std::string::npos; p = list.find("\"name\":\"scale.", p + 1))
+  for (size_t p = list.find("\"name\":\"scale."); p != std::string::npos;
+       p = list.find("\"name\":\"scale.", p + 1))
     ++count;
   CHECK(count == size_t(N));
   CHECK(list.find("\"name\":\"scale.00000\"") != std::string::npos);
@@ -534,9 +541,10 @@ TEST_CASE("scale: list and stat page through 10 000 topics; a flood of requests 
   CHECK(rd.d.stop());
 }
 
-TEST_CASE("direct mode: a segment another user planted under our name is never adopted or opened; data and "
-          "control have their own modes",
-          "[security][direct]") {
+TEST_CASE(
+    "direct mode: a segment another user planted under our name is never adopted or opened; data and "
+    "control have their own modes",
+    "[security][direct]") {
   NEED_SECOND_USER(att);
   const std::string prefix = "sht-direct-" + std::to_string(getpid());
   struct Cleanup {
@@ -551,7 +559,7 @@ TEST_CASE("direct mode: a segment another user planted under our name is never a
   // Names carry the creating uid.
   bus.create_topic("d.modes", {.capacity = 8192, .mode = 0640});
   const std::string me = prefix + ".u" + std::to_string(geteuid());
-  struct stat st{};
+  struct stat st {};
   REQUIRE(stat(("/dev/shm/" + me + ".d.modes.0.data").c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0640);  // the group subscribes: it may not write the ring
   REQUIRE(stat(("/dev/shm/" + me + ".d.modes.0.ctl").c_str(), &st) == 0);
@@ -570,13 +578,17 @@ TEST_CASE("direct mode: a segment another user planted under our name is never a
   REQUIRE(as_att(att, {"direct", prefix, "d.squat", "666"}) == "direct:ok\n");
   const std::string theirs = prefix + ".u" + std::to_string(att.uid);
   for (const char* ext : {".0.data", ".0.ctl"})
-    REQUIRE(rename(("/dev/shm/" + theirs + ".d.squat" + ext).c_str(), ("/dev/shm/" + me + ".d.squat" + ext).c_str()) == 0);
+    REQUIRE(rename(("/dev/shm/" + theirs + ".d.squat" + ext).c_str(),
+                   ("/dev/shm/" + me + ".d.squat" + ext).c_str()) == 0);
   for (auto* op : {"create", "publish", "subscribe"}) {
     INFO(op);
     try {
-      if (std::string(op) == "create") bus.create_topic("d.squat", {.capacity = 8192, .mode = 0600});
-      else if (std::string(op) == "publish") (void)bus.publisher("d.squat");
-      else (void)bus.subscriber("d.squat");
+      if (std::string(op) == "create")
+        bus.create_topic("d.squat", {.capacity = 8192, .mode = 0600});
+      else if (std::string(op) == "publish")
+        (void)bus.publisher("d.squat");
+      else
+        (void)bus.subscriber("d.squat");
       FAIL("used the attacker's segment");
     } catch (const Error& e) {
       CHECK(e.code() == ErrorCode::permission_denied);
@@ -610,8 +622,10 @@ TEST_CASE("robustness: out of fds at accept, connections are refused without a b
   const auto hello = control::encode_frame(mb);
   int served = 0, refused = 0;
   for (int fd : fds) {
-    if (control::send_packet(fd, hello) == 0 && reply_code(fd) == 0) ++served;
-    else ++refused;
+    if (control::send_packet(fd, hello) == 0 && reply_code(fd) == 0)
+      ++served;
+    else
+      ++refused;
   }
   INFO("served " << served << ", refused " << refused);
   CHECK(served > 0);
@@ -621,7 +635,8 @@ TEST_CASE("robustness: out of fds at accept, connections are refused without a b
   CHECK(rd.d.stop());
   std::string log = rd.d.stderr_text();
   size_t lines = 0;
-  for (size_t p = log.find("\"accept_failed\""); p != std::string::npos; p = log.find("\"accept_failed\"", p + 1))
+  for (size_t p = log.find("\"accept_failed\""); p != std::string::npos;
+       p = log.find("\"accept_failed\"", p + 1))
     ++lines;
   INFO(log.substr(0, 2000));
   CHECK(lines >= 1);
@@ -646,14 +661,18 @@ TEST_CASE("soak: a flood of requests from another user leaves an honest client's
     std::sort(ns.begin(), ns.end());
     return ns[ns.size() * 99 / 100];
   };
-  auto rss = [&] { return c->call([](proto::Request::Builder r) { r.setHealth(); }).get().getHealth().getRssBytes(); };
+  auto rss = [&] {
+    return c->call([](proto::Request::Builder r) { r.setHealth(); }).get().getHealth().getRssBytes();
+  };
   const uint64_t idle = p99(), rss0 = rss();
   Child flood(att.as({hostile(), "flood", rd.sock, "soak.t"}));  // killed when it goes out of scope
   REQUIRE(read_line(flood, 20000) == "flood:flooding");
   const uint64_t busy = p99(), rss1 = rss();
   flood.kill_now();
-  std::printf("control-call p99: idle %.3f ms, under a flood of saveCursor from 8 connections %.3f ms; RSS %.1f -> %.1f MiB\n",
-              idle / 1e6, busy / 1e6, rss0 / 1048576.0, rss1 / 1048576.0);
+  std::printf(
+      "control-call p99: idle %.3f ms, under a flood of saveCursor from 8 connections %.3f ms; RSS %.1f -> "
+      "%.1f MiB\n",
+      idle / 1e6, busy / 1e6, rss0 / 1048576.0, rss1 / 1048576.0);
   // 2x the idle p99, plus 100 ms for a loaded two-core machine shared with the
   // flooder (CPU, not queueing: the daemon reads at most max_inflight_per_client
   // requests of each connection ahead, and cursor saves never fsync one by one; an
@@ -682,7 +701,8 @@ TEST_CASE("fuzz: request sequences from two uids at once leave the victim's topi
   std::optional<Subscriber> sub(bus.subscriber("vfz.0"));
   std::optional<Publisher> pub(bus.publisher("vfz.0"));
   const char* seeds_env = getenv("SHMBUS_FUZZ_SEED");
-  const uint64_t seed = seeds_env && *seeds_env ? strtoull(seeds_env, nullptr, 10) : uint64_t(now_ns() % 100000);
+  const uint64_t seed =
+      seeds_env && *seeds_env ? strtoull(seeds_env, nullptr, 10) : uint64_t(now_ns() % 100000);
   INFO("seeds " << seed << " and " << seed + 1 << " (SHMBUS_FUZZ_SEED replays them)");
   const std::string n = "400";
   Child a(att.as({hostile(), "fuzz", rd.sock, std::to_string(seed), n, "vfz."}));
@@ -698,11 +718,13 @@ TEST_CASE("fuzz: request sequences from two uids at once leave the victim's topi
     ++sent;
     View v;
     while (sub->poll(v) == Status::ok) {
-      CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "victim-" + std::to_string(got));
+      CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) ==
+            "victim-" + std::to_string(got));
       ++got;
       sub->release(v);
     }
-    auto info = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setDescribeTopic("vfz.1"); });
+    auto info = DaemonClient::connect({rd.sock})->call(
+        [](proto::Request::Builder r) { r.setDescribeTopic("vfz.1"); });
     REQUIRE(info.get().getTopic().getOwnerUid() == 0u);
     if (!a_done && a.wait(0) != -1) a_done = true;
     if (!b_done && b.wait(0) != -1) b_done = true;
@@ -777,9 +799,10 @@ TEST_CASE("isolation: another uid's subscriber cannot write the control segment 
   CHECK(serving(rd.sock));
 }
 
-TEST_CASE("isolation: a forged cursor page never makes another subscriber lose or misread a frame; "
-          "an untethered forger holds nobody back",
-          "[security][isolation]") {
+TEST_CASE(
+    "isolation: a forged cursor page never makes another subscriber lose or misread a frame; "
+    "an untethered forger holds nobody back",
+    "[security][isolation]") {
   NEED_SECOND_USER(att);
   RootDaemon rd;
   REQUIRE(rd.start());
@@ -820,9 +843,12 @@ TEST_CASE("isolation: a forged cursor page never makes another subscriber lose o
     uint64_t body[8];
     for (uint64_t& w : body) w = id * 0x9e3779b97f4a7c15ull;
     Status s = pub.offer(body, sizeof body, id);
-    if (s == Status::ok) ++published;
-    else if (s == Status::back_pressured) ++held;  // the forger's power: hold us back
-    else FAIL("offer: " << to_string(s));
+    if (s == Status::ok)
+      ++published;
+    else if (s == Status::back_pressured)
+      ++held;  // the forger's power: hold us back
+    else
+      FAIL("offer: " << to_string(s));
   }
   done = true;
   reader.join();
@@ -927,7 +953,9 @@ TEST_CASE("isolation: a subscriber that truncates its cursor page and the wake s
   cutter.kill_now();
   auto subscribers = [&] {
     try {
-      auto st = DaemonClient::connect({rd.sock, 2000, 0})->call([](proto::Request::Builder r) { r.setStat("iso.trunc"); });
+      auto st = DaemonClient::connect({rd.sock, 2000, 0})->call([](proto::Request::Builder r) {
+        r.setStat("iso.trunc");
+      });
       return int(st.get().getStats()[0].getPartitions()[0].getSubscribers().size());
     } catch (...) {
       return -1;  // the daemon is gone
@@ -957,10 +985,12 @@ TEST_CASE("isolation: a connection cannot leave a grant it does not hold, even f
   // Another process's connection, same uid or another: the victim's slot and
   // generation are public (the control segment), the grant is not theirs.
   {
-    auto st = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("iso.leave"); });
+    auto st =
+        DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("iso.leave"); });
     const uint32_t slot = st.get().getStats()[0].getPartitions()[0].getSubscribers()[0].getSlot();
     const std::string gen = std::to_string(shm::aref(victim.refs().slots[slot].generation).load());
-    CHECK(run_capture({hostile(), "leave", rd.sock, "iso.leave", std::to_string(slot), gen}) == "leave:notfound\n");
+    CHECK(run_capture({hostile(), "leave", rd.sock, "iso.leave", std::to_string(slot), gen}) ==
+          "leave:notfound\n");
     SecondUser att = second_user();
     if (att.skip.empty())
       CHECK(as_att(att, {"leave", rd.sock, "iso.leave", std::to_string(slot), gen}) == "leave:notfound\n");
@@ -1002,9 +1032,10 @@ TEST_CASE("quotas: another uid cannot take every subscriber slot of a topic; the
   CHECK(serving(rd.sock));
 }
 
-TEST_CASE("ownership: a durable name's owner is on disk before its join is answered; a daemon SIGKILLed "
-          "right after restarts refusing another uid's resume",
-          "[security][isolation][ownership][durable-record]") {
+TEST_CASE(
+    "ownership: a durable name's owner is on disk before its join is answered; a daemon SIGKILLed "
+    "right after restarts refusing another uid's resume",
+    "[security][isolation][ownership][durable-record]") {
   NEED_SECOND_USER(att);
   RootDaemon rd;
   REQUIRE(rd.start());
@@ -1075,13 +1106,15 @@ TEST_CASE("quotas: parked durable slots count against uid_max_partition_grants; 
   // and it can still resume one of its own parked names.
   CHECK(as_att(att, {"park", rd.sock, "iso.park"}) == "parked:4 refused:partition-quota resume:ok\n");
   std::vector<Subscriber> mine;
-  for (int i = 0; i < 4; ++i) REQUIRE_NOTHROW(mine.push_back(bus.subscriber("iso.park", {.tethered = false})));
+  for (int i = 0; i < 4; ++i)
+    REQUIRE_NOTHROW(mine.push_back(bus.subscriber("iso.park", {.tethered = false})));
   CHECK(serving(rd.sock));
 }
 
-TEST_CASE("quotas: another uid cannot fill a topic's durable names (uid_max_durable_names); the owner's new "
-          "durable subscriber still joins",
-          "[security][isolation][durable-quota]") {
+TEST_CASE(
+    "quotas: another uid cannot fill a topic's durable names (uid_max_durable_names); the owner's new "
+    "durable subscriber still joins",
+    "[security][isolation][durable-quota]") {
   NEED_SECOND_USER(att);
   RootDaemon rd;
   REQUIRE(rd.start());  // the default uid_max_durable_names: 256 of a topic's 4096
@@ -1108,9 +1141,10 @@ TEST_CASE("quotas: another uid cannot fill a topic's durable names (uid_max_dura
   CHECK(serving(rd.sock));
 }
 
-TEST_CASE("isolation: without rights, every request answers the same whether the topic, partition or grant "
-          "exists or not",
-          "[security][isolation][existence]") {
+TEST_CASE(
+    "isolation: without rights, every request answers the same whether the topic, partition or grant "
+    "exists or not",
+    "[security][isolation][existence]") {
   NEED_SECOND_USER(att);
   RootDaemon rd;
   REQUIRE(rd.start());
@@ -1118,7 +1152,7 @@ TEST_CASE("isolation: without rights, every request answers the same whether the
   bus.create_topic("v.hidden", {.partitions = 2, .capacity = 8192, .mode = 0600});
   Subscriber victim = bus.subscriber("v.hidden");  // a live grant in slot 0 of partition 0
   Publisher pub = bus.publisher("v.hidden");
-  save_cursor(rd.sock, "v.hidden", "probe");       // a durable name the probe also asks for
+  save_cursor(rd.sock, "v.hidden", "probe");  // a durable name the probe also asks for
   // The same requests on the victim's topic and on one that does not exist (the
   // topic's name written as <T> in both): byte for byte the same answers.
   const std::string there = as_att(att, {"probe", rd.sock, "v.hidden"});
@@ -1222,9 +1256,10 @@ TEST_CASE("restart: memfds are taken back walking each grantee's fd table once, 
   CHECK(serving(rd.sock));
 }
 
-TEST_CASE("restart: a subscriber whose grant a restarted daemon could not take back is told (lapped), "
-          "not left reading overwritten frames",
-          "[security][isolation][restart][grant-lost]") {
+TEST_CASE(
+    "restart: a subscriber whose grant a restarted daemon could not take back is told (lapped), "
+    "not left reading overwritten frames",
+    "[security][isolation][restart][grant-lost]") {
   NEED_SECOND_USER(att);
   if (access("/usr/bin/setpriv", X_OK) != 0) {
     WARN("skipped: no setpriv");

@@ -59,7 +59,7 @@ std::string write_schema(const DaemonProc& d, const std::string& variant, const 
   char id[32];
   std::snprintf(id, sizeof id, "0x%016" PRIx64, struct_id);
   std::ofstream(dir + "/orders.capnp") << "@0xd1a5e0c0ffee0001;\nstruct " << name << " @" << id << " {\n"
-                                        << body << "}\n";
+                                       << body << "}\n";
   return dir + "/orders.capnp:" + name;
 }
 
@@ -83,8 +83,9 @@ bool serving(const DaemonProc& d) {
 
 }  // namespace
 
-TEST_CASE("schema registry: evolution accepted, refusals name type, field and rule, history survives a restart",
-          "[schema]") {
+TEST_CASE(
+    "schema registry: evolution accepted, refusals name type, field and rule, history survives a restart",
+    "[schema]") {
   DaemonProc d("schema");
   REQUIRE(d.start());
   REQUIRE(cli(d, {"topic", "create", "orders", "--capacity", "65536"}).rc == 0);
@@ -93,7 +94,8 @@ TEST_CASE("schema registry: evolution accepted, refusals name type, field and ru
       d, "changed", "  id @0 :UInt64;\n  symbol @1 :Text;\n  price @2 :Text;\n  qty @3 :UInt32;\n");
   // v2 without qty (and symbol renamed: a rename alone is allowed; v1 itself is a
   // stored version, accepted as such).
-  const std::string removed = write_schema(d, "removed", "  id @0 :UInt64;\n  ticker @1 :Text;\n  price @2 :Float64;\n");
+  const std::string removed =
+      write_schema(d, "removed", "  id @0 :UInt64;\n  ticker @1 :Text;\n  price @2 :Float64;\n");
   const std::string renumbered = write_schema(
       d, "renumbered", "  id @0 :UInt64;\n  price @1 :Float64;\n  symbol @2 :Text;\n  qty @3 :UInt32;\n");
 
@@ -112,7 +114,8 @@ TEST_CASE("schema registry: evolution accepted, refusals name type, field and ru
       CHECK(x.err == "shmbus: " + reason + "\n");
     }
   };
-  refused(changed, "schema of orders.Order refused: field 'price' @2 changed type Float64 -> Text (backward)");
+  refused(changed,
+          "schema of orders.Order refused: field 'price' @2 changed type Float64 -> Text (backward)");
   refused(removed, "schema of orders.Order refused: field 'qty' @3 removed (backward)");
   refused(renumbered, "schema of orders.Order refused: field 'symbol' renumbered @1 -> @2 (backward)");
 
@@ -129,7 +132,7 @@ TEST_CASE("schema registry: evolution accepted, refusals name type, field and ru
   CHECK(cli(d, {"schema", "show", "orders", "--version", "1"}).out.find("qty") == std::string::npos);
 
   // Stored durably, owner-only.
-  struct stat st{};
+  struct stat st {};
   REQUIRE(lstat((d.state + "/schemas/orders.bin").c_str(), &st) == 0);
   CHECK(S_ISREG(st.st_mode));
   CHECK((st.st_mode & 0777) == 0600);
@@ -139,7 +142,8 @@ TEST_CASE("schema registry: evolution accepted, refusals name type, field and ru
   REQUIRE(d.start());
   r = cli(d, {"--json", "schema", "history", "orders"});
   CHECK(count(r.out, "\"version\":") == 2);
-  refused(changed, "schema of orders.Order refused: field 'price' @2 changed type Float64 -> Text (backward)");
+  refused(changed,
+          "schema of orders.Order refused: field 'price' @2 changed type Float64 -> Text (backward)");
   // An old producer reopening with a version already stored is that version.
   CHECK(cli(d, {"schema", "register", "orders", v1}).out == "already registered as version 1 of 'orders'\n");
 
@@ -159,7 +163,8 @@ TEST_CASE("schema registry: evolution accepted, refusals name type, field and ru
 namespace {
 
 // One registerSchema with hand-made bytes; the error the daemon answers (or "").
-std::string present(DaemonClient& c, const std::string& topic, uint64_t root, kj::ArrayPtr<const kj::byte> bytes) {
+std::string present(DaemonClient& c, const std::string& topic, uint64_t root,
+                    kj::ArrayPtr<const kj::byte> bytes) {
   try {
     c.call([&](proto::Request::Builder r) {
       auto s = r.initRegisterSchema();
@@ -193,7 +198,8 @@ TEST_CASE("schema registry: malformed schema bytes are refused and the daemon ke
   bad.reserve(16);  // (g++ 12 warns -Warray-bounds falsely on the first emplace_back otherwise)
 
   // Truncated (half of a good message, and an odd size).
-  bad.emplace_back("truncated", std::vector<uint8_t>(good.bytes.begin(), good.bytes.begin() + good.bytes.size() / 16 * 8));
+  bad.emplace_back("truncated",
+                   std::vector<uint8_t>(good.bytes.begin(), good.bytes.begin() + good.bytes.size() / 16 * 8));
   bad.emplace_back("odd size", std::vector<uint8_t>(good.bytes.begin(), good.bytes.begin() + 13));
   // A list pointer claiming 2^29 - 1 words of nodes in a 5-word message.
   {
@@ -312,8 +318,9 @@ TEST_CASE("schema registry: malformed schema bytes are refused and the daemon ke
   CHECK(serving(d));
 }
 
-TEST_CASE("schema registry: C++ publisher/subscriber present with_schema<T>() at open; incompatible is an Error",
-          "[schema]") {
+TEST_CASE(
+    "schema registry: C++ publisher/subscriber present with_schema<T>() at open; incompatible is an Error",
+    "[schema]") {
   DaemonProc d("schemacxx");
   REQUIRE(d.start());
   Bus bus = Bus::connect(d.sock);
@@ -328,8 +335,8 @@ TEST_CASE("schema registry: C++ publisher/subscriber present with_schema<T>() at
 
   // Another program registered a Quote whose instrumentId is a UInt64.
   bus.create_topic("quotes2", TopicConfig{.capacity = 65536});
-  const std::string other =
-      write_schema(d, "quote64", "  instrumentId @0 :UInt64;\n", capnp::typeId<shmbus::schema::Quote>(), "Quote");
+  const std::string other = write_schema(d, "quote64", "  instrumentId @0 :UInt64;\n",
+                                         capnp::typeId<shmbus::schema::Quote>(), "Quote");
   REQUIRE(cli(d, {"schema", "register", "quotes2", other}).rc == 0);
   const std::string why =
       "schema of market.Quote refused: field 'instrumentId' @0 changed type UInt64 -> UInt32 (backward)";
@@ -350,13 +357,15 @@ TEST_CASE("schema registry: C++ publisher/subscriber present with_schema<T>() at
     CHECK(std::string(e.what()) == why);
   }
   // Its root type is not the topic's declared one.
-  bus.create_topic("orders", TopicConfig{.capacity = 65536, .schema_id = capnp::typeId<shmbus::schema::Order>()});
+  bus.create_topic("orders",
+                   TopicConfig{.capacity = 65536, .schema_id = capnp::typeId<shmbus::schema::Order>()});
   try {
     Publisher p = bus.publisher("orders", po);
     FAIL("a publisher of another root type was opened");
   } catch (const Error& e) {
     CHECK(e.code() == ErrorCode::incompatible);
-    CHECK(std::string(e.what()).find("schema of market.Quote refused: topic 'orders' declares the root type ") == 0);
+    CHECK(std::string(e.what()).find(
+              "schema of market.Quote refused: topic 'orders' declares the root type ") == 0);
   }
 }
 
@@ -369,8 +378,9 @@ TEST_CASE("schema registry: only a user with publish access registers", "[schema
   DaemonProc d("schemauid");
   REQUIRE(d.start());
   const std::string v1 = write_schema(d, "v1", kV1);
-  REQUIRE(cli(d, {"topic", "create", "readonly", "--capacity", "65536", "--subscribe-uid", std::to_string(u.uid)})
-              .rc == 0);
+  REQUIRE(
+      cli(d, {"topic", "create", "readonly", "--capacity", "65536", "--subscribe-uid", std::to_string(u.uid)})
+          .rc == 0);
   REQUIRE(cli(d, {"topic", "create", "hidden", "--capacity", "65536"}).rc == 0);
   Run r = cli(d, {"schema", "register", "readonly", v1}, &u);
   CHECK(r.rc == 1);
@@ -398,7 +408,8 @@ TEST_CASE("schema registry: replay decodes a type not compiled into the tool fro
   if (char cwd[4096]; getcwd(cwd, sizeof cwd)) setenv("PWD", cwd, 1);  // else kj warns (meson's cwd)
   auto fs = kj::newDiskFilesystem();
   capnp::SchemaParser parser;
-  auto file = parser.parseFromDirectory(fs->getRoot(), fs->getCurrentPath().eval(d.dir + "/v1/orders.capnp"), nullptr);
+  auto file = parser.parseFromDirectory(fs->getRoot(), fs->getCurrentPath().eval(d.dir + "/v1/orders.capnp"),
+                                        nullptr);
   auto type = file.getNested("Order").asStruct();
   capnp::MallocMessageBuilder mb;
   auto o = mb.initRoot<capnp::DynamicStruct>(type);

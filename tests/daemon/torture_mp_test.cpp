@@ -53,15 +53,15 @@ using namespace shmbus::test;
 namespace {
 
 constexpr int kMaxProducers = 4;
-constexpr int64_t kBlockTimeoutNs = 2'000'000'000;      // a survivor's longest allowed wait
-constexpr int64_t kDirectReclaimNs = 2'000'000;         // direct mode: blocked publisher recovers after
-constexpr uint64_t kTrialWatchdogNs = 15'000'000'000;   // a trial that hangs fails, with a diagnosis
+constexpr int64_t kBlockTimeoutNs = 2'000'000'000;     // a survivor's longest allowed wait
+constexpr int64_t kDirectReclaimNs = 2'000'000;        // direct mode: blocked publisher recovers after
+constexpr uint64_t kTrialWatchdogNs = 15'000'000'000;  // a trial that hangs fails, with a diagnosis
 constexpr uint32_t kMaxBody = 240;
 
 // One producer's record in the page shared with the test process.
 struct alignas(64) ProducerRecord {
-  std::atomic<uint64_t> committing;   // producer seq handed to commit/offer (stored before the call)
-  std::atomic<uint64_t> committed;    // last producer seq whose commit returned ok (stored after)
+  std::atomic<uint64_t> committing;  // producer seq handed to commit/offer (stored before the call)
+  std::atomic<uint64_t> committed;   // last producer seq whose commit returned ok (stored after)
   std::atomic<uint64_t> claims;
   std::atomic<uint64_t> max_wait_ns;  // longest claim (or offer) call
   std::atomic<uint64_t> blocked;      // claims that took over 1 ms
@@ -76,8 +76,10 @@ static_assert(std::atomic<uint64_t>::is_always_lock_free);
 
 uint64_t torture_seed() {
   uint64_t seed;
-  if (const char* e = std::getenv("SHMBUS_TEST_SEED")) seed = std::strtoull(e, nullptr, 0);
-  else seed = now_ns() ^ (uint64_t(getpid()) << 32);
+  if (const char* e = std::getenv("SHMBUS_TEST_SEED"))
+    seed = std::strtoull(e, nullptr, 0);
+  else
+    seed = now_ns() ^ (uint64_t(getpid()) << 32);
   seed &= 0xffffffffffffull;
   std::fprintf(stderr, "[crash torture] seed %llu (replay: SHMBUS_TEST_SEED=%llu)\n",
                (unsigned long long)seed, (unsigned long long)seed);
@@ -142,7 +144,8 @@ void random_hold(Rng& rng) {
     Rng rng(seed);
     auto timed = [&](uint64_t t0) {
       const uint64_t d = now_ns() - t0;
-      if (d > rec.max_wait_ns.load(std::memory_order_relaxed)) rec.max_wait_ns.store(d, std::memory_order_relaxed);
+      if (d > rec.max_wait_ns.load(std::memory_order_relaxed))
+        rec.max_wait_ns.store(d, std::memory_order_relaxed);
       if (d > 1'000'000) rec.blocked.fetch_add(1, std::memory_order_relaxed);
       rec.claims.fetch_add(1, std::memory_order_relaxed);
     };
@@ -172,7 +175,7 @@ void random_hold(Rng& rng) {
         Status s = pub.offer(buf, sizeof h + m.size, seq);
         timed(t0);
         if (s != Status::ok) refused(s, seq);
-      } else if (m.kind == 1) {  // raw bytes in place, claim held open
+      } else if (m.kind == 1) {      // raw bytes in place, claim held open
         if (rng.next() % 16 == 0) {  // now and then a claim that is scribbled on and aborted
           ClaimView junk;
           const uint64_t t0 = t_claim = now_ns();
@@ -262,11 +265,13 @@ bool drain_some(Subscriber& sub, ReaderLog& log, const BlobCodec& codec, uint32_
     }
     sub.release(v);
     if (!err.empty()) {
-      log.error = err + " (frame seq " + std::to_string(fseq) + ", position " + std::to_string(v.position()) + ")";
+      log.error =
+          err + " (frame seq " + std::to_string(fseq) + ", position " + std::to_string(v.position()) + ")";
       return false;
     }
     if (fseq <= log.last_frame_seq) {
-      log.error = "partition sequence went from " + std::to_string(log.last_frame_seq) + " to " + std::to_string(fseq);
+      log.error = "partition sequence went from " + std::to_string(log.last_frame_seq) + " to " +
+                  std::to_string(fseq);
       return false;
     }
     log.last_frame_seq = fseq;
@@ -277,7 +282,8 @@ bool drain_some(Subscriber& sub, ReaderLog& log, const BlobCodec& codec, uint32_
     const uint32_t p = d.producer;
     if (d.seq <= log.last[p] || (log.tethered && d.seq != log.last[p] + 1)) {
       log.error = "producer " + std::to_string(p) + ": seq " + std::to_string(d.seq) + " after " +
-                  std::to_string(log.last[p]) + (d.seq <= log.last[p] ? " (out of order)" : " (gap: a message lost)");
+                  std::to_string(log.last[p]) +
+                  (d.seq <= log.last[p] ? " (out of order)" : " (gap: a message lost)");
       return false;
     }
     log.last[p] = d.seq;
@@ -296,17 +302,20 @@ struct Totals {
     auto v = trial_max_wait;
     std::sort(v.begin(), v.end());
     const double secs = (now_ns() - start_ns) / 1e9;
-    std::printf("%s: %d trials (%d with a tethered reader) in %.1f s, %d producers killed, %d dead claims "
-                "padded, %d kills inside a commit call, %llu messages checked, %d untethered laps; "
-                "survivors' longest claim wait per trial p50 %.2f ms, p99 %.2f ms, max %.2f ms (limit %lld ms)\n",
-                what, trials, tethered_trials, secs, kills, padded, in_commit, (unsigned long long)messages, laps,
-                v.empty() ? 0 : v[v.size() / 2] / 1e6, v.empty() ? 0 : v[v.size() * 99 / 100] / 1e6,
-                v.empty() ? 0 : v.back() / 1e6, (long long)(kBlockTimeoutNs / 1'000'000));
+    std::printf(
+        "%s: %d trials (%d with a tethered reader) in %.1f s, %d producers killed, %d dead claims "
+        "padded, %d kills inside a commit call, %llu messages checked, %d untethered laps; "
+        "survivors' longest claim wait per trial p50 %.2f ms, p99 %.2f ms, max %.2f ms (limit %lld ms)\n",
+        what, trials, tethered_trials, secs, kills, padded, in_commit, (unsigned long long)messages, laps,
+        v.empty() ? 0 : v[v.size() / 2] / 1e6, v.empty() ? 0 : v[v.size() * 99 / 100] / 1e6,
+        v.empty() ? 0 : v.back() / 1e6, (long long)(kBlockTimeoutNs / 1'000'000));
     std::fflush(stdout);
   }
 };
 
-uint64_t tail_pos(const shm::RingRefs& r) { return shm::aref(r.data->tail_pos).load(std::memory_order_acquire); }
+uint64_t tail_pos(const shm::RingRefs& r) {
+  return shm::aref(r.data->tail_pos).load(std::memory_order_acquire);
+}
 
 // A dead producer still holding an open claim (its table entry not yet resolved)?
 bool dead_claim_open(const shm::RingRefs& r, const std::vector<pid_t>& dead) {
@@ -314,7 +323,8 @@ bool dead_claim_open(const shm::RingRefs& r, const std::vector<pid_t>& dead) {
     uint32_t pid = shm::aref(r.producers[k].pid).load(std::memory_order_acquire);
     // Through shmbusd (layout 4) the entry holds the daemon's token; its grant record
     // (control segment, readable here) names the grantee's pid.
-    if ((pid & shm::kTokenBit) && r.grants && shm::aref(r.grants[k].token).load(std::memory_order_relaxed) == pid)
+    if ((pid & shm::kTokenBit) && r.grants &&
+        shm::aref(r.grants[k].token).load(std::memory_order_relaxed) == pid)
       pid = shm::aref(r.grants[k].pid).load(std::memory_order_relaxed);
     if (pid == 0 || std::find(dead.begin(), dead.end(), pid_t(pid)) == dead.end()) continue;
     if (shm::claim_state(shm::aref(r.producers[k].claim).load(std::memory_order_acquire)) != shm::kClaimIdle)
@@ -325,7 +335,8 @@ bool dead_claim_open(const shm::RingRefs& r, const std::vector<pid_t>& dead) {
 
 uint64_t fills(const shm::RingRefs& r) {
   uint64_t n = 0;
-  for (uint32_t k = 0; k < r.producer_count; ++k) n += shm::aref(r.producers[k].fills).load(std::memory_order_relaxed);
+  for (uint32_t k = 0; k < r.producer_count; ++k)
+    n += shm::aref(r.producers[k].fills).load(std::memory_order_relaxed);
   return n;
 }
 
@@ -348,8 +359,9 @@ std::string limit_state(const shm::RingRefs& r) {
     const uint32_t pid = shm::aref(r.producers[k].pid).load();
     const uint64_t w = shm::aref(r.producers[k].claim).load();
     if (pid == 0 && w == 0) continue;
-    s += " [" + std::to_string(k) + " pid " + std::to_string(pid) + (shm::process_alive(pid) ? " alive" : " dead") +
-         " state " + std::to_string(shm::claim_state(w)) + " seq " + std::to_string(shm::claim_seq(w)) + " pos " +
+    s += " [" + std::to_string(k) + " pid " + std::to_string(pid) +
+         (shm::process_alive(pid) ? " alive" : " dead") + " state " + std::to_string(shm::claim_state(w)) +
+         " seq " + std::to_string(shm::claim_seq(w)) + " pos " +
          std::to_string(shm::aref(r.producers[k].claim_pos).load()) + " len " +
          std::to_string(shm::aref(r.producers[k].frame_len).load()) + "]";
   }
@@ -357,8 +369,9 @@ std::string limit_state(const shm::RingRefs& r) {
   for (uint32_t i = 0; i < r.slot_count; ++i) {
     const uint32_t st = shm::aref(r.slots[i].state).load();
     if (st == shm::kSlotFree) continue;
-    s += " [" + std::to_string(i) + " state " + std::to_string(st) + " pid " + std::to_string(shm::aref(r.slots[i].pid).load()) +
-         " flags " + std::to_string(shm::aref(r.slots[i].flags).load()) + " pos " +
+    s += " [" + std::to_string(i) + " state " + std::to_string(st) + " pid " +
+         std::to_string(shm::aref(r.slots[i].pid).load()) + " flags " +
+         std::to_string(shm::aref(r.slots[i].flags).load()) + " pos " +
          std::to_string(shm::aref(r.slots[i].join_position).load()) + "]";
   }
   return s;
@@ -367,10 +380,10 @@ std::string limit_state(const shm::RingRefs& r) {
 // One trial. Returns "" or what went wrong (the caller REQUIREs it empty).
 std::string run_trial(Bus& bus, const Where& w, const std::string& topic, std::mt19937_64& rng,
                       const BlobCodec& codec, Shared* sh, bool tethered, Totals& tot) {
-  const uint32_t nprod = 2 + uint32_t(rng() % 3);                   // 2..4 producers
-  const uint32_t nvict = 1 + uint32_t(rng() % (nprod - 1));         // 1..n-1 of them killed
+  const uint32_t nprod = 2 + uint32_t(rng() % 3);            // 2..4 producers
+  const uint32_t nvict = 1 + uint32_t(rng() % (nprod - 1));  // 1..n-1 of them killed
   const uint64_t capacity = (rng() % 2) ? 4096 : 8192;
-  const uint64_t count = 15 + rng() % 30;                           // per survivor, at least
+  const uint64_t count = 15 + rng() % 30;  // per survivor, at least
   bus.create_topic(topic, {.capacity = capacity, .policy = Policy::block, .multi_producer = true});
   struct RemoveTopic {
     Bus& b;
@@ -439,7 +452,8 @@ std::string run_trial(Bus& bus, const Where& w, const std::string& topic, std::m
         last_change[p] = now_ns();
       } else if (stall.empty() && now_ns() - last_change[p] > 500'000'000) {
         stall = "; survivor " + std::to_string(p) + " stalled 500 ms; readers at " +
-                std::to_string(subs[0].position()) + ", " + std::to_string(subs[1].position()) + "; " + limit_state(r);
+                std::to_string(subs[0].position()) + ", " + std::to_string(subs[1].position()) + "; " +
+                limit_state(r);
       }
     }
     bool progressed = false;
@@ -464,11 +478,12 @@ std::string run_trial(Bus& bus, const Where& w, const std::string& topic, std::m
           if (pr.victim && !pr.killed)
             return "producer " + std::to_string(p) + " (to be killed) ended on its own with status " +
                    std::to_string(pr.status) + ": " + sh->prod[p].why + "; " + limit_state(r);
-          if (pr.victim) dead.push_back(pr.pid);
+          if (pr.victim)
+            dead.push_back(pr.pid);
           else if (!WIFEXITED(pr.status) || WEXITSTATUS(pr.status) != 0)
-            return "survivor " + std::to_string(p) + " ended with status " + std::to_string(pr.status) + ": " +
-                   sh->prod[p].why + stall + "; now: reader 0 " + ring_state(r, subs[0].position()) + "; " +
-                   limit_state(r);
+            return "survivor " + std::to_string(p) + " ended with status " + std::to_string(pr.status) +
+                   ": " + sh->prod[p].why + stall + "; now: reader 0 " + ring_state(r, subs[0].position()) +
+                   "; " + limit_state(r);
         }
       }
       if (!pr.reaped) all_exited = false;
@@ -489,7 +504,8 @@ std::string run_trial(Bus& bus, const Where& w, const std::string& topic, std::m
         s += "p" + std::to_string(p) + (procs[p].victim ? "(victim" : "(survivor") +
              (procs[p].reaped ? ", exited)" : ")") + " committed " +
              std::to_string(sh->prod[p].committed.load()) + "; ";
-      s += "dead claim open " + std::to_string(dead_claim_open(r, dead)) + "; " + ring_state(r, subs[0].position());
+      s += "dead claim open " + std::to_string(dead_claim_open(r, dead)) + "; " +
+           ring_state(r, subs[0].position());
       return s;
     }
     if (!progressed) subs[0].wait(1'000'000);  // data, or 1 ms to look at the processes again
@@ -502,9 +518,11 @@ std::string run_trial(Bus& bus, const Where& w, const std::string& topic, std::m
     const uint64_t until = now_ns() + 5'000'000'000ull;
     while (subs[i].position() < tail) {
       bool progressed = false;
-      if (!drain_some(subs[i], logs[i], codec, nprod, 64, progressed)) return "reader " + std::to_string(i) + ": " + logs[i].error;
+      if (!drain_some(subs[i], logs[i], codec, nprod, 64, progressed))
+        return "reader " + std::to_string(i) + ": " + logs[i].error;
       if (!progressed && now_ns() > until)
-        return "reader " + std::to_string(i) + " stuck after every producer ended: " + ring_state(r, subs[i].position());
+        return "reader " + std::to_string(i) +
+               " stuck after every producer ended: " + ring_state(r, subs[i].position());
     }
     if (subs[i].position() != tail)
       return "reader " + std::to_string(i) + " passed the tail: " + ring_state(r, subs[i].position());
@@ -515,8 +533,9 @@ std::string run_trial(Bus& bus, const Where& w, const std::string& topic, std::m
   for (uint32_t p = 0; p < nprod; ++p) {
     const ProducerRecord& rec = sh->prod[p];
     const uint64_t committed = rec.committed.load(), committing = rec.committing.load();
-    const std::string who = "producer " + std::to_string(p) + (procs[p].victim ? " (killed)" : " (survivor)") +
-                            ": committed " + std::to_string(committed) + ", committing " + std::to_string(committing);
+    const std::string who = "producer " + std::to_string(p) +
+                            (procs[p].victim ? " (killed)" : " (survivor)") + ": committed " +
+                            std::to_string(committed) + ", committing " + std::to_string(committing);
     if (rec.failed.load()) return who + ": failed: " + rec.why;
     if (!procs[p].victim) {
       trial_max_wait = std::max<uint64_t>(trial_max_wait, rec.max_wait_ns.load());
@@ -580,10 +599,11 @@ struct HeapRing {
   std::unique_ptr<std::byte[], Free> ctl = zalloc(shm::control_segment_size(4));
   shm::RingRefs r;
   HeapRing() {
-    shm::init_segments(reinterpret_cast<shm::DataHeader*>(data.get()), reinterpret_cast<shm::ControlHeader*>(ctl.get()),
-                       cap, 4, shm::kFlagMultiProducer, shm::kPolicyBlock, 0, 0, cap / 4, 1);
-    REQUIRE(shm::bind_ring(data.get(), shm::data_segment_size(cap), ctl.get(), shm::control_segment_size(4), r) ==
-            nullptr);
+    shm::init_segments(reinterpret_cast<shm::DataHeader*>(data.get()),
+                       reinterpret_cast<shm::ControlHeader*>(ctl.get()), cap, 4, shm::kFlagMultiProducer,
+                       shm::kPolicyBlock, 0, 0, cap / 4, 1);
+    REQUIRE(shm::bind_ring(data.get(), shm::data_segment_size(cap), ctl.get(), shm::control_segment_size(4),
+                           r) == nullptr);
   }
 };
 
@@ -614,7 +634,8 @@ TEST_CASE("resolving a dead producer's open claim wakes producers asleep on spac
       shm::ProducerSlot& p = r.producers[dead.producer_slot()];
       shm::aref(p.claim_pos).store(shm::aref(r.data->tail_pos).load());
       shm::aref(p.frame_len).store(uint32_t(shm::kFrameHeaderSize + 64));
-      shm::aref(p.claim).store(shm::claim_word(shm::tail_seq_of(shm::aref(r.data->tail_seq).load()), shm::kClaimIntent));
+      shm::aref(p.claim).store(
+          shm::claim_word(shm::tail_seq_of(shm::aref(r.data->tail_seq).load()), shm::kClaimIntent));
     }
   }
   SECTION("killed holding a won claim, no reader to release after the pad (WON)") {
@@ -672,8 +693,7 @@ TEST_CASE("a producer closing its claim wakes producers asleep on space behind i
 // space taken by another producer in between, or a claim giving up on the zero lock
 // of a live producer that is descheduled, ended the wait early. Here the zero lock
 // is held by a live producer (this process) and never released.
-TEST_CASE("policy block: a claim gives up only after its block timeout",
-          "[crash][torture][regression]") {
+TEST_CASE("policy block: a claim gives up only after its block timeout", "[crash][torture][regression]") {
   TopicGuard g{Bus::direct({.shm_prefix = unique_prefix("torture-block")}), "block.timeout"};
   g.bus.create_topic(g.topic, {.capacity = 4096, .policy = Policy::block, .multi_producer = true});
   PublisherOptions po;
@@ -682,7 +702,8 @@ TEST_CASE("policy block: a claim gives up only after its block timeout",
   const shm::RingRefs& r = pub.refs();
   uint8_t buf[256] = {};
   const uint64_t frame = shm::kFrameHeaderSize + sizeof buf;
-  while (tail_pos(r) + frame + 8 <= shm::aref(r.data->zero_mark).load()) REQUIRE(pub.offer(buf, sizeof buf) == Status::ok);
+  while (tail_pos(r) + frame + 8 <= shm::aref(r.data->zero_mark).load())
+    REQUIRE(pub.offer(buf, sizeof buf) == Status::ok);
   uint32_t k = 0;
   while (shm::aref(r.producers[k].pid).load() != uint32_t(getpid())) ++k;
   shm::aref(r.data->zero_lock).store(k + 1);  // a live holder, descheduled for good

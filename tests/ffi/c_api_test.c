@@ -14,25 +14,25 @@
 static int g_failures = 0;
 static int g_checks = 0;
 
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    ++g_checks;                                                                      \
-    if (!(cond)) {                                                                   \
-      ++g_failures;                                                                  \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, \
-              #cond, shmbus_last_error());                                           \
-    }                                                                                \
+#define CHECK(cond)                                                                           \
+  do {                                                                                        \
+    ++g_checks;                                                                               \
+    if (!(cond)) {                                                                            \
+      ++g_failures;                                                                           \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, #cond, \
+              shmbus_last_error());                                                           \
+    }                                                                                         \
   } while (0)
 
-#define CHECK_RC(call, want)                                                             \
-  do {                                                                                   \
-    int rc_ = (call);                                                                    \
-    ++g_checks;                                                                          \
-    if (rc_ != (want)) {                                                                 \
-      ++g_failures;                                                                      \
-      fprintf(stderr, "%s:%d: %s returned %d (%s), want %d; last error: %s\n", __FILE__, \
-              __LINE__, #call, rc_, shmbus_strerror(rc_), (int)(want), shmbus_last_error()); \
-    }                                                                                    \
+#define CHECK_RC(call, want)                                                                              \
+  do {                                                                                                    \
+    int rc_ = (call);                                                                                     \
+    ++g_checks;                                                                                           \
+    if (rc_ != (want)) {                                                                                  \
+      ++g_failures;                                                                                       \
+      fprintf(stderr, "%s:%d: %s returned %d (%s), want %d; last error: %s\n", __FILE__, __LINE__, #call, \
+              rc_, shmbus_strerror(rc_), (int)(want), shmbus_last_error());                               \
+    }                                                                                                     \
   } while (0)
 
 /* A real if tiny Cap'n Proto message: root pointer + a struct of one data word. */
@@ -47,12 +47,27 @@ static uint32_t build_message(uint8_t* seg, uint64_t value) {
 static char g_prefix[64];
 
 static void test_library(void) {
-  static const int codes[] = {SHMBUS_OK, SHMBUS_E_EMPTY, SHMBUS_E_BACK_PRESSURED, SHMBUS_E_TIMED_OUT,
-                              SHMBUS_E_TOO_LARGE, SHMBUS_E_CORRUPT, SHMBUS_E_MALFORMED, SHMBUS_E_CLOSED,
-                              SHMBUS_E_INVALID_ARGUMENT, SHMBUS_E_NOT_FOUND, SHMBUS_E_ALREADY_EXISTS,
-                              SHMBUS_E_INCOMPATIBLE, SHMBUS_E_PERMISSION_DENIED, SHMBUS_E_NO_SLOT,
-                              SHMBUS_E_PROTOCOL, SHMBUS_E_NOT_CONNECTED, SHMBUS_E_INTERNAL,
-                              SHMBUS_E_UNSUPPORTED, -5, -12, 12345};
+  static const int codes[] = {SHMBUS_OK,
+                              SHMBUS_E_EMPTY,
+                              SHMBUS_E_BACK_PRESSURED,
+                              SHMBUS_E_TIMED_OUT,
+                              SHMBUS_E_TOO_LARGE,
+                              SHMBUS_E_CORRUPT,
+                              SHMBUS_E_MALFORMED,
+                              SHMBUS_E_CLOSED,
+                              SHMBUS_E_INVALID_ARGUMENT,
+                              SHMBUS_E_NOT_FOUND,
+                              SHMBUS_E_ALREADY_EXISTS,
+                              SHMBUS_E_INCOMPATIBLE,
+                              SHMBUS_E_PERMISSION_DENIED,
+                              SHMBUS_E_NO_SLOT,
+                              SHMBUS_E_PROTOCOL,
+                              SHMBUS_E_NOT_CONNECTED,
+                              SHMBUS_E_INTERNAL,
+                              SHMBUS_E_UNSUPPORTED,
+                              -5,
+                              -12,
+                              12345};
   size_t i;
   CHECK(shmbus_abi_version() == SHMBUS_ABI_VERSION);
   for (i = 0; i < sizeof codes / sizeof codes[0]; ++i) {
@@ -279,8 +294,7 @@ static void test_data_path(shmbus_bus_t* bus) {
   CHECK_RC(shmbus_subscriber_poll(sub, &v), SHMBUS_E_EMPTY);
 
   /* too large: never fits */
-  CHECK_RC(shmbus_publisher_claim(pub, shmbus_publisher_max_payload(pub) + 1, &c),
-           SHMBUS_E_TOO_LARGE);
+  CHECK_RC(shmbus_publisher_claim(pub, shmbus_publisher_max_payload(pub) + 1, &c), SHMBUS_E_TOO_LARGE);
   CHECK(c.data == NULL && c.size == 0);
   CHECK_RC(shmbus_publisher_claim(NULL, 8, &c), SHMBUS_E_INVALID_ARGUMENT);
 
@@ -391,8 +405,7 @@ static void test_data_path(shmbus_bus_t* bus) {
     static uint8_t big[8192];
     int rc = SHMBUS_OK;
     int sent = 0;
-    while ((rc = shmbus_publisher_offer(pub, big, sizeof big, 0, 0)) == SHMBUS_OK && sent < 100)
-      ++sent;
+    while ((rc = shmbus_publisher_offer(pub, big, sizeof big, 0, 0)) == SHMBUS_OK && sent < 100) ++sent;
     CHECK(rc == SHMBUS_E_BACK_PRESSURED);
     CHECK(sent >= 5 && sent < 100);
     CHECK_RC(shmbus_publisher_try_claim(pub, 8192, &c), SHMBUS_E_BACK_PRESSURED);

@@ -22,33 +22,32 @@
 #include "shmbus.h"
 
 static int failures = 0;
-#define CHECK(c)                                                                  \
-  do {                                                                            \
-    if (!(c)) {                                                                   \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__,     \
-              __LINE__, #c, shmbus_last_error());                                 \
-      ++failures;                                                                 \
-    }                                                                             \
+#define CHECK(c)                                                                           \
+  do {                                                                                     \
+    if (!(c)) {                                                                            \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, #c, \
+              shmbus_last_error());                                                        \
+      ++failures;                                                                          \
+    }                                                                                      \
   } while (0)
-#define CHECK_RC(call, want)                                                      \
-  do {                                                                            \
-    int rc_ = (call);                                                             \
-    if (rc_ != (want)) {                                                          \
-      fprintf(stderr, "%s:%d: %s = %d (%s), want %d; last error: %s\n", __FILE__, \
-              __LINE__, #call, rc_, shmbus_strerror(rc_), (int)(want),           \
-              shmbus_last_error());                                               \
-      ++failures;                                                                 \
-    }                                                                             \
+#define CHECK_RC(call, want)                                                                            \
+  do {                                                                                                  \
+    int rc_ = (call);                                                                                   \
+    if (rc_ != (want)) {                                                                                \
+      fprintf(stderr, "%s:%d: %s = %d (%s), want %d; last error: %s\n", __FILE__, __LINE__, #call, rc_, \
+              shmbus_strerror(rc_), (int)(want), shmbus_last_error());                                  \
+      ++failures;                                                                                       \
+    }                                                                                                   \
   } while (0)
-#define REQUIRE_OK(call)                                                          \
-  do {                                                                            \
-    int rc_ = (call);                                                             \
-    if (rc_ != SHMBUS_OK) {                                                       \
-      fprintf(stderr, "%s:%d: %s = %d (%s); last error: %s\n", __FILE__, __LINE__, \
-              #call, rc_, shmbus_strerror(rc_), shmbus_last_error());             \
-      cleanup();                                                                  \
-      exit(1);                                                                    \
-    }                                                                             \
+#define REQUIRE_OK(call)                                                                       \
+  do {                                                                                         \
+    int rc_ = (call);                                                                          \
+    if (rc_ != SHMBUS_OK) {                                                                    \
+      fprintf(stderr, "%s:%d: %s = %d (%s); last error: %s\n", __FILE__, __LINE__, #call, rc_, \
+              shmbus_strerror(rc_), shmbus_last_error());                                      \
+      cleanup();                                                                               \
+      exit(1);                                                                                 \
+    }                                                                                          \
   } while (0)
 
 static char dir[64], sock_path[128], state_dir[128], notify_path[128], prefix[64];
@@ -106,8 +105,8 @@ static int start_daemon(void) {
     char log[160];
     snprintf(log, sizeof log, "%s/shmbusd.log", dir);
     if (!freopen(log, "a", stderr)) _exit(126);
-    execl(daemon_bin, daemon_bin, "--socket", sock_path, "--state-dir", state_dir, "--shm-prefix",
-          prefix, "--log-level", "warn", (char*)NULL);
+    execl(daemon_bin, daemon_bin, "--socket", sock_path, "--state-dir", state_dir, "--shm-prefix", prefix,
+          "--log-level", "warn", (char*)NULL);
     _exit(127);
   }
   for (;;) {
@@ -165,9 +164,9 @@ static void expect(shmbus_subscriber_t* sub, uint64_t first, uint64_t count, con
     uint64_t idx = UINT64_MAX;
     if (v.size == 8) memcpy(&idx, v.data, 8);
     if (idx != first + k || v.message_id != first + k || v.sequence != seqs[first + k]) {
-      fprintf(stderr, "%s: got index %llu (seq %llu), want %llu (seq %llu)\n", what,
-              (unsigned long long)idx, (unsigned long long)v.sequence,
-              (unsigned long long)(first + k), (unsigned long long)seqs[first + k]);
+      fprintf(stderr, "%s: got index %llu (seq %llu), want %llu (seq %llu)\n", what, (unsigned long long)idx,
+              (unsigned long long)v.sequence, (unsigned long long)(first + k),
+              (unsigned long long)seqs[first + k]);
       ++failures;
       return;
     }

@@ -30,8 +30,8 @@ static void expect(const char* what, int rc, int want_rc, int want_errno) {
   if (rc != want_rc || got_errno != want_errno) {
     ++g_failures;
     fprintf(stderr, "FAIL %s: rc %d (%s), errno %d (%s); want rc %d, errno %d (%s); last error: %s\n", what,
-            rc, shmbus_strerror(rc), got_errno, strerror(got_errno), want_rc, want_errno, strerror(want_errno),
-            shmbus_last_error());
+            rc, shmbus_strerror(rc), got_errno, strerror(got_errno), want_rc, want_errno,
+            strerror(want_errno), shmbus_last_error());
   } else {
     printf("ok   %s: rc %d, errno %d (%s)\n", what, rc, got_errno, strerror(got_errno));
   }
@@ -87,8 +87,8 @@ static void test_eacces(void) {
   }
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
     ++g_failures;
-    fprintf(stderr, "FAIL: the EACCES child (uid %d) ended with status 0x%x\n", geteuid() == 0 ? 65534 : (int)geteuid(),
-            st);
+    fprintf(stderr, "FAIL: the EACCES child (uid %d) ended with status 0x%x\n",
+            geteuid() == 0 ? 65534 : (int)geteuid(), st);
   }
   if (geteuid() != 0) chmod(g_dir, 0700);
 }

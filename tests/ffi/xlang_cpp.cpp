@@ -64,24 +64,37 @@ Args parse(int argc, char** argv) {
   auto num = [&](int& i) -> uint64_t { return std::strtoull(need(i), nullptr, 10); };
   for (int i = 2; i < argc; ++i) {
     std::string f = argv[i];
-    if (f == "--prefix") a.prefix = need(i);
-    else if (f == "--topic") a.topic = need(i);
-    else if (f == "--count") a.count = num(i);
+    if (f == "--prefix")
+      a.prefix = need(i);
+    else if (f == "--topic")
+      a.topic = need(i);
+    else if (f == "--count")
+      a.count = num(i);
     else if (f == "--schema") {
       std::string s = need(i);
-      if (s == "quote") a.quote = true;
-      else if (s == "order") a.quote = false;
-      else usage("--schema quote|order");
+      if (s == "quote")
+        a.quote = true;
+      else if (s == "order")
+        a.quote = false;
+      else
+        usage("--schema quote|order");
     } else if (f == "--schema-version") {
       a.version = int(num(i));
       if (a.version != 1 && a.version != 2) usage("--schema-version 1|2");
-    } else if (f == "--timeout-ms") a.timeout_ms = num(i);
-    else if (f == "--create") a.create = true;
-    else if (f == "--capacity") a.capacity = num(i);
-    else if (f == "--start") a.start = num(i);
-    else if (f == "--kill-self-after") a.kill_self_after = num(i);
-    else if (f == "--allow-truncated") a.allow_truncated = true;
-    else usage(("unknown flag " + f).c_str());
+    } else if (f == "--timeout-ms")
+      a.timeout_ms = num(i);
+    else if (f == "--create")
+      a.create = true;
+    else if (f == "--capacity")
+      a.capacity = num(i);
+    else if (f == "--start")
+      a.start = num(i);
+    else if (f == "--kill-self-after")
+      a.kill_self_after = num(i);
+    else if (f == "--allow-truncated")
+      a.allow_truncated = true;
+    else
+      usage(("unknown flag " + f).c_str());
   }
   if (a.prefix.empty() || a.topic.empty()) usage("--prefix and --topic are required");
   return a;
@@ -96,9 +109,7 @@ void create_topic(shmbus::Bus& bus, const Args& a) {
     bus.create_topic(a.topic, cfg);
   } catch (const shmbus::Error& e) {
     // Created by the other side with other settings: use it as it is.
-    if (e.code() != shmbus::ErrorCode::already_exists &&
-        e.code() != shmbus::ErrorCode::incompatible)
-      throw;
+    if (e.code() != shmbus::ErrorCode::already_exists && e.code() != shmbus::ErrorCode::incompatible) throw;
   }
 }
 
@@ -188,8 +199,7 @@ struct Mismatch {
 template <class T>
 void eq(const char* field, T got, T want) {
   if (!(got == want))
-    throw Mismatch{std::string(field) + " = " + std::to_string(got) + ", want " +
-                   std::to_string(want)};
+    throw Mismatch{std::string(field) + " = " + std::to_string(got) + ", want " + std::to_string(want)};
 }
 void eq_text(const char* field, capnp::Text::Reader got, const std::string& want) {
   if (std::string(got.cStr(), got.size()) != want)

@@ -26,10 +26,10 @@ void run(Run& r, Policy policy, uint64_t count, const char* what) {
   const bool fail = policy == Policy::fail;
   const std::string dense = fail ? "dense=0" : "dense=1";
   start_ready(r.fast, t.args("sub", seed, kMaxBody, {"producers=1", "batch=8", dense, "watchdog_s=300"}));
-  start_ready(r.slow, t.args("sub", seed, kMaxBody,
-                             {"producers=1", "batch=64", dense, "hold_every=500",
-                              "hold_last=" + std::to_string(count - kMargin), "slow_spin=3000",
-                              "watchdog_s=300"}));
+  start_ready(r.slow,
+              t.args("sub", seed, kMaxBody,
+                     {"producers=1", "batch=64", dense, "hold_every=500",
+                      "hold_last=" + std::to_string(count - kMargin), "slow_spin=3000", "watchdog_s=300"}));
   r.pub.start(t.args("pub", seed, kMaxBody,
                      {"count=" + std::to_string(count), fail ? "on_full=drop" : "on_full=retry",
                       "block_timeout_ms=20000", "watchdog_s=300"}));
@@ -47,7 +47,8 @@ void run(Run& r, Policy policy, uint64_t count, const char* what) {
 
 }  // namespace
 
-TEST_CASE("policy block holds the producer behind a slow subscriber process and never overwrites a held view") {
+TEST_CASE(
+    "policy block holds the producer behind a slow subscriber process and never overwrites a held view") {
   Run r;
   run(r, Policy::block, 30'000, "back-pressure block");
   CHECK(r.pub.num("blocked_waits") > 0);
@@ -64,6 +65,6 @@ TEST_CASE("policy fail reports back-pressure to the producer process and what wa
   run(r, Policy::fail, 30'000, "back-pressure fail");
   CHECK(r.pub.num("dropped") > 0);
   CHECK(r.pub.num("back_pressured") >= r.pub.num("dropped"));
-  CHECK(r.pub.num("blocked_waits") == 0);  // fail never waits
+  CHECK(r.pub.num("blocked_waits") == 0);         // fail never waits
   CHECK(r.slow.num("frame_seq_last") == 30'001);  // refused claims take no sequence
 }

@@ -72,8 +72,10 @@ class BlobCodec {
     uint32_t size = 1 + uint32_t(h % max_body_);
     uint32_t off = uint32_t((h >> 32) % kOffsets) * (kPool / kOffsets);
     int kind = 2;
-    if (kinds_ == Kinds::raw) kind = int(seq & 1);
-    else if (kinds_ == Kinds::mixed) kind = (seq & 3) < 2 ? int(seq & 3) : 2;
+    if (kinds_ == Kinds::raw)
+      kind = int(seq & 1);
+    else if (kinds_ == Kinds::mixed)
+      kind = (seq & 3) < 2 ? int(seq & 3) : 2;
     return {pool_.data() + off, size, kind, off / (kPool / kOffsets)};
   }
 
@@ -135,8 +137,8 @@ class BlobCodec {
     const shm::RingRefs& r = pub.refs();
     throw std::runtime_error(
         "claimed ring memory is not zero: ring offset " + std::to_string(p - r.ring) + " + " +
-        std::to_string(i * 8) + " holds " + std::to_string(w[i]) + "; claim bytes " +
-        std::to_string(n) + ", tail " + std::to_string(shm::aref(r.data->tail_pos).load(std::memory_order_acquire)) +
+        std::to_string(i * 8) + " holds " + std::to_string(w[i]) + "; claim bytes " + std::to_string(n) +
+        ", tail " + std::to_string(shm::aref(r.data->tail_pos).load(std::memory_order_acquire)) +
         ", zero_mark " + std::to_string(shm::aref(r.data->zero_mark).load(std::memory_order_acquire)));
   }
 
@@ -180,16 +182,16 @@ class BlobCodec {
     if (h.magic != kRawMagic) return "raw frame with a bad magic";
     if (v.size() != sizeof h + h.body_len) return "raw frame size differs from its header";
     if (v.message_id() != h.seq) return "message id differs from the raw seq";
-    return check_body(h.producer, h.seq, reinterpret_cast<const uint8_t*>(v.data()) + sizeof h,
-                      h.body_len, h.checksum, -1);
+    return check_body(h.producer, h.seq, reinterpret_cast<const uint8_t*>(v.data()) + sizeof h, h.body_len,
+                      h.checksum, -1);
   }
 
  private:
   static constexpr uint32_t kPool = 1u << 16;
   static constexpr uint32_t kOffsets = 64;  // body start offsets: multiples of 1 KiB
 
-  std::string check_body(uint32_t producer, uint64_t seq, const uint8_t* body, size_t n,
-                         uint64_t sum, int kind) const {
+  std::string check_body(uint32_t producer, uint64_t seq, const uint8_t* body, size_t n, uint64_t sum,
+                         int kind) const {
     if (fnv1a(body, n) != sum)
       return "checksum mismatch at producer " + std::to_string(producer) + " seq " + std::to_string(seq);
     Msg m = message(producer, seq);
@@ -215,7 +217,7 @@ class BlobCodec {
 class StreamCheck {
  public:
   struct Options {
-    uint32_t producers = 1;       // producer indices 0..producers-1
+    uint32_t producers = 1;  // producer indices 0..producers-1
     bool dense_producer_seq = true;
     bool ordered_producers = false;  // takeover: producer index never goes down
   };
@@ -245,16 +247,16 @@ class StreamCheck {
       ended_[p] = 1;
       ++ends_;
       if (d.seq != count_[p])
-        return "producer " + std::to_string(p) + " published " + std::to_string(d.seq) +
-               " but " + std::to_string(count_[p]) + " arrived";
+        return "producer " + std::to_string(p) + " published " + std::to_string(d.seq) + " but " +
+               std::to_string(count_[p]) + " arrived";
       return "";
     }
     if (d.seq <= last_[p])
-      return "producer " + std::to_string(p) + " went back from seq " + std::to_string(last_[p]) +
-             " to " + std::to_string(d.seq);
+      return "producer " + std::to_string(p) + " went back from seq " + std::to_string(last_[p]) + " to " +
+             std::to_string(d.seq);
     if (o_.dense_producer_seq && d.seq != last_[p] + 1)
-      return "producer " + std::to_string(p) + " skipped from seq " + std::to_string(last_[p]) +
-             " to " + std::to_string(d.seq);
+      return "producer " + std::to_string(p) + " skipped from seq " + std::to_string(last_[p]) + " to " +
+             std::to_string(d.seq);
     last_[p] = d.seq;
     ++count_[p];
     ++total_;

@@ -11,7 +11,9 @@
 using namespace shmbus;
 using namespace shmbus::test;
 
-TEST_CASE("a subscriber process killed while holding views holds the producer back only until its cursor is reclaimed") {
+TEST_CASE(
+    "a subscriber process killed while holding views holds the producer back only until its cursor is "
+    "reclaimed") {
   const uint64_t seed = test_seed("dead subscriber");
   const uint32_t max_body = 1024;
   const uint64_t count = 20'000;  // ~10 MiB through a 64 KiB ring: far past the dead cursor
@@ -30,9 +32,9 @@ TEST_CASE("a subscriber process killed while holding views holds the producer ba
   require_ok(pub, 300'000);
   require_ok(live, 60'000);
   CHECK(pub.num("published") == count);
-  CHECK(pub.num("reclaimed") == 1);        // the dead cursor, once
-  CHECK(pub.num("blocked_waits") > 0);     // it did hold the producer back...
-  CHECK(pub.num("back_pressured") == 0);   // ...but no wait ran into its timeout
+  CHECK(pub.num("reclaimed") == 1);       // the dead cursor, once
+  CHECK(pub.num("blocked_waits") > 0);    // it did hold the producer back...
+  CHECK(pub.num("back_pressured") == 0);  // ...but no wait ran into its timeout
   CHECK(live.num("received") == count);
   CHECK(live.num("frame_seq_last") == count + 1);
   // The dead subscriber's slot is free again.
@@ -55,8 +57,8 @@ void producer_takeover(int kills, uint64_t final_count, const char* what) {
   const char* batches[2] = {"batch=1", "batch=64"};
   for (int i = 0; i < 2; ++i)
     start_ready(subs[i], t.args("sub", seed, max_body,
-                                {"producers=" + std::to_string(producers), "ends=1", "ordered=1",
-                                 batches[i], "watchdog_s=600"}));
+                                {"producers=" + std::to_string(producers), "ends=1", "ordered=1", batches[i],
+                                 "watchdog_s=600"}));
   Rng rng(seed);
   std::vector<uint64_t> progress(producers, 0);
   for (int k = 0; k < kills; ++k) {
@@ -72,9 +74,9 @@ void producer_takeover(int kills, uint64_t final_count, const char* what) {
     for (uint64_t i = rng.next() % 300'000; i > 0; --i) shm::cpu_relax();
     p.kill_now();
   }
-  Child last(t.args("pub", seed, max_body,
-                    {"producer=" + std::to_string(kills), "count=" + std::to_string(final_count),
-                     "watchdog_s=300"}));
+  Child last(t.args(
+      "pub", seed, max_body,
+      {"producer=" + std::to_string(kills), "count=" + std::to_string(final_count), "watchdog_s=300"}));
   require_ok(last, 300'000);
   CHECK(last.num("published") == final_count);
   for (auto& s : subs) require_ok(s, 60'000);
@@ -85,8 +87,10 @@ void producer_takeover(int kills, uint64_t final_count, const char* what) {
     // Both subscribers saw the same committed messages of each dead producer...
     CHECK(subs[0].num(k) == subs[1].num(k));
     // ...at least as many as it had reported published before it was killed.
-    if (p < producers - 1) CHECK(subs[0].num(k) >= progress[p]);
-    else CHECK(subs[0].num(k) == final_count);
+    if (p < producers - 1)
+      CHECK(subs[0].num(k) >= progress[p]);
+    else
+      CHECK(subs[0].num(k) == final_count);
     total += subs[0].num(k);
   }
   for (auto& s : subs) {
@@ -97,7 +101,9 @@ void producer_takeover(int kills, uint64_t final_count, const char* what) {
 
 }  // namespace
 
-TEST_CASE("producers killed mid-stream on a single-producer partition are taken over without a lost or repeated message") {
+TEST_CASE(
+    "producers killed mid-stream on a single-producer partition are taken over without a lost or repeated "
+    "message") {
   producer_takeover(4, 20'000, "producer takeover");
 }
 
@@ -110,7 +116,9 @@ TEST_CASE("twenty producer takeovers after SIGKILL at random points lose and rep
 // blocked publisher can free it: after it has been held back reclaim_after_ns by the
 // dead cursor it proves the owner dead and reclaims the slot. The publisher must then
 // go on, within reclaim_after_ns plus a scheduling margin.
-TEST_CASE("a subscriber that exited without closing is reclaimed by the blocked publisher within reclaim_after_ns") {
+TEST_CASE(
+    "a subscriber that exited without closing is reclaimed by the blocked publisher within "
+    "reclaim_after_ns") {
   const int64_t reclaim_ns = 200'000'000;
   const int64_t margin_ns = 2'000'000'000;
   const uint32_t cap = 64 << 10;
@@ -146,15 +154,17 @@ TEST_CASE("a subscriber that exited without closing is reclaimed by the blocked 
   for (int i = 0; i < n; ++i) {
     auto t0 = std::chrono::steady_clock::now();
     REQUIRE(pub.offer(body.data(), body.size()) == Status::ok);
-    int64_t dt = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+    int64_t dt =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
     worst_ns = std::max(worst_ns, dt);
   }
-  std::printf("dead subscriber (exited without closing): publisher held back %.1f ms at most "
-              "(reclaim_after_ns %.1f ms, bound %.1f ms)\n",
-              worst_ns / 1e6, reclaim_ns / 1e6, (reclaim_ns + margin_ns) / 1e6);
+  std::printf(
+      "dead subscriber (exited without closing): publisher held back %.1f ms at most "
+      "(reclaim_after_ns %.1f ms, bound %.1f ms)\n",
+      worst_ns / 1e6, reclaim_ns / 1e6, (reclaim_ns + margin_ns) / 1e6);
   CHECK(pub.stats().reclaimed_cursors == 1);
-  CHECK(pub.stats().blocked_waits > 0);     // the dead cursor did hold it back...
-  CHECK(worst_ns >= reclaim_ns / 2);        // ...for about reclaim_after_ns...
+  CHECK(pub.stats().blocked_waits > 0);       // the dead cursor did hold it back...
+  CHECK(worst_ns >= reclaim_ns / 2);          // ...for about reclaim_after_ns...
   CHECK(worst_ns <= reclaim_ns + margin_ns);  // ...and no longer than the bound
   // The slot is free again.
   const shm::RingRefs& r = pub.refs();

@@ -71,7 +71,9 @@ TEST_CASE("five million random-size messages reach three subscriber processes ex
   one_to_three(5'000'000, 4 << 20, 900);
 }
 
-TEST_CASE("two producer processes on a multi-producer partition reach two subscriber processes with exact counts and per-producer order") {
+TEST_CASE(
+    "two producer processes on a multi-producer partition reach two subscriber processes with exact counts "
+    "and per-producer order") {
   two_to_two(100'000, 240);
 }
 

@@ -19,11 +19,13 @@ namespace shmbus::test {
 // A fresh seed per run, printed; SHMBUS_TEST_SEED replays one.
 inline uint64_t test_seed(const char* what) {
   uint64_t seed;
-  if (const char* e = std::getenv("SHMBUS_TEST_SEED")) seed = std::strtoull(e, nullptr, 0);
-  else seed = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count()) ^ (uint64_t(getpid()) << 32);
+  if (const char* e = std::getenv("SHMBUS_TEST_SEED"))
+    seed = std::strtoull(e, nullptr, 0);
+  else
+    seed = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count()) ^ (uint64_t(getpid()) << 32);
   seed &= 0xffffffffffffull;
-  std::fprintf(stderr, "[%s] seed %llu (replay: SHMBUS_TEST_SEED=%llu)\n", what,
-               (unsigned long long)seed, (unsigned long long)seed);
+  std::fprintf(stderr, "[%s] seed %llu (replay: SHMBUS_TEST_SEED=%llu)\n", what, (unsigned long long)seed,
+               (unsigned long long)seed);
   return seed;
 }
 
@@ -40,8 +42,12 @@ struct MpTopic {
   // this topic gets.
   std::vector<std::string> args(const std::string& role, uint64_t seed, uint32_t max_body,
                                 std::vector<std::string> more) const {
-    std::vector<std::string> a{helper_path(), role, "prefix=" + prefix, "topic=" + guard.topic,
-                               "seed=" + std::to_string(seed), "max_body=" + std::to_string(max_body)};
+    std::vector<std::string> a{helper_path(),
+                               role,
+                               "prefix=" + prefix,
+                               "topic=" + guard.topic,
+                               "seed=" + std::to_string(seed),
+                               "max_body=" + std::to_string(max_body)};
     a.insert(a.end(), more.begin(), more.end());
     return a;
   }

@@ -207,9 +207,9 @@ int run_sub_lib(Bus& bus, const std::string& topic, const BlobCodec& codec, cons
       s = sub.poll_wait(v, c.timeout_ns);
       if (s == Status::timed_out) {
         const shm::RingRefs& r = sub.refs();
-        fail("poll_wait timed out after " + std::to_string(c.timeout_ns / 1'000'000) +
-             " ms with " + std::to_string(chk.total()) + " messages received (lost wake-up?); " +
-             "read position " + std::to_string(sub.position()) + ", tail " +
+        fail("poll_wait timed out after " + std::to_string(c.timeout_ns / 1'000'000) + " ms with " +
+             std::to_string(chk.total()) + " messages received (lost wake-up?); " + "read position " +
+             std::to_string(sub.position()) + ", tail " +
              std::to_string(shm::aref(r.data->tail_pos).load(std::memory_order_acquire)) +
              ", commit word there " +
              std::to_string(shm::aref(r.frame_at(sub.position())->commit).load(std::memory_order_acquire)));
@@ -242,8 +242,7 @@ int run_sub_lib(Bus& bus, const std::string& topic, const BlobCodec& codec, cons
 
 // The ring reader itself, sleeping on the futex with no intermediate wake-ups:
 // a lost wake-up is a timeout here, not a 100 ms hiccup.
-int run_sub_strict(Bus& bus, const std::string& topic, const BlobCodec& codec,
-                   const SubConfig& c) {
+int run_sub_strict(Bus& bus, const std::string& topic, const BlobCodec& codec, const SubConfig& c) {
   auto m = bus.provider().open(topic, 0, Role::subscriber, 5000);
   shm::RingReader r;
   if (!r.join(m->refs(), uint32_t(getpid()), true)) fail("no free cursor slot");
@@ -269,8 +268,8 @@ int run_sub_strict(Bus& bus, const std::string& topic, const BlobCodec& codec,
         if (r.wait(int64_t(deadline - now))) {
           // Data found only once the wait ran out: the wake-up for it was lost.
           if (shm::monotonic_ns() >= deadline)
-            fail("data present only when the futex wait timed out, with " +
-                 std::to_string(chk.total()) + " messages received (lost wake-up)");
+            fail("data present only when the futex wait timed out, with " + std::to_string(chk.total()) +
+                 " messages received (lost wake-up)");
           break;
         }
       }

@@ -38,11 +38,14 @@ void bursty(uint64_t count, bool ack, const char* what) {
 
 }  // namespace
 
-TEST_CASE("futex-sleeping subscriber processes wake for every burst when the producer waits for them between bursts") {
+TEST_CASE(
+    "futex-sleeping subscriber processes wake for every burst when the producer waits for them between "
+    "bursts") {
   bursty(200'000, true, "wake-ups, acknowledged bursts");
 }
 
-TEST_CASE("futex-sleeping subscriber processes receive every message of a producer with random bursts and gaps") {
+TEST_CASE(
+    "futex-sleeping subscriber processes receive every message of a producer with random bursts and gaps") {
   bursty(200'000, false, "wake-ups, free-running bursts");
 }
 

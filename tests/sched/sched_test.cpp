@@ -50,23 +50,23 @@ constexpr uint32_t kParentTurn = ~uint32_t(0);
 
 // The scheduler's state, shared by every participant of one trial.
 struct Sched {
-  uint32_t turn;                  // participant allowed to run
+  uint32_t turn;  // participant allowed to run
   uint32_t nparts;
   uint32_t turn_word[kMaxParts];  // futex per participant, bumped when it gets the turn
   uint32_t state[kMaxParts];      // kRunnable / kDone / kDead
   uint32_t pid[kMaxParts];
   uint64_t steps[kMaxParts];
-  uint64_t kill_at[kMaxParts];    // step of this participant at which it dies, kNever
-  uint32_t weight[kMaxParts];     // relative speed: chance to be picked at a point
+  uint64_t kill_at[kMaxParts];  // step of this participant at which it dies, kNever
+  uint32_t weight[kMaxParts];   // relative speed: chance to be picked at a point
   uint64_t total_steps;
-  uint64_t progress_step;         // total_steps at the last progress of anyone
-  uint64_t max_stall;             // steps without progress that count as a stall
+  uint64_t progress_step;  // total_steps at the last progress of anyone
+  uint64_t max_stall;      // steps without progress that count as a stall
   uint64_t rng;
-  uint32_t stay_permille;         // chance to keep running the same participant
+  uint32_t stay_permille;  // chance to keep running the same participant
   uint32_t failed;
   char failure[512];
   // Results written by participants.
-  uint64_t committed[kMaxParts];  // producer p: last counter whose commit() returned
+  uint64_t committed[kMaxParts];             // producer p: last counter whose commit() returned
   uint64_t delivered[kMaxParts][kMaxParts];  // reader r: last counter of producer p seen
   uint64_t lapped[kMaxParts];
   uint64_t padded;
@@ -84,9 +84,7 @@ uint64_t next_rand() {
   return x * 0x2545F4914F6CDD1DULL;
 }
 
-long futex(uint32_t* w, int op, uint32_t v) {
-  return syscall(SYS_futex, w, op, v, nullptr, nullptr, 0);
-}
+long futex(uint32_t* w, int op, uint32_t v) { return syscall(SYS_futex, w, op, v, nullptr, nullptr, 0); }
 
 std::atomic_ref<uint32_t> A(uint32_t& v) { return std::atomic_ref<uint32_t>(v); }
 
@@ -243,7 +241,7 @@ struct Trial {
   Plan plan;
   std::vector<Role> roles;
   std::vector<uint32_t> prod_index;  // participant -> producer number
-  RingReader treader, ureader;        // joined by the parent before the fork
+  RingReader treader, ureader;       // joined by the parent before the fork
 
   bool producers_finished() const {
     for (uint32_t i = 0; i < S->nparts; ++i)
@@ -307,8 +305,8 @@ struct Trial {
         last_seq = seq;
         uint64_t& last = S->delivered[me][p];
         if (tethered ? n != last + 1 : n <= last)
-          fail("reader: producer " + std::to_string(p) + " message " + std::to_string(n) +
-               " after " + std::to_string(last));
+          fail("reader: producer " + std::to_string(p) + " message " + std::to_string(n) + " after " +
+               std::to_string(last));
         last = n;
         progress();
         rd.release_all();
@@ -330,8 +328,7 @@ struct Trial {
 
   bool readers_finished() const {
     for (uint32_t i = 0; i < S->nparts; ++i)
-      if ((roles[i] == Role::tethered || roles[i] == Role::untethered) &&
-          A(S->state[i]).load() == kRunnable)
+      if ((roles[i] == Role::tethered || roles[i] == Role::untethered) && A(S->state[i]).load() == kRunnable)
         return false;
     return true;
   }
@@ -457,9 +454,11 @@ std::string run_trial(uint64_t seed, const Plan& plan) {
     std::string d;
     for (uint32_t i = 0; i < S->nparts; ++i)
       d += " " + std::to_string(S->steps[i]) + (S->state[i] == kDead ? "+" : "");
-    std::fprintf(stderr, "seed %" PRIu64 ": steps %" PRIu64 " [%s ] padded %" PRIu64 " lapped %" PRIu64 " tail %" PRIu64 "\n",
-                 seed, S->total_steps, d.c_str(), S->padded, S->lapped[plan.producers + (plan.tethered_reader ? 1 : 0)],
-                 aref(ring.r.data->tail_pos).load());
+    std::fprintf(
+        stderr,
+        "seed %" PRIu64 ": steps %" PRIu64 " [%s ] padded %" PRIu64 " lapped %" PRIu64 " tail %" PRIu64 "\n",
+        seed, S->total_steps, d.c_str(), S->padded,
+        S->lapped[plan.producers + (plan.tethered_reader ? 1 : 0)], aref(ring.r.data->tail_pos).load());
   }
   if (!err.empty()) {
     std::string who;

@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
     shmbus::spill::LogConfig lc;
     lc.state_dir = argv[3];
     std::string pol = argv[4];
-    lc.flush = pol == "none" ? shmbus::spill::FlushPolicy::none
+    lc.flush = pol == "none"    ? shmbus::spill::FlushPolicy::none
                : pol == "batch" ? shmbus::spill::FlushPolicy::batch
                                 : shmbus::spill::FlushPolicy::interval;
     lc.flush_interval_ms = 2;

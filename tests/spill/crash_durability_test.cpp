@@ -36,8 +36,7 @@ Child spawn_archiver(const std::string& prefix, const std::string& topic, const 
 
 }  // namespace
 
-TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged message",
-          "[spill][crash]") {
+TEST_CASE("SIGKILL of the archiver under batch flush never loses an acknowledged message", "[spill][crash]") {
   const char* t = getenv("SHMBUS_CRASH_TRIALS");
   const int trials = t ? atoi(t) : shmbus::test::trials(100, 20);
   std::string prefix = unique_prefix("crash");

@@ -95,9 +95,8 @@ std::vector<uint64_t> expect_stream(ReplaySubscriber& r, uint64_t first, uint64_
   for (uint64_t s = first; s < first + n; ++s) {
     Status st = r.poll_wait(v, 10'000'000'000);  // watchdog
     const ReplayStats rs = r.stats();
-    INFO("replay: from_log " << rs.from_log << " from_ring " << rs.from_ring << " handovers "
-                             << rs.handovers << " lapped " << rs.lapped << " corrupt " << rs.corrupt
-                             << " gaps " << rs.gaps);
+    INFO("replay: from_log " << rs.from_log << " from_ring " << rs.from_ring << " handovers " << rs.handovers
+                             << " lapped " << rs.lapped << " corrupt " << rs.corrupt << " gaps " << rs.gaps);
     REQUIRE(st == Status::ok);
     REQUIRE(v.sequence() == s);
     REQUIRE(payload_ok(s, v.data(), v.size()));
@@ -106,7 +105,6 @@ std::vector<uint64_t> expect_stream(ReplaySubscriber& r, uint64_t first, uint64_
   }
   return ts;
 }
-
 
 // Stops and joins helper threads when a REQUIRE throws (a joinable std::thread
 // would terminate the process and leak the daemon child).
@@ -204,7 +202,10 @@ TEST_CASE("durable topic through shmbusd: replay from earliest, sequence and tim
       std::mutex& mu;
       std::condition_variable& cv;
       ~Wake() {
-        { std::lock_guard<std::mutex> lk(mu); stop = true; }
+        {
+          std::lock_guard<std::mutex> lk(mu);
+          stop = true;
+        }
         cv.notify_all();
       }
     };
@@ -289,8 +290,7 @@ TEST_CASE("SIGKILL of shmbusd under batch flush never loses an acknowledged mess
   std::thread acker([&] {
     while (!stop.load(std::memory_order_relaxed)) {
       const uint64_t want = produced.load(std::memory_order_acquire);
-      if (want > acked.load(std::memory_order_relaxed) &&
-          wait_durable(pub, want, 20'000'000) == Status::ok)
+      if (want > acked.load(std::memory_order_relaxed) && wait_durable(pub, want, 20'000'000) == Status::ok)
         acked.store(want, std::memory_order_release);
       else if (want == 0)
         wait_durable(pub, 1, 1'000'000);
@@ -382,7 +382,8 @@ TEST_CASE("shmbus replay and tail print the published messages as JSON", "[spill
   const std::string topic = "dur.quotes";
   char id[32];
   std::snprintf(id, sizeof id, "%llu", (unsigned long long)capnp::typeId<schema::Quote>());
-  REQUIRE(run(dm.cli({"topic", "create", topic, "--durable", "--flush", "none", "--schema-id", id}), err).code() == 0);
+  REQUIRE(run(dm.cli({"topic", "create", topic, "--durable", "--flush", "none", "--schema-id", id}), err)
+              .code() == 0);
   Run desc = run(dm.cli({"topic", "describe", topic}), err);
   CHECK(desc.out.find("durable: flush none") != std::string::npos);
 
@@ -419,14 +420,15 @@ TEST_CASE("shmbus replay and tail print the published messages as JSON", "[spill
     REQUIRE(ls.size() == 3);
     check_line(ls[0], 45);
     check_line(ls[2], 47);
-    const uint64_t ts30 = field_u64(lines(run(dm.cli({"replay", topic, "--from", "seq:30", "--count", "1"}), err).out).at(0), "ts_ns");
+    const uint64_t ts30 = field_u64(
+        lines(run(dm.cli({"replay", topic, "--from", "seq:30", "--count", "1"}), err).out).at(0), "ts_ns");
     ls = lines(run(dm.cli({"replay", topic, "--from", "mono:" + std::to_string(ts30)}), err).out);
     REQUIRE(ls.size() == 21);
     check_line(ls[0], 30);
     ls = lines(run(dm.cli({"replay", topic, "--from", "time:2001-02-03T04:05:06.5Z"}), err).out);
     CHECK(ls.size() == 50);  // long before any message: everything
     Run late = run(dm.cli({"replay", topic, "--from", "time:2200-01-01T00:00:00+01:00"}), err);
-    CHECK(late.code() == 0);  // returns (does not wait for the future) ...
+    CHECK(late.code() == 0);         // returns (does not wait for the future) ...
     CHECK(lines(late.out).empty());  // ... and prints nothing: every message is older
   }
   SECTION("tail follows live messages") {
@@ -436,7 +438,7 @@ TEST_CASE("shmbus replay and tail print the published messages as JSON", "[spill
     for (uint64_t i = 51; i <= 53; ++i) publish_quote(i);
     bool hung = false;
     std::string out = tc.read_all(20000, &hung);  // --count 3: it exits after the third
-    REQUIRE(!hung);  // watchdog
+    REQUIRE(!hung);                               // watchdog
     int st = tc.wait(20000);
     CHECK(WIFEXITED(st));
     auto ls = lines(out);
@@ -534,8 +536,10 @@ TEST_CASE("a rejected message lands in a durable <topic>.dlq and replays as JSON
   REQUIRE(dm.d.start());
   const std::string err = dm.d.dir + "/cli.err";
   REQUIRE(run(dm.cli({"topic", "create", "orders.done"}), err).code() == 0);
-  REQUIRE(run(dm.cli({"topic", "create", "orders.done.dlq", "--durable", "--flush", "none",
-                      "--multi-producer"}), err).code() == 0);
+  REQUIRE(
+      run(dm.cli({"topic", "create", "orders.done.dlq", "--durable", "--flush", "none", "--multi-producer"}),
+          err)
+          .code() == 0);
   Bus bus = Bus::connect(dm.d.sock);
   Publisher pub = bus.publisher("orders.done", patient_publisher());
   for (int i = 0; i < 5; ++i) {
@@ -546,12 +550,15 @@ TEST_CASE("a rejected message lands in a durable <topic>.dlq and replays as JSON
   o.name = "fulfilment";
   int acked = 0;
   {
-    HandlerRunner run(bus, "orders.done", [&](const View& v) {
-      if (std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "order-3")
-        return Outcome::reject("unknown customer", 404);
-      ++acked;
-      return Outcome::ack();
-    }, o);
+    HandlerRunner run(
+        bus, "orders.done",
+        [&](const View& v) {
+          if (std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "order-3")
+            return Outcome::reject("unknown customer", 404);
+          ++acked;
+          return Outcome::ack();
+        },
+        o);
     // The five above came before the runner joined (it starts at the tail): not its own.
     for (int i = 5; i < 10; ++i) {
       const std::string m = "order-" + std::to_string(i == 8 ? 3 : i);
@@ -589,8 +596,10 @@ TEST_CASE("shmbus dlq replay re-drives dead letters to their topic with the orig
   const std::string err = dm.d.dir + "/cli.err";
   REQUIRE(run(dm.cli({"topic", "create", "orders.rd", "--multi-producer"}), err).code() == 0);
   REQUIRE(run(dm.cli({"topic", "create", "orders.other", "--multi-producer"}), err).code() == 0);
-  REQUIRE(run(dm.cli({"topic", "create", "orders.rd.dlq", "--durable", "--flush", "none", "--multi-producer"}), err)
-              .code() == 0);
+  REQUIRE(
+      run(dm.cli({"topic", "create", "orders.rd.dlq", "--durable", "--flush", "none", "--multi-producer"}),
+          err)
+          .code() == 0);
   Bus bus = Bus::connect(dm.d.sock);
   // The original messages: Quote-typed; instrument 13 is poison.
   auto quote_bytes = [](uint32_t instrument) {
@@ -605,15 +614,18 @@ TEST_CASE("shmbus dlq replay re-drives dead letters to their topic with the orig
     HandlerOptions o;
     o.name = "pricer";
     int acked = 0;
-    HandlerRunner run(bus, "orders.rd", [&](const View& v) {
-      uint32_t inst = 0;
-      if (read_message<schema::Quote>(v, [&](schema::Quote::Reader q) { inst = q.getInstrumentId(); }) !=
-          Status::ok)
-        return Outcome::reject("undecodable");
-      if (inst == 13) return Outcome::reject("instrument 13 is suspended", 409);
-      ++acked;
-      return Outcome::ack();
-    }, o);
+    HandlerRunner run(
+        bus, "orders.rd",
+        [&](const View& v) {
+          uint32_t inst = 0;
+          if (read_message<schema::Quote>(v, [&](schema::Quote::Reader q) { inst = q.getInstrumentId(); }) !=
+              Status::ok)
+            return Outcome::reject("undecodable");
+          if (inst == 13) return Outcome::reject("instrument 13 is suspended", 409);
+          ++acked;
+          return Outcome::ack();
+        },
+        o);
     Publisher pub = bus.publisher("orders.rd", patient_publisher());
     for (uint32_t i = 0; i < 10; ++i) {
       const std::string b = quote_bytes(i % 5 == 3 ? 13 : i);

@@ -70,8 +70,10 @@ TEST_CASE("A full disk back-pressures producers with ENOSPC and archiving resume
   const uint64_t total = seq + 2000;
   while (seq < total) {
     uint64_t s = publish_one(pub, seq + 1);
-    if (s) seq = s;
-    else REQUIRE(archiver_error(pub) != 0);  // only while still recovering
+    if (s)
+      seq = s;
+    else
+      REQUIRE(archiver_error(pub) != 0);  // only while still recovering
   }
   REQUIRE(wait_durable(pub, total, 30'000'000'000) == Status::ok);
   CHECK(archiver_error(pub) == 0);

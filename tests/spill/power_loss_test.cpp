@@ -37,8 +37,10 @@ struct Shim {
     scan = reinterpret_cast<void (*)()>(dlsym(RTLD_DEFAULT, "powerloss_scan"));
     power_off = reinterpret_cast<void (*)()>(dlsym(RTLD_DEFAULT, "powerloss_power_off"));
     reset = reinterpret_cast<void (*)()>(dlsym(RTLD_DEFAULT, "powerloss_reset"));
-    apply = reinterpret_cast<long long (*)(const char*, int, uint64_t)>(dlsym(RTLD_DEFAULT, "powerloss_apply"));
-    stats = reinterpret_cast<void (*)(uint64_t*, uint64_t*, uint64_t*)>(dlsym(RTLD_DEFAULT, "powerloss_stats"));
+    apply =
+        reinterpret_cast<long long (*)(const char*, int, uint64_t)>(dlsym(RTLD_DEFAULT, "powerloss_apply"));
+    stats =
+        reinterpret_cast<void (*)(uint64_t*, uint64_t*, uint64_t*)>(dlsym(RTLD_DEFAULT, "powerloss_stats"));
   }
   bool loaded() const { return scan && power_off && reset && apply && stats; }
 };
@@ -46,8 +48,10 @@ struct Shim {
 Shim& shim() {
   static Shim s;
   if (!s.loaded())
-    FAIL("the power-loss shim is not loaded: run with LD_PRELOAD=<build>/tests/spill/libshmbus_powerloss_shim.so "
-         "(meson test does)");
+    FAIL(
+        "the power-loss shim is not loaded: run with "
+        "LD_PRELOAD=<build>/tests/spill/libshmbus_powerloss_shim.so "
+        "(meson test does)");
   return s;
 }
 
@@ -131,13 +135,14 @@ Round power_cut(spill::FlushPolicy flush, uint64_t segment_bytes, uint64_t targe
   r.recovered = check_log_prefix(pdir);
   uint64_t dropped;
   sh.stats(&r.libc_syncs, &r.uring_syncs, &dropped);
-  std::printf("power loss (%s flush, %llu-byte segments, tail %s): acknowledged %llu, recovered %llu, %lld bytes "
-              "lost; syncs seen: %llu fdatasync/fsync, %llu io_uring\n",
-              flush == spill::FlushPolicy::batch ? "batch" : "interval", (unsigned long long)segment_bytes,
-              tail_name(tail), (unsigned long long)r.acked, (unsigned long long)r.recovered, r.lost,
-              (unsigned long long)r.libc_syncs, (unsigned long long)r.uring_syncs);
-  INFO("acknowledged " << r.acked << ", the recovered log ends at " << r.recovered << " (tail " << tail_name(tail)
-                       << ")");
+  std::printf(
+      "power loss (%s flush, %llu-byte segments, tail %s): acknowledged %llu, recovered %llu, %lld bytes "
+      "lost; syncs seen: %llu fdatasync/fsync, %llu io_uring\n",
+      flush == spill::FlushPolicy::batch ? "batch" : "interval", (unsigned long long)segment_bytes,
+      tail_name(tail), (unsigned long long)r.acked, (unsigned long long)r.recovered, r.lost,
+      (unsigned long long)r.libc_syncs, (unsigned long long)r.uring_syncs);
+  INFO("acknowledged " << r.acked << ", the recovered log ends at " << r.recovered << " (tail "
+                       << tail_name(tail) << ")");
   CHECK(dropped == 0);
   CHECK(rec.last_seq == r.recovered);
   REQUIRE(r.recovered >= r.acked);  // every acknowledged message survived the power loss
@@ -151,7 +156,8 @@ TEST_CASE("Power loss under batch flush: every acknowledged message is in the re
   long long lost_total = 0;
   for (int round = 0; round < 4; ++round) {
     // Roll-overs (their libc fdatasync) are part of it: 128 KiB segments.
-    Round r = power_cut(spill::FlushPolicy::batch, 128 << 10, 3000 + rng.next() % 12000, Tail(round % 4), false);
+    Round r =
+        power_cut(spill::FlushPolicy::batch, 128 << 10, 3000 + rng.next() % 12000, Tail(round % 4), false);
     lost_total += r.lost;
   }
   // The model cut something (else it proved nothing): unsynced tails existed.
@@ -163,8 +169,9 @@ TEST_CASE("Power loss under batch flush: every acknowledged message is in the re
 // message; what was written but not yet synced may be lost, but only as a whole tail:
 // the recovered log is a clean prefix (nothing torn, nothing invented), whatever the
 // disk left past the synced length.
-TEST_CASE("Power loss under interval flush: what a completed fdatasync covered survives, the log is a clean prefix",
-          "[spill]") {
+TEST_CASE(
+    "Power loss under interval flush: what a completed fdatasync covered survives, the log is a clean prefix",
+    "[spill]") {
   Rng rng(Catch::rngSeed() ? Catch::rngSeed() : 11);
   long long lost_total = 0;
   uint64_t uring_syncs = 0;
@@ -172,7 +179,8 @@ TEST_CASE("Power loss under interval flush: what a completed fdatasync covered s
     // One segment (only the periodic io_uring fdatasync acknowledges), then 256 KiB
     // segments (roll-overs sync too).
     const uint64_t seg = round < 4 ? 64ull << 20 : 256 << 10;
-    Round r = power_cut(spill::FlushPolicy::interval, seg, 3000 + rng.next() % 12000, Tail((round + 1) % 4), true);
+    Round r =
+        power_cut(spill::FlushPolicy::interval, seg, 3000 + rng.next() % 12000, Tail((round + 1) % 4), true);
     lost_total += r.lost;
     uring_syncs += r.uring_syncs;
   }

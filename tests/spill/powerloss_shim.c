@@ -124,7 +124,9 @@ int fsync(int fd) {
 
 int io_uring_register_files_update(struct io_uring* ring, unsigned off, const int* fds, unsigned nr) {
   static int (*real)(struct io_uring*, unsigned, const int*, unsigned);
-  if (!real) real = (int (*)(struct io_uring*, unsigned, const int*, unsigned))dlsym(RTLD_NEXT, "io_uring_register_files_update");
+  if (!real)
+    real = (int (*)(struct io_uring*, unsigned, const int*, unsigned))dlsym(RTLD_NEXT,
+                                                                            "io_uring_register_files_update");
   int rc = real(ring, off, fds, nr);
   if (rc > 0) {
     pthread_mutex_lock(&mu);

@@ -27,8 +27,7 @@ struct TimeMark {
 
 }  // namespace
 
-TEST_CASE("Replay from random points over millions of messages equals the produced stream",
-          "[spill]") {
+TEST_CASE("Replay from random points over millions of messages equals the produced stream", "[spill]") {
   const uint64_t N = env_u64("SHMBUS_REPLAY_MESSAGES", 2'000'000);
   const uint32_t span = 56;
   std::string prefix = unique_prefix("replay");
@@ -118,9 +117,9 @@ TEST_CASE("Replay from random points over millions of messages equals the produc
       Status s = sub.poll_wait(v, 30'000'000'000);
       if (s == Status::corrupt) FAIL("a corrupt record was reported");
       INFO("kind " << kind << " first " << first << " expect " << expect << " target " << target
-                   << " produced " << produced.load() << " source " << int(sub.source())
-                   << " handovers " << sub.stats().handovers << " laps " << sub.stats().lapped
-                   << " from_log " << sub.stats().from_log << " from_ring " << sub.stats().from_ring);
+                   << " produced " << produced.load() << " source " << int(sub.source()) << " handovers "
+                   << sub.stats().handovers << " laps " << sub.stats().lapped << " from_log "
+                   << sub.stats().from_log << " from_ring " << sub.stats().from_ring);
       REQUIRE(s == Status::ok);
       if (expect == 0) expect = v.sequence();
       REQUIRE(v.sequence() == expect);
@@ -176,9 +175,10 @@ TEST_CASE("Replay from random points over millions of messages equals the produc
   REQUIRE(wait_durable(probe, N + more, 60'000'000'000) == Status::ok);
   a.stop();
   auto st = a.stats()[0];
-  std::printf("replay stress: %llu messages, %llu segments rolled, %llu replayed, %llu live handovers, %llu laps\n",
-              (unsigned long long)st.records, (unsigned long long)st.segments_rolled,
-              (unsigned long long)total_read, (unsigned long long)handovers, (unsigned long long)laps);
+  std::printf(
+      "replay stress: %llu messages, %llu segments rolled, %llu replayed, %llu live handovers, %llu laps\n",
+      (unsigned long long)st.records, (unsigned long long)st.segments_rolled, (unsigned long long)total_read,
+      (unsigned long long)handovers, (unsigned long long)laps);
   CHECK(st.records == N + more);
   CHECK(st.segments_rolled >= 10);
   for (int k = 0; k < 4; ++k) CHECK(kinds_seen[k] > 0);
@@ -266,11 +266,12 @@ TEST_CASE("A consumer 100x slower than the producer under spill never holds it b
   CHECK(sub.poll(v) == Status::empty);
   CHECK(sub.source() == ReplaySource::ring);  // merged back into the live ring
   const auto& st = sub.stats();
-  std::printf("slow consumer: producer %.1f ms for %llu msgs (%.0f msgs/s; %.1f ms with no consumer); "
-              "consumer lapped %llu times, %llu from log, %llu from ring\n",
-              producer_ns.load() / 1e6, (unsigned long long)N, N / (producer_ns.load() / 1e9),
-              baseline_ns.load() / 1e6, (unsigned long long)st.lapped, (unsigned long long)st.from_log,
-              (unsigned long long)st.from_ring);
+  std::printf(
+      "slow consumer: producer %.1f ms for %llu msgs (%.0f msgs/s; %.1f ms with no consumer); "
+      "consumer lapped %llu times, %llu from log, %llu from ring\n",
+      producer_ns.load() / 1e6, (unsigned long long)N, N / (producer_ns.load() / 1e9),
+      baseline_ns.load() / 1e6, (unsigned long long)st.lapped, (unsigned long long)st.from_log,
+      (unsigned long long)st.from_ring);
   CHECK(st.lapped >= 1);
   CHECK(st.from_log > 0);
   // Not held back: the producer finished long before the consumer (a producer paced by

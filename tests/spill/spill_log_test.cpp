@@ -27,9 +27,7 @@ struct Fixture {
   TopicGuard guard{bus, topic};
   TempDir dir;
   explicit Fixture(uint64_t cap = 1 << 20) { bus.create_topic(topic, durable_topic(cap)); }
-  std::shared_ptr<PartitionMapping> admin() {
-    return bus.provider().open(topic, 0, Role::admin, 5000);
-  }
+  std::shared_ptr<PartitionMapping> admin() { return bus.provider().open(topic, 0, Role::admin, 5000); }
   LogConfig log_cfg(FlushPolicy f = FlushPolicy::none, uint64_t seg = 256 << 10) {
     LogConfig c;
     c.state_dir = dir.path;
@@ -73,7 +71,8 @@ TEST_CASE("CRC32C matches the Castagnoli check value", "[spill][sanitize]") {
   CHECK(spill::crc32c(spill::crc32c(0, s, 4), s + 4, 5) == 0xE3069283u);
   std::vector<unsigned char> big(1000);
   for (size_t i = 0; i < big.size(); ++i) big[i] = uint8_t(i * 7);
-  CHECK(spill::crc32c(0, big.data() + 3, 997) == spill::crc32c(spill::crc32c(0, big.data() + 3, 500), big.data() + 503, 497));
+  CHECK(spill::crc32c(0, big.data() + 3, 997) ==
+        spill::crc32c(spill::crc32c(0, big.data() + 3, 500), big.data() + 503, 497));
 }
 
 TEST_CASE("The archiver logs every committed frame, in order, across segment roll-overs",
@@ -98,8 +97,7 @@ TEST_CASE("The archiver logs every committed frame, in order, across segment rol
   CHECK(spill::next_sequence_after_log(f.dir.path, f.topic, 0) == N + 1);
 }
 
-TEST_CASE("A torn or garbled tail is truncated on recovery and never delivered",
-          "[spill][sanitize]") {
+TEST_CASE("A torn or garbled tail is truncated on recovery and never delivered", "[spill][sanitize]") {
   Fixture f;
   const uint64_t N = 3000;
   {

@@ -101,8 +101,8 @@ inline TopicConfig durable_topic(uint64_t capacity = 1 << 20) {
 
 inline PublisherOptions patient_publisher() {
   PublisherOptions o;
-  o.block_timeout_ns = 20'000'000'000;   // the archiver may be restarting
-  o.reclaim_after_ns = INT64_MAX / 4;    // never reap the (dead) archiver's cursor
+  o.block_timeout_ns = 20'000'000'000;  // the archiver may be restarting
+  o.reclaim_after_ns = INT64_MAX / 4;   // never reap the (dead) archiver's cursor
   return o;
 }
 

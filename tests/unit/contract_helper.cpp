@@ -46,7 +46,9 @@ void fact(const char* k, const std::string& v) {
 std::span<const std::byte> bytes(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
-std::string str(std::span<const std::byte> b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
+std::string str(std::span<const std::byte> b) {
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
 
 void wait_stdin_eof() {
   char c;
@@ -62,7 +64,8 @@ int responder(Bus& bus, const std::string& topic, const std::string& mode) {
     got += std::to_string(n);
     fact(got.c_str(), str(q.bytes()) + " " + std::to_string(e.correlation_id));
     if (mode == "hang" || (mode == "hold-first" && n == 1)) wait_stdin_eof();
-    if (mode == "hang") for (;;) pause();
+    if (mode == "hang")
+      for (;;) pause();
     Response resp;
     const std::string a = "re:" + str(q.bytes());
     resp.payload.assign(bytes(a).begin(), bytes(a).end());
@@ -152,7 +155,8 @@ int dedup_consumer(Bus& bus, const std::string& topic, const std::string& name, 
       sub.release(v);
       continue;
     }
-    if (have.count(v.message_id())) return fact("FAIL", "handled twice: " + std::to_string(v.message_id())), 1;
+    if (have.count(v.message_id()))
+      return fact("FAIL", "handled twice: " + std::to_string(v.message_id())), 1;
     have.insert(v.message_id());
     state += std::to_string(v.message_id());
     state += ',';
@@ -187,22 +191,25 @@ int dedup_runner(Bus& bus, const std::string& topic, const std::string& name, co
   o.dedup = &w;
   bool end = false, twice = false;
   uint64_t twice_id = 0;
-  HandlerRunner run(bus, topic, [&](const View& v) {
-    if (v.message_id() == 0 && str(v.bytes()) == "end") {
-      end = true;
-      return Outcome::ack();
-    }
-    if (!have.insert(v.message_id()).second) {
-      twice = true;
-      twice_id = v.message_id();
-    }
-    std::string s = w.app_state();
-    s += std::to_string(v.message_id());
-    s += ',';
-    w.set_app_state(std::move(s));
-    if (have.size() % 25 == 0) fact(("handled" + std::to_string(have.size())).c_str(), "1");
-    return Outcome::ack();
-  }, o);
+  HandlerRunner run(
+      bus, topic,
+      [&](const View& v) {
+        if (v.message_id() == 0 && str(v.bytes()) == "end") {
+          end = true;
+          return Outcome::ack();
+        }
+        if (!have.insert(v.message_id()).second) {
+          twice = true;
+          twice_id = v.message_id();
+        }
+        std::string s = w.app_state();
+        s += std::to_string(v.message_id());
+        s += ',';
+        w.set_app_state(std::move(s));
+        if (have.size() % 25 == 0) fact(("handled" + std::to_string(have.size())).c_str(), "1");
+        return Outcome::ack();
+      },
+      o);
   fact("ready", std::to_string(have.size()));
   while (!end && !twice) run.step(100'000'000);
   if (twice) return fact("FAIL", "handled twice: " + std::to_string(twice_id)), 1;
@@ -275,12 +282,14 @@ int main(int argc, char** argv) {
     Bus bus = Bus::connect(argv[2]);
     const std::string topic = argv[3];
     if (mode == "responder" && argc == 5) return responder(bus, topic, argv[4]);
-    if (mode == "requester" && argc == 6) return requester(bus, topic, std::atoi(argv[4]), std::atoi(argv[5]));
+    if (mode == "requester" && argc == 6)
+      return requester(bus, topic, std::atoi(argv[4]), std::atoi(argv[5]));
     if (mode == "requester-hold" && argc == 5) return requester_hold(bus, topic, argv[4]);
     if (mode == "reply-intruder" && argc == 5)
       return reply_intruder(bus, topic, std::strtoull(argv[4], nullptr, 10));
     if (mode == "dedup-producer" && argc == 7)
-      return dedup_producer(bus, topic, std::strtoull(argv[4], nullptr, 10), std::strtoull(argv[5], nullptr, 10),
+      return dedup_producer(bus, topic, std::strtoull(argv[4], nullptr, 10),
+                            std::strtoull(argv[5], nullptr, 10),
                             uint32_t(std::strtoul(argv[6], nullptr, 10)));
     if (mode == "dedup-consumer" && argc == 7)
       return dedup_consumer(bus, topic, argv[4], argv[5], std::strtoull(argv[6], nullptr, 10));

@@ -37,7 +37,9 @@ const char* kCli = SHMBUS_TEST_CLI;
 std::span<const std::byte> as_bytes(const std::string& s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
 }
-std::string str(std::span<const std::byte> b) { return std::string(reinterpret_cast<const char*>(b.data()), b.size()); }
+std::string str(std::span<const std::byte> b) {
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
 
 std::vector<std::string> helper(const std::vector<std::string>& args) {
   std::vector<std::string> v{SHMBUS_TEST_HELPER};
@@ -52,7 +54,8 @@ PublisherOptions patient() {
 }
 
 int64_t mono() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
@@ -191,11 +194,14 @@ TEST_CASE("envelope: a dead-lettered enveloped message keeps its envelope in the
   Subscriber dl = g.bus.subscriber(gd.topic);
   HandlerOptions o;
   o.retry.max_attempts = 1;
-  HandlerRunner run(g.bus, g.topic, [](const View& v) {
-    EnvelopedView ev;
-    if (ev.open(v) != Status::ok || !ev.enveloped()) return Outcome::reject("not an envelope");
-    return ev.envelope().correlation_id == 13 ? Outcome::reject("unlucky", 13) : Outcome::ack();
-  }, o);
+  HandlerRunner run(
+      g.bus, g.topic,
+      [](const View& v) {
+        EnvelopedView ev;
+        if (ev.open(v) != Status::ok || !ev.enveloped()) return Outcome::reject("not an envelope");
+        return ev.envelope().correlation_id == 13 ? Outcome::reject("unlucky", 13) : Outcome::ack();
+      },
+      o);
   Publisher p = g.bus.publisher(g.topic);
   for (uint64_t c : {12, 13, 14}) {
     Envelope e;
@@ -223,7 +229,8 @@ TEST_CASE("envelope: a dead-lettered enveloped message keeps its envelope in the
   CHECK(en.getCorrelationId() == 13);
   CHECK(std::string(en.getReplyTo().cStr()) == "r");
   CHECK(en.getPayloadSchemaId() == 77);
-  CHECK(std::string(reinterpret_cast<const char*>(en.getPayload().begin()), en.getPayload().size()) == "body13");
+  CHECK(std::string(reinterpret_cast<const char*>(en.getPayload().begin()), en.getPayload().size()) ==
+        "body13");
   dl.release(v);
 }
 
@@ -232,8 +239,8 @@ TEST_CASE("shmbus replay prints an enveloped message's envelope and its decoded 
   DaemonProc d("envcli");
   REQUIRE(d.start());
   const std::string err = d.dir + "/cli.err";
-  REQUIRE(run_capture({kCli, "--socket", d.sock, "topic", "create", "md.env", "--durable", "--flush", "none"}, {},
-                      err)
+  REQUIRE(run_capture({kCli, "--socket", d.sock, "topic", "create", "md.env", "--durable", "--flush", "none"},
+                      {}, err)
               .find("md.env") != std::string::npos);
   {
     Bus bus = Bus::connect(d.sock);
@@ -248,7 +255,8 @@ TEST_CASE("shmbus replay prints an enveloped message's envelope and its decoded 
     e.content_version = 2;
     REQUIRE(publish_enveloped(p, e, q, 900, capnp::typeId<schema::Quote>()) == Status::ok);
   }
-  const std::string out = run_capture({kCli, "--socket", d.sock, "replay", "md.env", "--count", "1"}, {}, err);
+  const std::string out =
+      run_capture({kCli, "--socket", d.sock, "replay", "md.env", "--count", "1"}, {}, err);
   INFO(out);
   CHECK(out.find("\"message_id\":\"900\"") != std::string::npos);
   CHECK(out.find("\"envelope\":{\"correlationId\":\"17\",\"causationId\":\"16\",\"replyTo\":\"reply.x\","
@@ -370,9 +378,10 @@ int64_t gone_within(Bus& bus, const std::string& topic, int ms) {
 }
 }  // namespace
 
-TEST_CASE("ephemeral reply topic: a requester SIGKILLed mid-request, or exiting without its destructor, leaves "
-          "no topic and no segment behind",
-          "[contract][request][ephemeral][daemon]") {
+TEST_CASE(
+    "ephemeral reply topic: a requester SIGKILLed mid-request, or exiting without its destructor, leaves "
+    "no topic and no segment behind",
+    "[contract][request][ephemeral][daemon]") {
   const std::string how = GENERATE(as<std::string>{}, "await", "exit");  // await: SIGKILLed while waiting
   INFO(how);
   Rig r("reqeph");
@@ -406,9 +415,10 @@ TEST_CASE("ephemeral reply topic: a requester SIGKILLed mid-request, or exiting 
   resp.kill_now();
 }
 
-TEST_CASE("ephemeral topics: the destructor removes the reply topic; another connection cannot take or delete it; "
-          "never durable; a daemon restart or crash leaves none behind",
-          "[contract][request][ephemeral][daemon]") {
+TEST_CASE(
+    "ephemeral topics: the destructor removes the reply topic; another connection cannot take or delete it; "
+    "never durable; a daemon restart or crash leaves none behind",
+    "[contract][request][ephemeral][daemon]") {
   Rig r("ephrules");
   std::string first;
   {
@@ -428,19 +438,23 @@ TEST_CASE("ephemeral topics: the destructor removes the reply topic; another con
     }
     TopicConfig same = RequesterOptions{}.reply_config;
     same.ephemeral = true;
-    CHECK_THROWS_MATCHES(other.create_topic(first, same), Error,
-                         Catch::Predicate<Error>([](const Error& e) { return e.code() == ErrorCode::already_exists; }));
+    CHECK_THROWS_MATCHES(other.create_topic(first, same), Error, Catch::Predicate<Error>([](const Error& e) {
+                           return e.code() == ErrorCode::already_exists;
+                         }));
     same.ephemeral = false;  // nor as a normal topic
-    CHECK_THROWS_MATCHES(other.create_topic(first, same), Error,
-                         Catch::Predicate<Error>([](const Error& e) { return e.code() == ErrorCode::already_exists; }));
+    CHECK_THROWS_MATCHES(other.create_topic(first, same), Error, Catch::Predicate<Error>([](const Error& e) {
+                           return e.code() == ErrorCode::already_exists;
+                         }));
     CHECK(r.bus.partitions(first) == 1);
   }
   CHECK(r.bus.partitions(first) == 0);  // the destructor's delete (its own connection) is synchronous
   CHECK_THROWS_MATCHES(
-      r.bus.create_topic("eph.durable", {.capacity = 1 << 16, .durable = true, .retention_bytes = 1 << 20,
-                                         .ephemeral = true}),
+      r.bus.create_topic(
+          "eph.durable",
+          {.capacity = 1 << 16, .durable = true, .retention_bytes = 1 << 20, .ephemeral = true}),
       Error, Catch::Predicate<Error>([](const Error& e) {
-        return e.code() == ErrorCode::invalid_argument && std::string(e.what()).find("ephemeral") != std::string::npos;
+        return e.code() == ErrorCode::invalid_argument &&
+               std::string(e.what()).find("ephemeral") != std::string::npos;
       }));
 
   const std::string how = GENERATE(as<std::string>{}, "stop", "crash");
@@ -451,8 +465,10 @@ TEST_CASE("ephemeral topics: the destructor removes the reply topic; another con
     auto rq = std::make_unique<Requester>(r.bus);
     name = rq->reply_topic();
     REQUIRE(segments_present(r.d, name));
-    if (how == "stop") REQUIRE(r.d.stop());
-    else r.d.crash();
+    if (how == "stop")
+      REQUIRE(r.d.stop());
+    else
+      r.d.crash();
     REQUIRE(r.d.start());
     Bus fresh = Bus::connect(r.d.sock);
     CHECK(fresh.partitions(name) == 0);
@@ -464,9 +480,10 @@ TEST_CASE("ephemeral topics: the destructor removes the reply topic; another con
   r.bus.remove_topic("svc.keep");
 }
 
-TEST_CASE("ephemeral reply topic: another uid cannot subscribe to it nor delete it; it may publish, and a reply "
-          "that knows the correlation id only is dropped and counted",
-          "[contract][request][ephemeral][daemon]") {
+TEST_CASE(
+    "ephemeral reply topic: another uid cannot subscribe to it nor delete it; it may publish, and a reply "
+    "that knows the correlation id only is dropped and counted",
+    "[contract][request][ephemeral][daemon]") {
   const SecondUser u = second_user();
   if (!u.skip.empty()) {
     WARN("skipped: " << u.skip);
@@ -490,9 +507,10 @@ TEST_CASE("ephemeral reply topic: another uid cannot subscribe to it nor delete 
   CHECK(rq.stats().replies == 0);
 }
 
-TEST_CASE("responder through shmbusd: replies only on ephemeral topics (no confused deputy); a missing reply "
-          "topic is given up at once",
-          "[contract][request][ephemeral][daemon]") {
+TEST_CASE(
+    "responder through shmbusd: replies only on ephemeral topics (no confused deputy); a missing reply "
+    "topic is given up at once",
+    "[contract][request][ephemeral][daemon]") {
   Rig r("ephdeputy");
   r.bus.create_topic("svc.dep", {.capacity = 1 << 16, .multi_producer = true});
   r.bus.create_topic("victim.topic", {.capacity = 1 << 16, .multi_producer = true});
@@ -528,9 +546,10 @@ TEST_CASE("responder through shmbusd: replies only on ephemeral topics (no confu
   CHECK(resp.stats().replied == 1);
 }
 
-TEST_CASE("request/response in one process: a throwing responder answers 500; a request without reply-to "
-          "is handled, not answered",
-          "[contract][request]") {
+TEST_CASE(
+    "request/response in one process: a throwing responder answers 500; a request without reply-to "
+    "is handled, not answered",
+    "[contract][request]") {
   TopicGuard g{Bus::direct({.shm_prefix = unique_prefix("reqlocal")}), "svc.local"};
   g.bus.create_topic(g.topic, {.capacity = 1 << 16, .multi_producer = true});
   std::atomic<bool> stop{false};
@@ -567,8 +586,9 @@ TEST_CASE("request/response in one process: a throwing responder answers 500; a 
 
 // ------------------------------------------------------------------ dedup
 
-TEST_CASE("dedup window: position and (producer, message id), bounded, persisted atomically, bad files refused",
-          "[contract][dedup]") {
+TEST_CASE(
+    "dedup window: position and (producer, message id), bounded, persisted atomically, bad files refused",
+    "[contract][dedup]") {
   TempDir tmp;
   const std::string path = tmp.path + "/w.dedup";
   {
@@ -578,10 +598,10 @@ TEST_CASE("dedup window: position and (producer, message id), bounded, persisted
     w.record(1, 100, 1);
     w.record(1, 101, 2);
     w.record(2, 100, 3);
-    CHECK(w.seen(1, 100, 1));     // by position
-    CHECK(w.seen(1, 100, 50));    // a retry: new sequence, same ids
+    CHECK(w.seen(1, 100, 1));         // by position
+    CHECK(w.seen(1, 100, 50));        // a retry: new sequence, same ids
     CHECK_FALSE(w.seen(3, 100, 51));  // another producer's 100
-    w.record(1, 102, 4);          // evicts (1,100)
+    w.record(1, 102, 4);              // evicts (1,100)
     CHECK_FALSE(w.seen(1, 100, 60));
     CHECK(w.seen(1, 102, 61));
     CHECK(w.stats().by_position == 1);
@@ -635,8 +655,9 @@ TEST_CASE("dedup window: position and (producer, message id), bounded, persisted
   }
 }
 
-TEST_CASE("dedup: duplicates from a producer restart and a consumer restart (both SIGKILLed) are handled once",
-          "[contract][dedup][daemon]") {
+TEST_CASE(
+    "dedup: duplicates from a producer restart and a consumer restart (both SIGKILLed) are handled once",
+    "[contract][dedup][daemon]") {
   // By hand (DedupWindow around a Subscriber) and as the HandlerRunner's dedup layer.
   const std::string mode = GENERATE(as<std::string>{}, "dedup-consumer", "dedup-runner");
   INFO(mode);
@@ -654,7 +675,8 @@ TEST_CASE("dedup: duplicates from a producer restart and a consumer restart (bot
   Child c2(helper({mode, r.d.sock, "orders.dd", "dd", state, n}));
   const std::string had = c2.await("ready", 10000);
   REQUIRE(!had.empty());
-  CHECK(std::stoul(had) >= 99);  // resumed with its committed state (the runner says "handled100" before its commit)
+  CHECK(std::stoul(had) >=
+        99);  // resumed with its committed state (the runner says "handled100" before its commit)
   Child p2(helper({"dedup-producer", r.d.sock, "orders.dd", "1", n, "77"}));
   p2.finish(20000);
   INFO(p2.describe());

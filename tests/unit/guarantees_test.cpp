@@ -32,8 +32,10 @@ uint64_t waiter_bits(const Publisher& p) {
 }
 }  // namespace
 
-TEST_CASE("a producer issues no futex wake while its subscriber polls without sleeping, one per commit while it sleeps",
-          "[guarantee]") {
+TEST_CASE(
+    "a producer issues no futex wake while its subscriber polls without sleeping, one per commit while it "
+    "sleeps",
+    "[guarantee]") {
   TopicGuard g{Bus::direct({.shm_prefix = unique_prefix("nowake")}), "g.nowake"};
   g.bus.create_topic(g.topic, {.capacity = 4 << 20, .policy = Policy::block});
   Publisher pub = g.bus.publisher(g.topic);
@@ -112,7 +114,8 @@ Status read_words(const std::vector<uint64_t>& seg, uint64_t* size_out = nullptr
   View v;
   REQUIRE(sub.poll(v) == Status::ok);
   uint64_t size = 0;
-  Status s = read_message<capnp::AnyPointer>(v, [&](capnp::AnyPointer::Reader r) { size = r.targetSize().wordCount; });
+  Status s = read_message<capnp::AnyPointer>(
+      v, [&](capnp::AnyPointer::Reader r) { size = r.targetSize().wordCount; });
   sub.release(v);
   if (size_out) *size_out = size;
   return s;

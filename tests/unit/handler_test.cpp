@@ -68,7 +68,8 @@ std::vector<DlqEntry> drain_dlq(Subscriber& s) {
     out.push_back({d.getMessage(), d.getHandler(), d.getOriginalTopic(),
                    std::string(reinterpret_cast<const char*>(p.begin()), p.size()), d.getCode(),
                    d.getAttempts(), d.getPartition(), d.getSequence(), d.getMessageId(),
-                   d.getFirstFailureNs(), d.getLastFailureNs(), d.getReason(), d.getRetry().getMaxAttempts()});
+                   d.getFirstFailureNs(), d.getLastFailureNs(), d.getReason(),
+                   d.getRetry().getMaxAttempts()});
     s.release(v);
   }
   return out;
@@ -91,7 +92,7 @@ TEST_CASE("backoff: exponential, capped, jittered within its bounds, reproducibl
       CHECK(d <= int64_t(base * 1.25) + 1);
     }
   }
-  CHECK(p.backoff_ns(2, 0) == 750);                      // the lowest jitter
+  CHECK(p.backoff_ns(2, 0) == 750);                          // the lowest jitter
   CHECK(p.backoff_ns(2, 0x8000'0000'0000'0000ull) == 1000);  // the middle
   p.jitter = 0;
   CHECK(p.backoff_ns(4, 99) == 9000);
@@ -128,20 +129,26 @@ TEST_CASE("handler: a flaky handler is retried with backoff; every message acked
   TopicGuard g{Bus::direct({.shm_prefix = test::unique_prefix("hflaky")}), "h.flaky"};
   g.bus.create_topic(g.topic, {.capacity = 1 << 16});
   HandlerOptions o;
-  o.retry = {.max_attempts = 4, .initial_backoff_ns = 1000, .max_backoff_ns = 1'000'000, .multiplier = 2.0,
+  o.retry = {.max_attempts = 4,
+             .initial_backoff_ns = 1000,
+             .max_backoff_ns = 1'000'000,
+             .multiplier = 2.0,
              .jitter = 0.0};
   o.breaker.failure_threshold = 100;
   FakeTime t;
   t.apply(o);
   std::map<std::string, int> calls;
   std::vector<std::string> acked;
-  HandlerRunner run(g.bus, g.topic, [&](const View& v) {
-    const std::string m = text(v);
-    // Every third message fails twice, then succeeds.
-    if (++calls[m] <= 2 && (v.message_id() % 3) == 0) return Outcome::retry("flaky");
-    acked.push_back(m);
-    return Outcome::ack();
-  }, o);
+  HandlerRunner run(
+      g.bus, g.topic,
+      [&](const View& v) {
+        const std::string m = text(v);
+        // Every third message fails twice, then succeeds.
+        if (++calls[m] <= 2 && (v.message_id() % 3) == 0) return Outcome::retry("flaky");
+        acked.push_back(m);
+        return Outcome::ack();
+      },
+      o);
   Publisher p = g.bus.publisher(g.topic);
   publish(p, 30);
   while (run.step(0)) {
@@ -154,12 +161,13 @@ TEST_CASE("handler: a flaky handler is retried with backoff; every message acked
   CHECK(run.stats().dead_lettered == 0);
   REQUIRE(t.sleeps.size() == 20);
   for (size_t i = 0; i < t.sleeps.size(); i += 2) {
-    CHECK(t.sleeps[i] == 1000);  // before attempt 2
+    CHECK(t.sleeps[i] == 1000);      // before attempt 2
     CHECK(t.sleeps[i + 1] == 2000);  // before attempt 3
   }
 }
 
-TEST_CASE("handler: retries exhausted or a rejection dead-letters the message with its envelope; the rest flows") {
+TEST_CASE(
+    "handler: retries exhausted or a rejection dead-letters the message with its envelope; the rest flows") {
   TopicGuard g{Bus::direct({.shm_prefix = test::unique_prefix("hdlq")}), "h.orders"};
   TopicGuard gd{g.bus, "h.orders.dlq"};
   g.bus.create_topic(g.topic, {.capacity = 1 << 16});
@@ -167,20 +175,27 @@ TEST_CASE("handler: retries exhausted or a rejection dead-letters the message wi
   Subscriber dlq = g.bus.subscriber(gd.topic);
   HandlerOptions o;
   o.name = "fulfil";
-  o.retry = {.max_attempts = 3, .initial_backoff_ns = 500, .max_backoff_ns = 10'000, .multiplier = 2.0, .jitter = 0.5};
+  o.retry = {.max_attempts = 3,
+             .initial_backoff_ns = 500,
+             .max_backoff_ns = 10'000,
+             .multiplier = 2.0,
+             .jitter = 0.5};
   o.breaker.failure_threshold = 100;
   o.seed = 42;
   FakeTime t;
   t.apply(o);
   std::vector<std::string> acked;
-  HandlerRunner run(g.bus, g.topic, [&](const View& v) -> Outcome {
-    const std::string m = text(v);
-    if (m == "m7") return Outcome::retry("downstream 503", 503);
-    if (m == "m12") return Outcome::reject("no such customer", 404);
-    if (m == "m20") throw std::runtime_error("bad field");
-    acked.push_back(m);
-    return Outcome::ack();
-  }, o);
+  HandlerRunner run(
+      g.bus, g.topic,
+      [&](const View& v) -> Outcome {
+        const std::string m = text(v);
+        if (m == "m7") return Outcome::retry("downstream 503", 503);
+        if (m == "m12") return Outcome::reject("no such customer", 404);
+        if (m == "m20") throw std::runtime_error("bad field");
+        acked.push_back(m);
+        return Outcome::ack();
+      },
+      o);
   Publisher p = g.bus.publisher(g.topic);
   publish(p, 25);
   while (run.step(0)) {
@@ -219,12 +234,14 @@ TEST_CASE("handler: retries exhausted or a rejection dead-letters the message wi
   }
 }
 
-TEST_CASE("handler: a failing dependency opens the breaker: no calls while open, a trial, then it flows again") {
+TEST_CASE(
+    "handler: a failing dependency opens the breaker: no calls while open, a trial, then it flows again") {
   TopicGuard g{Bus::direct({.shm_prefix = test::unique_prefix("hbrk")}), "h.brk"};
   TopicGuard gd{g.bus, "h.brk.dlq"};
   g.bus.create_topic(g.topic, {.capacity = 1 << 16});
   HandlerOptions o;
-  o.retry = {.max_attempts = 1000, .initial_backoff_ns = 10, .max_backoff_ns = 10, .multiplier = 1.0, .jitter = 0};
+  o.retry = {
+      .max_attempts = 1000, .initial_backoff_ns = 10, .max_backoff_ns = 10, .multiplier = 1.0, .jitter = 0};
   o.breaker = {.failure_threshold = 3, .open_ns = 1'000'000, .half_open_successes = 1};
   FakeTime t;
   t.apply(o);
@@ -232,13 +249,16 @@ TEST_CASE("handler: a failing dependency opens the breaker: no calls while open,
   int64_t down_until = t.now + 5'500'000;  // the dependency is back after 5.5 ms
   std::vector<int64_t> call_times;
   std::vector<std::string> acked;
-  HandlerRunner run(g.bus, g.topic, [&](const View& v) {
-    call_times.push_back(t.now);
-    if (down && t.now < down_until) return Outcome::retry("dependency down");
-    down = false;
-    acked.push_back(text(v));
-    return Outcome::ack();
-  }, o);
+  HandlerRunner run(
+      g.bus, g.topic,
+      [&](const View& v) {
+        call_times.push_back(t.now);
+        if (down && t.now < down_until) return Outcome::retry("dependency down");
+        down = false;
+        acked.push_back(text(v));
+        return Outcome::ack();
+      },
+      o);
   Publisher p = g.bus.publisher(g.topic);
   publish(p, 10);
   while (run.step(0)) {
@@ -269,14 +289,17 @@ TEST_CASE("handler: stop() during retries leaves the message unreleased for the 
     FakeTime t;
     t.apply(o);
     bool stopping = false;
-    HandlerRunner run(g.bus, g.topic, [&](const View& v) {
-      if (text(v) == "m2") {
-        stopping = true;  // shutdown asked while m2 is failing
-        return Outcome::retry("busy");
-      }
-      seen.push_back(text(v));
-      return Outcome::ack();
-    }, o);
+    HandlerRunner run(
+        g.bus, g.topic,
+        [&](const View& v) {
+          if (text(v) == "m2") {
+            stopping = true;  // shutdown asked while m2 is failing
+            return Outcome::retry("busy");
+          }
+          seen.push_back(text(v));
+          return Outcome::ack();
+        },
+        o);
     publish(p, 5);
     while (run.step(0, [&] { return stopping; })) {
     }
@@ -285,10 +308,13 @@ TEST_CASE("handler: stop() during retries leaves the message unreleased for the 
   // The durable name resumes at m2: nothing acked is seen again, nothing is skipped.
   HandlerOptions o;
   o.subscriber.name = "worker";
-  HandlerRunner again(g.bus, g.topic, [&](const View& v) {
-    seen.push_back(text(v));
-    return Outcome::ack();
-  }, o);
+  HandlerRunner again(
+      g.bus, g.topic,
+      [&](const View& v) {
+        seen.push_back(text(v));
+        return Outcome::ack();
+      },
+      o);
   while (again.step(0)) {
   }
   REQUIRE(seen.size() == 5);

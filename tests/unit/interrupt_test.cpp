@@ -112,7 +112,8 @@ TEST_CASE("Publisher::interrupt ends a claim blocked for space in another thread
   {
     // Fill the ring with a policy-fail view of it: try_claim never waits.
     ClaimView c;
-    while (pub.try_claim(sizeof body, c) == Status::ok) REQUIRE(pub.commit(sizeof body, ++sent) == Status::ok);
+    while (pub.try_claim(sizeof body, c) == Status::ok)
+      REQUIRE(pub.commit(sizeof body, ++sent) == Status::ok);
   }
   REQUIRE(sent > 0);
   std::atomic<pid_t> tid{0};

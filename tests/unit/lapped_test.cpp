@@ -102,8 +102,10 @@ TEST_CASE("an untethered reader racing a fast producer never accepts a torn or o
       const uint64_t until = shm::monotonic_ns() + 30'000'000'000ull;
       auto wait_for = [&](auto cond) {
         while (!cond() && !stuck)
-          if (shm::monotonic_ns() > until) stuck = true;
-          else std::this_thread::yield();
+          if (shm::monotonic_ns() > until)
+            stuck = true;
+          else
+            std::this_thread::yield();
       };
       if (await_accept) {
         wait_for([&] { return accepted_n.load(std::memory_order_acquire) > ckpt; });

@@ -88,7 +88,8 @@ TEST_CASE("layout 4.0 is pinned and an older segment is refused") {
   CHECK(h.r.producers == reinterpret_cast<ProducerSlot*>(h.data.get() + kProducerTableOffset));
   CHECK(h.r.ring == h.data.get() + kRingOffset);
   // The producer grant records follow the cursor slots in the control segment.
-  CHECK(reinterpret_cast<std::byte*>(h.r.grants) == h.ctl.get() + sizeof(ControlHeader) + 8 * sizeof(CursorSlot));
+  CHECK(reinterpret_cast<std::byte*>(h.r.grants) ==
+        h.ctl.get() + sizeof(ControlHeader) + 8 * sizeof(CursorSlot));
   CHECK(h.cbytes == sizeof(ControlHeader) + 8 * sizeof(CursorSlot) + kProducerGrantTableSize);
   RingRefs rg;  // granted: the slot count comes from the size, net of the grant table
   REQUIRE(bind_ring(h.data.get(), h.dbytes, h.ctl.get(), h.cbytes, rg, true) == nullptr);
@@ -108,7 +109,7 @@ TEST_CASE("bind_ring uses its validated copy: later header writes cannot move th
   HeapRing h(8192, false, 4);
   auto* c = reinterpret_cast<ControlHeader*>(h.ctl.get());
   auto* d = reinterpret_cast<DataHeader*>(h.data.get());
-  c->slot_count = 4000;      // a hostile peer, after the bind
+  c->slot_count = 4000;  // a hostile peer, after the bind
   d->capacity = 1ull << 30;
   d->max_payload = 1ull << 29;
   CHECK(h.r.slot_count == 4);
@@ -306,7 +307,8 @@ TEST_CASE("a dead zero-lock holder is taken over; a live one makes claims back-p
 // Layout 4, daemon mode: the owner is the daemon's token, and a dead zero-lock
 // holder is the daemon's to clear (on its grant record). A producer never takes the
 // lock over on a pid read from the table: a forged dead pid there changes nothing.
-TEST_CASE("a granted producer writes the daemon's token, never its pid, and never takes over a zero lock itself") {
+TEST_CASE(
+    "a granted producer writes the daemon's token, never its pid, and never takes over a zero lock itself") {
   HeapRing h(4096, true);
   const uint32_t tok = kTokenBit | 5;
   fake_producer(h.r, 3, tok);

@@ -19,26 +19,26 @@
 namespace shmbus {
 
 struct DaemonOptions {
-  std::string socket_path;             // empty: default_socket_path()
-  std::string state_dir;               // empty: <socket dir>/state
-  std::string shm_prefix;              // segment name prefix; empty: "shmbusd-<uid>"
-  int64_t reclaim_interval_ms = 20;    // liveness scan period (pidfds react at once)
+  std::string socket_path;           // empty: default_socket_path()
+  std::string state_dir;             // empty: <socket dir>/state
+  std::string shm_prefix;            // segment name prefix; empty: "shmbusd-<uid>"
+  int64_t reclaim_interval_ms = 20;  // liveness scan period (pidfds react at once)
   uint32_t max_clients = 1024;
   uint32_t max_topics = 4096;
   // Bounds and per-uid quotas (docs/operations.md, "Security model"). Root and the
   // daemon's own uid are exempt from the per-uid quotas, not from the bounds.
-  uint64_t max_topic_bytes = 16ull << 30;      // one topic's segments: partitions x (ring + control)
-  uint32_t uid_max_topics = 256;               // topics one uid owns
+  uint64_t max_topic_bytes = 16ull << 30;  // one topic's segments: partitions x (ring + control)
+  uint32_t uid_max_topics = 256;           // topics one uid owns
   // Partitions of the topics one uid owns: each costs the daemon an fd (its wake
   // memfd) and three mappings, so this bounds what one uid can take of the daemon's
   // fd and vm.max_map_count budgets (docs/operations.md, "Security model").
   uint32_t uid_max_partitions = 1024;
   uint64_t uid_max_segment_bytes = 32ull << 30;  // segment bytes of the topics one uid owns
-  uint32_t uid_max_connections = 64;           // connections of one uid at once
+  uint32_t uid_max_connections = 64;             // connections of one uid at once
   // Spill-log disk of the durable topics one uid owns, counted as partitions x
   // (retentionBytes + one log segment); such topics need a retentionBytes.
   uint64_t uid_max_log_bytes = 16ull << 30;
-  uint32_t max_inflight_per_client = 8;        // requests queued per connection before it is not read
+  uint32_t max_inflight_per_client = 8;  // requests queued per connection before it is not read
   // Live cursor grants (subscribers) of one uid: each holds a slot, a 4 KiB cursor
   // page and a daemon fd and mapping. In all, and in one partition (0: half its slots).
   uint32_t uid_max_grants = 1024;
@@ -46,10 +46,10 @@ struct DaemonOptions {
   // Durable subscriber names (records: name x partition, kept until the topic goes)
   // one uid makes in one topic it does not own; a topic holds 4096 in all.
   uint32_t uid_max_durable_names = 256;
-  uint32_t shm_reserve_percent = 10;           // creation leaves this much of /dev/shm free
-  std::string log_level = "info";      // trace, debug, info, warn, error, off
-  std::string log_file;                // empty: stderr
-  uint32_t socket_mode = 0666;         // the socket's permission bits (topics have ACLs)
+  uint32_t shm_reserve_percent = 10;  // creation leaves this much of /dev/shm free
+  std::string log_level = "info";     // trace, debug, info, warn, error, off
+  std::string log_file;               // empty: stderr
+  uint32_t socket_mode = 0666;        // the socket's permission bits (topics have ACLs)
   // How long a durable subscriber's parked slot (P10) keeps its place (and, when
   // tethered, holds the producer back) after its owner closed or died; then it is
   // freed and its position kept as a record (resumed with a lap check).
@@ -67,10 +67,13 @@ class Daemon {
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
-  void start();           // binds the socket, loads state, starts the threads
-  void request_stop();    // async-signal-safe: asks the threads to stop
-  void wait();            // joins the threads (after request_stop)
-  void stop() { request_stop(); wait(); }
+  void start();         // binds the socket, loads state, starts the threads
+  void request_stop();  // async-signal-safe: asks the threads to stop
+  void wait();          // joins the threads (after request_stop)
+  void stop() {
+    request_stop();
+    wait();
+  }
   const DaemonOptions& options() const;
 
  private:

@@ -29,7 +29,7 @@ enum class WaitStrategy : uint8_t {
 
 struct PublisherOptions {
   uint32_t partition = 0;
-  uint32_t producer_id = 0;         // 0: the pid
+  uint32_t producer_id = 0;                  // 0: the pid
   int64_t block_timeout_ns = 1'000'000'000;  // policy block: longest wait for space
   WaitStrategy wait = WaitStrategy::hybrid;  // how to wait for space under `block`
   int64_t spin_ns = 20'000;
@@ -55,7 +55,7 @@ struct PublisherOptions {
 
 struct SubscriberOptions {
   uint32_t partition = 0;
-  bool tethered = true;              // holds producers back (never overwritten)
+  bool tethered = true;  // holds producers back (never overwritten)
   WaitStrategy wait = WaitStrategy::hybrid;
   int64_t spin_ns = 20'000;
   int open_timeout_ms = 5000;

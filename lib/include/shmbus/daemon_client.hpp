@@ -81,9 +81,9 @@ proto::ErrorCode from_error_code(ErrorCode c);
 class DaemonClient : public std::enable_shared_from_this<DaemonClient> {
  public:
   struct Options {
-    std::string socket_path;  // empty: default_socket_path()
-    int timeout_ms = 5000;    // one request/response round trip
-    int reconnect_ms = 10000; // how long a call retries while the daemon restarts
+    std::string socket_path;   // empty: default_socket_path()
+    int timeout_ms = 5000;     // one request/response round trip
+    int reconnect_ms = 10000;  // how long a call retries while the daemon restarts
     // The server's uid is checked after connect (SO_PEERCRED): root or our own euid,
     // or this one (e.g. a dedicated service account); anything else is refused with
     // Error(permission_denied). Default: nobody else.
@@ -110,8 +110,7 @@ class DaemonClient : public std::enable_shared_from_this<DaemonClient> {
   // response. An error response is thrown as shmbus::Error.
   Reply call(const std::function<void(proto::Request::Builder)>& fill);
 
-  void create_topic(const std::string& topic, const TopicConfig& cfg,
-                    const AccessSpec* access = nullptr);
+  void create_topic(const std::string& topic, const TopicConfig& cfg, const AccessSpec* access = nullptr);
   void delete_topic(const std::string& topic);
   uint32_t partitions(const std::string& topic);
   std::shared_ptr<PartitionMapping> open(const std::string& topic, uint32_t partition, Role role);

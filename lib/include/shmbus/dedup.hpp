@@ -83,7 +83,9 @@ class DedupWindow {
     bool operator==(const Key& o) const { return producer == o.producer && id == o.id; }
   };
   struct KeyHash {
-    size_t operator()(const Key& k) const { return std::hash<uint64_t>()(k.id * 0x9E3779B97F4A7C15ull ^ k.producer); }
+    size_t operator()(const Key& k) const {
+      return std::hash<uint64_t>()(k.id * 0x9E3779B97F4A7C15ull ^ k.producer);
+    }
   };
   void insert(Key k);
   void load();

@@ -59,10 +59,10 @@ struct TraceContext {
 struct Envelope {
   uint64_t correlation_id = 0;
   uint64_t causation_id = 0;
-  std::string reply_to;       // a topic name, <= 255 bytes
-  TraceContext trace;         // not sent when !trace.valid()
+  std::string reply_to;  // a topic name, <= 255 bytes
+  TraceContext trace;    // not sent when !trace.valid()
   uint32_t content_version = 0;
-  uint32_t status = 0;        // replies: the application's status (0: ok)
+  uint32_t status = 0;  // replies: the application's status (0: ok)
 };
 
 // Limits a reader enforces on what it copies out of the ring.

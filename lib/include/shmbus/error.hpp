@@ -36,12 +36,12 @@ enum class ErrorCode : int {
   invalid_argument = 1,
   not_found,
   already_exists,
-  incompatible,     // a segment of another layout version or other topic settings
+  incompatible,  // a segment of another layout version or other topic settings
   permission_denied,
-  no_slot,          // every subscriber slot is taken
-  system,           // an OS call failed (Error::sys_errno() says which errno)
+  no_slot,  // every subscriber slot is taken
+  system,   // an OS call failed (Error::sys_errno() says which errno)
   timed_out,
-  protocol,         // the daemon said something unexpected
+  protocol,  // the daemon said something unexpected
   not_connected,
 };
 

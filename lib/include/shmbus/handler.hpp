@@ -44,7 +44,9 @@ struct Outcome {
   static Outcome retry(std::string why, uint32_t code = 0, int64_t after_ns = -1) {
     return {Kind::retry, code, std::move(why), after_ns};
   }
-  static Outcome reject(std::string why, uint32_t code = 0) { return {Kind::reject, code, std::move(why), -1}; }
+  static Outcome reject(std::string why, uint32_t code = 0) {
+    return {Kind::reject, code, std::move(why), -1};
+  }
 };
 
 struct RetryPolicy {
@@ -59,9 +61,9 @@ struct RetryPolicy {
 };
 
 struct BreakerPolicy {
-  uint32_t failure_threshold = 5;     // consecutive failed attempts that open the breaker
-  int64_t open_ns = 1'000'000'000;    // how long it stays open before a trial (half-open)
-  uint32_t half_open_successes = 1;   // successful trials that close it again
+  uint32_t failure_threshold = 5;    // consecutive failed attempts that open the breaker
+  int64_t open_ns = 1'000'000'000;   // how long it stays open before a trial (half-open)
+  uint32_t half_open_successes = 1;  // successful trials that close it again
 };
 
 // closed -> (failure_threshold consecutive failures) -> open -> (open_ns) ->
@@ -113,13 +115,13 @@ struct HandlerOptions {
 };
 
 struct HandlerStats {
-  uint64_t handled = 0;        // messages finished (acked or dead-lettered)
+  uint64_t handled = 0;  // messages finished (acked or dead-lettered)
   uint64_t acked = 0;
-  uint64_t attempts = 0;       // handler calls
-  uint64_t retries = 0;        // attempts after a failure
+  uint64_t attempts = 0;  // handler calls
+  uint64_t retries = 0;   // attempts after a failure
   uint64_t dead_lettered = 0;
-  uint64_t lapped = 0;         // untethered: messages lost to the producer overtaking
-  uint64_t duplicates = 0;     // dedup: messages released without calling the handler
+  uint64_t lapped = 0;      // untethered: messages lost to the producer overtaking
+  uint64_t duplicates = 0;  // dedup: messages released without calling the handler
 };
 
 using HandlerFn = std::function<Outcome(const View&)>;

@@ -22,8 +22,8 @@ namespace shmbus {
 
 struct PublishStats {
   uint64_t published = 0;
-  uint64_t back_pressured = 0;   // claims that found the ring full (policy fail or timeout)
-  uint64_t blocked_waits = 0;    // times a claim had to wait for space
+  uint64_t back_pressured = 0;     // claims that found the ring full (policy fail or timeout)
+  uint64_t blocked_waits = 0;      // times a claim had to wait for space
   uint64_t builder_fallbacks = 0;  // Cap'n Proto messages that outgrew their claim (copied)
   uint64_t reclaimed_cursors = 0;  // dead subscriber slots reclaimed (direct mode)
 };

@@ -79,7 +79,7 @@ struct RequesterOptions {
 
 struct RequesterStats {
   uint64_t sent = 0;
-  uint64_t replies = 0;    // replies matched to a request in flight
+  uint64_t replies = 0;  // replies matched to a request in flight
   uint64_t timeouts = 0;
   uint64_t stale = 0;      // replies to no request in flight (timed out, forgotten, unknown)
   uint64_t forged = 0;     // a request's correlation id without its causation id: dropped
@@ -148,11 +148,11 @@ using RespondFn = std::function<Response(const View& request, const Envelope& en
 struct ResponderStats {
   uint64_t requests = 0;
   uint64_t replied = 0;
-  uint64_t no_reply_to = 0;   // requests without a reply-to topic (handled, not answered)
-  uint64_t undeliverable = 0; // the reply topic is gone or full: reply dropped
-  uint64_t refused = 0;       // through shmbusd: reply-to names a topic that is not ephemeral (not a reply topic)
-  uint64_t malformed = 0;     // frames that are no valid envelope: skipped
-  uint64_t failed = 0;        // the function threw: answered with status 500 and the reason
+  uint64_t no_reply_to = 0;    // requests without a reply-to topic (handled, not answered)
+  uint64_t undeliverable = 0;  // the reply topic is gone or full: reply dropped
+  uint64_t refused = 0;  // through shmbusd: reply-to names a topic that is not ephemeral (not a reply topic)
+  uint64_t malformed = 0;  // frames that are no valid envelope: skipped
+  uint64_t failed = 0;     // the function threw: answered with status 500 and the reason
 };
 
 class Responder {

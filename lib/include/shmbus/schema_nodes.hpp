@@ -27,7 +27,7 @@
 namespace shmbus {
 
 struct SchemaNodes {
-  uint64_t root_id = 0;       // the root struct's type id; 0: no schema presented
+  uint64_t root_id = 0;        // the root struct's type id; 0: no schema presented
   std::vector<uint8_t> bytes;  // serialized CodeGeneratorRequest (see above)
   explicit operator bool() const { return root_id != 0; }
 };

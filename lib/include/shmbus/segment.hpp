@@ -15,17 +15,21 @@
 
 namespace shmbus {
 
-enum class Policy : uint32_t { block = shm::kPolicyBlock, fail = shm::kPolicyFail, spill = shm::kPolicySpill };
+enum class Policy : uint32_t {
+  block = shm::kPolicyBlock,
+  fail = shm::kPolicyFail,
+  spill = shm::kPolicySpill
+};
 
 struct TopicConfig {
   uint32_t partitions = 1;
   uint64_t capacity = 16ull << 20;  // ring bytes per partition, power of two
   uint64_t max_payload = 0;         // 0: capacity / 4
   Policy policy = Policy::block;
-  bool multi_producer = false;      // false: one producer per partition (fast path)
+  bool multi_producer = false;  // false: one producer per partition (fast path)
   uint32_t slots = shm::kDefaultSlots;
-  uint64_t schema_id = 0;           // expected Cap'n Proto root type id, 0 = any
-  uint32_t mode = 0660;             // permission bits of the segments
+  uint64_t schema_id = 0;  // expected Cap'n Proto root type id, 0 = any
+  uint32_t mode = 0660;    // permission bits of the segments
   // Durable topics: archived to the spill log by shmbusd (docs/spill-log.md). Only
   // through the daemon (Bus::connect / open_embedded); the direct provider has no
   // archiver and ignores them. Policy::spill implies durable.
@@ -33,9 +37,9 @@ struct TopicConfig {
   bool durable = false;
   Flush flush = Flush::interval;
   uint32_t flush_interval_ms = 10;
-  uint64_t retention_bytes = 0;     // per partition, 0 = unlimited
-  uint64_t retention_age_s = 0;     // 0 = unlimited
-  uint64_t segment_bytes = 0;       // log segment file size, 0 = 64 MiB
+  uint64_t retention_bytes = 0;  // per partition, 0 = unlimited
+  uint64_t retention_age_s = 0;  // 0 = unlimited
+  uint64_t segment_bytes = 0;    // log segment file size, 0 = 64 MiB
   // Ephemeral: owned by this process's daemon connection; shmbusd removes it when
   // the connection closes (exit, crash, SIGKILL) and never restores it after a
   // restart. Only through the daemon (SegmentProvider::ephemeral_topics()); the
@@ -58,7 +62,7 @@ struct CursorGrant {
   uint64_t position = 0;     // where to start reading
   uint64_t check_below = 0;  // frames below get the lap check (P9/P11)
   shm::CursorPage* page = nullptr;
-  bool resumed = false;      // a parked durable slot was taken over
+  bool resumed = false;  // a parked durable slot was taken over
   explicit operator bool() const { return page != nullptr; }
 };
 
@@ -123,14 +127,14 @@ class SegmentProvider {
   virtual bool is_ephemeral(const std::string& /*topic*/) { return false; }
   // Durable subscribers (P11): the last position recorded for `name` after its
   // parked slot expired, if any (the daemon keeps these; direct mode does not).
-  virtual bool durable_position(const std::string& /*topic*/, uint32_t /*p*/,
-                                const std::string& /*name*/, uint64_t& /*pos*/) {
+  virtual bool durable_position(const std::string& /*topic*/, uint32_t /*p*/, const std::string& /*name*/,
+                                uint64_t& /*pos*/) {
     return false;
   }
   // Tells the record keeper that `name` holds a slot at `pos` (so that it can map
   // the slot's name hash back to the name). Best effort; may throw Error.
-  virtual void durable_joined(const std::string& /*topic*/, uint32_t /*p*/,
-                              const std::string& /*name*/, uint64_t /*pos*/) {}
+  virtual void durable_joined(const std::string& /*topic*/, uint32_t /*p*/, const std::string& /*name*/,
+                              uint64_t /*pos*/) {}
   // Schema registry: presents `nodes` for `topic` as a publisher (registers a new
   // version when compatible) or a subscriber, or only checks them. Returns the
   // version they are (would be). Throws Error (incompatible naming type, field and
@@ -151,7 +155,6 @@ std::shared_ptr<SegmentProvider> make_direct_provider(const std::string& prefix)
 
 // Topic names: 1-200 chars of [A-Za-z0-9._-], not starting with '.'.
 bool valid_topic_name(const std::string& name);
-std::string segment_name(const std::string& prefix, const std::string& topic, uint32_t p,
-                         bool data);
+std::string segment_name(const std::string& prefix, const std::string& topic, uint32_t p, bool data);
 
 }  // namespace shmbus

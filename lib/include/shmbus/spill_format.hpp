@@ -40,17 +40,17 @@ inline constexpr uint32_t kMaxRecord = 1u << 30;
 inline constexpr uint64_t kArchiverNameHash = 0x7370'696c'6c61'7263ULL;  // "crallips"
 
 struct SegmentFileHeader {
-  uint64_t magic;           // 0  kLogMagic
-  uint32_t version;         // 8  kLogVersion
-  uint32_t header_size;     // 12 kFileHeaderSize
-  uint64_t first_seq;       // 16 sequence of the first record (also the file name)
-  uint64_t ring_epoch;      // 24 DataHeader::created_ns of the ring the records came from
-  uint64_t created_ns;      // 32 CLOCK_REALTIME when the file was created
-  uint32_t partition;       // 40
-  uint32_t flags;           // 44 reserved, 0
-  uint64_t reserved;        // 48
-  uint32_t reserved2;       // 56
-  uint32_t crc;             // 60 crc32c of bytes [0, 60)
+  uint64_t magic;        // 0  kLogMagic
+  uint32_t version;      // 8  kLogVersion
+  uint32_t header_size;  // 12 kFileHeaderSize
+  uint64_t first_seq;    // 16 sequence of the first record (also the file name)
+  uint64_t ring_epoch;   // 24 DataHeader::created_ns of the ring the records came from
+  uint64_t created_ns;   // 32 CLOCK_REALTIME when the file was created
+  uint32_t partition;    // 40
+  uint32_t flags;        // 44 reserved, 0
+  uint64_t reserved;     // 48
+  uint32_t reserved2;    // 56
+  uint32_t crc;          // 60 crc32c of bytes [0, 60)
 };
 static_assert(sizeof(SegmentFileHeader) == kFileHeaderSize, "update docs/spill-log.md");
 
@@ -121,7 +121,7 @@ struct ScanResult {
 ScanResult scan_segment(const std::string& path, uint64_t index_interval);
 
 struct RecoveryResult {
-  bool empty = true;             // no record in the log
+  bool empty = true;  // no record in the log
   uint64_t last_seq = 0, last_ts = 0, last_ring_end = 0, epoch = 0;
   uint64_t active_first_seq = 0;  // the last segment (appendable) if !empty
   uint64_t active_size = 0;
@@ -192,7 +192,7 @@ class LogReader {
   Next next(RecordView& out);
 
   uint64_t skipped_corrupt() const { return corrupt_; }
-  uint64_t gaps() const { return gaps_; }       // records lost to retention while reading
+  uint64_t gaps() const { return gaps_; }         // records lost to retention while reading
   uint64_t file_epoch() const { return epoch_; }  // ring epoch of the current segment
   const std::string& dir() const { return dir_; }
 

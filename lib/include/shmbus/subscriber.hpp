@@ -44,9 +44,9 @@ class View {
 
 struct SubscribeStats {
   uint64_t received = 0;
-  uint64_t waits = 0;     // times poll_wait slept on the futex
-  uint64_t corrupt = 0;   // polls that found an invalid frame
-  uint64_t lapped = 0;    // times the producer overtook this (untethered) subscriber
+  uint64_t waits = 0;    // times poll_wait slept on the futex
+  uint64_t corrupt = 0;  // polls that found an invalid frame
+  uint64_t lapped = 0;   // times the producer overtook this (untethered) subscriber
 };
 
 class Subscriber {

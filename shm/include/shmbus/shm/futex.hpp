@@ -67,8 +67,7 @@ struct Interrupt {
 // futex_wait on a shared word that also returns when `intr` is raised. Returns as
 // futex_wait. Without futex_waitv (ENOSYS: a kernel before 5.16, or a seccomp
 // filter) it sleeps in slices of at most 1 ms, so an interrupt is seen within one.
-inline int futex_wait_interruptible(uint32_t* word, uint32_t expected, Interrupt* intr,
-                                    int64_t timeout_ns) {
+inline int futex_wait_interruptible(uint32_t* word, uint32_t expected, Interrupt* intr, int64_t timeout_ns) {
   if (!intr) return futex_wait(word, expected, timeout_ns);
   if (intr->raised()) return 0;
   static std::atomic<bool> no_waitv{false};
@@ -113,9 +112,7 @@ inline bool asym_fence_available() {
 }
 // The heavy side: returns false when the kernel refused (the caller then sleeps
 // in short bounded slices, so a missed wake-up costs at most one slice).
-inline bool asym_fence_heavy() {
-  return syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0;
-}
+inline bool asym_fence_heavy() { return syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0; }
 // The light side: orders the preceding store before the following load for the
 // compiler; the CPU is ordered by the heavy side's membarrier.
 inline void asym_fence_light() { std::atomic_signal_fence(std::memory_order_seq_cst); }

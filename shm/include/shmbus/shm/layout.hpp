@@ -61,9 +61,9 @@ inline constexpr uint32_t kSlotEmbedded = 1u << 1;
 // ProducerSlot::claim word (2.0): (sequence << 2) | state. The sequence makes every
 // transition a CAS on one particular claim, so a late helper cannot act on the
 // owner's next claim (P8).
-inline constexpr uint64_t kClaimIdle = 0;      // no claim in flight
-inline constexpr uint64_t kClaimIntent = 1;    // intent recorded; the pending CAS may still happen
-inline constexpr uint64_t kClaimWon = 2;       // the pending CAS happened: [pos, pos+pad+len) is ours
+inline constexpr uint64_t kClaimIdle = 0;    // no claim in flight
+inline constexpr uint64_t kClaimIntent = 1;  // intent recorded; the pending CAS may still happen
+inline constexpr uint64_t kClaimWon = 2;     // the pending CAS happened: [pos, pos+pad+len) is ours
 inline constexpr uint64_t claim_word(uint64_t seq, uint64_t state) { return (seq << 2) | state; }
 inline constexpr uint64_t claim_state(uint64_t w) { return w & 3; }
 inline constexpr uint64_t claim_seq(uint64_t w) { return w >> 2; }
@@ -132,50 +132,50 @@ inline constexpr uint64_t kRingOffset = 8192;
 struct DataHeader {
   // line 0: written once by the creator; layout_version written LAST (release) =
   // "segment ready". Openers copy this line once, validate the copy, use only it.
-  uint64_t magic;            // 0
-  uint32_t layout_version;   // 8   SYNC(data.ready) release by creator / acquire by openers
-  uint32_t flags;            // 12  kFlagMultiProducer
-  uint64_t capacity;         // 16  ring bytes, power of two, >= 4096
-  uint64_t data_offset;      // 24  = kRingOffset
-  uint64_t schema_id;        // 32  root struct type id expected on this topic, 0 = any
-  uint32_t policy;           // 40  kPolicy*
-  uint32_t partition;        // 44
-  uint64_t created_ns;       // 48  CLOCK_REALTIME at creation
-  uint64_t max_payload;      // 56  largest payload a frame may carry
+  uint64_t magic;           // 0
+  uint32_t layout_version;  // 8   SYNC(data.ready) release by creator / acquire by openers
+  uint32_t flags;           // 12  kFlagMultiProducer
+  uint64_t capacity;        // 16  ring bytes, power of two, >= 4096
+  uint64_t data_offset;     // 24  = kRingOffset
+  uint64_t schema_id;       // 32  root struct type id expected on this topic, 0 = any
+  uint32_t policy;          // 40  kPolicy*
+  uint32_t partition;       // 44
+  uint64_t created_ns;      // 48  CLOCK_REALTIME at creation
+  uint64_t max_payload;     // 56  largest payload a frame may carry
   // line 1: written once by the creator.
   uint64_t producer_offset;  // 64  = kProducerTableOffset
   uint32_t producer_slots;   // 72  = kProducerSlots
   uint32_t reserved1;        // 76
   uint8_t pad0[48];          // 80 .. 127
   // line 2: producer-written.
-  uint64_t tail_pos;         // 128 next free ring position (claimed, not necessarily committed)
-  uint64_t tail_seq;         // 136 tail_word(): next sequence | pending owner; one 16-byte CAS with tail_pos (MP)
-  uint64_t zero_mark;        // 144 ring bytes in [tail_pos, zero_mark) are zero
-  uint32_t zero_lock;        // 152 MP: 1 + producer slot extending zero_mark, 0 = free
-  uint32_t producer_pid;     // 156 SP: pid of the exclusive producer, 0 = none
-  uint64_t backpressure_events;  // 160 times a producer found the ring full (approximate)
+  uint64_t tail_pos;   // 128 next free ring position (claimed, not necessarily committed)
+  uint64_t tail_seq;   // 136 tail_word(): next sequence | pending owner; one 16-byte CAS with tail_pos (MP)
+  uint64_t zero_mark;  // 144 ring bytes in [tail_pos, zero_mark) are zero
+  uint32_t zero_lock;  // 152 MP: 1 + producer slot extending zero_mark, 0 = free
+  uint32_t producer_pid;           // 156 SP: pid of the exclusive producer, 0 = none
+  uint64_t backpressure_events;    // 160 times a producer found the ring full (approximate)
   uint64_t producer_heartbeat_ns;  // 168
   // Highest position a producer has started to zero (P2). Stored BEFORE the
   // zeroing, so an untethered reader that re-reads it after copying a frame knows
   // whether the copy may be torn (P9 in docs/memory-ordering.md).
-  uint64_t zero_intent;      // 176 SYNC(zero_intent) relaxed + release fence / acquire fence + relaxed
-  uint8_t pad2[72];          // 184 .. 255
+  uint64_t zero_intent;  // 176 SYNC(zero_intent) relaxed + release fence / acquire fence + relaxed
+  uint8_t pad2[72];      // 184 .. 255
   // line 4: written by the archiver of a durable topic (daemon/spill), read
   // by producers waiting for durability acknowledgements (P10).
-  uint64_t durable_seq;      // 256 every frame with sequence <= this is durable per the flush policy
-  uint32_t durable_futex;    // 264 bumped (and woken if durable_waiters) when durable_seq grows
-  uint32_t durable_waiters;  // 268 producers sleeping on durable_futex
-  uint64_t archived_seq;     // 272 highest sequence written to the log (maybe not yet synced)
-  uint64_t archived_pos;     // 280 ring position up to which frames are in the log
-  uint32_t archiver_error;   // 288 errno of the failing log write/sync, 0 = healthy
-  uint32_t archiver_pid;     // 292 pid of the process running the archiver, 0 = none
+  uint64_t durable_seq;            // 256 every frame with sequence <= this is durable per the flush policy
+  uint32_t durable_futex;          // 264 bumped (and woken if durable_waiters) when durable_seq grows
+  uint32_t durable_waiters;        // 268 producers sleeping on durable_futex
+  uint64_t archived_seq;           // 272 highest sequence written to the log (maybe not yet synced)
+  uint64_t archived_pos;           // 280 ring position up to which frames are in the log
+  uint32_t archiver_error;         // 288 errno of the failing log write/sync, 0 = healthy
+  uint32_t archiver_pid;           // 292 pid of the process running the archiver, 0 = none
   uint64_t archiver_heartbeat_ns;  // 296 CLOCK_MONOTONIC, refreshed by the archiver loop
-  uint8_t pad3[16];          // 304 .. 319
+  uint8_t pad3[16];                // 304 .. 319
   // line 5: producer wait words.
-  uint32_t data_futex;       // 320 bumped (and woken) by a producer that finds a data waiter bit set (P6)
-  uint32_t space_futex;      // 324 P7 wake word of producers bound by an open claim (producer-written)
+  uint32_t data_futex;         // 320 bumped (and woken) by a producer that finds a data waiter bit set (P6)
+  uint32_t space_futex;        // 324 P7 wake word of producers bound by an open claim (producer-written)
   uint64_t space_waiter_bits;  // 328 bit k: producer slot k sleeps on space (P7); bit 63: the single producer
-  uint8_t pad5[48];          // 336 .. 383
+  uint8_t pad5[48];            // 336 .. 383
 };
 static_assert(sizeof(DataHeader) == 384, "update docs/protocol.md and the layout version");
 static_assert(offsetof(DataHeader, layout_version) == 8);
@@ -220,12 +220,12 @@ inline constexpr size_t kWakeSegmentSize = 4096;  // one page (mapped on its own
 // Every value a producer reads here is hostile: it is clamped to
 // [CursorSlot::join_position, tail] (see min_live_cursor).
 struct CursorPage {
-  uint64_t position;         // 0  everything below is released. SYNC(cursor) release by the owner
-  uint64_t heartbeat_ns;     // 8  CLOCK_MONOTONIC, refreshed by the owner while idle (display)
-  uint32_t space_wake;       // 16 P7: bumped (and woken) by the owner after a release that saw a
-                             //    space waiter bit, and by whoever frees the slot
-  uint32_t reserved;         // 20
-  uint8_t pad[40];           // 24 .. 63
+  uint64_t position;      // 0  everything below is released. SYNC(cursor) release by the owner
+  uint64_t heartbeat_ns;  // 8  CLOCK_MONOTONIC, refreshed by the owner while idle (display)
+  uint32_t space_wake;    // 16 P7: bumped (and woken) by the owner after a release that saw a
+                          //    space waiter bit, and by whoever frees the slot
+  uint32_t reserved;      // 20
+  uint8_t pad[40];        // 24 .. 63
 };
 static_assert(sizeof(CursorPage) == 64, "update docs/protocol.md and the layout version");
 static_assert(offsetof(CursorPage, position) == 0);
@@ -239,17 +239,17 @@ inline constexpr size_t kCursorPageSize = 4096;
 // daemon's own record of who holds which slot. Direct mode (one uid): the
 // participants join and leave by themselves, through the same shm/ code.
 struct ControlHeader {
-  uint64_t magic;            // 0
-  uint32_t layout_version;   // 8   SYNC(ctl.ready) written last by the creator
-  uint32_t slot_count;       // 12  <= kMaxSlots
-  uint64_t capacity;         // 16  copy of the data ring capacity (cross-check)
-  uint32_t reserved0;        // 24
-  uint32_t slot_hwm;         // 28  1 + highest slot index ever joined; cursor scans stop there
-  uint64_t wake_id;          // 32  daemon mode: inode of the wake segment (a sealed memfd; 0 = none)
-  uint8_t pad0[88];          // 40 .. 127
+  uint64_t magic;           // 0
+  uint32_t layout_version;  // 8   SYNC(ctl.ready) written last by the creator
+  uint32_t slot_count;      // 12  <= kMaxSlots
+  uint64_t capacity;        // 16  copy of the data ring capacity (cross-check)
+  uint32_t reserved0;       // 24
+  uint32_t slot_hwm;        // 28  1 + highest slot index ever joined; cursor scans stop there
+  uint64_t wake_id;         // 32  daemon mode: inode of the wake segment (a sealed memfd; 0 = none)
+  uint8_t pad0[88];         // 40 .. 127
   // lines 2-3: the data waiter bits of direct mode (daemon mode: the wake segment).
-  WakeBlock wake;            // 128 .. 255
-  uint8_t pad4[128];         // 256 .. 383
+  WakeBlock wake;     // 128 .. 255
+  uint8_t pad4[128];  // 256 .. 383
 };
 static_assert(sizeof(ControlHeader) == 384, "update docs/protocol.md and the layout version");
 static_assert(offsetof(ControlHeader, slot_count) == 12);
@@ -261,17 +261,19 @@ static_assert(offsetof(ControlHeader, wake) == 128);
 // a line. Line 0 is the grant (daemon-written in daemon mode); line 1 is the
 // embedded cursor page (used when kSlotEmbedded is set).
 struct CursorSlot {
-  uint32_t state;            // 0  kSlot*; FREE->JOINING by CAS
-  uint32_t pid;              // 4  owner (daemon mode: its SO_PEERCRED pid in the daemon's namespace; 0 = parked)
-  uint32_t flags;            // 8  kSlotTethered | kSlotEmbedded
-  uint32_t generation;       // 12 bumped on every (re)grant of the slot; tags the page
-  uint64_t name_hash;        // 16 durable subscriber name (0 = anonymous)
-  uint64_t join_position;    // 24 the cursor never goes below this (bounds the limit until the page is mapped)
-  uint64_t page_id;          // 32 daemon mode: inode of the grant's page (a sealed memfd; 0 = embedded or none)
-  uint64_t parked_ns;        // 40 CLOCK_MONOTONIC when parked (P11)
-  uint64_t join_token;       // 48 daemon mode: the client's token of the join that made this grant (a resent join gets it again)
-  uint64_t ident;            // 56 daemon mode: the grantee's process identity (pidfs inode, or 2^63 | start time), 0 = unknown (4.0)
-  CursorPage page;           // 64 .. 127 the embedded page
+  uint32_t state;       // 0  kSlot*; FREE->JOINING by CAS
+  uint32_t pid;         // 4  owner (daemon mode: its SO_PEERCRED pid in the daemon's namespace; 0 = parked)
+  uint32_t flags;       // 8  kSlotTethered | kSlotEmbedded
+  uint32_t generation;  // 12 bumped on every (re)grant of the slot; tags the page
+  uint64_t name_hash;   // 16 durable subscriber name (0 = anonymous)
+  uint64_t join_position;  // 24 the cursor never goes below this (bounds the limit until the page is mapped)
+  uint64_t page_id;        // 32 daemon mode: inode of the grant's page (a sealed memfd; 0 = embedded or none)
+  uint64_t parked_ns;      // 40 CLOCK_MONOTONIC when parked (P11)
+  uint64_t
+      join_token;  // 48 daemon mode: the client's token of the join that made this grant (a resent join gets it again)
+  uint64_t
+      ident;  // 56 daemon mode: the grantee's process identity (pidfs inode, or 2^63 | start time), 0 = unknown (4.0)
+  CursorPage page;  // 64 .. 127 the embedded page
 };
 static_assert(sizeof(CursorSlot) == 128, "update docs/protocol.md and the layout version");
 static_assert(offsetof(CursorSlot, state) == 0);
@@ -290,14 +292,14 @@ static_assert(offsetof(CursorSlot, page) == 64);
 // producer, by helpers completing its pending claim, and by a reclaimer once the
 // owner is dead (P8). 128 bytes so that producers do not share lines.
 struct ProducerSlot {
-  uint32_t pid;              // 0  owner; registration CASes 0 -> pid
-  uint32_t generation;       // 4  bumped on every registration
-  uint64_t claim;            // 8  claim_word(seq, kClaim*): SYNC(prod.claim) seqlock over the fields below
-  uint64_t claim_pos;        // 16 tail position read for the claim (before any wrap pad)
-  uint32_t frame_len;        // 24 claimed frame length (the wrap pad not included); never shrinks
-  uint32_t reserved;         // 28
-  uint64_t fills;            // 32 claims of this slot filled with padding by a reclaimer
-  uint8_t pad[88];           // 40 .. 127
+  uint32_t pid;         // 0  owner; registration CASes 0 -> pid
+  uint32_t generation;  // 4  bumped on every registration
+  uint64_t claim;       // 8  claim_word(seq, kClaim*): SYNC(prod.claim) seqlock over the fields below
+  uint64_t claim_pos;   // 16 tail position read for the claim (before any wrap pad)
+  uint32_t frame_len;   // 24 claimed frame length (the wrap pad not included); never shrinks
+  uint32_t reserved;    // 28
+  uint64_t fills;       // 32 claims of this slot filled with padding by a reclaimer
+  uint8_t pad[88];      // 40 .. 127
 };
 static_assert(sizeof(ProducerSlot) == 128, "update docs/protocol.md and the layout version");
 static_assert(offsetof(ProducerSlot, generation) == 4);
@@ -314,11 +316,11 @@ static_assert(kProducerTableOffset + kProducerSlots * sizeof(ProducerSlot) <= kR
 // producer. The daemon decides liveness, takeover and padding from these records
 // only, never from a pid or token read from the data segment (publishers write it).
 struct ProducerGrant {
-  uint32_t token;            // 0  the owner value the daemon wrote into the data segment; 0 = no grant
-  uint32_t pid;              // 4  the grantee's SO_PEERCRED pid (the daemon's pid namespace)
-  uint64_t ident;            // 8  the grantee's process identity: the pidfs inode of its pidfd
-                             //    (unique for the boot), or 2^63 | its start time (/proc/PID/stat
-                             //    field 22) without pidfs; a pid reused by another process differs
+  uint32_t token;  // 0  the owner value the daemon wrote into the data segment; 0 = no grant
+  uint32_t pid;    // 4  the grantee's SO_PEERCRED pid (the daemon's pid namespace)
+  uint64_t ident;  // 8  the grantee's process identity: the pidfs inode of its pidfd
+                   //    (unique for the boot), or 2^63 | its start time (/proc/PID/stat
+                   //    field 22) without pidfs; a pid reused by another process differs
 };
 static_assert(sizeof(ProducerGrant) == 16, "update docs/protocol.md and the layout version");
 static_assert(offsetof(ProducerGrant, pid) == 4);

@@ -99,8 +99,7 @@ inline bool release_dead_single_producer(const RingRefs& r, uint32_t dead_pid) {
   if (dead_pid == 0 ||
       !aref(r.data->producer_pid).compare_exchange_strong(owner, 0, std::memory_order_acq_rel))
     return false;
-  aref(r.data->space_waiter_bits)
-      .fetch_and(~(uint64_t(1) << kSpaceBitSingle), std::memory_order_seq_cst);
+  aref(r.data->space_waiter_bits).fetch_and(~(uint64_t(1) << kSpaceBitSingle), std::memory_order_seq_cst);
   return true;
 }
 
@@ -191,8 +190,8 @@ inline void free_cursor_slot(const RingRefs& r, uint32_t i, CursorPage* page) {
 // position, already clamped). The slot stays ACTIVE throughout, so a tethered
 // parked slot never stops holding the producer. Returns the P9 check bound for the
 // reader (0: none): a parked untethered slot resumed tethered may be lapped.
-inline uint64_t regrant_parked(const RingRefs& r, uint32_t i, uint32_t pid, bool tethered,
-                               CursorPage* fresh, uint64_t page_id, uint64_t pos) {
+inline uint64_t regrant_parked(const RingRefs& r, uint32_t i, uint32_t pid, bool tethered, CursorPage* fresh,
+                               uint64_t page_id, uint64_t pos) {
   CursorSlot& s = r.slots[i];
   const bool was_tethered = aref(s.flags).load(std::memory_order_relaxed) & kSlotTethered;
   aref(fresh->position).store(pos, std::memory_order_release);

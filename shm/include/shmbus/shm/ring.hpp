@@ -113,18 +113,18 @@ inline std::atomic_ref<T> aref(T& v) {
 // Every value in it was copied once from the segment headers and validated
 // (bind_ring); nothing is read again from the shared headers' identity lines.
 struct RingRefs {
-  DataHeader* data = nullptr;      // data segment base (read-only for subscribers)
-  std::byte* ring = nullptr;       // data + kRingOffset
-  ControlHeader* ctl = nullptr;    // control segment base (daemon mode: read-only for clients)
-  CursorSlot* slots = nullptr;     // ctl + sizeof(ControlHeader)
-  WakeBlock* wake = nullptr;       // P6 data waiter bits: &ctl->wake, or the wake segment (daemon mode)
-  bool shared_wake = false;        // the wake block is writable by every subscriber (daemon mode)
+  DataHeader* data = nullptr;         // data segment base (read-only for subscribers)
+  std::byte* ring = nullptr;          // data + kRingOffset
+  ControlHeader* ctl = nullptr;       // control segment base (daemon mode: read-only for clients)
+  CursorSlot* slots = nullptr;        // ctl + sizeof(ControlHeader)
+  WakeBlock* wake = nullptr;          // P6 data waiter bits: &ctl->wake, or the wake segment (daemon mode)
+  bool shared_wake = false;           // the wake block is writable by every subscriber (daemon mode)
   ProducerSlot* producers = nullptr;  // data + kProducerTableOffset
-  ProducerGrant* grants = nullptr; // the daemon's producer grant records (after the cursor slots; 4.0)
+  ProducerGrant* grants = nullptr;    // the daemon's producer grant records (after the cursor slots; 4.0)
   uint64_t capacity = 0;
   uint32_t slot_count = 0;
   uint32_t producer_count = 0;
-  uint32_t flags = 0;              // copies of the creator-written identity line
+  uint32_t flags = 0;  // copies of the creator-written identity line
   uint32_t policy = 0;
   uint64_t max_payload = 0;
   uint64_t schema_id = 0;
@@ -133,9 +133,7 @@ struct RingRefs {
   bool multi() const { return flags & kFlagMultiProducer; }
 
   uint64_t mask() const { return capacity - 1; }
-  FrameHeader* frame_at(uint64_t pos) const {
-    return reinterpret_cast<FrameHeader*>(ring + (pos & mask()));
-  }
+  FrameHeader* frame_at(uint64_t pos) const { return reinterpret_cast<FrameHeader*>(ring + (pos & mask())); }
 };
 
 // Binds `r` to mapped segments: copies each header's creator-written lines once
@@ -146,11 +144,10 @@ struct RingRefs {
 // `granted`: the segments came from the daemon, which sized the control segment
 // itself; the slot count is then taken from its size and the control header's
 // identity line (which every subscriber can write) is not consulted at all.
-inline const char* bind_ring(void* data, size_t data_bytes, void* ctl, size_t ctl_bytes,
-                             RingRefs& r, bool granted = false) {
+inline const char* bind_ring(void* data, size_t data_bytes, void* ctl, size_t ctl_bytes, RingRefs& r,
+                             bool granted = false) {
   r = RingRefs{};
-  if (data_bytes < kRingOffset || ctl_bytes < sizeof(ControlHeader))
-    return "segment shorter than its header";
+  if (data_bytes < kRingOffset || ctl_bytes < sizeof(ControlHeader)) return "segment shorter than its header";
   auto* dh = static_cast<DataHeader*>(data);
   auto* ch = static_cast<ControlHeader*>(ctl);
   // SYNC(data.ready) / SYNC(ctl.ready) acquire, then one copy of the identity lines.
@@ -278,8 +275,7 @@ inline void help_pending(const RingRefs& r, uint64_t pos, uint64_t tw) {
   uint32_t len;
   if (!read_claim(r.producers[k], w, cpos, len)) return;
   const uint64_t st = claim_state(w);
-  if ((st != kClaimIntent && st != kClaimWon) || claim_seq(w) != tail_seq_of(tw) || cpos != pos)
-    return;
+  if ((st != kClaimIntent && st != kClaimWon) || claim_seq(w) != tail_seq_of(tw) || cpos != pos) return;
   if (len < kFrameHeaderSize || (len & (kFrameAlign - 1)) || len > r.capacity / 2) return;  // hostile
   complete_claim(r, k, pos, tail_seq_of(tw), len);
 }
@@ -370,8 +366,7 @@ inline bool sleep_for_data(const RingRefs& r, uint32_t slot_index, int64_t timeo
   bool ok = ready();
   if (!ok) {
     if (!fenced && (timeout_ns < 0 || timeout_ns > 1'000'000)) timeout_ns = 1'000'000;
-    if (r.shared_wake && (timeout_ns < 0 || timeout_ns > kSharedWakeSliceNs))
-      timeout_ns = kSharedWakeSliceNs;
+    if (r.shared_wake && (timeout_ns < 0 || timeout_ns > kSharedWakeSliceNs)) timeout_ns = kSharedWakeSliceNs;
     futex_wait_interruptible(&r.data->data_futex, v, intr, timeout_ns);
     ok = ready();
   }
@@ -463,16 +458,14 @@ inline uint64_t min_live_cursor(const RingRefs& r, uint64_t none, PageTable* t =
 // boundary remembered from an earlier session: P11). `page` null: the slot's
 // embedded page. Returns the slot index, or -1 when every slot is taken; `pos` gets
 // the read position and `check_below` the P11 check bound (0: none).
-inline int32_t join_slot(const RingRefs& r, uint32_t pid, bool tethered, uint64_t name_hash,
-                         uint64_t start, CursorPage* page, uint64_t page_id, uint64_t& pos,
-                         uint64_t& check_below) {
+inline int32_t join_slot(const RingRefs& r, uint32_t pid, bool tethered, uint64_t name_hash, uint64_t start,
+                         CursorPage* page, uint64_t page_id, uint64_t& pos, uint64_t& check_below) {
   constexpr uint64_t kAtTail = ~uint64_t(0);
   check_below = 0;
   for (uint32_t i = 0; i < r.slot_count; ++i) {
     CursorSlot& s = r.slots[i];
     uint32_t expect = kSlotFree;
-    if (!aref(s.state).compare_exchange_strong(expect, kSlotJoining, std::memory_order_acq_rel))
-      continue;
+    if (!aref(s.state).compare_exchange_strong(expect, kSlotJoining, std::memory_order_acq_rel)) continue;
     // P5: slot_hwm only grows; seq_cst so it precedes our seq_cst state store.
     uint32_t cur = aref(r.ctl->slot_hwm).load(std::memory_order_seq_cst);
     while (cur < i + 1 &&
@@ -781,7 +774,8 @@ class RingWriter {
     if (pad) {
       // P3: the pad is committed at claim time; its bytes are ours (zeroed, below zero_mark).
       FrameHeader* ph = r_.frame_at(pos);
-      aref(ph->commit).store(make_commit(uint32_t(pad), kFramePad), std::memory_order_release);  // SYNC(frame.commit)
+      aref(ph->commit)
+          .store(make_commit(uint32_t(pad), kFramePad), std::memory_order_release);  // SYNC(frame.commit)
       tail_ = fpos;  // if the claim is aborted, the pad stays valid
       // Readers may pass the pad before we commit: publish the tail past it so a
       // producer taking over after our death does not write behind them.
@@ -989,8 +983,8 @@ class RingWriter {
   static constexpr uint32_t kLockCheckEvery = 4096;
 
   RingRefs r_{};
-  PageTable* pages_ = nullptr;    // daemon mode: cursor pages by slot (P7, limit)
-  SpaceBinding binding_{};        // what bound the last refresh_limit (P7)
+  PageTable* pages_ = nullptr;  // daemon mode: cursor pages by slot (P7, limit)
+  SpaceBinding binding_{};      // what bound the last refresh_limit (P7)
   bool space_exact_ = true;
   ProducerSlot* prod_ = nullptr;  // MP: this producer's table entry (P8), or null
   uint32_t slot_ = 0;             // MP: its index
@@ -998,8 +992,8 @@ class RingWriter {
   uint32_t waiter_words_ = 1;     // P6: words of data_waiter_bits in use
   uint32_t lock_waits_ = 0;
   bool multi_ = false;
-  bool self_service_ = true;      // direct mode: owners are pids, a dead lock holder is taken over here
-  uint32_t pid_ = 0;              // the owner value: our pid (direct mode) or the daemon's token
+  bool self_service_ = true;  // direct mode: owners are pids, a dead lock holder is taken over here
+  uint32_t pid_ = 0;          // the owner value: our pid (direct mode) or the daemon's token
   uint32_t max_payload_ = 0;
   uint64_t cap_ = 0;
   uint64_t tail_ = 0;       // SP: next claim position
@@ -1049,8 +1043,8 @@ class RingReader {
   // Daemon mode: a slot the daemon granted (it ran P5 in the control segment) with
   // `page`, this grant's own cursor page, mapped read-write. The reader starts at
   // `pos`; frames below `check_below` get the P9 check.
-  void adopt(const RingRefs& r, uint32_t slot_index, CursorPage* page, uint64_t pos,
-             bool tethered, uint64_t check_below) {
+  void adopt(const RingRefs& r, uint32_t slot_index, CursorPage* page, uint64_t pos, bool tethered,
+             uint64_t check_below) {
     r_ = r;
     slot_ = &r.slots[slot_index];
     slot_index_ = slot_index;
@@ -1094,8 +1088,7 @@ class RingReader {
   // expiry (which CASes pid 0 -> its own) and a second resumer cannot both win. The
   // slot never stopped holding the producer (when tethered), so the read position
   // is exactly the last release. `owner` gets the pid of a live owner (in_use).
-  Resume resume(const RingRefs& r, uint32_t pid, bool tethered, uint64_t name_hash,
-                uint32_t& owner) {
+  Resume resume(const RingRefs& r, uint32_t pid, bool tethered, uint64_t name_hash, uint32_t& owner) {
     for (uint32_t i = 0; i < r.slot_count; ++i) {
       CursorSlot& s = r.slots[i];
       if (aref(s.state).load(std::memory_order_acquire) != kSlotActive) continue;
@@ -1261,7 +1254,8 @@ class RingReader {
   // Returns true if data may be available.
   bool wait(int64_t timeout_ns, Interrupt* intr = nullptr) {
     if (has_data()) return true;
-    return sleep_for_data(r_, slot_index_, timeout_ns, [this] { return has_data_sc(); }, intr);
+    return sleep_for_data(
+        r_, slot_index_, timeout_ns, [this] { return has_data_sc(); }, intr);
   }
 
   // True when poll() has something to say: a frame, or (checked readers) a lap.
@@ -1271,9 +1265,7 @@ class RingReader {
            (checked(read_pos_) && lapped_at(read_pos_));
   }
 
-  void heartbeat(uint64_t now_ns) {
-    aref(page_->heartbeat_ns).store(now_ns, std::memory_order_relaxed);
-  }
+  void heartbeat(uint64_t now_ns) { aref(page_->heartbeat_ns).store(now_ns, std::memory_order_relaxed); }
 
  private:
   bool has_data_sc() const {
@@ -1295,7 +1287,7 @@ class RingReader {
   uint64_t check_below_ = 0;  // P11: frames below this position get the P9 check
   bool watch_grant_ = false;  // daemon mode: grant_gone checks the slot's generation
   uint32_t grant_gen_ = 0;
-  uint64_t verified_ = 0;     // read position when the grant was last seen held
+  uint64_t verified_ = 0;  // read position when the grant was last seen held
 };
 
 // The creator (the daemon) restores the identity line of a control segment that a
@@ -1310,9 +1302,9 @@ inline void restore_control_identity(ControlHeader* c, uint64_t capacity, uint32
 // Initialises freshly created (zero-filled) segments. The layout version is
 // written last with release: "version present" means "ready" (SYNC(data.ready),
 // SYNC(ctl.ready)).
-inline void init_segments(DataHeader* d, ControlHeader* c, uint64_t capacity, uint32_t slots,
-                          uint32_t flags, uint32_t policy, uint32_t partition, uint64_t schema_id,
-                          uint64_t max_payload, uint64_t created_ns) {
+inline void init_segments(DataHeader* d, ControlHeader* c, uint64_t capacity, uint32_t slots, uint32_t flags,
+                          uint32_t policy, uint32_t partition, uint64_t schema_id, uint64_t max_payload,
+                          uint64_t created_ns) {
   d->magic = kDataMagic;
   d->flags = flags;
   d->capacity = capacity;

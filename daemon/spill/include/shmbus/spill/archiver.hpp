@@ -44,7 +44,7 @@ enum class FlushPolicy : uint8_t {
 const char* to_string(FlushPolicy p) noexcept;
 
 struct LogConfig {
-  std::string state_dir;                 // log lives in <state_dir>/<topic>/<partition>/
+  std::string state_dir;  // log lives in <state_dir>/<topic>/<partition>/
   FlushPolicy flush = FlushPolicy::interval;
   uint32_t flush_interval_ms = 10;
   uint64_t segment_bytes = 64ull << 20;  // roll over to a new file at this size
@@ -56,11 +56,11 @@ struct LogConfig {
 enum class IoOp : uint8_t { write, fsync };
 
 struct ArchiverConfig {
-  uint32_t queue_depth = 64;        // io_uring SQ entries: bounds the I/O in flight
+  uint32_t queue_depth = 64;  // io_uring SQ entries: bounds the I/O in flight
   // 32 x 256 KiB measured better than 16 x 1 MiB (docs/spill-log.md, "Measured"):
   // a batch being filled stays in L2 while it is copied and CRC'd.
-  uint32_t buffer_count = 32;        // registered staging buffers, shared by all partitions
-  uint32_t buffer_bytes = 256 << 10; // per staging buffer (a larger record gets its own)
+  uint32_t buffer_count = 32;         // registered staging buffers, shared by all partitions
+  uint32_t buffer_bytes = 256 << 10;  // per staging buffer (a larger record gets its own)
   uint32_t max_batch_records = 8192;  // records per partition per loop turn (fairness)
   uint32_t max_inflight_writes = 8;   // per partition, flush none/interval (batch: 1)
   // Batch flush syncs once per staging buffer: its partitions take bigger
@@ -70,8 +70,8 @@ struct ArchiverConfig {
   // none/interval: ask for writeback of every this many bytes written
   // (sync_file_range WRITE, asynchronous; 0 = leave it to the kernel's flusher).
   uint64_t writeback_kick_bytes = 2 << 20;
-  int64_t idle_wait_ns = 10'000'000;  // longest sleep when there is nothing to do
-  int64_t retry_min_ns = 1'000'000;   // back-off after a failed write: 1 ms doubling ...
+  int64_t idle_wait_ns = 10'000'000;   // longest sleep when there is nothing to do
+  int64_t retry_min_ns = 1'000'000;    // back-off after a failed write: 1 ms doubling ...
   int64_t retry_max_ns = 100'000'000;  // ... to 100 ms
   // Test hook (fault injection): called for every completed operation with its kind
   // and its 0-based number among operations of that kind; a non-zero errno makes the
@@ -83,13 +83,13 @@ struct PartitionStats {
   std::string topic;
   uint32_t partition = 0;
   uint64_t records = 0;
-  uint64_t bytes = 0;            // log bytes written
+  uint64_t bytes = 0;  // log bytes written
   uint64_t writes = 0, fsyncs = 0;
   uint64_t segments_rolled = 0, segments_deleted = 0;
   uint64_t io_errors = 0, retries = 0;
   uint64_t archived_seq = 0, durable_seq = 0;
-  uint64_t gaps = 0;             // frames the log missed (resumed past them)
-  int last_error = 0;            // errno, 0 = healthy now
+  uint64_t gaps = 0;   // frames the log missed (resumed past them)
+  int last_error = 0;  // errno, 0 = healthy now
 };
 
 class Archiver {
@@ -131,7 +131,6 @@ class Archiver {
 // The next sequence a recreated ring of this partition must start at so that the
 // log's sequences keep growing (0 when the log is empty). For the daemon, when it
 // creates the segments of an existing durable topic.
-uint64_t next_sequence_after_log(const std::string& state_dir, const std::string& topic,
-                                 uint32_t partition);
+uint64_t next_sequence_after_log(const std::string& state_dir, const std::string& topic, uint32_t partition);
 
 }  // namespace shmbus::spill
