@@ -54,6 +54,15 @@ int main(int argc, char** argv) {
   app.add_option(
       "--uid-max-durable-names", o.uid_max_durable_names,
       "durable subscriber names (x partitions) one (non-root) uid may make in a topic it does not own");
+  app.add_option("--uid-max-producer-grants", o.uid_max_producer_grants,
+                 "live producer grants (publishers) one (non-root) uid may hold in topics it does not own");
+  app.add_option("--uid-max-partition-producer-grants", o.uid_max_partition_producer_grants,
+                 "live producer grants one (non-root) uid may hold in one partition of a topic it does not "
+                 "own (0: half its producer entries, at least 1)");
+  app.add_option("--uid-max-schema-versions", o.uid_max_schema_versions,
+                 "schema versions one (non-root) uid may add to one topic it does not own");
+  app.add_option("--uid-max-schema-bytes", o.uid_max_schema_bytes,
+                 "bytes of schema versions one (non-root) uid may have stored in all topics");
   app.add_option(
       "--uid-max-log-bytes", o.uid_max_log_bytes,
       "spill-log bytes of the durable topics one (non-root) uid owns (partitions x (retention + a segment))");
@@ -97,6 +106,10 @@ int main(int argc, char** argv) {
       num("uid_max_partition_grants", o.uid_max_partition_grants);
       num("uid_max_log_bytes", o.uid_max_log_bytes);
       num("uid_max_durable_names", o.uid_max_durable_names);
+      num("uid_max_producer_grants", o.uid_max_producer_grants);
+      num("uid_max_partition_producer_grants", o.uid_max_partition_producer_grants);
+      num("uid_max_schema_versions", o.uid_max_schema_versions);
+      num("uid_max_schema_bytes", o.uid_max_schema_bytes);
       num("max_inflight_per_client", o.max_inflight_per_client);
       num("shm_reserve_percent", o.shm_reserve_percent);
       num("durable_hold_ms", o.durable_hold_ms);

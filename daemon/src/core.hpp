@@ -283,6 +283,9 @@ class Registry {
   void handle_producer(const Peer& p, uint64_t id, proto::ProducerRequest::Reader q,
                        capnp::MessageBuilder& mb, proto::Response::Builder resp);
   uint32_t next_token_ = 0;
+  // Refuses (false, why) a producer grant beyond the uid's quotas
+  // (uid_max_producer_grants, uid_max_partition_producer_grants).
+  bool producer_quota(const Peer& p, const Topic& t, const Partition& part, std::string& why);
   void reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep = {},
              std::vector<int> fds = {});
   void reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg);

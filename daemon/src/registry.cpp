@@ -629,21 +629,27 @@ bool Registry::grant_quota(const Peer& p, const Topic& t, const Partition& part,
   }
   here += parked;
   const DaemonOptions& o = core_.opts;
-  const uint32_t per_part = o.uid_max_partition_grants ? o.uid_max_partition_grants
-                                                       : std::max<uint32_t>(1, part.refs.slot_count / 2);
+  // The bound is on the slots left for clients (a durable topic's archiver holds one
+  // in each partition): half of them (rounded down), and never the last one, so
+  // another uid cannot take the slot the owner needs (the owner is not bounded in a
+  // partition of its own topic; uid_max_grants still counts its grants).
+  const uint32_t clients = part.refs.slot_count - (t.s.is_durable() && part.refs.slot_count > 0 ? 1 : 0);
+  const uint32_t per_part = std::min(o.uid_max_partition_grants ? o.uid_max_partition_grants : clients / 2,
+                                     clients ? clients - 1 : 0);
   if (all >= o.uid_max_grants) {
     why = "uid " + std::to_string(p.uid) + " holds " + std::to_string(all) +
           " subscriber grants (each a slot, a cursor page and a daemon mapping), the most one uid may "
           "(uid_max_grants)";
     return false;
   }
-  if (here >= per_part) {
+  if (p.uid != t.owner_uid && here >= per_part) {
     why = "uid " + std::to_string(p.uid) + " holds " + std::to_string(here) + " of the " +
-          std::to_string(part.refs.slot_count) + " subscriber slots of '" + part.topic + "' partition " +
+          std::to_string(clients) + " client subscriber slots of '" + part.topic + "' partition " +
           std::to_string(part.index) +
           (parked ? " (" + std::to_string(parked) + " of them parked under its durable names)"
                   : std::string()) +
-          ", the most one uid may (uid_max_partition_grants)";
+          (clients != part.refs.slot_count ? " (the archiver holds one more)" : std::string()) +
+          ", the most one uid may (uid_max_partition_grants " + std::to_string(per_part) + ")";
     return false;
   }
   return true;
@@ -892,11 +898,72 @@ void Registry::handle_leave(const Peer& peer, uint64_t id, proto::LeaveRequest::
   return reply(peer, mb);
 }
 
+// The daemon's per-grant extras in the producer grant table (control segment, which
+// only the daemon writes): the client's request token and the grantee's uid.
+static uint64_t* request_tokens(const shm::RingRefs& r) {
+  return reinterpret_cast<uint64_t*>(reinterpret_cast<std::byte*>(r.grants) +
+                                     shm::kProducerRequestTokensOffset);
+}
+static uint32_t* grant_uids(const shm::RingRefs& r) {
+  return reinterpret_cast<uint32_t*>(reinterpret_cast<std::byte*>(r.grants) + shm::kProducerGrantUidsOffset);
+}
+static void clear_producer_grant(const shm::RingRefs& r, uint32_t k) {
+  r.grants[k] = shm::ProducerGrant{};
+  request_tokens(r)[k] = 0;
+  grant_uids(r)[k] = 0;
+}
+
+// Per-uid quotas on producer grants (not root, the daemon's uid or the topic's
+// owner): in all, and in one partition (half its producer entries, at least 1), so
+// that one uid allowed to publish cannot take every entry of a topic. Counted on the
+// daemon's own grant records (live grantees only), never on the data segment.
+bool Registry::producer_quota(const Peer& p, const Topic& t, const Partition& part, std::string& why) {
+  if (p.uid == 0 || p.uid == geteuid() || p.uid == t.owner_uid) return true;
+  uint32_t all = 0, here = 0;
+  for (auto& [n, tt] : topics_) {
+    for (auto& pp : tt.parts) {
+      const shm::RingRefs& r = pp->refs;
+      if (!r.grants) continue;
+      std::lock_guard<std::mutex> g(pp->prod_mu);
+      const uint32_t* uids = grant_uids(r);
+      for (uint32_t k = 0; k < shm::kProducerGrants; ++k) {
+        const shm::ProducerGrant& gr = r.grants[k];
+        if (gr.token == 0 || uids[k] != p.uid || proc_identity(pid_t(gr.pid)) != gr.ident) continue;
+        ++all;
+        here += pp.get() == &part;
+      }
+    }
+  }
+  const DaemonOptions& o = core_.opts;
+  const uint32_t entries = part.refs.multi() ? part.refs.producer_count : 1;
+  const uint32_t per_part = o.uid_max_partition_producer_grants ? o.uid_max_partition_producer_grants
+                                                                : std::max<uint32_t>(1, entries / 2);
+  if (all >= o.uid_max_producer_grants) {
+    why = "uid " + std::to_string(p.uid) + " holds " + std::to_string(all) +
+          " producer grants (publishers) in topics it does not own, the most one uid may "
+          "(uid_max_producer_grants " +
+          std::to_string(o.uid_max_producer_grants) + ")";
+    return false;
+  }
+  if (here >= per_part) {
+    why = "uid " + std::to_string(p.uid) + " holds " + std::to_string(here) + " of the " +
+          std::to_string(entries) + " producer entries of '" + part.topic + "' partition " +
+          std::to_string(part.index) + ", the most one uid may (uid_max_partition_producer_grants " +
+          std::to_string(per_part) + ")";
+    return false;
+  }
+  return true;
+}
+
 // PRODUCER (layout 4): producer ownership, decided on the daemon's own grant
 // records (control segment: token, SO_PEERCRED pid, start time) and never on an
 // owner value read from the data segment, which publishers write. The daemon picks
 // the entry, resolves a dead grantee's claim first, writes an owner token of its
-// own choosing (never a pid) and records the grant before answering.
+// own choosing (never a pid) and records the grant before answering. An entry is
+// free only when no grant record holds it or its grantee is dead: a publisher that
+// zeroes a live grantee's owner field does not free it. The client's request token
+// makes a resend (answer lost: new connection, restarted daemon) get the same grant,
+// and a `release` with it gives the grant back (the publisher closed).
 void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerRequest::Reader q,
                                capnp::MessageBuilder& mb, proto::Response::Builder resp) {
   std::string name = q.getTopic();
@@ -923,6 +990,50 @@ void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerReq
   auto live = [&](const shm::ProducerGrant& g) {
     return g.token != 0 && proc_identity(pid_t(g.pid)) == g.ident;
   };
+  uint64_t* rtok = request_tokens(r);
+  uint32_t* uids = grant_uids(r);
+  const uint64_t request = q.getToken();
+  {
+    // A resent request (or a release): the grant recorded for this token, if this
+    // very process (pid and identity) holds it.
+    std::lock_guard<std::mutex> g(part.prod_mu);
+    int32_t mine = -1;
+    for (uint32_t k = 0; request != 0 && k < shm::kProducerGrants && mine < 0; ++k)
+      if (rtok[k] == request && r.grants[k].token != 0 && r.grants[k].pid == uint32_t(peer.pid) &&
+          r.grants[k].ident == ident)
+        mine = int32_t(k);
+    if (q.getRelease()) {
+      if (mine < 0)
+        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND,
+                           "no producer grant of this process for that token in " + where);
+      const uint32_t k = uint32_t(mine);
+      // The publisher gave its entry back (it closes): anything it left is resolved
+      // on its token as for a dead grantee (nothing, when it detached cleanly).
+      if (k == shm::kSingleProducerGrant) {
+        shm::release_dead_single_producer(r, r.grants[k].token);
+      } else if (shm::recover_dead_producer(r, k, r.grants[k].token) == shm::ClaimRecovery::padded) {
+        part.filled_claims.fetch_add(1, std::memory_order_relaxed);
+      }
+      clear_producer_grant(r, k);
+      resp.setDone();
+      return reply(peer, mb);
+    }
+    if (mine >= 0) {
+      const uint32_t k = uint32_t(mine);
+      auto pr = resp.initProducer();
+      pr.setSlot(k == shm::kSingleProducerGrant ? 0 : k);
+      pr.setToken(r.grants[k].token);
+      pr.setMulti(r.multi());
+      return reply(peer, mb);
+    }
+  }
+  if (q.getRelease())
+    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND,
+                       "no producer grant of this process for that token in " + where);
+  if (std::string why; !producer_quota(peer, it->second, part, why)) {
+    log_limited(core_.instance, LOG_WARN, "grant_refused", name, peer.pid, why);
+    return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
+  }
   auto token_used = [&](uint32_t t) {
     for (uint32_t k = 0; k < shm::kProducerGrants; ++k)
       if (r.grants[k].token == t) return true;
@@ -939,11 +1050,12 @@ void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerReq
     tok = shm::kTokenBit | (++next_token_ & (shm::kTokenBit - 1));
     if (tok == shm::kTokenBit) tok = 0;
   }
-  uint32_t slot = 0;
+  uint32_t slot = 0, k = shm::kSingleProducerGrant;
   if (!r.multi()) {
     shm::ProducerGrant& gr = r.grants[shm::kSingleProducerGrant];
-    const uint32_t cur = aref(r.data->producer_pid).load(std::memory_order_acquire);
-    if (gr.token != 0 && cur == gr.token && live(gr)) {
+    // Held while its grantee lives, whatever the owner field says now (a publisher
+    // can write it): only a release or the grantee's death frees the role.
+    if (live(gr)) {
       return reply_error(peer, id, proto::ErrorCode::ALREADY_EXISTS,
                          gr.pid == uint32_t(peer.pid)
                              ? where + " already has a publisher in this process (single-producer topic)"
@@ -959,36 +1071,33 @@ void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerReq
     aref(r.data->producer_pid).store(tok, std::memory_order_release);
   } else {
     int32_t got = -1;
-    // Pass 0 skips entries whose grantee lives (it may have closed its publisher and
-    // open another soon); pass 1 takes an entry a live grantee gave back.
-    for (int pass = 0; pass < 2 && got < 0; ++pass) {
-      for (uint32_t k = 0; k < r.producer_count && got < 0; ++k) {
-        shm::ProducerGrant& gr = r.grants[k];
-        shm::ProducerSlot& p = r.producers[k];
-        const bool is_live = live(gr);
-        if (pass == 0 && is_live) continue;
-        uint32_t cur = aref(p.pid).load(std::memory_order_acquire);
-        if (gr.token != 0 && !is_live && cur == gr.token) {
-          // Its grantee is gone and the reaper has not resolved it yet: do it now.
-          if (shm::recover_dead_producer(r, k, gr.token) == shm::ClaimRecovery::padded)
-            part.filled_claims.fetch_add(1, std::memory_order_relaxed);
-          gr = shm::ProducerGrant{};
-          cur = aref(p.pid).load(std::memory_order_acquire);
-        }
-        if (cur != 0) continue;  // held (or a value we never granted: left alone)
-        if (!aref(p.pid).compare_exchange_strong(cur, tok, std::memory_order_acq_rel)) continue;
-        aref(p.generation).fetch_add(1, std::memory_order_relaxed);
-        aref(p.claim).store(shm::claim_word(0, shm::kClaimIdle), std::memory_order_release);
-        gr = shm::ProducerGrant{tok, uint32_t(peer.pid), ident};
-        got = int32_t(k);
+    for (uint32_t e = 0; e < r.producer_count && got < 0; ++e) {
+      shm::ProducerGrant& gr = r.grants[e];
+      shm::ProducerSlot& p = r.producers[e];
+      if (gr.token != 0) {
+        // Granted: held while its grantee lives, whatever its owner field says (a
+        // publisher can zero it); a dead grantee's entry is resolved on its token.
+        if (live(gr)) continue;
+        if (shm::recover_dead_producer(r, e, gr.token) == shm::ClaimRecovery::padded)
+          part.filled_claims.fetch_add(1, std::memory_order_relaxed);
+        clear_producer_grant(r, e);
       }
+      uint32_t cur = aref(p.pid).load(std::memory_order_acquire);
+      if (cur != 0) continue;  // a value we never granted (or a recovery under way): left alone
+      if (!aref(p.pid).compare_exchange_strong(cur, tok, std::memory_order_acq_rel)) continue;
+      aref(p.generation).fetch_add(1, std::memory_order_relaxed);
+      aref(p.claim).store(shm::claim_word(0, shm::kClaimIdle), std::memory_order_release);
+      gr = shm::ProducerGrant{tok, uint32_t(peer.pid), ident};
+      got = int32_t(e);
     }
     if (got < 0)
       return reply_error(peer, id, proto::ErrorCode::NO_SLOT,
                          where + " already has " + std::to_string(r.producer_count) +
                              " publishers (the multi-producer limit)");
-    slot = uint32_t(got);
+    slot = k = uint32_t(got);
   }
+  rtok[k] = request;
+  uids[k] = uint32_t(peer.uid);
   core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
   auto pr = resp.initProducer();
   pr.setSlot(slot);

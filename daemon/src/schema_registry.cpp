@@ -285,6 +285,12 @@ bool SchemaRegistry::save(const std::string& topic, const std::vector<Version>& 
   return ok;
 }
 
+void SchemaRegistry::load_all(const std::vector<std::string>& topics) {
+  if (all_loaded_) return;
+  for (auto& t : topics) versions(t);
+  all_loaded_ = true;  // a topic made later has no stored versions until they are added here
+}
+
 void SchemaRegistry::topic_deleted(const std::string& topic) {
   cache_.erase(topic);
   struct stat st {};
@@ -298,8 +304,8 @@ void SchemaRegistry::topic_deleted(const std::string& topic) {
 
 SchemaRegistry::Outcome SchemaRegistry::present(const std::string& topic, proto::SchemaMode mode,
                                                 uint64_t declared_root, uint32_t uid,
-                                                std::span<const uint8_t> bytes, uint64_t root_id,
-                                                bool store) {
+                                                std::span<const uint8_t> bytes, uint64_t root_id, bool store,
+                                                Limits lim) {
   Outcome o;
   auto fail = [&](proto::ErrorCode c, std::string why) {
     o.code = c;
@@ -355,6 +361,28 @@ SchemaRegistry::Outcome SchemaRegistry::present(const std::string& topic, proto:
   if (vs.size() >= kMaxVersions)
     return fail(proto::ErrorCode::NO_SLOT, "topic '" + topic + "' has " + std::to_string(vs.size()) +
                                                " schema versions, the most the daemon keeps per topic");
+  // Per-uid bounds (a new version only: one already stored above costs nothing).
+  if (lim.max_versions) {
+    uint32_t mine = 0;
+    for (auto& x : vs) mine += x.uid == uid;
+    if (mine >= lim.max_versions)
+      return fail(proto::ErrorCode::NO_SLOT,
+                  "uid " + std::to_string(uid) + " added " + std::to_string(mine) + " schema versions to '" +
+                      topic + "', the most one uid may to a topic it does not own (uid_max_schema_versions " +
+                      std::to_string(lim.max_versions) + ")");
+  }
+  if (lim.max_bytes) {
+    uint64_t held = 0;
+    for (auto& [n, xs] : cache_)
+      for (auto& x : xs)
+        if (x.uid == uid) held += x.bytes.size();
+    if (held + bytes.size() > lim.max_bytes)
+      return fail(proto::ErrorCode::NO_SLOT,
+                  "uid " + std::to_string(uid) + " has " + std::to_string(held) +
+                      " bytes of stored schema versions; " + std::to_string(bytes.size()) +
+                      " more is beyond the most one uid may store (uid_max_schema_bytes " +
+                      std::to_string(lim.max_bytes) + ")");
+  }
   Version v;
   v.version = o.version;
   v.registered_ns = realtime_ns();
@@ -423,8 +451,21 @@ void Registry::handle_schema(const Peer& peer, uint64_t id, proto::Request::Read
       return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
                          "uid " + std::to_string(peer.uid) + " may not subscribe to '" + name + "'");
     auto d = r.getNodes();
+    // Per-uid bounds on what it makes the daemon keep (memory and disk): root and the
+    // daemon's uid are exempt; a topic's owner from the per-topic count only.
+    SchemaRegistry::Limits lim;
+    if (store && peer.uid != 0 && peer.uid != geteuid()) {
+      if (peer.uid != t.owner_uid) lim.max_versions = core_.opts.uid_max_schema_versions;
+      lim.max_bytes = core_.opts.uid_max_schema_bytes;
+      if (lim.max_bytes) {
+        std::vector<std::string> names;
+        names.reserve(topics_.size());
+        for (auto& [n, x] : topics_) names.push_back(n);
+        schemas_.load_all(names);
+      }
+    }
     auto o = schemas_.present(name, proto::SchemaMode(uint16_t(t.s.schema_mode)), t.s.schema_id, peer.uid,
-                              std::span<const uint8_t>(d.begin(), d.size()), r.getRootId(), store);
+                              std::span<const uint8_t>(d.begin(), d.size()), r.getRootId(), store, lim);
     if (o.code != proto::ErrorCode::OK) {
       log_limited(core_.instance, LOG_WARN, "schema_refused", name, peer.pid, o.error);
       return reply_error(peer, id, o.code, o.error);

@@ -38,8 +38,18 @@ class SchemaRegistry {
   // Validates `bytes` (hostile), checks them against the topic's versions by `mode`
   // and, when `store`, keeps a new version (written to disk before this returns).
   // `declared_root`: the topic's schemaId (0: any; else the root must be it).
+  // Per-uid bounds on a new version (0: unbounded): versions `uid` added to this
+  // topic (uid_max_schema_versions, a topic it does not own), and the schema bytes
+  // it has stored in all topics (uid_max_schema_bytes; see load_all).
+  struct Limits {
+    uint32_t max_versions = 0;
+    uint64_t max_bytes = 0;
+  };
   Outcome present(const std::string& topic, proto::SchemaMode mode, uint64_t declared_root, uint32_t uid,
-                  std::span<const uint8_t> bytes, uint64_t root_id, bool store);
+                  std::span<const uint8_t> bytes, uint64_t root_id, bool store, Limits lim);
+  // Loads every topic's stored versions (once), so that a uid's stored bytes are
+  // counted over all of them, not only the topics used since the start.
+  void load_all(const std::vector<std::string>& topics);
   // The topic's versions (the nodes of `version` only, 0: the latest). False with
   // `err` when the topic has none or not that one.
   bool history(const std::string& topic, proto::SchemaMode mode, uint32_t version,
@@ -65,6 +75,7 @@ class SchemaRegistry {
 
   Core& core_;
   std::map<std::string, std::vector<Version>> cache_;
+  bool all_loaded_ = false;
 };
 
 }  // namespace shmbus::daemon

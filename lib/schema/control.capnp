@@ -229,6 +229,9 @@ struct PageFetch {
 struct ProducerRequest {
   topic @0 :Text;
   partition @1 :UInt32;
+  token @2 :UInt64;               # the client's random id for this grant: resent (after a reconnect or a
+                                  # daemon restart), the same process gets the same grant, never a second
+  release @3 :Bool;               # give back the grant made for `token` (the publisher closed)
 }
 
 struct ProducerReply {

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <chrono>
 #include <map>
+#include <mutex>
 #include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -325,10 +326,17 @@ class DaemonMapping final : public PartitionMapping {
     }
   }
   ProducerGrantInfo grant_producer() override {
+    // One token per grant, as for joins: the request call() resends after a
+    // reconnect (or to a restarted daemon) carries it, and the daemon answers it with
+    // the grant the first send made; the release names the grant by it too.
+    uint64_t request = 0;
+    while (request == 0)
+      if (getrandom(&request, sizeof request, 0) != ssize_t(sizeof request)) request = 0;
     DaemonClient::Reply rep = client_->call([&](proto::Request::Builder r) {
       auto q = r.initProducer();
       q.setTopic(topic_);
       q.setPartition(partition_);
+      q.setToken(request);
     });
     auto pr = rep.get();
     if (!pr.isProducer()) throw Error(ErrorCode::protocol, "producer: unexpected reply");
@@ -339,7 +347,30 @@ class DaemonMapping final : public PartitionMapping {
     if ((out.token & shm::kTokenBit) == 0 || g.getMulti() != refs_.multi() ||
         (g.getMulti() && out.slot >= refs_.producer_count))
       throw Error(ErrorCode::protocol, "producer: the daemon's grant does not fit this partition");
+    std::lock_guard<std::mutex> lk(grants_mu_);
+    producer_requests_[out.token] = request;
     return out;
+  }
+  void release_producer(uint32_t token) noexcept override {
+    uint64_t request = 0;
+    {
+      std::lock_guard<std::mutex> g(grants_mu_);
+      auto it = producer_requests_.find(token);
+      if (it == producer_requests_.end()) return;
+      request = it->second;
+      producer_requests_.erase(it);
+    }
+    try {
+      client_->call([&](proto::Request::Builder r) {
+        auto q = r.initProducer();
+        q.setTopic(topic_);
+        q.setPartition(partition_);
+        q.setToken(request);
+        q.setRelease(true);
+      });
+    } catch (...) {
+      // The daemon frees the entry when this process exits.
+    }
   }
   void unmap_page(shm::CursorPage* p) noexcept override {
     if (p) munmap(p, shm::kCursorPageSize);
@@ -359,8 +390,10 @@ class DaemonMapping final : public PartitionMapping {
   void* ctl_;
   size_t csize_;
   void* wake_;
-  int wake_fd_;                               // kept open (see join_cursor)
-  std::map<shm::CursorPage*, int> page_fds_;  // the grants' page fds, kept open
+  int wake_fd_;  // kept open (see join_cursor)
+  std::mutex grants_mu_;
+  std::map<uint32_t, uint64_t> producer_requests_;  // owner token -> the request token of its grant
+  std::map<shm::CursorPage*, int> page_fds_;        // the grants' page fds, kept open
 };
 
 }  // namespace

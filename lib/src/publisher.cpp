@@ -50,10 +50,12 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
     // token as the owner (it takes over from a grantee it proved dead, refuses one
     // that lives); our pid appears nowhere in the data segment.
     const PartitionMapping::ProducerGrantInfo g = m_->grant_producer();
-    if (!w_.attach_granted(r, multi, g.token, g.slot))
+    if (!w_.attach_granted(r, multi, g.token, g.slot)) {
+      m_->release_producer(g.token);
       throw Error(ErrorCode::protocol, "partition " + std::to_string(m_->partition()) + " of '" +
                                            m_->topic() +
                                            "': the producer entry the daemon granted is not ours");
+    }
     claimed_sp_ = !multi;
   } else if (!multi) {
     // Single-producer partition: take exclusive ownership, or take over from a dead owner.
@@ -140,6 +142,8 @@ void Publisher::close() {
     aref(m_->refs().data->producer_pid).compare_exchange_strong(me, 0, std::memory_order_acq_rel);
     claimed_sp_ = false;
   }
+  // Daemon mode: the grant is the daemon's record, not the owner field we cleared.
+  if (m_->granted()) m_->release_producer(w_.owner());
   drop_pages();
   open_ = false;
   m_.reset();

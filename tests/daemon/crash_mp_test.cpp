@@ -443,6 +443,75 @@ TEST_CASE(
   CHECK(d.leaks().empty());
 }
 
+TEST_CASE(
+    "a publisher that zeroes a live producer's owner field does not make the daemon grant that entry twice",
+    "[crash][daemon][hostile][zeroed-owner]") {
+  DaemonProc d("zeroed");
+  REQUIRE(d.start());
+  auto client = DaemonClient::connect({d.sock});
+  Bus bus(make_daemon_provider(client));
+  const std::string topic = "crash.zeroed";
+  bus.create_topic(topic, {.capacity = 1u << 20, .multi_producer = true});
+  Subscriber sub = bus.subscriber(topic);
+  Publisher victim = bus.publisher(topic);
+  const shm::RingRefs& r = victim.refs();
+  auto owners = [&] {
+    std::vector<uint32_t> o;
+    for (uint32_t k = 0; k < r.producer_count; ++k) o.push_back(shm::aref(r.producers[k].pid).load());
+    return o;
+  };
+  const std::vector<uint32_t> first = owners();
+  const uint32_t kv =
+      uint32_t(std::find_if(first.begin(), first.end(), [](uint32_t o) { return o != 0; }) - first.begin());
+  REQUIRE(kv < r.producer_count);
+  // Every other entry taken, then one given back (its publisher closes).
+  std::vector<Publisher> others;
+  for (uint32_t i = 1; i < r.producer_count; ++i) others.push_back(bus.publisher(topic));
+  const std::vector<uint32_t> full = owners();
+  REQUIRE(std::count(full.begin(), full.end(), 0u) == 0);
+  others.back().close();
+  others.pop_back();
+  const std::vector<uint32_t> gap = owners();
+  REQUIRE(std::count(gap.begin(), gap.end(), 0u) == 1);
+  const uint32_t kf = uint32_t(std::find(gap.begin(), gap.end(), 0u) - gap.begin());
+  // The attack: a publisher (it maps the data segment read-write) zeroes the live
+  // victim's owner field.
+  shm::aref(r.producers[kv].pid).store(0u);
+  // The next publisher gets the entry that was given back, never the victim's.
+  Publisher late = bus.publisher(topic);
+  CHECK(shm::aref(r.producers[kv].pid).load() == 0u);
+  CHECK(shm::aref(r.producers[kf].pid).load() != 0u);
+  // One more is a clear refusal: the victim's entry is still granted.
+  try {
+    bus.publisher(topic);
+    FAIL("a publisher got the entry of a live producer whose owner field was zeroed");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::no_slot);
+    CHECK_THAT(e.what(), Catch::Contains("the multi-producer limit"));
+  }
+  // Both publish, interleaved: every message arrives intact, once, in order.
+  Verifier ver;
+  for (uint64_t i = 0; i < 200; ++i) {
+    Msg a{1, 0, i}, b{2, 0, i};
+    REQUIRE(victim.offer(&a, sizeof a) == Status::ok);
+    REQUIRE(late.offer(&b, sizeof b) == Status::ok);
+  }
+  const bool ok = drain(sub, ver, [&] { return ver.next[1] == 200 && ver.next[2] == 200; });
+  INFO(ver.error);
+  REQUIRE(ok);
+  CHECK(ver.error.empty());
+  CHECK(ver.received == 400);
+  victim.close();
+  late.close();
+  others.clear();
+  sub.close();
+  bus.remove_topic(topic);
+  client.reset();
+  bus = Bus(nullptr);
+  REQUIRE(d.stop());
+  CHECK(d.leaks().empty());
+}
+
 namespace {
 // A process that has exactly pid `want` (clone3 set_tid; root), idle until killed;
 // -1 when the kernel refuses.

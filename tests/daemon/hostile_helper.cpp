@@ -70,6 +70,10 @@
 #include <string>
 #include <vector>
 
+#include <capnp/message.h>
+#include <capnp/schema.capnp.h>
+#include <capnp/serialize.h>
+
 #include "shmbus/daemon_client.hpp"
 #include "shmbus/publisher.hpp"
 #include "shmbus/subscriber.hpp"
@@ -87,6 +91,30 @@ const char* code(const Error& e) {
     default: return "err";
   }
 }
+// Schema version i (0, 1, ...) of one root struct: i + 1 UInt64 fields (each one a
+// backward-compatible addition to the one before), its display name padded with
+// `pad` bytes so that a version costs the daemon about that much to keep.
+std::vector<uint8_t> schema_version(uint32_t i, size_t pad) {
+  capnp::MallocMessageBuilder mb;
+  auto n = mb.initRoot<capnp::schema::CodeGeneratorRequest>().initNodes(1)[0];
+  n.setId(0xb0c5c4e3a0000001ull);
+  n.setDisplayName("hostile.capnp:S" + std::string(pad, 'x'));
+  auto st = n.initStruct();
+  st.setDataWordCount(uint16_t(i + 1));
+  auto fl = st.initFields(i + 1);
+  for (uint32_t k = 0; k <= i; ++k) {
+    fl[k].setName("f" + std::to_string(k));
+    fl[k].setCodeOrder(uint16_t(k));
+    fl[k].initOrdinal().setExplicit(uint16_t(k));
+    auto sl = fl[k].initSlot();
+    sl.setOffset(k);
+    sl.initType().setUint64();
+    sl.initDefaultValue().setUint64(0);
+  }
+  auto w = capnp::messageToFlatArray(mb);
+  return {w.asBytes().begin(), w.asBytes().end()};
+}
+
 void out(const std::string& what, const std::string& r) {
   std::printf("%s:%s\n", what.c_str(), r.c_str());
   std::fflush(stdout);
@@ -470,6 +498,57 @@ int main(int argc, char** argv) {
       std::printf("grants:%d %s\n", n, why.c_str());
       std::fflush(stdout);
       for (;;) pause();
+    } else if (mode == "publishers") {
+      // Opens publishers (one process, several topics) until refused; prints
+      // pubs:<n> <why>, then hangs holding them.
+      Bus bus = Bus::connect(sock);
+      std::vector<Publisher> held;
+      std::string why = "none";
+      for (int i = 0; i < 64; ++i) {
+        try {
+          held.push_back(bus.publisher(topic, {.open_timeout_ms = 200}));
+        } catch (const Error& e) {
+          const std::string m = e.what();
+          why = std::string(code(e)) +
+                (m.find("uid_max_partition_producer_grants") != std::string::npos ? ":partition-quota"
+                 : m.find("uid_max_producer_grants") != std::string::npos         ? ":uid-quota"
+                                                                                  : ":other");
+          break;
+        }
+      }
+      std::printf("pubs:%zu %s\n", held.size(), why.c_str());
+      std::fflush(stdout);
+      for (;;) pause();
+    } else if (mode == "schemas") {
+      // Registers schema versions 0 .. argv[4]-1 of the topic (each padded with argv[5]
+      // bytes) until refused; prints schemas:<versions stored> <why>. argv[6] "own":
+      // the topic is made first, by this uid.
+      auto c = DaemonClient::connect(o);
+      if (argc > 6 && std::string(argv[6]) == "own") c->create_topic(topic, {.capacity = 4096, .mode = 0600});
+      int n = 0;  // versions this run stored (ones already stored are skipped)
+      std::string why = "none";
+      for (int i = 0; i < atoi(argv[4]); ++i) {
+        const std::vector<uint8_t> b = schema_version(uint32_t(i), size_t(atoi(argv[5])));
+        try {
+          auto rep = c->call([&](proto::Request::Builder r) {
+            auto x = r.initRegisterSchema();
+            x.setTopic(topic);
+            x.setRootId(0xb0c5c4e3a0000001ull);
+            x.setNodes(kj::arrayPtr(b.data(), b.size()));
+            x.setRole(proto::Role::PUBLISHER);
+          });
+          n += rep.get().getSchema().getStored();
+        } catch (const Error& e) {
+          const std::string m = e.what();
+          why = std::string(code(e)) +
+                (m.find("uid_max_schema_versions") != std::string::npos ? ":version-quota"
+                 : m.find("uid_max_schema_bytes") != std::string::npos  ? ":bytes-quota"
+                                                                        : ":other(" + m + ")");
+          break;
+        }
+      }
+      std::printf("schemas:%d %s\n", n, why.c_str());
+      std::fflush(stdout);
     } else if (mode == "named") {
       Bus bus = Bus::connect(sock);
       SubscriberOptions so;

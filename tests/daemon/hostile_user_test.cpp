@@ -1094,6 +1094,181 @@ TEST_CASE("a join resent (new connection, or a restarted daemon) never leaves a 
   CHECK(serving(rd.sock));
 }
 
+TEST_CASE(
+    "a producer request resent (new connection, or a restarted daemon) gets the same grant, never a second "
+    "entry; a single-producer topic is not wedged for its process",
+    "[security][isolation][token][producer-token]") {
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.ptok", {.capacity = 8192, .multi_producer = true});
+  bus.create_topic("iso.ptok1", {.capacity = 8192});
+  // Each request on its own connection, its answer dropped with it: what a client
+  // whose answer was lost resends.
+  auto producer = [&](const std::string& topic, uint64_t token, bool release = false) {
+    auto rep = DaemonClient::connect({rd.sock})->call([&](proto::Request::Builder r) {
+      auto q = r.initProducer();
+      q.setTopic(topic);
+      q.setPartition(0);
+      q.setToken(token);
+      q.setRelease(release);
+    });
+    if (release) return std::make_pair(0u, 0u);
+    return std::make_pair(rep.get().getProducer().getSlot(), rep.get().getProducer().getToken());
+  };
+  auto stat = [&](const std::string& topic) {
+    auto st = DaemonClient::connect({rd.sock})->call([&](proto::Request::Builder r) { r.setStat(topic); });
+    auto p = st.get().getStats()[0].getPartitions()[0];
+    return std::make_pair(p.getLiveProducers(), p.getProducerPid());
+  };
+  // Multi-producer: the resend gets the same entry and owner token.
+  auto g1 = producer("iso.ptok", 0x9e0001);
+  CHECK(producer("iso.ptok", 0x9e0001) == g1);
+  CHECK(stat("iso.ptok").first == 1);
+  // Single-producer: the resend gets the role back (it was "already has a publisher
+  // in this process", a wedge until the process exits).
+  auto s1 = producer("iso.ptok1", 0x9e0003);
+  CHECK(producer("iso.ptok1", 0x9e0003) == s1);
+  CHECK(stat("iso.ptok1").second == uint32_t(getpid()));
+  // Resent to a restarted daemon (SIGKILLed after answering): the grants and their
+  // tokens are in the control segment.
+  rd.d.proc.kill_now();
+  REQUIRE(rd.start());
+  CHECK(producer("iso.ptok", 0x9e0001) == g1);
+  CHECK(producer("iso.ptok1", 0x9e0003) == s1);
+  CHECK(stat("iso.ptok").first == 1);
+  // Another token is another publisher: a second entry, and a refusal on the role.
+  auto g2 = producer("iso.ptok", 0x9e0002);
+  CHECK(g2.first != g1.first);
+  CHECK(stat("iso.ptok").first == 2);
+  try {
+    producer("iso.ptok1", 0x9e0004);
+    FAIL("a second single-producer grant to one process");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::already_exists);
+    CHECK_THAT(e.what(), Catch::Contains("already has a publisher in this process"));
+  }
+  // Released by token, the entries and the role are free again; this process
+  // publishes on the single-producer topic through the library.
+  producer("iso.ptok", 0x9e0001, true);
+  producer("iso.ptok", 0x9e0002, true);
+  producer("iso.ptok1", 0x9e0003, true);
+  CHECK(stat("iso.ptok").first == 0);
+  CHECK(stat("iso.ptok1").second == 0);
+  Subscriber sub = bus.subscriber("iso.ptok1");
+  Publisher pub = bus.publisher("iso.ptok1");
+  REQUIRE(pub.offer("one", 3) == Status::ok);
+  View v;
+  REQUIRE(sub.poll_wait(v, 2'000'000'000) == Status::ok);
+  CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "one");
+  sub.release(v);
+  // Closing gives the role back to the daemon (a release): a new publisher of this
+  // process gets it.
+  pub.close();
+  CHECK(stat("iso.ptok1").second == 0);
+  REQUIRE_NOTHROW(bus.publisher("iso.ptok1"));
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("quotas: another uid cannot take every producer entry of a topic; the owner still publishes",
+          "[security][isolation][grants][producer-quota]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  rd.extra = {"--uid-max-producer-grants", "20"};
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.p1", {.capacity = 8192, .multi_producer = true, .mode = 0666});
+  bus.create_topic("iso.p2", {.capacity = 8192, .multi_producer = true, .mode = 0666});
+  // Half the partition's 32 entries by default (it took all 32 before)...
+  Child a1(att.as({hostile(), "publishers", rd.sock, "iso.p1"}));
+  CHECK(first_line(a1) == "pubs:16 refused:partition-quota");
+  // ... and uid_max_producer_grants in all.
+  Child a2(att.as({hostile(), "publishers", rd.sock, "iso.p2"}));
+  CHECK(first_line(a2) == "pubs:4 refused:uid-quota");
+  // The owner (exempt) still opens publishers, and they publish.
+  Subscriber sub = bus.subscriber("iso.p1");
+  std::vector<Publisher> mine;
+  for (int i = 0; i < 16; ++i) REQUIRE_NOTHROW(mine.push_back(bus.publisher("iso.p1")));
+  REQUIRE(mine.back().offer("owner", 5) == Status::ok);
+  View v;
+  REQUIRE(sub.poll_wait(v, 2'000'000'000) == Status::ok);
+  sub.release(v);
+  // A grant ends with its grantee: the uid's count comes back down.
+  a1.kill_now();
+  a2.kill_now();
+  Child a3(att.as({hostile(), "publishers", rd.sock, "iso.p2"}));
+  CHECK(first_line(a3) == "pubs:16 refused:partition-quota");
+  a3.kill_now();
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE(
+    "quotas: on a durable topic with 2 slots (one the archiver's) another uid cannot take the client slot; "
+    "the owner joins",
+    "[security][isolation][grants][durable-slots]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.d2", {.capacity = 8192, .slots = 2, .mode = 0644, .durable = true});
+  bus.create_topic("iso.d4", {.capacity = 8192, .slots = 4, .mode = 0644, .durable = true});
+  // One slot is left for clients: never another uid's (it took it before, half of
+  // 2 being 1, and the owner was refused: every slot taken).
+  Child a1(att.as({hostile(), "grants", rd.sock, "iso.d2"}));
+  CHECK(first_line(a1) == "grants:0 refused:partition-quota");
+  // 3 left for clients: half of them, rounded down.
+  Child a2(att.as({hostile(), "grants", rd.sock, "iso.d4"}));
+  CHECK(first_line(a2) == "grants:1 refused:partition-quota");
+  REQUIRE_NOTHROW(bus.subscriber("iso.d2", {.tethered = false}));
+  std::vector<Subscriber> mine;
+  for (int i = 0; i < 2; ++i) REQUIRE_NOTHROW(mine.push_back(bus.subscriber("iso.d4", {.tethered = false})));
+  a1.kill_now();
+  a2.kill_now();
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE(
+    "quotas: another uid adds at most uid_max_schema_versions to a topic it does not own, and stores at most "
+    "uid_max_schema_bytes in all",
+    "[security][isolation][schema-quota]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  // From the TOML config (the flags when built without toml++).
+  spit(rd.s / "shmbusd.toml", "uid_max_schema_bytes = 26000\nuid_max_producer_grants = 4\n");
+  rd.extra = {"--config", rd.s / "shmbusd.toml"};
+  if (!rd.start()) {
+    REQUIRE(rd.d.stderr_text().find("built without toml++") != std::string::npos);
+    rd.extra = {"--uid-max-schema-bytes", "26000", "--uid-max-producer-grants", "4"};
+    REQUIRE(rd.start());
+  }
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.sch", {.capacity = 8192, .mode = 0666});
+  // Small versions: the per-topic count (default 8) binds first; it took all 64 of
+  // the topic's versions before, and the owner's next version was refused.
+  CHECK(as_att(att, {"schemas", rd.sock, "iso.sch", "70", "0"}) == "schemas:8 refused:version-quota\n");
+  // The owner still adds versions to its topic.
+  CHECK(run_capture({hostile(), "schemas", rd.sock, "iso.sch", "10", "0"}) == "schemas:2 none\n");
+  {
+    auto c = DaemonClient::connect({rd.sock});
+    auto hist = c->call([](proto::Request::Builder r) { r.initSchemaHistory().setTopic("iso.sch"); });
+    CHECK(hist.get().getSchemaHistory().getVersions().size() == 10);
+  }
+  // ~4 KiB versions in a topic of its own (no per-topic count): the bytes bound.
+  CHECK(as_att(att, {"schemas", rd.sock, "att.sch", "64", "4000", "own"}) ==
+        "schemas:4 refused:bytes-quota\n");
+  // Counted from what is stored on disk after a restart too.
+  rd.d.proc.kill_now();
+  REQUIRE(rd.start());
+  CHECK(as_att(att, {"schemas", rd.sock, "att.sch2", "64", "4000", "own"}) ==
+        "schemas:0 refused:bytes-quota\n");
+  // (uid_max_producer_grants comes from the same file.)
+  bus.create_topic("iso.schm", {.capacity = 8192, .multi_producer = true, .mode = 0666});
+  Child a(att.as({hostile(), "publishers", rd.sock, "iso.schm"}));
+  CHECK(first_line(a) == "pubs:4 refused:uid-quota");
+  a.kill_now();
+  CHECK(serving(rd.sock));
+}
+
 TEST_CASE("quotas: parked durable slots count against uid_max_partition_grants; the owner still joins",
           "[security][isolation][grants][parked]") {
   NEED_SECOND_USER(att);

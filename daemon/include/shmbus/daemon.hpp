@@ -46,6 +46,15 @@ struct DaemonOptions {
   // Durable subscriber names (records: name x partition, kept until the topic goes)
   // one uid makes in one topic it does not own; a topic holds 4096 in all.
   uint32_t uid_max_durable_names = 256;
+  // Producer grants (publishers: a producer-table entry or a single-producer role)
+  // one uid holds in topics it does not own: in all, and in one partition (0: half
+  // its producer entries, at least 1).
+  uint32_t uid_max_producer_grants = 256;
+  uint32_t uid_max_partition_producer_grants = 0;
+  // Schema versions one uid adds to one topic it does not own (a topic keeps 64, each
+  // up to 128 KiB), and the schema bytes one uid has stored in all (memory and disk).
+  uint32_t uid_max_schema_versions = 8;
+  uint64_t uid_max_schema_bytes = 16ull << 20;
   uint32_t shm_reserve_percent = 10;  // creation leaves this much of /dev/shm free
   std::string log_level = "info";     // trace, debug, info, warn, error, off
   std::string log_file;               // empty: stderr

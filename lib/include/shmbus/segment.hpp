@@ -96,6 +96,9 @@ class PartitionMapping {
   virtual ProducerGrantInfo grant_producer() {
     throw Error(ErrorCode::invalid_argument, "producer grants need a daemon");
   }
+  // Gives back the grant whose owner value is `token` (the publisher detached from
+  // it). Never throws: when the daemon cannot be told, the grant ends with this process.
+  virtual void release_producer(uint32_t /*token*/) noexcept {}
   const shm::RingRefs& refs() const { return refs_; }
   const std::string& topic() const { return topic_; }
   uint32_t partition() const { return partition_; }

@@ -329,6 +329,13 @@ inline constexpr uint32_t kProducerGrants = kProducerSlots + 1;
 inline constexpr uint32_t kSingleProducerGrant = kProducerSlots;
 inline constexpr size_t kProducerGrantTableSize = 1024;  // 33 x 16 bytes, rest reserved
 static_assert(kProducerGrants * sizeof(ProducerGrant) <= kProducerGrantTableSize);
+// In the same table, after the records (4.0, bytes that were reserved and zero):
+// for grant k, the client's 64-bit request token (a resent `producer` request gets
+// grant k back) and the grantee's SO_PEERCRED uid (per-uid producer quotas).
+inline constexpr size_t kProducerRequestTokensOffset = kProducerGrants * sizeof(ProducerGrant);  // 528
+inline constexpr size_t kProducerGrantUidsOffset =
+    kProducerRequestTokensOffset + kProducerGrants * sizeof(uint64_t);  // 792
+static_assert(kProducerGrantUidsOffset + kProducerGrants * sizeof(uint32_t) <= kProducerGrantTableSize);
 // Daemon-chosen owner tokens have this bit set: a token is never a pid (pids are
 // below 2^22) and never carries kReclaimBit (bit 31).
 inline constexpr uint32_t kTokenBit = 0x4000'0000u;
