@@ -296,6 +296,19 @@ class Registry {
   bool visible(const Topic& t, const Peer& p) const {
     return may(t, p, Role::publisher) || may(t, p, Role::subscriber);
   }
+  // The common head of a request on one named topic. seen(): the topic when `p` may
+  // see it, else null with the answer of a topic that does not exist sent ("no topic
+  // '<name>'": without rights a uid learns nothing; `log_verb`: an access_denied line
+  // when it does exist). allowed(): whether `p` has `role`, else false with
+  // permissionDenied sent ("uid U may not publish to / subscribe to / administer
+  // '<name>'"; `log`: an access_denied line). topic_for(): both, in that order.
+  Topic* seen(const Peer& p, uint64_t id, const std::string& name, const char* log_verb = nullptr);
+  bool allowed(const Peer& p, uint64_t id, const Topic& t, const std::string& name, Role role,
+               bool log = false);
+  Topic* topic_for(const Peer& p, uint64_t id, const std::string& name, Role role, bool log = false) {
+    Topic* t = seen(p, id, name);
+    return t && allowed(p, id, *t, name, role, log) ? t : nullptr;
+  }
   void topic_info(const Topic& t, proto::TopicInfo::Builder b);
   // Durable topics: gives every partition to the archiver (recovers its log, joins
   // or adopts the tethered archiver cursor). Throws Error.

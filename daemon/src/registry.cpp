@@ -193,6 +193,34 @@ bool Registry::may(const Topic& t, const Peer& p, Role role) const {
   return false;
 }
 
+static const char* role_verb(Role role) {
+  return role == Role::publisher ? "publish" : role == Role::subscriber ? "subscribe" : "administer";
+}
+
+Registry::Topic* Registry::seen(const Peer& peer, uint64_t id, const std::string& name,
+                                const char* log_verb) {
+  auto it = topics_.find(name);
+  if (it != topics_.end() && visible(it->second, peer)) return &it->second;
+  if (it != topics_.end() && log_verb)
+    log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
+                "uid " + std::to_string(peer.uid) + " may not " + log_verb);
+  reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+  return nullptr;
+}
+
+bool Registry::allowed(const Peer& peer, uint64_t id, const Topic& t, const std::string& name, Role role,
+                       bool log) {
+  if (may(t, peer, role)) return true;
+  const char* verb = role_verb(role);
+  if (log)
+    log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
+                "uid " + std::to_string(peer.uid) + " may not " + verb);
+  reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+              "uid " + std::to_string(peer.uid) + " may not " + verb +
+                  (role == Role::admin ? " '" : " to '") + name + "'");
+  return false;
+}
+
 void Registry::load() {
   const std::string path = state_file(core_);
   int fd = open_state_file(core_.state_fd, kStateName, O_RDONLY, path);
@@ -682,16 +710,9 @@ bool Registry::durable_quota(const Peer& p, const Topic& t, std::string& why) co
 void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Reader j,
                            capnp::MessageBuilder& mb, proto::Response::Builder resp) {
   std::string name = j.getTopic();
-  auto it = topics_.find(name);
-  if (it == topics_.end() || !visible(it->second, peer))
-    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
-  Topic& t = it->second;
-  if (!may(t, peer, Role::subscriber)) {
-    log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
-                "uid " + std::to_string(peer.uid) + " may not subscribe");
-    return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
-                       "uid " + std::to_string(peer.uid) + " may not subscribe to '" + name + "'");
-  }
+  Topic* tp = topic_for(peer, id, name, Role::subscriber, true);
+  if (!tp) return;
+  Topic& t = *tp;
   const uint32_t pi = j.getPartition();
   if (pi >= t.parts.size())
     return reply_error(peer, id, proto::ErrorCode::NOT_FOUND,
@@ -967,17 +988,13 @@ bool Registry::producer_quota(const Peer& p, const Topic& t, const Partition& pa
 void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerRequest::Reader q,
                                capnp::MessageBuilder& mb, proto::Response::Builder resp) {
   std::string name = q.getTopic();
-  auto it = topics_.find(name);
-  if (it == topics_.end() || !visible(it->second, peer))
-    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
-  if (!may(it->second, peer, Role::publisher))
-    return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
-                       "uid " + std::to_string(peer.uid) + " may not publish to '" + name + "'");
+  Topic* tp = topic_for(peer, id, name, Role::publisher);
+  if (!tp) return;
   const uint32_t pi = q.getPartition();
-  if (pi >= it->second.parts.size())
+  if (pi >= tp->parts.size())
     return reply_error(peer, id, proto::ErrorCode::NOT_FOUND,
                        "topic '" + name + "' has no partition " + std::to_string(pi));
-  Partition& part = *it->second.parts[pi];
+  Partition& part = *tp->parts[pi];
   const shm::RingRefs& r = part.refs;
   const std::string where = "partition " + std::to_string(pi) + " of '" + name + "'";
   // The requester's identity for the record: its pid and process identity, checked
@@ -1030,7 +1047,7 @@ void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerReq
   if (q.getRelease())
     return reply_error(peer, id, proto::ErrorCode::NOT_FOUND,
                        "no producer grant of this process for that token in " + where);
-  if (std::string why; !producer_quota(peer, it->second, part, why)) {
+  if (std::string why; !producer_quota(peer, *tp, part, why)) {
     log_limited(core_.instance, LOG_WARN, "grant_refused", name, peer.pid, why);
     return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
   }
@@ -1110,15 +1127,11 @@ void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerReq
 void Registry::handle_page(const Peer& peer, uint64_t id, proto::PageFetch::Reader f,
                            capnp::MessageBuilder& mb, proto::Response::Builder resp) {
   std::string name = f.getTopic();
-  auto it = topics_.find(name);
-  if (it == topics_.end() || !visible(it->second, peer))
-    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
-  if (!may(it->second, peer, Role::publisher))
-    return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
-                       "uid " + std::to_string(peer.uid) + " may not publish to '" + name + "'");
-  if (f.getPartition() >= it->second.parts.size())
+  Topic* tp = topic_for(peer, id, name, Role::publisher);
+  if (!tp) return;
+  if (f.getPartition() >= tp->parts.size())
     return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no such partition");
-  Partition& part = *it->second.parts[f.getPartition()];
+  Partition& part = *tp->parts[f.getPartition()];
   const shm::RingRefs& r = part.refs;
   const uint32_t i = f.getSlot();
   if (i >= r.slot_count) return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no such slot");
@@ -1144,7 +1157,7 @@ void Registry::handle_page(const Peer& peer, uint64_t id, proto::PageFetch::Read
   auto pr = resp.initCursorPage();
   pr.setGeneration(f.getGeneration());
   pr.setPageSize(shm::kCursorPageSize);
-  return reply(peer, mb, it->second.parts[f.getPartition()], {fd});
+  return reply(peer, mb, tp->parts[f.getPartition()], {fd});
 }
 
 void Registry::remove_topic(std::map<std::string, Topic>::iterator it, pid_t by, const char* why) {
@@ -1312,11 +1325,10 @@ void Registry::handle(const RegistryCmd& c) {
     }
     case proto::Request::DESCRIBE_TOPIC: {
       std::string name = req.getDescribeTopic();
-      auto it = topics_.find(name);
-      if (it == topics_.end() || !visible(it->second, peer))  // no rights: learns nothing
-        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
-      sync_durable(it->second);
-      topic_info(it->second, resp.initTopic());
+      Topic* t = seen(peer, id, name);  // no rights: learns nothing
+      if (!t) return;
+      sync_durable(*t);
+      topic_info(*t, resp.initTopic());
       return reply(peer, mb);
     }
     case proto::Request::LIST_TOPICS: {  // all at once: tooLarge beyond a frame (listPage pages)
@@ -1329,9 +1341,8 @@ void Registry::handle(const RegistryCmd& c) {
     }
     case proto::Request::DELETE_TOPIC: {
       std::string name = req.getDeleteTopic();
+      if (!seen(peer, id, name)) return;
       auto it = topics_.find(name);
-      if (it == topics_.end() || !visible(it->second, peer))
-        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
       if (!may(it->second, peer, Role::admin))
         return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
                            "only the topic's owner or root may delete '" + name + "'");
@@ -1353,28 +1364,14 @@ void Registry::handle(const RegistryCmd& c) {
     case proto::Request::OPEN: {
       auto o = req.getOpen();
       std::string name = o.getTopic();
-      auto it = topics_.find(name);
       Role role = o.getRole() == proto::Role::PUBLISHER    ? Role::publisher
                   : o.getRole() == proto::Role::SUBSCRIBER ? Role::subscriber
                                                            : Role::admin;
-      const char* verb = role == Role::publisher    ? "publish"
-                         : role == Role::subscriber ? "subscribe"
-                                                    : "administer";
-      // No rights at all: the answer of a topic that does not exist (it learns nothing).
-      if (it == topics_.end() || !visible(it->second, peer)) {
-        if (it != topics_.end())
-          log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
-                      "uid " + std::to_string(peer.uid) + " may not " + verb);
-        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
-      }
-      const Topic& t = it->second;
-      if (!may(t, peer, role)) {  // it may see the topic (the other role): told why
-        log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid,
-                    "uid " + std::to_string(peer.uid) + " may not " + verb);
-        return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
-                           "uid " + std::to_string(peer.uid) + " may not " + verb +
-                               (role == Role::admin ? " '" : " to '") + name + "'");
-      }
+      // No rights at all: the answer of a topic that does not exist (it learns
+      // nothing); it may see the topic (the other role): told why.
+      const Topic* tp = seen(peer, id, name, role_verb(role));
+      if (!tp || !allowed(peer, id, *tp, name, role, true)) return;
+      const Topic& t = *tp;
       uint32_t p = o.getPartition();
       if (p >= t.parts.size())
         return reply_error(peer, id, proto::ErrorCode::NOT_FOUND,
@@ -1427,13 +1424,9 @@ void Registry::handle(const RegistryCmd& c) {
       // P11: a durable subscriber joined under `name`; remember name and position.
       auto d = req.getSaveCursor();
       std::string name = d.getTopic();
-      auto it = topics_.find(name);
-      if (it == topics_.end() || !visible(it->second, peer))  // no rights: as if it did not exist
-        return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
-      Topic& t = it->second;
-      if (!may(t, peer, Role::subscriber))
-        return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
-                           "uid " + std::to_string(peer.uid) + " may not subscribe to '" + name + "'");
+      Topic* tp = topic_for(peer, id, name, Role::subscriber);  // no rights: as if it did not exist
+      if (!tp) return;
+      Topic& t = *tp;
       if (d.getPartition() >= t.parts.size() || d.getName().size() == 0)
         return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT,
                            "saveCursor: no such partition, or an empty name");

@@ -437,19 +437,16 @@ void Registry::handle_schema(const Peer& peer, uint64_t id, proto::Request::Read
   if (req.isRegisterSchema()) {
     auto r = req.getRegisterSchema();
     const std::string name = r.getTopic();
-    auto it = topics_.find(name);
-    if (it == topics_.end() || !visible(it->second, peer))
-      return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
-    const Topic& t = it->second;
+    const Topic* tp = seen(peer, id, name);
+    if (!tp) return;
+    const Topic& t = *tp;
     const bool publisher = r.getRole() == proto::Role::PUBLISHER;
     const bool store = publisher && !r.getCheckOnly();
     if (store && !may(t, peer, Role::publisher))
       return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
                          "uid " + std::to_string(peer.uid) + " may not register a schema for '" + name +
                              "' (it needs publish access)");
-    if (!publisher && !r.getCheckOnly() && !may(t, peer, Role::subscriber))
-      return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
-                         "uid " + std::to_string(peer.uid) + " may not subscribe to '" + name + "'");
+    if (!publisher && !r.getCheckOnly() && !allowed(peer, id, t, name, Role::subscriber)) return;
     auto d = r.getNodes();
     // Per-uid bounds on what it makes the daemon keep (memory and disk): root and the
     // daemon's uid are exempt; a topic's owner from the per-topic count only.
@@ -480,11 +477,10 @@ void Registry::handle_schema(const Peer& peer, uint64_t id, proto::Request::Read
   }
   auto q = req.getSchemaHistory();
   const std::string name = q.getTopic();
-  auto it = topics_.find(name);
-  if (it == topics_.end() || !visible(it->second, peer))
-    return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, "no topic '" + name + "'");
+  const Topic* t = seen(peer, id, name);
+  if (!t) return;
   std::string err;
-  if (!schemas_.history(name, proto::SchemaMode(uint16_t(it->second.s.schema_mode)), q.getVersion(),
+  if (!schemas_.history(name, proto::SchemaMode(uint16_t(t->s.schema_mode)), q.getVersion(),
                         resp.initSchemaHistory(), err))
     return reply_error(peer, id, proto::ErrorCode::NOT_FOUND, err);
   return reply(peer, mb);
