@@ -6,9 +6,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <thread>
 
 #include "shmbus/bus.hpp"
 #include "shmbus/shm/futex.hpp"
@@ -76,6 +80,26 @@ inline void random_gap(Rng& rng, uint64_t max_sleep_ns = 100'000) {
       nanosleep(&ts, nullptr);
     }
   }
+}
+
+// The kernel's view of a thread of this process: 'S' while it sleeps (e.g. in a
+// futex wait), 'R' while it runs.
+inline char thread_state(pid_t tid) {
+  std::ifstream f("/proc/self/task/" + std::to_string(tid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const auto p = s.rfind(')');
+  return p == std::string::npos || p + 2 >= s.size() ? '?' : s[p + 2];
+}
+
+// Waits (bounded: 20 s) until thread `tid` sleeps in the kernel; false if it never does.
+inline bool wait_until_asleep(const std::atomic<pid_t>& tid) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < until) {
+    const pid_t t = tid.load();
+    if (t && thread_state(t) == 'S') return true;
+    std::this_thread::yield();
+  }
+  return false;
 }
 
 }  // namespace shmbus::test

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace shmbus {
@@ -75,6 +76,12 @@ void Subscriber::open_slot(SegmentProvider* records) {
   if (!r_.join(m_->refs(), me, opts_.tethered, h, start))
     throw Error(ErrorCode::no_slot, where() + ": every subscriber slot is taken");
   open_ = true;
+  if (opts_.name.empty()) {
+    uint64_t batch = opts_.release_batch;
+    if (batch == SubscriberOptions::kReleaseBatchAuto)
+      batch = std::min<uint64_t>(m_->refs().capacity / 16, 16384);
+    r_.set_release_batch(batch);
+  }
   if (h && records) {
     try {
       records->durable_joined(m_->topic(), m_->partition(), opts_.name, r_.released());
@@ -113,6 +120,7 @@ Subscriber::~Subscriber() { close(); }
 
 void Subscriber::close() {
   if (!open_) return;
+  r_.flush_release();
   if (grant_) {
     r_.detach();
     m_->leave_cursor(grant_, !opts_.name.empty());  // P11: a named slot is parked
@@ -157,6 +165,7 @@ Status Subscriber::poll(View& out) {
       ++stats_.received;
       return Status::ok;
     case shm::RingStatus::empty: {
+      r_.flush_release();  // going idle: producers must see every release (P4)
       // Slow path: a restarted daemon that could not take our grant back freed its
       // slot; if frames read since it was last seen held may have been overwritten,
       // say so (lapped) instead of going on as if nothing happened.
@@ -172,6 +181,7 @@ Status Subscriber::poll(View& out) {
 Status Subscriber::wait_for(int64_t timeout_ns) {
   if (!open_) return Status::closed;
   if (r_.has_data()) return Status::ok;
+  r_.flush_release();  // about to wait: producers must see every release (P4)
   const uint64_t start = shm::monotonic_ns();
   const uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + uint64_t(timeout_ns);
   uint32_t iter = 0;
@@ -217,11 +227,11 @@ Status Subscriber::poll_wait(View& out, int64_t timeout_ns) {
 }
 
 void Subscriber::release(const View& v) {
-  if (open_ && v) r_.release_to(v.next_position());
+  if (open_ && v) r_.release_deferred(v.next_position());
 }
 
 void Subscriber::release_all() {
-  if (open_) r_.release_all();
+  if (open_) r_.release_deferred(r_.position());
 }
 
 }  // namespace shmbus

@@ -21,24 +21,7 @@ using namespace shmbus;
 
 namespace {
 
-// The kernel's view of a thread: 'S' while it sleeps (here: in the futex wait).
-char thread_state(pid_t tid) {
-  std::ifstream f("/proc/self/task/" + std::to_string(tid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const auto p = s.rfind(')');
-  return p == std::string::npos || p + 2 >= s.size() ? '?' : s[p + 2];
-}
-
-// Waits (bounded) until thread `tid` sleeps in the kernel; false if it never does.
-bool wait_until_asleep(const std::atomic<pid_t>& tid) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (std::chrono::steady_clock::now() < until) {
-    const pid_t t = tid.load();
-    if (t && thread_state(t) == 'S') return true;
-    std::this_thread::yield();
-  }
-  return false;
-}
+using test::wait_until_asleep;
 
 constexpr int64_t kLong = 20'000'000'000;  // far longer than any interrupt may take
 

@@ -67,6 +67,15 @@ struct SubscriberOptions {
   // and no duplicate. While parked a tethered slot keeps holding the producer, until
   // the daemon expires it (DaemonOptions::durable_hold_ms; docs/architecture.md).
   std::string name{};  // "{}": designated initializers may leave it out (-Wmissing-field-initializers)
+  // Bytes of released ring a subscriber may hold back before it stores its cursor
+  // (the line producers scan for space): releases are then made visible in chunks,
+  // not one cache-line transfer per message. Always flushed when a poll finds
+  // nothing, before a wait and at close, so producers are delayed by at most this
+  // much ring, never stuck. kReleaseBatchAuto: min(capacity / 16, 16 KiB); 0: every
+  // release is stored at once. A durable (named) subscriber always stores at once, so
+  // that its saved position is exactly its last release.
+  static constexpr uint32_t kReleaseBatchAuto = ~uint32_t(0);
+  uint32_t release_batch = kReleaseBatchAuto;
   // Schema registry (shmbusd): the schema this subscriber reads with; checked
   // against the topic's registered versions by its mode (nothing is stored).
   SchemaNodes schema{};

@@ -1036,7 +1036,7 @@ class RingReader {
     slot_ = &r.slots[i];
     slot_index_ = uint32_t(i);
     page_ = &slot_->page;
-    read_pos_ = released_ = pos;
+    read_pos_ = released_ = published_ = pos;
     return true;
   }
 
@@ -1051,7 +1051,7 @@ class RingReader {
     page_ = page;
     tethered_ = tethered;
     check_below_ = check_below;
-    read_pos_ = released_ = pos;
+    read_pos_ = released_ = published_ = pos;
   }
 
   // Daemon mode: the grant this reader's slot must still be (its generation). A
@@ -1114,7 +1114,7 @@ class RingReader {
       const bool was_tethered = fl & kSlotTethered;
       aref(s.flags).store((tethered ? kSlotTethered : 0u) | kSlotEmbedded, std::memory_order_seq_cst);
       // SYNC(cursor) acquire: the position the previous owner released (P4).
-      read_pos_ = released_ = aref(s.page.position).load(std::memory_order_acquire);
+      read_pos_ = released_ = published_ = aref(s.page.position).load(std::memory_order_acquire);
       if (tethered && !was_tethered) {
         // A parked untethered slot held nobody back: its position may be lapped
         // already (defect 4 of 1.x). Check every frame from it like an untethered
@@ -1132,6 +1132,7 @@ class RingReader {
   // until its name resumes it or it expires. parked_ns is the parking time.
   void park() {
     if (!slot_) return;
+    flush_release();
     aref(slot_->parked_ns).store(monotonic_ns(), std::memory_order_relaxed);
     aref(slot_->pid).store(0, std::memory_order_release);
     slot_ = nullptr;
@@ -1170,6 +1171,7 @@ class RingReader {
   }
   // Daemon mode: forgets the grant locally (the daemon frees or parks the slot).
   void detach() {
+    flush_release();
     slot_ = nullptr;
     page_ = nullptr;
   }
@@ -1229,6 +1231,35 @@ class RingReader {
   // P4: everything below `pos` may be overwritten.
   void release_to(uint64_t pos) {
     released_ = pos;
+    publish_release(pos);
+  }
+  void release_all() { release_to(read_pos_); }
+
+  // P4, batched: everything below `pos` is released, but the cursor store (the line
+  // the producers scan for space) is made only once `release_batch` bytes have
+  // accumulated since the last one, or when a producer sleeps on space (a waiter
+  // bit: read relaxed, a hint only; flush_release() runs the full P7 handshake), so
+  // that a producer at the space limit sees the consumer move in chunks instead of
+  // pulling the cursor line across cores once per message. The caller must call
+  // flush_release() before it goes idle (an empty poll, a wait, a close): a deferred
+  // release then delays producers by at most release_batch bytes of ring, never
+  // forever. release_batch 0: every release is stored at once (release_to).
+  void release_deferred(uint64_t pos) {
+    released_ = pos;
+    if (pos - published_ < release_batch_ &&
+        aref(r_.data->space_waiter_bits).load(std::memory_order_relaxed) == 0)
+      return;
+    publish_release(pos);
+  }
+  void flush_release() {
+    if (page_ && published_ != released_) publish_release(released_);
+  }
+  void set_release_batch(uint64_t bytes) { release_batch_ = bytes; }
+  uint64_t release_batch() const { return release_batch_; }
+
+ private:
+  void publish_release(uint64_t pos) {
+    published_ = pos;
     // SYNC(cursor) release: our reads of the frames below pos happen-before the
     // producer's reuse; seq_cst (exchange) so the space-waiter check that follows
     // cannot move above it (P7).
@@ -1242,8 +1273,8 @@ class RingReader {
     }
     wake_producers();
   }
-  void release_all() { release_to(read_pos_); }
 
+ public:
   // Rewinds the read position to the last release (e.g. a view handed back unread).
   void rewind() { read_pos_ = released_; }
   // Moves the read position (an untethered reader handing over from a log to the
@@ -1281,6 +1312,8 @@ class RingReader {
   uint32_t slot_index_ = 0;
   uint64_t read_pos_ = 0;
   uint64_t released_ = 0;
+  uint64_t published_ = 0;               // last position stored in the page (released_ may be ahead)
+  uint64_t release_batch_ = 0;           // release_deferred: bytes between cursor stores
   bool light_ = asym_fence_available();  // P7 light side allowed
 
   bool tethered_ = true;
