@@ -27,6 +27,7 @@
 #include "shmbus/daemon.hpp"
 #include "shmbus/daemon_client.hpp"
 #include "shmbus/shm/recovery.hpp"
+#include "groups.hpp"
 #include "schema_registry.hpp"
 
 namespace shmbus::spill {
@@ -286,6 +287,11 @@ class Registry {
   // Refuses (false, why) a producer grant beyond the uid's quotas
   // (uid_max_producer_grants, uid_max_partition_producer_grants).
   bool producer_quota(const Peer& p, const Topic& t, const Partition& part, std::string& why);
+  // groupJoin / groupSync / groupLeave (groups.cpp); a connection's end removes its members.
+  void handle_group(const Peer& p, uint64_t id, proto::Request::Reader req, capnp::MessageBuilder& mb,
+                    proto::Response::Builder resp);
+  void groups_connection_closed(uint64_t conn);
+  Groups groups_;
   void reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep = {},
              std::vector<int> fds = {});
   void reply_error(const Peer& p, uint64_t id, proto::ErrorCode code, const std::string& msg);

@@ -1189,6 +1189,7 @@ void Registry::remove_topic(std::map<std::string, Topic>::iterator it, pid_t by,
 
 void Registry::connection_closed(uint64_t conn) {
   if (conn == 0) return;
+  groups_connection_closed(conn);  // its consumer group members go (the groups rebalance)
   for (auto it = topics_.begin(); it != topics_.end();) {
     auto next = std::next(it);
     if (it->second.s.ephemeral && it->second.owner_conn == conn) {
@@ -1407,6 +1408,9 @@ void Registry::handle(const RegistryCmd& c) {
     case proto::Request::LEAVE: return handle_leave(peer, id, req.getLeave(), mb, resp);
     case proto::Request::CURSOR_PAGE: return handle_page(peer, id, req.getCursorPage(), mb, resp);
     case proto::Request::PRODUCER: return handle_producer(peer, id, req.getProducer(), mb, resp);
+    case proto::Request::GROUP_JOIN:
+    case proto::Request::GROUP_SYNC:
+    case proto::Request::GROUP_LEAVE: return handle_group(peer, id, req, mb, resp);
     case proto::Request::LIST_PAGE: return reply_page(peer, id, req.getListPage(), false);
     case proto::Request::STAT_PAGE: return reply_page(peer, id, req.getStatPage(), true);
     case proto::Request::STAT: {

@@ -245,6 +245,15 @@ bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::
       case proto::Request::PRODUCER:
         if (!text_ok(r.getProducer().getTopic(), "topic")) return false;
         break;
+      case proto::Request::GROUP_JOIN:
+      case proto::Request::GROUP_SYNC:
+      case proto::Request::GROUP_LEAVE: {
+        auto g = r.which() == proto::Request::GROUP_JOIN   ? r.getGroupJoin()
+                 : r.which() == proto::Request::GROUP_SYNC ? r.getGroupSync()
+                                                           : r.getGroupLeave();
+        if (!text_ok(g.getTopic(), "topic") || !text_ok(g.getGroup(), "group")) return false;
+        break;
+      }
       default: err = "unknown request type"; return false;
     }
   } catch (const kj::Exception& e) {

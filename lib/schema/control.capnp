@@ -154,6 +154,9 @@ struct Request {
     registerSchema @16 :SchemaRegistration;  # a publisher/subscriber presents its schema
     schemaHistory @17 :SchemaQuery;          # a topic's registered versions
     producer @18 :ProducerRequest;  # publishers: producer ownership (layout 4)
+    groupJoin @19 :GroupRequest;    # consumer groups: become a member (a member is its connection)
+    groupSync @20 :GroupRequest;    # consumer groups: the current generation and this member's partitions
+    groupLeave @21 :GroupRequest;   # consumer groups: stop being a member (the group rebalances)
   }
 }
 
@@ -240,6 +243,28 @@ struct ProducerReply {
   multi @2 :Bool;
 }
 
+# Consumer groups (docs/messaging.md, "Consumer groups"). The members of a group
+# (named per topic) split the topic's partitions; a member is the connection that
+# joined, removed when it leaves or its connection ends (close, exit, SIGKILL).
+# Every change of membership is a new generation with a new assignment: partitions
+# spread evenly over the members, sticky (a member keeps what it can), in the order
+# of the member ids. Groups are not persisted; the committed position of a group on
+# a partition is the durable subscriber name "group:<group>" (persisted as any).
+struct GroupRequest {
+  topic @0 :Text;
+  group @1 :Text;                 # 1-200 bytes of printable ASCII, no space
+  memberId @2 :UInt64;            # groupSync, groupLeave: the id groupJoin answered
+  knownGeneration @3 :UInt32;     # groupSync: the generation the member acts on
+}
+
+struct GroupReply {
+  memberId @0 :UInt64;
+  generation @1 :UInt32;
+  partitions @2 :List(UInt32);    # this member's partitions in `generation`, ascending
+  members @3 :UInt32;             # live members of the group
+  topicPartitions @4 :UInt32;     # the topic's partition count
+}
+
 struct PageReply {
   # One descriptor (read-only) comes with this packet, unless `embedded`.
   generation @0 :UInt32;
@@ -303,6 +328,7 @@ struct Response {
     schema @12 :SchemaReply;          # registerSchema
     schemaHistory @13 :SchemaHistory; # schemaHistory
     producer @14 :ProducerReply;
+    group @15 :GroupReply;            # groupJoin, groupSync (groupLeave answers done)
   }
 }
 
