@@ -532,6 +532,39 @@ class DaemonProvider final : public SegmentProvider {
     });
     return rep.get().getSchema().getVersion();
   }
+  GroupState group_call(GroupOp op, const std::string& topic, const std::string& group, uint64_t member,
+                        uint32_t known_generation) override {
+    DaemonClient::Reply rep = c_->call([&](proto::Request::Builder r) {
+      auto q = op == GroupOp::join   ? r.initGroupJoin()
+               : op == GroupOp::sync ? r.initGroupSync()
+                                     : r.initGroupLeave();
+      q.setTopic(topic);
+      q.setGroup(group);
+      q.setMemberId(member);
+      q.setKnownGeneration(known_generation);
+    });
+    GroupState st;
+    auto resp = rep.get();
+    if (op == GroupOp::leave) return st;
+    if (!resp.isGroup())
+      throw Error(ErrorCode::protocol, "shmbusd answered a group request with something else");
+    auto g = resp.getGroup();
+    st.member_id = g.getMemberId();
+    st.generation = g.getGeneration();
+    st.members = g.getMembers();
+    st.topic_partitions = g.getTopicPartitions();
+    // The daemon's answer is checked, not trusted: ascending partitions of the topic.
+    auto l = g.getPartitions();
+    if (l.size() > st.topic_partitions)
+      throw Error(ErrorCode::protocol, "shmbusd assigned more partitions than the topic has");
+    for (uint32_t p : l) {
+      if (p >= st.topic_partitions || (!st.partitions.empty() && p <= st.partitions.back()))
+        throw Error(ErrorCode::protocol,
+                    "shmbusd assigned partition " + std::to_string(p) + " out of order or range");
+      st.partitions.push_back(p);
+    }
+    return st;
+  }
   void durable_joined(const std::string& topic, uint32_t p, const std::string& name, uint64_t pos) override {
     c_->call([&](proto::Request::Builder r) {
       auto d = r.initSaveCursor();

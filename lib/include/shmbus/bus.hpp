@@ -19,6 +19,8 @@ namespace shmbus {
 
 class Publisher;
 class Subscriber;
+class GroupSubscriber;
+struct GroupOptions;
 
 enum class WaitStrategy : uint8_t {
   busy_spin,   // lowest latency, burns a core
@@ -108,6 +110,10 @@ class Bus {
   Publisher publisher(const std::string& topic);
   Subscriber subscriber(const std::string& topic, const SubscriberOptions& opts);
   Subscriber subscriber(const std::string& topic);
+  // A member of consumer group `group` of `topic` (shmbusd; shmbus/group.hpp).
+  GroupSubscriber group_subscriber(const std::string& topic, const std::string& group,
+                                   const GroupOptions& opts);
+  GroupSubscriber group_subscriber(const std::string& topic, const std::string& group);
 
   SegmentProvider& provider() { return *provider_; }
 

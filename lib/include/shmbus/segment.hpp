@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "shmbus/error.hpp"
 #include "shmbus/schema_nodes.hpp"
@@ -145,6 +146,21 @@ class SegmentProvider {
   virtual uint32_t register_schema(const std::string& /*topic*/, const SchemaNodes& /*nodes*/, Role /*role*/,
                                    bool /*check_only*/) {
     throw Error(ErrorCode::invalid_argument, "the schema registry needs shmbusd (Bus::connect)");
+  }
+  // Consumer groups (shmbusd): groupJoin (member ignored), groupSync, groupLeave (the
+  // reply is empty) over this provider's connection, which is the member. Throws
+  // Error (not_found: no such member on this connection, join again).
+  enum class GroupOp { join, sync, leave };
+  struct GroupState {
+    uint64_t member_id = 0;
+    uint32_t generation = 0;
+    std::vector<uint32_t> partitions;  // this member's, ascending
+    uint32_t members = 0;
+    uint32_t topic_partitions = 0;
+  };
+  virtual GroupState group_call(GroupOp /*op*/, const std::string& /*topic*/, const std::string& /*group*/,
+                                uint64_t /*member*/, uint32_t /*known_generation*/) {
+    throw Error(ErrorCode::invalid_argument, "consumer groups need shmbusd (Bus::connect)");
   }
 };
 
