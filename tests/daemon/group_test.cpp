@@ -121,6 +121,49 @@ TEST_CASE("group members split the partitions evenly; a join and a leave rebalan
   CHECK(a.partitions().size() == 2);
 }
 
+TEST_CASE("a member gives up a partition only once it released what it polled there", "[daemon][group]") {
+  DaemonProc d("grp-hold");
+  REQUIRE(d.start());
+  Bus admin = Bus::connect(d.sock);
+  admin.create_topic("grp.hold", {.partitions = 2, .capacity = 1 << 16});
+  Bus b1 = Bus::connect(d.sock), b2 = Bus::connect(d.sock);
+  GroupSubscriber a = b1.group_subscriber("grp.hold", "g", {});
+  REQUIRE(a.partitions() == std::vector<uint32_t>{0, 1});
+  Publisher p0 = admin.publisher("grp.hold", {.partition = 0});
+  Publisher p1 = admin.publisher("grp.hold", {.partition = 1});
+  publish(p0, 1);
+  publish(p1, 1);
+  GroupView v, v1;
+  while (!v1) {
+    REQUIRE(a.poll(v) == Status::ok);
+    if (v.partition() == 1) v1 = v;  // the one a keeps unreleased
+  }
+  // b joins: a keeps partition 0 (sticky, the lower of its own), partition 1 moves to b.
+  GroupSubscriber b = b2.group_subscriber("grp.hold", "g", {});
+  REQUIRE(b.assigned() == std::vector<uint32_t>{1});
+  const uint64_t deadline = now_ns() + 5'000'000'000ull;
+  while (b.stats().take_retries < 5) {
+    a.sync();
+    b.sync();
+    REQUIRE(now_ns() < deadline);
+  }
+  CHECK(a.partitions() == std::vector<uint32_t>{0});  // no longer polled
+  CHECK(b.partitions().empty());                      // still a's: its view is unreleased
+  GroupView w;
+  while (a.poll(w) == Status::ok) CHECK(w.partition() == 0);  // partition 1 is not polled any more
+  a.release(v1);                                              // now a parks it (committed up to v1)
+  while (b.partitions().empty()) {
+    b.sync();
+    REQUIRE(now_ns() < deadline);
+  }
+  CHECK(b.poll(w) == Status::empty);  // v1 was committed: not delivered again
+  publish(p1, 2);
+  REQUIRE(b.poll(w) == Status::ok);
+  uint64_t s;
+  std::memcpy(&s, w.data(), sizeof s);
+  CHECK(s == 2);
+}
+
 TEST_CASE("group requests are checked: names, membership per connection, access", "[daemon][group]") {
   DaemonProc d("grp-check");
   REQUIRE(d.start());
