@@ -5,6 +5,9 @@
 // appends "P <partition> <seq>\n" to LOG before releasing it and "C <partition> <seq>\n"
 // after (one write(2) each, O_APPEND: a SIGKILL leaves whole lines). Whenever what it
 // holds changes it prints "held <p,p,...>" on stdout. Errors: "FAIL <why>", exit 1.
+//   group_helper --quota SOCK TOPIC
+// Over one connection, joins group m of TOPIC until refused and prints "members
+// <joined> <why>", then groups q0, q1, ... until refused: "groups <joined> <why>".
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -31,7 +34,31 @@ void put(int fd, const std::string& s) {
 }
 }  // namespace
 
+int quota(const char* sock, const std::string& topic) {
+  auto c = DaemonClient::connect({.socket_path = sock});
+  auto join = [&](const std::string& group) {
+    c->call([&](proto::Request::Builder r) {
+      auto q = r.initGroupJoin();
+      q.setTopic(topic);
+      q.setGroup(group);
+    });
+  };
+  for (const char* what : {"members", "groups"}) {
+    int n = 0;
+    std::string why = "never refused";
+    try {
+      for (; n < 10000; ++n) join(std::string(what) == "groups" ? "q" + std::to_string(n) : "m");
+    } catch (const Error& e) {
+      why = e.what();
+    }
+    std::printf("%s %d %s\n", what, n, why.c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == "--quota") return quota(argv[2], argv[3]);
   if (argc != 5) {
     std::fprintf(stderr, "usage: group_helper SOCK TOPIC GROUP LOG\n");
     return 2;

@@ -256,6 +256,11 @@ TEST_CASE("a group is no way around a topic's access list, nor into another uid'
   ours.sync();
   CHECK(ours.partitions() == std::vector<uint32_t>{0, 1});
   CHECK(ours.assigned() == std::vector<uint32_t>{0, 1});
+  // Bounded per uid: groups of one topic, members of one group (one connection).
+  Child q(u.as({group_helper(), "--quota", d.sock, "grp.shared"}), d.log);
+  const std::string members = q.await("members", 20000), groups = q.await("groups", 20000);
+  CHECK_THAT(members, Catch::StartsWith("64 ") && Catch::Contains("64 members per group"));
+  CHECK_THAT(groups, Catch::StartsWith("63 ") && Catch::Contains("64 groups per topic"));  // m is one of them
   // Its own group of the topic it may read works.
   Child own(u.as({group_helper(), d.sock, "grp.shared", "theirs", "/dev/null"}), d.log);
   CHECK(own.await("held", 10000) == "0,1");
