@@ -17,6 +17,7 @@
 #include <atomic>
 #include <concurrentqueue/concurrentqueue.h>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -345,6 +346,10 @@ class Registry {
   bool grant_quota(const Peer& p, const Topic& t, const Partition& part, uint64_t resuming, std::string& why);
 
   Core& core_;
+  // Test hook (SHMBUS_TEST_EXIT_AFTER_PRODUCER_GRANT set): the daemon exits (status 9)
+  // after recording a producer grant, before answering it, as a daemon killed there
+  // would; the client resends to the restarted daemon.
+  const bool exit_after_producer_grant_ = getenv("SHMBUS_TEST_EXIT_AFTER_PRODUCER_GRANT") != nullptr;
   std::map<std::string, Topic> topics_;
   SchemaRegistry schemas_{core_};
   uint64_t last_expiry_ns_ = 0;

@@ -1115,6 +1115,7 @@ void Registry::handle_producer(const Peer& peer, uint64_t id, proto::ProducerReq
   }
   rtok[k] = request;
   uids[k] = uint32_t(peer.uid);
+  if (exit_after_producer_grant_) _exit(9);
   core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
   auto pr = resp.initProducer();
   pr.setSlot(slot);

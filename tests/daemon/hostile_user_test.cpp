@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "core.hpp"
 #include "daemon_util.hpp"
@@ -1167,6 +1168,55 @@ TEST_CASE(
   pub.close();
   CHECK(stat("iso.ptok1").second == 0);
   REQUIRE_NOTHROW(bus.publisher("iso.ptok1"));
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE(
+    "a daemon killed after recording a producer grant, before answering: the publisher's resend gets that "
+    "grant from the restarted daemon",
+    "[security][isolation][token][producer-token]") {
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.pdie", {.capacity = 8192, .multi_producer = true});
+  bus.create_topic("iso.pdie1", {.capacity = 8192});
+  auto stat = [&](const std::string& topic) {
+    auto st = DaemonClient::connect({rd.sock})->call([&](proto::Request::Builder r) { r.setStat(topic); });
+    auto p = st.get().getStats()[0].getPartitions()[0];
+    return std::make_pair(p.getLiveProducers(), p.getProducerPid());
+  };
+  Subscriber sub = bus.subscriber("iso.pdie1");
+  for (const std::string topic : {"iso.pdie", "iso.pdie1"}) {
+    REQUIRE(rd.d.stop());
+    REQUIRE(rd.d.start({"--socket", rd.sock, "--state-dir", rd.s / "state"}, nullptr,
+                       {"SHMBUS_TEST_EXIT_AFTER_PRODUCER_GRANT=1"}));
+    std::optional<Publisher> pub;
+    std::string err;
+    std::thread opener([&] {
+      try {
+        pub.emplace(bus.publisher(topic));
+      } catch (const Error& e) {
+        err = e.what();
+      }
+    });
+    // The grant is recorded, the answer never sent: the library resends it.
+    const int st = rd.d.proc.wait(10000);
+    CHECK((WIFEXITED(st) && WEXITSTATUS(st) == 9));
+    REQUIRE(rd.start());
+    opener.join();
+    INFO(topic << ": " << err);
+    REQUIRE(pub.has_value());
+    if (topic == "iso.pdie") {
+      CHECK(stat(topic).first == 1);  // one entry, not two
+    } else {
+      CHECK(stat(topic).second == uint32_t(getpid()));  // not "already has a publisher in this process"
+      REQUIRE(pub->offer("after", 5) == Status::ok);
+      View v;
+      REQUIRE(sub.poll_wait(v, 2'000'000'000) == Status::ok);
+      CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "after");
+      sub.release(v);
+    }
+  }
   CHECK(serving(rd.sock));
 }
 
