@@ -169,25 +169,34 @@ func (p *Publisher) DurableSequence() (uint64, int, error) {
 }
 
 // WaitDurable waits until every message of the partition with sequence <= seq is
-// durable per the topic's flush policy, ctx ends (ctx.Err()) or the publisher is
-// closed (ErrClosed).
+// durable per the topic's flush policy, ctx ends (ctx.Err(), at once: the wait is
+// interrupted) or the publisher is closed (ErrClosed, at once).
 func (p *Publisher) WaitDurable(ctx context.Context, seq uint64) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	var stop func()
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
 	for {
 		if err := p.check(); err != nil {
 			return err
 		}
-		d, ok := sliceFor(ctx)
-		if !ok {
-			return deadlineErr(ctx)
-		}
-		rc := int(C.shmbus_publisher_wait_durable(p.h, C.uint64_t(seq), durationNs(d)))
-		if rc != CodeTimedOut {
-			return codeError(rc)
-		}
-		if err := ctx.Err(); err != nil {
+		timeout, err := waitFor(ctx)
+		if err != nil {
 			return err
+		}
+		if stop == nil && ctx.Done() != nil {
+			stop = interruptOnDone(ctx, func() { C.shmbus_publisher_interrupt(p.h) })
+		}
+		switch rc := int(C.shmbus_publisher_wait_durable(p.h, C.uint64_t(seq), timeout)); rc {
+		case 0:
+			return nil
+		case CodeTimedOut, CodeInterrupted: // ctx, Close or an earlier call's interrupt: checked above
+		default:
+			return codeError(rc)
 		}
 	}
 }

@@ -54,10 +54,6 @@ const ABIVersion = 1
 // LibraryABIVersion is the ABI version of the libshmbus_c this process loaded.
 func LibraryABIVersion() uint32 { return uint32(C.shmbus_abi_version()) }
 
-// waitSlice bounds the blocking C calls that cannot be interrupted (WaitDurable),
-// so that contexts and Close are noticed. Claims and polls are interrupted instead.
-const waitSlice = 50 * time.Millisecond
-
 func strerror(rc int) string { return C.GoString(C.shmbus_strerror(C.int(rc))) }
 
 // call runs a set-up call on a locked OS thread, so that the thread-local detail
@@ -288,22 +284,6 @@ func (b *Bus) DescribeTopic(name string) (TopicConfig, error) {
 }
 
 func durationNs(d time.Duration) C.int64_t { return C.int64_t(d.Nanoseconds()) }
-
-// sliceFor returns how long the next bounded C wait may last: at most waitSlice,
-// and not past ctx's deadline. ok is false when the deadline has passed.
-func sliceFor(ctx context.Context) (time.Duration, bool) {
-	d := waitSlice
-	if dl, has := ctx.Deadline(); has {
-		left := time.Until(dl)
-		if left <= 0 {
-			return 0, false
-		}
-		if left < d {
-			d = left
-		}
-	}
-	return d, true
-}
 
 // interruptOnDone arranges for interrupt to run when ctx ends, until the returned
 // stop runs; stop waits for an interrupt already running, so the C handle stays

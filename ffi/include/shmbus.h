@@ -228,7 +228,8 @@ SHMBUS_API uint32_t shmbus_publisher_max_payload(shmbus_publisher_t* pub);
 /* Durable topics (SHMBUS_1.2): waits up to timeout_ns (<0: forever) until every frame
  * of the publisher's partition with sequence <= seq is durable per the topic's flush
  * policy (claim sequences: shmbus_claim_t.sequence). OK or SHMBUS_E_TIMED_OUT (also
- * when the topic is not durable and nothing archives it). */
+ * when the topic is not durable and nothing archives it); since 1.3 also
+ * SHMBUS_E_INTERRUPTED (shmbus_publisher_interrupt). */
 SHMBUS_API int shmbus_publisher_wait_durable(shmbus_publisher_t* pub, uint64_t seq, int64_t timeout_ns);
 /* Highest sequence of the partition known durable (a racy snapshot; 0 when no
  * archiver ever ran), and the errno of the archiver's failing write or sync (0 when
@@ -311,8 +312,9 @@ SHMBUS_API int shmbus_subscriber_wait(shmbus_subscriber_t* sub, int64_t timeout_
  * another call on the same handle (never with its close); async-signal-safe. Go's
  * context cancellation and Rust's interrupt handle are built on it. */
 SHMBUS_API int shmbus_subscriber_interrupt(shmbus_subscriber_t* sub);
-/* The same for a claim/offer/publish blocked for space (policy block) on `pub`. A
- * call that finds space does not wait and leaves a raised interrupt pending. */
+/* The same for a claim/offer/publish blocked for space (policy block), or a
+ * shmbus_publisher_wait_durable, on `pub`. A call that does not wait (it finds space,
+ * the sequence is durable already) leaves a raised interrupt pending. */
 SHMBUS_API int shmbus_publisher_interrupt(shmbus_publisher_t* pub);
 /* Waits up to timeout_ns (<0: forever) until a claim of max_bytes would find space
  * (SHMBUS_1.3): OK, SHMBUS_E_BACK_PRESSURED when the time ran out, or

@@ -693,7 +693,7 @@ int shmbus_publisher_wait_durable(shmbus_publisher_t* pub, uint64_t seq, int64_t
     set_static("wait_durable: pub is NULL");
     return SHMBUS_E_INVALID_ARGUMENT;
   }
-  return status(shmbus::wait_durable(pub->pub, seq, timeout_ns));
+  return status(pub->pub.wait_durable(seq, timeout_ns));
 }
 
 int shmbus_publisher_durable_sequence(shmbus_publisher_t* pub, uint64_t* seq, int* archiver_errno) {

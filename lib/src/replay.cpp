@@ -333,14 +333,16 @@ int archiver_error(const Publisher& pub) {
   return int(aref(pub.refs().data->archiver_error).load(std::memory_order_relaxed));
 }
 
-Status wait_durable(const Publisher& pub, uint64_t seq, int64_t timeout_ns) {
-  shm::DataHeader* d = pub.refs().data;
+namespace {
+// P10 sleeper side; `intr` (may be null) ends the wait at once (Publisher::interrupt).
+Status wait_durable_on(shm::DataHeader* d, uint64_t seq, int64_t timeout_ns, shm::Interrupt* intr) {
   if (!d) return Status::closed;
   const uint64_t start = shm::monotonic_ns();
   const uint64_t deadline = timeout_ns < 0 ? UINT64_MAX : start + uint64_t(timeout_ns);
   for (uint32_t iter = 0;; ++iter) {
     // SYNC(durable) acquire: pairs with the archiver's store in publish_durable().
     if (aref(d->durable_seq).load(std::memory_order_acquire) >= seq) return Status::ok;
+    if (intr && intr->take()) return Status::interrupted;
     const uint64_t now = shm::monotonic_ns();
     if (now >= deadline) return Status::timed_out;
     if (now - start < 20'000) {
@@ -353,10 +355,21 @@ Status wait_durable(const Publisher& pub, uint64_t seq, int64_t timeout_ns) {
     if (aref(d->durable_seq).load(std::memory_order_seq_cst) < seq) {
       int64_t chunk = 100'000'000;
       if (deadline != UINT64_MAX && int64_t(deadline - now) < chunk) chunk = int64_t(deadline - now);
-      shm::futex_wait(&d->durable_futex, v, chunk);
+      shm::futex_wait_interruptible(&d->durable_futex, v, intr, chunk);
     }
     aref(d->durable_waiters).fetch_sub(1, std::memory_order_seq_cst);
   }
+}
+}  // namespace
+
+Status wait_durable(const Publisher& pub, uint64_t seq, int64_t timeout_ns) {
+  return wait_durable_on(pub.refs().data, seq, timeout_ns, nullptr);
+}
+
+// A Publisher member, beside the free function it extends: the same wait, ended by
+// the publisher's interrupt().
+Status Publisher::wait_durable(uint64_t seq, int64_t timeout_ns) {
+  return wait_durable_on(refs().data, seq, timeout_ns, &intr_);
 }
 
 }  // namespace shmbus

@@ -124,3 +124,24 @@ TEST_CASE("Publisher::interrupt ends a claim blocked for space in another thread
   REQUIRE(sub.poll_wait(v, kLong) == Status::ok);
   CHECK(v.message_id() == sent + 1);
 }
+
+TEST_CASE("Publisher::interrupt ends a wait_durable sleeping in another thread", "[unit][interrupt]") {
+  // A topic nothing archives: its durable sequence never moves, so only the
+  // interrupt (or the 20 s timeout, a failure here) ends the wait.
+  Bus bus = Bus::direct({.shm_prefix = test::unique_prefix("intr")});
+  test::TopicGuard g{bus, "intr.dur"};
+  bus.create_topic("intr.dur", {.capacity = 4096});
+  Publisher pub = bus.publisher("intr.dur");
+  char body[8] = {};
+  REQUIRE(pub.offer(body, sizeof body) == Status::ok);
+  std::atomic<pid_t> tid{0};
+  auto blocked = std::async(std::launch::async, [&] {
+    tid = pid_t(syscall(SYS_gettid));
+    return pub.wait_durable(1, kLong);
+  });
+  REQUIRE(wait_until_asleep(tid));  // past the 20 us spin, in the futex wait
+  pub.interrupt();
+  CHECK(blocked.get() == Status::interrupted);
+  // Taken once: the next wait runs to its own timeout.
+  CHECK(pub.wait_durable(1, 1'000'000) == Status::timed_out);
+}

@@ -70,11 +70,17 @@ class Publisher {
   const shm::RingRefs& refs() const { return w_.refs(); }
   void close();
 
-  // Ends a claim (claim, offer, offer_batch) blocked for space in another thread
-  // of this process at once: it returns Status::interrupted. Raised while nothing
-  // waits, it ends the next wait for space at once, one time (a claim that finds
-  // space does not wait and leaves it raised). Thread-safe, async-signal-safe.
+  // Ends a claim (claim, offer, offer_batch) blocked for space, or a wait_durable,
+  // in another thread of this process at once: it returns Status::interrupted.
+  // Raised while nothing waits, it ends the next such wait at once, one time (a
+  // claim that finds space, or a wait_durable already satisfied, does not wait and
+  // leaves it raised). Thread-safe, async-signal-safe.
   void interrupt() noexcept { intr_.raise(); }
+  // Durable topics: waits until every frame of this partition with sequence <= seq
+  // is durable per the topic's flush policy: ok, timed_out (timeout_ns < 0: no
+  // limit), closed, or interrupted (interrupt()). The free shmbus::wait_durable
+  // (shmbus/replay.hpp) is the same wait on a const publisher, without interrupt.
+  Status wait_durable(uint64_t seq, int64_t timeout_ns);
   // Waits up to timeout_ns (<0: forever) until a claim of max_bytes would find
   // space, per the wait strategy: ok, back_pressured (timed out) or interrupted.
   // (A claim may still lose the space to another producer: claim again.)

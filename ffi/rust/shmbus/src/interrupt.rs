@@ -66,7 +66,7 @@ impl Interrupter {
     }
 
     /// Ends the wait blocked on the subscriber (`poll_wait`, `poll_batch`, `wait`)
-    /// or publisher (a `claim`/`offer` waiting for space) at once: it returns
+    /// or publisher (a `claim`/`offer` waiting for space, a `wait_durable`) at once: it returns
     /// [`Error::Interrupted`](crate::Error::Interrupted). Called while nothing
     /// waits, it ends the next wait at once, one time. After the subscriber or
     /// publisher is dropped it does nothing.

@@ -127,15 +127,17 @@ impl Publisher {
         })
     }
 
-    /// A handle another thread can use to end a claim or offer blocked for space
-    /// at once ([`Error::Interrupted`]); see [`Interrupter`].
+    /// A handle another thread can use to end a claim or offer blocked for space,
+    /// or a [`Publisher::wait_durable`], at once ([`Error::Interrupted`]); see
+    /// [`Interrupter`].
     pub fn interrupter(&self) -> Interrupter {
         self.intr.clone()
     }
 
     /// Durable topics: waits up to `timeout` (None: forever) until every message
     /// of this partition with sequence <= `seq` ([`Claim::sequence`]) is durable
-    /// per the topic's flush policy. [`Error::TimedOut`] otherwise.
+    /// per the topic's flush policy. [`Error::TimedOut`] otherwise, or
+    /// [`Error::Interrupted`] when its [`Publisher::interrupter`] fired.
     pub fn wait_durable(&mut self, seq: u64, timeout: Option<Duration>) -> Result<()> {
         // SAFETY: raw is live and used by this thread only (&mut self).
         check(unsafe {
