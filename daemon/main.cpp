@@ -122,8 +122,10 @@ int main(int argc, char** argv) {
     return 2;
 #endif
   }
-  // Connections cost an fd each: raise the soft limit to the hard one (EMFILE at
-  // accept is handled either way, see ControlServer::accept_all).
+  // Connections cost an fd each, and every partition three (its data, control and
+  // wake memfds; the segment keeper, which inherits the limit, holds two): raise the
+  // soft limit to the hard one (EMFILE at accept is handled either way, see
+  // ControlServer::accept_all). The hard limit is the operator's (LimitNOFILE=).
   {
     rlimit rl{};
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

@@ -3,7 +3,8 @@
 //   control_server.cpp  thread "server":  socket, connections, framing, replies
 //   registry.cpp        thread "registry": topics, segments, access, persistence
 //   reaper.cpp          thread "reaper":   pidfds, liveness scan, reclamation, rates
-//   segments.cpp        segment create / re-attach / remove (Boost.Interprocess)
+//   segments.cpp        segment create / re-attach / remove (sealed memfds)
+//   keeper.cpp          the keeper process that holds the segment memfds across restarts
 //   request_codec.cpp   decode + validate a request frame (the fuzz target's entry)
 //   log.cpp             structured JSON logs (spdlog)
 //
@@ -112,15 +113,15 @@ struct TopicSettings {
   bool is_durable() const { return durable || policy == shm::kPolicySpill; }
 };
 
-// One partition's two segments as the daemon holds them: mapped read-write, plus
-// the fds handed to clients (a read-only one for subscribers' data).
+// One partition's segments as the daemon holds them: sealed memfds (no name in
+// /dev/shm; size fixed by F_SEAL_SHRINK | F_SEAL_GROW), mapped read-write, their fds
+// kept for the partition's life (clients get new open file descriptions of them) and
+// held by the segment keeper too, so a restarted daemon gets them back.
 struct Partition {
   std::string topic;
   uint32_t index = 0;
-  std::string data_name, ctl_name;
-  int data_rw = -1, data_ro = -1, ctl_fd = -1;  // only while open_partition runs
-  dev_t dev = 0;                                // the segments' identity, for reopening
-  ino_t data_ino = 0, ctl_ino = 0;
+  std::string data_name, ctl_name;  // the keeper's names (keeper_name)
+  int data_fd = -1, ctl_fd = -1;
   void* data_map = nullptr;
   void* ctl_map = nullptr;
   size_t data_size = 0, ctl_size = 0;
@@ -147,12 +148,65 @@ struct Partition {
   ~Partition();
 };
 
-// Creates the partition's segments (mode 0600, owned by the daemon's uid), or
-// re-attaches existing ones when they match. `reattached` says which.
-std::shared_ptr<Partition> open_partition(const std::string& prefix, const TopicSettings& t, uint32_t p,
+// ---- segment keeper (keeper.cpp)
+// A memfd lives as long as something holds it. So that a partition's contents outlive
+// a daemon that is killed (or stopped), a keeper process holds every segment memfd:
+// forked by the daemon (same uid, its own session, not killed with the daemon), it
+// listens on <state dir>/keeper.sock (SO_PEERCRED: only its uid) and holds fds by
+// name. A daemon at start takes its inventory back (take); each new segment is put,
+// each removed one dropped. A keeper that dies is respawned and re-fed by the running
+// daemon (a watch thread). Without a keeper (disabled, or it cannot be started) the
+// daemon still works; its segments then die with it.
+class SegmentKeeper {
+ public:
+  ~SegmentKeeper();
+  // Connects to the keeper of the state dir (spawning one when none answers) and takes
+  // its inventory. `enabled` false: no keeper at all. Never throws.
+  void start(int state_fd, const std::string& state_dir, const std::string& instance, bool enabled);
+  // Start-up (one thread, before any client): the kept fd of `name`, -1 when none.
+  int take(const std::string& name);
+  // After the registry loaded: what no partition took is dropped; the watch thread
+  // starts.
+  void finish_start();
+  // A segment of `p` the keeper must hold (fd: the partition's own; -1: it holds it
+  // already, from take).
+  void put(const std::string& name, const std::shared_ptr<Partition>& p, int fd);
+  // The partition's segment `name` is gone.
+  void drop(const std::string& name);
+  // Clean stop: a keeper that holds nothing is told to exit (its files go with it).
+  void stop();
+  pid_t keeper_pid() const { return pid_; }
+
+ private:
+  bool connect_locked();
+  bool spawn_locked();
+  bool send_locked(char op, const std::string& name, int fd);
+  void refeed_locked();
+  void retire_locked();
+  void write_pid_locked();
+  void watch();
+  std::mutex mu_;
+  int state_fd_ = -1;
+  std::string state_dir_, instance_;
+  bool enabled_ = false;
+  int conn_ = -1;
+  pid_t pid_ = 0;  // the keeper's pid (SO_PEERCRED)
+  bool our_child_ = false;
+  std::map<std::string, int> inventory_;                  // at start: name -> fd
+  std::map<std::string, std::weak_ptr<Partition>> held_;  // name -> its partition
+  int stop_efd_ = -1;
+  std::thread watcher_;
+};
+// "<topic>/<partition>/data" or ".../ctl": '/' never occurs in a topic name.
+std::string keeper_name(const std::string& topic, uint32_t p, bool data);
+
+// Creates the partition's segments (sealed memfds, 0600, the daemon's uid, handed to
+// the keeper), or re-attaches the ones the keeper kept for a previous daemon when they
+// match. `reattached` says which.
+std::shared_ptr<Partition> open_partition(SegmentKeeper& keeper, const TopicSettings& t, uint32_t p,
                                           bool& reattached);
-// A new fd on one of the partition's segments (by name, checked to be the same
-// inode, owned by us); -1 with errno when it is gone or was replaced.
+// A new open file description of one of the partition's segments (through
+// /proc/self/fd): O_RDONLY, or O_RDWR when `writable`; -1 with errno.
 int reopen_segment(const Partition& p, bool data, bool writable);
 int reopen_wake(const Partition& p, bool writable);
 // A fresh cursor page for a grant: created (O_EXCL, 0600, fallocated), mapped into
@@ -164,7 +218,10 @@ void drop_page(Partition& p, uint64_t id);
 // A new fd of page `id`: read-only (producers) or read-write (its grantee, a resent
 // join); -1 with errno when it is gone.
 int reopen_page(const Partition& p, uint64_t id, bool writable = false);
-void remove_partition_segments(const std::string& prefix, const std::string& topic, uint32_t p);
+// The keeper lets go of the partition's segments (and any named segment an older
+// version left in /dev/shm under the prefix is unlinked).
+void remove_partition_segments(SegmentKeeper& keeper, const std::string& prefix, const std::string& topic,
+                               uint32_t p);
 // A restart takes the previous daemon's memfds back from their holders (pidfd_getfd):
 // between takeback_begin and takeback_end (Registry::load, one thread) the partitions
 // re-attached share one take-back; the counts are logged ("memfds_taken_back").
@@ -464,6 +521,7 @@ class Core {
   spill::Archiver& archiver();
   bool has_archiver() const { return archiver_ != nullptr; }
 
+  SegmentKeeper keeper;  // before the registry: its partitions' fds are put and dropped here
   Registry registry{*this};
   Reaper reaper{*this};
   ControlServer server{*this};

@@ -95,12 +95,15 @@ void Core::start() {
   if (faccessat(state_fd, "log", F_OK, AT_SYMLINK_NOFOLLOW) == 0)
     close(open_private_dir_at(state_fd, "log", opts.state_dir + "/log", "log dir"));
   server.bind(sock_dir_fd);
+  // The segments a previous daemon left are in its keeper (one is started if none runs).
+  keeper.start(state_fd, opts.state_dir, instance, opts.segment_keeper);
   try {
     registry.load();
   } catch (...) {
     server.close_listener();
     throw;
   }
+  keeper.finish_start();
   // Every thread's own fds before any client is accepted: once clients exhaust the
   // fds, a thread still starting up would fail to get them or take the slot the
   // server frees to refuse a connection.
@@ -146,6 +149,7 @@ void Core::wait() {
   if (archiver_) archiver_->stop();
   reaper_q.push(ReaperCmd{ReaperCmd::stop, nullptr, 0});
   t_reaper_.join();
+  keeper.stop();  // it keeps the topics' segments for the next daemon (exits when there are none)
   joined_ = true;
   log_event(instance, LOG_INFO, "stopped", "", getpid(), "");
 }
@@ -166,17 +170,14 @@ namespace {
 class EmbeddedProvider final : public SegmentProvider {
  public:
   EmbeddedProvider(std::shared_ptr<Daemon> d, std::shared_ptr<SegmentProvider> inner, std::string tmp)
-      : d_(std::move(d)), inner_(std::move(inner)), tmp_(std::move(tmp)), prefix_(d_->options().shm_prefix) {}
+      : d_(std::move(d)), inner_(std::move(inner)), tmp_(std::move(tmp)) {}
   ~EmbeddedProvider() override {
     inner_.reset();
     d_->stop();
     d_.reset();
     if (!tmp_.empty()) {
-      // A private daemon: its topics die with it, segments included.
+      // A private daemon: its topics die with it (its segments are memfds).
       std::error_code ec;
-      const std::string pre = prefix_ + ".";
-      for (auto& e : std::filesystem::directory_iterator("/dev/shm", ec))
-        if (e.path().filename().string().rfind(pre, 0) == 0) std::filesystem::remove(e.path(), ec);
       std::filesystem::remove_all(tmp_, ec);
     }
   }
@@ -197,7 +198,6 @@ class EmbeddedProvider final : public SegmentProvider {
   std::shared_ptr<Daemon> d_;
   std::shared_ptr<SegmentProvider> inner_;
   std::string tmp_;
-  std::string prefix_;
 };
 }  // namespace
 
@@ -211,6 +211,7 @@ Bus open_embedded(DaemonOptions opts) {
     }
     tmp = tpl;
     opts.state_dir = tmp + "/state";
+    opts.segment_keeper = false;  // a private daemon: its topics die with it
   }
   if (opts.socket_path.empty()) opts.socket_path = opts.state_dir + "/shmbusd.sock";
   if (opts.shm_prefix.empty()) opts.shm_prefix = "shmbus-emb-" + std::to_string(getpid());

@@ -282,7 +282,7 @@ void Registry::load() {
     if (t.s.ephemeral) {
       // Its connection ended with the previous daemon: the topic goes with it.
       for (uint32_t p = 0; p < t.s.partitions; ++p)
-        remove_partition_segments(core_.opts.shm_prefix, t.s.name, p);
+        remove_partition_segments(core_.keeper, core_.opts.shm_prefix, t.s.name, p);
       log_event(core_.instance, LOG_INFO, "topic_deleted", t.s.name, 0,
                 "ephemeral: its connection ended with the previous daemon");
       must_persist_ = true;
@@ -302,7 +302,7 @@ void Registry::load() {
     try {
       for (uint32_t p = 0; p < t.s.partitions; ++p) {
         bool re = false;
-        t.parts.push_back(open_partition(core_.opts.shm_prefix, t.s, p, re));
+        t.parts.push_back(open_partition(core_.keeper, t.s, p, re));
         again += re;
         if (t.s.is_durable() && !re) continue_log_sequence(*t.parts.back(), log_root());
       }
@@ -1175,7 +1175,7 @@ void Registry::remove_topic(std::map<std::string, Topic>::iterator it, pid_t by,
   }
   for (auto& p : it->second.parts) {
     core_.reaper_q.push(ReaperCmd{ReaperCmd::unwatch_partition, p, 0});
-    remove_partition_segments(core_.opts.shm_prefix, name, p->index);
+    remove_partition_segments(core_.keeper, core_.opts.shm_prefix, name, p->index);
     std::lock_guard<std::mutex> g(p->pages_mu);
     std::vector<uint64_t> ids;
     for (auto& [pid_, pg] : p->pages) ids.push_back(pid_);
@@ -1298,7 +1298,7 @@ void Registry::handle(const RegistryCmd& c) {
       try {
         for (uint32_t p = 0; p < t.partitions; ++p) {
           bool re = false;
-          tp.parts.push_back(open_partition(core_.opts.shm_prefix, t, p, re));
+          tp.parts.push_back(open_partition(core_.keeper, t, p, re));
           if (t.is_durable() && !re) continue_log_sequence(*tp.parts.back(), log_root());
         }
         // The archiver's tethered cursor joins before any producer is granted, so
@@ -1309,7 +1309,7 @@ void Registry::handle(const RegistryCmd& c) {
           for (uint32_t p = 0; p < t.partitions; ++p) core_.archiver().remove_partition(t.name, p);
         tp.parts.clear();
         for (uint32_t p = 0; p < t.partitions; ++p)
-          remove_partition_segments(core_.opts.shm_prefix, t.name, p);
+          remove_partition_segments(core_.keeper, core_.opts.shm_prefix, t.name, p);
         return reply_error(peer, id, proto::ErrorCode::SYSTEM, e.what());
       }
       for (auto& p : tp.parts) core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, p, 0});
@@ -1393,8 +1393,8 @@ void Registry::handle(const RegistryCmd& c) {
         if (dfd >= 0) close(dfd);
         if (cfd >= 0) close(cfd);
         return reply_error(peer, id, proto::ErrorCode::SYSTEM,
-                           "the segments of '" + name + "' partition " + std::to_string(p) +
-                               " are gone from /dev/shm (" + strerror(e) + "): delete and create the topic");
+                           "cannot hand out the segments of '" + name + "' partition " + std::to_string(p) +
+                               ": " + strerror(e));
       }
       core_.reaper_q.push(ReaperCmd{ReaperCmd::client_pid, nullptr, peer.pid});
       log_event(core_.instance, LOG_DEBUG, "open", name, peer.pid,

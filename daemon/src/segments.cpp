@@ -1,6 +1,9 @@
-// Segment lifecycle: create with Boost.Interprocess (mode 0600, the daemon's uid),
-// re-attach after a daemon restart, remove on topic deletion. Clients never open
-// these names: they receive fds over the control socket (SCM_RIGHTS).
+// Segment lifecycle: every segment of a daemon-mode partition is a sealed memfd (mode
+// 0600, the daemon's uid, no name in /dev/shm, its size fixed for good); clients
+// receive new open file descriptions of them over the control socket (SCM_RIGHTS).
+// The data and control segments are held by the segment keeper (keeper.cpp) so that
+// a restarted daemon re-attaches them; the wake segment and the cursor pages are taken
+// back from the clients that hold them.
 #include <atomic>
 #include <cerrno>
 #include <dirent.h>
@@ -12,12 +15,9 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
-
-#include <boost/interprocess/shared_memory_object.hpp>
+#include <tuple>
 
 #include "core.hpp"
-
-namespace bip = boost::interprocess;
 
 namespace shmbus::daemon {
 
@@ -31,7 +31,7 @@ Partition::~Partition() {
   if (wake_map) munmap(wake_map, shm::kWakeSegmentSize);
   for (auto& [id, pg] : pages) munmap(pg, shm::kCursorPageSize);
   for (auto& [id, f] : page_fds) close(f);
-  for (int f : {data_rw, data_ro, ctl_fd, wake_fd})
+  for (int f : {data_fd, ctl_fd, wake_fd})
     if (f >= 0) close(f);
 }
 
@@ -64,23 +64,18 @@ bool matches(const Partition& p, const TopicSettings& t) {
   return true;
 }
 
-// The segments stay mapped; their fds are closed (a daemon with 10 000 topics would
-// otherwise hold 30 000 fds). OPEN reopens them by name and checks the inode.
-void release_fds(Partition& p) {
-  struct stat st {};
-  if (fstat(p.data_rw, &st) == 0) p.dev = st.st_dev, p.data_ino = st.st_ino;
-  if (fstat(p.ctl_fd, &st) == 0) p.ctl_ino = st.st_ino;
-  for (int* f : {&p.data_rw, &p.data_ro, &p.ctl_fd})
-    if (*f >= 0) close(*f), *f = -1;
-}
-
-// Cursor pages and the wake segment are written by subscribers, so their fds reach
-// clients O_RDWR: a tmpfs file could then be ftruncate()d under the daemon's and the
-// producers' mappings (SIGBUS). They are sealed memfds instead: no name in /dev/shm,
-// 0600 (so a read-only fd cannot be reopened writable through /proc by another
-// uid), their size fixed for good (F_SEAL_SHRINK | F_SEAL_GROW, then F_SEAL_SEAL).
+// Every segment reaches some client O_RDWR (the data segment: publishers; the wake
+// segment and cursor pages: subscribers): a tmpfs file could then be ftruncate()d
+// under the daemon's and the other clients' mappings (SIGBUS in all of them, the
+// daemon included). They are sealed memfds instead: no name in /dev/shm, 0600 (so a
+// read-only fd cannot be reopened writable through /proc by another uid), their size
+// fixed for good (F_SEAL_SHRINK | F_SEAL_GROW, then F_SEAL_SEAL). Not F_SEAL_WRITE:
+// publishers and subscribers write them.
 constexpr int kSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 
+// Every page reserved now (posix_fallocate), so a shortage of shared memory is an
+// error here and never a SIGBUS later, in the daemon or a client, when a page is first
+// touched.
 int make_sealed(const char* name, size_t size) {
   int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) return -1;
@@ -293,106 +288,69 @@ TakeBackStats takeback_end() {
   return st;
 }
 
-std::shared_ptr<Partition> open_partition(const std::string& prefix, const TopicSettings& t, uint32_t idx,
+std::shared_ptr<Partition> open_partition(SegmentKeeper& keeper, const TopicSettings& t, uint32_t idx,
                                           bool& reattached) {
   auto p = std::make_shared<Partition>();
   p->topic = t.name;
   p->index = idx;
-  p->data_name = shm_segment_name(prefix, t.name, idx, true);
-  p->ctl_name = shm_segment_name(prefix, t.name, idx, false);
+  p->data_name = keeper_name(t.name, idx, true);
+  p->ctl_name = keeper_name(t.name, idx, false);
   p->data_size = shm::data_segment_size(t.capacity);
   p->ctl_size = shm::control_segment_size(t.slots);
   reattached = false;
-  // 1. Re-attach live segments left by a previous daemon (clients may map them).
+  // 1. Re-attach the segments the keeper kept for a previous daemon (clients may map
+  //    them): ours, sealed, of this topic's sizes, and the data header matching.
   {
-    int d = shm_open(("/" + p->data_name).c_str(), O_RDWR | O_CLOEXEC, 0);
-    int c = shm_open(("/" + p->ctl_name).c_str(), O_RDWR | O_CLOEXEC, 0);
-    struct stat ds {
-    }, cs{};
-    if (d >= 0 && c >= 0 && fstat(d, &ds) == 0 && fstat(c, &cs) == 0 &&
-        uint64_t(ds.st_size) == p->data_size && uint64_t(cs.st_size) == p->ctl_size &&
-        ds.st_uid == geteuid() && cs.st_uid == geteuid()) {
-      p->data_rw = d;
+    const int d = keeper.take(p->data_name), c = keeper.take(p->ctl_name);
+    ino_t ino = 0;
+    if (d >= 0 && c >= 0 && ours_sealed(d, p->data_size, ino) && ours_sealed(c, p->ctl_size, ino)) {
+      p->data_fd = d;
       p->ctl_fd = c;
       p->data_map = map_fd(d, p->data_size, p->data_name);
       p->ctl_map = map_fd(c, p->ctl_size, p->ctl_name);
       if (matches(*p, t)) {
         bind_refs(*p);
-        release_fds(*p);
         attach_wake_and_pages(*p, true);
+        keeper.put(p->data_name, p, -1);  // it holds them already
+        keeper.put(p->ctl_name, p, -1);
         reattached = true;
         return p;
       }
       munmap(p->data_map, p->data_size);
       munmap(p->ctl_map, p->ctl_size);
       p->data_map = p->ctl_map = nullptr;
-      p->data_rw = p->ctl_fd = -1;
+      p->data_fd = p->ctl_fd = -1;
     }
     if (d >= 0) close(d);
     if (c >= 0) close(c);
   }
-  // 2. Create fresh (replacing anything stale under these names).
-  bip::shared_memory_object::remove(p->data_name.c_str());
-  bip::shared_memory_object::remove(p->ctl_name.c_str());
-  try {
-    bip::permissions perm(0600);
-    bip::shared_memory_object cobj(bip::create_only, p->ctl_name.c_str(), bip::read_write, perm);
-    cobj.truncate(bip::offset_t(p->ctl_size));
-    bip::shared_memory_object dobj(bip::create_only, p->data_name.c_str(), bip::read_write, perm);
-    dobj.truncate(bip::offset_t(p->data_size));
-    // A failed duplicate (EMFILE) is reported with its own errno: unchecked, the -1
-    // reached fallocate, which said "Bad file descriptor".
-    int e = 0;
-    if ((p->ctl_fd = fcntl(cobj.get_mapping_handle().handle, F_DUPFD_CLOEXEC, 0)) < 0 ||
-        (p->data_rw = fcntl(dobj.get_mapping_handle().handle, F_DUPFD_CLOEXEC, 0)) < 0)
-      e = errno;
-    if (e) {
-      remove_partition_segments(prefix, t.name, idx);
-      throw Error(ErrorCode::system, p->data_name + ": cannot keep the new segments open: " + strerror(e), e);
-    }
-  } catch (const bip::interprocess_exception& e) {
-    remove_partition_segments(prefix, t.name, idx);
-    throw Error(ErrorCode::system, p->data_name + ": " + e.what(), e.get_native_error());
-  }
-  // Whatever the umask did: owner-only. Access goes through the daemon's fds.
-  fchmod(p->ctl_fd, 0600);
-  fchmod(p->data_rw, 0600);
-  // Every page now, so a full /dev/shm is this error and never a SIGBUS later (in
-  // the daemon or a client) when a page is first touched.
-  for (auto [fd, size] : {std::pair{p->ctl_fd, p->ctl_size}, std::pair{p->data_rw, p->data_size}}) {
-    int e = posix_fallocate(fd, 0, off_t(size));
-    if (e != 0) {
-      remove_partition_segments(prefix, t.name, idx);
-      throw Error(
-          ErrorCode::system,
-          p->data_name + ": cannot reserve " + std::to_string(size) + " bytes in /dev/shm: " + strerror(e),
-          e);
+  // 2. Create fresh (the keeper replaces what it held under these names).
+  const std::string tag = (t.name + "." + std::to_string(idx)).substr(0, 200);
+  for (auto [fd, size, kind] : {std::tuple{&p->ctl_fd, p->ctl_size, "shmbus-ctl:"},
+                                std::tuple{&p->data_fd, p->data_size, "shmbus-data:"}}) {
+    if ((*fd = make_sealed((kind + tag).c_str(), size)) < 0) {
+      const int e = errno;
+      throw Error(ErrorCode::system,
+                  "partition " + std::to_string(idx) + " of '" + t.name + "': cannot make a " +
+                      std::to_string(size) + "-byte shared memory segment: " + strerror(e),
+                  e);
     }
   }
-  p->data_map = map_fd(p->data_rw, p->data_size, p->data_name);
+  p->data_map = map_fd(p->data_fd, p->data_size, p->data_name);
   p->ctl_map = map_fd(p->ctl_fd, p->ctl_size, p->ctl_name);
   uint64_t maxp = t.max_payload ? t.max_payload : t.capacity / 4;
   shm::init_segments(static_cast<shm::DataHeader*>(p->data_map), static_cast<shm::ControlHeader*>(p->ctl_map),
                      t.capacity, t.slots, t.multi_producer ? shm::kFlagMultiProducer : 0u, t.policy, idx,
                      t.schema_id, maxp, realtime_ns());
   bind_refs(*p);
-  release_fds(*p);
   attach_wake_and_pages(*p, false);
+  keeper.put(p->data_name, p, p->data_fd);
+  keeper.put(p->ctl_name, p, p->ctl_fd);
   return p;
 }
 
 int reopen_segment(const Partition& p, bool data, bool writable) {
-  const std::string& n = data ? p.data_name : p.ctl_name;
-  int fd = shm_open(("/" + n).c_str(), (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  struct stat st {};
-  if (fstat(fd, &st) < 0 || st.st_dev != p.dev || st.st_ino != (data ? p.data_ino : p.ctl_ino) ||
-      st.st_uid != geteuid()) {
-    close(fd);
-    errno = ESTALE;
-    return -1;
-  }
-  return fd;
+  return reopen_own(data ? p.data_fd : p.ctl_fd, writable);
 }
 
 int reopen_wake(const Partition& p, bool writable) { return reopen_own(p.wake_fd, writable); }
@@ -437,10 +395,14 @@ int reopen_page(const Partition& p, uint64_t id, bool writable) {
   return reopen_own(f == p.page_fds.end() ? -1 : f->second, writable);
 }
 
-void remove_partition_segments(const std::string& prefix, const std::string& topic, uint32_t p) {
-  shm_unlink(("/" + prefix + "." + topic + "." + std::to_string(p) + ".wake").c_str());  // of 3.0 stage 1
-  bip::shared_memory_object::remove(shm_segment_name(prefix, topic, p, true).c_str());
-  bip::shared_memory_object::remove(shm_segment_name(prefix, topic, p, false).c_str());
+void remove_partition_segments(SegmentKeeper& keeper, const std::string& prefix, const std::string& topic,
+                               uint32_t p) {
+  keeper.drop(keeper_name(topic, p, true));
+  keeper.drop(keeper_name(topic, p, false));
+  // Named segments of versions before the memfds (and of 3.0 stage 1's wake).
+  shm_unlink(("/" + prefix + "." + topic + "." + std::to_string(p) + ".wake").c_str());
+  shm_unlink(("/" + shm_segment_name(prefix, topic, p, true)).c_str());
+  shm_unlink(("/" + shm_segment_name(prefix, topic, p, false)).c_str());
 }
 
 }  // namespace shmbus::daemon

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <map>
 #include <random>
+#include <thread>
 
 #include "daemon_util.hpp"
 #include "shmbus/daemon_client.hpp"
@@ -283,8 +284,8 @@ TEST_CASE("the daemon killed under load restarts, re-attaches the live segments 
     bus.create_topic(topic, {.capacity = 32768, .multi_producer = (t % 2) == 1});
     Subscriber sub = bus.subscriber(topic);
     Verifier ver;
-    struct stat before {};
-    REQUIRE(stat(("/dev/shm/" + d.prefix + "." + topic + ".0.data").c_str(), &before) == 0);
+    const ino_t before = segment_inode(d.proc.pid(), topic, 0, true);  // a memfd: no name in /dev/shm
+    REQUIRE(before != 0);
     Child prod({H(), "pub", d.sock, topic, "1", "3000", std::to_string(rng())});
     REQUIRE(prod.read_char(10000) == 'R');
     const uint64_t upto = rng() % 1000;
@@ -293,9 +294,7 @@ TEST_CASE("the daemon killed under load restarts, re-attaches the live segments 
     REQUIRE(d.start());
     // The client reconnects transparently; the topic and its segments are the same.
     REQUIRE(bus.partitions(topic) == 1);
-    struct stat after {};
-    REQUIRE(stat(("/dev/shm/" + d.prefix + "." + topic + ".0.data").c_str(), &after) == 0);
-    CHECK(after.st_ino == before.st_ino);
+    CHECK(segment_inode(d.proc.pid(), topic, 0, true) == before);
     bool ok = drain(sub, ver, [&] { return ver.next[1] == 3000; });
     INFO("trial " << t << ": " << ver.error);
     REQUIRE(ok);
@@ -307,6 +306,139 @@ TEST_CASE("the daemon killed under load restarts, re-attaches the live segments 
   CHECK(client->reconnects() >= uint32_t(trials));
   client.reset();
   bus = Bus(nullptr);
+  REQUIRE(d.stop());
+  CHECK(d.leaks().empty());
+}
+
+// ---------------------------------------------------------------------------
+// The segment keeper (issue 9, item 2): the data and control segments are sealed
+// memfds; while no daemon runs, the keeper process holds them.
+
+namespace {
+
+// A durable subscriber "k" parked at the start of `topic`, then n messages published
+// ("m-<i>"); every client closed afterwards.
+void publish_parked(const std::string& sock, const std::string& topic, int n) {
+  Bus bus = Bus::connect(sock);
+  bus.create_topic(topic, {.capacity = 65536});
+  { Subscriber s = bus.subscriber(topic, {.name = "k"}); }
+  Publisher pub = bus.publisher(topic);
+  for (int i = 0; i < n; ++i) {
+    const std::string m = "m-" + std::to_string(i);
+    REQUIRE(pub.offer(m.data(), m.size()) == Status::ok);
+  }
+}
+
+// Resumes "k" and reads the n messages in order.
+void read_parked(const std::string& sock, const std::string& topic, int n) {
+  Bus bus = Bus::connect(sock);
+  Subscriber s = bus.subscriber(topic, {.name = "k"});
+  for (int i = 0; i < n; ++i) {
+    View v;
+    INFO("message " << i);
+    REQUIRE(s.poll_wait(v, 5'000'000'000) == Status::ok);
+    REQUIRE(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "m-" + std::to_string(i));
+    s.release(v);
+  }
+}
+
+// The keeper, once its pid file names a live keeper other than `old` (the daemon
+// writes it after it fed the keeper); 0 at the watchdog.
+pid_t wait_new_keeper(const std::string& state, pid_t old) {
+  const uint64_t until = now_ns() + 10'000'000'000ull;
+  for (;;) {
+    const pid_t k = keeper_pid(state);
+    if (k && k != old) return k;
+    if (now_ns() > until) return 0;
+    std::this_thread::yield();
+  }
+}
+
+bool log_has(const DaemonProc& d, const std::string& what) {
+  FILE* f = fopen(d.log.c_str(), "r");
+  if (!f) return false;
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+  fclose(f);
+  return text.find(what) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("the daemon SIGKILLed with no client attached restarts with every topic's contents",
+          "[crash][daemon][keeper]") {
+  DaemonProc d("keep");
+  REQUIRE(d.start());
+  const pid_t keeper = keeper_pid(d.state);
+  REQUIRE(keeper > 0);
+  publish_parked(d.sock, "keep.a", 300);
+  const ino_t data = segment_inode(keeper, "keep.a", 0, true),
+              ctl = segment_inode(keeper, "keep.a", 0, false);
+  CHECK(data != 0);
+  CHECK(ctl != 0);
+  d.crash();
+  CHECK(keeper_pid(d.state) == keeper);  // not killed with the daemon
+  REQUIRE(d.start());
+  CHECK(keeper_pid(d.state) == keeper);  // found, not replaced
+  CHECK(segment_inode(d.proc.pid(), "keep.a", 0, true) == data);
+  read_parked(d.sock, "keep.a", 300);
+  CHECK(log_has(d, "\"topic_reattached\""));
+  Bus::connect(d.sock).remove_topic("keep.a");
+  REQUIRE(d.stop());
+  CHECK(keeper_pid(d.state) == 0);  // nothing left to keep: it went with the daemon
+  CHECK(d.leaks().empty());
+}
+
+TEST_CASE(
+    "a keeper SIGKILLed while the daemon runs is replaced and re-fed; a daemon restart keeps the contents",
+    "[crash][daemon][keeper]") {
+  DaemonProc d("keeprespawn");
+  REQUIRE(d.start());
+  const pid_t first = keeper_pid(d.state);
+  REQUIRE(first > 0);
+  publish_parked(d.sock, "keep.b", 300);
+  kill_keeper(d.state);
+  const pid_t second = wait_new_keeper(d.state, first);
+  REQUIRE(second > 0);
+  CHECK(segment_inode(second, "keep.b", 0, true) == segment_inode(d.proc.pid(), "keep.b", 0, true));
+  CHECK(segment_inode(second, "keep.b", 0, false) != 0);
+  d.crash();
+  REQUIRE(d.start());
+  CHECK(keeper_pid(d.state) == second);
+  read_parked(d.sock, "keep.b", 300);
+  Bus::connect(d.sock).remove_topic("keep.b");
+  REQUIRE(d.stop());
+  CHECK(d.leaks().empty());
+}
+
+TEST_CASE("daemon and keeper both SIGKILLed: the topic is re-created empty and the daemon serves",
+          "[crash][daemon][keeper]") {
+  DaemonProc d("keeplost");
+  REQUIRE(d.start());
+  const pid_t first = keeper_pid(d.state);
+  REQUIRE(first > 0);
+  publish_parked(d.sock, "keep.c", 10);
+  d.crash();
+  kill_keeper(d.state);
+  REQUIRE(d.start());
+  CHECK(wait_new_keeper(d.state, first) > 0);
+  CHECK(log_has(d, "\"topic_recreated\""));
+  {
+    Bus bus = Bus::connect(d.sock);
+    REQUIRE(bus.partitions("keep.c") == 1);
+    Subscriber s = bus.subscriber("keep.c");
+    CHECK(shm::aref(s.refs().data->tail_pos).load() == 0);  // empty: nothing of before
+    Publisher pub = bus.publisher("keep.c");
+    REQUIRE(pub.offer("fresh", 5) == Status::ok);
+    View v;
+    REQUIRE(s.poll_wait(v, 5'000'000'000) == Status::ok);
+    CHECK(std::string(reinterpret_cast<const char*>(v.data()), v.size()) == "fresh");
+    s.release(v);
+    s.close();
+    bus.remove_topic("keep.c");
+  }
   REQUIRE(d.stop());
   CHECK(d.leaks().empty());
 }

@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
       const char* shm_r = "ok";
       int fd = shm_open(shm, O_RDONLY, 0);
       if (fd < 0)
-        shm_r = errno == EACCES ? "denied" : "err";
+        shm_r = errno == EACCES ? "denied" : errno == ENOENT ? "none" : "err";
       else
         close(fd);
       std::printf("open:%s shm:%s\n", open_r, shm_r);

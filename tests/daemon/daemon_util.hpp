@@ -40,6 +40,63 @@ inline std::vector<std::string> shm_files(const std::string& prefix) {
 
 inline std::string daemon_path() { return SHMBUS_TEST_SHMBUSD; }
 
+// The segment keeper of a state dir (its pid file, checked to name a live
+// "shmbus-keeper"), or 0.
+inline pid_t keeper_pid(const std::string& state_dir) {
+  FILE* f = fopen((state_dir + "/keeper.pid").c_str(), "r");
+  if (!f) return 0;
+  long pid = 0;
+  if (fscanf(f, "%ld", &pid) != 1) pid = 0;
+  fclose(f);
+  if (pid <= 0) return 0;
+  char comm[64] = {};
+  FILE* c = fopen(("/proc/" + std::to_string(pid) + "/comm").c_str(), "r");
+  if (!c) return 0;
+  const bool ok = fgets(comm, sizeof comm, c) && std::string(comm) == "shmbus-keeper\n";
+  fclose(c);
+  return ok ? pid_t(pid) : 0;
+}
+
+// SIGKILLs the keeper of a state dir and waits until it is gone (a test's daemons
+// leave no process behind).
+inline void kill_keeper(const std::string& state_dir) {
+  const pid_t pid = keeper_pid(state_dir);
+  if (!pid) return;
+  const int pfd = int(syscall(SYS_pidfd_open, pid, 0));
+  if (pfd < 0) return;
+  syscall(SYS_pidfd_send_signal, pfd, SIGKILL, nullptr, 0);
+  pollfd p{pfd, POLLIN, 0};
+  poll(&p, 1, 10000);
+  close(pfd);
+}
+
+// The inode of a segment as process `pid` (a daemon, a keeper) holds it: its memfd is
+// named "shmbus-data:<topic>.<p>" (or shmbus-ctl:); 0 when it holds none.
+inline ino_t segment_inode(pid_t pid, const std::string& topic, uint32_t p, bool data) {
+  const std::string want = std::string("/memfd:shmbus-") + (data ? "data:" : "ctl:") + topic + "." +
+                           std::to_string(p) + " (deleted)";
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    char link[512];
+    const ssize_t n = readlink(e.path().c_str(), link, sizeof link - 1);
+    struct stat st {};
+    if (n > 0 && std::string(link, size_t(n)) == want && stat(e.path().c_str(), &st) == 0) return st.st_ino;
+  }
+  return 0;
+}
+
+// Every keeper under dir (state dirs up to two levels down).
+inline void kill_keepers_under(const std::string& dir) {
+  std::error_code ec;
+  kill_keeper(dir);
+  for (auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    if (!e.is_directory(ec)) continue;
+    kill_keeper(e.path());
+    for (auto& f : std::filesystem::directory_iterator(e.path(), ec))
+      if (f.is_directory(ec)) kill_keeper(f.path());
+  }
+}
+
 // Runs argv to completion and returns its stdout (watchdog: 20 s without output, then
 // 20 s for the exit).
 inline std::string run_capture(const std::vector<std::string>& args, const std::vector<std::string>& env = {},
@@ -86,6 +143,7 @@ struct DaemonProc {
   }
   ~DaemonProc() {
     proc.kill_now();
+    kill_keeper(state);
     report_sanitizer();
     if (notify_fd >= 0) close(notify_fd);
     for (auto& f : shm_files(prefix)) unlink(("/dev/shm/" + f).c_str());

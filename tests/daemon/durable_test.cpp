@@ -47,7 +47,8 @@ struct Embedded {
   Bus bus() { return Bus::connect(o.socket_path); }
   ~Embedded() {
     if (d) d->stop();
-    for (auto& f : shm_files(o.shm_prefix)) unlink(("/dev/shm/" + f).c_str());
+    d.reset();
+    kill_keeper(o.state_dir);  // it keeps the topics' segments after a stop
     std::error_code ec;
     std::filesystem::remove_all(dir, ec);
   }

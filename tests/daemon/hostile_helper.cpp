@@ -29,6 +29,10 @@
 //   truncate SOCK TOPIC            take a tethered grant, ftruncate its cursor page and the wake segment
 //                                  (to 1 MiB, then to 0) -> truncate:page=<sealed|truncated>
 //                                  wake=<sealed|truncated>, then hangs holding the grant
+//   truncate-data SOCK TOPIC       open TOPIC as a publisher and ftruncate the data segment's fd (to
+//                                  1 MiB, then to 0), and reopen it and the control segment's fd
+//                                  writable through /proc/self/fd -> truncate-data:data=<sealed|truncated>
+//                                  reopen=<denied|opened>, then hangs holding the fds
 //   leave SOCK TOPIC SLOT GEN      leave another's grant over our own connection -> leave:<ok|notfound>
 //   leave-reuse SOCK TOPIC         (root) a connection whose recorded pid is then given to a victim
 //                                  subscriber (clone3 set_tid) sends the victim's leave
@@ -390,6 +394,29 @@ int main(int argc, char** argv) {
         return any ? "truncated" : "sealed";
       };
       std::printf("truncate:page=%s wake=%s\n", cut(jn.fds.at(0)), cut(op.fds.at(2)));
+      std::fflush(stdout);
+      for (;;) pause();
+    } else if (mode == "truncate-data") {
+      // A publisher's data fd is O_RDWR: a regular tmpfs file would shrink under every
+      // mapping (the daemon's, the subscribers') and SIGBUS them all.
+      auto c = DaemonClient::connect(o);
+      auto op = c->call([&](proto::Request::Builder r) {
+        auto x = r.initOpen();
+        x.setTopic(topic);
+        x.setPartition(0);
+        x.setRole(proto::Role::PUBLISHER);
+      });
+      bool any = ftruncate(op.fds.at(0), off_t(1) << 20) == 0;
+      any = (ftruncate(op.fds.at(0), 0) == 0) || any;
+      bool opened = false;
+      for (int i : {0, 1}) {
+        const int f =
+            open(("/proc/self/fd/" + std::to_string(op.fds.at(size_t(i)))).c_str(), O_RDWR | O_CLOEXEC);
+        if (f >= 0 && i == 1) opened = true;  // the data fd is O_RDWR already
+        if (f >= 0) close(f);
+      }
+      std::printf("truncate-data:data=%s reopen=%s\n", any ? "truncated" : "sealed",
+                  opened ? "opened" : "denied");
       std::fflush(stdout);
       for (;;) pause();
     } else if (mode == "leave") {

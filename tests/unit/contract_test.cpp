@@ -355,16 +355,15 @@ TEST_CASE("request/response: a late reply to a timed-out request is never taken 
 // ------------------------------------------------------------------ ephemeral reply topics
 
 namespace {
-// Does the daemon (through the API and the CLI) still know `topic`, and are its
-// segments still in /dev/shm?
+// Does the daemon (through the API and the CLI) still know `topic`, and does it still
+// hold its segments (memfds: in its fd table, not in /dev/shm)?
 bool topic_listed(const DaemonProc& d, const std::string& topic) {
   const std::string out = run_capture({kCli, "--socket", d.sock, "topic", "list"});
   return out.find(topic) != std::string::npos;
 }
 bool segments_present(const DaemonProc& d, const std::string& topic) {
-  for (auto& f : shm_files(d.prefix))
-    if (f.find(topic) != std::string::npos) return true;
-  return false;
+  return segment_inode(d.proc.pid(), topic, 0, true) != 0 ||
+         segment_inode(d.proc.pid(), topic, 0, false) != 0;
 }
 // The topic is gone within `ms` (the daemon notices a closed connection on its own,
 // asynchronously to this one); how long it took in ms, or -1.

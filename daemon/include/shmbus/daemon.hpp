@@ -19,9 +19,12 @@
 namespace shmbus {
 
 struct DaemonOptions {
-  std::string socket_path;           // empty: default_socket_path()
-  std::string state_dir;             // empty: <socket dir>/state
-  std::string shm_prefix;            // segment name prefix; empty: "shmbusd-<uid>"
+  std::string socket_path;  // empty: default_socket_path()
+  std::string state_dir;    // empty: <socket dir>/state
+  std::string shm_prefix;   // only to remove named segments of older versions
+  // Start (or find) the segment keeper that holds the topics' segments (memfds) across
+  // daemon restarts; false: they die with this daemon (docs/operations.md).
+  bool segment_keeper = true;
   int64_t reclaim_interval_ms = 20;  // liveness scan period (pidfds react at once)
   uint32_t max_clients = 1024;
   uint32_t max_topics = 4096;
