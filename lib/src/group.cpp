@@ -166,8 +166,11 @@ bool GroupSubscriber::sync() {
 
 Status GroupSubscriber::poll(GroupView& out) {
   if (!open_) return Status::closed;
-  uint64_t now = shm::monotonic_ns();
-  if (now - last_sync_ns_ >= uint64_t(opts_.sync_interval_ns)) slow_path(now);
+  // The clock is read every 16th poll (busy) and on every empty round: a clock read
+  // costs more than the poll itself.
+  uint64_t now = 0;
+  if ((++polls_ & 15) == 0 && (now = shm::monotonic_ns()) - last_sync_ns_ >= uint64_t(opts_.sync_interval_ns))
+    slow_path(now);
   for (int round = 0; round < 2; ++round) {
     const size_t n = held_.size();
     for (size_t k = 0; k < n; ++k) {
@@ -185,12 +188,15 @@ Status GroupSubscriber::poll(GroupView& out) {
       out = GroupView(v, h.partition);
       return Status::ok;
     }
-    // An empty round while a partition is still to be taken (its previous holder
-    // had not let go), or with nothing held: the slow path (at most every
-    // idle_sync_ns), then one more round.
+    // An empty round: the slow path when due, or while a partition is still to be
+    // taken (its previous holder had not let go) or nothing is held, at most every
+    // idle_sync_ns; then one more round.
     if (round == 0) {
       now = shm::monotonic_ns();
-      if (!(want_ || held_.empty()) || now - last_sync_ns_ < uint64_t(opts_.idle_sync_ns)) break;
+      const uint64_t since = now - last_sync_ns_;
+      if (since < uint64_t(opts_.sync_interval_ns) &&
+          (!(want_ || held_.empty()) || since < uint64_t(opts_.idle_sync_ns)))
+        break;
       slow_path(now);
     }
   }

@@ -127,6 +127,7 @@ class GroupSubscriber {
   std::vector<Held> held_;  // by partition, ascending
   size_t rr_ = 0;
   uint64_t last_sync_ns_ = 0;
+  uint64_t polls_ = 0;
   bool want_ = false;  // an assigned partition is not held yet
   bool open_ = false;
   GroupStats stats_;
