@@ -48,10 +48,10 @@ void* map_fd(int fd, size_t n, const std::string& name) {
 
 // Re-attach check: the existing data segment must be ours, of this layout and of the
 // registry's settings; otherwise the caller recreates them. Only the data segment's
-// identity counts: subscribers cannot write it. The control segment's identity line
-// (any subscriber can write it) is restored from the registry instead, so a
-// subscriber that flipped its magic cannot make a restarted daemon recreate the
-// topic empty; its size was checked against the registry by the caller.
+// identity counts. The control segment's identity line is restored from the
+// registry instead (clients map it read-only since the segments are memfds; before,
+// any subscriber could write it, and a flipped magic made a restart recreate the
+// topic empty); its size was checked against the registry by the caller.
 bool matches(const Partition& p, const TopicSettings& t) {
   auto* d = static_cast<const shm::DataHeader*>(p.data_map);
   uint32_t v = std::atomic_ref<const uint32_t>(d->layout_version).load(std::memory_order_acquire);
