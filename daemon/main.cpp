@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   app.add_option("--socket", o.socket_path,
                  "control socket path (default " + shmbus::default_socket_path() + ")");
   app.add_option("--state-dir", o.state_dir, "registry state directory (default <socket dir>/state)");
-  app.add_option("--shm-prefix", o.shm_prefix, "segment name prefix (memfd names, seen in /proc/PID/fd; default shmbusd-<uid>)");
+  app.add_option("--shm-prefix", o.shm_prefix,
+                 "segment name prefix (memfd names, seen in /proc/PID/fd; default shmbusd-<uid>)");
   app.add_option("--reclaim-interval-ms", o.reclaim_interval_ms,
                  "liveness scan period (pidfds react at once)");
   app.add_option("--durable-hold-ms", o.durable_hold_ms,
