@@ -11,6 +11,9 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -73,7 +76,9 @@ TEST_CASE(
     Subscriber sub = g.bus.subscriber(g.topic, so);
     const int m = 50;
     std::atomic<int> got{0};
+    std::atomic<pid_t> tid{0};
     std::thread t([&] {
+      tid = pid_t(syscall(SYS_gettid));
       View v;
       while (got.load() < m) {
         if (sub.poll_wait(v, 5'000'000'000) != Status::ok) continue;
@@ -86,7 +91,10 @@ TEST_CASE(
     for (int i = 0; i < m; ++i) {
       auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
       while (waiter_bits(pub) == 0 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
-      REQUIRE(waiter_bits(pub) != 0);  // the subscriber is asleep
+      REQUIRE(waiter_bits(pub) != 0);
+      // Its bit is raised before its last re-check: only once the kernel has it asleep
+      // is a commit sure to find the bit still set (else it finds the data itself).
+      REQUIRE(shmbus::test::wait_until_asleep(tid));
       REQUIRE(pub.offer(&x, sizeof x) == Status::ok);
       while (got.load() <= i && std::chrono::steady_clock::now() < until) std::this_thread::yield();
       REQUIRE(got.load() == i + 1);
