@@ -323,6 +323,85 @@ SHMBUS_API int shmbus_publisher_interrupt(shmbus_publisher_t* pub);
 SHMBUS_API int shmbus_publisher_wait_space(shmbus_publisher_t* pub, uint32_t max_bytes, int64_t timeout_ns);
 SHMBUS_API int shmbus_subscriber_stats(shmbus_subscriber_t* sub, shmbus_subscriber_stats_t* out);
 
+/* ---- consumer groups (symbol version SHMBUS_1.4) -----------------------------
+ * One member of a consumer group (docs/messaging.md, "Consumer groups"); needs a
+ * daemon bus. The members of a group split the topic's partitions (the daemon
+ * assigns an even, sticky share per member; joins, leaves and deaths rebalance).
+ * On each assigned partition a member reads as the durable subscriber
+ * "group:<group>": the group's committed position on that partition is the last
+ * release, and it survives member deaths and daemon restarts. Delivery is at least
+ * once per group, in order per partition: what a member polled and did not release
+ * before it died is read again by the partition's next holder.
+ *
+ * The slow path (a round trip to the daemon) runs inside poll/poll_wait, every
+ * sync_interval_ns, and at most every idle_sync_ns while an assigned partition is
+ * still held by its previous owner; it may fail like an open (access refused, the
+ * topic went, no daemon): such a poll returns that code, the member stays usable.
+ * A handle is used from one thread at a time (shmbus_group_subscriber_interrupt
+ * excepted). A view is valid until released (or the handle is closed). */
+typedef struct shmbus_group_subscriber shmbus_group_subscriber_t;
+
+typedef struct shmbus_group_options {
+  uint32_t size;            /* sizeof(shmbus_group_options_t), set by _init */
+  uint32_t tethered;        /* 1 (default): held partitions hold producers back */
+  uint32_t wait;            /* SHMBUS_WAIT_*; default HYBRID */
+  int32_t open_timeout_ms;  /* default 5000 */
+  int64_t spin_ns;          /* hybrid: spin this long before sleeping; default 20 us */
+  int64_t sync_interval_ns; /* longest between two syncs with the daemon; default 10 ms */
+  int64_t idle_sync_ns;     /* waiting to take a partition: at most this often; default 1 ms */
+} shmbus_group_options_t;
+
+/* A polled message and the partition it came from. */
+typedef struct shmbus_group_view {
+  shmbus_view_t view;
+  uint32_t partition;
+  uint32_t reserved;
+} shmbus_group_view_t;
+
+typedef struct shmbus_group_stats {
+  uint64_t received;
+  uint64_t syncs;
+  uint64_t rebalances;   /* assignments that changed what this member should hold */
+  uint64_t taken;        /* partitions taken */
+  uint64_t given_up;     /* partitions parked for another member */
+  uint64_t take_retries; /* takes refused while the previous holder had not let go */
+  uint64_t rejoins;      /* joined again after the daemon forgot the member (a restart) */
+  uint64_t member_id;
+  uint32_t generation; /* of the group's last assignment this member saw */
+  uint32_t assigned;   /* partitions the daemon assigned to this member */
+} shmbus_group_stats_t;
+
+SHMBUS_API void shmbus_group_options_init(shmbus_group_options_t* o);
+/* Joins `group` on `topic` (opts NULL: defaults) and takes the partitions it is
+ * assigned that are free. SHMBUS_E_UNSUPPORTED on a bus without a daemon. */
+SHMBUS_API int shmbus_group_subscriber_open(shmbus_bus_t* bus, const char* topic, const char* group,
+                                            const shmbus_group_options_t* opts,
+                                            shmbus_group_subscriber_t** out);
+/* Parks every held partition (committed up to the last release) and leaves the group. */
+SHMBUS_API void shmbus_group_subscriber_close(shmbus_group_subscriber_t* g);
+/* The next message of any held partition (round robin), or SHMBUS_E_EMPTY. */
+SHMBUS_API int shmbus_group_subscriber_poll(shmbus_group_subscriber_t* g, shmbus_group_view_t* out);
+/* The same, waiting up to timeout_ns (<0: forever): SHMBUS_E_TIMED_OUT, or
+ * SHMBUS_E_INTERRUPTED when shmbus_group_subscriber_interrupt ended the wait. */
+SHMBUS_API int shmbus_group_subscriber_poll_wait(shmbus_group_subscriber_t* g, shmbus_group_view_t* out,
+                                                 int64_t timeout_ns);
+/* Releases (commits) `v` and every view polled before it on its partition.
+ * SHMBUS_E_INVALID_ARGUMENT for a view this member did not poll or released already. */
+SHMBUS_API int shmbus_group_subscriber_release(shmbus_group_subscriber_t* g, const shmbus_group_view_t* v);
+/* Releases every view polled so far, on every partition. */
+SHMBUS_API int shmbus_group_subscriber_release_all(shmbus_group_subscriber_t* g);
+/* Runs the slow path now; *changed (may be NULL) = 1 when the held partitions changed. */
+SHMBUS_API int shmbus_group_subscriber_sync(shmbus_group_subscriber_t* g, int* changed);
+/* The partitions held (read) now, ascending: up to `max` into out; *n gets how many
+ * there are (may exceed max). */
+SHMBUS_API int shmbus_group_subscriber_partitions(shmbus_group_subscriber_t* g, uint32_t* out, size_t max,
+                                                  size_t* n);
+SHMBUS_API int shmbus_group_subscriber_stats(shmbus_group_subscriber_t* g, shmbus_group_stats_t* out);
+/* Ends a poll_wait blocked on `g` in another thread at once (SHMBUS_E_INTERRUPTED);
+ * raised while nothing waits, it ends the next poll_wait at once, one time. May run
+ * concurrently with any call on `g` but close; async-signal-safe. */
+SHMBUS_API int shmbus_group_subscriber_interrupt(shmbus_group_subscriber_t* g);
+
 /* ---- Cap'n Proto helpers -------------------------------------------------- */
 /* Checks that a view holds a well-formed flat Cap'n Proto message (segment table
  * within bounds) and returns its first segment: *seg0 and *seg0_words. For

@@ -26,6 +26,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include <kj/exception.h>
 
@@ -33,6 +34,7 @@
 #include "shmbus/daemon.hpp"
 #include "shmbus/daemon_client.hpp"
 #include "shmbus/error.hpp"
+#include "shmbus/group.hpp"
 #include "shmbus/publisher.hpp"
 #include "shmbus/replay.hpp"
 #include "shmbus/subscriber.hpp"
@@ -47,6 +49,10 @@ static_assert(sizeof(shmbus_view_t) == 64, "ABI: shmbus_view_t");
 static_assert(offsetof(shmbus_view_t, next_position) == 56, "ABI: shmbus_view_t");
 static_assert(sizeof(shmbus_subscriber_stats_t) == 32, "ABI: shmbus_subscriber_stats_t");
 static_assert(sizeof(shmbus_durable_config_t) == 40, "ABI: shmbus_durable_config_t");
+static_assert(sizeof(shmbus_group_options_t) == 40, "ABI: shmbus_group_options_t");
+static_assert(sizeof(shmbus_group_view_t) == 72 && offsetof(shmbus_group_view_t, partition) == 64,
+              "ABI: shmbus_group_view_t");
+static_assert(sizeof(shmbus_group_stats_t) == 72, "ABI: shmbus_group_stats_t");
 static_assert(SHMBUS_FLUSH_NONE == int(shmbus::TopicConfig::Flush::none) &&
               SHMBUS_FLUSH_INTERVAL == int(shmbus::TopicConfig::Flush::interval) &&
               SHMBUS_FLUSH_BATCH == int(shmbus::TopicConfig::Flush::batch));
@@ -79,6 +85,24 @@ struct shmbus_subscriber {
   // start other than LATEST: the replaying subscriber (sub is then empty).
   std::unique_ptr<shmbus::ReplaySubscriber> replay{};
   uint64_t released_seq = 0;  // replay: highest sequence released
+};
+
+struct shmbus_group_subscriber {
+  shmbus::GroupSubscriber g;
+  // Per partition ever held: what a release may name (a view's next position lies
+  // in (released, polled]); the token in a view comes from the caller: checked.
+  struct Range {
+    uint32_t partition;
+    uint64_t released;
+    uint64_t polled;
+  };
+  std::vector<Range> ranges{};
+  uint64_t given_up = 0;  // GroupStats::given_up when ranges were last pruned
+  Range* range(uint32_t p) {
+    for (auto& r : ranges)
+      if (r.partition == p) return &r;
+    return nullptr;
+  }
 };
 
 namespace {
@@ -1008,6 +1032,200 @@ int shmbus_subscriber_stats(shmbus_subscriber_t* sub, shmbus_subscriber_stats_t*
   out->waits = s.waits;
   out->corrupt = s.corrupt;
   out->position = sub->sub->position();
+  return SHMBUS_OK;
+}
+
+// ---- consumer groups --------------------------------------------------------------
+namespace {
+int group_status(shmbus_group_subscriber_t* g, shmbus::Status s, const shmbus::GroupView& v,
+                 shmbus_group_view_t* out) {
+  if (s != shmbus::Status::ok) {
+    std::memset(out, 0, sizeof *out);
+    return s == shmbus::Status::empty ? SHMBUS_E_EMPTY : status(s);
+  }
+  fill_view(&out->view, v);
+  out->partition = v.partition();
+  out->reserved = 0;
+  // A partition given up forgets its range: taken again, it starts at its first view.
+  if (g->g.stats().given_up != g->given_up) {
+    g->given_up = g->g.stats().given_up;
+    const auto held = g->g.partitions();
+    std::erase_if(g->ranges, [&](const auto& r) {
+      return r.partition != v.partition() && std::find(held.begin(), held.end(), r.partition) == held.end();
+    });
+  }
+  if (auto* r = g->range(v.partition())) {
+    if (v.position() < r->released) r->released = v.position();  // never past the read position
+    r->polled = v.next_position();
+  } else {
+    g->ranges.push_back({v.partition(), v.position(), v.next_position()});
+  }
+  return SHMBUS_OK;
+}
+}  // namespace
+
+void shmbus_group_options_init(shmbus_group_options_t* o) {
+  if (!o) return;
+  shmbus::GroupOptions d;
+  std::memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->tethered = d.tethered ? 1 : 0;
+  o->wait = uint32_t(d.wait);
+  o->open_timeout_ms = d.open_timeout_ms;
+  o->spin_ns = d.spin_ns;
+  o->sync_interval_ns = d.sync_interval_ns;
+  o->idle_sync_ns = d.idle_sync_ns;
+}
+
+int shmbus_group_subscriber_open(shmbus_bus_t* bus, const char* topic, const char* group,
+                                 const shmbus_group_options_t* opts, shmbus_group_subscriber_t** out) {
+  const char* fn = "shmbus_group_subscriber_open: ";
+  if (!out) return invalid(fn, "out is NULL");
+  *out = nullptr;
+  if (!bus || !topic || !group) return invalid(fn, "bus, topic or group is NULL");
+  SHIM_BEGIN
+  shmbus::GroupOptions o;
+  if (opts) {
+    if (opts->size != sizeof *opts)
+      return invalid(fn, "opts->size does not match this library: call shmbus_group_options_init first");
+    if (!valid_wait(opts->wait)) return invalid(fn, "opts->wait is not a SHMBUS_WAIT_*");
+    if (opts->spin_ns < 0 || opts->open_timeout_ms < 0) return invalid(fn, "negative spin_ns or timeout");
+    if (opts->sync_interval_ns <= 0 || opts->idle_sync_ns <= 0)
+      return invalid(fn, "sync_interval_ns and idle_sync_ns must be positive");
+    o.tethered = opts->tethered != 0;
+    o.wait = shmbus::WaitStrategy(opts->wait);
+    o.spin_ns = opts->spin_ns;
+    o.open_timeout_ms = opts->open_timeout_ms;
+    o.sync_interval_ns = opts->sync_interval_ns;
+    o.idle_sync_ns = opts->idle_sync_ns;
+  }
+  if (!bus->daemon)
+    return fail(SHMBUS_E_UNSUPPORTED, fn,
+                "consumer groups need shmbusd: this bus has no daemon (use shmbus_bus_connect or "
+                "shmbus_bus_open_embedded)");
+  *out = new shmbus_group_subscriber{bus->bus.group_subscriber(topic, group, o)};
+  return SHMBUS_OK;
+  SHIM_END("shmbus_group_subscriber_open")
+}
+
+void shmbus_group_subscriber_close(shmbus_group_subscriber_t* g) {
+  try {
+    delete g;
+  } catch (...) {
+  }
+}
+
+int shmbus_group_subscriber_poll(shmbus_group_subscriber_t* g, shmbus_group_view_t* out) {
+  if (!g || !out) {
+    set_static("group poll: g or out is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  SHIM_BEGIN
+  shmbus::GroupView v;
+  const shmbus::Status s = g->g.poll(v);
+  return group_status(g, s, v, out);
+}
+catch (...) {
+  std::memset(out, 0, sizeof *out);
+  return current_exception("shmbus_group_subscriber_poll: ");
+}
+}
+
+int shmbus_group_subscriber_poll_wait(shmbus_group_subscriber_t* g, shmbus_group_view_t* out,
+                                      int64_t timeout_ns) {
+  if (!g || !out) {
+    set_static("group poll_wait: g or out is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  SHIM_BEGIN
+  shmbus::GroupView v;
+  const shmbus::Status s = g->g.poll_wait(v, timeout_ns);
+  return group_status(g, s, v, out);
+}
+catch (...) {
+  std::memset(out, 0, sizeof *out);
+  return current_exception("shmbus_group_subscriber_poll_wait: ");
+}
+}
+
+int shmbus_group_subscriber_release(shmbus_group_subscriber_t* g, const shmbus_group_view_t* v) {
+  if (!g || !v || !v->view.data) {
+    set_static("group release: g, v or v->view.data is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  // Untrusted token: its partition must have been polled, its next position must lie
+  // between what was released and what was polled there.
+  auto* r = g->range(v->partition);
+  const uint64_t next = v->view.next_position;
+  if (!r || next <= r->released || next > r->polled) {
+    set_static("group release: the view was not polled from this member, or is already released");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  shmbus::shm::FrameView f;
+  f.hdr = reinterpret_cast<const shmbus::shm::FrameHeader*>(v->view.data - shmbus::shm::kFrameHeaderSize);
+  f.pos = v->view.position;
+  f.next = next;
+  g->g.release(shmbus::GroupView(shmbus::View(f), v->partition));
+  r->released = next;
+  return SHMBUS_OK;
+}
+
+int shmbus_group_subscriber_release_all(shmbus_group_subscriber_t* g) {
+  if (!g) {
+    set_static("group release_all: g is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  g->g.release_all();
+  for (auto& r : g->ranges) r.released = r.polled;
+  return SHMBUS_OK;
+}
+
+int shmbus_group_subscriber_sync(shmbus_group_subscriber_t* g, int* changed) {
+  if (changed) *changed = 0;
+  if (!g) return invalid("shmbus_group_subscriber_sync: ", "g is NULL");
+  SHIM_BEGIN
+  const bool c = g->g.sync();
+  if (changed) *changed = c ? 1 : 0;
+  return SHMBUS_OK;
+  SHIM_END("shmbus_group_subscriber_sync")
+}
+
+int shmbus_group_subscriber_partitions(shmbus_group_subscriber_t* g, uint32_t* out, size_t max, size_t* n) {
+  if (n) *n = 0;
+  if (!g || !n || (max && !out))
+    return invalid("shmbus_group_subscriber_partitions: ", "g, out or n is NULL");
+  SHIM_BEGIN
+  const auto ps = g->g.partitions();
+  for (size_t i = 0; i < ps.size() && i < max; ++i) out[i] = ps[i];
+  *n = ps.size();
+  return SHMBUS_OK;
+  SHIM_END("shmbus_group_subscriber_partitions")
+}
+
+int shmbus_group_subscriber_stats(shmbus_group_subscriber_t* g, shmbus_group_stats_t* out) {
+  if (out) std::memset(out, 0, sizeof *out);
+  if (!g || !out) {
+    set_static("group stats: g or out is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  const shmbus::GroupStats& s = g->g.stats();
+  out->received = s.received;
+  out->syncs = s.syncs;
+  out->rebalances = s.rebalances;
+  out->taken = s.taken;
+  out->given_up = s.given_up;
+  out->take_retries = s.take_retries;
+  out->rejoins = s.rejoins;
+  out->member_id = g->g.member_id();
+  out->generation = g->g.generation();
+  out->assigned = uint32_t(g->g.assigned().size());
+  return SHMBUS_OK;
+}
+
+// No error text (see shmbus_subscriber_interrupt): async-signal-safe.
+int shmbus_group_subscriber_interrupt(shmbus_group_subscriber_t* g) {
+  if (!g) return SHMBUS_E_INVALID_ARGUMENT;
+  g->g.interrupt();
   return SHMBUS_OK;
 }
 

@@ -2,7 +2,10 @@
 // "group:<group>" (see shmbus/group.hpp and docs/messaging.md, "Consumer groups").
 #include "shmbus/group.hpp"
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -203,11 +206,42 @@ Status GroupSubscriber::poll(GroupView& out) {
   return Status::empty;
 }
 
+void GroupSubscriber::interrupt() noexcept {
+  intr_.raise();
+  // The waiter publishes its subscriber, then re-checks intr_ (both seq_cst): either
+  // it sees the raise, or this sees its subscriber and interrupts that wait too.
+  interrupters_.fetch_add(1, std::memory_order_seq_cst);
+  if (Subscriber* s = waiting_.load(std::memory_order_seq_cst)) s->interrupt();
+  interrupters_.fetch_sub(1, std::memory_order_release);
+}
+
+// One wait of at most `chunk` ns on `s` (or, with no subscriber, on the interrupt
+// alone): ok, timed_out, interrupted (intr_ taken), or the subscriber's failure.
+Status GroupSubscriber::wait_on(Subscriber* s, int64_t chunk) {
+  if (!s) {
+    if (intr_.take()) return Status::interrupted;
+    timespec ts{chunk / 1'000'000'000, long(chunk % 1'000'000'000)};
+    syscall(SYS_futex, &intr_.pending, FUTEX_WAIT_PRIVATE, 0, &ts, nullptr, 0);
+    return intr_.take() ? Status::interrupted : Status::timed_out;
+  }
+  waiting_.store(s, std::memory_order_seq_cst);
+  Status w = intr_.raised() ? Status::interrupted : s->wait_for(chunk);
+  waiting_.store(nullptr, std::memory_order_seq_cst);
+  // An interrupter that saw `s` is done with it before `s` may be given up.
+  while (interrupters_.load(std::memory_order_seq_cst) != 0) shm::cpu_relax();
+  if (intr_.take()) return Status::interrupted;
+  // The subscriber's own interrupt, raised by an interrupt() that this wait had
+  // already outlived (and whose raise an earlier poll_wait took): not for us.
+  if (w == Status::interrupted) w = Status::timed_out;
+  return w;
+}
+
 Status GroupSubscriber::poll_wait(GroupView& out, int64_t timeout_ns) {
   const uint64_t start = shm::monotonic_ns();
   for (;;) {
     Status s = poll(out);
     if (s != Status::empty) return s;
+    if (intr_.take()) return Status::interrupted;
     int64_t left = INT64_MAX;
     if (timeout_ns >= 0) {
       const uint64_t spent = shm::monotonic_ns() - start;
@@ -224,14 +258,12 @@ Status GroupSubscriber::poll_wait(GroupView& out, int64_t timeout_ns) {
         rr_ = (rr_ + k) % held_.size();
         h = &held_[rr_];
       }
-    if (!h) {  // nothing to wait on yet: the next slow path may give us a partition
-      timespec ts{0, long(std::min<int64_t>(chunk, 999'999'999))};
-      nanosleep(&ts, nullptr);
-      continue;
-    }
-    const Status w = h->sub->wait_for(chunk);
+    // Nothing to wait on yet (the next slow path may give us a partition): the
+    // interrupt alone, for one period.
+    const Status w = wait_on(h ? h->sub.get() : nullptr, std::min<int64_t>(chunk, 999'999'999));
+    if (w == Status::interrupted) return w;
     if (w != Status::ok && w != Status::timed_out) return w;
-    if (w == Status::timed_out) rr_ = (rr_ + 1) % held_.size();
+    if (w == Status::timed_out && !held_.empty()) rr_ = (rr_ + 1) % held_.size();
   }
 }
 

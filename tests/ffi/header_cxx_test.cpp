@@ -27,6 +27,15 @@ static_assert(sizeof(shmbus_durable_config_t) == 40);
 static_assert(offsetof(shmbus_durable_config_t, flush_interval_ms) == 12);
 static_assert(offsetof(shmbus_durable_config_t, retention_bytes) == 16);
 static_assert(offsetof(shmbus_durable_config_t, segment_bytes) == 32);
+// ABI 1.4: consumer groups.
+static_assert(sizeof(shmbus_group_options_t) == 40);
+static_assert(offsetof(shmbus_group_options_t, spin_ns) == 16);
+static_assert(offsetof(shmbus_group_options_t, idle_sync_ns) == 32);
+static_assert(sizeof(shmbus_group_view_t) == 72);
+static_assert(offsetof(shmbus_group_view_t, partition) == 64);
+static_assert(sizeof(shmbus_group_stats_t) == 72);
+static_assert(offsetof(shmbus_group_stats_t, member_id) == 56);
+static_assert(offsetof(shmbus_group_stats_t, assigned) == 68);
 static_assert(SHMBUS_FLUSH_NONE == 0 && SHMBUS_FLUSH_INTERVAL == 1 && SHMBUS_FLUSH_BATCH == 2);
 static_assert(SHMBUS_E_EMPTY <= -10000 && SHMBUS_E_UNSUPPORTED <= -10000);
 

@@ -23,10 +23,11 @@
 // each slow path until that owner lets go (its own next sync) or dies (the daemon
 // parks a dead holder's slot at once).
 //
-// Contract: one thread at a time; poll/release never throw; the slow path may throw
-// Error (the daemon refused: access, quotas, the topic went).
+// Contract: one thread at a time (interrupt() excepted); poll/release never throw;
+// the slow path may throw Error (the daemon refused: access, quotas, the topic went).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -79,8 +80,15 @@ class GroupSubscriber {
   // blocks long (a slow path is one round trip to the daemon); throws only from
   // the slow path (Error).
   Status poll(GroupView& out);
-  // The same, waiting up to timeout_ns (<0: forever).
+  // The same, waiting up to timeout_ns (<0: forever); Status::interrupted when
+  // interrupt() ended the wait.
   Status poll_wait(GroupView& out, int64_t timeout_ns);
+  // Ends a poll_wait blocked in another thread at once (Status::interrupted).
+  // Raised while nothing waits, it ends the next poll_wait at once, one time.
+  // Thread-safe and async-signal-safe: the one member another thread may call
+  // (never concurrently with close or destruction). The C ABI's
+  // shmbus_group_interrupt, Go's context and Rust's Interrupter are built on it.
+  void interrupt() noexcept;
   // Frees `v` and everything polled before it on its partition (commits it).
   void release(const GroupView& v);
   // Frees everything polled so far, on every partition.
@@ -131,6 +139,14 @@ class GroupSubscriber {
   bool want_ = false;  // an assigned partition is not held yet
   bool open_ = false;
   GroupStats stats_;
+  // interrupt(): the group's flag, and the held subscriber poll_wait is waiting on
+  // (interrupted too, so the wait ends at once). A subscriber is given up (freed)
+  // only outside a wait and after interrupters_ drops to 0, so an interrupting
+  // thread never touches a freed one.
+  shm::Interrupt intr_;
+  std::atomic<Subscriber*> waiting_{nullptr};
+  std::atomic<uint32_t> interrupters_{0};
+  Status wait_on(Subscriber* s, int64_t chunk);
 };
 
 }  // namespace shmbus
