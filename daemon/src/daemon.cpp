@@ -193,6 +193,10 @@ class EmbeddedProvider final : public SegmentProvider {
   void durable_joined(const std::string& t, uint32_t p, const std::string& n, uint64_t pos) override {
     inner_->durable_joined(t, p, n, pos);
   }
+  GroupState group_call(GroupOp op, const std::string& t, const std::string& g, uint64_t member,
+                        uint32_t known_generation) override {
+    return inner_->group_call(op, t, g, member, known_generation);
+  }
 
  private:
   std::shared_ptr<Daemon> d_;
