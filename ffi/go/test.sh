@@ -7,7 +7,9 @@
 # and writes <results-dir>/go.counts ("passed N", "failed N", "skipped N": top-level
 # tests), rewritten after every test result, with a line "incomplete" until the end so
 # that a runner that dies mid-way leaves its counts so far and a failure.
-# Env: BUILD_DIR (default <repo>/build; set up and built here when missing),
+# Env: BUILD_DIR (default <repo>/build; set up and built here when missing; its
+#      tests/daemon/group_helper, when the build has tests, is the C++ member of the
+#      cross-language group test),
 #      XLANG_BIN_DIR (when set, the scenario program is built there as xlang-go).
 # Exit status: non-zero when anything failed.
 set -uo pipefail
@@ -82,6 +84,12 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
 fi
 ninja -C "$BUILD_DIR" ffi/libshmbus_c.so.1.0.0 >"$results/go.ninja.log" 2>&1 \
   || { tail -30 "$results/go.ninja.log"; step_failed "building libshmbus_c"; finish; }
+
+# The C++ consumer group member of TestGroupWithACxxMember (skipped without it).
+if grep -q 'tests/daemon/group_helper:' "$BUILD_DIR/build.ninja" 2>/dev/null &&
+   ninja -C "$BUILD_DIR" tests/daemon/group_helper >>"$results/go.ninja.log" 2>&1; then
+  export SHMBUS_GROUP_HELPER=$BUILD_DIR/tests/daemon/group_helper
+fi
 
 # cgo finds the library through pkg-config (the uninstalled .pc of the build tree)
 # and the binaries find it at run time through an rpath.
