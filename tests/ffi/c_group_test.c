@@ -131,7 +131,6 @@ static int start_daemon(void) {
   }
 }
 
-
 static uint64_t mono_ns(void) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -286,7 +285,8 @@ static void check_interrupt(shmbus_group_subscriber_t* g, const char* what) {
     return;
   }
   const uint64_t until = mono_ns() + 5000000000ull;
-  while ((__atomic_load_n(&w.tid, __ATOMIC_SEQ_CST) == 0 || thread_state(w.tid) != 'S') && mono_ns() < until) {
+  while ((__atomic_load_n(&w.tid, __ATOMIC_SEQ_CST) == 0 || thread_state(w.tid) != 'S') &&
+         mono_ns() < until) {
   }
   CHECK(thread_state(w.tid) == 'S');
   const uint64_t t0 = mono_ns();
@@ -315,8 +315,8 @@ int main(int argc, char** argv) {
   /* ---- without a daemon, and bad arguments ---- */
   shmbus_group_options_t o;
   shmbus_group_options_init(&o);
-  CHECK(o.size == sizeof o && o.tethered == 1 && o.wait == SHMBUS_WAIT_HYBRID && o.sync_interval_ns == 10000000 &&
-        o.idle_sync_ns == 1000000 && o.open_timeout_ms == 5000);
+  CHECK(o.size == sizeof o && o.tethered == 1 && o.wait == SHMBUS_WAIT_HYBRID &&
+        o.sync_interval_ns == 10000000 && o.idle_sync_ns == 1000000 && o.open_timeout_ms == 5000);
   shmbus_bus_t* direct = NULL;
   char dprefix[80];
   snprintf(dprefix, sizeof dprefix, "%s-d", prefix);
