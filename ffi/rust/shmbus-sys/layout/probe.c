@@ -21,6 +21,9 @@ int main(void) {
   SIZE(shmbus_view_t);
   SIZE(shmbus_subscriber_stats_t);
   SIZE(shmbus_durable_config_t);
+  SIZE(shmbus_group_options_t);
+  SIZE(shmbus_group_view_t);
+  SIZE(shmbus_group_stats_t);
   printf("];\n");
 
   printf("pub const C_OFFSETS: &[(&str, &str, usize, usize)] = &[\n");
@@ -78,6 +81,26 @@ int main(void) {
   OFF(shmbus_durable_config_t, retention_bytes);
   OFF(shmbus_durable_config_t, retention_age_s);
   OFF(shmbus_durable_config_t, segment_bytes);
+  OFF(shmbus_group_options_t, size);
+  OFF(shmbus_group_options_t, tethered);
+  OFF(shmbus_group_options_t, wait);
+  OFF(shmbus_group_options_t, open_timeout_ms);
+  OFF(shmbus_group_options_t, spin_ns);
+  OFF(shmbus_group_options_t, sync_interval_ns);
+  OFF(shmbus_group_options_t, idle_sync_ns);
+  OFF(shmbus_group_view_t, view);
+  OFF(shmbus_group_view_t, partition);
+  OFF(shmbus_group_view_t, reserved);
+  OFF(shmbus_group_stats_t, received);
+  OFF(shmbus_group_stats_t, syncs);
+  OFF(shmbus_group_stats_t, rebalances);
+  OFF(shmbus_group_stats_t, taken);
+  OFF(shmbus_group_stats_t, given_up);
+  OFF(shmbus_group_stats_t, take_retries);
+  OFF(shmbus_group_stats_t, rejoins);
+  OFF(shmbus_group_stats_t, member_id);
+  OFF(shmbus_group_stats_t, generation);
+  OFF(shmbus_group_stats_t, assigned);
   printf("];\n");
 
   printf("pub const C_CONSTS: &[(&str, i64)] = &[\n");

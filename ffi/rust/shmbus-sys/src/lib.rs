@@ -69,6 +69,7 @@ macro_rules! opaque {
 opaque!(shmbus_bus, shmbus_bus_t);
 opaque!(shmbus_publisher, shmbus_publisher_t);
 opaque!(shmbus_subscriber, shmbus_subscriber_t);
+opaque!(shmbus_group_subscriber, shmbus_group_subscriber_t);
 
 // ---- structs ------------------------------------------------------------------
 #[repr(C)]
@@ -208,6 +209,42 @@ pub struct shmbus_subscriber_stats_t {
     pub waits: u64,
     pub corrupt: u64,
     pub position: u64,
+}
+
+// ---- consumer groups (SHMBUS_1.4) ----------------------------------------------
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct shmbus_group_options_t {
+    pub size: u32,
+    pub tethered: u32,
+    pub wait: u32,
+    pub open_timeout_ms: i32,
+    pub spin_ns: i64,
+    pub sync_interval_ns: i64,
+    pub idle_sync_ns: i64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct shmbus_group_view_t {
+    pub view: shmbus_view_t,
+    pub partition: u32,
+    pub reserved: u32,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct shmbus_group_stats_t {
+    pub received: u64,
+    pub syncs: u64,
+    pub rebalances: u64,
+    pub taken: u64,
+    pub given_up: u64,
+    pub take_retries: u64,
+    pub rejoins: u64,
+    pub member_id: u64,
+    pub generation: u32,
+    pub assigned: u32,
 }
 
 extern "C" {
@@ -366,6 +403,46 @@ extern "C" {
         sub: *mut shmbus_subscriber_t,
         out: *mut shmbus_subscriber_stats_t,
     ) -> c_int;
+
+    // ---- consumer groups (SHMBUS_1.4) ----
+    pub fn shmbus_group_options_init(o: *mut shmbus_group_options_t);
+    pub fn shmbus_group_subscriber_open(
+        bus: *mut shmbus_bus_t,
+        topic: *const c_char,
+        group: *const c_char,
+        opts: *const shmbus_group_options_t,
+        out: *mut *mut shmbus_group_subscriber_t,
+    ) -> c_int;
+    pub fn shmbus_group_subscriber_close(g: *mut shmbus_group_subscriber_t);
+    pub fn shmbus_group_subscriber_poll(
+        g: *mut shmbus_group_subscriber_t,
+        out: *mut shmbus_group_view_t,
+    ) -> c_int;
+    pub fn shmbus_group_subscriber_poll_wait(
+        g: *mut shmbus_group_subscriber_t,
+        out: *mut shmbus_group_view_t,
+        timeout_ns: i64,
+    ) -> c_int;
+    pub fn shmbus_group_subscriber_release(
+        g: *mut shmbus_group_subscriber_t,
+        v: *const shmbus_group_view_t,
+    ) -> c_int;
+    pub fn shmbus_group_subscriber_release_all(g: *mut shmbus_group_subscriber_t) -> c_int;
+    pub fn shmbus_group_subscriber_sync(
+        g: *mut shmbus_group_subscriber_t,
+        changed: *mut c_int,
+    ) -> c_int;
+    pub fn shmbus_group_subscriber_partitions(
+        g: *mut shmbus_group_subscriber_t,
+        out: *mut u32,
+        max: usize,
+        n: *mut usize,
+    ) -> c_int;
+    pub fn shmbus_group_subscriber_stats(
+        g: *mut shmbus_group_subscriber_t,
+        out: *mut shmbus_group_stats_t,
+    ) -> c_int;
+    pub fn shmbus_group_subscriber_interrupt(g: *mut shmbus_group_subscriber_t) -> c_int;
 
     // ---- Cap'n Proto helpers ----
     pub fn shmbus_view_segments(

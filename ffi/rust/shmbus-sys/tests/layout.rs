@@ -116,7 +116,33 @@ fn struct_layouts_match_header() {
         retention_age_s,
         segment_bytes
     });
-    assert_eq!(c::C_SIZES.len(), 8, "every probed struct is checked");
+    check_struct!(shmbus_group_options_t {
+        size,
+        tethered,
+        wait,
+        open_timeout_ms,
+        spin_ns,
+        sync_interval_ns,
+        idle_sync_ns
+    });
+    check_struct!(shmbus_group_view_t {
+        view,
+        partition,
+        reserved
+    });
+    check_struct!(shmbus_group_stats_t {
+        received,
+        syncs,
+        rebalances,
+        taken,
+        given_up,
+        take_retries,
+        rejoins,
+        member_id,
+        generation,
+        assigned
+    });
+    assert_eq!(c::C_SIZES.len(), 11, "every probed struct is checked");
 }
 
 macro_rules! check_consts {

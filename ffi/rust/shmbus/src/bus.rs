@@ -8,6 +8,7 @@ use std::time::Duration;
 use shmbus_sys as sys;
 
 use crate::error::{check, Error, Result};
+use crate::group::{GroupOptions, GroupSubscriber};
 use crate::publisher::{Publisher, PublisherOptions};
 use crate::subscriber::{Subscriber, SubscriberOptions};
 
@@ -405,6 +406,17 @@ impl Bus {
     /// Opens a subscriber on `topic`.
     pub fn subscriber(&self, topic: &str, opts: &SubscriberOptions) -> Result<Subscriber> {
         Subscriber::open(self.inner.clone(), topic, opts)
+    }
+
+    /// Joins `group` on `topic` as a new member (see [`GroupSubscriber`]); needs a
+    /// daemon bus (`Err(Error::Unsupported)` on a direct one).
+    pub fn group_subscriber(
+        &self,
+        topic: &str,
+        group: &str,
+        opts: &GroupOptions,
+    ) -> Result<GroupSubscriber> {
+        GroupSubscriber::open(self.inner.clone(), topic, group, opts)
     }
 }
 

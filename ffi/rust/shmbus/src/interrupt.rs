@@ -9,6 +9,7 @@ use shmbus_sys as sys;
 enum Target {
     Sub(NonNull<sys::shmbus_subscriber_t>),
     Pub(NonNull<sys::shmbus_publisher_t>),
+    Group(NonNull<sys::shmbus_group_subscriber_t>),
 }
 
 // SAFETY: the C ABI allows `shmbus_*_interrupt` from any thread, concurrently with
@@ -16,7 +17,7 @@ enum Target {
 // the mutex, and the owner takes it out (under the mutex) before closing it.
 unsafe impl Send for Target {}
 
-/// Ends a wait blocked on its subscriber or publisher, from any thread.
+/// Ends a wait blocked on its subscriber, publisher or group member, from any thread.
 ///
 /// Get one with [`Subscriber::interrupter`](crate::Subscriber::interrupter) or
 /// [`Publisher::interrupter`](crate::Publisher::interrupter) before handing the
@@ -61,12 +62,17 @@ impl Interrupter {
         Interrupter(Arc::new(Mutex::new(Some(Target::Pub(raw)))))
     }
 
+    pub(crate) fn group(raw: NonNull<sys::shmbus_group_subscriber_t>) -> Interrupter {
+        Interrupter(Arc::new(Mutex::new(Some(Target::Group(raw)))))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Option<Target>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Ends the wait blocked on the subscriber (`poll_wait`, `poll_batch`, `wait`)
-    /// or publisher (a `claim`/`offer` waiting for space, a `wait_durable`) at once: it returns
+    /// or publisher (a `claim`/`offer` waiting for space, a `wait_durable`) or group
+    /// member (`poll_wait`) at once: it returns
     /// [`Error::Interrupted`](crate::Error::Interrupted). Called while nothing
     /// waits, it ends the next wait at once, one time. After the subscriber or
     /// publisher is dropped it does nothing.
@@ -80,6 +86,9 @@ impl Interrupter {
             },
             Some(Target::Pub(h)) => unsafe {
                 sys::shmbus_publisher_interrupt(h.as_ptr());
+            },
+            Some(Target::Group(h)) => unsafe {
+                sys::shmbus_group_subscriber_interrupt(h.as_ptr());
             },
             None => {}
         }

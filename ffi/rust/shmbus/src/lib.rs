@@ -40,6 +40,7 @@
 pub mod async_sub;
 mod bus;
 mod error;
+mod group;
 mod interrupt;
 mod publisher;
 mod subscriber;
@@ -48,6 +49,7 @@ mod subscriber;
 pub use async_sub::{AsyncSubscriber, OwnedMessage};
 pub use bus::{Bus, DurableConfig, Flush, Policy, TopicConfig, WaitStrategy};
 pub use error::{check, last_error, strerror, Detail, Error, Result};
+pub use group::{GroupOptions, GroupStats, GroupSubscriber, GroupView};
 pub use interrupt::Interrupter;
 pub use publisher::{
     Claim, Committed, MessageClaim, Publisher, PublisherOptions, PublisherStats, RingAllocator,
