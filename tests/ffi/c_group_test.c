@@ -454,6 +454,13 @@ int main(int argc, char** argv) {
   check_interrupt(holder == h1 ? h2 : h1, "holding nothing");
   check_interrupt(holder, "holding 1 partition");
   CHECK_RC(shmbus_group_subscriber_release_all(holder), SHMBUS_OK);
+  /* The topic removed under its members: the slow path's refusal is the call's error,
+   * with the daemon's reason. */
+  REQUIRE_OK(shmbus_topic_remove(bus, "c.grp1"));
+  int rc = shmbus_group_subscriber_sync(holder, &changed);
+  fprintf(stderr, "sync after the topic's removal: %s (%s)\n", shmbus_strerror(rc), shmbus_last_error());
+  CHECK(rc != SHMBUS_OK && strstr(shmbus_last_error(), "c.grp1") != NULL);
+  CHECK(shmbus_group_subscriber_poll_wait(holder == h1 ? h2 : h1, &v, 20000000000LL) != SHMBUS_OK);
   shmbus_group_subscriber_close(h1);
   shmbus_group_subscriber_close(h2);
 
