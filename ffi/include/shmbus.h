@@ -402,6 +402,57 @@ SHMBUS_API int shmbus_group_subscriber_stats(shmbus_group_subscriber_t* g, shmbu
  * concurrently with any call on `g` but close; async-signal-safe. */
 SHMBUS_API int shmbus_group_subscriber_interrupt(shmbus_group_subscriber_t* g);
 
+/* ---- envelope (symbol version SHMBUS_1.4) -------------------------------------
+ * The messaging contract's envelope (docs/messaging.md, "The envelope"): correlation
+ * and causation ids, a W3C trace context, a reply-to topic, a content version and a
+ * reply status travel in a Cap'n Proto Envelope around the payload; the frame's
+ * schema id is SHMBUS_ENVELOPE_SCHEMA_ID. The same code as C++'s publish_enveloped
+ * and EnvelopedView. Texts are NUL-terminated in fixed arrays: the struct never
+ * points into the ring. */
+#define SHMBUS_ENVELOPE_SCHEMA_ID 0xe8baf312b14f45c0ULL
+#define SHMBUS_MAX_REPLY_TO 255
+#define SHMBUS_MAX_TRACE_STATE 512
+#define SHMBUS_TRACEPARENT_LEN 55 /* "00-" 32 hex "-" 16 hex "-" 2 hex */
+
+typedef struct shmbus_envelope {
+  uint32_t size; /* sizeof(shmbus_envelope_t), set by _init */
+  uint32_t content_version;
+  uint64_t correlation_id;
+  uint64_t causation_id;      /* the message id that caused this one */
+  uint64_t payload_schema_id; /* the payload's own Cap'n Proto type id (0: none) */
+  uint64_t trace_id_high;     /* the 128-bit trace id; all three ids 0: no trace */
+  uint64_t trace_id_low;
+  uint64_t trace_parent_id;                     /* the sender's span id */
+  uint32_t trace_flags;                         /* 0..255; 0x01: sampled */
+  uint32_t status;                              /* replies: the application's status (0: ok) */
+  char reply_to[SHMBUS_MAX_REPLY_TO + 1];       /* a topic name, or "" */
+  char trace_state[SHMBUS_MAX_TRACE_STATE + 1]; /* W3C tracestate, or "" */
+  uint8_t reserved[7];
+} shmbus_envelope_t;
+
+SHMBUS_API void shmbus_envelope_init(shmbus_envelope_t* e);
+/* Publishes `payload` inside an envelope (one copy of the payload, as offer), frame
+ * message id `message_id`. SHMBUS_E_INVALID_ARGUMENT for an unterminated text, flags
+ * over 255, or a trace with a zero id (all three 0: no trace). */
+SHMBUS_API int shmbus_publisher_offer_enveloped(shmbus_publisher_t* pub, const shmbus_envelope_t* e,
+                                                const void* payload, size_t len, uint64_t message_id);
+/* Reads a polled view's envelope, once, validated (ring bytes are untrusted).
+ * *enveloped = 1: `e` holds its fields and `payload` is a view of the payload inside
+ * the frame (schema_id the payload's; valid as long as `v`). *enveloped = 0: the frame
+ * is not an envelope; `e` is cleared and `payload` is `v`. SHMBUS_E_MALFORMED for an
+ * envelope's schema id over bytes that are not a valid Envelope (or over-long texts). */
+SHMBUS_API int shmbus_view_open_envelope(const shmbus_view_t* v, shmbus_envelope_t* e, shmbus_view_t* payload,
+                                         int* enveloped);
+/* W3C traceparent version 00 <-> e's trace fields. _parse: SHMBUS_E_INVALID_ARGUMENT
+ * when malformed or an id is 0 (e unchanged). _format: `buf` gets 55 characters and a
+ * NUL (len >= 56); SHMBUS_E_INVALID_ARGUMENT without a valid trace. _fresh: a new trace
+ * with random ids, sampled; _child: the same trace, a new random span id (what a
+ * handler puts on what it sends). */
+SHMBUS_API int shmbus_trace_parse(const char* traceparent, shmbus_envelope_t* e);
+SHMBUS_API int shmbus_trace_format(const shmbus_envelope_t* e, char* buf, size_t len);
+SHMBUS_API int shmbus_trace_fresh(shmbus_envelope_t* e);
+SHMBUS_API int shmbus_trace_child(shmbus_envelope_t* e);
+
 /* ---- Cap'n Proto helpers -------------------------------------------------- */
 /* Checks that a view holds a well-formed flat Cap'n Proto message (segment table
  * within bounds) and returns its first segment: *seg0 and *seg0_words. For

@@ -33,6 +33,7 @@
 #include "shmbus/bus.hpp"
 #include "shmbus/daemon.hpp"
 #include "shmbus/daemon_client.hpp"
+#include "shmbus/envelope.hpp"
 #include "shmbus/error.hpp"
 #include "shmbus/group.hpp"
 #include "shmbus/publisher.hpp"
@@ -53,6 +54,10 @@ static_assert(sizeof(shmbus_group_options_t) == 40, "ABI: shmbus_group_options_t
 static_assert(sizeof(shmbus_group_view_t) == 72 && offsetof(shmbus_group_view_t, partition) == 64,
               "ABI: shmbus_group_view_t");
 static_assert(sizeof(shmbus_group_stats_t) == 72, "ABI: shmbus_group_stats_t");
+static_assert(sizeof(shmbus_envelope_t) == 840 && offsetof(shmbus_envelope_t, reply_to) == 64 &&
+                  offsetof(shmbus_envelope_t, trace_state) == 320,
+              "ABI: shmbus_envelope_t");
+static_assert(SHMBUS_MAX_REPLY_TO == shmbus::kMaxReplyTo && SHMBUS_MAX_TRACE_STATE == shmbus::kMaxTraceState);
 static_assert(SHMBUS_FLUSH_NONE == int(shmbus::TopicConfig::Flush::none) &&
               SHMBUS_FLUSH_INTERVAL == int(shmbus::TopicConfig::Flush::interval) &&
               SHMBUS_FLUSH_BATCH == int(shmbus::TopicConfig::Flush::batch));
@@ -1227,6 +1232,174 @@ int shmbus_group_subscriber_interrupt(shmbus_group_subscriber_t* g) {
   if (!g) return SHMBUS_E_INVALID_ARGUMENT;
   g->g.interrupt();
   return SHMBUS_OK;
+}
+
+// ---- envelope -----------------------------------------------------------------------
+namespace {
+bool envelope_ok(const shmbus_envelope_t* e, const char* fn) {
+  if (!e) return invalid(fn, "e is NULL"), false;
+  if (e->size != sizeof *e)
+    return invalid(fn, "e->size does not match this library: call shmbus_envelope_init first"), false;
+  return true;
+}
+
+// The caller's struct -> Envelope: every text must end inside its array.
+int to_envelope(const shmbus_envelope_t* c, shmbus::Envelope& e, const char* fn) {
+  if (!envelope_ok(c, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+  if (!std::memchr(c->reply_to, 0, sizeof c->reply_to) ||
+      !std::memchr(c->trace_state, 0, sizeof c->trace_state))
+    return invalid(fn, "reply_to or trace_state is not NUL-terminated inside its array");
+  if (c->trace_flags > 255) return invalid(fn, "trace_flags is over 255");
+  const bool any = (c->trace_id_high | c->trace_id_low | c->trace_parent_id) != 0;
+  if (any && ((c->trace_id_high | c->trace_id_low) == 0 || c->trace_parent_id == 0))
+    return invalid(fn, "a trace context needs a non-zero trace id and a non-zero parent id");
+  if (!any && c->trace_state[0]) return invalid(fn, "trace_state without a trace context");
+  e.correlation_id = c->correlation_id;
+  e.causation_id = c->causation_id;
+  e.reply_to = c->reply_to;
+  e.trace.trace_hi = c->trace_id_high;
+  e.trace.trace_lo = c->trace_id_low;
+  e.trace.parent_id = c->trace_parent_id;
+  e.trace.flags = uint8_t(c->trace_flags);
+  e.trace.state = c->trace_state;
+  e.content_version = c->content_version;
+  e.status = c->status;
+  return SHMBUS_OK;
+}
+
+void set_trace(shmbus_envelope_t* c, const shmbus::TraceContext& t) {
+  c->trace_id_high = t.trace_hi;
+  c->trace_id_low = t.trace_lo;
+  c->trace_parent_id = t.parent_id;
+  c->trace_flags = t.flags;
+}
+
+shmbus::TraceContext get_trace(const shmbus_envelope_t* c) {
+  shmbus::TraceContext t;
+  t.trace_hi = c->trace_id_high;
+  t.trace_lo = c->trace_id_low;
+  t.parent_id = c->trace_parent_id;
+  t.flags = uint8_t(c->trace_flags);
+  return t;
+}
+}  // namespace
+
+void shmbus_envelope_init(shmbus_envelope_t* e) {
+  if (!e) return;
+  std::memset(e, 0, sizeof *e);
+  e->size = sizeof *e;
+}
+
+int shmbus_publisher_offer_enveloped(shmbus_publisher_t* pub, const shmbus_envelope_t* e, const void* payload,
+                                     size_t len, uint64_t message_id) {
+  const char* fn = "shmbus_publisher_offer_enveloped: ";
+  if (!pub || (!payload && len)) return invalid(fn, "pub or payload is NULL");
+  if (len > UINT32_MAX) return fail(SHMBUS_E_TOO_LARGE, fn, "payload over 4 GiB");
+  SHIM_BEGIN
+  shmbus::Envelope env;
+  if (const int rc = to_envelope(e, env, fn); rc != SHMBUS_OK) return rc;
+  pub->claim_data = nullptr;  // as offer: drops an open claim
+  return status(shmbus::publish_enveloped(
+      pub->pub, env, std::span<const std::byte>(static_cast<const std::byte*>(payload), len), message_id,
+      e->payload_schema_id));
+  SHIM_END("shmbus_publisher_offer_enveloped")
+}
+
+int shmbus_view_open_envelope(const shmbus_view_t* v, shmbus_envelope_t* e, shmbus_view_t* payload,
+                              int* enveloped) {
+  const char* fn = "shmbus_view_open_envelope: ";
+  if (enveloped) *enveloped = 0;
+  if (payload) std::memset(payload, 0, sizeof *payload);
+  if (!v || !payload || !enveloped || !v->data)
+    return invalid(fn, "v, v->data, payload or enveloped is NULL");
+  if (!envelope_ok(e, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+  shmbus_envelope_init(e);
+  SHIM_BEGIN
+  // The header from the view's own fields (what this library filled at poll): never
+  // the bytes before data, which a replaying subscriber's private copy does not have.
+  shmbus::shm::FrameHeader h{};
+  h.payload_len = v->size;
+  h.producer_id = v->producer_id;
+  h.sequence = v->sequence;
+  h.timestamp_ns = v->timestamp_ns;
+  h.message_id = v->message_id;
+  h.schema_id = v->schema_id;
+  shmbus::shm::FrameView f;
+  f.hdr = &h;
+  f.payload = reinterpret_cast<const std::byte*>(v->data);
+  f.payload_len = v->size;
+  f.pos = v->position;
+  f.next = v->next_position;
+  shmbus::EnvelopedView ev;
+  if (ev.open(shmbus::View(f)) != shmbus::Status::ok)
+    return fail(SHMBUS_E_MALFORMED, fn, "the frame is flagged as an envelope but is not a valid one");
+  if (!ev.enveloped()) {
+    *payload = *v;
+    return SHMBUS_OK;
+  }
+  const shmbus::Envelope& x = ev.envelope();
+  e->correlation_id = x.correlation_id;
+  e->causation_id = x.causation_id;
+  e->content_version = x.content_version;
+  e->status = x.status;
+  e->payload_schema_id = ev.payload().schema_id();
+  set_trace(e, x.trace);
+  // Lengths were checked by EnvelopedView (<= the arrays' capacity, no NUL in reply_to).
+  std::memcpy(e->reply_to, x.reply_to.data(), std::min(x.reply_to.size(), sizeof e->reply_to - 1));
+  std::memcpy(e->trace_state, x.trace.state.data(),
+              std::min(x.trace.state.size(), sizeof e->trace_state - 1));
+  fill_view(payload, ev.payload());
+  *enveloped = 1;
+  return SHMBUS_OK;
+  SHIM_END("shmbus_view_open_envelope")
+}
+
+int shmbus_trace_parse(const char* traceparent, shmbus_envelope_t* e) {
+  const char* fn = "shmbus_trace_parse: ";
+  if (!traceparent) return invalid(fn, "traceparent is NULL");
+  if (!envelope_ok(e, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+  SHIM_BEGIN
+  auto t = shmbus::TraceContext::parse(traceparent);
+  if (!t) return invalid(fn, "not a W3C traceparent (version 00, lower-case hex, non-zero ids)");
+  set_trace(e, *t);
+  return SHMBUS_OK;
+  SHIM_END("shmbus_trace_parse")
+}
+
+int shmbus_trace_format(const shmbus_envelope_t* e, char* buf, size_t len) {
+  const char* fn = "shmbus_trace_format: ";
+  if (buf && len) buf[0] = 0;
+  if (!buf || len < SHMBUS_TRACEPARENT_LEN + 1) return invalid(fn, "buf is NULL or shorter than 56 bytes");
+  if (!envelope_ok(e, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+  if (e->trace_flags > 255) return invalid(fn, "trace_flags is over 255");
+  SHIM_BEGIN
+  const shmbus::TraceContext t = get_trace(e);
+  if (!t.valid()) return invalid(fn, "no valid trace context (a zero trace id or parent id)");
+  const std::string s = t.traceparent();
+  if (s.size() != SHMBUS_TRACEPARENT_LEN)
+    return fail(SHMBUS_E_INTERNAL, fn, "traceparent of an unexpected length");
+  std::memcpy(buf, s.c_str(), s.size() + 1);
+  return SHMBUS_OK;
+  SHIM_END("shmbus_trace_format")
+}
+
+int shmbus_trace_fresh(shmbus_envelope_t* e) {
+  if (!envelope_ok(e, "shmbus_trace_fresh: ")) return SHMBUS_E_INVALID_ARGUMENT;
+  SHIM_BEGIN
+  set_trace(e, shmbus::TraceContext::fresh());
+  return SHMBUS_OK;
+  SHIM_END("shmbus_trace_fresh")
+}
+
+int shmbus_trace_child(shmbus_envelope_t* e) {
+  const char* fn = "shmbus_trace_child: ";
+  if (!envelope_ok(e, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+  SHIM_BEGIN
+  const shmbus::TraceContext t = get_trace(e);
+  if (!t.valid()) return invalid(fn, "no valid trace context to continue");
+  set_trace(e, t.child());
+  return SHMBUS_OK;
+  SHIM_END("shmbus_trace_child")
 }
 
 // ---- Cap'n Proto helpers ------------------------------------------------------------------
