@@ -24,6 +24,7 @@ int main(void) {
   SIZE(shmbus_group_options_t);
   SIZE(shmbus_group_view_t);
   SIZE(shmbus_group_stats_t);
+  SIZE(shmbus_envelope_t);
   printf("];\n");
 
   printf("pub const C_OFFSETS: &[(&str, &str, usize, usize)] = &[\n");
@@ -101,6 +102,19 @@ int main(void) {
   OFF(shmbus_group_stats_t, member_id);
   OFF(shmbus_group_stats_t, generation);
   OFF(shmbus_group_stats_t, assigned);
+  OFF(shmbus_envelope_t, size);
+  OFF(shmbus_envelope_t, content_version);
+  OFF(shmbus_envelope_t, correlation_id);
+  OFF(shmbus_envelope_t, causation_id);
+  OFF(shmbus_envelope_t, payload_schema_id);
+  OFF(shmbus_envelope_t, trace_id_high);
+  OFF(shmbus_envelope_t, trace_id_low);
+  OFF(shmbus_envelope_t, trace_parent_id);
+  OFF(shmbus_envelope_t, trace_flags);
+  OFF(shmbus_envelope_t, status);
+  OFF(shmbus_envelope_t, reply_to);
+  OFF(shmbus_envelope_t, trace_state);
+  OFF(shmbus_envelope_t, reserved);
   printf("];\n");
 
   printf("pub const C_CONSTS: &[(&str, i64)] = &[\n");
@@ -138,6 +152,10 @@ int main(void) {
   CONST(SHMBUS_FLUSH_NONE);
   CONST(SHMBUS_FLUSH_INTERVAL);
   CONST(SHMBUS_FLUSH_BATCH);
+  CONST(SHMBUS_ENVELOPE_SCHEMA_ID);
+  CONST(SHMBUS_MAX_REPLY_TO);
+  CONST(SHMBUS_MAX_TRACE_STATE);
+  CONST(SHMBUS_TRACEPARENT_LEN);
   printf("];\n");
   return 0;
 }

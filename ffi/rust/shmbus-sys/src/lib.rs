@@ -54,6 +54,11 @@ pub const SHMBUS_FLUSH_NONE: u32 = 0;
 pub const SHMBUS_FLUSH_INTERVAL: u32 = 1;
 pub const SHMBUS_FLUSH_BATCH: u32 = 2;
 
+pub const SHMBUS_ENVELOPE_SCHEMA_ID: u64 = 0xe8ba_f312_b14f_45c0;
+pub const SHMBUS_MAX_REPLY_TO: usize = 255;
+pub const SHMBUS_MAX_TRACE_STATE: usize = 512;
+pub const SHMBUS_TRACEPARENT_LEN: usize = 55;
+
 // ---- opaque handles ---------------------------------------------------------
 macro_rules! opaque {
     ($name:ident, $alias:ident) => {
@@ -245,6 +250,45 @@ pub struct shmbus_group_stats_t {
     pub member_id: u64,
     pub generation: u32,
     pub assigned: u32,
+}
+
+// ---- envelope (SHMBUS_1.4) ----------------------------------------------------
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct shmbus_envelope_t {
+    pub size: u32,
+    pub content_version: u32,
+    pub correlation_id: u64,
+    pub causation_id: u64,
+    pub payload_schema_id: u64,
+    pub trace_id_high: u64,
+    pub trace_id_low: u64,
+    pub trace_parent_id: u64,
+    pub trace_flags: u32,
+    pub status: u32,
+    pub reply_to: [c_char; SHMBUS_MAX_REPLY_TO + 1],
+    pub trace_state: [c_char; SHMBUS_MAX_TRACE_STATE + 1],
+    pub reserved: [u8; 7],
+}
+
+impl Default for shmbus_envelope_t {
+    fn default() -> Self {
+        Self {
+            size: 0,
+            content_version: 0,
+            correlation_id: 0,
+            causation_id: 0,
+            payload_schema_id: 0,
+            trace_id_high: 0,
+            trace_id_low: 0,
+            trace_parent_id: 0,
+            trace_flags: 0,
+            status: 0,
+            reply_to: [0; SHMBUS_MAX_REPLY_TO + 1],
+            trace_state: [0; SHMBUS_MAX_TRACE_STATE + 1],
+            reserved: [0; 7],
+        }
+    }
 }
 
 extern "C" {
@@ -443,6 +487,26 @@ extern "C" {
         out: *mut shmbus_group_stats_t,
     ) -> c_int;
     pub fn shmbus_group_subscriber_interrupt(g: *mut shmbus_group_subscriber_t) -> c_int;
+
+    // ---- envelope (SHMBUS_1.4) ----
+    pub fn shmbus_envelope_init(e: *mut shmbus_envelope_t);
+    pub fn shmbus_publisher_offer_enveloped(
+        publisher: *mut shmbus_publisher_t,
+        e: *const shmbus_envelope_t,
+        payload: *const std::ffi::c_void,
+        len: usize,
+        message_id: u64,
+    ) -> c_int;
+    pub fn shmbus_view_open_envelope(
+        v: *const shmbus_view_t,
+        e: *mut shmbus_envelope_t,
+        payload: *mut shmbus_view_t,
+        enveloped: *mut c_int,
+    ) -> c_int;
+    pub fn shmbus_trace_parse(traceparent: *const c_char, e: *mut shmbus_envelope_t) -> c_int;
+    pub fn shmbus_trace_format(e: *const shmbus_envelope_t, buf: *mut c_char, len: usize) -> c_int;
+    pub fn shmbus_trace_fresh(e: *mut shmbus_envelope_t) -> c_int;
+    pub fn shmbus_trace_child(e: *mut shmbus_envelope_t) -> c_int;
 
     // ---- Cap'n Proto helpers ----
     pub fn shmbus_view_segments(

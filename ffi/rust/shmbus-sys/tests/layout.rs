@@ -142,7 +142,22 @@ fn struct_layouts_match_header() {
         generation,
         assigned
     });
-    assert_eq!(c::C_SIZES.len(), 11, "every probed struct is checked");
+    check_struct!(shmbus_envelope_t {
+        size,
+        content_version,
+        correlation_id,
+        causation_id,
+        payload_schema_id,
+        trace_id_high,
+        trace_id_low,
+        trace_parent_id,
+        trace_flags,
+        status,
+        reply_to,
+        trace_state,
+        reserved,
+    });
+    assert_eq!(c::C_SIZES.len(), 12, "every probed struct is checked");
 }
 
 macro_rules! check_consts {
@@ -195,6 +210,10 @@ fn constants_match_header() {
         SHMBUS_FLUSH_NONE,
         SHMBUS_FLUSH_INTERVAL,
         SHMBUS_FLUSH_BATCH,
+        SHMBUS_ENVELOPE_SCHEMA_ID,
+        SHMBUS_MAX_REPLY_TO,
+        SHMBUS_MAX_TRACE_STATE,
+        SHMBUS_TRACEPARENT_LEN,
     );
 }
 

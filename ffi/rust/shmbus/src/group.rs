@@ -317,6 +317,11 @@ impl GroupView<'_> {
             .map_err(|e| Error::Malformed(e.to_string().into()))?;
         Ok(capnp::message::Reader::new(segs, opts))
     }
+    /// The message's envelope and its payload in place (see
+    /// [`Message::envelope`](crate::Message::envelope)).
+    pub fn envelope(&self) -> Result<Option<crate::Enveloped<'_>>> {
+        crate::envelope::open(&self.raw.view)
+    }
     /// Releases (commits) the view and everything polled before it on its partition.
     pub fn release(mut self) -> Result<()> {
         self.released = true;

@@ -220,6 +220,30 @@ impl Publisher {
         })
     }
 
+    /// Publishes a copy of `payload` inside `env` (docs/messaging.md, "The envelope"):
+    /// the frame's schema id is [`crate::ENVELOPE_SCHEMA_ID`], its message id `message_id`.
+    /// `Err(Error::InvalidArgument)` for a text too long or with a NUL byte, or a trace
+    /// context with a zero id.
+    pub fn offer_enveloped(
+        &mut self,
+        env: &crate::Envelope,
+        payload: &[u8],
+        message_id: u64,
+    ) -> Result<()> {
+        let e = env.to_raw()?;
+        // SAFETY: raw is live and exclusively ours; e is an initialised envelope
+        // struct and payload is valid for len bytes, both only read during the call.
+        check(unsafe {
+            sys::shmbus_publisher_offer_enveloped(
+                self.raw.as_ptr(),
+                &e,
+                payload.as_ptr().cast(),
+                payload.len(),
+                message_id,
+            )
+        })
+    }
+
     /// Publishes messages packed back to back in `buf` (message i is `lens[i]` bytes)
     /// with one wake-up check at the end. Returns how many were published and the
     /// status of the first failure.

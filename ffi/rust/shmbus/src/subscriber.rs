@@ -354,6 +354,14 @@ impl<'a> Message<'a> {
         check(unsafe { sys::shmbus_subscriber_check(self.sub.as_ptr(), self.raw) })
     }
 
+    /// The message's envelope, read once and validated, and its payload in place
+    /// (docs/messaging.md, "The envelope"); `Ok(None)` for a message that is not
+    /// enveloped; `Err(Error::Malformed)` for an envelope's schema id over bytes that
+    /// are not a valid envelope.
+    pub fn envelope(&self) -> Result<Option<crate::Enveloped<'a>>> {
+        crate::envelope::open(self.raw)
+    }
+
     /// A Cap'n Proto reader over the payload, without copying, with the default
     /// limits ([`default_reader_options`]).
     pub fn reader(&self) -> Result<MessageReader<'a>> {
@@ -429,6 +437,10 @@ impl View<'_> {
     /// A zero-copy Cap'n Proto reader borrowed from this view.
     pub fn reader(&self) -> Result<MessageReader<'_>> {
         self.message().reader()
+    }
+    /// See [`Message::envelope`].
+    pub fn envelope(&self) -> Result<Option<crate::Enveloped<'_>>> {
+        crate::envelope::open(&self.raw)
     }
     /// Releases the view (and everything polled before it).
     pub fn release(mut self) -> Result<()> {
