@@ -71,6 +71,13 @@ int main(int argc, char** argv) {
                  "requests queued per connection before the daemon stops reading it");
   app.add_option("--shm-reserve-percent", o.shm_reserve_percent,
                  "a topic is refused unless this much of /dev/shm stays free");
+  app.add_option(
+      "--metrics-listen", o.metrics_listen,
+      "serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9464; port 0: any free port, logged); "
+      "off by default");
+  app.add_flag("--metrics-allow-remote", o.metrics_allow_remote,
+               "allow a --metrics-listen address that is not loopback (topic names and pids become visible "
+               "to the network)");
   app.add_option("--log-level", o.log_level, "trace|debug|info|warn|error|off");
   app.add_option("--log-file", o.log_file, "write JSON logs here instead of stderr");
   CLI11_PARSE(app, argc, argv);
@@ -85,6 +92,9 @@ int main(int argc, char** argv) {
       str("state_dir", o.state_dir);
       str("shm_prefix", o.shm_prefix);
       str("log_file", o.log_file);
+      str("metrics_listen", o.metrics_listen);
+      if (auto x = t["metrics_allow_remote"].value<bool>(); x && !app.count("--metrics-allow-remote"))
+        o.metrics_allow_remote = *x;
       if (auto x = t["log_level"].value<std::string>()) o.log_level = *x;
       if (auto x = t["reclaim_interval_ms"].value<int64_t>()) o.reclaim_interval_ms = *x;
       auto num = [&](const char* k, auto& v) {

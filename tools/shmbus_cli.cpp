@@ -5,7 +5,10 @@
 //                            [--retention-bytes B] [--retention-age S] [--segment-bytes B]
 //                            [--publish-uid U]... [--subscribe-uid U]... [--publish-gid G]... [--subscribe-gid G]...
 //   shmbus topic list | describe NAME | delete NAME
-//   shmbus stat [TOPIC]
+//   shmbus stat [TOPIC] [--watch] [--interval S]
+//   shmbus top [TOPIC] [--once] [--interval S] [--sort name|rate|bytes|lag]
+//   shmbus hz TOPIC [--partition P] [--count N] [--window N] [--duration S]
+//   shmbus doctor
 //   shmbus health
 //   shmbus replay TOPIC [--partition P] [--from earliest|latest|seq:N|time:NS|time:ISO|mono:NS]
 //                       [--to seq:N|time:..|mono:NS] [--count N] [--follow] [--progress]
@@ -16,9 +19,23 @@
 // replay/tail print one JSON object per message (the payload decoded with the
 // topic's Cap'n Proto schema when it is compiled into this tool, else with the
 // schema registered for the topic in shmbusd).
+#include <liburing.h>
+#include <linux/membarrier.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cinttypes>
+#include <cmath>
+#include <cstring>
+#include <deque>
+#include <fstream>
 #include <csignal>
 #include <cstdio>
 #include <ctime>
@@ -90,11 +107,13 @@ std::string list_json(capnp::List<uint32_t>::Reader l) {
 std::string topic_json(proto::TopicInfo::Reader t) {
   auto s = t.getSpec();
   auto a = s.getAccess();
+  char sid[24];  // ids in hex everywhere (as tail and schema history print them)
+  std::snprintf(sid, sizeof sid, "0x%016" PRIx64, s.getSchemaId());
   std::ostringstream o;
   o << "{\"name\":" << jstr(s.getName().cStr()) << ",\"partitions\":" << s.getPartitions()
     << ",\"capacity\":" << s.getCapacity() << ",\"max_payload\":" << s.getMaxPayload() << ",\"policy\":\""
     << policy_name(s.getPolicy()) << "\",\"multi_producer\":" << (s.getMultiProducer() ? "true" : "false")
-    << ",\"slots\":" << s.getSlots() << ",\"schema_id\":" << s.getSchemaId()
+    << ",\"slots\":" << s.getSlots() << ",\"schema_id\":\"" << sid << "\""
     << ",\"owner_uid\":" << t.getOwnerUid() << ",\"created_ns\":" << t.getCreatedNs()
     << ",\"access\":{\"publish_uids\":" << list_json(a.getPublishUids())
     << ",\"publish_gids\":" << list_json(a.getPublishGids())
@@ -810,6 +829,616 @@ int run_schema(DaemonClient& c, const std::string& what, const SchemaArgs& a, bo
   throw Error(ErrorCode::not_found, "no schema version in the reply");
 }
 
+// ---- live views: stat, stat --watch, top (docs/operations.md, "Live views")
+
+struct SubRow {
+  uint32_t slot = 0, pid = 0;
+  uint64_t position = 0, lag_bytes = 0, lag_messages = 0;
+  bool lapped = false, tethered = false, durable = false;
+};
+struct PartRow {
+  std::string topic;
+  uint32_t partition = 0;
+  uint64_t producer_position = 0, last_sequence = 0, capacity = 0;
+  double rate_per_sec = 0;  // the daemon's sample
+  uint64_t back_pressure_events = 0, reclaimed_cursors = 0, filled_claims = 0;
+  uint32_t producer_pid = 0, live_producers = 0;
+  bool durable = false;
+  uint64_t archived_seq = 0, durable_seq = 0;
+  int32_t archiver_error = 0;
+  std::vector<SubRow> subscribers;
+  // Between two samples (watch, top): this tool's own rates.
+  double msg_per_sec = -1, bytes_per_sec = -1;
+  uint32_t producers() const { return live_producers + (producer_pid ? 1 : 0); }
+  uint64_t max_lag_messages() const {
+    uint64_t m = 0;
+    for (auto& s : subscribers) m = std::max(m, s.lag_messages);
+    return m;
+  }
+  uint64_t lapped() const {
+    uint64_t n = 0;
+    for (auto& s : subscribers) n += s.lapped;
+    return n;
+  }
+};
+
+// Every partition of `name` ("": every topic, a page at a time).
+std::vector<PartRow> fetch_stats(DaemonClient& c, const std::string& name) {
+  std::vector<PartRow> rows;
+  std::string after;
+  for (bool more = true; more;) {
+    auto rep = c.call([&](proto::Request::Builder r) {
+      if (name.empty())
+        r.initStatPage().setAfter(after);
+      else
+        r.setStat(name);
+    });
+    auto ts = name.empty() ? rep.get().getPage().getStats() : rep.get().getStats();
+    more = name.empty() && rep.get().getPage().getMore() && ts.size() > 0;
+    if (name.empty()) after = rep.get().getPage().getNext();
+    for (auto t : ts)
+      for (auto p : t.getPartitions()) {
+        PartRow r;
+        r.topic = t.getName().cStr();
+        r.partition = p.getPartition();
+        r.producer_position = p.getProducerPosition();
+        r.last_sequence = p.getNextSequence() ? p.getNextSequence() - 1 : 0;
+        r.capacity = p.getCapacity();
+        r.rate_per_sec = p.getRatePerSec();
+        r.back_pressure_events = p.getBackPressureEvents();
+        r.reclaimed_cursors = p.getReclaimedCursors();
+        r.filled_claims = p.getFilledClaims();
+        r.producer_pid = p.getProducerPid();
+        r.live_producers = p.getLiveProducers();
+        r.durable = p.getDurable();
+        r.archived_seq = p.getArchivedSeq();
+        r.durable_seq = p.getDurableSeq();
+        r.archiver_error = p.getArchiverError();
+        for (auto s : p.getSubscribers())
+          r.subscribers.push_back({s.getSlot(), s.getPid(), s.getPosition(), s.getLag(), s.getLagMessages(),
+                                   s.getLapped(), s.getTethered(), s.getDurable()});
+        rows.push_back(std::move(r));
+      }
+  }
+  return rows;
+}
+
+// This tool's rates from two samples `dt_s` apart (same topic and partition).
+void rates_between(std::vector<PartRow>& now, const std::vector<PartRow>& before, double dt_s) {
+  std::map<std::pair<std::string, uint32_t>, const PartRow*> prev;
+  for (auto& r : before) prev[{r.topic, r.partition}] = &r;
+  for (auto& r : now) {
+    auto it = prev.find({r.topic, r.partition});
+    if (it == prev.end() || dt_s <= 0) continue;
+    const PartRow& b = *it->second;
+    r.msg_per_sec = r.last_sequence >= b.last_sequence ? double(r.last_sequence - b.last_sequence) / dt_s : 0;
+    r.bytes_per_sec = r.producer_position >= b.producer_position
+                          ? double(r.producer_position - b.producer_position) / dt_s
+                          : 0;
+  }
+}
+
+std::string stat_json(const std::vector<PartRow>& rows) {
+  // Grouped by topic (rows come in topic order).
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const PartRow& p = rows[i];
+    const bool first = i == 0 || rows[i - 1].topic != p.topic;
+    const bool last = i + 1 == rows.size() || rows[i + 1].topic != p.topic;
+    if (first)
+      o << (i ? "," : "") << "{\"topic\":" << jstr(p.topic) << ",\"partitions\":[";
+    else
+      o << ",";
+    o << "{\"partition\":" << p.partition << ",\"producer_position\":" << p.producer_position
+      << ",\"last_sequence\":" << p.last_sequence << ",\"next_sequence\":" << p.last_sequence + 1
+      << ",\"capacity\":" << p.capacity << ",\"rate_per_sec\":" << p.rate_per_sec;
+    if (p.msg_per_sec >= 0)
+      o << ",\"msg_per_sec\":" << p.msg_per_sec << ",\"bytes_per_sec\":" << p.bytes_per_sec;
+    o << ",\"back_pressure_events\":" << p.back_pressure_events
+      << ",\"reclaimed_cursors\":" << p.reclaimed_cursors << ",\"filled_claims\":" << p.filled_claims
+      << ",\"producer_pid\":" << p.producer_pid << ",\"live_producers\":" << p.live_producers
+      << ",\"producers\":" << p.producers() << ",\"durable\":" << (p.durable ? "true" : "false");
+    if (p.durable)
+      o << ",\"archived_seq\":" << p.archived_seq << ",\"durable_seq\":" << p.durable_seq
+        << ",\"archiver_backlog\":"
+        << (p.last_sequence > p.archived_seq ? p.last_sequence - p.archived_seq : 0)
+        << ",\"durable_lag\":" << (p.last_sequence > p.durable_seq ? p.last_sequence - p.durable_seq : 0)
+        << ",\"archiver_error\":" << p.archiver_error;
+    o << ",\"subscribers\":[";
+    for (size_t k = 0; k < p.subscribers.size(); ++k) {
+      const SubRow& s = p.subscribers[k];
+      o << (k ? "," : "") << "{\"slot\":" << s.slot << ",\"pid\":" << s.pid << ",\"position\":" << s.position
+        << ",\"lag_messages\":" << s.lag_messages << ",\"lag_bytes\":" << s.lag_bytes
+        << ",\"lag\":" << s.lag_bytes << ",\"lapped\":" << (s.lapped ? "true" : "false")
+        << ",\"tethered\":" << (s.tethered ? "true" : "false")
+        << ",\"durable\":" << (s.durable ? "true" : "false") << "}";
+    }
+    o << "]}";
+    if (last) o << "]}";
+  }
+  o << "]";
+  return o.str();
+}
+
+std::string human_bytes(double b) {
+  char buf[32];
+  const char* u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int i = 0;
+  while (b >= 1024 && i < 4) b /= 1024, ++i;
+  std::snprintf(buf, sizeof buf, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+  return buf;
+}
+
+std::string stat_text(const std::vector<PartRow>& rows) {
+  std::ostringstream o;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const PartRow& p = rows[i];
+    if (i == 0 || rows[i - 1].topic != p.topic) o << p.topic << "\n";
+    o << "  partition " << p.partition << ": last seq " << p.last_sequence << ", producer position "
+      << p.producer_position << ", " << p.producers() << " producers, ";
+    if (p.msg_per_sec >= 0)
+      o << p.msg_per_sec << " msg/s, " << human_bytes(p.bytes_per_sec) << "/s";
+    else
+      o << p.rate_per_sec << " msg/s";
+    o << ", " << p.back_pressure_events << " back-pressure events, " << p.reclaimed_cursors
+      << " reclaimed cursors, " << p.filled_claims << " filled claims\n";
+    if (p.durable)
+      o << "    archiver: archived seq " << p.archived_seq << ", durable seq " << p.durable_seq
+        << ", backlog " << (p.last_sequence > p.archived_seq ? p.last_sequence - p.archived_seq : 0)
+        << " messages"
+        << (p.archiver_error ? ", error " + std::string(strerror(p.archiver_error)) : std::string()) << "\n";
+    for (auto& s : p.subscribers)
+      o << "    subscriber slot " << s.slot << " pid " << s.pid << ": at " << s.position << ", lag "
+        << s.lag_messages << " messages / " << s.lag_bytes << " B" << (s.tethered ? "" : " (untethered)")
+        << (s.durable ? " (durable)" : "") << (s.lapped ? " LAPPED: messages lost" : "") << "\n";
+  }
+  if (rows.empty()) o << "no topics\n";
+  return o.str();
+}
+
+double mono_s() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return double(ts.tv_sec) + double(ts.tv_nsec) / 1e9;
+}
+
+// Waits up to `s` seconds for a key (top) or a signal; the key, or -1.
+int wait_key(double s, bool keys) {
+  pollfd p{STDIN_FILENO, POLLIN, 0};
+  int r = poll(&p, keys ? 1 : 0, int(s * 1000));
+  if (r > 0 && (p.revents & POLLIN)) {
+    char ch = 0;
+    if (read(STDIN_FILENO, &ch, 1) == 1) return ch;
+  }
+  return -1;
+}
+
+int run_stat(DaemonClient& c, const std::string& name, bool json, bool watch, double interval) {
+  if (!watch) {
+    auto rows = fetch_stats(c, name);
+    std::fputs(json ? (stat_json(rows) + "\n").c_str() : stat_text(rows).c_str(), stdout);
+    return 0;
+  }
+  std::signal(SIGINT, on_sigint);
+  std::signal(SIGTERM, on_sigint);
+  const bool tty = isatty(STDOUT_FILENO) && !json;
+  std::vector<PartRow> prev = fetch_stats(c, name);
+  double t_prev = mono_s();
+  while (!g_stop) {
+    wait_key(interval, false);
+    if (g_stop) break;
+    auto rows = fetch_stats(c, name);
+    const double t = mono_s();
+    rates_between(rows, prev, t - t_prev);
+    if (tty) std::fputs("\x1b[H\x1b[2J", stdout);
+    std::fputs(json ? (stat_json(rows) + "\n").c_str() : stat_text(rows).c_str(), stdout);
+    if (!json && !tty) std::fputs("\n", stdout);
+    std::fflush(stdout);
+    prev = std::move(rows);
+    t_prev = t;
+  }
+  return 0;
+}
+
+enum class TopSort { name, rate, bytes, lag };
+
+std::string top_frame(std::vector<PartRow> rows, TopSort sort, bool reverse, int width) {
+  auto key = [&](const PartRow& r) -> double {
+    switch (sort) {
+      case TopSort::rate: return r.msg_per_sec >= 0 ? r.msg_per_sec : r.rate_per_sec;
+      case TopSort::bytes: return r.bytes_per_sec;
+      case TopSort::lag: return double(r.max_lag_messages());
+      case TopSort::name: break;
+    }
+    return 0;
+  };
+  std::stable_sort(rows.begin(), rows.end(), [&](const PartRow& a, const PartRow& b) {
+    if (sort == TopSort::name)
+      return reverse ? std::tie(b.topic, b.partition) < std::tie(a.topic, a.partition)
+                     : std::tie(a.topic, a.partition) < std::tie(b.topic, b.partition);
+    return reverse ? key(a) < key(b) : key(a) > key(b);
+  });
+  std::ostringstream o;
+  char line[512];
+  const char* sname = sort == TopSort::name    ? "name"
+                      : sort == TopSort::rate  ? "msg/s"
+                      : sort == TopSort::bytes ? "bytes/s"
+                                               : "lag";
+  std::snprintf(
+      line, sizeof line,
+      "shmbus top: %zu partitions, sorted by %s%s  (n name, r msg/s, b bytes/s, l lag, i invert, q quit)\n",
+      rows.size(), sname, reverse ? " (inverted)" : "");
+  o << line;
+  std::snprintf(line, sizeof line, "%-28s %4s %10s %11s %12s %5s %4s %10s %12s %6s %8s %7s %7s\n", "TOPIC",
+                "PART", "LAST SEQ", "MSG/S", "BYTES/S", "PROD", "SUBS", "LAG MSGS", "LAG BYTES", "LAPPED",
+                "BP WAITS", "RECLAIM", "BACKLOG");
+  o << line;
+  for (auto& r : rows) {
+    uint64_t lag_b = 0;
+    for (auto& s : r.subscribers) lag_b = std::max(lag_b, s.lag_bytes);
+    const std::string backlog =
+        r.durable ? std::to_string(r.last_sequence > r.archived_seq ? r.last_sequence - r.archived_seq : 0)
+                  : "-";
+    std::string t = r.topic.size() > 28 ? r.topic.substr(0, 27) + "~" : r.topic;
+    std::snprintf(line, sizeof line,
+                  "%-28s %4u %10" PRIu64 " %11.1f %12s %5u %4zu %10" PRIu64 " %12s %6" PRIu64 " %8" PRIu64
+                  " %7" PRIu64 " %7s\n",
+                  t.c_str(), r.partition, r.last_sequence,
+                  r.msg_per_sec >= 0 ? r.msg_per_sec : r.rate_per_sec,
+                  (human_bytes(std::max(0.0, r.bytes_per_sec)) + "/s").c_str(), r.producers(),
+                  r.subscribers.size(), r.max_lag_messages(), human_bytes(double(lag_b)).c_str(), r.lapped(),
+                  r.back_pressure_events, r.reclaimed_cursors + r.filled_claims, backlog.c_str());
+    o << std::string(line).substr(0, width > 0 ? size_t(width) : std::string::npos);
+    if (width > 0 && std::string(line).size() > size_t(width)) o << "\n";
+    for (auto& s : r.subscribers) {
+      std::snprintf(line, sizeof line, "  └ slot %-4u pid %-8u %-10s lag %" PRIu64 " msgs / %s%s\n", s.slot,
+                    s.pid, s.tethered ? (s.durable ? "durable" : "tethered") : "untethered", s.lag_messages,
+                    human_bytes(double(s.lag_bytes)).c_str(), s.lapped ? "  LAPPED" : "");
+      o << line;
+    }
+  }
+  return o.str();
+}
+
+int run_top(DaemonClient& c, const std::string& name, bool once, double interval,
+            const std::string& sort_by) {
+  TopSort sort = sort_by == "rate"    ? TopSort::rate
+                 : sort_by == "bytes" ? TopSort::bytes
+                 : sort_by == "lag"   ? TopSort::lag
+                                      : TopSort::name;
+  bool reverse = false;
+  once = once || !isatty(STDOUT_FILENO);
+  std::vector<PartRow> prev = fetch_stats(c, name);
+  double t_prev = mono_s();
+  if (once) {
+    // Two samples `interval` apart give this tool's own rates.
+    if (interval > 0) wait_key(interval, false);
+    auto rows = fetch_stats(c, name);
+    rates_between(rows, prev, mono_s() - t_prev);
+    std::fputs(top_frame(rows, sort, reverse, 0).c_str(), stdout);
+    return 0;
+  }
+  std::signal(SIGINT, on_sigint);
+  std::signal(SIGTERM, on_sigint);
+  termios old{};
+  const bool keys = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &old) == 0;
+  if (keys) {
+    termios raw = old;
+    raw.c_lflag &= tcflag_t(~(ICANON | ECHO));
+    raw.c_cc[VMIN] = 0;
+    raw.c_cc[VTIME] = 0;
+    tcsetattr(STDIN_FILENO, TCSANOW, &raw);
+  }
+  std::fputs("\x1b[?25l", stdout);  // cursor hidden while drawing
+  std::vector<PartRow> rows = prev;
+  double t_next = t_prev + interval;
+  while (!g_stop) {
+    winsize ws{};
+    const int width = ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 ? ws.ws_col : 0;
+    std::fputs(("\x1b[H\x1b[2J" + top_frame(rows, sort, reverse, width)).c_str(), stdout);
+    std::fflush(stdout);
+    const int k = wait_key(std::max(0.0, t_next - mono_s()), keys);
+    if (k == 'q' || k == 'Q') break;
+    if (k == 'n') sort = TopSort::name;
+    if (k == 'r') sort = TopSort::rate;
+    if (k == 'b') sort = TopSort::bytes;
+    if (k == 'l') sort = TopSort::lag;
+    if (k == 'i') reverse = !reverse;
+    if (k >= 0 && mono_s() < t_next) continue;  // a key: redraw at once, same sample
+    auto now = fetch_stats(c, name);
+    const double t = mono_s();
+    rates_between(now, prev, t - t_prev);
+    prev = now;
+    rows = std::move(now);
+    t_prev = t;
+    t_next = t + interval;
+  }
+  std::fputs("\x1b[?25h", stdout);
+  if (keys) tcsetattr(STDIN_FILENO, TCSANOW, &old);
+  return 0;
+}
+
+// ---- hz: a topic's message rate and inter-arrival times (like `ros2 topic hz`)
+
+struct HzArgs {
+  std::string topic;
+  uint32_t partition = 0;
+  uint64_t count = 0;       // stop after this many messages (0: until Ctrl-C or --duration)
+  uint32_t window = 10000;  // inter-arrival times the statistics cover
+  double duration = 0;      // stop after this many seconds (0: no limit)
+};
+
+int run_hz(const std::string& socket, const HzArgs& a, bool json) {
+  std::signal(SIGINT, on_sigint);
+  std::signal(SIGTERM, on_sigint);
+  Bus bus = Bus::connect(socket);
+  SubscriberOptions so;
+  so.partition = a.partition;
+  so.tethered = false;  // never holds a producer back
+  Subscriber sub = bus.subscriber(a.topic, so);
+  std::deque<double> gaps;  // seconds, the last `window`
+  double sum = 0, sumsq = 0;
+  uint64_t n = 0, lapped = 0;
+  int64_t prev_ns = -1;
+  const double t0 = mono_s();
+  double next_print = t0 + 1;
+  auto summary = [&](bool final) {
+    double mn = 0, mx = 0;
+    if (!gaps.empty())
+      mn = *std::min_element(gaps.begin(), gaps.end()), mx = *std::max_element(gaps.begin(), gaps.end());
+    const double k = double(gaps.size());
+    const double mean = k ? sum / k : 0;
+    const double var = k ? std::max(0.0, sumsq / k - mean * mean) : 0;
+    const double rate = mean > 0 ? 1 / mean : 0;
+    if (json) {
+      if (!final) return;
+      std::printf("{\"topic\":%s,\"partition\":%u,\"messages\":%" PRIu64
+                  ",\"rate\":%.6g,\"min_s\":%.9g,"
+                  "\"max_s\":%.9g,\"mean_s\":%.9g,\"stddev_s\":%.9g,\"window\":%zu,\"lapped\":%" PRIu64 "}\n",
+                  jstr(a.topic).c_str(), a.partition, n, rate, mn, mx, mean, std::sqrt(var), gaps.size(),
+                  lapped);
+    } else if (n < 2) {
+      std::printf("no messages yet\n");
+    } else {
+      std::printf(
+          "rate %.1f msg/s  min %.3f ms  max %.3f ms  mean %.3f ms  stddev %.3f ms  window %zu  messages "
+          "%" PRIu64 "%s\n",
+          rate, mn * 1e3, mx * 1e3, mean * 1e3, std::sqrt(var) * 1e3, gaps.size(), n,
+          lapped ? ("  lapped " + std::to_string(lapped)).c_str() : "");
+    }
+    std::fflush(stdout);
+  };
+  View v;
+  while (!g_stop) {
+    const double now = mono_s();
+    if (a.duration > 0 && now - t0 >= a.duration) break;
+    if (now >= next_print) {
+      summary(false);
+      next_print = now + 1;
+    }
+    Status s = sub.poll_wait(v, 100'000'000);
+    if (s == Status::lapped) {
+      ++lapped;
+      prev_ns = -1;  // the gap over lost messages is not an inter-arrival time
+      continue;
+    }
+    if (s != Status::ok) continue;
+    // The producer's commit time (CLOCK_MONOTONIC), else the time we saw it.
+    const int64_t ts = v.timestamp_ns() ? int64_t(v.timestamp_ns()) : int64_t(mono_s() * 1e9);
+    sub.release(v);
+    v = View{};
+    ++n;
+    if (prev_ns >= 0 && ts >= prev_ns) {
+      const double g = double(ts - prev_ns) / 1e9;
+      gaps.push_back(g);
+      sum += g, sumsq += g * g;
+      if (gaps.size() > a.window) {
+        const double o = gaps.front();
+        gaps.pop_front();
+        sum -= o, sumsq -= o * o;
+      }
+    }
+    prev_ns = ts;
+    if (a.count && n >= a.count) break;
+  }
+  summary(true);
+  return n ? 0 : 1;
+}
+
+// ---- doctor: what breaks installations
+
+struct Check {
+  std::string name, status, detail, fix;
+};
+
+int run_doctor(const std::string& socket_arg, bool json) {
+  std::vector<Check> cs;
+  auto add = [&](std::string n, std::string s, std::string d, std::string f = {}) {
+    cs.push_back({std::move(n), std::move(s), std::move(d), std::move(f)});
+  };
+  // /dev/shm: the daemon keeps shm_reserve_percent of it free.
+  {
+    struct statvfs vf {};
+    std::string opts, fstype;
+    std::ifstream mi("/proc/self/mounts");
+    std::string dev, mnt, ty, op;
+    while (mi >> dev >> mnt >> ty >> op) {
+      std::string rest;
+      std::getline(mi, rest);
+      if (mnt == "/dev/shm") fstype = ty, opts = op;
+    }
+    if (statvfs("/dev/shm", &vf) != 0) {
+      add("dev_shm", "FAIL", "/dev/shm: " + std::string(strerror(errno)),
+          "mount -t tmpfs -o size=50% tmpfs /dev/shm");
+    } else {
+      const double size = double(vf.f_blocks) * double(vf.f_frsize),
+                   avail = double(vf.f_bavail) * double(vf.f_frsize);
+      const std::string d = (fstype.empty() ? std::string("not a mount point") : fstype) + ", " +
+                            human_bytes(size) + ", " + human_bytes(avail) + " free" +
+                            (opts.empty() ? "" : " (" + opts + ")");
+      if (fstype != "tmpfs")
+        add("dev_shm", "WARN", d, "mount a tmpfs on /dev/shm (topics' segments are shared memory)");
+      else if (size < 64.0 * 1048576)
+        add("dev_shm", "WARN", d,
+            "enlarge it: mount -o remount,size=1G /dev/shm (topics are refused beyond it)");
+      else if (avail < size * 0.1)
+        add("dev_shm", "WARN", d,
+            "free space: topics are refused when less than --shm-reserve-percent is free");
+      else
+        add("dev_shm", "OK", d);
+    }
+  }
+  // Limits: memlock (io_uring registered buffers), open files (three per partition).
+  {
+    rlimit rl{};
+    getrlimit(RLIMIT_MEMLOCK, &rl);
+    auto lim = [](rlim_t v) {
+      return v == RLIM_INFINITY ? std::string("unlimited") : human_bytes(double(v));
+    };
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (64ull << 20))
+      add("memlock", "WARN", "RLIMIT_MEMLOCK " + lim(rl.rlim_cur) + " (hard " + lim(rl.rlim_max) + ")",
+          "LimitMEMLOCK=infinity in the unit, or ulimit -l unlimited (io_uring buffers of durable topics)");
+    else
+      add("memlock", "OK", "RLIMIT_MEMLOCK " + lim(rl.rlim_cur));
+    getrlimit(RLIMIT_NOFILE, &rl);
+    const std::string d =
+        "RLIMIT_NOFILE soft " + std::to_string(rl.rlim_cur) + ", hard " + std::to_string(rl.rlim_max);
+    if (rl.rlim_max < 65536)
+      add("nofile", "WARN", d + " (shmbusd raises soft to hard; each partition costs 3 fds, each client 1)",
+          "LimitNOFILE=1048576 in the unit, or raise the hard limit in limits.conf");
+    else
+      add("nofile", "OK", d);
+  }
+  // io_uring: the spill log of durable topics.
+  {
+    io_uring ring;
+    const int r = io_uring_queue_init(8, &ring, 0);
+    if (r == 0) {
+      io_uring_queue_exit(&ring);
+      add("io_uring", "OK", "io_uring_queue_init works");
+    } else {
+      std::string d = "io_uring_queue_init: " + std::string(strerror(-r));
+      std::ifstream dis("/proc/sys/kernel/io_uring_disabled");
+      int v = 0;
+      if (dis >> v && v) d += " (kernel.io_uring_disabled=" + std::to_string(v) + ")";
+      add("io_uring", "FAIL", d + ": durable topics cannot be archived",
+          "sysctl kernel.io_uring_disabled=0, or allow io_uring in the seccomp profile / container");
+    }
+  }
+  // pidfds: how the daemon knows a client died.
+  {
+    const int pfd = int(syscall(SYS_pidfd_open, getpid(), 0));
+    if (pfd >= 0) {
+      close(pfd);
+      add("pidfd", "OK", "pidfd_open works");
+    } else {
+      add("pidfd", "FAIL", "pidfd_open: " + std::string(strerror(errno)), "Linux 5.3 or later is needed");
+    }
+  }
+  // membarrier: the asymmetric fences of the ring (a fallback exists, slower).
+  {
+    const long q = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    if (q >= 0 && (q & MEMBARRIER_CMD_GLOBAL_EXPEDITED))
+      add("membarrier", "OK", "MEMBARRIER_CMD_GLOBAL_EXPEDITED supported");
+    else
+      add("membarrier", "WARN",
+          q < 0 ? "membarrier: " + std::string(strerror(errno)) : "no MEMBARRIER_CMD_GLOBAL_EXPEDITED",
+          "Linux 4.16 or later, and no seccomp filter on membarrier: without it every commit pays a locked "
+          "instruction");
+  }
+  // Clock source: frame timestamps and latency figures read CLOCK_MONOTONIC.
+  {
+    std::ifstream f("/sys/devices/system/clocksource/clocksource0/current_clocksource");
+    std::string cs_name;
+    f >> cs_name;
+    if (cs_name.empty())
+      add("clocksource", "WARN", "unknown (no /sys/devices/system/clocksource)", "");
+    else if (cs_name == "tsc" || cs_name == "arch_sys_counter" || cs_name == "kvm-clock")
+      add("clocksource", "OK", cs_name);
+    else
+      add("clocksource", "WARN", cs_name + ": clock reads may be system calls (slow frame stamps)",
+          "use tsc if the hardware allows (clocksource=tsc tsc=reliable on the kernel command line)");
+  }
+  // The socket, its directory and the state dir: ownership and modes.
+  {
+    const std::string sock = socket_arg.empty() ? default_socket_path() : socket_arg;
+    const auto slash = sock.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : sock.substr(0, slash);
+    struct stat st {};
+    if (lstat(dir.c_str(), &st) != 0) {
+      add("socket_dir", "WARN", dir + ": " + strerror(errno) + " (no daemon has run with this socket)",
+          "start shmbusd (it creates the directory)");
+    } else if (!S_ISDIR(st.st_mode)) {
+      add("socket_dir", "FAIL", dir + " is not a directory (a symlink?)",
+          "remove it; shmbusd creates its own");
+    } else if (st.st_mode & 022) {
+      char m[8];
+      std::snprintf(m, sizeof m, "%04o", unsigned(st.st_mode & 07777));
+      add("socket_dir", "FAIL",
+          dir + " is writable by group or others (mode " + m + ", uid " + std::to_string(st.st_uid) +
+              "): shmbusd refuses it",
+          "chmod go-w " + dir + " (or let shmbusd create it)");
+    } else {
+      char m[8];
+      std::snprintf(m, sizeof m, "%04o", unsigned(st.st_mode & 07777));
+      add("socket_dir", "OK", dir + " mode " + m + ", uid " + std::to_string(st.st_uid));
+    }
+    if (lstat(sock.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode))
+      add("socket", "FAIL", sock + " exists and is not a socket", "remove it");
+    DaemonClient::Options co;
+    co.socket_path = sock;
+    co.reconnect_ms = 0;
+    std::string state_dir;
+    try {
+      auto c = DaemonClient::connect(co);
+      auto rep = c->call([](proto::Request::Builder r) { r.setHealth(); });
+      auto h = rep.get().getHealth();
+      state_dir = h.getStateDir().cStr();
+      add("daemon", h.getServing() ? "OK" : "FAIL",
+          "shmbusd pid " + std::to_string(h.getDaemonPid()) +
+              (h.getServing() ? " serving on " : " NOT serving on ") + sock,
+          h.getServing() ? "" : "see its log (journalctl -u shmbusd)");
+    } catch (const Error& e) {
+      add("daemon", "WARN", std::string("no daemon at ") + sock + ": " + e.what(),
+          "start shmbusd (systemctl start shmbusd, or shmbusd --socket " + sock + ")");
+    }
+    if (state_dir.empty() && slash != std::string::npos) state_dir = dir + "/state";
+    if (!state_dir.empty()) {
+      if (lstat(state_dir.c_str(), &st) != 0) {
+        add("state_dir", errno == ENOENT ? "WARN" : "FAIL", state_dir + ": " + strerror(errno),
+            errno == ENOENT ? "start shmbusd (it creates it)" : "run doctor as the daemon's user");
+      } else {
+        char m[8];
+        std::snprintf(m, sizeof m, "%04o", unsigned(st.st_mode & 07777));
+        const std::string d = state_dir + " mode " + m + ", uid " + std::to_string(st.st_uid);
+        if (!S_ISDIR(st.st_mode))
+          add("state_dir", "FAIL", state_dir + " is not a directory (a symlink?)", "remove it");
+        else if (st.st_mode & 077)
+          add("state_dir", "WARN", d + ": readable or writable by others", "chmod 0700 " + state_dir);
+        else
+          add("state_dir", "OK", d);
+      }
+    }
+  }
+  bool fail = false;
+  for (auto& c : cs) fail = fail || c.status == "FAIL";
+  if (json) {
+    std::printf("{\"ok\":%s,\"checks\":[", fail ? "false" : "true");
+    for (size_t i = 0; i < cs.size(); ++i)
+      std::printf("%s{\"name\":%s,\"status\":\"%s\",\"detail\":%s,\"fix\":%s}", i ? "," : "",
+                  jstr(cs[i].name).c_str(), cs[i].status.c_str(), jstr(cs[i].detail).c_str(),
+                  jstr(cs[i].fix).c_str());
+    std::printf("]}\n");
+  } else {
+    for (auto& c : cs) {
+      std::printf("%-4s  %-12s %s\n", c.status.c_str(), c.name.c_str(), c.detail.c_str());
+      if (!c.fix.empty() && c.status != "OK") std::printf("      %-12s fix: %s\n", "", c.fix.c_str());
+    }
+  }
+  return fail ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -869,6 +1498,32 @@ int main(int argc, char** argv) {
   del->add_option("name", name)->required();
   auto* stat = app.add_subcommand("stat", "positions, rates, lag, back-pressure, reclamation");
   stat->add_option("topic", name, "one topic (default: all)");
+  bool watch = false, once = false;
+  double interval = 1.0;
+  std::string sort_by = "name";
+  stat->add_flag("--watch", watch,
+                 "print again every --interval seconds, with this tool's rates (Ctrl-C stops)");
+  stat->add_option("--interval", interval, "seconds between samples (default 1)")
+      ->check(CLI::Range(0.05, 3600.0));
+  auto* top =
+      app.add_subcommand("top", "a refreshing view of every partition: rates, producers, lag, lapped");
+  top->add_option("topic", name, "one topic (default: all)");
+  top->add_flag("--once", once,
+                "print one frame (two samples --interval apart) and exit; the default off a tty");
+  top->add_option("--interval", interval, "seconds between samples (default 1)")
+      ->check(CLI::Range(0.0, 3600.0));
+  top->add_option("--sort", sort_by, "name|rate|bytes|lag (keys n r b l, i inverts)")
+      ->check(CLI::IsMember({"name", "rate", "bytes", "lag"}));
+  HzArgs hz_args;
+  auto* hz = app.add_subcommand("hz", "a topic's message rate and inter-arrival times (min/max/mean/stddev)");
+  hz->add_option("topic", hz_args.topic)->required();
+  hz->add_option("--partition", hz_args.partition, "partition (default 0)");
+  hz->add_option("--count", hz_args.count, "stop after N messages");
+  hz->add_option("--window", hz_args.window, "inter-arrival times the statistics cover (default 10000)")
+      ->check(CLI::Range(1u, 10'000'000u));
+  hz->add_option("--duration", hz_args.duration, "stop after S seconds");
+  auto* doctor =
+      app.add_subcommand("doctor", "check what breaks installations (/dev/shm, limits, io_uring, ...)");
   auto* health = app.add_subcommand("health", "is the daemon serving?");
   ReplayArgs ra;
   auto* replay = app.add_subcommand("replay", "print a durable topic's messages from its log as JSON lines");
@@ -923,8 +1578,17 @@ int main(int argc, char** argv) {
   }
   CLI11_PARSE(app, argc, argv);
 
-  DaemonClient::Options co;
   if (system_daemon && socket.empty()) socket = kSystemSocketPath;
+  if (doctor->parsed()) return run_doctor(socket, json);
+  if (hz->parsed()) {
+    try {
+      return run_hz(socket, hz_args, json);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "shmbus: %s\n", e.what());
+      return 1;
+    }
+  }
+  DaemonClient::Options co;
   co.socket_path = socket;
   co.reconnect_ms = 0;
   std::shared_ptr<DaemonClient> c;
@@ -1021,62 +1685,9 @@ int main(int argc, char** argv) {
       else
         std::printf("deleted %s\n", name.c_str());
     } else if (stat->parsed()) {
-      std::ostringstream o;
-      if (json) o << "[";
-      std::string after;
-      uint32_t shown = 0;
-      for (bool more = true; more;) {
-        // One topic: stat; every topic: statPage, a page at a time.
-        auto rep = c->call([&](proto::Request::Builder r) {
-          if (name.empty())
-            r.initStatPage().setAfter(after);
-          else
-            r.setStat(name);
-        });
-        auto ts = name.empty() ? rep.get().getPage().getStats() : rep.get().getStats();
-        more = name.empty() && rep.get().getPage().getMore() && ts.size() > 0;
-        if (name.empty()) after = rep.get().getPage().getNext();
-        for (uint32_t i = 0; i < ts.size(); ++i) {
-          auto t = ts[i];
-          if (json)
-            o << (shown++ ? "," : "") << "{\"topic\":" << jstr(t.getName().cStr()) << ",\"partitions\":[";
-          else
-            o << t.getName().cStr() << "\n";
-          for (uint32_t j = 0; j < t.getPartitions().size(); ++j) {
-            auto p = t.getPartitions()[j];
-            if (json) {
-              o << (j ? "," : "") << "{\"partition\":" << p.getPartition()
-                << ",\"producer_position\":" << p.getProducerPosition()
-                << ",\"next_sequence\":" << p.getNextSequence() << ",\"rate_per_sec\":" << p.getRatePerSec()
-                << ",\"back_pressure_events\":" << p.getBackPressureEvents()
-                << ",\"reclaimed_cursors\":" << p.getReclaimedCursors()
-                << ",\"filled_claims\":" << p.getFilledClaims() << ",\"producer_pid\":" << p.getProducerPid()
-                << ",\"live_producers\":" << p.getLiveProducers() << ",\"subscribers\":[";
-              for (uint32_t k = 0; k < p.getSubscribers().size(); ++k) {
-                auto s = p.getSubscribers()[k];
-                o << (k ? "," : "") << "{\"slot\":" << s.getSlot() << ",\"pid\":" << s.getPid()
-                  << ",\"position\":" << s.getPosition() << ",\"lag\":" << s.getLag()
-                  << ",\"tethered\":" << (s.getTethered() ? "true" : "false") << "}";
-              }
-              o << "]}";
-            } else {
-              o << "  partition " << p.getPartition() << ": producer at " << p.getProducerPosition()
-                << " (seq " << p.getNextSequence() << "), " << p.getRatePerSec() << " msg/s, "
-                << p.getBackPressureEvents() << " back-pressure events, " << p.getReclaimedCursors()
-                << " reclaimed cursors, " << p.getFilledClaims() << " padded claims\n";
-              for (auto s : p.getSubscribers())
-                o << "    subscriber slot " << s.getSlot() << " pid " << s.getPid() << ": at "
-                  << s.getPosition() << ", lag " << s.getLag() << " B"
-                  << (s.getTethered() ? "" : " (untethered)") << "\n";
-            }
-          }
-          if (json) o << "]}";
-        }
-        std::fputs(o.str().c_str(), stdout);
-        o.str("");
-      }
-      if (json) o << "]\n";
-      std::fputs(o.str().c_str(), stdout);
+      return run_stat(*c, name, json, watch, interval);
+    } else if (top->parsed()) {
+      return run_top(*c, name, once, interval, sort_by);
     } else if (replay->parsed()) {
       return run_replay(*c, socket, ra, false);
     } else if (schema->parsed()) {

@@ -288,6 +288,7 @@ void ControlServer::on_readable(uint64_t id) {
     RegistryCmd rc;
     rc.peer = c.peer;
     rc.req = std::move(req);
+    rc.recv_ns = shm::monotonic_ns();
     core_.registry_q.push(std::move(rc));
     // Back-pressure: a client with this many unanswered requests is not read until
     // the registry caught up (its requests wait in its socket, not in our memory).

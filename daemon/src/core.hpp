@@ -30,6 +30,7 @@
 #include "shmbus/daemon_client.hpp"
 #include "shmbus/shm/recovery.hpp"
 #include "groups.hpp"
+#include "metrics.hpp"
 #include "schema_registry.hpp"
 
 namespace shmbus::spill {
@@ -269,9 +270,12 @@ uint64_t pidfd_identity(int pidfd);
 uint64_t proc_identity(pid_t pid, uint64_t proc = 0);
 struct RegistryCmd {
   // conn_closed: the server dropped connection peer.conn (its ephemeral topics go).
-  enum Kind { request, stop, conn_closed } kind = request;
+  // metrics: fill `snap` (a scrape of the metrics endpoint).
+  enum Kind { request, stop, conn_closed, metrics } kind = request;
   Peer peer;
   std::shared_ptr<DecodedRequest> req;
+  uint64_t recv_ns = 0;                     // CLOCK_MONOTONIC at decode (the request latency metric)
+  std::shared_ptr<MetricsSnapshot> snap{};  // "{}": aggregate initialisers may leave it out
 };
 struct ServerCmd {
   uint64_t conn = 0;
@@ -289,6 +293,7 @@ struct Counters {
   std::atomic<uint32_t> clients{0};
   std::atomic<uint32_t> topics{0};
   std::atomic<uint64_t> reclaimed_clients{0};
+  std::atomic<uint64_t> reclaim_ns{0};  // time the reaper spent reclaiming dead clients
   std::atomic<bool> serving{false};
   uint64_t start_ns = 0;
 };
@@ -379,6 +384,7 @@ class Registry {
   void archive_topic(Topic& t);
   std::string log_root() const;
   void stat_topic(const Topic& t, proto::TopicStat::Builder b);
+  void metrics_snapshot(MetricsSnapshot& s);  // metrics.cpp
 
   // Who holds a cursor grant (layout 3): the connection it was granted over and that
   // connection's process. A `leave` names a grant its connection (or process) holds;
@@ -503,6 +509,8 @@ class Core {
   DaemonOptions opts;
   std::string instance;  // log name
   Counters counters;
+  RequestMetrics requests;
+  std::unique_ptr<MetricsServer> metrics;  // --metrics-listen
   CommandQueue<RegistryCmd> registry_q;
   CommandQueue<ServerCmd> server_q;
   CommandQueue<ReaperCmd> reaper_q;

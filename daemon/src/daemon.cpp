@@ -114,11 +114,24 @@ void Core::start() {
     server.close_listener();
     throw;
   }
+  // The metrics endpoint's socket before any thread: a bad address or a port in use
+  // fails the start.
+  if (!opts.metrics_listen.empty()) {
+    metrics = std::make_unique<MetricsServer>(*this);
+    try {
+      metrics->bind();
+    } catch (...) {
+      metrics.reset();
+      server.close_listener();
+      throw;
+    }
+  }
   counters.start_ns = realtime_ns();
   t_reaper_ = std::thread([this] { reaper.run(); });
   t_registry_ = std::thread([this] { registry.run(); });
   t_server_ = std::thread([this] { server.run(); });
   started_ = true;
+  if (metrics) metrics->start();
   log_event(instance, LOG_INFO, "started", "", getpid(),
             "socket " + opts.socket_path + ", state " + opts.state_dir + ", shm prefix " + opts.shm_prefix);
 }
@@ -144,6 +157,7 @@ void Core::wait() {
   if (!started_ || joined_) return;
   t_server_.join();  // returns after the registry persisted (its last message)
   t_registry_.join();
+  if (metrics) metrics->stop();  // a scrape in flight gets 503 (the registry is gone)
   // After the registry: nobody adds partitions any more. The archiver's cursors stay
   // taken, so a restarted daemon adopts them and no frame escapes the log.
   if (archiver_) archiver_->stop();

@@ -147,6 +147,7 @@ void Reaper::watch_pid(pid_t pid) {
 
 void Reaper::on_dead(pid_t pid, const char* how) {
   bool any = false;
+  const uint64_t t0 = shm::monotonic_ns();
   // The kernel may already have given the number to another process, which may hold
   // grants of its own under it: nothing is reclaimed by number while a process has
   // it (what the dead one held is reclaimed when that one is gone too).
@@ -163,7 +164,10 @@ void Reaper::on_dead(pid_t pid, const char* how) {
                 std::string(how) + "; partition " + std::to_string(p->index));
     }
   }
-  if (any) core_.counters.reclaimed_clients.fetch_add(1);
+  if (any) {
+    core_.counters.reclaimed_clients.fetch_add(1);
+    core_.counters.reclaim_ns.fetch_add(shm::monotonic_ns() - t0);
+  }
   // Forget the pidfd only now: alive() above must keep answering "dead".
   auto it = pids_.find(pid);
   if (it != pids_.end()) {

@@ -563,6 +563,10 @@ bool Registry::expire_parked(uint64_t now_ns) {
 
 void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
   b.setName(t.s.name);
+  std::vector<spill::PartitionStats> archive;  // this topic's, when durable
+  if (t.s.is_durable() && core_.has_archiver())
+    for (auto& a : core_.archiver().stats())
+      if (a.topic == t.s.name) archive.push_back(a);
   auto pl = b.initPartitions(uint32_t(t.parts.size()));
   for (size_t i = 0; i < t.parts.size(); ++i) {
     const Partition& p = *t.parts[i];
@@ -576,6 +580,15 @@ void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
     ps.setBackPressureEvents(aref(r.data->backpressure_events).load(std::memory_order_relaxed));
     ps.setReclaimedCursors(p.reclaimed_cursors.load(std::memory_order_relaxed));
     ps.setFilledClaims(p.filled_claims.load(std::memory_order_relaxed));
+    ps.setCapacity(r.capacity);
+    const uint64_t next_seq = shm::tail_seq_of(aref(r.data->tail_seq).load(std::memory_order_relaxed));
+    for (auto& a : archive)
+      if (a.partition == p.index) {
+        ps.setDurable(true);
+        ps.setArchivedSeq(a.archived_seq);
+        ps.setDurableSeq(a.durable_seq);
+        ps.setArchiverError(a.last_error);
+      }
     // From the daemon's own grant records (layout 4: the data segment holds tokens).
     uint32_t live = 0;
     {
@@ -602,6 +615,9 @@ void Registry::stat_topic(const Topic& t, proto::TopicStat::Builder b) {
       ss.setPid(aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_relaxed));
       ss.setPosition(pos);
       ss.setLag(tail > pos ? tail - pos : 0);
+      bool lapped = false;
+      ss.setLagMessages(lag_messages(r, pos, tail, next_seq, lapped));
+      ss.setLapped(lapped);
       ss.setTethered(aref(const_cast<uint32_t&>(s.flags)).load(std::memory_order_relaxed) &
                      shm::kSlotTethered);
       ss.setDurable(aref(const_cast<uint64_t&>(s.name_hash)).load(std::memory_order_relaxed) != 0);
@@ -1481,11 +1497,17 @@ void Registry::run() {
         connection_closed(c.peer.conn);
         continue;
       }
+      if (c.kind == RegistryCmd::metrics) {
+        metrics_snapshot(*c.snap);
+        continue;
+      }
       // Exception-safe: whatever a request does (bad_alloc included), it gets an
       // error reply with its id, and the registry goes on with the next one.
       uint64_t rid = 0;
+      unsigned rtype = RequestMetrics::kTypes - 1;
       try {
         rid = c.req->root().getId();
+        rtype = unsigned(c.req->root().which());
         handle(c);
       } catch (const kj::Exception& e) {
         log_limited(core_.instance, LOG_ERROR, "request_failed", "", c.peer.pid, e.getDescription().cStr());
@@ -1506,6 +1528,7 @@ void Registry::run() {
         } catch (...) {
         }
       }
+      core_.requests.observe(rtype, shm::monotonic_ns() - c.recv_ns);
     }
     batching_ = false;
     if (must_persist_ || stop) persist();

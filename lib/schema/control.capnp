@@ -113,6 +113,8 @@ struct SubscriberStat {
   lag @3 :UInt64;                 # producer position - subscriber position, bytes
   tethered @4 :Bool;
   durable @5 :Bool;
+  lagMessages @6 :UInt64;         # messages published and not yet read (lapped: estimated from bytes)
+  lapped @7 :Bool;                # the producer overwrote its read position (untethered): it will lose messages
 }
 
 struct PartitionStat {
@@ -126,6 +128,11 @@ struct PartitionStat {
   producerPid @7 :UInt32;         # single-producer owner, 0 = none
   subscribers @8 :List(SubscriberStat);
   liveProducers @9 :UInt32;       # multi-producer table entries in use
+  capacity @10 :UInt64;           # ring bytes
+  durable @11 :Bool;              # archived to the spill log: the next three fields are set
+  archivedSeq @12 :UInt64;        # highest sequence written to the log
+  durableSeq @13 :UInt64;         # highest sequence durable per the flush policy
+  archiverError @14 :Int32;       # errno of the failing log write or sync, 0 = healthy
 }
 
 struct TopicStat {

@@ -130,6 +130,7 @@ struct DaemonProc {
   Child proc;
   int notify_fd = -1;
   int64_t reclaim_ms = 20;
+  std::vector<std::string> extra;  // more shmbusd options
 
   explicit DaemonProc(const char* what) {
     char tpl[] = "/tmp/shmbus-dt-XXXXXX";
@@ -159,9 +160,19 @@ struct DaemonProc {
       std::memcpy(a.sun_path, np.c_str(), np.size() + 1);
       bind(notify_fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
     }
-    proc = Child({daemon_path(), "--socket", sock, "--state-dir", state, "--shm-prefix", prefix,
-                  "--reclaim-interval-ms", std::to_string(reclaim_ms), "--log-level", "info"},
-                 log, {"NOTIFY_SOCKET=" + dir + "/notify"});
+    std::vector<std::string> args = {daemon_path(),
+                                     "--socket",
+                                     sock,
+                                     "--state-dir",
+                                     state,
+                                     "--shm-prefix",
+                                     prefix,
+                                     "--reclaim-interval-ms",
+                                     std::to_string(reclaim_ms),
+                                     "--log-level",
+                                     "info"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    proc = Child(args, log, {"NOTIFY_SOCKET=" + dir + "/notify"});
     const uint64_t deadline = now_ns() + uint64_t(timeout_ms) * 1'000'000;
     for (;;) {
       uint64_t t = now_ns();

@@ -66,6 +66,11 @@ struct DaemonOptions {
   // tethered, holds the producer back) after its owner closed or died; then it is
   // freed and its position kept as a record (resumed with a lap check).
   int64_t durable_hold_ms = 10000;
+  // Prometheus text metrics over HTTP on "host:port" (docs/operations.md, "Metrics");
+  // empty: off. A non-loopback host needs metrics_allow_remote (every topic name and
+  // subscriber pid is visible to whoever reaches the port).
+  std::string metrics_listen{};
+  bool metrics_allow_remote = false;
 };
 
 namespace daemon {
