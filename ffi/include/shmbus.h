@@ -453,6 +453,42 @@ SHMBUS_API int shmbus_trace_format(const shmbus_envelope_t* e, char* buf, size_t
 SHMBUS_API int shmbus_trace_fresh(shmbus_envelope_t* e);
 SHMBUS_API int shmbus_trace_child(shmbus_envelope_t* e);
 
+/* ---- dedup window (symbol version SHMBUS_1.4) ---------------------------------
+ * C++'s shmbus::DedupWindow (docs/messaging.md, "Dedup"): a consumer drops what it
+ * handled already, across its own restart (by the partition sequence: a message at or
+ * below the last one recorded) and a producer's retry (by (producer id, message id)
+ * among the last `capacity` recorded; message id 0 is not checked). _commit writes the
+ * window, the position and an application state blob to `path` atomically (temporary
+ * file, fsync, rename): a handler that keeps its side effects in that state is
+ * effectively-once. A handle is used from one thread at a time. */
+typedef struct shmbus_dedup shmbus_dedup_t;
+
+typedef struct shmbus_dedup_stats {
+  uint64_t by_position; /* duplicates caught by the sequence (a consumer restart) */
+  uint64_t by_id;       /* duplicates caught by (producer, message id) (a retry) */
+  uint64_t position;    /* the last sequence recorded */
+  uint64_t size;        /* ids in the window */
+} shmbus_dedup_stats_t;
+
+/* capacity 0: 4096. path NULL or "": in memory only. Loads `path` when it exists; a
+ * file that is not a valid state is SHMBUS_E_INVALID_ARGUMENT naming it (never
+ * half-used). */
+SHMBUS_API int shmbus_dedup_open(size_t capacity, const char* path, shmbus_dedup_t** out);
+SHMBUS_API void shmbus_dedup_close(shmbus_dedup_t* d);
+/* *seen = 1 when the message was handled already (counted in the stats), else 0. */
+SHMBUS_API int shmbus_dedup_seen(shmbus_dedup_t* d, uint32_t producer_id, uint64_t message_id,
+                                 uint64_t sequence, int* seen);
+/* Marks a message handled: position = its sequence, its ids enter the window. */
+SHMBUS_API int shmbus_dedup_record(shmbus_dedup_t* d, uint32_t producer_id, uint64_t message_id,
+                                   uint64_t sequence);
+/* Persists the window, the position and `len` bytes of `state` (NULL: the state as
+ * it is) atomically; -errno when the file cannot be written. */
+SHMBUS_API int shmbus_dedup_commit(shmbus_dedup_t* d, const void* state, size_t len);
+/* The application state (as loaded or last committed): valid until the next commit
+ * or close. */
+SHMBUS_API int shmbus_dedup_app_state(shmbus_dedup_t* d, const uint8_t** data, size_t* len);
+SHMBUS_API int shmbus_dedup_stats(shmbus_dedup_t* d, shmbus_dedup_stats_t* out);
+
 /* ---- Cap'n Proto helpers -------------------------------------------------- */
 /* Checks that a view holds a well-formed flat Cap'n Proto message (segment table
  * within bounds) and returns its first segment: *seg0 and *seg0_words. For

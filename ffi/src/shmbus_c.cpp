@@ -33,6 +33,7 @@
 #include "shmbus/bus.hpp"
 #include "shmbus/daemon.hpp"
 #include "shmbus/daemon_client.hpp"
+#include "shmbus/dedup.hpp"
 #include "shmbus/envelope.hpp"
 #include "shmbus/error.hpp"
 #include "shmbus/group.hpp"
@@ -57,6 +58,7 @@ static_assert(sizeof(shmbus_group_stats_t) == 72, "ABI: shmbus_group_stats_t");
 static_assert(sizeof(shmbus_envelope_t) == 840 && offsetof(shmbus_envelope_t, reply_to) == 64 &&
                   offsetof(shmbus_envelope_t, trace_state) == 320,
               "ABI: shmbus_envelope_t");
+static_assert(sizeof(shmbus_dedup_stats_t) == 32, "ABI: shmbus_dedup_stats_t");
 static_assert(SHMBUS_MAX_REPLY_TO == shmbus::kMaxReplyTo && SHMBUS_MAX_TRACE_STATE == shmbus::kMaxTraceState);
 static_assert(SHMBUS_FLUSH_NONE == int(shmbus::TopicConfig::Flush::none) &&
               SHMBUS_FLUSH_INTERVAL == int(shmbus::TopicConfig::Flush::interval) &&
@@ -108,6 +110,10 @@ struct shmbus_group_subscriber {
       if (r.partition == p) return &r;
     return nullptr;
   }
+};
+
+struct shmbus_dedup {
+  shmbus::DedupWindow w;
 };
 
 namespace {
@@ -1400,6 +1406,76 @@ int shmbus_trace_child(shmbus_envelope_t* e) {
   set_trace(e, t.child());
   return SHMBUS_OK;
   SHIM_END("shmbus_trace_child")
+}
+
+// ---- dedup window ---------------------------------------------------------------------
+int shmbus_dedup_open(size_t capacity, const char* path, shmbus_dedup_t** out) {
+  const char* fn = "shmbus_dedup_open: ";
+  if (!out) return invalid(fn, "out is NULL");
+  *out = nullptr;
+  SHIM_BEGIN
+  shmbus::DedupOptions o;
+  if (capacity) o.capacity = capacity;
+  if (path) o.path = path;
+  *out = new shmbus_dedup{shmbus::DedupWindow(o)};
+  return SHMBUS_OK;
+  SHIM_END("shmbus_dedup_open")
+}
+
+void shmbus_dedup_close(shmbus_dedup_t* d) {
+  try {
+    delete d;
+  } catch (...) {
+  }
+}
+
+int shmbus_dedup_seen(shmbus_dedup_t* d, uint32_t producer_id, uint64_t message_id, uint64_t sequence,
+                      int* seen) {
+  if (seen) *seen = 0;
+  if (!d || !seen) return invalid("shmbus_dedup_seen: ", "d or seen is NULL");
+  SHIM_BEGIN
+  *seen = d->w.seen(producer_id, message_id, sequence) ? 1 : 0;
+  return SHMBUS_OK;
+  SHIM_END("shmbus_dedup_seen")
+}
+
+int shmbus_dedup_record(shmbus_dedup_t* d, uint32_t producer_id, uint64_t message_id, uint64_t sequence) {
+  if (!d) return invalid("shmbus_dedup_record: ", "d is NULL");
+  SHIM_BEGIN
+  d->w.record(producer_id, message_id, sequence);
+  return SHMBUS_OK;
+  SHIM_END("shmbus_dedup_record")
+}
+
+int shmbus_dedup_commit(shmbus_dedup_t* d, const void* state, size_t len) {
+  if (!d || (!state && len))
+    return invalid("shmbus_dedup_commit: ", "d is NULL, or state NULL with a length");
+  SHIM_BEGIN
+  if (state)
+    d->w.commit(std::string_view(static_cast<const char*>(state), len));
+  else
+    d->w.commit();
+  return SHMBUS_OK;
+  SHIM_END("shmbus_dedup_commit")
+}
+
+int shmbus_dedup_app_state(shmbus_dedup_t* d, const uint8_t** data, size_t* len) {
+  if (data) *data = nullptr;
+  if (len) *len = 0;
+  if (!d || !data || !len) return invalid("shmbus_dedup_app_state: ", "d, data or len is NULL");
+  *data = reinterpret_cast<const uint8_t*>(d->w.app_state().data());
+  *len = d->w.app_state().size();
+  return SHMBUS_OK;
+}
+
+int shmbus_dedup_stats(shmbus_dedup_t* d, shmbus_dedup_stats_t* out) {
+  if (out) std::memset(out, 0, sizeof *out);
+  if (!d || !out) return invalid("shmbus_dedup_stats: ", "d or out is NULL");
+  out->by_position = d->w.stats().by_position;
+  out->by_id = d->w.stats().by_id;
+  out->position = d->w.position();
+  out->size = d->w.size();
+  return SHMBUS_OK;
 }
 
 // ---- Cap'n Proto helpers ------------------------------------------------------------------
