@@ -119,7 +119,8 @@ int main(void) {
   CHECK_RC(shmbus_publisher_offer_enveloped(pub, &plain, payload, 5, 8), SHMBUS_OK);
   CHECK_RC(shmbus_subscriber_poll(sub, &v), SHMBUS_OK);
   CHECK_RC(shmbus_view_open_envelope(&v, &got, &p, &env), SHMBUS_OK);
-  CHECK(env == 1 && got.correlation_id == 0 && got.reply_to[0] == 0 && got.trace_parent_id == 0 && p.size == 5);
+  CHECK(env == 1 && got.correlation_id == 0 && got.reply_to[0] == 0 && got.trace_parent_id == 0 &&
+        p.size == 5);
   CHECK_RC(shmbus_subscriber_release(sub, &v), SHMBUS_OK);
 
   /* A frame that is not an envelope opens as itself. */
