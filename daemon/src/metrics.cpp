@@ -5,6 +5,7 @@
 // formatted here, outside the registry thread. The registry never waits for a scrape.
 #include <arpa/inet.h>
 
+#include <charconv>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -141,10 +142,10 @@ struct Out {
   }
   void line(const char* name, const std::string& labels, double v) {
     char b[64];
-    std::snprintf(b, sizeof b, "%.17g", v);
+    const auto r = std::to_chars(b, b + sizeof b, v);  // the shortest text that reads back as v
     text.append(name);
     if (!labels.empty()) text.append("{").append(labels).append("}");
-    text.append(" ").append(b).append("\n");
+    text.append(" ").append(b, size_t(r.ptr - b)).append("\n");
   }
   void line(const char* name, const std::string& labels, uint64_t v) {
     text.append(name);
@@ -217,9 +218,9 @@ std::string format(Core& core, MetricsSnapshot& s) {
   auto page = s.stats.getRoot<proto::TopicPage>().asReader();
   for (auto t : page.getStats())
     for (auto p : t.getPartitions()) {
-      PartRow row{"topic=\"" + esc(t.getName().cStr()) + "\",partition=\"" + std::to_string(p.getPartition()) +
-                      "\"",
-                  p};
+      PartRow row{
+          "topic=\"" + esc(t.getName().cStr()) + "\",partition=\"" + std::to_string(p.getPartition()) + "\"",
+          p};
       for (auto& a : s.archive)
         if (a.topic == t.getName().cStr() && a.partition == p.getPartition()) row.arch = &a;
       rows.push_back(std::move(row));
@@ -236,14 +237,15 @@ std::string format(Core& core, MetricsSnapshot& s) {
   family("shmbus_published_bytes_total", "counter",
          "ring bytes published (frames: headers, payloads and padding; the producer position)",
          [](const PartRow& r) { return r.p.getProducerPosition(); });
-  family("shmbus_publish_rate_messages_per_second", "gauge", "messages per second over the daemon's last sample",
+  family("shmbus_publish_rate_messages_per_second", "gauge",
+         "messages per second over the daemon's last sample",
          [](const PartRow& r) { return r.p.getRatePerSec(); });
-  family("shmbus_producers", "gauge", "live producers (grants)", [](const PartRow& r) {
-    return uint64_t(r.p.getLiveProducers()) + (r.p.getProducerPid() ? 1 : 0);
-  });
+  family("shmbus_producers", "gauge", "live producers (grants)",
+         [](const PartRow& r) { return uint64_t(r.p.getLiveProducers()) + (r.p.getProducerPid() ? 1 : 0); });
   family("shmbus_subscribers", "gauge", "subscriber cursors held (live or parked)",
          [](const PartRow& r) { return uint64_t(r.p.getSubscribers().size()); });
-  family("shmbus_ring_capacity_bytes", "gauge", "ring size", [](const PartRow& r) { return r.p.getCapacity(); });
+  family("shmbus_ring_capacity_bytes", "gauge", "ring size",
+         [](const PartRow& r) { return r.p.getCapacity(); });
   family("shmbus_back_pressure_waits_total", "counter", "times a producer found the ring full",
          [](const PartRow& r) { return r.p.getBackPressureEvents(); });
   family("shmbus_reclaimed_cursors_total", "counter", "cursors of dead subscribers freed",
@@ -280,8 +282,8 @@ std::string format(Core& core, MetricsSnapshot& s) {
   for (auto& r : subs)
     o.line("shmbus_subscriber_info",
            r.labels + ",pid=\"" + std::to_string(r.s.getPid()) + "\",tethered=\"" +
-               (r.s.getTethered() ? "true" : "false") + "\",durable=\"" + (r.s.getDurable() ? "true" : "false") +
-               "\"",
+               (r.s.getTethered() ? "true" : "false") + "\",durable=\"" +
+               (r.s.getDurable() ? "true" : "false") + "\"",
            uint64_t(1));
 
   // Durable topics: the archiver.
@@ -306,8 +308,10 @@ std::string format(Core& core, MetricsSnapshot& s) {
           [](const PartRow& r) { return r.arch->bytes; });
   afamily("shmbus_archiver_records_total", "counter", "messages written to the log",
           [](const PartRow& r) { return r.arch->records; });
-  afamily("shmbus_archiver_writes_total", "counter", "log write calls", [](const PartRow& r) { return r.arch->writes; });
-  afamily("shmbus_archiver_fsyncs_total", "counter", "log syncs", [](const PartRow& r) { return r.arch->fsyncs; });
+  afamily("shmbus_archiver_writes_total", "counter", "log write calls",
+          [](const PartRow& r) { return r.arch->writes; });
+  afamily("shmbus_archiver_fsyncs_total", "counter", "log syncs",
+          [](const PartRow& r) { return r.arch->fsyncs; });
   afamily("shmbus_archiver_io_errors_total", "counter", "failed log writes or syncs",
           [](const PartRow& r) { return r.arch->io_errors; });
   afamily("shmbus_archiver_error", "gauge", "errno of the failing log write or sync, 0 = healthy",
@@ -357,7 +361,8 @@ int MetricsServer::port() const { return impl_->port; }
 void MetricsServer::bind() {
   Impl& m = *impl_;
   std::string why;
-  if (!parse_metrics_listen(m.core.opts.metrics_listen, m.core.opts.metrics_allow_remote, m.host, m.port, why))
+  if (!parse_metrics_listen(m.core.opts.metrics_listen, m.core.opts.metrics_allow_remote, m.host, m.port,
+                            why))
     throw Error(ErrorCode::invalid_argument, why);
   m.svr.new_task_queue = [] { return new BoundedQueue(); };
   m.svr.set_read_timeout(2, 0);
@@ -404,8 +409,8 @@ void MetricsServer::start() {
   m.thread = std::thread([&m] { m.svr.listen_after_bind(); });
   // stop() must find it running (a stop before the loop began would not end it).
   for (int i = 0; i < 2'000'000 && !m.svr.is_running(); ++i) std::this_thread::yield();
-  const std::string where = (m.host.find(':') != std::string::npos ? "[" + m.host + "]" : m.host) + ":" +
-                            std::to_string(m.port);
+  const std::string where =
+      (m.host.find(':') != std::string::npos ? "[" + m.host + "]" : m.host) + ":" + std::to_string(m.port);
   log_event(m.core.instance, LOG_INFO, "metrics_listening", "", getpid(), where);
   if (m.core.opts.metrics_allow_remote)
     log_event(m.core.instance, LOG_WARN, "metrics_remote", "", getpid(),

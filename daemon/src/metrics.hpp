@@ -32,8 +32,8 @@ class Core;
 // write, when a create or delete forces one, is not).
 struct RequestMetrics {
   static constexpr size_t kTypes = 32;
-  static constexpr std::array<uint64_t, 12> kBoundsNs = {10'000,     50'000,     100'000,    250'000,
-                                                         500'000,    1'000'000,  2'500'000,  5'000'000,
+  static constexpr std::array<uint64_t, 12> kBoundsNs = {10'000,     50'000,     100'000,     250'000,
+                                                         500'000,    1'000'000,  2'500'000,   5'000'000,
                                                          10'000'000, 50'000'000, 250'000'000, 1'000'000'000};
   static constexpr size_t kBuckets = kBoundsNs.size() + 1;
   std::array<std::atomic<uint64_t>, kTypes> count{};

@@ -185,7 +185,8 @@ TEST_CASE("metrics: published counts, subscriber lag in messages and bytes, mono
     const std::string dash = ss.str();
     std::regex name_re("shmbus_[a-z_]+");
     size_t used = 0;
-    for (auto it = std::sregex_iterator(dash.begin(), dash.end(), name_re); it != std::sregex_iterator(); ++it) {
+    for (auto it = std::sregex_iterator(dash.begin(), dash.end(), name_re); it != std::sregex_iterator();
+         ++it) {
       std::string n = it->str();
       if (n == "shmbus_" || n.rfind("shmbus_overview", 0) == 0) continue;
       if (n.size() > 7 && n.compare(n.size() - 7, 7, "_bucket") == 0) n.resize(n.size() - 7);
@@ -376,6 +377,36 @@ TEST_CASE("shmbus stat --json and top --once show last sequence, lag in messages
   CHECK(desc.find("\"schema_id\":\"0x0000000000000000\"") != std::string::npos);
 }
 
+TEST_CASE("shmbus stat --watch prints a sample per interval with its own rates; Ctrl-C ends it cleanly",
+          "[daemon][metrics][cli]") {
+  DaemonProc d("cliwatch");
+  REQUIRE(d.start());
+  Bus bus = Bus::connect(d.sock);
+  TopicConfig cfg;
+  cfg.capacity = 1 << 20;
+  bus.create_topic("ops.w", cfg);
+  Publisher pub = bus.publisher("ops.w");
+  publish(pub, 100);
+  Child w({SHMBUS_TEST_CLI, "--socket", d.sock, "--json", "stat", "--watch", "--interval", "0.05", "ops.w"});
+  std::string lines[2];
+  for (auto& l : lines)
+    for (char ch; (ch = w.read_char(10000)) != '\n';) {
+      REQUIRE(ch != 0);
+      l += ch;
+    }
+  for (auto& l : lines) {
+    INFO(l);
+    CHECK(l.rfind("[{\"topic\":\"ops.w\"", 0) == 0);
+    CHECK(l.find("\"last_sequence\":100,") != std::string::npos);
+    CHECK(l.find("\"msg_per_sec\":0,\"bytes_per_sec\":0,") !=
+          std::string::npos);  // nothing published between
+  }
+  kill(w.pid(), SIGINT);
+  const int st = w.wait(10000);
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 0);
+}
+
 TEST_CASE("shmbus hz counts the messages of a publisher at a known rate", "[daemon][metrics][cli]") {
   DaemonProc d("clihz");
   REQUIRE(d.start());
@@ -418,8 +449,8 @@ TEST_CASE("shmbus hz counts the messages of a publisher at a known rate", "[daem
   REQUIRE(std::regex_search(out, m, std::regex("\"messages\":([0-9]+),\"rate\":([0-9.e+-]+)")));
   CHECK(std::stoull(m[1]) == 200);
   const double rate = std::stod(m[2]);
-  CHECK(rate > 50);       // 1000 msg/s published; a loaded 2-core machine may stretch it
-  CHECK(rate < 200000);   // but not compress 199 gaps of ~1 ms into nothing
+  CHECK(rate > 50);      // 1000 msg/s published; a loaded 2-core machine may stretch it
+  CHECK(rate < 200000);  // but not compress 199 gaps of ~1 ms into nothing
   CHECK(out.find("\"window\":199") != std::string::npos);
 }
 
