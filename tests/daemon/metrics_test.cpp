@@ -32,11 +32,12 @@ int metrics_port(const DaemonProc& d) {
   std::ifstream f(d.log);
   std::string line;
   std::regex re("\"event\":\"metrics_listening\".*\"reason\":\"127\\.0\\.0\\.1:([0-9]+)\"");
+  int port = 0;  // the last one logged (a restarted daemon appends to the same log)
   while (std::getline(f, line)) {
     std::smatch m;
-    if (std::regex_search(line, m, re)) return std::stoi(m[1]);
+    if (std::regex_search(line, m, re)) port = std::stoi(m[1]);
   }
-  return 0;
+  return port;
 }
 
 struct Scrape {
@@ -211,6 +212,18 @@ TEST_CASE("metrics: published counts, subscriber lag in messages and bytes, mono
     }
   }
   CHECK(b.v.at("shmbus_uptime_seconds") >= a.v.at("shmbus_uptime_seconds"));
+
+  // A restarted daemon re-attaches the partition: the published counters, read from
+  // its shared memory, carry on where they were (no reset for Prometheus to see).
+  REQUIRE(d.stop());
+  REQUIRE(d.start());
+  const int port2 = metrics_port(d);
+  REQUIRE(port2 > 0);
+  publish(pub, 10);  // the publisher carries on through the restarted daemon
+  const Scrape c = scrape(port2);
+  CHECK(c.v.at("shmbus_published_messages_total{" + p0 + "}") == 610);
+  CHECK(c.v.at("shmbus_published_bytes_total{" + p0 + "}") == 610 * frame);
+  CHECK(one(c, "shmbus_subscriber_lag_messages", p0) == 490);
 }
 
 TEST_CASE("metrics: an untethered subscriber the producer overtook is shown lapped", "[daemon][metrics]") {
