@@ -57,6 +57,9 @@ int main(int argc, char** argv) {
       "durable subscriber names (x partitions) one (non-root) uid may make in a topic it does not own");
   app.add_option("--uid-max-producer-grants", o.uid_max_producer_grants,
                  "live producer grants (publishers) one (non-root) uid may hold in topics it does not own");
+  app.add_option("--uid-max-restart-fds", o.uid_max_restart_fds,
+                 "fd entries a restart walks over all processes of one (non-root) uid to take back its "
+                 "grants (0: no bound)");
   app.add_option("--uid-max-partition-producer-grants", o.uid_max_partition_producer_grants,
                  "live producer grants one (non-root) uid may hold in one partition of a topic it does not "
                  "own (0: half its producer entries, at least 1)");
@@ -119,6 +122,7 @@ int main(int argc, char** argv) {
       num("uid_max_durable_names", o.uid_max_durable_names);
       num("uid_max_producer_grants", o.uid_max_producer_grants);
       num("uid_max_partition_producer_grants", o.uid_max_partition_producer_grants);
+      num("uid_max_restart_fds", o.uid_max_restart_fds);
       num("uid_max_schema_versions", o.uid_max_schema_versions);
       num("uid_max_schema_bytes", o.uid_max_schema_bytes);
       num("max_inflight_per_client", o.max_inflight_per_client);

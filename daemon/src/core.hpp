@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -166,9 +167,13 @@ class SegmentKeeper {
   void start(int state_fd, const std::string& state_dir, const std::string& instance, bool enabled);
   // Start-up (one thread, before any client): the kept fd of `name`, -1 when none.
   int take(const std::string& name);
-  // After the registry loaded: what no partition took is dropped; the watch thread
-  // starts.
-  void finish_start();
+  // A segment taken at start that a partition could not use after all (its topic's
+  // restore failed): kept for a later restore.
+  void give_back(const std::string& name, int fd);
+  // After the registry loaded: what no partition took is dropped, except the
+  // segments of `keep_topics` (kept by the registry, not restored yet); the watch
+  // thread starts.
+  void finish_start(const std::set<std::string>& keep_topics = {});
   // A segment of `p` the keeper must hold (fd: the partition's own; -1: it holds it
   // already, from take).
   void put(const std::string& name, const std::shared_ptr<Partition>& p, int fd);
@@ -228,10 +233,14 @@ void remove_partition_segments(SegmentKeeper& keeper, const std::string& prefix,
 // re-attached share one take-back; the counts are logged ("memfds_taken_back").
 struct TakeBackStats {
   uint64_t walks = 0;  // fd tables walked (/proc/<pid>/fd)
+  uint64_t fds = 0;    // fd entries walked
   uint64_t getfd = 0;  // pidfd_getfd calls
   uint64_t taken = 0;  // memfds taken back and used
+  // uids whose walk budget ran out: {processes not walked or cut short, fds walked}.
+  std::map<uid_t, std::pair<uint64_t, uint64_t>> over;
 };
-void takeback_begin();
+// uid_budget: fd entries walked per uid (not root, not the daemon's uid); 0: no bound.
+void takeback_begin(uint64_t uid_budget);
 TakeBackStats takeback_end();
 std::string shm_segment_name(const std::string& prefix, const std::string& topic, uint32_t p, bool data);
 
@@ -303,9 +312,10 @@ class Core;
 class Registry {
  public:
   explicit Registry(Core& core) : core_(core) {}
-  void load();                     // before the threads start
-  void run();                      // thread body
-  void persist(bool sync = true);  // sync: fsync the file and the directory
+  void load();                                     // before the threads start
+  std::set<std::string> unrestored_names() const;  // after load: topics kept, not restored
+  void run();                                      // thread body
+  void persist(bool sync = true);                  // sync: fsync the file and the directory
 
  private:
   struct DurableRec {
@@ -324,6 +334,20 @@ class Registry {
     // Durable subscriber records by {name hash, partition} (P11).
     std::map<std::pair<uint64_t, uint32_t>, DurableRec> durable;
   };
+  // Topics a start could not restore: kept (written back as they were, their names
+  // taken, their kept segments held), retried every kRetryNs and at the next start.
+  struct Unrestored {
+    Topic t;  // no partitions
+    std::string why;
+  };
+  std::map<std::string, Unrestored> unrestored_;
+  static constexpr uint64_t kRetryNs = 5'000'000'000ull;
+  uint64_t last_retry_ns_ = 0;
+  // Opens t's partitions (its kept segments re-attached, or made afresh), adopts the
+  // previous daemon's grants, resumes archiving. False with why (nothing lost: the
+  // segments go back to the keeper's inventory).
+  bool restore_topic(Topic& t, uint32_t& again, std::string& why);
+  void retry_unrestored();
   void sync_durable(Topic& t);          // refresh record positions from the slots
   bool expire_parked(uint64_t now_ns);  // frees parked slots older than durable_hold_ms
   void handle(const RegistryCmd& c);
@@ -354,6 +378,9 @@ class Registry {
   void handle_group(const Peer& p, uint64_t id, proto::Request::Reader req, capnp::MessageBuilder& mb,
                     proto::Response::Builder resp);
   void groups_connection_closed(uint64_t conn);
+  // The durable-name prefix "group:" is the consumer groups' (groups.cpp): a join or
+  // saveCursor under "group:<g>" only by the uid the group belongs to. False with why.
+  bool group_name_allowed(const Peer& p, const Topic& t, const std::string& durable_name, std::string& why);
   Groups groups_;
   void reply(const Peer& p, capnp::MessageBuilder& mb, std::shared_ptr<Partition> keep = {},
              std::vector<int> fds = {});

@@ -103,7 +103,7 @@ void Core::start() {
     server.close_listener();
     throw;
   }
-  keeper.finish_start();
+  keeper.finish_start(registry.unrestored_names());
   // Every thread's own fds before any client is accepted: once clients exhaust the
   // fds, a thread still starting up would fail to get them or take the slot the
   // server frees to refuse a connection.

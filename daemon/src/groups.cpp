@@ -7,6 +7,9 @@
 
 #include <algorithm>
 
+#include <optional>
+#include <string_view>
+
 #include "core.hpp"
 
 namespace shmbus::daemon {
@@ -267,6 +270,34 @@ void Registry::handle_group(const Peer& peer, uint64_t id, proto::Request::Reade
     return reply(peer, mb);
   }
   return answer(*g, *m);
+}
+
+// "group:<g>" names the committed positions of consumer group <g>: only the group's
+// own uid makes or moves them. That is the live group's uid (its first member's,
+// which joined through groupJoin before taking partitions) or, with no live group
+// (a daemon restart, every member gone), the uid of an existing record of the name.
+// A name nobody holds yet, under a group with no members, is nobody's to take: a
+// plain named join by another uid would otherwise squat the group (its owner's
+// GroupSubscriber then refused as "belongs to uid ...").
+bool Registry::group_name_allowed(const Peer& peer, const Topic& t, const std::string& dn, std::string& why) {
+  static constexpr std::string_view kPrefix = "group:";
+  if (dn.compare(0, kPrefix.size(), kPrefix) != 0 || peer.uid == 0 || peer.uid == geteuid()) return true;
+  const std::string group = dn.substr(kPrefix.size());
+  std::optional<uint32_t> owner;
+  if (Groups::Group* g = groups_.find({t.s.name, group}); g && g->topic_created == t.created_ns)
+    owner = g->owner_uid;
+  else
+    for (auto& [key, rec] : t.durable)
+      if (rec.name == dn) {
+        owner = rec.owner_uid;
+        break;
+      }
+  if (owner && *owner == peer.uid) return true;
+  why = "durable subscriber names starting 'group:' are consumer groups': '" + dn + "' of '" + t.s.name +
+        "' " +
+        (owner ? "belongs to uid " + std::to_string(*owner)
+               : std::string("is used by a consumer group only (join it with groupJoin first)"));
+  return false;
 }
 
 void Registry::groups_connection_closed(uint64_t conn) {

@@ -412,17 +412,29 @@ int SegmentKeeper::take(const std::string& name) {
   return fd;
 }
 
-void SegmentKeeper::finish_start() {
+void SegmentKeeper::give_back(const std::string& name, int fd) {
+  if (fd < 0) return;
   std::lock_guard<std::mutex> g(mu_);
-  if (!inventory_.empty()) {
-    for (auto& [n, fd] : inventory_) {
-      if (conn_ >= 0) send_one(conn_, 'D', n, -1);
-      close(fd);
+  auto [it, fresh] = inventory_.try_emplace(name, fd);
+  if (!fresh) close(fd);
+}
+
+void SegmentKeeper::finish_start(const std::set<std::string>& keep_topics) {
+  std::lock_guard<std::mutex> g(mu_);
+  size_t dropped = 0;
+  for (auto it = inventory_.begin(); it != inventory_.end();) {
+    if (keep_topics.count(it->first.substr(0, it->first.find('/')))) {
+      ++it;  // a topic the registry keeps without having restored it yet
+      continue;
     }
-    log_event(instance_, LOG_INFO, "keeper_dropped", "", pid_,
-              std::to_string(inventory_.size()) + " kept segments no topic claimed");
-    inventory_.clear();
+    if (conn_ >= 0) send_one(conn_, 'D', it->first, -1);
+    close(it->second);
+    it = inventory_.erase(it);
+    ++dropped;
   }
+  if (dropped)
+    log_event(instance_, LOG_INFO, "keeper_dropped", "", pid_,
+              std::to_string(dropped) + " kept segments no topic claimed");
   if (!enabled_) return;
   stop_efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_efd_ >= 0) watcher_ = std::thread([this] { watch(); });
@@ -463,6 +475,8 @@ void SegmentKeeper::refeed_locked() {
     if (!send_locked('P', it->first, data ? p->data_fd : p->ctl_fd)) return;
     ++n, ++it;
   }
+  for (auto& [name, fd] : inventory_)  // kept for topics not restored yet
+    if (send_locked('P', name, fd)) ++n;
   log_event(instance_, LOG_WARN, "keeper_respawned", "", pid_,
             "the segment keeper had died; a new one holds the " + std::to_string(n) + " segments");
 }

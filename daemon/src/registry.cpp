@@ -17,6 +17,8 @@
 #include <kj/exception.h>
 
 #include <filesystem>
+#include <set>
+#include <utility>
 
 #include "core.hpp"
 #include "shmbus/spill/archiver.hpp"
@@ -272,7 +274,7 @@ void Registry::load() {
     return;
   }
   close(fd);
-  takeback_begin();
+  takeback_begin(core_.opts.uid_max_restart_fds);
   for (size_t i = 0; i < loaded.size(); ++i) {
     Topic t;
     t.s = loaded[i];
@@ -289,85 +291,151 @@ void Registry::load() {
       continue;
     }
     uint32_t again = 0;
-    if (topic_bytes(t.s) > core_.opts.max_topic_bytes) {  // checked before anything is mapped
+    std::string why;
+    // A topic that cannot be restored (a bound, segments that cannot be mapped or
+    // made, out of fds or memory, ...) never stops the daemon from starting, and is
+    // never lost: it stays in the registry (written back as it was, its name taken,
+    // its kept segments and durable log kept), reported, and retried (every
+    // kRetryNs, and at the next start). Before, it vanished at the next persist.
+    if (!restore_topic(t, again, why)) {
       log_event(core_.instance, LOG_ERROR, "topic_restore_failed", t.s.name, 0,
-                "needs " + std::to_string(topic_bytes(t.s)) +
-                    " bytes of shared memory, more than max_topic_bytes " +
-                    std::to_string(core_.opts.max_topic_bytes) + ": skipped (not restored)");
+                why + ": not restored now; kept in the registry, retried every " +
+                    std::to_string(kRetryNs / 1'000'000'000) + " s and at the next start");
+      const std::string name = t.s.name;
+      unrestored_.emplace(name, Unrestored{std::move(t), why});
       continue;
-    }
-    // A topic that cannot be restored (segments cannot be mapped or created, out of
-    // memory, ...) is skipped and reported: it never stops the daemon from starting.
-    // Its durable log stays on disk; creating the topic again continues it.
-    try {
-      for (uint32_t p = 0; p < t.s.partitions; ++p) {
-        bool re = false;
-        t.parts.push_back(open_partition(core_.keeper, t.s, p, re));
-        again += re;
-        if (t.s.is_durable() && !re) continue_log_sequence(*t.parts.back(), log_root());
-      }
-    } catch (const std::exception& e) {
-      log_event(core_.instance, LOG_ERROR, "topic_restore_failed", t.s.name, 0,
-                std::string(e.what()) + ": skipped (not restored)");
-      t.parts.clear();
-      continue;
-    }
-    for (auto& part : t.parts) {
-      core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, part, 0});
-      // Grants the previous daemon made: held by the process they were made to, as
-      // it is now (its pidfd's identity); a pid reused later is another process.
-      for (uint32_t i = 0; i < part->refs.slot_count; ++i) {
-        const shm::CursorSlot& s = part->refs.slots[i];
-        const uint32_t pid = aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_acquire);
-        if (aref(const_cast<uint32_t&>(s.state)).load(std::memory_order_acquire) != shm::kSlotActive ||
-            pid == 0 || (pid & shm::kReclaimBit) ||
-            (aref(const_cast<uint32_t&>(s.flags)).load() & shm::kSlotEmbedded))
-          continue;
-        // Layout 4: only the process with the recorded identity is the grantee. A
-        // grantee that died while no daemon ran, whose pid another process has now,
-        // is dead: its slot is parked (durable name) or freed, never adopted.
-        const uint64_t ident = aref(const_cast<uint64_t&>(s.ident)).load(std::memory_order_relaxed);
-        if (ident != 0 && proc_identity(pid_t(pid)) != ident) {
-          std::lock_guard<std::mutex> g(part->pages_mu);
-          const uint64_t page_id = aref(const_cast<uint64_t&>(s.page_id)).load(std::memory_order_relaxed);
-          if (shm::recover_dead_cursor(part->refs, i, pid, true, spill::kArchiverNameHash,
-                                       part->page_of(i)) == shm::CursorRecovery::freed &&
-              page_id)
-            drop_page(*part, page_id);
-          log_event(core_.instance, LOG_INFO, "grant_dropped", t.s.name, pid,
-                    "partition " + std::to_string(part->index) + " slot " + std::to_string(i) +
-                        ": its grantee exited while no daemon ran (pid now another process's)");
-          continue;
-        }
-        Peer who;
-        who.conn = 0;
-        const int pfd = int(syscall(SYS_pidfd_open, pid_t(pid), 0));
-        who.proc = pfd >= 0 ? pidfd_identity(pfd) : 0;
-        struct stat ps {};
-        who.uid = stat(("/proc/" + std::to_string(pid)).c_str(), &ps) == 0 ? ps.st_uid : 0;
-        if (pfd >= 0) close(pfd);
-        record_grant(who, part, i);
-      }
-    }
-    if (t.s.is_durable()) {
-      // Before any client is served: recovery (torn tail truncated), then the
-      // archiver adopts the cursor of the previous daemon's archiver.
-      try {
-        archive_topic(t);
-        log_event(core_.instance, LOG_INFO, "archive_resumed", t.s.name, 0, log_root());
-      } catch (const Error& e) {
-        log_event(core_.instance, LOG_ERROR, "archive_failed", t.s.name, 0, e.what());
-      }
     }
     log_event(core_.instance, LOG_INFO, again == t.s.partitions ? "topic_reattached" : "topic_recreated",
               t.s.name, 0,
               std::to_string(again) + " of " + std::to_string(t.s.partitions) + " partitions re-attached");
     topics_.emplace(t.s.name, std::move(t));
   }
-  if (const TakeBackStats tb = takeback_end(); tb.walks)
+  if (const TakeBackStats tb = takeback_end(); tb.walks || !tb.over.empty()) {
     log_event(core_.instance, LOG_INFO, "memfds_taken_back", "", 0,
-              std::to_string(tb.walks) + " fd tables walked, " + std::to_string(tb.getfd) +
-                  " pidfd_getfd calls, " + std::to_string(tb.taken) + " memfds taken back");
+              std::to_string(tb.walks) + " fd tables walked (" + std::to_string(tb.fds) + " fds), " +
+                  std::to_string(tb.getfd) + " pidfd_getfd calls, " + std::to_string(tb.taken) +
+                  " memfds taken back");
+    for (auto& [uid, n] : tb.over)
+      log_event(core_.instance, LOG_WARN, "takeback_budget", "", 0,
+                "uid " + std::to_string(uid) + ": " + std::to_string(n.second) + " fds walked, " +
+                    std::to_string(n.first) +
+                    " processes not walked (or cut short) beyond uid_max_restart_fds " +
+                    std::to_string(core_.opts.uid_max_restart_fds) +
+                    "; their grants not taken back (their subscribers are told: lapped)");
+  }
+  last_retry_ns_ = shm::monotonic_ns();
+  core_.counters.topics = uint32_t(topics_.size());
+}
+
+std::set<std::string> Registry::unrestored_names() const {
+  std::set<std::string> n;
+  for (auto& [name, u] : unrestored_) n.insert(name);
+  return n;
+}
+
+bool Registry::restore_topic(Topic& t, uint32_t& again, std::string& why) {
+  again = 0;
+  // Test hook: the first restore of this topic fails (the retry is then tested).
+  static bool failed_once = false;
+  if (const char* f = getenv("SHMBUS_TEST_RESTORE_FAIL_ONCE"); f && t.s.name == f && !failed_once) {
+    failed_once = true;
+    why = "SHMBUS_TEST_RESTORE_FAIL_ONCE";
+    return false;
+  }
+  if (topic_bytes(t.s) > core_.opts.max_topic_bytes) {  // checked before anything is mapped
+    why = "needs " + std::to_string(topic_bytes(t.s)) +
+          " bytes of shared memory, more than max_topic_bytes " + std::to_string(core_.opts.max_topic_bytes);
+    return false;
+  }
+  try {
+    for (uint32_t p = 0; p < t.s.partitions; ++p) {
+      bool re = false;
+      t.parts.push_back(open_partition(core_.keeper, t.s, p, re));
+      again += re;
+      if (t.s.is_durable() && !re) continue_log_sequence(*t.parts.back(), log_root());
+    }
+  } catch (const std::exception& e) {
+    why = e.what();
+    // The partitions opened so far: their segments back to the keeper's inventory
+    // (their contents kept for the next try).
+    for (auto& part : t.parts) {
+      core_.keeper.give_back(part->data_name, std::exchange(part->data_fd, -1));
+      core_.keeper.give_back(part->ctl_name, std::exchange(part->ctl_fd, -1));
+    }
+    t.parts.clear();
+    return false;
+  }
+  for (auto& part : t.parts) {
+    core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, part, 0});
+    // Grants the previous daemon made: held by the process they were made to, as
+    // it is now (its pidfd's identity); a pid reused later is another process.
+    for (uint32_t i = 0; i < part->refs.slot_count; ++i) {
+      const shm::CursorSlot& s = part->refs.slots[i];
+      const uint32_t pid = aref(const_cast<uint32_t&>(s.pid)).load(std::memory_order_acquire);
+      if (aref(const_cast<uint32_t&>(s.state)).load(std::memory_order_acquire) != shm::kSlotActive ||
+          pid == 0 || (pid & shm::kReclaimBit) ||
+          (aref(const_cast<uint32_t&>(s.flags)).load() & shm::kSlotEmbedded))
+        continue;
+      // Layout 4: only the process with the recorded identity is the grantee. A
+      // grantee that died while no daemon ran, whose pid another process has now,
+      // is dead: its slot is parked (durable name) or freed, never adopted.
+      const uint64_t ident = aref(const_cast<uint64_t&>(s.ident)).load(std::memory_order_relaxed);
+      if (ident != 0 && proc_identity(pid_t(pid)) != ident) {
+        std::lock_guard<std::mutex> g(part->pages_mu);
+        const uint64_t page_id = aref(const_cast<uint64_t&>(s.page_id)).load(std::memory_order_relaxed);
+        if (shm::recover_dead_cursor(part->refs, i, pid, true, spill::kArchiverNameHash, part->page_of(i)) ==
+                shm::CursorRecovery::freed &&
+            page_id)
+          drop_page(*part, page_id);
+        log_event(core_.instance, LOG_INFO, "grant_dropped", t.s.name, pid,
+                  "partition " + std::to_string(part->index) + " slot " + std::to_string(i) +
+                      ": its grantee exited while no daemon ran (pid now another process's)");
+        continue;
+      }
+      Peer who;
+      who.conn = 0;
+      const int pfd = int(syscall(SYS_pidfd_open, pid_t(pid), 0));
+      who.proc = pfd >= 0 ? pidfd_identity(pfd) : 0;
+      struct stat ps {};
+      who.uid = stat(("/proc/" + std::to_string(pid)).c_str(), &ps) == 0 ? ps.st_uid : 0;
+      if (pfd >= 0) close(pfd);
+      record_grant(who, part, i);
+    }
+  }
+  if (t.s.is_durable()) {
+    // Before any client is served: recovery (torn tail truncated), then the
+    // archiver adopts the cursor of the previous daemon's archiver.
+    try {
+      archive_topic(t);
+      log_event(core_.instance, LOG_INFO, "archive_resumed", t.s.name, 0, log_root());
+    } catch (const Error& e) {
+      log_event(core_.instance, LOG_ERROR, "archive_failed", t.s.name, 0, e.what());
+    }
+  }
+  return true;
+}
+
+// The kept topics a start could not restore, tried again (the registry thread).
+void Registry::retry_unrestored() {
+  for (auto it = unrestored_.begin(); it != unrestored_.end();) {
+    uint32_t again = 0;
+    std::string why;
+    Topic& t = it->second.t;
+    if (!restore_topic(t, again, why)) {
+      if (why != it->second.why)
+        log_event(core_.instance, LOG_ERROR, "topic_restore_failed", it->first, 0,
+                  why + ": retried every " + std::to_string(kRetryNs / 1'000'000'000) + " s");
+      it->second.why = why;
+      ++it;
+      continue;
+    }
+    log_event(core_.instance, LOG_INFO, "topic_restored", it->first, 0,
+              std::to_string(again) + " of " + std::to_string(t.s.partitions) +
+                  " partitions re-attached (it could not be restored at start)");
+    topics_.emplace(it->first, std::move(t));
+    it = unrestored_.erase(it);
+    must_persist_ = true;
+  }
   core_.counters.topics = uint32_t(topics_.size());
 }
 
@@ -377,12 +445,13 @@ void Registry::persist(bool sync) {
   last_persist_ns_ = shm::monotonic_ns();
   capnp::MallocMessageBuilder mb;
   auto st = mb.initRoot<proto::State>();
-  auto l = st.initTopics(uint32_t(topics_.size()));
+  auto l = st.initTopics(uint32_t(topics_.size() + unrestored_.size()));
   uint32_t i = 0;
   for (auto& [name, t] : topics_) {
     sync_durable(t);
     topic_info(t, l[i++]);
   }
+  for (auto& [name, u] : unrestored_) topic_info(u.t, l[i++]);  // kept as they were
   const std::string path = state_file(core_), tmp = path + ".tmp";
   // A fresh file (O_EXCL, O_NOFOLLOW) in the state dir's fd: never an existing one.
   unlinkat(core_.state_fd, kStateTmp, 0);
@@ -740,6 +809,10 @@ void Registry::handle_join(const Peer& peer, uint64_t id, proto::JoinRequest::Re
   const uint64_t h = dn.empty() ? 0 : durable_name_hash(dn);
   if (h == spill::kArchiverNameHash)
     return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT, "that durable name is reserved");
+  if (std::string why; !group_name_allowed(peer, t, dn, why)) {
+    log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid, why);
+    return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED, why);
+  }
   // A join resent (the client retries a request whose answer it lost, over a new
   // connection or to a restarted daemon) gets the grant the first one made, when
   // that grant is the same process's: never a second, orphaned slot.
@@ -958,6 +1031,7 @@ bool Registry::producer_quota(const Peer& p, const Topic& t, const Partition& pa
   if (p.uid == 0 || p.uid == geteuid() || p.uid == t.owner_uid) return true;
   uint32_t all = 0, here = 0;
   for (auto& [n, tt] : topics_) {
+    if (tt.owner_uid == p.uid) continue;  // its own topics: not counted (as for subscriber grants)
     for (auto& pp : tt.parts) {
       const shm::RingRefs& r = pp->refs;
       if (!r.grants) continue;
@@ -1257,6 +1331,13 @@ void Registry::handle(const RegistryCmd& c) {
       std::string err;
       if (!spec_from_proto(req.getCreateTopic(), t, err))
         return reply_error(peer, id, proto::ErrorCode::INVALID_ARGUMENT, err);
+      if (auto u = unrestored_.find(t.name); u != unrestored_.end())
+        return reply_error(peer, id, proto::ErrorCode::ALREADY_EXISTS,
+                           visible(u->second.t, peer)
+                               ? "topic '" + t.name + "' exists but could not be restored at start (" +
+                                     u->second.why + "); it is retried every " +
+                                     std::to_string(kRetryNs / 1'000'000'000) + " s and at the next start"
+                               : "topic '" + t.name + "' exists and belongs to another user");
       auto it = topics_.find(t.name);
       if (it != topics_.end()) {
         // Topic squatting: another uid's create is refused unless the topic admits it
@@ -1359,6 +1440,20 @@ void Registry::handle(const RegistryCmd& c) {
     }
     case proto::Request::DELETE_TOPIC: {
       std::string name = req.getDeleteTopic();
+      if (auto u = unrestored_.find(name); u != unrestored_.end() && may(u->second.t, peer, Role::admin)) {
+        // A topic kept without being restored: its kept segments and log go.
+        for (uint32_t p = 0; p < u->second.t.s.partitions; ++p)
+          remove_partition_segments(core_.keeper, core_.opts.shm_prefix, name, p);
+        if (u->second.t.s.is_durable()) {
+          std::error_code ec;
+          std::filesystem::remove_all(log_root() + "/" + name, ec);
+        }
+        unrestored_.erase(u);
+        must_persist_ = true;
+        log_event(core_.instance, LOG_INFO, "topic_deleted", name, peer.pid, "it had not been restored");
+        resp.setDone();
+        return reply(peer, mb);
+      }
       if (!seen(peer, id, name)) return;
       auto it = topics_.find(name);
       if (!may(it->second, peer, Role::admin))
@@ -1454,6 +1549,10 @@ void Registry::handle(const RegistryCmd& c) {
       std::string dn = d.getName();
       const auto key = std::make_pair(durable_name_hash(dn), d.getPartition());
       auto rit = t.durable.find(key);
+      if (std::string why; !group_name_allowed(peer, t, dn, why)) {
+        log_limited(core_.instance, LOG_WARN, "access_denied", name, peer.pid, why);
+        return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED, why);
+      }
       if (std::string why; rit == t.durable.end() && !durable_quota(peer, t, why)) {
         log_limited(core_.instance, LOG_WARN, "durable_refused", name, peer.pid, why);
         return reply_error(peer, id, proto::ErrorCode::NO_SLOT, why);
@@ -1544,6 +1643,11 @@ void Registry::run() {
     // Cursor saves only: no fsync (a record is a resume hint; the parked slot holds
     // the live position), so a flood of saves never stalls the registry on the disk.
     if (dirty_ && now - last_persist_ns_ >= kPersistDelayNs) persist(false);
+    if (!unrestored_.empty() && now - last_retry_ns_ >= kRetryNs) {
+      last_retry_ns_ = now;
+      retry_unrestored();
+      if (must_persist_) persist();
+    }
     if (now - last_expiry_ns_ >= 50'000'000ull) {
       last_expiry_ns_ = now;
       if (expire_parked(now)) persist();

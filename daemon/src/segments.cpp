@@ -16,6 +16,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <tuple>
+#include <utility>
 
 #include "core.hpp"
 
@@ -121,72 +122,126 @@ void* map_page_fd(int fd, size_t size) {
 // After a restart: the sealed memfds the previous daemon made (their inode numbers
 // are in its control segments, which only it wrote) are taken back from a live
 // client that holds them (pidfd_getfd; a client keeps its wake and page fds open).
-// Whatever a client's fd table holds is checked: ours, sealed, of a page's or the
-// wake segment's size; anything else is closed, and a partition then uses only the
-// inodes it recorded.
 //
 // A restart walks each process's fd table once, for all the partitions (a grantee
 // with ~19 000 fds and 256 grants stalled a restart for 52 s when each partition
-// walked it again): the memfds a walk found wait in the TakeBack (by process, by
-// inode) until a partition claims them or the take-back ends.
+// walked it again). The walk takes no descriptor: it notes, by inode, the fd number
+// of each memfd of ours of a page's or the wake segment's size (stat through
+// /proc/<pid>/fd), and only a memfd a partition waits for is taken (pidfd_getfd),
+// checked (ours, sealed, that size, that inode) and kept. Before, every such memfd
+// was taken and held until the take-back ended: a grantee keeping 12 000 pages of
+// grants it had left ran a restarted daemon out of descriptors.
+//
+// The walk is bounded per uid (not root, not the daemon's uid): at most `budget` fd
+// entries over all of the uid's processes. Beyond, its grants are not taken back
+// (their subscribers are told: `lapped`, as without CAP_SYS_PTRACE); the counts are
+// logged (memfds_taken_back, takeback_budget).
 struct TakeBack {
   TakeBackStats stats;
-  std::map<pid_t, std::map<ino_t, int>> held;  // walked processes: inode -> our fd
-  ~TakeBack() {
-    for (auto& [pid, fds] : held)
-      for (auto& [ino, fd] : fds) close(fd);
-  }
+  uint64_t budget = 0;                         // fd entries walked per uid; 0: unbounded
+  std::map<pid_t, std::map<ino_t, int>> held;  // walked processes: inode -> its fd number there
+  std::map<uid_t, uint64_t> walked;            // fd entries walked, by uid
+  std::map<uid_t, uint64_t> over;              // processes not walked (or cut short), by uid
 };
 thread_local TakeBack* t_takeback = nullptr;  // between takeback_begin and takeback_end
+std::atomic<uint64_t> g_uid_budget{0};        // for take-backs outside a restart's
 
-void walk_memfds(pid_t pid, std::map<ino_t, int>& found, TakeBackStats& stats) {
-  const int pfd = int(syscall(SYS_pidfd_open, pid, 0));
-  if (pfd < 0) return;
-  if (DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str())) {
-    ++stats.walks;
-    while (dirent* e = readdir(d)) {
+// The real uid of `pid` (/proc/<pid>/status: /proc/<pid> itself is root's when the
+// process made itself non-dumpable).
+bool proc_uid(pid_t pid, uid_t& uid) {
+  FILE* f = fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "re");
+  if (!f) return false;
+  char line[256];
+  bool ok = false;
+  while (fgets(line, sizeof line, f))
+    if (std::strncmp(line, "Uid:", 4) == 0) {
       char* end = nullptr;
-      const long n = strtol(e->d_name, &end, 10);
-      if (e->d_name[0] < '0' || e->d_name[0] > '9' || *end) continue;
-      char link[64];
-      const ssize_t l = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
-      if (l < 13 || std::memcmp(link, "/memfd:shmbus", 13) != 0) continue;
-      const int fd = int(syscall(SYS_pidfd_getfd, pfd, int(n), 0));
-      ++stats.getfd;
-      if (fd < 0) continue;
-      struct stat st {};
-      ino_t ino = 0;
-      if (fstat(fd, &st) == 0 && !found.count(st.st_ino) &&
-          (ours_sealed(fd, shm::kCursorPageSize, ino) || ours_sealed(fd, shm::kWakeSegmentSize, ino))) {
-        // Our own open file description, read-write (the client's may be read-only:
-        // a producer's fd of a page or of the wake segment).
-        const int own = reopen_own(fd, true);
-        if (own >= 0) close(fd);
-        found[ino] = own >= 0 ? own : fd;
-      } else {
-        close(fd);
-      }
+      const unsigned long v = strtoul(line + 4, &end, 10);
+      ok = end != line + 4;
+      uid = uid_t(v);
+      break;
     }
-    closedir(d);
-  }
-  close(pfd);
+  fclose(f);
+  return ok;
 }
 
-// The wanted memfds `pid` holds, into `got` (inode -> fd, ours now).
+void walk_memfds(pid_t pid, std::map<ino_t, int>& found, TakeBack& tb) {
+  uid_t uid = 0;
+  if (!proc_uid(pid, uid)) return;
+  const bool bounded = tb.budget != 0 && uid != 0 && uid != geteuid();
+  uint64_t& used = tb.walked[uid];
+  if (bounded && used >= tb.budget) {
+    ++tb.over[uid];
+    return;
+  }
+  DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
+  if (!d) return;
+  ++tb.stats.walks;
+  while (dirent* e = readdir(d)) {
+    char* end = nullptr;
+    const long n = strtol(e->d_name, &end, 10);
+    if (e->d_name[0] < '0' || e->d_name[0] > '9' || *end) continue;
+    if (bounded && ++used > tb.budget) {
+      ++tb.over[uid];
+      break;
+    }
+    ++tb.stats.fds;
+    char link[64];
+    const ssize_t l = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
+    if (l < 13 || std::memcmp(link, "/memfd:shmbus", 13) != 0) continue;
+    struct stat st {};
+    if (fstatat(dirfd(d), e->d_name, &st, 0) < 0 || st.st_uid != geteuid() || !S_ISREG(st.st_mode) ||
+        (uint64_t(st.st_size) != shm::kCursorPageSize && uint64_t(st.st_size) != shm::kWakeSegmentSize))
+      continue;
+    found.try_emplace(st.st_ino, int(n));
+  }
+  closedir(d);
+}
+
+[[noreturn]] void out_of_fds(pid_t pid, int e) {
+  throw Error(ErrorCode::system,
+              "cannot take back a memfd from pid " + std::to_string(pid) + ": " + strerror(e) +
+                  " (the topic is kept and restored later)",
+              e);
+}
+
+// The wanted memfds `pid` holds, into `got` (inode -> fd, ours now). Throws Error
+// when the daemon is out of descriptors (the topic's restore fails and is retried:
+// never a grant freed for want of an fd of ours).
 void take_memfds(pid_t pid, const std::map<ino_t, size_t>& want, std::map<ino_t, int>& got, TakeBack& tb) {
   auto [h, fresh] = tb.held.try_emplace(pid);
-  if (fresh) walk_memfds(pid, h->second, tb.stats);
-  for (auto it = h->second.begin(); it != h->second.end();) {
-    ino_t ino = 0;
-    auto w = want.find(it->first);
-    if (w != want.end() && !got.count(it->first) && ours_sealed(it->second, w->second, ino) &&
-        ino == it->first) {
-      got[ino] = it->second;
-      it = h->second.erase(it);
-    } else {
-      ++it;
+  if (fresh) walk_memfds(pid, h->second, tb);
+  int pfd = -1;
+  for (auto& [ino, size] : want) {
+    auto it = h->second.find(ino);
+    if (it == h->second.end() || got.count(ino)) continue;
+    const int n = it->second;
+    h->second.erase(it);
+    if (pfd < 0 && (pfd = int(syscall(SYS_pidfd_open, pid, 0))) < 0) {
+      if (errno == EMFILE || errno == ENFILE) out_of_fds(pid, errno);
+      return;
     }
+    const int fd = int(syscall(SYS_pidfd_getfd, pfd, n, 0));
+    ++tb.stats.getfd;
+    if (fd < 0) {
+      const int e = errno;
+      if (e == EMFILE || e == ENFILE) close(pfd), out_of_fds(pid, e);
+      continue;
+    }
+    ino_t ino2 = 0;
+    if (!ours_sealed(fd, size, ino2) || ino2 != ino) {  // the fd number holds another file now
+      close(fd);
+      continue;
+    }
+    // Our own open file description, read-write (the client's may be read-only: a
+    // producer's fd of a page or of the wake segment).
+    const int own = reopen_own(fd, true);
+    const int e = errno;
+    close(fd);
+    if (own < 0) close(pfd), out_of_fds(pid, e);
+    got[ino] = own;
   }
+  if (pfd >= 0) close(pfd);
 }
 
 // The wake segment (layout 3), and the pages of the grants recorded in the control
@@ -196,6 +251,12 @@ void attach_wake_and_pages(Partition& p, bool reattach) {
   auto* ctl = static_cast<shm::ControlHeader*>(p.ctl_map);
   const shm::RingRefs& r = p.refs;
   std::map<ino_t, int> got;
+  struct CloseRest {  // what no slot took, also when this throws
+    std::map<ino_t, int>& m;
+    ~CloseRest() {
+      for (auto& [ino, fd] : m) close(fd);
+    }
+  } close_rest{got};
   const uint64_t old_wake = reattach ? shm::aref(ctl->wake_id).load(std::memory_order_relaxed) : 0;
   if (reattach) {
     std::map<ino_t, size_t> want;
@@ -213,6 +274,7 @@ void attach_wake_and_pages(Partition& p, bool reattach) {
     // Outside a restart's take-back (a create that found a previous daemon's
     // segments), a take-back of its own.
     TakeBack local;
+    local.budget = g_uid_budget.load(std::memory_order_relaxed);
     for (pid_t pid : pids) take_memfds(pid, want, got, t_takeback ? *t_takeback : local);
   }
   if (auto w = got.find(ino_t(old_wake)); old_wake && w != got.end()) {
@@ -265,7 +327,6 @@ void attach_wake_and_pages(Partition& p, bool reattach) {
       }
     }
   }
-  for (auto& [ino, fd] : got) close(fd);
 }
 
 void bind_refs(Partition& p) {
@@ -275,15 +336,20 @@ void bind_refs(Partition& p) {
 
 }  // namespace
 
-void takeback_begin() {
+void takeback_begin(uint64_t uid_budget) {
   delete t_takeback;
   t_takeback = new TakeBack;
+  t_takeback->budget = uid_budget;
+  g_uid_budget.store(uid_budget, std::memory_order_relaxed);
 }
 
 TakeBackStats takeback_end() {
   TakeBackStats st;
-  if (t_takeback) st = t_takeback->stats;
-  delete t_takeback;  // closes what no partition claimed
+  if (t_takeback) {
+    st = t_takeback->stats;
+    for (auto& [uid, n] : t_takeback->over) st.over[uid] = {n, t_takeback->walked[uid]};
+  }
+  delete t_takeback;  // holds no descriptor: nothing to close
   t_takeback = nullptr;
   return st;
 }
@@ -306,15 +372,23 @@ std::shared_ptr<Partition> open_partition(SegmentKeeper& keeper, const TopicSett
     if (d >= 0 && c >= 0 && ours_sealed(d, p->data_size, ino) && ours_sealed(c, p->ctl_size, ino)) {
       p->data_fd = d;
       p->ctl_fd = c;
-      p->data_map = map_fd(d, p->data_size, p->data_name);
-      p->ctl_map = map_fd(c, p->ctl_size, p->ctl_name);
-      if (matches(*p, t)) {
-        bind_refs(*p);
-        attach_wake_and_pages(*p, true);
-        keeper.put(p->data_name, p, -1);  // it holds them already
-        keeper.put(p->ctl_name, p, -1);
-        reattached = true;
-        return p;
+      try {
+        p->data_map = map_fd(d, p->data_size, p->data_name);
+        p->ctl_map = map_fd(c, p->ctl_size, p->ctl_name);
+        if (matches(*p, t)) {
+          bind_refs(*p);
+          attach_wake_and_pages(*p, true);
+          keeper.put(p->data_name, p, -1);  // it holds them already
+          keeper.put(p->ctl_name, p, -1);
+          reattached = true;
+          return p;
+        }
+      } catch (...) {
+        // The topic is not restored now (out of fds, ...): its contents are kept for
+        // a later try (see Registry::restore_topic).
+        keeper.give_back(p->data_name, std::exchange(p->data_fd, -1));
+        keeper.give_back(p->ctl_name, std::exchange(p->ctl_fd, -1));
+        throw;
       }
       munmap(p->data_map, p->data_size);
       munmap(p->ctl_map, p->ctl_size);

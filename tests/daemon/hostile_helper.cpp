@@ -67,6 +67,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include <cstdio>
@@ -79,6 +80,7 @@
 #include <capnp/serialize.h>
 
 #include "shmbus/daemon_client.hpp"
+#include "shmbus/group.hpp"
 #include "shmbus/publisher.hpp"
 #include "shmbus/subscriber.hpp"
 
@@ -288,6 +290,7 @@ int main(int argc, char** argv) {
       TopicConfig cfg;
       cfg.capacity = 8192;
       cfg.mode = uint32_t(strtoul(argv[4], nullptr, 8));
+      cfg.multi_producer = argc > 5 && std::string(argv[5]) == "multi";
       DaemonClient::connect(o)->create_topic(topic, cfg);
       out(what, "ok");
     } else if (mode == "read") {
@@ -719,6 +722,38 @@ int main(int argc, char** argv) {
         if (open("/dev/null", O_RDONLY) < 0) return 3;
       out("hoard", "ready");
       for (;;) pause();
+    } else if (mode == "hoard-pages") {
+      // Keeps the cursor pages of argv[4] grants it joined and left (quotas count live
+      // grants only), then holds one live grant so a restarted daemon walks its fds.
+      const int n = atoi(argv[4]);
+      rlimit rl{};
+      getrlimit(RLIMIT_NOFILE, &rl);
+      rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, rlim_t(n + 256));
+      setrlimit(RLIMIT_NOFILE, &rl);
+      auto c = DaemonClient::connect(o);
+      std::vector<int> pages;
+      for (int i = 0; i < n; ++i) {
+        auto rep = c->call([&](proto::Request::Builder r) {
+          auto j = r.initJoin();
+          j.setTopic(topic);
+          j.setPartition(0);
+          j.setTethered(false);
+        });
+        pages.insert(pages.end(), rep.fds.begin(), rep.fds.end());
+        rep.fds.clear();  // kept: not closed with the reply
+        const uint32_t slot = rep.get().getJoin().getSlot(), gen = rep.get().getJoin().getGeneration();
+        c->call([&](proto::Request::Builder r) {
+          auto l = r.initLeave();
+          l.setTopic(topic);
+          l.setPartition(0);
+          l.setSlot(slot);
+          l.setGeneration(gen);
+        });
+      }
+      Bus bus = Bus::connect(sock);
+      Subscriber sub = bus.subscriber(topic);
+      out("hoard", "pages=" + std::to_string(pages.size()));
+      for (;;) pause();
     } else if (mode == "lag") {
       Bus bus = Bus::connect(sock);
       Subscriber sub = bus.subscriber(topic);
@@ -735,6 +770,16 @@ int main(int argc, char** argv) {
       }
       std::printf("lag:read=%d status=%s\n", n, to_string(st));
       std::fflush(stdout);
+    } else if (mode == "group") {
+      // A GroupSubscriber of group argv[4]: group:held=<partitions it holds> once it
+      // holds its assignment (or the error's code).
+      Bus bus = Bus::connect(sock);
+      GroupSubscriber gs = bus.group_subscriber(topic, argv[4]);
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+      while ((gs.partitions() != gs.assigned() || gs.assigned().empty()) &&
+             std::chrono::steady_clock::now() < deadline)
+        gs.sync();
+      out("group", "held=" + std::to_string(gs.partitions().size()));
     } else if (mode == "resume") {
       Bus bus = Bus::connect(sock);
       SubscriberOptions so;

@@ -264,11 +264,11 @@ struct RootDaemon {
   Scratch s;
   Shmbusd d{s, "root"};
   std::string sock = s / "run/shmbusd.sock";
-  std::vector<std::string> extra;
+  std::vector<std::string> extra, env;
   bool start() {
     std::vector<std::string> a = {"--socket", sock, "--state-dir", s / "state"};
     a.insert(a.end(), extra.begin(), extra.end());
-    return d.start(a);
+    return d.start(a, nullptr, env);
   }
 };
 
@@ -1596,5 +1596,249 @@ TEST_CASE(
   INFO(got);
   CHECK(got.rfind("lag:read=", 0) == 0);
   CHECK(got.find(" status=lapped") != std::string::npos);
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE(
+    "groups: another uid's plain named join or saveCursor under 'group:<g>' is refused; the group's owner "
+    "joins its group",
+    "[security][isolation][groups][group-name]") {
+  NEED_SECOND_USER(owner);
+  SecondUser att = second_user("shmbustest3");
+  if (!att.skip.empty()) {
+    WARN("skipped: " << att.skip);
+    return;
+  }
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.grp", {.partitions = 2, .capacity = 8192, .mode = 0644});
+  // Before: both made the record "group:g" the attacker's, and the owner's
+  // GroupSubscriber for g was refused ("belongs to uid ...").
+  CHECK(as_att(att, {"save-cursor", rd.sock, "iso.grp", "group:g"}) == "save:denied\n");
+  CHECK(as_att(att, {"resume", rd.sock, "iso.grp", "group:g"}) == "resume:denied\n");
+  CHECK(as_att(owner, {"group", rd.sock, "iso.grp", "g"}) == "group:held=2\n");
+  // The group is the owner's now (its record): still nobody else's name.
+  CHECK(as_att(att, {"save-cursor", rd.sock, "iso.grp", "group:g"}) == "save:denied\n");
+  CHECK(as_att(att, {"resume", rd.sock, "iso.grp", "group:g"}) == "resume:denied\n");
+  // Other names are not reserved.
+  CHECK(as_att(att, {"save-cursor", rd.sock, "iso.grp", "groupie"}) == "save:ok\n");
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE("quotas: uid_max_producer_grants does not count the producer grants a uid holds in its own topics",
+          "[security][isolation][grants][producer-quota]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  rd.extra = {"--uid-max-producer-grants", "4"};
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.pq", {.capacity = 8192, .multi_producer = true, .mode = 0666});
+  // The uid's own topic: it publishes there with more grants than the quota...
+  REQUIRE(as_att(att, {"create", rd.sock, "iso.pq.own", "600", "multi"}) == "create:ok\n");
+  Child own(att.as({hostile(), "publishers", rd.sock, "iso.pq.own"}));
+  const std::string o = first_line(own);
+  INFO(o);
+  REQUIRE(o.rfind("pubs:", 0) == 0);
+  CHECK(std::atoi(o.c_str() + 5) > 4);
+  // ... and still gets its quota's grants in another's topic (before: none).
+  Child other(att.as({hostile(), "publishers", rd.sock, "iso.pq"}));
+  CHECK(first_line(other) == "pubs:4 refused:uid-quota");
+  own.kill_now();
+  other.kill_now();
+  CHECK(serving(rd.sock));
+}
+
+namespace {
+// The daemon log's last line of `event`, or "".
+std::string last_event(const std::string& log, const std::string& event) {
+  const size_t at = log.rfind("\"event\":\"" + event + "\"");
+  if (at == std::string::npos) return "";
+  const size_t b = log.rfind('\n', at);
+  return log.substr(b == std::string::npos ? 0 : b + 1,
+                    log.find('\n', at) - (b == std::string::npos ? 0 : b + 1));
+}
+
+bool has_topic(const std::string& sock, const std::string& name) {
+  try {
+    DaemonClient::connect({sock})->call([&](proto::Request::Builder r) { r.setDescribeTopic(name); });
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+}  // namespace
+
+TEST_CASE(
+    "restart: a grantee keeping thousands of left grants' cursor pages does not run a restarted daemon out "
+    "of "
+    "fds; another topic is restored, kept, and its tethered subscriber not lapped",
+    "[security][isolation][restart][takeback][emfile]") {
+  NEED_SECOND_USER(att);
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  // The attacker's grants are in a topic restored first (name order), the victim's after.
+  bus.create_topic("a12.open", {.capacity = 8192, .mode = 0644});
+  bus.create_topic("v12.victim", {.capacity = 8192, .mode = 0600});
+  constexpr int kPages = 2000;
+  Child hoard(att.as({hostile(), "hoard-pages", rd.sock, "a12.open", std::to_string(kPages)}));
+  REQUIRE(first_line(hoard) == "hoard:pages=" + std::to_string(kPages));
+  // The victim's tethered subscriber (another process) holds the producer.
+  Child lag({hostile(), "lag", rd.sock, "v12.victim"}, "", {}, true);
+  REQUIRE(first_line(lag) == "lag:joined");
+  Publisher pub = bus.publisher("v12.victim", {.block_timeout_ns = 10'000'000});
+  int held = 0;
+  while (pub.offer("0123456789abcdef0123456789abcdef", 32) == Status::ok) ++held;
+  REQUIRE(held > 0);
+  // A restart with 512 descriptors: before, the walk took and held all 2 000 pages,
+  // the victim's wake segment could not be made ("Too many open files"), the topic
+  // vanished at the next persist and its subscriber's grant was freed (lapped).
+  rd.d.proc.kill_now();
+  rd.d.wrapper = {"/usr/bin/prlimit", "--nofile=512:512", "--"};
+  REQUIRE(rd.start());
+  const std::string log = rd.d.stderr_text();
+  INFO(last_event(log, "memfds_taken_back"));
+  CHECK(last_event(log, "topic_restore_failed").empty());
+  auto st =
+      DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("v12.victim"); });
+  REQUIRE(st.get().getStats().size() == 1);
+  CHECK(st.get().getStats()[0].getPartitions()[0].getSubscribers().size() == 1);
+  // The next persist keeps it.
+  bus.create_topic("z12.after", {.capacity = 8192});
+  // Still tethered: the ring is full, the publisher cannot lap the subscriber.
+  CHECK(pub.offer("0123456789abcdef0123456789abcdef", 32) != Status::ok);
+  lag.close_stdin();
+  const std::string got = first_line(lag);
+  INFO(got);
+  CHECK(got == "lag:read=" + std::to_string(held) + " status=timed out");
+  hoard.kill_now();
+  rd.d.proc.kill_now();
+  rd.d.wrapper.clear();
+  REQUIRE(rd.start());
+  CHECK(has_topic(rd.sock, "v12.victim"));
+  CHECK(has_topic(rd.sock, "a12.open"));
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE(
+    "robustness: a topic that cannot be restored at start is kept in the registry (its name taken, its "
+    "contents kept) and restored at the next start",
+    "[security][robustness][restore-kept]") {
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  {
+    Bus bus = Bus::connect(rd.sock);
+    bus.create_topic("kept.big", {.partitions = 2, .capacity = 65536});
+    bus.create_topic("kept.small", {.capacity = 4096});
+    Publisher pub = bus.publisher("kept.big");
+    for (int i = 0; i < 10; ++i) REQUIRE(pub.offer("kept", 4) == Status::ok);
+  }
+  // Restarted with a bound the topic exceeds: not restored, reported...
+  rd.d.proc.kill_now();
+  rd.extra = {"--max-topic-bytes", "100000"};
+  REQUIRE(rd.start());
+  CHECK(!has_topic(rd.sock, "kept.big"));
+  CHECK(has_topic(rd.sock, "kept.small"));
+  CHECK(last_event(rd.d.stderr_text(), "topic_restore_failed").find("kept.big") != std::string::npos);
+  {
+    Bus bus = Bus::connect(rd.sock);
+    // ... its name still taken (before: a create made a new, empty topic) ...
+    try {
+      bus.create_topic("kept.big", {.capacity = 8192});
+      FAIL("a create took the name of a topic kept unrestored");
+    } catch (const Error& e) {
+      CHECK(std::string(e.what()).find("could not be restored") != std::string::npos);
+    }
+    bus.create_topic("kept.after", {.capacity = 8192});  // a persist
+  }
+  // ... and kept: restored, with its messages, by a start that may (before: gone).
+  rd.d.proc.kill_now();
+  rd.extra.clear();
+  REQUIRE(rd.start());
+  REQUIRE(has_topic(rd.sock, "kept.big"));
+  auto st = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("kept.big"); });
+  CHECK(st.get().getStats()[0].getPartitions()[0].getProducerPosition() > 0);
+  CHECK(last_event(rd.d.stderr_text(), "topic_reattached").find("kept.big") != std::string::npos);
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE(
+    "restart: the take-back walk is bounded per uid (uid_max_restart_fds); another uid's grants are taken "
+    "back",
+    "[security][isolation][restart][takeback][budget]") {
+  NEED_SECOND_USER(att);
+  SecondUser vic = second_user("shmbustest3");
+  if (!vic.skip.empty()) {
+    WARN("skipped: " << vic.skip);
+    return;
+  }
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("iso.15.0", {.capacity = 8192, .mode = 0644});
+  // Four processes of one uid, one grant and 1 500 more fds each...
+  std::vector<std::unique_ptr<Child>> hoards;
+  for (int i = 0; i < 4; ++i) {
+    hoards.push_back(std::make_unique<Child>(att.as({hostile(), "hoard", rd.sock, "iso.15", "1", "1500"})));
+    REQUIRE(first_line(*hoards.back()) == "hoard:ready");
+  }
+  // ... and another uid's subscriber.
+  Child sub(vic.as({hostile(), "sub", rd.sock, "iso.15.0"}));
+  REQUIRE(first_line(sub) == "sub:joined");
+  rd.d.proc.kill_now();
+  rd.extra = {"--uid-max-restart-fds", "2000"};
+  REQUIRE(rd.start());
+  const std::string log = rd.d.stderr_text();
+  const std::string budget = last_event(log, "takeback_budget");
+  INFO(last_event(log, "memfds_taken_back"));
+  INFO(budget);
+  CHECK(budget.find("uid " + std::to_string(att.uid) + ": ") != std::string::npos);
+  CHECK(budget.find("uid " + std::to_string(vic.uid)) == std::string::npos);
+  auto st = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("iso.15.0"); });
+  std::set<uint32_t> pids;
+  for (auto s : st.get().getStats()[0].getPartitions()[0].getSubscribers()) pids.insert(s.getPid());
+  CHECK(pids.count(uint32_t(sub.pid())) == 1);  // the other uid's grant was taken back
+  int kept = 0;
+  for (auto& h : hoards) kept += int(pids.count(uint32_t(h->pid())));
+  CHECK(kept <= 2);  // past 2 000 fds, the uid's other processes were not walked
+  for (auto& h : hoards) h->kill_now();
+  sub.kill_now();
+  CHECK(serving(rd.sock));
+}
+
+TEST_CASE(
+    "robustness: a topic whose restore failed at start is retried while the daemon runs: restored with its "
+    "contents and its tethered subscriber's grant",
+    "[security][robustness][restore-kept][retry]") {
+  RootDaemon rd;
+  REQUIRE(rd.start());
+  Bus bus = Bus::connect(rd.sock);
+  bus.create_topic("retry.t", {.capacity = 8192});
+  Child lag({hostile(), "lag", rd.sock, "retry.t"}, "", {}, true);
+  REQUIRE(first_line(lag) == "lag:joined");
+  Publisher pub = bus.publisher("retry.t", {.block_timeout_ns = 10'000'000});
+  int held = 0;
+  while (pub.offer("0123456789abcdef0123456789abcdef", 32) == Status::ok) ++held;
+  REQUIRE(held > 0);
+  rd.d.proc.kill_now();
+  rd.env = {"SHMBUS_TEST_RESTORE_FAIL_ONCE=retry.t"};
+  REQUIRE(rd.start());
+  CHECK(last_event(rd.d.stderr_text(), "topic_restore_failed").find("retry.t") != std::string::npos);
+  CHECK(!has_topic(rd.sock, "retry.t"));
+  bus.create_topic("retry.after", {.capacity = 8192});  // a persist meanwhile
+  // Retried every 5 s.
+  const uint64_t deadline = now_ns() + 15'000'000'000ull;
+  while (!has_topic(rd.sock, "retry.t") && now_ns() < deadline) {
+    poll(nullptr, 0, 100);  // a bounded wait for the daemon's retry
+  }
+  REQUIRE(has_topic(rd.sock, "retry.t"));
+  CHECK(last_event(rd.d.stderr_text(), "topic_restored").find("retry.t") != std::string::npos);
+  auto st = DaemonClient::connect({rd.sock})->call([](proto::Request::Builder r) { r.setStat("retry.t"); });
+  CHECK(st.get().getStats()[0].getPartitions()[0].getSubscribers().size() == 1);
+  // The same ring, still tethered: full for the publisher, all there for the subscriber.
+  CHECK(pub.offer("0123456789abcdef0123456789abcdef", 32) != Status::ok);
+  lag.close_stdin();
+  CHECK(first_line(lag) == "lag:read=" + std::to_string(held) + " status=timed out");
   CHECK(serving(rd.sock));
 }

@@ -54,6 +54,11 @@ struct DaemonOptions {
   // its producer entries, at least 1).
   uint32_t uid_max_producer_grants = 256;
   uint32_t uid_max_partition_producer_grants = 0;
+  // A restart takes the cursor pages and wake segments back from their grantees by
+  // walking their fd tables: at most this many fd entries over all the processes of
+  // one uid (not root, not the daemon's uid). Beyond, that uid's grants are not taken
+  // back (their subscribers are told, `lapped`). 0: no bound.
+  uint64_t uid_max_restart_fds = 65536;
   // Schema versions one uid adds to one topic it does not own (a topic keeps 64, each
   // up to 128 KiB), and the schema bytes one uid has stored in all (memory and disk).
   uint32_t uid_max_schema_versions = 8;
