@@ -25,6 +25,7 @@ int main(void) {
   SIZE(shmbus_group_view_t);
   SIZE(shmbus_group_stats_t);
   SIZE(shmbus_envelope_t);
+  SIZE(shmbus_dedup_stats_t);
   printf("];\n");
 
   printf("pub const C_OFFSETS: &[(&str, &str, usize, usize)] = &[\n");
@@ -115,6 +116,10 @@ int main(void) {
   OFF(shmbus_envelope_t, reply_to);
   OFF(shmbus_envelope_t, trace_state);
   OFF(shmbus_envelope_t, reserved);
+  OFF(shmbus_dedup_stats_t, by_position);
+  OFF(shmbus_dedup_stats_t, by_id);
+  OFF(shmbus_dedup_stats_t, position);
+  OFF(shmbus_dedup_stats_t, size);
   printf("];\n");
 
   printf("pub const C_CONSTS: &[(&str, i64)] = &[\n");

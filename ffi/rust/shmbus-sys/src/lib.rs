@@ -75,6 +75,7 @@ opaque!(shmbus_bus, shmbus_bus_t);
 opaque!(shmbus_publisher, shmbus_publisher_t);
 opaque!(shmbus_subscriber, shmbus_subscriber_t);
 opaque!(shmbus_group_subscriber, shmbus_group_subscriber_t);
+opaque!(shmbus_dedup, shmbus_dedup_t);
 
 // ---- structs ------------------------------------------------------------------
 #[repr(C)]
@@ -289,6 +290,16 @@ impl Default for shmbus_envelope_t {
             reserved: [0; 7],
         }
     }
+}
+
+// ---- dedup window (SHMBUS_1.4) ----------------------------------------------------
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct shmbus_dedup_stats_t {
+    pub by_position: u64,
+    pub by_id: u64,
+    pub position: u64,
+    pub size: u64,
 }
 
 extern "C" {
@@ -507,6 +518,38 @@ extern "C" {
     pub fn shmbus_trace_format(e: *const shmbus_envelope_t, buf: *mut c_char, len: usize) -> c_int;
     pub fn shmbus_trace_fresh(e: *mut shmbus_envelope_t) -> c_int;
     pub fn shmbus_trace_child(e: *mut shmbus_envelope_t) -> c_int;
+
+    // ---- dedup window (SHMBUS_1.4) ----
+    pub fn shmbus_dedup_open(
+        capacity: usize,
+        path: *const c_char,
+        out: *mut *mut shmbus_dedup_t,
+    ) -> c_int;
+    pub fn shmbus_dedup_close(d: *mut shmbus_dedup_t);
+    pub fn shmbus_dedup_seen(
+        d: *mut shmbus_dedup_t,
+        producer_id: u32,
+        message_id: u64,
+        sequence: u64,
+        seen: *mut c_int,
+    ) -> c_int;
+    pub fn shmbus_dedup_record(
+        d: *mut shmbus_dedup_t,
+        producer_id: u32,
+        message_id: u64,
+        sequence: u64,
+    ) -> c_int;
+    pub fn shmbus_dedup_commit(
+        d: *mut shmbus_dedup_t,
+        state: *const std::ffi::c_void,
+        len: usize,
+    ) -> c_int;
+    pub fn shmbus_dedup_app_state(
+        d: *mut shmbus_dedup_t,
+        data: *mut *const u8,
+        len: *mut usize,
+    ) -> c_int;
+    pub fn shmbus_dedup_stats(d: *mut shmbus_dedup_t, out: *mut shmbus_dedup_stats_t) -> c_int;
 
     // ---- Cap'n Proto helpers ----
     pub fn shmbus_view_segments(

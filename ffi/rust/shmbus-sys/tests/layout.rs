@@ -157,7 +157,13 @@ fn struct_layouts_match_header() {
         trace_state,
         reserved,
     });
-    assert_eq!(c::C_SIZES.len(), 12, "every probed struct is checked");
+    check_struct!(shmbus_dedup_stats_t {
+        by_position,
+        by_id,
+        position,
+        size
+    });
+    assert_eq!(c::C_SIZES.len(), 13, "every probed struct is checked");
 }
 
 macro_rules! check_consts {

@@ -39,6 +39,7 @@
 #[cfg(feature = "tokio")]
 pub mod async_sub;
 mod bus;
+mod dedup;
 mod envelope;
 mod error;
 mod group;
@@ -49,6 +50,7 @@ mod subscriber;
 #[cfg(feature = "tokio")]
 pub use async_sub::{AsyncSubscriber, OwnedMessage};
 pub use bus::{Bus, DurableConfig, Flush, Policy, TopicConfig, WaitStrategy};
+pub use dedup::{DedupStats, DedupWindow};
 pub use envelope::{Envelope, Enveloped, TraceContext, ENVELOPE_SCHEMA_ID};
 pub use error::{check, last_error, strerror, Detail, Error, Result};
 pub use group::{GroupOptions, GroupStats, GroupSubscriber, GroupView};
