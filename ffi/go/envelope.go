@@ -182,7 +182,7 @@ func (p *Publisher) OfferEnveloped(ctx context.Context, env *Envelope, payload [
 // For an enveloped frame it returns the envelope and a View of the payload inside
 // the frame (its SchemaID the payload's; valid as long as v). For any other frame it
 // returns nil and v itself. ErrMalformed for an envelope's schema id over bytes that
-// are not a valid Envelope.
+// are not a valid Envelope. Release (and Check) v, the frame, not the payload view.
 func (v *View) Envelope() (*Envelope, View, error) {
 	if v == nil || v.ptr == nil {
 		return nil, View{}, &Error{Code: CodeInvalidArgument, Msg: "Envelope: not a polled view"}
