@@ -2,6 +2,7 @@ package shmbus_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	capnp "capnproto.org/go/capnp/v3"
@@ -66,5 +67,80 @@ func BenchmarkQuotePublishAndPollBatch(b *testing.B) {
 	}
 	if err := <-done; err != nil {
 		b.Fatal(err)
+	}
+}
+
+// A consumer group member's TryPoll + Release per 8-byte message, against a named
+// Subscriber's on the same kind of ring (embedded daemon, one partition, the
+// messages published beforehand in chunks that fit the ring).
+func BenchmarkGroupVersusNamedSubscriber(b *testing.B) {
+	for _, group := range []bool{false, true} {
+		name := "named-subscriber"
+		if group {
+			name = "group-member"
+		}
+		b.Run(name, func(b *testing.B) {
+			bus, err := shmbus.OpenEmbedded(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer bus.Close()
+			const topic = "go.bench.group"
+			if err := bus.CreateTopic(topic, shmbus.TopicConfig{Capacity: 1 << 22}); err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			var poll func() (shmbus.View, error)
+			var release func() error
+			if group {
+				m, err := bus.GroupSubscriber(ctx, topic, "bench", nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer m.Close()
+				var v shmbus.GroupView
+				poll = func() (shmbus.View, error) { var err error; v, err = m.TryPoll(); return v.View, err }
+				release = func() error { return m.Release(&v) }
+			} else {
+				s, err := bus.Subscriber(topic, &shmbus.SubscriberOptions{Name: "bench"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer s.Close()
+				var v shmbus.View
+				poll = func() (shmbus.View, error) { var err error; v, err = s.TryPoll(); return v, err }
+				release = func() error { return s.Release(&v) }
+			}
+			pub, err := bus.Publisher(topic, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer pub.Close()
+			msg := make([]byte, 8)
+			b.ResetTimer()
+			for done := 0; done < b.N; {
+				chunk := min(b.N-done, 50000)
+				b.StopTimer()
+				for i := 0; i < chunk; i++ {
+					if err := pub.Offer(ctx, msg, uint64(done+i+1), 0); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				for i := 0; i < chunk; {
+					if _, err := poll(); err != nil {
+						if errors.Is(err, shmbus.ErrEmpty) {
+							continue
+						}
+						b.Fatal(err)
+					}
+					if err := release(); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+				done += chunk
+			}
+		})
 	}
 }
