@@ -2,7 +2,11 @@ package shmbus_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -120,5 +124,65 @@ func TestEnvelopeRoundTripAndHostileFrames(t *testing.T) {
 	}
 	if _, err := sub.TryPoll(); !errors.Is(err, shmbus.ErrEmpty) {
 		t.Fatalf("a refused envelope was published: %v", err)
+	}
+}
+
+// An envelope written by Go, read by the C++ tool: `shmbus replay` (SHMBUS_CLI, the
+// build's tools/shmbus; skipped without it) prints its fields as JSON.
+func TestEnvelopeWrittenByGoReadByTheCxxTool(t *testing.T) {
+	cli := os.Getenv("SHMBUS_CLI")
+	if cli == "" {
+		t.Skip("SHMBUS_CLI (the build's tools/shmbus) is not set")
+	}
+	ctx := ctxT(t)
+	dir := t.TempDir()
+	bus, err := shmbus.OpenEmbedded(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	const topic = "go.env.xlang"
+	if err := bus.CreateTopic(topic, shmbus.TopicConfig{Capacity: 1 << 16, Durable: &shmbus.DurableConfig{Flush: shmbus.FlushBatch}}); err != nil {
+		t.Fatal(err)
+	}
+	pub, err := bus.Publisher(topic, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	tc, _ := shmbus.ParseTraceparent(testTraceparent)
+	tc.State = "congo=t61rcWkgMzE"
+	env := &shmbus.Envelope{CorrelationID: 42, CausationID: 41, ReplyTo: "orders.reply", Trace: tc,
+		ContentVersion: 3, Status: 404, PayloadSchemaID: 0x1234abcd}
+	if err := pub.OfferEnveloped(ctx, env, []byte("an order, 24 bytes long!"), 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.WaitDurable(ctx, 1); err != nil { // the first frame of the partition
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(ctx, cli, "--socket", filepath.Join(dir, "shmbusd.sock"), "replay", topic,
+		"--count", "1").Output()
+	if err != nil {
+		t.Fatalf("shmbus replay: %v (%s)", err, out)
+	}
+	var line struct {
+		MessageID string         `json:"message_id"`
+		Len       int            `json:"len"`
+		SchemaID  string         `json:"schema_id"`
+		Envelope  map[string]any `json:"envelope"`
+	}
+	if err := json.Unmarshal(bytes.TrimSpace(out), &line); err != nil {
+		t.Fatalf("shmbus replay printed %q: %v", out, err)
+	}
+	want := map[string]any{"correlationId": "42", "causationId": "41", "replyTo": "orders.reply",
+		"traceparent": testTraceparent, "tracestate": "congo=t61rcWkgMzE", "contentVersion": 3.0, "status": 404.0,
+		"payloadSchemaId": "0x000000001234abcd"}
+	for k, v := range want {
+		if line.Envelope[k] != v {
+			t.Fatalf("envelope field %s: C++ read %v, want %v (line %s)", k, line.Envelope[k], v, out)
+		}
+	}
+	if line.MessageID != "7" || line.Len != 24 || line.SchemaID != "0x000000001234abcd" {
+		t.Fatalf("frame: %s", out)
 	}
 }

@@ -9,7 +9,7 @@
 # that a runner that dies mid-way leaves its counts so far and a failure.
 # Env: BUILD_DIR (default <repo>/build; set up and built here when missing; its
 #      tests/daemon/group_helper, when the build has tests, is the C++ member of the
-#      cross-language group test),
+#      cross-language group test, and its tools/shmbus reads a Go envelope),
 #      XLANG_BIN_DIR (when set, the scenario program is built there as xlang-go).
 # Exit status: non-zero when anything failed.
 set -uo pipefail
@@ -85,10 +85,14 @@ fi
 ninja -C "$BUILD_DIR" ffi/libshmbus_c.so.1.0.0 >"$results/go.ninja.log" 2>&1 \
   || { tail -30 "$results/go.ninja.log"; step_failed "building libshmbus_c"; finish; }
 
-# The C++ consumer group member of TestGroupWithACxxMember (skipped without it).
+# The C++ consumer group member of TestGroupWithACxxMember and the C++ tool of
+# TestEnvelopeWrittenByGoReadByTheCxxTool (each skipped without it).
 if grep -q 'tests/daemon/group_helper:' "$BUILD_DIR/build.ninja" 2>/dev/null &&
    ninja -C "$BUILD_DIR" tests/daemon/group_helper >>"$results/go.ninja.log" 2>&1; then
   export SHMBUS_GROUP_HELPER=$BUILD_DIR/tests/daemon/group_helper
+fi
+if ninja -C "$BUILD_DIR" tools/shmbus >>"$results/go.ninja.log" 2>&1; then
+  export SHMBUS_CLI=$BUILD_DIR/tools/shmbus
 fi
 
 # cgo finds the library through pkg-config (the uninstalled .pc of the build tree)
