@@ -201,6 +201,13 @@ class EmbeddedProvider final : public SegmentProvider {
   }
   void remove_topic(const std::string& t) override { inner_->remove_topic(t); }
   uint32_t partitions(const std::string& t) override { return inner_->partitions(t); }
+  bool ephemeral_topics() const override { return inner_->ephemeral_topics(); }
+  bool is_ephemeral(const std::string& t) override { return inner_->is_ephemeral(t); }
+  std::string spill_log_dir(const std::string& t) override { return inner_->spill_log_dir(t); }
+  uint32_t register_schema(const std::string& t, const SchemaNodes& nodes, Role role,
+                           bool check_only) override {
+    return inner_->register_schema(t, nodes, role, check_only);
+  }
   bool durable_position(const std::string& t, uint32_t p, const std::string& n, uint64_t& pos) override {
     return inner_->durable_position(t, p, n, pos);
   }

@@ -853,6 +853,24 @@ int shmbus_subscriber_open(shmbus_bus_t* bus, const char* topic, const shmbus_su
     o.open_timeout_ms = opts->open_timeout_ms;
     if (opts->name) o.name = opts->name;
   }
+  // Policy `spill`: an anonymous tethered subscriber reads from the tail through a
+  // ReplaySubscriber (untethered, the log when overtaken), as Bus::subscriber does
+  // in C++ (SubscriberOptions::log_fallback); here it is this shim's replay path.
+  if (o.tethered && o.name.empty()) {
+    if (std::string dir = bus->bus.provider().spill_log_dir(topic); !dir.empty()) {
+      shmbus::ReplayOptions ro;
+      ro.partition = o.partition;
+      ro.start = shmbus::StartAt::latest();
+      ro.state_dir = std::move(dir);
+      ro.wait = o.wait;
+      ro.spin_ns = o.spin_ns;
+      ro.open_timeout_ms = o.open_timeout_ms;
+      auto r = std::make_unique<shmbus::ReplaySubscriber>(shmbus::replay_subscriber(bus->bus, topic, ro));
+      *out = new shmbus_subscriber{std::nullopt, 0, std::move(r), 0};
+      return SHMBUS_OK;
+    }
+  }
+  o.log_fallback = false;
   shmbus::Subscriber s = bus->bus.subscriber(topic, o);
   uint64_t pos = s.position();
   *out = new shmbus_subscriber{std::move(s), pos};

@@ -1,4 +1,5 @@
 #include "shmbus/bus.hpp"
+#include "shmbus/replay.hpp"
 
 #include "shmbus/publisher.hpp"
 #include "shmbus/subscriber.hpp"
@@ -27,6 +28,22 @@ Publisher Bus::publisher(const std::string& topic) { return publisher(topic, Pub
 
 Subscriber Bus::subscriber(const std::string& topic, const SubscriberOptions& opts) {
   if (opts.schema) provider_->register_schema(topic, opts.schema, Role::subscriber, false);
+  // Policy `spill`: an anonymous tethered subscriber would hold the producer back;
+  // it reads untethered from the tail instead and falls back to the log when
+  // overtaken (ReplaySubscriber). A named one keeps its exact saved position in a
+  // tethered slot (docs/spill-log.md).
+  if (opts.log_fallback && opts.tethered && opts.name.empty()) {
+    if (std::string dir = provider_->spill_log_dir(topic); !dir.empty()) {
+      ReplayOptions ro;
+      ro.partition = opts.partition;
+      ro.start = StartAt::latest();
+      ro.state_dir = std::move(dir);
+      ro.wait = opts.wait;
+      ro.spin_ns = opts.spin_ns;
+      ro.open_timeout_ms = opts.open_timeout_ms;
+      return Subscriber(std::make_unique<ReplaySubscriber>(replay_subscriber(*this, topic, ro)), opts);
+    }
+  }
   return Subscriber(provider_->open(topic, opts.partition, Role::subscriber, opts.open_timeout_ms), opts,
                     provider_);
 }

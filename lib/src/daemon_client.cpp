@@ -505,6 +505,23 @@ class DaemonProvider final : public SegmentProvider {
     return rep.get().getTopic().getSpec().getEphemeral();
   }
   uint32_t partitions(const std::string& topic) override { return c_->partitions(topic); }
+  std::string spill_log_dir(const std::string& topic) override {
+    std::string dir;
+    try {
+      DaemonClient::Reply rep = c_->call([&](proto::Request::Builder r) { r.setDescribeTopic(topic); });
+      auto info = rep.get().getTopic();
+      if (info.getSpec().getPolicy() != proto::Policy::SPILL) return {};
+      dir = info.getLogDir().cStr();
+    } catch (const Error& e) {
+      if (e.code() == ErrorCode::not_found) return {};  // not created yet: open() waits for it
+      throw;
+    }
+    if (dir.empty()) {  // older daemons: the log is <state-dir>/log
+      DaemonClient::Reply h = c_->call([](proto::Request::Builder r) { r.setHealth(); });
+      dir = std::string(h.get().getHealth().getStateDir().cStr()) + "/log";
+    }
+    return dir;
+  }
   bool durable_position(const std::string& topic, uint32_t p, const std::string& name,
                         uint64_t& pos) override {
     DaemonClient::Reply rep = c_->call([&](proto::Request::Builder r) { r.setDescribeTopic(topic); });

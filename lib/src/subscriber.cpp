@@ -1,4 +1,5 @@
 #include "shmbus/subscriber.hpp"
+#include "shmbus/replay.hpp"
 #include "shmbus/shm/recovery.hpp"
 
 #include <sched.h>
@@ -93,9 +94,12 @@ void Subscriber::open_slot(SegmentProvider* records) {
   }
 }
 
+Subscriber::Subscriber(std::unique_ptr<ReplaySubscriber> spill, const SubscriberOptions& opts)
+    : opts_(opts), open_(spill != nullptr), spill_(std::move(spill)) {}
+
 Subscriber::Subscriber(Subscriber&& o) noexcept
     : m_(std::move(o.m_)), opts_(o.opts_), r_(o.r_), grant_(o.grant_), stats_(o.stats_), open_(o.open_),
-      resumed_(o.resumed_) {
+      resumed_(o.resumed_), spill_(std::move(o.spill_)) {
   o.open_ = false;
   o.grant_ = {};
 }
@@ -110,6 +114,7 @@ Subscriber& Subscriber::operator=(Subscriber&& o) noexcept {
     stats_ = o.stats_;
     open_ = o.open_;
     resumed_ = o.resumed_;
+    spill_ = std::move(o.spill_);
     o.open_ = false;
     o.grant_ = {};
   }
@@ -120,6 +125,12 @@ Subscriber::~Subscriber() { close(); }
 
 void Subscriber::close() {
   if (!open_) return;
+  if (spill_) {
+    spill_->close();
+    spill_.reset();
+    open_ = false;
+    return;
+  }
   r_.flush_release();
   if (grant_) {
     r_.detach();
@@ -134,6 +145,7 @@ void Subscriber::close() {
 
 void Subscriber::forget() {
   if (!open_) return;
+  if (spill_) return close();  // anonymous: nothing kept
   if (grant_) {
     r_.detach();
     m_->leave_cursor(grant_, false);
@@ -149,15 +161,34 @@ Status Subscriber::lapped_now() {
   return Status::lapped;
 }
 
+void Subscriber::interrupt() noexcept {
+  if (spill_)
+    spill_->interrupt();
+  else
+    intr_.raise();
+}
+
+// The log-backed reader of a `spill` topic (Bus::subscriber). Its views are private
+// copies checked after the copy, so check() has nothing to add.
+Status Subscriber::spill_poll(View& out, int64_t timeout_ns, bool wait) {
+  const Status s = wait ? spill_->poll_wait(out, timeout_ns) : spill_->poll(out);
+  if (s == Status::ok) ++stats_.received;
+  stats_.lapped = spill_->stats().lapped;
+  return s;
+}
+
 Status Subscriber::check(const View& v) const {
   if (!open_ || !v) return Status::closed;
+  if (spill_) return Status::ok;
   return r_.checked(v.position()) && r_.lapped_at(v.position()) ? Status::lapped : Status::ok;
 }
 
-uint32_t Subscriber::partition() const { return m_ ? m_->partition() : 0; }
+uint32_t Subscriber::partition() const { return m_ ? m_->partition() : opts_.partition; }
 
 Status Subscriber::poll(View& out) {
   if (!open_) return Status::closed;
+  if (spill_) [[unlikely]]
+    return spill_poll(out, 0, false);
   shm::FrameView f;
   switch (r_.poll(f)) {
     case shm::RingStatus::ok:
@@ -180,6 +211,7 @@ Status Subscriber::poll(View& out) {
 
 Status Subscriber::wait_for(int64_t timeout_ns) {
   if (!open_) return Status::closed;
+  if (spill_) return spill_->wait_for(timeout_ns);
   if (r_.has_data()) return Status::ok;
   r_.flush_release();  // about to wait: producers must see every release (P4)
   const uint64_t start = shm::monotonic_ns();
@@ -211,6 +243,8 @@ Status Subscriber::wait_for(int64_t timeout_ns) {
 }
 
 Status Subscriber::poll_wait(View& out, int64_t timeout_ns) {
+  if (spill_) [[unlikely]]
+    return open_ ? spill_poll(out, timeout_ns, true) : Status::closed;
   const uint64_t start = shm::monotonic_ns();
   for (;;) {
     Status s = poll(out);
@@ -227,10 +261,18 @@ Status Subscriber::poll_wait(View& out, int64_t timeout_ns) {
 }
 
 void Subscriber::release(const View& v) {
+  if (spill_) [[unlikely]] {
+    if (open_) spill_->release(v);
+    return;
+  }
   if (open_ && v) r_.release_deferred(v.next_position());
 }
 
 void Subscriber::release_all() {
+  if (spill_) [[unlikely]] {
+    if (open_) spill_->release_all();
+    return;
+  }
   if (open_) r_.release_deferred(r_.position());
 }
 

@@ -78,6 +78,13 @@ struct SubscriberOptions {
   // that its saved position is exactly its last release.
   static constexpr uint32_t kReleaseBatchAuto = ~uint32_t(0);
   uint32_t release_batch = kReleaseBatchAuto;
+  // On a topic with policy `spill` (through shmbusd), an anonymous tethered
+  // subscriber never holds the producer back: it reads untethered and, when the
+  // producer overtakes it, continues from the topic's log and merges back into the
+  // ring once it catches up, with no gap and no duplicate (ReplaySubscriber from
+  // the tail). Its views are private copies, not ring memory. false: a plain
+  // tethered subscriber, which holds the producer back like on any topic.
+  bool log_fallback = true;
   // Schema registry (shmbusd): the schema this subscriber reads with; checked
   // against the topic's registered versions by its mode (nothing is stored).
   SchemaNodes schema{};

@@ -129,6 +129,10 @@ class SegmentProvider {
   // Whether `topic` is ephemeral (false without a daemon). Throws Error (not_found
   // for a topic that does not exist or that this uid may not see).
   virtual bool is_ephemeral(const std::string& /*topic*/) { return false; }
+  // The directory holding the spill log (the archiver's state dir) when `topic` has
+  // policy `spill`, else empty (also for a topic that does not exist yet). Through
+  // shmbusd only: a direct bus has no archiver.
+  virtual std::string spill_log_dir(const std::string& /*topic*/) { return {}; }
   // Durable subscribers (P11): the last position recorded for `name` after its
   // parked slot expired, if any (the daemon keeps these; direct mode does not).
   virtual bool durable_position(const std::string& /*topic*/, uint32_t /*p*/, const std::string& /*name*/,

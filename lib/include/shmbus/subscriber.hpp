@@ -42,6 +42,8 @@ class View {
   shm::FrameView f_{};
 };
 
+class ReplaySubscriber;
+
 struct SubscribeStats {
   uint64_t received = 0;
   uint64_t waits = 0;    // times poll_wait slept on the futex
@@ -55,6 +57,9 @@ class Subscriber {
   // With the provider, for durable names (resume records kept by the daemon).
   Subscriber(std::shared_ptr<PartitionMapping> m, const SubscriberOptions& opts,
              std::shared_ptr<SegmentProvider> records);
+  // A subscriber of a `spill` topic that reads through the topic's log when it
+  // falls behind (Bus::subscriber makes these; see SubscriberOptions::log_fallback).
+  Subscriber(std::unique_ptr<ReplaySubscriber> spill, const SubscriberOptions& opts);
   Subscriber(Subscriber&&) noexcept;
   Subscriber& operator=(Subscriber&&) noexcept;
   ~Subscriber();
@@ -99,7 +104,7 @@ class Subscriber {
   // nothing waits, it ends the next wait at once, one time. Thread-safe and
   // async-signal-safe: the one member another thread may call during a wait.
   // (Go cancels a context through it; Rust's interrupt handle calls it.)
-  void interrupt() noexcept { intr_.raise(); }
+  void interrupt() noexcept;
 
   const SubscribeStats& stats() const { return stats_; }
   uint64_t position() const { return r_.position(); }
@@ -112,10 +117,14 @@ class Subscriber {
   // A durable subscriber gives up its name: the slot is freed, nothing is kept.
   void forget();
   bool resumed() const { return resumed_; }  // true if it took over a parked slot
+  // True when this subscriber reads a `spill` topic untethered, falling back to the
+  // topic's log when the producer overtakes it (views are then private copies).
+  bool spilling() const { return spill_ != nullptr; }
 
  private:
   void open_slot(SegmentProvider* records);
   Status lapped_now();
+  Status spill_poll(View& out, int64_t timeout_ns, bool wait);
   std::shared_ptr<PartitionMapping> m_;
   SubscriberOptions opts_;
   shm::RingReader r_;
@@ -124,6 +133,7 @@ class Subscriber {
   bool open_ = false;
   bool resumed_ = false;
   shm::Interrupt intr_;
+  std::unique_ptr<ReplaySubscriber> spill_;  // set: every call goes to the log-backed reader
 };
 
 }  // namespace shmbus
