@@ -11,24 +11,7 @@
 
 #include "shmbus.h"
 
-static int failures = 0;
-#define CHECK(c)                                                                           \
-  do {                                                                                     \
-    if (!(c)) {                                                                            \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, #c, \
-              shmbus_last_error());                                                        \
-      ++failures;                                                                          \
-    }                                                                                      \
-  } while (0)
-#define CHECK_RC(call, want)                                                                            \
-  do {                                                                                                  \
-    int rc_ = (call);                                                                                   \
-    if (rc_ != (want)) {                                                                                \
-      fprintf(stderr, "%s:%d: %s = %d (%s), want %d; last error: %s\n", __FILE__, __LINE__, #call, rc_, \
-              shmbus_strerror(rc_), (int)(want), shmbus_last_error());                                  \
-      ++failures;                                                                                       \
-    }                                                                                                   \
-  } while (0)
+#include "c_check.h"
 
 static const char* kTp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
