@@ -18,7 +18,8 @@ case $target in
     [ -f "$gen/control.capnp.c++" ] || { echo "generated $gen/control.capnp.c++ missing (build first)"; exit 1; }
     # shellcheck disable=SC2086
     "$CXX" $common \
-      -I"$src/daemon/src" -I"$src/daemon/include" -I"$src/lib/include" -I"$src/shm/include" -I"$gen" \
+      -I"$src/daemon/src" -I"$src/daemon/include" -I"$src/daemon/spill/include" -I"$src/lib/include" \
+      -I"$src/shm/include" -I"$gen" \
       "$src/tests/fuzz/control_decoder_fuzz.cpp" "$src/daemon/src/request_codec.cpp" \
       "$src/lib/src/daemon_client_proto.cpp" "$src/lib/src/direct_provider.cpp" "$gen/control.capnp.c++" \
       -lcapnp -lkj -lrt -pthread -o "$out/control_decoder_fuzz"
