@@ -15,6 +15,12 @@
 //   shmbus tail TOPIC [--partition P] [--count N]
 //   shmbus schema show TOPIC [--version N] | history TOPIC
 //   shmbus schema check|register TOPIC FILE.capnp:Type [--import-path DIR]...
+//   shmbus pub TOPIC (--json TEXT | --json-file F|-) [--schema F.capnp:Type] [--count N]
+//                    [--rate HZ] [--partition P | --key K] [--message-id N]   (tools/cli/pub.cpp)
+//   shmbus record TOPIC... -o FILE [--duration S] [--count N] [--tethered]   (tools/cli/record.cpp)
+//   shmbus play FILE [--speed X] [--topic-map A=B]... [--check]
+//   shmbus bench [--topic T] [--size B] [--count N] [--pubs P] [--subs S]    (tools/cli/bench.cpp)
+//   shmbus group TOPIC                                                      (tools/cli/group.cpp)
 // Human-readable by default, --json for scripts. Exit 0 ok, 1 error, 2 not serving.
 // replay/tail print one JSON object per message (the payload decoded with the
 // topic's Cap'n Proto schema when it is compiled into this tool, else with the
@@ -60,25 +66,12 @@
 #include "shmbus/schema_nodes.hpp"
 #include "shmbus/subscriber.hpp"
 #include "testmsg.capnp.h"
+#include "cli/common.hpp"
 
 using namespace shmbus;
+using namespace shmbus::cli;
 
 namespace {
-
-std::string jstr(const std::string& s) {
-  std::string o = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\')
-      o += '\\', o += char(c);
-    else if (c < 0x20) {
-      char b[8];
-      snprintf(b, sizeof b, "\\u%04x", c);
-      o += b;
-    } else
-      o += char(c);
-  }
-  return o + "\"";
-}
 
 const char* flush_name(proto::FlushPolicy f) {
   switch (f) {
@@ -168,19 +161,6 @@ void topic_human(proto::TopicInfo::Reader t) {
 // ---------------------------------------------------------------- replay / tail
 
 // The message schemas compiled into this tool, by Cap'n Proto type id.
-std::vector<capnp::StructSchema> known_schemas() {
-  return {capnp::Schema::from<shmbus::schema::Quote>(), capnp::Schema::from<shmbus::schema::Order>(),
-          capnp::Schema::from<shmbus::schema::Blob>(), capnp::Schema::from<shmbus::schema::DeadLetter>()};
-}
-
-bool find_schema(uint64_t id, capnp::StructSchema& out) {
-  for (auto& s : known_schemas())
-    if (s.getProto().getId() == id) {
-      out = s;
-      return true;
-    }
-  return false;
-}
 
 std::string base64(const std::byte* p, size_t n) {
   static const char* tbl = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -313,9 +293,6 @@ bool parse_point(const std::string& s, Point& p, std::string& err) {
   }
   return true;
 }
-
-volatile std::sig_atomic_t g_stop = 0;
-void on_sigint(int) { g_stop = 1; }
 
 // One JSON line per message. Decoding failures never stop the stream.
 class Printer {
@@ -706,55 +683,7 @@ std::string iso_time(uint64_t ns) {
   return b;
 }
 
-std::string hex64(uint64_t v) {
-  char b[24];
-  std::snprintf(b, sizeof b, "0x%016" PRIx64, v);
-  return b;
-}
-
-// FILE.capnp:Type (Type may be dotted: Outer.Inner), parsed with capnp::SchemaParser;
-// imports resolve in --import-path, then /usr/include and /usr/local/include.
-SchemaNodes parse_schema_arg(const SchemaArgs& a) {
-  auto colon = a.type.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == a.type.size())
-    throw Error(ErrorCode::invalid_argument, "expected FILE.capnp:Type, got '" + a.type + "'");
-  const std::string file = a.type.substr(0, colon), type = a.type.substr(colon + 1);
-  // kj's disk filesystem takes $PWD when it names the working directory, and warns
-  // on stderr when it does not (a shell's PWD after a chdir by a parent, meson's
-  // test runner): give it the real one.
-  if (char cwd[4096]; getcwd(cwd, sizeof cwd)) setenv("PWD", cwd, 1);
-  static auto fs = kj::newDiskFilesystem();
-  static capnp::SchemaParser parser;
-  static std::vector<kj::Own<const kj::ReadableDirectory>> dirs;
-  static std::vector<const kj::ReadableDirectory*> imports;
-  try {
-    std::vector<std::string> paths = a.import_path;
-    for (const char* d : {"/usr/local/include", "/usr/include"})
-      if (access(d, R_OK) == 0) paths.push_back(d);
-    for (auto& d : paths) {
-      dirs.push_back(fs->getRoot().openSubdir(fs->getCurrentPath().eval(d)));
-      imports.push_back(dirs.back().get());
-    }
-    const kj::Path p = fs->getCurrentPath().eval(file);
-    capnp::ParsedSchema s =
-        parser.parseFromDirectory(fs->getRoot(), p.clone(), kj::arrayPtr(imports.data(), imports.size()));
-    size_t from = 0;
-    while (from <= type.size()) {
-      const size_t dot = std::min(type.find('.', from), type.size());
-      const std::string part = type.substr(from, dot - from);
-      KJ_IF_MAYBE (n, s.findNested(part)) {
-        s = *n;
-      } else {
-        throw Error(ErrorCode::not_found, file + " has no type '" + type + "'");
-      }
-      from = dot + 1;
-    }
-    if (!s.getProto().isStruct()) throw Error(ErrorCode::invalid_argument, a.type + " is not a struct");
-    return schema_nodes(s.asStruct());
-  } catch (const kj::Exception& e) {
-    throw Error(ErrorCode::invalid_argument, file + ": " + e.getDescription().cStr());
-  }
-}
+SchemaNodes parse_schema_arg(const SchemaArgs& a) { return parse_schema_file(a.type, a.import_path); }
 
 int run_schema(DaemonClient& c, const std::string& what, const SchemaArgs& a, bool json) {
   if (what == "check" || what == "register") {
@@ -961,15 +890,6 @@ std::string stat_json(const std::vector<PartRow>& rows) {
   return o.str();
 }
 
-std::string human_bytes(double b) {
-  char buf[32];
-  const char* u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int i = 0;
-  while (b >= 1024 && i < 4) b /= 1024, ++i;
-  std::snprintf(buf, sizeof buf, i ? "%.1f %s" : "%.0f %s", b, u[i]);
-  return buf;
-}
-
 std::string stat_text(const std::vector<PartRow>& rows) {
   std::ostringstream o;
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -995,12 +915,6 @@ std::string stat_text(const std::vector<PartRow>& rows) {
   }
   if (rows.empty()) o << "no topics\n";
   return o.str();
-}
-
-double mono_s() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return double(ts.tv_sec) + double(ts.tv_nsec) / 1e9;
 }
 
 // Waits up to `s` seconds for a key (top) or a signal; the key, or -1.
@@ -1576,6 +1490,46 @@ int main(int argc, char** argv) {
     s->add_option("type", sa.type, "FILE.capnp:Type")->required();
     s->add_option("--import-path,-I", sa.import_path, "directory for absolute imports (as capnp compile -I)");
   }
+  PubArgs pa;
+  auto* pub = app.add_subcommand(
+      "pub", "publish messages written as JSON, encoded with the topic's schema (registered, or --schema)");
+  pub->add_option("topic", pa.topic)->required();
+  pub->add_option("--json", pa.json_text, "the message as a JSON object");
+  pub->add_option("--json-file", pa.json_file, "messages as JSON objects, one per line (- : stdin)");
+  pub->add_option("--schema", pa.schema, "encode with FILE.capnp:Type (presented to the registry at open)");
+  pub->add_option("--import-path,-I", pa.import_path, "directory for absolute imports of --schema");
+  pub->add_option("--count", pa.count, "publish N messages, cycling through the inputs (default: each once)");
+  pub->add_option("--rate", pa.rate, "messages per second (default: as fast as possible)");
+  pub->add_option("--partition", pa.partition, "partition (default 0)");
+  pub->add_option("--key", pa.key, "choose the partition by key: fnv1a64(KEY) % partitions");
+  pub->add_option("--message-id", pa.message_id, "the frames' message id (default 0)");
+  RecordArgs rca;
+  auto* record = app.add_subcommand("record", "record topics (every partition) to a self-describing file");
+  record->add_option("topics", rca.topics, "topics to record")->required();
+  record->add_option("-o,--output", rca.out, "the recording (docs/record-format.md)")->required();
+  record->add_option("--duration", rca.duration, "stop after S seconds");
+  record->add_option("--count", rca.count, "stop after N messages");
+  record->add_flag("--tethered", rca.tethered, "hold producers back rather than miss messages");
+  PlayArgs pla;
+  auto* play =
+      app.add_subcommand("play", "publish a recording again, at its original pace scaled by --speed");
+  play->add_option("file", pla.file)->required();
+  play->add_option("--speed", pla.speed,
+                   "pace factor: 2 = twice as fast, 0 = as fast as possible (default 1)");
+  play->add_option("--topic-map", pla.topic_map,
+                   "RECORDED=TARGET: publish a recorded topic to another topic");
+  play->add_flag("--check", pla.check, "check the file and describe it; publish nothing");
+  BenchArgs ba;
+  auto* bench = app.add_subcommand("bench", "publish/subscribe throughput and latency on a temporary topic");
+  bench->add_option("--topic", ba.topic, "the temporary topic's name (default shmbus-bench.<pid>.<random>)");
+  bench->add_option("--size", ba.size, "payload bytes (default 128)");
+  bench->add_option("--count", ba.count, "messages per publisher (default 100000)");
+  bench->add_option("--pubs", ba.pubs, "publishers, one partition each (default 1)");
+  bench->add_option("--subs", ba.subs, "subscribers, each reading every partition (default 1)");
+  bench->add_option("--capacity", ba.capacity, "ring bytes per partition (default 4 MiB)");
+  std::string group_topic;
+  auto* group = app.add_subcommand("group", "a topic's consumer groups and their committed positions");
+  group->add_option("topic", group_topic)->required();
   CLI11_PARSE(app, argc, argv);
 
   if (system_daemon && socket.empty()) socket = kSystemSocketPath;
@@ -1702,6 +1656,16 @@ int main(int argc, char** argv) {
       std::signal(SIGINT, on_sigint);
       std::signal(SIGTERM, on_sigint);
       return run_dlq_replay(*c, socket, da, json);
+    } else if (pub->parsed()) {
+      return run_pub(*c, socket, pa, json);
+    } else if (record->parsed()) {
+      return run_record(*c, socket, rca, json);
+    } else if (play->parsed()) {
+      return run_play(socket, pla, json);
+    } else if (bench->parsed()) {
+      return run_bench(*c, socket, ba, json);
+    } else if (group->parsed()) {
+      return run_group(*c, group_topic, json);
     } else if (health->parsed()) {
       auto rep = c->call([](proto::Request::Builder r) { r.setHealth(); });
       auto h = rep.get().getHealth();
