@@ -9,7 +9,8 @@
 # that a runner that dies mid-way leaves its counts so far and a failure.
 # Env: BUILD_DIR (default <repo>/build; set up and built here when missing; its
 #      tests/daemon/group_helper, when the build has tests, is the C++ member of the
-#      cross-language group test, and its tools/shmbus reads a Go envelope),
+#      cross-language group test, its tools/shmbus reads a Go envelope and lists
+#      topics for the NATS bridge, its daemon/shmbusd runs the bridge's two buses),
 #      XLANG_BIN_DIR (when set, the scenario program is built there as xlang-go).
 # Exit status: non-zero when anything failed.
 set -uo pipefail
@@ -94,6 +95,14 @@ fi
 if ninja -C "$BUILD_DIR" tools/shmbus >>"$results/go.ninja.log" 2>&1; then
   export SHMBUS_CLI=$BUILD_DIR/tools/shmbus
 fi
+# The NATS bridge's tests (cmd/shmbus-nats) run two shmbusd (two buses on one machine)
+# and a nats-server (tools/setup installs it); without them those tests fail.
+if ninja -C "$BUILD_DIR" daemon/shmbusd >>"$results/go.ninja.log" 2>&1; then
+  export SHMBUSD=$BUILD_DIR/daemon/shmbusd
+else
+  step_failed "building shmbusd"
+fi
+export BUILD_DIR
 
 # cgo finds the library through pkg-config (the uninstalled .pc of the build tree)
 # and the binaries find it at run time through an rpath.
