@@ -305,6 +305,7 @@ type receiver struct {
 	lastID  uint64
 	badID   int
 	envOK   int
+	doneAt  time.Time // when the last index arrived
 	err     error
 	done    chan struct{}
 }
@@ -368,6 +369,9 @@ func receive(ctx context.Context, t *testing.T, bus *shmbus.Bus, topic string, n
 				r.lastIdx = int64(i)
 				r.seen[i] = true
 				r.count++
+				if r.count == len(r.seen) {
+					r.doneAt = time.Now()
+				}
 				if checkEnv != nil {
 					schema := v.SchemaID
 					if env != nil {
@@ -677,4 +681,88 @@ func TestBridgeSIGKILLTrialsAndServerRestart(t *testing.T) {
 	f.finish(t, ctx, ra, rb, n, 120*time.Second)
 	t.Logf("%d messages each way, %d bridge SIGKILLs (A %d, B %d), one nats-server restart: none lost, none twice",
 		n, f.ba.killed+f.bb.killed, f.ba.killed, f.bb.killed)
+}
+
+// rawPublishRate is the baseline: nats.go async JetStream publishes of n messages of
+// size bytes into a stream of their own on the same server, with the bridge's
+// window of pending acks (what `nats bench --js --pub 1` measures), in msg/s.
+func rawPublishRate(t *testing.T, ctx context.Context, url string, n, size int) float64 {
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BENCH", Subjects: []string{"bench.raw"}, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, size)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if _, err := js.PublishAsync("bench.raw", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("raw publishes not acknowledged")
+	}
+	rate := float64(n) / time.Since(start).Seconds()
+	s, err := js.Stream(ctx, "BENCH")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.State.Msgs != uint64(n) {
+		t.Fatalf("baseline stream holds %v messages, want %d (%v)", info, n, err)
+	}
+	if err := js.DeleteStream(ctx, "BENCH"); err != nil {
+		t.Fatal(err)
+	}
+	return rate
+}
+
+// One million messages each way (both directions at once) through the bridges,
+// none lost, none twice; the rate against the baseline measured in the same run
+// (docs/benchmarks.md, "NATS bridge").
+func TestBridgeThroughputMillionEachWay(t *testing.T) {
+	const n = 1000000
+	const size = 64
+	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
+	defer cancel()
+	f := newFixture(t, 16<<20)
+	raw := rawPublishRate(t, ctx, f.nats.url(), n, size)
+	rb := receive(ctx, t, f.b.bus, "orders.eu", n, nil)
+	ra := receive(ctx, t, f.a.bus, "quotes.us", n, nil)
+	start := time.Now()
+	errs := make(chan error, 2)
+	go func() { errs <- publish(ctx, f.pubA, 0, n, size) }()
+	go func() { errs <- publish(ctx, f.pubB, 0, n, size) }()
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var done [2]time.Duration
+	for i, r := range []*receiver{rb, ra} {
+		r := r
+		waitUntil(t, 200*time.Second, "a million messages across", func() (bool, error) {
+			c, dups, _, err := r.snapshot()
+			if err != nil || dups > 0 {
+				t.Fatalf("%d twice, %v", dups, err)
+			}
+			return c == n, fmt.Errorf("%d of %d", c, n)
+		})
+		r.mu.Lock()
+		done[i] = r.doneAt.Sub(start)
+		r.mu.Unlock()
+	}
+	f.finish(t, ctx, ra, rb, n, 60*time.Second)
+	ab, ba := float64(n)/done[0].Seconds(), float64(n)/done[1].Seconds()
+	t.Logf("BENCH raw JetStream async publish %.0f msg/s; bridge A->B %.0f msg/s (%.2f of raw), B->A %.0f msg/s (%.2f of raw), both at once, %d B payloads",
+		raw, ab, ab/raw, ba, ba/raw, size)
 }
