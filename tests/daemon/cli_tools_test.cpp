@@ -379,6 +379,52 @@ TEST_CASE("shmbus record and play: the same payloads in order on another topic, 
   }
 }
 
+TEST_CASE(
+    "shmbus record SIGKILLed while messages flow: the file ends between records and play uses all of it",
+    "[cli][crash]") {
+  DaemonProc d("clikill");
+  REQUIRE(d.start());
+  REQUIRE(cli(d, {"topic", "create", "ticks", "--capacity", "1048576", "--durable"}).rc == 0);
+  REQUIRE(cli(d, {"topic", "create", "again", "--capacity", "1048576", "--durable"}).rc == 0);
+  REQUIRE(cli(d, {"schema", "register", "ticks", write_orders(d)}).rc == 0);
+  const std::string file = d.dir + "/ticks.rec";
+  Child rec({SHMBUS_TEST_CLI, "record", "ticks", "-o", file}, d.dir + "/rec.err",
+            {"SHMBUS_SOCKET=" + d.sock});
+  REQUIRE(rec.await("recording", 20000) == "1 topic, 1 partition to " + file);
+  // A publisher that keeps going (2000 messages a second) until the test kills it.
+  Bus bus = Bus::connect(d.sock);
+  Child pub({SHMBUS_TEST_CLI, "pub", "ticks", "--json", "{\"id\":1,\"symbol\":\"T\"}", "--count", "1000000",
+             "--rate", "2000"},
+            d.dir + "/pub.err", {"SHMBUS_SOCKET=" + d.sock});
+  // Killed once the recording holds a good number of records (its size, watched with a
+  // 20 s watchdog), at whatever point it has reached.
+  struct stat st {};
+  const uint64_t deadline = now_ns() + 20'000'000'000ull;
+  while ((stat(file.c_str(), &st) != 0 || st.st_size < 20000) && now_ns() < deadline) {
+    pollfd none{};
+    poll(&none, 0, 5);
+  }
+  REQUIRE(st.st_size >= 20000);
+  rec.kill_now();
+  pub.kill_now();
+  Run r = cli(d, {"--json", "play", file, "--check"});
+  REQUIRE(r.rc == 0);
+  INFO(r.err);
+  CHECK(jfield(r.out, "complete") == "false");
+  CHECK(r.err.find("has no end marker (the recorder was stopped hard)") != std::string::npos);
+  const uint64_t records = uint64_t(jnum(r.out, "records"));
+  CHECK(records >= 100);
+  // Everything recorded is played, in order: the same messages as the source's first.
+  r = cli(d, {"--json", "play", file, "--topic-map", "ticks=again", "--speed", "0"});
+  REQUIRE(r.rc == 0);
+  CHECK(jfield(r.out, "played") == std::to_string(records));
+  CHECK(next_seq(d, "again") == records + 1);
+  auto a = lines_of(cli(d, {"replay", "again", "--count", "3"}).out);
+  REQUIRE(a.size() == 3);
+  CHECK(jfield(a[2], "message") == "{\"id\":\"1\",\"symbol\":\"T\",\"price\":0,\"qty\":0,\"side\":\"buy\"}");
+  CHECK(jfield(a[2], "seq") == "3");
+}
+
 TEST_CASE("shmbus bench: sane JSON figures, ordered percentiles, the temporary topic deleted", "[cli]") {
   DaemonProc d("clibench");
   REQUIRE(d.start());

@@ -44,38 +44,52 @@ uint64_t wall_ns() {
 
 uint32_t crc(uint32_t c, const void* p, size_t n) { return spill::crc32c(c, p, n); }
 
-// A file written through stdio, each failure an Error naming the file.
+// The recording file. Records are appended to a buffer and written with write(2) a
+// buffer of whole records at a time (flush(): when 1 MiB is pending, and every 50 ms
+// from the recorder's main loop), so that a recorder killed at any instruction leaves
+// a file that ends between two records: play uses every record in it.
 class Out {
  public:
   explicit Out(const std::string& path) : path_(path) {
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) throw Error(ErrorCode::system, path + ": " + strerror(errno));
-    f_ = fdopen(fd, "wb");
-    if (!f_) {
-      ::close(fd);
-      throw Error(ErrorCode::system, path + ": " + strerror(errno));
-    }
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw Error(ErrorCode::system, path + ": " + strerror(errno));
   }
   ~Out() {
-    if (f_) std::fclose(f_);
+    if (fd_ >= 0) ::close(fd_);
   }
   void write(const void* p, size_t n) {
-    if (n && std::fwrite(p, 1, n, f_) != n)
-      throw Error(ErrorCode::system, path_ + ": write: " + strerror(errno));
+    const char* c = static_cast<const char*>(p);
+    buf_.insert(buf_.end(), c, c + n);
     bytes_ += n;
   }
+  // Called after each whole record.
+  void record_done() {
+    if (buf_.size() >= (1u << 20)) flush();
+  }
+  void flush() {
+    size_t off = 0;
+    while (off < buf_.size()) {
+      const ssize_t w = ::write(fd_, buf_.data() + off, buf_.size() - off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) throw Error(ErrorCode::system, path_ + ": write: " + strerror(w < 0 ? errno : ENOSPC));
+      off += size_t(w);
+    }
+    buf_.clear();
+  }
   void close() {
-    const bool ok = std::fflush(f_) == 0 && fsync(fileno(f_)) == 0;
+    flush();
+    const bool ok = fsync(fd_) == 0;
     const int e = errno;
-    std::fclose(f_);
-    f_ = nullptr;
-    if (!ok) throw Error(ErrorCode::system, path_ + ": " + strerror(e));
+    ::close(fd_);
+    fd_ = -1;
+    if (!ok) throw Error(ErrorCode::system, path_ + ": fsync: " + strerror(e));
   }
   uint64_t bytes() const { return bytes_; }
 
  private:
   std::string path_;
-  FILE* f_ = nullptr;
+  int fd_ = -1;
+  std::vector<char> buf_;
   uint64_t bytes_ = 0;
 };
 
@@ -156,6 +170,8 @@ int run_record(DaemonClient& c, const std::string& socket, const RecordArgs& a, 
     out.write(zeros, pad8(uint32_t(t.name.size() + t.schema.bytes.size())));
   }
 
+  out.flush();  // the header and the topic table: a file from here on is playable
+
   std::mutex mu;  // the file and the counters
   std::condition_variable cv;
   uint64_t records = 0, lapped = 0;
@@ -196,6 +212,7 @@ int run_record(DaemonClient& c, const std::string& socket, const RecordArgs& a, 
         try {
           out.write(&rh, sizeof rh);
           out.write(copy.data(), len);
+          out.record_done();
         } catch (const Error& e) {
           error = e.what();
           stop = true;
@@ -223,8 +240,15 @@ int run_record(DaemonClient& c, const std::string& socket, const RecordArgs& a, 
   {
     std::unique_lock<std::mutex> g(mu);
     const uint64_t deadline = a.duration > 0 ? t0 + uint64_t(a.duration * 1e9) : UINT64_MAX;
-    while (!stop && !g_stop && mono_ns() < deadline)
+    while (!stop && !g_stop && mono_ns() < deadline) {
       cv.wait_for(g, std::chrono::milliseconds(50));  // a signal or the deadline: checked each 50 ms
+      try {
+        out.flush();  // whole records only (under the lock)
+      } catch (const Error& e) {
+        error = e.what();
+        stop = true;
+      }
+    }
     stop = true;
   }
   for (auto& t : threads) t.join();
