@@ -91,6 +91,7 @@ struct Archiver::Impl {
     int ops = 0;  // operations in flight
     int err = 0;
     std::vector<IndexEntry> idx;
+    BatchWriter batch;  // the one batch (format v2) this buffer holds
   };
 
   struct Sealed {
@@ -271,6 +272,20 @@ struct Archiver::Impl {
       } else {
         ++p->st.gaps;  // the log lost frames the ring no longer holds (not expected)
       }
+    }
+    if (!rec.empty && rec.epoch == p->epoch && rec.active_version != kLogVersion) {
+      // The last segment is in an older format: it stays as it is (sealed, readable)
+      // and the next record starts a new segment in this format.
+      std::string path = p->dir + "/" + segment_file_name(rec.active_first_seq);
+      if (p->cfg.flush != FlushPolicy::none) {
+        int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+        if (fd < 0) sys_fail("open " + path);
+        const int rc = ::fdatasync(fd);
+        const int e = errno;
+        ::close(fd);
+        if (rc != 0) sys_fail("fdatasync " + path, e);
+      }
+    } else if (!rec.empty && rec.epoch == p->epoch) {
       p->seg_first = rec.active_first_seq;
       p->file_off = rec.active_size;
       p->kick_from = rec.active_size;
@@ -523,6 +538,7 @@ struct Archiver::Impl {
     b->ops = 0;
     b->err = 0;
     b->idx.clear();
+    b->batch = BatchWriter{};
     p.bufs.push_back(b);
     return b;
   }
@@ -550,6 +566,7 @@ struct Archiver::Impl {
     Part& p = *b->part;
     const uint32_t nops = b->want_sync ? 2 : 1;
     if (inflight + nops > cfg.queue_depth) return false;
+    if (b->batch.open()) b->batch.finish();  // length, count, CRC: the buffer is final
     if (io_uring_sq_space_left(&ring) < nops) io_uring_submit(&ring);
     io_uring_sqe* w = io_uring_get_sqe(&ring);
     if (!w) return false;
@@ -634,14 +651,26 @@ struct Archiver::Impl {
         progress = true;
         continue;
       }
-      const uint64_t seq = h->sequence;
+      // Copy the header once (the ring is written by publishers), check the copy.
+      shm::FrameHeader hc = *h;
+      hc.commit = w;
+      if (hc.payload_len > len - shm::kFrameHeaderSize) {
+        set_error(p, EBADMSG);
+        drained = true;
+        break;
+      }
+      const uint64_t seq = hc.sequence;
       if (seq <= p.log_last_seq) {
         set_error(p, EILSEQ);  // sequences must grow in the log; see next_sequence_after_log
         drained = true;
         break;
       }
-      const uint32_t plen = h->payload_len;
-      const uint32_t rec = record_size(plen);
+      const uint32_t plen = hc.payload_len;
+      // Appended to the batch being filled, or the first of a new batch (one per buffer).
+      const bool can_append = cur && cur->batch.open();
+      const uint32_t app = can_append ? cur->batch.next_size(p.read_pos, hc) : 0;
+      const bool append = can_append && cur->fill + app <= cur->cap;
+      const uint32_t rec = append ? app : BatchWriter::first_size(hc);
       if (p.fd < 0 || p.file_off + rec > p.cfg.segment_bytes) {
         if (p.fd < 0 || p.file_off > kFileHeaderSize) {
           p.roll_pending = true;
@@ -649,22 +678,23 @@ struct Archiver::Impl {
           break;
         }
       }
-      if (!cur || cur->fill + rec > cur->cap) {
+      const std::byte* payload = reinterpret_cast<const std::byte*>(h) + shm::kFrameHeaderSize;
+      if (append) {
+        cur->batch.append(p.read_pos, hc, payload, plen);
+      } else {
         if (cur) {
           if (submitted(p) >= max_sub || !submit_buf(cur)) break;
           progress = true;
         }
         cur = get_buf(p, rec);
         if (!cur) break;
+        const uint64_t foff = p.file_off;  // the batch starts here: index entries point at batches
+        if (foff >= p.next_index) {
+          cur->idx.push_back({seq, hc.timestamp_ns, foff});
+          p.next_index = foff + p.cfg.index_interval;
+        }
+        cur->batch.begin(cur->data + cur->fill, p.read_pos, hc, payload, plen);
       }
-      const uint64_t foff = p.file_off;
-      if (foff >= p.next_index) {
-        cur->idx.push_back({seq, h->timestamp_ns, foff});
-        p.next_index = foff + p.cfg.index_interval;
-      }
-      shm::FrameHeader hc = *h;
-      encode_record(cur->data + cur->fill, p.read_pos, hc,
-                    reinterpret_cast<const std::byte*>(h) + shm::kFrameHeaderSize, plen);
       cur->fill += rec;
       if (!cur->first_seq) cur->first_seq = seq;
       cur->last_seq = seq;

@@ -95,19 +95,6 @@ uint32_t record_crc(const std::byte* rec, uint32_t rec_len) {
 }
 }  // namespace
 
-uint32_t encode_record(std::byte* dst, uint64_t ring_pos, const shm::FrameHeader& hdr,
-                       const std::byte* payload, uint32_t payload_len) noexcept {
-  const uint32_t len = record_size(payload_len);
-  std::memcpy(dst, &len, 4);
-  std::memcpy(dst + 8, &ring_pos, 8);
-  std::memcpy(dst + kRecordPrefix, &hdr, sizeof hdr);
-  std::memcpy(dst + kRecordOverhead, payload, payload_len);
-  std::memset(dst + kRecordOverhead + payload_len, 0, len - kRecordOverhead - payload_len);
-  const uint32_t c = record_crc(dst, len);
-  std::memcpy(dst + 4, &c, 4);
-  return len;
-}
-
 Check check_record(const std::byte* p, size_t avail, RecordView* out) noexcept {
   if (avail < 4) return Check::need_more;
   uint32_t len;
@@ -135,10 +122,239 @@ Check check_record(const std::byte* p, size_t avail, RecordView* out) noexcept {
   return Check::ok;
 }
 
-void fill_file_header(SegmentFileHeader& h, uint64_t first_seq, uint64_t epoch, uint32_t partition) {
+// --------------------------------------------------------------------------- batches (v2)
+namespace {
+inline uint32_t ext_words(uint32_t flags) { return uint32_t(__builtin_popcount(flags)); }
+inline uint64_t implied_frame_len(uint32_t plen) {
+  return shm::align_frame(uint64_t(shm::kFrameHeaderSize) + plen);
+}
+inline uint32_t batch_crc(const std::byte* p, uint32_t len) {
+  uint32_t c = crc32c(0, p + 12, len - 12);
+  c = crc32c(c, p, 4);
+  return crc32c(c, p + 8, 4);
+}
+}  // namespace
+
+uint32_t BatchWriter::first_size(const shm::FrameHeader& h) noexcept {
+  uint32_t f = 0;
+  if (shm::commit_length(h.commit) != implied_frame_len(h.payload_len)) f |= kMsgFrameLen;
+  if (h.payload_len > kMaxShortPayload) f |= kMsgLongLen;
+  return kBatchHeaderSize + kMsgHeaderSize + 8 * ext_words(f) + uint32_t(shm::align_frame(h.payload_len));
+}
+
+uint32_t BatchWriter::flags_for(uint64_t ring_pos, const shm::FrameHeader& h) const noexcept {
+  uint32_t f = 0;
+  if (h.sequence != seq_ + 1) f |= kMsgSeq;
+  if (ring_pos != ring_end_) f |= kMsgRingPos;
+  if (shm::commit_length(h.commit) != implied_frame_len(h.payload_len)) f |= kMsgFrameLen;
+  if (h.producer_id != producer_) f |= kMsgProducer;
+  if (h.message_id != message_id_) f |= kMsgMessageId;
+  if (h.schema_id != schema_id_) f |= kMsgSchemaId;
+  if (h.timestamp_ns < ts_ || h.timestamp_ns - ts_ > 0xffff'ffffull) f |= kMsgTs;
+  if (h.payload_len > kMaxShortPayload) f |= kMsgLongLen;
+  return f;
+}
+
+uint32_t BatchWriter::next_size(uint64_t ring_pos, const shm::FrameHeader& h) const noexcept {
+  return kMsgHeaderSize + 8 * ext_words(flags_for(ring_pos, h)) + uint32_t(shm::align_frame(h.payload_len));
+}
+
+uint32_t BatchWriter::put(uint32_t flags, uint64_t ring_pos, const shm::FrameHeader& h,
+                          const std::byte* payload, uint32_t plen) noexcept {
+  std::byte* d = base_ + len_;
+  const uint32_t w0 = ((flags & kMsgLongLen) ? 0u : plen) | (flags << 24);
+  const uint32_t delta = (flags & kMsgTs) ? 0u : uint32_t(h.timestamp_ns - ts_);
+  std::memcpy(d, &w0, 4);
+  std::memcpy(d + 4, &delta, 4);
+  uint32_t o = kMsgHeaderSize;
+  auto ext = [&](uint64_t v) {
+    std::memcpy(d + o, &v, 8);
+    o += 8;
+  };
+  if (flags & kMsgSeq) ext(h.sequence);
+  if (flags & kMsgRingPos) ext(ring_pos);
+  if (flags & kMsgFrameLen) ext(shm::commit_length(h.commit));
+  if (flags & kMsgProducer) ext(h.producer_id);
+  if (flags & kMsgMessageId) ext(h.message_id);
+  if (flags & kMsgSchemaId) ext(h.schema_id);
+  if (flags & kMsgTs) ext(h.timestamp_ns);
+  if (flags & kMsgLongLen) ext(plen);
+  std::memcpy(d + o, payload, plen);
+  const uint32_t padded = uint32_t(shm::align_frame(plen));
+  std::memset(d + o + plen, 0, padded - plen);
+  o += padded;
+  crc_ = crc32c(crc_, d, o);
+  len_ += o;
+  ++count_;
+  seq_ = h.sequence;
+  ring_end_ = ring_pos + shm::commit_length(h.commit);
+  ts_ = h.timestamp_ns;
+  producer_ = h.producer_id;
+  message_id_ = h.message_id;
+  schema_id_ = h.schema_id;
+  return o;
+}
+
+uint32_t BatchWriter::begin(std::byte* dst, uint64_t ring_pos, const shm::FrameHeader& h,
+                            const std::byte* payload, uint32_t plen) noexcept {
+  BatchHeader bh{};
+  bh.producer_id = h.producer_id;
+  bh.first_seq = h.sequence;
+  bh.first_ring_pos = ring_pos;
+  bh.base_ts = h.timestamp_ns;
+  bh.message_id = h.message_id;
+  bh.schema_id = h.schema_id;
+  std::memcpy(dst, &bh, sizeof bh);
+  base_ = dst;
+  len_ = kBatchHeaderSize;
+  count_ = 0;
+  finished_ = false;
+  crc_ = crc32c(0, dst + 12, kBatchHeaderSize - 12);
+  seq_ = h.sequence - 1;
+  ring_end_ = ring_pos;
+  ts_ = h.timestamp_ns;
+  producer_ = h.producer_id;
+  message_id_ = h.message_id;
+  schema_id_ = h.schema_id;
+  uint32_t f = 0;
+  if (shm::commit_length(h.commit) != implied_frame_len(plen)) f |= kMsgFrameLen;
+  if (plen > kMaxShortPayload) f |= kMsgLongLen;
+  return kBatchHeaderSize + put(f, ring_pos, h, payload, plen);
+}
+
+uint32_t BatchWriter::append(uint64_t ring_pos, const shm::FrameHeader& h, const std::byte* payload,
+                             uint32_t plen) noexcept {
+  return put(flags_for(ring_pos, h), ring_pos, h, payload, plen);
+}
+
+void BatchWriter::finish() noexcept {
+  std::memcpy(base_, &len_, 4);
+  std::memcpy(base_ + 8, &count_, 4);
+  uint32_t c = crc32c(crc_, base_, 4);
+  c = crc32c(c, base_ + 8, 4);
+  std::memcpy(base_ + 4, &c, 4);
+  finished_ = true;
+}
+
+void BatchDecoder::start(const std::byte* batch, uint32_t len) noexcept {
+  p_ = batch;
+  len_ = len;
+  bad_ = len < kBatchHeaderSize;
+  off_ = bad_ ? len : kBatchHeaderSize;
+  seen_ = 0;
+  if (bad_) return;
+  std::memcpy(&hdr_, batch, sizeof hdr_);
+  seq_ = hdr_.first_seq - 1;
+  ring_end_ = hdr_.first_ring_pos;
+  ts_ = hdr_.base_ts;
+  producer_ = hdr_.producer_id;
+  message_id_ = hdr_.message_id;
+  schema_id_ = hdr_.schema_id;
+}
+
+bool BatchDecoder::next(shm::FrameHeader& h, uint64_t& ring_pos, const std::byte*& payload) noexcept {
+  if (bad_ || off_ >= len_) return false;
+  auto fail = [&] {
+    bad_ = true;
+    return false;
+  };
+  const uint32_t room = len_ - off_;
+  if (room < kMsgHeaderSize) return fail();
+  const std::byte* d = p_ + off_;
+  uint32_t w0, delta;
+  std::memcpy(&w0, d, 4);
+  std::memcpy(&delta, d + 4, 4);
+  const uint32_t flags = w0 >> 24;
+  const uint32_t nx = ext_words(flags);
+  if (room - kMsgHeaderSize < 8 * nx) return fail();
+  uint64_t ext[8];
+  std::memcpy(ext, d + kMsgHeaderSize, 8 * nx);
+  uint32_t k = 0;
+  auto take = [&](uint32_t f, uint64_t dflt) { return (flags & f) ? ext[k++] : dflt; };
+  const bool first = seen_ == 0;
+  if (first && (flags & (kMsgSeq | kMsgRingPos))) return fail();  // the header holds them
+  const uint64_t seq = take(kMsgSeq, seq_ + 1);
+  if (!first && seq <= seq_) return fail();  // sequences only grow
+  const uint64_t pos = take(kMsgRingPos, ring_end_);
+  const bool has_len = flags & kMsgFrameLen;
+  const uint64_t flen_x = take(kMsgFrameLen, 0);
+  const uint64_t prod = take(kMsgProducer, producer_);
+  if (prod > 0xffff'ffffull) return fail();
+  const uint64_t mid = take(kMsgMessageId, message_id_);
+  const uint64_t sid = take(kMsgSchemaId, schema_id_);
+  if ((flags & kMsgTs) && delta != 0) return fail();
+  const uint64_t ts = take(kMsgTs, ts_ + delta);
+  uint64_t plen = w0 & kMaxShortPayload;
+  if (flags & kMsgLongLen) {
+    if (plen != 0) return fail();
+    plen = ext[k++];
+    if (plen > kMaxRecord) return fail();
+  }
+  const uint64_t flen = has_len ? flen_x : implied_frame_len(uint32_t(plen));
+  if (flen > 0xffff'ffffull || (flen & 7) || flen < shm::kFrameHeaderSize + plen) return fail();
+  if (pos + flen < pos) return fail();
+  const uint64_t padded = shm::align_frame(plen);
+  const uint32_t body = kMsgHeaderSize + 8 * nx;
+  if (uint64_t(room) - body < padded) return fail();
+  h.commit = shm::make_commit(uint32_t(flen), shm::kFrameData);
+  h.payload_len = uint32_t(plen);
+  h.producer_id = uint32_t(prod);
+  h.sequence = seq;
+  h.timestamp_ns = ts;
+  h.message_id = mid;
+  h.schema_id = sid;
+  ring_pos = pos;
+  payload = d + body;
+  seq_ = seq;
+  ring_end_ = pos + flen;
+  ts_ = ts;
+  producer_ = uint32_t(prod);
+  message_id_ = mid;
+  schema_id_ = sid;
+  off_ += body + uint32_t(padded);
+  ++seen_;
+  if (seen_ > hdr_.count) return fail();
+  return true;
+}
+
+Check check_batch(const std::byte* p, size_t avail, BatchInfo* out) noexcept {
+  if (avail < 4) return Check::need_more;
+  uint32_t len;
+  std::memcpy(&len, p, 4);
+  if (len == 0) return Check::end;
+  if (len < kBatchHeaderSize + kMsgHeaderSize || (len & 7) || len > kMaxRecord) return Check::bad;
+  if (avail < len) return Check::need_more;
+  uint32_t c;
+  std::memcpy(&c, p + 4, 4);
+  if (c != batch_crc(p, len)) return Check::bad;
+  BatchDecoder d;
+  d.start(p, len);
+  if (d.count() == 0) return Check::bad;
+  shm::FrameHeader h;
+  uint64_t pos = 0;
+  const std::byte* pl = nullptr;
+  BatchInfo bi;
+  bi.len = len;
+  bi.count = d.count();
+  while (d.next(h, pos, pl)) {
+    if (d.seen() == 1) {
+      bi.first_seq = h.sequence;
+      bi.first_ts = h.timestamp_ns;
+    }
+    bi.last_seq = h.sequence;
+    bi.last_ts = h.timestamp_ns;
+    bi.last_ring_end = pos + shm::commit_length(h.commit);
+  }
+  if (!d.done() || d.seen() != d.count()) return Check::bad;
+  if (out) *out = bi;
+  return Check::ok;
+}
+
+void fill_file_header(SegmentFileHeader& h, uint64_t first_seq, uint64_t epoch, uint32_t partition,
+                      uint32_t version) {
   std::memset(&h, 0, sizeof h);
   h.magic = kLogMagic;
-  h.version = kLogVersion;
+  h.version = version;
   h.header_size = kFileHeaderSize;
   h.first_seq = first_seq;
   h.ring_epoch = epoch;
@@ -150,8 +366,8 @@ void fill_file_header(SegmentFileHeader& h, uint64_t first_seq, uint64_t epoch, 
 }
 
 bool file_header_ok(const SegmentFileHeader& h) noexcept {
-  return h.magic == kLogMagic && h.version == kLogVersion && h.header_size == kFileHeaderSize &&
-         h.crc == crc32c(0, &h, offsetof(SegmentFileHeader, crc));
+  return h.magic == kLogMagic && (h.version == kLogVersion || h.version == kLogVersionV1) &&
+         h.header_size == kFileHeaderSize && h.crc == crc32c(0, &h, offsetof(SegmentFileHeader, crc));
 }
 
 // --------------------------------------------------------------------------- files
@@ -236,11 +452,14 @@ ScanResult scan_segment(const std::string& path, uint64_t index_interval) {
     return r;
   }
   r.header_ok = true;
+  r.version = h.version;
   r.epoch = h.ring_epoch;
   r.valid_bytes = kFileHeaderSize;
+  const bool v2 = h.version == kLogVersion;
+  const uint32_t min_unit = v2 ? kBatchHeaderSize + kMsgHeaderSize : kRecordOverhead;
   const size_t kBuf = 4 << 20;
   std::unique_ptr<std::byte[]> buf(new std::byte[kBuf + 8]);
-  std::vector<std::byte> big;  // for records larger than the buffer
+  std::vector<std::byte> big;  // for records or batches larger than the buffer
   uint64_t off = kFileHeaderSize;
   uint64_t next_index = kFileHeaderSize;
   size_t have = 0;  // bytes in buf starting at file offset `base`
@@ -259,7 +478,7 @@ ScanResult scan_segment(const std::string& path, uint64_t index_interval) {
     size_t avail = have - at;
     uint32_t len = 0;
     if (avail >= 4) std::memcpy(&len, p, 4);
-    if (len > avail && len <= kMaxRecord && !(len & 7) && len >= kRecordOverhead && off + len <= size) {
+    if (len > avail && len <= kMaxRecord && !(len & 7) && len >= min_unit && off + len <= size) {
       if (len <= kBuf) {
         base = off;
         at = 0;
@@ -275,26 +494,38 @@ ScanResult scan_segment(const std::string& path, uint64_t index_interval) {
         avail = len;
       }
     }
-    RecordView rv;
-    Check c = check_record(p, avail, &rv);
-    if (c != Check::ok) {
-      r.tail_invalid = true;  // end marker, torn or corrupt: everything from here goes
-      break;
+    BatchInfo bi;
+    if (v2) {
+      if (check_batch(p, avail, &bi) != Check::ok) {
+        r.tail_invalid = true;  // end marker, torn or corrupt: everything from here goes
+        break;
+      }
+    } else {
+      RecordView rv;
+      if (check_record(p, avail, &rv) != Check::ok) {
+        r.tail_invalid = true;
+        break;
+      }
+      bi.len = rv.rec_len;
+      bi.count = 1;
+      bi.first_seq = bi.last_seq = rv.seq();
+      bi.first_ts = bi.last_ts = rv.ts();
+      bi.last_ring_end = rv.ring_end();
     }
-    if (r.records && rv.seq() <= r.last_seq) {  // sequences only grow
+    if (r.records && bi.first_seq <= r.last_seq) {  // sequences only grow
       r.tail_invalid = true;
       break;
     }
-    if (!r.records) r.first_seq = rv.seq();
-    ++r.records;
-    r.last_seq = rv.seq();
-    r.last_ts = rv.ts();
-    r.last_ring_end = rv.ring_end();
+    if (!r.records) r.first_seq = bi.first_seq;
+    r.records += bi.count;
+    r.last_seq = bi.last_seq;
+    r.last_ts = bi.last_ts;
+    r.last_ring_end = bi.last_ring_end;
     if (off >= next_index) {
-      r.index.push_back({rv.seq(), rv.ts(), off});
+      r.index.push_back({bi.first_seq, bi.first_ts, off});
       next_index = off + index_interval;
     }
-    off += rv.rec_len;
+    off += bi.len;
     r.valid_bytes = off;
   }
   return r;
@@ -336,6 +567,7 @@ RecoveryResult recover_partition_log(const std::string& dir, uint64_t index_inte
     res.last_ring_end = s.last_ring_end;
     res.epoch = s.epoch;
     res.active_first_seq = last.first_seq;
+    res.active_version = s.version;
     res.active_size = s.valid_bytes;
     res.active_index = std::move(s.index);
     res.total_bytes = 0;
@@ -394,7 +626,13 @@ ChunkArena::Chunk& ChunkArena::fresh(size_t need, const std::byte* keep, size_t 
   return cur_;
 }
 
+ChunkArena& ChunkArena::side() {
+  if (!side_) side_ = std::make_unique<ChunkArena>(64 << 10);
+  return *side_;
+}
+
 void ChunkArena::release(uint64_t t) {
+  if (side_) side_->release(t);
   if (t > released_) released_ = t;
   while (!retained_.empty() && retained_.front().max_tag <= released_) {
     free_.push_back(retained_.front());
@@ -414,6 +652,7 @@ void LogReader::close_segment() {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   have_file_ = false;
+  in_batch_ = false;
 }
 
 bool LogReader::open_segment(const SegmentInfo& s, uint64_t offset) {
@@ -429,6 +668,7 @@ bool LogReader::open_segment(const SegmentInfo& s, uint64_t offset) {
   have_file_ = true;
   cur_first_ = s.first_seq;
   epoch_ = h.ring_epoch;
+  version_ = h.version;
   pos_ = std::max<uint64_t>(offset, kFileHeaderSize);
   arena_.fresh(1 << 20, nullptr, 0);  // empty window at pos_ (views handed out stay valid)
   win_off_ = pos_;
@@ -459,19 +699,21 @@ void LogReader::drop_window() {
   if (c.end > at) c.end = at;
 }
 
-Check LogReader::peek(RecordView& rv) {
+// The record (v1) or batch (v2) at pos_: rv (v1) or bi (v2) filled when ok.
+Check LogReader::peek(RecordView& rv, BatchInfo& bi) {
+  const bool v2 = version_ == kLogVersion;
   for (int round = 0;; ++round) {
     auto& c = arena_.current();
     size_t at = c.begin + size_t(pos_ - win_off_);
     size_t avail = c.end > at ? c.end - at : 0;
-    Check k = check_record(c.data + at, avail, &rv);
+    Check k = v2 ? check_batch(c.data + at, avail, &bi) : check_record(c.data + at, avail, &rv);
     if (k != Check::need_more) return k;
     if (round > 0) return Check::end;  // the file ends inside this record (being written, or torn)
-    size_t need = kRecordPrefix;
+    size_t need = v2 ? kBatchHeaderSize : kRecordPrefix;
     if (avail >= 4) {
       uint32_t len;
       std::memcpy(&len, c.data + at, 4);
-      need = std::max<size_t>(len, kRecordPrefix);
+      need = std::max<size_t>(len, need);
     }
     refill(need);
   }
@@ -498,9 +740,38 @@ bool LogReader::advance_file() {
 
 LogReader::Next LogReader::next(RecordView& out) {
   for (;;) {
+    if (in_batch_) {
+      // The batch passed check_batch: its bytes, in the current chunk, stay put until
+      // every message is handed out (nothing refills meanwhile).
+      shm::FrameHeader h;
+      RecordView rv;
+      if (!dec_.next(h, rv.ring_pos, rv.payload)) {
+        in_batch_ = false;
+        continue;
+      }
+      if (h.sequence < min_seq_) continue;
+      if (ts_filter_) {
+        if (h.timestamp_ns < min_ts_) continue;
+        ts_filter_ = false;
+      }
+      ChunkArena& side = arena_.side();
+      auto* sc = &side.current();
+      if (sc->end + sizeof h > sc->cap) sc = &side.fresh(sizeof h, nullptr, 0);
+      auto* hp = reinterpret_cast<shm::FrameHeader*>(sc->data + sc->end);
+      std::memcpy(hp, &h, sizeof h);
+      sc->end += sizeof h;
+      side.mark(h.sequence);
+      rv.hdr = hp;
+      rv.payload_len = h.payload_len;
+      last_seq_ = h.sequence;
+      arena_.mark(h.sequence);
+      out = rv;
+      return Next::ok;
+    }
     if (!have_file_ && !advance_file()) return Next::end;
     RecordView rv;
-    Check k = peek(rv);
+    BatchInfo bi;
+    Check k = peek(rv, bi);
     if (k != Check::ok) {
       if (!later_segment_exists()) {
         drop_window();  // the active segment's tail: re-read next time
@@ -509,7 +780,7 @@ LogReader::Next LogReader::next(RecordView& out) {
       // Sealed (the archiver finished every write to it before creating the next):
       // read it again from the file, then decide between a clean end and corruption.
       drop_window();
-      k = peek(rv);
+      k = peek(rv, bi);
       if (k != Check::ok) {
         struct stat st;
         bool at_eof = fstat(fd_, &st) == 0 && uint64_t(st.st_size) <= pos_;
@@ -518,6 +789,13 @@ LogReader::Next LogReader::next(RecordView& out) {
         if (!at_eof) return Next::corrupt;
         continue;
       }
+    }
+    if (version_ == kLogVersion) {
+      auto& c = arena_.current();
+      dec_.start(c.data + c.begin + size_t(pos_ - win_off_), bi.len);
+      in_batch_ = true;
+      pos_ += bi.len;
+      continue;
     }
     pos_ += rv.rec_len;
     if (rv.seq() < min_seq_) continue;
@@ -535,10 +813,16 @@ LogReader::Next LogReader::next(RecordView& out) {
 bool LogReader::first_ts(const SegmentInfo& s, uint64_t& ts) {
   Fd f(::open(s.path.c_str(), O_RDONLY | O_CLOEXEC));
   if (f.fd < 0) return false;
-  std::byte b[kFileHeaderSize + kRecordOverhead];
-  if (pread_full(f.fd, b, sizeof b, 0) != ssize_t(sizeof b)) return false;
-  const auto* h = reinterpret_cast<const shm::FrameHeader*>(b + kFileHeaderSize + kRecordPrefix);
-  ts = h->timestamp_ns;  // a hint only: the scan after it validates every record
+  SegmentFileHeader h;
+  std::byte b[kRecordOverhead];
+  if (pread_full(f.fd, &h, sizeof h, 0) != ssize_t(sizeof h) || !file_header_ok(h)) return false;
+  if (pread_full(f.fd, b, sizeof b, kFileHeaderSize) != ssize_t(sizeof b)) return false;
+  // A hint only: the scan after it validates every record.
+  if (h.version == kLogVersion) {
+    std::memcpy(&ts, b + offsetof(BatchHeader, base_ts), 8);
+  } else {
+    std::memcpy(&ts, b + kRecordPrefix + offsetof(shm::FrameHeader, timestamp_ns), 8);
+  }
   return true;
 }
 
@@ -554,6 +838,10 @@ uint64_t LogReader::index_offset(const SegmentInfo& s, bool by_time, uint64_t ke
   if (got < 0) return kFileHeaderSize;
   e.resize(size_t(got) / sizeof(IndexEntry));
   Fd lf(::open(s.path.c_str(), O_RDONLY | O_CLOEXEC));
+  SegmentFileHeader fh;
+  if (lf.fd < 0 || pread_full(lf.fd, &fh, sizeof fh, 0) != ssize_t(sizeof fh) || !file_header_ok(fh))
+    return kFileHeaderSize;
+  const bool v2 = fh.version == kLogVersion;
   // Last entry with key' < key (strictly: a timestamp may repeat), validated.
   size_t hi = 0;
   for (size_t i = 0; i < e.size(); ++i) {
@@ -566,19 +854,23 @@ uint64_t LogReader::index_offset(const SegmentInfo& s, bool by_time, uint64_t ke
   while (hi > 0) {
     const IndexEntry& ie = e[hi - 1];
     std::byte b[kRecordOverhead];
-    if (lf.fd >= 0 && pread_full(lf.fd, b, sizeof b, ie.offset) == ssize_t(sizeof b)) {
+    if (ie.offset >= kFileHeaderSize && pread_full(lf.fd, b, sizeof b, ie.offset) == ssize_t(sizeof b)) {
       uint32_t len;
+      uint64_t seq;
       std::memcpy(&len, b, 4);
-      const auto* h = reinterpret_cast<const shm::FrameHeader*>(b + kRecordPrefix);
-      if (len >= kRecordOverhead && len <= kMaxRecord && h->sequence == ie.seq &&
-          ie.offset >= kFileHeaderSize)
-        return ie.offset;  // the full CRC check happens when it is read
+      if (v2) {
+        std::memcpy(&seq, b + offsetof(BatchHeader, first_seq), 8);
+        if (len >= kBatchHeaderSize + kMsgHeaderSize && len <= kMaxRecord && seq == ie.seq) return ie.offset;
+      } else {
+        std::memcpy(&seq, b + kRecordPrefix + offsetof(shm::FrameHeader, sequence), 8);
+        if (len >= kRecordOverhead && len <= kMaxRecord && seq == ie.seq) return ie.offset;
+      }
+      // the full CRC check happens when it is read
     }
     --hi;
   }
   return kFileHeaderSize;
 }
-
 void LogReader::seek_earliest() { seek_sequence(0); }
 
 void LogReader::seek_sequence(uint64_t seq) {

@@ -5,7 +5,21 @@
 //   <state-dir>/<topic>/<partition>/<first-seq %020>.log   records, append-only
 //   <state-dir>/<topic>/<partition>/<first-seq %020>.idx   sparse index (a hint; rebuilt on recovery)
 //
-// A segment file starts with a 64-byte SegmentFileHeader, then records:
+// A segment file starts with a 64-byte SegmentFileHeader whose `version` says what
+// follows. Version 2 (written): batches, each one header and one CRC32C for N messages
+// with an 8-byte message header each (fields equal to the previous message's, or
+// implied by it, are not repeated):
+//
+//    0        4        8        12       16       24       32       40       48      56
+//   +--------+--------+--------+--------+--------+--------+--------+--------+--------+
+//   |len u32 |crc u32 |count   |producer|first_  |first_  |base_ts |message_|schema_ | messages...
+//   |        |        |u32     |u32     |seq     |ring_pos|        |id      |id      |
+//   +--------+--------+--------+--------+--------+--------+--------+--------+--------+
+//   message: u32 (payload_len bits 0..23 | flags bits 24..31), u32 ts delta,
+//            one u64 per flag set (in flag-bit order), payload zero-padded to 8.
+//   crc32c = crc(crc(crc(0, [12, len)), [0, 4)), [8, 12)).
+//
+// Version 1 (read only; segments written before the change keep replaying):
 //
 //    0        4        8               16                      64
 //   +--------+--------+----------------+-----------------------+-------------------+
@@ -14,8 +28,9 @@
 //   +--------+--------+----------------+-----------------------+-------------------+
 //   rec_len = 64 + align8(payload_len); crc32c covers bytes [0,4) and [8, rec_len).
 //
-// Bytes read from a log file are untrusted: every record is bounds- and
-// CRC-checked before anything in it is used.
+// Bytes read from a log file are untrusted: every record and batch is bounds- and
+// CRC-checked, and every message of a batch decoded and checked, before anything in
+// it is used.
 #pragma once
 
 #include <cstddef>
@@ -30,11 +45,27 @@
 namespace shmbus::spill {
 
 inline constexpr uint64_t kLogMagic = 0x3147'4f4c'424d'4853ULL;  // "SHMBLOG1"
-inline constexpr uint32_t kLogVersion = 1;
+inline constexpr uint32_t kLogVersion = 2;                       // what the archiver writes
+inline constexpr uint32_t kLogVersionV1 = 1;                     // still read (one record per frame)
 inline constexpr uint32_t kFileHeaderSize = 64;
+// Version 1 records.
 inline constexpr uint32_t kRecordPrefix = 16;
 inline constexpr uint32_t kRecordOverhead = kRecordPrefix + shm::kFrameHeaderSize;  // 64
-inline constexpr uint32_t kMaxRecord = 1u << 30;
+inline constexpr uint32_t kMaxRecord = 1u << 30;  // also the largest version 2 batch
+// Version 2 batches.
+inline constexpr uint32_t kBatchHeaderSize = 56;
+inline constexpr uint32_t kMsgHeaderSize = 8;
+inline constexpr uint32_t kMaxShortPayload = (1u << 24) - 1;  // else kMsgLongLen
+// Message flags (bits 24..31 of the message's first word): each set flag adds one
+// u64 after the 8-byte message header, in this order.
+inline constexpr uint32_t kMsgSeq = 1u << 0;        // sequence (else previous + 1)
+inline constexpr uint32_t kMsgRingPos = 1u << 1;    // ring position (else the previous frame's end)
+inline constexpr uint32_t kMsgFrameLen = 1u << 2;   // frame length (else align8(48 + payload_len))
+inline constexpr uint32_t kMsgProducer = 1u << 3;   // producer_id (else the previous one)
+inline constexpr uint32_t kMsgMessageId = 1u << 4;  // message_id (else the previous one)
+inline constexpr uint32_t kMsgSchemaId = 1u << 5;   // schema_id (else the previous one)
+inline constexpr uint32_t kMsgTs = 1u << 6;         // timestamp_ns (ts delta must be 0)
+inline constexpr uint32_t kMsgLongLen = 1u << 7;    // payload_len (bits 0..23 must be 0)
 // CursorSlot::name_hash of the archiver's (tethered) cursor: replay finds the
 // archiver's position by it, and a restarted archiver adopts its old slot.
 inline constexpr uint64_t kArchiverNameHash = 0x7370'696c'6c61'7263ULL;  // "crallips"
@@ -54,8 +85,33 @@ struct SegmentFileHeader {
 };
 static_assert(sizeof(SegmentFileHeader) == kFileHeaderSize, "update docs/spill-log.md");
 
+// Version 2: the header of a batch. "Previous" values for its first message are
+// the header's: so the first message never carries kMsgSeq or kMsgRingPos.
+struct BatchHeader {
+  uint32_t batch_len;       // 0  bytes of the batch, header included; multiple of 8; 0 = unwritten
+  uint32_t crc;             // 4  see the file comment
+  uint32_t count;           // 8  messages in the batch (>= 1)
+  uint32_t producer_id;     // 12 the first message's
+  uint64_t first_seq;       // 16 the first message's sequence
+  uint64_t first_ring_pos;  // 24 the first message's ring position
+  uint64_t base_ts;         // 32 the first message's timestamp_ns
+  uint64_t message_id;      // 40 the first message's
+  uint64_t schema_id;       // 48 the first message's
+};
+static_assert(sizeof(BatchHeader) == kBatchHeaderSize, "update docs/spill-log.md");
+static_assert(offsetof(BatchHeader, batch_len) == 0);
+static_assert(offsetof(BatchHeader, crc) == 4);
+static_assert(offsetof(BatchHeader, count) == 8);
+static_assert(offsetof(BatchHeader, producer_id) == 12);
+static_assert(offsetof(BatchHeader, first_seq) == 16);
+static_assert(offsetof(BatchHeader, first_ring_pos) == 24);
+static_assert(offsetof(BatchHeader, base_ts) == 32);
+static_assert(offsetof(BatchHeader, message_id) == 40);
+static_assert(offsetof(BatchHeader, schema_id) == 48);
+static_assert(kBatchHeaderSize % 8 == 0 && kMsgHeaderSize % 8 == 0, "payloads stay 8-aligned");
+
 struct IndexEntry {
-  uint64_t seq;     // sequence of the record at `offset`
+  uint64_t seq;     // sequence of the record (version 2: first message of the batch) at `offset`
   uint64_t ts;      // its timestamp_ns
   uint64_t offset;  // byte offset of the record in the .log file
 };
@@ -64,22 +120,78 @@ static_assert(sizeof(IndexEntry) == 24, "update docs/spill-log.md");
 // CRC32C (Castagnoli), hardware crc32 instruction when available, else a table.
 uint32_t crc32c(uint32_t crc, const void* data, size_t n) noexcept;
 
-constexpr uint32_t record_size(uint32_t payload_len) {
+// Version 1 record size (reading only; the v1 writer is gone).
+constexpr uint32_t record_size_v1(uint32_t payload_len) {
   return kRecordOverhead + uint32_t(shm::align_frame(payload_len));
 }
 
-// Writes one record (prefix + header + payload + padding) at dst, which must have
-// record_size(payload_len) bytes. Returns the record length.
-uint32_t encode_record(std::byte* dst, uint64_t ring_pos, const shm::FrameHeader& hdr,
-                       const std::byte* payload, uint32_t payload_len) noexcept;
+// ---------------------------------------------------------------------------
+// Version 2 writer: one batch built in place in a buffer.
+//   BatchWriter w; size = w.first_size(pos, hdr) + ...; w.begin(dst, pos, hdr, payload, len);
+//   while (...) { size = w.next_size(pos, hdr); w.append(pos, hdr, payload, len); }
+//   w.finish();   // writes length, count and CRC; the batch is w.size() bytes at dst
+// The CRC is computed as the bytes are written (still in cache). Does not allocate.
+class BatchWriter {
+ public:
+  // Bytes the message takes as the first of a new batch (batch header included).
+  static uint32_t first_size(const shm::FrameHeader& h) noexcept;
+  // Bytes the message takes appended to this batch.
+  uint32_t next_size(uint64_t ring_pos, const shm::FrameHeader& h) const noexcept;
+  // Starts a batch at dst with its first message; returns the bytes written.
+  uint32_t begin(std::byte* dst, uint64_t ring_pos, const shm::FrameHeader& h, const std::byte* payload,
+                 uint32_t payload_len) noexcept;
+  uint32_t append(uint64_t ring_pos, const shm::FrameHeader& h, const std::byte* payload,
+                  uint32_t payload_len) noexcept;
+  void finish() noexcept;
+  uint32_t size() const noexcept { return len_; }
+  uint32_t count() const noexcept { return count_; }
+  bool open() const noexcept { return base_ != nullptr && !finished_; }
 
-void fill_file_header(SegmentFileHeader& h, uint64_t first_seq, uint64_t epoch, uint32_t partition);
+ private:
+  uint32_t flags_for(uint64_t ring_pos, const shm::FrameHeader& h) const noexcept;
+  uint32_t put(uint32_t flags, uint64_t ring_pos, const shm::FrameHeader& h, const std::byte* payload,
+               uint32_t payload_len) noexcept;
+  std::byte* base_ = nullptr;
+  uint32_t len_ = 0, count_ = 0, crc_ = 0;
+  bool finished_ = false;
+  uint64_t seq_ = 0, ring_end_ = 0, ts_ = 0, message_id_ = 0, schema_id_ = 0;
+  uint32_t producer_ = 0;
+};
+
+// Version 2 reader of one batch whose bytes are private (copied from the file).
+// check_batch() walks it once; a batch that passed yields exactly `count` messages.
+class BatchDecoder {
+ public:
+  void start(const std::byte* batch, uint32_t len) noexcept;
+  // The next message: its frame header (rebuilt), ring position, payload. false at
+  // the end of the batch or on a malformed message (then bad() is true).
+  bool next(shm::FrameHeader& h, uint64_t& ring_pos, const std::byte*& payload) noexcept;
+  bool bad() const noexcept { return bad_; }
+  bool done() const noexcept { return off_ == len_ && !bad_; }
+  uint32_t seen() const noexcept { return seen_; }
+  uint32_t count() const noexcept { return hdr_.count; }
+  const BatchHeader& header() const noexcept { return hdr_; }
+
+ private:
+  const std::byte* p_ = nullptr;
+  uint32_t len_ = 0, off_ = 0, seen_ = 0;
+  bool bad_ = false;
+  BatchHeader hdr_{};
+  uint64_t seq_ = 0, ring_end_ = 0, ts_ = 0, message_id_ = 0, schema_id_ = 0;
+  uint32_t producer_ = 0;
+};
+
+void fill_file_header(SegmentFileHeader& h, uint64_t first_seq, uint64_t epoch, uint32_t partition,
+                      uint32_t version = kLogVersion);
+// Magic, size, CRC and a version this code reads (1 or 2).
 bool file_header_ok(const SegmentFileHeader& h) noexcept;
 
 // A validated record inside some buffer.
+// A validated message. Version 1: hdr points into the record; version 2: at a
+// header rebuilt by the LogReader (valid, like the payload, until released).
 struct RecordView {
-  const std::byte* rec = nullptr;
-  uint32_t rec_len = 0;
+  const std::byte* rec = nullptr;  // version 1: the record
+  uint32_t rec_len = 0;            // version 1: its length
   uint64_t ring_pos = 0;
   const shm::FrameHeader* hdr = nullptr;  // 8-aligned when the buffer is
   const std::byte* payload = nullptr;
@@ -94,6 +206,14 @@ enum class Check : uint8_t { ok, need_more, end, bad };
 // need_more: the prefix says the record is longer than avail (read more, or a torn
 // tail). end: rec_len == 0 (unwritten space). bad: impossible length or CRC mismatch.
 Check check_record(const std::byte* p, size_t avail, RecordView* out) noexcept;
+
+// Version 2: validates the batch at p (length, CRC, then every message decoded:
+// bounds, flags, sequences growing, count). Same results as check_record.
+struct BatchInfo {
+  uint32_t len = 0, count = 0;
+  uint64_t first_seq = 0, first_ts = 0, last_seq = 0, last_ts = 0, last_ring_end = 0;
+};
+Check check_batch(const std::byte* p, size_t avail, BatchInfo* out) noexcept;
 
 std::string segment_file_name(uint64_t first_seq);
 std::string index_file_name(uint64_t first_seq);
@@ -110,6 +230,7 @@ std::vector<SegmentInfo> list_segments(const std::string& dir);
 
 struct ScanResult {
   bool header_ok = false;
+  uint32_t version = 0;
   uint64_t epoch = 0;
   uint64_t valid_bytes = 0;  // end of the last valid record (>= kFileHeaderSize if header_ok)
   uint64_t records = 0;
@@ -123,7 +244,8 @@ ScanResult scan_segment(const std::string& path, uint64_t index_interval);
 struct RecoveryResult {
   bool empty = true;  // no record in the log
   uint64_t last_seq = 0, last_ts = 0, last_ring_end = 0, epoch = 0;
-  uint64_t active_first_seq = 0;  // the last segment (appendable) if !empty
+  uint64_t active_first_seq = 0;  // the last segment (appendable if active_version == kLogVersion)
+  uint32_t active_version = 0;
   uint64_t active_size = 0;
   std::vector<IndexEntry> active_index;
   uint64_t truncated_bytes = 0;  // torn tail removed
@@ -161,6 +283,8 @@ class ChunkArena {
   }
   // Everything with tag <= t is released.
   void release(uint64_t t);
+  // A second arena released together with this one (LogReader: rebuilt headers).
+  ChunkArena& side();
   bool busy(const Chunk& c) const { return c.max_tag > released_; }
   size_t retained() const { return retained_.size(); }
 
@@ -171,6 +295,7 @@ class ChunkArena {
   std::deque<Chunk> retained_;
   std::vector<Chunk> free_;
   uint64_t released_ = 0;
+  std::unique_ptr<ChunkArena> side_;
 };
 
 // Sequential reader over a partition's log, for replay. Not thread-safe.
@@ -201,7 +326,7 @@ class LogReader {
   void close_segment();
   bool refill(size_t need);
   void drop_window();
-  Check peek(RecordView& rv);
+  Check peek(RecordView& rv, BatchInfo& bi);
   bool later_segment_exists();
   bool advance_file();
   uint64_t index_offset(const SegmentInfo& s, bool by_time, uint64_t key);
@@ -220,6 +345,9 @@ class LogReader {
   uint64_t epoch_ = 0;
   uint64_t corrupt_ = 0, gaps_ = 0;
   uint64_t last_seq_ = 0;
+  uint32_t version_ = 0;  // of the open segment
+  bool in_batch_ = false;
+  BatchDecoder dec_;
 };
 
 }  // namespace shmbus::spill
