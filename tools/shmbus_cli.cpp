@@ -17,6 +17,7 @@
 //   shmbus schema check|register TOPIC FILE.capnp:Type [--import-path DIR]...
 //   shmbus pub TOPIC (--json TEXT | --json-file F|-) [--schema F.capnp:Type] [--count N]
 //                    [--rate HZ] [--partition P | --key K] [--message-id N]   (tools/cli/pub.cpp)
+//                    [--correlation-id N] [--causation-id N] [--reply-to T] [--traceparent TP]
 //   shmbus record TOPIC... -o FILE [--duration S] [--count N] [--tethered]   (tools/cli/record.cpp)
 //   shmbus play FILE [--speed X] [--topic-map A=B]... [--check]
 //   shmbus bench [--topic T] [--size B] [--count N] [--pubs P] [--subs S]    (tools/cli/bench.cpp)
@@ -1503,6 +1504,13 @@ int main(int argc, char** argv) {
   pub->add_option("--partition", pa.partition, "partition (default 0)");
   pub->add_option("--key", pa.key, "choose the partition by key: fnv1a64(KEY) % partitions");
   pub->add_option("--message-id", pa.message_id, "the frames' message id (default 0)");
+  pub->add_flag("--envelope", pa.envelope,
+                "send each message inside an Envelope (implied by the options below)");
+  pub->add_option("--correlation-id", pa.correlation_id, "envelope: correlation id");
+  pub->add_option("--causation-id", pa.causation_id, "envelope: causation id");
+  pub->add_option("--reply-to", pa.reply_to, "envelope: the topic replies go to");
+  pub->add_option("--traceparent", pa.traceparent, "envelope: W3C trace context 00-<trace>-<span>-<flags>");
+  pub->add_option("--content-version", pa.content_version, "envelope: content version");
   RecordArgs rca;
   auto* record = app.add_subcommand("record", "record topics (every partition) to a self-describing file");
   record->add_option("topics", rca.topics, "topics to record")->required();

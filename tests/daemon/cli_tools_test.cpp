@@ -136,7 +136,7 @@ TEST_CASE(
   REQUIRE(r.rc == 0);
   CHECK(r.out ==
         "{\"topic\":\"orders\",\"partition\":0,\"published\":1,\"first_seq\":3,\"last_seq\":3,"
-        "\"schema_id\":\"0xc0ffee0000000001\",\"type\":\"orders.Order\"}\n");
+        "\"schema_id\":\"0xc0ffee0000000001\",\"type\":\"orders.Order\",\"enveloped\":false}\n");
 
   // Each mistake names the field and what was wrong; nothing is published.
   const std::vector<std::pair<std::string, std::string>> bad = {
@@ -193,6 +193,22 @@ TEST_CASE(
   CHECK(jfield(ls[4], "message") ==
         "{\"id\":\"11\",\"symbol\":\"B\",\"price\":0,\"qty\":0,\"side\":\"buy\"}");
   for (auto& l : ls) CHECK(jfield(l, "schema_id") == "\"0xc0ffee0000000001\"");
+
+  // Inside an envelope: the envelope's fields and the payload decoded by its own id.
+  r = cli(d, {"pub", "orders", "--json", "{\"id\":12}", "--correlation-id", "17", "--reply-to", "reply.x",
+              "--traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"});
+  REQUIRE(r.rc == 0);
+  CHECK(r.out == "published 1 enveloped message to orders[0] (orders.Order 0xc0ffee0000000001)\n");
+  r = cli(d, {"pub", "orders", "--json", "{\"id\":12}", "--traceparent", "00-00-00-01"});
+  CHECK(r.rc == 1);
+  CHECK(r.err.find("shmbus: --traceparent: expected 00-<32 hex>-<16 hex>-<2 hex>") == 0);
+  r = cli(d, {"replay", "orders", "--from", "seq:6", "--count", "1"});
+  REQUIRE(r.rc == 0);
+  CHECK(jfield(r.out, "envelope")
+            .find("{\"correlationId\":\"17\",\"causationId\":\"0\",\"replyTo\":\"reply.x\","
+                  "\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"") == 0);
+  CHECK(jfield(r.out, "message") == "{\"id\":\"12\",\"price\":0,\"qty\":0,\"side\":\"buy\"}");
+  CHECK(next_seq(d, "orders") == 7);
 
   // --schema on a topic with none registered: encoded with the file and registered
   // at open; --key picks a partition, the same one each time.

@@ -51,6 +51,11 @@ struct PubArgs {
   int64_t partition = -1;
   std::string key;
   uint64_t message_id = 0;
+  // The envelope (docs/messaging.md): sent when any of these is given, or `envelope`.
+  bool envelope = false;
+  uint64_t correlation_id = 0, causation_id = 0;
+  std::string reply_to, traceparent;
+  uint32_t content_version = 0;
 };
 int run_pub(DaemonClient& c, const std::string& socket, const PubArgs& a, bool json);
 
