@@ -133,6 +133,11 @@ func (c *Config) check() error {
 		default:
 			return fmt.Errorf("import %q: flush %q is not interval, batch or none", im.Subject, im.Flush)
 		}
+		for _, o := range c.Import[:i] {
+			if patternsOverlap(o.Subject, im.Subject) {
+				return fmt.Errorf("imports %q and %q overlap: a local topic takes one importer", o.Subject, im.Subject)
+			}
+		}
 		for _, f := range c.Forward.Topics {
 			if patternsOverlap(f, im.Subject) {
 				return fmt.Errorf("forward %q and import %q overlap: messages would loop", f, im.Subject)
