@@ -188,67 +188,82 @@ func (b *Bridge) importOnce(ctx context.Context, im Import) error {
 		return nil
 	}
 
-	for {
-		if err := settle(len(queue) >= b.cfg.MaxPending); err != nil {
+	// process writes one delivered message locally (or skips it) and queues its ack.
+	process := func(m jetstream.Msg) error {
+		meta, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("metadata: %v", err)
+		}
+		item := ackItem{msg: m, seq: meta.Sequence.Stream}
+		t, err := b.importTopic(ctx, st, topics, m.Subject(), im)
+		if err != nil {
+			if errors.Is(err, errNoTopic) {
+				b.m.importDropped.Add(1)
+				b.log.Printf("import %s seq %d: dropped: %v", m.Subject(), item.seq, err)
+				queue = append(queue, item)
+				return nil
+			}
 			return err
+		}
+		if item.seq <= t.applied {
+			b.m.importSkipped.Add(1)
+			queue = append(queue, item)
+			return nil
+		}
+		item.t = t
+		if item.localSeq, err = b.writeLocal(ctx, t, m, item.seq); err != nil {
+			if errors.Is(err, errNoTopic) {
+				item.t = nil
+				b.m.importDropped.Add(1)
+				b.log.Printf("import %s seq %d: dropped: %v", m.Subject(), item.seq, err)
+				queue = append(queue, item)
+				return nil
+			}
+			return err
+		}
+		t.applied = item.seq
+		t.tc.imported.Add(1)
+		b.m.imported.Add(1)
+		queue = append(queue, item)
+		return nil
+	}
+
+	// A pipelined pull (the server keeps up to 2048 messages in flight to us).
+	it, err := cons.Messages(jetstream.PullMaxMessages(2048))
+	if err != nil {
+		return fmt.Errorf("consume: %v", err)
+	}
+	defer it.Stop()
+	sinceSettle := 0
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if len(queue) >= b.cfg.MaxPending || sinceSettle >= 256 {
+			if err := settle(len(queue) >= b.cfg.MaxPending); err != nil {
+				return err
+			}
+			sinceSettle = 0
 		}
 		wait := time.Second
 		if len(queue) > 0 {
-			wait = 20 * time.Millisecond
+			wait = 5 * time.Millisecond
 		}
-		batch, err := cons.Fetch(512, jetstream.FetchMaxWait(wait))
+		m, err := it.Next(jetstream.NextMaxWait(wait))
 		if err != nil {
-			return fmt.Errorf("fetch: %v", err)
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			meta, err := m.Metadata()
-			if err != nil {
-				return fmt.Errorf("metadata: %v", err)
-			}
-			item := ackItem{msg: m, seq: meta.Sequence.Stream}
-			t, err := b.importTopic(ctx, st, topics, m.Subject(), im)
-			if err != nil {
-				if errors.Is(err, errNoTopic) {
-					b.m.importDropped.Add(1)
-					b.log.Printf("import %s seq %d: dropped: %v", m.Subject(), item.seq, err)
-					queue = append(queue, item)
-					continue
+			if errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
+				if len(queue) > 0 {
+					if err := settle(true); err != nil {
+						return err
+					}
 				}
-				return err
-			}
-			if item.seq <= t.applied {
-				b.m.importSkipped.Add(1)
-				queue = append(queue, item)
 				continue
 			}
-			item.t = t
-			if item.localSeq, err = b.writeLocal(ctx, t, m); err != nil {
-				if errors.Is(err, errNoTopic) {
-					item.t = nil
-					b.m.importDropped.Add(1)
-					b.log.Printf("import %s seq %d: dropped: %v", m.Subject(), item.seq, err)
-					queue = append(queue, item)
-					continue
-				}
-				return err
-			}
-			t.applied = item.seq
-			t.tc.imported.Add(1)
-			b.m.imported.Add(1)
-			queue = append(queue, item)
+			return fmt.Errorf("next: %v", err)
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
-			return fmt.Errorf("fetch: %v", err)
-		}
-		if got == 0 && len(queue) > 0 {
-			if err := settle(true); err != nil {
-				return err
-			}
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		sinceSettle++
+		if err := process(m); err != nil {
+			return err
 		}
 	}
 }
@@ -396,8 +411,7 @@ func (b *Bridge) topicConfig(ctx context.Context, name string, im Import) shmbus
 
 // writeLocal publishes m into t with the stream sequence as message id; it returns
 // the frame's partition sequence.
-func (b *Bridge) writeLocal(ctx context.Context, t *impTopic, m jetstream.Msg) (uint64, error) {
-	meta, _ := m.Metadata()
+func (b *Bridge) writeLocal(ctx context.Context, t *impTopic, m jetstream.Msg, streamSeq uint64) (uint64, error) {
 	data := m.Data()
 	if len(data) > t.pub.MaxPayload() {
 		return 0, fmt.Errorf("%w: %d bytes, the topic's max payload is %d", errNoTopic, len(data), t.pub.MaxPayload())
@@ -408,7 +422,7 @@ func (b *Bridge) writeLocal(ctx context.Context, t *impTopic, m jetstream.Msg) (
 	}
 	if env != nil {
 		seq := t.next
-		if err := t.pub.OfferEnveloped(ctx, env, data, meta.Sequence.Stream); err != nil {
+		if err := t.pub.OfferEnveloped(ctx, env, data, streamSeq); err != nil {
 			if errors.Is(err, shmbus.ErrInvalidArgument) || errors.Is(err, shmbus.ErrTooLarge) {
 				return 0, fmt.Errorf("%w: %v", errNoTopic, err)
 			}
@@ -427,7 +441,7 @@ func (b *Bridge) writeLocal(ctx context.Context, t *impTopic, m jetstream.Msg) (
 	}
 	seq := t.pub.ClaimSequence()
 	copy(buf, data)
-	if err := t.pub.Commit(len(data), meta.Sequence.Stream, schema); err != nil {
+	if err := t.pub.Commit(len(data), streamSeq, schema); err != nil {
 		return 0, err
 	}
 	t.next = seq + 1
