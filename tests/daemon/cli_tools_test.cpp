@@ -13,6 +13,7 @@
 #include "shmbus/daemon_client.hpp"
 #include "shmbus/group.hpp"
 #include "shmbus/publisher.hpp"
+#include "shmbus/spill_format.hpp"
 #include "shmbus/subscriber.hpp"
 
 using namespace shmbus;
@@ -369,6 +370,47 @@ TEST_CASE("shmbus record and play: the same payloads in order on another topic, 
     auto b = good;
     b.push_back(0);  // after the end marker
     bad.emplace_back("1 bytes after the end marker", b);
+  }
+  // Well-formed CRCs over wrong contents: the checks behind the CRC.
+  auto record_crc = [](std::vector<uint8_t>& b, size_t off) {
+    uint32_t len;
+    std::memcpy(&len, &b[off + 4], 4);
+    const uint32_t c = spill::crc32c(spill::crc32c(0, &b[off + 4], 44), &b[off + 48], len);
+    std::memcpy(&b[off], &c, 4);
+  };
+  uint32_t first_len;
+  std::memcpy(&first_len, &good[first_rec + 4], 4);
+  const size_t second_rec = first_rec + 48 + first_len;
+  {
+    auto b = good;
+    const uint16_t topic = 7;
+    std::memcpy(&b[first_rec + 8], &topic, 2);
+    record_crc(b, first_rec);
+    bad.emplace_back("record 0: topic index 7 out of range", b);
+  }
+  {
+    auto b = good;
+    const uint32_t part = 2;  // quotes has 1 partition, orders 2
+    std::memcpy(&b[first_rec + 12], &part, 4);
+    record_crc(b, first_rec);
+    bad.emplace_back("record 0: partition 2 out of range", b);
+  }
+  {
+    auto b = good;
+    uint64_t t;
+    std::memcpy(&t, &b[first_rec + 16], 8);
+    t += 1'000'000'000'000ull;  // later than the second record
+    std::memcpy(&b[first_rec + 16], &t, 8);
+    record_crc(b, first_rec);
+    bad.emplace_back("record 1: receive time goes back", b);
+    REQUIRE(second_rec < b.size());
+  }
+  {
+    auto b = good;  // orders' schema bytes garbled, its CRC made right
+    for (size_t i = 64 + name_len + 16; i < 64 + name_len + 48; ++i) b[i] ^= 0x5a;
+    const uint32_t c = spill::crc32c(spill::crc32c(0, &b[36], 28), &b[64], name_len + schema_len);
+    std::memcpy(&b[32], &c, 4);
+    bad.emplace_back("topic 'orders': bad schema: ", b);
   }
   for (auto& [why, bytes] : bad) {
     INFO(why);
