@@ -260,6 +260,8 @@ int main(int argc, char** argv) {
   std::string dir = "/var/tmp";
   double seconds = 2;
   bool json = false, only_tp = false;
+  std::string row_policy;  // --row
+  uint32_t row_size = 0;
   int reps = 1;
   std::vector<spill::ArchiverConfig> compare;
   bool slow_mode = false;
@@ -281,7 +283,14 @@ int main(int argc, char** argv) {
       g_interval_ms = uint32_t(std::max(1, atoi(argv[++i])));
     else if (a == "--throughput-only")
       only_tp = true;
-    else if (a == "--slow-consumer")
+    else if (a == "--row" && i + 1 < argc) {
+      // --row POLICY:SIZE (with --throughput-only): that row alone, e.g. to profile it.
+      std::string v = argv[++i];
+      const size_t c = v.find(':');
+      if (c == std::string::npos) return 2;
+      row_policy = v.substr(0, c);
+      row_size = uint32_t(atoi(v.c_str() + c + 1));
+    } else if (a == "--slow-consumer")
       slow_mode = true;
     else if (a == "--config" && i + 1 < argc) {
       // BUFFER_KIB,BUFFERS,INFLIGHT,KICK_KIB: compare archiver configurations in one
@@ -303,7 +312,7 @@ int main(int argc, char** argv) {
     else {
       std::printf(
           "usage: %s [--dir DIR] [--seconds S] [--quick] [--json] [--throughput-only] [--reps N] "
-          "[--slow-consumer]\n"
+          "[--slow-consumer] [--row POLICY:SIZE]\n"
           "          [--buffer-kib K] [--buffers N] [--inflight N] [--interval-ms M] [--kick-kib K]\n",
           argv[0]);
       return a == "--help" ? 0 : 2;
@@ -406,6 +415,13 @@ int main(int argc, char** argv) {
     raws.push_back(raw_direct_mbps(dir, seconds));
     std::vector<Result> rr;
     for (uint32_t size : {64u, 1024u}) {
+      if (!row_policy.empty()) {
+        if (size != row_size) continue;
+        for (auto p : {spill::FlushPolicy::none, spill::FlushPolicy::interval, spill::FlushPolicy::batch})
+          if (row_policy == spill::to_string(p)) rr.push_back(throughput(dir, p, size, seconds));
+        if (rr.empty()) return 2;
+        continue;
+      }
       rr.push_back(throughput(dir, spill::FlushPolicy::none, size, seconds, false));
       for (auto p : {spill::FlushPolicy::none, spill::FlushPolicy::interval, spill::FlushPolicy::batch})
         rr.push_back(throughput(dir, p, size, seconds));
