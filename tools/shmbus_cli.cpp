@@ -312,7 +312,7 @@ class Printer {
                        ",\"ts_ns\":" + std::to_string(frame.timestamp_ns()) +
                        ",\"wall_ns\":" + std::to_string(mono_to_wall(frame.timestamp_ns())) +
                        ",\"producer\":" + std::to_string(frame.producer_id()) + ",\"message_id\":\"" +
-                       std::to_string(frame.message_id()) + "\"";
+                       hex64(frame.message_id()) + "\"";
     // An enveloped message (docs/messaging.md): the envelope's fields, then its payload
     // decoded by the payload's own schema id.
     EnvelopedView ev;
@@ -643,11 +643,10 @@ int run_dlq_replay(DaemonClient& c, const std::string& socket, const DlqArgs& a,
         ++redriven;
         if (json)
           line = "{\"dlq_seq\":" + std::to_string(last) + ",\"to\":" + jstr(target) +
-                 ",\"partition\":" + std::to_string(part) + ",\"message_id\":\"" + std::to_string(mid) +
-                 "\"}";
+                 ",\"partition\":" + std::to_string(part) + ",\"message_id\":\"" + hex64(mid) + "\"}";
         else
           line = "re-drove dlq seq " + std::to_string(last) + " to " + target + "[" + std::to_string(part) +
-                 "], message id " + std::to_string(mid);
+                 "], message id " + hex64(mid);
       } else {
         ++failed;
         line = json ? "{\"dlq_seq\":" + std::to_string(last) + ",\"error\":" + jstr(why) + "}"

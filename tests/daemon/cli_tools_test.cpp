@@ -190,7 +190,7 @@ TEST_CASE(
   CHECK(jfield(ls[0], "message") == first);
   CHECK(jfield(ls[1], "message") == first);
   CHECK(jfield(ls[2], "message") == "{\"id\":\"8\",\"price\":0,\"qty\":65535,\"side\":\"buy\"}");
-  CHECK(jfield(ls[2], "message_id") == "\"42\"");
+  CHECK(jfield(ls[2], "message_id") == "\"0x000000000000002a\"");
   CHECK(jfield(ls[4], "message") ==
         "{\"id\":\"11\",\"symbol\":\"B\",\"price\":0,\"qty\":0,\"side\":\"buy\"}");
   for (auto& l : ls) CHECK(jfield(l, "schema_id") == "\"0xc0ffee0000000001\"");
@@ -304,7 +304,9 @@ TEST_CASE("shmbus record and play: the same payloads in order on another topic, 
   REQUIRE(lq.size() == 4);
   REQUIRE(lo.size() == 4);
   for (size_t i = 0; i < 4; ++i) {
-    CHECK(jfield(lq[i], "message_id") == "\"" + std::to_string(100 + i) + "\"");
+    char mid[32];
+    std::snprintf(mid, sizeof mid, "\"0x%016" PRIx64 "\"", uint64_t(100 + i));
+    CHECK(jfield(lq[i], "message_id") == mid);
     CHECK(jfield(lq[i], "payload_base64") == jfield(lo[i], "payload_base64"));
     CHECK(jfield(lq[i], "payload_base64").size() > 2);
   }
