@@ -20,7 +20,7 @@
 //                    [--correlation-id N] [--causation-id N] [--reply-to T] [--traceparent TP]
 //   shmbus record TOPIC... -o FILE [--duration S] [--count N] [--tethered]   (tools/cli/record.cpp)
 //   shmbus play FILE [--speed X] [--topic-map A=B]... [--check]
-//   shmbus bench [--topic T] [--size B] [--count N] [--pubs P] [--subs S]    (tools/cli/bench.cpp)
+//   shmbus bench [--topic T] [--size B] [--count N] [--pubs P] [--subs S] [--rate HZ] (tools/cli/bench.cpp)
 //   shmbus group TOPIC                                                      (tools/cli/group.cpp)
 // Human-readable by default, --json for scripts. Exit 0 ok, 1 error, 2 not serving.
 // replay/tail print one JSON object per message (the payload decoded with the
@@ -1534,6 +1534,10 @@ int main(int argc, char** argv) {
   bench->add_option("--pubs", ba.pubs, "publishers, one partition each (default 1)");
   bench->add_option("--subs", ba.subs, "subscribers, each reading every partition (default 1)");
   bench->add_option("--capacity", ba.capacity, "ring bytes per partition (default 4 MiB)");
+  bench->add_option(
+      "--rate", ba.rate,
+      "messages per second per publisher (default: as fast as possible; the latency then includes "
+      "queueing in the ring)");
   std::string group_topic;
   auto* group = app.add_subcommand("group", "a topic's consumer groups and their committed positions");
   group->add_option("topic", group_topic)->required();

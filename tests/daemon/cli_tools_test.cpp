@@ -514,6 +514,12 @@ TEST_CASE("shmbus bench: sane JSON figures, ordered percentiles, the temporary t
   REQUIRE(r.rc == 0);
   CHECK(r.out.find("  publish   1000 msgs in ") != std::string::npos);
   CHECK(r.out.find("  latency (commit to receive) p50 ") != std::string::npos);
+  // Paced: 400 messages at 4000 a second take 0.1 s at least.
+  r = cli(d, {"--json", "bench", "--count", "400", "--rate", "4000"});
+  REQUIRE(r.rc == 0);
+  CHECK(jfield(r.out, "rate") == "4000");
+  CHECK(jnum(jfield(r.out, "publish"), "seconds") >= 399.0 / 4000 * 0.95);
+  CHECK(jfield(r.out, "received") == "400");
   // A payload larger than the ring allows: refused, and the topic is still deleted.
   r = cli(d, {"bench", "--count", "10", "--size", "100000", "--capacity", "65536"});
   CHECK(r.rc == 1);

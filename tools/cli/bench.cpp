@@ -48,6 +48,7 @@ int run_bench(DaemonClient& c, const std::string& socket, const BenchArgs& a, bo
   if (a.pubs == 0 || a.pubs > 64 || a.subs > 64)
     throw Error(ErrorCode::invalid_argument, "--pubs must be 1..64 and --subs 0..64");
   if (a.count == 0) throw Error(ErrorCode::invalid_argument, "--count must be > 0");
+  if (a.rate < 0) throw Error(ErrorCode::invalid_argument, "--rate must be >= 0");
   std::string name = a.topic;
   if (name.empty()) {
     std::random_device rd;
@@ -136,7 +137,14 @@ int run_bench(DaemonClient& c, const std::string& socket, const BenchArgs& a, bo
       threads.emplace_back([&, p] {
         while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
         Publisher& pub = pubs[p];
+        const uint64_t t0 = mono_ns();
         for (uint64_t n = 0; n < a.count && !g_stop; ++n) {
+          if (a.rate > 0) {  // absolute deadlines: no drift, and a late message is not made up by a burst
+            const uint64_t t = t0 + uint64_t(double(n) * 1e9 / a.rate);
+            timespec ts{time_t(t / 1'000'000'000ull), long(t % 1'000'000'000ull)};
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR && !g_stop) {
+            }
+          }
           ClaimView cv;
           Status st = pub.claim(a.size, cv);
           if (st != Status::ok) {
@@ -181,20 +189,22 @@ int run_bench(DaemonClient& c, const std::string& socket, const BenchArgs& a, bo
                  mx = lat.empty() ? 0 : lat.back();
   const bool complete = published == a.count * a.pubs && received == published * a.subs;
   if (json) {
-    std::printf("{\"topic\":%s,\"publishers\":%u,\"subscribers\":%u,\"size\":%u,\"count\":%" PRIu64
-                ",\"published\":%" PRIu64 ",\"received\":%" PRIu64 ",\"lapped\":%" PRIu64
-                ",\"back_pressured\":%" PRIu64
-                ",\"complete\":%s,"
-                "\"publish\":{\"seconds\":%.6f,\"msgs_per_sec\":%.1f,\"mb_per_sec\":%.3f},"
-                "\"subscribe\":{\"seconds\":%.6f,\"msgs_per_sec\":%.1f,\"mb_per_sec\":%.3f},"
-                "\"latency_ns\":{\"p50\":%" PRIu64 ",\"p99\":%" PRIu64 ",\"p99_9\":%" PRIu64
-                ",\"max\":%" PRIu64 "}}\n",
-                jstr(name).c_str(), a.pubs, a.subs, a.size, a.count, published, received, lapped,
-                back_pressured, complete ? "true" : "false", pub_s, pub_rate, pub_rate * a.size / 1e6, sub_s,
-                sub_rate, sub_rate * a.size / 1e6, p50, p99, p999, mx);
+    std::printf(
+        "{\"topic\":%s,\"publishers\":%u,\"subscribers\":%u,\"size\":%u,\"rate\":%g,\"count\":%" PRIu64
+        ",\"published\":%" PRIu64 ",\"received\":%" PRIu64 ",\"lapped\":%" PRIu64
+        ",\"back_pressured\":%" PRIu64
+        ",\"complete\":%s,"
+        "\"publish\":{\"seconds\":%.6f,\"msgs_per_sec\":%.1f,\"mb_per_sec\":%.3f},"
+        "\"subscribe\":{\"seconds\":%.6f,\"msgs_per_sec\":%.1f,\"mb_per_sec\":%.3f},"
+        "\"latency_ns\":{\"p50\":%" PRIu64 ",\"p99\":%" PRIu64 ",\"p99_9\":%" PRIu64 ",\"max\":%" PRIu64
+        "}}\n",
+        jstr(name).c_str(), a.pubs, a.subs, a.size, a.rate, a.count, published, received, lapped,
+        back_pressured, complete ? "true" : "false", pub_s, pub_rate, pub_rate * a.size / 1e6, sub_s,
+        sub_rate, sub_rate * a.size / 1e6, p50, p99, p999, mx);
   } else {
-    std::printf("bench %s: %u publishers, %u subscribers, %" PRIu64 " messages of %u B per publisher\n",
-                name.c_str(), a.pubs, a.subs, a.count, a.size);
+    std::printf("bench %s: %u publishers, %u subscribers, %" PRIu64 " messages of %u B per publisher%s\n",
+                name.c_str(), a.pubs, a.subs, a.count, a.size,
+                a.rate > 0 ? (", " + std::to_string(uint64_t(a.rate)) + " msg/s each").c_str() : "");
     std::printf("  publish   %" PRIu64 " msgs in %.3f s: %.0f msgs/s, %.2f MB/s\n", published, pub_s,
                 pub_rate, pub_rate * a.size / 1e6);
     if (a.subs)

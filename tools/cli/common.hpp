@@ -82,6 +82,7 @@ struct BenchArgs {
   uint64_t count = 100000;  // per publisher
   uint32_t pubs = 1, subs = 1;
   uint64_t capacity = 4u << 20;
+  double rate = 0;  // messages per second per publisher, 0: as fast as possible
 };
 int run_bench(DaemonClient& c, const std::string& socket, const BenchArgs& a, bool json);
 
