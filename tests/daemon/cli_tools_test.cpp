@@ -485,6 +485,50 @@ TEST_CASE(
   CHECK(jfield(a[2], "seq") == "3");
 }
 
+TEST_CASE(
+    "shmbus play --check: 200 mutated recordings (bits flipped, cut) are refused or read, never a crash",
+    "[cli][fuzz]") {
+  DaemonProc d("climut");
+  REQUIRE(d.start());
+  REQUIRE(cli(d, {"topic", "create", "orders", "--capacity", "65536", "--partitions", "2"}).rc == 0);
+  REQUIRE(cli(d, {"schema", "register", "orders", write_orders(d)}).rc == 0);
+  const std::string file = d.dir + "/m.rec";
+  Child rec({SHMBUS_TEST_CLI, "record", "orders", "-o", file, "--count", "6"}, d.dir + "/rec.err",
+            {"SHMBUS_SOCKET=" + d.sock});
+  REQUIRE(rec.await("recording", 20000) == "1 topic, 2 partitions to " + file);
+  REQUIRE(cli(d, {"pub", "orders", "--json",
+                  "{\"id\":1,\"symbol\":\"M\",\"lines\":[{\"sku\":\"x\",\"n\":1}]}", "--count", "3"})
+              .rc == 0);
+  REQUIRE(cli(d, {"pub", "orders", "--json", "{\"id\":2}", "--count", "3", "--partition", "1"}).rc == 0);
+  REQUIRE(rec.finish(30000) >= 0);
+  REQUIRE(rec.ok());
+  const std::vector<uint8_t> good = slurp(file);
+  uint64_t x = 0x2545f4914f6cdd1dull;
+  auto rnd = [&] {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    return x;
+  };
+  int refused = 0, read = 0;
+  for (int i = 0; i < 200; ++i) {
+    std::vector<uint8_t> b = good;
+    const int flips = 1 + int(rnd() % 3);
+    for (int k = 0; k < flips; ++k) b[rnd() % b.size()] ^= uint8_t(1u << (rnd() % 8));
+    if (rnd() % 4 == 0) b.resize(rnd() % b.size());
+    spit(d.dir + "/mut.rec", b);
+    Run r = cli(d, {"play", d.dir + "/mut.rec", "--check"});
+    INFO("mutant " << i << ": rc " << r.rc << ", " << r.err);
+    REQUIRE((r.rc == 0 || r.rc == 1));  // -1: killed by a signal (or hung)
+    if (r.rc == 1) {
+      CHECK(r.err.find("shmbus: " + d.dir + "/mut.rec: offset ") == 0);
+      ++refused;
+    } else {
+      ++read;
+    }
+  }
+  INFO(refused << " refused, " << read << " read");
+  CHECK(refused >= 190);
+}
+
 TEST_CASE("shmbus bench: sane JSON figures, ordered percentiles, the temporary topic deleted", "[cli]") {
   DaemonProc d("clibench");
   REQUIRE(d.start());

@@ -346,8 +346,11 @@ class RecReader {
       read(t.name.data(), th.name_len, "topic name");
       t.schema.bytes.resize(th.schema_len);
       read(t.schema.bytes.data(), th.schema_len, "topic schema");
-      char pad[8];
-      read(pad, pad8(uint32_t(th.name_len) + th.schema_len), "topic padding");
+      char pad[8] = {};
+      const uint32_t npad = pad8(uint32_t(th.name_len) + th.schema_len);
+      read(pad, npad, "topic padding");
+      for (uint32_t k = 0; k < npad; ++k)
+        if (pad[k]) bad(at, "topic " + std::to_string(i) + ": padding is not zero");
       uint32_t x = crc(0, reinterpret_cast<const char*>(&th) + 4, sizeof th - 4);
       x = crc(x, t.name.data(), t.name.size());
       if (th.crc != crc(x, t.schema.bytes.data(), t.schema.bytes.size()))
