@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand"
 	"net"
 	"net/http"
@@ -247,7 +248,7 @@ func startBridge(t *testing.T, d *daemon, natsURL, busID string, forward []strin
 	}
 	fmt.Fprintf(&sb, "\n[forward]\ntopics = [%s]\ndurable = \"to-nats\"\n", strings.Join(q, ", "))
 	for subj, durable := range imports {
-		fmt.Fprintf(&sb, "\n[[import]]\nsubject = %q\ndurable = %q\ncapacity = 1048576\nflush = \"none\"\n", subj, durable)
+		fmt.Fprintf(&sb, "\n[[import]]\nsubject = %q\ndurable = %q\ncapacity = 2097152\nflush = \"none\"\n", subj, durable)
 	}
 	b := &bridge{t: t, cfg: filepath.Join(dir, "bridge.toml"), log: filepath.Join(dir, "bridge.log")}
 	if err := os.WriteFile(b.cfg, []byte(sb.String()), 0o600); err != nil {
@@ -255,6 +256,23 @@ func startBridge(t *testing.T, d *daemon, natsURL, busID string, forward []strin
 	}
 	b.start()
 	t.Cleanup(func() {
+		if t.Failed() {
+			out, err := exec.Command(tool(t, "SHMBUS_CLI", filepath.Join(buildDir(t), "tools", "shmbus")), "--socket", d.sock, "--json", "stat").CombinedOutput()
+			t.Logf("bus %s stat: %s (%v)", busID, out, err)
+		}
+		if t.Failed() && metricsPort != 0 {
+			if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)); err == nil {
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				var keep []string
+				for _, l := range strings.Split(string(body), "\n") {
+					if l != "" && !strings.HasPrefix(l, "#") {
+						keep = append(keep, l)
+					}
+				}
+				t.Logf("bridge %s metrics: %s", busID, strings.Join(keep, "; "))
+			}
+		}
 		b.kill()
 		if t.Failed() {
 			if out, err := os.ReadFile(b.log); err == nil {
@@ -616,6 +634,14 @@ func TestBridgeBothWaysInOrderExactlyOnce(t *testing.T) {
 	var s schemaEntry
 	if err := json.Unmarshal(e.Value(), &s); err != nil || s.Topic != "orders.eu" || s.Bus != "bus-a" || s.Partitions != 1 || s.Capacity != 1<<20 {
 		t.Fatalf("schema entry %s (%v)", e.Value(), err)
+	}
+	// the importer created the far topic from the schema bucket's entry (the
+	// origin's 1 MiB), not from its own default (2 MiB in this configuration)
+	if far, err := f.b.bus.DescribeTopic("orders.eu"); err != nil || far.Capacity != 1<<20 || far.MultiProducer {
+		t.Fatalf("orders.eu on bus B: %+v (%v), want the origin's capacity, single producer", far, err)
+	}
+	if d, err := f.b.bus.DescribeDurable("orders.eu"); err != nil || d == nil || d.Flush != shmbus.FlushNone {
+		t.Fatalf("orders.eu on bus B: durable %+v (%v), want flush none", d, err)
 	}
 	if got := metric(t, f.metricsA, "shmbus_nats_forwarded_total"); got != n {
 		t.Fatalf("bus A forwarded_total %d, want %d", got, n)

@@ -113,11 +113,14 @@ func (b *Bridge) startForward(ctx context.Context, topic string) {
 	e := schemaEntry{Topic: topic, SchemaID: hex64(cfg.SchemaID), Partitions: cfg.Partitions, Capacity: cfg.Capacity,
 		MaxPayload: cfg.MaxPayload, MultiProducer: cfg.MultiProducer, Bus: b.cfg.BusID}
 	if v, err := json.Marshal(e); err == nil {
-		c, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if _, err := b.kv.Put(c, topic, v); err != nil {
-			b.log.Printf("schema bucket: %s: %v (forwarding anyway)", topic, err)
+		b.entries[topic] = v
+		if b.kv != nil { // else setupStream puts it once the bucket is open
+			c, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if _, err := b.kv.Put(c, topic, v); err != nil {
+				b.log.Printf("schema bucket: %s: %v (forwarding anyway)", topic, err)
+			}
+			cancel()
 		}
-		cancel()
 	}
 	b.started[topic] = true
 	for p := uint32(0); p < cfg.Partitions; p++ {
@@ -187,7 +190,14 @@ func (b *Bridge) forwardOnce(ctx context.Context, topic string, part uint32) err
 			if perr != nil {
 				// Send it again (same Nats-Msg-Id). Later ones may land first: order
 				// across a failed publish is not kept (docs/bridge.md).
-				b.m.forwardRetries.Add(1)
+				if n := b.m.forwardRetries.Add(1); n <= 10 || n%1000 == 0 {
+					b.log.Printf("forward %s: publish failed (%v), sending again (%d retries so far)", topic, perr, n)
+				}
+				select { // no server, no stream yet: do not spin
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(20 * time.Millisecond):
+				}
 				f, err := b.js.PublishMsgAsync(h.msg)
 				if err != nil {
 					return fmt.Errorf("publish %s: %v (after %v)", h.msg.Subject, err, perr)

@@ -229,12 +229,13 @@ func (b *Bridge) importOnce(ctx context.Context, im Import) error {
 	}
 
 	// A pipelined pull (the server keeps up to 2048 messages in flight to us).
-	it, err := cons.Messages(jetstream.PullMaxMessages(2048))
+	it, err := cons.Messages(jetstream.PullMaxMessages(2048), jetstream.PullExpiry(5*time.Second))
 	if err != nil {
 		return fmt.Errorf("consume: %v", err)
 	}
 	defer it.Stop()
 	sinceSettle := 0
+	lastMsg, lastCheck := time.Now(), time.Now()
 	for {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -257,11 +258,24 @@ func (b *Bridge) importOnce(ctx context.Context, im Import) error {
 						return err
 					}
 				}
+				// A pull can be lost with a server restart and the client not notice
+				// for long: idle for 2 s with messages waiting or delivered but never
+				// received means start again (at the checkpoint: nothing is lost).
+				if time.Since(lastMsg) > 2*time.Second && time.Since(lastCheck) > 2*time.Second {
+					lastCheck = time.Now()
+					ic, cancel := context.WithTimeout(ctx, 2*time.Second)
+					info, err := cons.Info(ic)
+					cancel()
+					if err == nil && (info.NumPending > 0 || info.NumAckPending > 0) {
+						return fmt.Errorf("pull stalled: %d pending, %d delivered and not received", info.NumPending, info.NumAckPending)
+					}
+				}
 				continue
 			}
 			return fmt.Errorf("next: %v", err)
 		}
 		sinceSettle++
+		lastMsg = time.Now()
 		if err := process(m); err != nil {
 			return err
 		}
@@ -391,7 +405,13 @@ func (b *Bridge) topicConfig(ctx context.Context, name string, im Import) shmbus
 	cfg.Durable = d
 	c, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if e, err := b.kv.Get(c, name); err == nil {
+	b.mu.Lock()
+	kv := b.kv
+	b.mu.Unlock()
+	if kv == nil {
+		return cfg
+	}
+	if e, err := kv.Get(c, name); err == nil {
 		var s schemaEntry
 		v := e.Value()
 		if len(v) < 64<<10 && json.Unmarshal(v, &s) == nil && s.Topic == name {

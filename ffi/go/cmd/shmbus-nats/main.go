@@ -66,12 +66,13 @@ type Bridge struct {
 	bus *shmbus.Bus
 	nc  *nats.Conn
 	js  jetstream.JetStream
-	kv  jetstream.KeyValue
 	m   *metrics
 	log *log.Logger
 
 	mu      sync.Mutex
-	started map[string]bool // forwarded topics
+	started map[string]bool   // forwarded topics
+	entries map[string][]byte // their schema bucket entries, put once the bucket is open
+	kv      jetstream.KeyValue
 	wg      sync.WaitGroup
 }
 
@@ -105,8 +106,16 @@ func run(ctx context.Context, cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	b := &Bridge{cfg: cfg, bus: bus, nc: nc, js: js, m: m, log: lg, started: map[string]bool{}}
+	b := &Bridge{cfg: cfg, bus: bus, nc: nc, js: js, m: m, log: lg, started: map[string]bool{}, entries: map[string][]byte{}}
+	// The forwarders subscribe at once, whatever NATS is doing: a restarted bridge
+	// takes its durable subscribers' parked slots back before the daemon's hold
+	// expires them (their publishes wait for the server, see forwardOnce).
+	if len(cfg.Forward.Topics) > 0 {
+		b.wg.Add(1)
+		go func() { defer b.wg.Done(); b.discover(ctx) }()
+	}
 	if err := retry(ctx, lg, "stream and schema bucket", b.setupStream); err != nil {
+		b.wg.Wait()
 		return err
 	}
 	for _, im := range cfg.Import {
@@ -116,10 +125,6 @@ func run(ctx context.Context, cfg *Config) error {
 			defer b.wg.Done()
 			b.loop(ctx, "import "+im.Subject, func() error { return b.importOnce(ctx, im) })
 		}()
-	}
-	if len(cfg.Forward.Topics) > 0 {
-		b.wg.Add(1)
-		go func() { defer b.wg.Done(); b.discover(ctx) }()
 	}
 	lg.Printf("running: bus %s, nats %s, stream %s, forward %v, %d imports", cfg.BusID, cfg.NatsURL, cfg.Stream, cfg.Forward.Topics, len(cfg.Import))
 	<-ctx.Done()
@@ -236,7 +241,18 @@ func (b *Bridge) setupStream(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("schema bucket %s: %v", b.cfg.SchemaBucket, err)
 	}
+	b.mu.Lock()
 	b.kv = kv
+	pending := make(map[string][]byte, len(b.entries))
+	for k, v := range b.entries {
+		pending[k] = v
+	}
+	b.mu.Unlock()
+	for topic, v := range pending {
+		if _, err := kv.Put(ctx, topic, v); err != nil {
+			b.log.Printf("schema bucket: %s: %v", topic, err)
+		}
+	}
 	return nil
 }
 
