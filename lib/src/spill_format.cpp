@@ -185,7 +185,7 @@ uint32_t BatchWriter::put(uint32_t flags, uint64_t ring_pos, const shm::FrameHea
   if (flags & kMsgSchemaId) ext(h.schema_id);
   if (flags & kMsgTs) ext(h.timestamp_ns);
   if (flags & kMsgLongLen) ext(plen);
-  std::memcpy(d + o, payload, plen);
+  if (plen) std::memcpy(d + o, payload, plen);  // an empty payload may come without a buffer
   const uint32_t padded = uint32_t(shm::align_frame(plen));
   std::memset(d + o + plen, 0, padded - plen);
   o += padded;
