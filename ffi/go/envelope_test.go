@@ -182,7 +182,7 @@ func TestEnvelopeWrittenByGoReadByTheCxxTool(t *testing.T) {
 			t.Fatalf("envelope field %s: C++ read %v, want %v (line %s)", k, line.Envelope[k], v, out)
 		}
 	}
-	if line.MessageID != "7" || line.Len != 24 || line.SchemaID != "0x000000001234abcd" {
+	if line.MessageID != "0x0000000000000007" || line.Len != 24 || line.SchemaID != "0x000000001234abcd" {
 		t.Fatalf("frame: %s", out)
 	}
 }
