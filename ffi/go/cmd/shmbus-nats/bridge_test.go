@@ -66,6 +66,14 @@ func buildDir(t *testing.T) string {
 	return filepath.Join(repoRoot(t), "build")
 }
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bridgeBin != "" {
+		os.RemoveAll(filepath.Dir(bridgeBin))
+	}
+	os.Exit(code)
+}
+
 var (
 	bridgeOnce sync.Once
 	bridgeBin  string
@@ -256,6 +264,7 @@ func startBridge(t *testing.T, d *daemon, natsURL, busID string, forward []strin
 	}
 	b.start()
 	t.Cleanup(func() {
+		defer b.kill() // also when a diagnostic below fails
 		if t.Failed() {
 			out, err := exec.Command(tool(t, "SHMBUS_CLI", filepath.Join(buildDir(t), "tools", "shmbus")), "--socket", d.sock, "--json", "stat").CombinedOutput()
 			t.Logf("bus %s stat: %s (%v)", busID, out, err)
