@@ -124,6 +124,7 @@ struct Partition {
   uint32_t index = 0;
   std::string data_name, ctl_name;  // the keeper's names (keeper_name)
   int data_fd = -1, ctl_fd = -1;
+  uint64_t data_ino = 0, ctl_ino = 0;  // the memfds' inode numbers (in the registry)
   void* data_map = nullptr;
   void* ctl_map = nullptr;
   size_t data_size = 0, ctl_size = 0;
@@ -208,9 +209,17 @@ std::string keeper_name(const std::string& topic, uint32_t p, bool data);
 
 // Creates the partition's segments (sealed memfds, 0600, the daemon's uid, handed to
 // the keeper), or re-attaches the ones the keeper kept for a previous daemon when they
-// match. `reattached` says which.
+// match. `reattached` says which. `known` (a restart: the registry's record of the
+// segments, {0, 0} otherwise): the inode numbers of the data and control memfds the
+// topic had. When the keeper lost them, they are taken back from a live client that
+// holds them; a segment whose inode is the recorded one gets its identity line
+// restored from the settings (a publisher may have overwritten it) instead of being
+// made afresh.
+struct KnownSegments {
+  uint64_t data_ino = 0, ctl_ino = 0;
+};
 std::shared_ptr<Partition> open_partition(SegmentKeeper& keeper, const TopicSettings& t, uint32_t p,
-                                          bool& reattached);
+                                          bool& reattached, KnownSegments known = {});
 // A new open file description of one of the partition's segments (through
 // /proc/self/fd): O_RDONLY, or O_RDWR when `writable`; -1 with errno.
 int reopen_segment(const Partition& p, bool data, bool writable);
@@ -333,6 +342,8 @@ class Registry {
     std::vector<std::shared_ptr<Partition>> parts;
     // Durable subscriber records by {name hash, partition} (P11).
     std::map<std::pair<uint64_t, uint32_t>, DurableRec> durable;
+    // From the registry at a start: the segments the topic had (restore_topic).
+    std::vector<KnownSegments> known;
   };
   // Topics a start could not restore: kept (written back as they were, their names
   // taken, their kept segments held), retried every kRetryNs and at the next start.

@@ -238,6 +238,7 @@ void Registry::load() {
   std::vector<TopicSettings> loaded;
   std::vector<std::pair<uint32_t, uint64_t>> meta;
   std::vector<std::map<std::pair<uint64_t, uint32_t>, DurableRec>> durable;
+  std::vector<std::vector<KnownSegments>> known;
   try {
     capnp::ReaderOptions ro;
     ro.traversalLimitInWords = 64ull << 20;
@@ -254,6 +255,13 @@ void Registry::load() {
       }
       loaded.push_back(std::move(t));
       meta.emplace_back(ti.getOwnerUid(), ti.getCreatedNs());
+      auto& k = known.emplace_back();
+      // Inodes recorded by a daemon of this layout, one pair per partition: else
+      // unknown (the segments are then re-attached only when their header matches).
+      if (ti.getSegmentLayout() == shm::kLayoutVersion &&
+          ti.getSegmentInodes().size() == 2 * loaded.back().partitions)
+        for (uint32_t p = 0; p < loaded.back().partitions; ++p)
+          k.push_back({ti.getSegmentInodes()[2 * p], ti.getSegmentInodes()[2 * p + 1]});
       auto& d = durable.emplace_back();
       for (auto dc : ti.getDurable())
         d[{dc.getNameHash(), dc.getPartition()}] = DurableRec{
@@ -281,6 +289,7 @@ void Registry::load() {
     t.owner_uid = meta[i].first;
     t.created_ns = meta[i].second;
     t.durable = durable[i];
+    t.known = known[i];
     if (t.s.ephemeral) {
       // Its connection ended with the previous daemon: the topic goes with it.
       for (uint32_t p = 0; p < t.s.partitions; ++p)
@@ -350,7 +359,8 @@ bool Registry::restore_topic(Topic& t, uint32_t& again, std::string& why) {
   try {
     for (uint32_t p = 0; p < t.s.partitions; ++p) {
       bool re = false;
-      t.parts.push_back(open_partition(core_.keeper, t.s, p, re));
+      t.parts.push_back(
+          open_partition(core_.keeper, t.s, p, re, p < t.known.size() ? t.known[p] : KnownSegments{}));
       again += re;
       if (t.s.is_durable() && !re) continue_log_sequence(*t.parts.back(), log_root());
     }
@@ -365,6 +375,10 @@ bool Registry::restore_topic(Topic& t, uint32_t& again, std::string& why) {
     t.parts.clear();
     return false;
   }
+  for (uint32_t p = 0; p < t.parts.size(); ++p)  // new segments: the registry records them
+    if (p >= t.known.size() || t.known[p].data_ino != t.parts[p]->data_ino ||
+        t.known[p].ctl_ino != t.parts[p]->ctl_ino)
+      must_persist_ = true;
   for (auto& part : t.parts) {
     core_.reaper_q.push(ReaperCmd{ReaperCmd::watch_partition, part, 0});
     // Grants the previous daemon made: held by the process they were made to, as
@@ -447,11 +461,27 @@ void Registry::persist(bool sync) {
   auto st = mb.initRoot<proto::State>();
   auto l = st.initTopics(uint32_t(topics_.size() + unrestored_.size()));
   uint32_t i = 0;
+  // The segments' inode numbers (a restart whose keeper died takes them back from live
+  // clients: open_partition); the registry only, never in a reply.
+  auto inodes = [](const Topic& t, proto::TopicInfo::Builder b) {
+    std::vector<uint64_t> v;
+    if (!t.parts.empty())
+      for (auto& p : t.parts) v.push_back(p->data_ino), v.push_back(p->ctl_ino);
+    else
+      for (auto& k : t.known) v.push_back(k.data_ino), v.push_back(k.ctl_ino);
+    auto l = b.initSegmentInodes(uint32_t(v.size()));
+    for (size_t j = 0; j < v.size(); ++j) l.set(uint32_t(j), v[j]);
+    b.setSegmentLayout(shm::kLayoutVersion);
+  };
   for (auto& [name, t] : topics_) {
     sync_durable(t);
-    topic_info(t, l[i++]);
+    topic_info(t, l[i]);
+    inodes(t, l[i++]);
   }
-  for (auto& [name, u] : unrestored_) topic_info(u.t, l[i++]);  // kept as they were
+  for (auto& [name, u] : unrestored_) {  // kept as they were
+    topic_info(u.t, l[i]);
+    inodes(u.t, l[i++]);
+  }
   const std::string path = state_file(core_), tmp = path + ".tmp";
   // A fresh file (O_EXCL, O_NOFOLLOW) in the state dir's fd: never an existing one.
   unlinkat(core_.state_fd, kStateTmp, 0);

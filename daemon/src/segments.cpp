@@ -189,9 +189,14 @@ void walk_memfds(pid_t pid, std::map<ino_t, int>& found, TakeBack& tb) {
     char link[64];
     const ssize_t l = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
     if (l < 13 || std::memcmp(link, "/memfd:shmbus", 13) != 0) continue;
+    // A partition's data or control segment (any size: the caller checks it against
+    // the topic's), a cursor page or the wake segment.
+    const bool segment = (l >= 19 && std::memcmp(link, "/memfd:shmbus-data:", 19) == 0) ||
+                         (l >= 18 && std::memcmp(link, "/memfd:shmbus-ctl:", 18) == 0);
     struct stat st {};
     if (fstatat(dirfd(d), e->d_name, &st, 0) < 0 || st.st_uid != geteuid() || !S_ISREG(st.st_mode) ||
-        (uint64_t(st.st_size) != shm::kCursorPageSize && uint64_t(st.st_size) != shm::kWakeSegmentSize))
+        (!segment && uint64_t(st.st_size) != shm::kCursorPageSize &&
+         uint64_t(st.st_size) != shm::kWakeSegmentSize))
       continue;
     found.try_emplace(st.st_ino, int(n));
   }
@@ -242,6 +247,46 @@ void take_memfds(pid_t pid, const std::map<ino_t, size_t>& want, std::map<ino_t,
     got[ino] = own;
   }
   if (pfd >= 0) close(pfd);
+}
+
+// A partition's data and control memfds, of the inodes the registry recorded, taken
+// back from any live process that holds them (a client keeps both open while it maps
+// the partition): the keeper died with the previous daemon. Every process's fd table
+// is walked once per take-back (bounded per uid, as for the pages). d and c are -1
+// when no process holds them (then no live client maps the old partition).
+void take_back_segments(const KnownSegments& known, size_t dsize, size_t csize, int& d, int& c) {
+  std::map<ino_t, size_t> want{{ino_t(known.data_ino), dsize}, {ino_t(known.ctl_ino), csize}};
+  std::map<ino_t, int> got;
+  TakeBack local;
+  local.budget = g_uid_budget.load(std::memory_order_relaxed);
+  TakeBack& tb = t_takeback ? *t_takeback : local;
+  if (DIR* procs = opendir("/proc")) {
+    const pid_t self = getpid();
+    try {
+      while (dirent* e = readdir(procs)) {
+        char* end = nullptr;
+        const long pid = strtol(e->d_name, &end, 10);
+        if (e->d_name[0] < '1' || e->d_name[0] > '9' || *end || pid_t(pid) == self) continue;
+        take_memfds(pid_t(pid), want, got, tb);
+        if (got.size() == want.size()) break;
+      }
+    } catch (...) {
+      closedir(procs);
+      for (auto& [ino, fd] : got) close(fd);
+      throw;
+    }
+    closedir(procs);
+  }
+  auto fd_of = [&](uint64_t ino) {
+    auto it = got.find(ino_t(ino));
+    if (it == got.end()) return -1;
+    const int fd = it->second;
+    got.erase(it);
+    return fd;
+  };
+  d = fd_of(known.data_ino);
+  c = fd_of(known.ctl_ino);
+  for (auto& [ino, fd] : got) close(fd);
 }
 
 // The wake segment (layout 3), and the pages of the grants recorded in the control
@@ -355,7 +400,7 @@ TakeBackStats takeback_end() {
 }
 
 std::shared_ptr<Partition> open_partition(SegmentKeeper& keeper, const TopicSettings& t, uint32_t idx,
-                                          bool& reattached) {
+                                          bool& reattached, KnownSegments known) {
   auto p = std::make_shared<Partition>();
   p->topic = t.name;
   p->index = idx;
@@ -365,21 +410,44 @@ std::shared_ptr<Partition> open_partition(SegmentKeeper& keeper, const TopicSett
   p->ctl_size = shm::control_segment_size(t.slots);
   reattached = false;
   // 1. Re-attach the segments the keeper kept for a previous daemon (clients may map
-  //    them): ours, sealed, of this topic's sizes, and the data header matching.
+  //    them): ours, sealed, of this topic's sizes, and either the inodes the registry
+  //    recorded (their identity lines are then restored) or the data header matching.
+  //    When the keeper lost them (it died too), a live client that maps the partition
+  //    holds them: taken back from it, so that the topic is not re-created empty under
+  //    its live clients (they would go on in a ring nobody new reads).
   {
-    const int d = keeper.take(p->data_name), c = keeper.take(p->ctl_name);
-    ino_t ino = 0;
-    if (d >= 0 && c >= 0 && ours_sealed(d, p->data_size, ino) && ours_sealed(c, p->ctl_size, ino)) {
+    int d = keeper.take(p->data_name), c = keeper.take(p->ctl_name);
+    bool from_keeper = true;
+    if ((d < 0 || c < 0) && known.data_ino && known.ctl_ino) {
+      if (d >= 0) close(d);
+      if (c >= 0) close(c);
+      take_back_segments(known, p->data_size, p->ctl_size, d, c);
+      from_keeper = false;
+    }
+    ino_t dino = 0, cino = 0;
+    if (d >= 0 && c >= 0 && ours_sealed(d, p->data_size, dino) && ours_sealed(c, p->ctl_size, cino)) {
       p->data_fd = d;
       p->ctl_fd = c;
       try {
         p->data_map = map_fd(d, p->data_size, p->data_name);
         p->ctl_map = map_fd(c, p->ctl_size, p->ctl_name);
-        if (matches(*p, t)) {
+        const bool recorded =
+            known.data_ino && uint64_t(dino) == known.data_ino && uint64_t(cino) == known.ctl_ino;
+        if (recorded) {
+          const uint64_t maxp = t.max_payload ? t.max_payload : t.capacity / 4;
+          shm::restore_data_identity(static_cast<shm::DataHeader*>(p->data_map), t.capacity,
+                                     t.multi_producer ? shm::kFlagMultiProducer : 0u, t.policy, idx,
+                                     t.schema_id, maxp);
+          shm::restore_control_identity(static_cast<shm::ControlHeader*>(p->ctl_map), t.capacity, t.slots);
+        }
+        if (recorded || matches(*p, t)) {
           bind_refs(*p);
           attach_wake_and_pages(*p, true);
-          keeper.put(p->data_name, p, -1);  // it holds them already
-          keeper.put(p->ctl_name, p, -1);
+          p->data_ino = uint64_t(dino);
+          p->ctl_ino = uint64_t(cino);
+          // The keeper holds them already, or (taken back from a client) is fed now.
+          keeper.put(p->data_name, p, from_keeper ? -1 : p->data_fd);
+          keeper.put(p->ctl_name, p, from_keeper ? -1 : p->ctl_fd);
           reattached = true;
           return p;
         }
@@ -412,6 +480,11 @@ std::shared_ptr<Partition> open_partition(SegmentKeeper& keeper, const TopicSett
   }
   p->data_map = map_fd(p->data_fd, p->data_size, p->data_name);
   p->ctl_map = map_fd(p->ctl_fd, p->ctl_size, p->ctl_name);
+  {
+    ino_t ino = 0;
+    if (ours_sealed(p->data_fd, p->data_size, ino)) p->data_ino = uint64_t(ino);
+    if (ours_sealed(p->ctl_fd, p->ctl_size, ino)) p->ctl_ino = uint64_t(ino);
+  }
   uint64_t maxp = t.max_payload ? t.max_payload : t.capacity / 4;
   shm::init_segments(static_cast<shm::DataHeader*>(p->data_map), static_cast<shm::ControlHeader*>(p->ctl_map),
                      t.capacity, t.slots, t.multi_producer ? shm::kFlagMultiProducer : 0u, t.policy, idx,

@@ -82,6 +82,12 @@ struct TopicInfo {
   durable @3 :List(DurableCursor);
   logDir @4 :Text;                # durable topics: <state-dir>/<topic> (replay reads it)
   archived @5 :List(ArchiveStat); # durable topics: per partition (describeTopic)
+  # The registry only (never in a reply): per partition the inode numbers of its data
+  # and control memfds (data0, ctl0, data1, ctl1, ...), and the layout version they
+  # were made with. A restart whose keeper died takes these back from live clients
+  # (docs/protocol.md, "Segment lifetime in daemon mode").
+  segmentInodes @6 :List(UInt64);
+  segmentLayout @7 :UInt32;
 }
 
 struct ArchiveStat {

@@ -233,9 +233,9 @@ void fill_spec(proto::TopicSpec::Builder s, const std::string& topic, const Topi
 class DaemonMapping final : public PartitionMapping {
  public:
   DaemonMapping(std::shared_ptr<DaemonClient> client, const std::string& topic, uint32_t p, void* data,
-                size_t dsize, void* ctl, size_t csize, void* wake, int wake_fd)
+                size_t dsize, void* ctl, size_t csize, void* wake, int wake_fd, int data_fd, int ctl_fd)
       : client_(std::move(client)), data_(data), dsize_(dsize), ctl_(ctl), csize_(csize), wake_(wake),
-        wake_fd_(wake_fd) {
+        wake_fd_(wake_fd), data_fd_(data_fd), ctl_fd_(ctl_fd) {
     topic_ = topic;
     partition_ = p;
   }
@@ -248,7 +248,8 @@ class DaemonMapping final : public PartitionMapping {
     munmap(data_, dsize_);
     munmap(ctl_, csize_);
     munmap(wake_, shm::kWakeSegmentSize);
-    if (wake_fd_ >= 0) close(wake_fd_);
+    for (int f : {wake_fd_, data_fd_, ctl_fd_})
+      if (f >= 0) close(f);
     for (auto& [pg, fd] : page_fds_) close(fd);
   }
   bool granted() const override { return true; }
@@ -390,7 +391,8 @@ class DaemonMapping final : public PartitionMapping {
   void* ctl_;
   size_t csize_;
   void* wake_;
-  int wake_fd_;  // kept open (see join_cursor)
+  int wake_fd_;           // kept open (see join_cursor)
+  int data_fd_, ctl_fd_;  // kept open: a restarted shmbusd whose keeper died takes them back
   std::mutex grants_mu_;
   std::map<uint32_t, uint64_t> producer_requests_;  // owner token -> the request token of its grant
   std::map<shm::CursorPage*, int> page_fds_;        // the grants' page fds, kept open
@@ -471,9 +473,12 @@ std::shared_ptr<PartitionMapping> DaemonClient::open(const std::string& topic, u
     throw Error(ErrorCode::incompatible,
                 std::string("open: the daemon handed out an invalid segment: ") + why);
   }
-  // The wake fd stays open while mapped (a restarted shmbusd takes it back).
-  auto m = std::make_shared<DaemonMapping>(shared_from_this(), topic, p, d, dsize, c, csize, w, wfd);
-  rep.fds[2] = -1;
+  // The fds stay open while mapped: a restarted shmbusd takes them back (the wake
+  // segment always; the data and control segments when its keeper died with it, so
+  // that the topic is restored under its live clients instead of re-created empty).
+  auto m =
+      std::make_shared<DaemonMapping>(shared_from_this(), topic, p, d, dsize, c, csize, w, wfd, dfd, cfd);
+  rep.fds[0] = rep.fds[1] = rep.fds[2] = -1;
   m->bind(refs);
   return m;
 }

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <random>
 #include <thread>
@@ -441,6 +442,88 @@ TEST_CASE("daemon and keeper both SIGKILLed: the topic is re-created empty and t
   }
   REQUIRE(d.stop());
   CHECK(d.leaks().empty());
+}
+
+namespace {
+
+std::string text_of(const View& v) { return std::string(reinterpret_cast<const char*>(v.data()), v.size()); }
+
+// Reads messages "m-<from>" .. "m-<to - 1>" in order.
+void expect_range(Subscriber& s, int from, int to) {
+  for (int i = from; i < to; ++i) {
+    View v;
+    INFO("message " << i);
+    REQUIRE(s.poll_wait(v, 5'000'000'000) == Status::ok);
+    REQUIRE(text_of(v) == "m-" + std::to_string(i));
+    s.release(v);
+  }
+}
+
+void publish_range(Publisher& pub, int from, int to) {
+  for (int i = from; i < to; ++i) {
+    const std::string m = "m-" + std::to_string(i);
+    REQUIRE(pub.offer(m.data(), m.size()) == Status::ok);
+  }
+}
+
+// Live clients (this process: a publisher and a subscriber) across a daemon restart
+// whose segments came back from `how`; afterwards the old clients and a new subscriber
+// share one ring: nothing lost, no second ring nobody reads.
+void live_clients_across(const char* tag, const std::function<void(DaemonProc&, Publisher&)>& how) {
+  DaemonProc d(tag);
+  REQUIRE(d.start());
+  const std::string topic = std::string(tag) + ".t";
+  Bus bus = Bus::connect(d.sock);
+  bus.create_topic(topic, {.capacity = 65536});
+  Publisher pub = bus.publisher(topic);
+  Subscriber sub = bus.subscriber(topic);
+  publish_range(pub, 0, 100);
+  expect_range(sub, 0, 50);
+  how(d, pub);
+  REQUIRE(d.start());
+  CHECK(log_has(d, "\"topic_reattached\""));
+  CHECK_FALSE(log_has(d, "\"topic_recreated\""));
+  expect_range(sub, 50, 100);  // what was in the ring before the restart
+  Bus bus2 = Bus::connect(d.sock);
+  Subscriber fresh = bus2.subscriber(topic);  // a client of the restarted daemon
+  publish_range(pub, 100, 200);               // the old publisher, on the old mapping
+  expect_range(sub, 100, 200);
+  expect_range(fresh, 100, 200);
+  CHECK(shm::aref(fresh.refs().data->magic).load() == shm::kDataMagic);
+  fresh.close();
+  sub.close();
+  pub.close();
+  bus2.remove_topic(topic);
+  REQUIRE(d.stop());
+  CHECK(d.leaks().empty());
+}
+
+}  // namespace
+
+// Defect 14 of docs/protocol.md: with daemon and keeper both dead, the topic was
+// re-created empty while live clients went on in the old memfds (their messages
+// reached nobody new, without an error).
+TEST_CASE("daemon and keeper both SIGKILLed under live clients: the segments are taken back from them",
+          "[crash][daemon][keeper]") {
+  live_clients_across("keeptake", [](DaemonProc& d, Publisher&) {
+    const pid_t first = keeper_pid(d.state);
+    REQUIRE(first > 0);
+    d.crash();
+    kill_keeper(d.state);
+  });
+}
+
+// The same defect's other way in: a publisher (it maps the data segment writable)
+// flips the data header's magic; a restart re-created the topic under every client.
+TEST_CASE("a publisher that flips the data header's magic does not make a restart re-create the topic",
+          "[crash][daemon][keeper][hostile]") {
+  live_clients_across("keepflip", [](DaemonProc& d, Publisher& pub) {
+    auto* h = const_cast<shm::DataHeader*>(pub.refs().data);
+    shm::aref(h->magic).store(0xbad0bad0bad0bad0ull);
+    shm::aref(h->layout_version).store(999);
+    shm::aref(h->capacity).store(1ull << 40);
+    d.crash();
+  });
 }
 
 // ---------------------------------------------------------------------------

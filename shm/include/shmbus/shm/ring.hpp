@@ -1332,6 +1332,26 @@ inline void restore_control_identity(ControlHeader* c, uint64_t capacity, uint32
   aref(c->layout_version).store(kLayoutVersion, std::memory_order_release);  // SYNC(ctl.ready)
 }
 
+// The data segment's identity lines (0 and 1), rewritten from the daemon's own record
+// of the topic: publishers map the data segment writable and may have overwritten
+// them. Used by a restarted daemon on a segment it knows is the topic's (the inode
+// its registry recorded), so a flipped magic no longer makes it re-create the topic
+// under live clients. The ring's contents stay as they are (untrusted as always).
+inline void restore_data_identity(DataHeader* d, uint64_t capacity, uint32_t flags, uint32_t policy,
+                                  uint32_t partition, uint64_t schema_id, uint64_t max_payload) {
+  d->magic = kDataMagic;
+  d->flags = flags;
+  d->capacity = capacity;
+  d->data_offset = kRingOffset;
+  d->producer_offset = kProducerTableOffset;
+  d->producer_slots = kProducerSlots;
+  d->schema_id = schema_id;
+  d->policy = policy;
+  d->partition = partition;
+  d->max_payload = max_payload;
+  aref(d->layout_version).store(kLayoutVersion, std::memory_order_release);  // SYNC(data.ready)
+}
+
 // Initialises freshly created (zero-filled) segments. The layout version is
 // written last with release: "version present" means "ready" (SYNC(data.ready),
 // SYNC(ctl.ready)).
