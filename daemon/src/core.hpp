@@ -223,6 +223,10 @@ std::shared_ptr<Partition> open_partition(SegmentKeeper& keeper, const TopicSett
 // A new open file description of one of the partition's segments (through
 // /proc/self/fd): O_RDONLY, or O_RDWR when `writable`; -1 with errno.
 int reopen_segment(const Partition& p, bool data, bool writable);
+// A deleted topic's partition: its ring and cursor pages freed (punched) although
+// clients may still map them, so that create, map, delete, repeated, pins no memory
+// beyond the quotas (docs/protocol.md, defect 13).
+void release_deleted(Partition& p);
 int reopen_wake(const Partition& p, bool writable);
 // A fresh cursor page for a grant: created (O_EXCL, 0600, fallocated), mapped into
 // p.pages. Returns the page id and an O_RDWR fd for the grantee; throws Error.

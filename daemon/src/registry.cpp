@@ -1296,6 +1296,7 @@ void Registry::remove_topic(std::map<std::string, Topic>::iterator it, pid_t by,
   for (auto& p : it->second.parts) {
     core_.reaper_q.push(ReaperCmd{ReaperCmd::unwatch_partition, p, 0});
     remove_partition_segments(core_.keeper, core_.opts.shm_prefix, name, p->index);
+    release_deleted(*p);
     std::lock_guard<std::mutex> g(p->pages_mu);
     std::vector<uint64_t> ids;
     for (auto& [pid_, pg] : p->pages) ids.push_back(pid_);

@@ -537,6 +537,21 @@ void drop_page(Partition& p, uint64_t id) {
   if (f != p.page_fds.end()) close(f->second), p.page_fds.erase(f);
 }
 
+void release_deleted(Partition& p) {
+  // FALLOC_FL_PUNCH_HOLE frees the pages without changing the size (the seals forbid
+  // that): a client still mapping the segment reads zeros there ("nothing
+  // committed") and no SIGBUS; a page it writes again is allocated for it, charged
+  // to its own memory cgroup, not the daemon's. The data header and producer table
+  // (kRingOffset) stay: producers sleeping on a durable acknowledgement keep their
+  // futex word.
+  constexpr int kPunch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+  if (p.data_fd >= 0 && p.data_size > shm::kRingOffset &&
+      fallocate(p.data_fd, kPunch, off_t(shm::kRingOffset), off_t(p.data_size - shm::kRingOffset)) < 0)
+    log_event("", LOG_WARN, "release_failed", p.topic, 0, std::string("punch: ") + strerror(errno));
+  std::lock_guard<std::mutex> g(p.pages_mu);
+  for (auto& [id, fd] : p.page_fds) fallocate(fd, kPunch, 0, off_t(shm::kCursorPageSize));
+}
+
 int reopen_page(const Partition& p, uint64_t id, bool writable) {
   auto f = p.page_fds.find(id);
   return reopen_own(f == p.page_fds.end() ? -1 : f->second, writable);

@@ -526,6 +526,54 @@ TEST_CASE("a publisher that flips the data header's magic does not make a restar
   });
 }
 
+namespace {
+
+// Bytes of memory allocated to the memfds this process holds whose /proc/self/fd link
+// starts with `prefix` (st_blocks: what is allocated, not the size); count: how many.
+uint64_t memfd_allocated(const std::string& prefix, int& count) {
+  uint64_t bytes = 0;
+  count = 0;
+  for (int fd = 0; fd < 4096; ++fd) {
+    char link[256];
+    const ssize_t l = readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof link - 1);
+    if (l <= 0 || std::string(link, size_t(l)).rfind(prefix, 0) != 0) continue;
+    struct stat st {};
+    if (fstat(fd, &st) == 0) bytes += uint64_t(st.st_blocks) * 512, ++count;
+  }
+  return bytes;
+}
+
+}  // namespace
+
+// Defect 13 of docs/protocol.md: a client that maps a topic and deletes it kept the
+// memfd's pages alive as long as it kept the mapping (create, map, delete, repeated,
+// pinned any amount while the uid owned no topic and the quotas saw nothing).
+TEST_CASE("a client that keeps a deleted topic mapped pins none of its ring or cursor pages",
+          "[daemon][keeper][hostile]") {
+  DaemonProc d("pinned");
+  REQUIRE(d.start());
+  const uint64_t cap = 8u << 20;
+  Bus bus = Bus::connect(d.sock);
+  bus.create_topic("pinned.t", {.capacity = cap});
+  Publisher pub = bus.publisher("pinned.t");
+  Subscriber sub = bus.subscriber("pinned.t");
+  REQUIRE(pub.offer("x", 1) == Status::ok);
+  int n = 0;
+  CHECK(memfd_allocated("/memfd:shmbus-data:pinned.t", n) >= cap);  // fallocated at create
+  CHECK(n == 2);                                                    // the publisher's and the subscriber's fd
+  CHECK(memfd_allocated("/memfd:shmbus-page", n) > 0);
+  CHECK(n >= 1);
+  bus.remove_topic("pinned.t");  // both clients still map it
+  CHECK(memfd_allocated("/memfd:shmbus-data:pinned.t", n) <= 2 * shm::kRingOffset);
+  CHECK(n == 2);
+  CHECK(memfd_allocated("/memfd:shmbus-page", n) == 0);
+  CHECK(n >= 1);
+  sub.close();
+  pub.close();
+  REQUIRE(d.stop());
+  CHECK(d.leaks().empty());
+}
+
 // ---------------------------------------------------------------------------
 // Daemon-granted producers (layout 4): the daemon decides on its own grant records.
 
