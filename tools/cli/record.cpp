@@ -450,7 +450,7 @@ int run_play(const std::string& socket, const PlayArgs& a, bool json) {
   // Pass 1: the whole file is checked before anything is published.
   std::vector<PlayTopic> topics;
   FileHeader fh{};
-  uint64_t duration_ns = 0;
+  uint64_t duration_ns = 0, first_ns = UINT64_MAX;
   bool complete = false;
   {
     RecReader r(a.file);
@@ -460,7 +460,10 @@ int run_play(const std::string& socket, const PlayArgs& a, bool json) {
     while (r.next(rh, payload, topics)) {
       ++topics[rh.topic].records;
       topics[rh.topic].max_partition = std::max(topics[rh.topic].max_partition, rh.partition);
-      duration_ns = rh.recv_ns;
+      // The span play reproduces: first record to last (not the lead time before the
+      // first record, which play does not wait).
+      if (first_ns == UINT64_MAX) first_ns = rh.recv_ns;
+      duration_ns = rh.recv_ns - first_ns;
     }
     complete = r.complete();
   }
