@@ -5,9 +5,12 @@
 #include <capnp/serialize.h>
 
 #include <algorithm>
+#include <bit>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <thread>
 
 #include "envelope.capnp.h"
@@ -56,13 +59,189 @@ int64_t mono_ns() {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
+
+thread_local int64_t t_attempt_deadline = INT64_MAX;
+
+std::string ms_text(int64_t ns) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3f ms", double(ns) / 1e6);
+  return b;
+}
+
+const char* kind_name(Outcome::Kind k) {
+  switch (k) {
+    case Outcome::Kind::ack: return "ack";
+    case Outcome::Kind::retry: return "retry";
+    case Outcome::Kind::reject: return "reject";
+  }
+  return "?";
+}
+
+void hex_into(std::string& o, uint64_t v) {
+  static const char* d = "0123456789abcdef";
+  for (int i = 60; i >= 0; i -= 4) o += d[(v >> i) & 15];
+}
 }  // namespace
+
+int64_t attempt_deadline_ns() { return t_attempt_deadline; }
+
+namespace layers {
+
+Layer timeout(int64_t ns, std::function<int64_t()> clock) {
+  if (ns <= 0) throw Error(ErrorCode::invalid_argument, "layers::timeout: the limit must be > 0 ns");
+  if (!clock) clock = mono_ns;
+  return [ns, clock](HandlerFn inner) -> HandlerFn {
+    return [ns, clock, inner = std::move(inner)](const View& v) {
+      const int64_t start = clock();
+      const int64_t saved = t_attempt_deadline;
+      t_attempt_deadline = std::min(saved, start + ns);
+      Outcome o;
+      try {
+        o = inner(v);
+      } catch (...) {
+        t_attempt_deadline = saved;
+        throw;
+      }
+      t_attempt_deadline = saved;
+      const int64_t took = clock() - start;
+      if (took > ns && o.kind != Outcome::Kind::reject)
+        return Outcome::retry("timeout: the attempt took " + ms_text(took) + ", the limit is " + ms_text(ns),
+                              kTimeoutCode);
+      return o;
+    };
+  };
+}
+
+Layer metrics(HandlerMetrics& m, std::function<int64_t()> clock) {
+  if (!clock) clock = mono_ns;
+  return [&m, clock](HandlerFn inner) -> HandlerFn {
+    return [&m, clock, inner = std::move(inner)](const View& v) {
+      // Relaxed: counters, read after the runners stopped or as approximate live figures.
+      m.attempts.fetch_add(1, std::memory_order_relaxed);
+      const int64_t start = clock();
+      Outcome o;
+      try {
+        o = inner(v);
+      } catch (...) {
+        o = Outcome::retry("exception");  // counted as the runner will treat it; rethrown below
+        const int64_t d = std::max<int64_t>(0, clock() - start);
+        m.retries.fetch_add(1, std::memory_order_relaxed);
+        m.duration_sum_ns.fetch_add(uint64_t(d), std::memory_order_relaxed);
+        m.duration_log2_ns[d ? std::min<size_t>(size_t(std::bit_width(uint64_t(d))) - 1,
+                                                HandlerMetrics::kBuckets - 1)
+                             : 0]
+            .fetch_add(1, std::memory_order_relaxed);
+        throw;
+      }
+      const int64_t d = std::max<int64_t>(0, clock() - start);
+      (o.kind == Outcome::Kind::ack     ? m.acks
+       : o.kind == Outcome::Kind::retry ? m.retries
+                                        : m.rejects)
+          .fetch_add(1, std::memory_order_relaxed);
+      m.duration_sum_ns.fetch_add(uint64_t(d), std::memory_order_relaxed);
+      m.duration_log2_ns[d ? std::min<size_t>(size_t(std::bit_width(uint64_t(d))) - 1,
+                                              HandlerMetrics::kBuckets - 1)
+                           : 0]
+          .fetch_add(1, std::memory_order_relaxed);
+      return o;
+    };
+  };
+}
+
+Layer trace(std::string handler_name, TraceSink sink, std::function<int64_t()> clock) {
+  if (!sink) throw Error(ErrorCode::invalid_argument, "layers::trace: no sink");
+  if (!clock) clock = mono_ns;
+  auto name = std::make_shared<const std::string>(std::move(handler_name));
+  return [name, sink, clock](HandlerFn inner) -> HandlerFn {
+    return [name, sink, clock, inner = std::move(inner)](const View& v) {
+      TraceRecord r;
+      r.handler = name.get();
+      r.message_id = v.message_id();
+      r.sequence = v.sequence();
+      r.producer_id = v.producer_id();
+      // The envelope is read from a copy (EnvelopedView validates it); a frame that is
+      // no envelope, or a malformed one, has no parent trace.
+      EnvelopedView ev;
+      if (ev.open(v) == Status::ok && ev.enveloped()) {
+        const Envelope& e = ev.envelope();
+        r.correlation_id = e.correlation_id;
+        r.causation_id = e.causation_id;
+        if (e.trace.valid()) r.parent = e.trace;
+      }
+      r.span = r.parent.valid() ? r.parent.child() : TraceContext::fresh();
+      const int64_t start = clock();
+      Outcome o;
+      try {
+        o = inner(v);
+      } catch (const std::exception& ex) {
+        r.outcome = Outcome::Kind::retry;
+        r.duration_ns = clock() - start;
+        sink(r);
+        throw;
+      }
+      r.outcome = o.kind;
+      r.code = o.code;
+      r.duration_ns = clock() - start;
+      sink(r);
+      return o;
+    };
+  };
+}
+
+TraceSink json_lines(FILE* out) {
+  return [out](const TraceRecord& r) {
+    std::string l = "{\"event\":\"attempt\",\"handler\":\"";
+    for (char c : r.handler ? *r.handler : std::string())
+      if (c == '"' || c == '\\')
+        l += '\\', l += c;
+      else if (uint8_t(c) >= 0x20)
+        l += c;
+    l += "\",\"message_id\":\"";
+    hex_into(l, r.message_id);
+    l +=
+        "\",\"sequence\":" + std::to_string(r.sequence) + ",\"producer_id\":" + std::to_string(r.producer_id);
+    l += ",\"trace_id\":\"";
+    hex_into(l, r.span.trace_hi);
+    hex_into(l, r.span.trace_lo);
+    l += "\",\"span_id\":\"";
+    hex_into(l, r.span.parent_id);
+    l += '"';
+    if (r.parent.valid()) {
+      l += ",\"parent_span_id\":\"";
+      hex_into(l, r.parent.parent_id);
+      l += '"';
+    }
+    if (r.correlation_id) {
+      l += ",\"correlation_id\":\"";
+      hex_into(l, r.correlation_id);
+      l += '"';
+    }
+    if (r.causation_id) {
+      l += ",\"causation_id\":\"";
+      hex_into(l, r.causation_id);
+      l += '"';
+    }
+    l += ",\"outcome\":\"";
+    l += kind_name(r.outcome);
+    l +=
+        "\",\"code\":" + std::to_string(r.code) + ",\"duration_ns\":" + std::to_string(r.duration_ns) + "}\n";
+    std::fputs(l.c_str(), out);  // one call per line: stdio locks the stream per call
+  };
+}
+
+}  // namespace layers
 
 HandlerRunner::HandlerRunner(Bus& bus, const std::string& topic, HandlerFn fn, HandlerOptions opts)
     : bus_(bus), topic_(topic), fn_(std::move(fn)), opts_(std::move(opts)),
       sub_(bus.subscriber(topic, opts_.subscriber)),
       dlq_topic_(opts_.dlq_topic.empty() ? topic + ".dlq" : opts_.dlq_topic), breaker_(opts_.breaker) {
   if (!fn_) throw Error(ErrorCode::invalid_argument, "HandlerRunner: no handler");
+  // Innermost first, so that layers[0] ends up outermost.
+  for (auto it = opts_.layers.rbegin(); it != opts_.layers.rend(); ++it) {
+    if (!*it) throw Error(ErrorCode::invalid_argument, "HandlerRunner: an empty layer");
+    fn_ = (*it)(std::move(fn_));
+    if (!fn_) throw Error(ErrorCode::invalid_argument, "HandlerRunner: a layer returned no handler");
+  }
   if (opts_.retry.max_attempts == 0) opts_.retry.max_attempts = 1;
   if (!opts_.clock) opts_.clock = mono_ns;
   rng_ = opts_.seed ? opts_.seed : uint64_t(mono_ns()) | 1;
@@ -154,8 +333,9 @@ bool HandlerRunner::handle(const View& v, const std::function<bool()>& stop) {
   uint32_t attempt = 1;
   int64_t first_fail = 0, last_fail = 0;
   for (;;) {
-    // An open breaker: no attempt until its open time is over.
-    while (!breaker_.allow(opts_.clock())) {
+    // An open breaker: no attempt until its open time is over. (A closed one needs no
+    // clock read: the success path reads no clock at all.)
+    while (breaker_.state() != CircuitBreaker::State::closed && !breaker_.allow(opts_.clock())) {
       if (stop && stop()) return false;
       wait_ns(breaker_.open_until_ns() - opts_.clock(), stop);
     }
@@ -168,13 +348,13 @@ bool HandlerRunner::handle(const View& v, const std::function<bool()>& stop) {
     } catch (...) {
       o = Outcome::retry("exception: (not a std::exception)");
     }
-    const int64_t now = opts_.clock();
     if (o.kind == Outcome::Kind::ack) {
       breaker_.on_success();
       ++stats_.acked;
       ++stats_.handled;
       return true;
     }
+    const int64_t now = opts_.clock();
     breaker_.on_failure(now);
     if (!first_fail) first_fail = now;
     last_fail = now;
@@ -245,6 +425,66 @@ void HandlerRunner::dead_letter(const View& v, const Outcome& last, uint32_t att
     throw Error(ErrorCode::timed_out, "dead letter of " + topic_ + " sequence " +
                                           std::to_string(v.sequence()) + " not published to " + dlq_topic_ +
                                           ": " + std::string(to_string(s)));
+}
+
+HandlerPool::HandlerPool(Bus& bus, const std::string& topic, HandlerFn fn, HandlerOptions opts,
+                         std::vector<uint32_t> partitions) {
+  if (opts.dedup)
+    throw Error(ErrorCode::invalid_argument,
+                "HandlerPool: a dedup window belongs to one partition (run a HandlerRunner per window)");
+  if (!fn) throw Error(ErrorCode::invalid_argument, "HandlerPool: no handler");
+  if (partitions.empty()) {
+    const uint32_t n = bus.partitions(topic);
+    for (uint32_t p = 0; p < n; ++p) partitions.push_back(p);
+  }
+  for (uint32_t p : partitions) {
+    HandlerOptions o = opts;
+    o.subscriber.partition = p;
+    if (opts.seed) o.seed = opts.seed + p;  // distinct jitter per partition, still reproducible
+    runners_.push_back(std::make_unique<HandlerRunner>(bus, topic, fn, std::move(o)));
+  }
+}
+
+HandlerPool::~HandlerPool() = default;
+
+void HandlerPool::run(const std::function<bool()>& stop) {
+  std::atomic<bool> failed{false};
+  std::exception_ptr first;
+  std::mutex mu;
+  const std::function<bool()> stop_all = [&] {
+    return failed.load(std::memory_order_acquire) || (stop && stop());
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(runners_.size());
+  for (auto& r : runners_)
+    threads.emplace_back([&, run = r.get()] {
+      try {
+        run->run(stop_all);
+      } catch (...) {
+        {
+          std::lock_guard<std::mutex> g(mu);
+          if (!first) first = std::current_exception();
+        }
+        failed.store(true, std::memory_order_release);
+      }
+    });
+  for (auto& t : threads) t.join();
+  if (first) std::rethrow_exception(first);
+}
+
+HandlerStats HandlerPool::stats() const {
+  HandlerStats s;
+  for (const auto& r : runners_) {
+    const HandlerStats& x = r->stats();
+    s.handled += x.handled;
+    s.acked += x.acked;
+    s.attempts += x.attempts;
+    s.retries += x.retries;
+    s.dead_lettered += x.dead_lettered;
+    s.lapped += x.lapped;
+    s.duplicates += x.duplicates;
+  }
+  return s;
 }
 
 }  // namespace shmbus

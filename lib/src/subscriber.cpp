@@ -245,10 +245,10 @@ Status Subscriber::wait_for(int64_t timeout_ns) {
 Status Subscriber::poll_wait(View& out, int64_t timeout_ns) {
   if (spill_) [[unlikely]]
     return open_ ? spill_poll(out, timeout_ns, true) : Status::closed;
+  Status s = poll(out);
+  if (s != Status::empty) return s;  // a message at once: no clock read (the common case)
   const uint64_t start = shm::monotonic_ns();
   for (;;) {
-    Status s = poll(out);
-    if (s != Status::empty) return s;
     int64_t left = timeout_ns;
     if (timeout_ns >= 0) {
       uint64_t spent = shm::monotonic_ns() - start;
@@ -257,6 +257,8 @@ Status Subscriber::poll_wait(View& out, int64_t timeout_ns) {
     }
     // A wake-up can be for a padding frame only: poll again until the deadline.
     if (Status w = wait_for(left); w != Status::ok) return w;
+    s = poll(out);
+    if (s != Status::empty) return s;
   }
 }
 

@@ -8,6 +8,11 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <mutex>
+#include <thread>
+#include <atomic>
+#include <algorithm>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -319,4 +324,246 @@ TEST_CASE("handler: stop() during retries leaves the message unreleased for the 
   }
   REQUIRE(seen.size() == 5);
   for (int i = 0; i < 5; ++i) CHECK(seen[size_t(i)] == mname(i));
+}
+
+// ---- Middleware and the worker pool -------------------------------------------------
+
+TEST_CASE("layers: run in order around the handler, first outermost; an empty layer is refused") {
+  TopicGuard g{Bus::direct({.shm_prefix = test::unique_prefix("hlay")}), "h.layers"};
+  g.bus.create_topic(g.topic, {.capacity = 1 << 16});
+  std::vector<std::string> trail;
+  auto tag = [&](std::string n) -> Layer {
+    return [&trail, n](HandlerFn inner) -> HandlerFn {
+      return [&trail, n, inner](const View& v) {
+        trail.push_back(n + "<");
+        Outcome o = inner(v);
+        trail.push_back(">" + n);
+        return o;
+      };
+    };
+  };
+  HandlerOptions o;
+  o.layers = {tag("a"), tag("b")};
+  HandlerRunner run(
+      g.bus, g.topic,
+      [&](const View&) {
+        trail.push_back("h");
+        return Outcome::ack();
+      },
+      o);
+  Publisher p = g.bus.publisher(g.topic);
+  publish(p, 1);
+  REQUIRE(run.step(0));
+  CHECK(trail == std::vector<std::string>{"a<", "b<", "h", ">b", ">a"});
+  HandlerOptions bad;
+  bad.layers = {Layer{}};
+  CHECK_THROWS_AS(HandlerRunner(
+                      g.bus, g.topic, [](const View&) { return Outcome::ack(); }, bad),
+                  Error);
+  CHECK_THROWS_AS(layers::timeout(0), Error);
+}
+
+TEST_CASE(
+    "layers::timeout: an overrun attempt is a retry with code 408, then dead-lettered; the deadline is "
+    "visible to the handler") {
+  TopicGuard g{Bus::direct({.shm_prefix = test::unique_prefix("htmo")}), "h.slow"};
+  TopicGuard gd{g.bus, "h.slow.dlq"};
+  g.bus.create_topic(g.topic, {.capacity = 1 << 16});
+  g.bus.create_topic(gd.topic, {.capacity = 1 << 16, .multi_producer = true});
+  Subscriber dlq = g.bus.subscriber(gd.topic);
+  HandlerOptions o;
+  o.retry = {
+      .max_attempts = 3, .initial_backoff_ns = 100, .max_backoff_ns = 100, .multiplier = 1.0, .jitter = 0};
+  o.breaker.failure_threshold = 100;
+  FakeTime t;
+  t.apply(o);
+  o.layers = {layers::timeout(10'000'000, [&t] { return t.now; })};
+  std::vector<int64_t> deadlines;
+  CHECK(attempt_deadline_ns() == INT64_MAX);
+  HandlerRunner run(
+      g.bus, g.topic,
+      [&](const View& v) {
+        deadlines.push_back(attempt_deadline_ns() - t.now);
+        if (text(v) == "m1")
+          t.now += 50'000'000;  // m1 always takes 50 ms
+        else
+          t.now += 9'000'000;  // the others 9 ms: in time
+        return Outcome::ack();
+      },
+      o);
+  CHECK(attempt_deadline_ns() == INT64_MAX);
+  Publisher p = g.bus.publisher(g.topic);
+  publish(p, 3);
+  while (run.step(0)) {
+  }
+  CHECK(run.stats().handled == 3);
+  CHECK(run.stats().acked == 2);
+  CHECK(run.stats().attempts == 5);  // m0, m1 x3, m2
+  CHECK(run.stats().dead_lettered == 1);
+  for (int64_t d : deadlines) CHECK(d == 10'000'000);
+  CHECK(attempt_deadline_ns() == INT64_MAX);
+  auto dl = drain_dlq(dlq);
+  REQUIRE(dl.size() == 1);
+  CHECK(dl[0].payload == "m1");
+  CHECK(dl[0].code == kTimeoutCode);
+  CHECK(dl[0].attempts == 3);
+  CHECK(dl[0].message.find("timeout: the attempt took 50.000 ms, the limit is 10.000 ms") == 0);
+}
+
+TEST_CASE(
+    "layers::metrics counts attempts and outcomes; layers::trace reports the envelope's trace as parent") {
+  TopicGuard g{Bus::direct({.shm_prefix = test::unique_prefix("hmet")}), "h.met"};
+  TopicGuard gd{g.bus, "h.met.dlq"};
+  g.bus.create_topic(g.topic, {.capacity = 1 << 16});
+  g.bus.create_topic(gd.topic, {.capacity = 1 << 16, .multi_producer = true});
+  HandlerMetrics m;
+  std::vector<TraceRecord> recs;
+  char* logbuf = nullptr;
+  size_t loglen = 0;
+  FILE* log = open_memstream(&logbuf, &loglen);
+  REQUIRE(log);
+  TraceSink to_json = layers::json_lines(log);
+  HandlerOptions o;
+  o.name = "billing";
+  o.retry = {.max_attempts = 2, .initial_backoff_ns = 1, .max_backoff_ns = 1, .multiplier = 1.0, .jitter = 0};
+  FakeTime t;
+  t.apply(o);
+  o.layers = {layers::metrics(m, [&t] { return t.now; }), layers::trace(
+                                                              "billing",
+                                                              [&](const TraceRecord& r) {
+                                                                recs.push_back(r);
+                                                                to_json(r);
+                                                              },
+                                                              [&t] { return t.now; })};
+  HandlerRunner run(
+      g.bus, g.topic,
+      [&](const View& v) {
+        t.now += 1500;
+        EnvelopedView ev;
+        REQUIRE(ev.open(v) == Status::ok);
+        const std::string m =
+            std::string(reinterpret_cast<const char*>(ev.payload().data()), ev.payload().size());
+        if (m == "bad") return Outcome::retry("nope", 7);
+        return Outcome::ack();
+      },
+      o);
+  Publisher p = g.bus.publisher(g.topic);
+  Envelope e;
+  e.correlation_id = 0xabcdef0123456789ull;
+  e.causation_id = 0x42;
+  e.trace = *TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+  const std::string good = "good", bad = "bad";
+  REQUIRE(publish_enveloped(p, e, std::as_bytes(std::span(good.data(), good.size())), 0x1111) == Status::ok);
+  REQUIRE(publish_enveloped(p, e, std::as_bytes(std::span(bad.data(), bad.size())), 0x2222) == Status::ok);
+  REQUIRE(p.offer("plain", 5, 0x3333) == Status::ok);  // no envelope: a fresh trace
+  while (run.step(0)) {
+  }
+  std::fclose(log);
+  std::string lines(logbuf, loglen);
+  std::free(logbuf);
+  CHECK(m.attempts.load() == 4);  // good, bad x2, plain
+  CHECK(m.acks.load() == 2);
+  CHECK(m.retries.load() == 2);
+  CHECK(m.rejects.load() == 0);
+  CHECK(m.duration_sum_ns.load() == 4 * 1500);
+  CHECK(m.duration_log2_ns[10].load() == 4);  // 1500 ns is in [1024, 2048)
+  REQUIRE(recs.size() == 4);
+  for (size_t i = 0; i < 3; ++i) {
+    CHECK(recs[i].parent.trace_hi == 0x0af7651916cd43ddull);
+    CHECK(recs[i].span.trace_hi == 0x0af7651916cd43ddull);
+    CHECK(recs[i].span.trace_lo == 0x8448eb211c80319cull);
+    CHECK(recs[i].parent.parent_id == 0xb7ad6b7169203331ull);
+    CHECK(recs[i].span.parent_id != 0xb7ad6b7169203331ull);
+    CHECK(recs[i].correlation_id == 0xabcdef0123456789ull);
+    CHECK(recs[i].causation_id == 0x42);
+  }
+  CHECK(recs[0].outcome == Outcome::Kind::ack);
+  CHECK(recs[1].outcome == Outcome::Kind::retry);
+  CHECK(recs[1].code == 7);
+  CHECK_FALSE(recs[3].parent.valid());
+  CHECK(recs[3].span.valid());
+  CHECK(recs[3].message_id == 0x3333);
+  CHECK(lines.find("{\"event\":\"attempt\",\"handler\":\"billing\",\"message_id\":\"0000000000001111\"") ==
+        0);
+  CHECK(lines.find("\"trace_id\":\"0af7651916cd43dd8448eb211c80319c\"") != std::string::npos);
+  CHECK(lines.find("\"parent_span_id\":\"b7ad6b7169203331\"") != std::string::npos);
+  CHECK(lines.find("\"correlation_id\":\"abcdef0123456789\"") != std::string::npos);
+  CHECK(lines.find("\"outcome\":\"retry\",\"code\":7,\"duration_ns\":1500}") != std::string::npos);
+  CHECK(std::count(lines.begin(), lines.end(), '\n') == 4);
+}
+
+TEST_CASE("handler pool: one thread per partition, every message once, in order per partition") {
+  TopicGuard g{Bus::direct({.shm_prefix = test::unique_prefix("hpool")}), "h.pool"};
+  constexpr uint32_t kParts = 4;
+  constexpr int kPer = 2000;
+  g.bus.create_topic(g.topic, {.partitions = kParts, .capacity = 1 << 16});
+  std::mutex mu;
+  std::vector<std::vector<uint64_t>> seen(kParts);
+  std::atomic<int> done{0};
+  std::atomic<int> concurrent{0}, max_concurrent{0};
+  HandlerOptions o;
+  o.retry = {
+      .max_attempts = 3, .initial_backoff_ns = 1000, .max_backoff_ns = 1000, .multiplier = 1.0, .jitter = 0};
+  HandlerPool pool(
+      g.bus, g.topic,
+      [&](const View& v) {
+        const int c = concurrent.fetch_add(1) + 1;
+        for (int m = max_concurrent.load(); c > m && !max_concurrent.compare_exchange_weak(m, c);) {
+        }
+        uint64_t id = v.message_id();
+        // Every 97th message fails once: a retry must not reorder its partition.
+        static thread_local uint64_t failed_once = 0;
+        Outcome out = Outcome::ack();
+        if (id % 97 == 0 && failed_once != id) {
+          failed_once = id;
+          out = Outcome::retry("once");
+        } else {
+          std::lock_guard<std::mutex> l(mu);
+          seen[id >> 32].push_back(id & 0xffffffff);
+          done.fetch_add(1);
+        }
+        concurrent.fetch_sub(1);
+        return out;
+      },
+      o);
+  REQUIRE(pool.size() == kParts);
+  std::vector<std::thread> producers;
+  for (uint32_t part = 0; part < kParts; ++part)
+    producers.emplace_back([&, part] {
+      Publisher p = g.bus.publisher(g.topic, {.partition = part});
+      for (int i = 0; i < kPer; ++i) {
+        const uint64_t id = (uint64_t(part) << 32) | uint64_t(i);
+        while (p.offer(&id, sizeof id, id) != Status::ok) std::this_thread::yield();
+      }
+    });
+  pool.run([&] { return done.load() == int(kParts) * kPer; });
+  for (auto& t : producers) t.join();
+  for (uint32_t part = 0; part < kParts; ++part) {
+    REQUIRE(seen[part].size() == size_t(kPer));
+    for (int i = 0; i < kPer; ++i) REQUIRE(seen[part][size_t(i)] == uint64_t(i));
+  }
+  CHECK(pool.stats().acked == kParts * kPer);
+  CHECK(pool.stats().retries == pool.stats().attempts - kParts * kPer);
+  CHECK(pool.stats().retries > 0);
+  CHECK(max_concurrent.load() <= int(kParts));
+  HandlerOptions with_dedup;
+  DedupWindow* fake = reinterpret_cast<DedupWindow*>(&with_dedup);
+  with_dedup.dedup = fake;
+  CHECK_THROWS_AS(HandlerPool(
+                      g.bus, g.topic, [](const View&) { return Outcome::ack(); }, with_dedup),
+                  Error);
+}
+
+TEST_CASE("handler pool: a runner that throws stops the others and run() rethrows it") {
+  TopicGuard g{Bus::direct({.shm_prefix = test::unique_prefix("hpoolx")}), "h.poolx"};
+  g.bus.create_topic(g.topic, {.partitions = 3, .capacity = 1 << 16});
+  HandlerOptions o;
+  o.dlq_topic = "h.poolx.missing/dlq";  // an invalid topic name: dead-lettering throws
+  o.retry.max_attempts = 1;
+  HandlerPool pool(
+      g.bus, g.topic, [](const View&) { return Outcome::reject("poison"); }, o);
+  Publisher p = g.bus.publisher(g.topic, {.partition = 1});
+  REQUIRE(p.offer("x", 1) == Status::ok);
+  CHECK_THROWS_AS(pool.run([] { return false; }), Error);  // would never return if the others went on
+  CHECK(pool.stats().dead_lettered == 0);
 }

@@ -15,14 +15,18 @@
 // that returned Outcome::retry (the exception's what() is the reason).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shmbus/bus.hpp"
 #include "shmbus/dedup.hpp"
+#include "shmbus/envelope.hpp"
 #include "shmbus/publisher.hpp"
 #include "shmbus/subscriber.hpp"
 
@@ -90,8 +94,68 @@ class CircuitBreaker {
   uint64_t opened_ = 0;
 };
 
+using HandlerFn = std::function<Outcome(const View&)>;
+
+// ---- Middleware ------------------------------------------------------------------
+// A layer wraps a handler in another (tower's Layer, Watermill's middleware).
+// HandlerOptions::layers = {a, b, c} runs a(b(c(handler))): `a` sees every attempt
+// first and the outcome last. The runner itself is the outermost recoverer: a layer
+// or handler that throws is a retry whose reason is the exception's what().
+using Layer = std::function<HandlerFn(HandlerFn)>;
+
+// The deadline of the attempt running on this thread (CLOCK_MONOTONIC ns, the
+// innermost layers::timeout's), INT64_MAX outside one. A C++ handler cannot be
+// pre-empted: one that may take long reads this and gives up early (cooperative,
+// like a Go handler watching its context).
+int64_t attempt_deadline_ns();
+
+// Outcome code of an attempt that overran its layers::timeout.
+inline constexpr uint32_t kTimeoutCode = 408;
+
+// Counters a layers::metrics layer keeps (atomics: a HandlerPool's threads share one).
+struct HandlerMetrics {
+  std::atomic<uint64_t> attempts{0}, acks{0}, retries{0}, rejects{0};
+  // Attempt duration histogram: bucket i counts attempts of [2^i, 2^(i+1)) ns
+  // (bucket 0 also 0 ns, the last one everything longer).
+  static constexpr size_t kBuckets = 40;
+  std::atomic<uint64_t> duration_log2_ns[kBuckets]{};
+  std::atomic<uint64_t> duration_sum_ns{0};
+};
+
+// What a layers::trace layer reports per attempt. The ids are the ones structured
+// logs print in every language (docs/messaging.md "Trace and logs"): hex, 16 digits.
+struct TraceRecord {
+  const std::string* handler = nullptr;  // HandlerOptions::name of the layer's creator
+  uint64_t message_id = 0, sequence = 0, correlation_id = 0, causation_id = 0;
+  uint32_t producer_id = 0;
+  TraceContext parent;  // the message's trace context (from its envelope; invalid if none)
+  TraceContext span;    // this attempt's span: parent.child(), or a fresh trace
+  Outcome::Kind outcome = Outcome::Kind::ack;
+  uint32_t code = 0;
+  int64_t duration_ns = 0;
+};
+using TraceSink = std::function<void(const TraceRecord&)>;
+
+namespace layers {
+// An attempt that takes longer than `ns` counts as failed: Outcome::retry("timeout:
+// ...", kTimeoutCode) whatever it returned (a reject stays a reject). Its work may have
+// been done: retried handlers must be idempotent, as with every retry.
+Layer timeout(int64_t ns, std::function<int64_t()> clock = {});
+// Counts attempts, outcomes and attempt durations into `m` (which outlives the runner).
+Layer metrics(HandlerMetrics& m, std::function<int64_t()> clock = {});
+// Reports each attempt to `sink` with the message's ids and trace context (read from
+// its envelope, if it has one) and a span id of its own.
+Layer trace(std::string handler_name, TraceSink sink, std::function<int64_t()> clock = {});
+// A TraceSink writing one JSON object per line to `out` (structured log):
+// {"event":"attempt","handler":..,"message_id":"<16 hex>","sequence":N,"trace_id":"<32 hex>",
+//  "span_id":"<16 hex>","parent_span_id":..,"correlation_id":..,"outcome":"ack|retry|reject",
+//  "code":N,"duration_ns":N}
+TraceSink json_lines(FILE* out);
+}  // namespace layers
+
 struct HandlerOptions {
   std::string name = "handler";  // in dead letters and logs
+  std::vector<Layer> layers;     // middleware around the handler, first outermost
   RetryPolicy retry;
   BreakerPolicy breaker;
   SubscriberOptions subscriber;  // partition, durable name, tethered (default) ...
@@ -123,8 +187,6 @@ struct HandlerStats {
   uint64_t lapped = 0;      // untethered: messages lost to the producer overtaking
   uint64_t duplicates = 0;  // dedup: messages released without calling the handler
 };
-
-using HandlerFn = std::function<Outcome(const View&)>;
 
 class HandlerRunner {
  public:
@@ -163,6 +225,35 @@ class HandlerRunner {
   HandlerStats stats_;
   uint64_t rng_;
   std::vector<std::byte> copy_;  // untethered: the message, copied before the handler runs
+};
+
+// A worker pool across partitions: one HandlerRunner per partition, each on its own
+// thread (order is per partition, as for one runner; in flight at most one message
+// per partition, held in its ring: no queue). The handler and its layers are called
+// from every thread at once: they must be thread-safe. A durable subscriber name
+// (opts.subscriber.name) is per partition already. opts.dedup must be null (a window
+// belongs to one partition: run HandlerRunners with a window each instead), and
+// opts.subscriber.partition is ignored.
+class HandlerPool {
+ public:
+  // partitions: which to run ({}: every partition of the topic).
+  HandlerPool(Bus& bus, const std::string& topic, HandlerFn fn, HandlerOptions opts = {},
+              std::vector<uint32_t> partitions = {});
+  ~HandlerPool();
+  HandlerPool(const HandlerPool&) = delete;
+  HandlerPool& operator=(const HandlerPool&) = delete;
+
+  // Runs every partition's runner on its own thread until stop() is true (called from
+  // every thread: make it cheap and thread-safe, e.g. an atomic), then joins them. The
+  // first exception a runner throws stops the others and is rethrown here.
+  void run(const std::function<bool()>& stop);
+  size_t size() const { return runners_.size(); }
+  HandlerRunner& runner(size_t i) { return *runners_[i]; }
+  // Sum over the runners (read it after run() returned).
+  HandlerStats stats() const;
+
+ private:
+  std::vector<std::unique_ptr<HandlerRunner>> runners_;
 };
 
 }  // namespace shmbus
