@@ -49,6 +49,11 @@ type PublisherOptions struct {
 	// message). Always off on multi-producer topics, where a pre-claimed frame
 	// would hold back readers of the other producers' later frames.
 	DisablePipelining bool
+	// Schema, when set, is presented to the daemon's schema registry before the
+	// partition is opened (Bus.RegisterSchema): a new compatible version is stored,
+	// an incompatible one makes the open fail with ErrIncompatible naming the type,
+	// the field and the rule. Build it with SchemaOf from generated code.
+	Schema *Schema
 }
 
 // Publisher writes messages into one partition of a topic. Use it from one
@@ -106,6 +111,11 @@ func (b *Bus) Publisher(topic string, opts *PublisherOptions) (*Publisher, error
 	co.block_timeout_ns = 0
 	if o.OpenTimeout > 0 {
 		co.open_timeout_ms = C.int32_t(o.OpenTimeout.Milliseconds())
+	}
+	if o.Schema != nil {
+		if _, err := presentSchema(bh, topic, o.Schema, 0); err != nil {
+			return nil, err
+		}
 	}
 	cn := C.CString(topic)
 	defer C.free(unsafe.Pointer(cn))

@@ -30,7 +30,11 @@ type SubscriberOptions struct {
 	// Name makes the subscriber durable: closing parks its slot under the name
 	// and a subscriber opening with the same name resumes after the last
 	// release (durable resume records need the daemon: Connect/OpenEmbedded).
-	Name        string
+	Name string
+	// Schema, when set, is checked by the daemon's schema registry against the
+	// topic's stored versions before the partition is opened (never stored): an
+	// incompatible one makes the open fail with ErrIncompatible naming the field.
+	Schema      *Schema
 	Wait        WaitStrategy
 	Spin        time.Duration // hybrid: spin this long before sleeping (0: 20 µs)
 	OpenTimeout time.Duration // wait for a topic being created (0: 5 s)
@@ -124,6 +128,11 @@ func (b *Bus) Subscriber(topic string, opts *SubscriberOptions) (*Subscriber, er
 		cname := C.CString(o.Name)
 		defer C.free(unsafe.Pointer(cname))
 		co.name = cname
+	}
+	if o.Schema != nil {
+		if _, err := presentSchema(bh, topic, o.Schema, C.SHMBUS_SCHEMA_SUBSCRIBER); err != nil {
+			return nil, err
+		}
 	}
 	cn := C.CString(topic)
 	defer C.free(unsafe.Pointer(cn))

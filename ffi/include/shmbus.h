@@ -160,6 +160,24 @@ SHMBUS_API int shmbus_topic_create_durable(shmbus_bus_t* bus, const char* topic,
 SHMBUS_API int shmbus_topic_describe_durable(shmbus_bus_t* bus, const char* topic,
                                              shmbus_durable_config_t* out);
 
+/* ---- schema registry (symbol version SHMBUS_1.5) --------------------------------
+ * Presents a compiled Cap'n Proto schema for `topic` to shmbusd (docs/messaging.md,
+ * "Schema registry"): `nodes` is one serialized Cap'n Proto message (standard framing)
+ * whose root is a schema.capnp CodeGeneratorRequest holding the node of the struct
+ * `root_id` and of every struct and enum its fields use; what `capnp compile -o-`
+ * writes, or Go's schemas.Find(id), is accepted (at most 128 KiB). As a publisher
+ * (flags 0) a new compatible version is stored; as a subscriber
+ * (SHMBUS_SCHEMA_SUBSCRIBER) it is checked and never stored; SHMBUS_SCHEMA_CHECK_ONLY
+ * checks without storing. *version (may be NULL) is the version number the schema
+ * is or would be. SHMBUS_E_INCOMPATIBLE when refused (shmbus_last_error() names the
+ * type, the field and the rule), SHMBUS_E_INVALID_ARGUMENT for malformed nodes,
+ * SHMBUS_E_NOT_FOUND for no such topic (or no access), SHMBUS_E_UNSUPPORTED on a bus
+ * without a daemon. Bindings call it before opening a publisher or subscriber. */
+#define SHMBUS_SCHEMA_CHECK_ONLY 1u
+#define SHMBUS_SCHEMA_SUBSCRIBER 2u
+SHMBUS_API int shmbus_register_schema(shmbus_bus_t* bus, const char* topic, uint64_t root_id,
+                                      const void* nodes, size_t len, uint32_t flags, uint32_t* version);
+
 /* ---- publisher ---------------------------------------------------------- */
 typedef struct shmbus_publisher_options {
   uint32_t size;            /* set by _init */

@@ -488,6 +488,36 @@ int shmbus_topic_describe_durable(shmbus_bus_t* bus, const char* topic, shmbus_d
   SHIM_END("shmbus_topic_describe_durable")
 }
 
+int shmbus_register_schema(shmbus_bus_t* bus, const char* topic, uint64_t root_id, const void* nodes,
+                           size_t len, uint32_t flags, uint32_t* version) {
+  if (!bus || !topic || (!nodes && len))
+    return invalid("shmbus_register_schema: ", "bus, topic or nodes is NULL");
+  if (flags & ~uint32_t(SHMBUS_SCHEMA_CHECK_ONLY | SHMBUS_SCHEMA_SUBSCRIBER))
+    return invalid("shmbus_register_schema: ", "unknown flags");
+  if (root_id == 0) return invalid("shmbus_register_schema: ", "root_id is 0");
+  if (len == 0) return invalid("shmbus_register_schema: ", "no schema nodes (len 0)");
+  if (len > shmbus::kMaxSchemaBytes)
+    return invalid("shmbus_register_schema: ", ("schema nodes of " + std::to_string(len) +
+                                                " bytes: at most " + std::to_string(shmbus::kMaxSchemaBytes))
+                                                   .c_str());
+  SHIM_BEGIN
+  const std::string t = topic;
+  if (!shmbus::valid_topic_name(t))
+    return invalid("shmbus_register_schema: ", ("invalid topic name '" + t + "'").c_str());
+  if (!bus->daemon)
+    return fail(SHMBUS_E_UNSUPPORTED, "shmbus_register_schema: ",
+                "the schema registry is shmbusd's: connect (shmbus_bus_connect) or open an embedded daemon");
+  shmbus::SchemaNodes n;
+  n.root_id = root_id;
+  n.bytes.assign(static_cast<const uint8_t*>(nodes), static_cast<const uint8_t*>(nodes) + len);  // one copy
+  const uint32_t v = bus->bus.provider().register_schema(
+      t, n, (flags & SHMBUS_SCHEMA_SUBSCRIBER) ? shmbus::Role::subscriber : shmbus::Role::publisher,
+      (flags & SHMBUS_SCHEMA_CHECK_ONLY) != 0);
+  if (version) *version = v;
+  return SHMBUS_OK;
+  SHIM_END("shmbus_register_schema")
+}
+
 int shmbus_topic_remove(shmbus_bus_t* bus, const char* topic) {
   if (!bus || !topic) return invalid("shmbus_topic_remove: ", "bus or topic is NULL");
   SHIM_BEGIN
