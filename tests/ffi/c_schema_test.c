@@ -74,7 +74,8 @@ int main(int argc, char** argv) {
   CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v1, 0, 0, &ver), SHMBUS_E_INVALID_ARGUMENT);
   CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", 0, v1, n1, 0, &ver), SHMBUS_E_INVALID_ARGUMENT);
   CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v1, n1, 4, &ver), SHMBUS_E_INVALID_ARGUMENT);
-  CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v1, 200 * 1024, 0, &ver), SHMBUS_E_INVALID_ARGUMENT);
+  CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v1, 200 * 1024, 0, &ver),
+           SHMBUS_E_INVALID_ARGUMENT);
   CHECK_RC(shmbus_register_schema(bus, "bad name!", kQuote, v1, n1, 0, &ver), SHMBUS_E_INVALID_ARGUMENT);
   CHECK_RC(shmbus_register_schema(bus, "mkt.none", kQuote, v1, n1, 0, &ver), SHMBUS_E_NOT_FOUND);
   CHECK(ver == 99);
@@ -82,11 +83,13 @@ int main(int argc, char** argv) {
   /* ---- v1 stored, the evolution is version 2, v1 again is version 1 ---- */
   CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v1, n1, 0, &ver), SHMBUS_OK);
   CHECK(ver == 1);
-  CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v2, n2, SHMBUS_SCHEMA_CHECK_ONLY, &ver), SHMBUS_OK);
+  CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v2, n2, SHMBUS_SCHEMA_CHECK_ONLY, &ver),
+           SHMBUS_OK);
   CHECK(ver == 2);
   CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v2, n2, 0, &ver), SHMBUS_OK);
   CHECK(ver == 2);
-  CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v1, n1, SHMBUS_SCHEMA_SUBSCRIBER, &ver), SHMBUS_OK);
+  CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v1, n1, SHMBUS_SCHEMA_SUBSCRIBER, &ver),
+           SHMBUS_OK);
   CHECK(ver == 1);
 
   /* ---- the broken one: refused with the field and the rule, every way ---- */
@@ -112,7 +115,8 @@ int main(int argc, char** argv) {
     CHECK(rc == SHMBUS_OK || rc == SHMBUS_E_INVALID_ARGUMENT || rc == SHMBUS_E_INCOMPATIBLE);
     free(m);
   }
-  CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v2, n2, SHMBUS_SCHEMA_CHECK_ONLY, &ver), SHMBUS_OK);
+  CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v2, n2, SHMBUS_SCHEMA_CHECK_ONLY, &ver),
+           SHMBUS_OK);
   CHECK(ver == 2);
 
   shmbus_bus_close(bus);

@@ -53,6 +53,10 @@ pub const SHMBUS_START_TIME: u32 = 3;
 pub const SHMBUS_FLUSH_NONE: u32 = 0;
 pub const SHMBUS_FLUSH_INTERVAL: u32 = 1;
 pub const SHMBUS_FLUSH_BATCH: u32 = 2;
+/// `shmbus_register_schema` flag: check only, store nothing (SHMBUS_1.5).
+pub const SHMBUS_SCHEMA_CHECK_ONLY: u32 = 1;
+/// `shmbus_register_schema` flag: present as a subscriber (checked, never stored).
+pub const SHMBUS_SCHEMA_SUBSCRIBER: u32 = 2;
 
 pub const SHMBUS_ENVELOPE_SCHEMA_ID: u64 = 0xe8ba_f312_b14f_45c0;
 pub const SHMBUS_MAX_REPLY_TO: usize = 255;
@@ -402,6 +406,16 @@ extern "C" {
         bus: *mut shmbus_bus_t,
         topic: *const c_char,
         out: *mut shmbus_durable_config_t,
+    ) -> c_int;
+    // ---- schema registry (SHMBUS_1.5) ----
+    pub fn shmbus_register_schema(
+        bus: *mut shmbus_bus_t,
+        topic: *const c_char,
+        root_id: u64,
+        nodes: *const std::ffi::c_void,
+        len: usize,
+        flags: u32,
+        version: *mut u32,
     ) -> c_int;
     pub fn shmbus_publisher_wait_durable(
         publisher: *mut shmbus_publisher_t,

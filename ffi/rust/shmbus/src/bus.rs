@@ -398,6 +398,10 @@ impl Bus {
         Ok(TopicConfig::from_raw(&raw))
     }
 
+    pub(crate) fn handle(&self) -> &BusHandle {
+        &self.inner
+    }
+
     /// Opens a publisher on `topic`.
     pub fn publisher(&self, topic: &str, opts: &PublisherOptions) -> Result<Publisher> {
         Publisher::open(self.inner.clone(), topic, opts)

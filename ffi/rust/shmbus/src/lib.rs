@@ -45,6 +45,7 @@ mod error;
 mod group;
 mod interrupt;
 mod publisher;
+mod schema;
 mod subscriber;
 
 #[cfg(feature = "tokio")]
@@ -58,6 +59,7 @@ pub use interrupt::Interrupter;
 pub use publisher::{
     Claim, Committed, MessageClaim, Publisher, PublisherOptions, PublisherStats, RingAllocator,
 };
+pub use schema::Schema;
 pub use subscriber::{
     default_reader_options, Batch, BatchIter, Message, MessageReader, Start, Subscriber,
     SubscriberOptions, SubscriberStats, View,

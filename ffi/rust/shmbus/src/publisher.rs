@@ -25,6 +25,11 @@ pub struct PublisherOptions {
     pub block_timeout: Duration,
     /// How long to wait for a topic that is being created.
     pub open_timeout: Duration,
+    /// Presented to the daemon's schema registry before the partition is opened
+    /// ([`crate::Bus::register_schema`]): a new compatible version is stored, an
+    /// incompatible one makes the open fail with [`Error::Incompatible`] naming the
+    /// type, the field and the rule. Build it with [`crate::Schema::of`].
+    pub schema: Option<crate::Schema>,
 }
 
 impl Default for PublisherOptions {
@@ -38,6 +43,7 @@ impl Default for PublisherOptions {
             wait: WaitStrategy::from_raw(raw.wait),
             block_timeout: Duration::from_nanos(raw.block_timeout_ns.max(0) as u64),
             open_timeout: Duration::from_millis(raw.open_timeout_ms.max(0) as u64),
+            schema: None,
         }
     }
 }
@@ -109,6 +115,9 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     pub(crate) fn open(bus: Arc<BusHandle>, topic: &str, opts: &PublisherOptions) -> Result<Self> {
+        if let Some(schema) = &opts.schema {
+            crate::schema::present(&bus, topic, schema, 0)?;
+        }
         let t = cstring(topic)?;
         let raw_opts = opts.to_raw();
         let mut out: *mut sys::shmbus_publisher_t = ptr::null_mut();

@@ -58,6 +58,11 @@ pub struct SubscriberOptions {
     pub start: Start,
     /// Durable subscriber name.
     pub name: Option<String>,
+    /// Checked by the daemon's schema registry against the topic's stored versions
+    /// before the partition is opened (never stored): an incompatible one makes the
+    /// open fail with [`Error::Incompatible`] naming the field. See
+    /// [`crate::Schema::of`].
+    pub schema: Option<crate::Schema>,
 }
 
 impl Default for SubscriberOptions {
@@ -78,6 +83,7 @@ impl Default for SubscriberOptions {
                 _ => Start::Latest,
             },
             name: None,
+            schema: None,
         }
     }
 }
@@ -132,6 +138,9 @@ impl std::fmt::Debug for Subscriber {
 
 impl Subscriber {
     pub(crate) fn open(bus: Arc<BusHandle>, topic: &str, opts: &SubscriberOptions) -> Result<Self> {
+        if let Some(schema) = &opts.schema {
+            crate::schema::present(&bus, topic, schema, sys::SHMBUS_SCHEMA_SUBSCRIBER)?;
+        }
         let t = cstring(topic)?;
         let name: Option<CString> = opts.name.as_deref().map(cstring).transpose()?;
         let mut raw = sys::shmbus_subscriber_options_t::default();
