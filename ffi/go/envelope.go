@@ -187,6 +187,7 @@ func (v *View) Envelope() (*Envelope, View, error) {
 	if v == nil || v.ptr == nil {
 		return nil, View{}, &Error{Code: CodeInvalidArgument, Msg: "Envelope: not a polled view"}
 	}
+	v.mustLive("Envelope")
 	if v.SchemaID != EnvelopeSchemaID {
 		return nil, *v, nil
 	}
@@ -225,5 +226,11 @@ func (v *View) Envelope() (*Envelope, View, error) {
 	}
 	var pv View
 	toView(&s.out, &pv)
+	if v.dbg != nil {
+		// Debug views: the payload view lies in the frame's pages, released with it.
+		off := uintptr(pv.ptr) - uintptr(v.ptr)
+		pv.Data = v.Data[off : off+uintptr(len(pv.Data)) : off+uintptr(len(pv.Data))]
+		pv.dbg = v.dbg
+	}
 	return e, pv, nil
 }

@@ -62,6 +62,7 @@ type View struct {
 	NextPosition uint64 // release token
 
 	ptr unsafe.Pointer // C pointer of Data (also for empty payloads)
+	dbg *debugView     // SHMBUS_DEBUG_VIEWS only (debugviews.go)
 }
 
 // Subscriber reads one partition of a topic. Use it from one goroutine at a
@@ -72,6 +73,7 @@ type Subscriber struct {
 	hmu     sync.Mutex // guards h for Close's interrupt (h is freed under mu and hmu)
 	h       *C.shmbus_subscriber_t
 	cv      []C.shmbus_view_t // C memory: BatchSize views + 1 scratch for Release
+	dbg     debugTracker      // SHMBUS_DEBUG_VIEWS only
 	n       *C.size_t
 	rel     *C.shmbus_view_t
 }
@@ -171,6 +173,9 @@ func (s *Subscriber) Close() error {
 	s.hmu.Lock()
 	C.shmbus_subscriber_close(s.h)
 	s.h = nil
+	if debugViews {
+		s.dbg.releaseUpTo(0, true)
+	}
 	s.hmu.Unlock()
 	C.free(unsafe.Pointer(unsafe.SliceData(s.cv)))
 	C.free(unsafe.Pointer(s.n))
@@ -211,6 +216,9 @@ func (s *Subscriber) TryPoll() (View, error) {
 		return v, err
 	}
 	toView(&s.cv[0], &v)
+	if debugViews {
+		s.dbg.wrap(&v)
+	}
 	return v, nil
 }
 
@@ -237,6 +245,9 @@ func (s *Subscriber) Poll(ctx context.Context) (View, error) {
 		rc := int(C.shmbus_subscriber_poll_wait(s.h, &s.cv[0], timeout))
 		if rc == 0 {
 			toView(&s.cv[0], &v)
+			if debugViews {
+				s.dbg.wrap(&v)
+			}
 			return v, nil
 		}
 		if rc != CodeTimedOut && rc != CodeInterrupted {
@@ -302,6 +313,9 @@ func (s *Subscriber) pollBatch(ctx context.Context, views []View, wait bool) (in
 			n := int(*s.n)
 			for i := 0; i < n; i++ {
 				toView(&s.cv[i], &views[i])
+				if debugViews {
+					s.dbg.wrap(&views[i])
+				}
 			}
 			return n, nil
 		}
@@ -333,6 +347,9 @@ func (s *Subscriber) Release(v *View) error {
 	s.rel.position = C.uint64_t(v.Position)
 	s.rel.next_position = C.uint64_t(v.NextPosition)
 	s.rel.sequence = C.uint64_t(v.Sequence) // a replaying subscriber releases by sequence
+	if debugViews {
+		s.dbg.releaseUpTo(v.Sequence, false)
+	}
 	return codeError(int(C.shmbus_subscriber_release(s.h, s.rel)))
 }
 
@@ -363,6 +380,9 @@ func (s *Subscriber) ReleaseAll() error {
 	defer s.mu.Unlock()
 	if err := s.check(); err != nil {
 		return err
+	}
+	if debugViews {
+		s.dbg.releaseUpTo(0, true)
 	}
 	return codeError(int(C.shmbus_subscriber_release_all(s.h)))
 }
@@ -412,6 +432,7 @@ type Reader struct {
 // Read returns the Cap'n Proto message in v, over the ring bytes. ErrMalformed
 // when the segment table does not fit the payload.
 func (r *Reader) Read(v *View) (*capnp.Message, error) {
+	v.mustLive("Reader.Read")
 	seg0, count, err := firstSegment(v.Data)
 	if err != nil {
 		return nil, err
