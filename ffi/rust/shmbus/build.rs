@@ -1,4 +1,5 @@
-//! Generates Rust code for `lib/schema/market.capnp` (capnpc runs the `capnp` tool,
+//! Generates Rust code for `lib/schema/market.capnp` and `lib/schema/envelope.capnp`
+//! (the handler runner's `DeadLetter`; capnpc runs the `capnp` tool,
 //! installed by tools/setup) and adds an rpath to the C ABI library for this crate's
 //! tests, examples and binaries (see shmbus-sys/build.rs for how it is found).
 use std::env;
@@ -7,16 +8,16 @@ use std::path::PathBuf;
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let schema_dir = manifest.join("../../../lib/schema");
-    println!(
-        "cargo:rerun-if-changed={}",
-        schema_dir.join("market.capnp").display()
-    );
+    for f in ["market.capnp", "envelope.capnp"] {
+        println!("cargo:rerun-if-changed={}", schema_dir.join(f).display());
+    }
     capnpc::CompilerCommand::new()
         .src_prefix(&schema_dir)
         .file(schema_dir.join("market.capnp"))
+        .file(schema_dir.join("envelope.capnp"))
         .run()
         .expect(
-            "capnp compile of lib/schema/market.capnp (is the capnp tool installed? tools/setup)",
+            "capnp compile of lib/schema/{market,envelope}.capnp (is the capnp tool installed? tools/setup)",
         );
     if let Ok(dir) = env::var("DEP_SHMBUS_LIB_DIR") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");

@@ -46,6 +46,17 @@ pub struct OwnedMessage {
 }
 
 impl OwnedMessage {
+    /// A copy of `m` (payload and header fields).
+    pub(crate) fn copy_of(m: &crate::Message<'_>) -> OwnedMessage {
+        OwnedMessage {
+            data: m.data().to_vec(),
+            sequence: m.sequence(),
+            message_id: m.message_id(),
+            schema_id: m.schema_id(),
+            producer_id: m.producer_id(),
+            timestamp_ns: m.timestamp_ns(),
+        }
+    }
     /// The payload bytes.
     pub fn data(&self) -> &[u8] {
         &self.data

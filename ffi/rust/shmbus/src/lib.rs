@@ -43,6 +43,9 @@ mod dedup;
 mod envelope;
 mod error;
 mod group;
+pub mod handler;
+#[cfg(feature = "tokio")]
+mod handler_async;
 mod interrupt;
 mod publisher;
 mod schema;
@@ -55,6 +58,10 @@ pub use dedup::{DedupStats, DedupWindow};
 pub use envelope::{Envelope, Enveloped, TraceContext, ENVELOPE_SCHEMA_ID};
 pub use error::{check, last_error, strerror, Detail, Error, Result};
 pub use group::{GroupOptions, GroupStats, GroupSubscriber, GroupView};
+pub use handler::{
+    BreakerPolicy, BreakerState, CircuitBreaker, HandlerBuilder, HandlerOptions, HandlerRunner,
+    HandlerStats, Layer, Outcome, RetryPolicy, WorkerPool,
+};
 pub use interrupt::Interrupter;
 pub use publisher::{
     Claim, Committed, MessageClaim, Publisher, PublisherOptions, PublisherStats, RingAllocator,
@@ -78,6 +85,13 @@ pub fn abi_version() -> u32 {
 #[allow(clippy::all, clippy::pedantic, missing_docs, unused, unsafe_code)]
 pub mod market_capnp {
     include!(concat!(env!("OUT_DIR"), "/market_capnp.rs"));
+}
+
+/// Generated from `lib/schema/envelope.capnp` (`DeadLetter`, `RetrySpec`,
+/// `Envelope`, `TraceContext`): what the handler runner writes to `<topic>.dlq`.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unused, unsafe_code)]
+pub mod envelope_capnp {
+    include!(concat!(env!("OUT_DIR"), "/envelope_capnp.rs"));
 }
 
 /// Compile-time guarantees, checked by `cargo test` (doctests).

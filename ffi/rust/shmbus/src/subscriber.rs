@@ -277,7 +277,31 @@ impl Subscriber {
         })
     }
 
-    fn release_raw(&mut self, v: &sys::shmbus_view_t) -> Result<()> {
+    /// The next message as the raw view, waiting up to `timeout`; the caller
+    /// releases it with `release_raw` (the handler runner: it holds a message across
+    /// retries and may leave it unreleased).
+    pub(crate) fn poll_wait_raw(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<sys::shmbus_view_t>> {
+        let mut v = sys::shmbus_view_t::default();
+        // SAFETY: raw is live and exclusively ours; v is writable.
+        let rc = unsafe {
+            sys::shmbus_subscriber_poll_wait(self.raw.as_ptr(), &mut v, timeout_ns(timeout))
+        };
+        match rc {
+            sys::SHMBUS_OK => Ok(Some(v)),
+            sys::SHMBUS_E_TIMED_OUT | sys::SHMBUS_E_EMPTY => Ok(None),
+            rc => Err(Error::from_code(rc)),
+        }
+    }
+
+    /// The raw handle (for a [`Message`] over a view from `poll_wait_raw`).
+    pub(crate) fn raw_handle(&self) -> NonNull<sys::shmbus_subscriber_t> {
+        self.raw
+    }
+
+    pub(crate) fn release_raw(&mut self, v: &sys::shmbus_view_t) -> Result<()> {
         // SAFETY: raw is live and exclusively ours; v is a view it handed out.
         check(unsafe { sys::shmbus_subscriber_release(self.raw.as_ptr(), v) })
     }
@@ -306,6 +330,15 @@ pub struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
+    /// A message over `raw`, a view polled from `sub` and not released while `'a`
+    /// lasts (or a copy of one: then `data` points into the copy).
+    pub(crate) fn from_raw(
+        raw: &'a sys::shmbus_view_t,
+        sub: NonNull<sys::shmbus_subscriber_t>,
+    ) -> Message<'a> {
+        Message { raw, sub }
+    }
+
     /// The payload bytes, in place in the ring.
     pub fn data(&self) -> &'a [u8] {
         if self.raw.data.is_null() || self.raw.size == 0 {
