@@ -814,15 +814,19 @@ fn a_worker_pool_keeps_each_partitions_order() {
     const PER: u64 = 2000;
     let seen: Arc<Mutex<HashMap<u32, Vec<u64>>>> = Arc::default();
     let total = Arc::new(AtomicU64::new(0));
+    let want_calls = 4 * (PER + PER / 97);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
     let pool = WorkerPool::spawn(&t.bus, topic, |p| {
-        let (s, tot) = (seen.clone(), total.clone());
+        let (s, tot, done) = (seen.clone(), total.clone(), done_tx.clone());
         let mut o = HandlerOptions::default();
         FakeTime::new().apply(&mut o);
         let h = move |m: &Message<'_>| {
-            let i = u64_of(m.data());
+            let i = u64_of(m.data()); // partition * 1 000 000 + index
             s.lock().unwrap().entry(p).or_default().push(i);
-            tot.fetch_add(1, Ordering::SeqCst);
-            if i % 97 == 0 && s.lock().unwrap()[&p].iter().filter(|&&x| x == i).count() == 1 {
+            if tot.fetch_add(1, Ordering::SeqCst) + 1 == want_calls {
+                let _ = done.send(());
+            }
+            if i % 1_000_000 % 97 == 0 && s.lock().unwrap()[&p].iter().filter(|&&x| x == i).count() == 1 {
                 return Outcome::retry("once", 0, None);
             }
             Outcome::ack()
@@ -836,19 +840,17 @@ fn a_worker_pool_keeps_each_partitions_order() {
         threads.push(std::thread::spawn(move || {
             let mut p = bus.publisher(topic, &PublisherOptions { partition: part, ..Default::default() }).unwrap();
             for i in 1..=PER {
-                p.offer(&i.to_le_bytes(), i, 0).unwrap();
+                let v = u64::from(part) * 1_000_000 + i;
+                p.offer(&v.to_le_bytes(), i, 0).unwrap();
             }
         }));
     }
     for th in threads {
         th.join().unwrap();
     }
-    let want_calls = 4 * (PER + PER / 97);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while total.load(Ordering::SeqCst) < want_calls {
-        assert!(std::time::Instant::now() < deadline, "{} of {want_calls}", total.load(Ordering::SeqCst));
-        std::thread::sleep(Duration::from_millis(5)); // polling a counter, not synchronising
-    }
+    done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{} of {want_calls} calls in 60 s", total.load(Ordering::SeqCst)));
     let stats = pool.join();
     assert_eq!(stats.len(), 4);
     for (p, s) in stats {
@@ -856,12 +858,13 @@ fn a_worker_pool_keeps_each_partitions_order() {
         assert_eq!((s.acked, s.retries), (PER, PER / 97), "partition {p}");
         let mut want = Vec::new();
         for i in 1..=PER {
-            want.push(i);
+            let v = u64::from(p) * 1_000_000 + i;
+            want.push(v);
             if i % 97 == 0 {
-                want.push(i);
+                want.push(v);
             }
         }
-        assert!(seen.lock().unwrap()[&p] == want, "partition {p} in order");
+        assert!(seen.lock().unwrap()[&p] == want, "partition {p}: its own messages, in order");
     }
 }
 
