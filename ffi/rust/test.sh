@@ -2,6 +2,7 @@
 # Builds and tests the Rust binding; called by tools/test as `ffi/rust/test.sh <results-dir>`.
 #   - builds the C ABI library (libshmbus_c) with meson in $BUILD_DIR (default <repo>/build)
 #     when it is missing, and links the crates against it (SHMBUS_LIB_DIR=$BUILD_DIR/ffi);
+#     builds shmbusd and tools/shmbus there too (SHMBUSD, SHMBUS_CLI: the handler tests);
 #   - cargo test --no-fail-fast (all crates, doctests included: a failing test binary
 #     does not hide the ones after it), cargo clippy --all-targets -D warnings, and the
 #     quickstart example of docs/bindings-rust.md;
@@ -62,6 +63,13 @@ if ! meson compile -C "$BUILD_DIR" shmbus_c >>"$log" 2>&1; then
   tail -30 "$log"; echo "rust: building libshmbus_c failed"; failed=$((failed + 1)); finish
 fi
 export SHMBUS_LIB_DIR=$BUILD_DIR/ffi
+# tests/handler.rs runs real shmbusd processes and reads dead letters with the C++ tool
+# (without them those tests fail).
+if meson compile -C "$BUILD_DIR" daemon/shmbusd tools/shmbus >>"$log" 2>&1; then
+  export SHMBUSD=$BUILD_DIR/daemon/shmbusd SHMBUS_CLI=$BUILD_DIR/tools/shmbus
+else
+  tail -30 "$log"; echo "rust: building shmbusd and tools/shmbus failed"; failed=$((failed + 1))
+fi
 cd "$here"
 
 # ---- cargo test --------------------------------------------------------------------

@@ -704,7 +704,9 @@ impl<H: Handler, F: Fn(&AttemptRecord<'_>)> Handler for Trace<H, F> {
 fn mono_ns() -> i64 {
     let mut ts = sys_timespec();
     // SAFETY: ts is a valid, writable timespec.
-    unsafe { clock_gettime(1 /* CLOCK_MONOTONIC */, &mut ts) };
+    unsafe {
+        clock_gettime(1 /* CLOCK_MONOTONIC */, &mut ts)
+    };
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
@@ -980,7 +982,10 @@ impl<H: Handler> HandlerRunner<H> {
             match self.bus.describe_topic(&self.dlq_topic) {
                 Ok(_) => {}
                 Err(Error::NotFound(_)) => {
-                    match self.bus.create_topic(&self.dlq_topic, &self.opts.dlq_config) {
+                    match self
+                        .bus
+                        .create_topic(&self.dlq_topic, &self.opts.dlq_config)
+                    {
                         Ok(()) | Err(Error::AlreadyExists(_)) => {} // made meanwhile by another runner
                         Err(e) => return Err(e),
                     }

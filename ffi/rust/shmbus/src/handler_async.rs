@@ -216,9 +216,9 @@ where
                 };
                 let mut res = Ok(());
                 while !stop.load(Ordering::Acquire) {
-                    if let Err(e) = runner.step(Duration::from_millis(10), &|| {
-                        stop.load(Ordering::Acquire)
-                    }) {
+                    if let Err(e) =
+                        runner.step(Duration::from_millis(10), &|| stop.load(Ordering::Acquire))
+                    {
                         res = Err(e);
                         break;
                     }

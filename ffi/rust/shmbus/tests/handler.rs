@@ -40,13 +40,16 @@ struct Daemon {
 fn build_tool(env: &str, rel: &str) -> PathBuf {
     match std::env::var_os(env) {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../build").join(rel),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../build")
+            .join(rel),
     }
 }
 
 impl Daemon {
     fn new(name: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("shmbus-rs-handler-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("shmbus-rs-handler-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let bin = build_tool("SHMBUSD", "daemon/shmbusd");
@@ -70,12 +73,19 @@ impl Daemon {
                     if let Some(st) = child.try_wait().unwrap() {
                         panic!("shmbusd exited: {st}");
                     }
-                    assert!(t0.elapsed() < Duration::from_secs(10), "shmbusd not up: {e}");
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(10),
+                        "shmbusd not up: {e}"
+                    );
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
         };
-        Daemon { bus: std::mem::ManuallyDrop::new(bus), dir, child }
+        Daemon {
+            bus: std::mem::ManuallyDrop::new(bus),
+            dir,
+            child,
+        }
     }
     fn socket(&self) -> PathBuf {
         self.dir.join("shmbusd.sock")
@@ -160,14 +170,24 @@ fn policies() -> [RetryPolicy; 3] {
 fn backoff_is_the_cxx_formula_with_jitter_in_bounds() {
     let d = RetryPolicy::default();
     assert_eq!(
-        (d.max_attempts, d.initial_backoff_ns, d.max_backoff_ns, d.multiplier, d.jitter),
+        (
+            d.max_attempts,
+            d.initial_backoff_ns,
+            d.max_backoff_ns,
+            d.multiplier,
+            d.jitter
+        ),
         (5, 1_000_000, 1_000_000_000, 2.0, 0.2),
         "the C++ defaults"
     );
     let ps = policies();
     assert_eq!(CXX_BACKOFF.len(), 120);
     for &(p, a, rnd, want) in CXX_BACKOFF {
-        assert_eq!(ps[p].backoff_ns(a, rnd), want, "policy {p} attempt {a} rnd {rnd:#x}");
+        assert_eq!(
+            ps[p].backoff_ns(a, rnd),
+            want,
+            "policy {p} attempt {a} rnd {rnd:#x}"
+        );
     }
     // Jitter bounds over many draws: within [base(1-j), base(1+j)], both ends reached.
     let mut x = 0x9e3779b97f4a7c15u64;
@@ -175,19 +195,29 @@ fn backoff_is_the_cxx_formula_with_jitter_in_bounds() {
         let j = pol.jitter.clamp(0.0, 1.0);
         for a in 2..=12u32 {
             let m = pol.multiplier.max(1.0);
-            let base = (pol.initial_backoff_ns as f64 * m.powi(a as i32 - 2)).min(pol.max_backoff_ns as f64);
+            let base = (pol.initial_backoff_ns as f64 * m.powi(a as i32 - 2))
+                .min(pol.max_backoff_ns as f64);
             let (mut lo, mut hi) = (f64::MAX, 0f64);
             for _ in 0..20_000 {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 let b = pol.backoff_ns(a, x) as f64;
-                assert!(b >= (base * (1.0 - j)).floor() && b <= base * (1.0 + j), "policy {p} attempt {a}: {b} vs base {base}");
+                assert!(
+                    b >= (base * (1.0 - j)).floor() && b <= base * (1.0 + j),
+                    "policy {p} attempt {a}: {b} vs base {base}"
+                );
                 lo = lo.min(b);
                 hi = hi.max(b);
             }
-            assert!(lo < base * (1.0 - j) + base * j * 0.01 + 1.0, "policy {p} attempt {a}: low end {lo} not reached (base {base})");
-            assert!(hi > base * (1.0 + j) - base * j * 0.01 - 1.0, "policy {p} attempt {a}: high end {hi} not reached");
+            assert!(
+                lo < base * (1.0 - j) + base * j * 0.01 + 1.0,
+                "policy {p} attempt {a}: low end {lo} not reached (base {base})"
+            );
+            assert!(
+                hi > base * (1.0 + j) - base * j * 0.01 - 1.0,
+                "policy {p} attempt {a}: high end {hi} not reached"
+            );
         }
     }
 }
@@ -196,7 +226,9 @@ fn backoff_is_the_cxx_formula_with_jitter_in_bounds() {
 fn the_runners_waits_are_the_cxx_runners_for_the_same_seed() {
     // The C++ HandlerRunner with seed 42, max_attempts 8, a handler that always
     // retries: the waits its injected sleep saw (attempts 2..8).
-    const CXX_WAITS: [i64; 7] = [935634, 2225804, 4464219, 9420936, 17692119, 36297470, 56428024];
+    const CXX_WAITS: [i64; 7] = [
+        935634, 2225804, 4464219, 9420936, 17692119, 36297470, 56428024,
+    ];
     let t = TestBus::new("hseed");
     let topic = t.topic("t", 1 << 16, Policy::Block);
     let ft = FakeTime::new();
@@ -213,7 +245,13 @@ fn the_runners_waits_are_the_cxx_runners_for_the_same_seed() {
         ..Default::default()
     };
     ft.apply(&mut o);
-    let mut r = HandlerRunner::new(&t.bus, &topic, |_m: &Message<'_>| Outcome::retry("no", 0, None), o).unwrap();
+    let mut r = HandlerRunner::new(
+        &t.bus,
+        &topic,
+        |_m: &Message<'_>| Outcome::retry("no", 0, None),
+        o,
+    )
+    .unwrap();
     let mut p = t.bus.publisher(&topic, &Default::default()).unwrap();
     p.offer(b"x", 1, 7).unwrap();
     assert!(r.step(Duration::from_secs(5), &never).unwrap());
@@ -238,12 +276,18 @@ fn breaker_opens_after_n_failures_half_opens_and_closes() {
     b.on_failure(40);
     assert_eq!(b.state(), BreakerState::Closed);
     b.on_failure(50);
-    assert_eq!((b.state(), b.open_until_ns(), b.times_opened()), (BreakerState::Open, 1050, 1));
+    assert_eq!(
+        (b.state(), b.open_until_ns(), b.times_opened()),
+        (BreakerState::Open, 1050, 1)
+    );
     assert!(!b.allow(1049));
     assert!(b.allow(1050));
     assert_eq!(b.state(), BreakerState::HalfOpen);
     b.on_failure(1060); // a failed trial re-opens it at once
-    assert_eq!((b.state(), b.open_until_ns(), b.times_opened()), (BreakerState::Open, 2060, 2));
+    assert_eq!(
+        (b.state(), b.open_until_ns(), b.times_opened()),
+        (BreakerState::Open, 2060, 2)
+    );
     assert!(b.allow(2060));
     b.on_success();
     assert_eq!(b.state(), BreakerState::HalfOpen, "two successes needed");
@@ -298,12 +342,20 @@ fn breaker_opens_after_n_failures_half_opens_and_closes() {
     // backoff 100, wait, trial at t0+100+2s acks and closes it.
     assert_eq!(
         *calls.lock().unwrap(),
-        vec![t0, t0 + 100, t0 + 100 + 1_000_000_000, t0 + 100 + 2_000_000_000]
+        vec![
+            t0,
+            t0 + 100,
+            t0 + 100 + 1_000_000_000,
+            t0 + 100 + 2_000_000_000
+        ]
     );
     assert_eq!(ft.sleeps(), vec![100, 100, 999_999_900, 100, 999_999_900]);
     assert_eq!(r.breaker().state(), BreakerState::Closed);
     assert_eq!(r.breaker().times_opened(), 2);
-    assert_eq!((r.stats().acked, r.stats().retries, r.stats().attempts), (1, 3, 4));
+    assert_eq!(
+        (r.stats().acked, r.stats().retries, r.stats().attempts),
+        (1, 3, 4)
+    );
 }
 
 // ---------------------------------------------------------------- order, panics, timeouts, layers
@@ -342,7 +394,11 @@ fn a_flaky_handler_is_retried_in_order() {
     }
     let mut done = 0;
     while done < 100 {
-        assert!(r.step(Duration::from_secs(5), &never).unwrap(), "message {}", done + 1);
+        assert!(
+            r.step(Duration::from_secs(5), &never).unwrap(),
+            "message {}",
+            done + 1
+        );
         done += 1;
     }
     let mut want = Vec::new();
@@ -353,9 +409,16 @@ fn a_flaky_handler_is_retried_in_order() {
             want.push(i);
         }
     }
-    assert_eq!(*seen.lock().unwrap(), want, "each message's attempts before the next message");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        want,
+        "each message's attempts before the next message"
+    );
     let s = r.stats();
-    assert_eq!((s.handled, s.acked, s.retries, s.dead_lettered), (100, 100, 28, 0));
+    assert_eq!(
+        (s.handled, s.acked, s.retries, s.dead_lettered),
+        (100, 100, 28, 0)
+    );
     // default backoff: 1 ms then 2 ms, jittered within 20 %
     for (k, w) in ft.sleeps().iter().enumerate() {
         let base = if k % 2 == 0 { 1_000_000 } else { 2_000_000 };
@@ -376,14 +439,17 @@ fn a_panic_is_a_retry_and_layers_compose() {
         ..Default::default()
     };
     ft.apply(&mut o);
-    let records: Arc<Mutex<Vec<(u64, Option<TraceContext>, Outcome)>>> = Arc::default();
+    type Records = Arc<Mutex<Vec<(u64, Option<TraceContext>, Outcome)>>>;
+    let records: Records = Arc::default();
     let rec = records.clone();
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
     // trace outermost, then recover: the hook sees the panic as an outcome
     let h = HandlerBuilder::new()
         .layer(TraceLayer::new(move |r: &AttemptRecord<'_>| {
-            rec.lock().unwrap().push((r.sequence, r.trace.clone(), r.outcome.clone()))
+            rec.lock()
+                .unwrap()
+                .push((r.sequence, r.trace.clone(), r.outcome.clone()))
         }))
         .layer(RecoverLayer)
         .layer(TimeoutLayer::new(Duration::from_secs(60)))
@@ -410,10 +476,17 @@ fn a_panic_is_a_retry_and_layers_compose() {
     let recs = records.lock().unwrap().clone();
     assert_eq!(recs.len(), 3, "{recs:?}");
     assert_eq!(recs[0].0, 1);
-    assert_eq!(recs[0].1.as_ref(), Some(&trace), "the trace context of the envelope");
+    assert_eq!(
+        recs[0].1.as_ref(),
+        Some(&trace),
+        "the trace context of the envelope"
+    );
     assert_eq!(recs[0].2, Outcome::retry("panic: boom 1", 0, None));
     assert_eq!(recs[1].2, Outcome::retry("panic: boom 1", 0, None));
-    assert_eq!((recs[2].0, recs[2].1.clone(), recs[2].2.clone()), (2, None, Outcome::ack()));
+    assert_eq!(
+        (recs[2].0, recs[2].1.clone(), recs[2].2.clone()),
+        (2, None, Outcome::ack())
+    );
     assert_eq!((r.stats().dead_lettered, r.stats().acked), (1, 1));
     // the dead letter says why; and without the layer the runner itself recovers
     assert_eq!(next_letter(&mut dlq), ("panic: boom 1".to_string(), 2, 5));
@@ -442,7 +515,14 @@ fn a_panic_is_a_retry_and_layers_compose() {
     };
     p.offer(b"again", 7, 0).unwrap();
     assert!(bare.step(Duration::from_secs(5), &never).unwrap());
-    assert_eq!((bare.stats().panics, bare.stats().retries, bare.stats().acked), (1, 1, 1));
+    assert_eq!(
+        (
+            bare.stats().panics,
+            bare.stats().retries,
+            bare.stats().acked
+        ),
+        (1, 1, 1)
+    );
 }
 
 #[test]
@@ -479,10 +559,25 @@ fn an_attempt_over_its_timeout_fails() {
     p.offer(b"slow", 1, 0).unwrap();
     p.offer(b"once", 2, 0).unwrap();
     assert!(r.step(Duration::from_secs(5), &never).unwrap());
-    assert_eq!((r.stats().dead_lettered, r.stats().timeouts), (1, 2), "an overrun ack is a failure");
-    assert_eq!(next_letter(&mut dlq), ("timeout: attempt took 6000 us (limit 5000 us)".to_string(), 2, 1));
+    assert_eq!(
+        (r.stats().dead_lettered, r.stats().timeouts),
+        (1, 2),
+        "an overrun ack is a failure"
+    );
+    assert_eq!(
+        next_letter(&mut dlq),
+        (
+            "timeout: attempt took 6000 us (limit 5000 us)".to_string(),
+            2,
+            1
+        )
+    );
     assert!(r.step(Duration::from_secs(5), &never).unwrap());
-    assert_eq!((r.stats().acked, r.stats().timeouts), (1, 3), "retried, then in time");
+    assert_eq!(
+        (r.stats().acked, r.stats().timeouts),
+        (1, 3),
+        "retried, then in time"
+    );
 
     // The layer, on the real clock: the work itself takes 30 ms.
     let h = HandlerBuilder::new()
@@ -504,7 +599,10 @@ fn an_attempt_over_its_timeout_fails() {
     assert!(r2.step(Duration::from_secs(5), &never).unwrap());
     assert_eq!((r2.stats().dead_lettered, r2.stats().acked), (1, 0));
     let (why, attempts, id) = next_letter(&mut dlq);
-    assert!(why.starts_with("timeout: attempt took ") && why.ends_with("(limit 10000 us)"), "{why}");
+    assert!(
+        why.starts_with("timeout: attempt took ") && why.ends_with("(limit 10000 us)"),
+        "{why}"
+    );
     assert_eq!((attempts, id), (1, 3));
 }
 
@@ -513,7 +611,14 @@ fn an_attempt_over_its_timeout_fails() {
 /// Creates the dead-letter topic (as the runner would) and a reader of it.
 fn dlq_reader(t: &TestBus, dlq: &str) -> shmbus::Subscriber {
     t.bus
-        .create_topic(dlq, &TopicConfig { capacity: 1 << 20, multi_producer: true, ..Default::default() })
+        .create_topic(
+            dlq,
+            &TopicConfig {
+                capacity: 1 << 20,
+                multi_producer: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     t.bus.subscriber(dlq, &Default::default()).unwrap()
 }
@@ -524,7 +629,11 @@ fn next_letter(sub: &mut shmbus::Subscriber) -> (String, u32, u64) {
     assert_eq!(v.schema_id(), DEAD_LETTER_SCHEMA_ID);
     let rd = v.reader().unwrap();
     let d: dead_letter::Reader = rd.get_root().unwrap();
-    (d.get_message().unwrap().to_string().unwrap(), d.get_attempts(), v.message_id())
+    (
+        d.get_message().unwrap().to_string().unwrap(),
+        d.get_attempts(),
+        v.message_id(),
+    )
 }
 
 fn cli() -> PathBuf {
@@ -538,13 +647,23 @@ fn a_poison_message_is_dead_lettered_while_100000_flow_and_the_cxx_cli_reads_it(
     let d = Daemon::new("poison");
     let topic = "rs.orders";
     d.bus
-        .create_topic(topic, &TopicConfig { capacity: 1 << 20, ..Default::default() })
+        .create_topic(
+            topic,
+            &TopicConfig {
+                capacity: 1 << 20,
+                ..Default::default()
+            },
+        )
         .unwrap();
     // durable, so the CLI reads it from the log whenever it starts
     d.bus
         .create_durable_topic(
             "rs.orders.dlq",
-            &TopicConfig { capacity: 1 << 20, multi_producer: true, ..Default::default() },
+            &TopicConfig {
+                capacity: 1 << 20,
+                multi_producer: true,
+                ..Default::default()
+            },
             &DurableConfig::default(),
         )
         .unwrap();
@@ -557,8 +676,14 @@ fn a_poison_message_is_dead_lettered_while_100000_flow_and_the_cxx_cli_reads_it(
             multiplier: 2.0,
             jitter: 0.1,
         },
-        breaker: BreakerPolicy { failure_threshold: 100, ..Default::default() },
-        subscriber: SubscriberOptions { name: Some("fulfilment".into()), ..Default::default() },
+        breaker: BreakerPolicy {
+            failure_threshold: 100,
+            ..Default::default()
+        },
+        subscriber: SubscriberOptions {
+            name: Some("fulfilment".into()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let acked = Arc::new(Mutex::new(Vec::with_capacity(N as usize)));
@@ -582,7 +707,14 @@ fn a_poison_message_is_dead_lettered_while_100000_flow_and_the_cxx_cli_reads_it(
     let bus = d.bus.clone();
     let producer = std::thread::spawn(move || {
         let mut p = bus
-            .publisher(topic, &PublisherOptions { producer_id: 4242, block_timeout: Duration::from_secs(60), ..Default::default() })
+            .publisher(
+                topic,
+                &PublisherOptions {
+                    producer_id: 4242,
+                    block_timeout: Duration::from_secs(60),
+                    ..Default::default()
+                },
+            )
             .unwrap();
         for i in 1..=N + 1 {
             let mut b = i.to_le_bytes().to_vec();
@@ -592,57 +724,119 @@ fn a_poison_message_is_dead_lettered_while_100000_flow_and_the_cxx_cli_reads_it(
     });
     let mut finished = 0;
     while finished < N + 1 {
-        assert!(r.step(Duration::from_secs(10), &never).unwrap(), "stalled after {finished}");
+        assert!(
+            r.step(Duration::from_secs(10), &never).unwrap(),
+            "stalled after {finished}"
+        );
         finished += 1;
     }
     producer.join().unwrap();
     let want: Vec<u64> = (1..=N + 1).filter(|&i| i != POISON).collect();
     assert!(*acked.lock().unwrap() == want, "the others, in order");
     let s = *r.stats();
-    assert_eq!((s.handled, s.acked, s.dead_lettered, s.attempts, s.retries), (N + 1, N, 1, N + 3, 2));
+    assert_eq!(
+        (s.handled, s.acked, s.dead_lettered, s.attempts, s.retries),
+        (N + 1, N, 1, N + 3, 2)
+    );
     let (seq, ts, payload) = poison_frame.lock().unwrap().clone().unwrap();
 
     // Read back here, with the generated schema.
     let mut sub = d
         .bus
-        .subscriber("rs.orders.dlq", &SubscriberOptions { start: Start::Earliest, ..Default::default() })
+        .subscriber(
+            "rs.orders.dlq",
+            &SubscriberOptions {
+                start: Start::Earliest,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let v = sub.poll_wait(T).unwrap().expect("the dead letter");
-    assert_eq!((v.message_id(), v.schema_id()), (0x1000 + POISON, DEAD_LETTER_SCHEMA_ID));
+    assert_eq!(
+        (v.message_id(), v.schema_id()),
+        (0x1000 + POISON, DEAD_LETTER_SCHEMA_ID)
+    );
     let rd = v.reader().unwrap();
     let dl: dead_letter::Reader = rd.get_root().unwrap();
     assert_eq!(dl.get_code(), 422);
-    assert_eq!(dl.get_message().unwrap().to_str().unwrap(), "cannot parse the order");
+    assert_eq!(
+        dl.get_message().unwrap().to_str().unwrap(),
+        "cannot parse the order"
+    );
     assert_eq!(dl.get_attempts(), 3);
     assert!(dl.get_first_failure_ns() > 0 && dl.get_first_failure_ns() < dl.get_last_failure_ns());
     assert_eq!(dl.get_handler().unwrap().to_str().unwrap(), "fulfilment");
     let rs = dl.get_retry().unwrap();
     assert_eq!(
-        (rs.get_max_attempts(), rs.get_initial_backoff_ns(), rs.get_max_backoff_ns(), rs.get_multiplier(), rs.get_jitter()),
+        (
+            rs.get_max_attempts(),
+            rs.get_initial_backoff_ns(),
+            rs.get_max_backoff_ns(),
+            rs.get_multiplier(),
+            rs.get_jitter()
+        ),
         (3, 1_000_000, 4_000_000, 2.0, 0.1)
     );
     assert_eq!(dl.get_reason().unwrap(), dead_letter::Reason::Exhausted);
     assert_eq!(dl.get_original_topic().unwrap().to_str().unwrap(), topic);
-    assert_eq!((dl.get_partition(), dl.get_sequence(), dl.get_message_id()), (0, seq, 0x1000 + POISON));
-    assert_eq!((dl.get_schema_id(), dl.get_producer_id(), dl.get_timestamp_ns()), (0xabcdef, 4242, ts));
+    assert_eq!(
+        (dl.get_partition(), dl.get_sequence(), dl.get_message_id()),
+        (0, seq, 0x1000 + POISON)
+    );
+    assert_eq!(
+        (
+            dl.get_schema_id(),
+            dl.get_producer_id(),
+            dl.get_timestamp_ns()
+        ),
+        (0xabcdef, 4242, ts)
+    );
     assert_eq!(dl.get_payload().unwrap(), &payload[..]);
     let (first, last) = (dl.get_first_failure_ns(), dl.get_last_failure_ns());
-    drop(rd);
     drop(v);
 
     // And by the C++ CLI.
     let out = std::process::Command::new(cli())
         .arg("--socket")
         .arg(d.socket())
-        .args(["tail", "rs.orders.dlq", "--from", "earliest", "--count", "1"])
+        .args([
+            "tail",
+            "rs.orders.dlq",
+            "--from",
+            "earliest",
+            "--count",
+            "1",
+        ])
         .output()
-        .unwrap_or_else(|e| panic!("running {} (SHMBUS_CLI, or build/tools/shmbus): {e}", cli().display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {} (SHMBUS_CLI, or build/tools/shmbus): {e}",
+                cli().display()
+            )
+        });
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "shmbus tail: {text} {}", String::from_utf8_lossy(&out.stderr));
-    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
-    let j = |k: &str| line.pointer(k).cloned().unwrap_or_else(|| panic!("no {k} in {text}"));
-    assert_eq!(j("/message_id"), format!("0x{:016x}", 0x1000 + POISON).as_str(), "{text}");
-    assert_eq!(j("/schema_id"), format!("0x{DEAD_LETTER_SCHEMA_ID:016x}").as_str(), "{text}");
+    assert!(
+        out.status.success(),
+        "shmbus tail: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let j = |k: &str| {
+        line.pointer(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {k} in {text}"))
+    };
+    assert_eq!(
+        j("/message_id"),
+        format!("0x{:016x}", 0x1000 + POISON).as_str(),
+        "{text}"
+    );
+    assert_eq!(
+        j("/schema_id"),
+        format!("0x{DEAD_LETTER_SCHEMA_ID:016x}").as_str(),
+        "{text}"
+    );
     let m = line
         .as_object()
         .unwrap()
@@ -681,11 +875,28 @@ fn a_poison_message_is_dead_lettered_while_100000_flow_and_the_cxx_cli_reads_it(
 fn stop_mid_retry_leaves_the_message_for_a_restarted_runner() {
     let d = Daemon::new("stop");
     let topic = "rs.stop";
-    d.bus.create_topic(topic, &TopicConfig { capacity: 1 << 16, ..Default::default() }).unwrap();
+    d.bus
+        .create_topic(
+            topic,
+            &TopicConfig {
+                capacity: 1 << 16,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let opts = || HandlerOptions {
-        retry: RetryPolicy { max_attempts: 1000, ..Default::default() },
-        breaker: BreakerPolicy { failure_threshold: 1000, ..Default::default() },
-        subscriber: SubscriberOptions { name: Some("stopper".into()), ..Default::default() },
+        retry: RetryPolicy {
+            max_attempts: 1000,
+            ..Default::default()
+        },
+        breaker: BreakerPolicy {
+            failure_threshold: 1000,
+            ..Default::default()
+        },
+        subscriber: SubscriberOptions {
+            name: Some("stopper".into()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -733,20 +944,44 @@ fn stop_mid_retry_leaves_the_message_for_a_restarted_runner() {
     for _ in 0..3 {
         assert!(r.step(Duration::from_secs(5), &never).unwrap());
     }
-    assert_eq!(*again.lock().unwrap(), vec![3, 4, 5], "the restarted runner starts at the unreleased message");
-    assert!(matches!(d.bus.describe_topic("rs.stop.dlq"), Err(shmbus::Error::NotFound(_))), "nothing dead-lettered");
+    assert_eq!(
+        *again.lock().unwrap(),
+        vec![3, 4, 5],
+        "the restarted runner starts at the unreleased message"
+    );
+    assert!(
+        matches!(
+            d.bus.describe_topic("rs.stop.dlq"),
+            Err(shmbus::Error::NotFound(_))
+        ),
+        "nothing dead-lettered"
+    );
 }
 
 #[test]
 fn dedup_holds_across_a_runner_restart() {
     let d = Daemon::new("dedup");
     let topic = "rs.dedup";
-    d.bus.create_topic(topic, &TopicConfig { capacity: 1 << 16, ..Default::default() }).unwrap();
+    d.bus
+        .create_topic(
+            topic,
+            &TopicConfig {
+                capacity: 1 << 16,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let state_file = d.dir.join("handler.dedup");
     let applied: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
     let mut p = d
         .bus
-        .publisher(topic, &PublisherOptions { producer_id: 77, ..Default::default() })
+        .publisher(
+            topic,
+            &PublisherOptions {
+                producer_id: 77,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let mut publish = |from: u64, to: u64| {
         for id in from..=to {
@@ -759,7 +994,10 @@ fn dedup_holds_across_a_runner_restart() {
         *state.lock().unwrap() = w.app_state();
         let st = state.clone();
         let o = HandlerOptions {
-            subscriber: SubscriberOptions { name: Some("dd".into()), ..Default::default() },
+            subscriber: SubscriberOptions {
+                name: Some("dd".into()),
+                ..Default::default()
+            },
             dedup: Some(w),
             dedup_state: Some(state),
             ..Default::default()
@@ -799,7 +1037,11 @@ fn dedup_holds_across_a_runner_restart() {
     for id in 1..=30u64 {
         assert_eq!(applied.lock().unwrap().get(&id), Some(&1), "id {id}");
     }
-    assert_eq!(r.dedup().unwrap().app_state(), (1..=30u64).sum::<u64>().to_le_bytes(), "the state committed with each record");
+    assert_eq!(
+        r.dedup().unwrap().app_state(),
+        (1..=30u64).sum::<u64>().to_le_bytes(),
+        "the state committed with each record"
+    );
 }
 
 // ---------------------------------------------------------------- pool and async
@@ -809,7 +1051,14 @@ fn a_worker_pool_keeps_each_partitions_order() {
     let t = TestBus::new("hpool");
     let topic = "t";
     t.bus
-        .create_topic(topic, &TopicConfig { partitions: 4, capacity: 1 << 16, ..Default::default() })
+        .create_topic(
+            topic,
+            &TopicConfig {
+                partitions: 4,
+                capacity: 1 << 16,
+                ..Default::default()
+            },
+        )
         .unwrap();
     const PER: u64 = 2000;
     let seen: Arc<Mutex<HashMap<u32, Vec<u64>>>> = Arc::default();
@@ -826,7 +1075,9 @@ fn a_worker_pool_keeps_each_partitions_order() {
             if tot.fetch_add(1, Ordering::SeqCst) + 1 == want_calls {
                 let _ = done.send(());
             }
-            if i % 1_000_000 % 97 == 0 && s.lock().unwrap()[&p].iter().filter(|&&x| x == i).count() == 1 {
+            if i % 1_000_000 % 97 == 0
+                && s.lock().unwrap()[&p].iter().filter(|&&x| x == i).count() == 1
+            {
                 return Outcome::retry("once", 0, None);
             }
             Outcome::ack()
@@ -838,7 +1089,15 @@ fn a_worker_pool_keeps_each_partitions_order() {
     for part in 0..4u32 {
         let bus = t.bus.clone();
         threads.push(std::thread::spawn(move || {
-            let mut p = bus.publisher(topic, &PublisherOptions { partition: part, ..Default::default() }).unwrap();
+            let mut p = bus
+                .publisher(
+                    topic,
+                    &PublisherOptions {
+                        partition: part,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
             for i in 1..=PER {
                 let v = u64::from(part) * 1_000_000 + i;
                 p.offer(&v.to_le_bytes(), i, 0).unwrap();
@@ -850,7 +1109,12 @@ fn a_worker_pool_keeps_each_partitions_order() {
     }
     done_rx
         .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("{} of {want_calls} calls in 60 s", total.load(Ordering::SeqCst)));
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} of {want_calls} calls in 60 s",
+                total.load(Ordering::SeqCst)
+            )
+        });
     let stats = pool.join();
     assert_eq!(stats.len(), 4);
     for (p, s) in stats {
@@ -864,12 +1128,18 @@ fn a_worker_pool_keeps_each_partitions_order() {
                 want.push(v);
             }
         }
-        assert!(seen.lock().unwrap()[&p] == want, "partition {p}: its own messages, in order");
+        assert!(
+            seen.lock().unwrap()[&p] == want,
+            "partition {p}: its own messages, in order"
+        );
     }
 }
 
 fn async_messages() -> u64 {
-    std::env::var("SHMBUS_HANDLER_ASYNC_MESSAGES").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000)
+    std::env::var("SHMBUS_HANDLER_ASYNC_MESSAGES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -910,7 +1180,13 @@ async fn an_async_runner_under_tokio_handles_100000_messages() {
     let bus = t.bus.clone();
     let producer = std::thread::spawn(move || {
         let mut p = bus
-            .publisher("t", &PublisherOptions { block_timeout: Duration::from_secs(60), ..Default::default() })
+            .publisher(
+                "t",
+                &PublisherOptions {
+                    block_timeout: Duration::from_secs(60),
+                    ..Default::default()
+                },
+            )
             .unwrap();
         for i in 1..=n {
             p.offer(&i.to_le_bytes(), i, 0).unwrap();
@@ -922,7 +1198,10 @@ async fn an_async_runner_under_tokio_handles_100000_messages() {
         .unwrap();
     producer.join().unwrap();
     assert_eq!(next.load(Ordering::SeqCst), n + 1);
-    assert_eq!((stats.acked, stats.retries, stats.dead_lettered), (n, n / 1000, 0));
+    assert_eq!(
+        (stats.acked, stats.retries, stats.dead_lettered),
+        (n, n / 1000, 0)
+    );
 }
 
 struct DropGuard(Arc<AtomicUsize>);
@@ -940,7 +1219,11 @@ async fn an_async_attempt_is_dropped_at_its_deadline_and_a_panic_is_a_retry() {
     let d = dropped.clone();
     let o = HandlerOptions {
         attempt_timeout: Some(Duration::from_millis(20)),
-        retry: RetryPolicy { max_attempts: 2, initial_backoff_ns: 1000, ..Default::default() },
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_backoff_ns: 1000,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let stop_cell: Arc<Mutex<Option<shmbus::handler::AsyncStopper>>> = Arc::default();
@@ -974,9 +1257,34 @@ async fn an_async_attempt_is_dropped_at_its_deadline_and_a_panic_is_a_retry() {
     p.offer(b"hang", 1, 0).unwrap();
     p.offer(b"panic", 2, 0).unwrap();
     p.offer(b"last", 3, 0).unwrap();
-    let stats = tokio::time::timeout(Duration::from_secs(30), runner.run()).await.expect("in time").unwrap();
-    assert_eq!(dropped.load(Ordering::SeqCst), 2, "each hanging attempt's future dropped at its deadline");
-    assert_eq!((stats.timeouts, stats.panics, stats.dead_lettered, stats.acked), (2, 2, 2, 1));
-    assert_eq!(next_letter(&mut dlq), ("timeout: attempt took 20000 us (limit 20000 us)".to_string(), 2, 1));
-    assert_eq!(next_letter(&mut dlq), ("panic: async boom".to_string(), 2, 2));
+    let stats = tokio::time::timeout(Duration::from_secs(30), runner.run())
+        .await
+        .expect("in time")
+        .unwrap();
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        2,
+        "each hanging attempt's future dropped at its deadline"
+    );
+    assert_eq!(
+        (
+            stats.timeouts,
+            stats.panics,
+            stats.dead_lettered,
+            stats.acked
+        ),
+        (2, 2, 2, 1)
+    );
+    assert_eq!(
+        next_letter(&mut dlq),
+        (
+            "timeout: attempt took 20000 us (limit 20000 us)".to_string(),
+            2,
+            1
+        )
+    );
+    assert_eq!(
+        next_letter(&mut dlq),
+        ("panic: async boom".to_string(), 2, 2)
+    );
 }
