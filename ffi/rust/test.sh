@@ -5,7 +5,7 @@
 #     builds shmbusd and tools/shmbus there too (SHMBUSD, SHMBUS_CLI: the handler tests);
 #   - cargo test --no-fail-fast (all crates, doctests included: a failing test binary
 #     does not hide the ones after it), cargo clippy --all-targets -D warnings, and the
-#     quickstart example of docs/bindings-rust.md;
+#     quickstart and handler examples of docs/bindings-rust.md;
 #   - unless SHMBUS_QUICK is set, runs the test binaries again against the ASan build
 #     of the library ($ASAN_BUILD_DIR, default <repo>/build-asan, as tools/test makes it)
 #     with libasan preloaded (Miri cannot call FFI). No libasan: a failure. No ASan
@@ -107,6 +107,13 @@ if cargo run --locked -q -p shmbus --example quickstart >>"$log" 2>&1; then
   passed=$((passed + 1)); echo "rust: example quickstart ran"
 else
   failed=$((failed + 1)); echo "rust: example quickstart failed"; tail -10 "$log"
+fi
+
+# ---- the handler runner's example runs (one check) -----------------------------------------
+if cargo run --locked -q -p shmbus --example handler >>"$log" 2>&1; then
+  passed=$((passed + 1)); echo "rust: example handler ran"
+else
+  failed=$((failed + 1)); echo "rust: example handler failed"; tail -10 "$log"
 fi
 
 # ---- a dependent crate finds the library without LD_LIBRARY_PATH (one check) -------------
