@@ -66,6 +66,8 @@ use std::time::{Duration, Instant};
 
 use capnp::traits::HasTypeId;
 
+use shmbus_sys as sys;
+
 use crate::bus::{Bus, TopicConfig};
 use crate::dedup::DedupWindow;
 use crate::envelope::TraceContext;
@@ -749,7 +751,16 @@ pub struct HandlerRunner<H> {
     stats: HandlerStats,
     rng: u64,
     copy: Vec<u8>,
+    pending: Option<PendingView>,
 }
+
+/// A view polled and not released (a stop or an error in its handling).
+struct PendingView(sys::shmbus_view_t);
+
+// SAFETY: the view points into the ring of the subscriber that the same runner owns;
+// it is only used with that subscriber, which is Send (one thread at a time), and
+// it moves with it.
+unsafe impl Send for PendingView {}
 
 impl<H> std::fmt::Debug for HandlerRunner<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -795,6 +806,7 @@ impl<H: Handler> HandlerRunner<H> {
             stats: HandlerStats::default(),
             rng,
             copy: Vec::new(),
+            pending: None,
         })
     }
 
@@ -802,6 +814,8 @@ impl<H: Handler> HandlerRunner<H> {
     /// attempts and while waiting, every 10 ms at most). A message in retry when
     /// `stop()` turns true is not released. An error (the dead letter could not be
     /// published, the subscription failed) returns at once, the message unreleased.
+    /// Either way the next `run` or `step` of this runner starts with that message
+    /// again (a new runner with the same durable name gets it too).
     pub fn run(&mut self, stop: &dyn Fn() -> bool) -> Result<()> {
         while !stop() {
             self.step(Duration::from_millis(10), stop)?;
@@ -812,14 +826,19 @@ impl<H: Handler> HandlerRunner<H> {
     /// Handles at most one message, waiting up to `wait` for one. `Ok(true)` if a
     /// message was finished (acked, dead-lettered, or released as a duplicate).
     pub fn step(&mut self, wait: Duration, stop: &dyn Fn() -> bool) -> Result<bool> {
-        let raw = match self.sub.poll_wait_raw(Some(wait)) {
-            Ok(Some(v)) => v,
-            Ok(None) | Err(Error::Interrupted) => return Ok(false),
-            Err(Error::Lapped) => {
-                self.stats.lapped += 1;
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
+        // A message left unfinished by a stop or an error is handled again first:
+        // polling on would skip it (a later release releases everything before it).
+        let (raw, resumed) = match self.pending.take() {
+            Some(PendingView(r)) => (r, true),
+            None => match self.sub.poll_wait_raw(Some(wait)) {
+                Ok(Some(v)) => (v, false),
+                Ok(None) | Err(Error::Interrupted) => return Ok(false),
+                Err(Error::Lapped) => {
+                    self.stats.lapped += 1;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            },
         };
         let subh = self.sub.raw_handle();
         let mut copy = std::mem::take(&mut self.copy);
@@ -827,15 +846,18 @@ impl<H: Handler> HandlerRunner<H> {
             self.handle_one(&Message::from_raw(&raw, subh), stop)
         } else {
             // The producer may overwrite an untethered view while the handler
-            // retries: copy it, check the copy is intact, hand the handler the copy.
+            // retries: copy it, check the copy is intact, hand the handler the copy
+            // (a resumed message: the copy made when it was polled).
             let m = Message::from_raw(&raw, subh);
-            copy.clear();
-            copy.extend_from_slice(m.data());
-            if m.check().is_err() {
-                self.stats.lapped += 1;
-                self.copy = copy;
-                self.sub.release_raw(&raw)?;
-                return Ok(false);
+            if !resumed {
+                copy.clear();
+                copy.extend_from_slice(m.data());
+                if m.check().is_err() {
+                    self.stats.lapped += 1;
+                    self.copy = copy;
+                    self.sub.release_raw(&raw)?;
+                    return Ok(false);
+                }
             }
             let mut c = raw;
             c.data = if copy.is_empty() {
@@ -846,12 +868,19 @@ impl<H: Handler> HandlerRunner<H> {
             self.handle_one(&Message::from_raw(&c, subh), stop)
         };
         self.copy = copy;
-        match r? {
-            Handled::Finished => {
+        match r {
+            Ok(Handled::Finished) => {
                 self.sub.release_raw(&raw)?;
                 Ok(true)
             }
-            Handled::Stopped => Ok(false),
+            Ok(Handled::Stopped) => {
+                self.pending = Some(PendingView(raw));
+                Ok(false)
+            }
+            Err(e) => {
+                self.pending = Some(PendingView(raw));
+                Err(e)
+            }
         }
     }
 
