@@ -565,21 +565,65 @@ impl<H: Handler> Handler for Recover<H> {
     }
 }
 
+/// The outcome code of an attempt that overran its timeout (C++ `kTimeoutCode`).
+pub const TIMEOUT_CODE: u32 = 408;
+
+fn ms_text(d: Duration) -> String {
+    format!("{:.3} ms", d.as_nanos() as f64 / 1e6)
+}
+
+/// `retry("timeout: the attempt took X ms, the limit is Y ms", 408)`, C++'s text.
 pub(crate) fn timeout_outcome(took: Duration, limit: Duration) -> Outcome {
     Outcome::retry(
         format!(
-            "timeout: attempt took {} us (limit {} us)",
-            took.as_micros(),
-            limit.as_micros()
+            "timeout: the attempt took {}, the limit is {}",
+            ms_text(took),
+            ms_text(limit)
         ),
-        0,
+        TIMEOUT_CODE,
         None,
     )
 }
 
+thread_local! {
+    static ATTEMPT_DEADLINE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// The deadline of the attempt running on this thread (the innermost
+/// [`TimeoutLayer`]'s, or [`HandlerOptions::attempt_timeout`]'s), None outside one.
+/// A blocking handler cannot be pre-empted: one that may take long reads this and
+/// gives up early (cooperative; C++ `attempt_deadline_ns()`).
+pub fn attempt_deadline() -> Option<Instant> {
+    ATTEMPT_DEADLINE.with(|d| d.get())
+}
+
+/// Sets this thread's attempt deadline (the earlier of `limit` from now and the one
+/// already set) until dropped, then restores it (also when the handler panics).
+struct DeadlineScope(Option<Instant>);
+
+impl DeadlineScope {
+    fn enter(limit: Duration) -> DeadlineScope {
+        let saved = attempt_deadline();
+        let mine = Instant::now().checked_add(limit);
+        let d = match (saved, mine) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ATTEMPT_DEADLINE.with(|c| c.set(d));
+        DeadlineScope(saved)
+    }
+}
+
+impl Drop for DeadlineScope {
+    fn drop(&mut self) {
+        ATTEMPT_DEADLINE.with(|c| c.set(self.0));
+    }
+}
+
 /// An attempt that takes longer than the limit counts as failed: its outcome
-/// becomes `retry("timeout: ...")` unless it rejected. Cooperative: the handler is
-/// not interrupted (a blocking call cannot be); its effects, if any, stand.
+/// becomes `retry("timeout: ...", 408)` unless it rejected. Cooperative: the handler
+/// is not interrupted (a blocking call cannot be; it may read [`attempt_deadline`]
+/// and give up early); its effects, if any, stand.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeoutLayer {
     limit: Duration,
@@ -612,7 +656,10 @@ impl<H> Layer<H> for TimeoutLayer {
 impl<H: Handler> Handler for Timeout<H> {
     fn call(&self, m: &Message<'_>) -> Outcome {
         let t0 = Instant::now();
-        let o = self.inner.call(m);
+        let o = {
+            let _d = DeadlineScope::enter(self.limit);
+            self.inner.call(m)
+        };
         let took = t0.elapsed();
         if took > self.limit && o.kind != OutcomeKind::Reject {
             return timeout_outcome(took, self.limit);
@@ -951,7 +998,10 @@ impl<H: Handler> HandlerRunner<H> {
             }
             self.stats.attempts += 1;
             let t0 = (self.clock)();
-            let mut o = match catch_unwind(AssertUnwindSafe(|| self.handler.call(m))) {
+            let scope = self.opts.attempt_timeout.map(DeadlineScope::enter);
+            let r = catch_unwind(AssertUnwindSafe(|| self.handler.call(m)));
+            drop(scope);
+            let mut o = match r {
                 Ok(o) => o,
                 Err(p) => {
                     self.stats.panics += 1;

@@ -18,8 +18,8 @@ use std::time::Duration;
 use common::TestBus;
 use shmbus::envelope_capnp::dead_letter;
 use shmbus::handler::{
-    handler_fn, AsyncHandlerRunner, AttemptRecord, HandlerBuilder, RecoverLayer, TimeoutLayer,
-    TraceLayer, DEAD_LETTER_SCHEMA_ID,
+    attempt_deadline, handler_fn, AsyncHandlerRunner, AttemptRecord, HandlerBuilder, RecoverLayer,
+    TimeoutLayer, TraceLayer, DEAD_LETTER_SCHEMA_ID,
 };
 use shmbus::{
     BreakerPolicy, BreakerState, Bus, CircuitBreaker, DedupWindow, DurableConfig, Envelope,
@@ -567,7 +567,7 @@ fn an_attempt_over_its_timeout_fails() {
     assert_eq!(
         next_letter(&mut dlq),
         (
-            "timeout: attempt took 6000 us (limit 5000 us)".to_string(),
+            "timeout: the attempt took 6.000 ms, the limit is 5.000 ms".to_string(),
             2,
             1
         )
@@ -580,9 +580,13 @@ fn an_attempt_over_its_timeout_fails() {
     );
 
     // The layer, on the real clock: the work itself takes 30 ms.
+    let deadline_seen = Arc::new(Mutex::new(None));
+    let dl = deadline_seen.clone();
+    let before = std::time::Instant::now();
     let h = HandlerBuilder::new()
         .layer(TimeoutLayer::new(Duration::from_millis(10)))
-        .handler(handler_fn(|_m: &Message<'_>| {
+        .handler(handler_fn(move |_m: &Message<'_>| {
+            *dl.lock().unwrap() = attempt_deadline(); // what a cooperative handler reads
             std::thread::sleep(Duration::from_millis(30));
             Outcome::ack()
         }));
@@ -600,10 +604,19 @@ fn an_attempt_over_its_timeout_fails() {
     assert_eq!((r2.stats().dead_lettered, r2.stats().acked), (1, 0));
     let (why, attempts, id) = next_letter(&mut dlq);
     assert!(
-        why.starts_with("timeout: attempt took ") && why.ends_with("(limit 10000 us)"),
+        why.starts_with("timeout: the attempt took ") && why.ends_with(", the limit is 10.000 ms"),
         "{why}"
     );
     assert_eq!((attempts, id), (1, 3));
+    let d = deadline_seen
+        .lock()
+        .unwrap()
+        .expect("a deadline inside the layer");
+    assert!(
+        d > before && d <= std::time::Instant::now(),
+        "the attempt's deadline, 10 ms after it began"
+    );
+    assert_eq!(attempt_deadline(), None, "none outside an attempt");
 }
 
 // ---------------------------------------------------------------- dead letters
@@ -1337,7 +1350,7 @@ async fn an_async_attempt_is_dropped_at_its_deadline_and_a_panic_is_a_retry() {
     assert_eq!(
         next_letter(&mut dlq),
         (
-            "timeout: attempt took 500000 us (limit 500000 us)".to_string(),
+            "timeout: the attempt took 500.000 ms, the limit is 500.000 ms".to_string(),
             2,
             1
         )
