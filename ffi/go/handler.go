@@ -417,7 +417,8 @@ type RunnerOptions struct {
 	// create it durable on a daemon to keep dead letters nobody reads yet.
 	DLQTopic  string
 	DLQConfig *TopicConfig
-	// Seed of the jitter generator (0: from the clock). Partition p uses Seed+p.
+	// Seed of the jitter generator (0: from the clock); with AllPartitions, partition p
+	// uses Seed+p.
 	Seed uint64
 	// AttemptTimeout, when > 0, is the innermost Timeout middleware: each attempt's
 	// ctx has this deadline and an attempt that overruns it is a failed attempt.
@@ -479,9 +480,11 @@ type Runner struct {
 	dlqMu sync.Mutex
 	dlq   *Publisher
 
-	mu     sync.Mutex
-	ran    bool
-	closed bool
+	mu       sync.Mutex
+	ran      bool
+	closed   bool
+	stop     context.CancelCauseFunc // Run's, while it runs
+	finished chan struct{}           // closed when Run has returned
 }
 
 type partition struct {
@@ -558,7 +561,7 @@ func NewRunner(bus *Bus, topic string, h Handler, opts *RunnerOptions) (*Runner,
 	if seed == 0 {
 		seed = uint64(monoNs()) | 1
 	}
-	for _, id := range ids {
+	for i, id := range ids {
 		so := r.o.Subscriber
 		so.Partition = id
 		sub, err := bus.Subscriber(topic, &so)
@@ -566,7 +569,7 @@ func NewRunner(bus *Bus, topic string, h Handler, opts *RunnerOptions) (*Runner,
 			r.Close()
 			return nil, err
 		}
-		p := &partition{r: r, id: id, sub: sub, dedup: r.o.Dedup, rng: seed + uint64(id), br: CircuitBreaker{p: bp}}
+		p := &partition{r: r, id: id, sub: sub, dedup: r.o.Dedup, rng: seed + uint64(i), br: CircuitBreaker{p: bp}}
 		if p.rng == 0 {
 			p.rng = 1
 		}
@@ -589,10 +592,16 @@ func (r *Runner) Run(ctx context.Context) error {
 		return errRunnerUsed
 	}
 	r.ran = true
-	r.mu.Unlock()
-	defer r.Close()
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	r.stop, r.finished = cancel, make(chan struct{})
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.closeLocked()
+		close(r.finished)
+		r.mu.Unlock()
+	}()
 	var wg sync.WaitGroup
 	var once sync.Once
 	var first error
@@ -611,13 +620,28 @@ func (r *Runner) Run(ctx context.Context) error {
 }
 
 // Close closes the subscribers (the messages not finished stay unreleased: a durable
-// name resumes at them) and the dead-letter publisher. For a runner that never ran,
-// or after Run returned; Run closes it itself. Closing twice is a no-op.
+// name resumes at them) and the dead-letter publisher. While Run runs, Close stops it
+// as the end of its context does and returns once Run has returned (Run then returns
+// nil). Run closes the runner itself when it returns. Closing twice is a no-op.
 func (r *Runner) Close() error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
+	if r.stop != nil && !r.closed { // running: stop it, wait for it
+		stop, fin := r.stop, r.finished
+		r.mu.Unlock()
+		stop(errRunnerClosing)
+		<-fin
 		return nil
+	}
+	defer r.mu.Unlock()
+	r.closeLocked()
+	return nil
+}
+
+var errRunnerClosing = errors.New("runner closing")
+
+func (r *Runner) closeLocked() {
+	if r.closed {
+		return
 	}
 	r.closed = true
 	for _, p := range r.parts {
@@ -632,7 +656,6 @@ func (r *Runner) Close() error {
 		r.dlq.Close()
 	}
 	r.dlqMu.Unlock()
-	return nil
 }
 
 // Stats sums the counters of every partition. Safe from any goroutine.

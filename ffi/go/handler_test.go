@@ -1123,3 +1123,46 @@ func TestRunnerUntetheredHandsACopyAndCountsTheLap(t *testing.T) {
 		t.Fatalf("stats %+v: no lap counted", st)
 	}
 }
+
+// Close from another goroutine while Run waits for a 1 h retry: Run returns nil and
+// a second Close is a no-op.
+func TestRunnerCloseStopsRun(t *testing.T) {
+	ctx := ctxT(t)
+	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 16})
+	pub, err := bus.Publisher(topic, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	retrying := make(chan struct{})
+	r, err := shmbus.NewRunner(bus, topic, func(ctx context.Context, m *shmbus.Message) shmbus.Outcome {
+		close(retrying)
+		return shmbus.RetryAfter("later", 0, time.Hour)
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Offer(ctx, idPayload(1), 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- r.Run(context.Background()) }()
+	select {
+	case <-retrying:
+	case <-ctx.Done():
+		t.Fatal("watchdog: the handler was not called")
+	}
+	r.Close() // returns once Run's partitions have stopped
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("watchdog: Run did not return after Close")
+	}
+	r.Close()
+	if st := r.Stats(); st.Attempts != 1 || st.Handled != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
