@@ -622,7 +622,8 @@ func (r *Runner) Run(ctx context.Context) error {
 // Close closes the subscribers (the messages not finished stay unreleased: a durable
 // name resumes at them) and the dead-letter publisher. While Run runs, Close stops it
 // as the end of its context does and returns once Run has returned (Run then returns
-// nil). Run closes the runner itself when it returns. Closing twice is a no-op.
+// nil). Run closes the runner itself when it returns. Closing twice is a no-op. Not
+// from the handler (it would wait for itself): cancel Run's context there.
 func (r *Runner) Close() error {
 	r.mu.Lock()
 	if r.stop != nil && !r.closed { // running: stop it, wait for it

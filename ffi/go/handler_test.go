@@ -801,7 +801,8 @@ func TestRunnerAttemptTimeout(t *testing.T) {
 }
 
 // The handler gets an enveloped message's envelope and payload, and Trace puts a
-// child span of the envelope's trace in its ctx; a plain frame has neither.
+// child span of the envelope's trace in its ctx; a plain frame has neither; garbage
+// under the envelope's schema id is EnvelopeErr (ErrMalformed) with Payload = Data.
 func TestRunnerHandsTheEnvelopeAndItsTraceToTheHandler(t *testing.T) {
 	ctx := ctxT(t)
 	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 16})
@@ -823,8 +824,11 @@ func TestRunnerHandsTheEnvelopeAndItsTraceToTheHandler(t *testing.T) {
 		} else if ok {
 			t.Errorf("a plain frame has a span %+v", span)
 		}
+		if (m.SchemaID == shmbus.EnvelopeSchemaID && m.Envelope == nil) != errors.Is(m.EnvelopeErr, shmbus.ErrMalformed) {
+			t.Errorf("message %d: envelope %v, error %v", m.MessageID, m.Envelope, m.EnvelopeErr)
+		}
 		got = append(got, string(m.Payload))
-		if len(got) == 2 {
+		if len(got) == 3 {
 			close(done)
 		}
 		return shmbus.Ack()
@@ -838,10 +842,14 @@ func TestRunnerHandsTheEnvelopeAndItsTraceToTheHandler(t *testing.T) {
 	if err := pub.Offer(ctx, []byte("plain"), 2, 0); err != nil {
 		t.Fatal(err)
 	}
+	// Garbage flagged as an envelope: EnvelopeErr, and the bytes as they are.
+	if err := pub.Offer(ctx, []byte("garbage!"), 3, shmbus.EnvelopeSchemaID); err != nil {
+		t.Fatal(err)
+	}
 	if err := runUntil(t, r, done); err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(got) != "[inside plain]" {
+	if fmt.Sprint(got) != "[inside plain garbage!]" {
 		t.Fatalf("payloads %q", got)
 	}
 }
