@@ -941,10 +941,11 @@ func TestRunnerCancelledMidRetryLeavesTheMessageForARestart(t *testing.T) {
 
 // A runner with a durable subscriber name and a persisted dedup window, restarted:
 // the first handles ids 1..50 (the effect, the sum of ids, is the window's
-// application state, committed with each message); the producer retries 41..60 (same
-// producer and message ids, new sequences); the restarted runner (the window loaded
-// from its file) drops 41..50 without calling the handler and applies 51..60: every
-// id applied once, the state 1830.
+// application state, committed with each message); a consumer dies between committing
+// 51 and releasing it; the producer retries 41..60 (same producer and message ids, new
+// sequences); the restarted runner (the window loaded from its file) drops 51 by
+// position and 41..51 by id without calling the handler and applies 52..60: every id
+// applied once, the state 1830.
 func TestRunnerDedupAcrossARestart(t *testing.T) {
 	ctx := ctxT(t)
 	const topic = "go.run.dedup"
@@ -956,6 +957,7 @@ func TestRunnerDedupAcrossARestart(t *testing.T) {
 	}
 	defer pub.Close()
 	applied := map[uint64]int{}
+	var ds shmbus.DedupStats // the window's, at the end of the last run
 	run := func(last uint64, publish func()) *shmbus.Runner {
 		w, err := shmbus.OpenDedup(shmbus.DedupOptions{Path: statePath, Capacity: 64})
 		if err != nil {
@@ -980,6 +982,7 @@ func TestRunnerDedupAcrossARestart(t *testing.T) {
 		if err := runUntil(t, r, done); err != nil {
 			t.Fatal(err)
 		}
+		ds = w.Stats()
 		if got := binary.LittleEndian.Uint64(append(w.AppState(), make([]byte, 8)...)); got != last*(last+1)/2 {
 			t.Fatalf("state %d after %d", got, last)
 		}
@@ -995,14 +998,43 @@ func TestRunnerDedupAcrossARestart(t *testing.T) {
 		}
 	}
 	r1 := run(50, publish(1, 50))
+	// A runner that dies between its commit and its release, by hand: message 51 is
+	// applied and committed with the window, the subscriber closed without releasing.
+	publish(51, 51)()
+	func() {
+		w, err := shmbus.OpenDedup(shmbus.DedupOptions{Path: statePath, Capacity: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		sub, err := bus.Subscriber(topic, &shmbus.SubscriberOptions{Name: "svc"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Close()
+		v, err := sub.Poll(ctx)
+		if err != nil || binary.LittleEndian.Uint64(v.Data) != 51 {
+			t.Fatalf("poll: %v", err)
+		}
+		applied[51]++
+		if err := w.Record(&v); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Commit(idPayload(51 * 52 / 2)); err != nil {
+			t.Fatal(err)
+		}
+	}()
 	r2 := run(60, publish(41, 60))
 	for id := uint64(1); id <= 60; id++ {
 		if applied[id] != 1 {
 			t.Fatalf("id %d applied %d times", id, applied[id])
 		}
 	}
-	if s1, s2 := r1.Stats(), r2.Stats(); s1.Acked != 50 || s1.Duplicates != 0 || s2.Acked != 10 || s2.Duplicates != 10 {
-		t.Fatalf("stats %+v, %+v", s1, s2)
+	// The second runner: 51 again by position (the durable name), 41..51 again by id
+	// (the producer's retry), 52..60 applied.
+	if s1, s2 := r1.Stats(), r2.Stats(); s1.Acked != 50 || s1.Duplicates != 0 || s2.Acked != 9 || s2.Duplicates != 12 ||
+		ds.ByPosition != 1 || ds.ByID != 11 {
+		t.Fatalf("stats %+v, %+v, window %+v", s1, s2, ds)
 	}
 }
 
