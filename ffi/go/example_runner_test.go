@@ -54,7 +54,7 @@ func ExampleRunner() {
 		Name:           "fulfilment",
 		Retry:          &shmbus.RetryPolicy{MaxAttempts: 5, InitialBackoff: time.Millisecond, MaxBackoff: time.Second, Multiplier: 2, Jitter: 0.2},
 		AttemptTimeout: time.Second,
-		Middleware:     []shmbus.Middleware{shmbus.Recoverer(nil), shmbus.Trace(nil)},
+		Middleware:     []shmbus.Middleware{shmbus.Recoverer(nil), shmbus.Trace("fulfilment", nil)},
 	})
 	if err != nil {
 		log.Fatal(err)

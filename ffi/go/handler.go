@@ -19,7 +19,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
+	"math/bits"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -327,24 +329,84 @@ func Recoverer(stack func(r any, trace []byte)) Middleware {
 	}
 }
 
-// Timeout gives each attempt a deadline d after it starts; an attempt still running
-// at its deadline counts as failed, whatever it returns: a retry whose reason is
-// "timeout: attempt exceeded <d>". The handler is not abandoned (its bytes are ring
-// memory, valid only during the call): it should return when ctx is done, and check
-// ctx before making an effect that must not happen twice.
+// TimeoutCode is the outcome code of an attempt that overran its Timeout (C++
+// kTimeoutCode).
+const TimeoutCode = 408
+
+// Timeout is C++'s layers::timeout: each attempt's ctx gets a deadline d after it
+// starts, and an attempt that takes longer than d counts as failed whatever it
+// returned: Retry("timeout: the attempt took <t> ms, the limit is <d> ms",
+// TimeoutCode); a Reject stays a Reject. The handler is not abandoned (its bytes are
+// ring memory, valid only during the call): it should return when ctx is done. The
+// work of an overrun attempt may have been done: retried handlers must be idempotent,
+// as for every retry.
 func Timeout(d time.Duration) Middleware {
 	return func(next Handler) Handler {
 		return func(ctx context.Context, m *Message) Outcome {
 			if d <= 0 {
 				return next(ctx, m)
 			}
-			ctx, cancel := context.WithTimeout(ctx, d)
+			start := time.Now()
+			ctx, cancel := context.WithDeadline(ctx, start.Add(d))
 			defer cancel()
-			dl, _ := ctx.Deadline()
 			o := next(ctx, m)
-			if ctx.Err() != nil || !time.Now().Before(dl) {
-				return Retry("timeout: attempt exceeded "+d.String(), 0)
+			if took := time.Since(start); took > d && o.Kind != OutcomeReject {
+				return Retry(fmt.Sprintf("timeout: the attempt took %.3f ms, the limit is %.3f ms",
+					float64(took)/1e6, float64(d)/1e6), TimeoutCode)
 			}
+			return o
+		}
+	}
+}
+
+// MetricsBuckets is the number of HandlerMetrics' duration buckets (C++ kBuckets).
+const MetricsBuckets = 40
+
+// HandlerMetrics are what a Metrics middleware counts (C++ HandlerMetrics), in
+// atomics: one can serve every partition of a runner, or several runners.
+type HandlerMetrics struct {
+	Attempts, Acks, Retries, Rejects atomic.Uint64
+	// DurationLog2Ns[i] counts attempts of [2^i, 2^(i+1)) ns (bucket 0 also 0 ns, the
+	// last one everything longer).
+	DurationLog2Ns [MetricsBuckets]atomic.Uint64
+	DurationSumNs  atomic.Uint64
+}
+
+func (h *HandlerMetrics) observe(kind OutcomeKind, d time.Duration) {
+	switch kind {
+	case OutcomeAck:
+		h.Acks.Add(1)
+	case OutcomeReject:
+		h.Rejects.Add(1)
+	default:
+		h.Retries.Add(1)
+	}
+	if d < 0 {
+		d = 0
+	}
+	h.DurationSumNs.Add(uint64(d))
+	b := 0
+	if d > 0 {
+		b = min(bits.Len64(uint64(d))-1, MetricsBuckets-1)
+	}
+	h.DurationLog2Ns[b].Add(1)
+}
+
+// Metrics is C++'s layers::metrics: it counts each attempt, its outcome (a panic
+// passing through as a retry) and its duration into h.
+func Metrics(h *HandlerMetrics) Middleware {
+	return func(next Handler) Handler {
+		return func(ctx context.Context, m *Message) (o Outcome) {
+			h.Attempts.Add(1)
+			start := time.Now()
+			defer func() {
+				if r := recover(); r != nil {
+					h.observe(OutcomeRetry, time.Since(start))
+					panic(r)
+				}
+			}()
+			o = next(ctx, m)
+			h.observe(o.Kind, time.Since(start))
 			return o
 		}
 	}
@@ -352,51 +414,128 @@ func Timeout(d time.Duration) Middleware {
 
 type traceKey struct{}
 
-// TraceFromContext returns the trace context of the attempt being handled: a child
-// span of the message envelope's trace, put in ctx by the Trace middleware (what a
-// handler puts on the messages it sends). False when there is none.
+// TraceFromContext returns the span of the attempt being handled, put in ctx by the
+// Trace middleware: a child span of the message envelope's trace, or a fresh trace
+// (what a handler puts on the messages it sends). False outside Trace.
 func TraceFromContext(ctx context.Context) (TraceContext, bool) {
 	t, ok := ctx.Value(traceKey{}).(TraceContext)
 	return t, ok && t.Valid()
 }
 
-// Span describes one attempt, for Trace's hook.
-type Span struct {
-	Trace     TraceContext // the attempt's span (a child of Parent); zero when the message has no trace
-	Parent    TraceContext // the envelope's trace context (zero: none)
-	Topic     string
-	Partition uint32
-	Sequence  uint64
-	MessageID uint64
-	Attempt   uint32
-	Start     time.Time
-	Duration  time.Duration
-	Outcome   Outcome
+// TraceRecord describes one attempt (C++ TraceRecord), for a Trace sink.
+type TraceRecord struct {
+	Handler       string // Trace's name
+	Topic         string
+	Partition     uint32
+	MessageID     uint64
+	Sequence      uint64
+	ProducerID    uint32
+	CorrelationID uint64       // the envelope's (0: none)
+	CausationID   uint64       // the envelope's (0: none)
+	Parent        TraceContext // the envelope's trace context (zero: none)
+	Span          TraceContext // this attempt's span: Parent.Child(), or a fresh trace
+	Attempt       uint32
+	Start         time.Time
+	Duration      time.Duration
+	Outcome       Outcome // a panic passing through: Retry("panic: ...")
 }
 
-// Trace puts the attempt's span into ctx (TraceFromContext: a child span of the
-// envelope's trace, when the message carries one) and, when hook is not nil, calls
-// it after each attempt with the span, its duration and outcome (a metrics or
-// tracing exporter's hook; it runs on the partition's goroutine, keep it short).
-func Trace(hook func(ctx context.Context, s *Span)) Middleware {
+// TraceSink gets a TraceRecord after each attempt (on the partition's goroutine: keep
+// it short; with AllPartitions, from several goroutines at once).
+type TraceSink func(ctx context.Context, r *TraceRecord)
+
+// Trace is C++'s layers::trace: each attempt gets a span of its own (a child of the
+// envelope's trace, or a fresh trace), put in ctx (TraceFromContext); after the
+// attempt, sink (when not nil) gets the record with the envelope's ids, the duration
+// and the outcome. name is the record's Handler (the runner's Name, usually).
+func Trace(name string, sink TraceSink) Middleware {
 	return func(next Handler) Handler {
-		return func(ctx context.Context, m *Message) Outcome {
-			var s Span
-			if m.Envelope != nil && m.Envelope.Trace.Valid() {
-				s.Parent = m.Envelope.Trace
-				s.Trace = s.Parent.Child()
-				ctx = context.WithValue(ctx, traceKey{}, s.Trace)
+		return func(ctx context.Context, m *Message) (o Outcome) {
+			r := TraceRecord{Handler: name}
+			if e := m.Envelope; e != nil {
+				r.CorrelationID, r.CausationID = e.CorrelationID, e.CausationID
+				if e.Trace.Valid() {
+					r.Parent = e.Trace
+				}
 			}
-			s.Start = time.Now()
-			o := next(ctx, m)
-			if hook != nil {
-				s.Topic, s.Partition, s.Sequence, s.MessageID, s.Attempt = m.Topic, m.Partition, m.Sequence, m.MessageID, m.Attempt
-				s.Duration = time.Since(s.Start)
-				s.Outcome = o
-				hook(ctx, &s)
+			if r.Parent.Valid() {
+				r.Span = r.Parent.Child()
+			} else {
+				r.Span = NewTrace()
 			}
+			ctx = context.WithValue(ctx, traceKey{}, r.Span)
+			r.Start = time.Now()
+			report := func() {
+				if sink != nil {
+					r.Topic, r.Partition, r.MessageID, r.Sequence, r.ProducerID, r.Attempt =
+						m.Topic, m.Partition, m.MessageID, m.Sequence, m.ProducerID, m.Attempt
+					r.Duration = time.Since(r.Start)
+					r.Outcome = o
+					sink(ctx, &r)
+				}
+			}
+			defer func() {
+				if p := recover(); p != nil {
+					o = panicOutcome(p)
+					report()
+					panic(p)
+				}
+			}()
+			o = next(ctx, m)
+			report()
 			return o
 		}
+	}
+}
+
+// JSONLines is a TraceSink writing each record as one JSON object per line to w, in
+// C++'s layers::json_lines format (ids as 16/32 lower-case hex digits; parent_span_id,
+// correlation_id and causation_id only when set):
+//
+//	{"event":"attempt","handler":"billing","message_id":"0000000000001111","sequence":1,"producer_id":26135,
+//	 "trace_id":"<32 hex>","span_id":"<16 hex>","parent_span_id":"<16 hex>","correlation_id":"<16 hex>",
+//	 "outcome":"ack","code":0,"duration_ns":2034}
+//
+// One Write per line, under a lock (safe from several partitions).
+func JSONLines(w io.Writer) TraceSink {
+	var mu sync.Mutex
+	return func(_ context.Context, r *TraceRecord) {
+		b := make([]byte, 0, 320)
+		b = append(b, `{"event":"attempt","handler":"`...)
+		for i := 0; i < len(r.Handler); i++ {
+			switch c := r.Handler[i]; {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c >= 0x20:
+				b = append(b, c)
+			}
+		}
+		hex := func(key string, v uint64) {
+			b = append(b, `,"`...)
+			b = append(b, key...)
+			b = append(b, `":"`...)
+			b = fmt.Appendf(b, "%016x", v)
+			b = append(b, '"')
+		}
+		b = append(b, '"')
+		hex("message_id", r.MessageID)
+		b = fmt.Appendf(b, `,"sequence":%d,"producer_id":%d,"trace_id":"%016x%016x"`, r.Sequence, r.ProducerID,
+			r.Span.TraceIDHigh, r.Span.TraceIDLow)
+		hex("span_id", r.Span.ParentID)
+		if r.Parent.Valid() {
+			hex("parent_span_id", r.Parent.ParentID)
+		}
+		if r.CorrelationID != 0 {
+			hex("correlation_id", r.CorrelationID)
+		}
+		if r.CausationID != 0 {
+			hex("causation_id", r.CausationID)
+		}
+		b = fmt.Appendf(b, `,"outcome":"%s","code":%d,"duration_ns":%d}`+"\n", r.Outcome.Kind, r.Outcome.Code,
+			r.Duration.Nanoseconds())
+		mu.Lock()
+		w.Write(b)
+		mu.Unlock()
 	}
 }
 
@@ -822,10 +961,15 @@ func (p *partition) handle(ctx, actx context.Context, v *View, m *Message) (bool
 	attempt := uint32(1)
 	var firstFail, lastFail int64
 	for {
-		// An open breaker: no attempt until its open time is over.
+		// An open breaker: no attempt until its open time is over. (A closed one needs
+		// no clock read: the success path reads no clock, as in C++.)
 		for {
-			now := clock()
 			p.bmu.Lock()
+			if p.br.state == BreakerClosed {
+				p.bmu.Unlock()
+				break
+			}
+			now := clock()
 			ok := p.br.Allow(now)
 			until := p.br.openUntil
 			p.bmu.Unlock()
@@ -841,7 +985,6 @@ func (p *partition) handle(ctx, actx context.Context, v *View, m *Message) (bool
 		m.Attempt = attempt
 		m.hasAppState = false
 		o := p.call(actx, m)
-		now := clock()
 		if o.Kind == OutcomeAck {
 			p.bmu.Lock()
 			p.br.OnSuccess()
@@ -850,6 +993,7 @@ func (p *partition) handle(ctx, actx context.Context, v *View, m *Message) (bool
 			p.st.handled.Add(1)
 			return true, nil
 		}
+		now := clock()
 		p.bmu.Lock()
 		p.br.OnFailure(now)
 		p.bmu.Unlock()

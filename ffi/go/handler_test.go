@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -663,8 +664,9 @@ func deadLetterText(d envelopecapnp.DeadLetter) string {
 	return fmt.Sprintf("%s (%d attempts, %s, payload %d)", s, d.Attempts(), d.Reason(), binary.LittleEndian.Uint64(p))
 }
 
-// A panic is a retry whose reason is "panic: <value>": caught by Recoverer (where
-// the Trace hook around it sees the outcome) and, without it, by the runner itself.
+// A panic is a retry whose reason is "panic: <value>": caught by Recoverer and,
+// without it, by the runner itself, the Trace and Metrics middleware around it
+// recording the attempt as a retry either way (and letting the panic through).
 func TestRunnerRecoversAPanic(t *testing.T) {
 	ctx := ctxT(t)
 	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 16})
@@ -694,15 +696,16 @@ func TestRunnerRecoversAPanic(t *testing.T) {
 	}
 	for _, recoverer := range []bool{true, false} {
 		done := make(chan struct{})
-		var mw []shmbus.Middleware
+		var metrics shmbus.HandlerMetrics
+		mw := []shmbus.Middleware{shmbus.Metrics(&metrics), shmbus.Trace("panicky", func(ctx context.Context, r *shmbus.TraceRecord) {
+			seen = append(seen, fmt.Sprintf("%d/%d %s %s", r.MessageID, r.Attempt, r.Outcome.Kind, r.Outcome.Message))
+		})}
 		if recoverer {
-			mw = []shmbus.Middleware{shmbus.Trace(func(ctx context.Context, s *shmbus.Span) {
-				seen = append(seen, fmt.Sprintf("%d/%d %s %s", s.MessageID, s.Attempt, s.Outcome.Kind, s.Outcome.Message))
-			}), shmbus.Recoverer(func(r any, stack []byte) {
+			mw = append(mw, shmbus.Recoverer(func(r any, stack []byte) {
 				if bytes.Contains(stack, []byte("handler_test.go")) {
 					stacks++
 				}
-			})}
+			}))
 		}
 		r, err := shmbus.NewRunner(bus, topic, func(ctx context.Context, m *shmbus.Message) shmbus.Outcome {
 			defer func() {
@@ -731,17 +734,28 @@ func TestRunnerRecoversAPanic(t *testing.T) {
 		if got := deadLetterText(d); got != "panic: boom 2 (2 attempts, exhausted, payload 2)" || v.MessageID != 2 {
 			t.Fatalf("recoverer %v: dead letter %q, message id %d", recoverer, got, v.MessageID)
 		}
+		var inBuckets uint64
+		for i := range metrics.DurationLog2Ns {
+			inBuckets += metrics.DurationLog2Ns[i].Load()
+		}
+		if metrics.Attempts.Load() != 6 || metrics.Acks.Load() != 2 || metrics.Retries.Load() != 4 ||
+			metrics.Rejects.Load() != 0 || inBuckets != 6 {
+			t.Fatalf("recoverer %v: metrics %d attempts, %d acks, %d retries, %d rejects, %d in the histogram", recoverer,
+				metrics.Attempts.Load(), metrics.Acks.Load(), metrics.Retries.Load(), metrics.Rejects.Load(), inBuckets)
+		}
 	}
 	want := []string{"1/1 retry panic: boom 1", "1/2 ack ", "2/1 retry panic: boom 2", "2/2 retry panic: boom 2",
 		"3/1 retry panic: boom 3", "3/2 ack "}
+	want = append(want, want...) // the same with the runner recovering
 	if fmt.Sprint(seen) != fmt.Sprint(want) || stacks != 4 {
 		t.Fatalf("trace hook saw %q, want %q; %d stacks (want 4)", seen, want, stacks)
 	}
 }
 
-// An attempt that overruns its deadline (RunnerOptions.AttemptTimeout) is a failed
-// attempt even when it then returns an ack: retried, and dead-lettered as
-// "timeout: ..." when every attempt overruns. The handler's ctx has the deadline.
+// An attempt that overruns its deadline (RunnerOptions.AttemptTimeout: C++'s
+// layers::timeout) is a failed attempt even when it then returns an ack: retried, and
+// dead-lettered with C++'s reason and code 408 when every attempt overruns; a reject
+// that overruns stays a reject. The handler's ctx has the deadline.
 func TestRunnerAttemptTimeout(t *testing.T) {
 	ctx := ctxT(t)
 	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 16})
@@ -756,22 +770,26 @@ func TestRunnerAttemptTimeout(t *testing.T) {
 	defer dlq.Close()
 	const limit = 30 * time.Millisecond
 	done := make(chan struct{})
-	var acked []string
+	var calls []string
 	r, err := shmbus.NewRunner(bus, topic, func(actx context.Context, m *shmbus.Message) shmbus.Outcome {
 		id := binary.LittleEndian.Uint64(m.Data)
 		dl, ok := actx.Deadline()
 		if !ok || time.Until(dl) > limit {
 			t.Errorf("attempt deadline %v %v", dl, ok)
 		}
-		if id == 2 || (m.Attempt == 1 && id != 4) {
-			select { // ignores its deadline: returns an ack once it has passed
+		calls = append(calls, fmt.Sprintf("%d/%d", id, m.Attempt))
+		if id == 4 {
+			close(done)
+			return shmbus.Ack()
+		}
+		if id == 2 || m.Attempt == 1 {
+			select { // ignores its deadline: returns once it has passed
 			case <-actx.Done():
 			case <-ctx.Done():
 			}
 		}
-		acked = append(acked, fmt.Sprintf("%d/%d", id, m.Attempt))
-		if id == 4 {
-			close(done)
+		if id == 3 {
+			return shmbus.Reject("bad", 422)
 		}
 		return shmbus.Ack()
 	}, &shmbus.RunnerOptions{AttemptTimeout: limit, Sleep: func(context.Context, time.Duration) {},
@@ -792,11 +810,17 @@ func TestRunnerAttemptTimeout(t *testing.T) {
 	if err := runUntil(t, r, done); err != nil {
 		t.Fatal(err)
 	}
-	if st := r.Stats(); st != (shmbus.HandlerStats{Handled: 4, Acked: 3, Attempts: 7, Retries: 3, DeadLettered: 1}) {
-		t.Fatalf("stats %+v (calls %v)", st, acked)
+	if st := r.Stats(); st != (shmbus.HandlerStats{Handled: 4, Acked: 2, Attempts: 6, Retries: 2, DeadLettered: 2}) {
+		t.Fatalf("stats %+v (calls %v)", st, calls)
 	}
-	if _, d := readDeadLetter(t, ctx, dlq); deadLetterText(d) != "timeout: attempt exceeded 30ms (2 attempts, exhausted, payload 2)" {
-		t.Fatalf("dead letter %q", deadLetterText(d))
+	_, d := readDeadLetter(t, ctx, dlq)
+	text, _ := d.Message_()
+	if !strings.HasPrefix(text, "timeout: the attempt took ") || !strings.HasSuffix(text, " ms, the limit is 30.000 ms") ||
+		d.Code() != shmbus.TimeoutCode || d.Attempts() != 2 || d.Reason() != envelopecapnp.DeadLetter_Reason_exhausted {
+		t.Fatalf("dead letter of 2: %q", deadLetterText(d))
+	}
+	if _, d := readDeadLetter(t, ctx, dlq); deadLetterText(d) != "bad (1 attempts, rejected, payload 3)" || d.Code() != 422 {
+		t.Fatalf("dead letter of 3: %q code %d", deadLetterText(d), d.Code())
 	}
 }
 
@@ -821,8 +845,8 @@ func TestRunnerHandsTheEnvelopeAndItsTraceToTheHandler(t *testing.T) {
 				m.Envelope.Trace != tc || m.Envelope.CorrelationID != 42 || m.SchemaID != shmbus.EnvelopeSchemaID {
 				t.Errorf("span %+v %v, envelope %+v", span, ok, m.Envelope)
 			}
-		} else if ok {
-			t.Errorf("a plain frame has a span %+v", span)
+		} else if !ok || span.TraceIDHigh == tc.TraceIDHigh {
+			t.Errorf("a plain frame's span is not a fresh trace: %+v %v", span, ok)
 		}
 		if (m.SchemaID == shmbus.EnvelopeSchemaID && m.Envelope == nil) != errors.Is(m.EnvelopeErr, shmbus.ErrMalformed) {
 			t.Errorf("message %d: envelope %v, error %v", m.MessageID, m.Envelope, m.EnvelopeErr)
@@ -832,7 +856,7 @@ func TestRunnerHandsTheEnvelopeAndItsTraceToTheHandler(t *testing.T) {
 			close(done)
 		}
 		return shmbus.Ack()
-	}, &shmbus.RunnerOptions{Middleware: []shmbus.Middleware{shmbus.Trace(nil)}})
+	}, &shmbus.RunnerOptions{Middleware: []shmbus.Middleware{shmbus.Trace("t", nil)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1205,4 +1229,83 @@ func TestRunnerCloseStopsRun(t *testing.T) {
 	if st := r.Stats(); st.Attempts != 1 || st.Handled != 0 {
 		t.Fatalf("stats %+v", st)
 	}
+}
+
+// jsonLine is C++'s layers::json_lines format, key for key (the optional keys in
+// their place).
+var jsonLine = regexp.MustCompile(`^\{"event":"attempt","handler":"((?:[^"\\]|\\.)*)","message_id":"([0-9a-f]{16})",` +
+	`"sequence":(\d+),"producer_id":(\d+),"trace_id":"([0-9a-f]{32})","span_id":"([0-9a-f]{16})"` +
+	`(?:,"parent_span_id":"([0-9a-f]{16})")?(?:,"correlation_id":"([0-9a-f]{16})")?(?:,"causation_id":"([0-9a-f]{16})")?` +
+	`,"outcome":"(ack|retry|reject)","code":(\d+),"duration_ns":(\d+)\}$`)
+
+// Trace with JSONLines writes C++'s structured log line per attempt: an enveloped
+// message continues the envelope's trace (its span is the one the handler got in
+// ctx) with its correlation and causation ids; a plain one starts a fresh trace; the
+// handler name is escaped as C++ escapes it.
+func TestTraceJSONLinesIsTheCxxFormat(t *testing.T) {
+	ctx := ctxT(t)
+	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 16})
+	pub, err := bus.Publisher(topic, &shmbus.PublisherOptions{ProducerID: 26135})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	tc, _ := shmbus.ParseTraceparent(testTraceparent)
+	var log bytes.Buffer
+	var spans []shmbus.TraceContext
+	done := make(chan struct{})
+	r, err := shmbus.NewRunner(bus, topic, func(ctx context.Context, m *shmbus.Message) shmbus.Outcome {
+		span, _ := shmbus.TraceFromContext(ctx)
+		spans = append(spans, span)
+		if m.MessageID == 0x2222 {
+			close(done)
+			return shmbus.Reject("no", 409)
+		}
+		return shmbus.Ack()
+	}, &shmbus.RunnerOptions{Middleware: []shmbus.Middleware{shmbus.Trace("bi\"l\x01l\\ing", shmbus.JSONLines(&log))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &shmbus.Envelope{CorrelationID: 0xabcdef0123456789, CausationID: 0x77, Trace: tc}
+	if err := pub.OfferEnveloped(ctx, env, []byte("x"), 0x1111); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Offer(ctx, []byte("y"), 0x2222, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := runUntil(t, r, done); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(log.String(), "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("log %q", log.String())
+	}
+	hex := func(v uint64) string { return fmt.Sprintf("%016x", v) }
+	for i, l := range lines {
+		g := jsonLine.FindStringSubmatch(l)
+		if g == nil {
+			t.Fatalf("line %q is not C++'s format", l)
+		}
+		var v map[string]any
+		if err := json.Unmarshal([]byte(l), &v); err != nil || v["handler"] != "bi\"ll\\ing" {
+			t.Fatalf("line %q: %v, handler %q", l, err, v["handler"])
+		}
+		sp := spans[i]
+		if g[3] != strconv.Itoa(i+1) || g[4] != "26135" || g[5] != hex(sp.TraceIDHigh)+hex(sp.TraceIDLow) || g[6] != hex(sp.ParentID) {
+			t.Fatalf("line %q: span %+v", l, sp)
+		}
+		switch i {
+		case 0:
+			if g[2] != "0000000000001111" || g[5] != hex(tc.TraceIDHigh)+hex(tc.TraceIDLow) || g[7] != hex(tc.ParentID) ||
+				g[8] != "abcdef0123456789" || g[9] != "0000000000000077" || g[10] != "ack" || g[11] != "0" {
+				t.Fatalf("enveloped: %q", l)
+			}
+		case 1:
+			if g[2] != "0000000000002222" || g[5] == hex(tc.TraceIDHigh)+hex(tc.TraceIDLow) || g[7] != "" || g[8] != "" ||
+				g[9] != "" || g[10] != "reject" || g[11] != "409" {
+				t.Fatalf("plain: %q", l)
+			}
+		}
+	}
+	t.Logf("%s", log.String())
 }
