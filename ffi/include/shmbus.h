@@ -507,6 +507,149 @@ SHMBUS_API int shmbus_dedup_commit(shmbus_dedup_t* d, const void* state, size_t 
 SHMBUS_API int shmbus_dedup_app_state(shmbus_dedup_t* d, const uint8_t** data, size_t* len);
 SHMBUS_API int shmbus_dedup_stats(shmbus_dedup_t* d, shmbus_dedup_stats_t* out);
 
+/* ---- request/response (symbol version SHMBUS_1.5) -----------------------------
+ * C++'s shmbus::Requester and shmbus::Responder (docs/messaging.md,
+ * "Request/response"): the same code, so one behaviour in every language.
+ *
+ * A requester owns a reply topic (through shmbusd an ephemeral one: the daemon
+ * removes it when this process's connection ends, however it ends). A request is an
+ * enveloped message on the service topic with a fresh random correlation id, a fresh
+ * random frame message id (the causation id its reply must carry back) and the reply
+ * topic as reply-to. A reply is taken only with both ids of a request in flight;
+ * others are dropped and counted (stale, forged, malformed), never returned.
+ *
+ * A responder reads a service topic; each request is taken with _next and answered
+ * with _reply, _fail (status 500, "exception: <why>", as C++ does for a function that
+ * throws) or _skip (no reply: the requester times out). Through shmbusd it answers
+ * only on ephemeral topics (SHMBUS_E_PERMISSION_DENIED otherwise: the confused
+ * deputy).
+ *
+ * A handle is used from one thread at a time; _interrupt may run concurrently with
+ * any call on its handle but _close (async-signal-safe). */
+typedef struct shmbus_requester shmbus_requester_t;
+typedef struct shmbus_responder shmbus_responder_t;
+
+#define SHMBUS_REPLY_STATUS_FAILED 500 /* what a failed handler answers */
+
+/* Versioned by `size` (set by _init): the library reads only what the caller has. */
+typedef struct shmbus_requester_options {
+  uint32_t size;            /* sizeof(shmbus_requester_options_t), set by _init */
+  int32_t open_timeout_ms;  /* a service topic being created: wait this long; default 5000 */
+  const char* reply_topic;  /* NULL or "": "reply.<pid>.<16 random hex digits>" */
+  uint64_t capacity;        /* reply ring bytes, power of two >= 4096; default 1 MiB */
+  uint64_t max_payload;     /* largest reply payload (frame); 0: capacity / 4 */
+  uint64_t max_in_flight;   /* requests awaited at once; default 4096 */
+  int64_t block_timeout_ns; /* sending into a full service topic (policy block); default 1 s */
+} shmbus_requester_options_t;
+
+/* A reply taken by _await/_request. `data` points into the requester's own memory,
+ * valid until the next call on that requester or its close. */
+typedef struct shmbus_reply {
+  uint32_t size;   /* sizeof(shmbus_reply_t), set by _init */
+  uint32_t status; /* the responder's status (0: ok; 500: its handler failed) */
+  uint64_t correlation_id;
+  uint64_t schema_id;   /* the reply payload's schema id (0: opaque) */
+  uint64_t message_id;  /* the reply frame's */
+  uint32_t producer_id; /* the reply frame's */
+  uint32_t reserved;
+  const uint8_t* data; /* the payload */
+  uint64_t len;
+  shmbus_envelope_t envelope; /* every envelope field of the reply (trace: a child span) */
+} shmbus_reply_t;
+
+typedef struct shmbus_requester_stats {
+  uint64_t sent;
+  uint64_t replies; /* replies matched to a request in flight */
+  uint64_t timeouts;
+  uint64_t stale;     /* replies to no request in flight: dropped */
+  uint64_t forged;    /* a request's correlation id without its causation id: dropped */
+  uint64_t malformed; /* frames on the reply topic that are no valid reply: dropped */
+  uint64_t in_flight;
+} shmbus_requester_stats_t;
+
+SHMBUS_API void shmbus_requester_options_init(shmbus_requester_options_t* o, uint32_t size);
+SHMBUS_API void shmbus_reply_init(shmbus_reply_t* r);
+/* Creates the reply topic and subscribes to it (opts NULL: defaults). */
+SHMBUS_API int shmbus_requester_open(shmbus_bus_t* bus, const shmbus_requester_options_t* opts,
+                                     shmbus_requester_t** out);
+/* Removes the reply topic. */
+SHMBUS_API void shmbus_requester_close(shmbus_requester_t* r);
+/* Publishes a request on `topic`: *corr gets its correlation id. `trace` (may be
+ * NULL): a request continues its trace (a child span), otherwise a fresh trace.
+ * SHMBUS_E_BACK_PRESSURED when the topic is full or max_in_flight requests wait;
+ * errors of a publisher open (NOT_FOUND, PERMISSION_DENIED) the first time a topic
+ * is used. */
+SHMBUS_API int shmbus_requester_send(shmbus_requester_t* r, const char* topic, const void* payload,
+                                     size_t len, uint64_t schema_id, const shmbus_envelope_t* trace,
+                                     uint64_t* corr);
+/* Waits up to timeout_ns (<0: no limit) for the reply to `corr`. OK: *out is it.
+ * SHMBUS_E_TIMED_OUT: none came in time, `corr` is forgotten (a late reply is stale).
+ * SHMBUS_E_CLOSED: `corr` is not in flight (never sent, answered, timed out,
+ * forgotten). SHMBUS_E_INTERRUPTED: _interrupt ended the wait, `corr` stays in
+ * flight. Replies to other requests in flight that come meanwhile are kept. */
+SHMBUS_API int shmbus_requester_await(shmbus_requester_t* r, uint64_t corr, int64_t timeout_ns,
+                                      shmbus_reply_t* out);
+/* _send then _await; *corr (may be NULL) gets the correlation id. */
+SHMBUS_API int shmbus_requester_request(shmbus_requester_t* r, const char* topic, const void* payload,
+                                        size_t len, uint64_t schema_id, int64_t timeout_ns,
+                                        shmbus_reply_t* out, uint64_t* corr);
+/* Stops waiting for `corr`: its reply will be dropped as stale. */
+SHMBUS_API int shmbus_requester_forget(shmbus_requester_t* r, uint64_t corr);
+/* The reply topic's name, NUL-terminated, valid until close. */
+SHMBUS_API const char* shmbus_requester_reply_topic(shmbus_requester_t* r);
+SHMBUS_API int shmbus_requester_stats(shmbus_requester_t* r, shmbus_requester_stats_t* out);
+SHMBUS_API int shmbus_requester_interrupt(shmbus_requester_t* r);
+
+/* A request taken by shmbus_responder_next. `payload` points into the service ring,
+ * valid until it is answered (_reply, _fail, _skip), the next _next, or close. */
+typedef struct shmbus_request {
+  uint32_t size;       /* sizeof(shmbus_request_t), set by _init */
+  uint32_t enveloped;  /* 0: a plain frame (no envelope: it cannot be answered) */
+  uint64_t token;      /* which request: _reply/_fail/_skip check it */
+  uint64_t message_id; /* the request frame's (the causation id of its reply) */
+  uint32_t producer_id;
+  uint32_t reserved;
+  shmbus_view_t payload;      /* the request payload (schema_id: the payload's) */
+  shmbus_envelope_t envelope; /* correlation id, reply-to, trace ... */
+} shmbus_request_t;
+
+typedef struct shmbus_responder_stats {
+  uint64_t requests;
+  uint64_t replied;
+  uint64_t no_reply_to;   /* requests without reply-to: handled, not answered */
+  uint64_t undeliverable; /* the reply topic gone or full, or the reply too large */
+  uint64_t refused;       /* through shmbusd: reply-to not an ephemeral topic */
+  uint64_t malformed;     /* frames that are no valid envelope: skipped */
+  uint64_t failed;        /* answered with status 500 (_fail) */
+} shmbus_responder_stats_t;
+
+SHMBUS_API void shmbus_request_init(shmbus_request_t* q);
+/* Subscribes to `topic` (opts: as shmbus_subscriber_open, start LATEST only; NULL:
+ * defaults). */
+SHMBUS_API int shmbus_responder_open(shmbus_bus_t* bus, const char* topic,
+                                     const shmbus_subscriber_options_t* opts, shmbus_responder_t** out);
+SHMBUS_API void shmbus_responder_close(shmbus_responder_t* r);
+/* The next request, waiting up to timeout_ns (<0: no limit). OK: *out is it, pending
+ * until answered (a request still pending is skipped by the next _next).
+ * SHMBUS_E_TIMED_OUT, SHMBUS_E_INTERRUPTED, or SHMBUS_E_MALFORMED: a frame that is no
+ * valid envelope was skipped and counted (call again). */
+SHMBUS_API int shmbus_responder_next(shmbus_responder_t* r, int64_t timeout_ns, shmbus_request_t* out);
+/* Answers the pending request `q` with `len` bytes of payload (schema id, status) and
+ * releases it. OK: published. Otherwise the request is released all the same and the
+ * code says why nothing was published: SHMBUS_E_NOT_FOUND (no reply-to),
+ * SHMBUS_E_PERMISSION_DENIED (refused: not a reply topic), SHMBUS_E_CLOSED (the reply
+ * topic is gone or full), SHMBUS_E_TOO_LARGE (can never fit the reply topic).
+ * SHMBUS_E_INVALID_ARGUMENT when `q` is not the request pending (answered already,
+ * skipped, or not from this responder): nothing is done. */
+SHMBUS_API int shmbus_responder_reply(shmbus_responder_t* r, const shmbus_request_t* q, const void* payload,
+                                      size_t len, uint64_t schema_id, uint32_t status);
+/* Answers as a failed handler: status 500, payload "exception: <why>" (counted failed). */
+SHMBUS_API int shmbus_responder_fail(shmbus_responder_t* r, const shmbus_request_t* q, const char* why);
+/* Releases the pending request without a reply. */
+SHMBUS_API int shmbus_responder_skip(shmbus_responder_t* r, const shmbus_request_t* q);
+SHMBUS_API int shmbus_responder_stats(shmbus_responder_t* r, shmbus_responder_stats_t* out);
+SHMBUS_API int shmbus_responder_interrupt(shmbus_responder_t* r);
+
 /* ---- Cap'n Proto helpers -------------------------------------------------- */
 /* Checks that a view holds a well-formed flat Cap'n Proto message (segment table
  * within bounds) and returns its first segment: *seg0 and *seg0_words. For

@@ -39,6 +39,7 @@
 #include "shmbus/group.hpp"
 #include "shmbus/publisher.hpp"
 #include "shmbus/replay.hpp"
+#include "shmbus/request.hpp"
 #include "shmbus/subscriber.hpp"
 
 // Layout checks: the Go and Rust bindings mirror these structs.
@@ -59,6 +60,18 @@ static_assert(sizeof(shmbus_envelope_t) == 840 && offsetof(shmbus_envelope_t, re
                   offsetof(shmbus_envelope_t, trace_state) == 320,
               "ABI: shmbus_envelope_t");
 static_assert(sizeof(shmbus_dedup_stats_t) == 32, "ABI: shmbus_dedup_stats_t");
+static_assert(sizeof(shmbus_requester_options_t) == 48 &&
+                  offsetof(shmbus_requester_options_t, reply_topic) == 8,
+              "ABI: shmbus_requester_options_t");
+static_assert(sizeof(shmbus_reply_t) == 896 && offsetof(shmbus_reply_t, data) == 40 &&
+                  offsetof(shmbus_reply_t, envelope) == 56,
+              "ABI: shmbus_reply_t");
+static_assert(sizeof(shmbus_requester_stats_t) == 56, "ABI: shmbus_requester_stats_t");
+static_assert(sizeof(shmbus_request_t) == 936 && offsetof(shmbus_request_t, payload) == 32 &&
+                  offsetof(shmbus_request_t, envelope) == 96,
+              "ABI: shmbus_request_t");
+static_assert(sizeof(shmbus_responder_stats_t) == 56, "ABI: shmbus_responder_stats_t");
+static_assert(SHMBUS_REPLY_STATUS_FAILED == shmbus::kStatusFailed);
 static_assert(SHMBUS_MAX_REPLY_TO == shmbus::kMaxReplyTo && SHMBUS_MAX_TRACE_STATE == shmbus::kMaxTraceState);
 static_assert(SHMBUS_FLUSH_NONE == int(shmbus::TopicConfig::Flush::none) &&
               SHMBUS_FLUSH_INTERVAL == int(shmbus::TopicConfig::Flush::interval) &&
@@ -114,6 +127,18 @@ struct shmbus_group_subscriber {
 
 struct shmbus_dedup {
   shmbus::DedupWindow w;
+};
+
+struct shmbus_requester {
+  shmbus::Requester r;
+  shmbus::Reply last{};  // the reply handed out last (its payload: valid until the next call)
+};
+
+struct shmbus_responder {
+  shmbus::Responder r;
+  // The request taken by next(), as the library read it: a reply uses this, never the
+  // caller's copy (whose reply-to a caller could have changed). token 0: none.
+  shmbus::PendingRequest pending{};
 };
 
 namespace {
@@ -1523,6 +1548,334 @@ int shmbus_dedup_stats(shmbus_dedup_t* d, shmbus_dedup_stats_t* out) {
   out->by_id = d->w.stats().by_id;
   out->position = d->w.position();
   out->size = d->w.size();
+  return SHMBUS_OK;
+}
+
+// ---- request/response ------------------------------------------------------------------
+namespace {
+// Envelope -> the caller's struct (texts were bounded by EnvelopedView).
+void fill_envelope(shmbus_envelope_t* c, const shmbus::Envelope& x, uint64_t payload_schema_id) {
+  shmbus_envelope_init(c);
+  c->correlation_id = x.correlation_id;
+  c->causation_id = x.causation_id;
+  c->content_version = x.content_version;
+  c->status = x.status;
+  c->payload_schema_id = payload_schema_id;
+  set_trace(c, x.trace);
+  std::memcpy(c->reply_to, x.reply_to.data(), std::min(x.reply_to.size(), sizeof c->reply_to - 1));
+  std::memcpy(c->trace_state, x.trace.state.data(),
+              std::min(x.trace.state.size(), sizeof c->trace_state - 1));
+}
+
+bool reply_ok(shmbus_reply_t* r, const char* fn) {
+  if (!r) return invalid(fn, "out is NULL"), false;
+  if (r->size != sizeof *r)
+    return invalid(fn, "out->size does not match this library: call shmbus_reply_init first"), false;
+  return true;
+}
+
+void clear_reply(shmbus_reply_t* r) {
+  if (r && r->size == sizeof *r) shmbus_reply_init(r);
+}
+
+int await_into(shmbus_requester_t* q, uint64_t corr, int64_t timeout_ns, shmbus_reply_t* out) {
+  const shmbus::Status s = q->r.await(corr, timeout_ns, q->last);
+  if (s != shmbus::Status::ok) {
+    if (s == shmbus::Status::closed) {
+      set_static(
+          "requester await: the correlation id is not in flight (never sent, answered, timed out or "
+          "forgotten)");
+      return SHMBUS_E_CLOSED;
+    }
+    return status(s);
+  }
+  const shmbus::Reply& x = q->last;
+  out->status = x.envelope.status;
+  out->correlation_id = x.envelope.correlation_id;
+  out->schema_id = x.payload_schema_id;
+  out->message_id = x.message_id;
+  out->producer_id = x.producer_id;
+  out->data = reinterpret_cast<const uint8_t*>(x.payload.data());
+  out->len = x.payload.size();
+  fill_envelope(&out->envelope, x.envelope, x.payload_schema_id);
+  return SHMBUS_OK;
+}
+
+int outcome_code(shmbus::ReplyOutcome o, const char* fn) {
+  switch (o) {
+    case shmbus::ReplyOutcome::replied:
+    case shmbus::ReplyOutcome::not_wanted: return SHMBUS_OK;
+    case shmbus::ReplyOutcome::no_reply_to:
+      return fail(SHMBUS_E_NOT_FOUND, fn, "the request has no reply-to (or no envelope): not answered");
+    case shmbus::ReplyOutcome::refused:
+      return fail(SHMBUS_E_PERMISSION_DENIED, fn,
+                  "the request's reply-to is not an ephemeral reply topic: refused (confused deputy)");
+    case shmbus::ReplyOutcome::undeliverable:
+      return fail(SHMBUS_E_CLOSED, fn, "the reply topic is gone or full: reply dropped");
+    case shmbus::ReplyOutcome::too_large:
+      return fail(SHMBUS_E_TOO_LARGE, fn, "the reply can never fit the reply topic's frames: dropped");
+    case shmbus::ReplyOutcome::not_pending: break;
+  }
+  return invalid(fn, "the request is not the one pending (answered, skipped, or not from this responder)");
+}
+
+bool pending_ok(shmbus_responder_t* r, const shmbus_request_t* q, const char* fn) {
+  if (!r || !q) return invalid(fn, "r or q is NULL"), false;
+  if (q->size != sizeof *q)
+    return invalid(fn, "q->size does not match this library: call shmbus_request_init first"), false;
+  if (q->token == 0 || q->token != r->pending.token)
+    return invalid(fn, "the request is not the one pending (answered, skipped, or not from this responder)"),
+           false;
+  return true;
+}
+}  // namespace
+
+void shmbus_requester_options_init(shmbus_requester_options_t* o, uint32_t size) {
+  if (!o || size < sizeof(uint32_t)) return;
+  shmbus_requester_options_t d{};
+  shmbus::RequesterOptions cpp;
+  d.size = uint32_t(std::min<size_t>(size, sizeof d));
+  d.reply_topic = nullptr;
+  d.capacity = cpp.reply_config.capacity;
+  d.max_payload = cpp.reply_config.max_payload;
+  d.max_in_flight = cpp.max_in_flight;
+  d.block_timeout_ns = cpp.publisher.block_timeout_ns;
+  d.open_timeout_ms = cpp.publisher.open_timeout_ms;
+  std::memcpy(o, &d, d.size);
+}
+
+void shmbus_reply_init(shmbus_reply_t* r) {
+  if (!r) return;
+  std::memset(r, 0, sizeof *r);
+  r->size = sizeof *r;
+  shmbus_envelope_init(&r->envelope);
+}
+
+int shmbus_requester_open(shmbus_bus_t* bus, const shmbus_requester_options_t* opts,
+                          shmbus_requester_t** out) {
+  const char* fn = "shmbus_requester_open: ";
+  if (!out) return invalid(fn, "out is NULL");
+  *out = nullptr;
+  if (!bus) return invalid(fn, "bus is NULL");
+  SHIM_BEGIN
+  shmbus::RequesterOptions o;
+  if (opts) {
+    // The fields present in the caller's struct (older, shorter structs keep working).
+    constexpr uint32_t kMin = offsetof(shmbus_requester_options_t, block_timeout_ns) + 8;
+    if (opts->size < kMin || opts->size > sizeof *opts)
+      return invalid(fn, "opts->size is wrong: call shmbus_requester_options_init(&o, sizeof o) first");
+    if (opts->reply_topic) o.reply_topic = opts->reply_topic;
+    if (opts->capacity) o.reply_config.capacity = opts->capacity;
+    o.reply_config.max_payload = opts->max_payload;
+    if (opts->max_in_flight == 0) return invalid(fn, "opts->max_in_flight is 0");
+    o.max_in_flight = opts->max_in_flight;
+    if (opts->block_timeout_ns < 0) return invalid(fn, "opts->block_timeout_ns is negative");
+    o.publisher.block_timeout_ns = opts->block_timeout_ns;
+    if (opts->open_timeout_ms < 0) return invalid(fn, "opts->open_timeout_ms is negative");
+    o.publisher.open_timeout_ms = opts->open_timeout_ms;
+  }
+  *out = new shmbus_requester{shmbus::Requester(bus->bus, std::move(o))};
+  return SHMBUS_OK;
+  SHIM_END("shmbus_requester_open")
+}
+
+void shmbus_requester_close(shmbus_requester_t* r) {
+  try {
+    delete r;
+  } catch (...) {
+  }
+}
+
+int shmbus_requester_send(shmbus_requester_t* r, const char* topic, const void* payload, size_t len,
+                          uint64_t schema_id, const shmbus_envelope_t* trace, uint64_t* corr) {
+  const char* fn = "shmbus_requester_send: ";
+  if (corr) *corr = 0;
+  if (!r || !topic || !corr || (!payload && len)) return invalid(fn, "r, topic, corr or payload is NULL");
+  if (len > UINT32_MAX) return fail(SHMBUS_E_TOO_LARGE, fn, "payload over 4 GiB");
+  SHIM_BEGIN
+  std::optional<shmbus::TraceContext> t;
+  if (trace) {
+    if (!envelope_ok(trace, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+    if (trace->trace_flags > 255) return invalid(fn, "trace_flags is over 255");
+    t = get_trace(trace);
+    if (!t->valid()) return invalid(fn, "trace: no valid trace context (a zero trace id or parent id)");
+  }
+  const shmbus::Status s =
+      r->r.send(topic, std::span<const std::byte>(static_cast<const std::byte*>(payload), len), *corr,
+                schema_id, t ? &*t : nullptr);
+  if (s == shmbus::Status::back_pressured)
+    return fail(SHMBUS_E_BACK_PRESSURED, fn,
+                "the service topic is full, or max_in_flight requests are waiting");
+  return status(s);
+  SHIM_END("shmbus_requester_send")
+}
+
+int shmbus_requester_await(shmbus_requester_t* r, uint64_t corr, int64_t timeout_ns, shmbus_reply_t* out) {
+  const char* fn = "shmbus_requester_await: ";
+  if (!r) {
+    clear_reply(out);
+    return invalid(fn, "r is NULL");
+  }
+  if (!reply_ok(out, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+  shmbus_reply_init(out);
+  SHIM_BEGIN
+  return await_into(r, corr, timeout_ns, out);
+  SHIM_END("shmbus_requester_await")
+}
+
+int shmbus_requester_request(shmbus_requester_t* r, const char* topic, const void* payload, size_t len,
+                             uint64_t schema_id, int64_t timeout_ns, shmbus_reply_t* out, uint64_t* corr) {
+  const char* fn = "shmbus_requester_request: ";
+  if (corr) *corr = 0;
+  if (!reply_ok(out, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+  shmbus_reply_init(out);
+  uint64_t c = 0;
+  const int rc = shmbus_requester_send(r, topic, payload, len, schema_id, nullptr, &c);
+  if (rc != SHMBUS_OK) return rc;
+  if (corr) *corr = c;
+  SHIM_BEGIN
+  return await_into(r, c, timeout_ns, out);
+  SHIM_END("shmbus_requester_request")
+}
+
+int shmbus_requester_forget(shmbus_requester_t* r, uint64_t corr) {
+  if (!r) return invalid("shmbus_requester_forget: ", "r is NULL");
+  r->r.forget(corr);
+  return SHMBUS_OK;
+}
+
+const char* shmbus_requester_reply_topic(shmbus_requester_t* r) {
+  return r ? r->r.reply_topic().c_str() : nullptr;
+}
+
+int shmbus_requester_stats(shmbus_requester_t* r, shmbus_requester_stats_t* out) {
+  if (!r || !out) return invalid("shmbus_requester_stats: ", "r or out is NULL");
+  const shmbus::RequesterStats& s = r->r.stats();
+  *out = shmbus_requester_stats_t{s.sent,   s.replies,   s.timeouts,      s.stale,
+                                  s.forged, s.malformed, r->r.in_flight()};
+  return SHMBUS_OK;
+}
+
+int shmbus_requester_interrupt(shmbus_requester_t* r) {
+  if (!r) return SHMBUS_E_INVALID_ARGUMENT;
+  r->r.interrupt();
+  return SHMBUS_OK;
+}
+
+void shmbus_request_init(shmbus_request_t* q) {
+  if (!q) return;
+  std::memset(q, 0, sizeof *q);
+  q->size = sizeof *q;
+  shmbus_envelope_init(&q->envelope);
+}
+
+int shmbus_responder_open(shmbus_bus_t* bus, const char* topic, const shmbus_subscriber_options_t* opts,
+                          shmbus_responder_t** out) {
+  const char* fn = "shmbus_responder_open: ";
+  if (!out) return invalid(fn, "out is NULL");
+  *out = nullptr;
+  if (!bus || !topic) return invalid(fn, "bus or topic is NULL");
+  SHIM_BEGIN
+  shmbus::SubscriberOptions o;
+  if (opts) {
+    if (opts->size != sizeof *opts)
+      return invalid(fn, "opts->size does not match this library: call shmbus_subscriber_options_init first");
+    if (!valid_wait(opts->wait)) return invalid(fn, "opts->wait is not a SHMBUS_WAIT_*");
+    if (opts->start != SHMBUS_START_LATEST) return invalid(fn, "a responder starts at SHMBUS_START_LATEST");
+    if (opts->spin_ns < 0 || opts->open_timeout_ms < 0) return invalid(fn, "negative spin_ns or timeout");
+    o.partition = opts->partition;
+    o.tethered = opts->tethered != 0;
+    o.wait = shmbus::WaitStrategy(opts->wait);
+    o.spin_ns = opts->spin_ns;
+    o.open_timeout_ms = opts->open_timeout_ms;
+    if (opts->name) o.name = opts->name;
+  }
+  *out = new shmbus_responder{shmbus::Responder(bus->bus, topic, nullptr, o)};
+  return SHMBUS_OK;
+  SHIM_END("shmbus_responder_open")
+}
+
+void shmbus_responder_close(shmbus_responder_t* r) {
+  try {
+    delete r;
+  } catch (...) {
+  }
+}
+
+int shmbus_responder_next(shmbus_responder_t* r, int64_t timeout_ns, shmbus_request_t* out) {
+  const char* fn = "shmbus_responder_next: ";
+  if (!r || !out) return invalid(fn, "r or out is NULL");
+  if (out->size != sizeof *out)
+    return invalid(fn, "out->size does not match this library: call shmbus_request_init first");
+  shmbus_request_init(out);
+  SHIM_BEGIN
+  r->pending = shmbus::PendingRequest{};
+  shmbus::PendingRequest p;
+  const shmbus::Status s = r->r.next(timeout_ns, p);
+  if (s != shmbus::Status::ok) {
+    if (s == shmbus::Status::malformed)
+      return fail(SHMBUS_E_MALFORMED, fn, "a frame that is no valid envelope was skipped (counted)");
+    return status(s);
+  }
+  r->pending = p;
+  out->enveloped = p.enveloped ? 1 : 0;
+  out->token = p.token;
+  out->message_id = p.frame.message_id();
+  out->producer_id = p.frame.producer_id();
+  fill_view(&out->payload, p.payload);
+  if (p.enveloped) fill_envelope(&out->envelope, p.envelope, p.payload.schema_id());
+  return SHMBUS_OK;
+  SHIM_END("shmbus_responder_next")
+}
+
+int shmbus_responder_reply(shmbus_responder_t* r, const shmbus_request_t* q, const void* payload, size_t len,
+                           uint64_t schema_id, uint32_t status_) {
+  const char* fn = "shmbus_responder_reply: ";
+  if (!pending_ok(r, q, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+  if (!payload && len) return invalid(fn, "payload is NULL");
+  SHIM_BEGIN
+  shmbus::Response resp;
+  const auto* b = static_cast<const std::byte*>(payload);
+  resp.payload.assign(b, b + len);
+  resp.schema_id = schema_id;
+  resp.status = status_;
+  const shmbus::PendingRequest p = std::move(r->pending);
+  r->pending = shmbus::PendingRequest{};
+  return outcome_code(r->r.reply(p, resp), fn);
+  SHIM_END("shmbus_responder_reply")
+}
+
+int shmbus_responder_fail(shmbus_responder_t* r, const shmbus_request_t* q, const char* why) {
+  const char* fn = "shmbus_responder_fail: ";
+  if (!pending_ok(r, q, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+  SHIM_BEGIN
+  const shmbus::PendingRequest p = std::move(r->pending);
+  r->pending = shmbus::PendingRequest{};
+  return outcome_code(r->r.fail(p, why ? why : ""), fn);
+  SHIM_END("shmbus_responder_fail")
+}
+
+int shmbus_responder_skip(shmbus_responder_t* r, const shmbus_request_t* q) {
+  const char* fn = "shmbus_responder_skip: ";
+  if (!pending_ok(r, q, fn)) return SHMBUS_E_INVALID_ARGUMENT;
+  SHIM_BEGIN
+  const shmbus::PendingRequest p = std::move(r->pending);
+  r->pending = shmbus::PendingRequest{};
+  return outcome_code(r->r.skip(p), fn);
+  SHIM_END("shmbus_responder_skip")
+}
+
+int shmbus_responder_stats(shmbus_responder_t* r, shmbus_responder_stats_t* out) {
+  if (!r || !out) return invalid("shmbus_responder_stats: ", "r or out is NULL");
+  const shmbus::ResponderStats& s = r->r.stats();
+  *out = shmbus_responder_stats_t{s.requests, s.replied,   s.no_reply_to, s.undeliverable,
+                                  s.refused,  s.malformed, s.failed};
+  return SHMBUS_OK;
+}
+
+int shmbus_responder_interrupt(shmbus_responder_t* r) {
+  if (!r) return SHMBUS_E_INVALID_ARGUMENT;
+  r->r.interrupt();
   return SHMBUS_OK;
 }
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstring>
 
 namespace shmbus {
@@ -136,7 +137,7 @@ void Requester::take(const View& v) {
 Status Requester::await(uint64_t corr, int64_t timeout_ns, Reply& out) {
   auto it = inflight_.find(corr);
   if (it == inflight_.end()) return Status::closed;  // not in flight (never sent, or given up)
-  const int64_t deadline = mono_ns() + (timeout_ns < 0 ? 0 : timeout_ns);
+  const int64_t deadline = timeout_ns < 0 ? INT64_MAX : mono_ns() + timeout_ns;
   for (;;) {
     it = inflight_.find(corr);
     if (it != inflight_.end() && it->second.reply) {
@@ -144,8 +145,8 @@ Status Requester::await(uint64_t corr, int64_t timeout_ns, Reply& out) {
       inflight_.erase(it);
       return Status::ok;
     }
-    const int64_t left = deadline - mono_ns();
-    if (left <= 0) break;
+    const int64_t left = deadline == INT64_MAX ? -1 : deadline - mono_ns();
+    if (deadline != INT64_MAX && left <= 0) break;
     View v;
     const Status s = sub_->poll_wait(v, left);
     if (s == Status::ok) {
@@ -153,6 +154,8 @@ Status Requester::await(uint64_t corr, int64_t timeout_ns, Reply& out) {
       sub_->release(v);
     } else if (s == Status::corrupt) {
       ++stats_.malformed;
+    } else if (s == Status::interrupted) {
+      return Status::interrupted;  // still in flight: the caller decides
     }
   }
   inflight_.erase(corr);
@@ -169,9 +172,7 @@ Status Requester::request(const std::string& topic, std::span<const std::byte> r
 }
 
 Responder::Responder(Bus& bus, const std::string& topic, RespondFn fn, SubscriberOptions sub)
-    : bus_(bus), topic_(topic), fn_(std::move(fn)), sub_(bus.subscriber(topic, sub)) {
-  if (!fn_) throw Error(ErrorCode::invalid_argument, "Responder: no function");
-}
+    : bus_(bus), topic_(topic), fn_(std::move(fn)), sub_(bus.subscriber(topic, sub)) {}
 
 Responder::~Responder() = default;
 
@@ -197,41 +198,47 @@ Publisher* Responder::reply_publisher(const std::string& topic, bool& refused) {
   }
 }
 
-bool Responder::step(int64_t wait_ns) {
+Status Responder::next(int64_t wait_ns, PendingRequest& out) {
+  if (pending_) {  // not answered: no reply
+    PendingRequest old;
+    old.token = pending_;
+    skip(old);
+  }
   View v;
-  if (sub_.poll_wait(v, wait_ns) != Status::ok) return false;
+  const Status s = sub_.poll_wait(v, wait_ns);
+  if (s != Status::ok) return s;
   EnvelopedView ev;
   if (ev.open(v) != Status::ok) {
     ++stats_.malformed;
     sub_.release(v);
-    return true;
+    return Status::malformed;
   }
   ++stats_.requests;
-  Response r;
-  try {
-    r = fn_(ev.payload(), ev.envelope());
-  } catch (const std::exception& e) {
-    // Answered at once rather than left to time out: status 500, the reason as payload.
-    ++stats_.failed;
-    const std::string why = std::string("exception: ") + e.what();
-    r = Response{};
-    r.payload.assign(reinterpret_cast<const std::byte*>(why.data()),
-                     reinterpret_cast<const std::byte*>(why.data()) + why.size());
-    r.status = 500;
-  }
-  const Envelope& req = ev.envelope();
-  if (!r.reply) {
-    sub_.release(v);
-    return true;
-  }
-  if (!ev.enveloped() || req.reply_to.empty() || req.correlation_id == 0) {
+  out.payload = ev.payload();
+  out.envelope = ev.envelope();
+  out.enveloped = ev.enveloped();
+  out.frame = v;
+  out.token = pending_ = ++next_token_;
+  return Status::ok;
+}
+
+ReplyOutcome Responder::reply(const PendingRequest& preq, const Response& r) {
+  if (!pending_ || preq.token != pending_) return ReplyOutcome::not_pending;
+  pending_ = 0;
+  // The frame is the subscriber's last polled one: release_all frees exactly it.
+  struct Release {
+    Subscriber& s;
+    ~Release() { s.release_all(); }
+  } release{sub_};
+  if (!r.reply) return ReplyOutcome::not_wanted;
+  const Envelope& req = preq.envelope;
+  if (!preq.enveloped || req.reply_to.empty() || req.correlation_id == 0) {
     ++stats_.no_reply_to;
-    sub_.release(v);
-    return true;
+    return ReplyOutcome::no_reply_to;
   }
   Envelope e;
   e.correlation_id = req.correlation_id;
-  e.causation_id = v.message_id();
+  e.causation_id = preq.frame.message_id();
   e.status = r.status;
   if (req.trace.valid()) e.trace = req.trace.child();
   bool refused = false;
@@ -243,14 +250,45 @@ bool Responder::step(int64_t wait_ns) {
     p = reply_publisher(req.reply_to, refused);
     s = p ? publish_enveloped(*p, e, r.payload, 0, r.schema_id) : Status::closed;
   }
-  if (s == Status::ok)
+  if (s == Status::ok) {
     ++stats_.replied;
-  else if (refused)
+    return ReplyOutcome::replied;
+  }
+  if (refused) {
     ++stats_.refused;
-  else
-    ++stats_.undeliverable;
-  sub_.release(v);
+    return ReplyOutcome::refused;
+  }
+  ++stats_.undeliverable;
+  return s == Status::too_large ? ReplyOutcome::too_large : ReplyOutcome::undeliverable;
+}
+
+bool Responder::step(int64_t wait_ns) {
+  if (!fn_) throw Error(ErrorCode::invalid_argument, "Responder: no function (use next/reply)");
+  PendingRequest req;
+  const Status s = next(wait_ns, req);
+  if (s == Status::malformed) return true;
+  if (s != Status::ok) return false;
+  Response r;
+  try {
+    r = fn_(req.payload, req.envelope);
+  } catch (const std::exception& e) {
+    // Answered at once rather than left to time out: status 500, the reason as payload.
+    fail(req, e.what());
+    return true;
+  }
+  reply(req, r);
   return true;
+}
+
+ReplyOutcome Responder::fail(const PendingRequest& req, std::string_view what) {
+  if (!pending_ || req.token != pending_) return ReplyOutcome::not_pending;
+  ++stats_.failed;
+  const std::string why = std::string("exception: ") + std::string(what);
+  Response r;
+  r.payload.assign(reinterpret_cast<const std::byte*>(why.data()),
+                   reinterpret_cast<const std::byte*>(why.data()) + why.size());
+  r.status = kStatusFailed;
+  return reply(req, r);
 }
 
 void Responder::run(const std::function<bool()>& stop) {

@@ -44,6 +44,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -99,16 +100,21 @@ class Requester {
   // the first time throws Error like Bus::publisher (not found, permission denied).
   Status send(const std::string& topic, std::span<const std::byte> request, uint64_t& corr,
               uint64_t schema_id = 0, const TraceContext* trace = nullptr);
-  // The reply to `corr`, waiting up to timeout_ns. ok: `out` is it. timed_out: none
-  // came in time, and `corr` is forgotten (its reply, if it comes later, is stale).
-  // Replies to other requests in flight that arrive meanwhile are kept for them.
-  // closed: `corr` is not in flight (never sent, already answered, or given up).
+  // The reply to `corr`, waiting up to timeout_ns (< 0: no limit). ok: `out` is it.
+  // timed_out: none came in time, and `corr` is forgotten (its reply, if it comes
+  // later, is stale). Replies to other requests in flight that arrive meanwhile are
+  // kept for them. closed: `corr` is not in flight (never sent, already answered, or
+  // given up). interrupted: interrupt() ended the wait; `corr` stays in flight.
   Status await(uint64_t corr, int64_t timeout_ns, Reply& out);
   // send + await.
   Status request(const std::string& topic, std::span<const std::byte> request, int64_t timeout_ns, Reply& out,
                  uint64_t schema_id = 0);
   // Stops waiting for `corr`: its reply will be dropped as stale.
   void forget(uint64_t corr) { inflight_.erase(corr); }
+  // Ends an await blocked in another thread at once (interrupted); raised while none
+  // waits, it ends the next wait once. The one call that may run concurrently with
+  // another on this requester (never with its destruction); async-signal-safe.
+  void interrupt() { sub_->interrupt(); }
 
   const std::string& reply_topic() const { return reply_topic_; }
   bool reply_topic_ephemeral() const { return ephemeral_; }
@@ -143,6 +149,8 @@ struct Response {
 };
 
 // A function that throws is answered with status 500 and "exception: <what()>".
+// (Bindings that call their own function map its error the same way: status 500.)
+inline constexpr uint32_t kStatusFailed = 500;
 using RespondFn = std::function<Response(const View& request, const Envelope& env)>;
 
 struct ResponderStats {
@@ -155,16 +163,60 @@ struct ResponderStats {
   uint64_t failed = 0;     // the function threw: answered with status 500 and the reason
 };
 
+// A request taken by Responder::next, not answered yet. `payload` and `frame` point
+// into the service ring: valid until reply()/skip() on it, the next next(), or the
+// responder's end.
+struct PendingRequest {
+  View payload;       // the request's payload (inside the envelope)
+  Envelope envelope;  // correlation id, reply-to, trace ... (empty: not enveloped)
+  bool enveloped = false;
+  View frame;          // the whole frame (message id = the causation id a reply carries)
+  uint64_t token = 0;  // which request this is (reply/skip check it)
+};
+
+// What became of a reply (Responder::reply).
+enum class ReplyOutcome {
+  replied,        // published on the reply topic
+  not_wanted,     // Response::reply false, or skip(): nothing published
+  no_reply_to,    // the request has no reply-to (or is not enveloped): not answered
+  refused,        // through shmbusd: reply-to is not an ephemeral (reply) topic
+  undeliverable,  // the reply topic is gone, or full
+  too_large,      // the reply can never fit the reply topic's frames (counted undeliverable)
+  not_pending,    // the request is not the one pending (answered, skipped or stale): nothing done
+};
+
 class Responder {
  public:
+  // `fn` may be empty for a responder driven by next()/reply() only (step/run then throw).
   Responder(Bus& bus, const std::string& topic, RespondFn fn, SubscriberOptions sub = {});
   ~Responder();
   Responder(const Responder&) = delete;
   Responder& operator=(const Responder&) = delete;
 
-  // Answers at most one request, waiting up to wait_ns for one. True if one was handled.
+  // Answers at most one request, waiting up to wait_ns for one. True if one was handled
+  // (or a malformed frame skipped). next() + the function + reply().
   bool step(int64_t wait_ns);
   void run(const std::function<bool()>& stop);
+
+  // Two-phase use (what the C ABI, Go and Rust drive): the next request, waiting up to
+  // wait_ns (< 0: no limit). ok: `out` is it, pending until reply() or skip() (a
+  // request still pending is skipped by the next next()). timed_out, interrupted
+  // (interrupt()), or malformed: a frame that is no valid envelope was skipped and
+  // counted (call again). Statuses of the subscriber otherwise (corrupt).
+  Status next(int64_t wait_ns, PendingRequest& out);
+  // Answers `req` with `r` (r.reply false: no reply) and releases it.
+  ReplyOutcome reply(const PendingRequest& req, const Response& r);
+  // Answers `req` as a function that threw: status 500, "exception: <why>" as payload
+  // (counted failed). Bindings map their handler's error through it.
+  ReplyOutcome fail(const PendingRequest& req, std::string_view why);
+  // Releases `req` without a reply (the requester times out).
+  ReplyOutcome skip(const PendingRequest& req) {
+    Response none;
+    none.reply = false;
+    return reply(req, none);
+  }
+  // Ends a next/step blocked in another thread (interrupted); async-signal-safe.
+  void interrupt() { sub_.interrupt(); }
   const ResponderStats& stats() const { return stats_; }
   Subscriber& subscriber() { return sub_; }
 
@@ -177,6 +229,8 @@ class Responder {
   Subscriber sub_;
   std::map<std::string, Publisher> pubs_;  // reply topics (bounded: kMaxReplyPublishers)
   ResponderStats stats_;
+  uint64_t pending_ = 0;  // token of the request taken by next() and not answered (0: none)
+  uint64_t next_token_ = 0;
 };
 
 }  // namespace shmbus
