@@ -26,6 +26,10 @@ func TestMain(m *testing.M) {
 		groupMemberMain(sock)
 		return
 	}
+	if sock := os.Getenv("SHMBUS_GO_FORGER_SOCK"); sock != "" {
+		forgerMain(sock)
+		return
+	}
 	os.Exit(m.Run())
 }
 
