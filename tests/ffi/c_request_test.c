@@ -49,8 +49,9 @@ int main(int argc, char** argv) {
   shmbus_requester_options_t ro;
   memset(&ro, 0xff, sizeof ro);
   shmbus_requester_options_init(&ro, sizeof ro);
-  CHECK(ro.size == sizeof ro && ro.reply_topic == NULL && ro.capacity == (1u << 20) && ro.max_in_flight == 4096 &&
-        ro.max_payload == 0 && ro.block_timeout_ns > 0 && ro.open_timeout_ms == 5000);
+  CHECK(ro.size == sizeof ro && ro.reply_topic == NULL && ro.capacity == (1u << 20) &&
+        ro.max_in_flight == 4096 && ro.max_payload == 0 && ro.block_timeout_ns > 0 &&
+        ro.open_timeout_ms == 5000);
   shmbus_requester_t* rq = (shmbus_requester_t*)&ro;
   CHECK_RC(shmbus_requester_open(NULL, NULL, &rq), SHMBUS_E_INVALID_ARGUMENT);
   CHECK(rq == NULL);
@@ -101,7 +102,8 @@ int main(int argc, char** argv) {
   CHECK_RC(shmbus_requester_send(rq, "c.svc", "x", 1, 0, NULL, NULL), SHMBUS_E_INVALID_ARGUMENT);
   shmbus_envelope_t tr;
   shmbus_envelope_init(&tr);
-  CHECK_RC(shmbus_requester_send(rq, "c.svc", "x", 1, 0, &tr, &corr), SHMBUS_E_INVALID_ARGUMENT); /* no trace */
+  CHECK_RC(shmbus_requester_send(rq, "c.svc", "x", 1, 0, &tr, &corr),
+           SHMBUS_E_INVALID_ARGUMENT); /* no trace */
   REQUIRE_OK(shmbus_trace_parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", &tr));
   const char req_bytes[] = "quote AAPL";
   REQUIRE_OK(shmbus_requester_send(rq, "c.svc", req_bytes, sizeof req_bytes, 0x1234, &tr, &corr));
@@ -124,7 +126,8 @@ int main(int argc, char** argv) {
   const char rep_bytes[] = "price 187.5";
   CHECK_RC(shmbus_responder_reply(rs, &q, NULL, 3, 0, 0), SHMBUS_E_INVALID_ARGUMENT);
   REQUIRE_OK(shmbus_responder_reply(rs, &q, rep_bytes, sizeof rep_bytes, 0x5678, 201));
-  CHECK_RC(shmbus_responder_reply(rs, &q, rep_bytes, sizeof rep_bytes, 0x5678, 201), SHMBUS_E_INVALID_ARGUMENT);
+  CHECK_RC(shmbus_responder_reply(rs, &q, rep_bytes, sizeof rep_bytes, 0x5678, 201),
+           SHMBUS_E_INVALID_ARGUMENT);
   CHECK_RC(shmbus_responder_skip(rs, &q), SHMBUS_E_INVALID_ARGUMENT);
   rep.size = 0;
   CHECK_RC(shmbus_requester_await(rq, corr, 0, &rep), SHMBUS_E_INVALID_ARGUMENT);
@@ -135,8 +138,8 @@ int main(int argc, char** argv) {
   CHECK(rep.envelope.causation_id == q.message_id && rep.envelope.status == 201 &&
         rep.envelope.correlation_id == corr && rep.envelope.trace_id_low == tr.trace_id_low &&
         rep.envelope.trace_parent_id != q.envelope.trace_parent_id);
-  CHECK_RC(shmbus_requester_await(rq, corr, 0, &rep), SHMBUS_E_CLOSED); /* answered already */
-  CHECK_RC(shmbus_requester_await(rq, 12345, 0, &rep), SHMBUS_E_CLOSED);  /* never sent */
+  CHECK_RC(shmbus_requester_await(rq, corr, 0, &rep), SHMBUS_E_CLOSED);  /* answered already */
+  CHECK_RC(shmbus_requester_await(rq, 12345, 0, &rep), SHMBUS_E_CLOSED); /* never sent */
   shmbus_subscriber_t* plain = NULL;
   REQUIRE_OK(shmbus_subscriber_open(bus, "c.plain", NULL, &plain));
 
@@ -149,7 +152,8 @@ int main(int argc, char** argv) {
   REQUIRE_OK(shmbus_responder_next(rs, 1000000000LL, &q));
   REQUIRE_OK(shmbus_responder_fail(rs, &q, "boom"));
   REQUIRE_OK(shmbus_requester_await(rq, c2, 1000000000LL, &rep));
-  CHECK(rep.status == SHMBUS_REPLY_STATUS_FAILED && rep.len == 15 && memcmp(rep.data, "exception: boom", 15) == 0);
+  CHECK(rep.status == SHMBUS_REPLY_STATUS_FAILED && rep.len == 15 &&
+        memcmp(rep.data, "exception: boom", 15) == 0);
   REQUIRE_OK(shmbus_requester_await(rq, c1, 1000000000LL, &rep));
   CHECK(rep.status == 0 && rep.len == 3 && memcmp(rep.data, "ONE", 3) == 0 && rep.correlation_id == c1);
 
@@ -264,13 +268,15 @@ int main(int argc, char** argv) {
   CHECK_RC(shmbus_responder_reply(rs, &q, "late", 4, 0, 0), SHMBUS_E_CLOSED);
   shmbus_responder_stats_t ss;
   REQUIRE_OK(shmbus_responder_stats(rs, &ss));
-  fprintf(stderr,
-          "responder: requests %llu replied %llu no_reply_to %llu undeliverable %llu refused %llu malformed %llu "
-          "failed %llu\n",
-          (unsigned long long)ss.requests, (unsigned long long)ss.replied, (unsigned long long)ss.no_reply_to,
-          (unsigned long long)ss.undeliverable, (unsigned long long)ss.refused, (unsigned long long)ss.malformed,
-          (unsigned long long)ss.failed);
-  CHECK(ss.failed == 1 && ss.refused == 1 && ss.no_reply_to == 1 && ss.malformed == 1 && ss.undeliverable == 2);
+  fprintf(
+      stderr,
+      "responder: requests %llu replied %llu no_reply_to %llu undeliverable %llu refused %llu malformed %llu "
+      "failed %llu\n",
+      (unsigned long long)ss.requests, (unsigned long long)ss.replied, (unsigned long long)ss.no_reply_to,
+      (unsigned long long)ss.undeliverable, (unsigned long long)ss.refused, (unsigned long long)ss.malformed,
+      (unsigned long long)ss.failed);
+  CHECK(ss.failed == 1 && ss.refused == 1 && ss.no_reply_to == 1 && ss.malformed == 1 &&
+        ss.undeliverable == 2);
 
   shmbus_subscriber_close(plain);
   shmbus_responder_close(rs);

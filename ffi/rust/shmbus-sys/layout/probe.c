@@ -26,6 +26,11 @@ int main(void) {
   SIZE(shmbus_group_stats_t);
   SIZE(shmbus_envelope_t);
   SIZE(shmbus_dedup_stats_t);
+  SIZE(shmbus_requester_options_t);
+  SIZE(shmbus_reply_t);
+  SIZE(shmbus_requester_stats_t);
+  SIZE(shmbus_request_t);
+  SIZE(shmbus_responder_stats_t);
   printf("];\n");
 
   printf("pub const C_OFFSETS: &[(&str, &str, usize, usize)] = &[\n");
@@ -120,6 +125,45 @@ int main(void) {
   OFF(shmbus_dedup_stats_t, by_id);
   OFF(shmbus_dedup_stats_t, position);
   OFF(shmbus_dedup_stats_t, size);
+  OFF(shmbus_requester_options_t, size);
+  OFF(shmbus_requester_options_t, open_timeout_ms);
+  OFF(shmbus_requester_options_t, reply_topic);
+  OFF(shmbus_requester_options_t, capacity);
+  OFF(shmbus_requester_options_t, max_payload);
+  OFF(shmbus_requester_options_t, max_in_flight);
+  OFF(shmbus_requester_options_t, block_timeout_ns);
+  OFF(shmbus_reply_t, size);
+  OFF(shmbus_reply_t, status);
+  OFF(shmbus_reply_t, correlation_id);
+  OFF(shmbus_reply_t, schema_id);
+  OFF(shmbus_reply_t, message_id);
+  OFF(shmbus_reply_t, producer_id);
+  OFF(shmbus_reply_t, reserved);
+  OFF(shmbus_reply_t, data);
+  OFF(shmbus_reply_t, len);
+  OFF(shmbus_reply_t, envelope);
+  OFF(shmbus_requester_stats_t, sent);
+  OFF(shmbus_requester_stats_t, replies);
+  OFF(shmbus_requester_stats_t, timeouts);
+  OFF(shmbus_requester_stats_t, stale);
+  OFF(shmbus_requester_stats_t, forged);
+  OFF(shmbus_requester_stats_t, malformed);
+  OFF(shmbus_requester_stats_t, in_flight);
+  OFF(shmbus_request_t, size);
+  OFF(shmbus_request_t, enveloped);
+  OFF(shmbus_request_t, token);
+  OFF(shmbus_request_t, message_id);
+  OFF(shmbus_request_t, producer_id);
+  OFF(shmbus_request_t, reserved);
+  OFF(shmbus_request_t, payload);
+  OFF(shmbus_request_t, envelope);
+  OFF(shmbus_responder_stats_t, requests);
+  OFF(shmbus_responder_stats_t, replied);
+  OFF(shmbus_responder_stats_t, no_reply_to);
+  OFF(shmbus_responder_stats_t, undeliverable);
+  OFF(shmbus_responder_stats_t, refused);
+  OFF(shmbus_responder_stats_t, malformed);
+  OFF(shmbus_responder_stats_t, failed);
   printf("];\n");
 
   printf("pub const C_CONSTS: &[(&str, i64)] = &[\n");
@@ -161,6 +205,7 @@ int main(void) {
   CONST(SHMBUS_MAX_REPLY_TO);
   CONST(SHMBUS_MAX_TRACE_STATE);
   CONST(SHMBUS_TRACEPARENT_LEN);
+  CONST(SHMBUS_REPLY_STATUS_FAILED);
   printf("];\n");
   return 0;
 }

@@ -62,6 +62,7 @@ pub const SHMBUS_ENVELOPE_SCHEMA_ID: u64 = 0xe8ba_f312_b14f_45c0;
 pub const SHMBUS_MAX_REPLY_TO: usize = 255;
 pub const SHMBUS_MAX_TRACE_STATE: usize = 512;
 pub const SHMBUS_TRACEPARENT_LEN: usize = 55;
+pub const SHMBUS_REPLY_STATUS_FAILED: u32 = 500;
 
 // ---- opaque handles ---------------------------------------------------------
 macro_rules! opaque {
@@ -80,6 +81,8 @@ opaque!(shmbus_publisher, shmbus_publisher_t);
 opaque!(shmbus_subscriber, shmbus_subscriber_t);
 opaque!(shmbus_group_subscriber, shmbus_group_subscriber_t);
 opaque!(shmbus_dedup, shmbus_dedup_t);
+opaque!(shmbus_requester, shmbus_requester_t);
+opaque!(shmbus_responder, shmbus_responder_t);
 
 // ---- structs ------------------------------------------------------------------
 #[repr(C)]
@@ -304,6 +307,102 @@ pub struct shmbus_dedup_stats_t {
     pub by_id: u64,
     pub position: u64,
     pub size: u64,
+}
+
+// ---- request/response (SHMBUS_1.5) --------------------------------------------------
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct shmbus_requester_options_t {
+    pub size: u32,
+    pub open_timeout_ms: i32,
+    pub reply_topic: *const c_char,
+    pub capacity: u64,
+    pub max_payload: u64,
+    pub max_in_flight: u64,
+    pub block_timeout_ns: i64,
+}
+
+impl Default for shmbus_requester_options_t {
+    fn default() -> Self {
+        Self {
+            size: 0,
+            open_timeout_ms: 0,
+            reply_topic: std::ptr::null(),
+            capacity: 0,
+            max_payload: 0,
+            max_in_flight: 0,
+            block_timeout_ns: 0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct shmbus_reply_t {
+    pub size: u32,
+    pub status: u32,
+    pub correlation_id: u64,
+    pub schema_id: u64,
+    pub message_id: u64,
+    pub producer_id: u32,
+    pub reserved: u32,
+    pub data: *const u8,
+    pub len: u64,
+    pub envelope: shmbus_envelope_t,
+}
+
+impl Default for shmbus_reply_t {
+    fn default() -> Self {
+        Self {
+            size: 0,
+            status: 0,
+            correlation_id: 0,
+            schema_id: 0,
+            message_id: 0,
+            producer_id: 0,
+            reserved: 0,
+            data: std::ptr::null(),
+            len: 0,
+            envelope: shmbus_envelope_t::default(),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct shmbus_requester_stats_t {
+    pub sent: u64,
+    pub replies: u64,
+    pub timeouts: u64,
+    pub stale: u64,
+    pub forged: u64,
+    pub malformed: u64,
+    pub in_flight: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct shmbus_request_t {
+    pub size: u32,
+    pub enveloped: u32,
+    pub token: u64,
+    pub message_id: u64,
+    pub producer_id: u32,
+    pub reserved: u32,
+    pub payload: shmbus_view_t,
+    pub envelope: shmbus_envelope_t,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct shmbus_responder_stats_t {
+    pub requests: u64,
+    pub replied: u64,
+    pub no_reply_to: u64,
+    pub undeliverable: u64,
+    pub refused: u64,
+    pub malformed: u64,
+    pub failed: u64,
 }
 
 extern "C" {
@@ -564,6 +663,80 @@ extern "C" {
         len: *mut usize,
     ) -> c_int;
     pub fn shmbus_dedup_stats(d: *mut shmbus_dedup_t, out: *mut shmbus_dedup_stats_t) -> c_int;
+
+    // ---- request/response (SHMBUS_1.5) ----
+    pub fn shmbus_requester_options_init(o: *mut shmbus_requester_options_t, size: u32);
+    pub fn shmbus_reply_init(r: *mut shmbus_reply_t);
+    pub fn shmbus_requester_open(
+        bus: *mut shmbus_bus_t,
+        opts: *const shmbus_requester_options_t,
+        out: *mut *mut shmbus_requester_t,
+    ) -> c_int;
+    pub fn shmbus_requester_close(r: *mut shmbus_requester_t);
+    pub fn shmbus_requester_send(
+        r: *mut shmbus_requester_t,
+        topic: *const c_char,
+        payload: *const std::ffi::c_void,
+        len: usize,
+        schema_id: u64,
+        trace: *const shmbus_envelope_t,
+        corr: *mut u64,
+    ) -> c_int;
+    pub fn shmbus_requester_await(
+        r: *mut shmbus_requester_t,
+        corr: u64,
+        timeout_ns: i64,
+        out: *mut shmbus_reply_t,
+    ) -> c_int;
+    pub fn shmbus_requester_request(
+        r: *mut shmbus_requester_t,
+        topic: *const c_char,
+        payload: *const std::ffi::c_void,
+        len: usize,
+        schema_id: u64,
+        timeout_ns: i64,
+        out: *mut shmbus_reply_t,
+        corr: *mut u64,
+    ) -> c_int;
+    pub fn shmbus_requester_forget(r: *mut shmbus_requester_t, corr: u64) -> c_int;
+    pub fn shmbus_requester_reply_topic(r: *mut shmbus_requester_t) -> *const c_char;
+    pub fn shmbus_requester_stats(
+        r: *mut shmbus_requester_t,
+        out: *mut shmbus_requester_stats_t,
+    ) -> c_int;
+    pub fn shmbus_requester_interrupt(r: *mut shmbus_requester_t) -> c_int;
+    pub fn shmbus_request_init(q: *mut shmbus_request_t);
+    pub fn shmbus_responder_open(
+        bus: *mut shmbus_bus_t,
+        topic: *const c_char,
+        opts: *const shmbus_subscriber_options_t,
+        out: *mut *mut shmbus_responder_t,
+    ) -> c_int;
+    pub fn shmbus_responder_close(r: *mut shmbus_responder_t);
+    pub fn shmbus_responder_next(
+        r: *mut shmbus_responder_t,
+        timeout_ns: i64,
+        out: *mut shmbus_request_t,
+    ) -> c_int;
+    pub fn shmbus_responder_reply(
+        r: *mut shmbus_responder_t,
+        q: *const shmbus_request_t,
+        payload: *const std::ffi::c_void,
+        len: usize,
+        schema_id: u64,
+        status: u32,
+    ) -> c_int;
+    pub fn shmbus_responder_fail(
+        r: *mut shmbus_responder_t,
+        q: *const shmbus_request_t,
+        why: *const c_char,
+    ) -> c_int;
+    pub fn shmbus_responder_skip(r: *mut shmbus_responder_t, q: *const shmbus_request_t) -> c_int;
+    pub fn shmbus_responder_stats(
+        r: *mut shmbus_responder_t,
+        out: *mut shmbus_responder_stats_t,
+    ) -> c_int;
+    pub fn shmbus_responder_interrupt(r: *mut shmbus_responder_t) -> c_int;
 
     // ---- Cap'n Proto helpers ----
     pub fn shmbus_view_segments(

@@ -163,7 +163,56 @@ fn struct_layouts_match_header() {
         position,
         size
     });
-    assert_eq!(c::C_SIZES.len(), 13, "every probed struct is checked");
+    check_struct!(shmbus_requester_options_t {
+        size,
+        open_timeout_ms,
+        reply_topic,
+        capacity,
+        max_payload,
+        max_in_flight,
+        block_timeout_ns
+    });
+    check_struct!(shmbus_reply_t {
+        size,
+        status,
+        correlation_id,
+        schema_id,
+        message_id,
+        producer_id,
+        reserved,
+        data,
+        len,
+        envelope
+    });
+    check_struct!(shmbus_requester_stats_t {
+        sent,
+        replies,
+        timeouts,
+        stale,
+        forged,
+        malformed,
+        in_flight
+    });
+    check_struct!(shmbus_request_t {
+        size,
+        enveloped,
+        token,
+        message_id,
+        producer_id,
+        reserved,
+        payload,
+        envelope
+    });
+    check_struct!(shmbus_responder_stats_t {
+        requests,
+        replied,
+        no_reply_to,
+        undeliverable,
+        refused,
+        malformed,
+        failed
+    });
+    assert_eq!(c::C_SIZES.len(), 18, "every probed struct is checked");
 }
 
 macro_rules! check_consts {
@@ -220,6 +269,7 @@ fn constants_match_header() {
         SHMBUS_MAX_REPLY_TO,
         SHMBUS_MAX_TRACE_STATE,
         SHMBUS_TRACEPARENT_LEN,
+        SHMBUS_REPLY_STATUS_FAILED,
     );
 }
 

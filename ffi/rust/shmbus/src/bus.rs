@@ -422,6 +422,17 @@ impl Bus {
     ) -> Result<GroupSubscriber> {
         GroupSubscriber::open(self.inner.clone(), topic, group, opts)
     }
+
+    /// Creates a reply topic and a [`Requester`](crate::Requester) on it.
+    pub fn requester(&self, opts: &crate::RequesterOptions) -> Result<crate::Requester> {
+        crate::Requester::open(self.inner.clone(), opts)
+    }
+
+    /// Opens a [`Responder`](crate::Responder) on the service topic `topic` (the
+    /// subscriber options' start must be [`Start::Latest`](crate::Start::Latest)).
+    pub fn responder(&self, topic: &str, opts: &SubscriberOptions) -> Result<crate::Responder> {
+        crate::Responder::open(self.inner.clone(), topic, opts)
+    }
 }
 
 impl std::fmt::Debug for Bus {

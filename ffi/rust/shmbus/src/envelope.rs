@@ -57,14 +57,14 @@ pub struct Enveloped<'a> {
     pub payload: &'a [u8],
 }
 
-fn raw() -> sys::shmbus_envelope_t {
+pub(crate) fn raw() -> sys::shmbus_envelope_t {
     let mut e = sys::shmbus_envelope_t::default();
     // SAFETY: e is a valid, writable envelope struct.
     unsafe { sys::shmbus_envelope_init(&mut e) };
     e
 }
 
-fn trace_to_raw(t: &TraceContext, e: &mut sys::shmbus_envelope_t) {
+pub(crate) fn trace_to_raw(t: &TraceContext, e: &mut sys::shmbus_envelope_t) {
     e.trace_id_high = t.trace_id_high;
     e.trace_id_low = t.trace_id_low;
     e.trace_parent_id = t.parent_id;
@@ -108,6 +108,18 @@ fn put_text(dst: &mut [c_char], s: &str, what: &str) -> Result<()> {
 }
 
 impl Envelope {
+    pub(crate) fn from_raw(e: &sys::shmbus_envelope_t) -> Envelope {
+        Envelope {
+            correlation_id: e.correlation_id,
+            causation_id: e.causation_id,
+            reply_to: text(&e.reply_to),
+            trace: trace_from_raw(e),
+            content_version: e.content_version,
+            status: e.status,
+            payload_schema_id: e.payload_schema_id,
+        }
+    }
+
     pub(crate) fn to_raw(&self) -> Result<sys::shmbus_envelope_t> {
         let mut e = raw();
         e.correlation_id = self.correlation_id;

@@ -10,6 +10,8 @@ enum Target {
     Sub(NonNull<sys::shmbus_subscriber_t>),
     Pub(NonNull<sys::shmbus_publisher_t>),
     Group(NonNull<sys::shmbus_group_subscriber_t>),
+    Requester(NonNull<sys::shmbus_requester_t>),
+    Responder(NonNull<sys::shmbus_responder_t>),
 }
 
 // SAFETY: the C ABI allows `shmbus_*_interrupt` from any thread, concurrently with
@@ -66,13 +68,22 @@ impl Interrupter {
         Interrupter(Arc::new(Mutex::new(Some(Target::Group(raw)))))
     }
 
+    pub(crate) fn requester(raw: NonNull<sys::shmbus_requester_t>) -> Interrupter {
+        Interrupter(Arc::new(Mutex::new(Some(Target::Requester(raw)))))
+    }
+
+    pub(crate) fn responder(raw: NonNull<sys::shmbus_responder_t>) -> Interrupter {
+        Interrupter(Arc::new(Mutex::new(Some(Target::Responder(raw)))))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Option<Target>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Ends the wait blocked on the subscriber (`poll_wait`, `poll_batch`, `wait`)
     /// or publisher (a `claim`/`offer` waiting for space, a `wait_durable`) or group
-    /// member (`poll_wait`) at once: it returns
+    /// member (`poll_wait`) or requester (`await_reply`, `request`) or responder
+    /// (`next`, `serve`) at once: it returns
     /// [`Error::Interrupted`](crate::Error::Interrupted). Called while nothing
     /// waits, it ends the next wait at once, one time. After the subscriber or
     /// publisher is dropped it does nothing.
@@ -89,6 +100,12 @@ impl Interrupter {
             },
             Some(Target::Group(h)) => unsafe {
                 sys::shmbus_group_subscriber_interrupt(h.as_ptr());
+            },
+            Some(Target::Requester(h)) => unsafe {
+                sys::shmbus_requester_interrupt(h.as_ptr());
+            },
+            Some(Target::Responder(h)) => unsafe {
+                sys::shmbus_responder_interrupt(h.as_ptr());
             },
             None => {}
         }

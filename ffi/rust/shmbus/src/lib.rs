@@ -48,6 +48,7 @@ pub mod handler;
 mod handler_async;
 mod interrupt;
 mod publisher;
+mod request;
 mod schema;
 mod subscriber;
 
@@ -65,6 +66,10 @@ pub use handler::{
 pub use interrupt::Interrupter;
 pub use publisher::{
     Claim, Committed, MessageClaim, Publisher, PublisherOptions, PublisherStats, RingAllocator,
+};
+pub use request::{
+    Reply, Request, Requester, RequesterOptions, RequesterStats, Responder, ResponderStats,
+    Response, STATUS_FAILED,
 };
 pub use schema::Schema;
 pub use subscriber::{
