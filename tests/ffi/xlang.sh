@@ -10,6 +10,8 @@
 #                  build them there); default <results-dir>/xlang-bin
 #   BUILD_DIR      meson build dir holding tests/ffi/xlang-cpp; default <repo>/build
 #   XLANG_COUNT    messages per direction; default 1000000
+#   XLANG_RR_COUNT request/response round trips per pair; default 2000
+#   XLANG_ONLY     "rr": only the request/response cases (through a shmbusd of BUILD_DIR)
 # Synchronisation: the script starts a producer only after its consumer printed READY
 # (read through a FIFO); the only waits are timeouts that fail a case.
 set -uo pipefail
@@ -20,8 +22,10 @@ results=$(cd "$results" && pwd)
 BUILD_DIR=${BUILD_DIR:-$repo/build}
 XLANG_BIN_DIR=${XLANG_BIN_DIR:-$results/xlang-bin}
 N=${XLANG_COUNT:-1000000}
+RR_N=${XLANG_RR_COUNT:-2000}
 work=$(mktemp -d)
-trap 'rm -rf "$work"; rm -f /dev/shm/xl-$$-* 2>/dev/null' EXIT
+daemon_pid=""
+trap '[ -n "$daemon_pid" ] && kill -KILL "$daemon_pid" 2>/dev/null; rm -rf "$work"; rm -f /dev/shm/xl-$$-* 2>/dev/null' EXIT
 
 declare -A BIN=(
   [cpp]=$BUILD_DIR/tests/ffi/xlang-cpp
@@ -109,6 +113,7 @@ run_case() {
   esac
 }
 
+if [ "${XLANG_ONLY:-}" != rr ]; then
 echo "== cross-language scenario: $N messages per direction"
 run_case "Go -> Rust (quote)"           go   rust quote exact
 run_case "Rust -> Go (order)"           rust go   order exact
@@ -131,6 +136,158 @@ run_case "evolution: C++ v1 -> Rust v2 (order)" cpp  rust order exact --schema-v
 run_case "evolution: C++ v2 -> Go v1 (order)"   cpp  go   order exact --schema-version 2 -- --schema-version 1
 run_case "evolution: Go v1 -> C++ v2 (quote)"   go   cpp  quote exact --schema-version 1 -- --schema-version 2
 N=$N_SAVE
+
+fi
+
+# ---- request/response through shmbusd (docs/xlang-scenario.md, "Request/response") ----
+# One shmbusd for these cases, ready when it says READY=1 on a NOTIFY_SOCKET (a small
+# python3 helper binds it, starts the daemon and prints its pid; no sleeps).
+start_daemon() {  # dir prefix -> prints the daemon's pid
+  python3 - "$BUILD_DIR/daemon/shmbusd" "$1" "$2" <<'PY'
+import os, socket, subprocess, sys
+exe, d, prefix = sys.argv[1:4]
+n = os.path.join(d, "notify")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(n)
+s.settimeout(30)
+log = open(os.path.join(d, "shmbusd.log"), "a")
+p = subprocess.Popen([exe, "--socket", os.path.join(d, "shmbusd.sock"), "--state-dir", os.path.join(d, "state"),
+                      "--shm-prefix", prefix, "--log-level", "warn"],
+                     env=dict(os.environ, NOTIFY_SOCKET=n), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+while True:
+    try:
+        m = s.recv(256)
+    except socket.timeout:
+        sys.exit(1)
+    if b"READY=1" in m:
+        print(p.pid)
+        sys.exit(0)
+    if p.poll() is not None:
+        sys.exit(1)
+PY
+}
+
+# read_line FD VAR: a line within 30 s (the only wait: a timeout that fails the case).
+read_line() { IFS= read -r -t 30 -u "$1" "$2"; }
+
+# run_rr NAME REQUESTER RESPONDER: RR_N round trips, every reply checked byte for byte
+# by the requester (correlation, payload, status, schema id) and every request by the
+# responder.
+run_rr() {
+  local name=$1 req=$2 resp=$3
+  case_no=$((case_no + 1))
+  local d=$work/$case_no topic=rr.svc.$case_no line="" fd
+  mkdir -p "$d"
+  for side in "$req" "$resp"; do
+    [ -x "${BIN[$side]}" ] || { fail "$name" "missing program ${BIN[$side]}"; return; }
+  done
+  mkfifo "$d/resp.fifo"
+  timeout -s KILL 300 "${BIN[$resp]}" respond --socket "$sock" --topic "$topic" --count "$RR_N" \
+      >"$d/resp.fifo" 2>"$d/resp.err" &
+  local rpid=$!
+  exec {fd}<"$d/resp.fifo"
+  if ! read_line "$fd" line || [ "$line" != READY ]; then
+    kill -KILL "$rpid" 2>/dev/null; wait "$rpid" 2>/dev/null; exec {fd}<&-
+    fail "$name" "responder did not print READY (got '$line'; $(head -c 300 "$d/resp.err"))"; return
+  fi
+  local t0 t1
+  t0=$(date +%s.%N)
+  timeout -s KILL 300 "${BIN[$req]}" request --socket "$sock" --topic "$topic" --count "$RR_N" \
+      >"$d/req.out" 2>"$d/req.err"
+  local qrc=$?
+  t1=$(date +%s.%N)
+  [ $qrc -ne 0 ] && kill -KILL "$rpid" 2>/dev/null  # its requests will not come
+  cat <&"$fd" >"$d/resp.out"; exec {fd}<&-
+  { wait "$rpid"; } 2>/dev/null; local rrc=$?
+  local qgot rgot
+  qgot=$(grep -E '^(OK|FAIL)' "$d/req.out" | tail -1); rgot=$(grep -E '^(OK|FAIL)' "$d/resp.out" | tail -1)
+  if [ $qrc -eq 0 ] && [ "$qgot" = "OK replies=$RR_N timeouts=0" ] && [ $rrc -eq 0 ] && [[ $rgot == "OK answered=$RR_N "* ]]; then
+    pass "$name" "$RR_N round trips in $(awk -v a="$t0" -v b="$t1" -v n="$RR_N" 'BEGIN{printf "%.2f s (%.0f us each)", b-a, (b-a)*1e6/n}')"
+  else
+    fail "$name" "requester: ${qgot:-nothing} (rc $qrc) responder: ${rgot:-nothing} (rc $rrc) $(head -qc 300 "$d/req.err" "$d/resp.err" | tr '\n' ' ')"
+  fi
+}
+
+# run_rr_kill NAME REQUESTER RESPONDER: the responder SIGKILLs itself on taking request
+# K (after it received it, before any reply); the requester must time out within its
+# 500 ms deadline (+300 ms); a restarted responder answers every request after it.
+run_rr_kill() {
+  local name=$1 req=$2 resp=$3
+  case_no=$((case_no + 1))
+  local d=$work/$case_no topic=rr.kill.$case_no line="" fd1 fd2 win rout M=50 K=$((RANDOM % 30 + 5))
+  mkdir -p "$d"
+  for side in "$req" "$resp"; do
+    [ -x "${BIN[$side]}" ] || { fail "$name" "missing program ${BIN[$side]}"; return; }
+  done
+  mkfifo "$d/resp1.fifo" "$d/resp2.fifo" "$d/req.in" "$d/req.out"
+  # (in a subshell whose own stderr is dropped: bash's "Killed" job notice is noise)
+  ( timeout -s KILL 300 "${BIN[$resp]}" respond --socket "$sock" --topic "$topic" --count "$M" \
+      --kill-self-before-reply "$K" >"$d/resp1.fifo" 2>"$d/resp1.err"; exit $? ) 2>/dev/null &
+  local r1=$!
+  exec {fd1}<"$d/resp1.fifo"
+  if ! read_line "$fd1" line || [ "$line" != READY ]; then
+    kill -KILL "$r1" 2>/dev/null; wait "$r1" 2>/dev/null; exec {fd1}<&-
+    fail "$name" "responder did not print READY (got '$line')"; return
+  fi
+  timeout -s KILL 300 "${BIN[$req]}" request --socket "$sock" --topic "$topic" --count "$M" \
+      --timeout-ms 500 --expect-timeout-at $((K - 1)) <"$d/req.in" >"$d/req.out" 2>"$d/req.err" &
+  local q=$!
+  exec {win}>"$d/req.in"
+  exec {rout}<"$d/req.out"
+  local timed=""
+  while read_line "$rout" line; do
+    printf '%s\n' "$line" >>"$d/req.log"
+    case $line in TIMED_OUT*|FAIL*|OK*) timed=$line; break ;; esac
+  done
+  cat <&"$fd1" >"$d/resp1.out"; exec {fd1}<&-
+  { wait "$r1"; } 2>/dev/null; local rc1=$?
+  if [[ $timed != TIMED_OUT* ]] || [ $rc1 -ne 137 ]; then
+    kill -KILL "$q" 2>/dev/null; wait "$q" 2>/dev/null; exec {win}>&- {rout}<&-
+    fail "$name" "requester: '${timed:-nothing}', first responder rc $rc1 (want 137) $(head -qc 300 "$d/req.err" "$d/resp1.out" "$d/resp1.err" | tr '\n' ' ')"
+    return
+  fi
+  timeout -s KILL 300 "${BIN[$resp]}" respond --socket "$sock" --topic "$topic" --count $((M - K)) \
+      >"$d/resp2.fifo" 2>"$d/resp2.err" &
+  local r2=$!
+  exec {fd2}<"$d/resp2.fifo"
+  if ! read_line "$fd2" line || [ "$line" != READY ]; then
+    kill -KILL "$r2" "$q" 2>/dev/null; wait "$r2" "$q" 2>/dev/null; exec {fd2}<&- {win}>&- {rout}<&-
+    fail "$name" "restarted responder did not print READY (got '$line')"; return
+  fi
+  echo go >&"$win"; exec {win}>&-
+  cat <&"$rout" >>"$d/req.log"; exec {rout}<&-
+  { wait "$q"; } 2>/dev/null; local qrc=$?
+  cat <&"$fd2" >"$d/resp2.out"; exec {fd2}<&-
+  { wait "$r2"; } 2>/dev/null; local rc2=$?
+  local qgot rgot
+  qgot=$(grep -E '^(OK|FAIL)' "$d/req.log" | tail -1); rgot=$(grep -E '^(OK|FAIL)' "$d/resp2.out" | tail -1)
+  if [ $qrc -eq 0 ] && [ "$qgot" = "OK replies=$((M - 1)) timeouts=1" ] && [ $rc2 -eq 0 ] && [[ $rgot == "OK answered=$((M - K)) "* ]]; then
+    pass "$name" "killed on request $K of $M: ${timed} (deadline 500 ms); the restarted responder answered the other $((M - K))"
+  else
+    fail "$name" "requester: ${qgot:-nothing} (rc $qrc) restarted responder: ${rgot:-nothing} (rc $rc2) $(head -qc 300 "$d/req.err" "$d/resp2.err" | tr '\n' ' ')"
+  fi
+}
+
+echo "== request/response through shmbusd: $RR_N round trips per pair"
+rr_dir=$work/rr
+mkdir -p "$rr_dir"
+sock=$rr_dir/shmbusd.sock
+if ! daemon_pid=$(start_daemon "$rr_dir" "xl-$$-rr"); then
+  daemon_pid=""
+  for l in cpp go rust; do for r in cpp go rust; do fail "request/response: $l requester -> $r responder" "shmbusd did not start"; done; done
+  for l in C++ Go Rust; do fail "request/response: $l responder SIGKILLed mid-request" "shmbusd did not start"; done
+else
+  for l in cpp go rust; do
+    for r in cpp go rust; do
+      run_rr "request/response: $l requester -> $r responder" "$l" "$r"
+    done
+  done
+  run_rr_kill "request/response: C++ responder SIGKILLed mid-request (Go requester)" go cpp
+  run_rr_kill "request/response: Go responder SIGKILLed mid-request (Rust requester)" rust go
+  run_rr_kill "request/response: Rust responder SIGKILLed mid-request (C++ requester)" cpp rust
+  kill -KILL "$daemon_pid" 2>/dev/null
+  daemon_pid=""
+fi
 
 write_counts
 echo "xlang: $passed passed, $failed failed"

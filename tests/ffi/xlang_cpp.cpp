@@ -7,20 +7,31 @@
 //             [--schema-version 1|2] [--create] [--capacity BYTES] [--start SEQ]
 //             [--kill-self-after K]
 //
+//   xlang-cpp respond --socket S --topic T --count N [--kill-self-before-reply K]
+//   xlang-cpp request --socket S --topic T --count N [--from F] [--timeout-ms MS]
+//             [--expect-timeout-at K]
+// (request/response through shmbusd; the exchange is specified in
+// docs/xlang-scenario.md, "Request/response", and is the same in every language)
+//
 // Producers build every message in place (MessageClaim: the builder's first segment
 // is ring memory); consumers read in place (MessageReader) and check every field.
 #include <capnp/message.h>
 #include <signal.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "market.capnp.h"
 #include "market_v2.capnp.h"
 #include "shmbus/message.hpp"
+#include "shmbus/request.hpp"
 #include "shmbus/shmbus.hpp"
 
 namespace {
@@ -41,6 +52,10 @@ struct Args {
   uint64_t start = 1;
   uint64_t kill_self_after = 0;  // 0: never
   bool allow_truncated = false;
+  std::string socket;                       // respond/request: shmbusd's socket
+  uint64_t from = 0;                        // request: first request index
+  uint64_t kill_self_before_reply = 0;      // respond: SIGKILL on taking request K (1-based)
+  uint64_t expect_timeout_at = UINT64_MAX;  // request: index whose responder dies
 };
 
 [[noreturn]] void usage(const char* why) {
@@ -56,7 +71,8 @@ Args parse(int argc, char** argv) {
   Args a;
   if (argc < 2) usage("missing command");
   a.cmd = argv[1];
-  if (a.cmd != "consume" && a.cmd != "produce") usage("unknown command");
+  if (a.cmd != "consume" && a.cmd != "produce" && a.cmd != "respond" && a.cmd != "request")
+    usage("unknown command");
   auto need = [&](int& i) -> const char* {
     if (i + 1 >= argc) usage("flag needs a value");
     return argv[++i];
@@ -68,6 +84,14 @@ Args parse(int argc, char** argv) {
       a.prefix = need(i);
     else if (f == "--topic")
       a.topic = need(i);
+    else if (f == "--socket")
+      a.socket = need(i);
+    else if (f == "--from")
+      a.from = num(i);
+    else if (f == "--kill-self-before-reply")
+      a.kill_self_before_reply = num(i);
+    else if (f == "--expect-timeout-at")
+      a.expect_timeout_at = num(i);
     else if (f == "--count")
       a.count = num(i);
     else if (f == "--schema") {
@@ -96,7 +120,11 @@ Args parse(int argc, char** argv) {
     else
       usage(("unknown flag " + f).c_str());
   }
-  if (a.prefix.empty() || a.topic.empty()) usage("--prefix and --topic are required");
+  if (a.cmd == "respond" || a.cmd == "request") {
+    if (a.socket.empty() || a.topic.empty()) usage("--socket and --topic are required");
+  } else if (a.prefix.empty() || a.topic.empty()) {
+    usage("--prefix and --topic are required");
+  }
   return a;
 }
 
@@ -310,11 +338,126 @@ int consume(const Args& a) {
   return 0;
 }
 
+// ---- request/response (docs/xlang-scenario.md, "Request/response") ------------------
+constexpr uint64_t kReqSchema0 = 0x1000, kReplySchemaDelta = 0x10000;
+
+std::vector<std::byte> request_payload(uint64_t i) {
+  std::vector<std::byte> p((i * 37) % 1500);
+  for (size_t j = 0; j < p.size(); ++j) p[j] = std::byte((i * 131 + j * 7 + 3) & 0xff);
+  return p;
+}
+
+std::vector<std::byte> reply_payload(std::span<const std::byte> req, uint64_t corr) {
+  std::vector<std::byte> p(req.size() + 8);
+  for (size_t j = 0; j < req.size(); ++j) p[j] = req[j] ^ std::byte{0xa5};
+  for (int k = 0; k < 8; ++k) p[req.size() + size_t(k)] = std::byte((corr >> (8 * k)) & 0xff);
+  return p;
+}
+
+uint32_t reply_status(uint64_t i) { return 200 + uint32_t(i % 100); }
+
+int64_t mono_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+int respond(const Args& a) {
+  shmbus::Bus bus = shmbus::Bus::connect(a.socket);
+  bus.create_topic(a.topic, {.capacity = 1u << 20, .multi_producer = true});
+  std::string fail;
+  uint64_t taken = 0, answered = 0;
+  shmbus::Responder resp(bus, a.topic, [&](const shmbus::View& q, const shmbus::Envelope& e) {
+    ++taken;
+    if (taken == a.kill_self_before_reply) {
+      std::fflush(stdout);
+      kill(getpid(), SIGKILL);  // holding the request, before any reply
+    }
+    const uint64_t s = q.schema_id();
+    const uint64_t i = s - kReqSchema0;
+    const auto want = request_payload(i);
+    if (fail.empty() && (e.correlation_id == 0 || e.reply_to.rfind("reply.", 0) != 0 || s < kReqSchema0 ||
+                         q.size() != want.size() || std::memcmp(q.data(), want.data(), want.size()) != 0))
+      fail = "request " + std::to_string(i) + " is not what was specified";
+    ++answered;
+    return shmbus::Response{.payload = reply_payload({q.data(), q.size()}, e.correlation_id),
+                            .schema_id = s + kReplySchemaDelta,
+                            .status = reply_status(i)};
+  });
+  std::printf("READY\n");
+  std::fflush(stdout);
+  const int64_t t0 = mono_ms();
+  while (answered < a.count && fail.empty() && mono_ms() - t0 < int64_t(a.timeout_ms) * 10)
+    resp.step(100'000'000);
+  if (!fail.empty()) {
+    std::printf("FAIL %s\n", fail.c_str());
+    return 1;
+  }
+  std::printf("%s answered=%llu replied=%llu\n", answered == a.count ? "OK" : "FAIL",
+              (unsigned long long)answered, (unsigned long long)resp.stats().replied);
+  return answered == a.count ? 0 : 1;
+}
+
+int request(const Args& a) {
+  shmbus::Bus bus = shmbus::Bus::connect(a.socket);
+  shmbus::Requester req(bus);
+  uint64_t replies = 0, timeouts = 0;
+  for (uint64_t i = a.from; i < a.from + a.count; ++i) {
+    const auto p = request_payload(i);
+    uint64_t corr = 0;
+    const shmbus::Status st = req.send(a.topic, p, corr, kReqSchema0 + i);
+    if (st != shmbus::Status::ok) {
+      std::printf("FAIL send %llu: %s\n", (unsigned long long)i, shmbus::to_string(st));
+      return 1;
+    }
+    shmbus::Reply r;
+    const int64_t t0 = mono_ms();
+    const shmbus::Status s = req.await(corr, int64_t(a.timeout_ms) * 1'000'000, r);
+    const int64_t took = mono_ms() - t0;
+    if (i == a.expect_timeout_at) {
+      if (s != shmbus::Status::timed_out || took < int64_t(a.timeout_ms) ||
+          took > int64_t(a.timeout_ms) + 300) {
+        std::printf("FAIL request %llu: %s after %lld ms, want a timeout after %llu ms (+300)\n",
+                    (unsigned long long)i, shmbus::to_string(s), (long long)took,
+                    (unsigned long long)a.timeout_ms);
+        return 1;
+      }
+      ++timeouts;
+      std::printf("TIMED_OUT ms=%lld\n", (long long)took);
+      std::fflush(stdout);
+      char line[64];
+      if (!std::fgets(line, sizeof line, stdin)) {
+        std::printf("FAIL no go-ahead after the timeout\n");
+        return 1;
+      }
+      continue;
+    }
+    if (s != shmbus::Status::ok) {
+      std::printf("FAIL request %llu: %s after %lld ms\n", (unsigned long long)i, shmbus::to_string(s),
+                  (long long)took);
+      return 1;
+    }
+    const auto want = reply_payload(p, corr);
+    if (r.envelope.correlation_id != corr || r.envelope.causation_id == 0 ||
+        r.envelope.status != reply_status(i) || r.payload_schema_id != kReqSchema0 + i + kReplySchemaDelta ||
+        r.payload != want) {
+      std::printf("FAIL reply %llu differs (status %u, schema %llx, %zu bytes)\n", (unsigned long long)i,
+                  r.envelope.status, (unsigned long long)r.payload_schema_id, r.payload.size());
+      return 1;
+    }
+    ++replies;
+  }
+  std::printf("OK replies=%llu timeouts=%llu\n", (unsigned long long)replies, (unsigned long long)timeouts);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Args a = parse(argc, argv);
   try {
+    if (a.cmd == "respond") return respond(a);
+    if (a.cmd == "request") return request(a);
     return a.cmd == "consume" ? consume(a) : produce(a);
   } catch (const std::exception& e) {
     std::printf("FAIL %s\n", e.what());

@@ -4,6 +4,7 @@
 // field, sequence and order.
 //
 //	xlang consume --prefix P --topic T --count N --schema quote|order [--schema-version 1|2] [--timeout-ms 10000] [--allow-truncated]
+//	xlang respond|request ... (rr.go: request/response through shmbusd)
 //	xlang produce --prefix P --topic T --count N --schema quote|order [--schema-version 1|2] [--create] [--capacity BYTES] [--start SEQ] [--kill-self-after K]
 package main
 
@@ -60,6 +61,9 @@ func parse(args []string) (config, error) {
 func main() {
 	if len(os.Args) >= 2 && (os.Args[1] == "bench-consume" || os.Args[1] == "bench-produce") {
 		os.Exit(benchMain(os.Args[1], os.Args[2:])) // bench.go: bench/lang/run.sh
+	}
+	if len(os.Args) >= 2 && (os.Args[1] == "respond" || os.Args[1] == "request") {
+		os.Exit(rrMain(os.Args[1], os.Args[2:])) // rr.go: request/response
 	}
 	if len(os.Args) < 2 || (os.Args[1] != "consume" && os.Args[1] != "produce") {
 		fmt.Fprintln(os.Stderr, "usage: xlang consume|produce --prefix P --topic T --count N --schema quote|order ...")

@@ -129,11 +129,15 @@ fn create_topic(bus: &Bus, a: &Args) -> Result<(), Error> {
 }
 
 mod bench;
+mod rr;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if let Some(cmd @ ("bench-consume" | "bench-produce")) = argv.get(1).map(String::as_str) {
         return bench::main(cmd, &argv[2..]); // bench.rs: bench/lang/run.sh
+    }
+    if let Some(cmd @ ("respond" | "request")) = argv.get(1).map(String::as_str) {
+        return rr::main(cmd, &argv[2..]); // rr.rs: request/response through shmbusd
     }
     let a = match parse_args() {
         Ok(a) => a,
