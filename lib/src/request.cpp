@@ -207,16 +207,19 @@ Status Responder::next(int64_t wait_ns, PendingRequest& out) {
   View v;
   const Status s = sub_.poll_wait(v, wait_ns);
   if (s != Status::ok) return s;
-  EnvelopedView ev;
-  if (ev.open(v) != Status::ok) {
+  // On the heap: the payload View points at a header inside it, which must outlive
+  // this call (and every copy of `out`).
+  auto ev = std::make_shared<EnvelopedView>();
+  if (ev->open(v) != Status::ok) {
     ++stats_.malformed;
     sub_.release(v);
     return Status::malformed;
   }
   ++stats_.requests;
-  out.payload = ev.payload();
-  out.envelope = ev.envelope();
-  out.enveloped = ev.enveloped();
+  out.payload = ev->payload();
+  out.envelope = ev->envelope();
+  out.enveloped = ev->enveloped();
+  out.opened = std::move(ev);
   out.frame = v;
   out.token = pending_ = ++next_token_;
   return Status::ok;

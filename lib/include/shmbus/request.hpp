@@ -167,6 +167,9 @@ struct ResponderStats {
 // into the service ring: valid until reply()/skip() on it, the next next(), or the
 // responder's end.
 struct PendingRequest {
+  // The opened envelope, shared by copies: `payload`'s frame header lives in it (a
+  // View of the payload has the payload's schema id, so not the ring's header).
+  std::shared_ptr<const EnvelopedView> opened;
   View payload;       // the request's payload (inside the envelope)
   Envelope envelope;  // correlation id, reply-to, trace ... (empty: not enveloped)
   bool enveloped = false;
