@@ -11,7 +11,8 @@
 #   BUILD_DIR      meson build dir holding tests/ffi/xlang-cpp; default <repo>/build
 #   XLANG_COUNT    messages per direction; default 1000000
 #   XLANG_RR_COUNT request/response round trips per pair; default 2000
-#   XLANG_ONLY     "rr": only the request/response cases (through a shmbusd of BUILD_DIR)
+#   XLANG_ONLY     "rr": only the request/response cases (through a shmbusd of BUILD_DIR);
+#                  "schema": only the schema-registry cases (a shmbusd and tools/shmbus)
 # Synchronisation: the script starts a producer only after its consumer printed READY
 # (read through a FIFO); the only waits are timeouts that fail a case.
 set -uo pipefail
@@ -65,6 +66,8 @@ run_case() {
   local count=$N
   [ "${mode%%=*}" = killed ] && count=${mode#killed=}
   local common=(--prefix "$prefix" --topic "$topic" --schema "$schema")
+  # Through shmbusd on a registry topic (the schema-registry cases set these).
+  [ -n "${case_socket:-}" ] && common=(--socket "$case_socket" --present-schema --topic "$case_topic" --schema "$schema")
 
   mkfifo "$d/cons.fifo"
   timeout -s KILL 600 "${BIN[$cons]}" consume "${common[@]}" --count "$count" "${cargs[@]}" \
@@ -113,7 +116,7 @@ run_case() {
   esac
 }
 
-if [ "${XLANG_ONLY:-}" != rr ]; then
+if [ "${XLANG_ONLY:-}" != rr ] && [ "${XLANG_ONLY:-}" != schema ]; then
 echo "== cross-language scenario: $N messages per direction"
 run_case "Go -> Rust (quote)"           go   rust quote exact
 run_case "Rust -> Go (order)"           rust go   order exact
@@ -268,6 +271,7 @@ run_rr_kill() {
   fi
 }
 
+if [ "${XLANG_ONLY:-}" != schema ]; then
 echo "== request/response through shmbusd: $RR_N round trips per pair"
 rr_dir=$work/rr
 mkdir -p "$rr_dir"
@@ -287,6 +291,95 @@ else
   run_rr_kill "request/response: Rust responder SIGKILLed mid-request (C++ requester)" cpp rust
   kill -KILL "$daemon_pid" 2>/dev/null
   daemon_pid=""
+fi
+fi
+
+# ---- schema registry through shmbusd (docs/xlang-scenario.md, "Schema registry") ----
+# tests/ffi/schema/market_broken.capnp and market_evolved.capnp have lib/schema/market.capnp's
+# file id (the same type ids): broken changes Quote.bidPx to Text, evolved adds a field.
+SCHEMA_N=$(( N < 20000 ? N : 20000 ))
+refusal="field 'bidPx' @1 changed type"
+schema_dir=$work/schema
+mkdir -p "$schema_dir"
+cli() { timeout -s KILL 60 "$BUILD_DIR/tools/shmbus" --socket "$sock" "$@"; }
+# schema_open LANG TOPIC OUT: the program opens a publisher and a subscriber presenting
+# its compiled Quote and prints "PUBLISHER ok|refused: ..." and "SUBSCRIBER ...".
+schema_open() {
+  timeout -s KILL 60 "${BIN[$1]}" schema-open --socket "$sock" --topic "$2" --schema quote >"$3" 2>&1
+}
+# both_refused OUT: publisher and subscriber refused, each naming the field and the rule.
+both_refused() {
+  grep -qF "PUBLISHER refused: " "$1" && grep -F "PUBLISHER refused: " "$1" | grep -qF "$refusal" &&
+    grep -qF "SUBSCRIBER refused: " "$1" && grep -F "SUBSCRIBER refused: " "$1" | grep -qF "$refusal"
+}
+both_ok() { grep -qx "PUBLISHER ok" "$1" && grep -qx "SUBSCRIBER ok" "$1"; }
+
+if [ "${XLANG_ONLY:-}" != rr ]; then
+echo "== schema registry through shmbusd: refusals both ways, an evolved version"
+sock=$schema_dir/shmbusd.sock
+sc_names=("C++ refused" "Go refused" "Rust refused" "Go first" "Rust first"
+          "C++ -> Go" "Go -> Rust" "Rust -> C++")
+if ! daemon_pid=$(start_daemon "$schema_dir" "xl-$$-sc"); then
+  daemon_pid=""
+  for n in "${sc_names[@]}"; do fail "schema: $n" "shmbusd did not start"; done
+else
+  # (1) the broken Quote registered first (by the CLI, for the C++ side): every
+  # language's publisher and subscriber presenting the original Quote is refused.
+  t=sc.broken
+  if ! out=$(cli topic create "$t" 2>&1 && cli schema register "$t" "$repo/tests/ffi/schema/market_broken.capnp:Quote" 2>&1); then
+    for l in C++ Go Rust; do fail "schema: $l refused" "registering market_broken failed: $out"; done
+  else
+    for l in cpp go rust; do
+      case $l in cpp) n="C++ refused";; go) n="Go refused";; rust) n="Rust refused";; esac
+      n="schema: broken Quote registered (CLI); $n at open (publisher, subscriber)"
+      schema_open "$l" "$t" "$schema_dir/$l.broken.out"
+      if both_refused "$schema_dir/$l.broken.out"; then
+        pass "$n" "$(grep -m1 PUBLISHER "$schema_dir/$l.broken.out" | grep -o "field 'bidPx'.*")"
+      else fail "$n" "$(tr '\n' ' ' <"$schema_dir/$l.broken.out")"; fi
+    done
+  fi
+  # (1, the other way) Go's and Rust's generated Quote registered first: the other
+  # languages' Quote opens, the broken one is refused.
+  for first in go rust; do
+    t=sc.$first.first
+    case $first in go) n="Go"; others="rust cpp";; rust) n="Rust"; others="go cpp";; esac
+    n="schema: $n's Quote registered first; others open, broken refused (CLI)"
+    msg=""
+    cli topic create "$t" >"$schema_dir/$first.create" 2>&1 || msg="topic create failed "
+    schema_open "$first" "$t" "$schema_dir/$first.first.out"
+    both_ok "$schema_dir/$first.first.out" || msg+="$first: $(tr '\n' ' ' <"$schema_dir/$first.first.out") "
+    for o in $others; do
+      schema_open "$o" "$t" "$schema_dir/$first.$o.out"
+      both_ok "$schema_dir/$first.$o.out" || msg+="$o: $(tr '\n' ' ' <"$schema_dir/$first.$o.out") "
+    done
+    if out=$(cli schema register "$t" "$repo/tests/ffi/schema/market_broken.capnp:Quote" 2>&1); then
+      msg+="market_broken was registered: $out"
+    elif [[ $out != *"$refusal"* ]]; then
+      msg+="market_broken refused without naming the field: $out"
+    fi
+    if [ -z "$msg" ]; then pass "$n" "$(grep -o "field 'bidPx'.*" <<<"$out")"; else fail "$n" "$msg"; fi
+  done
+  # (2) Go's Quote registered by Go (version 1), the evolved one by the CLI (version 2):
+  # publishers presenting the original Quote still open and publish, and readers in
+  # another language presenting it read every message.
+  for pair in "cpp go" "go rust" "rust cpp"; do
+    read -r p c <<<"$pair"
+    t=sc.evolved.$p.$c
+    case $pair in "cpp go") n="C++ -> Go";; "go rust") n="Go -> Rust";; "rust cpp") n="Rust -> C++";; esac
+    n="schema: evolved Quote registered as version 2; $n (original Quote)"
+    cli topic create "$t" >/dev/null 2>&1
+    schema_open go "$t" "$schema_dir/$t.out"
+    out=$(cli schema register "$t" "$repo/tests/ffi/schema/market_evolved.capnp:Quote" 2>&1)
+    if ! both_ok "$schema_dir/$t.out" || [[ $out != *"registered version 2 "* ]]; then
+      fail "$n" "setup: go: $(tr '\n' ' ' <"$schema_dir/$t.out") cli: $out"; continue
+    fi
+    N_SAVE=$N; N=$SCHEMA_N case_socket=$sock case_topic=$t
+    run_case "$n" "$p" "$c" quote exact
+    N=$N_SAVE case_socket="" case_topic=""
+  done
+  kill -KILL "$daemon_pid" 2>/dev/null
+  daemon_pid=""
+fi
 fi
 
 write_counts

@@ -13,6 +13,12 @@
 // (request/response through shmbusd; the exchange is specified in
 // docs/xlang-scenario.md, "Request/response", and is the same in every language)
 //
+//   xlang-cpp schema-open --socket S --topic T
+// opens a publisher and a subscriber presenting the compiled Quote (the schema
+// registry) and prints "PUBLISHER ok|refused: <error>" and "SUBSCRIBER ok|refused: <error>".
+// produce/consume take --socket S (through shmbusd instead of --prefix) and
+// --present-schema (present the compiled Quote/Order at open).
+//
 // Producers build every message in place (MessageClaim: the builder's first segment
 // is ring memory); consumers read in place (MessageReader) and check every field.
 #include <capnp/message.h>
@@ -32,6 +38,7 @@
 #include "market_v2.capnp.h"
 #include "shmbus/message.hpp"
 #include "shmbus/request.hpp"
+#include "shmbus/schema_nodes.hpp"
 #include "shmbus/shmbus.hpp"
 
 namespace {
@@ -56,6 +63,7 @@ struct Args {
   uint64_t from = 0;                        // request: first request index
   uint64_t kill_self_before_reply = 0;      // respond: SIGKILL on taking request K (1-based)
   uint64_t expect_timeout_at = UINT64_MAX;  // request: index whose responder dies
+  bool present_schema = false;              // present the compiled schema at open
 };
 
 [[noreturn]] void usage(const char* why) {
@@ -71,7 +79,8 @@ Args parse(int argc, char** argv) {
   Args a;
   if (argc < 2) usage("missing command");
   a.cmd = argv[1];
-  if (a.cmd != "consume" && a.cmd != "produce" && a.cmd != "respond" && a.cmd != "request")
+  if (a.cmd != "consume" && a.cmd != "produce" && a.cmd != "respond" && a.cmd != "request" &&
+      a.cmd != "schema-open")
     usage("unknown command");
   auto need = [&](int& i) -> const char* {
     if (i + 1 >= argc) usage("flag needs a value");
@@ -117,12 +126,15 @@ Args parse(int argc, char** argv) {
       a.kill_self_after = num(i);
     else if (f == "--allow-truncated")
       a.allow_truncated = true;
+    else if (f == "--present-schema")
+      a.present_schema = true;
     else
       usage(("unknown flag " + f).c_str());
   }
-  if (a.cmd == "respond" || a.cmd == "request") {
+  if (a.cmd == "schema-open") a.present_schema = true;
+  if (a.cmd == "respond" || a.cmd == "request" || a.cmd == "schema-open") {
     if (a.socket.empty() || a.topic.empty()) usage("--socket and --topic are required");
-  } else if (a.prefix.empty() || a.topic.empty()) {
+  } else if ((a.prefix.empty() && a.socket.empty()) || a.topic.empty()) {
     usage("--prefix and --topic are required");
   }
   return a;
@@ -139,6 +151,40 @@ void create_topic(shmbus::Bus& bus, const Args& a) {
     // Created by the other side with other settings: use it as it is.
     if (e.code() != shmbus::ErrorCode::already_exists && e.code() != shmbus::ErrorCode::incompatible) throw;
   }
+}
+
+// The bus: through shmbusd with --socket, else direct on --prefix.
+shmbus::Bus open_bus(const Args& a) {
+  return a.socket.empty() ? shmbus::Bus::direct({.shm_prefix = a.prefix}) : shmbus::Bus::connect(a.socket);
+}
+
+// The compiled schema of what this run sends or reads (--present-schema).
+shmbus::SchemaNodes own_schema(const Args& a) {
+  if (!a.present_schema) return {};
+  if (a.quote) return a.version == 1 ? shmbus::with_schema<v1::Quote>() : shmbus::with_schema<v2::Quote>();
+  return a.version == 1 ? shmbus::with_schema<v1::Order>() : shmbus::with_schema<v2::Order>();
+}
+
+// Opens a publisher and a subscriber presenting the compiled schema; prints what each did.
+int schema_open(const Args& a) {
+  shmbus::Bus bus = open_bus(a);
+  try {
+    shmbus::PublisherOptions po;
+    po.schema = own_schema(a);
+    shmbus::Publisher pub = bus.publisher(a.topic, po);
+    std::printf("PUBLISHER ok\n");
+  } catch (const shmbus::Error& e) {
+    std::printf("PUBLISHER refused: %s\n", e.what());
+  }
+  try {
+    shmbus::SubscriberOptions so;
+    so.schema = own_schema(a);
+    shmbus::Subscriber sub = bus.subscriber(a.topic, so);
+    std::printf("SUBSCRIBER ok\n");
+  } catch (const shmbus::Error& e) {
+    std::printf("SUBSCRIBER refused: %s\n", e.what());
+  }
+  return 0;
 }
 
 std::string account(uint64_t i) { return "acct-" + std::to_string(i % 10); }
@@ -169,9 +215,11 @@ void fill_order(typename O::Builder o, uint64_t i) {
 }
 
 int produce(const Args& a) {
-  shmbus::Bus bus = shmbus::Bus::direct({.shm_prefix = a.prefix});
+  shmbus::Bus bus = open_bus(a);
   if (a.create) create_topic(bus, a);
-  shmbus::Publisher pub = bus.publisher(a.topic);
+  shmbus::PublisherOptions po;
+  po.schema = own_schema(a);
+  shmbus::Publisher pub = bus.publisher(a.topic, po);
   uint64_t fallbacks = 0;
   for (uint64_t k = 0; k < a.count; ++k) {
     uint64_t i = a.start + k;
@@ -287,9 +335,11 @@ void check(const Args& a, const shmbus::View& v, uint64_t i) {
 }
 
 int consume(const Args& a) {
-  shmbus::Bus bus = shmbus::Bus::direct({.shm_prefix = a.prefix});
+  shmbus::Bus bus = open_bus(a);
   create_topic(bus, a);
-  shmbus::Subscriber sub = bus.subscriber(a.topic);
+  shmbus::SubscriberOptions so;
+  so.schema = own_schema(a);
+  shmbus::Subscriber sub = bus.subscriber(a.topic, so);
   std::printf("READY\n");
   std::fflush(stdout);
 
@@ -458,6 +508,7 @@ int main(int argc, char** argv) {
   try {
     if (a.cmd == "respond") return respond(a);
     if (a.cmd == "request") return request(a);
+    if (a.cmd == "schema-open") return schema_open(a);
     return a.cmd == "consume" ? consume(a) : produce(a);
   } catch (const std::exception& e) {
     std::printf("FAIL %s\n", e.what());

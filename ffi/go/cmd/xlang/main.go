@@ -6,6 +6,12 @@
 //	xlang consume --prefix P --topic T --count N --schema quote|order [--schema-version 1|2] [--timeout-ms 10000] [--allow-truncated]
 //	xlang respond|request ... (rr.go: request/response through shmbusd)
 //	xlang produce --prefix P --topic T --count N --schema quote|order [--schema-version 1|2] [--create] [--capacity BYTES] [--start SEQ] [--kill-self-after K]
+//	xlang schema-open --socket S --topic T
+//
+// produce/consume take --socket S (through shmbusd instead of --prefix) and
+// --present-schema (present the compiled Quote/Order at open, for the schema
+// registry). schema-open opens a publisher and a subscriber presenting the compiled
+// Quote and prints "PUBLISHER ok|refused: <error>" and "SUBSCRIBER ok|refused: <error>".
 package main
 
 import (
@@ -32,6 +38,8 @@ type config struct {
 	timeout                 time.Duration
 	create, allowTruncated  bool
 	capacity                uint64
+	socket                  string
+	presentSchema           bool
 }
 
 func parse(args []string) (config, error) {
@@ -48,6 +56,8 @@ func parse(args []string) (config, error) {
 	fs.Uint64Var(&c.start, "start", 1, "first sequence (the consumer expects it too)")
 	fs.Uint64Var(&c.killAfter, "kill-self-after", 0, "producer: SIGKILL itself after committing message K")
 	fs.BoolVar(&c.allowTruncated, "allow-truncated", false, "consumer: a stream that stops early is OK")
+	fs.StringVar(&c.socket, "socket", "", "through shmbusd's socket instead of --prefix")
+	fs.BoolVar(&c.presentSchema, "present-schema", false, "present the compiled schema at open")
 	if err := fs.Parse(args[1:]); err != nil {
 		return c, err
 	}
@@ -65,7 +75,7 @@ func main() {
 	if len(os.Args) >= 2 && (os.Args[1] == "respond" || os.Args[1] == "request") {
 		os.Exit(rrMain(os.Args[1], os.Args[2:])) // rr.go: request/response
 	}
-	if len(os.Args) < 2 || (os.Args[1] != "consume" && os.Args[1] != "produce") {
+	if len(os.Args) < 2 || (os.Args[1] != "consume" && os.Args[1] != "produce" && os.Args[1] != "schema-open") {
 		fmt.Fprintln(os.Stderr, "usage: xlang consume|produce --prefix P --topic T --count N --schema quote|order ...")
 		os.Exit(64)
 	}
@@ -76,6 +86,10 @@ func main() {
 	}
 	if os.Args[1] == "produce" {
 		os.Exit(produce(c))
+	}
+	if os.Args[1] == "schema-open" {
+		c.presentSchema = true
+		os.Exit(schemaOpen(c))
 	}
 	os.Exit(consume(c))
 }
@@ -183,8 +197,61 @@ func schemaID(c config) uint64 {
 	}
 }
 
+// openBus: through shmbusd with --socket, else direct on --prefix.
+func openBus(c config) (*shmbus.Bus, error) {
+	if c.socket != "" {
+		return shmbus.Connect(context.Background(), shmbus.ConnectOptions{SocketPath: c.socket})
+	}
+	return shmbus.OpenDirect(c.prefix)
+}
+
+// ownSchema: the compiled schema of what this run sends or reads (--present-schema).
+func ownSchema(c config) (*shmbus.Schema, error) {
+	if !c.presentSchema {
+		return nil, nil
+	}
+	switch {
+	case c.schema == "quote" && c.version == 1:
+		return shmbus.SchemaOf(market.RegisterSchema, market.Quote_TypeID)
+	case c.schema == "quote":
+		return shmbus.SchemaOf(marketv2.RegisterSchema, marketv2.Quote_TypeID)
+	case c.version == 1:
+		return shmbus.SchemaOf(market.RegisterSchema, market.Order_TypeID)
+	}
+	return shmbus.SchemaOf(marketv2.RegisterSchema, marketv2.Order_TypeID)
+}
+
+// schemaOpen opens a publisher and a subscriber presenting the compiled schema and
+// prints what each did.
+func schemaOpen(c config) int {
+	bus, err := openBus(c)
+	if err != nil {
+		fmt.Printf("FAIL open: %v\n", err)
+		return 1
+	}
+	defer bus.Close()
+	s, err := ownSchema(c)
+	if err != nil {
+		fmt.Printf("FAIL schema: %v\n", err)
+		return 1
+	}
+	if pub, err := bus.Publisher(c.topic, &shmbus.PublisherOptions{Schema: s, OpenTimeout: 10 * time.Second}); err != nil {
+		fmt.Printf("PUBLISHER refused: %v\n", err)
+	} else {
+		pub.Close()
+		fmt.Println("PUBLISHER ok")
+	}
+	if sub, err := bus.Subscriber(c.topic, &shmbus.SubscriberOptions{Schema: s, OpenTimeout: 10 * time.Second}); err != nil {
+		fmt.Printf("SUBSCRIBER refused: %v\n", err)
+	} else {
+		sub.Close()
+		fmt.Println("SUBSCRIBER ok")
+	}
+	return 0
+}
+
 func produce(c config) int {
-	bus, err := shmbus.OpenDirect(c.prefix)
+	bus, err := openBus(c)
 	if err != nil {
 		fmt.Printf("FAIL open: %v\n", err)
 		return 1
@@ -196,7 +263,12 @@ func produce(c config) int {
 			return 1
 		}
 	}
-	pub, err := bus.Publisher(c.topic, &shmbus.PublisherOptions{BlockTimeout: 30 * time.Second, OpenTimeout: 10 * time.Second})
+	schema, err := ownSchema(c)
+	if err != nil {
+		fmt.Printf("FAIL schema: %v\n", err)
+		return 1
+	}
+	pub, err := bus.Publisher(c.topic, &shmbus.PublisherOptions{BlockTimeout: 30 * time.Second, OpenTimeout: 10 * time.Second, Schema: schema})
 	if err != nil {
 		fmt.Printf("FAIL publisher: %v\n", err)
 		return 1
@@ -331,7 +403,7 @@ func check(c config, msg *capnp.Message, v *shmbus.View, i uint64) error {
 }
 
 func consume(c config) int {
-	bus, err := shmbus.OpenDirect(c.prefix)
+	bus, err := openBus(c)
 	if err != nil {
 		fmt.Printf("FAIL open: %v\n", err)
 		return 1
@@ -341,7 +413,12 @@ func consume(c config) int {
 		fmt.Printf("FAIL create: %v\n", err)
 		return 1
 	}
-	sub, err := bus.Subscriber(c.topic, &shmbus.SubscriberOptions{OpenTimeout: 10 * time.Second})
+	schema, err := ownSchema(c)
+	if err != nil {
+		fmt.Printf("FAIL schema: %v\n", err)
+		return 1
+	}
+	sub, err := bus.Subscriber(c.topic, &shmbus.SubscriberOptions{OpenTimeout: 10 * time.Second, Schema: schema})
 	if err != nil {
 		fmt.Printf("FAIL subscriber: %v\n", err)
 		return 1

@@ -5,7 +5,12 @@
 //!               [--timeout-ms 10000] [--start SEQ] [--allow-truncated]
 //! xlang produce --prefix P --topic T --count N --schema quote|order [--schema-version 1|2]
 //!               [--create] [--capacity BYTES] [--start SEQ] [--kill-self-after K]
+//! xlang schema-open --socket S --topic T
 //! ```
+//! produce/consume take `--socket S` (through shmbusd instead of `--prefix`) and
+//! `--present-schema` (present the compiled Quote/Order at open, for the schema registry).
+//! `schema-open` opens a publisher and a subscriber presenting the compiled Quote and
+//! prints `PUBLISHER ok|refused: <error>` and `SUBSCRIBER ok|refused: <error>`.
 //! Producers build every message in place (claim -> capnp builder on ring memory ->
 //! commit_message); consumers read every message in place and check every field.
 use std::io::Write;
@@ -43,19 +48,22 @@ struct Args {
     start: u64,
     kill_self_after: Option<u64>,
     allow_truncated: bool,
+    socket: String,
+    present_schema: bool,
 }
 
 fn usage() -> String {
     "usage: xlang consume|produce --prefix P --topic T --count N --schema quote|order \
      [--schema-version 1|2] [--timeout-ms MS] [--create] [--capacity BYTES] [--start SEQ] \
-     [--kill-self-after K] [--allow-truncated]"
+     [--kill-self-after K] [--allow-truncated] [--socket S] [--present-schema]\n\
+     usage: xlang schema-open --socket S --topic T --schema quote"
         .into()
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let cmd = it.next().ok_or_else(usage)?;
-    if cmd != "consume" && cmd != "produce" {
+    if cmd != "consume" && cmd != "produce" && cmd != "schema-open" {
         return Err(usage());
     }
     let mut a = Args {
@@ -71,6 +79,8 @@ fn parse_args() -> Result<Args, String> {
         start: 1,
         kill_self_after: None,
         allow_truncated: false,
+        socket: String::new(),
+        present_schema: false,
     };
     fn num(v: Option<String>, f: &str) -> Result<u64, String> {
         v.ok_or(format!("{f} needs a value"))?
@@ -101,10 +111,12 @@ fn parse_args() -> Result<Args, String> {
             "--start" => a.start = num(it.next(), &f)?,
             "--kill-self-after" => a.kill_self_after = Some(num(it.next(), &f)?),
             "--allow-truncated" => a.allow_truncated = true,
+            "--socket" => a.socket = it.next().ok_or("--socket needs a value")?,
+            "--present-schema" => a.present_schema = true,
             _ => return Err(format!("unknown flag {f}\n{}", usage())),
         }
     }
-    if a.prefix.is_empty() || a.topic.is_empty() {
+    if (a.prefix.is_empty() && a.socket.is_empty()) || a.topic.is_empty() {
         return Err(usage());
     }
     Ok(a)
@@ -146,7 +158,9 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let r = if a.cmd == "consume" {
+    let r = if a.cmd == "schema-open" {
+        schema_open(&a)
+    } else if a.cmd == "consume" {
         consume(&a)
     } else {
         produce(&a)
@@ -160,6 +174,51 @@ fn main() -> ExitCode {
     }
 }
 
+/// The bus: through shmbusd with `--socket`, else direct on `--prefix`.
+fn open_bus(a: &Args) -> Result<Bus, String> {
+    if a.socket.is_empty() {
+        Bus::open_direct(&a.prefix).map_err(|e| format!("open bus: {e}"))
+    } else {
+        Bus::connect(Some(std::path::Path::new(&a.socket))).map_err(|e| format!("connect: {e}"))
+    }
+}
+
+/// The compiled schema of the message this run sends or reads (`--present-schema`).
+fn own_schema(a: &Args) -> Result<Option<shmbus::Schema>, String> {
+    if !a.present_schema && a.cmd != "schema-open" {
+        return Ok(None);
+    }
+    let s = match (a.schema, a.version) {
+        (Schema::Quote, 1) => shmbus::Schema::of::<v1::quote::Owned>(),
+        (Schema::Quote, _) => shmbus::Schema::of::<v2::quote::Owned>(),
+        (Schema::Order, 1) => shmbus::Schema::of::<v1::order::Owned>(),
+        (Schema::Order, _) => shmbus::Schema::of::<v2::order::Owned>(),
+    };
+    s.map(Some).map_err(|e| format!("schema: {e}"))
+}
+
+/// Opens a publisher and a subscriber presenting the compiled schema; prints what each did.
+fn schema_open(a: &Args) -> Result<ExitCode, String> {
+    let bus = open_bus(a)?;
+    let opts = PublisherOptions {
+        schema: own_schema(a)?,
+        ..Default::default()
+    };
+    match bus.publisher(&a.topic, &opts) {
+        Ok(_) => println!("PUBLISHER ok"),
+        Err(e) => println!("PUBLISHER refused: {e}"),
+    }
+    let sopts = shmbus::SubscriberOptions {
+        schema: own_schema(a)?,
+        ..Default::default()
+    };
+    match bus.subscriber(&a.topic, &sopts) {
+        Ok(_) => println!("SUBSCRIBER ok"),
+        Err(e) => println!("SUBSCRIBER refused: {e}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 // ---- producer ----------------------------------------------------------------
 
 extern "C" {
@@ -167,12 +226,18 @@ extern "C" {
 }
 
 fn produce(a: &Args) -> Result<ExitCode, String> {
-    let bus = Bus::open_direct(&a.prefix).map_err(|e| format!("open bus: {e}"))?;
+    let bus = open_bus(a)?;
     if a.create {
         create_topic(&bus, a).map_err(|e| format!("create topic: {e}"))?;
     }
     let mut publisher = bus
-        .publisher(&a.topic, &PublisherOptions::default())
+        .publisher(
+            &a.topic,
+            &PublisherOptions {
+                schema: own_schema(a)?,
+                ..Default::default()
+            },
+        )
         .map_err(|e| format!("open publisher: {e}"))?;
     let mut fallbacks = 0u64;
     for k in 0..a.count {
@@ -273,10 +338,16 @@ fn account(i: u64) -> Account {
 // ---- consumer ------------------------------------------------------------------
 
 fn consume(a: &Args) -> Result<ExitCode, String> {
-    let bus = Bus::open_direct(&a.prefix).map_err(|e| format!("open bus: {e}"))?;
+    let bus = open_bus(a)?;
     create_topic(&bus, a).map_err(|e| format!("create topic: {e}"))?;
     let mut sub = bus
-        .subscriber(&a.topic, &Default::default())
+        .subscriber(
+            &a.topic,
+            &shmbus::SubscriberOptions {
+                schema: own_schema(a)?,
+                ..Default::default()
+            },
+        )
         .map_err(|e| format!("open subscriber: {e}"))?;
     println!("READY");
     let _ = std::io::stdout().flush();
