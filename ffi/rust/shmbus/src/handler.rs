@@ -57,9 +57,10 @@
 //!   message being retried when `stop()` turns true is not released: a durable
 //!   subscriber name gets it again at restart.
 //! - **Layers** ([`Layer`], [`HandlerBuilder`]): wrap a handler, in the spirit of
-//!   tower's `ServiceBuilder`; [`RecoverLayer`], [`TimeoutLayer`], [`TraceLayer`].
+//!   tower's `ServiceBuilder`; [`RecoverLayer`], [`TimeoutLayer`], [`MetricsLayer`]
+//!   ([`HandlerMetrics`]), [`TraceLayer`] (a span per attempt; [`json_lines`] logs it).
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -668,32 +669,145 @@ impl<H: Handler> Handler for Timeout<H> {
     }
 }
 
-/// One attempt, as [`TraceLayer`] reports it.
+/// One attempt, as [`TraceLayer`] reports it (C++ `shmbus::TraceRecord`, Go
+/// `TraceRecord`: the same fields, plus the whole [`Outcome`] and the duration as a
+/// [`Duration`]). The ids are the ones structured logs print in every language
+/// (docs/messaging.md "Trace and logs"); [`AttemptRecord::json_line`] writes them.
 #[derive(Debug)]
 pub struct AttemptRecord<'a> {
+    /// The handler's name, as given to [`TraceLayer::named`] ("handler" with
+    /// [`TraceLayer::new`]).
+    pub handler: &'a str,
     /// The frame's sequence.
     pub sequence: u64,
     /// The frame's message id.
     pub message_id: u64,
-    /// The trace context of the message's envelope (None: not enveloped, no trace,
-    /// or a malformed envelope).
+    /// The frame's producer id.
+    pub producer_id: u32,
+    /// The envelope's correlation id (0: none, or not enveloped).
+    pub correlation_id: u64,
+    /// The envelope's causation id (0: none, or not enveloped).
+    pub causation_id: u64,
+    /// The trace context of the message's envelope: the parent of [`Self::span`]
+    /// (C++ `TraceRecord::parent`; None: not enveloped, no trace, or a malformed
+    /// envelope).
     pub trace: Option<TraceContext>,
+    /// This attempt's own span: `trace.child()`, or a fresh trace when the message
+    /// has none.
+    pub span: TraceContext,
     /// What the inner handler said.
     pub outcome: &'a Outcome,
-    /// How long the attempt took.
+    /// How long the attempt took, on the layer's clock (ns; C++ `duration_ns`).
+    pub duration_ns: i64,
+    /// The same, as a [`Duration`] (0 if the clock went backwards).
     pub elapsed: Duration,
 }
 
-/// Calls a hook after every attempt with its [`AttemptRecord`] (the envelope's
-/// trace context, the outcome, the time): the place for spans and metrics.
+/// C++'s and Go's name of the record a [`TraceLayer`] reports.
+pub type TraceRecord<'a> = AttemptRecord<'a>;
+
+fn hex16(l: &mut String, v: u64) {
+    use std::fmt::Write;
+    let _ = write!(l, "{v:016x}");
+}
+
+fn outcome_name(k: OutcomeKind) -> &'static str {
+    match k {
+        OutcomeKind::Ack => "ack",
+        OutcomeKind::Retry => "retry",
+        OutcomeKind::Reject => "reject",
+    }
+}
+
+impl AttemptRecord<'_> {
+    /// The record as one JSON object and a newline, the structured log line of every
+    /// language (C++ `layers::json_lines`, Go `JSONLines`), key for key:
+    ///
+    /// `{"event":"attempt","handler":"billing","message_id":"<16 hex>","sequence":N,`
+    /// `"producer_id":N,"trace_id":"<32 hex>","span_id":"<16 hex>",`
+    /// `"parent_span_id":"<16 hex>","correlation_id":"<16 hex>","causation_id":"<16 hex>",`
+    /// `"outcome":"ack|retry|reject","code":N,"duration_ns":N}`
+    ///
+    /// Ids are lower-case hex; the trace and span ids are the attempt's own span's.
+    /// `parent_span_id` is left out when the message had no trace context,
+    /// `correlation_id` and `causation_id` when zero. In the handler name `"` and `\`
+    /// are escaped and control characters dropped.
+    pub fn json_line(&self) -> String {
+        let mut l = String::with_capacity(320);
+        l.push_str("{\"event\":\"attempt\",\"handler\":\"");
+        for c in self.handler.chars() {
+            if c == '"' || c == '\\' {
+                l.push('\\');
+                l.push(c);
+            } else if (c as u32) >= 0x20 {
+                l.push(c);
+            }
+        }
+        l.push_str("\",\"message_id\":\"");
+        hex16(&mut l, self.message_id);
+        l.push_str(&format!(
+            "\",\"sequence\":{},\"producer_id\":{},\"trace_id\":\"",
+            self.sequence, self.producer_id
+        ));
+        hex16(&mut l, self.span.trace_id_high);
+        hex16(&mut l, self.span.trace_id_low);
+        l.push_str("\",\"span_id\":\"");
+        hex16(&mut l, self.span.parent_id);
+        l.push('"');
+        if let Some(p) = &self.trace {
+            l.push_str(",\"parent_span_id\":\"");
+            hex16(&mut l, p.parent_id);
+            l.push('"');
+        }
+        if self.correlation_id != 0 {
+            l.push_str(",\"correlation_id\":\"");
+            hex16(&mut l, self.correlation_id);
+            l.push('"');
+        }
+        if self.causation_id != 0 {
+            l.push_str(",\"causation_id\":\"");
+            hex16(&mut l, self.causation_id);
+            l.push('"');
+        }
+        l.push_str(&format!(
+            ",\"outcome\":\"{}\",\"code\":{},\"duration_ns\":{}}}\n",
+            outcome_name(self.outcome.kind),
+            self.outcome.code,
+            self.duration_ns
+        ));
+        l
+    }
+}
+
+/// A [`TraceLayer`] hook writing one JSON object per line to `out` (a structured
+/// log: [`AttemptRecord::json_line`]; C++ `layers::json_lines`, Go `JSONLines`).
+/// Each line is one `write_all` under a lock, so the runners of a [`WorkerPool`]
+/// may share it; a write error is ignored (the log must not fail the handler).
+pub fn json_lines<W: std::io::Write + Send>(out: W) -> impl Fn(&AttemptRecord<'_>) + Send + Sync {
+    let out = Mutex::new(out);
+    move |r: &AttemptRecord<'_>| {
+        let l = r.json_line();
+        let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = w.write_all(l.as_bytes());
+    }
+}
+
+/// Calls a hook after every attempt with its [`AttemptRecord`] (the message's ids,
+/// the envelope's trace context as parent and a span of the attempt's own, the
+/// outcome, the time): the place for spans and structured logs ([`json_lines`]).
+/// C++ `layers::trace`, Go `Trace`.
 #[derive(Clone)]
 pub struct TraceLayer<F> {
     hook: Arc<F>,
+    name: Arc<str>,
+    clock: ClockFn,
 }
 
 impl<F> std::fmt::Debug for TraceLayer<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TraceLayer").finish_non_exhaustive()
+        f.debug_struct("TraceLayer")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -701,11 +815,23 @@ impl<F> TraceLayer<F>
 where
     F: Fn(&AttemptRecord<'_>),
 {
-    /// A layer calling `hook` after every attempt.
+    /// A layer calling `hook` after every attempt, with the handler name "handler".
     pub fn new(hook: F) -> TraceLayer<F> {
+        TraceLayer::named("handler", hook)
+    }
+    /// A layer calling `hook` after every attempt, the records naming the handler
+    /// `name` (C++ `layers::trace(name, sink)`, Go `Trace(name, sink)`).
+    pub fn named(name: impl Into<String>, hook: F) -> TraceLayer<F> {
         TraceLayer {
             hook: Arc::new(hook),
+            name: Arc::from(name.into()),
+            clock: Arc::new(mono_ns),
         }
+    }
+    /// Times attempts with `clock` (ns) instead of CLOCK_MONOTONIC (tests).
+    pub fn with_clock(mut self, clock: ClockFn) -> TraceLayer<F> {
+        self.clock = clock;
+        self
     }
 }
 
@@ -713,11 +839,15 @@ where
 pub struct Trace<H, F> {
     inner: H,
     hook: Arc<F>,
+    name: Arc<str>,
+    clock: ClockFn,
 }
 
 impl<H, F> std::fmt::Debug for Trace<H, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trace").finish_non_exhaustive()
+        f.debug_struct("Trace")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -727,26 +857,191 @@ impl<H, F> Layer<H> for TraceLayer<F> {
         Trace {
             inner,
             hook: self.hook.clone(),
+            name: self.name.clone(),
+            clock: self.clock.clone(),
         }
     }
 }
 
 impl<H: Handler, F: Fn(&AttemptRecord<'_>)> Handler for Trace<H, F> {
     fn call(&self, m: &Message<'_>) -> Outcome {
-        let trace = match m.envelope() {
-            Ok(Some(e)) if e.envelope.trace.is_valid() => Some(e.envelope.trace),
-            _ => None,
+        // A frame that is no envelope, or a malformed one, has no parent trace.
+        let (trace, correlation_id, causation_id) = match m.envelope() {
+            Ok(Some(e)) => (
+                Some(e.envelope.trace).filter(|t| t.is_valid()),
+                e.envelope.correlation_id,
+                e.envelope.causation_id,
+            ),
+            _ => (None, 0, 0),
         };
-        let t0 = Instant::now();
-        let o = self.inner.call(m);
-        (self.hook)(&AttemptRecord {
-            sequence: m.sequence(),
-            message_id: m.message_id(),
-            trace,
-            outcome: &o,
-            elapsed: t0.elapsed(),
-        });
-        o
+        let span = trace
+            .as_ref()
+            .and_then(|t| t.child())
+            .unwrap_or_else(TraceContext::fresh);
+        let t0 = (self.clock)();
+        // A panic is reported as a retry (as the runner treats it), then goes on.
+        let r = catch_unwind(AssertUnwindSafe(|| self.inner.call(m)));
+        let d = (self.clock)().saturating_sub(t0);
+        let report = move |o: &Outcome| {
+            (self.hook)(&AttemptRecord {
+                handler: &self.name,
+                sequence: m.sequence(),
+                message_id: m.message_id(),
+                producer_id: m.producer_id(),
+                correlation_id,
+                causation_id,
+                trace,
+                span,
+                outcome: o,
+                duration_ns: d,
+                elapsed: Duration::from_nanos(d.max(0) as u64),
+            })
+        };
+        match r {
+            Ok(o) => {
+                report(&o);
+                o
+            }
+            Err(p) => {
+                report(&panic_outcome(p.as_ref()));
+                std::panic::resume_unwind(p)
+            }
+        }
+    }
+}
+
+/// Counters a [`MetricsLayer`] keeps (C++ `shmbus::HandlerMetrics`, Go
+/// `HandlerMetrics`): atomics, so the runners of a [`WorkerPool`] may share one.
+/// Relaxed: read them after the runners stopped, or as approximate live figures.
+#[derive(Debug)]
+pub struct HandlerMetrics {
+    /// Handler calls.
+    pub attempts: AtomicU64,
+    /// Attempts that acked.
+    pub acks: AtomicU64,
+    /// Attempts that asked for a retry (a panic counts here, as the runner treats it).
+    pub retries: AtomicU64,
+    /// Attempts that rejected.
+    pub rejects: AtomicU64,
+    /// Attempt duration histogram: bucket `i` counts attempts of `[2^i, 2^(i+1))` ns
+    /// (bucket 0 also 0 ns, the last one everything longer); see
+    /// [`HandlerMetrics::bucket`].
+    pub duration_log2_ns: [AtomicU64; HandlerMetrics::BUCKETS],
+    /// The attempts' durations added up (ns).
+    pub duration_sum_ns: AtomicU64,
+}
+
+impl Default for HandlerMetrics {
+    fn default() -> Self {
+        HandlerMetrics {
+            attempts: AtomicU64::new(0),
+            acks: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            rejects: AtomicU64::new(0),
+            duration_log2_ns: std::array::from_fn(|_| AtomicU64::new(0)),
+            duration_sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl HandlerMetrics {
+    /// Buckets of the duration histogram (C++ `kBuckets`, Go `MetricsBuckets`).
+    pub const BUCKETS: usize = 40;
+
+    /// The histogram bucket of an attempt that took `ns` ns: `floor(log2(ns))`,
+    /// 0 for 0 (or a negative duration), at most `BUCKETS - 1`.
+    pub fn bucket(ns: i64) -> usize {
+        if ns <= 0 {
+            return 0;
+        }
+        ((63 - (ns as u64).leading_zeros()) as usize).min(Self::BUCKETS - 1)
+    }
+
+    fn observe(&self, kind: OutcomeKind, ns: i64) {
+        let ns = ns.max(0);
+        match kind {
+            OutcomeKind::Ack => &self.acks,
+            OutcomeKind::Retry => &self.retries,
+            OutcomeKind::Reject => &self.rejects,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_ns.fetch_add(ns as u64, Ordering::Relaxed);
+        self.duration_log2_ns[Self::bucket(ns)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts attempts, outcomes and attempt durations into a shared
+/// [`HandlerMetrics`] (C++ `layers::metrics`, Go `Metrics`). A panicking handler's
+/// attempt counts as a retry; the panic goes on.
+#[derive(Clone)]
+pub struct MetricsLayer {
+    metrics: Arc<HandlerMetrics>,
+    clock: ClockFn,
+}
+
+impl std::fmt::Debug for MetricsLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsLayer")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsLayer {
+    /// A layer counting into `metrics` (keep a clone of the `Arc` to read them).
+    pub fn new(metrics: Arc<HandlerMetrics>) -> MetricsLayer {
+        MetricsLayer {
+            metrics,
+            clock: Arc::new(mono_ns),
+        }
+    }
+    /// Times attempts with `clock` (ns) instead of CLOCK_MONOTONIC (tests).
+    pub fn with_clock(mut self, clock: ClockFn) -> MetricsLayer {
+        self.clock = clock;
+        self
+    }
+}
+
+/// The handler of [`MetricsLayer`].
+pub struct Metrics<H> {
+    inner: H,
+    metrics: Arc<HandlerMetrics>,
+    clock: ClockFn,
+}
+
+impl<H> std::fmt::Debug for Metrics<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl<H> Layer<H> for MetricsLayer {
+    type Handler = Metrics<H>;
+    fn layer(&self, inner: H) -> Metrics<H> {
+        Metrics {
+            inner,
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+impl<H: Handler> Handler for Metrics<H> {
+    fn call(&self, m: &Message<'_>) -> Outcome {
+        self.metrics.attempts.fetch_add(1, Ordering::Relaxed);
+        let t0 = (self.clock)();
+        let r = catch_unwind(AssertUnwindSafe(|| self.inner.call(m)));
+        let d = (self.clock)().saturating_sub(t0);
+        match r {
+            Ok(o) => {
+                self.metrics.observe(o.kind, d);
+                o
+            }
+            Err(p) => {
+                self.metrics.observe(OutcomeKind::Retry, d);
+                std::panic::resume_unwind(p)
+            }
+        }
     }
 }
 
