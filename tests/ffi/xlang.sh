@@ -12,7 +12,8 @@
 #   XLANG_COUNT    messages per direction; default 1000000
 #   XLANG_RR_COUNT request/response round trips per pair; default 2000
 #   XLANG_ONLY     "rr": only the request/response cases (through a shmbusd of BUILD_DIR);
-#                  "schema": only the schema-registry cases (a shmbusd and tools/shmbus)
+#                  "schema": only the schema-registry cases (a shmbusd and tools/shmbus);
+#                  "durable": only the durable replay cases (shmbusd SIGKILLed, restarted)
 # Synchronisation: the script starts a producer only after its consumer printed READY
 # (read through a FIFO); the only waits are timeouts that fail a case.
 set -uo pipefail
@@ -116,7 +117,7 @@ run_case() {
   esac
 }
 
-if [ "${XLANG_ONLY:-}" != rr ] && [ "${XLANG_ONLY:-}" != schema ]; then
+if [ -z "${XLANG_ONLY:-}" ]; then
 echo "== cross-language scenario: $N messages per direction"
 run_case "Go -> Rust (quote)"           go   rust quote exact
 run_case "Rust -> Go (order)"           rust go   order exact
@@ -271,7 +272,7 @@ run_rr_kill() {
   fi
 }
 
-if [ "${XLANG_ONLY:-}" != schema ]; then
+if [ -z "${XLANG_ONLY:-}" ] || [ "${XLANG_ONLY:-}" = rr ]; then
 echo "== request/response through shmbusd: $RR_N round trips per pair"
 rr_dir=$work/rr
 mkdir -p "$rr_dir"
@@ -314,7 +315,7 @@ both_refused() {
 }
 both_ok() { grep -qx "PUBLISHER ok" "$1" && grep -qx "SUBSCRIBER ok" "$1"; }
 
-if [ "${XLANG_ONLY:-}" != rr ]; then
+if [ -z "${XLANG_ONLY:-}" ] || [ "${XLANG_ONLY:-}" = schema ]; then
 echo "== schema registry through shmbusd: refusals both ways, an evolved version"
 sock=$schema_dir/shmbusd.sock
 sc_names=("C++ refused" "Go refused" "Rust refused" "Go first" "Rust first"
@@ -380,6 +381,92 @@ else
   kill -KILL "$daemon_pid" 2>/dev/null
   daemon_pid=""
 fi
+fi
+
+# ---- durable replay across a daemon SIGKILL (docs/xlang-scenario.md, "Durable replay") ----
+# run_durable NAME PRODUCER CONSUMER SCHEMA: a shmbusd of its own; the CLI creates a
+# durable topic (flush batch); the producer publishes DUR_N messages and waits until
+# the last is durable; the script SIGKILLs shmbusd and starts it again on the same
+# state dir; the consumer replays from earliest (every message in order, every field
+# checked) and, once it printed READY, the producer publishes DUR_M more live
+# (sequences DUR_N+1..): the consumer must read exactly DUR_N + DUR_M, no gap, no
+# duplicate (the log -> ring hand-over).
+DUR_N=$(( N < 20000 ? N : 20000 ))
+DUR_M=$(( DUR_N / 4 > 0 ? DUR_N / 4 : 1 ))
+run_durable() {
+  local name=$1 prod=$2 cons=$3 schema=$4
+  case_no=$((case_no + 1))
+  local d=$work/$case_no prefix=xl-$$-du$case_no topic=xlang.durable.$schema line="" fd
+  mkdir -p "$d"
+  for side in "$prod" "$cons"; do
+    [ -x "${BIN[$side]}" ] || { fail "$name" "missing program ${BIN[$side]}"; return; }
+  done
+  if ! daemon_pid=$(start_daemon "$d" "$prefix"); then
+    daemon_pid=""; fail "$name" "shmbusd did not start"; return
+  fi
+  local sock=$d/shmbusd.sock out
+  if ! out=$(timeout -s KILL 60 "$BUILD_DIR/tools/shmbus" --socket "$sock" topic create "$topic" --durable --flush batch 2>&1); then
+    fail "$name" "topic create failed: $out"; kill -KILL "$daemon_pid"; daemon_pid=""; return
+  fi
+  local common=(--socket "$sock" --topic "$topic" --schema "$schema")
+  timeout -s KILL 300 "${BIN[$prod]}" produce "${common[@]}" --count "$DUR_N" --wait-durable \
+      >"$d/prod1.out" 2>"$d/prod1.err"
+  local p1rc=$?
+  # SIGKILL the daemon (not our child: wait for its end through its pid), restart it.
+  kill -KILL "$daemon_pid"
+  timeout -s KILL 30 tail --pid="$daemon_pid" -f /dev/null
+  if [ $p1rc -ne 0 ]; then
+    daemon_pid=""
+    fail "$name" "producer (durable part) rc $p1rc: $(head -qc 300 "$d/prod1.out" "$d/prod1.err" | tr '\n' ' ')"; return
+  fi
+  rm -f "$d/notify"  # (start_daemon binds it anew)
+  if ! daemon_pid=$(start_daemon "$d" "$prefix"); then
+    daemon_pid=""; fail "$name" "shmbusd did not start again on its state dir"; return
+  fi
+  local cargs=(--count $((DUR_N + DUR_M)) --earliest)
+  [ "$cons" = cpp ] && cargs+=(--log-dir "$d/state/log")
+  mkfifo "$d/cons.fifo"
+  timeout -s KILL 300 "${BIN[$cons]}" consume "${common[@]}" "${cargs[@]}" \
+      >"$d/cons.fifo" 2>"$d/cons.err" &
+  local cpid=$!
+  exec {fd}<"$d/cons.fifo"
+  if ! read_line "$fd" line || [ "$line" != READY ]; then
+    kill -KILL "$cpid" "$daemon_pid" 2>/dev/null; wait "$cpid" 2>/dev/null; exec {fd}<&-; daemon_pid=""
+    fail "$name" "consumer did not print READY (got '$line'; $(head -c 300 "$d/cons.err"))"; return
+  fi
+  local t0 t1
+  t0=$(date +%s.%N)
+  timeout -s KILL 300 "${BIN[$prod]}" produce "${common[@]}" --count "$DUR_M" --start $((DUR_N + 1)) \
+      >"$d/prod2.out" 2>"$d/prod2.err"
+  local p2rc=$?
+  [ $p2rc -ne 0 ] && kill -KILL "$cpid" 2>/dev/null  # the live part will not come
+  cat <&"$fd" >"$d/cons.out"; exec {fd}<&-
+  { wait "$cpid"; } 2>/dev/null; local crc=$?
+  t1=$(date +%s.%N)
+  kill -KILL "$daemon_pid" 2>/dev/null; daemon_pid=""
+  local got replay_ok=1 fl
+  got=$(grep -E '^(OK|FAIL)' "$d/cons.out" | tail -1)
+  # The C++ consumer prints its ReplaySubscriber's stats: the durable part from the log.
+  if [ "$cons" = cpp ]; then
+    fl=$(grep -m1 '^REPLAY' "$d/cons.out" | sed -n 's/.*from_log=\([0-9]*\) .*gaps=0$/\1/p')
+    [ -n "$fl" ] && [ "$fl" -ge "$DUR_N" ] || replay_ok=0
+  fi
+  if [ $crc -eq 0 ] && [ "$got" = "OK received=$((DUR_N + DUR_M))" ] && [ $p2rc -eq 0 ] && [ $replay_ok -eq 1 ]; then
+    pass "$name" "$DUR_N replayed after the restart + $DUR_M live in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f s", b-a}') $(grep -m1 '^REPLAY' "$d/cons.out")"
+  else
+    fail "$name" "consumer: ${got:-nothing} (rc $crc) $(grep -m1 '^REPLAY' "$d/cons.out"); live producer rc $p2rc $(head -qc 300 "$d/prod2.out" "$d/prod2.err" "$d/cons.err" 2>/dev/null | tr '\n' ' ')"
+  fi
+  rm -f /dev/shm/"$prefix".* 2>/dev/null
+}
+
+if [ -z "${XLANG_ONLY:-}" ] || [ "${XLANG_ONLY:-}" = durable ]; then
+echo "== durable replay across a shmbusd SIGKILL: $DUR_N durable + $DUR_M live per pair"
+run_durable "durable: C++ -> Go (quote), shmbusd SIGKILLed"  cpp  go   quote
+run_durable "durable: Go -> Rust (order), shmbusd SIGKILLed" go   rust order
+run_durable "durable: Rust -> C++ (quote), shmbusd SIGKILLed" rust cpp  quote
+run_durable "durable: Go -> C++ (order), shmbusd SIGKILLed"  go   cpp  order
+run_durable "durable: Rust -> Go (order), shmbusd SIGKILLed" rust go   order
+run_durable "durable: C++ -> Rust (quote), shmbusd SIGKILLed" cpp  rust quote
 fi
 
 write_counts

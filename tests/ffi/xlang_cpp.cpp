@@ -14,6 +14,9 @@
 // docs/xlang-scenario.md, "Request/response", and is the same in every language)
 //
 //   xlang-cpp schema-open --socket S --topic T
+//   Durable topics: consume --earliest --log-dir <state-dir>/log replays from the
+//   oldest message the log retains; produce --wait-durable waits until the last
+//   message is durable.
 // opens a publisher and a subscriber presenting the compiled Quote (the schema
 // registry) and prints "PUBLISHER ok|refused: <error>" and "SUBSCRIBER ok|refused: <error>".
 // produce/consume take --socket S (through shmbusd instead of --prefix) and
@@ -37,6 +40,7 @@
 #include "market.capnp.h"
 #include "market_v2.capnp.h"
 #include "shmbus/message.hpp"
+#include "shmbus/replay.hpp"
 #include "shmbus/request.hpp"
 #include "shmbus/schema_nodes.hpp"
 #include "shmbus/shmbus.hpp"
@@ -64,13 +68,17 @@ struct Args {
   uint64_t kill_self_before_reply = 0;      // respond: SIGKILL on taking request K (1-based)
   uint64_t expect_timeout_at = UINT64_MAX;  // request: index whose responder dies
   bool present_schema = false;              // present the compiled schema at open
+  bool earliest = false;                    // consume: replay a durable topic from its oldest message
+  std::string log_dir;                      // consume --earliest: the daemon's log dir (<state-dir>/log)
+  bool wait_durable = false;                // produce: wait until the last message is durable
 };
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "%s\nusage: xlang-cpp consume|produce --prefix P --topic T --count N "
                "--schema quote|order [--schema-version 1|2] [--timeout-ms MS] [--create] "
-               "[--capacity BYTES] [--start SEQ] [--kill-self-after K] [--allow-truncated]\n",
+               "[--capacity BYTES] [--start SEQ] [--kill-self-after K] [--allow-truncated] "
+               "[--socket S] [--present-schema] [--earliest --log-dir DIR] [--wait-durable]\n",
                why);
   std::exit(64);
 }
@@ -128,6 +136,12 @@ Args parse(int argc, char** argv) {
       a.allow_truncated = true;
     else if (f == "--present-schema")
       a.present_schema = true;
+    else if (f == "--earliest")
+      a.earliest = true;
+    else if (f == "--log-dir")
+      a.log_dir = need(i);
+    else if (f == "--wait-durable")
+      a.wait_durable = true;
     else
       usage(("unknown flag " + f).c_str());
   }
@@ -261,6 +275,14 @@ int produce(const Args& a) {
       raise(SIGKILL);
     }
   }
+  if (a.wait_durable) {
+    // One producer on a fresh topic: the partition's sequence is the message number.
+    uint64_t last = a.start + a.count - 1;
+    if (shmbus::Status s = pub.wait_durable(last, 60'000'000'000); s != shmbus::Status::ok) {
+      std::printf("FAIL wait durable %llu: %s\n", (unsigned long long)last, shmbus::to_string(s));
+      return 1;
+    }
+  }
   std::printf("OK produced=%llu fallbacks=%llu\n", (unsigned long long)a.count,
               (unsigned long long)fallbacks);
   return 0;
@@ -334,12 +356,33 @@ void check(const Args& a, const shmbus::View& v, uint64_t i) {
   }
 }
 
+template <class Sub>
+int consume_from(const Args& a, Sub& sub);
+
 int consume(const Args& a) {
   shmbus::Bus bus = open_bus(a);
   create_topic(bus, a);
+  if (a.earliest) {  // a durable topic, from the oldest message its log retains
+    if (a.log_dir.empty()) usage("--earliest needs --log-dir");
+    shmbus::ReplayOptions ro;
+    ro.start = shmbus::StartAt::earliest();
+    ro.state_dir = a.log_dir;
+    shmbus::ReplaySubscriber sub = shmbus::replay_subscriber(bus, a.topic, ro);
+    int rc = consume_from(a, sub);
+    const shmbus::ReplayStats& st = sub.stats();
+    std::printf("REPLAY from_log=%llu from_ring=%llu handovers=%llu gaps=%llu\n",
+                (unsigned long long)st.from_log, (unsigned long long)st.from_ring,
+                (unsigned long long)st.handovers, (unsigned long long)st.gaps);
+    return rc;
+  }
   shmbus::SubscriberOptions so;
   so.schema = own_schema(a);
   shmbus::Subscriber sub = bus.subscriber(a.topic, so);
+  return consume_from(a, sub);
+}
+
+template <class Sub>
+int consume_from(const Args& a, Sub& sub) {
   std::printf("READY\n");
   std::fflush(stdout);
 

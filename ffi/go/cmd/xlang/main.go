@@ -12,6 +12,8 @@
 // --present-schema (present the compiled Quote/Order at open, for the schema
 // registry). schema-open opens a publisher and a subscriber presenting the compiled
 // Quote and prints "PUBLISHER ok|refused: <error>" and "SUBSCRIBER ok|refused: <error>".
+// Durable topics: consume --earliest replays from the oldest message the log
+// retains; produce --wait-durable waits until the last message is durable.
 package main
 
 import (
@@ -40,6 +42,7 @@ type config struct {
 	capacity                uint64
 	socket                  string
 	presentSchema           bool
+	earliest, waitDurable   bool
 }
 
 func parse(args []string) (config, error) {
@@ -58,6 +61,8 @@ func parse(args []string) (config, error) {
 	fs.BoolVar(&c.allowTruncated, "allow-truncated", false, "consumer: a stream that stops early is OK")
 	fs.StringVar(&c.socket, "socket", "", "through shmbusd's socket instead of --prefix")
 	fs.BoolVar(&c.presentSchema, "present-schema", false, "present the compiled schema at open")
+	fs.BoolVar(&c.earliest, "earliest", false, "consumer: start from the oldest message a durable topic's log retains")
+	fs.BoolVar(&c.waitDurable, "wait-durable", false, "producer: wait until sequence start+count-1 is durable (one producer on the topic: the sequence is the message number)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return c, err
 	}
@@ -285,6 +290,15 @@ func produce(c config) int {
 			syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		}
 	}
+	if c.waitDurable {
+		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		err := pub.WaitDurable(wctx, c.start+c.count-1)
+		cancel()
+		if err != nil {
+			fmt.Printf("FAIL wait durable %d: %v\n", c.start+c.count-1, err)
+			return 1
+		}
+	}
 	st, _ := pub.Stats()
 	fmt.Printf("OK published=%d fallbacks=%d\n", c.count, st.BuilderFallbacks)
 	return 0
@@ -418,7 +432,11 @@ func consume(c config) int {
 		fmt.Printf("FAIL schema: %v\n", err)
 		return 1
 	}
-	sub, err := bus.Subscriber(c.topic, &shmbus.SubscriberOptions{OpenTimeout: 10 * time.Second, Schema: schema})
+	so := &shmbus.SubscriberOptions{OpenTimeout: 10 * time.Second, Schema: schema}
+	if c.earliest {
+		so.Start = shmbus.StartEarliest()
+	}
+	sub, err := bus.Subscriber(c.topic, so)
 	if err != nil {
 		fmt.Printf("FAIL subscriber: %v\n", err)
 		return 1

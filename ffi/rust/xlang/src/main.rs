@@ -11,6 +11,8 @@
 //! `--present-schema` (present the compiled Quote/Order at open, for the schema registry).
 //! `schema-open` opens a publisher and a subscriber presenting the compiled Quote and
 //! prints `PUBLISHER ok|refused: <error>` and `SUBSCRIBER ok|refused: <error>`.
+//! Durable topics: `consume --earliest` replays from the oldest message the log retains;
+//! `produce --wait-durable` waits until the last message is durable.
 //! Producers build every message in place (claim -> capnp builder on ring memory ->
 //! commit_message); consumers read every message in place and check every field.
 use std::io::Write;
@@ -50,12 +52,15 @@ struct Args {
     allow_truncated: bool,
     socket: String,
     present_schema: bool,
+    earliest: bool,
+    wait_durable: bool,
 }
 
 fn usage() -> String {
     "usage: xlang consume|produce --prefix P --topic T --count N --schema quote|order \
      [--schema-version 1|2] [--timeout-ms MS] [--create] [--capacity BYTES] [--start SEQ] \
-     [--kill-self-after K] [--allow-truncated] [--socket S] [--present-schema]\n\
+     [--kill-self-after K] [--allow-truncated] [--socket S] [--present-schema] [--earliest] \
+     [--wait-durable]\n\
      usage: xlang schema-open --socket S --topic T --schema quote"
         .into()
 }
@@ -81,6 +86,8 @@ fn parse_args() -> Result<Args, String> {
         allow_truncated: false,
         socket: String::new(),
         present_schema: false,
+        earliest: false,
+        wait_durable: false,
     };
     fn num(v: Option<String>, f: &str) -> Result<u64, String> {
         v.ok_or(format!("{f} needs a value"))?
@@ -113,6 +120,8 @@ fn parse_args() -> Result<Args, String> {
             "--allow-truncated" => a.allow_truncated = true,
             "--socket" => a.socket = it.next().ok_or("--socket needs a value")?,
             "--present-schema" => a.present_schema = true,
+            "--earliest" => a.earliest = true,
+            "--wait-durable" => a.wait_durable = true,
             _ => return Err(format!("unknown flag {f}\n{}", usage())),
         }
     }
@@ -320,6 +329,13 @@ fn produce(a: &Args) -> Result<ExitCode, String> {
             unsafe { raise(9) };
         }
     }
+    if a.wait_durable {
+        // One producer on a fresh topic: the partition's sequence is the message number.
+        let last = a.start + a.count - 1;
+        publisher
+            .wait_durable(last, Some(Duration::from_secs(60)))
+            .map_err(|e| format!("wait durable {last}: {e}"))?;
+    }
     println!("OK produced={} fallbacks={fallbacks}", a.count);
     Ok(ExitCode::SUCCESS)
 }
@@ -345,6 +361,11 @@ fn consume(a: &Args) -> Result<ExitCode, String> {
             &a.topic,
             &shmbus::SubscriberOptions {
                 schema: own_schema(a)?,
+                start: if a.earliest {
+                    shmbus::Start::Earliest
+                } else {
+                    shmbus::SubscriberOptions::default().start
+                },
                 ..Default::default()
             },
         )
