@@ -110,7 +110,8 @@ bool DaemonClient::try_connect_locked(std::string& err) {
   return true;
 }
 
-DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::Builder)>& fill) {
+DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::Builder)>& fill,
+                                       bool wait_for_daemon) {
   capnp::MallocMessageBuilder mb(512);
   auto req = mb.initRoot<proto::Request>();
   fill(req);
@@ -128,7 +129,7 @@ DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::
     if (fd_ < 0) {
       if (!try_connect_locked(last_err)) {
         last_errno = errno;  // try_connect_locked leaves the cause in errno
-        if (std::chrono::steady_clock::now() > give_up)
+        if (!wait_for_daemon || std::chrono::steady_clock::now() > give_up)
           throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err,
                       last_errno);
         // The daemon is restarting: poll for its socket (bounded by reconnect_ms).
@@ -136,6 +137,8 @@ DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::
         continue;
       }
       ++reconnects_;
+      flush_deferred_locked();
+      if (fd_ < 0) continue;  // lost again while flushing
     }
     int s = control::send_packet(fd_, frame);
     if (s < 0) {
@@ -159,7 +162,7 @@ DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::
       last_err = n == 0 ? "connection closed" : std::string("recv: ") + strerror(int(-n));
       last_errno = n == 0 ? 0 : int(-n);
       close_locked();
-      if (std::chrono::steady_clock::now() > give_up)
+      if (!wait_for_daemon || std::chrono::steady_clock::now() > give_up)
         throw Error(ErrorCode::not_connected, "shmbusd at " + opts_.socket_path + ": " + last_err,
                     last_errno);
       continue;
@@ -184,6 +187,43 @@ DaemonClient::Reply DaemonClient::call(const std::function<void(proto::Request::
       throw Error(ErrorCode::protocol, std::string("bad response: ") + e.getDescription().cStr());
     }
     return rep;
+  }
+}
+
+void DaemonClient::call_or_defer(std::function<void(proto::Request::Builder)> fill) noexcept {
+  try {
+    call(fill, false);
+    return;
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::not_connected) return;  // the daemon answered (an error): done
+  } catch (...) {
+    return;
+  }
+  try {
+    std::lock_guard<std::mutex> g(mu_);
+    if (deferred_.size() < kMaxDeferred) deferred_.push_back(std::move(fill));
+  } catch (...) {
+  }
+}
+
+// After a (re)connection, before the caller's request: the deferred courtesy calls,
+// answers ignored. A send or receive that fails closes the connection and keeps the
+// rest for the next one.
+void DaemonClient::flush_deferred_locked() {
+  while (!deferred_.empty() && fd_ >= 0) {
+    capnp::MallocMessageBuilder mb(512);
+    auto req = mb.initRoot<proto::Request>();
+    deferred_.front()(req);
+    req.setVersion(proto::PROTOCOL_VERSION);
+    req.setId(next_id_++);
+    const std::vector<uint8_t> frame = control::encode_frame(mb);
+    if (control::send_packet(fd_, frame) < 0) return close_locked();
+    std::vector<uint8_t> buf;
+    std::vector<int> fds;
+    const long n = control::recv_packet(fd_, buf, &fds, opts_.timeout_ms);
+    for (int fd : fds) ::close(fd);
+    if (n <= 0) return close_locked();
+    deferred_.erase(deferred_.begin());
   }
 }
 
@@ -294,18 +334,17 @@ class DaemonMapping final : public PartitionMapping {
 
   void leave_cursor(CursorGrant& g, bool park) noexcept override {
     if (!g.page) return;
-    try {
-      client_->call([&](proto::Request::Builder r) {
-        auto l = r.initLeave();
-        l.setTopic(topic_);
-        l.setPartition(partition_);
-        l.setSlot(g.slot);
-        l.setGeneration(g.generation);
-        l.setPark(park);
-      });
-    } catch (...) {
-      // The daemon frees (or parks) the slot when this process exits.
-    }
+    // Sent now, or at this client's next connection (the daemon also frees, or
+    // parks, the slot when this process exits).
+    client_->call_or_defer([topic = topic_, partition = partition_, slot = g.slot, gen = g.generation,
+                            park](proto::Request::Builder r) {
+      auto l = r.initLeave();
+      l.setTopic(topic);
+      l.setPartition(partition);
+      l.setSlot(slot);
+      l.setGeneration(gen);
+      l.setPark(park);
+    });
     munmap(g.page, shm::kCursorPageSize);
     if (auto it = page_fds_.find(g.page); it != page_fds_.end()) close(it->second), page_fds_.erase(it);
     g.page = nullptr;
@@ -361,17 +400,15 @@ class DaemonMapping final : public PartitionMapping {
       request = it->second;
       producer_requests_.erase(it);
     }
-    try {
-      client_->call([&](proto::Request::Builder r) {
-        auto q = r.initProducer();
-        q.setTopic(topic_);
-        q.setPartition(partition_);
-        q.setToken(request);
-        q.setRelease(true);
-      });
-    } catch (...) {
-      // The daemon frees the entry when this process exits.
-    }
+    // Sent now, or at this client's next connection (the daemon also frees the entry
+    // when this process exits).
+    client_->call_or_defer([topic = topic_, partition = partition_, request](proto::Request::Builder r) {
+      auto q = r.initProducer();
+      q.setTopic(topic);
+      q.setPartition(partition);
+      q.setToken(request);
+      q.setRelease(true);
+    });
   }
   void unmap_page(shm::CursorPage* p) noexcept override {
     if (p) munmap(p, shm::kCursorPageSize);

@@ -377,7 +377,7 @@ void HandlerRunner::dead_letter(const View& v, const Outcome& last, uint32_t att
     // An existing dead-letter topic is used as it is (whatever its settings).
     bool exists = true;
     try {
-      bus_.partitions(dlq_topic_);
+      exists = bus_.partitions(dlq_topic_) > 0;  // a direct bus answers 0 for a missing topic
     } catch (const Error& e) {
       if (e.code() != ErrorCode::not_found) throw;
       exists = false;

@@ -268,3 +268,32 @@ TEST_CASE("a publisher whose root type differs from the topic's schema is refuse
   Publisher ok = bus.publisher("sch.t", po);  // the same type, and 0 (unsaid), are fine
   CHECK(ok.offer("x", 1) == Status::ok);
 }
+
+// Closing while shmbusd is down: the close's courtesy calls (producer release, cursor
+// leave) try the socket once and give up, instead of retrying for the reconnect
+// window (10 s per publisher or subscriber before). A daemon that comes back finds
+// the connection gone and frees them itself.
+TEST_CASE("a publisher and a subscriber closed while shmbusd is down return at once", "[daemon][durable]") {
+  Embedded e(10'000);
+  Bus b = e.bus();
+  b.create_topic("dur.down", {.capacity = 1 << 16});
+  auto pub = std::make_unique<Publisher>(b.publisher("dur.down"));
+  auto sub = std::make_unique<Subscriber>(b.subscriber("dur.down", {.name = "down"}));
+  const uint64_t x = 7;
+  REQUIRE(pub->offer(&x, sizeof x) == Status::ok);
+  e.d->stop();
+  const auto t0 = std::chrono::steady_clock::now();
+  pub.reset();
+  sub.reset();
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+  INFO("closing took " << ms << " ms");
+  CHECK(ms < 2000);  // the reconnect window is 10 000 ms: a close that waited it fails here
+  e.start();
+  // The same bus reconnects and first tells the new daemon what was closed meanwhile:
+  // the partition's producer entry is free (without it: "already has a publisher in
+  // this process", as long as this process lives) and the durable name is parked.
+  Publisher again = b.publisher("dur.down");
+  CHECK(again.offer(&x, sizeof x) == Status::ok);
+  Subscriber back = b.subscriber("dur.down", {.name = "down"});
+}

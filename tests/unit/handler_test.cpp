@@ -567,3 +567,19 @@ TEST_CASE("handler pool: a runner that throws stops the others and run() rethrow
   CHECK_THROWS_AS(pool.run([] { return false; }), Error);  // would never return if the others went on
   CHECK(pool.stats().dead_lettered == 0);
 }
+
+TEST_CASE("handler: a missing dead-letter topic is created on a direct bus too") {
+  TopicGuard g{Bus::direct({.shm_prefix = test::unique_prefix("hdlqmk")}), "h.mk"};
+  TopicGuard gd{g.bus, "h.mk.dlq"};
+  g.bus.create_topic(g.topic, {.capacity = 1 << 16});
+  REQUIRE(g.bus.partitions(gd.topic) == 0);
+  HandlerRunner run(g.bus, g.topic, [](const View&) { return Outcome::reject("poison", 9); });
+  Publisher p = g.bus.publisher(g.topic);
+  publish(p, 1);
+  REQUIRE(run.step(0));  // before the fix: "topic segment ... does not exist" thrown here
+  CHECK(run.stats().dead_lettered == 1);
+  REQUIRE(g.bus.partitions(gd.topic) == 1);
+  Subscriber dlq = g.bus.subscriber(gd.topic, {.tethered = false});
+  (void)dlq;  // the letter was published before this subscriber joined: the topic exists, with one frame
+  CHECK(g.bus.partitions(gd.topic) == 1);
+}

@@ -107,8 +107,18 @@ class DaemonClient : public std::enable_shared_from_this<DaemonClient> {
   ~DaemonClient();
 
   // Sends the request `fill` builds (version and id are set here) and returns the
-  // response. An error response is thrown as shmbus::Error.
-  Reply call(const std::function<void(proto::Request::Builder)>& fill);
+  // response. An error response is thrown as shmbus::Error. With the connection
+  // gone, it reconnects for up to reconnect_ms (a daemon restarting); with
+  // wait_for_daemon false it tries once and throws not_connected at once.
+  Reply call(const std::function<void(proto::Request::Builder)>& fill, bool wait_for_daemon = true);
+  // For the courtesy calls of a close (a cursor's leave, a producer's release): sent
+  // now if the daemon answers, else kept (at most kMaxDeferred) and sent first after
+  // the next connection this client makes, answers ignored. A close never waits
+  // reconnect_ms for a daemon that is down, and a daemon that comes back still hears
+  // that the process let go (it restores grants of live processes). `fill` is called
+  // later: it must own what it uses (capture by value).
+  void call_or_defer(std::function<void(proto::Request::Builder)> fill) noexcept;
+  static constexpr size_t kMaxDeferred = 4096;
 
   void create_topic(const std::string& topic, const TopicConfig& cfg, const AccessSpec* access = nullptr);
   void delete_topic(const std::string& topic);
@@ -122,12 +132,14 @@ class DaemonClient : public std::enable_shared_from_this<DaemonClient> {
  private:
   bool try_connect_locked(std::string& err);
   void close_locked();
+  void flush_deferred_locked();
 
   Options opts_;
   std::mutex mu_;
   int fd_ = -1;
   uint64_t next_id_ = 1;
   uint32_t reconnects_ = 0;
+  std::vector<std::function<void(proto::Request::Builder)>> deferred_;  // call_or_defer
 };
 
 // The SegmentProvider over a DaemonClient (what Bus::connect() uses).
