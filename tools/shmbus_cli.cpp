@@ -15,6 +15,7 @@
 //   shmbus tail TOPIC [--partition P] [--count N]
 //   shmbus schema show TOPIC [--version N] | history TOPIC
 //   shmbus schema check|register TOPIC FILE.capnp:Type [--import-path DIR]...
+//   shmbus schema mode TOPIC backward|forward|full|none
 //   shmbus pub TOPIC (--json TEXT | --json-file F|-) [--schema F.capnp:Type] [--count N]
 //                    [--rate HZ] [--partition P | --key K] [--message-id N]   (tools/cli/pub.cpp)
 //                    [--correlation-id N] [--causation-id N] [--reply-to T] [--traceparent TP]
@@ -669,7 +670,7 @@ int run_dlq_replay(DaemonClient& c, const std::string& socket, const DlqArgs& a,
 // ---- shmbus schema: the topic's registered schema versions (shmbusd's registry).
 
 struct SchemaArgs {
-  std::string topic, type;
+  std::string topic, type, mode;
   uint32_t version = 0;
   std::vector<std::string> import_path;
 };
@@ -686,6 +687,23 @@ std::string iso_time(uint64_t ns) {
 SchemaNodes parse_schema_arg(const SchemaArgs& a) { return parse_schema_file(a.type, a.import_path); }
 
 int run_schema(DaemonClient& c, const std::string& what, const SchemaArgs& a, bool json) {
+  if (what == "mode") {
+    static const char* names[] = {"backward", "forward", "full", "none"};
+    uint16_t m = 0;
+    while (m < 4 && a.mode != names[m]) ++m;
+    if (m == 4)
+      throw Error(ErrorCode::invalid_argument, "mode '" + a.mode + "': backward, forward, full or none");
+    c.call([&](proto::Request::Builder r) {
+      auto q = r.initSetSchemaMode();
+      q.setTopic(a.topic);
+      q.setMode(proto::SchemaMode(m));
+    });
+    if (json)
+      std::printf("{\"topic\":%s,\"mode\":\"%s\"}\n", jstr(a.topic).c_str(), names[m]);
+    else
+      std::printf("schema mode of '%s' is %s\n", a.topic.c_str(), names[m]);
+    return 0;
+  }
   if (what == "check" || what == "register") {
     const SchemaNodes n = parse_schema_arg(a);
     try {
@@ -1485,6 +1503,10 @@ int main(int argc, char** argv) {
       "would FILE.capnp:Type be accepted as the topic's next version? exit 0 yes, 1 no (with the reason)");
   auto* schema_register =
       schema->add_subcommand("register", "register FILE.capnp:Type as the topic's next version");
+  auto* schema_mode_cmd = schema->add_subcommand(
+      "mode", "change the topic's compatibility mode (its owner or root; the versions stay)");
+  schema_mode_cmd->add_option("topic", sa.topic)->required();
+  schema_mode_cmd->add_option("mode", sa.mode, "backward|forward|full|none")->required();
   for (auto* s : {schema_check, schema_register}) {
     s->add_option("topic", sa.topic)->required();
     s->add_option("type", sa.type, "FILE.capnp:Type")->required();
@@ -1656,10 +1678,11 @@ int main(int argc, char** argv) {
     } else if (replay->parsed()) {
       return run_replay(*c, socket, ra, false);
     } else if (schema->parsed()) {
-      const std::string what = schema_show->parsed()      ? "show"
-                               : schema_history->parsed() ? "history"
-                               : schema_check->parsed()   ? "check"
-                                                          : "register";
+      const std::string what = schema_show->parsed()       ? "show"
+                               : schema_history->parsed()  ? "history"
+                               : schema_check->parsed()    ? "check"
+                               : schema_mode_cmd->parsed() ? "mode"
+                                                           : "register";
       return run_schema(*c, what, sa, json);
     } else if (tail->parsed()) {
       return run_replay(*c, socket, ta, true);

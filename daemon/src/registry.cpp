@@ -1547,6 +1547,25 @@ void Registry::handle(const RegistryCmd& c) {
     }
     case proto::Request::REGISTER_SCHEMA:
     case proto::Request::SCHEMA_HISTORY: return handle_schema(peer, id, req, mb, resp);
+    case proto::Request::SET_SCHEMA_MODE: {
+      auto q = req.getSetSchemaMode();
+      const std::string name = q.getTopic();
+      if (!seen(peer, id, name)) return;  // no rights: learns nothing
+      auto it = topics_.find(name);
+      if (!may(it->second, peer, Role::admin))
+        return reply_error(peer, id, proto::ErrorCode::PERMISSION_DENIED,
+                           "only the topic's owner or root may change the schema mode of '" + name + "'");
+      const uint32_t from = it->second.s.schema_mode, to = uint32_t(q.getMode());
+      if (from != to) {
+        it->second.s.schema_mode = to;
+        must_persist_ = true;  // saved with the topic's settings before the next reply
+        log_event(core_.instance, LOG_INFO, "schema_mode_changed", name, peer.pid,
+                  std::string(schema_mode_name(proto::SchemaMode(uint16_t(from)))) + " -> " +
+                      schema_mode_name(q.getMode()));
+      }
+      resp.setDone();
+      return reply(peer, mb);
+    }
     case proto::Request::JOIN: return handle_join(peer, id, req.getJoin(), mb, resp);
     case proto::Request::LEAVE: return handle_leave(peer, id, req.getLeave(), mb, resp);
     case proto::Request::CURSOR_PAGE: return handle_page(peer, id, req.getCursorPage(), mb, resp);

@@ -242,6 +242,13 @@ bool decode_request(std::span<const uint8_t> frame, DecodedRequest& out, proto::
       case proto::Request::SCHEMA_HISTORY:
         if (!text_ok(r.getSchemaHistory().getTopic(), "topic")) return false;
         break;
+      case proto::Request::SET_SCHEMA_MODE:
+        if (!text_ok(r.getSetSchemaMode().getTopic(), "topic")) return false;
+        if (uint16_t(r.getSetSchemaMode().getMode()) > uint16_t(proto::SchemaMode::NONE)) {
+          err = "setSchemaMode: mode must be backward, forward, full or none";
+          return false;
+        }
+        break;
       case proto::Request::PRODUCER:
         if (!text_ok(r.getProducer().getTopic(), "topic")) return false;
         break;

@@ -170,6 +170,7 @@ struct Request {
     groupJoin @19 :GroupRequest;    # consumer groups: become a member (a member is its connection)
     groupSync @20 :GroupRequest;    # consumer groups: the current generation and this member's partitions
     groupLeave @21 :GroupRequest;   # consumer groups: stop being a member (the group rebalances)
+    setSchemaMode @22 :SchemaModeChange;  # the owner (or root) changes a topic's schema mode
   }
 }
 
@@ -296,6 +297,13 @@ struct SchemaRegistration {
   nodes @2 :Data;
   role @3 :Role;                  # publisher: register; subscriber: check only
   checkOnly @4 :Bool;
+}
+
+# A topic's schema compatibility mode, changed in place (the versions stay). Checked
+# against at the next registration; answered `done`.
+struct SchemaModeChange {
+  topic @0 :Text;
+  mode @1 :SchemaMode;
 }
 
 struct SchemaReply {
