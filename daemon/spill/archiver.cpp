@@ -442,6 +442,7 @@ struct Archiver::Impl {
     std::string path = p.dir + "/" + segment_file_name(first_seq);
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
+      ++p.st.io_errors;
       set_error(p, errno);
       return false;
     }
@@ -452,6 +453,7 @@ struct Archiver::Impl {
       int e = n < 0 ? errno : (n != ssize_t(sizeof h) ? ENOSPC : errno);
       ::close(fd);
       ::unlink(path.c_str());
+      ++p.st.io_errors;
       set_error(p, e);
       return false;
     }
@@ -474,6 +476,7 @@ struct Archiver::Impl {
     if (p.fd >= 0) {
       if (p.cfg.flush != FlushPolicy::none) {
         if (::fdatasync(p.fd) != 0) {
+          ++p.st.io_errors;
           set_error(p, errno);
           return false;
         }
@@ -828,6 +831,7 @@ struct Archiver::Impl {
         if (b->written < b->fill) {
           b->st = Buf::failed;  // short write (e.g. the disk just filled): write the rest
           if (res == 0) {
+            ++p.st.io_errors;  // nothing written: the disk is full
             set_error(p, ENOSPC);
             schedule_retry(p, now);
           }

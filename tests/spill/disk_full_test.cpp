@@ -6,6 +6,9 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+
+#include <chrono>
+#include <thread>
 #include <cstdio>
 #include <vector>
 
@@ -58,8 +61,13 @@ TEST_CASE("A full disk back-pressures producers with ENOSPC and archiving resume
   REQUIRE(full);
   INFO("published " << seq << " before the disk filled");
   CHECK(a.running());
+  // The stats are a snapshot the archiver refreshes: wait (bounded) for the count.
   auto st = a.stats()[0];
-  CHECK(st.io_errors >= 1);
+  for (int i = 0; i < 500 && st.io_errors == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    st = a.stats()[0];
+  }
+  CHECK(st.io_errors >= 1);  // every failed write, sync or segment creation counts
   const uint64_t durable_when_full = durable_sequence_approx(pub);
   CHECK(durable_when_full < seq);
   // Still full: a publish still fails, the archiver still runs.
