@@ -192,6 +192,13 @@ func (s *natsServer) restart() {
 	s.start()
 }
 
+// crash SIGKILLs the server (no flush, no goodbye to clients) and starts it again on
+// the same port and store: JetStream recovers its file store from what was written.
+func (s *natsServer) crash() {
+	s.stop(syscall.SIGKILL)
+	s.start()
+}
+
 type daemon struct {
 	dir, sock string
 	bus       *shmbus.Bus
@@ -661,8 +668,9 @@ func TestBridgeBothWaysInOrderExactlyOnce(t *testing.T) {
 }
 
 // 20 SIGKILLs of the bridges at random points of the flow (each after a random
-// number of messages crossed) and a restart of nats-server in the middle: every
-// message arrives on the far side, none twice.
+// number of messages crossed), two SIGKILLs of nats-server (at a quarter and three
+// quarters) and a clean restart of it in the middle: every message arrives on the
+// far side, none twice.
 func TestBridgeSIGKILLTrialsAndServerRestart(t *testing.T) {
 	const n = 60000
 	const trials = 20
@@ -704,7 +712,10 @@ func TestBridgeSIGKILLTrialsAndServerRestart(t *testing.T) {
 			f.ba.start()
 			f.bb.start()
 		}
-		if trial == trials/2 {
+		switch trial {
+		case trials / 4, 3 * trials / 4:
+			f.nats.crash() // SIGKILL of nats-server mid-flow
+		case trials / 2:
 			f.nats.restart()
 		}
 	}
@@ -714,7 +725,7 @@ func TestBridgeSIGKILLTrialsAndServerRestart(t *testing.T) {
 		}
 	}
 	f.finish(t, ctx, ra, rb, n, 120*time.Second)
-	t.Logf("%d messages each way, %d bridge SIGKILLs (A %d, B %d), one nats-server restart: none lost, none twice",
+	t.Logf("%d messages each way, %d bridge SIGKILLs (A %d, B %d), two nats-server SIGKILLs and one restart: none lost, none twice",
 		n, f.ba.killed+f.bb.killed, f.ba.killed, f.bb.killed)
 }
 
