@@ -381,26 +381,13 @@ func (b *Bus) Responder(topic string, opts *SubscriberOptions) (*Responder, erro
 	if err != nil {
 		return nil, err
 	}
-	var co C.shmbus_subscriber_options_t
-	C.shmbus_subscriber_options_init(&co)
-	co.partition = C.uint32_t(o.Partition)
-	if o.Untethered {
-		co.tethered = 0
+	if o.Schema != nil {
+		if _, err := presentSchema(bh, topic, o.Schema, C.SHMBUS_SCHEMA_SUBSCRIBER); err != nil {
+			return nil, err
+		}
 	}
-	co.wait = o.Wait.c()
-	co.start = o.Start.kind
-	co.start_value = C.uint64_t(o.Start.value)
-	if o.Spin > 0 {
-		co.spin_ns = durationNs(o.Spin)
-	}
-	if o.OpenTimeout > 0 {
-		co.open_timeout_ms = C.int32_t(o.OpenTimeout.Milliseconds())
-	}
-	if o.Name != "" {
-		cname := C.CString(o.Name)
-		defer C.free(unsafe.Pointer(cname))
-		co.name = cname
-	}
+	co, freeOpts := o.toC()
+	defer freeOpts()
 	cn := C.CString(topic)
 	defer C.free(unsafe.Pointer(cn))
 	var h *C.shmbus_responder_t

@@ -111,26 +111,8 @@ func (b *Bus) Subscriber(topic string, opts *SubscriberOptions) (*Subscriber, er
 	if err != nil {
 		return nil, err
 	}
-	var co C.shmbus_subscriber_options_t
-	C.shmbus_subscriber_options_init(&co)
-	co.partition = C.uint32_t(o.Partition)
-	if o.Untethered {
-		co.tethered = 0
-	}
-	co.wait = o.Wait.c()
-	co.start = o.Start.kind
-	co.start_value = C.uint64_t(o.Start.value)
-	if o.Spin > 0 {
-		co.spin_ns = durationNs(o.Spin)
-	}
-	if o.OpenTimeout > 0 {
-		co.open_timeout_ms = C.int32_t(o.OpenTimeout.Milliseconds())
-	}
-	if o.Name != "" {
-		cname := C.CString(o.Name)
-		defer C.free(unsafe.Pointer(cname))
-		co.name = cname
-	}
+	co, freeOpts := o.toC()
+	defer freeOpts()
 	if o.Schema != nil {
 		if _, err := presentSchema(bh, topic, o.Schema, C.SHMBUS_SCHEMA_SUBSCRIBER); err != nil {
 			return nil, err
@@ -190,6 +172,32 @@ func (s *Subscriber) check() error {
 		return errSubClosed
 	}
 	return nil
+}
+
+// toC converts the options for shmbus_subscriber_open (Subscriber, Responder); call
+// the returned function after the open (it frees the C copy of the name).
+func (o *SubscriberOptions) toC() (C.shmbus_subscriber_options_t, func()) {
+	var co C.shmbus_subscriber_options_t
+	C.shmbus_subscriber_options_init(&co)
+	co.partition = C.uint32_t(o.Partition)
+	if o.Untethered {
+		co.tethered = 0
+	}
+	co.wait = o.Wait.c()
+	co.start = o.Start.kind
+	co.start_value = C.uint64_t(o.Start.value)
+	if o.Spin > 0 {
+		co.spin_ns = durationNs(o.Spin)
+	}
+	if o.OpenTimeout > 0 {
+		co.open_timeout_ms = C.int32_t(o.OpenTimeout.Milliseconds())
+	}
+	if o.Name == "" {
+		return co, func() {}
+	}
+	cname := C.CString(o.Name)
+	co.name = cname
+	return co, func() { C.free(unsafe.Pointer(cname)) }
 }
 
 func toView(c *C.shmbus_view_t, v *View) {
