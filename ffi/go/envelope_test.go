@@ -174,7 +174,7 @@ func TestEnvelopeWrittenByGoReadByTheCxxTool(t *testing.T) {
 	if err := json.Unmarshal(bytes.TrimSpace(out), &line); err != nil {
 		t.Fatalf("shmbus replay printed %q: %v", out, err)
 	}
-	want := map[string]any{"correlationId": "42", "causationId": "41", "replyTo": "orders.reply",
+	want := map[string]any{"correlationId": "0x000000000000002a", "causationId": "0x0000000000000029", "replyTo": "orders.reply",
 		"traceparent": testTraceparent, "tracestate": "congo=t61rcWkgMzE", "contentVersion": 3.0, "status": 404.0,
 		"payloadSchemaId": "0x000000001234abcd"}
 	for k, v := range want {

@@ -227,10 +227,15 @@ Status EnvelopedView::open(const View& v) noexcept {
 }
 
 std::string envelope_json(const Envelope& e, uint64_t payload_schema_id) {
-  char id[32];
-  std::snprintf(id, sizeof id, "0x%016llx", static_cast<unsigned long long>(payload_schema_id));
-  std::string o = "{\"correlationId\":\"" + std::to_string(e.correlation_id) + "\",\"causationId\":\"" +
-                  std::to_string(e.causation_id) + "\"";
+  // Every 64-bit id in hex, as the tools print message and schema ids everywhere.
+  const auto hex = [](uint64_t v) {
+    char b[24];
+    std::snprintf(b, sizeof b, "0x%016llx", static_cast<unsigned long long>(v));
+    return std::string(b);
+  };
+  const std::string id = hex(payload_schema_id);
+  std::string o =
+      "{\"correlationId\":\"" + hex(e.correlation_id) + "\",\"causationId\":\"" + hex(e.causation_id) + "\"";
   if (!e.reply_to.empty()) o += ",\"replyTo\":" + jstr(e.reply_to);
   if (e.trace.valid()) {
     o += ",\"traceparent\":\"" + e.trace.traceparent() + "\"";

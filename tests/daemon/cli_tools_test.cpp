@@ -206,7 +206,8 @@ TEST_CASE(
   r = cli(d, {"replay", "orders", "--from", "seq:6", "--count", "1"});
   REQUIRE(r.rc == 0);
   CHECK(jfield(r.out, "envelope")
-            .find("{\"correlationId\":\"17\",\"causationId\":\"0\",\"replyTo\":\"reply.x\","
+            .find("{\"correlationId\":\"0x0000000000000011\",\"causationId\":\"0x0000000000000000\","
+                  "\"replyTo\":\"reply.x\","
                   "\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"") == 0);
   CHECK(jfield(r.out, "message") == "{\"id\":\"12\",\"price\":0,\"qty\":0,\"side\":\"buy\"}");
   CHECK(next_seq(d, "orders") == 7);

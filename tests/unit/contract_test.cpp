@@ -259,9 +259,11 @@ TEST_CASE("shmbus replay prints an enveloped message's envelope and its decoded 
       run_capture({kCli, "--socket", d.sock, "replay", "md.env", "--count", "1"}, {}, err);
   INFO(out);
   CHECK(out.find("\"message_id\":\"0x0000000000000384\"") != std::string::npos);  // 900, in hex as every id
-  CHECK(out.find("\"envelope\":{\"correlationId\":\"17\",\"causationId\":\"16\",\"replyTo\":\"reply.x\","
-                 "\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\","
-                 "\"contentVersion\":2,\"status\":0,") != std::string::npos);
+  CHECK(out.find(
+            "\"envelope\":{\"correlationId\":\"0x0000000000000011\",\"causationId\":\"0x0000000000000010\","
+            "\"replyTo\":\"reply.x\","
+            "\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\","
+            "\"contentVersion\":2,\"status\":0,") != std::string::npos);
   CHECK(out.find("\"type\":\"Quote\"") != std::string::npos);
   CHECK(out.find("\"instrumentId\":4242") != std::string::npos);
   REQUIRE(d.stop());
