@@ -564,3 +564,57 @@ TEST_CASE("P7 on pages: a producer sleeps on the binding cursor's page word; its
   CHECK(aref(pg.get()->space_wake).load() != v);
   w.end_space_wait();
 }
+
+// A single producer killed inside commit() after it published tail_seq and before it
+// published tail_pos: the committed frame still sits at tail_pos, visible to readers.
+// The next producer's recover_sp must walk over it (not re-zero it and write its own
+// first frame there): a reader that already took the frame would otherwise stand
+// inside the new frame, and one that had not would lose a committed message.
+// (Seen as a 10 s stall of crash_mp_test's single-producer trials under ASan.)
+TEST_CASE(
+    "a single producer killed between publishing tail_seq and tail_pos: the taker-over keeps its frame") {
+  HeapRing h(4096, false);
+  RingWriter a;
+  REQUIRE(a.attach(h.r, false, uint32_t(getpid())));
+  FrameMeta meta;
+  RingReader early, late;
+  REQUIRE(early.join(h.r, uint32_t(getpid()), false, 0, 0));
+  uint64_t last_pos = 0;
+  for (uint32_t i = 0; i < 3; ++i) {
+    Claim c;
+    REQUIRE(a.try_claim(40 + 24 * i, c) == RingStatus::ok);
+    std::memset(c.payload, int(0x10 + i), 40 + 24 * i);
+    last_pos = c.pos;
+    a.commit(c, 40 + 24 * i, meta);
+  }
+  // The kill: tail_pos back at the third frame, tail_seq already past it (4).
+  aref(h.r.data->tail_pos).store(last_pos);
+  REQUIRE(tail_seq_of(aref(h.r.data->tail_seq).load()) == 4);
+  // The early reader had taken all three frames before the takeover.
+  FrameView v;
+  for (uint64_t s = 1; s <= 3; ++s) {
+    REQUIRE(early.poll(v) == RingStatus::ok);
+    CHECK(v.hdr->sequence == s);
+    early.release_all();
+  }
+  RingWriter b;
+  REQUIRE(b.attach(h.r, false, uint32_t(getpid())));
+  b.recover_sp();
+  CHECK(h.tail() > last_pos);  // walked over the dead owner's last frame
+  Claim c;
+  REQUIRE(b.try_claim(100, c) == RingStatus::ok);
+  std::memset(c.payload, 0x77, 100);
+  b.commit(c, 100, meta);
+  // The early reader gets B's frame next, whole; one from the start sees all four.
+  REQUIRE(early.poll(v) == RingStatus::ok);
+  CHECK(v.hdr->sequence == 4);
+  CHECK(v.payload_len == 100);
+  CHECK(uint8_t(v.payload[99]) == 0x77);
+  REQUIRE(late.join(h.r, uint32_t(getpid()), false, 0, 0));
+  for (uint64_t s = 1; s <= 4; ++s) {
+    REQUIRE(late.poll(v) == RingStatus::ok);
+    CHECK(v.hdr->sequence == s);
+    CHECK(uint8_t(v.payload[0]) == (s == 4 ? 0x77 : 0x10 + s - 1));
+    late.release_all();
+  }
+}

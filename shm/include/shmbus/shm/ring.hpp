@@ -609,6 +609,7 @@ class RingWriter {
     uint64_t pos = aref(r_.data->tail_pos).load(std::memory_order_acquire);
     uint64_t seq = aref(r_.data->tail_seq).load(std::memory_order_acquire);
     seq = tail_seq_of(seq);
+    const uint64_t start = pos;
     for (uint64_t n = 0; n < cap_ / 8; ++n) {
       FrameHeader* h = r_.frame_at(pos);
       uint64_t w = aref(h->commit).load(std::memory_order_acquire);
@@ -617,6 +618,14 @@ class RingWriter {
       if (w == 0 || len < 8 || (len & 7) || off + len > cap_) break;
       if (commit_type(w) == kFrameData && len >= kFrameHeaderSize) {
         const uint64_t s = aref(h->sequence).load(std::memory_order_relaxed);  // copied once
+        // commit() publishes tail_seq before tail_pos: an owner killed between the
+        // two stores left tail_seq one past the committed frame that still sits at
+        // tail_pos. That frame is visible to readers (its commit word is set), so it
+        // is walked over like any other, never re-zeroed and reused (seen as a
+        // reader stuck inside the next producer's first frame, crash_mp_test).
+        // Only at tail_pos itself: sequences are unique, so a frame there with
+        // sequence seq-1 can only be that one.
+        if (pos == start && s != 0 && s + 1 == seq) seq = s;
         if (s != seq) break;  // not the frame the dead owner committed next: stop here
         seq = s + 1;
       }
