@@ -83,17 +83,7 @@ struct ReplaySubscriber::Impl {
     return true;
   }
 
-  uint64_t archiver_position() {
-    for (uint32_t i = 0; i < r.slot_count; ++i) {
-      shm::CursorSlot& s = r.slots[i];
-      if (aref(s.state).load(std::memory_order_seq_cst) != shm::kSlotActive) continue;
-      if (aref(s.name_hash).load(std::memory_order_relaxed) != spill::kArchiverNameHash) continue;
-      // The archiver's cursor is the daemon's own (embedded in its slot).
-      if (!(aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded)) continue;
-      return aref(s.page.position).load(std::memory_order_acquire);
-    }
-    return aref(r.data->tail_pos).load(std::memory_order_acquire);  // no archiver: live only
-  }
+  uint64_t archiver_position() const { return spill::archiver_position(r); }
 
   enum class RingPoll : uint8_t { ok, empty, lapped, corrupt };
 

@@ -1,5 +1,6 @@
 // The spill log on disk: CRC32C, records, segment files, recovery and the reader.
 #include "shmbus/spill_format.hpp"
+#include "shmbus/shm/ring.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -389,6 +390,21 @@ std::string index_file_name(uint64_t first_seq) {
 }
 std::string partition_dir(const std::string& state_dir, const std::string& topic, uint32_t p) {
   return state_dir + "/" + topic + "/" + std::to_string(p);
+}
+
+uint64_t archiver_position(const shm::RingRefs& r, bool* present) {
+  using shm::aref;
+  if (present) *present = true;
+  for (uint32_t i = 0; i < r.slot_count; ++i) {
+    shm::CursorSlot& s = r.slots[i];
+    if (aref(s.state).load(std::memory_order_seq_cst) != shm::kSlotActive) continue;
+    if (aref(s.name_hash).load(std::memory_order_relaxed) != kArchiverNameHash) continue;
+    if (!(aref(s.flags).load(std::memory_order_relaxed) & shm::kSlotEmbedded)) continue;
+    // SYNC(cursor) acquire: pairs with the archiver's release of what it wrote.
+    return aref(s.page.position).load(std::memory_order_acquire);
+  }
+  if (present) *present = false;
+  return aref(r.data->tail_pos).load(std::memory_order_acquire);  // no archiver: live only
 }
 
 std::vector<SegmentInfo> list_segments(const std::string& dir) {

@@ -24,6 +24,7 @@
 
 #include "../daemon/daemon_util.hpp"
 #include "market.capnp.h"
+#include "shmbus/group.hpp"
 #include "shmbus/handler.hpp"
 #include "shmbus/message.hpp"
 #include "shmbus/spill_format.hpp"
@@ -717,4 +718,126 @@ TEST_CASE("shmbus dlq replay re-drives dead letters to their topic with the orig
   r = run(dm.cli({"dlq", "replay", "orders.tmp.dlq"}), err);
   CHECK(r.code() == 1);
   CHECK(r.err.find("not durable") != std::string::npos);
+}
+
+// A consumer group on a `spill` topic (issue 11, docs/messaging.md "Group members on
+// durable topics: reading the log"): the group's committed position left the ring
+// while no member held the partition (its parked slot expired, the producer went on
+// for many laps). The next member starts from the committed position, reading the
+// log, then the ring, with no gap and no duplicate; one that closes during the
+// catch-up parks at its last release, and the member that resumes that parked slot
+// (its position lapped) reads the log again from there instead of taking a later
+// lap's frame for the next one.
+TEST_CASE("a member of a durable topic's group replays from the log what the ring lost",
+          "[spill][daemon][group]") {
+  Daemon dm("grouplog");
+  dm.d.extra = {"--durable-hold-ms", "0"};  // a parked slot expires at once: the producer goes on
+  REQUIRE(dm.d.start());
+  const std::string topic = "grp.log";
+  const uint64_t k = 60, n = 20'000;  // ~76 B frames in 64 KiB: ~25 laps after k
+  {
+    Bus bus = Bus::connect(dm.d.sock);
+    bus.create_topic(topic, durable_topic(64 << 10));
+    Publisher pub = bus.publisher(topic, patient_publisher());
+    GroupSubscriber m = bus.group_subscriber(topic, "g", {});  // a new group starts at the tail
+    REQUIRE(m.partitions() == std::vector<uint32_t>{0});
+    for (uint64_t i = 1; i <= k; ++i) REQUIRE(publish_one(pub, i) == i);
+    GroupView v;
+    for (uint64_t s = 1; s <= k; ++s) {
+      REQUIRE(m.poll_wait(v, 10'000'000'000) == Status::ok);
+      REQUIRE(v.sequence() == s);
+      m.release(v);
+    }
+    m.close();  // committed: k; parked, then expired by the daemon
+    for (uint64_t i = k + 1; i <= n; ++i) REQUIRE(publish_one(pub, i) == i);
+    REQUIRE(wait_durable(pub, n, 20'000'000'000) == Status::ok);
+  }
+  // The daemon restarts with parked slots kept (10 s): the next member's close
+  // during its catch-up parks it.
+  dm.d.crash();
+  dm.d.extra = {"--durable-hold-ms", "60000"};
+  REQUIRE(dm.d.start());
+  Bus bus = Bus::connect(dm.d.sock);
+  auto read = [&](GroupSubscriber& g, uint64_t first, uint64_t last) {
+    GroupView v;
+    for (uint64_t s = first; s <= last; ++s) {
+      const Status st = g.poll_wait(v, 10'000'000'000);  // watchdog
+      INFO("sequence " << s << " received " << g.stats().received);
+      REQUIRE(st == Status::ok);
+      REQUIRE(v.sequence() == s);
+      REQUIRE(payload_ok(s, v.data(), v.size()));
+      g.release(v);
+    }
+  };
+  const uint64_t half = k + (n - k) / 2;
+  {
+    GroupSubscriber m2 = bus.group_subscriber(topic, "g", {});
+    read(m2, k + 1, half);  // from the log: the ring lost these long ago
+    GroupView v;
+    REQUIRE(m2.poll_wait(v, 10'000'000'000) == Status::ok);  // polled, not released: read again
+    CHECK(v.sequence() == half + 1);
+    m2.close();  // parked at half, below what the ring holds
+  }
+  GroupSubscriber m3 = bus.group_subscriber(topic, "g", {});
+  read(m3, half + 1, n);
+  // Caught up: live messages come from the ring, in order, none twice.
+  Publisher pub = bus.publisher(topic, patient_publisher());
+  for (uint64_t i = n + 1; i <= n + 500; ++i) {
+    REQUIRE(publish_one(pub, i) == i);
+    if (i % 50 == 0) read(m3, i - 49, i);
+  }
+  GroupView v;
+  CHECK(m3.poll(v) == Status::empty);
+  m3.close();
+  pub.close();
+  REQUIRE(dm.d.stop());
+}
+
+// The same catch-up with the log gone (its files deleted: retention, an operator):
+// the member must not skip what the ring lost as if it were padding. It says lapped
+// once, then reads on from the ring, in order.
+TEST_CASE("a group member whose committed position is in no log says lapped, then reads on",
+          "[spill][daemon][group]") {
+  Daemon dm("grouplog-gone");
+  dm.d.extra = {"--durable-hold-ms", "0"};
+  REQUIRE(dm.d.start());
+  const std::string topic = "grp.gone";
+  const uint64_t k = 60, n = 8'000;
+  Bus bus = Bus::connect(dm.d.sock);
+  bus.create_topic(topic, durable_topic(64 << 10));
+  Publisher pub = bus.publisher(topic, patient_publisher());
+  {
+    GroupSubscriber m = bus.group_subscriber(topic, "g", {});
+    for (uint64_t i = 1; i <= k; ++i) REQUIRE(publish_one(pub, i) == i);
+    GroupView v;
+    for (uint64_t s = 1; s <= k; ++s) {
+      REQUIRE(m.poll_wait(v, 10'000'000'000) == Status::ok);
+      m.release(v);
+    }
+  }  // committed: k; expired at once
+  for (uint64_t i = k + 1; i <= n; ++i) REQUIRE(publish_one(pub, i) == i);
+  REQUIRE(wait_durable(pub, n, 20'000'000'000) == Status::ok);
+  const std::string pdir = spill::partition_dir(dm.d.state + "/log", topic, 0);
+  size_t removed = 0;
+  for (auto& e : std::filesystem::directory_iterator(pdir))
+    if (e.is_regular_file()) removed += std::filesystem::remove(e.path()) ? 1 : 0;
+  REQUIRE(removed > 0);
+  GroupSubscriber m2 = bus.group_subscriber(topic, "g", {});
+  GroupView v;
+  REQUIRE(m2.poll_wait(v, 10'000'000'000) == Status::lapped);
+  // On from the ring: whatever it still holds, then live, consecutive.
+  for (uint64_t i = n + 1; i <= n + 100; ++i) REQUIRE(publish_one(pub, i) == i);
+  REQUIRE(m2.poll_wait(v, 10'000'000'000) == Status::ok);
+  uint64_t s = v.sequence();
+  CHECK(s > k + 1);
+  m2.release(v);
+  while (s < n + 100) {
+    REQUIRE(m2.poll_wait(v, 10'000'000'000) == Status::ok);
+    REQUIRE(v.sequence() == ++s);
+    REQUIRE(payload_ok(s, v.data(), v.size()));
+    m2.release(v);
+  }
+  m2.close();
+  pub.close();
+  REQUIRE(dm.d.stop());
 }

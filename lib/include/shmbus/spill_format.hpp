@@ -42,6 +42,10 @@
 
 #include "shmbus/shm/layout.hpp"
 
+namespace shmbus::shm {
+struct RingRefs;
+}
+
 namespace shmbus::spill {
 
 inline constexpr uint64_t kLogMagic = 0x3147'4f4c'424d'4853ULL;  // "SHMBLOG1"
@@ -218,6 +222,10 @@ Check check_batch(const std::byte* p, size_t avail, BatchInfo* out) noexcept;
 std::string segment_file_name(uint64_t first_seq);
 std::string index_file_name(uint64_t first_seq);
 std::string partition_dir(const std::string& state_dir, const std::string& topic, uint32_t p);
+// The archiver's read position in a partition's ring (its cursor is the daemon's own,
+// embedded in its slot): every data frame below it reached the log before it was
+// released. No archiver slot: *present false, and the tail.
+uint64_t archiver_position(const shm::RingRefs& r, bool* present = nullptr);
 
 struct SegmentInfo {
   uint64_t first_seq = 0;

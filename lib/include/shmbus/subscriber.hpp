@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 
 #include "shmbus/bus.hpp"
 #include "shmbus/error.hpp"
@@ -107,7 +108,7 @@ class Subscriber {
   void interrupt() noexcept;
 
   const SubscribeStats& stats() const { return stats_; }
-  uint64_t position() const { return r_.position(); }
+  uint64_t position() const;
   uint32_t slot_index() const { return r_.slot_index(); }
   uint32_t partition() const;
   const SubscriberOptions& options() const { return opts_; }
@@ -120,10 +121,19 @@ class Subscriber {
   // True when this subscriber reads a `spill` topic untethered, falling back to the
   // topic's log when the producer overtakes it (views are then private copies).
   bool spilling() const { return spill_ != nullptr; }
+  // A named (durable, group) tethered subscriber of a `spill` topic whose position
+  // the ring no longer holds reads what it lost from the topic's log, then the ring
+  // (docs/messaging.md "Group members on durable topics"). How often it did.
+  uint64_t log_catchups() const { return log_catchups_; }
+  // True while it reads the log.
+  bool reading_log() const;
 
  private:
   void open_slot(SegmentProvider* records);
   Status lapped_now();
+  Status on_lapped(View& out);
+  Status log_poll(View& out);
+  struct LogCatchup;
   Status spill_poll(View& out, int64_t timeout_ns, bool wait);
   std::shared_ptr<PartitionMapping> m_;
   SubscriberOptions opts_;
@@ -134,6 +144,13 @@ class Subscriber {
   bool resumed_ = false;
   shm::Interrupt intr_;
   std::unique_ptr<ReplaySubscriber> spill_;  // set: every call goes to the log-backed reader
+  // Named subscribers: the provider (asked for the topic's log directory on a lap)
+  // and the log reader of a catch-up (kept while its views are out).
+  std::shared_ptr<SegmentProvider> provider_;
+  std::unique_ptr<LogCatchup> catchup_;
+  uint64_t log_catchups_ = 0;
+  bool log_dir_asked_ = false;
+  std::string log_dir_;
 };
 
 }  // namespace shmbus
