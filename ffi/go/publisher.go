@@ -77,6 +77,7 @@ type Publisher struct {
 	msg      capnp.Message
 	seg      *capnp.Segment // p.msg's only segment, repointed at each claim (segRepoint)
 	root     rootCache      // ClaimRoot: the root of the previous message, rebuilt in place
+	batch    *Batch         // ClaimBatch: the publisher's multi-frame claim (reused)
 
 	fallbacks uint64
 }
@@ -166,6 +167,9 @@ func (p *Publisher) Close() error {
 	p.h = nil
 	p.hmu.Unlock()
 	C.free(unsafe.Pointer(p.s))
+	if p.batch != nil {
+		p.batch.freeC()
+	}
 	p.s, p.open = nil, nil
 	return nil
 }
@@ -201,6 +205,9 @@ func sizeArg(n int) (C.uint32_t, error) {
 // dropMsg detaches p.msg from ring memory (its segment then reads as empty, so a
 // stale builder cannot write into the ring: its writes panic out of range).
 func (p *Publisher) dropMsg() {
+	if p.batch != nil {
+		p.batch.drop() // every C claim, offer or abort drops an open batch too
+	}
 	if p.msgClaim {
 		if p.seg != nil {
 			setSegData(p.seg, nil)
@@ -220,6 +227,11 @@ func (p *Publisher) setOpen() {
 // need() bytes in the C library until BlockTimeout runs out (ErrBackPressured) or
 // ctx ends (ctx.Err(), at once: the wait is interrupted), then retries.
 func (p *Publisher) blocking(ctx context.Context, need func() C.uint32_t, retry func() C.int) error {
+	return p.blockingN(ctx, 1, need, retry)
+}
+
+// blockingN is blocking for a claim of `frames` frames of need() bytes (ClaimBatch).
+func (p *Publisher) blockingN(ctx context.Context, frames int, need func() C.uint32_t, retry func() C.int) error {
 	rc := int(retry())
 	if rc == 0 {
 		return nil
@@ -250,7 +262,12 @@ func (p *Publisher) blocking(ctx context.Context, need func() C.uint32_t, retry 
 			}
 			timeout = durationNs(left)
 		}
-		switch rc = int(C.shmbus_publisher_wait_space(p.h, need(), timeout)); rc {
+		if frames > 1 {
+			rc = int(C.shmbus_publisher_wait_space_n(p.h, C.size_t(frames), need(), timeout))
+		} else {
+			rc = int(C.shmbus_publisher_wait_space(p.h, need(), timeout))
+		}
+		switch rc {
 		case 0:
 			if rc = int(retry()); rc == 0 {
 				return nil

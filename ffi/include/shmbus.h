@@ -232,7 +232,44 @@ SHMBUS_API int shmbus_publisher_commit_message(shmbus_publisher_t* pub, uint32_t
 SHMBUS_API int shmbus_publisher_commit_message_and_claim(shmbus_publisher_t* pub, uint32_t segment_words,
                                                          uint64_t message_id, uint64_t schema_id,
                                                          uint32_t next_max, shmbus_claim_t* next);
+/* Aborts the open claim, or the open multi-frame claim (readers skip it). */
 SHMBUS_API int shmbus_publisher_abort(shmbus_publisher_t* pub);
+/* ---- multi-frame claims (symbol version SHMBUS_1.6) -----------------------------
+ * n frames of max_bytes payload each, taken as ONE ring claim (one wait for space,
+ * one multi-producer claim), built in place, then published together by one
+ * commit: readers see none of the frames before it and all of them after. out[i]
+ * (n entries) gets frame i: zeroed ring memory of out[i].size bytes, sequence
+ * out[0].sequence + i. Same policy as claim. SHMBUS_E_TOO_LARGE when a frame
+ * exceeds max_payload or the n frames could never fit the ring (n * (48 +
+ * max_bytes rounded up to 8) more than about half the capacity); n 0 or above
+ * 2^32-1 is INVALID_ARGUMENT. An open claim or batch is dropped first. */
+SHMBUS_API int shmbus_publisher_claim_n(shmbus_publisher_t* pub, size_t n, uint32_t max_bytes,
+                                        shmbus_claim_t* out);
+/* Like claim_n, never waits. */
+SHMBUS_API int shmbus_publisher_try_claim_n(shmbus_publisher_t* pub, size_t n, uint32_t max_bytes,
+                                            shmbus_claim_t* out);
+/* Publishes frames 0..k-1 of the open batch (k <= its n; 0 aborts it): frame i with
+ * used[i] payload bytes and message id message_ids[i] (message_ids NULL: 0). The
+ * frames after k are skipped by readers. One timestamp for the batch. A used[i]
+ * past the frame's size aborts the batch (TOO_LARGE); no open batch: CLOSED. */
+SHMBUS_API int shmbus_publisher_commit_n(shmbus_publisher_t* pub, size_t k, const uint32_t* used,
+                                         const uint64_t* message_ids, uint64_t schema_id);
+/* In-place Cap'n Proto over a batch: frame i holds a single-segment message of
+ * segment_words[i] words built at out[i].data + 8 (as commit_message); writes each
+ * segment table and publishes frames 0..k-1 (segment_words[i] 0: INVALID_ARGUMENT,
+ * the batch aborted). Then, when next_n > 0, claims the next batch of next_n frames
+ * of next_max bytes into next[] in the same call (one foreign call per batch for
+ * bindings that pay per call, Go); a failure of that claim leaves the commit
+ * standing, returns the claim's status and next[0].data NULL. */
+SHMBUS_API int shmbus_publisher_commit_messages_n(shmbus_publisher_t* pub, size_t k,
+                                                  const uint32_t* segment_words, const uint64_t* message_ids,
+                                                  uint64_t schema_id, size_t next_n, uint32_t next_max,
+                                                  shmbus_claim_t* next);
+/* wait_space for a claim_n of n frames of max_bytes (SHMBUS_1.6): OK,
+ * SHMBUS_E_BACK_PRESSURED when the time ran out, SHMBUS_E_INTERRUPTED, or
+ * SHMBUS_E_TOO_LARGE when such a batch can never fit. */
+SHMBUS_API int shmbus_publisher_wait_space_n(shmbus_publisher_t* pub, size_t n, uint32_t max_bytes,
+                                             int64_t timeout_ns);
 /* Copy path. */
 SHMBUS_API int shmbus_publisher_offer(shmbus_publisher_t* pub, const void* data, size_t len,
                                       uint64_t message_id, uint64_t schema_id);

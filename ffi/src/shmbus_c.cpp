@@ -710,6 +710,123 @@ int shmbus_publisher_commit_message_and_claim(shmbus_publisher_t* pub, uint32_t 
   return do_claim<true>(pub, next_max, next);
 }
 
+}  // extern "C"
+
+namespace {
+template <bool Wait>
+inline int do_claim_n(shmbus_publisher_t* pub, size_t n, uint32_t max_bytes, shmbus_claim_t* out) noexcept {
+  if (!pub || !out || n == 0 || n > UINT32_MAX) {
+    if (out && n && n <= UINT32_MAX)
+      for (size_t i = 0; i < n; ++i) clear_claim(&out[i]);
+    set_static(!pub || !out ? "claim_n: pub or out is NULL" : "claim_n: n is 0 or above 2^32-1");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  pub->claim_data = nullptr;
+  pub->claim_size = 0;
+  shmbus::BatchView b;
+  shmbus::Status s =
+      Wait ? pub->pub.claim_n(uint32_t(n), max_bytes, b) : pub->pub.try_claim_n(uint32_t(n), max_bytes, b);
+  if (s != shmbus::Status::ok) {
+    for (size_t i = 0; i < n; ++i) clear_claim(&out[i]);
+    return status(s);
+  }
+  for (uint32_t i = 0; i < b.count; ++i)
+    out[i] = shmbus_claim_t{reinterpret_cast<uint8_t*>(b.data(i)), b.size, 0, b.sequence + i};
+  return SHMBUS_OK;
+}
+
+// Segment tables per frame (no allocation): the frames of the open batch are at
+// fixed offsets from the first, as claim_n handed them out.
+constexpr size_t kCommitChunk = 256;
+}  // namespace
+
+extern "C" {
+
+int shmbus_publisher_claim_n(shmbus_publisher_t* pub, size_t n, uint32_t max_bytes, shmbus_claim_t* out) {
+  return do_claim_n<true>(pub, n, max_bytes, out);
+}
+
+int shmbus_publisher_try_claim_n(shmbus_publisher_t* pub, size_t n, uint32_t max_bytes, shmbus_claim_t* out) {
+  return do_claim_n<false>(pub, n, max_bytes, out);
+}
+
+int shmbus_publisher_commit_n(shmbus_publisher_t* pub, size_t k, const uint32_t* used,
+                              const uint64_t* message_ids, uint64_t schema_id) {
+  if (!pub || (k && !used)) {
+    set_static("commit_n: pub or used is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  if (!pub->pub.has_batch()) {
+    set_static("commit_n: no open multi-frame claim");
+    return SHMBUS_E_CLOSED;
+  }
+  if (k > pub->pub.batch_count()) {
+    pub->pub.abort();
+    set_static("commit_n: k is more than the frames claimed (batch aborted)");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  return status(pub->pub.commit_n(uint32_t(k), used, message_ids, schema_id, false));
+}
+
+int shmbus_publisher_commit_messages_n(shmbus_publisher_t* pub, size_t k, const uint32_t* segment_words,
+                                       const uint64_t* message_ids, uint64_t schema_id, size_t next_n,
+                                       uint32_t next_max, shmbus_claim_t* next) {
+  if (next_n && next) clear_claim(next);
+  if (!pub || (k && !segment_words) || (next_n && !next)) {
+    set_static("commit_messages_n: pub, segment_words or next is NULL");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  if (!pub->pub.has_batch()) {
+    set_static("commit_messages_n: no open multi-frame claim");
+    return SHMBUS_E_CLOSED;
+  }
+  const shmbus::BatchView b = pub->pub.batch_view();
+  if (k > b.count) {
+    pub->pub.abort();
+    set_static("commit_messages_n: k is more than the frames claimed (batch aborted)");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  uint32_t used[kCommitChunk];
+  uint32_t* u = k <= kCommitChunk ? used : new (std::nothrow) uint32_t[k];
+  if (!u) {
+    pub->pub.abort();
+    set_static("commit_messages_n: out of memory (batch aborted)");
+    return SHMBUS_E_INTERNAL;
+  }
+  int rc = SHMBUS_OK;
+  for (size_t i = 0; i < k && rc == SHMBUS_OK; ++i) {
+    const uint64_t len = 8 + uint64_t(segment_words[i]) * 8;
+    if (segment_words[i] == 0 || len > b.size) {
+      set_static(segment_words[i] == 0
+                     ? "commit_messages_n: a segment_words is 0 (batch aborted)"
+                     : "commit_messages_n: a segment larger than its frame (batch aborted)");
+      rc = segment_words[i] == 0 ? SHMBUS_E_INVALID_ARGUMENT : SHMBUS_E_TOO_LARGE;
+      break;
+    }
+    // The flat form's segment table for one segment: {count - 1 = 0, words}.
+    const uint32_t table[2] = {0, segment_words[i]};
+    std::memcpy(b.data(uint32_t(i)), table, sizeof table);
+    u[i] = uint32_t(len);
+  }
+  if (rc != SHMBUS_OK) {
+    pub->pub.abort();
+  } else {
+    // The in-place builder never writes past its segment: each frame's tail is still zero.
+    rc = status(pub->pub.commit_n(uint32_t(k), u, message_ids, schema_id, true));
+  }
+  if (u != used) delete[] u;
+  if (rc != SHMBUS_OK || next_n == 0) return rc;
+  return do_claim_n<true>(pub, next_n, next_max, next);
+}
+
+int shmbus_publisher_wait_space_n(shmbus_publisher_t* pub, size_t n, uint32_t max_bytes, int64_t timeout_ns) {
+  if (!pub || n == 0 || n > UINT32_MAX) {
+    set_static(!pub ? "wait_space_n: pub is NULL" : "wait_space_n: n is 0 or above 2^32-1");
+    return SHMBUS_E_INVALID_ARGUMENT;
+  }
+  return status(pub->pub.wait_space(max_bytes, timeout_ns, uint32_t(n)));
+}
+
 int shmbus_publisher_abort(shmbus_publisher_t* pub) {
   if (!pub) {
     set_static("abort: pub is NULL");

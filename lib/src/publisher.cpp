@@ -105,10 +105,12 @@ Publisher::Publisher(std::shared_ptr<PartitionMapping> m, const PublisherOptions
 
 Publisher::Publisher(Publisher&& o) noexcept
     : m_(std::move(o.m_)), opts_(o.opts_), w_(o.w_), pages_(std::move(o.pages_)), claim_(o.claim_),
-      meta_(o.meta_), stats_(o.stats_), policy_(o.policy_), claimed_sp_(o.claimed_sp_), open_(o.open_) {
+      batch_(o.batch_), meta_(o.meta_), stats_(o.stats_), policy_(o.policy_), claimed_sp_(o.claimed_sp_),
+      open_(o.open_) {
   o.open_ = false;
   o.claimed_sp_ = false;
   o.claim_ = {};
+  o.batch_ = {};
 }
 
 Publisher& Publisher::operator=(Publisher&& o) noexcept {
@@ -119,6 +121,7 @@ Publisher& Publisher::operator=(Publisher&& o) noexcept {
     w_ = o.w_;
     pages_ = std::move(o.pages_);
     claim_ = o.claim_;
+    batch_ = o.batch_;
     meta_ = o.meta_;
     stats_ = o.stats_;
     policy_ = o.policy_;
@@ -127,6 +130,7 @@ Publisher& Publisher::operator=(Publisher&& o) noexcept {
     o.open_ = false;
     o.claimed_sp_ = false;
     o.claim_ = {};
+    o.batch_ = {};
   }
   return *this;
 }
@@ -135,7 +139,7 @@ Publisher::~Publisher() { close(); }
 
 void Publisher::close() {
   if (!open_) return;
-  if (claim_.active()) w_.abort(claim_);
+  drop_open();
   w_.detach();  // gives back the producer-table entry (P8)
   if (claimed_sp_) {
     uint32_t me = w_.owner();  // our pid (direct mode) or the daemon's token
@@ -177,7 +181,7 @@ uint32_t Publisher::partition() const { return m_ ? m_->partition() : 0; }
 
 Status Publisher::try_claim(uint32_t max_bytes, ClaimView& out) {
   if (!open_) return Status::closed;
-  if (claim_.active()) w_.abort(claim_);  // caller misuse: a second claim drops the first
+  drop_open();  // caller misuse: a second claim drops the first
   shm::RingStatus s = w_.try_claim(max_bytes, claim_);
   if (s == shm::RingStatus::ok) {
     out.data = claim_.payload;
@@ -191,10 +195,61 @@ Status Publisher::try_claim(uint32_t max_bytes, ClaimView& out) {
 }
 
 Status Publisher::claim(uint32_t max_bytes, ClaimView& out) {
-  Status s = try_claim(max_bytes, out);
+  return claim_blocking(max_bytes, 1, [&] { return try_claim(max_bytes, out); });
+}
+
+void Publisher::drop_open() {
+  if (claim_.active()) w_.abort(claim_);
+  if (batch_.active()) w_.abort_n(batch_);
+}
+
+Status Publisher::try_claim_n(uint32_t n, uint32_t max_bytes, BatchView& out) {
+  out = {};
+  if (!open_) return Status::closed;
+  drop_open();
+  shm::RingStatus s = w_.try_claim_n(n, max_bytes, batch_);
+  if (s == shm::RingStatus::ok) {
+    out.base = batch_.payload(0);
+    out.count = batch_.count;
+    out.size = batch_.max_payload;
+    out.stride = batch_.frame_len;
+    out.sequence = batch_.seq;
+    return Status::ok;
+  }
+  if (s == shm::RingStatus::too_large) return Status::too_large;
+  return Status::back_pressured;
+}
+
+Status Publisher::claim_n(uint32_t n, uint32_t max_bytes, BatchView& out) {
+  return claim_blocking(max_bytes, n, [&] { return try_claim_n(n, max_bytes, out); });
+}
+
+Status Publisher::commit_n(uint32_t k, const uint32_t* used, const uint64_t* message_ids, uint64_t schema_id,
+                           bool clean) {
+  if (!batch_.active()) return Status::closed;
+  if (k > batch_.count || (k && !used)) {
+    w_.abort_n(batch_);
+    return Status::too_large;
+  }
+  for (uint32_t i = 0; i < k; ++i)
+    if (used[i] > batch_.max_payload) {
+      w_.abort_n(batch_);
+      return Status::too_large;
+    }
+  meta_.message_id = 0;
+  meta_.schema_id = schema_id;
+  w_.commit_n(batch_, k, used, message_ids, meta_, true, clean);
+  stats_.published += k;
+  return Status::ok;
+}
+
+// claim() and claim_n(): `attempt` never waits; this applies the topic's policy.
+template <class Try>
+Status Publisher::claim_blocking(uint32_t max_bytes, uint32_t frames, Try attempt) {
+  Status s = attempt();
   if (s != Status::back_pressured) return s;
   if (fetch_pages()) {  // a subscriber's page we lacked bounded us at its join position
-    s = try_claim(max_bytes, out);
+    s = attempt();
     if (s != Status::back_pressured) return s;
   }
   if (policy_ == shm::kPolicyFail) {
@@ -210,8 +265,8 @@ Status Publisher::claim(uint32_t max_bytes, ClaimView& out) {
   ++stats_.blocked_waits;
   const uint64_t deadline = shm::monotonic_ns() + uint64_t(opts_.block_timeout_ns);
   for (;;) {
-    s = wait_for_space(max_bytes, deadline);
-    if (s == Status::ok) s = try_claim(max_bytes, out);
+    s = wait_for_space(max_bytes, deadline, frames);
+    if (s == Status::ok) s = attempt();
     if (s != Status::back_pressured || shm::monotonic_ns() >= deadline) break;
     if (intr_.take()) {
       s = Status::interrupted;
@@ -223,22 +278,25 @@ Status Publisher::claim(uint32_t max_bytes, ClaimView& out) {
   return s;
 }
 
-Status Publisher::wait_space(uint32_t max_bytes, int64_t timeout_ns) {
+Status Publisher::wait_space(uint32_t max_bytes, int64_t timeout_ns, uint32_t frames) {
   if (!open_) return Status::closed;
-  if (max_bytes > w_.max_payload()) return Status::too_large;
+  if (max_bytes > w_.max_payload() || frames == 0) return Status::too_large;
+  const uint64_t cap = w_.refs().capacity;
+  const uint64_t flen = shm::align_frame(uint64_t(shm::kFrameHeaderSize) + max_bytes);
+  if (frames > cap / flen || 2 * flen * frames + 8 > cap) return Status::too_large;  // as try_claim_n
   const uint64_t now = shm::monotonic_ns();
-  return wait_for_space(max_bytes, timeout_ns < 0 ? UINT64_MAX : now + uint64_t(timeout_ns));
+  return wait_for_space(max_bytes, timeout_ns < 0 ? UINT64_MAX : now + uint64_t(timeout_ns), frames);
 }
 
 // Waits until a claim of max_bytes can succeed (P7), per the wait strategy, or
 // until `deadline` (back_pressured).
-Status Publisher::wait_for_space(uint32_t max_bytes, uint64_t deadline) {
+Status Publisher::wait_for_space(uint32_t max_bytes, uint64_t deadline, uint32_t frames) {
   const uint64_t start = shm::monotonic_ns();
   uint64_t reclaim_at = start + uint64_t(opts_.reclaim_after_ns);
   const bool spin_only = opts_.wait == WaitStrategy::busy_spin;
   uint32_t iter = 0;
   for (;;) {
-    if (w_.space_available(max_bytes)) return Status::ok;
+    if (w_.space_available(max_bytes, frames)) return Status::ok;
     if (intr_.take()) return Status::interrupted;
     if (fetch_pages()) continue;
     uint64_t now = shm::monotonic_ns();
@@ -266,7 +324,7 @@ Status Publisher::wait_for_space(uint32_t max_bytes, uint64_t deadline) {
     // or the space word of the open claims), read before a re-scan.
     uint32_t* word = nullptr;
     uint32_t v = 0;
-    if (w_.prepare_space_wait(max_bytes, word, v)) {
+    if (w_.prepare_space_wait(max_bytes, word, v, frames)) {
       uint64_t until = deadline < reclaim_at ? deadline : reclaim_at;
       int64_t slice = int64_t(until - now);
       if (!w_.space_wait_fenced() && slice > 1'000'000) slice = 1'000'000;
@@ -326,9 +384,7 @@ Status Publisher::commit_clean(uint32_t used, uint64_t message_id, uint64_t sche
   return Status::ok;
 }
 
-void Publisher::abort() {
-  if (claim_.active()) w_.abort(claim_);
-}
+void Publisher::abort() { drop_open(); }
 
 Status Publisher::offer(const void* data, size_t len, uint64_t message_id, uint64_t schema_id) {
   if (len > w_.max_payload()) return Status::too_large;

@@ -143,6 +143,44 @@ TEST_CASE("a multi-producer killed mid-claim is padded by the daemon and the oth
   CHECK(d.leaks().empty());
 }
 
+TEST_CASE(
+    "a multi-producer killed holding a multi-frame claim is padded as one claim; the others lose nothing",
+    "[crash][daemon]") {
+  DaemonProc d("midclaimn");
+  REQUIRE(d.start());
+  auto client = DaemonClient::connect({d.sock});
+  Bus bus(make_daemon_provider(client));
+  std::mt19937_64 rng(Catch::rngSeed() ? Catch::rngSeed() : 4242);
+  const int trials = shmbus::test::trials(12, 4);
+  for (int t = 0; t < trials; ++t) {
+    const std::string topic = "crash.midclaimn." + std::to_string(t);
+    bus.create_topic(topic, {.capacity = 16384, .multi_producer = true});
+    Subscriber sub = bus.subscriber(topic);
+    Verifier ver;
+    const uint64_t k = rng() % 30;
+    const uint32_t n = 2 + uint32_t(rng() % 7);
+    // The victim holds n frames (frames 1..n-1 with their commit words written, as a
+    // producer killed inside commit_n leaves them; frame 0 not).
+    Child victim({H(), "hang-claim-n", d.sock, topic, "1", std::to_string(k), std::to_string(n)});
+    REQUIRE(victim.read_char(10000) == 'C');
+    Child survivor({H(), "pub", d.sock, topic, "2", "200", std::to_string(rng())});
+    REQUIRE(survivor.read_char(10000) == 'R');
+    victim.kill_now();
+    bool ok = drain(sub, ver, [&] { return ver.next[2] == 200; });
+    INFO("trial " << t << ": k " << k << " n " << n << ": " << ver.error);
+    REQUIRE(ok);
+    REQUIRE(ver.error.empty());
+    REQUIRE(ver.next[1] == k);  // every message the victim committed, none of its batch
+    REQUIRE(survivor.wait(10000) == 0);
+    sub.close();
+    bus.remove_topic(topic);
+  }
+  client.reset();
+  bus = Bus(nullptr);
+  REQUIRE(d.stop());
+  CHECK(d.leaks().empty());
+}
+
 TEST_CASE("producers killed at random points leave every committed message readable exactly once",
           "[crash][daemon]") {
   DaemonProc d("random");

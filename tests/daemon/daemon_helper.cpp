@@ -6,6 +6,9 @@
 //                                  [0] = messages handed to offer, [1] = offers returned ok
 //                                  (read by the test after a SIGKILL: issue 10, exactness)
 //   hang-claim SOCK TOPIC ID K     publish K messages, claim one more, scribble, 'C', hang
+//   hang-claim-n SOCK TOPIC ID K N publish K messages, claim N frames at once (claim_n),
+//                                  fill them, write the commit words of frames 1..N-1 as
+//                                  commit_n would (frame 0's not: killed mid-commit), 'C', hang
 //   sub-hold SOCK TOPIC            subscribe (tethered), poll without releasing, 'H', hang
 //   connect-sub SOCK TOPIC         connect, subscribe, _exit(0) without closing
 //   sub-durable SOCK TOPIC NAME K  durable subscriber: read and release K messages, 'K', hang
@@ -98,6 +101,32 @@ int main(int argc, char** argv) {
       ClaimView c;
       if (pub.claim(200, c) != Status::ok) return 4;
       std::memset(c.data, 0xAB, 100);  // a half-built message
+      say('C');
+      hang();
+    }
+    if (mode == "hang-claim-n") {
+      Bus bus = Bus::connect(sock);
+      PublisherOptions po;
+      po.reclaim_after_ns = 60'000'000'000;
+      Publisher pub = bus.publisher(topic, po);
+      uint32_t id = uint32_t(atoi(argv[4]));
+      uint64_t k = strtoull(argv[5], nullptr, 10);
+      uint32_t n = uint32_t(atoi(argv[6]));
+      for (uint64_t i = 0; i < k; ++i) {
+        Msg m{id, 0, i};
+        if (pub.offer(&m, sizeof m, i) != Status::ok) return 3;
+      }
+      BatchView b;
+      if (pub.claim_n(n, 200, b) != Status::ok) return 4;
+      for (uint32_t i = 0; i < n; ++i) {
+        Msg m{id, 0, k + i};  // would be the next messages, if they were ever published
+        std::memcpy(b.data(i), &m, sizeof m);
+        if (i == 0) continue;
+        auto* h = reinterpret_cast<shm::FrameHeader*>(b.data(i) - shm::kFrameHeaderSize);
+        h->payload_len = sizeof m;
+        h->sequence = b.sequence + i;
+        shm::aref(h->commit).store(shm::make_commit(b.stride, shm::kFrameData), std::memory_order_release);
+      }
       say('C');
       hang();
     }

@@ -506,6 +506,92 @@ static void test_thread_local_error(void) {
   CHECK(strstr(shmbus_last_error(), "other/thread") == NULL);
 }
 
+/* Multi-frame claims (SHMBUS_1.6): n frames in one claim, one commit, visible together. */
+static void test_multi_claim(shmbus_bus_t* bus, const char* topic) {
+  shmbus_publisher_t* pub = NULL;
+  shmbus_subscriber_t* sub = NULL;
+  shmbus_claim_t cl[8], c;
+  shmbus_view_t v;
+  const uint8_t* seg0 = NULL;
+  uint32_t used[8], words[8], nw = 0, i;
+  uint64_t ids[8], value = 0, first = 0;
+
+  CHECK_RC(shmbus_subscriber_open(bus, topic, NULL, &sub), SHMBUS_OK);
+  CHECK_RC(shmbus_publisher_open(bus, topic, NULL, &pub), SHMBUS_OK);
+  if (!pub || !sub) return;
+  CHECK_RC(shmbus_publisher_claim_n(pub, 0, 8, cl), SHMBUS_E_INVALID_ARGUMENT);
+  CHECK_RC(shmbus_publisher_claim_n(NULL, 2, 8, cl), SHMBUS_E_INVALID_ARGUMENT);
+  CHECK_RC(shmbus_publisher_claim_n(pub, 2, shmbus_publisher_max_payload(pub) + 1, cl), SHMBUS_E_TOO_LARGE);
+  CHECK(cl[0].data == NULL && cl[1].data == NULL);
+  /* more frames than half the ring (64 KiB) could ever hold */
+  CHECK_RC(shmbus_publisher_claim_n(pub, 8, 8000, cl), SHMBUS_E_TOO_LARGE);
+  CHECK_RC(shmbus_publisher_commit_n(pub, 1, used, NULL, 0), SHMBUS_E_CLOSED); /* no open batch */
+
+  /* copy-style commit_n: 5 frames, readers see nothing until the commit */
+  CHECK_RC(shmbus_publisher_claim_n(pub, 5, 100, cl), SHMBUS_OK);
+  first = cl[0].sequence;
+  for (i = 0; i < 5; ++i) {
+    CHECK(cl[i].data != NULL && cl[i].size >= 100 && ((uintptr_t)cl[i].data & 7) == 0);
+    CHECK(cl[i].sequence == first + i);
+    memset(cl[i].data, 0x30 + (int)i, 100);
+    used[i] = 10 + i;
+    ids[i] = 500 + i;
+  }
+  CHECK_RC(shmbus_subscriber_poll(sub, &v), SHMBUS_E_EMPTY);
+  CHECK_RC(shmbus_publisher_commit_n(pub, 5, used, ids, 0x77), SHMBUS_OK);
+  CHECK_RC(shmbus_publisher_commit_n(pub, 5, used, ids, 0x77), SHMBUS_E_CLOSED);
+  for (i = 0; i < 5; ++i) {
+    CHECK_RC(shmbus_subscriber_poll(sub, &v), SHMBUS_OK);
+    CHECK(v.sequence == first + i && v.size == 10 + i && v.message_id == 500 + i && v.schema_id == 0x77);
+    CHECK(v.data[0] == 0x30 + i && v.data[v.size - 1] == 0x30 + i);
+  }
+  CHECK_RC(shmbus_subscriber_poll(sub, &v), SHMBUS_E_EMPTY);
+  CHECK_RC(shmbus_subscriber_release_all(sub), SHMBUS_OK);
+
+  /* in place: commit_messages_n, then the next batch in the same call */
+  CHECK_RC(shmbus_publisher_try_claim_n(pub, 4, 32, cl), SHMBUS_OK);
+  first = cl[0].sequence;
+  for (i = 0; i < 4; ++i) words[i] = build_message(cl[i].data + 8, 1000 + i);
+  CHECK_RC(shmbus_publisher_commit_messages_n(pub, 4, words, NULL, 9, 3, 32, cl), SHMBUS_OK);
+  CHECK(cl[0].data != NULL && cl[2].data != NULL);
+  for (i = 0; i < 2; ++i) words[i] = build_message(cl[i].data + 8, 2000 + i);
+  /* two of the three frames; the third is skipped */
+  CHECK_RC(shmbus_publisher_commit_messages_n(pub, 2, words, NULL, 9, 0, 0, NULL), SHMBUS_OK);
+  CHECK_RC(shmbus_publisher_claim(pub, 24, &c), SHMBUS_OK);
+  nw = build_message(c.data + 8, 3000);
+  CHECK_RC(shmbus_publisher_commit_message(pub, nw, 0, 9), SHMBUS_OK);
+  for (i = 0; i < 7; ++i) {
+    CHECK_RC(shmbus_subscriber_poll(sub, &v), SHMBUS_OK);
+    CHECK_RC(shmbus_view_segments(&v, &seg0, &nw, NULL), SHMBUS_OK);
+    memcpy(&value, seg0 + 8, 8);
+    CHECK(value == (i < 4 ? 1000 + i : i < 6 ? 2000 + i - 4 : 3000));
+    if (i < 6) CHECK(v.sequence == first + i);
+  }
+  CHECK_RC(shmbus_subscriber_poll(sub, &v), SHMBUS_E_EMPTY);
+  CHECK_RC(shmbus_subscriber_release_all(sub), SHMBUS_OK);
+
+  /* errors abort the batch: a segment past its frame, k past n; abort */
+  CHECK_RC(shmbus_publisher_claim_n(pub, 2, 16, cl), SHMBUS_OK);
+  words[0] = 1;
+  words[1] = 1000;
+  CHECK_RC(shmbus_publisher_commit_messages_n(pub, 2, words, NULL, 0, 0, 0, NULL), SHMBUS_E_TOO_LARGE);
+  CHECK_RC(shmbus_publisher_abort(pub), SHMBUS_E_CLOSED);
+  CHECK_RC(shmbus_publisher_claim_n(pub, 2, 16, cl), SHMBUS_OK);
+  CHECK_RC(shmbus_publisher_commit_n(pub, 3, used, NULL, 0), SHMBUS_E_INVALID_ARGUMENT);
+  CHECK_RC(shmbus_publisher_claim_n(pub, 3, 16, cl), SHMBUS_OK);
+  memset(cl[1].data, 0x55, 16);
+  CHECK_RC(shmbus_publisher_abort(pub), SHMBUS_OK);
+  used[0] = 16;
+  CHECK_RC(shmbus_publisher_claim_n(pub, 1, 16, cl), SHMBUS_OK);
+  memset(cl[0].data, 0x66, 16);
+  CHECK_RC(shmbus_publisher_commit_n(pub, 1, used, NULL, 0), SHMBUS_OK);
+  CHECK_RC(shmbus_subscriber_poll(sub, &v), SHMBUS_OK);
+  CHECK(v.size == 16 && v.data[15] == 0x66);
+  CHECK_RC(shmbus_subscriber_poll(sub, &v), SHMBUS_E_EMPTY);
+  shmbus_subscriber_close(sub);
+  shmbus_publisher_close(pub);
+}
+
 int main(void) {
   shmbus_bus_t* bus = NULL;
   snprintf(g_prefix, sizeof g_prefix, "shmbus-ctest-%ld", (long)getpid());
@@ -520,6 +606,16 @@ int main(void) {
   test_topics(bus);
   test_open_errors(bus);
   test_data_path(bus);
+  {
+    shmbus_topic_config_t mc;
+    shmbus_topic_config_init(&mc);
+    mc.capacity = 1 << 16;
+    mc.multi_producer = 1;
+    CHECK_RC(shmbus_topic_create(bus, "t.mclaim", &mc), SHMBUS_OK);
+    test_multi_claim(bus, "t.a");
+    test_multi_claim(bus, "t.mclaim");
+    CHECK_RC(shmbus_topic_remove(bus, "t.mclaim"), SHMBUS_OK);
+  }
   test_block_policy(bus);
   test_thread_local_error();
   CHECK_RC(shmbus_topic_remove(bus, "t.a"), SHMBUS_OK);

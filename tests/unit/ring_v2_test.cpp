@@ -618,3 +618,266 @@ TEST_CASE(
     late.release_all();
   }
 }
+// ---------------------------------------------------------------------------
+// Multi-frame claims (try_claim_n / commit_n, P1m): one ring claim of n frames.
+
+namespace {
+
+// Fills frame i of a batch with `len` bytes of (tag + i).
+void fill_frame(const ClaimBatch& b, uint32_t i, uint32_t len, uint8_t tag) {
+  std::memset(b.payload(i), tag + int(i), len);
+}
+
+// Reads the next data frame, checking its sequence, length and fill byte.
+void expect_frame(RingReader& rd, uint64_t seq, uint32_t len, uint8_t byte) {
+  FrameView v;
+  REQUIRE(rd.poll(v) == RingStatus::ok);
+  CHECK(v.hdr->sequence == seq);
+  CHECK(v.payload_len == len);
+  if (len) {
+    CHECK(uint8_t(v.payload[0]) == byte);
+    CHECK(uint8_t(v.payload[len - 1]) == byte);
+  }
+  rd.release_all();
+}
+
+}  // namespace
+
+TEST_CASE("a multi-frame claim becomes visible at once, in order, one sequence per frame") {
+  for (const bool multi : {false, true}) {
+    INFO((multi ? "multi-producer" : "single-producer"));
+    HeapRing h(16384, multi);
+    RingWriter w;
+    REQUIRE(w.attach(h.r, multi, uint32_t(getpid())));
+    RingReader rd;
+    REQUIRE(rd.join(h.r, uint32_t(getpid()), true));
+    ClaimBatch b;
+    REQUIRE(w.try_claim_n(4, 200, b) == RingStatus::ok);
+    CHECK(b.count == 4);
+    CHECK(b.seq == 1);
+    CHECK(b.frame_len == flen(200));
+    CHECK(b.end == b.pos + 4 * flen(200));
+    if (multi) {
+      // One claim took four sequences: the tail's next sequence is past all of them.
+      CHECK(tail_seq_of(aref(h.r.data->tail_seq).load()) == 5);
+      CHECK(h.tail() == b.end);
+    }
+    const uint32_t lens[4] = {10, 200, 0, 77};
+    const uint64_t ids[4] = {101, 102, 103, 104};
+    for (uint32_t i = 0; i < 4; ++i) fill_frame(b, i, lens[i], 0x40);
+    FrameView v;
+    CHECK(rd.poll(v) == RingStatus::empty);  // nothing before the commit
+    w.commit_n(b, 4, lens, ids, FrameMeta{.producer_id = 9});
+    CHECK_FALSE(b.active());
+    uint64_t stamp = 0;
+    for (uint32_t i = 0; i < 4; ++i) {
+      REQUIRE(rd.poll(v) == RingStatus::ok);
+      CHECK(v.hdr->sequence == 1 + i);
+      CHECK(v.hdr->message_id == ids[i]);
+      CHECK(v.hdr->producer_id == 9);
+      CHECK(v.payload_len == lens[i]);
+      if (lens[i]) CHECK(uint8_t(v.payload[lens[i] - 1]) == 0x40 + i);
+      if (i == 0) stamp = v.hdr->timestamp_ns;
+      CHECK(v.hdr->timestamp_ns == stamp);  // one timestamp per batch
+      CHECK(stamp != 0);
+    }
+    rd.release_all();
+    CHECK(rd.poll(v) == RingStatus::empty);
+    // Part of a batch: two of three frames; the third is skipped (multi) or given
+    // back (single), and the sequences go on from the claim's.
+    REQUIRE(w.try_claim_n(3, 64, b) == RingStatus::ok);
+    CHECK(b.seq == 5);
+    const uint32_t two[2] = {64, 5};
+    fill_frame(b, 0, 64, 0x50);
+    fill_frame(b, 1, 5, 0x50);
+    fill_frame(b, 2, 64, 0x50);  // written, never committed
+    w.commit_n(b, 2, two, nullptr, FrameMeta{});
+    expect_frame(rd, 5, 64, 0x50);
+    expect_frame(rd, 6, 5, 0x51);
+    Claim c;
+    REQUIRE(w.try_claim(32, c) == RingStatus::ok);
+    std::memset(c.payload, 0x60, 32);
+    w.commit(c, 32, FrameMeta{});
+    expect_frame(rd, multi ? 8 : 7, 32, 0x60);  // multi: the unused sequence 7 is a gap
+    CHECK(rd.poll(v) == RingStatus::empty);
+    // An aborted batch is one padding frame.
+    REQUIRE(w.try_claim_n(5, 100, b) == RingStatus::ok);
+    const uint64_t apos = b.pos;
+    fill_frame(b, 3, 100, 0x70);
+    w.abort_n(b);
+    CHECK(h.commit_at(apos) == make_commit(5 * flen(100), kFramePad));
+    REQUIRE(w.try_claim(8, c) == RingStatus::ok);
+    std::memset(c.payload, 0x71, 8);
+    w.commit(c, 8, FrameMeta{});
+    expect_frame(rd, multi ? 14 : 8, 8, 0x71);
+  }
+}
+
+TEST_CASE(
+    "a multi-frame claim wraps at the ring end as one claim; one larger than half the ring is refused") {
+  for (const bool multi : {false, true}) {
+    INFO((multi ? "multi-producer" : "single-producer"));
+    HeapRing h(8192, multi);
+    RingWriter w;
+    REQUIRE(w.attach(h.r, multi, uint32_t(getpid())));
+    RingReader rd;
+    REQUIRE(rd.join(h.r, uint32_t(getpid()), true));
+    ClaimBatch b;
+    CHECK(w.try_claim_n(0, 8, b) == RingStatus::too_large);
+    CHECK(w.try_claim_n(1, 2049, b) == RingStatus::too_large);  // past max_payload (capacity / 4)
+    // 2 * n * frame_len + 8 must fit the capacity: 40 frames of 56 bytes do, 80 do not.
+    CHECK(w.try_claim_n(80, 8, b) == RingStatus::too_large);
+    CHECK(w.try_claim_n(uint32_t(1) << 31, 2048, b) == RingStatus::too_large);  // no overflow
+    uint64_t seq = 1;
+    // Three laps of batches of 3..6 frames: some of them need a wrap pad.
+    uint32_t wrapped = 0;
+    for (uint32_t round = 0; round < 40; ++round) {
+      const uint32_t n = 3 + round % 4;
+      const uint32_t len = 100 + 37 * (round % 5);
+      REQUIRE(w.try_claim_n(n, len, b) == RingStatus::ok);
+      if ((b.pos & (h.cap - 1)) + (b.end - b.pos) > h.cap) FAIL("claim crosses the ring end");
+      if ((b.pos & (h.cap - 1)) == 0 && round) ++wrapped;
+      std::vector<uint32_t> lens(n, len);
+      for (uint32_t i = 0; i < n; ++i) fill_frame(b, i, len, uint8_t(round * 8));
+      w.commit_n(b, n, lens.data(), nullptr, FrameMeta{});
+      for (uint32_t i = 0; i < n; ++i) expect_frame(rd, seq++, len, uint8_t(round * 8 + i));
+      FrameView v;
+      CHECK(rd.poll(v) == RingStatus::empty);
+    }
+    CHECK(wrapped > 0);
+    CHECK(h.tail() > 3 * h.cap);
+  }
+}
+
+TEST_CASE("a producer killed holding a multi-frame claim (frame 0 uncommitted) is padded as one claim") {
+  HeapRing h(16384, true);
+  const uint32_t dead = dead_pid();
+  RingWriter live, doomed;
+  REQUIRE(live.attach(h.r, true, uint32_t(getpid())));
+  REQUIRE(doomed.attach(h.r, true, dead));  // registers under the pid that will be dead
+  RingReader rd;
+  REQUIRE(rd.join(h.r, uint32_t(getpid()), true));
+  Claim c;
+  REQUIRE(live.try_claim(50, c) == RingStatus::ok);
+  std::memset(c.payload, 0x11, 50);
+  live.commit(c, 50, FrameMeta{});  // sequence 1
+  ClaimBatch b;
+  REQUIRE(doomed.try_claim_n(4, 300, b) == RingStatus::ok);  // sequences 2..5
+  CHECK(b.seq == 2);
+  // Another producer claims and commits after it meanwhile.
+  Claim c2;
+  REQUIRE(live.try_claim(60, c2) == RingStatus::ok);
+  CHECK(c2.seq == 6);
+  std::memset(c2.payload, 0x22, 60);
+  live.commit(c2, 60, FrameMeta{});
+  // The kill, midway through commit_n: frames 1..3 have their headers and commit
+  // words, frame 0 has not.
+  for (uint32_t i = 1; i < 4; ++i) {
+    fill_frame(b, i, 300, 0x30);
+    b.hdr(i)->payload_len = 300;
+    aref(b.hdr(i)->sequence).store(b.seq + i);
+    aref(b.hdr(i)->commit).store(make_commit(b.frame_len, kFrameData));
+  }
+  expect_frame(rd, 1, 50, 0x11);
+  FrameView v;
+  CHECK(rd.poll(v) == RingStatus::empty);  // frame 0 holds the reader: nothing of the batch
+  CHECK(recover_dead_producer(h.r, doomed.producer_slot(), dead) == ClaimRecovery::padded);
+  CHECK(h.commit_at(b.pos) == make_commit(4 * b.frame_len, kFramePad));
+  // The reader skips the whole claim and loses nothing else.
+  expect_frame(rd, 6, 60, 0x22);
+  CHECK(rd.poll(v) == RingStatus::empty);
+  REQUIRE(live.try_claim(8, c) == RingStatus::ok);
+  CHECK(c.seq == 7);
+  std::memset(c.payload, 0x33, 8);
+  live.commit(c, 8, FrameMeta{});
+  expect_frame(rd, 7, 8, 0x33);
+}
+
+TEST_CASE("a multi-frame claim pending when its producer died is completed past all its sequences") {
+  HeapRing h(8192, true);
+  const uint32_t dead = dead_pid();
+  fake_producer(h.r, 2, dead);
+  // A claim of 3 frames: the intent and the pending tail carry its last sequence, 3.
+  record_intent(h.r, 2, 0, 3, 3 * flen(64));
+  uint64_t e_pos = 0, e_tw = tail_word(1, 0);
+  REQUIRE(cas_tail(h.r, e_pos, e_tw, 0, tail_word(3, 2 + 1)));
+  RingWriter live;
+  REQUIRE(live.attach(h.r, true, uint32_t(getpid())));
+  Claim c;
+  REQUIRE(live.try_claim(16, c) == RingStatus::ok);  // helps the pending claim first
+  CHECK(c.pos == 3 * flen(64));
+  CHECK(c.seq == 4);
+  live.commit(c, 16, FrameMeta{});
+  CHECK(recover_dead_producer(h.r, 2, dead) == ClaimRecovery::padded);
+  CHECK(h.commit_at(0) == make_commit(3 * flen(64), kFramePad));
+}
+
+TEST_CASE("a single producer killed during a multi-frame claim: recover_sp re-zeroes it, nothing leaks") {
+  HeapRing h(16384, false);
+  RingReader rd;
+  REQUIRE(rd.join(h.r, uint32_t(getpid()), true));
+  RingWriter a;
+  REQUIRE(a.attach(h.r, false, uint32_t(getpid())));
+  Claim c;
+  REQUIRE(a.try_claim(40, c) == RingStatus::ok);
+  std::memset(c.payload, 0x11, 40);
+  a.commit(c, 40, FrameMeta{});
+  ClaimBatch b;
+  REQUIRE(a.try_claim_n(3, 120, b) == RingStatus::ok);
+  for (uint32_t i = 1; i < 3; ++i) {  // killed after frames 1, 2, before frame 0
+    fill_frame(b, i, 120, 0x50);
+    b.hdr(i)->payload_len = 120;
+    aref(b.hdr(i)->sequence).store(b.seq + i);
+    aref(b.hdr(i)->commit).store(make_commit(b.frame_len, kFrameData));
+  }
+  RingWriter n;
+  REQUIRE(n.attach(h.r, false, uint32_t(getpid())));
+  n.recover_sp();
+  CHECK(h.tail() == b.pos);
+  CHECK(h.commit_at(b.pos + b.frame_len) == 0);  // the dead claim's frames are zero again
+  REQUIRE(n.try_claim_n(2, 16, b) == RingStatus::ok);
+  CHECK(b.seq == 2);
+  const uint32_t lens[2] = {16, 16};
+  fill_frame(b, 0, 16, 0x60);
+  fill_frame(b, 1, 16, 0x60);
+  n.commit_n(b, 2, lens, nullptr, FrameMeta{});
+  expect_frame(rd, 1, 40, 0x11);
+  expect_frame(rd, 2, 16, 0x60);
+  expect_frame(rd, 3, 16, 0x61);
+  FrameView v;
+  CHECK(rd.poll(v) == RingStatus::empty);
+}
+
+// commit_n stores tail_seq (past all k frames) before tail_pos, as commit() does:
+// a single producer killed between the two leaves tail_pos at frame 0 of a batch
+// whose sequences are k below tail_seq. The next producer must walk over them, not
+// hand their position or their sequences out again.
+TEST_CASE("a single producer killed between tail_seq and tail_pos of a multi-frame commit") {
+  HeapRing h(16384, false);
+  RingReader early, late;
+  REQUIRE(early.join(h.r, uint32_t(getpid()), false, 0, 0));
+  RingWriter a;
+  REQUIRE(a.attach(h.r, false, uint32_t(getpid())));
+  ClaimBatch b;
+  REQUIRE(a.try_claim_n(3, 90, b) == RingStatus::ok);
+  const uint64_t first = b.pos;
+  const uint32_t lens[3] = {90, 50, 70};
+  for (uint32_t i = 0; i < 3; ++i) fill_frame(b, i, lens[i], 0x10);
+  a.commit_n(b, 3, lens, nullptr, FrameMeta{});
+  // The kill: tail_pos back at frame 0, tail_seq already past the batch (4).
+  aref(h.r.data->tail_pos).store(first);
+  REQUIRE(tail_seq_of(aref(h.r.data->tail_seq).load()) == 4);
+  for (uint64_t s = 1; s <= 3; ++s) expect_frame(early, s, lens[s - 1], uint8_t(0x10 + s - 1));
+  RingWriter n;
+  REQUIRE(n.attach(h.r, false, uint32_t(getpid())));
+  n.recover_sp();
+  CHECK(h.tail() > first);  // walked over the dead owner's batch
+  Claim c;
+  REQUIRE(n.try_claim(100, c) == RingStatus::ok);
+  std::memset(c.payload, 0x77, 100);
+  n.commit(c, 100, FrameMeta{});
+  expect_frame(early, 4, 100, 0x77);
+  REQUIRE(late.join(h.r, uint32_t(getpid()), false, 0, 0));
+  for (uint64_t s = 1; s <= 3; ++s) expect_frame(late, s, lens[s - 1], uint8_t(0x10 + s - 1));
+  expect_frame(late, 4, 100, 0x77);
+}

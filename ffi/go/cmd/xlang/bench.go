@@ -2,7 +2,7 @@
 // same flags and JSON output as bench/lang/lang_bench.cpp and the Rust xlang:
 //
 //	xlang bench-consume --prefix P --topic T --count N [--latency] [--single] [--capacity BYTES]
-//	xlang bench-produce --prefix P --topic T --count N [--rate R] [--batch K]
+//	xlang bench-produce --prefix P --topic T --count N [--rate R] [--batch K | --inplace-batch K]
 //
 // The consumer is batched (PollBatch + ReleaseAll: two cgo calls per batch; with
 // --single, Poll + Release: two per message); the producer pipelines
@@ -11,6 +11,10 @@
 // With --batch K the producer builds each message in Go memory (one Quote message
 // reused, its fields set, its 64 bytes copied into a packed buffer) and publishes K
 // at a time with OfferPacked: one cgo call per K messages, one copy of each.
+// With --inplace-batch K the producer claims K frames at once (ClaimBatch), builds
+// each message in ring memory (BatchRoot: the root reused, no copy) and publishes
+// them with one Commit, which also claims the next K: one cgo call per K messages,
+// no copy (paced runs: K = 1, each message published at once).
 package main
 
 import (
@@ -39,7 +43,7 @@ func nanotime() int64
 type benchConfig struct {
 	prefix, topic         string
 	count, rate, capacity uint64
-	batch                 int
+	batch, inplace        int
 	latency, single       bool
 }
 
@@ -54,6 +58,7 @@ func benchMain(cmd string, args []string) int {
 	fs.BoolVar(&c.latency, "latency", false, "consumer: one-way latency of every message")
 	fs.BoolVar(&c.single, "single", false, "consumer: Poll/Release per message instead of batches")
 	fs.IntVar(&c.batch, "batch", 0, "producer: build in Go memory, publish K messages per cgo call (OfferPacked)")
+	fs.IntVar(&c.inplace, "inplace-batch", 0, "producer: claim K frames at once, build in ring memory, one cgo call per K (ClaimBatch)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile (runtime/pprof) here")
 	if err := fs.Parse(args); err != nil || c.prefix == "" || c.topic == "" || c.count == 0 {
 		fmt.Fprintln(os.Stderr, "usage: xlang bench-consume|bench-produce --prefix P --topic T --count N [--latency] [--single] [--rate R]")
@@ -194,6 +199,9 @@ func benchProduce(c benchConfig) error {
 	if c.batch > 0 {
 		return benchProducePacked(ctx, pub, c, gap)
 	}
+	if c.inplace > 0 {
+		return benchProduceInPlaceBatch(ctx, pub, c, gap)
+	}
 	t0 := nanotime()
 	next := t0
 	for i := uint64(1); i <= c.count; i++ {
@@ -268,6 +276,54 @@ func benchProducePacked(ctx context.Context, pub *shmbus.Publisher, c benchConfi
 				return fmt.Errorf("offer up to %d: %w", i, err)
 			}
 			k = 0
+		}
+	}
+	secs := float64(nanotime()-t0) / 1e9
+	fmt.Printf(`{"lang":"go","role":"producer","published":%d,"mps":%.0f,"fallbacks":0}`+"\n", c.count, float64(c.count)/secs)
+	return nil
+}
+
+// benchProduceInPlaceBatch is bench-produce --inplace-batch: c.inplace frames
+// claimed at once (ClaimBatch), each Quote built in its ring frame (BatchRoot),
+// published by one Commit that also claims the next batch (pipelining).
+func benchProduceInPlaceBatch(ctx context.Context, pub *shmbus.Publisher, c benchConfig, gap int64) error {
+	n := c.inplace
+	if gap > 0 {
+		n = 1 // paced: each message published at once
+	}
+	t0 := nanotime()
+	next := t0
+	for i := uint64(1); i <= c.count; {
+		k := n
+		if left := c.count - i + 1; uint64(k) > left {
+			k = int(left)
+		}
+		if gap > 0 {
+			for nanotime() < next {
+			}
+			next += gap
+		}
+		b, err := pub.ClaimBatch(ctx, k, 64)
+		if err != nil {
+			return fmt.Errorf("claim batch at %d: %w", i, err)
+		}
+		for f := 0; f < k; f++ {
+			q, err := shmbus.BatchRoot(b, f, market.NewRootQuote)
+			if err != nil {
+				return fmt.Errorf("root %d: %w", i, err)
+			}
+			q.SetInstrumentId(uint32(i % 1000))
+			q.SetBidPx(int64(px0 + i))
+			q.SetAskPx(int64(px0 + i + 100))
+			q.SetBidQty(uint32(i%500 + 1))
+			q.SetAskQty(uint32(i%700 + 1))
+			q.SetExchangeTsNs(i)
+			q.SetSeq(i)
+			b.SetMessageID(f, i)
+			i++
+		}
+		if err := b.Commit(k, market.Quote_TypeID); err != nil {
+			return fmt.Errorf("commit up to %d: %w", i-1, err)
 		}
 	}
 	secs := float64(nanotime()-t0) / 1e9

@@ -525,6 +525,26 @@ struct Claim {
   bool active() const { return hdr != nullptr; }
 };
 
+// A claim of `count` frames taken as one ring claim (P1m, docs/memory-ordering.md):
+// one range [pos, end) of `count` frames of `frame_len` bytes each, back to back
+// (the range never crosses the end of the ring: one wrap pad goes before it), and
+// `count` sequences, seq .. seq + count - 1. Multi-producer: one producer-table
+// record, whose claim word carries the last sequence (`tag`), so that the tail
+// completion (claim word sequence + 1) advances tail_seq past all of them.
+struct ClaimBatch {
+  uint64_t pos = 0;  // position of frame 0's header
+  uint64_t end = 0;  // pos + count * frame_len
+  uint64_t seq = 0;  // sequence of frame 0; frame i has seq + i
+  uint64_t tag = 0;  // multi-producer: the claim word's sequence (seq + count - 1)
+  uint32_t count = 0;
+  uint32_t frame_len = 0;     // claimed length of each frame
+  uint32_t max_payload = 0;   // payload room of each frame
+  std::byte* base = nullptr;  // frame 0's header in this mapping (the frames are contiguous)
+  bool active() const { return count != 0; }
+  FrameHeader* hdr(uint32_t i) const { return reinterpret_cast<FrameHeader*>(base + size_t(i) * frame_len); }
+  std::byte* payload(uint32_t i) const { return base + size_t(i) * frame_len + kFrameHeaderSize; }
+};
+
 // ---------------------------------------------------------------------------
 // Producer side. One RingWriter per producer per partition. In single-producer
 // mode (the fast path) the tail lives in this object and is published with a
@@ -610,6 +630,7 @@ class RingWriter {
     uint64_t seq = aref(r_.data->tail_seq).load(std::memory_order_acquire);
     seq = tail_seq_of(seq);
     const uint64_t start = pos;
+    const uint64_t seq0 = seq;  // the dead owner published it: never handed out again
     for (uint64_t n = 0; n < cap_ / 8; ++n) {
       FrameHeader* h = r_.frame_at(pos);
       uint64_t w = aref(h->commit).load(std::memory_order_acquire);
@@ -618,19 +639,21 @@ class RingWriter {
       if (w == 0 || len < 8 || (len & 7) || off + len > cap_) break;
       if (commit_type(w) == kFrameData && len >= kFrameHeaderSize) {
         const uint64_t s = aref(h->sequence).load(std::memory_order_relaxed);  // copied once
-        // commit() publishes tail_seq before tail_pos: an owner killed between the
-        // two stores left tail_seq one past the committed frame that still sits at
-        // tail_pos. That frame is visible to readers (its commit word is set), so it
-        // is walked over like any other, never re-zeroed and reused (seen as a
-        // reader stuck inside the next producer's first frame, crash_mp_test).
-        // Only at tail_pos itself: sequences are unique, so a frame there with
-        // sequence seq-1 can only be that one.
-        if (pos == start && s != 0 && s + 1 == seq) seq = s;
+        // commit() and commit_n() publish tail_seq (the next sequence) before
+        // tail_pos: an owner killed between the two stores left tail_seq past the
+        // committed frames that still sit at tail_pos, the first of them k below it
+        // (1 for commit(), a batch's k for commit_n()). Those frames are visible to
+        // readers (their commit words are set), so they are walked over like any
+        // other, never re-zeroed and reused (seen as a reader stuck inside the next
+        // producer's first frame, crash_mp_test). Only at tail_pos itself, and at
+        // most a ring's worth of frames (capacity / 48) below tail_seq.
+        if (pos == start && s != 0 && s < seq && seq - s <= cap_ / kFrameHeaderSize) seq = s;
         if (s != seq) break;  // not the frame the dead owner committed next: stop here
         seq = s + 1;
       }
       pos += len;
     }
+    if (seq < seq0) seq = seq0;  // the walk stopped inside such a commit: skip past tail_seq
     // A dead single producer may have been asleep on space: its bit would make
     // every release wake nobody.
     aref(r_.data->space_waiter_bits).fetch_and(~(uint64_t(1) << kSpaceBitSingle), std::memory_order_relaxed);
@@ -718,6 +741,108 @@ class RingWriter {
     c = Claim{};
   }
 
+  // P1m step 1: reserve `n` frames able to hold `payload_max` bytes each, as ONE
+  // ring claim (ClaimBatch). Never blocks. too_large when a frame exceeds the
+  // topic's max_payload, or when the n frames (with a wrap pad before them and the
+  // 8 zeroed bytes after them) could never fit the ring: 2 * n * frame_len + 8 >
+  // capacity, the same bound space_available() applies to a single frame.
+  RingStatus try_claim_n(uint32_t n, uint32_t payload_max, ClaimBatch& b) {
+    if (n == 0 || payload_max > max_payload_) return RingStatus::too_large;
+    const uint64_t frame_len = align_frame(uint64_t(kFrameHeaderSize) + payload_max);
+    if (n > cap_ / frame_len) return RingStatus::too_large;
+    const uint64_t total = frame_len * n;
+    if (total * 2 + 8 > cap_ || total > UINT32_MAX) return RingStatus::too_large;
+    Claim c;
+    const RingStatus s = multi_ ? claim_mp(total, c, n) : claim_sp(total, c);
+    if (s != RingStatus::ok) return s;
+    b.pos = c.pos;
+    b.end = c.end;
+    b.seq = c.seq;
+    b.tag = c.seq + n - 1;
+    b.count = n;
+    b.frame_len = uint32_t(frame_len);
+    b.max_payload = uint32_t(frame_len - kFrameHeaderSize);
+    b.base = reinterpret_cast<std::byte*>(c.hdr);
+    return RingStatus::ok;
+  }
+
+  // P1m step 2: publishes frames 0..k-1 of the batch (k <= b.count), frame i with
+  // lens[i] <= b.max_payload payload bytes and message id ids[i] (ids null: 0).
+  // One timestamp for the batch (one clock read; meta.timestamp_ns as commit()).
+  // Every frame keeps its claimed length (payloads do not move), except in
+  // single-producer mode the last committed frame, which shrinks to fit, and the
+  // frames after it, which are given back (re-zeroed: the caller may have touched
+  // them). With several producers the frames after k become one padding frame.
+  //
+  // Store order (docs/memory-ordering.md P1m): the headers and commit words of
+  // frames 1..k-1 (and the pad) first, frame 0's commit word LAST (release,
+  // publish_commit). Readers reach frames 1.. only through frame 0, so nothing of
+  // the batch is visible before that store and all of it is after (frame 0's
+  // acquire load orders the rest). A producer that dies before it leaves frame 0's
+  // commit word 0: exactly a dead single-frame claim of b.count * b.frame_len
+  // bytes, padded as one frame by the reclaimer (MP) or re-zeroed by recover_sp (SP).
+  // `tail_clean`: as commit(), for the bytes past each frame's payload.
+  void commit_n(ClaimBatch& b, uint32_t k, const uint32_t* lens, const uint64_t* ids, const FrameMeta& meta,
+                bool notify = true, bool tail_clean = false) {
+    if (k == 0) {
+      abort_n(b, notify);
+      return;
+    }
+    if (k > b.count) k = b.count;
+    const uint64_t stamp = meta.timestamp_ns == 0              ? monotonic_ns()
+                           : meta.timestamp_ns == kNoTimestamp ? 0
+                                                               : meta.timestamp_ns;
+    const uint32_t fl = b.frame_len;
+    uint32_t last_len = fl;
+    uint64_t end = b.end;
+    if (!multi_) {
+      // Single producer: nobody claimed after us; the last frame shrinks and the
+      // rest of the claim is given back, zeroed again (P2).
+      const uint32_t used = uint32_t(align_frame(uint64_t(kFrameHeaderSize) + lens[k - 1]));
+      std::byte* from = tail_clean ? b.base + size_t(k) * fl : b.payload(k - 1) + lens[k - 1];
+      std::byte* to = b.base + size_t(b.count) * fl;
+      if (from < to) std::memset(from, 0, size_t(to - from));
+      last_len = used;
+      end = b.pos + uint64_t(k - 1) * fl + used;
+    }
+    for (uint32_t i = 1; i < k; ++i) {
+      FrameHeader* h = b.hdr(i);
+      write_header(h, lens[i], ids ? ids[i] : 0, meta, stamp, b.seq + i);
+      // SYNC(frame.commit) release; readers get here only past frame 0, whose
+      // release store below orders this one for them.
+      aref(h->commit).store(make_commit(i + 1 == k ? last_len : fl, kFrameData), std::memory_order_release);
+    }
+    if (multi_ && k < b.count)
+      aref(b.hdr(k)->commit)
+          .store(make_commit((b.count - k) * fl, kFramePad),
+                 std::memory_order_release);  // SYNC(frame.commit)
+    write_header(b.hdr(0), lens[0], ids ? ids[0] : 0, meta, stamp, b.seq);
+    publish_commit(b.hdr(0), make_commit(k == 1 ? last_len : fl, kFrameData), notify);  // LAST
+    // P8 step 5: the claim is closed.
+    if (prod_) close_claim(b.tag);
+    if (!multi_) {
+      tail_ = end;
+      seq_ = b.seq + k;
+      // As commit(): tail_seq before tail_pos; recover_sp accepts frames at tail_pos
+      // whose sequences are below tail_seq (a death between these two stores).
+      aref(r_.data->tail_seq).store(seq_, std::memory_order_relaxed);
+      aref(r_.data->tail_pos).store(tail_, std::memory_order_release);
+    }
+    b = ClaimBatch{};
+  }
+
+  // P1m abort: the whole batch becomes one padding frame (what a reclaimer would
+  // write for it), whatever the caller wrote inside.
+  void abort_n(ClaimBatch& b, bool notify = true) {
+    publish_commit(b.hdr(0), make_commit(b.count * b.frame_len, kFramePad), notify);
+    if (prod_) close_claim(b.tag);
+    if (!multi_) {
+      tail_ = b.end;
+      aref(r_.data->tail_pos).store(tail_, std::memory_order_release);
+    }
+    b = ClaimBatch{};
+  }
+
   // Wakes subscribers sleeping on data (P6). Called by commit() when notify=true.
   void notify_subscribers() { notify_data_waiters(r_, waiter_words_); }
 
@@ -727,15 +852,15 @@ class RingWriter {
   // when it frees the slot) or DataHeader::space_futex (a claim closing bumps it).
   // Returns false when a claim of payload_max would succeed now (no sleep);
   // otherwise `word`/`v` to futex_wait on. Call end_space_wait() afterwards.
-  bool prepare_space_wait(uint32_t payload_max, uint32_t*& word, uint32_t& v) {
+  bool prepare_space_wait(uint32_t payload_max, uint32_t*& word, uint32_t& v, uint32_t frames = 1) {
     aref(r_.data->space_waiter_bits).fetch_or(space_bit_, std::memory_order_seq_cst);
     // P7 heavy side: subscribers release with a plain store + compiler barrier.
     space_fenced_ = asym_fence_heavy();
     for (int i = 0; i < 4; ++i) {
-      if (space_available(payload_max)) return false;
+      if (space_available(payload_max, frames)) return false;
       const SpaceBinding b1 = binding_;
       v = aref(*b1.word).load(std::memory_order_seq_cst);
-      if (space_available(payload_max)) return false;  // the re-scan
+      if (space_available(payload_max, frames)) return false;  // the re-scan
       if (binding_.word == b1.word) {
         word = b1.word;
         space_exact_ = b1.exact;
@@ -754,9 +879,10 @@ class RingWriter {
   void end_space_wait() {
     aref(r_.data->space_waiter_bits).fetch_and(~space_bit_, std::memory_order_seq_cst);
   }
-  // True if a claim of payload_max would succeed now (re-reads the cursors).
-  bool space_available(uint32_t payload_max) {
-    const uint64_t frame_len = align_frame(uint64_t(kFrameHeaderSize) + payload_max);
+  // True if a claim of payload_max (`frames` frames of it: try_claim_n) would
+  // succeed now (re-reads the cursors).
+  bool space_available(uint32_t payload_max, uint32_t frames = 1) {
+    const uint64_t frame_len = align_frame(uint64_t(kFrameHeaderSize) + payload_max) * frames;
     uint64_t tail = multi_ ? aref(r_.data->tail_pos).load(std::memory_order_seq_cst) : tail_;
     uint64_t need = tail + frame_len * 2 + 8;  // worst case with a wrap pad
     return need <= refresh_limit();
@@ -797,7 +923,11 @@ class RingWriter {
   // P8 (2.0) steps 1-4. Lock-free: a tail left pending by a slow or dead owner is
   // completed by whoever finds it. Bounded: after kClaimTries the caller gets
   // back_pressured (its policy decides: fail at once, block with its timeout).
-  RingStatus claim_mp(uint64_t frame_len, Claim& c) {
+  // `nseq` sequences are taken (a multi-frame claim, try_claim_n): the pending
+  // tail and the claim word carry the last one, seq + nseq - 1, so that every
+  // completion of the claim (ours, a helper's, a reclaimer's: complete_claim moves
+  // tail_seq to the claim word's sequence + 1) moves tail_seq past all of them.
+  RingStatus claim_mp(uint64_t frame_len, Claim& c, uint64_t nseq = 1) {
     if (!prod_) return RingStatus::back_pressured;  // unrecorded: never claims (attach refused)
     for (uint32_t tries = 0; tries < kClaimTries; ++tries) {
       uint64_t pos = aref(r_.data->tail_pos).load(std::memory_order_acquire);
@@ -808,6 +938,7 @@ class RingWriter {
         continue;
       }
       const uint64_t seq = tail_seq_of(tw);
+      const uint64_t tag = seq + nseq - 1;  // the claim's last sequence
       const uint64_t pad = wrap_pad(pos, frame_len, cap_);
       const uint64_t end = pos + pad + frame_len;
       // SYNC(zero_mark) acquire: the zeroing below zero_mark is visible; pairs with extend_zero_mp.
@@ -823,15 +954,15 @@ class RingWriter {
       std::atomic_thread_fence(std::memory_order_release);
       aref(prod_->claim_pos).store(pos, std::memory_order_relaxed);
       aref(prod_->frame_len).store(uint32_t(frame_len), std::memory_order_relaxed);
-      aref(prod_->claim).store(claim_word(seq, kClaimIntent), std::memory_order_seq_cst);
-      // Step 2: the pending CAS takes [pos, end) and sequence `seq` for slot_.
+      aref(prod_->claim).store(claim_word(tag, kClaimIntent), std::memory_order_seq_cst);
+      // Step 2: the pending CAS takes [pos, end) and sequences seq..tag for slot_.
       uint64_t e_pos = pos, e_tw = tail_word(seq, 0);
-      if (!cas_tail(r_, e_pos, e_tw, pos, tail_word(seq, slot_ + 1))) {
-        close_claim(seq);  // our intent at a stale tail may have bounded another's limit
+      if (!cas_tail(r_, e_pos, e_tw, pos, tail_word(tag, slot_ + 1))) {
+        close_claim(tag);  // our intent at a stale tail may have bounded another's limit
         continue;
       }
       // Step 3: WON, then the tail moves on (a helper may have done either).
-      complete_claim(r_, slot_, pos, seq, uint32_t(frame_len));
+      complete_claim(r_, slot_, pos, tag, uint32_t(frame_len));
       if (pad) {
         aref(r_.frame_at(pos)->commit)
             .store(make_commit(uint32_t(pad), kFramePad), std::memory_order_release);  // SYNC(frame.commit)
@@ -857,6 +988,16 @@ class RingWriter {
       aref(prod_->claim).exchange(claim_word(seq, kClaimIdle), std::memory_order_seq_cst);
     }
     notify_space_waiters_claim(r_);
+  }
+
+  static void write_header(FrameHeader* h, uint32_t payload_len, uint64_t message_id, const FrameMeta& meta,
+                           uint64_t stamp, uint64_t seq) {
+    h->payload_len = payload_len;
+    h->producer_id = meta.producer_id;
+    h->timestamp_ns = stamp;
+    h->message_id = message_id;
+    h->schema_id = meta.schema_id;
+    aref(h->sequence).store(seq, std::memory_order_relaxed);
   }
 
   void fill_claim(Claim& c, uint64_t fpos, uint64_t end, uint64_t seq, uint64_t frame_len) {
