@@ -473,6 +473,42 @@ extern "C" {
         next: *mut shmbus_claim_t,
     ) -> c_int;
     pub fn shmbus_publisher_abort(publisher: *mut shmbus_publisher_t) -> c_int;
+    // ---- multi-frame claims (SHMBUS_1.6) ----
+    pub fn shmbus_publisher_claim_n(
+        publisher: *mut shmbus_publisher_t,
+        n: usize,
+        max_bytes: u32,
+        out: *mut shmbus_claim_t,
+    ) -> c_int;
+    pub fn shmbus_publisher_try_claim_n(
+        publisher: *mut shmbus_publisher_t,
+        n: usize,
+        max_bytes: u32,
+        out: *mut shmbus_claim_t,
+    ) -> c_int;
+    pub fn shmbus_publisher_commit_n(
+        publisher: *mut shmbus_publisher_t,
+        k: usize,
+        used: *const u32,
+        message_ids: *const u64,
+        schema_id: u64,
+    ) -> c_int;
+    pub fn shmbus_publisher_commit_messages_n(
+        publisher: *mut shmbus_publisher_t,
+        k: usize,
+        segment_words: *const u32,
+        message_ids: *const u64,
+        schema_id: u64,
+        next_n: usize,
+        next_max: u32,
+        next: *mut shmbus_claim_t,
+    ) -> c_int;
+    pub fn shmbus_publisher_wait_space_n(
+        publisher: *mut shmbus_publisher_t,
+        n: usize,
+        max_bytes: u32,
+        timeout_ns: i64,
+    ) -> c_int;
     pub fn shmbus_publisher_offer(
         publisher: *mut shmbus_publisher_t,
         data: *const std::ffi::c_void,

@@ -65,7 +65,8 @@ pub use handler::{
 };
 pub use interrupt::Interrupter;
 pub use publisher::{
-    Claim, Committed, MessageClaim, Publisher, PublisherOptions, PublisherStats, RingAllocator,
+    Claim, ClaimBatch, Committed, MessageClaim, Publisher, PublisherOptions, PublisherStats,
+    RingAllocator,
 };
 pub use request::{
     Reply, Request, Requester, RequesterOptions, RequesterStats, Responder, ResponderStats,

@@ -200,6 +200,51 @@ impl Publisher {
         self.claim_raw(max_bytes, false)
     }
 
+    fn claim_batch_raw(&mut self, n: usize, max_bytes: u32, wait: bool) -> Result<ClaimBatch<'_>> {
+        if n == 0 {
+            return Err(Error::InvalidArgument("claim_batch of 0 frames".into()));
+        }
+        let mut frames = vec![sys::shmbus_claim_t::default(); n];
+        // SAFETY: raw is live and used by this thread only (&mut self); frames has n
+        // writable entries.
+        let rc = unsafe {
+            if wait {
+                sys::shmbus_publisher_claim_n(self.raw.as_ptr(), n, max_bytes, frames.as_mut_ptr())
+            } else {
+                sys::shmbus_publisher_try_claim_n(
+                    self.raw.as_ptr(),
+                    n,
+                    max_bytes,
+                    frames.as_mut_ptr(),
+                )
+            }
+        };
+        check(rc)?;
+        if frames.iter().any(|c| c.data.is_null()) {
+            return Err(Error::Internal("claim_n returned OK and NULL data".into()));
+        }
+        Ok(ClaimBatch {
+            publisher: self,
+            frames,
+            done: false,
+        })
+    }
+
+    /// Claims `n` frames of `max_bytes` payload each as one ring claim (SHMBUS_1.6;
+    /// docs/protocol.md "Multi-frame claims"); the topic's policy applies as for
+    /// [`claim`](Self::claim). Write each frame through [`ClaimBatch::frame_mut`], then
+    /// [`ClaimBatch::commit`] publishes them together: readers see none of them before
+    /// and all of them after. [`Error::TooLarge`] when the frames could never fit the
+    /// ring (about half its capacity).
+    pub fn claim_batch(&mut self, n: usize, max_bytes: u32) -> Result<ClaimBatch<'_>> {
+        self.claim_batch_raw(n, max_bytes, true)
+    }
+
+    /// Like [`claim_batch`](Self::claim_batch), never waits.
+    pub fn try_claim_batch(&mut self, n: usize, max_bytes: u32) -> Result<ClaimBatch<'_>> {
+        self.claim_batch_raw(n, max_bytes, false)
+    }
+
     /// Claims `max_bytes` and returns a Cap'n Proto builder whose first segment is
     /// the claimed ring memory past the 8-byte segment table: the message is built in
     /// place, [`MessageClaim::commit`] publishes it without a copy.
@@ -358,6 +403,97 @@ impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.done {
             // SAFETY: raw is live and exclusively ours; the claim is still open.
+            unsafe { sys::shmbus_publisher_abort(self.publisher.raw.as_ptr()) };
+        }
+    }
+}
+
+/// An open multi-frame claim ([`Publisher::claim_batch`]): `len()` frames of zeroed,
+/// writable ring memory, published together by [`commit`](ClaimBatch::commit).
+/// Dropping it without committing aborts all of it (readers skip it).
+pub struct ClaimBatch<'p> {
+    publisher: &'p mut Publisher,
+    frames: Vec<sys::shmbus_claim_t>,
+    done: bool,
+}
+
+impl ClaimBatch<'_> {
+    /// Number of frames claimed.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Always false: a batch has at least one frame.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Frame i's bytes (zeroed by the library, 8-byte aligned). Panics when i is out
+    /// of range.
+    pub fn frame_mut(&mut self, i: usize) -> &mut [u8] {
+        let c = &self.frames[i];
+        // SAFETY: the library hands out c.size writable bytes at c.data for each
+        // frame, disjoint from the other frames, valid until commit/abort; both
+        // consume the batch, and the slice borrows it mutably, so it can neither
+        // outlive the batch nor alias another frame's slice.
+        unsafe { std::slice::from_raw_parts_mut(c.data, c.size as usize) }
+    }
+
+    /// Room of each frame in bytes (may exceed what was asked for).
+    pub fn frame_len(&self) -> usize {
+        self.frames[0].size as usize
+    }
+
+    /// The sequence frame i gets when committed.
+    pub fn sequence(&self, i: usize) -> u64 {
+        self.frames[i].sequence
+    }
+
+    /// Publishes frames `0..used.len()` (frame i with `used[i]` bytes and message id
+    /// `message_ids[i]`, or 0 when `message_ids` is `None`) together, with one
+    /// timestamp; frames after them are skipped by readers. `used` longer than the
+    /// batch, or a `used[i]` past a frame, aborts the batch.
+    pub fn commit(
+        mut self,
+        used: &[u32],
+        message_ids: Option<&[u64]>,
+        schema_id: u64,
+    ) -> Result<()> {
+        self.done = true;
+        if message_ids.is_some_and(|ids| ids.len() < used.len()) {
+            // SAFETY: raw is live and exclusively ours; the batch is open.
+            unsafe { sys::shmbus_publisher_abort(self.publisher.raw.as_ptr()) };
+            return Err(Error::InvalidArgument(
+                "commit: fewer message ids than frames".into(),
+            ));
+        }
+        let ids = message_ids.map_or(ptr::null(), |ids| ids.as_ptr());
+        // SAFETY: the publisher has this open batch; raw is live and exclusively ours;
+        // used has used.len() entries and ids (when not null) at least as many; the
+        // library reads them during the call only.
+        check(unsafe {
+            sys::shmbus_publisher_commit_n(
+                self.publisher.raw.as_ptr(),
+                used.len(),
+                used.as_ptr(),
+                ids,
+                schema_id,
+            )
+        })
+    }
+
+    /// Drops the batch (readers skip all of it).
+    pub fn abort(mut self) -> Result<()> {
+        self.done = true;
+        // SAFETY: raw is live and exclusively ours; the batch is open.
+        check(unsafe { sys::shmbus_publisher_abort(self.publisher.raw.as_ptr()) })
+    }
+}
+
+impl Drop for ClaimBatch<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // SAFETY: raw is live and exclusively ours; the batch is still open.
             unsafe { sys::shmbus_publisher_abort(self.publisher.raw.as_ptr()) };
         }
     }

@@ -654,3 +654,69 @@ fn an_interrupter_ends_blocked_waits_from_another_thread() {
     stop.interrupt(); // the publisher is gone: nothing happens
     drop(sub);
 }
+
+#[test]
+fn a_multi_frame_claim_is_published_together_in_order() {
+    let t = TestBus::new("mclaim");
+    let topic = t.topic("md.batch", MIB, Policy::Fail);
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
+
+    let mut b = publisher.claim_batch(5, 40).unwrap();
+    assert_eq!(b.len(), 5);
+    assert!(b.frame_len() >= 40);
+    let first = b.sequence(0);
+    for i in 0..5 {
+        assert_eq!(b.sequence(i), first + i as u64);
+        let f = b.frame_mut(i);
+        assert!(f.iter().all(|&x| x == 0), "zeroed ring memory");
+        f[..10 + i].fill(0x30 + i as u8);
+    }
+    let used: Vec<u32> = (0..5).map(|i| 10 + i).collect();
+    let ids: Vec<u64> = (0..5).map(|i| 700 + i).collect();
+    b.commit(&used, Some(&ids), 0x55).unwrap();
+    for i in 0..5u64 {
+        let v = sub.poll().unwrap().expect("a frame of the batch");
+        assert_eq!(v.sequence(), first + i);
+        assert_eq!(v.message_id(), 700 + i);
+        assert_eq!(v.schema_id(), 0x55);
+        assert_eq!(v.data().len(), 10 + i as usize);
+        assert!(v.data().iter().all(|&x| x == 0x30 + i as u8));
+        v.release().unwrap();
+    }
+    assert!(sub.poll().unwrap().is_none());
+
+    // Part of a batch; a dropped batch is aborted; nothing of either leaks.
+    let mut b = publisher.claim_batch(4, 16).unwrap();
+    b.frame_mut(0)[..16].fill(1);
+    b.frame_mut(1)[..16].fill(2);
+    b.frame_mut(3)[..16].fill(9);
+    b.commit(&[16, 16], None, 0).unwrap();
+    {
+        let mut b = publisher.try_claim_batch(3, 16).unwrap();
+        b.frame_mut(1)[..16].fill(7);
+    }
+    publisher.offer(&[5u8; 16], 1, 0).unwrap();
+    for want in [1u8, 2, 5] {
+        let v = sub.poll().unwrap().expect("a frame");
+        assert_eq!(v.data(), &[want; 16][..]);
+        v.release().unwrap();
+    }
+    assert!(sub.poll().unwrap().is_none());
+
+    // Never fits: more than half the ring.
+    assert!(matches!(
+        publisher.claim_batch(10_000, 100),
+        Err(Error::TooLarge(_))
+    ));
+    assert!(matches!(
+        publisher.claim_batch(0, 100),
+        Err(Error::InvalidArgument(_))
+    ));
+}
