@@ -121,6 +121,12 @@ struct Checker {
       if (!same_type(f.getSlot().getType(), g.getSlot().getType()))
         return refuse(nid, field + " changed type " + old.type_text(f.getSlot().getType()) + " -> " +
                                nu.type_text(g.getSlot().getType()));
+      // A primitive field is stored XORed with its default: a changed default makes
+      // every old message read differently (and the new ones to old readers), in
+      // either direction of compatibility.
+      const std::string od = SchemaBundle::primitive_default(f.getSlot().getDefaultValue());
+      const std::string nd = SchemaBundle::primitive_default(g.getSlot().getDefaultValue());
+      if (od != nd) return refuse(nid, field + " changed its default value " + od + " -> " + nd);
       if (auto u = union_change(f, g, field); !u.empty()) return refuse(nid, u);
     }
     return {};

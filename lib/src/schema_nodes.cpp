@@ -250,6 +250,37 @@ std::vector<uint64_t> SchemaBundle::reachable() const {
   return out;
 }
 
+std::string SchemaBundle::primitive_default(cs::Value::Reader v) {
+  char b[48];
+  switch (v.which()) {
+    case cs::Value::BOOL: return v.getBool() ? "true" : "false";
+    case cs::Value::INT8: return std::to_string(v.getInt8());
+    case cs::Value::INT16: return std::to_string(v.getInt16());
+    case cs::Value::INT32: return std::to_string(v.getInt32());
+    case cs::Value::INT64: return std::to_string(v.getInt64());
+    case cs::Value::UINT8: return std::to_string(v.getUint8());
+    case cs::Value::UINT16: return std::to_string(v.getUint16());
+    case cs::Value::UINT32: return std::to_string(v.getUint32());
+    case cs::Value::UINT64: return std::to_string(v.getUint64());
+    case cs::Value::FLOAT32: {
+      const float f = v.getFloat32();
+      uint32_t bits;
+      std::memcpy(&bits, &f, sizeof bits);
+      std::snprintf(b, sizeof b, "%.9g (0x%08" PRIx32 ")", double(f), bits);
+      return b;
+    }
+    case cs::Value::FLOAT64: {
+      const double f = v.getFloat64();
+      uint64_t bits;
+      std::memcpy(&bits, &f, sizeof bits);
+      std::snprintf(b, sizeof b, "%.17g (0x%016" PRIx64 ")", f, bits);
+      return b;
+    }
+    case cs::Value::ENUM: return "enumerant " + std::to_string(v.getEnum());
+    default: return {};
+  }
+}
+
 void SchemaBundle::struct_text(std::string& o, uint64_t id, int indent, int depth) const {
   cs::Node::Reader n;
   const std::string pad(size_t(indent) * 2, ' ');
@@ -267,7 +298,12 @@ void SchemaBundle::struct_text(std::string& o, uint64_t id, int indent, int dept
     } else {
       o += p + clip(f.getName()) + " @" +
            std::to_string(f.getOrdinal().isExplicit() ? f.getOrdinal().getExplicit() : 0) + " :" +
-           type_text(f.getSlot().getType()) + ";\n";
+           type_text(f.getSlot().getType());
+      // A primitive default other than zero is shown (and so part of the identity).
+      if (std::string d = primitive_default(f.getSlot().getDefaultValue());
+          !d.empty() && d != "0" && d != "false" && d.rfind("0 (0x0", 0) != 0 && d != "enumerant 0")
+        o += " = " + d;
+      o += ";\n";
     }
   };
   for (auto f : fields)

@@ -60,6 +60,10 @@ class SchemaBundle {
   std::string type_name(uint64_t id) const;
   // A type as Cap'n Proto writes it: Float64, Text, List(Int32), orders.Line, ...
   std::string type_text(capnp::schema::Type::Reader t, int depth = 0) const;
+  // A primitive field's default as text (floats with their bits: -0.0 and NaNs
+  // differ), or empty for a pointer type's (text, data, list, struct, any pointer)
+  // and void's. Part of a field's encoding (stored XORed with it).
+  static std::string primitive_default(capnp::schema::Value::Reader v);
   // The ids of the root and of the structs and enums reachable from it, root first.
   std::vector<uint64_t> reachable() const;
   // The root and its dependencies as capnp schema text (ids, ordinals, unions and
