@@ -102,11 +102,12 @@ TEST_CASE(
   // field's only says what a null reads as (accepted).
   const std::string qty_default = write_schema(
       d, "qtydefault", "  id @0 :UInt64;\n  symbol @1 :Text;\n  price @2 :Float64;\n  qty @3 :UInt32 = 5;\n");
-  const std::string price_default = write_schema(
-      d, "pricedefault", "  id @0 :UInt64;\n  symbol @1 :Text;\n  price @2 :Float64 = -0.0;\n  qty @3 :UInt32;\n");
-  const std::string symbol_default = write_schema(
-      d, "symboldefault",
-      "  id @0 :UInt64;\n  symbol @1 :Text = \"?\";\n  price @2 :Float64;\n  qty @3 :UInt32;\n");
+  const std::string price_default =
+      write_schema(d, "pricedefault",
+                   "  id @0 :UInt64;\n  symbol @1 :Text;\n  price @2 :Float64 = -0.0;\n  qty @3 :UInt32;\n");
+  const std::string symbol_default =
+      write_schema(d, "symboldefault",
+                   "  id @0 :UInt64;\n  symbol @1 :Text = \"?\";\n  price @2 :Float64;\n  qty @3 :UInt32;\n");
 
   Run r = cli(d, {"schema", "check", "orders", v1});
   CHECK(r.rc == 0);
@@ -127,10 +128,12 @@ TEST_CASE(
           "schema of orders.Order refused: field 'price' @2 changed type Float64 -> Text (backward)");
   refused(removed, "schema of orders.Order refused: field 'qty' @3 removed (backward)");
   refused(renumbered, "schema of orders.Order refused: field 'symbol' renumbered @1 -> @2 (backward)");
-  refused(qty_default, "schema of orders.Order refused: field 'qty' @3 changed its default value 0 -> 5 (backward)");
-  refused(price_default,
-          "schema of orders.Order refused: field 'price' @2 changed its default value 0 (0x0000000000000000) -> "
-          "-0 (0x8000000000000000) (backward)");
+  refused(qty_default,
+          "schema of orders.Order refused: field 'qty' @3 changed its default value 0 -> 5 (backward)");
+  refused(
+      price_default,
+      "schema of orders.Order refused: field 'price' @2 changed its default value 0 (0x0000000000000000) -> "
+      "-0 (0x8000000000000000) (backward)");
   CHECK(cli(d, {"schema", "check", "orders", symbol_default}).rc == 0);
 
   r = cli(d, {"schema", "history", "orders"});
