@@ -238,7 +238,9 @@ func (p *Publisher) blockingN(ctx context.Context, frames int, need func() C.uin
 	}
 	// Interrupted: an interrupt left pending by an earlier call's context (it
 	// fired after that call returned); this call has not waited yet.
-	if p.policy != PolicyBlock || (rc != CodeBackPressured && rc != CodeInterrupted) {
+	// Policy spill waits like block (the C++ Publisher's rule): only a named,
+	// tethered subscriber (or its parked slot) can hold the producer there.
+	if p.policy == PolicyFail || (rc != CodeBackPressured && rc != CodeInterrupted) {
 		return codeError(rc)
 	}
 	stop := interruptOnDone(ctx, func() { C.shmbus_publisher_interrupt(p.h) })

@@ -72,10 +72,17 @@ func call(f func() C.int) error {
 type Policy uint32
 
 const (
-	PolicyBlock Policy = C.SHMBUS_POLICY_BLOCK // wait for space (bounded by BlockTimeout and the context)
-	PolicyFail  Policy = C.SHMBUS_POLICY_FAIL  // return ErrBackPressured at once
-	PolicySpill Policy = C.SHMBUS_POLICY_SPILL // durable; a slow replaying subscriber reads the log (needs the daemon)
+	PolicyBlock Policy = 0 // wait for space (bounded by BlockTimeout and the context)
+	PolicyFail  Policy = 1 // return ErrBackPressured at once
+	PolicySpill Policy = 2 // durable; a slow replaying subscriber reads the log (needs the daemon)
 )
+
+// The Policy values are the C ABI's SHMBUS_POLICY_* (written out above so that the
+// documentation shows them): a difference fails to compile (a constant index out of
+// range).
+var _ = [1]struct{}{}[PolicyBlock-C.SHMBUS_POLICY_BLOCK]
+var _ = [1]struct{}{}[PolicyFail-C.SHMBUS_POLICY_FAIL]
+var _ = [1]struct{}{}[PolicySpill-C.SHMBUS_POLICY_SPILL]
 
 // WaitStrategy is how a blocked call waits. The zero value is the library default (hybrid).
 type WaitStrategy int
@@ -127,8 +134,9 @@ type ConnectOptions struct {
 	SocketPath string // "" means the per-user default
 }
 
-// Connect connects to shmbusd. Until the daemon client lands in libshmbus_c it
-// returns ErrNotConnected.
+// Connect connects to the shmbusd listening on opts.SocketPath (the per-user
+// default, or $SHMBUS_SOCKET, when empty). A daemon that is not running gives an
+// error matching ErrNotConnected.
 func Connect(ctx context.Context, opts ConnectOptions) (*Bus, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -146,8 +154,9 @@ func Connect(ctx context.Context, opts ConnectOptions) (*Bus, error) {
 }
 
 // OpenEmbedded starts a daemon inside this process with its state in stateDir
-// ("" means a private temporary directory) and connects to it. Until the
-// embedded daemon lands in libshmbus_c it returns ErrUnsupported.
+// ("" means a private temporary directory; with a stateDir its socket is
+// <stateDir>/shmbusd.sock, which other processes may Connect to) and connects to
+// it. The daemon stops when the Bus is closed.
 func OpenEmbedded(stateDir string) (*Bus, error) {
 	var cp *C.char
 	if stateDir != "" {
