@@ -208,6 +208,9 @@ class EmbeddedProvider final : public SegmentProvider {
                            bool check_only) override {
     return inner_->register_schema(t, nodes, role, check_only);
   }
+  void set_schema_mode(const std::string& t, TopicConfig::SchemaMode mode) override {
+    inner_->set_schema_mode(t, mode);
+  }
   bool durable_position(const std::string& t, uint32_t p, const std::string& n, uint64_t& pos) override {
     return inner_->durable_position(t, p, n, pos);
   }

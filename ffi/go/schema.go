@@ -134,3 +134,72 @@ func presentSchema(bh *C.shmbus_bus_t, topic string, s *Schema, flags C.uint32_t
 	}
 	return uint32(v), nil
 }
+
+// SchemaMode is how a topic's registry checks a new schema version against the
+// stored ones (docs/messaging.md, "Schema registry"). The zero value is
+// SchemaBackward, a topic's default.
+type SchemaMode uint32
+
+const (
+	// SchemaBackward: a new version must read what the latest stored one wrote.
+	SchemaBackward SchemaMode = iota
+	// SchemaForward: the latest stored version must read what a new one writes.
+	SchemaForward
+	// SchemaFull: both ways, against every stored version.
+	SchemaFull
+	// SchemaNone: any well-formed schema is stored.
+	SchemaNone
+)
+
+// String is the mode's name as the CLI spells it ("backward", "forward", "full",
+// "none").
+func (m SchemaMode) String() string {
+	switch m {
+	case SchemaBackward:
+		return "backward"
+	case SchemaForward:
+		return "forward"
+	case SchemaFull:
+		return "full"
+	case SchemaNone:
+		return "none"
+	}
+	return fmt.Sprintf("SchemaMode(%d)", uint32(m))
+}
+
+func (m SchemaMode) c() (C.int, error) {
+	switch m {
+	case SchemaBackward:
+		return C.SHMBUS_SCHEMA_BACKWARD, nil
+	case SchemaForward:
+		return C.SHMBUS_SCHEMA_FORWARD, nil
+	case SchemaFull:
+		return C.SHMBUS_SCHEMA_FULL, nil
+	case SchemaNone:
+		return C.SHMBUS_SCHEMA_NONE, nil
+	}
+	return 0, &Error{Code: CodeInvalidArgument, Msg: fmt.Sprintf("SetSchemaMode: %v is not SchemaBackward, SchemaForward, SchemaFull or SchemaNone", m)}
+}
+
+// SetSchemaMode changes topic's schema mode, as `shmbus schema mode` does: the
+// stored versions stay, the next schema presented is checked under the new mode,
+// and the mode is saved with the topic's settings (a daemon restart keeps it). Only
+// the topic's owner, root or the daemon's uid may: ErrPermissionDenied for another
+// uid, even one allowed to publish; ErrNotFound for no such topic (or no access);
+// ErrInvalidArgument for a mode that is none of the constants; ErrUnsupported on a
+// direct bus (the registry is the daemon's).
+func (b *Bus) SetSchemaMode(topic string, mode SchemaMode) error {
+	cm, err := mode.c()
+	if err != nil {
+		return err
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	bh, err := b.handle()
+	if err != nil {
+		return err
+	}
+	cn := C.CString(topic)
+	defer C.free(unsafe.Pointer(cn))
+	return call(func() C.int { return C.shmbus_set_schema_mode(bh, cn, cm) })
+}

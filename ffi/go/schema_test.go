@@ -112,3 +112,78 @@ func TestSchemaRegistryFromGo(t *testing.T) {
 		t.Fatalf("no nodes: want ErrInvalidArgument, got %v", err)
 	}
 }
+
+// The schema mode from Go: backward refuses Go's Quote after a version whose bidPx is
+// Text; SetSchemaMode(SchemaNone) and the same Quote is stored; the reverse, none
+// then backward, turns an accepted check into a refusal. A mode outside the
+// constants, an unknown topic and a direct bus are refused.
+func TestSchemaModeFromGo(t *testing.T) {
+	quote, err := shmbus.SchemaOf(market.RegisterSchema, market.Quote_TypeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	broken := &shmbus.Schema{RootID: market.Quote_TypeID, Nodes: compileSchema(t, "market_broken.capnp")}
+
+	direct, err := shmbus.OpenDirect(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := direct.SetSchemaMode("go.mode", shmbus.SchemaNone); !errors.Is(err, shmbus.ErrUnsupported) {
+		t.Fatalf("direct bus: want ErrUnsupported, got %v", err)
+	}
+	direct.Close()
+
+	bus, err := shmbus.OpenEmbedded(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	cfg := shmbus.TopicConfig{Capacity: 1 << 16, SchemaID: market.Quote_TypeID}
+
+	// backward -> none: the refused Quote is stored.
+	if err := bus.CreateTopic("go.mode", cfg); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := bus.RegisterSchema("go.mode", broken); err != nil || v != 1 {
+		t.Fatalf("register the other version: %d %v", v, err)
+	}
+	if _, err := bus.RegisterSchema("go.mode", quote); !errors.Is(err, shmbus.ErrIncompatible) {
+		t.Fatalf("backward: want ErrIncompatible, got %v", err)
+	}
+	if err := bus.SetSchemaMode("go.mode", shmbus.SchemaMode(4)); !errors.Is(err, shmbus.ErrInvalidArgument) {
+		t.Fatalf("mode 4: want ErrInvalidArgument, got %v", err)
+	}
+	if err := bus.SetSchemaMode("go.nosuch", shmbus.SchemaNone); !errors.Is(err, shmbus.ErrNotFound) {
+		t.Fatalf("no such topic: want ErrNotFound, got %v", err)
+	}
+	if err := bus.SetSchemaMode("go.mode", shmbus.SchemaNone); err != nil {
+		t.Fatalf("SetSchemaMode(none): %v", err)
+	}
+	if v, err := bus.RegisterSchema("go.mode", quote); err != nil || v != 2 {
+		t.Fatalf("none: want Go's Quote stored as version 2, got %d %v", v, err)
+	}
+
+	// none -> backward: what none accepts is refused again.
+	if err := bus.CreateTopic("go.mode.back", cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.SetSchemaMode("go.mode.back", shmbus.SchemaNone); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := bus.RegisterSchema("go.mode.back", quote); err != nil || v != 1 {
+		t.Fatalf("register Go's Quote: %d %v", v, err)
+	}
+	if v, err := bus.CheckSchema("go.mode.back", broken); err != nil || v != 2 {
+		t.Fatalf("none: want the other version accepted as 2, got %d %v", v, err)
+	}
+	if err := bus.SetSchemaMode("go.mode.back", shmbus.SchemaBackward); err != nil {
+		t.Fatal(err)
+	}
+	const want = "field 'bidPx' @1 changed type Int64 -> Text (backward)"
+	if _, err := bus.CheckSchema("go.mode.back", broken); !errors.Is(err, shmbus.ErrIncompatible) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("backward again: want ErrIncompatible naming %q, got %v", want, err)
+	}
+	if s := shmbus.SchemaFull.String(); s != "full" {
+		t.Fatalf("SchemaFull.String() = %q", s)
+	}
+}

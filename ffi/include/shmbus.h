@@ -178,6 +178,22 @@ SHMBUS_API int shmbus_topic_describe_durable(shmbus_bus_t* bus, const char* topi
 SHMBUS_API int shmbus_register_schema(shmbus_bus_t* bus, const char* topic, uint64_t root_id,
                                       const void* nodes, size_t len, uint32_t flags, uint32_t* version);
 
+/* ---- schema mode (symbol version SHMBUS_1.7) -------------------------------------
+ * Sets `topic`'s schema compatibility mode, SHMBUS_SCHEMA_BACKWARD (a topic's default),
+ * _FORWARD, _FULL or _NONE (docs/messaging.md, "Schema registry"): the stored versions
+ * stay and the next schema presented is checked under the new mode; the mode is saved
+ * with the topic's settings (a daemon restart keeps it). What `shmbus schema mode`
+ * does. Only the topic's owner, root or the daemon's uid may change it:
+ * SHMBUS_E_PERMISSION_DENIED for another uid, even one allowed to publish;
+ * SHMBUS_E_NOT_FOUND for no such topic (or no access to it);
+ * SHMBUS_E_INVALID_ARGUMENT for a mode that is none of these or an invalid topic name;
+ * SHMBUS_E_UNSUPPORTED on a bus without a daemon. */
+#define SHMBUS_SCHEMA_BACKWARD 0 /* a new version reads what the stored latest wrote */
+#define SHMBUS_SCHEMA_FORWARD 1  /* the stored latest reads what a new version writes */
+#define SHMBUS_SCHEMA_FULL 2     /* both ways, against every stored version */
+#define SHMBUS_SCHEMA_NONE 3     /* any well-formed schema is stored */
+SHMBUS_API int shmbus_set_schema_mode(shmbus_bus_t* bus, const char* topic, int mode);
+
 /* ---- publisher ---------------------------------------------------------- */
 typedef struct shmbus_publisher_options {
   uint32_t size;            /* set by _init */

@@ -543,6 +543,29 @@ int shmbus_register_schema(shmbus_bus_t* bus, const char* topic, uint64_t root_i
   SHIM_END("shmbus_register_schema")
 }
 
+int shmbus_set_schema_mode(shmbus_bus_t* bus, const char* topic, int mode) {
+  static_assert(SHMBUS_SCHEMA_BACKWARD == int(shmbus::TopicConfig::SchemaMode::backward) &&
+                SHMBUS_SCHEMA_FORWARD == int(shmbus::TopicConfig::SchemaMode::forward) &&
+                SHMBUS_SCHEMA_FULL == int(shmbus::TopicConfig::SchemaMode::full) &&
+                SHMBUS_SCHEMA_NONE == int(shmbus::TopicConfig::SchemaMode::none));
+  if (!bus || !topic) return invalid("shmbus_set_schema_mode: ", "bus or topic is NULL");
+  if (mode < SHMBUS_SCHEMA_BACKWARD || mode > SHMBUS_SCHEMA_NONE)
+    return invalid(
+        "shmbus_set_schema_mode: ",
+        ("mode " + std::to_string(mode) + " is not a SHMBUS_SCHEMA_* (BACKWARD 0, FORWARD 1, FULL 2, NONE 3)")
+            .c_str());
+  SHIM_BEGIN
+  const std::string t = topic;
+  if (!shmbus::valid_topic_name(t))
+    return invalid("shmbus_set_schema_mode: ", ("invalid topic name '" + t + "'").c_str());
+  if (!bus->daemon)
+    return fail(SHMBUS_E_UNSUPPORTED, "shmbus_set_schema_mode: ",
+                "the schema registry is shmbusd's: connect (shmbus_bus_connect) or open an embedded daemon");
+  bus->bus.set_schema_mode(t, shmbus::TopicConfig::SchemaMode(mode));
+  return SHMBUS_OK;
+  SHIM_END("shmbus_set_schema_mode")
+}
+
 int shmbus_topic_remove(shmbus_bus_t* bus, const char* topic) {
   if (!bus || !topic) return invalid("shmbus_topic_remove: ", "bus or topic is NULL");
   SHIM_BEGIN

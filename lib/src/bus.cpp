@@ -20,6 +20,10 @@ uint32_t Bus::register_schema(const std::string& topic, const SchemaNodes& nodes
   return provider_->register_schema(topic, nodes, Role::publisher, check_only);
 }
 
+void Bus::set_schema_mode(const std::string& topic, TopicConfig::SchemaMode mode) {
+  provider_->set_schema_mode(topic, mode);
+}
+
 Publisher Bus::publisher(const std::string& topic, const PublisherOptions& opts) {
   if (opts.schema) provider_->register_schema(topic, opts.schema, Role::publisher, false);
   return Publisher(provider_->open(topic, opts.partition, Role::publisher, opts.open_timeout_ms), opts);

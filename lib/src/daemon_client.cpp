@@ -591,6 +591,17 @@ class DaemonProvider final : public SegmentProvider {
     });
     return rep.get().getSchema().getVersion();
   }
+  void set_schema_mode(const std::string& topic, TopicConfig::SchemaMode mode) override {
+    const auto m = uint16_t(mode);
+    if (m > uint16_t(proto::SchemaMode::NONE))
+      throw Error(ErrorCode::invalid_argument, "schema mode " + std::to_string(m) + " of '" + topic +
+                                                   "': backward (0), forward (1), full (2) or none (3)");
+    c_->call([&](proto::Request::Builder r) {
+      auto q = r.initSetSchemaMode();
+      q.setTopic(topic);
+      q.setMode(proto::SchemaMode(m));
+    });
+  }
   GroupState group_call(GroupOp op, const std::string& topic, const std::string& group, uint64_t member,
                         uint32_t known_generation) override {
     DaemonClient::Reply rep = c_->call([&](proto::Request::Builder r) {

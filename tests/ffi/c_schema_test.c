@@ -5,11 +5,19 @@
  * (tests/ffi/schema/). v1 is stored, the evolution becomes version 2, the broken one
  * is refused naming the field and the rule (as publisher, as subscriber, check only),
  * v1 re-presented is still accepted, malformed nodes are INVALID_ARGUMENT with the
- * daemon serving on, bad arguments are refused, and a direct bus is UNSUPPORTED. */
+ * daemon serving on, bad arguments are refused, and a direct bus is UNSUPPORTED.
+ * The schema mode (shmbus_set_schema_mode, SHMBUS_1.7): the owner changes backward to
+ * none and the broken one backward refused is then stored; a mode outside
+ * SHMBUS_SCHEMA_* is INVALID_ARGUMENT; another uid (65534, when run as root) is refused,
+ * PERMISSION_DENIED on a topic it may publish to, NOT_FOUND on one it may not see, and
+ * the mode stays. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "shmbus.h"
@@ -52,6 +60,7 @@ int main(int argc, char** argv) {
   shmbus_bus_t* direct = NULL;
   REQUIRE_OK(shmbus_bus_open_direct(prefix, &direct));
   CHECK_RC(shmbus_register_schema(direct, "q", kQuote, v1, n1, 0, NULL), SHMBUS_E_UNSUPPORTED);
+  CHECK_RC(shmbus_set_schema_mode(direct, "q", SHMBUS_SCHEMA_NONE), SHMBUS_E_UNSUPPORTED);
   shmbus_bus_close(direct);
 
   if (start_daemon() != 0) {
@@ -118,6 +127,57 @@ int main(int argc, char** argv) {
   CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, v2, n2, SHMBUS_SCHEMA_CHECK_ONLY, &ver),
            SHMBUS_OK);
   CHECK(ver == 2);
+
+  /* ---- the schema mode: backward -> none, and the broken one is stored ---- */
+  CHECK_RC(shmbus_set_schema_mode(NULL, "mkt.quotes", SHMBUS_SCHEMA_NONE), SHMBUS_E_INVALID_ARGUMENT);
+  CHECK_RC(shmbus_set_schema_mode(bus, NULL, SHMBUS_SCHEMA_NONE), SHMBUS_E_INVALID_ARGUMENT);
+  CHECK_RC(shmbus_set_schema_mode(bus, "mkt.quotes", 4), SHMBUS_E_INVALID_ARGUMENT);
+  CHECK(strstr(shmbus_last_error(), "mode 4 is not a SHMBUS_SCHEMA_*") != NULL);
+  CHECK_RC(shmbus_set_schema_mode(bus, "mkt.quotes", -1), SHMBUS_E_INVALID_ARGUMENT);
+  CHECK_RC(shmbus_set_schema_mode(bus, "bad name!", SHMBUS_SCHEMA_NONE), SHMBUS_E_INVALID_ARGUMENT);
+  CHECK_RC(shmbus_set_schema_mode(bus, "mkt.none", SHMBUS_SCHEMA_NONE), SHMBUS_E_NOT_FOUND);
+  /* the refused calls changed nothing: still backward */
+  CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, br, nb, SHMBUS_SCHEMA_CHECK_ONLY, &ver),
+           SHMBUS_E_INCOMPATIBLE);
+  CHECK_RC(shmbus_set_schema_mode(bus, "mkt.quotes", SHMBUS_SCHEMA_NONE), SHMBUS_OK);
+  CHECK_RC(shmbus_set_schema_mode(bus, "mkt.quotes", SHMBUS_SCHEMA_NONE), SHMBUS_OK); /* idempotent */
+  CHECK_RC(shmbus_register_schema(bus, "mkt.quotes", kQuote, br, nb, 0, &ver), SHMBUS_OK);
+  CHECK(ver == 3);
+  CHECK_RC(shmbus_set_schema_mode(bus, "mkt.quotes", SHMBUS_SCHEMA_BACKWARD), SHMBUS_OK);
+
+  /* ---- another uid may not change it ---- */
+  shmbus_topic_config_t open_cfg = cfg;
+  open_cfg.mode = 0666; /* anyone may publish and subscribe */
+  REQUIRE_OK(shmbus_topic_create(bus, "mkt.open", &open_cfg));
+  REQUIRE_OK(shmbus_register_schema(bus, "mkt.open", kQuote, v1, n1, 0, &ver));
+  if (geteuid() != 0) {
+    fprintf(stderr, "c_schema_test: not root: the second-uid part is skipped\n");
+  } else {
+    /* uid 65534 reaches the socket through the test's directory (no more) */
+    CHECK(chmod(dir, 0711) == 0);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+      failures = 0; /* this process's own checks */
+      if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(100);
+      shmbus_bus_t* other = NULL;
+      int rc = shmbus_bus_connect(sock_path, &other);
+      if (rc != SHMBUS_OK) {
+        fprintf(stderr, "uid 65534: connect: %d %s\n", rc, shmbus_last_error());
+        _exit(101);
+      }
+      CHECK_RC(shmbus_set_schema_mode(other, "mkt.open", SHMBUS_SCHEMA_NONE), SHMBUS_E_PERMISSION_DENIED);
+      CHECK(strstr(shmbus_last_error(), "only the topic's owner or root may change the schema mode") != NULL);
+      CHECK_RC(shmbus_set_schema_mode(other, "mkt.quotes", SHMBUS_SCHEMA_NONE), SHMBUS_E_NOT_FOUND);
+      shmbus_bus_close(other);
+      fflush(stderr);
+      _exit(failures ? 1 : 0);
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  /* still backward: the broken one is refused on mkt.open */
+  CHECK_RC(shmbus_register_schema(bus, "mkt.open", kQuote, br, nb, 0, &ver), SHMBUS_E_INCOMPATIBLE);
 
   shmbus_bus_close(bus);
   free(v1);

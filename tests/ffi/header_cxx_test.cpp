@@ -37,6 +37,9 @@ static_assert(sizeof(shmbus_group_stats_t) == 72);
 static_assert(offsetof(shmbus_group_stats_t, member_id) == 56);
 static_assert(offsetof(shmbus_group_stats_t, assigned) == 68);
 static_assert(SHMBUS_FLUSH_NONE == 0 && SHMBUS_FLUSH_INTERVAL == 1 && SHMBUS_FLUSH_BATCH == 2);
+// ABI 1.7: schema modes (the values of the protocol's SchemaMode).
+static_assert(SHMBUS_SCHEMA_BACKWARD == 0 && SHMBUS_SCHEMA_FORWARD == 1 && SHMBUS_SCHEMA_FULL == 2 &&
+              SHMBUS_SCHEMA_NONE == 3);
 static_assert(SHMBUS_E_EMPTY <= -10000 && SHMBUS_E_UNSUPPORTED <= -10000);
 
 int main() {

@@ -112,6 +112,12 @@ class Bus {
   // Schema registry (shmbusd): registers `nodes` for `topic` (publish access needed),
   // or with check_only says whether it would be accepted. Returns the version.
   uint32_t register_schema(const std::string& topic, const SchemaNodes& nodes, bool check_only = false);
+  // Schema registry (shmbusd): sets `topic`'s compatibility mode (the topic's owner or
+  // root only; the stored versions stay, the next registration is checked under the
+  // new mode; saved with the topic's settings). Throws Error: permission_denied for
+  // another uid with access, not_found for no such topic (or no access),
+  // invalid_argument for a mode outside TopicConfig::SchemaMode or a direct bus.
+  void set_schema_mode(const std::string& topic, TopicConfig::SchemaMode mode);
 
   Publisher publisher(const std::string& topic, const PublisherOptions& opts);
   Publisher publisher(const std::string& topic);

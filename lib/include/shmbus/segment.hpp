@@ -151,6 +151,14 @@ class SegmentProvider {
                                    bool /*check_only*/) {
     throw Error(ErrorCode::invalid_argument, "the schema registry needs shmbusd (Bus::connect)");
   }
+  // Schema registry: changes how the next schema presented for `topic` is checked
+  // (request setSchemaMode; the stored versions stay). Throws Error (permission_denied:
+  // not the topic's owner or root; not_found: no such topic or no access;
+  // invalid_argument: a mode outside the enum, or no daemon).
+  virtual void set_schema_mode(const std::string& /*topic*/, TopicConfig::SchemaMode /*mode*/) {
+    throw Error(ErrorCode::invalid_argument,
+                "changing a topic's schema mode needs shmbusd (Bus::connect): a direct bus has no registry");
+  }
   // Consumer groups (shmbusd): groupJoin (member ignored), groupSync, groupLeave (the
   // reply is empty) over this provider's connection, which is the member. Throws
   // Error (not_found: no such member on this connection, join again).

@@ -57,6 +57,15 @@ pub const SHMBUS_FLUSH_BATCH: u32 = 2;
 pub const SHMBUS_SCHEMA_CHECK_ONLY: u32 = 1;
 /// `shmbus_register_schema` flag: present as a subscriber (checked, never stored).
 pub const SHMBUS_SCHEMA_SUBSCRIBER: u32 = 2;
+/// `shmbus_set_schema_mode` mode: a new version reads what the latest stored wrote
+/// (a topic's default; SHMBUS_1.7).
+pub const SHMBUS_SCHEMA_BACKWARD: c_int = 0;
+/// `shmbus_set_schema_mode` mode: the latest stored version reads what a new one writes.
+pub const SHMBUS_SCHEMA_FORWARD: c_int = 1;
+/// `shmbus_set_schema_mode` mode: both ways, against every stored version.
+pub const SHMBUS_SCHEMA_FULL: c_int = 2;
+/// `shmbus_set_schema_mode` mode: any well-formed schema is stored.
+pub const SHMBUS_SCHEMA_NONE: c_int = 3;
 
 pub const SHMBUS_ENVELOPE_SCHEMA_ID: u64 = 0xe8ba_f312_b14f_45c0;
 pub const SHMBUS_MAX_REPLY_TO: usize = 255;
@@ -551,6 +560,12 @@ extern "C" {
         len: usize,
         flags: u32,
         version: *mut u32,
+    ) -> c_int;
+    // ---- schema mode (SHMBUS_1.7) ----
+    pub fn shmbus_set_schema_mode(
+        bus: *mut shmbus_bus_t,
+        topic: *const c_char,
+        mode: c_int,
     ) -> c_int;
     pub fn shmbus_publisher_wait_durable(
         publisher: *mut shmbus_publisher_t,

@@ -72,7 +72,7 @@ pub use request::{
     Reply, Request, Requester, RequesterOptions, RequesterStats, Responder, ResponderStats,
     Response, STATUS_FAILED,
 };
-pub use schema::Schema;
+pub use schema::{Schema, SchemaMode};
 pub use subscriber::{
     default_reader_options, Batch, BatchIter, Message, MessageReader, Start, Subscriber,
     SubscriberOptions, SubscriberStats, View,

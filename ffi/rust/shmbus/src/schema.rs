@@ -3,7 +3,7 @@
 //! "Schema registry").
 
 use std::collections::BTreeMap;
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 
 use capnp::introspect::{Introspect, Type, TypeVariant};
 use capnp::schema::{EnumSchema, StructSchema};
@@ -126,5 +126,54 @@ impl Bus {
     /// storing nothing.
     pub fn check_schema(&self, topic: &str, schema: &Schema) -> Result<u32> {
         present(self.handle(), topic, schema, sys::SHMBUS_SCHEMA_CHECK_ONLY)
+    }
+}
+
+/// How a topic's registry checks a new schema version against the stored ones
+/// (docs/messaging.md, "Schema registry"); set with [`Bus::set_schema_mode`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchemaMode {
+    /// A new version must read what the latest stored one wrote (a topic's default).
+    #[default]
+    Backward,
+    /// The latest stored version must read what a new one writes.
+    Forward,
+    /// Both ways, against every stored version.
+    Full,
+    /// Any well-formed schema is stored.
+    None,
+    /// A raw `SHMBUS_SCHEMA_*` value this crate does not name (the library refuses
+    /// one it does not know with [`Error::InvalidArgument`]).
+    Other(i32),
+}
+
+impl SchemaMode {
+    fn to_raw(self) -> c_int {
+        match self {
+            SchemaMode::Backward => sys::SHMBUS_SCHEMA_BACKWARD,
+            SchemaMode::Forward => sys::SHMBUS_SCHEMA_FORWARD,
+            SchemaMode::Full => sys::SHMBUS_SCHEMA_FULL,
+            SchemaMode::None => sys::SHMBUS_SCHEMA_NONE,
+            SchemaMode::Other(v) => v,
+        }
+    }
+}
+
+impl Bus {
+    /// Sets `topic`'s schema mode, as `shmbus schema mode` does: the stored versions
+    /// stay, the next schema presented is checked under the new mode, and the mode is
+    /// saved with the topic's settings (a daemon restart keeps it). Only the topic's
+    /// owner, root or the daemon's uid may: [`Error::PermissionDenied`] for another
+    /// uid, even one allowed to publish; [`Error::NotFound`] for no such topic (or no
+    /// access); [`Error::InvalidArgument`] for a mode the library does not know;
+    /// [`Error::Unsupported`] on a bus without a daemon.
+    pub fn set_schema_mode(&self, topic: &str, mode: SchemaMode) -> Result<()> {
+        let t = cstring(topic)?;
+        // SAFETY: the bus handle is live (self holds it); t is a valid C string for
+        // the call, which keeps no pointer to it.
+        check(unsafe {
+            sys::shmbus_set_schema_mode(self.handle().as_ptr(), t.as_ptr(), mode.to_raw())
+        })
     }
 }

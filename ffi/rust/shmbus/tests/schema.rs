@@ -2,11 +2,13 @@
 //! presented at open; a version that breaks the stored one is refused naming the
 //! field and the rule, for a publisher and a subscriber; a compatible evolution
 //! becomes version 2 and the old version still opens; a direct bus has no registry.
+//! The schema mode: backward to none lets a refused version in, none to backward
+//! refuses what none accepted.
 use std::path::PathBuf;
 use std::process::Command;
 
 use shmbus::market_capnp::{order, quote};
-use shmbus::{Bus, Error, PublisherOptions, Schema, SubscriberOptions, TopicConfig};
+use shmbus::{Bus, Error, PublisherOptions, Schema, SchemaMode, SubscriberOptions, TopicConfig};
 
 const QUOTE_ID: u64 = 0xb38b_6b0d_fca2_4490;
 
@@ -135,6 +137,67 @@ fn registry_refuses_an_incompatible_schema_and_takes_an_evolution() {
         bus.register_schema("rs.schema", &empty),
         Err(Error::InvalidArgument(_))
     ));
+    drop(bus);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn schema_mode_change_takes_effect() {
+    let quote = Schema::of::<quote::Owned>().unwrap();
+    let broken = Schema {
+        root_id: QUOTE_ID,
+        nodes: compile("market_broken.capnp"),
+    };
+
+    let direct = Bus::open_direct(&format!("shmbus-rs-schemamode-{}", std::process::id())).unwrap();
+    assert!(
+        matches!(
+            direct.set_schema_mode("rs.mode", SchemaMode::None),
+            Err(Error::Unsupported(_))
+        ),
+        "a direct bus has no registry"
+    );
+    drop(direct);
+
+    let dir = std::env::temp_dir().join(format!("shmbus-rs-schemamode-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bus = Bus::open_embedded(Some(&dir)).unwrap();
+    let cfg = TopicConfig {
+        capacity: 1 << 16,
+        schema_id: QUOTE_ID,
+        ..TopicConfig::default()
+    };
+
+    // backward -> none: the Quote backward refuses is stored.
+    bus.create_topic("rs.mode", &cfg).unwrap();
+    assert_eq!(bus.register_schema("rs.mode", &broken).unwrap(), 1);
+    incompatible_naming(
+        bus.register_schema("rs.mode", &quote),
+        "field 'bidPx' @1 changed type Text -> Int64 (backward)",
+    );
+    assert!(matches!(
+        bus.set_schema_mode("rs.mode", SchemaMode::Other(4)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        bus.set_schema_mode("rs.nosuch", SchemaMode::None),
+        Err(Error::NotFound(_))
+    ));
+    bus.set_schema_mode("rs.mode", SchemaMode::None).unwrap();
+    assert_eq!(bus.register_schema("rs.mode", &quote).unwrap(), 2);
+
+    // none -> backward: what none accepted is refused again.
+    bus.create_topic("rs.mode.back", &cfg).unwrap();
+    bus.set_schema_mode("rs.mode.back", SchemaMode::None)
+        .unwrap();
+    assert_eq!(bus.register_schema("rs.mode.back", &quote).unwrap(), 1);
+    assert_eq!(bus.check_schema("rs.mode.back", &broken).unwrap(), 2);
+    bus.set_schema_mode("rs.mode.back", SchemaMode::default())
+        .unwrap();
+    incompatible_naming(
+        bus.check_schema("rs.mode.back", &broken),
+        "field 'bidPx' @1 changed type Int64 -> Text (backward)",
+    );
     drop(bus);
     let _ = std::fs::remove_dir_all(&dir);
 }
