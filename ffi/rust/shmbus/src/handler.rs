@@ -79,7 +79,7 @@ use crate::publisher::{Publisher, PublisherOptions};
 use crate::subscriber::{Message, Subscriber, SubscriberOptions};
 
 #[cfg(feature = "tokio")]
-pub use crate::handler_async::{AsyncHandlerRunner, AsyncStopper};
+pub use crate::handler_async::{AsyncBridge, AsyncHandlerRunner, AsyncStopper};
 
 /// The frame schema id of a dead letter: the Cap'n Proto type id of
 /// `lib/schema/envelope.capnp`'s `DeadLetter`.

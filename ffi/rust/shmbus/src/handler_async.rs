@@ -16,8 +16,8 @@ use crate::async_sub::OwnedMessage;
 use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::handler::{
-    panic_outcome, timeout_outcome, BreakerState, Handler, HandlerOptions, HandlerRunner,
-    HandlerStats, Outcome,
+    panic_outcome, timeout_outcome, BreakerState, Handler, HandlerBuilder, HandlerOptions,
+    HandlerRunner, HandlerStats, Identity, Layer, Outcome,
 };
 use crate::interrupt::Interrupter;
 use crate::subscriber::Message;
@@ -62,15 +62,25 @@ struct Shared {
     panics: AtomicU64,
 }
 
-/// The blocking runner's handler on the runner's thread: hands each attempt to the
-/// task and waits (asleep) for its outcome, firing the deadline when it is over.
-struct Bridge {
+/// The handler an [`AsyncHandlerRunner`]'s layers wrap
+/// ([`AsyncHandlerRunner::with_layers`]): on the runner's thread it hands each
+/// attempt to the task that awaits [`AsyncHandlerRunner::run`] and waits (asleep)
+/// for its outcome, firing the attempt's deadline when it is over.
+pub struct AsyncBridge {
     tx: mpsc::Sender<Attempt>,
     limit: Option<Duration>,
     stop: Arc<AtomicBool>,
 }
 
-impl Bridge {
+impl std::fmt::Debug for AsyncBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncBridge")
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncBridge {
     fn gone(&self) -> Outcome {
         // The task is gone (the run future dropped): stop, leave the message unreleased.
         self.stop.store(true, Ordering::Release);
@@ -78,7 +88,7 @@ impl Bridge {
     }
 }
 
-impl Handler for Bridge {
+impl Handler for AsyncBridge {
     fn call(&self, m: &Message<'_>) -> Outcome {
         let deadline = Arc::new(Deadline::default());
         let (reply, rx) = smpsc::sync_channel(1);
@@ -184,17 +194,50 @@ where
         bus: &Bus,
         topic: &str,
         handler: F,
-        mut opts: HandlerOptions,
+        opts: HandlerOptions,
     ) -> Result<AsyncHandlerRunner<F>> {
+        Self::with_layers(bus, topic, handler, HandlerBuilder::<Identity>::new(), opts)
+    }
+
+    /// As [`new`](Self::new), with `layers` ([`HandlerBuilder`]: `TraceLayer`,
+    /// `MetricsLayer`, `TimeoutLayer`, `RecoverLayer` or your own) around each
+    /// attempt: they run on the runner's thread around the hand-over to the task,
+    /// see the message in the ring with its envelope, and the attempt's outcome as the
+    /// runner gets it (a timeout or a panic of the future included), exactly as around
+    /// a blocking [`HandlerRunner`]'s handler.
+    ///
+    /// ```no_run
+    /// # async fn f() -> shmbus::Result<()> {
+    /// use std::sync::Arc;
+    /// use shmbus::handler::{AsyncHandlerRunner, HandlerBuilder, HandlerMetrics, HandlerOptions,
+    ///                       MetricsLayer, Outcome};
+    /// let bus = shmbus::Bus::connect(None)?;
+    /// let metrics = Arc::new(HandlerMetrics::default());
+    /// let layers = HandlerBuilder::new().layer(MetricsLayer::new(metrics.clone()));
+    /// let runner = AsyncHandlerRunner::with_layers(&bus, "orders",
+    ///     |_m: shmbus::OwnedMessage| async move { Outcome::ack() }, layers, HandlerOptions::default())?;
+    /// # let _ = runner; Ok(()) }
+    /// ```
+    pub fn with_layers<L>(
+        bus: &Bus,
+        topic: &str,
+        handler: F,
+        layers: HandlerBuilder<L>,
+        mut opts: HandlerOptions,
+    ) -> Result<AsyncHandlerRunner<F>>
+    where
+        L: Layer<AsyncBridge>,
+        L::Handler: Handler + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(1);
         let limit = opts.attempt_timeout.take(); // the bridge enforces it (drops the future)
-        let bridge = Bridge {
+        let bridge = AsyncBridge {
             tx,
             limit,
             stop: stop.clone(),
         };
-        let mut runner = HandlerRunner::new(bus, topic, bridge, opts)?;
+        let mut runner = HandlerRunner::new(bus, topic, layers.handler(bridge), opts)?;
         let stopper = AsyncStopper {
             stop: stop.clone(),
             intr: runner.interrupter(),
@@ -205,7 +248,7 @@ where
         let worker = std::thread::Builder::new()
             .name("shmbus-async-handler".into())
             .spawn(move || {
-                let publish = |r: &HandlerRunner<Bridge>| {
+                let publish = |r: &HandlerRunner<L::Handler>| {
                     let mut s = *r.stats();
                     s.timeouts += sh.timeouts.load(Ordering::Relaxed);
                     s.panics += sh.panics.load(Ordering::Relaxed);

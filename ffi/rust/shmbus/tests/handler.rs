@@ -18,8 +18,8 @@ use std::time::Duration;
 use common::TestBus;
 use shmbus::envelope_capnp::dead_letter;
 use shmbus::handler::{
-    attempt_deadline, handler_fn, AsyncHandlerRunner, AttemptRecord, HandlerBuilder, RecoverLayer,
-    TimeoutLayer, TraceLayer, DEAD_LETTER_SCHEMA_ID,
+    attempt_deadline, handler_fn, AsyncHandlerRunner, AttemptRecord, HandlerBuilder,
+    HandlerMetrics, MetricsLayer, RecoverLayer, TimeoutLayer, TraceLayer, DEAD_LETTER_SCHEMA_ID,
 };
 use shmbus::{
     BreakerPolicy, BreakerState, Bus, CircuitBreaker, DedupWindow, DurableConfig, Envelope,
@@ -1359,4 +1359,88 @@ async fn an_async_attempt_is_dropped_at_its_deadline_and_a_panic_is_a_retry() {
         next_letter(&mut dlq),
         ("panic: async boom".to_string(), 2, 2)
     );
+}
+
+// The async runner with layers (C++/Go/Rust parity: the blocking runner's layers):
+// a trace layer and a metrics layer see every attempt of the async handler, with
+// the message's sequence and the outcome the runner got, a retry and a timed-out
+// future included, in order.
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_runner_runs_its_layers_around_every_attempt() {
+    let t = TestBus::new("hasynclayers");
+    let topic = t.topic("t", 1 << 16, Policy::Block);
+    let seen: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
+    let s = seen.clone();
+    let metrics = Arc::new(HandlerMetrics::default());
+    let layers = HandlerBuilder::new()
+        .layer(TraceLayer::named("async", move |r: &AttemptRecord<'_>| {
+            s.lock()
+                .unwrap()
+                .push((r.sequence, format!("{:?} {}", r.outcome.kind, r.handler)))
+        }))
+        .layer(MetricsLayer::new(metrics.clone()));
+    let tries = Arc::new(AtomicU64::new(0));
+    let stop_cell: Arc<Mutex<Option<shmbus::handler::AsyncStopper>>> = Arc::default();
+    let (tr, sc) = (tries.clone(), stop_cell.clone());
+    let o = HandlerOptions {
+        attempt_timeout: Some(Duration::from_millis(300)),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff_ns: 1000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let runner = AsyncHandlerRunner::with_layers(
+        &t.bus,
+        &topic,
+        move |m: OwnedMessage| {
+            let (tr, sc) = (tr.clone(), sc.clone());
+            async move {
+                let i = u64_of(m.data());
+                let n = tr.fetch_add(1, Ordering::SeqCst);
+                if i == 2 && n == 1 {
+                    return Outcome::retry("once", 0, None);
+                }
+                if i == 3 && n == 3 {
+                    // never ready: dropped at the attempt's deadline
+                    std::future::pending::<()>().await;
+                }
+                if i == 3 {
+                    sc.lock().unwrap().as_ref().unwrap().stop();
+                }
+                Outcome::ack()
+            }
+        },
+        layers,
+        o,
+    )
+    .unwrap();
+    *stop_cell.lock().unwrap() = Some(runner.stopper());
+    // (after the runner subscribed: it starts at the tail)
+    let mut p = t.bus.publisher(&topic, &Default::default()).unwrap();
+    for i in 1..=3u64 {
+        p.offer(&i.to_le_bytes(), i, 0).unwrap();
+    }
+    let stats = match tokio::time::timeout(Duration::from_secs(60), runner.run()).await {
+        Ok(r) => r.unwrap(),
+        Err(_) => panic!(
+            "not done within 60 s: tries {} seen {:?}",
+            tries.load(Ordering::SeqCst),
+            seen.lock().unwrap()
+        ),
+    };
+    assert_eq!((stats.acked, stats.retries, stats.timeouts), (3, 2, 1));
+    let seen = seen.lock().unwrap().clone();
+    let seqs: Vec<u64> = seen.iter().map(|(q, _)| *q).collect();
+    assert_eq!(seqs, vec![1, 2, 2, 3, 3], "{seen:?}");
+    assert!(seen.iter().all(|(_, w)| w.ends_with(" async")), "{seen:?}");
+    assert!(seen[1].1.starts_with("Retry"), "{seen:?}");
+    assert!(
+        seen[3].1.starts_with("Retry"),
+        "the timed-out attempt: {seen:?}"
+    );
+    assert_eq!(metrics.attempts.load(Ordering::Relaxed), 5);
+    assert_eq!(metrics.retries.load(Ordering::Relaxed), 2);
+    assert_eq!(metrics.acks.load(Ordering::Relaxed), 3);
 }
