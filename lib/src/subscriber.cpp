@@ -322,6 +322,11 @@ Status Subscriber::log_poll(View& out) {
     c.active = false;
     c.ring_from = at;
     r_.seek(at);
+    // [from, at) holds padding, or a gap just reported: with every view read from
+    // the log released, the cursor moves to `at` now. Left below the ring it would
+    // hold the producer until the next ring message is released, and with nothing
+    // in the ring yet nobody would move it (the producer waits for us, we for it).
+    if (at > r_.released() && r_.released() >= c.from) r_.release_to(at);
     if (gap) {
       c.gap_reported = true;
       ++stats_.lapped;
@@ -459,12 +464,21 @@ void Subscriber::release(const View& v) {
     return;
   }
   if (!open_ || !v) return;
+  uint64_t pos = v.next_position();
   if (catchup_) [[unlikely]] {
     catchup_->arena.release(v.sequence());
-    // Past the hand-over: every log view is released, the reader can go.
-    if (!catchup_->active && v.position() >= catchup_->ring_from) catchup_.reset();
+    if (!catchup_->active) {
+      if (v.position() >= catchup_->ring_from) {
+        catchup_.reset();  // past the hand-over: every log view is released, the reader can go
+      } else if (pos >= catchup_->from && catchup_->ring_from > pos) {
+        // The last view read from the log, released after the hand-over: [from,
+        // ring_from) holds padding (or a reported gap), so the cursor goes to
+        // ring_from (else it would hold the producer below the ring: see log_poll).
+        pos = catchup_->ring_from;
+      }
+    }
   }
-  r_.release_deferred(v.next_position());
+  r_.release_deferred(pos);
 }
 
 void Subscriber::release_all() {

@@ -24,6 +24,7 @@
 
 #include "../daemon/daemon_util.hpp"
 #include "market.capnp.h"
+#include "shmbus/daemon_client.hpp"
 #include "shmbus/group.hpp"
 #include "shmbus/handler.hpp"
 #include "shmbus/message.hpp"
@@ -825,6 +826,19 @@ TEST_CASE("a group member whose committed position is in no log says lapped, the
   GroupSubscriber m2 = bus.group_subscriber(topic, "g", {});
   GroupView v;
   REQUIRE(m2.poll_wait(v, 10'000'000'000) == Status::lapped);
+  {
+    // The member's cursor left the lost positions behind: committed where the
+    // producer stands (the archiver had all of it), not below the ring, where it
+    // would hold the producer with nothing in the ring to read (a stall, seen under
+    // ASan once the producer refreshed its limit).
+    auto c = DaemonClient::connect({dm.d.sock});
+    auto d = c->call([&](proto::Request::Builder r) { r.setDescribeTopic(topic); });
+    uint64_t committed = 0;
+    for (auto rec : d.get().getTopic().getDurable())
+      if (rec.getName() == GroupSubscriber::durable_name("g")) committed = rec.getPosition();
+    auto st = c->call([&](proto::Request::Builder r) { r.setStat(topic); });
+    CHECK(committed == st.get().getStats()[0].getPartitions()[0].getProducerPosition());
+  }
   // On from the ring: whatever it still holds, then live, consecutive.
   for (uint64_t i = n + 1; i <= n + 100; ++i) REQUIRE(publish_one(pub, i) == i);
   REQUIRE(m2.poll_wait(v, 10'000'000'000) == Status::ok);
