@@ -39,7 +39,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   r.wake = &c->wake;
   r.capacity = kCap;
   r.slot_count = kSlots;
-  std::memcpy(r.ring, data, size < kCap ? size : kCap);
+  if (size) std::memcpy(r.ring, data, size < kCap ? size : kCap);  // data may be null when size is 0
 
   shm::RingReader rd;
   if (!rd.join(r, 1, /*tethered=*/true)) __builtin_trap();
