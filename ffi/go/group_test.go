@@ -412,7 +412,16 @@ func TestGroupWithACxxMember(t *testing.T) {
 		}
 	}
 	if c := countSeen(r.seen, n); c != n {
-		t.Fatalf("%d of %d messages seen (the C++ member read %d)", c, n, cxxRead)
+		// What this member holds and saw, to tell a lost assignment from a stuck read.
+		st, serr := m.Stats()
+		missing := []uint64{}
+		for i := 0; i < n && len(missing) < 8; i++ {
+			if !r.seen[i] {
+				missing = append(missing, uint64(i))
+			}
+		}
+		t.Fatalf("%d of %d messages seen (the C++ member read %d); this member holds %s, read up to %v per partition, stats %+v (%v), the C++ member holds %s; first missing %v",
+			c, n, cxxRead, r.held(t), r.last, st, serr, cxx.heldNow(), missing)
 	}
 	if cxxRead == 0 || cxxRead == n {
 		t.Fatalf("the C++ member read %d of %d: not a split", cxxRead, n)
