@@ -26,6 +26,7 @@ struct Subscriber::LogCatchup {
   bool active = false;         // reading the log (false: back on the ring)
   bool armed = false;          // the end of the log was seen once (the hand-over rule)
   uint64_t archiver_pos = 0;   // read before the log was checked the second time
+  bool archiver = false;       // an archiver slot existed then
   uint64_t ring_from = ~0ull;  // views below this position came from the log
   bool covered = false;        // the log reached our position (a record of this ring at or below it)
   bool gap_reported = false;   // a hole in the log was reported (lapped) once
@@ -293,17 +294,15 @@ Status Subscriber::log_poll(View& out) {
       // The archiver's position, read BEFORE the log is checked once more: every
       // data frame below it reached the log before the archiver released it, so if
       // the log has nothing new, [from, archiver) holds padding only.
-      c.archiver_pos = spill::archiver_position(r);
+      c.archiver_pos = spill::archiver_position(r, &c.archiver);
       c.armed = true;
       continue;
     }
     c.armed = false;
-    bool archiver = true;
-    spill::archiver_position(r, &archiver);
     uint64_t at = c.from;
     bool gap = false;
     if (r_.lapped_at(at)) {
-      if (!archiver) {
+      if (!c.archiver) {
         // Nobody archives the topic (the daemon's archiver is stopped): what the
         // ring lost is not in the log. Continue at the tail; the sequences show the gap.
         c.active = false;
