@@ -29,7 +29,7 @@ BUILD_DIR=${BUILD_DIR:-$repo/build}
 case "$BUILD_DIR" in /*) ;; *) BUILD_DIR=$repo/$BUILD_DIR ;; esac
 
 runs=5 count=2000000 lat_count=100000 rate=100000 json=0 out="" cpus=0,1 nice=-20
-pairs="cpp:cpp go:go rust:rust go:rust rust:go cpp:go cpp:rust go:cpp rust:cpp cpp:go-single cpp-batch:cpp go-batch:cpp rust-batch:cpp go-inplace-batch:cpp"
+pairs="cpp:cpp go:go rust:rust go:rust rust:go cpp:go cpp:rust go:cpp rust:cpp cpp:go-single cpp-batch:cpp go-batch:cpp rust-batch:cpp go-inplace-batch:cpp rust-inplace-batch:cpp"
 orig_args=("$@")
 declare -A XBIN=()
 while [ $# -gt 0 ]; do
@@ -81,16 +81,18 @@ fi
 
 declare -A BIN=([cpp]=$BUILD_DIR/bench/lang/shmbus-lang-bench-cpp [go]=$bin/xlang-go
                 [go-single]=$bin/xlang-go [go-batch]=$bin/xlang-go [go-inplace-batch]=$bin/xlang-go [rust]=$bin/xlang-rust
-                [rust-batch]=$bin/xlang-rust [cpp-batch]=$BUILD_DIR/bench/lang/shmbus-lang-bench-cpp)
+                [rust-batch]=$bin/xlang-rust [rust-inplace-batch]=$bin/xlang-rust
+                [cpp-batch]=$BUILD_DIR/bench/lang/shmbus-lang-bench-cpp)
 # go-single: a Go consumer polling one message per cgo call; go-batch: a Go producer
 # building in Go memory and publishing 64 messages per cgo call (OfferPacked);
 # rust-batch: the same in Rust (offer_packed); cpp-batch: the same in C++ (offer_batch),
 # the baseline of the batched producers; go-inplace-batch: a Go producer claiming 64
 # frames at once and building each in ring memory (ClaimBatch + BatchRoot, one Commit
-# per 64: one cgo call per 64 messages, no copy).
+# per 64: one cgo call per 64 messages, no copy); rust-inplace-batch: the same in Rust
+# (claim_batch + ClaimBatch::init_root per frame, one commit_messages per 64).
 declare -A EXTRA=([go-single]=--single)
 declare -A PEXTRA=([go-batch]="--batch 64" [rust-batch]="--batch 64" [cpp-batch]="--batch 64"
-                   [go-inplace-batch]="--inplace-batch 64")
+                   [go-inplace-batch]="--inplace-batch 64" [rust-inplace-batch]="--inplace-batch 64")
 for k in "${!XBIN[@]}"; do BIN[$k]=${XBIN[$k]}; done
 
 # ---- machine ------------------------------------------------------------------------

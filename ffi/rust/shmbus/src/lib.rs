@@ -24,8 +24,9 @@
 //!
 //! Lifetimes: a [`View`] or [`Batch`] borrows its [`Subscriber`] mutably, and every
 //! byte slice or Cap'n Proto reader borrows the view, so nothing read from the ring
-//! can be used after the view is released or the subscriber closed. A [`Claim`] or
-//! [`MessageClaim`] borrows its [`Publisher`] the same way.
+//! can be used after the view is released or the subscriber closed. A [`Claim`],
+//! [`MessageClaim`] or [`ClaimBatch`] borrows its [`Publisher`] the same way, and
+//! the Cap'n Proto builders built in its ring memory borrow the claim.
 //!
 //! Threads: [`Bus`] is `Send + Sync`; [`Publisher`] and [`Subscriber`] are `Send`
 //! but not `Sync` (one thread at a time, as the C ABI requires).

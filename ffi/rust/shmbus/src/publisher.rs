@@ -88,11 +88,25 @@ pub struct Publisher {
     _bus: Arc<BusHandle>,
     fallbacks: u64,
     intr: Interrupter,
+    scratch: BatchScratch,
+}
+
+/// The vectors of the last [`ClaimBatch`], kept empty (with their capacity) for the
+/// next one: a batch then allocates nothing of its own (a few KiB allocated per
+/// batch made the allocator consolidate the small frees of the frames' builders).
+#[derive(Default)]
+struct BatchScratch {
+    frames: Vec<sys::shmbus_claim_t>,
+    uses: Vec<FrameUse>,
+    words: Vec<u32>,
 }
 
 // SAFETY: the C ABI allows a publisher handle to be used from any thread, one thread
 // at a time. Moving the owner to another thread keeps that: there is still exactly
-// one owner. It is deliberately not Sync (NonNull already makes it !Sync).
+// one owner. The batch scratch holds no builder and no live claim then: a ClaimBatch
+// borrows the publisher mutably and empties the vectors before giving them back (a
+// stale claim's raw pointers are only overwritten later). It is deliberately not
+// Sync (NonNull already makes it !Sync).
 unsafe impl Send for Publisher {}
 
 impl Drop for Publisher {
@@ -133,6 +147,7 @@ impl Publisher {
             _bus: bus,
             fallbacks: 0,
             intr: Interrupter::publisher(raw),
+            scratch: BatchScratch::default(),
         })
     }
 
@@ -204,7 +219,9 @@ impl Publisher {
         if n == 0 {
             return Err(Error::InvalidArgument("claim_batch of 0 frames".into()));
         }
-        let mut frames = vec![sys::shmbus_claim_t::default(); n];
+        let mut frames = std::mem::take(&mut self.scratch.frames);
+        frames.clear();
+        frames.resize(n, sys::shmbus_claim_t::default());
         // SAFETY: raw is live and used by this thread only (&mut self); frames has n
         // writable entries.
         let rc = unsafe {
@@ -219,13 +236,19 @@ impl Publisher {
                 )
             }
         };
-        check(rc)?;
+        if let Err(e) = check(rc) {
+            self.scratch.frames = frames;
+            return Err(e);
+        }
         if frames.iter().any(|c| c.data.is_null()) {
             return Err(Error::Internal("claim_n returned OK and NULL data".into()));
         }
+        let uses = std::mem::take(&mut self.scratch.uses);
+        debug_assert!(uses.is_empty());
         Ok(ClaimBatch {
             publisher: self,
             frames,
+            uses,
             done: false,
         })
     }
@@ -409,12 +432,60 @@ impl Drop for Claim<'_> {
 }
 
 /// An open multi-frame claim ([`Publisher::claim_batch`]): `len()` frames of zeroed,
-/// writable ring memory, published together by [`commit`](ClaimBatch::commit).
-/// Dropping it without committing aborts all of it (readers skip it).
+/// writable ring memory, published together. Either raw bytes per frame
+/// ([`frame_mut`](ClaimBatch::frame_mut), then [`commit`](ClaimBatch::commit)) or a
+/// Cap'n Proto message built in place per frame ([`init_root`](ClaimBatch::init_root),
+/// then [`commit_messages`](ClaimBatch::commit_messages)):
+///
+/// ```no_run
+/// use shmbus::market_capnp::quote;
+/// # fn f(publisher: &mut shmbus::Publisher) -> shmbus::Result<()> {
+/// let mut b = publisher.claim_batch(64, 64)?;     // 64 frames, one ring claim
+/// let ids: Vec<u64> = (1..=64).collect();
+/// for i in 0..b.len() {
+///     let mut q = b.init_root::<quote::Builder>(i); // built in frame i's ring memory
+///     q.set_seq(ids[i]);
+/// }
+/// b.commit_messages_as::<quote::Reader>(64, Some(&ids))?; // all 64 at once, no copy
+/// # Ok(()) }
+/// ```
+///
+/// Dropping it without committing aborts all of it (readers skip it). The builders
+/// borrow the batch, so none can be used after the commit or abort.
 pub struct ClaimBatch<'p> {
     publisher: &'p mut Publisher,
     frames: Vec<sys::shmbus_claim_t>,
+    // Empty until a frame is handed out (frame_mut, init_root, get_root); then one
+    // entry per frame.
+    uses: Vec<FrameUse>,
     done: bool,
+}
+
+/// What a frame of a [`ClaimBatch`] has been used for.
+enum FrameUse {
+    /// Untouched: zeroed ring memory, as the library handed it out.
+    Fresh,
+    /// Handed out as bytes ([`ClaimBatch::frame_mut`]): may hold anything.
+    Raw,
+    /// A Cap'n Proto message built in place: the builder's first segment is the
+    /// frame past its 8-byte segment table. (The allocator's lifetime is a marker
+    /// only; the batch never hands the builder out, and drops it before the batch
+    /// ends.)
+    Message(capnp::message::Builder<RingAllocator<'static>>),
+}
+
+/// The words of `b`'s message when it is one segment at `c.data + 8` (so inside the
+/// frame: the allocator hands out no more of the frame than it has); None otherwise.
+fn frame_segment_words(
+    b: &capnp::message::Builder<RingAllocator<'_>>,
+    c: &sys::shmbus_claim_t,
+) -> Option<u32> {
+    let segs = b.get_segments_for_output();
+    if segs.len() == 1 && !segs[0].is_empty() && ptr::eq(segs[0].as_ptr(), c.data.wrapping_add(8)) {
+        u32::try_from(segs[0].len() / 8).ok()
+    } else {
+        None
+    }
 }
 
 impl ClaimBatch<'_> {
@@ -429,14 +500,83 @@ impl ClaimBatch<'_> {
     }
 
     /// Frame i's bytes (zeroed by the library, 8-byte aligned). Panics when i is out
-    /// of range.
+    /// of range. A message built in frame i ([`init_root`](Self::init_root)) is
+    /// dropped: the frame holds bytes now (a later `init_root` starts over on a
+    /// zeroed frame).
     pub fn frame_mut(&mut self, i: usize) -> &mut [u8] {
-        let c = &self.frames[i];
+        let c = self.frames[i];
+        *self.use_mut(i) = FrameUse::Raw;
         // SAFETY: the library hands out c.size writable bytes at c.data for each
         // frame, disjoint from the other frames, valid until commit/abort; both
         // consume the batch, and the slice borrows it mutably, so it can neither
-        // outlive the batch nor alias another frame's slice.
+        // outlive the batch nor alias another frame's slice or a builder's use of
+        // the frame (a builder is only reachable through &mut self as well, and
+        // frame i's builder is gone: dropped above, which never touches the frame).
         unsafe { std::slice::from_raw_parts_mut(c.data, c.size as usize) }
+    }
+
+    fn use_mut(&mut self, i: usize) -> &mut FrameUse {
+        if self.uses.is_empty() {
+            self.uses.resize_with(self.frames.len(), || FrameUse::Fresh);
+        }
+        &mut self.uses[i]
+    }
+
+    /// Frame i's builder, made on first use over the frame (zeroed first when it
+    /// was handed out as bytes).
+    fn message_mut(&mut self, i: usize) -> &mut capnp::message::Builder<RingAllocator<'static>> {
+        let c = self.frames[i];
+        let u = self.use_mut(i);
+        if !matches!(u, FrameUse::Message(_)) {
+            if matches!(u, FrameUse::Raw) {
+                // SAFETY: c.data has c.size writable bytes of this open batch (see
+                // frame_mut); no slice of them is alive (frame_mut's borrows
+                // &mut self, as this call does). Zeroing restores what the library
+                // handed out: the allocator's contract (zeroed segments) and the
+                // clean commit's (nothing past the message written) both need it.
+                unsafe { ptr::write_bytes(c.data, 0, c.size as usize) };
+            }
+            *u = FrameUse::Message(capnp::message::Builder::new(RingAllocator::over(
+                c.data, c.size,
+            )));
+        }
+        match u {
+            FrameUse::Message(b) => b,
+            _ => unreachable!("frame {i} holds a builder"),
+        }
+    }
+
+    /// Initializes frame i's message with a root of type `T` (e.g.
+    /// `market_capnp::quote::Builder`), built in place: the builder's first segment
+    /// is the frame's ring memory past the 8-byte segment table, the rules of
+    /// [`Publisher::claim_message`]. Calling it again for frame i starts a new root
+    /// in the same message; building another frame meanwhile is fine (each frame
+    /// keeps its message until the commit). Panics when i is out of range.
+    ///
+    /// A message that outgrows its frame goes on in heap memory; unlike a single
+    /// [`MessageClaim`] it cannot be copied instead (the frames are one claim), so
+    /// [`commit_messages`](Self::commit_messages) refuses it: check
+    /// [`in_place`](Self::in_place), and size the frames for the largest message.
+    pub fn init_root<'a, T: FromPointerBuilder<'a>>(&'a mut self, i: usize) -> T {
+        self.message_mut(i).init_root()
+    }
+
+    /// Frame i's root as `T`: the one [`init_root`](Self::init_root) made, or a new
+    /// one (of default values) when the frame has none yet. Panics when i is out of
+    /// range.
+    pub fn get_root<'a, T: FromPointerBuilder<'a>>(&'a mut self, i: usize) -> Result<T> {
+        Ok(self.message_mut(i).get_root()?)
+    }
+
+    /// Whether frame i holds a message built so far as one segment inside the frame
+    /// (what [`commit_messages`](Self::commit_messages) can publish). False for a
+    /// frame without a message. Panics when i is out of range.
+    pub fn in_place(&self, i: usize) -> bool {
+        let c = &self.frames[i];
+        match self.uses.get(i) {
+            Some(FrameUse::Message(b)) => frame_segment_words(b, c).is_some(),
+            _ => false,
+        }
     }
 
     /// Room of each frame in bytes (may exceed what was asked for).
@@ -452,7 +592,9 @@ impl ClaimBatch<'_> {
     /// Publishes frames `0..used.len()` (frame i with `used[i]` bytes and message id
     /// `message_ids[i]`, or 0 when `message_ids` is `None`) together, with one
     /// timestamp; frames after them are skipped by readers. `used` longer than the
-    /// batch, or a `used[i]` past a frame, aborts the batch.
+    /// batch, or a `used[i]` past a frame, aborts the batch. The raw-bytes commit:
+    /// frames built with [`init_root`](Self::init_root) are published by
+    /// [`commit_messages`](Self::commit_messages), which writes their segment tables.
     pub fn commit(
         mut self,
         used: &[u32],
@@ -482,9 +624,114 @@ impl ClaimBatch<'_> {
         })
     }
 
+    /// Publishes the Cap'n Proto messages of frames `0..k` together, in place (no
+    /// copy), with one timestamp: frame i's committed length is its segment table
+    /// (8 bytes) plus the words its message used, its message id `message_ids[i]`
+    /// (0 when `None`). Frames `k..` are skipped by readers; `k` 0 aborts the batch.
+    ///
+    /// Every frame `0..k` must hold a message ([`init_root`](Self::init_root)) that
+    /// stayed inside its frame ([`in_place`](Self::in_place)); otherwise nothing is
+    /// published, the batch is aborted and the error names the first such frame:
+    /// [`Error::TooLarge`] for a message that outgrew its frame,
+    /// [`Error::InvalidArgument`] for a frame without a message, `k` past the batch
+    /// or fewer message ids than `k`.
+    pub fn commit_messages(
+        mut self,
+        k: usize,
+        message_ids: Option<&[u64]>,
+        schema_id: u64,
+    ) -> Result<()> {
+        self.done = true;
+        let mut words = std::mem::take(&mut self.publisher.scratch.words);
+        words.clear();
+        let bad = if k > self.frames.len() {
+            Some(Error::InvalidArgument(
+                format!(
+                    "commit_messages: k {k} is more than the {} frames claimed",
+                    self.frames.len()
+                )
+                .into(),
+            ))
+        } else if message_ids.is_some_and(|ids| ids.len() < k) {
+            Some(Error::InvalidArgument(
+                "commit_messages: fewer message ids than frames".into(),
+            ))
+        } else {
+            (0..k).find_map(|i| {
+                let c = &self.frames[i];
+                let b = match self.uses.get(i) {
+                    Some(FrameUse::Message(b)) => b,
+                    _ => {
+                        return Some(Error::InvalidArgument(
+                            format!("commit_messages: frame {i} holds no message (init_root)")
+                                .into(),
+                        ))
+                    }
+                };
+                match frame_segment_words(b, c) {
+                    Some(w) => {
+                        words.push(w);
+                        None
+                    }
+                    None => Some(Error::TooLarge(
+                        format!(
+                            "commit_messages: frame {i}'s message ({} words) outgrew its \
+                             frame of {} bytes (8 of them the segment table)",
+                            b.size_in_words(),
+                            c.size
+                        )
+                        .into(),
+                    )),
+                }
+            })
+        };
+        // The builders go first: after the commit their segments belong to readers.
+        // (Dropping one never touches its ring segment, see RingAllocator; this only
+        // keeps them from outliving the claim at all.)
+        self.uses.clear();
+        if let Some(e) = bad {
+            self.publisher.scratch.words = words;
+            // SAFETY: raw is live and exclusively ours; the batch is open.
+            unsafe { sys::shmbus_publisher_abort(self.publisher.raw.as_ptr()) };
+            return Err(e);
+        }
+        let ids = message_ids.map_or(ptr::null(), |ids| ids.as_ptr());
+        // SAFETY: the publisher has this open batch; raw is live and exclusively ours.
+        // Frame i's message was built at frames[i].data + 8 and is words[i] words long,
+        // inside the frame (frame_segment_words); the library writes each segment
+        // table and publishes 8 + 8 * words[i] bytes. words has k entries, ids (when
+        // not null) at least k; both are read during the call only. next_n 0: no
+        // claim after the commit, so next may be null.
+        let rc = unsafe {
+            sys::shmbus_publisher_commit_messages_n(
+                self.publisher.raw.as_ptr(),
+                k,
+                words.as_ptr(),
+                ids,
+                schema_id,
+                0,
+                0,
+                ptr::null_mut(),
+            )
+        };
+        self.publisher.scratch.words = words;
+        check(rc)
+    }
+
+    /// [`commit_messages`](Self::commit_messages) with `schema_id` = `T`'s Cap'n
+    /// Proto type id.
+    pub fn commit_messages_as<T: HasTypeId>(
+        self,
+        k: usize,
+        message_ids: Option<&[u64]>,
+    ) -> Result<()> {
+        self.commit_messages(k, message_ids, T::TYPE_ID)
+    }
+
     /// Drops the batch (readers skip all of it).
     pub fn abort(mut self) -> Result<()> {
         self.done = true;
+        self.uses.clear();
         // SAFETY: raw is live and exclusively ours; the batch is open.
         check(unsafe { sys::shmbus_publisher_abort(self.publisher.raw.as_ptr()) })
     }
@@ -492,10 +739,16 @@ impl ClaimBatch<'_> {
 
 impl Drop for ClaimBatch<'_> {
     fn drop(&mut self) {
+        // No builder outlives the batch (nor goes back to the publisher).
+        self.uses.clear();
         if !self.done {
             // SAFETY: raw is live and exclusively ours; the batch is still open.
             unsafe { sys::shmbus_publisher_abort(self.publisher.raw.as_ptr()) };
         }
+        // The vectors go back, empty, for the next batch.
+        let s = &mut self.publisher.scratch;
+        s.uses = std::mem::take(&mut self.uses);
+        s.frames = std::mem::take(&mut self.frames);
     }
 }
 
@@ -511,13 +764,39 @@ pub struct RingAllocator<'c> {
     _claim: PhantomData<&'c mut [u8]>,
 }
 
+impl RingAllocator<'_> {
+    /// The allocator over a claimed payload of `size` bytes at `data` (zeroed,
+    /// exclusively ours until commit/abort): the ring segment is `data + 8` (past the
+    /// segment table the commit writes). A payload under 16 bytes or misaligned has
+    /// no ring segment (every segment comes from the heap, and the message cannot be
+    /// committed in place).
+    fn over(data: *mut u8, size: u32) -> Self {
+        let usable = size >= 16 && data as usize % 8 == 0;
+        RingAllocator {
+            // (A payload of at least 16 bytes here; wrapping_add needs no unsafe.)
+            ring: if usable {
+                data.wrapping_add(8)
+            } else {
+                ptr::null_mut()
+            },
+            ring_words: if usable { (size - 8) / 8 } else { 0 },
+            first_done: false,
+            heap: HeapAllocator::new(),
+            _claim: PhantomData,
+        }
+    }
+}
+
 // SAFETY: allocate_segment returns either (a) the claimed ring memory: `ring_words`
-// words, 8-byte aligned and zeroed (library contract of shmbus_publisher_claim),
-// exclusively writable by this claim until commit/abort, which cannot happen before
-// the builder that owns this allocator is dropped or consumed (MessageClaim owns
-// both, and commits only after building); or (b) what capnp's HeapAllocator returns,
-// which upholds the contract itself. deallocate_segment passes heap segments back to
-// the HeapAllocator and leaves the ring segment alone.
+// words, 8-byte aligned and zeroed (library contract of shmbus_publisher_claim and
+// claim_n; a ClaimBatch frame handed out as bytes is zeroed again before a builder is
+// made over it), exclusively writable by this claim until commit/abort, which cannot
+// happen before the builder that owns this allocator is done building (MessageClaim
+// owns both, and commits only after building; a ClaimBatch owns its frames' builders,
+// hands out only roots that borrow it, and drops the builders before its commit or
+// abort); or (b) what capnp's HeapAllocator returns, which upholds the contract
+// itself. deallocate_segment passes heap segments back to the HeapAllocator and
+// leaves the ring segment alone.
 unsafe impl Allocator for RingAllocator<'_> {
     fn allocate_segment(&mut self, minimum_size: u32) -> (NonNull<u8>, u32) {
         let first = !self.first_done;
@@ -566,14 +845,7 @@ impl<'p> MessageClaim<'p> {
                 "claim too small or misaligned for a message".into(),
             ));
         }
-        let alloc = RingAllocator {
-            // SAFETY: size >= 16, so data + 8 is inside the claim.
-            ring: unsafe { claim.data.as_ptr().add(8) },
-            ring_words: (claim.size - 8) / 8,
-            first_done: false,
-            heap: HeapAllocator::new(),
-            _claim: PhantomData,
-        };
+        let alloc = RingAllocator::over(claim.data.as_ptr(), claim.size);
         Ok(MessageClaim {
             builder: capnp::message::Builder::new(alloc),
             claim,

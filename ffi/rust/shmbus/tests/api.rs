@@ -720,3 +720,177 @@ fn a_multi_frame_claim_is_published_together_in_order() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn a_multi_frame_claim_builds_capnp_messages_in_place() {
+    let t = TestBus::new("mbuild");
+    let topic = t.topic("md.quotes", MIB, Policy::Fail);
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
+    let quote_id = <quote::Reader as capnp::traits::HasTypeId>::TYPE_ID;
+
+    // 8 frames of 64 bytes: a Quote (segment table + root pointer + 6 data words)
+    // fills one exactly. Built out of order, one revisited after others were built,
+    // one handed out as bytes (and scribbled on) before its message is built.
+    const N: usize = 8;
+    let mut b = publisher.claim_batch(N, 64).unwrap();
+    let first = b.sequence(0);
+    b.frame_mut(2).fill(0xff);
+    for i in (0..N).rev() {
+        assert!(!b.in_place(i), "no message in frame {i} yet");
+        fill_quote(b.init_root::<quote::Builder>(i), 100 + i as u64);
+        assert!(b.in_place(i), "frame {i}'s message is in its ring memory");
+    }
+    b.get_root::<quote::Builder>(5).unwrap().set_bid_qty(55);
+    let ids: Vec<u64> = (0..N as u64).map(|i| 900 + i).collect();
+    b.commit_messages_as::<quote::Reader>(N, Some(&ids))
+        .unwrap();
+
+    for i in 0..N as u64 {
+        let v = sub.poll().unwrap().expect("a frame of the batch");
+        assert_eq!(v.sequence(), first + i);
+        assert_eq!(v.message_id(), 900 + i);
+        assert_eq!(v.schema_id(), quote_id);
+        let data = v.data();
+        assert_eq!(
+            data.len(),
+            8 + 8 * 7,
+            "committed length: segment table + the message's 7 words"
+        );
+        assert_eq!(
+            &data[..8],
+            &[0, 0, 0, 0, 7, 0, 0, 0],
+            "one segment of 7 words"
+        );
+        let r = v.reader().unwrap();
+        let q: quote::Reader = r.get_root().unwrap();
+        let s = 100 + i;
+        assert_eq!(q.get_instrument_id(), (s % 1000) as u32);
+        assert_eq!(q.get_bid_px(), 10_000_000_000 + s as i64);
+        assert_eq!(q.get_ask_px(), 10_000_000_100 + s as i64);
+        assert_eq!(q.get_bid_qty(), if i == 5 { 55 } else { 7 });
+        assert_eq!(q.get_ask_qty(), 9);
+        assert_eq!(q.get_exchange_ts_ns(), s * 1000);
+        assert_eq!(q.get_seq(), s);
+        // Zero copy: the reader's segment is the ring memory the view points at.
+        assert_eq!(
+            r.into_segments().get_segment(0).unwrap().as_ptr(),
+            data[8..].as_ptr()
+        );
+        v.release().unwrap();
+    }
+    assert!(sub.poll().unwrap().is_none());
+
+    // Frames 0..k of a larger claim; the rest is skipped. Without message ids: 0.
+    // Roomy frames: the committed length is what the message used, not the frame.
+    let mut b = publisher.claim_batch(4, 256).unwrap();
+    for i in 0..4 {
+        fill_quote(b.init_root::<quote::Builder>(i), 200 + i as u64);
+    }
+    b.commit_messages(2, None, quote_id).unwrap();
+    for i in 0..2u64 {
+        let v = sub.poll().unwrap().expect("a frame");
+        assert_eq!(v.message_id(), 0);
+        assert_eq!(v.data().len(), 64);
+        let r = v.reader().unwrap();
+        let q: quote::Reader = r.get_root().unwrap();
+        assert_eq!(q.get_seq(), 200 + i);
+        v.release().unwrap();
+    }
+    assert!(sub.poll().unwrap().is_none());
+
+    let st = publisher.stats().unwrap();
+    assert_eq!(st.published, N as u64 + 2);
+    assert_eq!(st.builder_fallbacks, 0);
+}
+
+#[test]
+fn a_batch_message_that_outgrows_its_frame_is_refused_and_nothing_is_published() {
+    let t = TestBus::new("mover");
+    let topic = t.topic("orders", MIB, Policy::Fail);
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
+    let account = "x".repeat(3000);
+
+    let mut b = publisher.claim_batch(3, 64).unwrap();
+    fill_quote(b.init_root::<quote::Builder>(0), 1);
+    {
+        let mut o = b.init_root::<order::Builder>(1);
+        o.set_order_id(7);
+        o.set_account(account.as_str());
+    }
+    fill_quote(b.init_root::<quote::Builder>(2), 3);
+    assert!(b.in_place(0) && b.in_place(2));
+    assert!(!b.in_place(1), "the order went on in heap memory");
+    match b.commit_messages(3, None, 0) {
+        Err(Error::TooLarge(d)) => assert!(d.contains("frame 1"), "{d}"),
+        r => panic!("expected TooLarge, got {r:?}"),
+    }
+    assert!(
+        sub.poll().unwrap().is_none(),
+        "nothing of the batch published"
+    );
+
+    // A frame without a message, k past the batch, too few ids: refused, aborted.
+    let mut b = publisher.claim_batch(2, 64).unwrap();
+    fill_quote(b.init_root::<quote::Builder>(0), 1);
+    b.frame_mut(1)[..8].fill(1);
+    match b.commit_messages(2, None, 0) {
+        Err(Error::InvalidArgument(d)) => assert!(d.contains("frame 1"), "{d}"),
+        r => panic!("expected InvalidArgument, got {r:?}"),
+    }
+    let mut b = publisher.claim_batch(2, 64).unwrap();
+    fill_quote(b.init_root::<quote::Builder>(0), 1);
+    assert!(matches!(
+        b.commit_messages(3, None, 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    let mut b = publisher.claim_batch(2, 64).unwrap();
+    fill_quote(b.init_root::<quote::Builder>(0), 1);
+    fill_quote(b.init_root::<quote::Builder>(1), 2);
+    assert!(matches!(
+        b.commit_messages(2, Some(&[1]), 0),
+        Err(Error::InvalidArgument(_))
+    ));
+    // Frames too small for any message in place (8 bytes: no room past the table).
+    let mut b = publisher.claim_batch(2, 8).unwrap();
+    assert!(b.frame_len() < 16, "{}", b.frame_len());
+    b.init_root::<quote::Builder>(0).set_seq(1);
+    assert!(!b.in_place(0));
+    assert!(matches!(
+        b.commit_messages(1, None, 0),
+        Err(Error::TooLarge(_))
+    ));
+    assert!(
+        sub.poll().unwrap().is_none(),
+        "every refused batch was aborted"
+    );
+
+    // The publisher goes on: the next batch is published.
+    let mut b = publisher.claim_batch(2, 64).unwrap();
+    fill_quote(b.init_root::<quote::Builder>(0), 41);
+    fill_quote(b.init_root::<quote::Builder>(1), 42);
+    b.commit_messages(2, Some(&[41, 42]), 0).unwrap();
+    for want in [41u64, 42] {
+        let v = sub.poll().unwrap().expect("a frame");
+        assert_eq!(v.message_id(), want);
+        let r = v.reader().unwrap();
+        let q: quote::Reader = r.get_root().unwrap();
+        assert_eq!(q.get_seq(), want);
+        v.release().unwrap();
+    }
+    assert!(sub.poll().unwrap().is_none());
+    assert_eq!(publisher.stats().unwrap().builder_fallbacks, 0);
+}
