@@ -105,6 +105,8 @@ check() {
 }
 
 big="ring-v2-3p ring-v2-untethered-only ring-v2-untethered-3msg ring-v2-no-livelock ring-no-seqtag ring-v2-2p-4msg ring-v2-2p-3msg-death ring-v2-untethered-death ring-v2-3p-wrap ring-v2-reuse-2p ww-hostile-sliced ww-space-3rel"
+big+=" ring-batch-2p-death ring-batch-wrap ring-batch-untethered-death ring-batch-wrap-death ring-batch-no-livelock"
+big+=" ring-sp-takeover ring-sp-takeover-long"
 
 # Runs a check in the background, at most MODEL_JOBS (default 2) at a time.
 jobs_max=${MODEL_JOBS:-2}
@@ -123,6 +125,17 @@ run ring-v2-no-livelock     ring.pml pass-np -DNMSG=1 -DMAXL=1
 # a freed producer entry taken by a new producer, two concurrent reclaimers, with the
 # reclaimer made exclusive (pid dead -> RECL first), as shm/recovery.hpp does
 run ring-v2-reuse-exclusive ring.pml pass    -DREUSE -DRECLAIMFIX -DNPROD=1 -DNMSG=1
+# multi-frame claims (try_claim_n/commit_n): any claim may be 2 frames of 1 unit taking
+# 2 sequences, committed whole (frame 1's word, then frame 0's), in part (a pad at
+# frame 1, then frame 0's word) or aborted (one pad); deaths at every step
+run ring-batch-2p-death     ring.pml pass    -DBATCH -DNMSG=1
+# a third claim: batches behind a wrap pad and into the next lap (no deaths)
+run ring-batch-wrap         ring.pml pass    -DBATCH -DNMSG=1 -DNMSG0=2 -DMAXL=1 -DMAXDIE=0
+# an untethered reader lapped by batches (the P9 re-check; the lap skip lands at a claim)
+run ring-batch-untethered   ring.pml pass    -DBATCH -DNTETH=0 -DNUNTETH=1 -DNMSG=1 -DMAXDIE=0
+# single-producer mode: a first owner of 3 claims (single frames or batches) dies at any
+# step; the next producer runs recover_sp, then claims once
+run ring-sp-takeover        ring.pml pass    -DSP -DBATCH -DNMSG0=3 -DNMSG2=1
 # Larger bounds (up to minutes each, 2-20 M states): MODEL_LONG=1
 if [ "${MODEL_LONG:-0}" = 1 ]; then
   run ring-v2-2p-4msg         ring.pml pass  -DNMSG=2 -DMAXDIE=0
@@ -131,6 +144,10 @@ if [ "${MODEL_LONG:-0}" = 1 ]; then
   run ring-v2-untethered-3msg ring.pml pass -DNTETH=0 -DNUNTETH=1 -DNMSG=1 -DNMSG0=2 -DMAXDIE=0
   run ring-v2-3p-wrap         ring.pml pass  -DNPROD=3 -DNMSG=1 -DMAXDIE=0
   run ring-v2-reuse-2p        ring.pml pass  -DREUSE -DRECLAIMFIX -DNMSG=1
+  run ring-batch-untethered-death ring.pml pass -DBATCH -DNTETH=0 -DNUNTETH=1 -DNMSG=1
+  run ring-batch-wrap-death   ring.pml pass  -DBATCH -DBATCHP=1 -DNMSG=1 -DNMSG0=2 -DMAXL=1
+  run ring-batch-no-livelock  ring.pml pass-np -DBATCH -DNMSG=1 -DMAXL=1
+  run ring-sp-takeover-long   ring.pml pass  -DSP -DBATCH -DNMSG0=3 -DNMSG2=2
 fi
 
 # ---- ring.pml: variants that must fail ----
@@ -153,6 +170,17 @@ run ring-v1-defect1         ring.pml fail:g_open -DDEFECT1 -DNTETH=0 -DNUNTETH=1
 run ring-v1-defect2         ring.pml fail:g_hi   -DDEFECT2 -DNMSG=1
 # v1 defect 3: tail_seq > claim_seq as proof of the CAS -> a live claim is padded
 run ring-v1-defect3         ring.pml fail:g_own  -DDEFECT3 -DNMSG=1
+# a batch's frame 0 committed FIRST: the owner dies before frame 1's word, the
+# reclaimer leaves the claim alone (frame 0 is committed), frame 1 stays 0 forever
+run ring-batch-frame0-first ring.pml "fail:!((g_open[k]&&(g_own[k]==inc)))" -DBATCH -DB0FIRST -DNMSG=1
+# a batch whose claim word and pending tail carry its FIRST sequence: the completion
+# moves tail_seq past one of its two sequences (the next claim takes the other again)
+run ring-batch-first-seq-tag ring.pml "fail:(exp==tail_seq)" -DBATCH -DFIRSTTAG -DNMSG=1
+# recover_sp stopping at a committed frame at tail_pos whose sequence is below tail_seq
+# (the owner died between storing tail_seq and tail_pos): it re-zeroes a visible frame
+run ring-sp-no-accept       ring.pml "fail:(q>=g_cend)" -DSP -DSPNOACCEPT -DNMSG=1
+# the same rule accepting only one frame below tail_seq: a k-frame commit's frames
+run ring-sp-accept-one      ring.pml "fail:(q>=g_cend)" -DSP -DBATCH -DSPACCEPT1 -DNMSG=1
 
 # ---- waitwake.pml: the P6 handshake with a waiter bitmap (must hold) ----
 run ww-v2                     waitwake.pml pass    -DNMSG=2

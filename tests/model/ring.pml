@@ -5,7 +5,9 @@
  * RingWriter::claim_mp (tail read, help_pending, extend_zero_mp with refresh_limit and
  * min_open_claim, intent, pending CAS, complete_claim, wrap pad), commit and abort,
  * tethered and untethered readers (RingReader::poll), producers that die at any step,
- * and recover_dead_producer for each dead one.
+ * and recover_dead_producer for each dead one. With BATCH, multi-frame claims
+ * (try_claim_n, commit_n, abort_n; docs/protocol.md "Multi-frame claims", P1m). With
+ * SP, single-producer mode instead, with a takeover by RingWriter::recover_sp.
  *
  * Abstractions
  *  - Positions and lengths are in frame UNITS (one unit = one 8-byte aligned chunk, at
@@ -13,10 +15,13 @@
  *    header.sequence), units 1..L-1 the payload. CAP units in the ring.
  *  - A cell (one unit of the ring) holds: the commit word (ctype, clen) and one tag
  *    cseq. In a DATA header cseq is header.sequence; in a PAD written for an aborted or
- *    reclaimed claim it is a ghost (the claim's sequence, so readers can check that
- *    sequences are dense); in a payload cell it is the sequence of the producer that
+ *    reclaimed claim it is a ghost (the claim's last sequence, and the ghost cn the
+ *    number of sequences the pad stands for, so readers can check that sequences
+ *    are dense); in a payload cell it is the sequence of the producer that
  *    wrote the payload, and ctype = JUNK (payload read as a commit word is garbage).
- *    Zeroing sets everything to 0.
+ *    Zeroing sets everything to 0. A batch's frames are 1 unit each (header cells), so
+ *    that a batch of 2 fits the ring of 4 units; frames with payload are checked as
+ *    single-frame claims of 2 units.
  *  - Memory is sequentially consistent; each atomic { } is one machine operation (a
  *    load, a store, a CAS, the 16-byte tail CAS). Exceptions, each argued in
  *    docs/model-checking.md: read_claim (a seqlock) is one step; so is the owner's
@@ -42,6 +47,23 @@
  *             state only (FAIL)
  *   NOLAPCHECK untethered readers skip the P9 re-check (FAIL)
  *   TAIL1     read tail_pos and tail_seq in one step (the code loads them one by one)
+ *   BATCH     a claim may also be a multi-frame claim (try_claim_n / commit_n): 2 frames
+ *             of 1 unit as ONE ring claim of 2 units taking sequences S, S+1; the claim
+ *             word and the pending tail carry the last one, T = S+1. The owner commits
+ *             both (frame 1's word, then frame 0's), frame 0 only (a pad at frame 1,
+ *             then frame 0's word), or aborts (one pad of 2 units at frame 0)
+ *   BATCHP    with BATCH: producers k < BATCHP may take multi-frame claims (default all)
+ *   B0FIRST   with BATCH: frame 0's commit word is stored FIRST (FAIL)
+ *   FIRSTTAG  with BATCH: the claim word and pending tail carry the batch's FIRST
+ *             sequence, so a completion moves tail_seq past one of its two (FAIL)
+ *   SP        single-producer mode instead (claim_sp, extend_zero_sp, commit/commit_n/
+ *             abort, tail_seq then tail_pos): a first owner of NMSG0 claims that may
+ *             die at any step, then the next producer (NMSG2 claims) runs recover_sp
+ *             first; tethered readers only. With BATCH, claims may be batches
+ *   SPNOACCEPT with SP: recover_sp without the rule that accepts, at tail_pos, committed
+ *             frames below the published tail_seq (before commit 5155feb) (FAIL)
+ *   SPACCEPT1 with SP and BATCH: the rule accepts only ONE frame below tail_seq (as
+ *             5155feb did, before multi-frame commits) (FAIL)
  */
 
 #ifndef CAP
@@ -68,6 +90,17 @@
 #ifndef MAXL
 #define MAXL 2
 #endif
+#ifdef SP
+#ifndef NPROD
+#define NPROD 1      /* the killer's slot 0 is the first owner */
+#endif
+#ifndef NMSG2
+#define NMSG2 1      /* claims of the producer that takes over */
+#endif
+#endif
+#ifndef BATCHP
+#define BATCHP 3     /* BATCH: producers k < BATCHP may take multi-frame claims */
+#endif
 #ifndef NREUSE
 #define NREUSE 1     /* messages of the producer that reuses slot 0 (REUSE) */
 #endif
@@ -91,6 +124,8 @@ byte ctype[CAP];
 byte clen[CAP];
 byte cseq[CAP];
 byte glap[CAP];    /* ghost */
+byte cn[CAP];      /* ghost: the number of sequences a PAD that carries one stands for
+                    * (its cseq is the claim's LAST sequence; 2 for a whole batch) */
 
 /* ---- shared header ---- */
 byte tail_pos = 0;     /* tail_pos and tail_seq = seq | pend << 56, one 16-byte CAS */
@@ -123,6 +158,10 @@ bool g_open[3];
 byte g_lo[3];
 byte g_hi[3];
 byte g_own[3];
+byte g_n[3];       /* the open claim's number of sequences (frames) */
+#ifdef SP
+byte g_cend = 0;   /* SP: every position below it is a committed frame (or wrap pad) */
+#endif
 
 #define MSGS(k) ((k) == 0 -> NMSG0 : NMSG)
 #define PADFOR(p, l) (((p) % CAP) + (l) > CAP -> CAP - ((p) % CAP) : 0)
@@ -155,7 +194,10 @@ inline ZERO(q) {
     assert(!(g_open[1] && g_lo[1] + CAP <= q && q < g_hi[1] + CAP));
     assert(!(g_open[2] && g_lo[2] + CAP <= q && q < g_hi[2] + CAP));
     assert(q < cur[0] + CAP && q < cur[1] + CAP);
-    ctype[q % CAP] = 0; clen[q % CAP] = 0; cseq[q % CAP] = 0;
+#ifdef SP
+    assert(q >= g_cend);   /* never a frame readers may have read or be about to read */
+#endif
+    ctype[q % CAP] = 0; clen[q % CAP] = 0; cseq[q % CAP] = 0; cn[q % CAP] = 0;
     glap[q % CAP] = q
   }
 }
@@ -256,9 +298,17 @@ inline EXTEND(k, need, P, S, lim, m, q, i) {
 #define WPADCHK(k, inc, bP) \
   assert(dead[k] && g_own[k] == inc && g_open[k] && g_lo[k] == bP); WCHK(bP)
 
-/* Producer `inc` (1: the slot's first owner, 2: a later one) of table slot k. */
+/* the owner's commit-word stores into its own claim (they find the word still 0) */
+#define DATAW(q, sq, l) WCHK(q); assert(ctype[(q) % CAP] == NONE); \
+  cseq[(q) % CAP] = sq; ctype[(q) % CAP] = DATA; clen[(q) % CAP] = l
+#define PADW(q, sq, c, l) WCHK(q); assert(ctype[(q) % CAP] == NONE); \
+  cseq[(q) % CAP] = sq; cn[(q) % CAP] = c; ctype[(q) % CAP] = PAD; clen[(q) % CAP] = l
+#define CLOSED(k) g_open[k] = 0; g_n[k] = 0
+
+/* Producer `inc` (1: the slot's first owner, 2: a later one) of table slot k. A claim
+ * is nb frames (1, or 2 with BATCH) taking sequences S .. T = S + nb - 1. */
 proctype producer(byte k; byte inc; byte nmsg) {
-  byte n = 0, L, P, S, pd, E, F, U, lim, m, q, i, hst, hS, hP, hL;
+  byte n = 0, L, P, S, T, nb, pd, E, F, U, lim, m, q, i, hst, hS, hP, hL;
   {
     if
     :: inc == 1 -> skip
@@ -269,8 +319,11 @@ end_reg: atomic { owner[k] == 0 -> owner[k] = inc; c_st[k] = IDLE; c_seq[k] = 0 
     :: atomic { n == nmsg -> if :: inc == 1 -> pdone[k] = 1 :: else -> skip fi; ndone++ }; break
     :: atomic { n < nmsg ->
          if                                       /* the frame length, in units */
-         :: L = 1
-         :: MAXL >= 2 -> L = 2
+         :: L = 1; nb = 1
+         :: MAXL >= 2 -> L = 2; nb = 1
+#ifdef BATCH
+         :: k < BATCHP -> L = 2; nb = 2           /* try_claim_n(2): 2 frames of 1 unit */
+#endif
          fi }
 retry:
 #ifdef TAIL1
@@ -288,16 +341,24 @@ retry:
           EXTEND(k, E + 1, P, S, lim, m, q, i); E = 0; goto retry
        :: atomic { P + PADFOR(P, L) + L + 1 <= zero_mark -> E = P + PADFOR(P, L) + L }
        fi;
-       /* intent: claim_pos and frame_len while our claim word is IDLE, then INTENT(S).
+       /* intent: claim_pos and frame_len while our claim word is IDLE, then INTENT(T).
         * One step: nobody reads the fields of an IDLE claim word (help_pending and
-        * the reclaimer need INTENT or WON, min_open_claim skips IDLE). */
-       atomic { c_pos[k] = P; c_len[k] = L; c_seq[k] = S; c_st[k] = INTENT };
+        * the reclaimer need INTENT or WON, min_open_claim skips IDLE). The claim word
+        * and the pending tail carry the claim's LAST sequence T. */
+       atomic {
+#ifdef FIRSTTAG
+         T = S;                                   /* (defect: the batch's first) */
+#else
+         T = S + nb - 1;
+#endif
+         c_pos[k] = P; c_len[k] = L; c_seq[k] = T; c_st[k] = INTENT };
        if                                                         /* the pending CAS */
        :: atomic { tail_pos == P && tail_seq == S && tail_pend == 0 ->
-                   tail_pend = k + 1; g_open[k] = 1; g_lo[k] = P; g_hi[k] = E; g_own[k] = inc }
-       :: else -> c_st[k] = IDLE; E = 0; goto retry                /* claim word IDLE(S) */
+                   tail_seq = T; tail_pend = k + 1;
+                   g_open[k] = 1; g_lo[k] = P; g_hi[k] = E; g_own[k] = inc; g_n[k] = nb }
+       :: else -> c_st[k] = IDLE; atomic { E = 0; T = 0 }; goto retry   /* IDLE(T) */
        fi;
-       COMPLETE(k, P, S, L);
+       COMPLETE(k, P, T, L);
        atomic { F = P + PADFOR(P, L);
                 if                                                /* the wrap pad */
                 :: F > P -> WCHK(P); assert(ctype[P % CAP] == NONE);
@@ -310,8 +371,8 @@ retry:
 #else
          U = L;                                     /* claims never shrink */
 #endif
-         if
-         :: U > 1 -> WCHK(F + 1); ctype[(F + 1) % CAP] = JUNK; cseq[(F + 1) % CAP] = S
+         if                                         /* a batch's frames have no payload */
+         :: U > 1 && nb == 1 -> WCHK(F + 1); ctype[(F + 1) % CAP] = JUNK; cseq[(F + 1) % CAP] = S
          :: else -> skip
          fi
        };
@@ -327,22 +388,177 @@ retry:
           :: else -> skip
           fi;
 #endif
-          atomic { WCHK(F); assert(ctype[F % CAP] == NONE);
-                   cseq[F % CAP] = S; ctype[F % CAP] = DATA; clen[F % CAP] = L; g_open[k] = 0 }
-       :: atomic { U == L ->                                      /* abort */
-                   WCHK(F); assert(ctype[F % CAP] == NONE);
-                   cseq[F % CAP] = S; ctype[F % CAP] = PAD; clen[F % CAP] = L; g_open[k] = 0 }
+#ifdef BATCH
+          if
+          :: nb == 2 ->                                           /* commit_n(2) */
+#ifndef B0FIRST
+             atomic { DATAW(F + 1, S + 1, 1) };                   /* frame 1's word */
+             atomic { DATAW(F, S, 1); CLOSED(k) }                 /* frame 0's, LAST */
+#else
+             atomic { DATAW(F, S, 1) };                           /* (defect) frame 0 first */
+             atomic { DATAW(F + 1, S + 1, 1); CLOSED(k) }
+#endif
+          :: else ->
+#endif
+             atomic { DATAW(F, S, L); CLOSED(k) }
+#ifdef BATCH
+          fi
+       :: nb == 2 ->                           /* commit_n(1): frames 1.. become a pad */
+#ifndef B0FIRST
+          atomic { PADW(F + 1, S + 1, 1, 1) };
+          atomic { DATAW(F, S, 1); CLOSED(k) }                    /* frame 0's, LAST */
+#else
+          atomic { DATAW(F, S, 1) };
+          atomic { PADW(F + 1, S + 1, 1, 1); CLOSED(k) }
+#endif
+#endif
+       :: atomic { U == L ->                          /* abort (abort_n): one pad of L */
+                   PADW(F, T, nb, L); CLOSED(k) }
        fi;
-       atomic { c_st[k] = IDLE;                                   /* claim word IDLE(S) */
-                n++; P = 0; S = 0; E = 0; F = 0; U = 0; L = 0 }
+       atomic { c_st[k] = IDLE;                                   /* claim word IDLE(T) */
+                n++; P = 0; S = 0; T = 0; nb = 0; E = 0; F = 0; U = 0; L = 0 }
     od
   } unless {
     /* dead: stops forever; its locals are forgotten (only shared memory remains) */
     atomic { inc == 1 && dead[k] ->
-             n = 0; L = 0; P = 0; S = 0; pd = 0; E = 0; F = 0; U = 0; lim = 0; m = 0; q = 0;
+             n = 0; L = 0; P = 0; S = 0; T = 0; nb = 0; pd = 0; E = 0; F = 0; U = 0; lim = 0; m = 0; q = 0;
              i = 0; hst = 0; hS = 0; hP = 0; hL = 0 }
   }
 }
+
+#ifdef SP
+/* extend_zero_sp(need): the cached limit `lim`, refresh_limit (tail RMW: the published
+ * tail, at least our private tail tl; then the cursors), zeroing from our zero mark zm
+ * to a target between need and the limit (the chunk), zero_intent announced first (P9),
+ * zero_mark published. Back-pressure: the caller waits until a cursor moved (P7). */
+inline SPEXTEND(need, tl, zm, lim, m, q) {
+  do
+  :: need > lim ->
+     m = tail_pos;                                                /* fetch_add(0) */
+     atomic { if :: m < tl -> m = tl :: else -> skip fi;
+              m = MN(m, MN(cur[0], cur[1])); lim = m + CAP; m = 0 };
+     if
+     :: need > lim -> atomic { MN(tl, MN(cur[0], cur[1])) + CAP >= need -> skip }
+     :: else -> break
+     fi
+  :: else -> break
+  od;
+  if
+  :: m = need
+  :: lim > need -> m = lim
+  fi;
+  atomic { if :: zero_intent < m -> zero_intent = m :: else -> skip fi; q = zm };
+  do
+  :: q < m -> ZERO(q); q++
+  :: else -> break
+  od;
+  atomic { zm = m; zero_mark = m; m = 0; q = 0 }
+}
+
+/* Single producer `inc` (1: the first owner, 2: the next one). The claim, the frame and
+ * the tail are the producer's own (tl, sq, zm: RingWriter::tail_, seq_, zero_mark_);
+ * tail_seq and tail_pos are published after each commit (tail_seq first). */
+proctype spprod(byte inc; byte nmsg) {
+  byte n = 0, L, nb, P, F, E, tl, sq, zm, lim, m, q, t, l, s, st, s0;
+  {
+    if
+    :: inc == 1 -> atomic { tl = tail_pos; sq = tail_seq; zm = zero_mark }   /* attach */
+    :: else ->
+       /* takes over once the first owner is gone (closed, or dead and released) */
+       atomic { (pdone[0] || dead[0]) -> if :: dead[0] -> ndone++ :: else -> skip fi };
+       /* recover_sp: walk the frames committed from tail_pos (at most a ring's worth),
+        * accepting sequences from tail_seq on, or, at tail_pos itself, from below it
+        * (a death between the stores of tail_seq and tail_pos) */
+       P = tail_pos;
+       atomic { sq = tail_seq; st = P; s0 = sq; q = 0 };
+       do
+       :: atomic { q < CAP -> t = ctype[P % CAP]; l = clen[P % CAP]; s = cseq[P % CAP]; q++ };
+          if
+          :: t == NONE || t == JUNK || l == 0 || (P % CAP) + l > CAP -> break
+          :: else ->
+#ifndef SPNOACCEPT
+             if
+#ifndef SPACCEPT1
+             :: t == DATA && P == st && s != 0 && s < sq && sq - s <= CAP -> sq = s
+#else
+             :: t == DATA && P == st && s != 0 && s + 1 == sq -> sq = s   /* (defect) */
+#endif
+             :: else -> skip
+             fi;
+#endif
+             if
+             :: t == DATA && s != sq -> break      /* not the next frame of the dead owner */
+             :: t == DATA && s == sq -> atomic { sq = s + 1; P = P + l }
+             :: t != DATA -> P = P + l
+             fi
+          fi
+       :: else -> break
+       od;
+       atomic { if :: sq < s0 -> sq = s0 :: else -> skip fi;    /* never below tail_seq */
+                zm = zero_mark;
+                if :: zm < P + 1 -> zm = P + 1 :: else -> skip fi;
+                if :: zm > P + CAP -> zm = P + CAP :: else -> skip fi;
+                q = P; t = 0; l = 0; s = 0; st = 0; s0 = 0 };
+       do                                      /* re-zero what the dead owner may have */
+       :: q < zm -> ZERO(q); q++               /* written into an uncommitted claim */
+       :: else -> break
+       od;
+       atomic { tl = P; zero_mark = zm; q = 0; P = 0 };
+       tail_seq = sq;
+       tail_pos = tl
+    fi;
+    do
+    :: atomic { n == nmsg -> pdone[inc - 1] = 1; ndone++ }; break
+    :: atomic { n < nmsg ->
+         if
+         :: L = 1; nb = 1
+         :: MAXL >= 2 -> L = 2; nb = 1
+#ifdef BATCH
+         :: L = 2; nb = 2                         /* try_claim_n(2): 2 frames of 1 unit */
+#endif
+         fi;
+         P = tl; F = P + PADFOR(P, L); E = F + L }
+       if                                                       /* claim_sp */
+       :: E + 1 > zm -> SPEXTEND(E + 1, tl, zm, lim, m, q)
+       :: else -> skip
+       fi;
+       if
+       :: F > P ->                 /* the wrap pad, committed and published at claim time */
+          atomic { PADW(P, 0, 0, F - P); g_cend = F };
+          atomic { tl = F; tail_pos = F }
+       :: else -> skip
+       fi;
+       atomic {                                                 /* build */
+         if
+         :: L > 1 && nb == 1 -> WCHK(F + 1); ctype[(F + 1) % CAP] = JUNK; cseq[(F + 1) % CAP] = sq
+         :: else -> skip
+         fi };
+       if
+       :: nb == 1 ->                                            /* commit */
+          atomic { DATAW(F, sq, L); g_cend = E };
+          atomic { tl = E; sq = sq + 1; tail_seq = sq };
+          tail_pos = tl
+       :: nb == 2 ->                                            /* commit_n(2) */
+          atomic { DATAW(F + 1, sq + 1, 1) };                   /* frame 1's word */
+          atomic { DATAW(F, sq, 1); g_cend = E };               /* frame 0's, LAST */
+          atomic { tl = E; sq = sq + 2; tail_seq = sq };
+          tail_pos = tl
+       :: nb == 2 ->               /* commit_n(1): frame 1 given back (re-zeroed: unwritten) */
+          atomic { DATAW(F, sq, 1); g_cend = F + 1 };
+          atomic { tl = F + 1; sq = sq + 1; tail_seq = sq };
+          tail_pos = tl
+       :: atomic { PADW(F, 0, 0, L); g_cend = E; tl = E };     /* abort: no sequence used */
+          tail_pos = tl
+       fi;
+       atomic { n++; L = 0; nb = 0; P = 0; F = 0; E = 0 }
+    od
+  } unless {
+    atomic { inc == 1 && dead[0] ->
+             n = 0; L = 0; nb = 0; P = 0; F = 0; E = 0; tl = 0; sq = 0; zm = 0; lim = 0; m = 0;
+             q = 0; t = 0; l = 0; s = 0; st = 0; s0 = 0 }
+  }
+}
+#endif
 
 /* Any unfinished first owner may stop forever at any step (at most MAXDIE of them). */
 proctype killer() {
@@ -396,8 +612,9 @@ proctype reclaimer(byte k; byte inc) {
            atomic { if
                     :: ctype[bF % CAP] == NONE ->
                        PADCHK(k, inc, bP, bF, bL);
+                       /* the pad carries the claim word's (last) sequence */
                        ctype[bF % CAP] = PAD; clen[bF % CAP] = bL; cseq[bF % CAP] = bS;
-                       g_open[k] = 0
+                       cn[bF % CAP] = g_n[k]; CLOSED(k)
                     :: else -> skip
                     fi }
         :: else -> skip
@@ -429,9 +646,10 @@ lost: skip
 
 /* Readers. Every reader checks: no torn or unfinished frame, no payload cell read as
  * a header, sequences dense and in order (a PAD that carries a sequence is an aborted
- * or reclaimed claim). A reader ends when every producer is finished or reclaimed and
- * it has reached the tail; stopping anywhere else is a permanent stall, which Spin
- * reports as an invalid end state. */
+ * or reclaimed claim, or the frames a batch did not commit: it stands for the cn
+ * sequences up to and including its own). A reader ends when every producer is
+ * finished or reclaimed and it has reached the tail; stopping anywhere else is a
+ * permanent stall, which Spin reports as an invalid end state. */
 
 #define READY(rp) (ctype[(rp) % CAP] == DATA || ctype[(rp) % CAP] == PAD || \
                    ctype[(rp) % CAP] == JUNK || (ndone == nstarted && (rp) == tail_pos))
@@ -443,11 +661,11 @@ lost: skip
  * cannot change under it (the writers' assertions check that); it reads a frame and
  * releases it (P4) in one step. */
 proctype treader(byte r) {
-  byte rp = 0, exp = 1, t, l, s;
+  byte rp = 0, exp = 1, t, l, s, c;
   do
   :: atomic {
        READY(rp) ->
-       t = ctype[rp % CAP]; l = clen[rp % CAP]; s = cseq[rp % CAP];
+       t = ctype[rp % CAP]; l = clen[rp % CAP]; s = cseq[rp % CAP]; c = cn[rp % CAP];
        assert(t != JUNK);                              /* never a payload cell */
        assert(glap[rp % CAP] == rp);                   /* our lap: unread bytes intact */
        if
@@ -460,7 +678,7 @@ proctype treader(byte r) {
              assert(s == exp);                         /* dense, in order */
              exp = s + 1
           :: t == PAD && s != 0 ->                     /* aborted or reclaimed claim */
-             assert(s == exp);
+             assert(s + 1 == exp + c);
              exp = s + 1
           :: else -> skip                              /* wrap pad */
           fi;
@@ -471,7 +689,7 @@ proctype treader(byte r) {
           assert(exp == tail_seq);                     /* every sequence accounted for */
           break
        fi;
-       t = 0; l = 0; s = 0
+       t = 0; l = 0; s = 0; c = 0
      }
   od
 }
@@ -481,11 +699,11 @@ proctype treader(byte r) {
  * of the next lap was announced past its position, what it read may be torn and it
  * skips to the tail instead of delivering. */
 proctype ureader() {
-  byte rp = 0, exp = 1, t, l, s;
+  byte rp = 0, exp = 1, t, l, s, c;
   bool ok;
   do
   :: atomic { (READY(rp) || zero_intent > rp + CAP) ->
-              t = ctype[rp % CAP]; l = clen[rp % CAP]; s = cseq[rp % CAP] };
+              t = ctype[rp % CAP]; l = clen[rp % CAP]; s = cseq[rp % CAP]; c = cn[rp % CAP] };
      if
      :: t == DATA ->                                   /* the payload */
         ok = (l < 2 || (ctype[(rp + 1) % CAP] == JUNK && cseq[(rp + 1) % CAP] == s))
@@ -493,7 +711,12 @@ proctype ureader() {
      fi;
      if
 #ifndef NOLAPCHECK
-     :: atomic { zero_intent > rp + CAP -> rp = tail_pos; exp = tail_seq }   /* lapped */
+     :: atomic { zero_intent > rp + CAP ->                           /* lapped */
+                 rp = tail_pos;
+                 /* the reader's expectation (a ghost: the code checks no sequence) is
+                  * the first sequence of the claim at tail_pos; a pending tail carries
+                  * that claim's LAST sequence */
+                 exp = tail_seq + 1 - (tail_pend != 0 -> g_n[tail_pend - 1] : 1) }
 #endif
      :: else ->
         if
@@ -504,7 +727,7 @@ proctype ureader() {
               assert(ok);                              /* no torn or unfinished frame */
               assert(s == exp);
               exp = s + 1
-           :: t == PAD && s != 0 -> assert(s == exp); exp = s + 1
+           :: t == PAD && s != 0 -> assert(s + 1 == exp + c); exp = s + 1
            :: else -> skip
            fi;
            rp = rp + l
@@ -516,7 +739,7 @@ proctype ureader() {
            fi
         fi
      fi;
-     t = 0; l = 0; s = 0; ok = 0
+     t = 0; l = 0; s = 0; c = 0; ok = 0
   od
 }
 
@@ -535,10 +758,16 @@ init {
     :: else -> break
     od;
     i = 0;
+#ifdef SP
+    run spprod(1, NMSG0);
+    run spprod(2, NMSG2);
+    nstarted = 2;
+#else
     do
     :: i < NPROD -> owner[i] = 1; run producer(i, 1, MSGS(i)); run reclaimer(i, 1); i++
     :: else -> break
     od;
+#endif
 #ifdef REUSE
     run reclaimer(0, 1);          /* a second reclaimer of slot 0's dead owner */
     run producer(0, 2, NREUSE);   /* takes slot 0 once it is free */
