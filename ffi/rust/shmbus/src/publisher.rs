@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capnp::message::{Allocator, HeapAllocator};
-use capnp::traits::{FromPointerBuilder, HasTypeId};
+use capnp::traits::{FromPointerBuilder, FromPointerReader, HasTypeId, Owned, SetterInput};
 use shmbus_sys as sys;
 
 use crate::bus::{cstring, timeout_ns, BusHandle, WaitStrategy};
@@ -101,12 +101,19 @@ struct BatchScratch {
     words: Vec<u32>,
 }
 
+// SAFETY: between batches `frames` and `uses` are empty (a ClaimBatch takes them and
+// gives them back cleared; a failed claim_n clears `frames` too) and `words` holds
+// plain numbers, so a shared reference reaches no frame pointer and no builder. And
+// none is ever shared: the scratch is private to a Publisher, which is not Sync. (This
+// leaves the publisher handle the one reason Publisher is not Sync, the one
+// tests/compile_fail/publisher_not_sync.rs names.)
+unsafe impl Sync for BatchScratch {}
+
 // SAFETY: the C ABI allows a publisher handle to be used from any thread, one thread
 // at a time. Moving the owner to another thread keeps that: there is still exactly
-// one owner. The batch scratch holds no builder and no live claim then: a ClaimBatch
-// borrows the publisher mutably and empties the vectors before giving them back (a
-// stale claim's raw pointers are only overwritten later). It is deliberately not
-// Sync (NonNull already makes it !Sync).
+// one owner. The batch scratch holds no builder and no claim then: a ClaimBatch
+// borrows the publisher mutably and empties the vectors before giving them back. It
+// is deliberately not Sync (NonNull already makes it !Sync).
 unsafe impl Send for Publisher {}
 
 impl Drop for Publisher {
@@ -192,8 +199,20 @@ impl Publisher {
             }
         };
         check(rc)?;
-        let data = NonNull::new(c.data)
-            .ok_or_else(|| Error::Internal("claim returned OK and NULL data".into()))?;
+        self.claim_from(c)
+    }
+
+    /// The claim the library handed out in `c` (its claim call returned OK). A claim
+    /// without data is the library's error: it is aborted, so no claim stays open.
+    fn claim_from(&mut self, c: sys::shmbus_claim_t) -> Result<Claim<'_>> {
+        let Some(data) = NonNull::new(c.data) else {
+            // SAFETY: raw is live and used by this thread only (&mut self); the claim
+            // call returned OK, so a claim is open.
+            unsafe { sys::shmbus_publisher_abort(self.raw.as_ptr()) };
+            return Err(Error::Internal(
+                "claim returned OK and NULL data (claim aborted)".into(),
+            ));
+        };
         Ok(Claim {
             publisher: self,
             data,
@@ -237,20 +256,32 @@ impl Publisher {
             }
         };
         if let Err(e) = check(rc) {
+            // (The library has no batch open after a failed claim_n.)
+            frames.clear();
             self.scratch.frames = frames;
             return Err(e);
         }
-        if frames.iter().any(|c| c.data.is_null()) {
-            return Err(Error::Internal("claim_n returned OK and NULL data".into()));
-        }
+        self.batch_from(frames)
+    }
+
+    /// The batch the library handed out in `frames` (its claim_n call returned OK).
+    /// A frame without data is the library's error: the batch is aborted (dropping the
+    /// ClaimBatch does it, and gives the vectors back), so no claim stays open.
+    fn batch_from(&mut self, frames: Vec<sys::shmbus_claim_t>) -> Result<ClaimBatch<'_>> {
         let uses = std::mem::take(&mut self.scratch.uses);
         debug_assert!(uses.is_empty());
-        Ok(ClaimBatch {
+        let batch = ClaimBatch {
             publisher: self,
             frames,
             uses,
             done: false,
-        })
+        };
+        if let Some(i) = batch.frames.iter().position(|c| c.data.is_null()) {
+            return Err(Error::Internal(
+                format!("claim_n returned OK and NULL data for frame {i} (batch aborted)").into(),
+            ));
+        }
+        Ok(batch)
     }
 
     /// Claims `n` frames of `max_bytes` payload each as one ring claim (SHMBUS_1.6;
@@ -749,6 +780,7 @@ impl Drop for ClaimBatch<'_> {
         let s = &mut self.publisher.scratch;
         s.uses = std::mem::take(&mut self.uses);
         s.frames = std::mem::take(&mut self.frames);
+        s.frames.clear();
     }
 }
 
@@ -756,6 +788,9 @@ impl Drop for ClaimBatch<'_> {
 /// whose further segments (only when a message outgrows its claim) come from the
 /// heap. The ring segment is never written by the allocator (the library zeroed it)
 /// and never touched again once handed back: after commit it belongs to readers.
+///
+/// Only a [`MessageClaim`] or a [`ClaimBatch`] makes one, and neither hands out the
+/// message builder that owns it, only roots that borrow the claim.
 pub struct RingAllocator<'c> {
     ring: *mut u8,
     ring_words: u32,
@@ -829,8 +864,13 @@ pub struct Committed {
 }
 
 /// A claim with a Cap'n Proto builder over it. Build with
-/// [`init_root`](Self::init_root), then [`commit`](Self::commit). Dropping it
+/// [`init_root`](Self::init_root) (or [`get_root`](Self::get_root),
+/// [`set_root`](Self::set_root)), then [`commit`](Self::commit). Dropping it
 /// without committing aborts the claim.
+///
+/// The builder itself is never handed out: what these methods return borrows the
+/// claim, so nothing built in the claim's ring memory can be written after the
+/// commit or abort.
 pub struct MessageClaim<'p> {
     // Field order matters only for clarity: the builder never touches ring memory
     // when dropped (see RingAllocator), so it may go before or after the claim.
@@ -852,14 +892,47 @@ impl<'p> MessageClaim<'p> {
         })
     }
 
-    /// The builder (its first segment is ring memory).
-    pub fn builder(&mut self) -> &mut capnp::message::Builder<RingAllocator<'p>> {
-        &mut self.builder
-    }
+    // The claim never hands out its `capnp::message::Builder` (by `&mut`): two claims'
+    // builders could then be swapped (`std::mem::swap`), and one claim would build in
+    // the other's ring memory after that one was committed or aborted. What it hands
+    // out borrows the claim (`&mut self`), so it is gone before the claim ends
+    // (tests/compile_fail/message_builder_swap.rs, message_root_swap_after_abort.rs).
 
-    /// Initializes the root as `T` (e.g. `market_capnp::quote::Builder`).
+    /// Initializes the root as `T` (e.g. `market_capnp::quote::Builder`), built in the
+    /// claimed ring memory. The root borrows the claim: it cannot be used after
+    /// [`commit`](Self::commit) or [`abort`](Self::abort).
     pub fn init_root<'a, T: FromPointerBuilder<'a>>(&'a mut self) -> T {
         self.builder.init_root()
+    }
+
+    /// Initializes the root as a list or blob `T` of `length` elements (e.g.
+    /// `capnp::data::Builder`); otherwise as [`init_root`](Self::init_root).
+    pub fn initn_root<'a, T: FromPointerBuilder<'a>>(&'a mut self, length: u32) -> T {
+        self.builder.initn_root(length)
+    }
+
+    /// The root as `T`: the one [`init_root`](Self::init_root) or
+    /// [`set_root`](Self::set_root) made, or a new one (of default values) when there
+    /// is none yet. Borrows the claim, as `init_root`.
+    pub fn get_root<'a, T: FromPointerBuilder<'a>>(&'a mut self) -> Result<T> {
+        Ok(self.builder.get_root()?)
+    }
+
+    /// The root as a reader `T` (e.g. `market_capnp::quote::Reader`) of what was built
+    /// so far; borrows the claim.
+    pub fn get_root_as_reader<'a, T: FromPointerReader<'a>>(&'a self) -> Result<T> {
+        Ok(self.builder.get_root_as_reader()?)
+    }
+
+    /// Sets the root to a copy of `value` (e.g. a `market_capnp::quote::Reader` of
+    /// another message), copied into the claimed ring memory while it fits.
+    pub fn set_root<T: Owned>(&mut self, value: impl SetterInput<T>) -> Result<()> {
+        Ok(self.builder.set_root(value)?)
+    }
+
+    /// Words of the message built so far (all segments; without the segment table).
+    pub fn size_in_words(&self) -> usize {
+        self.builder.size_in_words()
     }
 
     /// The sequence number this message gets.
@@ -923,5 +996,124 @@ impl<'p> MessageClaim<'p> {
         let MessageClaim { builder, claim } = self;
         drop(builder);
         claim.abort()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Error paths of the claim calls that the library cannot be made to take: a claim
+    //! call that returns OK with a frame without data. The claim the library really
+    //! opened is handed to the code that turns it into a `Claim`/`ClaimBatch`, with
+    //! its data pointer cleared.
+    use super::*;
+    use crate::{Bus, SubscriberOptions, TopicConfig};
+
+    /// A bus of its own whose segments are removed afterwards.
+    struct TestBus {
+        bus: Bus,
+        prefix: String,
+    }
+
+    impl TestBus {
+        fn new(name: &str) -> TestBus {
+            let prefix = format!("rs-unit-{name}-{}", std::process::id());
+            let bus = Bus::open_direct(&prefix).expect("open_direct");
+            bus.create_topic("t", &TopicConfig::default())
+                .expect("create_topic");
+            TestBus { bus, prefix }
+        }
+    }
+
+    impl Drop for TestBus {
+        fn drop(&mut self) {
+            let mine = format!("{}.", self.prefix);
+            for e in std::fs::read_dir("/dev/shm")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_name().to_string_lossy().starts_with(&mine) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
+    /// Whether the library has a claim or batch open on `p`: aborting finds one.
+    /// (It aborts it.)
+    fn claim_open(p: &mut Publisher) -> bool {
+        // SAFETY: raw is live and used by this thread only; no Claim or ClaimBatch
+        // of p is alive (&mut p).
+        let rc = unsafe { sys::shmbus_publisher_abort(p.raw.as_ptr()) };
+        assert!(
+            rc == sys::SHMBUS_OK || rc == sys::SHMBUS_E_CLOSED,
+            "abort returned {rc}"
+        );
+        rc == sys::SHMBUS_OK
+    }
+
+    /// The next message `sub` holds: its message id.
+    fn next_id(sub: &mut crate::Subscriber) -> Option<u64> {
+        sub.poll().expect("poll").map(|v| v.message_id())
+    }
+
+    #[test]
+    fn a_claim_returned_without_data_is_aborted() {
+        let t = TestBus::new("claim-null");
+        let mut sub = t
+            .bus
+            .subscriber("t", &SubscriberOptions::default())
+            .unwrap();
+        let mut p = t.bus.publisher("t", &PublisherOptions::default()).unwrap();
+        let mut c = sys::shmbus_claim_t::default();
+        // SAFETY: raw is live and used by this thread only; c is writable.
+        let rc = unsafe { sys::shmbus_publisher_try_claim(p.raw.as_ptr(), 64, &mut c) };
+        assert_eq!(rc, sys::SHMBUS_OK);
+        c.data = ptr::null_mut();
+        match p.claim_from(c) {
+            Err(Error::Internal(d)) => assert!(d.contains("aborted"), "{d}"),
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!("a claim without data"),
+        }
+        assert!(!claim_open(&mut p), "the claim is left open");
+        // The publisher goes on: the aborted claim is skipped by readers.
+        p.offer(b"next", 7, 0).unwrap();
+        assert_eq!(next_id(&mut sub), Some(7));
+        assert_eq!(next_id(&mut sub), None);
+    }
+
+    #[test]
+    fn a_batch_returned_with_a_frame_without_data_is_aborted() {
+        let t = TestBus::new("batch-null");
+        let mut sub = t
+            .bus
+            .subscriber("t", &SubscriberOptions::default())
+            .unwrap();
+        let mut p = t.bus.publisher("t", &PublisherOptions::default()).unwrap();
+        let mut frames = vec![sys::shmbus_claim_t::default(); 4];
+        // SAFETY: raw is live and used by this thread only; frames has 4 writable
+        // entries.
+        let rc = unsafe {
+            sys::shmbus_publisher_try_claim_n(p.raw.as_ptr(), 4, 64, frames.as_mut_ptr())
+        };
+        assert_eq!(rc, sys::SHMBUS_OK);
+        frames[2].data = ptr::null_mut();
+        match p.batch_from(frames) {
+            Err(Error::Internal(d)) => assert!(d.contains("frame 2"), "{d}"),
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!("a batch with a frame without data"),
+        }
+        assert!(!claim_open(&mut p), "the batch is left open");
+        // The batch's vectors went back to the publisher for the next batch.
+        assert!(p.scratch.frames.capacity() >= 4);
+        assert!(p.scratch.frames.is_empty() && p.scratch.uses.is_empty());
+        // The publisher goes on: the aborted frames are skipped by readers.
+        let mut b = p.try_claim_batch(2, 64).unwrap();
+        b.frame_mut(0)[0] = 1;
+        b.frame_mut(1)[0] = 2;
+        b.commit(&[1, 1], Some(&[8, 9]), 0).unwrap();
+        assert_eq!(next_id(&mut sub), Some(8));
+        assert_eq!(next_id(&mut sub), Some(9));
+        assert_eq!(next_id(&mut sub), None);
     }
 }

@@ -75,6 +75,65 @@ fn quote_round_trip_in_place_both_ways() {
 }
 
 #[test]
+fn a_message_claim_builds_through_roots_that_borrow_it() {
+    let t = TestBus::new("roots");
+    let topic = t.topic("md.quotes", MIB, Policy::Block);
+    let mut sub = t
+        .bus
+        .subscriber(&topic, &SubscriberOptions::default())
+        .unwrap();
+    let mut publisher = t
+        .bus
+        .publisher(&topic, &PublisherOptions::default())
+        .unwrap();
+    let relayed = t.topic("md.relayed", MIB, Policy::Block);
+    let mut relay_sub = t
+        .bus
+        .subscriber(&relayed, &SubscriberOptions::default())
+        .unwrap();
+    let mut relay = t
+        .bus
+        .publisher(&relayed, &PublisherOptions::default())
+        .unwrap();
+
+    // get_root on a fresh claim makes the root; a second get_root comes back to it.
+    let mut m = publisher.claim_message(128).unwrap();
+    fill_quote(m.get_root::<quote::Builder>().unwrap(), 41);
+    m.get_root::<quote::Builder>().unwrap().set_seq(5);
+    let q: quote::Reader = m.get_root_as_reader().unwrap();
+    assert_eq!((q.get_seq(), q.get_bid_px()), (5, 10_000_000_041));
+    assert_eq!(m.size_in_words(), 7, "root pointer + 6 data words");
+    assert!(m.in_place());
+    assert!(!m.commit_as::<quote::Reader>(1).unwrap().fell_back);
+
+    // set_root copies a received quote into another topic's claim, in place.
+    let v = sub.poll().unwrap().expect("the quote");
+    let r = v.reader().unwrap();
+    let mut m = relay.claim_message(128).unwrap();
+    m.set_root(r.get_root::<quote::Reader>().unwrap()).unwrap();
+    assert!(m.in_place());
+    assert!(!m.commit_as::<quote::Reader>(2).unwrap().fell_back);
+    drop(v);
+    let v = relay_sub.poll().unwrap().expect("the relayed quote");
+    assert_eq!(v.message_id(), 2);
+    assert_eq!(v.data().len(), 8 + 8 * 7);
+    let r = v.reader().unwrap();
+    let q: quote::Reader = r.get_root().unwrap();
+    assert_eq!((q.get_seq(), q.get_bid_px()), (5, 10_000_000_041));
+    drop(v);
+
+    // initn_root: a blob root of 5 bytes, in place.
+    let mut m = publisher.claim_message(64).unwrap();
+    m.initn_root::<capnp::data::Builder>(5)
+        .copy_from_slice(b"hello");
+    assert!(m.in_place());
+    assert!(!m.commit(3, 0).unwrap().fell_back);
+    let v = sub.poll().unwrap().expect("the blob");
+    let r = v.reader().unwrap();
+    assert_eq!(r.get_root::<capnp::data::Reader>().unwrap(), b"hello");
+}
+
+#[test]
 fn message_outgrowing_its_claim_falls_back_to_a_counted_copy() {
     let t = TestBus::new("fb");
     let topic = t.topic("orders", MIB, Policy::Block);
