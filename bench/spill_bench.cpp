@@ -303,6 +303,8 @@ int main(int argc, char** argv) {
       g_acfg.buffer_count = uint32_t(atoi(argv[++i]));
     else if (a == "--inflight" && i + 1 < argc)
       g_acfg.max_inflight_writes = uint32_t(atoi(argv[++i]));
+    else if (a == "--buffered")
+      g_acfg.direct_io = false;
     else if (a == "--kick-kib" && i + 1 < argc)
       g_acfg.writeback_kick_bytes = uint64_t(atoi(argv[++i])) << 10;
     else if (a == "--reps" && i + 1 < argc)
@@ -323,15 +325,18 @@ int main(int argc, char** argv) {
     } else if (a == "--slow-consumer")
       slow_mode = true;
     else if (a == "--config" && i + 1 < argc) {
-      // BUFFER_KIB,BUFFERS,INFLIGHT,KICK_KIB: compare archiver configurations in one
-      // run, interleaved row by row (repeat --config; the first is the reference).
-      unsigned k = 0, n = 0, f = 0, kk = 0;
-      if (std::sscanf(argv[++i], "%u,%u,%u,%u", &k, &n, &f, &kk) != 4) return 2;
+      // BUFFER_KIB,BUFFERS,INFLIGHT,KICK_KIB[,DIRECT]: compare archiver configurations
+      // in one run, interleaved row by row (repeat --config; the first is the
+      // reference). DIRECT 0 writes interval/batch segments through the page cache.
+      unsigned k = 0, n = 0, f = 0, kk = 0, direct = 1;
+      const int got = std::sscanf(argv[++i], "%u,%u,%u,%u,%u", &k, &n, &f, &kk, &direct);
+      if (got != 4 && got != 5) return 2;
       spill::ArchiverConfig c;
       c.buffer_bytes = k << 10;
       c.buffer_count = n;
       c.max_inflight_writes = f;
       c.writeback_kick_bytes = uint64_t(kk) << 10;
+      c.direct_io = direct != 0;
       compare.push_back(c);
     } else if (a == "--seconds" && i + 1 < argc)
       seconds = atof(argv[++i]);
@@ -342,8 +347,9 @@ int main(int argc, char** argv) {
     else {
       std::printf(
           "usage: %s [--dir DIR] [--seconds S] [--quick] [--json] [--throughput-only] [--reps N] "
-          "[--slow-consumer] [--row POLICY:SIZE] [--raw-buffered]\n"
-          "          [--buffer-kib K] [--buffers N] [--inflight N] [--interval-ms M] [--kick-kib K]\n",
+          "[--slow-consumer] [--row POLICY:SIZE] [--raw-buffered] [--buffered]\n"
+          "          [--buffer-kib K] [--buffers N] [--inflight N] [--interval-ms M] [--kick-kib K]\n"
+          "          [--config BUFFER_KIB,BUFFERS,INFLIGHT,KICK_KIB[,DIRECT] ...]\n",
           argv[0]);
       return a == "--help" ? 0 : 2;
     }
@@ -421,8 +427,9 @@ int main(int argc, char** argv) {
         raw, reps);
     std::printf("| flush | msg |");
     for (auto& c : compare)
-      std::printf(" %uK x %u, %u in flight, kick %lluK |", c.buffer_bytes >> 10, c.buffer_count,
-                  c.max_inflight_writes, (unsigned long long)(c.writeback_kick_bytes >> 10));
+      std::printf(" %uK x %u, %u in flight, kick %lluK, %s |", c.buffer_bytes >> 10, c.buffer_count,
+                  c.max_inflight_writes, (unsigned long long)(c.writeback_kick_bytes >> 10),
+                  c.direct_io ? "direct" : "buffered");
     std::printf("\n|---|---|");
     for (size_t c = 0; c < compare.size(); ++c) std::printf("---|");
     std::printf("\n");

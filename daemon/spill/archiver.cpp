@@ -71,6 +71,10 @@ bool pid_alive(uint32_t pid) { return shm::process_alive(pid); }
 enum : uint64_t { kOpWrite = 1, kOpFsync = 2, kOpIntervalSync = 3, kOpKick = 4 };
 uint64_t tag(uint64_t id, uint64_t op) { return (id << 8) | op; }
 
+// Direct I/O unit: O_DIRECT offsets, lengths and buffer addresses are multiples of it
+// (the logical block size of every disk we expect; 512-byte disks accept it too).
+constexpr uint32_t kBlk = 4096;
+
 }  // namespace
 
 struct Archiver::Impl {
@@ -85,6 +89,15 @@ struct Archiver::Impl {
     enum State : uint8_t { idle, filling, writing, failed, done } st = idle;
     Part* part = nullptr;
     uint32_t fill = 0, written = 0;
+    // Direct I/O (docs/spill-log.md, "Direct I/O"): the buffer starts with `pre` bytes
+    // of the partial block the log ended in (already written; rewritten unchanged)
+    // and file_off is that block's start. `wlen` bytes are written: `fill` rounded up
+    // with zeros (padded), or down when the partial last block is `carry`ied into the
+    // next buffer, which writes it (this buffer is acknowledged with that one). A
+    // buffer `after_padded` rewrites its predecessor's padded last block: it is
+    // submitted only once that write completed (writes in flight never overlap).
+    uint32_t pre = 0, wlen = 0;
+    bool carry = false, after_padded = false;
     uint64_t file_off = 0;
     uint64_t first_seq = 0, last_seq = 0, last_ts = 0, ring_end = 0, records = 0;
     bool want_sync = false, synced = false;
@@ -111,7 +124,13 @@ struct Archiver::Impl {
     uint64_t epoch = 0;
     uint64_t log_last_seq = 0;  // highest sequence in the log (recovered or placed)
     int fd = -1, idx_fd = -1;
-    uint64_t seg_first = 0, file_off = 0, next_index = 0;
+    uint64_t seg_first = 0, file_off = 0, next_index = 0;  // file_off: the log's logical end
+    // Direct I/O: fd is O_DIRECT; `tail` holds the log's bytes from the start of the
+    // block file_off is in up to file_off (the next buffer's prefix); pad_pending:
+    // the last submitted buffer was padded there (its successor waits for it).
+    bool direct = false, pad_pending = false;
+    uint32_t tail_len = 0;
+    std::byte tail[kBlk];
     bool roll_pending = false;
     uint64_t roll_seq = 0;
     std::deque<Sealed> sealed;
@@ -290,8 +309,13 @@ struct Archiver::Impl {
       p->file_off = rec.active_size;
       p->kick_from = rec.active_size;
       std::string path = p->dir + "/" + segment_file_name(p->seg_first);
-      p->fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+      p->fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
       if (p->fd < 0) sys_fail("open " + path);
+      // The partial block the log ends in: the next buffer's prefix (direct I/O).
+      p->tail_len = uint32_t(p->file_off % kBlk);
+      if (::pread(p->fd, p->tail, p->tail_len, off_t(p->file_off - p->tail_len)) != ssize_t(p->tail_len))
+        sys_fail("read " + path);
+      p->fd = use_direct(*p, path, p->fd);
       std::string ipath = p->dir + "/" + index_file_name(p->seg_first);
       p->idx_fd = ::open(ipath.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
       if (p->idx_fd < 0) sys_fail("open " + ipath);
@@ -460,6 +484,10 @@ struct Archiver::Impl {
     std::string ipath = p.dir + "/" + index_file_name(first_seq);
     int ifd = ::open(ipath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
     if (p.cfg.flush != FlushPolicy::none) fsync_dir(p.dir);
+    fd = use_direct(p, path, fd);
+    std::memcpy(p.tail, &h, sizeof h);  // the first buffer rewrites the header's block unchanged
+    p.tail_len = sizeof h;
+    p.pad_pending = false;
     p.fd = fd;
     p.idx_fd = ifd;
     p.seg_first = first_seq;
@@ -471,9 +499,27 @@ struct Archiver::Impl {
     return true;
   }
 
+  // The segment's descriptor for p's writes: an O_DIRECT one when configured, the
+  // policy syncs (interval, batch) and the file system takes it (else `fd` as is).
+  int use_direct(Part& p, const std::string& path, int fd) {
+    p.direct = p.st.direct_io = false;
+    if (!cfg.direct_io || p.cfg.flush == FlushPolicy::none) return fd;
+    const int dfd = ::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    if (dfd < 0) return fd;  // EINVAL: no O_DIRECT here (the page cache it is)
+    ::close(fd);
+    p.direct = p.st.direct_io = true;
+    return dfd;
+  }
+
   // Called with nothing in flight for p.
   bool roll(Part& p) {
     if (p.fd >= 0) {
+      // Direct I/O padded the last block: the sealed file ends at its last batch.
+      if (p.direct && ::ftruncate(p.fd, off_t(p.file_off)) != 0) {
+        ++p.st.io_errors;
+        set_error(p, errno);
+        return false;
+      }
       if (p.cfg.flush != FlushPolicy::none) {
         if (::fdatasync(p.fd) != 0) {
           ++p.st.io_errors;
@@ -509,8 +555,17 @@ struct Archiver::Impl {
   }
 
   // ------------------------------------------------------------------ buffers
+  // Whether get_buf(p, need) would find a buffer (a heap one is always tried).
+  bool can_get_buf(const Part& p, uint32_t need) const {
+    need += p.direct ? p.tail_len : 0;
+    if (p.cfg.flush == FlushPolicy::batch && need <= cfg.batch_buffer_bytes && !free_big.empty()) return true;
+    return need > cfg.buffer_bytes || !free_fixed.empty();
+  }
+
   Buf* get_buf(Part& p, uint32_t need) {
     Buf* b = nullptr;
+    const uint32_t pre = p.direct ? p.tail_len : 0;
+    need += pre;
     if (p.cfg.flush == FlushPolicy::batch && need <= cfg.batch_buffer_bytes && !free_big.empty()) {
       b = free_big.back();
       free_big.pop_back();
@@ -534,6 +589,14 @@ struct Archiver::Impl {
     b->part = &p;
     b->fill = b->written = 0;
     b->file_off = p.file_off;
+    b->pre = b->wlen = 0;
+    b->carry = b->after_padded = false;
+    if (pre) {
+      std::memcpy(b->data, p.tail, pre);
+      b->fill = b->pre = pre;
+      b->file_off = p.file_off - pre;
+      b->after_padded = p.pad_pending;
+    }
     b->first_seq = b->last_seq = b->last_ts = b->records = 0;
     b->ring_end = p.read_pos;
     b->want_sync = p.cfg.flush == FlushPolicy::batch;
@@ -561,21 +624,51 @@ struct Archiver::Impl {
 
   uint32_t submitted(const Part& p) const {
     uint32_t n = 0;
-    for (Buf* b : p.bufs) n += b->st != Buf::filling;
+    for (Buf* b : p.bufs) n += b->st == Buf::writing || b->st == Buf::failed;
     return n;
   }
 
-  bool submit_buf(Buf* b) {
+  // Submits b's write (and, batch flush, its linked fdatasync). carry (direct I/O,
+  // `interval`, a full buffer whose successor is about to be taken): the partial
+  // last block goes to the next buffer instead of being padded.
+  bool submit_buf(Buf* b, bool carry = false) {
     Part& p = *b->part;
     const uint32_t nops = b->want_sync ? 2 : 1;
     if (inflight + nops > cfg.queue_depth) return false;
-    if (b->batch.open()) b->batch.finish();  // length, count, CRC: the buffer is final
+    if (b->after_padded) {
+      // Its first block is the predecessor's padded last block: never two writes in
+      // flight to one block (their order on the disk would be undefined).
+      for (size_t i = 1; i < p.bufs.size(); ++i)
+        if (p.bufs[i] == b && (p.bufs[i - 1]->st != Buf::done || p.bufs[i - 1]->ops)) return false;
+    }
     if (io_uring_sq_space_left(&ring) < nops) io_uring_submit(&ring);
+    if (io_uring_sq_space_left(&ring) < nops) return false;
+    if (b->st == Buf::filling) {
+      // The buffer becomes final: the batch's length, count and CRC, then what is written.
+      if (b->batch.open()) b->batch.finish();
+      b->wlen = b->fill;
+      if (p.direct) {
+        const uint32_t cut = b->fill & ~(kBlk - 1);
+        if (carry && cut >= kBlk && p.cfg.flush == FlushPolicy::interval) {
+          b->wlen = cut;
+          b->carry = true;
+          p.pad_pending = false;
+        } else {
+          b->wlen = (b->fill + kBlk - 1) & ~(kBlk - 1);
+          std::memset(b->data + b->fill, 0, b->wlen - b->fill);  // never stale bytes past the end
+          p.pad_pending = b->wlen != b->fill;
+        }
+        p.tail_len = b->fill - cut;
+        std::memcpy(p.tail, b->data + cut, p.tail_len);
+      }
+    }
+    if (p.direct) b->written &= ~(kBlk - 1);  // a short write is redone from a block boundary
     io_uring_sqe* w = io_uring_get_sqe(&ring);
-    if (!w) return false;
     const bool ff = fixed_files;
     const int fd = ff ? int(p.slot_index) : p.fd;
-    const uint32_t len = b->fill - b->written;
+    const uint32_t len = b->wlen - b->written;
+    if (cfg.on_write) cfg.on_write(p.dir, p.seg_first, b->file_off + b->written, b->data + b->written, len,
+                                   b->file_off + b->fill);
     if (b->fixed && fixed_bufs)
       io_uring_prep_write_fixed(w, fd, b->data + b->written, len, b->file_off + b->written, int(b->id));
     else
@@ -614,7 +707,7 @@ struct Archiver::Impl {
     if (p.roll_pending) {
       // The staged batch of the old segment goes first.
       Buf* last = p.bufs.empty() ? nullptr : p.bufs.back();
-      if (last && last->st == Buf::filling && last->fill && submitted(p) < max_sub && submit_buf(last))
+      if (last && last->st == Buf::filling && last->fill > last->pre && submitted(p) < max_sub && submit_buf(last))
         progress = true;
       if (!p.bufs.empty() || p.sync_inflight) return progress;
       if (now < p.retry_at) return progress;
@@ -686,7 +779,10 @@ struct Archiver::Impl {
         cur->batch.append(p.read_pos, hc, payload, plen);
       } else {
         if (cur) {
-          if (submitted(p) >= max_sub || !submit_buf(cur)) break;
+          // The next buffer first (direct I/O may carry this one's last block into it).
+          if (submitted(p) >= max_sub || !can_get_buf(p, rec + (p.direct ? cur->fill % kBlk : 0)) ||
+              !submit_buf(cur, true))
+            break;
           progress = true;
         }
         cur = get_buf(p, rec);
@@ -710,13 +806,13 @@ struct Archiver::Impl {
       cur->ring_end = p.read_pos;
       progress = true;
     }
-    if (cur && cur->fill == 0 && cur->st == Buf::filling) {
+    if (cur && cur->fill == cur->pre && cur->st == Buf::filling) {
       p.bufs.pop_back();  // only padding was read into it
       put_buf(cur);
       cur = nullptr;
     }
     // Submit a partial batch once the ring is drained (or a roll waits for it).
-    if (cur && cur->fill > 0 && (drained || p.roll_pending) && submitted(p) < max_sub) {
+    if (cur && cur->fill > cur->pre && (drained || p.roll_pending) && submitted(p) < max_sub) {
       if (submit_buf(cur)) progress = true;
     }
     // Nothing staged or in flight: padding read so far can be released at once.
@@ -735,6 +831,8 @@ struct Archiver::Impl {
     while (!p.bufs.empty()) {
       Buf* b = p.bufs.front();
       if (b->st != Buf::done || b->ops) break;
+      if (b->carry && (p.bufs.size() < 2 || p.bufs[1]->st != Buf::done || p.bufs[1]->ops))
+        break;  // its last block is written by the next buffer
       if (p.idx_fd >= 0 && !b->idx.empty()) {
         ssize_t n = ::write(p.idx_fd, b->idx.data(), b->idx.size() * sizeof(IndexEntry));
         (void)n;  // the index is a hint, rebuilt by recovery
@@ -743,7 +841,7 @@ struct Archiver::Impl {
       if (p.cfg.flush != FlushPolicy::interval) p.durable_seq = b->last_seq;
       kick_writeback(p, b->file_off + b->fill);
       p.st.records += b->records;
-      p.st.bytes += b->fill;
+      p.st.bytes += b->fill - b->pre;
       release_ring(p, b->ring_end);
       p.bufs.pop_front();
       put_buf(b);
@@ -775,7 +873,7 @@ struct Archiver::Impl {
   // not pile up until the kernel throttles the writer, and the periodic fdatasync
   // finds little left to do. A hint: its result is ignored.
   void kick_writeback(Part& p, uint64_t end) {
-    if (!cfg.writeback_kick_bytes || p.cfg.flush == FlushPolicy::batch || p.fd < 0) return;
+    if (!cfg.writeback_kick_bytes || p.cfg.flush == FlushPolicy::batch || p.fd < 0 || p.direct) return;
     if (end < p.kick_from) p.kick_from = kFileHeaderSize;  // a new segment
     if (end - p.kick_from < cfg.writeback_kick_bytes || inflight + 1 > cfg.queue_depth) return;
     io_uring_sqe* s = io_uring_get_sqe(&ring);
@@ -828,7 +926,7 @@ struct Archiver::Impl {
         schedule_retry(p, now);
       } else {
         b->written += uint32_t(res);
-        if (b->written < b->fill) {
+        if (b->written < b->wlen) {
           b->st = Buf::failed;  // short write (e.g. the disk just filled): write the rest
           if (res == 0) {
             ++p.st.io_errors;  // nothing written: the disk is full
@@ -853,7 +951,7 @@ struct Archiver::Impl {
           ++p.st.io_errors;
           set_error(p, -res);
           schedule_retry(p, now);
-        } else if (b->st == Buf::writing && b->written == b->fill) {
+        } else if (b->st == Buf::writing && b->written == b->wlen) {
           b->st = Buf::done;
         } else if (b->st == Buf::writing) {
           b->st = Buf::failed;
@@ -1038,7 +1136,7 @@ struct Archiver::Impl {
         if (p->removed || p->removing) continue;
         // Submit what is staged; failed writes get a few more tries.
         for (Buf* b : p->bufs)
-          if ((b->st == Buf::filling && b->fill) || (b->st == Buf::failed && b->ops == 0)) {
+          if ((b->st == Buf::filling && b->fill > b->pre) || (b->st == Buf::failed && b->ops == 0)) {
             if (round < 100 && submit_buf(b)) work = true;
           }
       }
@@ -1051,6 +1149,8 @@ struct Archiver::Impl {
     for (auto& p : parts) {
       if (p->removing) try_finalize(*p);
       if (p->removed) continue;
+      // Direct I/O pads the last block: a clean stop leaves the file at its logical end.
+      if (p->direct && p->fd >= 0 && p->bufs.empty()) (void)::ftruncate(p->fd, off_t(p->file_off));
       if (p->cfg.flush == FlushPolicy::interval && p->fd >= 0 && p->written_seq > p->durable_seq &&
           ::fdatasync(p->fd) == 0) {
         p->durable_seq = p->written_seq;

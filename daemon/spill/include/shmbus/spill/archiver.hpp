@@ -73,6 +73,17 @@ struct ArchiverConfig {
   int64_t idle_wait_ns = 10'000'000;   // longest sleep when there is nothing to do
   int64_t retry_min_ns = 1'000'000;    // back-off after a failed write: 1 ms doubling ...
   int64_t retry_max_ns = 100'000'000;  // ... to 100 ms
+  // `interval` and `batch` partitions write their segments with O_DIRECT from the
+  // registered buffers (no page-cache copy; docs/spill-log.md, "Direct I/O") when
+  // the file system takes it, else through the page cache. `none` always uses the
+  // page cache (its acknowledgement is "written to the page cache").
+  bool direct_io = true;
+  // Test hook: called for every data write submitted to a segment file (retries
+  // included) with the file's first sequence, the write's file offset and bytes, and
+  // the log's logical end after it (bytes past it are padding). Archiver thread.
+  std::function<void(const std::string& dir, uint64_t seg_first, uint64_t off, const std::byte* data,
+                     uint32_t len, uint64_t logical_end)>
+      on_write;
   // Test hook (fault injection): called for every completed operation with its kind
   // and its 0-based number among operations of that kind; a non-zero errno makes the
   // archiver treat the operation as failed with it.
@@ -90,6 +101,7 @@ struct PartitionStats {
   uint64_t archived_seq = 0, durable_seq = 0;
   uint64_t gaps = 0;   // frames the log missed (resumed past them)
   int last_error = 0;  // errno, 0 = healthy now
+  bool direct_io = false;  // the active segment is written with O_DIRECT
 };
 
 class Archiver {
