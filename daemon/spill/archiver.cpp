@@ -667,8 +667,9 @@ struct Archiver::Impl {
     const bool ff = fixed_files;
     const int fd = ff ? int(p.slot_index) : p.fd;
     const uint32_t len = b->wlen - b->written;
-    if (cfg.on_write) cfg.on_write(p.dir, p.seg_first, b->file_off + b->written, b->data + b->written, len,
-                                   b->file_off + b->fill);
+    if (cfg.on_write)
+      cfg.on_write(p.dir, p.seg_first, b->file_off + b->written, b->data + b->written, len,
+                   b->file_off + b->fill);
     if (b->fixed && fixed_bufs)
       io_uring_prep_write_fixed(w, fd, b->data + b->written, len, b->file_off + b->written, int(b->id));
     else
@@ -707,7 +708,8 @@ struct Archiver::Impl {
     if (p.roll_pending) {
       // The staged batch of the old segment goes first.
       Buf* last = p.bufs.empty() ? nullptr : p.bufs.back();
-      if (last && last->st == Buf::filling && last->fill > last->pre && submitted(p) < max_sub && submit_buf(last))
+      if (last && last->st == Buf::filling && last->fill > last->pre && submitted(p) < max_sub &&
+          submit_buf(last))
         progress = true;
       if (!p.bufs.empty() || p.sync_inflight) return progress;
       if (now < p.retry_at) return progress;

@@ -101,8 +101,8 @@ struct PartitionStats {
   uint64_t segments_rolled = 0, segments_deleted = 0;
   uint64_t io_errors = 0, retries = 0;
   uint64_t archived_seq = 0, durable_seq = 0;
-  uint64_t gaps = 0;   // frames the log missed (resumed past them)
-  int last_error = 0;  // errno, 0 = healthy now
+  uint64_t gaps = 0;       // frames the log missed (resumed past them)
+  int last_error = 0;      // errno, 0 = healthy now
   bool direct_io = false;  // the active segment is written with O_DIRECT
 };
 
