@@ -555,9 +555,10 @@ struct Archiver::Impl {
   }
 
   // ------------------------------------------------------------------ buffers
-  // Whether get_buf(p, need) would find a buffer (a heap one is always tried).
-  bool can_get_buf(const Part& p, uint32_t need) const {
-    need += p.direct ? p.tail_len : 0;
+  // Whether get_buf(p, need) would find a buffer (a heap one is always tried) once the
+  // log's partial last block holds `pre` bytes (the prefix get_buf copies then).
+  bool can_get_buf(const Part& p, uint32_t need, uint32_t pre) const {
+    need += p.direct ? pre : 0;
     if (p.cfg.flush == FlushPolicy::batch && need <= cfg.batch_buffer_bytes && !free_big.empty()) return true;
     return need > cfg.buffer_bytes || !free_fixed.empty();
   }
@@ -781,11 +782,15 @@ struct Archiver::Impl {
         cur->batch.append(p.read_pos, hc, payload, plen);
       } else {
         if (cur) {
-          // The next buffer first (direct I/O may carry this one's last block into it).
-          if (submitted(p) >= max_sub || !can_get_buf(p, rec + (p.direct ? cur->fill % kBlk : 0)) ||
-              !submit_buf(cur, true))
-            break;
+          // Direct I/O carries cur's partial last block into the next buffer, so that
+          // one must be there. Without a free buffer cur is padded instead: a carried
+          // buffer is acknowledged only with its successor, and a successor waiting
+          // for a buffer that only its own completion frees would wait forever.
+          if (submitted(p) >= max_sub) break;
+          const bool next = can_get_buf(p, rec, cur->fill % kBlk);
+          if (!submit_buf(cur, next)) break;
           progress = true;
+          if (!next) break;
         }
         cur = get_buf(p, rec);
         if (!cur) break;
