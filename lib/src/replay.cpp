@@ -22,6 +22,14 @@ struct ReplaySubscriber::Impl {
   CursorGrant grant;     // daemon mode: the slot the daemon granted (our page)
   ReplaySource mode = ReplaySource::log;
   uint64_t want_seq = 0;
+  // `latest`: what is new is what lies at or after the ring position joined (of that
+  // ring epoch), until the first delivery (then last_seq orders everything). Not the
+  // tail's sequence: a pending multi-producer claim's tail word names the batch's
+  // LAST sequence while the position is its first frame, and commits landing between
+  // the join and the read of the word would be skipped.
+  bool pos_floor = false;
+  uint64_t join_pos = 0, join_epoch = 0;
+  uint64_t seek_hint = 0;  // a lower bound for the log seek of a lap before the first delivery
   bool ts_filter = false;
   uint64_t min_ts = 0;
   uint64_t last_seq = 0;
@@ -37,6 +45,9 @@ struct ReplaySubscriber::Impl {
   Impl(std::shared_ptr<PartitionMapping> mp, const ReplayOptions& opts)
       : m(std::move(mp)), r(m->refs()), o(opts), log_arena(opts.chunk_bytes), ring_arena(opts.chunk_bytes),
         log(spill::partition_dir(opts.state_dir, m->topic(), m->partition()), log_arena) {
+    // Read before the join: sequences only grow, so (unless a claim was pending) every
+    // frame at or after the joined position has at least this sequence.
+    const uint64_t tw = aref(r.data->tail_seq).load(std::memory_order_acquire);
     if (m->granted()) {
       grant = m->join_cursor(false, "", shm::RingReader::kAtTail);
       slot.adopt(r, grant.slot, grant.page, grant.position, false, grant.check_below);
@@ -46,10 +57,13 @@ struct ReplaySubscriber::Impl {
     switch (o.start.kind) {
       case StartAt::Kind::latest:
         mode = ReplaySource::ring;
-        want_seq = shm::tail_seq_of(aref(r.data->tail_seq).load(std::memory_order_acquire));
+        pos_floor = true;
+        join_pos = slot.position();
+        join_epoch = r.data->created_ns;
+        seek_hint = shm::tail_pending_of(tw) ? 0 : shm::tail_seq_of(tw);
         have_end = true;
-        last_end = slot.position();
-        last_epoch = r.data->created_ns;
+        last_end = join_pos;
+        last_epoch = join_epoch;
         break;
       case StartAt::Kind::earliest: log.seek_earliest(); break;
       case StartAt::Kind::sequence:
@@ -74,8 +88,11 @@ struct ReplaySubscriber::Impl {
     return aref(r.data->zero_intent).load(std::memory_order_relaxed) > pos + r.capacity;
   }
 
-  bool passes(uint64_t seq, uint64_t ts) {
+  // `pos`, `epoch`: the message's ring position and ring epoch (for `latest`).
+  bool passes(uint64_t seq, uint64_t ts, uint64_t pos, uint64_t epoch) {
     if (seq < want_seq || (last_seq && seq <= last_seq)) return false;
+    if (pos_floor && !last_seq && (epoch != join_epoch || pos < join_pos))
+      return false;  // another epoch: an older ring
     if (ts_filter) {
       if (ts < min_ts) return false;
       ts_filter = false;
@@ -110,7 +127,7 @@ struct ReplaySubscriber::Impl {
       auto* ch = reinterpret_cast<shm::FrameHeader*>(dst);
       if (shm::commit_length(ch->commit) != f.next - f.pos || ch->payload_len != plen)
         return RingPoll::corrupt;
-      if (!passes(ch->sequence, ch->timestamp_ns)) continue;
+      if (!passes(ch->sequence, ch->timestamp_ns, f.pos, epoch)) continue;
       c->end += need;
       ring_arena.mark(ch->sequence);
       shm::FrameView v;
@@ -137,7 +154,7 @@ struct ReplaySubscriber::Impl {
         spill::LogReader::Next n = log.next(rv);
         if (n == spill::LogReader::Next::ok) {
           handover_armed = false;
-          if (!passes(rv.seq(), rv.ts())) continue;
+          if (!passes(rv.seq(), rv.ts(), rv.ring_pos, log.file_epoch())) continue;
           shm::FrameView f;
           f.hdr = rv.hdr;
           f.payload = rv.payload;
@@ -184,7 +201,7 @@ struct ReplaySubscriber::Impl {
           ++st.lapped;
           mode = ReplaySource::log;
           handover_armed = false;
-          log.seek_sequence(last_seq ? last_seq + 1 : want_seq);
+          log.seek_sequence(last_seq ? last_seq + 1 : std::max(want_seq, seek_hint));
           continue;
       }
     }

@@ -281,3 +281,63 @@ TEST_CASE("A consumer 100x slower than the producer under spill never holds it b
   CHECK(producer_ns.load() < 5 * baseline_ns.load() + 200'000'000ull);
   a.stop();
 }
+
+// A replay from `latest` joins at the ring's tail position; what is new is what lies
+// at or after it. A multi-producer claim moves the tail in two steps (a pending word
+// naming the claim's LAST sequence with the position still at its first frame, then
+// the position past it): a reader joining in between used to take the word's
+// sequence as its first and drop the batch's other frames. The window is recreated
+// here by putting the pending tail back while the reader joins.
+TEST_CASE("Replay from latest joined while a multi-frame claim's tail is pending delivers the whole batch",
+          "[spill]") {
+  std::string prefix = unique_prefix("rlatest");
+  Bus bus = Bus::direct({.shm_prefix = prefix});
+  const std::string topic = "t.latest";
+  TopicConfig c = durable_topic(1 << 20);
+  c.multi_producer = true;
+  bus.create_topic(topic, c);
+  TopicGuard guard{bus, topic};
+  TempDir dir;
+  spill::Archiver a;
+  spill::LogConfig lc;
+  lc.state_dir = dir.path;
+  lc.flush = spill::FlushPolicy::none;
+  a.add_partition(bus.provider().open(topic, 0, Role::admin, 5000), lc);
+  a.start();
+  auto admin = bus.provider().open(topic, 0, Role::admin, 5000);
+  shm::DataHeader* d = admin->refs().data;
+  Publisher pub = bus.publisher(topic, patient_publisher());
+  for (uint64_t i = 1; i <= 10; ++i) REQUIRE(publish_one(pub, i) == i);
+  const uint64_t batch_pos = shm::aref(d->tail_pos).load(std::memory_order_acquire);
+  BatchView bv;
+  REQUIRE(pub.claim_n(5, 256, bv) == Status::ok);
+  REQUIRE(bv.sequence == 11);
+  const uint64_t end_pos = shm::aref(d->tail_pos).load(std::memory_order_acquire);
+  const uint64_t end_word = shm::aref(d->tail_seq).load(std::memory_order_acquire);
+  REQUIRE(shm::tail_seq_of(end_word) == 16);
+  // The pending step of that claim (producer slot 0): position at the first frame,
+  // the word naming sequence 15.
+  shm::aref(d->tail_seq).store(shm::tail_word(15, 1), std::memory_order_seq_cst);
+  shm::aref(d->tail_pos).store(batch_pos, std::memory_order_seq_cst);
+  ReplayOptions o;
+  o.state_dir = dir.path;
+  o.start = StartAt::latest();
+  ReplaySubscriber sub = replay_subscriber(bus, topic, o);
+  shm::aref(d->tail_pos).store(end_pos, std::memory_order_seq_cst);
+  shm::aref(d->tail_seq).store(end_word, std::memory_order_seq_cst);
+  uint32_t used[5];
+  for (uint32_t i = 0; i < 5; ++i) {
+    used[i] = payload_len(11 + i);
+    fill_payload(11 + i, bv.data(i), used[i]);
+  }
+  REQUIRE(pub.commit_n(5, used) == Status::ok);
+  REQUIRE(publish_one(pub, 16) == 16);
+  View v;
+  for (uint64_t want = 11; want <= 16; ++want) {
+    REQUIRE(sub.poll_wait(v, 5'000'000'000) == Status::ok);
+    CHECK(v.sequence() == want);
+    CHECK(payload_ok(v.sequence(), v.data(), v.size()));
+    sub.release(v);
+  }
+  CHECK(sub.poll(v) == Status::empty);
+}
