@@ -750,10 +750,16 @@ bool LogReader::later_segment_exists() {
 bool LogReader::advance_file() {
   uint64_t from = cur_first_;
   close_segment();
-  for (const SegmentInfo& s : list_segments(dir_)) {
+  const std::vector<SegmentInfo> segs = list_segments(dir_);
+  for (size_t k = 0; k < segs.size(); ++k) {
+    const SegmentInfo& s = segs[k];
     if (s.first_seq <= from) continue;
     if (open_segment(s, kFileHeaderSize)) return true;
-    ++corrupt_;  // a segment without a valid header: skip it
+    // The archiver creates a segment, then writes its header: the newest one without
+    // a valid header yet is tried again later (end for now). One with a later segment
+    // after it is corrupt: skipped.
+    if (k + 1 == segs.size()) break;
+    ++corrupt_;
     from = s.first_seq;
   }
   cur_first_ = from;
@@ -908,6 +914,10 @@ void LogReader::seek_sequence(uint64_t seq) {
   if (segs[0].first_seq > seq && seq > 1) ++gaps_;
   uint64_t off = segs[i].first_seq < seq ? index_offset(segs[i], false, seq) : kFileHeaderSize;
   if (!open_segment(segs[i], off)) {
+    if (i + 1 == segs.size()) {
+      cur_first_ = i ? segs[i - 1].first_seq : 0;  // its header is not written yet: again later
+      return;
+    }
     ++corrupt_;
     cur_first_ = segs[i].first_seq;
   }
@@ -931,6 +941,10 @@ void LogReader::seek_time(uint64_t ts) {
   }
   uint64_t off = index_offset(segs[i], true, ts);
   if (!open_segment(segs[i], off)) {
+    if (i + 1 == segs.size()) {
+      cur_first_ = i ? segs[i - 1].first_seq : 0;  // its header is not written yet: again later
+      return;
+    }
     ++corrupt_;
     cur_first_ = segs[i].first_seq;
   }
