@@ -215,14 +215,7 @@ fn produce(c: &Cfg) -> Result<(), String> {
         let mut m = publisher
             .claim_message(64)
             .map_err(|e| format!("claim {i}: {e}"))?;
-        let mut q = m.init_root::<quote::Builder>();
-        q.set_instrument_id((i % 1000) as u32);
-        q.set_bid_px(10_000_000_000 + i as i64);
-        q.set_ask_px(10_000_000_100 + i as i64);
-        q.set_bid_qty((i % 500 + 1) as u32);
-        q.set_ask_qty((i % 700 + 1) as u32);
-        q.set_exchange_ts_ns(i);
-        q.set_seq(i);
+        fill_quote(m.init_root::<quote::Builder>(), i);
         let done = m
             .commit_as::<quote::Reader>(i)
             .map_err(|e| format!("commit {i}: {e}"))?;
@@ -261,16 +254,11 @@ fn produce_packed(c: &Cfg, publisher: &mut shmbus::Publisher, gap: u64) -> Resul
             }
             next += gap;
         }
-        let mut q = msg
-            .get_root::<quote::Builder>()
-            .map_err(|e| e.to_string())?;
-        q.set_instrument_id((i % 1000) as u32);
-        q.set_bid_px(10_000_000_000 + i as i64);
-        q.set_ask_px(10_000_000_100 + i as i64);
-        q.set_bid_qty((i % 500 + 1) as u32);
-        q.set_ask_qty((i % 700 + 1) as u32);
-        q.set_exchange_ts_ns(i);
-        q.set_seq(i);
+        fill_quote(
+            msg.get_root::<quote::Builder>()
+                .map_err(|e| e.to_string())?,
+            i,
+        );
         let seg = &msg.get_segments_for_output()[0];
         buf[k * size + 8..(k + 1) * size].copy_from_slice(seg);
         k += 1;
@@ -318,14 +306,7 @@ fn produce_inplace_batch(
             .claim_batch(k, 64)
             .map_err(|e| format!("claim batch at {i}: {e}"))?;
         for (f, id) in ids[..k].iter_mut().enumerate() {
-            let mut q = b.init_root::<quote::Builder>(f);
-            q.set_instrument_id((i % 1000) as u32);
-            q.set_bid_px(10_000_000_000 + i as i64);
-            q.set_ask_px(10_000_000_100 + i as i64);
-            q.set_bid_qty((i % 500 + 1) as u32);
-            q.set_ask_qty((i % 700 + 1) as u32);
-            q.set_exchange_ts_ns(i);
-            q.set_seq(i);
+            fill_quote(b.init_root::<quote::Builder>(f), i);
             *id = i;
             i += 1;
         }
@@ -339,4 +320,15 @@ fn produce_inplace_batch(
         c.count as f64 / secs
     );
     Ok(())
+}
+
+/// The benchmark's Quote number `i` (every producer mode writes the same fields).
+fn fill_quote(mut q: quote::Builder<'_>, i: u64) {
+    q.set_instrument_id((i % 1000) as u32);
+    q.set_bid_px(10_000_000_000 + i as i64);
+    q.set_ask_px(10_000_000_100 + i as i64);
+    q.set_bid_qty((i % 500 + 1) as u32);
+    q.set_ask_qty((i % 700 + 1) as u32);
+    q.set_exchange_ts_ns(i);
+    q.set_seq(i);
 }
