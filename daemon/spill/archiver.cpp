@@ -75,6 +75,23 @@ uint64_t tag(uint64_t id, uint64_t op) { return (id << 8) | op; }
 // (the logical block size of every disk we expect; 512-byte disks accept it too).
 constexpr uint32_t kBlk = 4096;
 
+// A SIGKILLed archiver's O_DIRECT writes are not tied to a thread of its process:
+// the process can be reaped while they are still on their way to the disk. Were
+// one to land after this archiver scanned the last segment and wrote its own
+// batches there, it would overwrite them. fallocate waits for the direct I/O in
+// flight on the inode (ext4, xfs: inode_dio_wait; KEEP_SIZE, one block past the
+// end: nothing visible changes), so the scan that follows sees the file settled.
+// Best effort: a file system without fallocate has no such wait to offer.
+void wait_direct_writes(const std::string& dir) {
+  const std::vector<SegmentInfo> segs = list_segments(dir);
+  if (segs.empty()) return;
+  const int fd = ::open(segs.back().path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  struct stat st;
+  if (::fstat(fd, &st) == 0) (void)::fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, 1);
+  ::close(fd);
+}
+
 }  // namespace
 
 struct Archiver::Impl {
@@ -252,6 +269,7 @@ struct Archiver::Impl {
     p->st.partition = p->m->partition();
     mkdirs(p->dir);
     p->epoch = p->r.data->created_ns;
+    wait_direct_writes(p->dir);
     RecoveryResult rec = recover_partition_log(p->dir, p->cfg.index_interval);
 
     const uint32_t me = uint32_t(getpid());
@@ -1249,6 +1267,7 @@ std::vector<PartitionStats> Archiver::stats() const {
 }
 
 uint64_t next_sequence_after_log(const std::string& state_dir, const std::string& topic, uint32_t partition) {
+  wait_direct_writes(partition_dir(state_dir, topic, partition));  // see there
   std::string dir = partition_dir(state_dir, topic, partition);
   std::vector<SegmentInfo> segs = list_segments(dir);
   for (size_t i = segs.size(); i-- > 0;) {
