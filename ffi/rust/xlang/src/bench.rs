@@ -221,12 +221,7 @@ fn produce(c: &Cfg) -> Result<(), String> {
             .map_err(|e| format!("commit {i}: {e}"))?;
         fallbacks += u64::from(done.fell_back);
     }
-    let secs = (monotonic_ns() - t0) as f64 / 1e9;
-    println!(
-        "{{\"lang\":\"rust\",\"role\":\"producer\",\"published\":{},\"mps\":{:.0},\"fallbacks\":{fallbacks}}}",
-        c.count,
-        c.count as f64 / secs
-    );
+    report_produced(c.count, t0, fallbacks);
     Ok(())
 }
 
@@ -270,12 +265,7 @@ fn produce_packed(c: &Cfg, publisher: &mut shmbus::Publisher, gap: u64) -> Resul
             k = 0;
         }
     }
-    let secs = (monotonic_ns() - t0) as f64 / 1e9;
-    println!(
-        "{{\"lang\":\"rust\",\"role\":\"producer\",\"published\":{},\"mps\":{:.0},\"fallbacks\":0}}",
-        c.count,
-        c.count as f64 / secs
-    );
+    report_produced(c.count, t0, 0);
     Ok(())
 }
 
@@ -313,12 +303,7 @@ fn produce_inplace_batch(
         b.commit_messages_as::<quote::Reader>(k, Some(&ids[..k]))
             .map_err(|e| format!("commit up to {}: {e}", i - 1))?;
     }
-    let secs = (monotonic_ns() - t0) as f64 / 1e9;
-    println!(
-        "{{\"lang\":\"rust\",\"role\":\"producer\",\"published\":{},\"mps\":{:.0},\"fallbacks\":0}}",
-        c.count,
-        c.count as f64 / secs
-    );
+    report_produced(c.count, t0, 0);
     Ok(())
 }
 
@@ -331,4 +316,14 @@ fn fill_quote(mut q: quote::Builder<'_>, i: u64) {
     q.set_ask_qty((i % 700 + 1) as u32);
     q.set_exchange_ts_ns(i);
     q.set_seq(i);
+}
+
+/// The producer's result line (JSON, read by bench/lang/run.sh): `count` messages
+/// published since `t0`, `fallbacks` of them copied after outgrowing their claim.
+fn report_produced(count: u64, t0: u64, fallbacks: u64) {
+    let secs = (monotonic_ns() - t0) as f64 / 1e9;
+    println!(
+        "{{\"lang\":\"rust\",\"role\":\"producer\",\"published\":{count},\"mps\":{:.0},\"fallbacks\":{fallbacks}}}",
+        count as f64 / secs
+    );
 }
