@@ -83,6 +83,10 @@ type Requester struct {
 	h       *C.shmbus_requester_t
 	rep     *C.shmbus_reply_t // C memory: what await fills
 	topic   string
+	// Requests that timed out at their context's deadline before the C wait's own
+	// timeout did (the deadline's interrupt ended the wait): the C library counted
+	// them as forgotten, not timed out. Added to Stats().Timeouts. Guarded by mu.
+	ctxTimeouts uint64
 }
 
 var errRequesterClosed = &Error{Code: CodeClosed, Msg: "requester is closed"}
@@ -237,6 +241,7 @@ func (r *Requester) await(ctx context.Context, corr uint64) (*Reply, error) {
 		if err != nil {
 			C.shmbus_requester_forget(r.h, C.uint64_t(corr))
 			if ctx.Err() == nil || ctx.Err() == context.DeadlineExceeded {
+				r.ctxTimeouts++
 				return nil, timedOut(ctx)
 			}
 			return nil, err
@@ -321,7 +326,7 @@ func (r *Requester) Stats() RequesterStats {
 	if r.h == nil || C.shmbus_requester_stats(r.h, &s) != 0 {
 		return RequesterStats{}
 	}
-	return RequesterStats{Sent: uint64(s.sent), Replies: uint64(s.replies), Timeouts: uint64(s.timeouts),
+	return RequesterStats{Sent: uint64(s.sent), Replies: uint64(s.replies), Timeouts: uint64(s.timeouts) + r.ctxTimeouts,
 		Stale: uint64(s.stale), Forged: uint64(s.forged), Malformed: uint64(s.malformed), InFlight: uint64(s.in_flight)}
 }
 
