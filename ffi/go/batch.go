@@ -264,6 +264,7 @@ func (b *Batch) Commit(k int, schemaID uint64) error {
 	if err := p.check(); err != nil {
 		return err
 	}
+	p.spin.enter()
 	if !b.open || b.pending {
 		return &Error{Code: CodeClosed, Msg: "Batch.Commit: no open batch"}
 	}

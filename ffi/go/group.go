@@ -64,6 +64,7 @@ type GroupSubscriber struct {
 	maxp    int
 	topic   string
 	group   string
+	spin    spinner // spinning waits in slices (spin.go)
 }
 
 // GroupSubscriber joins group on topic. ctx bounds the open (its end interrupts
@@ -120,6 +121,7 @@ func (b *Bus) GroupSubscriber(ctx context.Context, topic, group string, opts *Gr
 		maxp:   maxp,
 		topic:  topic,
 		group:  group,
+		spin:   newSpinner(o.Wait),
 	}, nil
 }
 
@@ -205,6 +207,7 @@ func (g *GroupSubscriber) Poll(ctx context.Context) (GroupView, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var v GroupView
+	g.spin.enter()
 	timeout := C.int64_t(0)
 	var stop func()
 	defer func() {
@@ -216,7 +219,8 @@ func (g *GroupSubscriber) Poll(ctx context.Context) (GroupView, error) {
 		if err := g.check(); err != nil {
 			return v, err
 		}
-		rc, err := pollC(func() C.int { return C.shmbus_group_subscriber_poll_wait(g.h, g.cv, timeout) })
+		t := g.spin.wait(timeout)
+		rc, err := pollC(func() C.int { return C.shmbus_group_subscriber_poll_wait(g.h, g.cv, t) })
 		if err != nil {
 			return v, err
 		}

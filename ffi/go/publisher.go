@@ -80,6 +80,7 @@ type Publisher struct {
 	batch    *Batch         // ClaimBatch: the publisher's multi-frame claim (reused)
 
 	fallbacks uint64
+	spin      spinner // spinning waits in slices (spin.go)
 }
 
 // Publisher opens a publisher on topic. On a single-producer topic a partition
@@ -131,6 +132,7 @@ func (b *Bus) Publisher(topic string, opts *PublisherOptions) (*Publisher, error
 		blockTimeout: o.BlockTimeout,
 		pipeline:     !o.DisablePipelining && !cfg.MultiProducer,
 		maxPayload:   int(C.shmbus_publisher_max_payload(h)),
+		spin:         newSpinner(o.Wait),
 	}
 	if segRepoint {
 		// One message and one arena for the publisher's life: each claim repoints
@@ -245,6 +247,7 @@ func (p *Publisher) blockingN(ctx context.Context, frames int, need func() C.uin
 	}
 	stop := interruptOnDone(ctx, func() { C.shmbus_publisher_interrupt(p.h) })
 	defer stop()
+	p.spin.enter()
 	var deadline time.Time
 	if p.blockTimeout > 0 {
 		deadline = time.Now().Add(p.blockTimeout)
@@ -264,6 +267,7 @@ func (p *Publisher) blockingN(ctx context.Context, frames int, need func() C.uin
 			}
 			timeout = durationNs(left)
 		}
+		timeout = p.spin.wait(timeout)
 		if frames > 1 {
 			rc = int(C.shmbus_publisher_wait_space_n(p.h, C.size_t(frames), need(), timeout))
 		} else {
@@ -331,6 +335,7 @@ func (p *Publisher) Commit(used int, messageID, schemaID uint64) error {
 	if err := p.check(); err != nil {
 		return err
 	}
+	p.spin.enter()
 	cu, err := sizeArg(used)
 	if err != nil {
 		return err
@@ -471,6 +476,7 @@ func (p *Publisher) commitMessage(messageID, schemaID uint64) error {
 	if err := p.check(); err != nil {
 		return err
 	}
+	p.spin.enter()
 	if !p.msgClaim || p.open == nil {
 		return &Error{Code: CodeClosed, Msg: "CommitMessage: no message claimed"}
 	}
@@ -563,6 +569,7 @@ func (p *Publisher) offer(ctx context.Context, data []byte, messageID, schemaID 
 	if err := p.check(); err != nil {
 		return err
 	}
+	p.spin.enter()
 	p.dropMsg()
 	p.open, p.pending = nil, false
 	var ptr unsafe.Pointer
@@ -584,6 +591,7 @@ func (p *Publisher) OfferPacked(ctx context.Context, buf []byte, lens []uint32) 
 	if err := p.check(); err != nil {
 		return 0, err
 	}
+	p.spin.enter()
 	total := 0
 	for _, l := range lens {
 		total += int(l)

@@ -76,6 +76,7 @@ type Subscriber struct {
 	dbg     debugTracker      // SHMBUS_DEBUG_VIEWS only
 	n       *C.size_t
 	rel     *C.shmbus_view_t
+	spin    spinner // spinning waits in slices (spin.go)
 }
 
 // SubscriberContext is Subscriber, closed when ctx ends (cancelled or past its
@@ -130,10 +131,11 @@ func (b *Bus) Subscriber(topic string, opts *SubscriberOptions) (*Subscriber, er
 	mem := C.calloc(C.size_t(nv), C.size_t(unsafe.Sizeof(C.shmbus_view_t{})))
 	cv := unsafe.Slice((*C.shmbus_view_t)(mem), nv)
 	return &Subscriber{
-		h:   h,
-		cv:  cv[:o.BatchSize],
-		rel: &cv[o.BatchSize],
-		n:   (*C.size_t)(C.calloc(1, C.size_t(unsafe.Sizeof(C.size_t(0))))),
+		h:    h,
+		cv:   cv[:o.BatchSize],
+		rel:  &cv[o.BatchSize],
+		n:    (*C.size_t)(C.calloc(1, C.size_t(unsafe.Sizeof(C.size_t(0))))),
+		spin: newSpinner(o.Wait),
 	}, nil
 }
 
@@ -217,6 +219,7 @@ func (s *Subscriber) TryPoll() (View, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var v View
+	s.spin.enter()
 	if err := s.check(); err != nil {
 		return v, err
 	}
@@ -237,6 +240,7 @@ func (s *Subscriber) Poll(ctx context.Context) (View, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var v View
+	s.spin.enter()
 	// First without waiting; then waits until a message, ctx's deadline, ctx's
 	// end or Close (both interrupt the wait in the C library at once).
 	timeout := C.int64_t(0)
@@ -250,7 +254,7 @@ func (s *Subscriber) Poll(ctx context.Context) (View, error) {
 		if err := s.check(); err != nil {
 			return v, err
 		}
-		rc := int(C.shmbus_subscriber_poll_wait(s.h, &s.cv[0], timeout))
+		rc := int(C.shmbus_subscriber_poll_wait(s.h, &s.cv[0], s.spin.wait(timeout)))
 		if rc == 0 {
 			toView(&s.cv[0], &v)
 			if debugViews {
@@ -305,6 +309,7 @@ func (s *Subscriber) pollBatch(ctx context.Context, views []View, wait bool) (in
 		return 0, nil
 	}
 	// As Poll: first without waiting, then interruptible waits.
+	s.spin.enter()
 	timeout := C.int64_t(0)
 	var stop func()
 	defer func() {
@@ -316,7 +321,7 @@ func (s *Subscriber) pollBatch(ctx context.Context, views []View, wait bool) (in
 		if err := s.check(); err != nil {
 			return 0, err
 		}
-		rc := int(C.shmbus_subscriber_poll_batch(s.h, &s.cv[0], C.size_t(max), timeout, s.n))
+		rc := int(C.shmbus_subscriber_poll_batch(s.h, &s.cv[0], C.size_t(max), s.spin.wait(timeout), s.n))
 		if rc == 0 {
 			n := int(*s.n)
 			for i := 0; i < n; i++ {
