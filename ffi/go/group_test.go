@@ -26,6 +26,10 @@ func TestMain(m *testing.M) {
 		groupMemberMain(sock)
 		return
 	}
+	if os.Getenv("SHMBUS_GO_SPIN_PREFIX") != "" {
+		spinConsumerMain()
+		return
+	}
 	if sock := os.Getenv("SHMBUS_GO_FORGER_SOCK"); sock != "" {
 		forgerMain(sock)
 		return
