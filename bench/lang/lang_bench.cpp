@@ -15,6 +15,13 @@
 //       --batch K: builds one reused Quote in its own memory, copies each message
 //       into a packed buffer and publishes K at a time (offer_batch), the path
 //       the Go and Rust batched producers take through the C ABI.
+//   hiccups --seconds S
+//       the machine's own latency floor: one thread spins reading CLOCK_MONOTONIC
+//       for S seconds and reports the gaps longer than 3 us (time it did not run:
+//       interrupts, preemption, or the hypervisor pausing the vCPU) as one JSON
+//       line. run.sh runs it on both cores at once before the pairs: a paced
+//       message in flight when such a gap hits is late by the gap, whatever the
+//       language, so it bounds what p99 can show on this machine.
 #include <algorithm>
 #include <span>
 #include <cstdio>
@@ -35,12 +42,14 @@ struct Args {
   std::string cmd, prefix, topic;
   uint64_t count = 0, rate = 0, capacity = 1u << 20, batch = 0;
   bool latency = false;
+  double seconds = 0.5;
 };
 
 [[noreturn]] void usage() {
   std::fprintf(stderr,
                "usage: shmbus-lang-bench-cpp bench-consume|bench-produce --prefix P --topic T "
-               "--count N [--latency] [--rate R] [--capacity BYTES] [--batch K]\n");
+               "--count N [--latency] [--rate R] [--capacity BYTES] [--batch K]\n"
+               "       shmbus-lang-bench-cpp hiccups [--seconds S]\n");
   std::exit(64);
 }
 
@@ -48,7 +57,7 @@ Args parse(int argc, char** argv) {
   Args a;
   if (argc < 2) usage();
   a.cmd = argv[1];
-  if (a.cmd != "bench-consume" && a.cmd != "bench-produce") usage();
+  if (a.cmd != "bench-consume" && a.cmd != "bench-produce" && a.cmd != "hiccups") usage();
   for (int i = 2; i < argc; ++i) {
     std::string f = argv[i];
     auto val = [&]() -> std::string {
@@ -69,10 +78,12 @@ Args parse(int argc, char** argv) {
       a.capacity = std::stoull(val());
     else if (f == "--latency")
       a.latency = true;
+    else if (f == "--seconds")
+      a.seconds = std::stod(val());
     else
       usage();
   }
-  if (a.prefix.empty() || a.topic.empty() || a.count == 0) usage();
+  if (a.cmd != "hiccups" && (a.prefix.empty() || a.topic.empty() || a.count == 0)) usage();
   return a;
 }
 
@@ -212,12 +223,36 @@ int produce(const Args& a) {
   return 0;
 }
 
+// hiccups: see the header comment.
+int hiccups(const Args& a) {
+  std::vector<uint64_t> gaps;
+  gaps.reserve(1 << 20);
+  const uint64_t t0 = shm::monotonic_ns(), end = t0 + uint64_t(a.seconds * 1e9);
+  uint64_t last = t0, total = 0;
+  for (;;) {
+    const uint64_t t = shm::monotonic_ns();
+    if (t - last > 3000 && gaps.size() < gaps.capacity()) {
+      gaps.push_back(t - last);
+      total += t - last;
+    }
+    last = t;
+    if (t >= end) break;
+  }
+  const double secs = double(last - t0) / 1e9;
+  std::sort(gaps.begin(), gaps.end());
+  const auto at = [&](double q) { return gaps.empty() ? 0.0 : double(gaps[size_t(q * double(gaps.size() - 1))]) / 1e3; };
+  std::printf("{\"role\":\"hiccups\",\"per_s\":%.0f,\"median_us\":%.1f,\"p90_us\":%.1f,\"max_us\":%.1f,"
+              "\"lost_pct\":%.2f}\n",
+              double(gaps.size()) / secs, at(0.5), at(0.9), at(1.0), 100.0 * double(total) / 1e9 / secs);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Args a = parse(argc, argv);
   try {
-    int rc = a.cmd == "bench-consume" ? consume(a) : produce(a);
+    int rc = a.cmd == "bench-consume" ? consume(a) : a.cmd == "hiccups" ? hiccups(a) : produce(a);
     std::fflush(stdout);
     return rc;
   } catch (const std::exception& e) {

@@ -139,6 +139,22 @@ run_one() {
     "$prod" "$cons" "$mode" "$r" "$load1" "${pout:-null}" "$cout" >>"$raw"
 }
 
+# The machine's latency floor, both cores at once (see lang_bench.cpp "hiccups").
+hiccups() {
+  local c0 c1
+  "${run_as[@]}" "$cpu_p" "${BIN[cpp]}" hiccups --seconds 0.5 >"$work/hiccups.0" &
+  "${run_as[@]}" "$cpu_c" "${BIN[cpp]}" hiccups --seconds 0.5 >"$work/hiccups.1"
+  wait
+  c0=$(cat "$work/hiccups.0") c1=$(cat "$work/hiccups.1")
+  python3 -c '
+import json, sys
+a, b = (json.loads(x) for x in sys.argv[1:3])
+print("cpu%s %d/s median %.1f us (%.1f %% lost), cpu%s %d/s median %.1f us (%.1f %% lost)" % (
+    sys.argv[3], a["per_s"], a["median_us"], a["lost_pct"], sys.argv[4], b["per_s"], b["median_us"], b["lost_pct"]))
+' "$c0" "$c1" "$cpu_p" "$cpu_c" 2>/dev/null || echo "not measured"
+}
+hiccups_start=$(hiccups)
+log "platform hiccups (a spinning thread's gaps > 3 us): $hiccups_start"
 log "pairs: $pairs; $runs runs; $count msgs (throughput), $lat_count at $rate/s (latency); cpus $cpu_p -> $cpu_c"
 for r in $(seq 1 "$runs"); do
   for p in $pairs; do
@@ -148,6 +164,7 @@ for r in $(seq 1 "$runs"); do
   log "run $r of $runs done (load $(cut -d' ' -f1-3 /proc/loadavg))"
 done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+hiccups_end=$(hiccups)
 
 meta=$work/meta.json
 python3 - "$meta" <<EOF
@@ -162,6 +179,7 @@ json.dump({
   "cpu": sh("lscpu | sed -n 's/^Model name: *//p'"),
   "cpus": sh("nproc"),
   "load_start": "$load_start", "load_end": "$load_end",
+  "hiccups_start": "$hiccups_start", "hiccups_end": "$hiccups_end",
   "autogroup": sh("cat /proc/self/autogroup 2>/dev/null"),
   "cxx": sh("c++ --version | head -1"), "go": sh("go version"), "rustc": sh("rustc --version"),
   "build": sh("meson introspect '$BUILD_DIR' --buildoptions | python3 -c \"import json,sys; o={x['name']:x['value'] for x in json.load(sys.stdin)}; print('buildtype=%s b_ndebug=%s' % (o['buildtype'], o['b_ndebug']))\""),

@@ -74,6 +74,9 @@ def main():
     ld = meta["load1_during"]
     print(f"# load average: start {meta.get('load_start')}, end {meta.get('load_end')}; "
           f"1-min load at each run min {ld['min']} median {ld['median']} max {ld['max']}" if ld else "")
+    if meta.get("hiccups_start"):
+        print(f"# platform hiccups (a spinning thread's gaps > 3 us, both cores at once): "
+              f"before {meta.get('hiccups_start')}; after {meta.get('hiccups_end')}")
     print(f"# {meta.get('command')}")
     hdr = ("pair", "runs", "Mmsg/s", "min-max", "ns/msg", "vs C++", "p50 us", "p99 us", "p99.9 us", "max us",
            "p99 vs C++", "p99 best run us", "err")
