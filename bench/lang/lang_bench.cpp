@@ -240,10 +240,13 @@ int hiccups(const Args& a) {
   }
   const double secs = double(last - t0) / 1e9;
   std::sort(gaps.begin(), gaps.end());
-  const auto at = [&](double q) { return gaps.empty() ? 0.0 : double(gaps[size_t(q * double(gaps.size() - 1))]) / 1e3; };
-  std::printf("{\"role\":\"hiccups\",\"per_s\":%.0f,\"median_us\":%.1f,\"p90_us\":%.1f,\"max_us\":%.1f,"
-              "\"lost_pct\":%.2f}\n",
-              double(gaps.size()) / secs, at(0.5), at(0.9), at(1.0), 100.0 * double(total) / 1e9 / secs);
+  const auto at = [&](double q) {
+    return gaps.empty() ? 0.0 : double(gaps[size_t(q * double(gaps.size() - 1))]) / 1e3;
+  };
+  std::printf(
+      "{\"role\":\"hiccups\",\"per_s\":%.0f,\"median_us\":%.1f,\"p90_us\":%.1f,\"max_us\":%.1f,"
+      "\"lost_pct\":%.2f}\n",
+      double(gaps.size()) / secs, at(0.5), at(0.9), at(1.0), 100.0 * double(total) / 1e9 / secs);
   return 0;
 }
 
