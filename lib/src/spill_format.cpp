@@ -899,6 +899,20 @@ uint64_t LogReader::index_offset(const SegmentInfo& s, bool by_time, uint64_t ke
   }
   return kFileHeaderSize;
 }
+// The archiver creates a segment, then writes its header: when segs[i] is the newest
+// segment and has no valid header yet, the reader stays before it and tries it again
+// on its next read; an unreadable segment with a later one after it is corrupt:
+// counted, and the reader goes on after it.
+void LogReader::seek_open(const std::vector<SegmentInfo>& segs, size_t i, uint64_t off) {
+  if (open_segment(segs[i], off)) return;
+  if (i + 1 == segs.size()) {
+    cur_first_ = i ? segs[i - 1].first_seq : 0;
+    return;
+  }
+  ++corrupt_;
+  cur_first_ = segs[i].first_seq;
+}
+
 void LogReader::seek_earliest() { seek_sequence(0); }
 
 void LogReader::seek_sequence(uint64_t seq) {
@@ -913,14 +927,7 @@ void LogReader::seek_sequence(uint64_t seq) {
     if (segs[k].first_seq <= seq) i = k;
   if (segs[0].first_seq > seq && seq > 1) ++gaps_;
   uint64_t off = segs[i].first_seq < seq ? index_offset(segs[i], false, seq) : kFileHeaderSize;
-  if (!open_segment(segs[i], off)) {
-    if (i + 1 == segs.size()) {
-      cur_first_ = i ? segs[i - 1].first_seq : 0;  // its header is not written yet: again later
-      return;
-    }
-    ++corrupt_;
-    cur_first_ = segs[i].first_seq;
-  }
+  seek_open(segs, i, off);
 }
 
 void LogReader::seek_time(uint64_t ts) {
@@ -940,14 +947,7 @@ void LogReader::seek_time(uint64_t ts) {
       break;
   }
   uint64_t off = index_offset(segs[i], true, ts);
-  if (!open_segment(segs[i], off)) {
-    if (i + 1 == segs.size()) {
-      cur_first_ = i ? segs[i - 1].first_seq : 0;  // its header is not written yet: again later
-      return;
-    }
-    ++corrupt_;
-    cur_first_ = segs[i].first_seq;
-  }
+  seek_open(segs, i, off);
 }
 
 }  // namespace shmbus::spill

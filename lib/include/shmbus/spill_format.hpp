@@ -331,6 +331,8 @@ class LogReader {
 
  private:
   bool open_segment(const SegmentInfo& s, uint64_t offset);
+  // seek_*: opens segs[i] at offset, or leaves the reader before it (see the .cpp).
+  void seek_open(const std::vector<SegmentInfo>& segs, size_t i, uint64_t offset);
   void close_segment();
   bool refill(size_t need);
   void drop_window();
