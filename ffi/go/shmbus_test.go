@@ -519,70 +519,75 @@ func TestPolicyBlockWaitsBoundedByTimeoutAndContext(t *testing.T) {
 // each, none over 2 s. The waits have no timeout of their own (BlockTimeout -1,
 // Background-derived contexts without deadline): an interrupt that is lost hangs.
 func TestCancelledContextEndsABlockedWaitAtOnce(t *testing.T) {
-	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 12})
-	pub, _ := openPair(t, bus, topic, &shmbus.PublisherOptions{BlockTimeout: -1}, nil)
-	fillRing(t, ctxT(t), pub)
-	topic2 := topic + ".poll"
-	if err := bus.CreateTopic(topic2, shmbus.TopicConfig{Capacity: 1 << 12}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bus.RemoveTopic(topic2) })
-	_, sub := openPair(t, bus, topic2, nil, nil)
-	calls := []struct {
-		name string
-		call func(context.Context) error
-	}{
-		{"Claim", func(c context.Context) error { _, err := pub.Claim(c, 512); return err }},
-		{"Offer", func(c context.Context) error { return pub.Offer(c, make([]byte, 512), 0, 0) }},
-		{"Poll", func(c context.Context) error { _, err := sub.Poll(c); return err }},
-		{"PollBatch", func(c context.Context) error { _, err := sub.PollBatch(c, make([]shmbus.View, 4)); return err }},
-		// Nothing archives this topic: the sequence never becomes durable.
-		{"WaitDurable", func(c context.Context) error { return pub.WaitDurable(c, 1<<40) }},
-	}
-	for _, tc := range calls {
-		lat := make([]time.Duration, 0, 21)
-		for i := 0; i < 21; i++ {
-			ctx, cancel := context.WithCancel(context.Background())
-			started := make(chan struct{})
+	for _, ws := range waitStrategies {
+		t.Run(ws.name, func(t *testing.T) {
+			bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 12})
+			pub, _ := openPair(t, bus, topic, &shmbus.PublisherOptions{BlockTimeout: -1, Wait: ws.w}, nil)
+			fillRing(t, ctxT(t), pub)
+			topic2 := topic + ".poll"
+			if err := bus.CreateTopic(topic2, shmbus.TopicConfig{Capacity: 1 << 12}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { bus.RemoveTopic(topic2) })
+			_, sub := openPair(t, bus, topic2, nil, &shmbus.SubscriberOptions{Wait: ws.w})
+			calls := []struct {
+				name string
+				call func(context.Context) error
+			}{
+				{"Claim", func(c context.Context) error { _, err := pub.Claim(c, 512); return err }},
+				{"Offer", func(c context.Context) error { return pub.Offer(c, make([]byte, 512), 0, 0) }},
+				{"Poll", func(c context.Context) error { _, err := sub.Poll(c); return err }},
+				{"PollBatch", func(c context.Context) error { _, err := sub.PollBatch(c, make([]shmbus.View, 4)); return err }},
+				// Nothing archives this topic: the sequence never becomes durable.
+				{"WaitDurable", func(c context.Context) error { return pub.WaitDurable(c, 1<<40) }},
+			}
+			for _, tc := range calls {
+				lat := make([]time.Duration, 0, 21)
+				for i := 0; i < 21; i++ {
+					ctx, cancel := context.WithCancel(context.Background())
+					started := make(chan struct{})
+					errc := make(chan error, 1)
+					go func() {
+						close(started)
+						errc <- tc.call(ctx)
+					}()
+					<-started
+					// Give the call time to reach its wait (when it has not, it sees the
+					// cancelled context first: still a pass, and the median shows it).
+					time.Sleep(2 * time.Millisecond)
+					t0 := time.Now()
+					cancel()
+					select {
+					case err := <-errc:
+						lat = append(lat, time.Since(t0))
+						if !errors.Is(err, context.Canceled) {
+							t.Fatalf("%s: want context.Canceled, got %v", tc.name, err)
+						}
+					case <-time.After(2 * time.Second):
+						t.Fatalf("%s: still blocked 2 s after its context was cancelled", tc.name)
+					}
+				}
+				sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
+				t.Logf("%s: cancel to return median %v, max %v", tc.name, lat[len(lat)/2], lat[len(lat)-1])
+				if lat[len(lat)/2] > 10*time.Millisecond {
+					t.Errorf("%s: median cancel latency %v, want under 10 ms", tc.name, lat[len(lat)/2])
+				}
+			}
+			// Close from another goroutine ends a Claim blocked without any deadline.
 			errc := make(chan error, 1)
-			go func() {
-				close(started)
-				errc <- tc.call(ctx)
-			}()
-			<-started
-			// Give the call time to reach its wait (when it has not, it sees the
-			// cancelled context first: still a pass, and the median shows it).
+			go func() { _, err := pub.Claim(context.Background(), 512); errc <- err }()
 			time.Sleep(2 * time.Millisecond)
-			t0 := time.Now()
-			cancel()
+			pub.Close()
 			select {
 			case err := <-errc:
-				lat = append(lat, time.Since(t0))
-				if !errors.Is(err, context.Canceled) {
-					t.Fatalf("%s: want context.Canceled, got %v", tc.name, err)
+				if !errors.Is(err, shmbus.ErrClosed) {
+					t.Fatalf("claim after close: want ErrClosed, got %v", err)
 				}
 			case <-time.After(2 * time.Second):
-				t.Fatalf("%s: still blocked 2 s after its context was cancelled", tc.name)
+				t.Fatal("Close did not end a blocked Claim")
 			}
-		}
-		sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })
-		t.Logf("%s: cancel to return median %v, max %v", tc.name, lat[len(lat)/2], lat[len(lat)-1])
-		if lat[len(lat)/2] > 10*time.Millisecond {
-			t.Errorf("%s: median cancel latency %v, want under 10 ms", tc.name, lat[len(lat)/2])
-		}
-	}
-	// Close from another goroutine ends a Claim blocked without any deadline.
-	errc := make(chan error, 1)
-	go func() { _, err := pub.Claim(context.Background(), 512); errc <- err }()
-	time.Sleep(2 * time.Millisecond)
-	pub.Close()
-	select {
-	case err := <-errc:
-		if !errors.Is(err, shmbus.ErrClosed) {
-			t.Fatalf("claim after close: want ErrClosed, got %v", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("Close did not end a blocked Claim")
+
+		})
 	}
 }
 
@@ -629,32 +634,44 @@ func TestSubscriberContextClosesWhenItsContextEnds(t *testing.T) {
 	}
 }
 
+// Every wait strategy: the spinning ones wait in slices (spin.go) that must still
+// end at the deadline and at Close.
+var waitStrategies = []struct {
+	name string
+	w    shmbus.WaitStrategy
+}{{"default", shmbus.WaitDefault}, {"busy-spin", shmbus.WaitBusySpin}, {"spin-yield", shmbus.WaitSpinYield}, {"futex", shmbus.WaitFutex}}
+
 func TestPollHonoursContextAndClose(t *testing.T) {
-	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 12})
-	_, sub := openPair(t, bus, topic, nil, nil)
-	short, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
-	defer cancel()
-	if v, err := sub.Poll(short); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("want DeadlineExceeded, got %v (%+v)", err, v)
-	}
-	if _, err := sub.PollBatch(short, make([]shmbus.View, 4)); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("batch: want DeadlineExceeded, got %v", err)
-	}
-	// Close from another goroutine ends a Poll blocked without a deadline.
-	done := make(chan error, 1)
-	go func() {
-		_, err := sub.Poll(context.Background())
-		done <- err
-	}()
-	sub.Close()
-	if err := <-done; !errors.Is(err, shmbus.ErrClosed) {
-		t.Fatalf("poll after close: want ErrClosed, got %v", err)
-	}
-	if _, err := sub.TryPoll(); !errors.Is(err, shmbus.ErrClosed) {
-		t.Fatalf("want ErrClosed, got %v", err)
-	}
-	if err := sub.Close(); err != nil {
-		t.Fatal(err)
+	for _, ws := range waitStrategies {
+		t.Run(ws.name, func(t *testing.T) {
+			bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 12})
+			_, sub := openPair(t, bus, topic, nil, &shmbus.SubscriberOptions{Wait: ws.w})
+			short, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+			defer cancel()
+			if v, err := sub.Poll(short); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("want DeadlineExceeded, got %v (%+v)", err, v)
+			}
+			if _, err := sub.PollBatch(short, make([]shmbus.View, 4)); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("batch: want DeadlineExceeded, got %v", err)
+			}
+			// Close from another goroutine ends a Poll blocked without a deadline.
+			done := make(chan error, 1)
+			go func() {
+				_, err := sub.Poll(context.Background())
+				done <- err
+			}()
+			sub.Close()
+			if err := <-done; !errors.Is(err, shmbus.ErrClosed) {
+				t.Fatalf("poll after close: want ErrClosed, got %v", err)
+			}
+			if _, err := sub.TryPoll(); !errors.Is(err, shmbus.ErrClosed) {
+				t.Fatalf("want ErrClosed, got %v", err)
+			}
+			if err := sub.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+		})
 	}
 }
 
