@@ -169,6 +169,9 @@ struct Archiver::Impl {
     // dropped) and its index/fixed-file slot may be reused by a new partition.
     bool removing = false, removed = false;
     std::vector<std::shared_ptr<std::promise<void>>> removal_waiters;
+    // Had records to stage but found no free staging buffer while holding none: the
+    // other partitions leave one free for it (reserved_for_others).
+    bool starved = false;
   };
 
   struct Removal {
@@ -578,7 +581,21 @@ struct Archiver::Impl {
   bool can_get_buf(const Part& p, uint32_t need, uint32_t pre) const {
     need += p.direct ? pre : 0;
     if (p.cfg.flush == FlushPolicy::batch && need <= cfg.batch_buffer_bytes && !free_big.empty()) return true;
-    return need > cfg.buffer_bytes || !free_fixed.empty();
+    return need > cfg.buffer_bytes || free_fixed.size() > reserved_for_others(p);
+  }
+
+  // Fairness of the shared pool: the partitions are pumped in order, and a busy one
+  // takes every buffer it can (a carried chain holds them until its last one is
+  // written), so with several saturating partitions the ones pumped last could find
+  // the pool empty at every turn, for as long as the others stay busy. A starved
+  // partition may take any free buffer (it gets one at its first pump after one is
+  // freed); every other one leaves one free for each starved partition (and, finding
+  // none, is starved itself: with more hungry partitions than buffers they take turns).
+  size_t reserved_for_others(const Part& p) const {
+    if (p.starved) return 0;
+    size_t n = 0;
+    for (auto& q : parts) n += q.get() != &p && q->starved && !q->removed && !q->removing;
+    return n;
   }
 
   Buf* get_buf(Part& p, uint32_t need) {
@@ -589,7 +606,7 @@ struct Archiver::Impl {
       b = free_big.back();
       free_big.pop_back();
     } else if (need <= cfg.buffer_bytes) {
-      if (free_fixed.empty()) return nullptr;
+      if (free_fixed.size() <= reserved_for_others(p)) return nullptr;
       b = free_fixed.back();
       free_fixed.pop_back();
     } else {
@@ -811,7 +828,11 @@ struct Archiver::Impl {
           if (!next) break;
         }
         cur = get_buf(p, rec);
-        if (!cur) break;
+        if (!cur) {
+          p.starved = p.bufs.empty();
+          break;
+        }
+        p.starved = false;
         const uint64_t foff = p.file_off;  // the batch starts here: index entries point at batches
         if (foff >= p.next_index) {
           cur->idx.push_back({seq, hc.timestamp_ns, foff});
@@ -1182,9 +1203,11 @@ struct Archiver::Impl {
         publish_durable(*p, p->durable_seq);
       }
       p->st.durable_seq = p->durable_seq;
-      // Staged-but-unwritten frames were never released: the next archiver re-reads them.
-      for (Buf* b : p->bufs)
-        if (b->st == Buf::filling || b->st == Buf::failed) b->st = Buf::idle;
+      // What is staged but not written (a write that kept failing, a buffer behind it)
+      // stays in p->bufs as it is: its frames were never released, so a new archiver
+      // re-reads them from the ring, and a start() of this one retries and fills them
+      // where they are (read_pos and file_off are past them: dropping them would stall
+      // the acknowledgements behind them for good).
     }
   }
 };
@@ -1230,6 +1253,17 @@ void Archiver::remove_partition(const std::string& topic, uint32_t partition) {
 
 void Archiver::start() {
   if (running()) return;
+  const uint32_t me = uint32_t(getpid());
+  for (auto& p : impl_->parts) {
+    if (p->removed) continue;
+    if (!p->slot)
+      throw Error(ErrorCode::invalid_argument, "Archiver::start: stopped with leave_cursors, topic '" +
+                                                   p->st.topic + "' partition " +
+                                                   std::to_string(p->st.partition) +
+                                                   " has no cursor any more; archive it with a new Archiver");
+  }
+  for (auto& p : impl_->parts)
+    if (!p->removed) aref(p->r.data->archiver_pid).store(me, std::memory_order_relaxed);  // stop() cleared it
   impl_->stop_req.store(false, std::memory_order_release);
   running_.store(true, std::memory_order_release);
   thread_ = std::thread([this] { impl_->run(running_); });

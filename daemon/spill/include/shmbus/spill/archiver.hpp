@@ -126,10 +126,14 @@ class Archiver {
   // For the daemon's topic deletion. No-op for a partition not archived here.
   void remove_partition(const std::string& topic, uint32_t partition);
 
+  // Starts (or, after stop(), resumes) the archiver thread. After stop(true) the
+  // partitions have no cursor any more: throws Error(invalid_argument) (archive them
+  // with a new Archiver, which recovers the log and joins the ring afresh).
   void start();
   // Finishes the I/O in flight, syncs (interval/batch), stops the thread. The
   // cursor slots stay taken unless leave_cursors: a restarted archiver adopts them,
-  // so no frame escapes the log meanwhile.
+  // so no frame escapes the log meanwhile. What could not be written (a write that
+  // kept failing) stays staged: start() retries it before anything after it.
   void stop(bool leave_cursors = false);
   bool running() const { return running_.load(std::memory_order_acquire); }
 
