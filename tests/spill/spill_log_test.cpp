@@ -402,6 +402,40 @@ TEST_CASE("Injected write and fsync errors: reported, retried, nothing lost or c
   CHECK(check_log(f.pdir(), 1, N) == N);
 }
 
+namespace {
+
+// Checks every write submitted to a segment (the on_write hook): block-aligned, and no
+// byte of the log (below the logical end of an earlier write) ever changed.
+struct WriteShadow {
+  struct File {
+    std::vector<std::byte> bytes;
+    std::vector<bool> logical;
+  };
+  std::mutex mu;
+  std::map<std::string, std::map<uint64_t, File>> files;  // by partition dir, segment
+  uint64_t writes = 0, changed = 0, unaligned = 0;
+  void hook(spill::ArchiverConfig& ac) {
+    ac.on_write = [this](const std::string& dir, uint64_t seg, uint64_t off, const std::byte* d, uint32_t len,
+                         uint64_t end) {
+      std::lock_guard<std::mutex> g(mu);
+      ++writes;
+      if (off % 4096 || len % 4096) ++unaligned;
+      File& sh = files[dir][seg];
+      if (sh.bytes.size() < off + len) {
+        sh.bytes.resize(off + len);
+        sh.logical.resize(off + len);
+      }
+      for (uint64_t i = 0; i < len; ++i) {
+        if (sh.logical[off + i] && sh.bytes[off + i] != d[i]) ++changed;
+        sh.bytes[off + i] = d[i];
+        if (off + i < end) sh.logical[off + i] = true;
+      }
+    };
+  }
+};
+
+}  // namespace
+
 // Direct I/O rewrites the block the log ends in (padded with zeros, then completed by
 // the next write). What makes that safe under a power loss is that no write ever
 // changes a byte of the log once written: a torn rewrite (any mix of the old and new
@@ -417,27 +451,8 @@ TEST_CASE("Direct I/O: every write is block-aligned and never changes a byte the
   ac.buffer_bytes = 16 << 10;
   ac.buffer_count = 4;
   ac.batch_buffer_count = 0;
-  struct Shadow {
-    std::vector<std::byte> bytes;
-    std::vector<bool> logical;  // a byte of the log (not padding) was written here
-  };
-  std::map<uint64_t, Shadow> files;  // by segment (first sequence)
-  uint64_t writes = 0, changed = 0, unaligned = 0;
-  ac.on_write = [&](const std::string&, uint64_t seg, uint64_t off, const std::byte* d, uint32_t len,
-                    uint64_t end) {
-    ++writes;
-    if (off % 4096 || len % 4096) ++unaligned;
-    Shadow& sh = files[seg];
-    if (sh.bytes.size() < off + len) {
-      sh.bytes.resize(off + len);
-      sh.logical.resize(off + len);
-    }
-    for (uint64_t i = 0; i < len; ++i) {
-      if (sh.logical[off + i] && sh.bytes[off + i] != d[i]) ++changed;
-      sh.bytes[off + i] = d[i];
-      if (off + i < end) sh.logical[off + i] = true;
-    }
-  };
+  WriteShadow shadow;
+  shadow.hook(ac);
   ac.fault = [](spill::IoOp op, uint64_t n) { return op == spill::IoOp::write && n % 97 == 13 ? EIO : 0; };
   Archiver a(ac);
   a.add_partition(f.admin(), f.log_cfg(policy, 128 << 10));
@@ -452,13 +467,14 @@ TEST_CASE("Direct I/O: every write is block-aligned and never changes a byte the
   wait_archived(pub, N);
   a.stop();
   auto st = a.stats()[0];
-  INFO(writes << " writes, " << st.segments_rolled << " roll-overs, " << st.io_errors << " injected errors");
+  INFO(shadow.writes << " writes, " << st.segments_rolled << " roll-overs, " << st.io_errors
+                     << " injected errors");
   CHECK(st.direct_io);
-  CHECK(writes > 100);
+  CHECK(shadow.writes > 100);
   CHECK(st.io_errors > 0);
   CHECK(st.segments_rolled > 3);
-  CHECK(unaligned == 0);
-  CHECK(changed == 0);
+  CHECK(shadow.unaligned == 0);
+  CHECK(shadow.changed == 0);
   // Sealed segments and, after a clean stop, the active one end at their last batch.
   for (const auto& s : spill::list_segments(f.pdir())) {
     const auto sc = spill::scan_segment(s.path, 4096);
@@ -509,36 +525,6 @@ TEST_CASE("A restarted archiver adopts its cursor and resumes without a gap or a
 }
 
 namespace {
-
-// Checks every write submitted to a segment (the on_write hook): block-aligned, and no
-// byte of the log (below the logical end of an earlier write) ever changed.
-struct WriteShadow {
-  struct File {
-    std::vector<std::byte> bytes;
-    std::vector<bool> logical;
-  };
-  std::mutex mu;
-  std::map<std::string, std::map<uint64_t, File>> files;  // by partition dir, segment
-  uint64_t writes = 0, changed = 0, unaligned = 0;
-  void hook(spill::ArchiverConfig& ac) {
-    ac.on_write = [this](const std::string& dir, uint64_t seg, uint64_t off, const std::byte* d, uint32_t len,
-                         uint64_t end) {
-      std::lock_guard<std::mutex> g(mu);
-      ++writes;
-      if (off % 4096 || len % 4096) ++unaligned;
-      File& sh = files[dir][seg];
-      if (sh.bytes.size() < off + len) {
-        sh.bytes.resize(off + len);
-        sh.logical.resize(off + len);
-      }
-      for (uint64_t i = 0; i < len; ++i) {
-        if (sh.logical[off + i] && sh.bytes[off + i] != d[i]) ++changed;
-        sh.bytes[off + i] = d[i];
-        if (off + i < end) sh.logical[off + i] = true;
-      }
-    };
-  }
-};
 
 uint32_t archiver_pid_of(const std::shared_ptr<PartitionMapping>& m) {
   return shm::aref(m->refs().data->archiver_pid).load(std::memory_order_relaxed);
