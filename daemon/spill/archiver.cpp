@@ -137,6 +137,9 @@ struct Archiver::Impl {
     std::string dir;
     uint32_t slot_index = 0;  // fixed-file slot
     shm::CursorSlot* slot = nullptr;
+    // The slot's generation when this archiver took it (attach): another archiver in
+    // this process (same pid) may adopt the slot while this one is stopped, bumping it.
+    uint32_t slot_gen = 0;
     uint64_t read_pos = 0, released = 0;
     uint64_t epoch = 0;
     uint64_t log_last_seq = 0;  // highest sequence in the log (recovered or placed)
@@ -304,6 +307,7 @@ struct Archiver::Impl {
       slot = rr.slot();
     }
     p->slot = slot;
+    p->slot_gen = aref(slot->generation).load(std::memory_order_relaxed);
     const uint64_t held = aref(slot->page.position).load(std::memory_order_acquire);
     uint64_t resume = held;
     if (!rec.empty && rec.epoch == p->epoch) {
@@ -480,6 +484,15 @@ struct Archiver::Impl {
     p.err = err;
     p.st.last_error = err;
     aref(p.r.data->archiver_error).store(uint32_t(err), std::memory_order_relaxed);
+  }
+
+  // Whether p's cursor slot is still this archiver's: not freed (stop(true)) and not
+  // adopted since attach by another archiver (of this process: same pid, generation
+  // bumped). Only read while the archiver thread is not running.
+  static bool owns_slot(const Part& p) {
+    return p.slot && aref(p.slot->pid).load(std::memory_order_relaxed) == uint32_t(getpid()) &&
+           aref(p.slot->generation).load(std::memory_order_relaxed) == p.slot_gen &&
+           aref(p.slot->state).load(std::memory_order_seq_cst) == shm::kSlotActive;
   }
 
   // ------------------------------------------------------------------ segments
@@ -729,6 +742,17 @@ struct Archiver::Impl {
 
   // Pulls committed frames from p's ring into staging buffers; submits full ones.
   bool pump(Part& p, uint64_t now) {
+    bool asked = false;
+    const bool progress = pump_part(p, now, asked);
+    // `starved` is cleared by a successful get_buf; a pump that ends before asking for
+    // a buffer (nothing to read, a corrupt frame, a back-off, a roll waiting) does not
+    // need one now: the others stop leaving one free for it. Its next pump that finds
+    // none marks it again.
+    if (!asked) p.starved = false;
+    return progress;
+  }
+
+  bool pump_part(Part& p, uint64_t now, bool& asked) {
     bool progress = false;
     // Failed or short writes go again (after the back-off).
     for (Buf* b : p.bufs) {
@@ -827,6 +851,7 @@ struct Archiver::Impl {
           progress = true;
           if (!next) break;
         }
+        asked = true;
         cur = get_buf(p, rec);
         if (!cur) {
           p.starved = p.bufs.empty();
@@ -1256,11 +1281,17 @@ void Archiver::start() {
   const uint32_t me = uint32_t(getpid());
   for (auto& p : impl_->parts) {
     if (p->removed) continue;
+    const std::string what = "topic '" + p->st.topic + "' partition " + std::to_string(p->st.partition);
     if (!p->slot)
-      throw Error(ErrorCode::invalid_argument, "Archiver::start: stopped with leave_cursors, topic '" +
-                                                   p->st.topic + "' partition " +
-                                                   std::to_string(p->st.partition) +
+      throw Error(ErrorCode::invalid_argument, "Archiver::start: stopped with leave_cursors, " + what +
                                                    " has no cursor any more; archive it with a new Archiver");
+    // Another archiver adopted the cursor while this one was stopped (it recovered the
+    // log and may have written over what this one still has staged): resuming would
+    // rewrite its acknowledged records and archive one cursor twice.
+    if (!Impl::owns_slot(*p))
+      throw Error(ErrorCode::invalid_argument, "Archiver::start: the cursor of " + what +
+                                                   " was taken over by another archiver; archive it with a "
+                                                   "new Archiver");
   }
   for (auto& p : impl_->parts)
     if (!p->removed) aref(p->r.data->archiver_pid).store(me, std::memory_order_relaxed);  // stop() cleared it
@@ -1276,16 +1307,15 @@ void Archiver::stop(bool leave_cursors) {
     thread_.join();
   }
   running_.store(false, std::memory_order_release);
-  if (leave_cursors) {
-    for (auto& p : impl_->parts) {
-      if (p->removed || !p->slot) continue;
+  for (auto& p : impl_->parts) {
+    // A cursor another archiver adopted is that one's: its pid and slot stay as they are.
+    if (p->removed || !Impl::owns_slot(*p)) continue;
+    aref(p->r.data->archiver_pid).store(0, std::memory_order_relaxed);
+    if (leave_cursors) {
       aref(p->slot->state).store(shm::kSlotFree, std::memory_order_seq_cst);
       shm::wake_space_page(&p->slot->page);
       p->slot = nullptr;
     }
-  }
-  for (auto& p : impl_->parts) {
-    if (!p->removed && p->slot) aref(p->r.data->archiver_pid).store(0, std::memory_order_relaxed);
   }
 }
 

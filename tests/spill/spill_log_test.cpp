@@ -627,6 +627,157 @@ TEST_CASE("An archiver stopped with leave_cursors refuses to start again", "[spi
   CHECK(check_log(f.pdir(), 1, 2) == 2);
 }
 
+// stop(true) gives the cursor back and no archiver is left: producers must not see the
+// pid of one (the cursor slot was cleared before the pid, which was then skipped).
+TEST_CASE("An archiver stopped with leave_cursors clears its pid", "[spill][sanitize]") {
+  Fixture f;
+  auto m = f.admin();
+  Archiver a;
+  a.add_partition(m, f.log_cfg(FlushPolicy::interval));
+  a.start();
+  CHECK(archiver_pid_of(m) == uint32_t(getpid()));
+  a.stop(true);
+  CHECK(archiver_pid_of(m) == 0);
+}
+
+// Archiver `a` stops with a write that kept failing still staged at the log's end. A
+// second archiver of the same process adopts the cursor (same pid: taken over in
+// place), recovers the log (cut where a's failing write starts), and writes and
+// acknowledges its own records there. a.start() must refuse: resuming would resubmit
+// a's staged bytes over b's acknowledged ones, and two archivers would run one cursor.
+// a's stop() must leave b's pid in place.
+TEST_CASE("A stopped archiver whose cursor another archiver adopted refuses to start", "[spill][sanitize]") {
+  auto policy = GENERATE(FlushPolicy::interval, FlushPolicy::batch);
+  Fixture f;
+  auto cfg = f.log_cfg(policy, 128 << 10);
+  auto small = [] {
+    spill::ArchiverConfig ac;
+    ac.buffer_bytes = 16 << 10;
+    ac.buffer_count = 4;
+    ac.batch_buffer_count = 0;
+    return ac;
+  };
+  spill::ArchiverConfig ac = small();
+  WriteShadow shadow_a, shadow_b;  // one per archiver: b rewrites what a never acknowledged
+  shadow_a.hook(ac);
+  std::atomic<bool> fail_writes{false};
+  std::atomic<uint64_t> failed{0};
+  ac.fault = [&](spill::IoOp op, uint64_t) -> int {
+    if (op != spill::IoOp::write || !fail_writes.load()) return 0;
+    ++failed;
+    return EIO;
+  };
+  Archiver a(ac);
+  auto m = f.admin();
+  a.add_partition(m, cfg);
+  Publisher pub = f.bus.publisher(f.topic, patient_publisher());
+  a.start();
+  uint64_t seq = 0;
+  auto publish = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      ++seq;
+      REQUIRE(publish_one(pub, seq, 600) == seq);
+    }
+  };
+  publish(300);
+  wait_archived(pub, seq);
+  fail_writes = true;  // a's next write fails until after its stop: it stays staged
+  publish(100);
+  const uint64_t deadline = shm::monotonic_ns() + 10'000'000'000ull;
+  while (failed.load() == 0 && shm::monotonic_ns() < deadline) std::this_thread::yield();
+  REQUIRE(failed.load() > 0);
+  a.stop();
+  fail_writes = false;
+  CHECK(archiver_pid_of(m) == 0);
+
+  spill::ArchiverConfig bc = small();
+  shadow_b.hook(bc);
+  Archiver b(bc);
+  b.add_partition(f.admin(), cfg);  // adopts the cursor a held (same pid)
+  b.start();
+  publish(300);
+  wait_archived(pub, seq);  // b wrote and acknowledged everything, a's staged records too
+
+  REQUIRE_THROWS_AS(a.start(), Error);
+  CHECK_FALSE(a.running());
+  a.stop();  // as its destructor does: b's pid and cursor stay
+  CHECK(archiver_pid_of(m) == uint32_t(getpid()));
+  publish(100);
+  wait_archived(pub, seq);
+  b.stop();
+  CHECK(shadow_b.unaligned == 0);
+  CHECK(shadow_b.changed == 0);
+  CHECK(check_log(f.pdir(), 1, seq, 600) == seq);
+}
+
+// The `starved` mark of a partition that found no staging buffer makes the others
+// leave one free for it. A starved partition whose pumps then stop before asking for a
+// buffer (here: its ring's head frame turns corrupt, EBADMSG) must lose the mark, or the
+// others keep one buffer back for good: with two buffers a busy partition can then
+// never carry its partial last block into a next buffer and pads (and rewrites) the
+// block at every write. Counted in the busy partition's writes that start before the
+// end of its previous one (a padded block written again), not in time.
+TEST_CASE("Direct I/O: a starved partition that stops asking for buffers stops holding one back",
+          "[spill][sanitize]") {
+  const std::string prefix = unique_prefix("spill-starve");
+  Bus bus = Bus::direct({.shm_prefix = prefix});
+  TempDir dir;
+  const std::string tp = "t.busy", tq = "t.quiet";
+  bus.create_topic(tp, durable_topic(8 << 20));
+  TopicGuard gp{bus, tp};
+  bus.create_topic(tq, durable_topic(1 << 20));
+  TopicGuard gq{bus, tq};
+  const std::string dp = spill::partition_dir(dir.path, tp, 0);
+  auto mq = bus.provider().open(tq, 0, Role::admin, 5000);
+  const shm::RingRefs qr = mq->refs();
+  const uint64_t qhead = shm::aref(qr.data->tail_pos).load(std::memory_order_acquire);
+
+  spill::ArchiverConfig ac;
+  ac.buffer_bytes = 16 << 10;
+  ac.buffer_count = 2;
+  ac.batch_buffer_count = 0;
+  // Archiver thread only. P takes both buffers in the first turn (a carried one and a
+  // padded one), Q then finds none: starved. P's third write is submitted when both are
+  // free again, before Q's next pump: Q's head frame is made corrupt there.
+  uint64_t p_writes = 0, p_after = 0, p_overlaps = 0, p_prev_end = 0;
+  ac.on_write = [&](const std::string& d, uint64_t, uint64_t off, const std::byte*, uint32_t len, uint64_t) {
+    if (d != dp) return;
+    if (++p_writes == 3) {
+      shm::FrameHeader* h = qr.frame_at(qhead);
+      const uint64_t w = shm::aref(h->commit).load(std::memory_order_relaxed);
+      shm::aref(h->commit).store((w & ~uint64_t(0xffffffff)) | 3u, std::memory_order_release);  // length 3
+    } else if (p_writes > 3) {
+      ++p_after;
+      p_overlaps += off < p_prev_end;
+    }
+    p_prev_end = off + len;
+  };
+  Archiver a(ac);
+  LogConfig lc;
+  lc.state_dir = dir.path;
+  lc.flush = FlushPolicy::interval;
+  lc.segment_bytes = 64 << 20;
+  a.add_partition(bus.provider().open(tp, 0, Role::admin, 5000), lc);  // pumped first
+  a.add_partition(mq, lc);
+  Publisher pp = bus.publisher(tp, patient_publisher());
+  Publisher pq = bus.publisher(tq, patient_publisher());
+  const uint64_t N = 8000;  // ~5 MiB: a few hundred 16 KiB writes
+  for (uint64_t i = 1; i <= N; ++i) REQUIRE(publish_one(pp, i, 1200) == i);
+  REQUIRE(publish_one(pq, 1) == 1);
+  a.start();
+  wait_archived(pp, N);
+  a.stop();
+  INFO(p_after << " writes after Q's frame turned corrupt, " << p_overlaps
+               << " of them rewrote a padded block");
+  CHECK(a.stats()[0].direct_io);
+  CHECK(a.stats()[1].last_error == EBADMSG);
+  REQUIRE(p_after > 100);
+  // Carrying again: every other write at most (a carried buffer, then a padded one
+  // while the carried one holds the other buffer). Stale mark: nearly every write.
+  CHECK(p_overlaps * 4 < p_after * 3);
+  CHECK(check_log(dp, 1, N, 1200) == N);
+}
+
 // Staging buffers are shared by all partitions (default: 16 x 1 MiB), which are pumped
 // in order, each turn. A partition takes up to max_inflight_writes + 1 buffers a turn,
 // and under `interval` a full buffer carries its last block into the next one and is
