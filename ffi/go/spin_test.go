@@ -22,8 +22,8 @@ import (
 // one long spinning cgo call has its P handed off by sysmon, which then wakes
 // every 20 µs: 36 000-66 000 a second measured here (sysmon, and the threads the
 // hand-offs wake). With the binding's waits in 10 µs slices and its periodic
-// yield, sysmon sleeps 10 ms at a time (spin.go): ~100/s measured, up to ~500/s
-// with two busy loops on the machine's two cores beside the test.
+// yield, sysmon sleeps 10 ms at a time (spin.go): 100-450/s measured on a quiet
+// machine.
 const sysmonWakeBound = 2000
 
 // TestBusySpinningConsumerKeepsSysmonAsleep runs a WaitBusySpin consumer under
@@ -35,65 +35,89 @@ func TestBusySpinningConsumerKeepsSysmonAsleep(t *testing.T) {
 	if _, err := os.Stat("/proc/self/task"); err != nil {
 		t.Skip("no /proc/self/task")
 	}
+	if raceEnabled {
+		// The race detector's instrumentation changes what the scheduler sees (test.sh
+		// runs this test in its pass without -race, one package at a time).
+		t.Skip("a scheduler measurement: run without -race")
+	}
 	for _, mode := range []string{"pollbatch", "poll", "poll-locked"} {
 		t.Run(mode, func(t *testing.T) {
-			bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 20})
-			const n = 20000
-			cmd := exec.Command(os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), "GOMAXPROCS=1", "SHMBUS_GO_SPIN_PREFIX="+prefix,
-				"SHMBUS_GO_SPIN_TOPIC="+topic, "SHMBUS_GO_SPIN_MODE="+strings.TrimSuffix(mode, "-locked"), "SHMBUS_GO_SPIN_COUNT="+strconv.Itoa(n))
-			if strings.HasSuffix(mode, "-locked") {
-				cmd.Env = append(cmd.Env, "SHMBUS_GO_SPIN_LOCKED=1")
-			}
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			cmd.Stderr = os.Stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer cmd.Process.Kill()
-			lines := bufio.NewScanner(out)
-			if !lines.Scan() || lines.Text() != "READY" {
-				t.Fatalf("child: %q", lines.Text())
-			}
-			pub, err := bus.Publisher(topic, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer pub.Close()
-			ctx := ctxT(t)
-			next := time.Now()
-			for i := 0; i < n; i++ {
-				for time.Now().Before(next) {
+			// A busy machine can make a run exceed the bound: another process
+			// that takes the consumer's core mid-wait makes the wait look long to
+			// sysmon, which then takes the P (with two busy loops beside it: 300-
+			// 5 700/s). test.sh runs this alone; the best of three runs decides.
+			// With the rules switched off every run exceeds it (4 300-7 800/s on
+			// a quiet machine).
+			for attempt := 1; ; attempt++ {
+				rate := spinConsumerRate(t, mode)
+				t.Logf("run %d: other threads' voluntary switches %d/s (bound %d/s)", attempt, rate, sysmonWakeBound)
+				if rate <= sysmonWakeBound {
+					return
 				}
-				next = next.Add(30 * time.Microsecond)
-				if err := pub.Offer(ctx, []byte("12345678"), uint64(i+1), 0); err != nil {
-					t.Fatal(err)
+				if attempt == 3 {
+					t.Fatalf("the runtime's threads woke %d times a second while the consumer spun (bound %d), in three runs: sysmon is handing off its P", rate, sysmonWakeBound)
 				}
-			}
-			if !lines.Scan() {
-				t.Fatalf("child said nothing: %v", cmd.Wait())
-			}
-			res := lines.Text()
-			if err := cmd.Wait(); err != nil {
-				t.Fatalf("child: %v (%s)", err, res)
-			}
-			var wakes, ms, got int
-			if _, err := fmt.Sscanf(res, "wakes %d ms %d got %d", &wakes, &ms, &got); err != nil || ms <= 0 {
-				t.Fatalf("child: %q", res)
-			}
-			if got != n {
-				t.Fatalf("child got %d of %d messages", got, n)
-			}
-			rate := wakes * 1000 / ms
-			t.Logf("other threads' voluntary switches: %d in %d ms = %d/s (bound %d/s)", wakes, ms, rate, sysmonWakeBound)
-			if rate > sysmonWakeBound {
-				t.Fatalf("the runtime's threads woke %d times a second while the consumer spun (bound %d): sysmon is handing off its P", rate, sysmonWakeBound)
 			}
 		})
 	}
+}
+
+// spinConsumerRate runs one child consumer (mode pollbatch, poll or poll-locked)
+// against a paced publisher and returns its other threads' voluntary switches a
+// second.
+func spinConsumerRate(t *testing.T, mode string) int {
+	t.Helper()
+	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 20})
+	const n = 20000
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=1", "SHMBUS_GO_SPIN_PREFIX="+prefix,
+		"SHMBUS_GO_SPIN_TOPIC="+topic, "SHMBUS_GO_SPIN_MODE="+strings.TrimSuffix(mode, "-locked"), "SHMBUS_GO_SPIN_COUNT="+strconv.Itoa(n))
+	if strings.HasSuffix(mode, "-locked") {
+		cmd.Env = append(cmd.Env, "SHMBUS_GO_SPIN_LOCKED=1")
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() || lines.Text() != "READY" {
+		t.Fatalf("child: %q", lines.Text())
+	}
+	pub, err := bus.Publisher(topic, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	ctx := ctxT(t)
+	next := time.Now()
+	for i := 0; i < n; i++ {
+		for time.Now().Before(next) {
+		}
+		next = next.Add(30 * time.Microsecond)
+		if err := pub.Offer(ctx, []byte("12345678"), uint64(i+1), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !lines.Scan() {
+		t.Fatalf("child said nothing: %v", cmd.Wait())
+	}
+	res := lines.Text()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("child: %v (%s)", err, res)
+	}
+	var wakes, ms, got int
+	if _, err := fmt.Sscanf(res, "wakes %d ms %d got %d", &wakes, &ms, &got); err != nil || ms <= 0 {
+		t.Fatalf("child: %q", res)
+	}
+	if got != n {
+		t.Fatalf("child got %d of %d messages", got, n)
+	}
+	return wakes * 1000 / ms
 }
 
 // threadsVoluntarySwitches sums voluntary_ctxt_switches over this process's
