@@ -101,6 +101,11 @@ raw=$work/raw.jsonl
 trap 'rm -rf "$work"; rm -f /dev/shm/lb-$$-* 2>/dev/null' EXIT
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# steal_ms CPU: the time the hypervisor ran something else on that vCPU so far
+# (/proc/stat "steal", in clock ticks).
+hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+steal_ms() { awk -v c="cpu$1" -v hz="$hz" '$1 == c { print int($9 * 1000 / hz) }' /proc/stat; }
+
 # run_one PROD CONS MODE(tput|lat) RUN
 n=0
 run_one() {
@@ -108,8 +113,14 @@ run_one() {
   n=$((n + 1))
   local prefix=lb-$$-$n fifo=$work/fifo.$n line="" fd
   local pargs=(--prefix "$prefix" --topic lang.bench) cargs=(--prefix "$prefix" --topic lang.bench)
+  local dumps=""
   if [ "$mode" = lat ]; then
     pargs+=(--count "$lat_count" --rate "$rate"); cargs+=(--count "$lat_count" --latency)
+    # The platform's pauses set apart (pauses.py); not for --bin programs, which may
+    # predate the flags.
+    if [ -z "${XBIN[$prod]:-}" ] && [ -z "${XBIN[$cons]:-}" ]; then
+      pargs+=(--pauses "$work/pauses.$n"); cargs+=(--lat-dump "$work/lat.$n"); dumps=1
+    fi
   else
     pargs+=(--count "$count"); cargs+=(--count "$count")
   fi
@@ -124,8 +135,9 @@ run_one() {
     log "$prod->$cons $mode: consumer not ready: $line $(head -c 300 "$work/cons.err")"
     kill -KILL $cpid 2>/dev/null; wait $cpid 2>/dev/null; exec {fd}<&-; return 1
   fi
-  local load1
+  local load1 sp0 sc0
   load1=$(cut -d' ' -f1 /proc/loadavg)
+  sp0=$(steal_ms "$cpu_p") sc0=$(steal_ms "$cpu_c")
   local pout
   pout=$(timeout -s KILL 300 "${run_as[@]}" "$cpu_p" "${BIN[$prod]}" bench-produce "${pargs[@]}" 2>"$work/prod.err") \
     || log "$prod->$cons $mode: producer failed: $(head -c 300 "$work/prod.err")"
@@ -133,10 +145,22 @@ run_one() {
   cout=$(cat <&"$fd")
   exec {fd}<&-
   wait $cpid || log "$prod->$cons $mode: consumer failed: $(head -c 300 "$work/cons.err")"
+  local steal
+  steal=$(printf '{"producer_cpu_ms":%d,"consumer_cpu_ms":%d}' $(($(steal_ms "$cpu_p") - sp0)) $(($(steal_ms "$cpu_c") - sc0)))
   rm -f "$fifo" /dev/shm/"$prefix".*
   [ -n "$cout" ] || return 1
-  printf '{"pair":"%s->%s","mode":"%s","run":%d,"load1":%s,"producer":%s,"consumer":%s}\n' \
-    "$prod" "$cons" "$mode" "$r" "$load1" "${pout:-null}" "$cout" >>"$raw"
+  local pz=null
+  if [ -n "$dumps" ] && [ -s "$work/lat.$n" ] && [ -f "$work/pauses.$n" ]; then
+    pz=$(python3 "$here/pauses.py" "$work/lat.$n" "$work/pauses.$n") || pz=null
+    # The dump must be what the consumer measured: its p99 over every message.
+    if [ "$pz" != null ] && [ "$(echo "$pz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["all"]["p99_ns"])')" \
+         != "$(echo "$cout" | python3 -c 'import json,sys; print(json.load(sys.stdin)["p99_ns"])')" ]; then
+      log "$prod->$cons: the latency dump does not match the consumer's own p99; clean figures dropped"; pz=null
+    fi
+  fi
+  rm -f "$work/lat.$n" "$work/pauses.$n"
+  printf '{"pair":"%s->%s","mode":"%s","run":%d,"load1":%s,"producer":%s,"consumer":%s,"pauses":%s,"steal":%s}\n' \
+    "$prod" "$cons" "$mode" "$r" "$load1" "${pout:-null}" "$cout" "$pz" "$steal" >>"$raw"
 }
 
 # The machine's latency floor, both cores at once (see lang_bench.cpp "hiccups").

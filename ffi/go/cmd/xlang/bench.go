@@ -1,8 +1,11 @@
 // Bench modes of xlang, for the language-pair benchmark (bench/lang/run.sh); the
 // same flags and JSON output as bench/lang/lang_bench.cpp and the Rust xlang:
 //
-//	xlang bench-consume --prefix P --topic T --count N [--latency] [--single] [--capacity BYTES]
-//	xlang bench-produce --prefix P --topic T --count N [--rate R] [--batch K | --inplace-batch K]
+//	xlang bench-consume --prefix P --topic T --count N [--latency] [--lat-dump FILE] [--single] [--capacity BYTES]
+//	xlang bench-produce --prefix P --topic T --count N [--rate R [--pauses FILE]] [--batch K | --inplace-batch K]
+//
+// --lat-dump and --pauses write the files of bench/lang/pauses.py (the format is in
+// lang_bench.cpp's header).
 //
 // The consumer is batched (PollBatch + ReleaseAll: two cgo calls per batch; with
 // --single, Poll + Release: two per message); the producer pipelines
@@ -42,6 +45,7 @@ func nanotime() int64
 
 type benchConfig struct {
 	prefix, topic         string
+	latDump, pauses       string
 	count, rate, capacity uint64
 	batch, inplace        int
 	latency, single       bool
@@ -56,6 +60,8 @@ func benchMain(cmd string, args []string) int {
 	fs.Uint64Var(&c.rate, "rate", 0, "producer: msg/s (0: full speed)")
 	fs.Uint64Var(&c.capacity, "capacity", 1<<20, "consumer: ring bytes when creating")
 	fs.BoolVar(&c.latency, "latency", false, "consumer: one-way latency of every message")
+	fs.StringVar(&c.latDump, "lat-dump", "", "consumer: write every message's (commit, receive) timestamps here")
+	fs.StringVar(&c.pauses, "pauses", "", "paced producer: write the gaps > 2 us between its clock reads here")
 	fs.BoolVar(&c.single, "single", false, "consumer: Poll/Release per message instead of batches")
 	fs.IntVar(&c.batch, "batch", 0, "producer: build in Go memory, publish K messages per cgo call (OfferPacked)")
 	fs.IntVar(&c.inplace, "inplace-batch", 0, "producer: claim K frames at once, build in ring memory, one cgo call per K (ClaimBatch)")
@@ -103,8 +109,12 @@ func benchConsume(c benchConfig) error {
 
 	ctx := context.Background()
 	var lat []uint64
+	var dump [][2]uint64 // (commit, receive)
 	if c.latency {
 		lat = make([]uint64, 0, c.count)
+	}
+	if c.latDump != "" {
+		dump = make([][2]uint64, 0, c.count)
 	}
 	views := make([]shmbus.View, 256)
 	var r shmbus.Reader
@@ -121,8 +131,14 @@ func benchConsume(c benchConfig) error {
 			errs++
 		}
 		got++
-		if c.latency {
-			lat = append(lat, uint64(nanotime())-v.TimestampNs)
+		if c.latency || c.latDump != "" {
+			now := uint64(nanotime())
+			if c.latency {
+				lat = append(lat, now-v.TimestampNs)
+			}
+			if c.latDump != "" {
+				dump = append(dump, [2]uint64{v.TimestampNs, now})
+			}
 		}
 		if got == 1 {
 			bytes = uint64(len(v.Data))
@@ -162,6 +178,11 @@ func benchConsume(c benchConfig) error {
 		mps = float64(got-1) / secs
 		nsPer = 1e9 / mps
 	}
+	if c.latDump != "" {
+		if err := writePairs(c.latDump, dump); err != nil {
+			return err
+		}
+	}
 	var p50, p99, p999, mx uint64
 	if len(lat) > 0 {
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -192,23 +213,69 @@ func benchProduce(c benchConfig) error {
 	}
 	defer pub.Close()
 	ctx := context.Background()
-	var gap int64
+	p := &pacer{pauses: make([][2]uint64, 0, 1<<16)}
 	if c.rate > 0 {
-		gap = int64(time.Second) / int64(c.rate)
+		p.gap = int64(time.Second) / int64(c.rate)
 	}
-	if c.batch > 0 {
-		return benchProducePacked(ctx, pub, c, gap)
+	switch {
+	case c.batch > 0:
+		err = benchProducePacked(ctx, pub, c, p)
+	case c.inplace > 0:
+		err = benchProduceInPlaceBatch(ctx, pub, c, p)
+	default:
+		err = benchProduceInPlace(ctx, pub, c, p)
 	}
-	if c.inplace > 0 {
-		return benchProduceInPlaceBatch(ctx, pub, c, gap)
+	if err == nil && c.pauses != "" {
+		err = writePairs(c.pauses, p.pauses)
 	}
+	return err
+}
+
+// pacer waits for each message's send time (gap apart) and records, as
+// (start, end), every gap longer than pauseNs between two of its consecutive
+// clock reads: time the producer's core did not run it (--pauses).
+type pacer struct {
+	gap, next, last int64
+	pauses          [][2]uint64
+}
+
+const pauseNs = 2000
+
+func (p *pacer) start(t0 int64) { p.next, p.last = t0, t0 }
+
+// wait spins until the next send time, reading the clock at least once.
+func (p *pacer) wait() {
+	for {
+		t := nanotime()
+		if t-p.last > pauseNs {
+			p.pauses = append(p.pauses, [2]uint64{uint64(p.last), uint64(t)})
+		}
+		p.last = t
+		if t >= p.next {
+			break
+		}
+	}
+	p.next += p.gap
+}
+
+// writePairs writes (a, b) pairs as little-endian u64, the format of --lat-dump
+// and --pauses.
+func writePairs(path string, v [][2]uint64) error {
+	b := make([]byte, 0, 16*len(v))
+	for _, x := range v {
+		b = binary.LittleEndian.AppendUint64(b, x[0])
+		b = binary.LittleEndian.AppendUint64(b, x[1])
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// benchProduceInPlace is bench-produce without --batch or --inplace-batch.
+func benchProduceInPlace(ctx context.Context, pub *shmbus.Publisher, c benchConfig, p *pacer) error {
 	t0 := nanotime()
-	next := t0
+	p.start(t0)
 	for i := uint64(1); i <= c.count; i++ {
-		if gap > 0 {
-			for nanotime() < next {
-			}
-			next += gap
+		if p.gap > 0 {
+			p.wait()
 		}
 		q, err := shmbus.ClaimRoot(ctx, pub, 64, market.NewRootQuote)
 		if err != nil {
@@ -234,7 +301,7 @@ func benchProduce(c benchConfig) error {
 // reused (its fields set for each message), copied in its flat form (segment
 // table + segment: what CommitMessage publishes) into a packed buffer of up to
 // c.batch messages, published with one OfferPacked call.
-func benchProducePacked(ctx context.Context, pub *shmbus.Publisher, c benchConfig, gap int64) error {
+func benchProducePacked(ctx context.Context, pub *shmbus.Publisher, c benchConfig, p *pacer) error {
 	arena := make([]byte, 0, 256)
 	msg, seg, err := capnp.NewMessage(capnp.SingleSegment(arena))
 	if err != nil {
@@ -253,13 +320,11 @@ func benchProducePacked(ctx context.Context, pub *shmbus.Publisher, c benchConfi
 		binary.LittleEndian.PutUint32(buf[k*size+4:], uint32(len(seg.Data())/8))
 	}
 	t0 := nanotime()
-	next := t0
+	p.start(t0)
 	k := 0
 	for i := uint64(1); i <= c.count; i++ {
-		if gap > 0 {
-			for nanotime() < next {
-			}
-			next += gap
+		if p.gap > 0 {
+			p.wait()
 		}
 		q.SetInstrumentId(uint32(i % 1000))
 		q.SetBidPx(int64(px0 + i))
@@ -271,7 +336,7 @@ func benchProducePacked(ctx context.Context, pub *shmbus.Publisher, c benchConfi
 		copy(buf[k*size+8:(k+1)*size], seg.Data())
 		k++
 		// Paced runs publish at once (the latency mode measures each message).
-		if k == c.batch || i == c.count || gap > 0 {
+		if k == c.batch || i == c.count || p.gap > 0 {
 			if _, err := pub.OfferPacked(ctx, buf[:k*size], lens[:k]); err != nil {
 				return fmt.Errorf("offer up to %d: %w", i, err)
 			}
@@ -286,22 +351,20 @@ func benchProducePacked(ctx context.Context, pub *shmbus.Publisher, c benchConfi
 // benchProduceInPlaceBatch is bench-produce --inplace-batch: c.inplace frames
 // claimed at once (ClaimBatch), each Quote built in its ring frame (BatchRoot),
 // published by one Commit that also claims the next batch (pipelining).
-func benchProduceInPlaceBatch(ctx context.Context, pub *shmbus.Publisher, c benchConfig, gap int64) error {
+func benchProduceInPlaceBatch(ctx context.Context, pub *shmbus.Publisher, c benchConfig, p *pacer) error {
 	n := c.inplace
-	if gap > 0 {
+	if p.gap > 0 {
 		n = 1 // paced: each message published at once
 	}
 	t0 := nanotime()
-	next := t0
+	p.start(t0)
 	for i := uint64(1); i <= c.count; {
 		k := n
 		if left := c.count - i + 1; uint64(k) > left {
 			k = int(left)
 		}
-		if gap > 0 {
-			for nanotime() < next {
-			}
-			next += gap
+		if p.gap > 0 {
+			p.wait()
 		}
 		b, err := pub.ClaimBatch(ctx, k, 64)
 		if err != nil {

@@ -2,9 +2,11 @@
 //! same flags and JSON output as bench/lang/lang_bench.cpp and the Go xlang:
 //!
 //! ```text
-//! xlang bench-consume --prefix P --topic T --count N [--latency] [--capacity BYTES]
-//! xlang bench-produce --prefix P --topic T --count N [--rate R] [--batch K | --inplace-batch K]
+//! xlang bench-consume --prefix P --topic T --count N [--latency] [--lat-dump FILE] [--capacity BYTES]
+//! xlang bench-produce --prefix P --topic T --count N [--rate R [--pauses FILE]] [--batch K | --inplace-batch K]
 //! ```
+//! --lat-dump and --pauses write the files of bench/lang/pauses.py (the format is in
+//! lang_bench.cpp's header).
 //! The consumer polls batches (one call per batch, one release per batch) and reads
 //! every Quote in place; the producer builds every 64-byte Quote in its claim, or,
 //! with --batch K, in one reused message in its own memory, copied into a packed
@@ -47,6 +49,8 @@ struct Cfg {
     rate: u64,
     capacity: u64,
     latency: bool,
+    lat_dump: Option<String>,
+    pauses: Option<String>,
     batch: usize,
     inplace: usize,
 }
@@ -59,6 +63,8 @@ fn parse(args: &[String]) -> Result<Cfg, String> {
         rate: 0,
         capacity: 1 << 20,
         latency: false,
+        lat_dump: None,
+        pauses: None,
         batch: 0,
         inplace: 0,
     };
@@ -73,6 +79,8 @@ fn parse(args: &[String]) -> Result<Cfg, String> {
             "--rate" => c.rate = num(val()?)?,
             "--capacity" => c.capacity = num(val()?)?,
             "--latency" => c.latency = true,
+            "--lat-dump" => c.lat_dump = Some(val()?),
+            "--pauses" => c.pauses = Some(val()?),
             "--batch" => c.batch = num(val()?)? as usize,
             "--inplace-batch" => c.inplace = num(val()?)? as usize,
             _ => return Err(format!("unknown flag {f}")),
@@ -81,7 +89,8 @@ fn parse(args: &[String]) -> Result<Cfg, String> {
     if c.prefix.is_empty() || c.topic.is_empty() || c.count == 0 {
         return Err(
             "usage: xlang bench-consume|bench-produce --prefix P --topic T --count N \
-                    [--latency] [--rate R] [--capacity BYTES] [--batch K | --inplace-batch K]"
+                    [--latency] [--lat-dump FILE] [--rate R] [--pauses FILE] [--capacity BYTES] \
+                    [--batch K | --inplace-batch K]"
                 .into(),
         );
     }
@@ -129,6 +138,12 @@ fn consume(c: &Cfg) -> Result<(), String> {
     let _ = std::io::stdout().flush();
 
     let mut lat: Vec<u64> = Vec::with_capacity(if c.latency { c.count as usize } else { 0 });
+    // (commit, receive) of every message, for --lat-dump
+    let mut dump: Vec<[u64; 2]> = Vec::with_capacity(if c.lat_dump.is_some() {
+        c.count as usize
+    } else {
+        0
+    });
     let (mut got, mut errors, mut bytes, mut t_first, mut t_last) =
         (0u64, 0u64, 0usize, 0u64, 0u64);
     while got < c.count {
@@ -150,8 +165,14 @@ fn consume(c: &Cfg) -> Result<(), String> {
                 .unwrap_or(false);
             errors += u64::from(!ok);
             got += 1;
-            if c.latency {
-                lat.push(monotonic_ns().wrapping_sub(m.timestamp_ns()));
+            if c.latency || c.lat_dump.is_some() {
+                let now = monotonic_ns();
+                if c.latency {
+                    lat.push(now.wrapping_sub(m.timestamp_ns()));
+                }
+                if c.lat_dump.is_some() {
+                    dump.push([m.timestamp_ns(), now]);
+                }
             }
             if got == 1 {
                 bytes = m.len();
@@ -170,6 +191,9 @@ fn consume(c: &Cfg) -> Result<(), String> {
     } else {
         0.0
     };
+    if let Some(path) = &c.lat_dump {
+        write_pairs(path, &dump)?;
+    }
     let (mut p50, mut p99, mut p999, mut mx) = (0, 0, 0, 0);
     if !lat.is_empty() {
         lat.sort_unstable();
@@ -195,22 +219,85 @@ fn produce(c: &Cfg) -> Result<(), String> {
         ..Default::default()
     };
     let mut publisher = bus.publisher(&c.topic, &opts).map_err(|e| e.to_string())?;
-    let gap = 1_000_000_000u64.checked_div(c.rate).unwrap_or(0);
+    let mut pace = Pacer::new(1_000_000_000u64.checked_div(c.rate).unwrap_or(0));
     if c.batch > 0 {
-        return produce_packed(c, &mut publisher, gap);
+        produce_packed(c, &mut publisher, &mut pace)?;
+    } else if c.inplace > 0 {
+        produce_inplace_batch(c, &mut publisher, &mut pace)?;
+    } else {
+        produce_in_place(c, &mut publisher, &mut pace)?;
     }
-    if c.inplace > 0 {
-        return produce_inplace_batch(c, &mut publisher, gap);
+    match &c.pauses {
+        Some(path) => write_pairs(path, &pace.pauses),
+        None => Ok(()),
     }
+}
+
+/// Waits for each message's send time (`gap` apart) and records, as (start, end),
+/// every gap longer than `PAUSE_NS` between two of its consecutive clock reads:
+/// time the producer's core did not run it (--pauses).
+struct Pacer {
+    gap: u64,
+    next: u64,
+    last: u64,
+    pauses: Vec<[u64; 2]>,
+}
+
+const PAUSE_NS: u64 = 2000;
+
+impl Pacer {
+    fn new(gap: u64) -> Pacer {
+        Pacer {
+            gap,
+            next: 0,
+            last: 0,
+            pauses: Vec::with_capacity(1 << 16),
+        }
+    }
+
+    fn start(&mut self, t0: u64) {
+        self.next = t0;
+        self.last = t0;
+    }
+
+    /// Spins until the next send time, reading the clock at least once.
+    fn wait(&mut self) {
+        loop {
+            let t = monotonic_ns();
+            if t - self.last > PAUSE_NS {
+                self.pauses.push([self.last, t]);
+            }
+            self.last = t;
+            if t >= self.next {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        self.next += self.gap;
+    }
+}
+
+/// Writes (a, b) pairs as little-endian u64, the format of --lat-dump and --pauses.
+fn write_pairs(path: &str, v: &[[u64; 2]]) -> Result<(), String> {
+    let b: Vec<u8> = v
+        .iter()
+        .flat_map(|p| p[0].to_le_bytes().into_iter().chain(p[1].to_le_bytes()))
+        .collect();
+    std::fs::write(path, b).map_err(|e| format!("{path}: {e}"))
+}
+
+/// bench-produce without --batch or --inplace-batch: claim 64 B, build, commit.
+fn produce_in_place(
+    c: &Cfg,
+    publisher: &mut shmbus::Publisher,
+    pace: &mut Pacer,
+) -> Result<(), String> {
     let t0 = monotonic_ns();
-    let mut next = t0;
+    pace.start(t0);
     let mut fallbacks = 0u64;
     for i in 1..=c.count {
-        if gap > 0 {
-            while monotonic_ns() < next {
-                std::hint::spin_loop();
-            }
-            next += gap;
+        if pace.gap > 0 {
+            pace.wait();
         }
         let mut m = publisher
             .claim_message(64)
@@ -229,7 +316,11 @@ fn produce(c: &Cfg) -> Result<(), String> {
 /// (its fields set for each message), copied in its flat form (segment table +
 /// segment, what a committed claim holds) into a packed buffer of up to `c.batch`
 /// messages, published with one `offer_packed` call.
-fn produce_packed(c: &Cfg, publisher: &mut shmbus::Publisher, gap: u64) -> Result<(), String> {
+fn produce_packed(
+    c: &Cfg,
+    publisher: &mut shmbus::Publisher,
+    pace: &mut Pacer,
+) -> Result<(), String> {
     let mut msg = capnp::message::Builder::new_default();
     msg.init_root::<quote::Builder>();
     let seg_len = msg.get_segments_for_output()[0].len();
@@ -240,14 +331,11 @@ fn produce_packed(c: &Cfg, publisher: &mut shmbus::Publisher, gap: u64) -> Resul
         buf[k * size + 4..k * size + 8].copy_from_slice(&((seg_len / 8) as u32).to_le_bytes());
     }
     let t0 = monotonic_ns();
-    let mut next = t0;
+    pace.start(t0);
     let mut k = 0usize;
     for i in 1..=c.count {
-        if gap > 0 {
-            while monotonic_ns() < next {
-                std::hint::spin_loop();
-            }
-            next += gap;
+        if pace.gap > 0 {
+            pace.wait();
         }
         fill_quote(
             msg.get_root::<quote::Builder>()
@@ -258,7 +346,7 @@ fn produce_packed(c: &Cfg, publisher: &mut shmbus::Publisher, gap: u64) -> Resul
         buf[k * size + 8..(k + 1) * size].copy_from_slice(seg);
         k += 1;
         // Paced runs publish at once (the latency mode measures each message).
-        if k == c.batch || i == c.count || gap > 0 {
+        if k == c.batch || i == c.count || pace.gap > 0 {
             // offer_packed waits for space (busy spin, 30 s bound) like a claim.
             let (_, r) = publisher.offer_packed(&buf[..k * size], &lens[..k]);
             r.map_err(|e| format!("offer up to {i}: {e}"))?;
@@ -275,21 +363,18 @@ fn produce_packed(c: &Cfg, publisher: &mut shmbus::Publisher, gap: u64) -> Resul
 fn produce_inplace_batch(
     c: &Cfg,
     publisher: &mut shmbus::Publisher,
-    gap: u64,
+    pace: &mut Pacer,
 ) -> Result<(), String> {
     // Paced runs publish at once (the latency mode measures each message).
-    let n = if gap > 0 { 1 } else { c.inplace };
+    let n = if pace.gap > 0 { 1 } else { c.inplace };
     let mut ids = vec![0u64; n];
     let t0 = monotonic_ns();
-    let mut next = t0;
+    pace.start(t0);
     let mut i = 1u64;
     while i <= c.count {
         let k = n.min((c.count - i + 1) as usize);
-        if gap > 0 {
-            while monotonic_ns() < next {
-                std::hint::spin_loop();
-            }
-            next += gap;
+        if pace.gap > 0 {
+            pace.wait();
         }
         // claim_batch waits for space (busy spin, 30 s bound) like a claim.
         let mut b = publisher
