@@ -80,7 +80,7 @@ else
 fi
 
 declare -A BIN=([cpp]=$BUILD_DIR/bench/lang/shmbus-lang-bench-cpp [go]=$bin/xlang-go
-                [go-single]=$bin/xlang-go [go-batch]=$bin/xlang-go [go-inplace-batch]=$bin/xlang-go [rust]=$bin/xlang-rust
+                [go-single]=$bin/xlang-go [go-pinned]=$bin/xlang-go [go-batch]=$bin/xlang-go [go-inplace-batch]=$bin/xlang-go [rust]=$bin/xlang-rust
                 [rust-batch]=$bin/xlang-rust [rust-inplace-batch]=$bin/xlang-rust
                 [cpp-batch]=$BUILD_DIR/bench/lang/shmbus-lang-bench-cpp)
 # go-single: a Go consumer polling one message per cgo call; go-batch: a Go producer
@@ -90,7 +90,12 @@ declare -A BIN=([cpp]=$BUILD_DIR/bench/lang/shmbus-lang-bench-cpp [go]=$bin/xlan
 # frames at once and building each in ring memory (ClaimBatch + BatchRoot, one Commit
 # per 64: one cgo call per 64 messages, no copy); rust-inplace-batch: the same in Rust
 # (claim_batch + ClaimBatch::init_root per frame, one commit_messages per 64).
-declare -A EXTRA=([go-single]=--single)
+# go-pinned: a Go consumer whose polling goroutine alone is pinned to the consumer's
+# core (xlang's --pin-poller), the process and so the runtime's other threads
+# (sysmon) on the producer's: the usual deployment for a machine with a core to spare
+# for the runtime (a two-core machine has none: they share the producer's).
+declare -A EXTRA=([go-single]=--single [go-pinned]="--pin-poller $cpu_c")
+declare -A CONS_CPU=([go-pinned]=$cpu_p)
 declare -A PEXTRA=([go-batch]="--batch 64" [rust-batch]="--batch 64" [cpp-batch]="--batch 64"
                    [go-inplace-batch]="--inplace-batch 64" [rust-inplace-batch]="--inplace-batch 64")
 for k in "${!XBIN[@]}"; do BIN[$k]=${XBIN[$k]}; done
@@ -124,11 +129,12 @@ run_one() {
   else
     pargs+=(--count "$count"); cargs+=(--count "$count")
   fi
-  [ -n "${EXTRA[$cons]:-}" ] && cargs+=("${EXTRA[$cons]}")
+  # shellcheck disable=SC2206 # EXTRA values are option words
+  [ -n "${EXTRA[$cons]:-}" ] && cargs+=(${EXTRA[$cons]})
   # shellcheck disable=SC2206 # PEXTRA values are option words
   [ -n "${PEXTRA[$prod]:-}" ] && pargs+=(${PEXTRA[$prod]})
   mkfifo "$fifo"
-  timeout -s KILL 300 "${run_as[@]}" "$cpu_c" "${BIN[$cons]}" bench-consume "${cargs[@]}" >"$fifo" 2>"$work/cons.err" &
+  timeout -s KILL 300 "${run_as[@]}" "${CONS_CPU[$cons]:-$cpu_c}" "${BIN[$cons]}" bench-consume "${cargs[@]}" >"$fifo" 2>"$work/cons.err" &
   local cpid=$!
   exec {fd}<"$fifo"
   if ! read -r -t 30 -u "$fd" line || [ "$line" != READY ]; then

@@ -2,6 +2,7 @@ package shmbus_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"strings"
@@ -31,20 +32,36 @@ func TestDebugViewsCatchUseAfterRelease(t *testing.T) {
 		{"live", "1", "LIVE-VIEWS-OK"},
 	} {
 		cmd := exec.Command(os.Args[0], "-test.run", "^TestDebugViewsCatchUseAfterRelease$")
-		cmd.Env = append(os.Environ(), "SHMBUS_DEBUG_VIEWS_CASE="+c.mode, "SHMBUS_DEBUG_VIEWS="+c.debug)
+		cmd.Env = append(os.Environ(), "SHMBUS_DEBUG_VIEWS_CASE="+c.mode, "SHMBUS_DEBUG_VIEWS="+c.debug,
+			"SHMBUS_DEBUG_VIEWS_PREFIX="+prefix+"-dbg") // this process's, so that it can remove the topic
 		out, _ := cmd.CombinedOutput()
+		removeDebugViewsTopic(t) // a child that faulted could not
 		if !strings.Contains(string(out), c.want) {
 			t.Errorf("case %s (SHMBUS_DEBUG_VIEWS=%s): want %q in the output, got:\n%s", c.mode, c.debug, c.want, out)
 		}
 	}
 }
 
-func debugViewsChild(mode string) {
+// removeDebugViewsTopic removes the children's topic (its /dev/shm files).
+func removeDebugViewsTopic(t *testing.T) {
 	bus, err := shmbus.OpenDirect(prefix + "-dbg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	if err := bus.RemoveTopic(debugViewsTopic); err != nil && !errors.Is(err, shmbus.ErrNotFound) {
+		t.Errorf("removing %s: %v", debugViewsTopic, err)
+	}
+}
+
+const debugViewsTopic = "go.debugviews"
+
+func debugViewsChild(mode string) {
+	bus, err := shmbus.OpenDirect(os.Getenv("SHMBUS_DEBUG_VIEWS_PREFIX"))
 	if err != nil {
 		panic(err)
 	}
-	const topic = "go.debugviews"
+	topic := debugViewsTopic
 	_ = bus.RemoveTopic(topic)
 	if err := bus.CreateTopic(topic, shmbus.TopicConfig{Capacity: 4096}); err != nil {
 		panic(err)

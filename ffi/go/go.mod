@@ -6,6 +6,7 @@ require (
 	capnproto.org/go/capnp/v3 v3.1.0-alpha.1
 	github.com/BurntSushi/toml v1.4.0
 	github.com/nats-io/nats.go v1.49.0
+	golang.org/x/sys v0.39.0
 )
 
 require (
@@ -15,5 +16,4 @@ require (
 	github.com/nats-io/nuid v1.0.1 // indirect
 	golang.org/x/crypto v0.46.0 // indirect
 	golang.org/x/sync v0.7.0 // indirect
-	golang.org/x/sys v0.39.0 // indirect
 )

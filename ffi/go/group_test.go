@@ -34,7 +34,21 @@ func TestMain(m *testing.M) {
 		forgerMain(sock)
 		return
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	// Every test removes what it created: a topic left behind keeps its files in
+	// /dev/shm after the process (the tests' prefix names this process).
+	left, _ := filepath.Glob("/dev/shm/" + prefix + ".*")
+	more, _ := filepath.Glob("/dev/shm/" + prefix + "-*")
+	if left = append(left, more...); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: the tests left %d files in /dev/shm: %v\n", len(left), left)
+		for _, f := range left {
+			os.Remove(f)
+		}
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // groupMemberMain joins the group and prints "held p,p,..." whenever what it holds

@@ -1245,6 +1245,7 @@ var jsonLine = regexp.MustCompile(`^\{"event":"attempt","handler":"((?:[^"\\]|\\
 func TestTraceJSONLinesIsTheCxxFormat(t *testing.T) {
 	ctx := ctxT(t)
 	bus, topic := newTopic(t, shmbus.TopicConfig{Capacity: 1 << 16})
+	t.Cleanup(func() { bus.RemoveTopic(topic + ".dlq") }) // the runner's, for the rejected message
 	pub, err := bus.Publisher(topic, &shmbus.PublisherOptions{ProducerID: 26135})
 	if err != nil {
 		t.Fatal(err)

@@ -48,6 +48,7 @@ type benchConfig struct {
 	latDump, pauses       string
 	count, rate, capacity uint64
 	batch, inplace        int
+	pinPoller             int
 	latency, single       bool
 }
 
@@ -63,6 +64,7 @@ func benchMain(cmd string, args []string) int {
 	fs.StringVar(&c.latDump, "lat-dump", "", "consumer: write every message's (commit, receive) timestamps here")
 	fs.StringVar(&c.pauses, "pauses", "", "paced producer: write the gaps > 2 us between its clock reads here")
 	fs.BoolVar(&c.single, "single", false, "consumer: Poll/Release per message instead of batches")
+	fs.IntVar(&c.pinPoller, "pin-poller", -1, "consumer: lock the polling goroutine to its thread and pin that thread alone to this CPU (the runtime's other threads stay where the process runs)")
 	fs.IntVar(&c.batch, "batch", 0, "producer: build in Go memory, publish K messages per cgo call (OfferPacked)")
 	fs.IntVar(&c.inplace, "inplace-batch", 0, "producer: claim K frames at once, build in ring memory, one cgo call per K (ClaimBatch)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile (runtime/pprof) here")
@@ -104,6 +106,11 @@ func benchConsume(c benchConfig) error {
 		return err
 	}
 	defer sub.Close()
+	if c.pinPoller >= 0 {
+		if err := pinThread(c.pinPoller); err != nil {
+			return err
+		}
+	}
 	fmt.Println("READY")
 	os.Stdout.Sync()
 
