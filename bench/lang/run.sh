@@ -29,7 +29,7 @@ BUILD_DIR=${BUILD_DIR:-$repo/build}
 case "$BUILD_DIR" in /*) ;; *) BUILD_DIR=$repo/$BUILD_DIR ;; esac
 
 runs=5 count=2000000 lat_count=100000 rate=100000 json=0 out="" cpus=0,1 nice=-20
-pairs="cpp:cpp go:go rust:rust go:rust rust:go cpp:go cpp:rust go:cpp rust:cpp cpp:go-single cpp-batch:cpp go-batch:cpp rust-batch:cpp go-inplace-batch:cpp rust-inplace-batch:cpp"
+pairs="cpp:cpp go:go rust:rust go:rust rust:go cpp:go cpp:go-pinned cpp:rust go:cpp rust:cpp cpp:go-single cpp-batch:cpp go-batch:cpp rust-batch:cpp go-inplace-batch:cpp rust-inplace-batch:cpp"
 orig_args=("$@")
 declare -A XBIN=()
 while [ $# -gt 0 ]; do
